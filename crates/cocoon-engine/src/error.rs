@@ -1,0 +1,44 @@
+//! The engine's error type: every failure a caller can get, typed, with a
+//! message that names the object, what went wrong and what to do next.
+
+use crate::config::ConfigError;
+use crate::lock::LockError;
+use crate::spec::SpecError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Bad user input: the CLI reports these as usage errors.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    /// A command whose engine part has not landed yet; it never pretends to succeed.
+    #[error("`cocoon {command}` is not implemented yet in this build (it arrives with the {area} work); nothing was changed")]
+    NotImplemented { command: String, area: &'static str },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { what: what.into(), source }
+    }
+
+    /// True for errors caused by what the user typed (exit code 2 in the CLI).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            Error::Spec(_) => true,
+            Error::Config(ConfigError::Value { origin, .. }) => matches!(origin, crate::config::Source::Flag(_)),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,19 @@
+//! cocoon's engine: everything the `cocoon` CLI does, as a typed library.
+//!
+//! The CLI is a thin layer over [`Engine`]; another program (a Kubernetes
+//! provider, a server) can embed the same API.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod id;
+pub mod lock;
+pub mod model;
+pub mod process;
+pub mod spec;
+pub mod store;
+pub mod units;
+
+pub use config::Config;
+pub use engine::Engine;
+pub use error::{Error, Result};

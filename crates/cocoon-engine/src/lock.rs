@@ -1,0 +1,117 @@
+//! Per-VM operation lock: `flock(2)` on `<run_dir>/vms/<id>/lock`.
+//!
+//! Two commands on the same VM (start and snapshot, two starts) are serialised;
+//! commands on different VMs never wait for each other. The kernel drops the
+//! lock when the holder dies, so a crashed command can never wedge the next one.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("VM {id} is busy: another cocoon command holds its lock ({path}); retry when it finishes")]
+    Busy { id: String, path: PathBuf },
+    #[error("cannot open lock file {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Held for the lifetime of the value; dropping it (or dying) releases the lock.
+#[derive(Debug)]
+pub struct VmLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl VmLock {
+    pub fn path_for(run_dir: &Path, id: &str) -> PathBuf {
+        run_dir.join("vms").join(id).join("lock")
+    }
+
+    /// Waits up to `timeout` for the lock, polling briefly (cocoon's 100 ms poll
+    /// cost it p99 latency under concurrent clones; 2 ms is what it moved to).
+    pub fn acquire(run_dir: &Path, id: &str, timeout: Duration) -> Result<VmLock, LockError> {
+        let path = Self::path_for(run_dir, id);
+        let file = open(&path)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(VmLock { _file: file, path }),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(LockError::Busy { id: id.to_string(), path });
+                }
+                Err(TryLockError::Error(source)) => return Err(LockError::Io { path, source }),
+            }
+        }
+    }
+
+    pub fn try_acquire(run_dir: &Path, id: &str) -> Result<VmLock, LockError> {
+        Self::acquire(run_dir, id, Duration::ZERO)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn open(path: &Path) -> Result<File, LockError> {
+    let io_err = |source| LockError::Io { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir).map_err(io_err)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err)
+}
+
+/// `mkdir -p` with mode 0750 for every directory it creates.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_waits_then_fails_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = VmLock::acquire(dir.path(), "VMA", Duration::from_secs(1)).unwrap();
+        assert!(held.path().ends_with("vms/VMA/lock"));
+        let err = VmLock::acquire(dir.path(), "VMA", Duration::from_millis(20)).unwrap_err();
+        assert!(matches!(err, LockError::Busy { ref id, .. } if id == "VMA"), "{err}");
+        // A different VM is not blocked.
+        VmLock::try_acquire(dir.path(), "VMB").unwrap();
+        drop(held);
+        VmLock::try_acquire(dir.path(), "VMA").unwrap();
+    }
+
+    #[test]
+    fn lock_is_released_when_holder_process_dies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = VmLock::path_for(dir.path(), "VMC");
+        create_private_dir(path.parent().unwrap()).unwrap();
+        // A child takes the flock and then becomes `sleep`, keeping the fd; we kill -9 it.
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", "exec 9>\"$0\" && flock 9 && exec sleep 30"])
+            .arg(&path)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while VmLock::try_acquire(dir.path(), "VMC").is_ok() {
+            assert!(start.elapsed() < Duration::from_secs(5), "child never took the lock");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        VmLock::acquire(dir.path(), "VMC", Duration::from_secs(2)).unwrap();
+    }
+}

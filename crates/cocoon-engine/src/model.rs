@@ -1,0 +1,363 @@
+//! The records the engine keeps: VMs, images, snapshots, network leases.
+//!
+//! JSON field names are cocoon's (`types.VM`, `types.Image`, `types.Snapshot`),
+//! so `-o json` consumers keep working after switching.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::process::ProcessIdentity;
+use crate::spec::{DirectIo, FsType};
+
+/// cocoon serialises sets as `{"key": {}}`; this is the `{}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+pub type Set = BTreeMap<String, Empty>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Hypervisor {
+    #[serde(rename = "cloud-hypervisor")]
+    CloudHypervisor,
+    #[serde(rename = "firecracker")]
+    Firecracker,
+}
+
+impl Hypervisor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hypervisor::CloudHypervisor => "cloud-hypervisor",
+            Hypervisor::Firecracker => "firecracker",
+        }
+    }
+}
+
+impl fmt::Display for Hypervisor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    Creating,
+    Created,
+    Running,
+    Stopped,
+    Error,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Creating => "creating",
+            VmState::Created => "created",
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+            VmState::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VmState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "creating" => VmState::Creating,
+            "created" => VmState::Created,
+            "running" => VmState::Running,
+            "stopped" => VmState::Stopped,
+            "error" => VmState::Error,
+            other => return Err(format!("unknown VM state {other:?}")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageType {
+    Oci,
+    Cloudimg,
+}
+
+impl ImageType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageType::Oci => "oci",
+            ImageType::Cloudimg => "cloudimg",
+        }
+    }
+}
+
+impl fmt::Display for ImageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `types.VMConfig`: what the user asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfig {
+    pub name: String,
+    pub cpu: u32,
+    pub memory: u64,
+    pub storage: u64,
+    #[serde(default)]
+    pub queue_size: u32,
+    #[serde(default)]
+    pub disk_queue_size: u32,
+    pub image: String,
+    #[serde(default)]
+    pub image_digest: String,
+    pub image_type: ImageType,
+    #[serde(default)]
+    pub network: String,
+    #[serde(default)]
+    pub no_direct_io: bool,
+    #[serde(default)]
+    pub windows: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageRole {
+    Layer,
+    Cow,
+    Cidata,
+    Data,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    pub ro: bool,
+    pub serial: String,
+    pub role: StorageRole,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mount_point: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fstype: Option<FsType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_io: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directio_mode: Option<DirectIo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpConfig {
+    pub ip: String,
+    #[serde(default)]
+    pub gateway: String,
+    pub prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetBackend {
+    Cni,
+    Bridge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub tap: String,
+    pub mac: String,
+    pub num_queues: u32,
+    pub queue_size: u32,
+    pub backend: NetBackend,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bridge_dev: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub netns_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<IpConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cmdline: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_path: Option<PathBuf>,
+}
+
+/// The VMM process of a running VM: identity that survives pid reuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmProcess {
+    #[serde(flatten)]
+    pub identity: ProcessIdentity,
+    pub api_socket: PathBuf,
+}
+
+/// One VM record, as stored and as `vm inspect` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    pub id: String,
+    pub hypervisor: Hypervisor,
+    pub state: VmState,
+    pub config: VmConfig,
+    /// The VMM's pid while running, 0 otherwise (cocoon's field).
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub socket_path: String,
+    #[serde(default)]
+    pub network_configs: Vec<NetworkConfig>,
+    #[serde(default)]
+    pub storage_configs: Vec<StorageConfig>,
+    #[serde(default)]
+    pub first_booted: bool,
+    /// Derived from the snapshot table on every read, never stale.
+    #[serde(default)]
+    pub snapshot_ids: Set,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_config: Option<BootConfig>,
+    #[serde(default)]
+    pub image_blob_ids: Set,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<VmmProcess>,
+}
+
+impl Vm {
+    /// A record whose state says `running` but whose VMM is gone (host reboot,
+    /// `kill -9`, crash). Never shown as running.
+    pub fn is_stale(&self) -> bool {
+        self.state == VmState::Running && !self.vmm.as_ref().is_some_and(|p| p.identity.is_alive())
+    }
+
+    pub fn ips(&self) -> Vec<String> {
+        self.network_configs
+            .iter()
+            .filter_map(|n| n.network.as_ref().map(|ip| ip.ip.clone()))
+            .collect()
+    }
+}
+
+/// A VM as the CLI shows it: state reconciled with reality on every read.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmView {
+    #[serde(flatten)]
+    pub vm: Vm,
+    /// True when the record said running but the VMM is dead; `state` then says stopped.
+    pub stale: bool,
+}
+
+impl VmView {
+    pub fn reconcile(mut vm: Vm) -> VmView {
+        let stale = vm.is_stale();
+        if stale {
+            vm.state = VmState::Stopped;
+            vm.pid = 0;
+        }
+        VmView { vm, stale }
+    }
+
+    /// `stopped (stale)` as cocoon's tables show it.
+    pub fn state_label(&self) -> String {
+        if self.stale {
+            format!("{} (stale)", self.vm.state)
+        } else {
+            self.vm.state.to_string()
+        }
+    }
+}
+
+/// `types.Image` plus what the engine needs to boot it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// The manifest digest (OCI) or content checksum (cloud image).
+    pub id: String,
+    /// The normalised reference or import name users refer to it by.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ImageType,
+    pub size: u64,
+    pub created_at: Timestamp,
+    /// Layer digests in order (OCI); empty for cloud images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_layer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_layer: Option<String>,
+}
+
+/// `types.Snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    /// cocoon writes the key even when empty.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub hypervisor: Hypervisor,
+    /// The VM it was taken from, if that VM still exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
+    pub cpu: u32,
+    pub memory: u64,
+    pub storage: u64,
+    #[serde(default)]
+    pub queue_size: u32,
+    #[serde(default)]
+    pub disk_queue_size: u32,
+    pub image: String,
+    #[serde(default)]
+    pub image_digest: String,
+    pub image_type: ImageType,
+    #[serde(default)]
+    pub network: String,
+    #[serde(default)]
+    pub no_direct_io: bool,
+    #[serde(default)]
+    pub windows: bool,
+    #[serde(default)]
+    pub nics: u32,
+    #[serde(default)]
+    pub image_blob_ids: Set,
+    pub created_at: Timestamp,
+    /// True until every file is in place and verified.
+    #[serde(default)]
+    pub pending: bool,
+    pub data_dir: PathBuf,
+}
+
+/// One NIC's CNI lease (`networks.json` record in cocoon).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkLease {
+    pub id: String,
+    pub vm_id: String,
+    pub if_name: String,
+    /// The CNI conflist name.
+    #[serde(rename = "type")]
+    pub network_name: String,
+    pub network: IpConfig,
+    /// The ADD result, kept so DEL and CHECK get what ADD returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_result: Option<serde_json::Value>,
+}

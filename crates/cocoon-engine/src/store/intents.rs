@@ -1,0 +1,130 @@
+//! Operation intents: a multi-step operation writes one before it touches the
+//! world and removes it when done. A row whose owner process is dead marks work
+//! a crash left half-done; the reconciler converges it (resume a paused VM, roll
+//! back a half-created one, remove a half-written snapshot).
+
+use jiff::Timestamp;
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{ObjectKind, Result, Store, now};
+use crate::process::ProcessIdentity;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Intent {
+    pub id: i64,
+    /// e.g. `vm.create`, `snapshot.save`.
+    pub op: String,
+    pub object_kind: String,
+    pub object_id: String,
+    /// The last step the owner reported reaching.
+    pub step: String,
+    pub owner: ProcessIdentity,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// What the reconciler needs to undo or finish the step (paths, device names).
+    pub data: serde_json::Value,
+}
+
+impl Intent {
+    pub fn owner_alive(&self) -> bool {
+        self.owner.is_alive()
+    }
+}
+
+/// The handle of an intent this process owns. Not removed on drop: an early
+/// return must roll back and then call [`IntentGuard::finish`]; a crash leaves
+/// the row for the reconciler, which is the point.
+#[derive(Debug)]
+#[must_use = "an intent must be finished once the operation completes or is rolled back"]
+pub struct IntentGuard {
+    id: i64,
+}
+
+impl IntentGuard {
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Records progress: the reconciler resumes or undoes from the last step.
+    pub fn step(&self, store: &mut Store, step: &str, data: Option<&serde_json::Value>) -> Result<()> {
+        store.write(|tx| {
+            match data {
+                Some(data) => tx.execute(
+                    "UPDATE intents SET step = ?2, data = ?3, updated_at = ?4 WHERE id = ?1",
+                    params![self.id, step, data.to_string(), now().to_string()],
+                )?,
+                None => tx.execute(
+                    "UPDATE intents SET step = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![self.id, step, now().to_string()],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    /// The operation completed or was fully rolled back.
+    pub fn finish(self, store: &mut Store) -> Result<()> {
+        store.clear_intent(self.id)
+    }
+}
+
+impl Store {
+    pub fn begin_intent(
+        &mut self,
+        op: &str,
+        kind: ObjectKind,
+        object_id: &str,
+        data: &serde_json::Value,
+    ) -> Result<IntentGuard> {
+        let owner = ProcessIdentity::current();
+        self.write(|tx| {
+            let at = now().to_string();
+            tx.execute(
+                "INSERT INTO intents (op, object_kind, object_id, step, owner_pid, owner_start_time, started_at, updated_at, data)
+                 VALUES (?1, ?2, ?3, 'begin', ?4, ?5, ?6, ?6, ?7)",
+                params![op, kind.as_str(), object_id, owner.pid, owner.start_time as i64, at, data.to_string()],
+            )?;
+            Ok(IntentGuard { id: tx.last_insert_rowid() })
+        })
+    }
+
+    pub fn clear_intent(&mut self, id: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM intents WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+
+    /// Every intent, oldest first.
+    pub fn intents(&mut self) -> Result<Vec<Intent>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, op, object_kind, object_id, step, owner_pid, owner_start_time, started_at, updated_at, data
+                 FROM intents ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Intent {
+                    id: r.get(0)?,
+                    op: r.get(1)?,
+                    object_kind: r.get(2)?,
+                    object_id: r.get(3)?,
+                    step: r.get(4)?,
+                    owner: ProcessIdentity {
+                        pid: r.get(5)?,
+                        start_time: r.get::<_, i64>(6)? as u64,
+                    },
+                    started_at: r.get::<_, String>(7)?.parse().unwrap_or(Timestamp::UNIX_EPOCH),
+                    updated_at: r.get::<_, String>(8)?.parse().unwrap_or(Timestamp::UNIX_EPOCH),
+                    data: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or(serde_json::Value::Null),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// Intents whose owner died before finishing: the reconciler's work list.
+    pub fn orphaned_intents(&mut self) -> Result<Vec<Intent>> {
+        Ok(self.intents()?.into_iter().filter(|i| !i.owner_alive()).collect())
+    }
+}

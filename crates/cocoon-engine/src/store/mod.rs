@@ -1,0 +1,168 @@
+//! The state store: one SQLite database, `<root_dir>/cocoon.db`.
+//!
+//! WAL mode lets readers run beside a writer; every state change is one
+//! `BEGIN IMMEDIATE` transaction (taking the write lock up front, so two
+//! processes never deadlock upgrading read locks) that also appends its event.
+//! A busy timeout makes concurrent CLI processes wait their turn instead of
+//! failing with "database is locked".
+
+mod events;
+mod images;
+mod intents;
+mod networks;
+mod resolve;
+pub(crate) mod schema;
+mod snapshots;
+mod vms;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+pub use events::{Event, ObjectKind};
+pub use intents::{Intent, IntentGuard};
+pub use resolve::Candidate;
+pub use schema::LATEST as SCHEMA_VERSION;
+
+/// How long a writer waits for another process's transaction before giving up.
+/// Transactions here are short (no I/O but SQLite's own), so this is only hit
+/// when something is badly wrong.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot create state directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("{kind} {reference:?} not found")]
+    NotFound { kind: ObjectKind, reference: String },
+    #[error("{kind} reference {reference:?} is ambiguous; it matches: {}", resolve::list(.candidates))]
+    Ambiguous {
+        kind: ObjectKind,
+        reference: String,
+        candidates: Vec<Candidate>,
+    },
+    #[error("{kind} name {name:?} is already used by {owner}; pick another name or remove it first")]
+    NameTaken { kind: ObjectKind, name: String, owner: String },
+    #[error("{kind} {id} already exists")]
+    IdTaken { kind: ObjectKind, id: String },
+    #[error("state database {path} has schema version {found}, newer than this cocoon supports ({supported}); upgrade cocoon")]
+    SchemaTooNew { found: u32, supported: u32, path: PathBuf },
+    #[error("corrupt {kind} record {id} in the state database: {reason}")]
+    Corrupt { kind: ObjectKind, id: String, reason: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut store = Self::open_at_version(path, schema::LATEST)?;
+        store.path = path.to_path_buf();
+        Ok(store)
+    }
+
+    /// Opens and migrates only up to `version`: for migration tests.
+    #[doc(hidden)]
+    pub fn open_at_version(path: &Path, version: u32) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            crate::lock::create_private_dir(dir).map_err(|source| StoreError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL is a property of the file: set once, cheap to re-assert.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(mode, "state database is not in WAL mode");
+        }
+        // FULL: a committed record of a running VM or a stored blob survives power loss.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        if schema::version(&conn)? != version {
+            schema::migrate(&mut conn, version).map_err(|e| match e {
+                StoreError::SchemaTooNew { found, supported, .. } => StoreError::SchemaTooNew {
+                    found,
+                    supported,
+                    path: path.to_path_buf(),
+                },
+                other => other,
+            })?;
+        }
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn schema_version(&self) -> Result<u32> {
+        schema::version(&self.conn)
+    }
+
+    /// Runs `f` in one write transaction; commits if it returns Ok.
+    pub fn write<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` on one consistent read snapshot (a deferred transaction).
+    pub fn read<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let value = f(&tx)?;
+        tx.finish()?;
+        Ok(value)
+    }
+}
+
+/// Maps a UNIQUE violation on `column` to `NameTaken`/`IdTaken`, other errors through.
+fn is_unique_violation(err: &rusqlite::Error, column: &str) -> bool {
+    match err {
+        rusqlite::Error::SqliteFailure(e, Some(msg)) => {
+            e.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains("UNIQUE") && msg.ends_with(column)
+        }
+        _ => false,
+    }
+}
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("records serialise to JSON")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(kind: ObjectKind, id: &str, doc: &str) -> Result<T> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
+        kind,
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+//! VM records.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::events::append;
+use super::resolve::{resolve_id, resolve_ids};
+use super::{ObjectKind, Result, Store, StoreError, from_json, is_unique_violation, now, to_json};
+use crate::model::{Empty, Vm};
+
+const KIND: ObjectKind = ObjectKind::Vm;
+
+fn load(tx: &Transaction<'_>, id: &str) -> Result<Option<Vm>> {
+    let doc: Option<String> = tx
+        .query_row("SELECT doc FROM vms WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    doc.map(|doc| hydrate(tx, id, &doc)).transpose()
+}
+
+/// Fills the derived fields of a stored VM document.
+fn hydrate(tx: &Transaction<'_>, id: &str, doc: &str) -> Result<Vm> {
+    let mut vm: Vm = from_json(KIND, id, doc)?;
+    let mut stmt = tx.prepare_cached("SELECT id FROM snapshots WHERE vm_id = ?1 AND pending = 0")?;
+    vm.snapshot_ids = stmt
+        .query_map([id], |r| r.get::<_, String>(0))?
+        .map(|r| r.map(|id| (id, Empty {})))
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(vm)
+}
+
+fn stored_doc(vm: &Vm) -> String {
+    // Snapshot IDs live in the snapshot table; storing a copy would let them drift.
+    let mut doc = vm.clone();
+    doc.snapshot_ids.clear();
+    to_json(&doc)
+}
+
+fn sync_pins(tx: &Transaction<'_>, vm: &Vm) -> Result<()> {
+    tx.execute("DELETE FROM blob_refs WHERE owner_kind = 'vm' AND owner_id = ?1", [&vm.id])?;
+    let mut stmt = tx.prepare_cached("INSERT INTO blob_refs (owner_kind, owner_id, digest) VALUES ('vm', ?1, ?2)")?;
+    for digest in vm.image_blob_ids.keys() {
+        stmt.execute(params![vm.id, digest])?;
+    }
+    Ok(())
+}
+
+fn name_owner(tx: &Transaction<'_>, name: &str) -> Result<String> {
+    Ok(tx
+        .query_row("SELECT id FROM vms WHERE name = ?1", [name], |r| r.get(0))
+        .optional()?
+        .unwrap_or_default())
+}
+
+impl Store {
+    /// Inserts a new VM; the name must be free and the ID new.
+    pub fn insert_vm(&mut self, vm: &Vm) -> Result<()> {
+        self.write(|tx| {
+            let doc = stored_doc(vm);
+            let inserted = tx.execute(
+                "INSERT INTO vms (id, name, state, hypervisor, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![vm.id, vm.config.name, vm.state.as_str(), vm.hypervisor.as_str(), vm.created_at.to_string(), doc],
+            );
+            match inserted {
+                Err(e) if is_unique_violation(&e, "vms.name") => {
+                    return Err(StoreError::NameTaken {
+                        kind: KIND,
+                        name: vm.config.name.clone(),
+                        owner: name_owner(tx, &vm.config.name)?,
+                    });
+                }
+                Err(e) if is_unique_violation(&e, "vms.id") => {
+                    return Err(StoreError::IdTaken { kind: KIND, id: vm.id.clone() });
+                }
+                other => other?,
+            };
+            sync_pins(tx, vm)?;
+            append(tx, KIND, &vm.id, "created", Some(&doc))?;
+            Ok(())
+        })
+    }
+
+    /// Read-modify-write of one VM in a single transaction: no update is ever lost
+    /// to a concurrent writer. `action` names the change in the event log.
+    pub fn update_vm<T>(&mut self, id: &str, action: &str, f: impl FnOnce(&mut Vm) -> T) -> Result<(Vm, T)> {
+        self.write(|tx| {
+            let mut vm = load(tx, id)?.ok_or_else(|| StoreError::NotFound {
+                kind: KIND,
+                reference: id.to_string(),
+            })?;
+            let out = f(&mut vm);
+            vm.id = id.to_string();
+            vm.updated_at = now();
+            let doc = stored_doc(&vm);
+            let updated = tx.execute(
+                "UPDATE vms SET name = ?2, state = ?3, doc = ?4 WHERE id = ?1",
+                params![id, vm.config.name, vm.state.as_str(), doc],
+            );
+            match updated {
+                Err(e) if is_unique_violation(&e, "vms.name") => {
+                    return Err(StoreError::NameTaken {
+                        kind: KIND,
+                        name: vm.config.name.clone(),
+                        owner: name_owner(tx, &vm.config.name)?,
+                    });
+                }
+                other => other?,
+            };
+            sync_pins(tx, &vm)?;
+            append(tx, KIND, id, action, Some(&doc))?;
+            Ok((vm, out))
+        })
+    }
+
+    /// Deletes a VM record and its blob pins and leases; returns what was deleted.
+    pub fn delete_vm(&mut self, id: &str) -> Result<Vm> {
+        self.write(|tx| {
+            let vm = load(tx, id)?.ok_or_else(|| StoreError::NotFound {
+                kind: KIND,
+                reference: id.to_string(),
+            })?;
+            tx.execute("DELETE FROM vms WHERE id = ?1", [id])?;
+            tx.execute("DELETE FROM blob_refs WHERE owner_kind = 'vm' AND owner_id = ?1", [id])?;
+            tx.execute("DELETE FROM networks WHERE vm_id = ?1", [id])?;
+            // Snapshots outlive their VM; they just stop pointing at it.
+            tx.execute("UPDATE snapshots SET vm_id = NULL, doc = json_remove(doc, '$.vm_id') WHERE vm_id = ?1", [id])?;
+            append(tx, KIND, id, "deleted", Some(&stored_doc(&vm)))?;
+            Ok(vm)
+        })
+    }
+
+    pub fn get_vm(&mut self, id: &str) -> Result<Option<Vm>> {
+        self.read(|tx| load(tx, id))
+    }
+
+    /// All VMs, oldest first.
+    pub fn list_vms(&mut self) -> Result<Vec<Vm>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached("SELECT id, doc FROM vms ORDER BY created_at, id")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.iter().map(|(id, doc)| hydrate(tx, id, doc)).collect()
+        })
+    }
+
+    /// Resolves a VM reference (ID, name, or unique ID prefix of 3+ characters).
+    pub fn resolve_vm(&mut self, reference: &str) -> Result<Vm> {
+        self.read(|tx| {
+            let id = resolve_id(tx, "vms", KIND, reference)?;
+            load(tx, &id)?.ok_or_else(|| StoreError::NotFound {
+                kind: KIND,
+                reference: reference.to_string(),
+            })
+        })
+    }
+
+    /// Resolves several references; all must resolve. Duplicates collapse.
+    pub fn resolve_vms(&mut self, references: &[String]) -> Result<Vec<Vm>> {
+        self.read(|tx| {
+            resolve_ids(tx, "vms", KIND, references)?
+                .iter()
+                .map(|id| {
+                    load(tx, id)?.ok_or_else(|| StoreError::NotFound {
+                        kind: KIND,
+                        reference: id.clone(),
+                    })
+                })
+                .collect()
+        })
+    }
+}
