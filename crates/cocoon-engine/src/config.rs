@@ -29,23 +29,108 @@ pub struct Key {
 }
 
 pub const KEYS: &[Key] = &[
-    Key { name: "root_dir", env: "COCOON_ROOT_DIR", flag: Some("--root-dir"), help: "state, images and snapshots" },
-    Key { name: "run_dir", env: "COCOON_RUN_DIR", flag: Some("--run-dir"), help: "per-VM runtime files (default <root_dir>/run)" },
-    Key { name: "log_dir", env: "COCOON_LOG_DIR", flag: Some("--log-dir"), help: "per-VM VMM and console logs" },
-    Key { name: "cni_conf_dir", env: "COCOON_CNI_CONF_DIR", flag: Some("--cni-conf-dir"), help: "CNI *.conflist directory" },
-    Key { name: "cni_bin_dir", env: "COCOON_CNI_BIN_DIR", flag: Some("--cni-bin-dir"), help: "CNI plugin directory (/usr/lib/cni is searched too)" },
-    Key { name: "dns", env: "COCOON_DNS", flag: Some("--dns"), help: "DNS servers for guests, comma or ; separated" },
-    Key { name: "log.level", env: "COCOON_LOG_LEVEL", flag: Some("--log-level"), help: "trace, debug, info, warn or error" },
-    Key { name: "log.max_size", env: "COCOON_LOG_MAX_SIZE", flag: None, help: "per-VM log size limit in MiB" },
-    Key { name: "log.max_age", env: "COCOON_LOG_MAX_AGE", flag: None, help: "days to keep rotated logs" },
-    Key { name: "log.max_backups", env: "COCOON_LOG_MAX_BACKUPS", flag: None, help: "rotated logs kept per VM" },
-    Key { name: "ch_binary", env: "COCOON_CH_BINARY", flag: None, help: "Cloud Hypervisor binary" },
-    Key { name: "fc_binary", env: "COCOON_FC_BINARY", flag: None, help: "Firecracker binary" },
-    Key { name: "use_firecracker", env: "COCOON_USE_FIRECRACKER", flag: None, help: "make Firecracker the default backend" },
-    Key { name: "stop_timeout_seconds", env: "COCOON_STOP_TIMEOUT_SECONDS", flag: None, help: "graceful guest shutdown timeout" },
-    Key { name: "socket_wait_timeout_seconds", env: "COCOON_SOCKET_WAIT_TIMEOUT_SECONDS", flag: None, help: "wait for a new VMM's API socket" },
-    Key { name: "terminate_grace_period_seconds", env: "COCOON_TERMINATE_GRACE_PERIOD_SECONDS", flag: None, help: "SIGTERM to SIGKILL grace period" },
-    Key { name: "pool_size", env: "COCOON_POOL_SIZE", flag: None, help: "parallel workers (0 = number of CPUs)" },
+    Key {
+        name: "root_dir",
+        env: "COCOON_ROOT_DIR",
+        flag: Some("--root-dir"),
+        help: "state, images and snapshots",
+    },
+    Key {
+        name: "run_dir",
+        env: "COCOON_RUN_DIR",
+        flag: Some("--run-dir"),
+        help: "per-VM runtime files (default <root_dir>/run)",
+    },
+    Key {
+        name: "log_dir",
+        env: "COCOON_LOG_DIR",
+        flag: Some("--log-dir"),
+        help: "per-VM VMM and console logs",
+    },
+    Key {
+        name: "cni_conf_dir",
+        env: "COCOON_CNI_CONF_DIR",
+        flag: Some("--cni-conf-dir"),
+        help: "CNI *.conflist directory",
+    },
+    Key {
+        name: "cni_bin_dir",
+        env: "COCOON_CNI_BIN_DIR",
+        flag: Some("--cni-bin-dir"),
+        help: "CNI plugin directory (/usr/lib/cni is searched too)",
+    },
+    Key {
+        name: "dns",
+        env: "COCOON_DNS",
+        flag: Some("--dns"),
+        help: "DNS servers for guests, comma or ; separated",
+    },
+    Key {
+        name: "log.level",
+        env: "COCOON_LOG_LEVEL",
+        flag: Some("--log-level"),
+        help: "trace, debug, info, warn or error",
+    },
+    Key {
+        name: "log.max_size",
+        env: "COCOON_LOG_MAX_SIZE",
+        flag: None,
+        help: "per-VM log size limit in MiB",
+    },
+    Key {
+        name: "log.max_age",
+        env: "COCOON_LOG_MAX_AGE",
+        flag: None,
+        help: "days to keep rotated logs",
+    },
+    Key {
+        name: "log.max_backups",
+        env: "COCOON_LOG_MAX_BACKUPS",
+        flag: None,
+        help: "rotated logs kept per VM",
+    },
+    Key {
+        name: "ch_binary",
+        env: "COCOON_CH_BINARY",
+        flag: None,
+        help: "Cloud Hypervisor binary",
+    },
+    Key {
+        name: "fc_binary",
+        env: "COCOON_FC_BINARY",
+        flag: None,
+        help: "Firecracker binary",
+    },
+    Key {
+        name: "use_firecracker",
+        env: "COCOON_USE_FIRECRACKER",
+        flag: None,
+        help: "make Firecracker the default backend",
+    },
+    Key {
+        name: "stop_timeout_seconds",
+        env: "COCOON_STOP_TIMEOUT_SECONDS",
+        flag: None,
+        help: "graceful guest shutdown timeout",
+    },
+    Key {
+        name: "socket_wait_timeout_seconds",
+        env: "COCOON_SOCKET_WAIT_TIMEOUT_SECONDS",
+        flag: None,
+        help: "wait for a new VMM's API socket",
+    },
+    Key {
+        name: "terminate_grace_period_seconds",
+        env: "COCOON_TERMINATE_GRACE_PERIOD_SECONDS",
+        flag: None,
+        help: "SIGTERM to SIGKILL grace period",
+    },
+    Key {
+        name: "pool_size",
+        env: "COCOON_POOL_SIZE",
+        flag: None,
+        help: "parallel workers (0 = number of CPUs)",
+    },
 ];
 
 pub fn key(name: &str) -> Option<&'static Key> {
@@ -76,13 +161,25 @@ impl fmt::Display for Source {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid TOML: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: unknown key {key:?} (known keys: {known})")]
-    UnknownKey { path: PathBuf, key: String, known: String },
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        known: String,
+    },
     #[error("invalid {key} {value:?} from {origin}: {reason}")]
-    Value { key: &'static str, value: String, origin: Source, reason: String },
+    Value {
+        key: &'static str,
+        value: String,
+        origin: Source,
+        reason: String,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -210,6 +307,36 @@ impl Config {
         self.sources.get(key).cloned().unwrap_or(Source::Default)
     }
 
+    /// The value of `key` in the same textual form `set` accepts.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let path = |p: &Path| p.display().to_string();
+        Some(match key {
+            "root_dir" => path(&self.root_dir),
+            "run_dir" => path(&self.run_dir),
+            "log_dir" => path(&self.log_dir),
+            "cni_conf_dir" => path(&self.cni_conf_dir),
+            "cni_bin_dir" => path(&self.cni_bin_dir),
+            "dns" => self
+                .dns
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            "log.level" => self.log.level.clone(),
+            "log.max_size" => self.log.max_size.to_string(),
+            "log.max_age" => self.log.max_age.to_string(),
+            "log.max_backups" => self.log.max_backups.to_string(),
+            "ch_binary" => self.ch_binary.clone(),
+            "fc_binary" => self.fc_binary.clone(),
+            "use_firecracker" => self.use_firecracker.to_string(),
+            "stop_timeout_seconds" => self.stop_timeout_seconds.to_string(),
+            "socket_wait_timeout_seconds" => self.socket_wait_timeout_seconds.to_string(),
+            "terminate_grace_period_seconds" => self.terminate_grace_period_seconds.to_string(),
+            "pool_size" => self.pool_size.to_string(),
+            _ => return None,
+        })
+    }
+
     pub fn stop_timeout(&self) -> Duration {
         Duration::from_secs(self.stop_timeout_seconds)
     }
@@ -227,10 +354,12 @@ impl Config {
     }
 
     fn apply_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.message().to_string(),
-        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.message().to_string(),
+            })?;
         let mut flat = Vec::new();
         flatten("", &table, &mut flat);
         for (name, value) in flat {
@@ -252,7 +381,12 @@ impl Config {
                         match item.as_str() {
                             Some(s) => parts.push(s.to_string()),
                             None => {
-                                return Err(value_error(key.name, &item.to_string(), source, "expected a string"));
+                                return Err(value_error(
+                                    key.name,
+                                    &item.to_string(),
+                                    source,
+                                    "expected a string",
+                                ));
                             }
                         }
                     }
@@ -309,7 +443,9 @@ impl Config {
                     _ => return Err(fail("expected true or false")),
                 }
             }
-            "stop_timeout_seconds" => self.stop_timeout_seconds = positive(value).map_err(|r| fail(r))?,
+            "stop_timeout_seconds" => {
+                self.stop_timeout_seconds = positive(value).map_err(|r| fail(r))?
+            }
             "socket_wait_timeout_seconds" => {
                 self.socket_wait_timeout_seconds = positive(value).map_err(|r| fail(r))?
             }
@@ -318,7 +454,11 @@ impl Config {
             }
             "pool_size" => {
                 let n: u64 = number(value).map_err(|r| fail(r))?;
-                self.pool_size = if n == 0 { default_pool_size() } else { n as usize };
+                self.pool_size = if n == 0 {
+                    default_pool_size()
+                } else {
+                    n as usize
+                };
             }
             _ => unreachable!("every key in KEYS has a parser"),
         }
@@ -347,7 +487,11 @@ fn value_error(key: &'static str, value: &str, origin: Source, reason: &str) -> 
 
 fn flatten<'a>(prefix: &str, table: &'a toml::Table, out: &mut Vec<(String, &'a toml::Value)>) {
     for (k, v) in table {
-        let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let name = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             toml::Value::Table(inner) => flatten(&name, inner, out),
             other => out.push((name, other)),
@@ -366,11 +510,17 @@ fn dir(value: &str) -> Result<PathBuf, &'static str> {
 }
 
 fn binary(value: &str) -> Result<String, &'static str> {
-    if value.is_empty() { Err("must not be empty") } else { Ok(value.to_string()) }
+    if value.is_empty() {
+        Err("must not be empty")
+    } else {
+        Ok(value.to_string())
+    }
 }
 
 fn number(value: &str) -> Result<u64, &'static str> {
-    value.parse().map_err(|_| "expected a non-negative whole number")
+    value
+        .parse()
+        .map_err(|_| "expected a non-negative whole number")
 }
 
 fn positive(value: &str) -> Result<u64, &'static str> {
@@ -385,13 +535,20 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn load(file: Option<&str>, env: &[(&str, &str)], flags: &[(&'static str, &str)]) -> Result<Config, ConfigError> {
+    fn load(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        flags: &[(&'static str, &str)],
+    ) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         if let Some(text) = file {
             std::fs::write(&path, text).unwrap();
         }
-        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let lookup = move |k: &str| env.get(k).cloned();
         Config::load(LoadOptions {
             config_path: None,
@@ -402,7 +559,7 @@ mod tests {
     }
 
     /// Three distinct valid textual values per key: (file, env, flag).
-    fn samples(key: &str) -> [&'static str; 3] {
+    pub(crate) fn samples(key: &str) -> [&'static str; 3] {
         match key {
             "root_dir" => ["/f/root", "/e/root", "/c/root"],
             "run_dir" => ["/f/run", "/e/run", "/c/run"],
@@ -426,26 +583,7 @@ mod tests {
     }
 
     fn value_of(config: &Config, key: &str) -> String {
-        match key {
-            "root_dir" => config.root_dir.display().to_string(),
-            "run_dir" => config.run_dir.display().to_string(),
-            "log_dir" => config.log_dir.display().to_string(),
-            "cni_conf_dir" => config.cni_conf_dir.display().to_string(),
-            "cni_bin_dir" => config.cni_bin_dir.display().to_string(),
-            "dns" => config.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","),
-            "log.level" => config.log.level.clone(),
-            "log.max_size" => config.log.max_size.to_string(),
-            "log.max_age" => config.log.max_age.to_string(),
-            "log.max_backups" => config.log.max_backups.to_string(),
-            "ch_binary" => config.ch_binary.clone(),
-            "fc_binary" => config.fc_binary.clone(),
-            "use_firecracker" => config.use_firecracker.to_string(),
-            "stop_timeout_seconds" => config.stop_timeout_seconds.to_string(),
-            "socket_wait_timeout_seconds" => config.socket_wait_timeout_seconds.to_string(),
-            "terminate_grace_period_seconds" => config.terminate_grace_period_seconds.to_string(),
-            "pool_size" => config.pool_size.to_string(),
-            other => panic!("unknown {other}"),
-        }
+        config.get(key).unwrap_or_else(|| panic!("unknown {key}"))
     }
 
     fn toml_line(key: &str, value: &str) -> String {
@@ -454,8 +592,13 @@ mod tests {
             None => (None, key),
         };
         let literal = match key {
-            "log.max_size" | "log.max_age" | "log.max_backups" | "stop_timeout_seconds"
-            | "socket_wait_timeout_seconds" | "terminate_grace_period_seconds" | "pool_size"
+            "log.max_size"
+            | "log.max_age"
+            | "log.max_backups"
+            | "stop_timeout_seconds"
+            | "socket_wait_timeout_seconds"
+            | "terminate_grace_period_seconds"
+            | "pool_size"
             | "use_firecracker" => value.to_string(),
             _ => format!("{value:?}"),
         };
@@ -476,7 +619,12 @@ mod tests {
             assert!(matches!(c.source_of(key.name), Source::File(_)));
 
             let c = load(Some(&file), &[(key.env, env_v)], &[]).unwrap();
-            assert_eq!(value_of(&c, key.name), env_v, "{} overrides the file", key.env);
+            assert_eq!(
+                value_of(&c, key.name),
+                env_v,
+                "{} overrides the file",
+                key.env
+            );
             assert_eq!(c.source_of(key.name), Source::Env(key.env));
 
             if key.flag.is_some() {
@@ -488,6 +636,15 @@ mod tests {
     }
 
     #[test]
+    fn every_key_can_be_read_back() {
+        let c = load(None, &[], &[]).unwrap();
+        for key in KEYS {
+            assert!(c.get(key.name).is_some(), "{}", key.name);
+        }
+        assert_eq!(c.get("nope"), None);
+    }
+
+    #[test]
     fn defaults() {
         let c = load(None, &[], &[]).unwrap();
         assert_eq!(c.root_dir, PathBuf::from("/var/lib/cocoon"));
@@ -495,9 +652,15 @@ mod tests {
         assert_eq!(c.log_dir, PathBuf::from("/var/log/cocoon"));
         assert_eq!(c.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
         assert_eq!(c.cni_bin_dir, PathBuf::from("/opt/cni/bin"));
-        assert_eq!(c.dns, vec![IpAddr::from([8, 8, 8, 8]), IpAddr::from([1, 1, 1, 1])]);
+        assert_eq!(
+            c.dns,
+            vec![IpAddr::from([8, 8, 8, 8]), IpAddr::from([1, 1, 1, 1])]
+        );
         assert_eq!(c.log.level, "info");
-        assert_eq!((c.log.max_size, c.log.max_age, c.log.max_backups), (500, 28, 3));
+        assert_eq!(
+            (c.log.max_size, c.log.max_age, c.log.max_backups),
+            (500, 28, 3)
+        );
         assert_eq!(c.stop_timeout_seconds, 30);
         assert_eq!(c.socket_wait_timeout_seconds, 5);
         assert_eq!(c.terminate_grace_period_seconds, 5);
@@ -511,13 +674,26 @@ mod tests {
     fn run_dir_follows_root_dir_unless_set() {
         let c = load(None, &[("COCOON_ROOT_DIR", "/srv/cocoon")], &[]).unwrap();
         assert_eq!(c.run_dir, PathBuf::from("/srv/cocoon/run"));
-        let c = load(None, &[("COCOON_ROOT_DIR", "/srv/cocoon"), ("COCOON_RUN_DIR", "/run/cocoon")], &[]).unwrap();
+        let c = load(
+            None,
+            &[
+                ("COCOON_ROOT_DIR", "/srv/cocoon"),
+                ("COCOON_RUN_DIR", "/run/cocoon"),
+            ],
+            &[],
+        )
+        .unwrap();
         assert_eq!(c.run_dir, PathBuf::from("/run/cocoon"));
     }
 
     #[test]
     fn dns_as_toml_array_and_pool_size_zero() {
-        let c = load(Some("dns = [\"9.9.9.9\", \"2001:db8::1\"]\npool_size = 0\n"), &[], &[]).unwrap();
+        let c = load(
+            Some("dns = [\"9.9.9.9\", \"2001:db8::1\"]\npool_size = 0\n"),
+            &[],
+            &[],
+        )
+        .unwrap();
         assert_eq!(c.dns.len(), 2);
         assert_eq!(c.pool_size, spec::host_cpus() as usize);
     }
@@ -535,22 +711,52 @@ mod tests {
             "invalid dns \"8.8.8.8,nope\" from flag --dns: invalid DNS server \"nope\": not an IP address"
         );
         let err = load(Some("stop_timeout_seconds = 0\n"), &[], &[]).unwrap_err();
-        assert!(err.to_string().starts_with("invalid stop_timeout_seconds \"0\" from /"), "{err}");
-        assert!(err.to_string().ends_with("config.toml: must be greater than 0"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid stop_timeout_seconds \"0\" from /"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("config.toml: must be greater than 0"),
+            "{err}"
+        );
         let err = load(None, &[("COCOON_ROOT_DIR", "relative/dir")], &[]).unwrap_err();
-        assert!(err.to_string().ends_with("must be an absolute path"), "{err}");
+        assert!(
+            err.to_string().ends_with("must be an absolute path"),
+            "{err}"
+        );
         let err = load(None, &[("COCOON_LOG_LEVEL", "loud")], &[]).unwrap_err();
-        assert!(err.to_string().ends_with("expected trace, debug, info, warn or error"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("expected trace, debug, info, warn or error"),
+            "{err}"
+        );
         let err = load(Some("pool_size = \"x\"\n"), &[], &[]).unwrap_err();
-        assert!(matches!(err, ConfigError::Value { key: "pool_size", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Value {
+                    key: "pool_size",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_keys_and_bad_toml_are_errors() {
         let err = load(Some("root_dri = \"/x\"\n"), &[], &[]).unwrap_err();
-        assert!(matches!(&err, ConfigError::UnknownKey { key, .. } if key == "root_dri"), "{err}");
+        assert!(
+            matches!(&err, ConfigError::UnknownKey { key, .. } if key == "root_dri"),
+            "{err}"
+        );
         let err = load(Some("[log]\nlevle = \"debug\"\n"), &[], &[]).unwrap_err();
-        assert!(matches!(&err, ConfigError::UnknownKey { key, .. } if key == "log.levle"), "{err}");
+        assert!(
+            matches!(&err, ConfigError::UnknownKey { key, .. } if key == "log.levle"),
+            "{err}"
+        );
         let err = load(Some("root_dir = \n"), &[], &[]).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
     }
@@ -565,7 +771,11 @@ mod tests {
             default_path: "/nonexistent/default.toml".into(),
         })
         .unwrap_err();
-        assert!(err.to_string().starts_with("cannot read config file /nonexistent/cocoon.toml"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot read config file /nonexistent/cocoon.toml"),
+            "{err}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("via-env.toml");
         std::fs::write(&path, "ch_binary = \"/opt/ch\"\n").unwrap();

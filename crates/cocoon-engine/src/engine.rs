@@ -22,8 +22,12 @@ pub struct Engine {
 impl Engine {
     /// Creates the root directory if needed and opens (migrating) the state database.
     pub fn open(config: Config) -> Result<Engine> {
-        create_private_dir(&config.root_dir)
-            .map_err(|e| Error::io(format!("cannot create root directory {}", config.root_dir.display()), e))?;
+        create_private_dir(&config.root_dir).map_err(|e| {
+            Error::io(
+                format!("cannot create root directory {}", config.root_dir.display()),
+                e,
+            )
+        })?;
         let store = Store::open(&config.db_path())?;
         Ok(Engine { config, store })
     }
@@ -48,7 +52,12 @@ impl Engine {
 
     /// Every VM, oldest first, with its state checked against its VMM process.
     pub fn list_vms(&mut self) -> Result<Vec<VmView>> {
-        Ok(self.store.list_vms()?.into_iter().map(VmView::reconcile).collect())
+        Ok(self
+            .store
+            .list_vms()?
+            .into_iter()
+            .map(VmView::reconcile)
+            .collect())
     }
 
     pub fn inspect_vm(&mut self, reference: &str) -> Result<VmView> {
@@ -68,7 +77,10 @@ impl Engine {
                 reference: reference.to_string(),
                 candidates: found
                     .iter()
-                    .map(|i| crate::store::Candidate { id: i.id.clone(), name: i.name.clone() })
+                    .map(|i| crate::store::Candidate {
+                        id: i.id.clone(),
+                        name: i.name.clone(),
+                    })
                     .collect(),
             }
             .into());
@@ -122,7 +134,9 @@ impl Engine {
 fn remove_owned_dir(root: &Path, dir: &Path) -> Result<()> {
     let inside = dir.starts_with(root)
         && dir != root
-        && dir.components().all(|c| !matches!(c, std::path::Component::ParentDir));
+        && dir
+            .components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir));
     if !inside {
         return Err(Error::Invalid(format!(
             "refusing to remove {}: it is outside the snapshot store {}",
@@ -133,6 +147,9 @@ fn remove_owned_dir(root: &Path, dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(format!("cannot remove snapshot files {}", dir.display()), e)),
+        Err(e) => Err(Error::io(
+            format!("cannot remove snapshot files {}", dir.display()),
+            e,
+        )),
     }
 }

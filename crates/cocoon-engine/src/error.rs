@@ -18,9 +18,14 @@ pub enum Error {
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     /// A command whose engine part has not landed yet; it never pretends to succeed.
-    #[error("`cocoon {command}` is not implemented yet in this build (it arrives with the {area} work); nothing was changed")]
+    #[error(
+        "`cocoon {command}` is not implemented yet in this build (it arrives with the {area} work); nothing was changed"
+    )]
     NotImplemented { command: String, area: &'static str },
     #[error("{0}")]
     Invalid(String),
@@ -28,14 +33,19 @@ pub enum Error {
 
 impl Error {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io { what: what.into(), source }
+        Error::Io {
+            what: what.into(),
+            source,
+        }
     }
 
     /// True for errors caused by what the user typed (exit code 2 in the CLI).
     pub fn is_usage(&self) -> bool {
         match self {
             Error::Spec(_) => true,
-            Error::Config(ConfigError::Value { origin, .. }) => matches!(origin, crate::config::Source::Flag(_)),
+            Error::Config(ConfigError::Value { origin, .. }) => {
+                matches!(origin, crate::config::Source::Flag(_))
+            }
             _ => false,
         }
     }

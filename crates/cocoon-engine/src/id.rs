@@ -12,14 +12,19 @@ const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 pub fn generate_id() -> String {
     let mut bytes = [0u8; ID_LEN];
     getrandom::fill(&mut bytes).expect("the kernel's random source is available");
-    bytes.iter().map(|b| ALPHABET[(b & 31) as usize] as char).collect()
+    bytes
+        .iter()
+        .map(|b| ALPHABET[(b & 31) as usize] as char)
+        .collect()
 }
 
 /// Whether `text` can be (a prefix of) an ID, ignoring case.
 pub fn is_id_prefix(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= ID_LEN
-        && text.bytes().all(|b| b.is_ascii_alphabetic() || (b'2'..=b'7').contains(&b))
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || (b'2'..=b'7').contains(&b))
 }
 
 #[cfg(test)]

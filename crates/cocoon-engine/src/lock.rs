@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("VM {id} is busy: another cocoon command holds its lock ({path}); retry when it finishes")]
+    #[error(
+        "VM {id} is busy: another cocoon command holds its lock ({path}); retry when it finishes"
+    )]
     Busy { id: String, path: PathBuf },
     #[error("cannot open lock file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
@@ -42,7 +44,10 @@ impl VmLock {
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 Err(TryLockError::WouldBlock) => {
-                    return Err(LockError::Busy { id: id.to_string(), path });
+                    return Err(LockError::Busy {
+                        id: id.to_string(),
+                        path,
+                    });
                 }
                 Err(TryLockError::Error(source)) => return Err(LockError::Io { path, source }),
             }
@@ -59,7 +64,10 @@ impl VmLock {
 }
 
 fn open(path: &Path) -> Result<File, LockError> {
-    let io_err = |source| LockError::Io { path: path.to_path_buf(), source };
+    let io_err = |source| LockError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         create_private_dir(dir).map_err(io_err)?;
     }
@@ -74,7 +82,10 @@ fn open(path: &Path) -> Result<File, LockError> {
 /// `mkdir -p` with mode 0750 for every directory it creates.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
 }
 
 #[cfg(test)]
@@ -87,7 +98,10 @@ mod tests {
         let held = VmLock::acquire(dir.path(), "VMA", Duration::from_secs(1)).unwrap();
         assert!(held.path().ends_with("vms/VMA/lock"));
         let err = VmLock::acquire(dir.path(), "VMA", Duration::from_millis(20)).unwrap_err();
-        assert!(matches!(err, LockError::Busy { ref id, .. } if id == "VMA"), "{err}");
+        assert!(
+            matches!(err, LockError::Busy { ref id, .. } if id == "VMA"),
+            "{err}"
+        );
         // A different VM is not blocked.
         VmLock::try_acquire(dir.path(), "VMB").unwrap();
         drop(held);
@@ -107,7 +121,10 @@ mod tests {
             .unwrap();
         let start = Instant::now();
         while VmLock::try_acquire(dir.path(), "VMC").is_ok() {
-            assert!(start.elapsed() < Duration::from_secs(5), "child never took the lock");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "child never took the lock"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         child.kill().unwrap();

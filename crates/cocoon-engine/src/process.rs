@@ -30,7 +30,9 @@ impl ProcessIdentity {
     /// A zombie counts as dead: it no longer does anything.
     pub fn is_alive(&self) -> bool {
         match stat(self.pid) {
-            Ok(stat) => stat.start_time == self.start_time && stat.state != 'Z' && stat.state != 'X',
+            Ok(stat) => {
+                stat.start_time == self.start_time && stat.state != 'Z' && stat.state != 'X'
+            }
             Err(_) => false,
         }
     }
@@ -47,7 +49,12 @@ pub fn start_time(pid: u32) -> io::Result<u64> {
 
 fn stat(pid: u32) -> io::Result<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("malformed /proc/{pid}/stat")))
+    parse_stat(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("malformed /proc/{pid}/stat"),
+        )
+    })
 }
 
 /// The command name (field 2) is in parentheses and may itself contain spaces
@@ -67,7 +74,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_hostile_comm() {
-        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        let line =
+            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         let stat = parse_stat(line).unwrap();
         assert_eq!(stat.state, 'S');
         assert_eq!(stat.start_time, 987654);
@@ -78,7 +86,10 @@ mod tests {
     fn current_process_is_alive_and_a_reused_pid_is_not() {
         let me = ProcessIdentity::current();
         assert!(me.is_alive());
-        let impostor = ProcessIdentity { start_time: me.start_time + 1, ..me };
+        let impostor = ProcessIdentity {
+            start_time: me.start_time + 1,
+            ..me
+        };
         assert!(!impostor.is_alive());
     }
 

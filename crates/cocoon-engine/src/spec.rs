@@ -40,13 +40,17 @@ pub enum SpecError {
     User(String),
     #[error("invalid --password: must not be empty")]
     PasswordEmpty,
-    #[error("invalid --password: the character {0:?} is not allowed (rejected: ` $ ; | & ( ) {{ }} \\ < > !)")]
+    #[error(
+        "invalid --password: the character {0:?} is not allowed (rejected: ` $ ; | & ( ) {{ }} \\ < > !)"
+    )]
     PasswordChar(char),
     #[error("invalid --data-disk {spec:?}: {reason}")]
     DataDisk { spec: String, reason: String },
     #[error("invalid DNS server {0:?}: not an IP address")]
     Dns(String),
-    #[error("invalid escape character {0:?}: use a single ASCII character or caret notation such as ^] or ^a")]
+    #[error(
+        "invalid escape character {0:?}: use a single ASCII character or caret notation such as ^] or ^a"
+    )]
     EscapeChar(String),
 }
 
@@ -143,7 +147,11 @@ pub fn validate_user(user: &str) -> Result<(), SpecError> {
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
-    if ok { Ok(()) } else { Err(SpecError::User(user.to_string())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::User(user.to_string()))
+    }
 }
 
 /// The password ends up in cloud-init user-data and a shell `chpasswd` line, so the
@@ -271,10 +279,14 @@ pub fn parse_data_disk(spec: &str) -> Result<RawDataDisk, SpecError> {
     };
     if let Some(mount) = mount {
         if fstype == FsType::None && !mount.is_empty() {
-            return Err(fail("fstype=none disks are not mounted, so mount= must be empty".into()));
+            return Err(fail(
+                "fstype=none disks are not mounted, so mount= must be empty".into(),
+            ));
         }
         if !mount.is_empty() && (!mount.starts_with('/') || mount == "/") {
-            return Err(fail(format!("mount {mount:?} must be an absolute path other than /")));
+            return Err(fail(format!(
+                "mount {mount:?} must be an absolute path other than /"
+            )));
         }
     }
     Ok(RawDataDisk {
@@ -393,7 +405,16 @@ mod tests {
         for ok in ["a", "my-vm", "VM.1_x", &"a".repeat(63), "0abc"] {
             validate_vm_name(ok).unwrap();
         }
-        for bad in ["", "-vm", ".vm", "has space", "a/b", "ü", &"a".repeat(64), "x?y=1"] {
+        for bad in [
+            "",
+            "-vm",
+            ".vm",
+            "has space",
+            "a/b",
+            "ü",
+            &"a".repeat(64),
+            "x?y=1",
+        ] {
             assert!(validate_vm_name(bad).is_err(), "{bad}");
         }
     }
@@ -402,7 +423,10 @@ mod tests {
     fn cpu_limits() {
         validate_cpu(1, 2).unwrap();
         validate_cpu(2, 2).unwrap();
-        assert_eq!(validate_cpu(0, 2).unwrap_err().to_string(), "--cpu must be at least 1");
+        assert_eq!(
+            validate_cpu(0, 2).unwrap_err().to_string(),
+            "--cpu must be at least 1"
+        );
         assert_eq!(
             validate_cpu(3, 2).unwrap_err().to_string(),
             "--cpu 3 exceeds the 2 CPUs of this host"
@@ -443,7 +467,10 @@ mod tests {
         }
         validate_password("cocoon").unwrap();
         for c in "`$;|&(){}\\<>!".chars() {
-            assert_eq!(validate_password(&format!("ab{c}d")), Err(SpecError::PasswordChar(c)));
+            assert_eq!(
+                validate_password(&format!("ab{c}d")),
+                Err(SpecError::PasswordChar(c))
+            );
         }
         assert_eq!(validate_password(""), Err(SpecError::PasswordEmpty));
     }
@@ -469,13 +496,31 @@ mod tests {
         let cases = [
             ("name=x", "size= is required, e.g. size=20G"),
             ("size=1M", "size 1MiB is below the minimum of 16MiB"),
-            ("size=1G,name=Data", "name \"Data\" must match [a-z][a-z0-9_-]{0,19} and must not start with \"cocoon-\""),
-            ("size=1G,name=cocoon-x", "name \"cocoon-x\" must match [a-z][a-z0-9_-]{0,19} and must not start with \"cocoon-\""),
+            (
+                "size=1G,name=Data",
+                "name \"Data\" must match [a-z][a-z0-9_-]{0,19} and must not start with \"cocoon-\"",
+            ),
+            (
+                "size=1G,name=cocoon-x",
+                "name \"cocoon-x\" must match [a-z][a-z0-9_-]{0,19} and must not start with \"cocoon-\"",
+            ),
             ("size=1G,fstype=xfs", "fstype \"xfs\" is not ext4 or none"),
-            ("size=1G,fstype=none,mount=/mnt/x", "fstype=none disks are not mounted, so mount= must be empty"),
-            ("size=1G,mount=relative", "mount \"relative\" must be an absolute path other than /"),
-            ("size=1G,directio=maybe", "directio \"maybe\" is not on, off or auto"),
-            ("size=1G,colour=red", "unknown key \"colour\" (known: size, name, fstype, mount, directio)"),
+            (
+                "size=1G,fstype=none,mount=/mnt/x",
+                "fstype=none disks are not mounted, so mount= must be empty",
+            ),
+            (
+                "size=1G,mount=relative",
+                "mount \"relative\" must be an absolute path other than /",
+            ),
+            (
+                "size=1G,directio=maybe",
+                "directio \"maybe\" is not on, off or auto",
+            ),
+            (
+                "size=1G,colour=red",
+                "unknown key \"colour\" (known: size, name, fstype, mount, directio)",
+            ),
             ("size=1G,size=2G", "size is given twice"),
             ("size", "\"size\" is not key=value"),
         ];
@@ -483,7 +528,10 @@ mod tests {
             let err = parse_data_disk(spec).unwrap_err();
             assert_eq!(
                 err,
-                SpecError::DataDisk { spec: spec.into(), reason: reason.into() },
+                SpecError::DataDisk {
+                    spec: spec.into(),
+                    reason: reason.into()
+                },
                 "{spec}"
             );
         }
@@ -493,14 +541,20 @@ mod tests {
             "invalid --data-disk \"size=2G,name=db\": name \"db\" is used by another --data-disk"
         );
         let err = disks(&["size=1G,mount=/srv", "size=2G,mount=/srv"]).unwrap_err();
-        assert!(err.to_string().contains("mount \"/srv\" is used by another --data-disk"));
+        assert!(
+            err.to_string()
+                .contains("mount \"/srv\" is used by another --data-disk")
+        );
     }
 
     #[test]
     fn dns_servers() {
         let dns = parse_dns("8.8.8.8, 1.1.1.1;2001:db8::1").unwrap();
         assert_eq!(dns.len(), 3);
-        assert_eq!(parse_dns("8.8.8.8,dns.google"), Err(SpecError::Dns("dns.google".into())));
+        assert_eq!(
+            parse_dns("8.8.8.8,dns.google"),
+            Err(SpecError::Dns("dns.google".into()))
+        );
     }
 
     #[test]

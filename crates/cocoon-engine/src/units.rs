@@ -61,7 +61,9 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
         bytes as u64
     } else {
         let value: u64 = number.parse().map_err(|_| err("too large"))?;
-        value.checked_mul(multiplier).ok_or_else(|| err("too large"))?
+        value
+            .checked_mul(multiplier)
+            .ok_or_else(|| err("too large"))?
     };
     Ok(bytes)
 }
@@ -71,7 +73,12 @@ pub struct BinarySize(pub u64);
 
 impl fmt::Display for BinarySize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_scaled(f, self.0 as f64, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB", "PiB"])
+        fmt_scaled(
+            f,
+            self.0 as f64,
+            1024.0,
+            &["B", "KiB", "MiB", "GiB", "TiB", "PiB"],
+        )
     }
 }
 
@@ -80,11 +87,21 @@ pub struct DecimalSize(pub u64);
 
 impl fmt::Display for DecimalSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_scaled(f, self.0 as f64, 1000.0, &["B", "kB", "MB", "GB", "TB", "PB"])
+        fmt_scaled(
+            f,
+            self.0 as f64,
+            1000.0,
+            &["B", "kB", "MB", "GB", "TB", "PB"],
+        )
     }
 }
 
-fn fmt_scaled(f: &mut fmt::Formatter<'_>, mut value: f64, base: f64, units: &[&str]) -> fmt::Result {
+fn fmt_scaled(
+    f: &mut fmt::Formatter<'_>,
+    mut value: f64,
+    base: f64,
+    units: &[&str],
+) -> fmt::Result {
     let mut unit = 0;
     while value >= base && unit + 1 < units.len() {
         value /= base;
@@ -122,7 +139,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed_sizes() {
-        for bad in ["", "G", "1X", "1.2.3G", "-1G", "1 G B", "99999999999999999999", "1e3M", "."] {
+        for bad in [
+            "",
+            "G",
+            "1X",
+            "1.2.3G",
+            "-1G",
+            "1 G B",
+            "99999999999999999999",
+            "1e3M",
+            ".",
+        ] {
             let err = parse_size(bad).unwrap_err();
             assert_eq!(err.input, bad, "{bad}");
         }

@@ -56,8 +56,13 @@ fn vm(id: &str, name: &str) -> Vm {
 /// The worker body; a no-op unless launched by `eight_processes_write_concurrently`.
 #[test]
 fn hammer_worker() {
-    let Ok(db) = std::env::var("COCOON_HAMMER_DB") else { return };
-    let worker: usize = std::env::var("COCOON_HAMMER_WORKER").unwrap().parse().unwrap();
+    let Ok(db) = std::env::var("COCOON_HAMMER_DB") else {
+        return;
+    };
+    let worker: usize = std::env::var("COCOON_HAMMER_WORKER")
+        .unwrap()
+        .parse()
+        .unwrap();
     for round in 0..ROUNDS {
         // Each open is what a short-lived CLI process does.
         let mut store = Store::open(&PathBuf::from(&db)).expect("open");
@@ -67,7 +72,8 @@ fn hammer_worker() {
         // Read-modify-write of one shared record: a lost update drops a key.
         store
             .update_vm(SHARED, "updated", |v| {
-                v.image_blob_ids.insert(format!("w{worker}-r{round}"), Empty {});
+                v.image_blob_ids
+                    .insert(format!("w{worker}-r{round}"), Empty {});
             })
             .expect("update");
         // A name every worker races for: exactly one may win each round.
@@ -79,13 +85,21 @@ fn hammer_worker() {
 fn eight_processes_write_concurrently() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cocoon.db");
-    Store::open(&db).unwrap().insert_vm(&vm(SHARED, "shared")).unwrap();
+    Store::open(&db)
+        .unwrap()
+        .insert_vm(&vm(SHARED, "shared"))
+        .unwrap();
 
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..WORKERS)
         .map(|worker| {
             Command::new(&exe)
-                .args(["hammer_worker", "--exact", "--nocapture", "--test-threads=1"])
+                .args([
+                    "hammer_worker",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("COCOON_HAMMER_DB", &db)
                 .env("COCOON_HAMMER_WORKER", worker.to_string())
                 .output_spawn()
@@ -104,7 +118,11 @@ fn eight_processes_write_concurrently() {
     let mut store = Store::open(&db).unwrap();
     let vms = store.list_vms().unwrap();
     let shared = vms.iter().find(|v| v.id == SHARED).unwrap();
-    assert_eq!(shared.image_blob_ids.len(), WORKERS * ROUNDS, "an update was lost");
+    assert_eq!(
+        shared.image_blob_ids.len(),
+        WORKERS * ROUNDS,
+        "an update was lost"
+    );
     for worker in 0..WORKERS {
         for round in 0..ROUNDS {
             let name = format!("w{worker}-r{round}");
@@ -113,8 +131,14 @@ fn eight_processes_write_concurrently() {
         }
     }
     for round in 0..ROUNDS {
-        let winners = vms.iter().filter(|v| v.config.name == format!("contended-{round}")).count();
-        assert_eq!(winners, 1, "round {round}: name uniqueness under contention");
+        let winners = vms
+            .iter()
+            .filter(|v| v.config.name == format!("contended-{round}"))
+            .count();
+        assert_eq!(
+            winners, 1,
+            "round {round}: name uniqueness under contention"
+        );
     }
     assert_eq!(vms.len(), 1 + WORKERS * ROUNDS + ROUNDS);
     // The event log has one entry per successful change, numbered without gaps.

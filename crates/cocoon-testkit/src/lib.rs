@@ -1,1 +1,85 @@
+//! Test support for cocoon: run the real `cocoon` binary against a private
+//! temporary root, with no trace of the host's configuration leaking in.
 
+use std::path::{Path, PathBuf};
+
+pub use assert_cmd;
+
+/// A private cocoon installation: root, run and log directories and an empty
+/// config file under one temporary directory, removed on drop.
+pub struct CocoonEnv {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl CocoonEnv {
+    /// `bin` is the binary under test, e.g. `env!("CARGO_BIN_EXE_cocoon")`.
+    pub fn new(bin: impl Into<PathBuf>) -> CocoonEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("cocoon-test-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::write(dir.path().join("config.toml"), "").expect("write config");
+        CocoonEnv {
+            dir,
+            bin: bin.into(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.root_dir().join("cocoon.db")
+    }
+
+    /// `cocoon` with this environment's directories, the host's `COCOON_*`
+    /// variables and `RUST_LOG` removed, and an empty config file.
+    pub fn cmd(&self) -> assert_cmd::Command {
+        let mut cmd = self.bare_cmd();
+        cmd.env("COCOON_ROOT_DIR", self.root_dir())
+            .env("COCOON_LOG_DIR", self.log_dir())
+            .env("COCOON_CONFIG", self.config_path());
+        cmd
+    }
+
+    /// `cocoon` with no directories set at all: for precedence tests.
+    pub fn bare_cmd(&self) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::new(&self.bin);
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("COCOON_") || key == "RUST_LOG" {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd
+    }
+
+    /// The same command as a `std::process::Command`, for long-running children.
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.bin);
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("COCOON_") || key == "RUST_LOG" {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("COCOON_ROOT_DIR", self.root_dir())
+            .env("COCOON_LOG_DIR", self.log_dir())
+            .env("COCOON_CONFIG", self.config_path());
+        cmd
+    }
+}

@@ -114,7 +114,9 @@ impl Store {
     pub fn last_event_seq(&mut self) -> Result<i64> {
         self.read(|tx| {
             Ok(tx
-                .query_row("SELECT MAX(seq) FROM events", [], |r| r.get::<_, Option<i64>>(0))
+                .query_row("SELECT MAX(seq) FROM events", [], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
                 .optional()?
                 .flatten()
                 .unwrap_or(0))

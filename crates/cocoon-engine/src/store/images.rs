@@ -15,9 +15,13 @@ pub const MIN_DIGEST_PREFIX: usize = 12;
 fn load_all(tx: &Transaction<'_>, sql: &str, param: &str) -> Result<Vec<Image>> {
     let mut stmt = tx.prepare_cached(sql)?;
     let rows = stmt
-        .query_map([param], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .query_map([param], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.iter().map(|(name, doc)| from_json(KIND, name, doc)).collect()
+    rows.iter()
+        .map(|(name, doc)| from_json(KIND, name, doc))
+        .collect()
 }
 
 impl Store {
@@ -56,11 +60,14 @@ impl Store {
     /// All images, oldest first.
     pub fn list_images(&mut self) -> Result<Vec<Image>> {
         self.read(|tx| {
-            let mut stmt = tx.prepare_cached("SELECT name, doc FROM images ORDER BY created_at, name")?;
+            let mut stmt =
+                tx.prepare_cached("SELECT name, doc FROM images ORDER BY created_at, name")?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows.iter().map(|(name, doc)| from_json(KIND, name, doc)).collect()
+            rows.iter()
+                .map(|(name, doc)| from_json(KIND, name, doc))
+                .collect()
         })
     }
 
@@ -99,14 +106,19 @@ impl Store {
         self.write(|tx| {
             let mut removed = Vec::new();
             for name in names {
-                let Some(image) = load_all(tx, "SELECT name, doc FROM images WHERE name = ?1", name)?.pop() else {
+                let Some(image) =
+                    load_all(tx, "SELECT name, doc FROM images WHERE name = ?1", name)?.pop()
+                else {
                     return Err(StoreError::NotFound {
                         kind: KIND,
                         reference: name.clone(),
                     });
                 };
                 tx.execute("DELETE FROM images WHERE name = ?1", [name])?;
-                tx.execute("DELETE FROM blob_refs WHERE owner_kind = 'image' AND owner_id = ?1", [name])?;
+                tx.execute(
+                    "DELETE FROM blob_refs WHERE owner_kind = 'image' AND owner_id = ?1",
+                    [name],
+                )?;
                 append(tx, KIND, name, "deleted", Some(&to_json(&image)))?;
                 removed.push(image);
             }

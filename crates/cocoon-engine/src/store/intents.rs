@@ -47,7 +47,12 @@ impl IntentGuard {
     }
 
     /// Records progress: the reconciler resumes or undoes from the last step.
-    pub fn step(&self, store: &mut Store, step: &str, data: Option<&serde_json::Value>) -> Result<()> {
+    pub fn step(
+        &self,
+        store: &mut Store,
+        step: &str,
+        data: Option<&serde_json::Value>,
+    ) -> Result<()> {
         store.write(|tx| {
             match data {
                 Some(data) => tx.execute(
@@ -125,6 +130,10 @@ impl Store {
 
     /// Intents whose owner died before finishing: the reconciler's work list.
     pub fn orphaned_intents(&mut self) -> Result<Vec<Intent>> {
-        Ok(self.intents()?.into_iter().filter(|i| !i.owner_alive()).collect())
+        Ok(self
+            .intents()?
+            .into_iter()
+            .filter(|i| !i.owner_alive())
+            .collect())
     }
 }

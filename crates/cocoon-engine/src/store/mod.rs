@@ -35,7 +35,10 @@ pub enum StoreError {
     #[error("state database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot create state directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{kind} {reference:?} not found")]
     NotFound { kind: ObjectKind, reference: String },
     #[error("{kind} reference {reference:?} is ambiguous; it matches: {}", resolve::list(.candidates))]
@@ -44,14 +47,30 @@ pub enum StoreError {
         reference: String,
         candidates: Vec<Candidate>,
     },
-    #[error("{kind} name {name:?} is already used by {owner}; pick another name or remove it first")]
-    NameTaken { kind: ObjectKind, name: String, owner: String },
+    #[error(
+        "{kind} name {name:?} is already used by {owner}; pick another name or remove it first"
+    )]
+    NameTaken {
+        kind: ObjectKind,
+        name: String,
+        owner: String,
+    },
     #[error("{kind} {id} already exists")]
     IdTaken { kind: ObjectKind, id: String },
-    #[error("state database {path} has schema version {found}, newer than this cocoon supports ({supported}); upgrade cocoon")]
-    SchemaTooNew { found: u32, supported: u32, path: PathBuf },
+    #[error(
+        "state database {path} has schema version {found}, newer than this cocoon supports ({supported}); upgrade cocoon"
+    )]
+    SchemaTooNew {
+        found: u32,
+        supported: u32,
+        path: PathBuf,
+    },
     #[error("corrupt {kind} record {id} in the state database: {reason}")]
-    Corrupt { kind: ObjectKind, id: String, reason: String },
+    Corrupt {
+        kind: ObjectKind,
+        id: String,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -86,7 +105,9 @@ impl Store {
         }
         let mut conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // WAL is a property of the file: set once, cheap to re-assert.
@@ -99,7 +120,9 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", true)?;
         if schema::version(&conn)? != version {
             schema::migrate(&mut conn, version).map_err(|e| match e {
-                StoreError::SchemaTooNew { found, supported, .. } => StoreError::SchemaTooNew {
+                StoreError::SchemaTooNew {
+                    found, supported, ..
+                } => StoreError::SchemaTooNew {
                     found,
                     supported,
                     path: path.to_path_buf(),
@@ -123,7 +146,9 @@ impl Store {
 
     /// Runs `f` in one write transaction; commits if it returns Ok.
     pub fn write<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
         Ok(value)
@@ -131,7 +156,9 @@ impl Store {
 
     /// Runs `f` on one consistent read snapshot (a deferred transaction).
     pub fn read<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)?;
         let value = f(&tx)?;
         tx.finish()?;
         Ok(value)
@@ -142,7 +169,9 @@ impl Store {
 fn is_unique_violation(err: &rusqlite::Error, column: &str) -> bool {
     match err {
         rusqlite::Error::SqliteFailure(e, Some(msg)) => {
-            e.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains("UNIQUE") && msg.ends_with(column)
+            e.code == rusqlite::ErrorCode::ConstraintViolation
+                && msg.contains("UNIQUE")
+                && msg.ends_with(column)
         }
         _ => false,
     }

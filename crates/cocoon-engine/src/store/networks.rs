@@ -27,11 +27,16 @@ impl Store {
     /// The leases of one VM, by interface name.
     pub fn leases(&mut self, vm_id: &str) -> Result<Vec<NetworkLease>> {
         self.read(|tx| {
-            let mut stmt = tx.prepare_cached("SELECT id, doc FROM networks WHERE vm_id = ?1 ORDER BY if_name")?;
+            let mut stmt = tx
+                .prepare_cached("SELECT id, doc FROM networks WHERE vm_id = ?1 ORDER BY if_name")?;
             let rows = stmt
-                .query_map([vm_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .query_map([vm_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows.iter().map(|(id, doc)| from_json(KIND, id, doc)).collect()
+            rows.iter()
+                .map(|(id, doc)| from_json(KIND, id, doc))
+                .collect()
         })
     }
 

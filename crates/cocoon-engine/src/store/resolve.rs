@@ -31,7 +31,12 @@ pub(crate) fn list(candidates: &[Candidate]) -> String {
 }
 
 /// Resolves `reference` in `table` (which has `id` and `name` columns) to one ID.
-pub(crate) fn resolve_id(tx: &Transaction<'_>, table: &str, kind: ObjectKind, reference: &str) -> Result<String> {
+pub(crate) fn resolve_id(
+    tx: &Transaction<'_>,
+    table: &str,
+    kind: ObjectKind,
+    reference: &str,
+) -> Result<String> {
     let not_found = || StoreError::NotFound {
         kind,
         reference: reference.to_string(),
@@ -40,11 +45,17 @@ pub(crate) fn resolve_id(tx: &Transaction<'_>, table: &str, kind: ObjectKind, re
         return Err(not_found());
     }
     let mut by_id = tx.prepare_cached(&format!("SELECT id FROM {table} WHERE id = ?1"))?;
-    if let Some(id) = by_id.query_map([reference], |r| r.get::<_, String>(0))?.next() {
+    if let Some(id) = by_id
+        .query_map([reference], |r| r.get::<_, String>(0))?
+        .next()
+    {
         return Ok(id?);
     }
     let mut by_name = tx.prepare_cached(&format!("SELECT id FROM {table} WHERE name = ?1"))?;
-    if let Some(id) = by_name.query_map([reference], |r| r.get::<_, String>(0))?.next() {
+    if let Some(id) = by_name
+        .query_map([reference], |r| r.get::<_, String>(0))?
+        .next()
+    {
         return Ok(id?);
     }
     if reference.len() < MIN_PREFIX || !is_id_prefix(reference) {

@@ -13,7 +13,9 @@ const KIND: ObjectKind = ObjectKind::Snapshot;
 
 fn load(tx: &Transaction<'_>, id: &str) -> Result<Option<Snapshot>> {
     let doc: Option<String> = tx
-        .query_row("SELECT doc FROM snapshots WHERE id = ?1", [id], |r| r.get(0))
+        .query_row("SELECT doc FROM snapshots WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
         .optional()?;
     doc.map(|doc| from_json(KIND, id, &doc)).transpose()
 }
@@ -35,12 +37,21 @@ fn write_row(tx: &Transaction<'_>, snapshot: &Snapshot, insert: bool) -> Result<
     };
     let result = tx.execute(
         sql,
-        params![snapshot.id, name, snapshot.vm_id, snapshot.pending, snapshot.created_at.to_string(), doc],
+        params![
+            snapshot.id,
+            name,
+            snapshot.vm_id,
+            snapshot.pending,
+            snapshot.created_at.to_string(),
+            doc
+        ],
     );
     match result {
         Err(e) if is_unique_violation(&e, "snapshots.name") => {
             let owner = tx
-                .query_row("SELECT id FROM snapshots WHERE name = ?1", [name], |r| r.get(0))
+                .query_row("SELECT id FROM snapshots WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
                 .optional()?
                 .unwrap_or_default();
             Err(StoreError::NameTaken {
@@ -55,7 +66,10 @@ fn write_row(tx: &Transaction<'_>, snapshot: &Snapshot, insert: bool) -> Result<
         }),
         other => {
             other?;
-            tx.execute("DELETE FROM blob_refs WHERE owner_kind = 'snapshot' AND owner_id = ?1", [&snapshot.id])?;
+            tx.execute(
+                "DELETE FROM blob_refs WHERE owner_kind = 'snapshot' AND owner_id = ?1",
+                [&snapshot.id],
+            )?;
             let mut pin = tx.prepare_cached(
                 "INSERT OR IGNORE INTO blob_refs (owner_kind, owner_id, digest) VALUES ('snapshot', ?1, ?2)",
             )?;
@@ -76,7 +90,12 @@ impl Store {
         })
     }
 
-    pub fn update_snapshot<T>(&mut self, id: &str, action: &str, f: impl FnOnce(&mut Snapshot) -> T) -> Result<(Snapshot, T)> {
+    pub fn update_snapshot<T>(
+        &mut self,
+        id: &str,
+        action: &str,
+        f: impl FnOnce(&mut Snapshot) -> T,
+    ) -> Result<(Snapshot, T)> {
         self.write(|tx| {
             let mut snapshot = load(tx, id)?.ok_or_else(|| not_found(id))?;
             let out = f(&mut snapshot);
@@ -91,7 +110,10 @@ impl Store {
         self.write(|tx| {
             let snapshot = load(tx, id)?.ok_or_else(|| not_found(id))?;
             tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
-            tx.execute("DELETE FROM blob_refs WHERE owner_kind = 'snapshot' AND owner_id = ?1", [id])?;
+            tx.execute(
+                "DELETE FROM blob_refs WHERE owner_kind = 'snapshot' AND owner_id = ?1",
+                [id],
+            )?;
             append(tx, KIND, id, "deleted", Some(&to_json(&snapshot)))?;
             Ok(snapshot)
         })
@@ -118,11 +140,15 @@ impl Store {
     /// Pending snapshots: in flight, or left behind by a crash.
     pub fn pending_snapshots(&mut self) -> Result<Vec<Snapshot>> {
         self.read(|tx| {
-            let mut stmt = tx.prepare_cached("SELECT id, doc FROM snapshots WHERE pending = 1 ORDER BY created_at")?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, doc FROM snapshots WHERE pending = 1 ORDER BY created_at",
+            )?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows.iter().map(|(id, doc)| from_json(KIND, id, doc)).collect()
+            rows.iter()
+                .map(|(id, doc)| from_json(KIND, id, doc))
+                .collect()
         })
     }
 

@@ -91,7 +91,9 @@ fn temp_store() -> (tempfile::TempDir, Store) {
 fn opens_in_wal_mode_at_latest_version() {
     let (dir, mut store) = temp_store();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-    let mode: String = store.read(|tx| Ok(tx.query_row("PRAGMA journal_mode", [], |r| r.get(0))?)).unwrap();
+    let mode: String = store
+        .read(|tx| Ok(tx.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
+        .unwrap();
     assert_eq!(mode, "wal");
     drop(store);
     // Reopening an up-to-date database changes nothing.
@@ -108,9 +110,15 @@ fn migrates_from_every_earlier_version() {
         assert_eq!(old.schema_version().unwrap(), start);
         drop(old);
         let mut store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION, "from v{start}");
+        assert_eq!(
+            store.schema_version().unwrap(),
+            SCHEMA_VERSION,
+            "from v{start}"
+        );
         // The migrated schema is fully usable.
-        store.insert_vm(&vm_fixture(&generate_id(), "after-migration")).unwrap();
+        store
+            .insert_vm(&vm_fixture(&generate_id(), "after-migration"))
+            .unwrap();
         assert_eq!(store.list_vms().unwrap().len(), 1);
     }
 }
@@ -135,7 +143,10 @@ fn refuses_a_newer_schema() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cocoon.db");
     let store = Store::open(&path).unwrap();
-    store.conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+    store
+        .conn
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
     drop(store);
     let err = Store::open(&path).unwrap_err();
     assert_eq!(
@@ -154,17 +165,26 @@ fn vm_names_are_unique() {
     let (_dir, mut store) = temp_store();
     let first = vm_fixture(&generate_id(), "web");
     store.insert_vm(&first).unwrap();
-    let err = store.insert_vm(&vm_fixture(&generate_id(), "web")).unwrap_err();
+    let err = store
+        .insert_vm(&vm_fixture(&generate_id(), "web"))
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("VM name \"web\" is already used by {}; pick another name or remove it first", first.id)
+        format!(
+            "VM name \"web\" is already used by {}; pick another name or remove it first",
+            first.id
+        )
     );
-    let err = store.insert_vm(&vm_fixture(&first.id, "other")).unwrap_err();
+    let err = store
+        .insert_vm(&vm_fixture(&first.id, "other"))
+        .unwrap_err();
     assert!(matches!(err, StoreError::IdTaken { .. }), "{err}");
     // Renaming onto a taken name fails too, and leaves the record unchanged.
     let second = vm_fixture(&generate_id(), "db");
     store.insert_vm(&second).unwrap();
-    let err = store.update_vm(&second.id, "renamed", |vm| vm.config.name = "web".into()).unwrap_err();
+    let err = store
+        .update_vm(&second.id, "renamed", |vm| vm.config.name = "web".into())
+        .unwrap_err();
     assert!(matches!(err, StoreError::NameTaken { .. }), "{err}");
     assert_eq!(store.get_vm(&second.id).unwrap().unwrap().config.name, "db");
     // A deleted VM frees its name.
@@ -178,14 +198,25 @@ fn every_change_appends_one_event_in_order() {
     assert_eq!(store.last_event_seq().unwrap(), 0);
     let vm = vm_fixture(&generate_id(), "ev");
     store.insert_vm(&vm).unwrap();
-    store.update_vm(&vm.id, "running", |v| v.state = VmState::Running).unwrap();
+    store
+        .update_vm(&vm.id, "running", |v| v.state = VmState::Running)
+        .unwrap();
     // A failed change leaves no event behind.
-    let _ = store.insert_vm(&vm_fixture(&generate_id(), "ev")).unwrap_err();
+    let _ = store
+        .insert_vm(&vm_fixture(&generate_id(), "ev"))
+        .unwrap_err();
     store.delete_vm(&vm.id).unwrap();
     let events = store.events_since(0, 100).unwrap();
     let actions: Vec<(i64, &str)> = events.iter().map(|e| (e.seq, e.action.as_str())).collect();
-    assert_eq!(actions, vec![(1, "created"), (2, "running"), (3, "deleted")]);
-    assert!(events.iter().all(|e| e.object_id == vm.id && e.object_kind == ObjectKind::Vm));
+    assert_eq!(
+        actions,
+        vec![(1, "created"), (2, "running"), (3, "deleted")]
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.object_id == vm.id && e.object_kind == ObjectKind::Vm)
+    );
     assert_eq!(events[1].doc.as_ref().unwrap()["state"], "running");
     assert_eq!(store.events_since(2, 100).unwrap().len(), 1);
     assert_eq!(store.last_event_seq().unwrap(), 3);
@@ -205,11 +236,18 @@ fn resolves_vms_by_id_name_and_prefix() {
     assert_eq!(store.resolve_vm("beta").unwrap().id, b.id);
     assert_eq!(store.resolve_vm("ABCD").unwrap().id, c.id);
     assert_eq!(store.resolve_vm("ABCDE").unwrap().id, a.id);
-    assert_eq!(store.resolve_vm("abcz").unwrap().id, b.id, "prefixes ignore case");
+    assert_eq!(
+        store.resolve_vm("abcz").unwrap().id,
+        b.id,
+        "prefixes ignore case"
+    );
     let err = store.resolve_vm("ABC").unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("VM reference \"ABC\" is ambiguous; it matches: {} (alpha), {} (beta)", a.id, b.id)
+        format!(
+            "VM reference \"ABC\" is ambiguous; it matches: {} (alpha), {} (beta)",
+            a.id, b.id
+        )
     );
     match err {
         StoreError::Ambiguous { candidates, .. } => assert_eq!(candidates.len(), 2),
@@ -222,7 +260,10 @@ fn resolves_vms_by_id_name_and_prefix() {
     let many = store
         .resolve_vms(&["alpha".into(), a.id.clone(), "beta".into()])
         .unwrap();
-    assert_eq!(many.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), vec![a.id.as_str(), b.id.as_str()]);
+    assert_eq!(
+        many.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+        vec![a.id.as_str(), b.id.as_str()]
+    );
     assert!(store.resolve_vms(&["alpha".into(), "nope".into()]).is_err());
 }
 
@@ -238,21 +279,36 @@ fn snapshot_ids_follow_the_snapshot_table() {
     store.insert_snapshot(&pending).unwrap();
     let ids = store.get_vm(&vm.id).unwrap().unwrap().snapshot_ids;
     assert_eq!(ids.keys().collect::<Vec<_>>(), vec![&ready.id]);
-    assert_eq!(store.list_snapshots(None).unwrap().len(), 1, "pending snapshots are hidden");
+    assert_eq!(
+        store.list_snapshots(None).unwrap().len(),
+        1,
+        "pending snapshots are hidden"
+    );
     assert_eq!(store.pending_snapshots().unwrap().len(), 1);
-    store.update_snapshot(&pending.id, "ready", |s| s.pending = false).unwrap();
+    store
+        .update_snapshot(&pending.id, "ready", |s| s.pending = false)
+        .unwrap();
     assert_eq!(store.list_snapshots(Some(&vm.id)).unwrap().len(), 2);
     store.delete_snapshot(&ready.id).unwrap();
     let ids = store.get_vm(&vm.id).unwrap().unwrap().snapshot_ids;
     assert_eq!(ids.keys().collect::<Vec<_>>(), vec![&pending.id]);
     // Snapshots outlive their VM.
     store.delete_vm(&vm.id).unwrap();
-    assert_eq!(store.get_snapshot(&pending.id).unwrap().unwrap().vm_id, None);
+    assert_eq!(
+        store.get_snapshot(&pending.id).unwrap().unwrap().vm_id,
+        None
+    );
     // Names are unique, but many snapshots may have none.
-    let err = store.insert_snapshot(&snapshot_fixture(&generate_id(), "s2", None)).unwrap_err();
+    let err = store
+        .insert_snapshot(&snapshot_fixture(&generate_id(), "s2", None))
+        .unwrap_err();
     assert!(matches!(err, StoreError::NameTaken { .. }), "{err}");
-    store.insert_snapshot(&snapshot_fixture(&generate_id(), "", None)).unwrap();
-    store.insert_snapshot(&snapshot_fixture(&generate_id(), "", None)).unwrap();
+    store
+        .insert_snapshot(&snapshot_fixture(&generate_id(), "", None))
+        .unwrap();
+    store
+        .insert_snapshot(&snapshot_fixture(&generate_id(), "", None))
+        .unwrap();
 }
 
 #[test]
@@ -260,20 +316,62 @@ fn images_resolve_by_name_digest_and_prefix() {
     let (_dir, mut store) = temp_store();
     let digest = format!("sha256:{}", "ab12".repeat(16));
     let other = format!("sha256:{}", "cd34".repeat(16));
-    store.put_image(&image_fixture("ubuntu:24.04", &digest), &[("sha256:l1".into(), "erofs".into(), 10)]).unwrap();
-    store.put_image(&image_fixture("ubuntu:latest", &digest), &[("sha256:l1".into(), "erofs".into(), 10)]).unwrap();
-    store.put_image(&image_fixture("alpine", &other), &[("sha256:l2".into(), "erofs".into(), 10)]).unwrap();
+    store
+        .put_image(
+            &image_fixture("ubuntu:24.04", &digest),
+            &[("sha256:l1".into(), "erofs".into(), 10)],
+        )
+        .unwrap();
+    store
+        .put_image(
+            &image_fixture("ubuntu:latest", &digest),
+            &[("sha256:l1".into(), "erofs".into(), 10)],
+        )
+        .unwrap();
+    store
+        .put_image(
+            &image_fixture("alpine", &other),
+            &[("sha256:l2".into(), "erofs".into(), 10)],
+        )
+        .unwrap();
     assert_eq!(store.resolve_images("alpine", &[]).unwrap()[0].id, other);
-    assert_eq!(store.resolve_images("docker.io/library/alpine:latest", &["alpine".into()]).unwrap().len(), 1);
+    assert_eq!(
+        store
+            .resolve_images("docker.io/library/alpine:latest", &["alpine".into()])
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(store.resolve_images(&digest, &[]).unwrap().len(), 2);
-    assert_eq!(store.resolve_images(&"ab12".repeat(3), &[]).unwrap().len(), 2);
-    assert_eq!(store.resolve_images(&format!("sha256:{}", "CD34".repeat(3)), &[]).unwrap()[0].name, "alpine");
+    assert_eq!(
+        store.resolve_images(&"ab12".repeat(3), &[]).unwrap().len(),
+        2
+    );
+    assert_eq!(
+        store
+            .resolve_images(&format!("sha256:{}", "CD34".repeat(3)), &[])
+            .unwrap()[0]
+            .name,
+        "alpine"
+    );
     let err = store.resolve_images("ab12ab12ab1", &[]).unwrap_err();
-    assert_eq!(err.to_string(), "image \"ab12ab12ab1\" not found", "11 hex chars is too short");
+    assert_eq!(
+        err.to_string(),
+        "image \"ab12ab12ab1\" not found",
+        "11 hex chars is too short"
+    );
     // Replacing an entry keeps one row and moves its pins.
-    store.put_image(&image_fixture("alpine", &digest), &[("sha256:l1".into(), "erofs".into(), 10)]).unwrap();
+    store
+        .put_image(
+            &image_fixture("alpine", &digest),
+            &[("sha256:l1".into(), "erofs".into(), 10)],
+        )
+        .unwrap();
     assert_eq!(store.list_images().unwrap().len(), 3);
-    assert_eq!(store.unpinned_blobs().unwrap(), vec!["sha256:l2".to_string()]);
+    assert_eq!(
+        store.unpinned_blobs().unwrap(),
+        vec!["sha256:l2".to_string()]
+    );
     let removed = store.remove_images(&["ubuntu:24.04".into()]).unwrap();
     assert_eq!(removed[0].name, "ubuntu:24.04");
     assert!(store.remove_images(&["ubuntu:24.04".into()]).is_err());
@@ -283,14 +381,25 @@ fn images_resolve_by_name_digest_and_prefix() {
 #[test]
 fn vm_pins_keep_blobs_alive() {
     let (_dir, mut store) = temp_store();
-    store.put_image(&image_fixture("a", "sha256:00"), &[("sha256:l1".into(), "erofs".into(), 1)]).unwrap();
+    store
+        .put_image(
+            &image_fixture("a", "sha256:00"),
+            &[("sha256:l1".into(), "erofs".into(), 1)],
+        )
+        .unwrap();
     let mut vm = vm_fixture(&generate_id(), "pinner");
     vm.image_blob_ids.insert("sha256:l1".into(), Empty {});
     store.insert_vm(&vm).unwrap();
     store.remove_images(&["a".into()]).unwrap();
-    assert!(store.unpinned_blobs().unwrap().is_empty(), "the VM still pins the layer");
+    assert!(
+        store.unpinned_blobs().unwrap().is_empty(),
+        "the VM still pins the layer"
+    );
     store.delete_vm(&vm.id).unwrap();
-    assert_eq!(store.unpinned_blobs().unwrap(), vec!["sha256:l1".to_string()]);
+    assert_eq!(
+        store.unpinned_blobs().unwrap(),
+        vec!["sha256:l1".to_string()]
+    );
 }
 
 #[test]
@@ -301,15 +410,24 @@ fn network_leases_per_interface() {
         vm_id: "VM1".into(),
         if_name: if_name.into(),
         network_name: "cocoon".into(),
-        network: IpConfig { ip: ip.into(), gateway: "10.88.0.1".into(), prefix: 16 },
+        network: IpConfig {
+            ip: ip.into(),
+            gateway: "10.88.0.1".into(),
+            prefix: 16,
+        },
         cni_result: None,
     };
     store.put_lease(&lease("eth1", "10.88.0.6")).unwrap();
     store.put_lease(&lease("eth0", "10.88.0.5")).unwrap();
     store.put_lease(&lease("eth0", "10.88.0.7")).unwrap();
     let leases = store.leases("VM1").unwrap();
-    assert_eq!(leases.iter().map(|l| (l.if_name.as_str(), l.network.ip.as_str())).collect::<Vec<_>>(),
-        vec![("eth0", "10.88.0.7"), ("eth1", "10.88.0.6")]);
+    assert_eq!(
+        leases
+            .iter()
+            .map(|l| (l.if_name.as_str(), l.network.ip.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("eth0", "10.88.0.7"), ("eth1", "10.88.0.6")]
+    );
     assert_eq!(store.delete_leases("VM1").unwrap(), 2);
     assert!(store.leases("VM1").unwrap().is_empty());
 }
@@ -318,7 +436,12 @@ fn network_leases_per_interface() {
 fn intents_record_progress_and_orphans() {
     let (_dir, mut store) = temp_store();
     let guard = store
-        .begin_intent("vm.create", ObjectKind::Vm, "VM1", &serde_json::json!({"run_dir": "/run/x"}))
+        .begin_intent(
+            "vm.create",
+            ObjectKind::Vm,
+            "VM1",
+            &serde_json::json!({"run_dir": "/run/x"}),
+        )
         .unwrap();
     guard.step(&mut store, "disks", None).unwrap();
     let intents = store.intents().unwrap();
@@ -327,13 +450,23 @@ fn intents_record_progress_and_orphans() {
     assert_eq!(intents[0].step, "disks");
     assert_eq!(intents[0].data["run_dir"], "/run/x");
     assert!(intents[0].owner_alive());
-    assert!(store.orphaned_intents().unwrap().is_empty(), "our own intent is not orphaned");
+    assert!(
+        store.orphaned_intents().unwrap().is_empty(),
+        "our own intent is not orphaned"
+    );
 
     // An intent whose owner exited is orphaned, even if its pid is reused later.
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = crate::process::ProcessIdentity::of(child.id()).unwrap();
     child.wait().unwrap();
-    let stale = store.begin_intent("snapshot.save", ObjectKind::Vm, "VM2", &serde_json::json!({})).unwrap();
+    let stale = store
+        .begin_intent(
+            "snapshot.save",
+            ObjectKind::Vm,
+            "VM2",
+            &serde_json::json!({}),
+        )
+        .unwrap();
     store
         .write(|tx| {
             tx.execute(
@@ -344,7 +477,13 @@ fn intents_record_progress_and_orphans() {
         })
         .unwrap();
     let orphans = store.orphaned_intents().unwrap();
-    assert_eq!(orphans.iter().map(|i| i.object_id.as_str()).collect::<Vec<_>>(), vec!["VM2"]);
+    assert_eq!(
+        orphans
+            .iter()
+            .map(|i| i.object_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["VM2"]
+    );
     guard.finish(&mut store).unwrap();
     store.clear_intent(orphans[0].id).unwrap();
     assert!(store.intents().unwrap().is_empty());
@@ -362,5 +501,9 @@ fn corrupt_documents_are_reported_not_panicked() {
         })
         .unwrap();
     let err = store.list_vms().unwrap_err();
-    assert!(err.to_string().starts_with("corrupt VM record CCCCCCCCCCCCCCCCCCCCCCCCCC in the state database:"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("corrupt VM record CCCCCCCCCCCCCCCCCCCCCCCCCC in the state database:"),
+        "{err}"
+    );
 }

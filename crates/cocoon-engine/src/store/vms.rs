@@ -19,7 +19,8 @@ fn load(tx: &Transaction<'_>, id: &str) -> Result<Option<Vm>> {
 /// Fills the derived fields of a stored VM document.
 fn hydrate(tx: &Transaction<'_>, id: &str, doc: &str) -> Result<Vm> {
     let mut vm: Vm = from_json(KIND, id, doc)?;
-    let mut stmt = tx.prepare_cached("SELECT id FROM snapshots WHERE vm_id = ?1 AND pending = 0")?;
+    let mut stmt =
+        tx.prepare_cached("SELECT id FROM snapshots WHERE vm_id = ?1 AND pending = 0")?;
     vm.snapshot_ids = stmt
         .query_map([id], |r| r.get::<_, String>(0))?
         .map(|r| r.map(|id| (id, Empty {})))
@@ -35,8 +36,13 @@ fn stored_doc(vm: &Vm) -> String {
 }
 
 fn sync_pins(tx: &Transaction<'_>, vm: &Vm) -> Result<()> {
-    tx.execute("DELETE FROM blob_refs WHERE owner_kind = 'vm' AND owner_id = ?1", [&vm.id])?;
-    let mut stmt = tx.prepare_cached("INSERT INTO blob_refs (owner_kind, owner_id, digest) VALUES ('vm', ?1, ?2)")?;
+    tx.execute(
+        "DELETE FROM blob_refs WHERE owner_kind = 'vm' AND owner_id = ?1",
+        [&vm.id],
+    )?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO blob_refs (owner_kind, owner_id, digest) VALUES ('vm', ?1, ?2)",
+    )?;
     for digest in vm.image_blob_ids.keys() {
         stmt.execute(params![vm.id, digest])?;
     }
@@ -80,7 +86,12 @@ impl Store {
 
     /// Read-modify-write of one VM in a single transaction: no update is ever lost
     /// to a concurrent writer. `action` names the change in the event log.
-    pub fn update_vm<T>(&mut self, id: &str, action: &str, f: impl FnOnce(&mut Vm) -> T) -> Result<(Vm, T)> {
+    pub fn update_vm<T>(
+        &mut self,
+        id: &str,
+        action: &str,
+        f: impl FnOnce(&mut Vm) -> T,
+    ) -> Result<(Vm, T)> {
         self.write(|tx| {
             let mut vm = load(tx, id)?.ok_or_else(|| StoreError::NotFound {
                 kind: KIND,

@@ -1,0 +1,38 @@
+//! One handler per command: call the engine, render the result.
+
+mod image;
+mod other;
+mod snapshot;
+mod status;
+mod vm;
+
+use cocoon_engine::{Config, Engine, Error, Result};
+
+use crate::cli::Command;
+
+pub fn run(command: Command, config: Config) -> Result<()> {
+    match command {
+        Command::Image(cmd) => image::run(cmd, config),
+        Command::Vm(cmd) => vm::run(cmd, config),
+        Command::Snapshot(cmd) => snapshot::run(cmd, config),
+        Command::Gc => {
+            Engine::open(config)?;
+            not_implemented("gc", "crash consistency and garbage collection")
+        }
+        Command::Version => other::version(),
+        Command::Completion { shell } => other::completion(shell),
+        Command::ManPages { dir } => other::man_pages(&dir),
+    }
+}
+
+/// The command parsed and validated; its engine part arrives with `area`.
+pub(crate) fn not_implemented(command: &str, area: &'static str) -> Result<()> {
+    Err(Error::NotImplemented {
+        command: command.to_string(),
+        area,
+    })
+}
+
+pub(crate) fn io(e: std::io::Error) -> Error {
+    Error::io("cannot write output", e)
+}

@@ -1,0 +1,35 @@
+use std::path::Path;
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+use cocoon_engine::{Error, Result};
+
+use super::io;
+use crate::cli::Cli;
+
+pub fn version() -> Result<()> {
+    println!("Version: {}", env!("CARGO_PKG_VERSION"));
+    println!("Git hash: {}", env!("COCOON_GIT_HASH"));
+    println!("Built: {}", env!("COCOON_BUILT_AT"));
+    println!("Rust version: {}", env!("COCOON_RUSTC_VERSION"));
+    println!(
+        "OS/Arch: {}/{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    Ok(())
+}
+
+pub fn completion(shell: Shell) -> Result<()> {
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "cocoon", &mut std::io::stdout());
+    Ok(())
+}
+
+/// One page per command: cocoon(1), cocoon-vm(1), cocoon-vm-run(1), ...
+pub fn man_pages(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    clap_mangen::generate_to(Cli::command(), dir).map_err(io)?;
+    Ok(())
+}

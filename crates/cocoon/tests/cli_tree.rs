@@ -1,0 +1,128 @@
+//! The command tree and flag set must be exactly cocoon's (reference §1.3), as
+//! written down in `cli-tree.txt`. A flag added, dropped or renamed fails here.
+//! Regenerate with `UPDATE_CLI_TREE=1 cargo test --test cli_tree` and review the diff.
+
+use clap::CommandFactory;
+use cocoon::cli::Cli;
+
+fn describe(cmd: &clap::Command, path: &str, out: &mut String) {
+    if cmd.is_hide_set() {
+        return;
+    }
+    let aliases: Vec<&str> = cmd.get_visible_aliases().collect();
+    out.push_str(path);
+    if !aliases.is_empty() {
+        out.push_str(&format!(" (alias: {})", aliases.join(", ")));
+    }
+    out.push('\n');
+    let shown = |a: &&clap::Arg| a.get_id() != "help" && (path == "cocoon" || !a.is_global_set());
+    let mut flags: Vec<String> = cmd
+        .get_opts()
+        .chain(
+            cmd.get_arguments()
+                .filter(|a| !a.is_positional() && !a.get_action().takes_values()),
+        )
+        .filter(shown)
+        .map(|a| {
+            let mut s = String::new();
+            if let Some(short) = a.get_short() {
+                s.push_str(&format!("-{short}, "));
+            }
+            s.push_str(&format!("--{}", a.get_long().expect("long flag")));
+            let defaults: Vec<String> = a
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            if !defaults.is_empty() && !defaults.iter().all(|d| d == "false") {
+                s.push_str(&format!(" = {:?}", defaults.join(",")));
+            }
+            s
+        })
+        .collect();
+    flags.sort();
+    flags.dedup();
+    // Positionals keep their declared order: it is part of the interface.
+    let positionals = cmd.get_positionals().filter(shown).map(|a| {
+        let name = a
+            .get_value_names()
+            .map_or(a.get_id().to_string(), |n| n[0].to_string());
+        let many = matches!(a.get_num_args(), Some(r) if r.max_values() > 1);
+        match (a.is_required_set(), many) {
+            (true, true) => format!("<{name}>..."),
+            (true, false) => format!("<{name}>"),
+            (false, true) => format!("[{name}]..."),
+            (false, false) => format!("[{name}]"),
+        }
+    });
+    for arg in flags.into_iter().chain(positionals) {
+        out.push_str(&format!("  {arg}\n"));
+    }
+    let mut subs: Vec<&clap::Command> = cmd
+        .get_subcommands()
+        .filter(|s| s.get_name() != "help")
+        .collect();
+    subs.sort_by_key(|s| s.get_name());
+    for sub in subs {
+        describe(sub, &format!("{path} {}", sub.get_name()), out);
+    }
+}
+
+#[test]
+fn command_tree_matches_cocoon() {
+    let mut actual = String::new();
+    describe(&Cli::command(), "cocoon", &mut actual);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli-tree.txt");
+    if std::env::var_os("UPDATE_CLI_TREE").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(actual, expected, "the CLI drifted from tests/cli-tree.txt");
+}
+
+#[test]
+fn clap_definition_is_consistent() {
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let bin = env!("CARGO_BIN_EXE_cocoon");
+    let expected: &[(&[&str], &[&str])] = &[
+        (
+            &[],
+            &["image", "vm", "snapshot", "gc", "version", "completion"],
+        ),
+        (&["image"], &["pull", "import", "list", "rm", "inspect"]),
+        (
+            &["vm"],
+            &[
+                "create", "run", "clone", "start", "stop", "list", "inspect", "console", "rm",
+                "restore", "debug", "status",
+            ],
+        ),
+        (
+            &["snapshot"],
+            &["save", "list", "inspect", "rm", "export", "import"],
+        ),
+    ];
+    for (path, subcommands) in expected {
+        let out = std::process::Command::new(bin)
+            .args(*path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        let listed: Vec<&str> = help
+            .split("Commands:\n")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+            .collect();
+        assert_eq!(&listed, subcommands, "cocoon {} --help", path.join(" "));
+    }
+}
