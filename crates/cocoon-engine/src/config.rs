@@ -412,11 +412,11 @@ impl Config {
         let fail = |reason: &str| value_error(key.name, raw, source.clone(), reason);
         let value = raw.trim();
         match key.name {
-            "root_dir" => self.root_dir = dir(value).map_err(|r| fail(r))?,
-            "run_dir" => self.run_dir = dir(value).map_err(|r| fail(r))?,
-            "log_dir" => self.log_dir = dir(value).map_err(|r| fail(r))?,
-            "cni_conf_dir" => self.cni_conf_dir = dir(value).map_err(|r| fail(r))?,
-            "cni_bin_dir" => self.cni_bin_dir = dir(value).map_err(|r| fail(r))?,
+            "root_dir" => self.root_dir = dir(value).map_err(&fail)?,
+            "run_dir" => self.run_dir = dir(value).map_err(&fail)?,
+            "log_dir" => self.log_dir = dir(value).map_err(&fail)?,
+            "cni_conf_dir" => self.cni_conf_dir = dir(value).map_err(&fail)?,
+            "cni_bin_dir" => self.cni_bin_dir = dir(value).map_err(&fail)?,
             "dns" => {
                 let dns = spec::parse_dns(value).map_err(|e| fail(&e.to_string()))?;
                 if dns.is_empty() {
@@ -431,11 +431,11 @@ impl Config {
                 }
                 self.log.level = level;
             }
-            "log.max_size" => self.log.max_size = number(value).map_err(|r| fail(r))?,
-            "log.max_age" => self.log.max_age = number(value).map_err(|r| fail(r))?,
-            "log.max_backups" => self.log.max_backups = number(value).map_err(|r| fail(r))?,
-            "ch_binary" => self.ch_binary = binary(value).map_err(|r| fail(r))?,
-            "fc_binary" => self.fc_binary = binary(value).map_err(|r| fail(r))?,
+            "log.max_size" => self.log.max_size = number(value).map_err(&fail)?,
+            "log.max_age" => self.log.max_age = number(value).map_err(&fail)?,
+            "log.max_backups" => self.log.max_backups = number(value).map_err(&fail)?,
+            "ch_binary" => self.ch_binary = binary(value).map_err(&fail)?,
+            "fc_binary" => self.fc_binary = binary(value).map_err(&fail)?,
             "use_firecracker" => {
                 self.use_firecracker = match value.to_ascii_lowercase().as_str() {
                     "true" | "1" | "yes" | "on" => true,
@@ -443,17 +443,15 @@ impl Config {
                     _ => return Err(fail("expected true or false")),
                 }
             }
-            "stop_timeout_seconds" => {
-                self.stop_timeout_seconds = positive(value).map_err(|r| fail(r))?
-            }
+            "stop_timeout_seconds" => self.stop_timeout_seconds = positive(value).map_err(&fail)?,
             "socket_wait_timeout_seconds" => {
-                self.socket_wait_timeout_seconds = positive(value).map_err(|r| fail(r))?
+                self.socket_wait_timeout_seconds = positive(value).map_err(&fail)?
             }
             "terminate_grace_period_seconds" => {
-                self.terminate_grace_period_seconds = positive(value).map_err(|r| fail(r))?
+                self.terminate_grace_period_seconds = positive(value).map_err(&fail)?
             }
             "pool_size" => {
-                let n: u64 = number(value).map_err(|r| fail(r))?;
+                let n: u64 = number(value).map_err(&fail)?;
                 self.pool_size = if n == 0 {
                     default_pool_size()
                 } else {
@@ -627,10 +625,10 @@ mod tests {
             );
             assert_eq!(c.source_of(key.name), Source::Env(key.env));
 
-            if key.flag.is_some() {
+            if let Some(flag) = key.flag {
                 let c = load(Some(&file), &[(key.env, env_v)], &[(key.name, flag_v)]).unwrap();
                 assert_eq!(value_of(&c, key.name), flag_v, "flag overrides {}", key.env);
-                assert_eq!(c.source_of(key.name), Source::Flag(key.flag.unwrap()));
+                assert_eq!(c.source_of(key.name), Source::Flag(flag));
             }
         }
     }

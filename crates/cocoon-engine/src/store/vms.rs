@@ -145,11 +145,29 @@ impl Store {
     /// All VMs, oldest first.
     pub fn list_vms(&mut self) -> Result<Vec<Vm>> {
         self.read(|tx| {
+            // Two queries for the whole list, not one per VM.
+            let mut snapshots: std::collections::HashMap<String, crate::model::Set> =
+                Default::default();
+            let mut stmt = tx.prepare_cached(
+                "SELECT vm_id, id FROM snapshots WHERE pending = 0 AND vm_id IS NOT NULL",
+            )?;
+            for row in
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            {
+                let (vm_id, id) = row?;
+                snapshots.entry(vm_id).or_default().insert(id, Empty {});
+            }
             let mut stmt = tx.prepare_cached("SELECT id, doc FROM vms ORDER BY created_at, id")?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows.iter().map(|(id, doc)| hydrate(tx, id, doc)).collect()
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut vms = Vec::new();
+            for row in rows {
+                let (id, doc) = row?;
+                let mut vm: Vm = from_json(KIND, &id, &doc)?;
+                vm.snapshot_ids = snapshots.remove(&id).unwrap_or_default();
+                vms.push(vm);
+            }
+            Ok(vms)
         })
     }
 

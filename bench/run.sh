@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs every benchmark. Each prints its baseline, our figure and the ratio,
+# all measured in the same run on this machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo bench --locked -p cocoon-engine --bench state_store
