@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 pub use assert_cmd;
 
+pub mod guest;
+
 /// A private cocoon installation: root, run and log directories and an empty
 /// config file under one temporary directory, removed on drop.
 pub struct CocoonEnv {
