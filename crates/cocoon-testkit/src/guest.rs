@@ -22,9 +22,9 @@ pub fn kernel_path() -> &'static Path {
 pub fn last_heartbeat(serial: &str) -> Option<u64> {
     serial
         .lines()
+        .rev()
         .filter_map(|l| l.trim().strip_prefix(HEARTBEAT_PREFIX))
-        .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .find_map(|n| n.trim().parse().ok())
 }
 
 /// Every `count=<n>` answer in `serial` output.
