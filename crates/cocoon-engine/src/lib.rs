@@ -12,7 +12,9 @@ pub mod model;
 pub mod process;
 pub mod spec;
 pub mod store;
+pub mod supervise;
 pub mod units;
+pub mod vmm;
 
 pub use config::Config;
 pub use engine::Engine;

@@ -1,0 +1,442 @@
+//! VMM process supervision without a daemon.
+//!
+//! A VMM is launched detached (own session, stdin from /dev/null or a given
+//! file, output to its log), optionally inside a network namespace, and is
+//! known from then on by pid + start time + API socket path. Every check and
+//! every signal verifies all three, and signals go through a pidfd, so a
+//! recycled pid can never make cocoon signal a stranger. When the record of a
+//! VMM is lost, it is found by scanning `/proc/*/cmdline` for its socket.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+use tokio::io::unix::AsyncFd;
+
+use crate::model::VmmProcess;
+use crate::process::ProcessIdentity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("cannot start {binary}: {source}")]
+    Spawn { binary: String, source: io::Error },
+    #[error("cannot open {what} {}: {source}", path.display())]
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{binary} exited ({status}) before its API socket {} was ready{}", socket.display(), log_tail(.log))]
+    ExitedEarly {
+        binary: String,
+        status: String,
+        socket: PathBuf,
+        log: String,
+    },
+    #[error("{binary} did not open its API socket {} within {}s{}", socket.display(), timeout.as_secs_f64(), log_tail(.log))]
+    SocketTimeout {
+        binary: String,
+        socket: PathBuf,
+        timeout: Duration,
+        log: String,
+    },
+    #[error("process {pid} did not exit after SIGKILL")]
+    Unkillable { pid: u32 },
+    #[error("cannot signal process {pid}: {source}")]
+    Signal { pid: u32, source: io::Error },
+}
+
+fn log_tail(log: &str) -> String {
+    if log.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; last output:\n{}", log.trim_end())
+    }
+}
+
+/// Where a VMM's stdin comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stdin {
+    Null,
+    /// A file or FIFO opened for reading (e.g. a serial console input).
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub binary: PathBuf,
+    pub args: Vec<OsString>,
+    /// The API socket the VMM will listen on; part of its identity.
+    pub api_socket: PathBuf,
+    /// stdout and stderr go here (truncated at each launch).
+    pub log_file: PathBuf,
+    pub stdin: Stdin,
+    /// Run inside this network namespace (e.g. `/var/run/netns/cocoon-<id>`).
+    pub netns: Option<PathBuf>,
+    /// How long to wait for the API socket to accept connections.
+    pub socket_timeout: Duration,
+}
+
+/// Starts the VMM and waits until its API socket accepts a connection. On any
+/// failure the process is killed and reaped: nothing is left running.
+pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
+    let binary = spec.binary.display().to_string();
+    let log = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&spec.log_file)
+        .map_err(|source| SuperviseError::Open {
+            what: "log file",
+            path: spec.log_file.clone(),
+            source,
+        })?;
+    let stdin = match &spec.stdin {
+        Stdin::Null => Stdio::null(),
+        Stdin::Path(path) => Stdio::from(
+            OpenOptions::new()
+                .read(true)
+                .write(true) // a FIFO opened read-write never blocks and never sees EOF
+                .open(path)
+                .map_err(|source| SuperviseError::Open {
+                    what: "stdin",
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+    };
+    let netns: Option<OwnedFd> = match &spec.netns {
+        Some(path) => Some(
+            File::open(path)
+                .map_err(|source| SuperviseError::Open {
+                    what: "network namespace",
+                    path: path.clone(),
+                    source,
+                })?
+                .into(),
+        ),
+        None => None,
+    };
+    // A stale socket from a dead VMM would make the readiness check lie.
+    let _ = std::fs::remove_file(&spec.api_socket);
+
+    let mut command = Command::new(&spec.binary);
+    command
+        .args(&spec.args)
+        .stdin(stdin)
+        .stdout(log.try_clone().map_err(|source| SuperviseError::Open {
+            what: "log file",
+            path: spec.log_file.clone(),
+            source,
+        })?)
+        .stderr(log);
+    let netns_fd = netns.as_ref().map(|fd| fd.as_raw_fd());
+    // SAFETY: only async-signal-safe syscalls run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            // Own session: no terminal signals (Ctrl+C) reach the VMM, and it
+            // outlives the CLI that started it.
+            rustix::process::setsid()?;
+            if let Some(fd) = netns_fd {
+                // The VMM (and the TAPs it opens) live in the VM's namespace;
+                // switching in the child keeps every thread of ours untouched.
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
+        binary: binary.clone(),
+        source,
+    })?;
+    drop(netns);
+    let pid = child.id();
+    let identity = match ProcessIdentity::of(pid) {
+        Ok(identity) => identity,
+        Err(_) => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            return Err(SuperviseError::ExitedEarly {
+                binary,
+                status,
+                socket: spec.api_socket.clone(),
+                log: read_tail(&spec.log_file),
+            });
+        }
+    };
+    let deadline = Instant::now() + spec.socket_timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(SuperviseError::ExitedEarly {
+                binary,
+                status: status.to_string(),
+                socket: spec.api_socket.clone(),
+                log: read_tail(&spec.log_file),
+            });
+        }
+        if tokio::net::UnixStream::connect(&spec.api_socket)
+            .await
+            .is_ok()
+        {
+            // Dropping `child` neither kills nor waits: the VMM runs on, and
+            // init reaps it once this process is gone.
+            return Ok(VmmProcess {
+                identity,
+                api_socket: spec.api_socket.clone(),
+            });
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SuperviseError::SocketTimeout {
+                binary,
+                socket: spec.api_socket.clone(),
+                timeout: spec.socket_timeout,
+                log: read_tail(&spec.log_file),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The last 2 KiB of a log, for error messages.
+fn read_tail(path: &Path) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(2048)));
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    text
+}
+
+/// The raw arguments of a process.
+fn cmdline(pid: u32) -> Option<Vec<OsString>> {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        bytes
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| OsString::from_vec(a.to_vec()))
+            .collect(),
+    )
+}
+
+/// Whether an argument list names `socket` as a value (`--api-socket PATH`,
+/// `--api-sock=PATH`, or CH's `path=PATH` key/value syntax).
+fn names_socket(args: &[OsString], socket: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let wanted = socket.as_os_str().as_bytes();
+    args.iter().any(|arg| {
+        let arg = arg.as_bytes();
+        arg == wanted
+            || arg.ends_with(wanted)
+                && matches!(
+                    arg.get(arg.len() - wanted.len() - 1),
+                    Some(b'=') | Some(b',')
+                )
+    })
+}
+
+/// True while the recorded VMM runs: same pid, same start time, and its command
+/// line still names the recorded API socket.
+pub fn is_running(vmm: &VmmProcess) -> bool {
+    vmm.identity.is_alive()
+        && cmdline(vmm.identity.pid).is_some_and(|args| names_socket(&args, &vmm.api_socket))
+}
+
+/// Every live process whose command line names `api_socket`: how a VMM whose
+/// record or pidfile is gone is still found.
+pub fn find_by_socket(api_socket: &Path) -> Vec<VmmProcess> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let me = std::process::id();
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| cmdline(*pid).is_some_and(|args| names_socket(&args, api_socket)))
+        .filter_map(|pid| ProcessIdentity::of(pid).ok())
+        .map(|identity| VmmProcess {
+            identity,
+            api_socket: api_socket.to_path_buf(),
+        })
+        .collect()
+}
+
+/// How a termination ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The process was not running (or was another process by now): nothing signalled.
+    AlreadyGone,
+    /// It exited after the graceful step.
+    Graceful,
+    /// It exited after SIGTERM.
+    Terminated,
+    /// It needed SIGKILL.
+    Killed,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StopTimeouts {
+    /// Wait after the graceful step (guest shutdown).
+    pub graceful: Duration,
+    /// Wait after SIGTERM.
+    pub term: Duration,
+    /// Wait after SIGKILL.
+    pub kill: Duration,
+}
+
+impl Default for StopTimeouts {
+    fn default() -> Self {
+        StopTimeouts {
+            graceful: Duration::from_secs(30),
+            term: Duration::from_secs(5),
+            kill: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A pidfd for the recorded process, or None if that exact process is gone.
+fn open_verified(vmm: &VmmProcess) -> Option<OwnedFd> {
+    if !is_running(vmm) {
+        return None;
+    }
+    let pid = Pid::from_raw(vmm.identity.pid as i32)?;
+    let fd = pidfd_open(pid, PidfdFlags::empty()).ok()?;
+    // The pid could have been recycled between the check and pidfd_open; the
+    // pidfd is pinned now, so one more check makes it certain.
+    is_running(vmm).then_some(fd)
+}
+
+/// Waits until the pidfd's process exits; false on timeout.
+async fn wait_exit(pidfd: &AsyncFd<OwnedFd>, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match pidfd.readable().await {
+                Ok(mut guard) => {
+                    // Readable means exited; it stays readable, so no need to clear.
+                    guard.retain_ready();
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Stops a VMM: `graceful` (e.g. a guest shutdown request through the API)
+/// if given, then SIGTERM, then SIGKILL, each followed by its wait. Identity is
+/// re-verified before every signal; a process that is not the recorded VMM is
+/// never signalled.
+pub async fn terminate<F, Fut>(
+    vmm: &VmmProcess,
+    graceful: Option<F>,
+    timeouts: StopTimeouts,
+) -> Result<Stopped, SuperviseError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let pid = vmm.identity.pid;
+    let Some(fd) = open_verified(vmm) else {
+        return Ok(Stopped::AlreadyGone);
+    };
+    // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open and
+    // unchanged until it is dropped.
+    let pidfd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| SuperviseError::Signal {
+            pid,
+            source: e.into(),
+        })?;
+    if let Some(step) = graceful {
+        step().await;
+        if wait_exit(&pidfd, timeouts.graceful).await {
+            return Ok(Stopped::Graceful);
+        }
+    }
+    for (signal, wait, outcome) in [
+        (Signal::TERM, timeouts.term, Stopped::Terminated),
+        (Signal::KILL, timeouts.kill, Stopped::Killed),
+    ] {
+        if !vmm.identity.is_alive() {
+            return Ok(outcome);
+        }
+        match pidfd_send_signal(pidfd.get_ref(), signal) {
+            Ok(()) => {}
+            // ESRCH: it exited between the check and the signal.
+            Err(rustix::io::Errno::SRCH) => return Ok(outcome),
+            Err(e) => {
+                return Err(SuperviseError::Signal {
+                    pid,
+                    source: e.into(),
+                });
+            }
+        }
+        if wait_exit(&pidfd, wait).await {
+            return Ok(outcome);
+        }
+    }
+    Err(SuperviseError::Unkillable { pid })
+}
+
+/// Terminates every process that names `api_socket`, recorded or not (an
+/// orphan left by a crash between launch and record). Returns how many.
+pub async fn terminate_all_by_socket(
+    api_socket: &Path,
+    timeouts: StopTimeouts,
+) -> Result<usize, SuperviseError> {
+    let mut stopped = 0;
+    for vmm in find_by_socket(api_socket) {
+        if terminate(&vmm, None::<fn() -> std::future::Ready<()>>, timeouts).await?
+            != Stopped::AlreadyGone
+        {
+            stopped += 1;
+        }
+    }
+    Ok(stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_matching_is_exact() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let sock = Path::new("/run/cocoon/vms/A/api.sock");
+        assert!(names_socket(
+            &args(&["ch", "--api-socket", "/run/cocoon/vms/A/api.sock"]),
+            sock
+        ));
+        assert!(names_socket(
+            &args(&["ch", "--api-socket=/run/cocoon/vms/A/api.sock"]),
+            sock
+        ));
+        assert!(names_socket(
+            &args(&["ch", "--api-socket", "path=/run/cocoon/vms/A/api.sock"]),
+            sock
+        ));
+        assert!(!names_socket(
+            &args(&["ch", "--api-socket", "/run/cocoon/vms/AB/api.sock"]),
+            sock
+        ));
+        assert!(!names_socket(
+            &args(&["ch", "--api-socket", "/x/run/cocoon/vms/A/api.sock"]),
+            sock
+        ));
+        assert!(!names_socket(&args(&["ch"]), sock));
+    }
+}

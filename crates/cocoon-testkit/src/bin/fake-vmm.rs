@@ -1,0 +1,728 @@
+//! A fake Cloud Hypervisor / Firecracker for tests: launched exactly like the
+//! real binary (`--api-socket PATH` makes it Cloud Hypervisor, `--api-sock PATH`
+//! Firecracker), it serves their API on a unix socket with the same paths,
+//! methods, status codes and error bodies (recorded from CH v53.0 and FC
+//! v1.16.1), keeps the VM state machine, writes and reads real snapshot files,
+//! and injects faults on demand.
+//!
+//! Faults: `COCOON_FAKE_VMM_FAULTS=<file>` names a JSON file re-read on every
+//! request: `[{"method": "PUT", "path": "/api/v1/vm.pause", "action": "...",
+//! "ms": 100, "status": 500, "body": "...", "times": 1}]`. Actions: `delay`
+//! (then answer normally), `error` (answer `status` with `body`), `die` (exit
+//! without answering), `hang` (never answer), `apply_then_hang` (change state,
+//! never answer), `apply_then_die`. `times` counts down; 0 or absent = always.
+//! `COCOON_FAKE_VMM_REQUESTS=<file>` appends every request line to that file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Flavor {
+    CloudHypervisor,
+    Firecracker,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    /// CH: no VM; FC: "Not started".
+    NotCreated,
+    Created,
+    Running,
+    Paused,
+    Shutdown,
+}
+
+struct Vm {
+    state: State,
+    /// CH: the VmConfig; FC: the pre-boot configuration by resource.
+    config: Value,
+}
+
+struct Fake {
+    flavor: Flavor,
+    id: String,
+    vm: Mutex<Vm>,
+    faults: Option<PathBuf>,
+    requests: Option<PathBuf>,
+}
+
+fn arg_value(args: &[String], names: &[&str]) -> Option<String> {
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        for name in names {
+            if arg == name {
+                return iter.next().cloned();
+            }
+            if let Some(value) = arg.strip_prefix(&format!("{name}=")) {
+                return Some(value.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// CH's `key=value,key=value` option syntax: the value of `key` (or the whole
+/// option when it has no keys, e.g. `--api-socket /path`).
+fn ch_option(option: &str, key: &str) -> Option<String> {
+    if !option.contains('=') {
+        return Some(option.to_string());
+    }
+    option
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version") {
+        println!("fake-vmm 0.0.0");
+        return;
+    }
+    let (flavor, socket) = if let Some(s) = arg_value(&args, &["--api-socket"]) {
+        (
+            Flavor::CloudHypervisor,
+            PathBuf::from(ch_option(&s, "path").expect("api socket path")),
+        )
+    } else if let Some(s) = arg_value(&args, &["--api-sock"]) {
+        (Flavor::Firecracker, PathBuf::from(s))
+    } else {
+        eprintln!("fake-vmm: need --api-socket (Cloud Hypervisor) or --api-sock (Firecracker)");
+        std::process::exit(2);
+    };
+    let mut vm = Vm {
+        state: State::NotCreated,
+        config: json!({}),
+    };
+    if flavor == Flavor::CloudHypervisor {
+        if let Some(kernel) = arg_value(&args, &["--kernel"]) {
+            // CH boots the VM given on its command line right away.
+            vm.config = json!({
+                "payload": {"kernel": kernel},
+                "cpus": {"boot_vcpus": arg_value(&args, &["--cpus"]).and_then(|c| ch_option(&c, "boot")).and_then(|b| b.parse::<u32>().ok()).unwrap_or(1)},
+                "memory": {"size": 134217728},
+            });
+            vm.state = State::Running;
+        }
+        if let Some(restore) = arg_value(&args, &["--restore"]) {
+            let dir = ch_option(&restore, "source_url")
+                .expect("source_url")
+                .trim_start_matches("file://")
+                .to_string();
+            match std::fs::read_to_string(Path::new(&dir).join("config.json")) {
+                Ok(text) => {
+                    vm.config = serde_json::from_str(&text).expect("config.json");
+                    vm.state = State::Paused;
+                }
+                Err(e) => {
+                    eprintln!("fake-vmm: cannot restore from {dir}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    let fake = Arc::new(Fake {
+        flavor,
+        id: arg_value(&args, &["--id"]).unwrap_or_else(|| "anonymous-instance".into()),
+        vm: Mutex::new(vm),
+        faults: std::env::var_os("COCOON_FAKE_VMM_FAULTS").map(PathBuf::from),
+        requests: std::env::var_os("COCOON_FAKE_VMM_REQUESTS").map(PathBuf::from),
+    });
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind API socket");
+    eprintln!("fake-vmm: {flavor:?} listening on {}", socket.display());
+    let app = axum::Router::new().fallback({
+        let fake = fake.clone();
+        move |method: Method, uri: Uri, body: Bytes| {
+            let fake = fake.clone();
+            async move { fake.handle(method, uri, body).await }
+        }
+    });
+    axum::serve(listener, app).await.expect("serve");
+}
+
+enum Fault {
+    None,
+    Delay(u64),
+    Error(u16, String),
+    Die,
+    Hang,
+    ApplyThenHang,
+    ApplyThenDie,
+}
+
+impl Fake {
+    fn next_fault(&self, method: &Method, path: &str) -> Fault {
+        let Some(file) = &self.faults else {
+            return Fault::None;
+        };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            return Fault::None;
+        };
+        let Ok(mut rules) = serde_json::from_str::<Vec<Value>>(&text) else {
+            return Fault::None;
+        };
+        for rule in rules.iter_mut() {
+            let method_ok = rule["method"]
+                .as_str()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()));
+            let path_ok = rule["path"].as_str().is_none_or(|p| p == path);
+            let times = rule["times"].as_u64();
+            if !method_ok || !path_ok || times == Some(0) && rule.get("times_used").is_some() {
+                continue;
+            }
+            if let Some(n) = times.filter(|n| *n > 0) {
+                rule["times"] = json!(n - 1);
+                rule["times_used"] = json!(true);
+                let _ = std::fs::write(file, serde_json::to_vec(&rules).unwrap());
+            }
+            let rule = rules
+                .into_iter()
+                .find(|r| r["path"].as_str().is_none_or(|p| p == path))
+                .unwrap_or_default();
+            return match rule["action"].as_str() {
+                Some("delay") => Fault::Delay(rule["ms"].as_u64().unwrap_or(0)),
+                Some("error") => Fault::Error(
+                    rule["status"].as_u64().unwrap_or(500) as u16,
+                    rule["body"].as_str().unwrap_or("").to_string(),
+                ),
+                Some("die") => Fault::Die,
+                Some("hang") => Fault::Hang,
+                Some("apply_then_hang") => Fault::ApplyThenHang,
+                Some("apply_then_die") => Fault::ApplyThenDie,
+                _ => Fault::None,
+            };
+        }
+        Fault::None
+    }
+
+    async fn handle(&self, method: Method, uri: Uri, body: Bytes) -> Response {
+        let path = uri.path().to_string();
+        if let Some(log) = &self.requests {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+            {
+                let _ = writeln!(f, "{method} {path}");
+            }
+        }
+        match self.next_fault(&method, &path) {
+            Fault::None => {}
+            Fault::Delay(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Fault::Error(status, body) => {
+                return (
+                    StatusCode::from_u16(status).unwrap(),
+                    [("content-type", "application/json")],
+                    body,
+                )
+                    .into_response();
+            }
+            Fault::Die => std::process::exit(137),
+            Fault::Hang => std::future::pending::<()>().await,
+            Fault::ApplyThenHang => {
+                let _ = self.dispatch(&method, &path, &body).await;
+                std::future::pending::<()>().await;
+            }
+            Fault::ApplyThenDie => {
+                let _ = self.dispatch(&method, &path, &body).await;
+                std::process::exit(137);
+            }
+        }
+        self.dispatch(&method, &path, &body).await
+    }
+
+    async fn dispatch(&self, method: &Method, path: &str, body: &[u8]) -> Response {
+        let body: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(body).unwrap_or(Value::Null)
+        };
+        match self.flavor {
+            Flavor::CloudHypervisor => self.cloud_hypervisor(method, path, body).await,
+            Flavor::Firecracker => self.firecracker(method, path, body).await,
+        }
+    }
+
+    async fn cloud_hypervisor(&self, method: &Method, path: &str, body: Value) -> Response {
+        let Some(op) = path.strip_prefix("/api/v1/") else {
+            return ch_error(StatusCode::NOT_FOUND, &[]);
+        };
+        let mut vm = self.vm.lock().await;
+        let state_name = |s: State| match s {
+            State::NotCreated | State::Created => "Created",
+            State::Running => "Running",
+            State::Paused => "Paused",
+            State::Shutdown => "Shutdown",
+        };
+        let transition = |top: &str, verb: &str, from: State, to: &str| {
+            ch_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &[
+                    top,
+                    &format!("Cannot {verb} VM"),
+                    &format!("Failed to {verb} migratable component"),
+                    &format!(
+                        "Invalid transition: InvalidStateTransition({}, {to})",
+                        state_name(from)
+                    ),
+                ],
+            )
+        };
+        let not_running = |top: &str| {
+            ch_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &[top, "VM is not running"],
+            )
+        };
+        match (method.as_str(), op) {
+            ("GET", "vmm.ping") => ok_json(
+                json!({"build_version": "v53.0.0-fake", "version": "53.0.0", "pid": std::process::id(), "features": ["kvm"]}),
+            ),
+            ("PUT", "vmm.shutdown") => {
+                tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    std::process::exit(0)
+                });
+                no_content()
+            }
+            ("GET", "vm.info") => match vm.state {
+                State::NotCreated => ch_error(
+                    StatusCode::NOT_FOUND,
+                    &["The VM info is not available", "VM is not created"],
+                ),
+                s => ok_json(
+                    json!({"config": vm.config, "state": state_name(s), "memory_actual_size": vm.config["memory"]["size"]}),
+                ),
+            },
+            ("GET", "vm.counters") => match vm.state {
+                State::Running | State::Paused => {
+                    ok_json(json!({"_disk0": {"read_bytes": 0, "write_bytes": 0}}))
+                }
+                _ => not_running("The VM counters are not available"),
+            },
+            ("PUT", "vm.create") => {
+                if vm.state != State::NotCreated {
+                    return ch_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &["The VM could not be created", "VM is already created"],
+                    );
+                }
+                vm.config = body;
+                vm.state = State::Created;
+                no_content()
+            }
+            ("PUT", "vm.boot") => match vm.state {
+                State::NotCreated => ch_error(
+                    StatusCode::NOT_FOUND,
+                    &["The VM could not boot", "VM is not created"],
+                ),
+                State::Created | State::Shutdown => {
+                    vm.state = State::Running;
+                    no_content()
+                }
+                s => transition("The VM could not boot", "boot", s, "Running"),
+            },
+            ("PUT", "vm.pause") => match vm.state {
+                State::Running => {
+                    vm.state = State::Paused;
+                    no_content()
+                }
+                State::NotCreated | State::Shutdown => not_running("The VM could not be paused"),
+                s => transition("The VM could not be paused", "pause", s, "Paused"),
+            },
+            ("PUT", "vm.resume") => match vm.state {
+                State::Paused => {
+                    vm.state = State::Running;
+                    no_content()
+                }
+                State::NotCreated | State::Shutdown => not_running("The VM could not resume"),
+                s => transition("The VM could not resume", "resume", s, "Running"),
+            },
+            ("PUT", "vm.shutdown") => match vm.state {
+                State::Running | State::Paused | State::Created => {
+                    vm.state = State::Shutdown;
+                    no_content()
+                }
+                _ => not_running("The VM could not shutdown"),
+            },
+            ("PUT", "vm.power-button") => match vm.state {
+                // The fake guest honours the button at once, as an ACPI-aware guest would.
+                State::Running => {
+                    vm.state = State::Shutdown;
+                    no_content()
+                }
+                _ => not_running("Error triggering power button"),
+            },
+            ("PUT", "vm.snapshot") => {
+                if vm.state != State::Paused {
+                    return ch_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &[
+                            "The VM could not be snapshotted",
+                            "Cannot snapshot VM",
+                            "Failed to snapshot migratable component",
+                            "Trying to snapshot while VM is running",
+                        ],
+                    );
+                }
+                let Some(dir) = body["destination_url"]
+                    .as_str()
+                    .and_then(|u| u.strip_prefix("file://"))
+                else {
+                    return ch_error(StatusCode::BAD_REQUEST, &[]);
+                };
+                let dir = Path::new(dir);
+                let written = std::fs::write(
+                    dir.join("config.json"),
+                    serde_json::to_vec_pretty(&vm.config).unwrap(),
+                )
+                .and_then(|()| std::fs::write(dir.join("state.json"), br#"{"fake":true}"#))
+                .and_then(|()| std::fs::write(dir.join("memory-ranges"), vec![0u8; 4096]));
+                match written {
+                    Ok(()) => no_content(),
+                    Err(e) => ch_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &[
+                            "The VM could not be snapshotted",
+                            "Cannot snapshot VM",
+                            &format!("Error writing snapshot: {e}"),
+                        ],
+                    ),
+                }
+            }
+            ("PUT", "vm.restore") => {
+                if vm.state != State::NotCreated {
+                    return ch_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &["The VM could not be restored", "VM is already created"],
+                    );
+                }
+                let dir = body["source_url"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim_start_matches("file://")
+                    .to_string();
+                match std::fs::read(Path::new(&dir).join("config.json"))
+                    .map(|b| serde_json::from_slice::<Value>(&b))
+                {
+                    Ok(Ok(config))
+                        if Path::new(&dir).join("state.json").exists()
+                            && Path::new(&dir).join("memory-ranges").exists() =>
+                    {
+                        vm.config = config;
+                        vm.state = if body["resume"].as_bool() == Some(true) {
+                            State::Running
+                        } else {
+                            State::Paused
+                        };
+                        no_content()
+                    }
+                    _ => ch_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &[
+                            "The VM could not be restored",
+                            &format!("Cannot restore VM from {dir}"),
+                        ],
+                    ),
+                }
+            }
+            ("PUT", "vm.add-disk") | ("PUT", "vm.add-net") => match vm.state {
+                State::Running | State::Paused => {
+                    let kind = if op == "vm.add-disk" { "disks" } else { "net" };
+                    let list = vm.config[kind].as_array().map_or(0, Vec::len);
+                    let id = body["id"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("_{kind}{list}"));
+                    let mut device = body.clone();
+                    device["id"] = json!(id);
+                    if !vm.config[kind].is_array() {
+                        vm.config[kind] = json!([]);
+                    }
+                    vm.config[kind].as_array_mut().unwrap().push(device);
+                    ok_json(json!({"id": id, "bdf": format!("0000:00:{:02x}.0", 6 + list)}))
+                }
+                _ => not_running(if op == "vm.add-disk" {
+                    "The disk could not be added to the VM"
+                } else {
+                    "The network device could not be added to the VM"
+                }),
+            },
+            ("PUT", "vm.remove-device") => {
+                let id = body["id"].as_str().unwrap_or("").to_string();
+                let mut found = false;
+                for kind in ["disks", "net"] {
+                    if let Some(list) = vm.config[kind].as_array_mut() {
+                        let before = list.len();
+                        list.retain(|d| d["id"].as_str() != Some(&id));
+                        found |= list.len() != before;
+                    }
+                }
+                if found {
+                    no_content()
+                } else {
+                    ch_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &[
+                            "The device could not be removed from the VM",
+                            &format!("No device with id {id}"),
+                        ],
+                    )
+                }
+            }
+            ("PUT", "vm.resize") => match vm.state {
+                State::Running | State::Paused => {
+                    if let Some(n) = body["desired_vcpus"].as_u64() {
+                        vm.config["cpus"]["boot_vcpus"] = json!(n);
+                    }
+                    if let Some(n) = body["desired_ram"].as_u64() {
+                        vm.config["memory"]["size"] = json!(n);
+                    }
+                    no_content()
+                }
+                _ => not_running("The VM could not be resized"),
+            },
+            _ => ch_error(StatusCode::NOT_FOUND, &[]),
+        }
+    }
+
+    async fn firecracker(&self, method: &Method, path: &str, body: Value) -> Response {
+        let mut vm = self.vm.lock().await;
+        let started = matches!(vm.state, State::Running | State::Paused);
+        let fault = |msg: &str| fc_fault(StatusCode::BAD_REQUEST, msg);
+        const AFTER: &str = "The requested operation is not supported after starting the microVM.";
+        const BEFORE: &str =
+            "The requested operation is not supported before starting the microVM.";
+        let state_name = |s: State| match s {
+            State::Running => "Running",
+            State::Paused => "Paused",
+            _ => "Not started",
+        };
+        let configure = |vm: &mut Vm, key: &str, value: Value| {
+            vm.config[key] = value;
+            no_content()
+        };
+        match (method.as_str(), path) {
+            ("GET", "/") => ok_json(
+                json!({"id": self.id, "state": state_name(vm.state), "vmm_version": "1.16.1-fake", "app_name": "Firecracker"}),
+            ),
+            ("GET", "/version") => ok_json(json!({"firecracker_version": "1.16.1-fake"})),
+            ("GET", "/vm/config") => ok_json(vm.config.clone()),
+            ("PUT", "/machine-config")
+            | ("PUT", "/boot-source")
+            | ("PUT", "/balloon")
+            | ("PUT", "/entropy")
+                if started =>
+            {
+                fault(AFTER)
+            }
+            ("PUT", "/machine-config") => {
+                if body["vcpu_count"].as_u64().is_none() || body["mem_size_mib"].as_u64().is_none()
+                {
+                    return fault(
+                        "An error occurred when deserializing the json body of a request: missing field `vcpu_count` or `mem_size_mib`.",
+                    );
+                }
+                configure(&mut vm, "machine-config", body)
+            }
+            ("PUT", "/boot-source") => {
+                let kernel = body["kernel_image_path"].as_str().unwrap_or("");
+                if !Path::new(kernel).exists() {
+                    return fault(&format!(
+                        "Invalid kernel path: No such file or directory (os error 2): {kernel}"
+                    ));
+                }
+                configure(&mut vm, "boot-source", body)
+            }
+            ("PUT", "/balloon") => configure(&mut vm, "balloon", body),
+            ("PUT", "/entropy") => configure(&mut vm, "entropy", body),
+            ("PUT", p) if p.starts_with("/drives/") || p.starts_with("/network-interfaces/") => {
+                if started {
+                    return fault(AFTER);
+                }
+                let (key, id_field) = if p.starts_with("/drives/") {
+                    ("drives", "drive_id")
+                } else {
+                    ("network-interfaces", "iface_id")
+                };
+                let id = p.rsplit('/').next().unwrap_or("");
+                if body[id_field].as_str() != Some(id) {
+                    return fault("The id from the path does not match the id from the body!");
+                }
+                if !vm.config[key].is_array() {
+                    vm.config[key] = json!([]);
+                }
+                let list = vm.config[key].as_array_mut().unwrap();
+                list.retain(|d| d[id_field].as_str() != Some(id));
+                list.push(body);
+                no_content()
+            }
+            ("PUT", "/actions") => match body["action_type"].as_str() {
+                Some("InstanceStart") => {
+                    if started {
+                        return fault(AFTER);
+                    }
+                    if vm.config["boot-source"].is_null() {
+                        return fault("Cannot start microvm without kernel configuration.");
+                    }
+                    vm.state = State::Running;
+                    no_content()
+                }
+                Some("SendCtrlAltDel") => {
+                    if vm.state != State::Running {
+                        return fault(BEFORE);
+                    }
+                    // The guest reboots on Ctrl-Alt-Del, and Firecracker exits on a guest reset.
+                    tokio::spawn(async {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        std::process::exit(0)
+                    });
+                    no_content()
+                }
+                Some("FlushMetrics") => no_content(),
+                _ => fault(
+                    "An error occurred when deserializing the json body of a request: unknown action_type.",
+                ),
+            },
+            ("PATCH", "/vm") => {
+                if !started {
+                    return fault(BEFORE);
+                }
+                match body["state"].as_str() {
+                    Some("Paused") => vm.state = State::Paused,
+                    Some("Resumed") => vm.state = State::Running,
+                    _ => {
+                        return fault(
+                            "An error occurred when deserializing the json body of a request: unknown variant.",
+                        );
+                    }
+                }
+                no_content()
+            }
+            ("PUT", "/snapshot/create") => {
+                if vm.state != State::Paused {
+                    return fault("Cannot save microvm state: the microVM must be paused.");
+                }
+                let (Some(state), Some(mem)) = (
+                    body["snapshot_path"].as_str(),
+                    body["mem_file_path"].as_str(),
+                ) else {
+                    return fault(
+                        "An error occurred when deserializing the json body of a request: missing field.",
+                    );
+                };
+                let doc = json!({"config": vm.config, "id": self.id});
+                match std::fs::write(state, serde_json::to_vec(&doc).unwrap())
+                    .and_then(|()| std::fs::write(mem, vec![0u8; 4096]))
+                {
+                    Ok(()) => no_content(),
+                    Err(e) => fault(&format!("Cannot create snapshot: {e}")),
+                }
+            }
+            ("PUT", "/snapshot/load") => {
+                if started || !vm.config.as_object().is_none_or(|c| c.is_empty()) {
+                    return fault(
+                        "Loading a microVM snapshot not allowed after configuring boot-specific resources.",
+                    );
+                }
+                let state_path = body["snapshot_path"].as_str().unwrap_or("");
+                let mem_path = body["mem_backend"]["backend_path"]
+                    .as_str()
+                    .or(body["mem_file_path"].as_str())
+                    .unwrap_or("");
+                let doc = match std::fs::read(state_path)
+                    .map(|b| serde_json::from_slice::<Value>(&b))
+                {
+                    Ok(Ok(doc)) => doc,
+                    _ => {
+                        return fault(&format!(
+                            "Load microVM snapshot error: Cannot restore microvm state: cannot read {state_path}"
+                        ));
+                    }
+                };
+                if !Path::new(mem_path).exists() {
+                    return fault(&format!(
+                        "Load microVM snapshot error: Cannot restore microvm memory: cannot open {mem_path}"
+                    ));
+                }
+                let mut config = doc["config"].clone();
+                for o in body["network_overrides"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    let iface = o["iface_id"].as_str().unwrap_or("");
+                    let Some(list) = config["network-interfaces"].as_array_mut() else {
+                        return fault(&format!(
+                            "Load microVM snapshot error: Invalid network override: no interface {iface}"
+                        ));
+                    };
+                    match list
+                        .iter_mut()
+                        .find(|n| n["iface_id"].as_str() == Some(iface))
+                    {
+                        Some(n) => n["host_dev_name"] = o["host_dev_name"].clone(),
+                        None => {
+                            return fault(&format!(
+                                "Load microVM snapshot error: Invalid network override: no interface {iface}"
+                            ));
+                        }
+                    }
+                }
+                vm.config = config;
+                vm.state = if body["resume_vm"].as_bool() == Some(true) {
+                    State::Running
+                } else {
+                    State::Paused
+                };
+                no_content()
+            }
+            _ => fault(&format!(
+                "Invalid request method and/or path: {method} {path}."
+            )),
+        }
+    }
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn ok_json(value: Value) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+/// Cloud Hypervisor's error body: the error chain as a JSON array.
+fn ch_error(status: StatusCode, chain: &[&str]) -> Response {
+    let mut messages = vec!["Error from API"];
+    messages.extend_from_slice(chain);
+    (
+        status,
+        [("content-type", "application/json")],
+        serde_json::to_string(&messages).unwrap(),
+    )
+        .into_response()
+}
+
+fn fc_fault(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        json!({"fault_message": message}).to_string(),
+    )
+        .into_response()
+}
