@@ -7,6 +7,24 @@ pub use assert_cmd;
 
 pub mod guest;
 
+/// A real VMM binary for end-to-end tests: `$<env>` if set, else `name` on PATH.
+/// Tests that need one and find none must say so loudly and skip.
+pub fn real_vmm(env: &str, name: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(env).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Prints a skip notice that stands out in test output.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+}
+
 /// A private cocoon installation: root, run and log directories and an empty
 /// config file under one temporary directory, removed on drop.
 pub struct CocoonEnv {
