@@ -246,7 +246,8 @@ impl Vm {
     /// A record whose state says `running` but whose VMM is gone (host reboot,
     /// `kill -9`, crash). Never shown as running.
     pub fn is_stale(&self) -> bool {
-        self.state == VmState::Running && !self.vmm.as_ref().is_some_and(|p| p.identity.is_alive())
+        self.state == VmState::Running
+            && !self.vmm.as_ref().is_some_and(crate::supervise::is_running)
     }
 
     pub fn ips(&self) -> Vec<String> {

@@ -106,11 +106,17 @@ fn vm_list_and_inspect_reconcile_dead_vmms() {
         api_socket: "/run/x/api.sock".into(),
     });
     store.insert_vm(&stale).unwrap();
-    // A running VM whose VMM is alive (this test process stands in for it).
+    // A running VM whose VMM is alive: a process serving (naming) its socket.
+    let socket = env.path().join("api.sock");
+    let mut vmm = std::process::Command::new("python3")
+        .args(["-c", "import time; time.sleep(60)"])
+        .arg(&socket)
+        .spawn()
+        .unwrap();
     let mut live = vm(B, "db", VmState::Running);
     live.vmm = Some(VmmProcess {
-        identity: ProcessIdentity::current(),
-        api_socket: "/run/y/api.sock".into(),
+        identity: ProcessIdentity::of(vmm.id()).unwrap(),
+        api_socket: socket.clone(),
     });
     live.network_configs.push(NetworkConfig {
         tap: "tapAABBBBBB-0".into(),
@@ -179,6 +185,28 @@ fn vm_list_and_inspect_reconcile_dead_vmms() {
         assert_eq!(json["id"], A, "{reference}");
         assert_eq!(json["stale"], true);
     }
+    // A process that is alive but does not serve the recorded socket is not our VMM.
+    let mut other = live.clone();
+    other.id = "OOOOOOOOOOOOOOOOOOOOOOOOOO".into();
+    other.config.name = "impostor".into();
+    other.vmm = Some(VmmProcess {
+        identity: ProcessIdentity::current(),
+        api_socket: socket.clone(),
+    });
+    store.insert_vm(&other).unwrap();
+    let out = env
+        .cmd()
+        .args(["vm", "inspect", "impostor"])
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (json["state"].as_str(), json["stale"].as_bool()),
+        (Some("stopped"), Some(true))
+    );
+    vmm.kill().unwrap();
+    vmm.wait().unwrap();
+
     let out = env.cmd().args(["vm", "inspect", "AA"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out).trim(), "Error: VM \"AA\" not found");
