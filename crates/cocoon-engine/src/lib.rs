@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod id;
+pub mod image;
 pub mod lock;
 pub mod model;
 pub mod process;

@@ -1,0 +1,81 @@
+//! Directory tree → EROFS image with `mkfs.erofs`.
+//!
+//! Built from an unpacked tree, never with `--tar`: erofs-utils before 1.8
+//! (bookworm ships 1.5) silently corrupts tar-mode input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ErofsError {
+    #[error("cannot run mkfs.erofs ({0}); install erofs-utils")]
+    Missing(std::io::Error),
+    #[error("mkfs.erofs failed for {}: {output}", tree.display())]
+    Failed { tree: PathBuf, output: String },
+}
+
+/// A stable filesystem UUID for a layer digest, so the same layer always
+/// produces the same image.
+pub fn layer_uuid(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    let mut h: Vec<char> = hex
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(32)
+        .collect();
+    h.resize(32, '0');
+    h[12] = '5'; // version nibble
+    h[16] = ['8', '9', 'a', 'b'][h[16].to_digit(16).unwrap_or(0) as usize & 3]; // RFC 4122 variant
+    let s: String = h.into_iter().collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &s[0..8],
+        &s[8..12],
+        &s[12..16],
+        &s[16..20],
+        &s[20..32]
+    )
+}
+
+/// Builds `output` from `tree`: lz4-compressed, timestamps zeroed, ownership
+/// and xattrs (including overlayfs whiteout markers) kept.
+pub fn build(tree: &Path, output: &Path, uuid: &str) -> Result<(), ErofsError> {
+    let out = Command::new("mkfs.erofs")
+        .arg("-zlz4")
+        .arg("-T0")
+        .arg(format!("-U{uuid}"))
+        .arg("--quiet")
+        .arg(output)
+        .arg(tree)
+        .output()
+        .map_err(ErofsError::Missing)?;
+    if !out.status.success() {
+        return Err(ErofsError::Failed {
+            tree: tree.to_path_buf(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .trim()
+            .to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_stable_and_well_formed() {
+        let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let uuid = layer_uuid(digest);
+        assert_eq!(uuid, layer_uuid(digest));
+        assert_eq!(uuid.len(), 36);
+        assert_eq!(&uuid[14..15], "5");
+        assert!(["8", "9", "a", "b"].contains(&&uuid[19..20]));
+        assert_ne!(uuid, layer_uuid("sha256:ff"));
+    }
+}

@@ -1,0 +1,4 @@
+//! Images: OCI VM images pulled from registries, each layer an EROFS disk.
+
+pub mod erofs;
+pub mod layer;
