@@ -210,7 +210,7 @@ impl Unpacker<'_> {
             }
             let path = target.with_file_name(hidden);
             remove_existing(&path).map_err(self.write_err(&rel))?;
-            mknod(&path, libc::S_IFCHR | 0o000, 0).map_err(self.write_err(&rel))?;
+            mknod(&path, libc::S_IFCHR, 0).map_err(self.write_err(&rel))?;
             return Ok(());
         }
 
