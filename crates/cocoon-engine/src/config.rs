@@ -211,6 +211,8 @@ pub struct Config {
     pub terminate_grace_period_seconds: u64,
     /// Already resolved: never 0.
     pub pool_size: usize,
+    /// `host[:port]` of registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
     /// The config file that was read, if any.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -259,6 +261,7 @@ impl Default for Config {
             socket_wait_timeout_seconds: 5,
             terminate_grace_period_seconds: 5,
             pool_size: default_pool_size(),
+            insecure_registries: Vec::new(),
             file: None,
             sources: BTreeMap::new(),
         }
@@ -333,6 +336,7 @@ impl Config {
             "socket_wait_timeout_seconds" => self.socket_wait_timeout_seconds.to_string(),
             "terminate_grace_period_seconds" => self.terminate_grace_period_seconds.to_string(),
             "pool_size" => self.pool_size.to_string(),
+            "insecure_registries" => self.insecure_registries.join(","),
             _ => return None,
         })
     }
@@ -375,7 +379,9 @@ impl Config {
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
-                toml::Value::Array(items) if key.name == "dns" => {
+                toml::Value::Array(items)
+                    if key.name == "dns" || key.name == "insecure_registries" =>
+                {
                     let mut parts = Vec::new();
                     for item in items {
                         match item.as_str() {
@@ -449,6 +455,21 @@ impl Config {
             }
             "terminate_grace_period_seconds" => {
                 self.terminate_grace_period_seconds = positive(value).map_err(&fail)?
+            }
+            "insecure_registries" => {
+                let hosts: Vec<String> = value
+                    .split([',', ';'])
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if let Some(bad) = hosts
+                    .iter()
+                    .find(|h| h.contains('/') || h.contains(char::is_whitespace))
+                {
+                    return Err(fail(&format!("{bad:?} is not a registry host[:port]")));
+                }
+                self.insecure_registries = hosts;
             }
             "pool_size" => {
                 let n: u64 = number(value).map_err(&fail)?;
@@ -576,6 +597,7 @@ mod tests {
             "socket_wait_timeout_seconds" => ["21", "22", "23"],
             "terminate_grace_period_seconds" => ["31", "32", "33"],
             "pool_size" => ["7", "8", "9"],
+            "insecure_registries" => ["reg.f:5000", "reg.e", "reg.c:80"],
             other => panic!("no samples for {other}"),
         }
     }

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::image::oci::{self, PullProgress, RegistryOptions};
+use crate::image::store::ImageDirs;
 use crate::lock::{VmLock, create_private_dir};
-use crate::model::{Image, Snapshot, VmView};
+use crate::model::{Image, ImageType, Snapshot, VmView};
 use crate::store::{ObjectKind, Store, StoreError};
 
 /// How long a command waits for another command on the same VM before failing busy.
@@ -64,13 +66,113 @@ impl Engine {
         Ok(VmView::reconcile(self.store.resolve_vm(reference)?))
     }
 
+    /// Pulls an OCI image: resolves the manifest (or index, for this platform),
+    /// fetches and converts the layers the store lacks, and records the image.
+    /// An unchanged tag whose layers are all present costs one manifest request.
+    pub fn pull_image(
+        &mut self,
+        reference: &str,
+        progress: &dyn PullProgress,
+    ) -> Result<PullOutcome> {
+        let parsed = oci::parse_reference(reference)?;
+        let name = parsed.whole();
+        let options = RegistryOptions::from_env(self.config.insecure_registries.clone());
+        let dirs = ImageDirs::new(&self.config.root_dir);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("cannot start the async runtime", e))?;
+        let (digest, layers) = runtime.block_on(oci::resolve(&parsed, &options))?;
+        if let Some(existing) = self
+            .store
+            .list_images()?
+            .into_iter()
+            .find(|i| i.name == name)
+            && existing.id == digest
+            && existing.layers.iter().all(|l| dirs.blob(l).is_file())
+        {
+            return Ok(PullOutcome {
+                image: existing,
+                fetched_layers: 0,
+                up_to_date: true,
+            });
+        }
+        progress.manifest(&name, layers.len());
+        let intent = self.store.begin_intent(
+            "image.pull",
+            ObjectKind::Image,
+            &name,
+            &serde_json::json!({"digest": digest}),
+        )?;
+        let pulled = runtime.block_on(oci::pull_layers(
+            &parsed,
+            layers,
+            &dirs,
+            &options,
+            self.config.pool_size,
+            progress,
+        ));
+        let pulled = match pulled.and_then(|layers| {
+            oci::require_boot_files(&name, &layers)?;
+            Ok(layers)
+        }) {
+            Ok(layers) => layers,
+            Err(e) => {
+                // Converted layers are complete and content-addressed: they stay
+                // for the next pull, or for gc. Nothing else was written.
+                intent.finish(&mut self.store)?;
+                return Err(e.into());
+            }
+        };
+        let pulled = oci::Pulled {
+            name: name.clone(),
+            manifest_digest: digest.clone(),
+            layers: pulled,
+        };
+        let size = pulled.layers.iter().map(|l| l.erofs_size).sum::<u64>()
+            + pulled
+                .kernel_layer()
+                .and_then(|d| std::fs::metadata(dirs.kernel(d)).ok())
+                .map_or(0, |m| m.len())
+            + pulled
+                .initrd_layer()
+                .and_then(|d| std::fs::metadata(dirs.initrd(d)).ok())
+                .map_or(0, |m| m.len());
+        let image = Image {
+            id: digest,
+            name,
+            kind: ImageType::Oci,
+            size,
+            created_at: jiff::Timestamp::now(),
+            layers: pulled.layers.iter().map(|l| l.digest.clone()).collect(),
+            kernel_layer: pulled.kernel_layer().map(str::to_string),
+            initrd_layer: pulled.initrd_layer().map(str::to_string),
+        };
+        let blobs: Vec<(String, String, u64)> = pulled
+            .layers
+            .iter()
+            .map(|l| (l.digest.clone(), "erofs".to_string(), l.erofs_size))
+            .collect();
+        self.store.put_image(&image, &blobs)?;
+        intent.finish(&mut self.store)?;
+        let fetched_layers = pulled.layers.iter().filter(|l| l.fetched).count();
+        Ok(PullOutcome {
+            image,
+            fetched_layers,
+            up_to_date: false,
+        })
+    }
+
     pub fn list_images(&mut self) -> Result<Vec<Image>> {
         Ok(self.store.list_images()?)
     }
 
     /// One image; a digest prefix shared by several names is ambiguous here.
     pub fn inspect_image(&mut self, reference: &str) -> Result<Image> {
-        let mut found = self.store.resolve_images(reference, &[])?;
+        let mut found = self
+            .store
+            .resolve_images(reference, &normalized(reference))?;
         if found.len() > 1 {
             return Err(StoreError::Ambiguous {
                 kind: ObjectKind::Image,
@@ -93,7 +195,10 @@ impl Engine {
     pub fn remove_images(&mut self, references: &[String]) -> Result<Vec<Image>> {
         let mut names: Vec<String> = Vec::new();
         for reference in references {
-            for image in self.store.resolve_images(reference, &[])? {
+            for image in self
+                .store
+                .resolve_images(reference, &normalized(reference))?
+            {
                 if !names.contains(&image.name) {
                     names.push(image.name);
                 }
@@ -127,6 +232,23 @@ impl Engine {
         }
         Ok(removed)
     }
+}
+
+/// The normalised spelling of an OCI reference (`ubuntu` → `docker.io/library/ubuntu:latest`).
+fn normalized(reference: &str) -> Vec<String> {
+    oci::parse_reference(reference)
+        .map(|r| vec![r.whole()])
+        .unwrap_or_default()
+}
+
+/// What `pull_image` did.
+#[derive(Debug, Clone)]
+pub struct PullOutcome {
+    pub image: Image,
+    /// Layers downloaded and converted by this pull (the rest were in the store).
+    pub fetched_layers: usize,
+    /// The tag still names the recorded image and every layer is present: nothing was done.
+    pub up_to_date: bool,
 }
 
 /// Removes `dir` only if it lies inside `root`: a record's path never makes

@@ -17,6 +17,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    Pull(#[from] crate::image::oci::PullError),
     #[error("{what}: {source}")]
     Io {
         what: String,

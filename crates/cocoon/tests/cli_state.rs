@@ -408,7 +408,7 @@ fn unimplemented_commands_fail_loudly_and_change_nothing() {
         &["vm", "rm", "--force", "web"],
         &["vm", "console", "web"],
         &["vm", "debug", "img"],
-        &["image", "pull", "ghcr.io/x/y:1"],
+        &["image", "pull", "https://cloud-images.invalid/noble.img"],
         &["snapshot", "save", "web"],
         &["gc"],
     ];

@@ -2,3 +2,5 @@
 
 pub mod erofs;
 pub mod layer;
+pub mod oci;
+pub mod store;

@@ -1,3 +1,4 @@
+use cocoon_engine::image::oci::{PullProgress, PulledLayer};
 use cocoon_engine::units::DecimalSize;
 use cocoon_engine::{Config, Engine, Result};
 
@@ -8,7 +9,31 @@ use crate::output::{local_time, print_json, print_line, print_table};
 pub fn run(command: ImageCommand, config: Config) -> Result<()> {
     let mut engine = Engine::open(config)?;
     match command {
-        ImageCommand::Pull { .. } => not_implemented("image pull", "images"),
+        ImageCommand::Pull { images, force: _ } => {
+            // Arguments are pulled in order; the first failure stops the command.
+            for reference in &images {
+                if reference.starts_with("http://") || reference.starts_with("https://") {
+                    return not_implemented("image pull <URL> (cloud images)", "cloud images");
+                }
+                let outcome = engine.pull_image(reference, &LineProgress)?;
+                if outcome.up_to_date {
+                    tracing::info!(
+                        "{} is up to date ({})",
+                        outcome.image.name,
+                        short(&outcome.image.id)
+                    );
+                } else {
+                    tracing::info!(
+                        "done: {} ({}, {} of {} layers fetched)",
+                        outcome.image.name,
+                        short(&outcome.image.id),
+                        outcome.fetched_layers,
+                        outcome.image.layers.len()
+                    );
+                }
+            }
+            Ok(())
+        }
         ImageCommand::Import { files, .. } => {
             for file in &files {
                 if !file.exists() {
@@ -49,5 +74,23 @@ pub fn run(command: ImageCommand, config: Config) -> Result<()> {
             Ok(())
         }
         ImageCommand::Inspect { image } => print_json(&engine.inspect_image(&image)?).map_err(io),
+    }
+}
+
+fn short(digest: &str) -> String {
+    digest.chars().take(19).collect()
+}
+
+/// Progress as log lines on stderr (cocoon's format).
+struct LineProgress;
+
+impl PullProgress for LineProgress {
+    fn manifest(&self, reference: &str, layers: usize) {
+        tracing::info!("pulling OCI image {reference} ({layers} layers)");
+    }
+
+    fn layer_done(&self, index: usize, total: usize, layer: &PulledLayer) {
+        let what = if layer.fetched { "done" } else { "cached" };
+        tracing::info!("[{index}/{total}] {} {what}", &short(&layer.digest)[7..]);
     }
 }

@@ -1,0 +1,556 @@
+//! `image pull` of OCI images: manifest (or index, resolved for this
+//! platform), then each layer streamed to disk with its digest verified,
+//! unpacked and turned into an EROFS disk, in parallel up to `pool_size`.
+//!
+//! Layers are content-addressed and locked one by one: a layer already in the
+//! store is never fetched again, two pulls sharing a layer fetch it once, and
+//! nothing holds a store-wide lock while downloading.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use super::erofs;
+use super::layer;
+use super::store::{ImageDirs, hex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("invalid image reference {reference:?}: {reason}")]
+    Reference { reference: String, reason: String },
+    #[error("cannot pull {reference}: {source}")]
+    Registry {
+        reference: String,
+        #[source]
+        source: oci_client::errors::OciDistributionError,
+    },
+    #[error("cannot pull {reference}: layer {digest}: {source}")]
+    Download {
+        reference: String,
+        digest: String,
+        #[source]
+        source: oci_client::errors::OciDistributionError,
+    },
+    #[error("layer {digest} of {reference}: {source}")]
+    Layer {
+        reference: String,
+        digest: String,
+        #[source]
+        source: layer::LayerError,
+    },
+    #[error("layer {digest} of {reference}: {source}")]
+    Erofs {
+        reference: String,
+        digest: String,
+        #[source]
+        source: erofs::ErofsError,
+    },
+    #[error("pull of {reference} stopped after another layer failed")]
+    Cancelled { reference: String },
+    #[error("image {reference} has no layers")]
+    NoLayers { reference: String },
+    #[error(
+        "image {reference} has no {what} (a regular file /boot/{pattern}* or /{pattern}* in some layer); it is not a cocoon VM image"
+    )]
+    MissingBootFile {
+        reference: String,
+        what: &'static str,
+        pattern: &'static str,
+    },
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot read registry credentials from {}: {reason}", path.display())]
+    Credentials { path: PathBuf, reason: String },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl Fn(io::Error) -> PullError {
+    let path = path.to_path_buf();
+    move |source| PullError::Io {
+        what,
+        path: path.clone(),
+        source,
+    }
+}
+
+/// Parses and normalises a reference: `ubuntu` → `docker.io/library/ubuntu:latest`.
+pub fn parse_reference(text: &str) -> Result<Reference, PullError> {
+    text.parse::<Reference>().map_err(|e| PullError::Reference {
+        reference: text.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// One layer of a pulled image, as the engine boots it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledLayer {
+    pub digest: String,
+    pub erofs_size: u64,
+    pub has_kernel: bool,
+    pub has_initrd: bool,
+    /// False when the layer was already in the store.
+    pub fetched: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The normalised reference: the image's name in the index.
+    pub name: String,
+    pub manifest_digest: String,
+    pub layers: Vec<PulledLayer>,
+}
+
+impl Pulled {
+    /// The last layer carrying a kernel (resp. initrd) wins, as the guest contract says.
+    pub fn kernel_layer(&self) -> Option<&str> {
+        self.layers
+            .iter()
+            .rev()
+            .find(|l| l.has_kernel)
+            .map(|l| l.digest.as_str())
+    }
+
+    pub fn initrd_layer(&self) -> Option<&str> {
+        self.layers
+            .iter()
+            .rev()
+            .find(|l| l.has_initrd)
+            .map(|l| l.digest.as_str())
+    }
+}
+
+/// Registry access settings.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// `host[:port]` spoken to over plain HTTP; loopback registries always are.
+    pub insecure: Vec<String>,
+    /// Docker config directory (`$DOCKER_CONFIG`, else `~/.docker`).
+    pub docker_config: Option<PathBuf>,
+}
+
+impl RegistryOptions {
+    pub fn from_env(insecure: Vec<String>) -> RegistryOptions {
+        let docker_config = std::env::var_os("DOCKER_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+        RegistryOptions {
+            insecure,
+            docker_config,
+        }
+    }
+
+    fn is_plain_http(&self, registry: &str) -> bool {
+        let host = registry.rsplit_once(':').map_or(registry, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                registry
+            }
+        });
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+            || self.insecure.iter().any(|r| r == registry || r == host)
+    }
+
+    /// Credentials for `registry` from the Docker config file (`auths`), if any.
+    pub fn auth(&self, registry: &str) -> Result<RegistryAuth, PullError> {
+        use base64::Engine;
+        let Some(dir) = &self.docker_config else {
+            return Ok(RegistryAuth::Anonymous);
+        };
+        let path = dir.join("config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
+            Err(e) => {
+                return Err(PullError::Credentials {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| PullError::Credentials {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let aliases: Vec<&str> = match registry {
+            "docker.io" | "index.docker.io" | "registry-1.docker.io" => {
+                vec![
+                    "https://index.docker.io/v1/",
+                    "docker.io",
+                    "index.docker.io",
+                    "registry-1.docker.io",
+                ]
+            }
+            other => vec![other],
+        };
+        let Some(auths) = config["auths"].as_object() else {
+            return Ok(RegistryAuth::Anonymous);
+        };
+        for (key, entry) in auths {
+            let host = key
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            let host = host.split('/').next().unwrap_or(host);
+            if !aliases.contains(&key.as_str()) && !aliases.contains(&host) {
+                continue;
+            }
+            if let (Some(user), Some(pass)) =
+                (entry["username"].as_str(), entry["password"].as_str())
+            {
+                return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
+            }
+            if let Some(encoded) = entry["auth"].as_str() {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| PullError::Credentials {
+                        path: path.clone(),
+                        reason: format!("auth for {key}: {e}"),
+                    })?;
+                let decoded = String::from_utf8_lossy(&decoded).into_owned();
+                if let Some((user, pass)) = decoded.split_once(':') {
+                    return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
+                }
+            }
+        }
+        Ok(RegistryAuth::Anonymous)
+    }
+
+    fn client(&self, reference: &Reference) -> Client {
+        let mut plain: Vec<String> = self.insecure.clone();
+        if self.is_plain_http(reference.resolve_registry()) {
+            plain.push(reference.resolve_registry().to_string());
+        }
+        Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(plain),
+            platform_resolver: Some(Box::new(oci_client::client::current_platform_resolver)),
+            ..Default::default()
+        })
+    }
+}
+
+/// Progress callbacks, so the CLI can draw bars or lines.
+pub trait PullProgress: Send + Sync {
+    fn manifest(&self, _reference: &str, _layers: usize) {}
+    fn layer_done(&self, _index: usize, _total: usize, _layer: &PulledLayer) {}
+}
+
+pub struct NoProgress;
+impl PullProgress for NoProgress {}
+
+/// Resolves the manifest only: the digest an up-to-date check compares.
+pub async fn resolve(
+    reference: &Reference,
+    options: &RegistryOptions,
+) -> Result<(String, Vec<OciDescriptor>), PullError> {
+    let client = options.client(reference);
+    let auth = options.auth(reference.resolve_registry())?;
+    let (manifest, digest) =
+        client
+            .pull_image_manifest(reference, &auth)
+            .await
+            .map_err(|source| PullError::Registry {
+                reference: reference.whole(),
+                source,
+            })?;
+    if manifest.layers.is_empty() {
+        return Err(PullError::NoLayers {
+            reference: reference.whole(),
+        });
+    }
+    Ok((digest, manifest.layers))
+}
+
+/// Fetches and converts every layer not already in the store.
+pub async fn pull_layers(
+    reference: &Reference,
+    layers: Vec<OciDescriptor>,
+    dirs: &ImageDirs,
+    options: &RegistryOptions,
+    pool_size: usize,
+    progress: &dyn PullProgress,
+) -> Result<Vec<PulledLayer>, PullError> {
+    dirs.create().map_err(io_err("cannot create", &dirs.root))?;
+    let client = Arc::new(options.client(reference));
+    let auth = options.auth(reference.resolve_registry())?;
+    // The token exchange happens once, before the parallel blob fetches.
+    client
+        .auth(reference, &auth, oci_client::RegistryOperation::Pull)
+        .await
+        .map_err(|source| PullError::Registry {
+            reference: reference.whole(),
+            source,
+        })?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(pool_size.max(1)));
+    let total = layers.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, descriptor) in layers.into_iter().enumerate() {
+        let (client, permits, dirs, reference) = (
+            client.clone(),
+            permits.clone(),
+            dirs.clone(),
+            reference.clone(),
+        );
+        tasks.spawn(async move {
+            // A closed semaphore means another layer failed: do not start this one.
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return Err(PullError::Cancelled {
+                    reference: reference.whole(),
+                });
+            };
+            let layer = ensure_layer(&client, &reference, &descriptor, &dirs).await?;
+            Ok::<_, PullError>((index, layer))
+        });
+    }
+    let mut done: Vec<Option<PulledLayer>> = vec![None; total];
+    let mut finished = 0;
+    let mut first_error = None;
+    // Every task runs to its end even after one fails: aborting one mid-way
+    // would leave its work directory behind. Completed layers stay cached.
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("layer task does not panic") {
+            Ok((index, layer)) => {
+                finished += 1;
+                progress.layer_done(finished, total, &layer);
+                done[index] = Some(layer);
+            }
+            Err(e) => {
+                permits.close();
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(done
+        .into_iter()
+        .map(|l| l.expect("every layer finished"))
+        .collect())
+}
+
+/// Makes `blobs/<hex>.erofs` exist for this layer, fetching it only if needed.
+async fn ensure_layer(
+    client: &Client,
+    reference: &Reference,
+    descriptor: &OciDescriptor,
+    dirs: &ImageDirs,
+) -> Result<PulledLayer, PullError> {
+    let digest = descriptor.digest.clone();
+    if let Some(layer) = cached(dirs, &digest) {
+        return Ok(layer);
+    }
+    // One converter per layer across processes; waiters then find it cached.
+    let lock_path = dirs.lock(&digest);
+    let lock = tokio::task::spawn_blocking(move || {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        file.lock()?;
+        Ok::<_, io::Error>(file)
+    })
+    .await
+    .expect("lock task")
+    .map_err(io_err("cannot lock", &dirs.lock(&digest)))?;
+    if let Some(layer) = cached(dirs, &digest) {
+        return Ok(layer);
+    }
+    let work = dirs.work(&digest);
+    // Only a dead process can have left this behind: we hold the layer lock.
+    match std::fs::remove_dir_all(&work) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(PullError::Io {
+                what: "cannot clean",
+                path: work,
+                source: e,
+            });
+        }
+    }
+    std::fs::create_dir_all(&work).map_err(io_err("cannot create", &work))?;
+    let blob = work.join("blob");
+    let file = tokio::fs::File::create(&blob)
+        .await
+        .map_err(io_err("cannot create", &blob))?;
+    // pull_blob verifies the digest while streaming; a mismatch is an error here.
+    let fetched = client.pull_blob(reference, descriptor, file).await;
+    if let Err(source) = fetched {
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(PullError::Download {
+            reference: reference.whole(),
+            digest,
+            source,
+        });
+    }
+    let result = {
+        let (dirs, digest, reference) = (dirs.clone(), digest.clone(), reference.whole());
+        tokio::task::spawn_blocking(move || convert(&dirs, &digest, &reference))
+            .await
+            .expect("convert task")
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    drop(lock);
+    let mut layer = result?;
+    layer.fetched = true;
+    Ok(layer)
+}
+
+fn cached(dirs: &ImageDirs, digest: &str) -> Option<PulledLayer> {
+    let meta = std::fs::metadata(dirs.blob(digest)).ok()?;
+    Some(PulledLayer {
+        digest: digest.to_string(),
+        erofs_size: meta.len(),
+        has_kernel: dirs.kernel(digest).is_file(),
+        has_initrd: dirs.initrd(digest).is_file(),
+        fetched: false,
+    })
+}
+
+/// blob → tree → EROFS, boot files set aside, committed by the final rename.
+fn convert(dirs: &ImageDirs, digest: &str, reference: &str) -> Result<PulledLayer, PullError> {
+    let work = dirs.work(digest);
+    let tree = work.join("tree");
+    std::fs::create_dir(&tree).map_err(io_err("cannot create", &tree))?;
+    let reader = layer::open_decompressed(&work.join("blob"))
+        .map_err(io_err("cannot read", &work.join("blob")))?;
+    let unpacked = layer::unpack(reader, &tree).map_err(|source| PullError::Layer {
+        reference: reference.to_string(),
+        digest: digest.to_string(),
+        source,
+    })?;
+    let image = work.join("layer.erofs");
+    erofs::build(&tree, &image, &erofs::layer_uuid(digest)).map_err(|source| PullError::Erofs {
+        reference: reference.to_string(),
+        digest: digest.to_string(),
+        source,
+    })?;
+    File::open(&image)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("cannot sync", &image))?;
+
+    let boot = dirs.boot_dir(digest);
+    let _ = std::fs::remove_dir_all(&boot);
+    for (found, name) in [
+        (&unpacked.kernel, "vmlinuz"),
+        (&unpacked.initrd, "initrd.img"),
+    ] {
+        if let Some(rel) = found {
+            std::fs::create_dir_all(&boot).map_err(io_err("cannot create", &boot))?;
+            let staged = work.join(name);
+            std::fs::copy(tree.join(rel), &staged)
+                .map_err(io_err("cannot copy", &tree.join(rel)))?;
+            File::open(&staged)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("cannot sync", &staged))?;
+            std::fs::rename(&staged, boot.join(name))
+                .map_err(io_err("cannot store", &boot.join(name)))?;
+        }
+    }
+    let blob = dirs.blob(digest);
+    std::fs::rename(&image, &blob).map_err(io_err("cannot store", &blob))?;
+    if let Some(parent) = blob.parent() {
+        let _ = File::open(parent).and_then(|d| d.sync_all());
+    }
+    let size = std::fs::metadata(&blob)
+        .map_err(io_err("cannot stat", &blob))?
+        .len();
+    tracing::debug!(layer = hex(digest), size, "layer converted");
+    Ok(PulledLayer {
+        digest: digest.to_string(),
+        erofs_size: size,
+        has_kernel: unpacked.kernel.is_some(),
+        has_initrd: unpacked.initrd.is_some(),
+        fetched: true,
+    })
+}
+
+/// Checks both boot files were found somewhere.
+pub fn require_boot_files(reference: &str, layers: &[PulledLayer]) -> Result<(), PullError> {
+    if !layers.iter().any(|l| l.has_kernel) {
+        return Err(PullError::MissingBootFile {
+            reference: reference.to_string(),
+            what: "kernel",
+            pattern: "vmlinuz",
+        });
+    }
+    if !layers.iter().any(|l| l.has_initrd) {
+        return Err(PullError::MissingBootFile {
+            reference: reference.to_string(),
+            what: "initrd",
+            pattern: "initrd.img",
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_normalised() {
+        assert_eq!(
+            parse_reference("ubuntu").unwrap().whole(),
+            "docker.io/library/ubuntu:latest"
+        );
+        assert_eq!(
+            parse_reference("127.0.0.1:5000/vm/img:1").unwrap().whole(),
+            "127.0.0.1:5000/vm/img:1"
+        );
+        assert!(parse_reference("bad ref").is_err());
+    }
+
+    #[test]
+    fn loopback_registries_use_plain_http() {
+        let o = RegistryOptions {
+            insecure: vec!["reg.lan:5000".into()],
+            docker_config: None,
+        };
+        assert!(o.is_plain_http("127.0.0.1:5000"));
+        assert!(o.is_plain_http("localhost:1234"));
+        assert!(o.is_plain_http("reg.lan:5000"));
+        assert!(!o.is_plain_http("ghcr.io"));
+    }
+
+    #[test]
+    fn credentials_come_from_the_docker_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"auths": {"127.0.0.1:5000": {"auth": "YWxpY2U6czNjcmV0"}, "https://index.docker.io/v1/": {"username": "bob", "password": "pw"}}}"#,
+        )
+        .unwrap();
+        let o = RegistryOptions {
+            insecure: vec![],
+            docker_config: Some(dir.path().to_path_buf()),
+        };
+        assert!(
+            matches!(o.auth("127.0.0.1:5000").unwrap(), RegistryAuth::Basic(u, p) if u == "alice" && p == "s3cret")
+        );
+        assert!(matches!(o.auth("docker.io").unwrap(), RegistryAuth::Basic(u, _) if u == "bob"));
+        assert!(matches!(
+            o.auth("ghcr.io").unwrap(),
+            RegistryAuth::Anonymous
+        ));
+        std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
+        assert!(
+            o.auth("ghcr.io")
+                .unwrap_err()
+                .to_string()
+                .starts_with("cannot read registry credentials from")
+        );
+    }
+}

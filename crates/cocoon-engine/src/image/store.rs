@@ -1,0 +1,66 @@
+//! Where images live on disk: `<root_dir>/images/`.
+//!
+//! ```text
+//! blobs/<hex>.erofs        one read-only EROFS disk per layer, named by layer digest
+//! boot/<hex>/vmlinuz       kernel found in that layer (if any)
+//! boot/<hex>/initrd.img    initrd found in that layer (if any)
+//! locks/<hex>.lock         per-layer flock: one process converts a layer at a time
+//! tmp/<hex>/               work area of the lock holder (wiped on entry)
+//! ```
+//! A layer is committed by renaming its EROFS file into `blobs/` after its
+//! boot files are in place, so `blobs/<hex>.erofs` existing means the layer
+//! is complete.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct ImageDirs {
+    pub root: PathBuf,
+}
+
+pub fn hex(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+impl ImageDirs {
+    pub fn new(root_dir: &Path) -> ImageDirs {
+        ImageDirs {
+            root: root_dir.join("images"),
+        }
+    }
+
+    pub fn blob(&self, digest: &str) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(format!("{}.erofs", hex(digest)))
+    }
+
+    pub fn boot_dir(&self, digest: &str) -> PathBuf {
+        self.root.join("boot").join(hex(digest))
+    }
+
+    pub fn kernel(&self, digest: &str) -> PathBuf {
+        self.boot_dir(digest).join("vmlinuz")
+    }
+
+    pub fn initrd(&self, digest: &str) -> PathBuf {
+        self.boot_dir(digest).join("initrd.img")
+    }
+
+    pub fn lock(&self, digest: &str) -> PathBuf {
+        self.root
+            .join("locks")
+            .join(format!("{}.lock", hex(digest)))
+    }
+
+    pub fn work(&self, digest: &str) -> PathBuf {
+        self.root.join("tmp").join(hex(digest))
+    }
+
+    pub fn create(&self) -> std::io::Result<()> {
+        for sub in ["blobs", "boot", "locks", "tmp"] {
+            crate::lock::create_private_dir(&self.root.join(sub))?;
+        }
+        Ok(())
+    }
+}
