@@ -4,3 +4,4 @@ pub mod erofs;
 pub mod layer;
 pub mod oci;
 pub mod store;
+pub mod vmlinux;
