@@ -14,7 +14,7 @@ fn fake_elf() -> Vec<u8> {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let byte = if state % 4 == 0 {
+        let byte = if state.is_multiple_of(4) {
             (state >> 8) as u8
         } else {
             b'A' + (data.len() % 7) as u8
