@@ -4,3 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench --locked -p cocoon-engine --bench state_store
+cargo bench --locked -p cocoon-testkit --bench pull

@@ -15,7 +15,10 @@ pub fn run(command: ImageCommand, config: Config) -> Result<()> {
                 if reference.starts_with("http://") || reference.starts_with("https://") {
                     return not_implemented("image pull <URL> (cloud images)", "cloud images");
                 }
-                let outcome = engine.pull_image(reference, &LineProgress)?;
+                let progress = PullReporter::new();
+                let outcome = engine.pull_image(reference, &progress);
+                progress.finish();
+                let outcome = outcome?;
                 if outcome.up_to_date {
                     tracing::info!(
                         "{} is up to date ({})",
@@ -81,16 +84,57 @@ fn short(digest: &str) -> String {
     digest.chars().take(19).collect()
 }
 
-/// Progress as log lines on stderr (cocoon's format).
-struct LineProgress;
+/// Pull progress on stderr: a bar when stderr is a terminal, cocoon's log
+/// lines otherwise (so logs and CI output stay readable).
+struct PullReporter {
+    bar: Option<indicatif::ProgressBar>,
+}
 
-impl PullProgress for LineProgress {
+impl PullReporter {
+    fn new() -> PullReporter {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::hidden();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg} [{bar:30}] {pos}/{len} layers ({elapsed})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        PullReporter { bar }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl PullProgress for PullReporter {
     fn manifest(&self, reference: &str, layers: usize) {
-        tracing::info!("pulling OCI image {reference} ({layers} layers)");
+        match &self.bar {
+            Some(bar) => {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_length(layers as u64);
+                bar.set_message(format!("pulling {reference}"));
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            }
+            None => tracing::info!("pulling OCI image {reference} ({layers} layers)"),
+        }
     }
 
     fn layer_done(&self, index: usize, total: usize, layer: &PulledLayer) {
         let what = if layer.fetched { "done" } else { "cached" };
-        tracing::info!("[{index}/{total}] {} {what}", &short(&layer.digest)[7..]);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(index as u64);
+                bar.println(format!("  {} {what}", &short(&layer.digest)[7..]));
+            }
+            None => tracing::info!("[{index}/{total}] {} {what}", &short(&layer.digest)[7..]),
+        }
     }
 }
