@@ -164,6 +164,88 @@ impl Engine {
         })
     }
 
+    /// Imports local tar layers (bottom first; one gzip-wrapped or plain tar
+    /// stream from stdin when `files` is empty) as the image `name`.
+    pub fn import_image(&mut self, name: &str, files: &[std::path::PathBuf]) -> Result<Image> {
+        use crate::image::import;
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::Invalid(format!(
+                "invalid image name {name:?}: it must be non-empty, without spaces"
+            )));
+        }
+        // Every source is opened and recognised before anything is converted.
+        let sources: Vec<Option<&Path>> = if files.is_empty() {
+            vec![None]
+        } else {
+            files.iter().map(|f| Some(f.as_path())).collect()
+        };
+        let mut readers = Vec::with_capacity(sources.len());
+        for source in sources {
+            readers.push(import::open(source)?);
+        }
+        let dirs = ImageDirs::new(&self.config.root_dir);
+        let intent = self.store.begin_intent(
+            "image.import",
+            ObjectKind::Image,
+            name,
+            &serde_json::json!({}),
+        )?;
+        let mut layers = Vec::with_capacity(readers.len());
+        for (source_name, reader) in readers {
+            match import::import_layer(&dirs, &source_name, reader) {
+                Ok(layer) => layers.push(layer),
+                Err(e) => {
+                    intent.finish(&mut self.store)?;
+                    return Err(e.into());
+                }
+            }
+        }
+        if let Err(e) = oci::require_boot_files(name, &layers) {
+            intent.finish(&mut self.store)?;
+            return Err(e.into());
+        }
+        let pulled = oci::Pulled {
+            name: name.to_string(),
+            manifest_digest: String::new(),
+            layers,
+        };
+        // cocoon's import identity: sha256 over the layer digests in order.
+        let id = {
+            use sha2::{Digest, Sha256};
+            let mut hasher = Sha256::new();
+            for layer in &pulled.layers {
+                hasher.update(crate::image::store::hex(&layer.digest).as_bytes());
+            }
+            format!(
+                "sha256:{}",
+                hasher
+                    .finalize()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )
+        };
+        let size = pulled.layers.iter().map(|l| l.erofs_size).sum();
+        let image = Image {
+            id,
+            name: name.to_string(),
+            kind: ImageType::Oci,
+            size,
+            created_at: jiff::Timestamp::now(),
+            layers: pulled.layers.iter().map(|l| l.digest.clone()).collect(),
+            kernel_layer: pulled.kernel_layer().map(str::to_string),
+            initrd_layer: pulled.initrd_layer().map(str::to_string),
+        };
+        let blobs: Vec<(String, String, u64)> = pulled
+            .layers
+            .iter()
+            .map(|l| (l.digest.clone(), "erofs".to_string(), l.erofs_size))
+            .collect();
+        self.store.put_image(&image, &blobs)?;
+        intent.finish(&mut self.store)?;
+        Ok(image)
+    }
+
     pub fn list_images(&mut self) -> Result<Vec<Image>> {
         Ok(self.store.list_images()?)
     }

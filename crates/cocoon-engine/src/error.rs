@@ -19,6 +19,8 @@ pub enum Error {
     Lock(#[from] LockError),
     #[error(transparent)]
     Pull(#[from] crate::image::oci::PullError),
+    #[error(transparent)]
+    Import(#[from] crate::image::import::ImportError),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -1,6 +1,7 @@
 //! Images: OCI VM images pulled from registries, each layer an EROFS disk.
 
 pub mod erofs;
+pub mod import;
 pub mod layer;
 pub mod oci;
 pub mod store;

@@ -37,16 +37,15 @@ pub fn run(command: ImageCommand, config: Config) -> Result<()> {
             }
             Ok(())
         }
-        ImageCommand::Import { files, .. } => {
-            for file in &files {
-                if !file.exists() {
-                    return Err(cocoon_engine::Error::Invalid(format!(
-                        "cannot import {}: no such file",
-                        file.display()
-                    )));
-                }
-            }
-            not_implemented("image import", "images")
+        ImageCommand::Import { name, files } => {
+            let image = engine.import_image(&name, &files)?;
+            tracing::info!(
+                "imported: {} ({}, {} layers)",
+                image.name,
+                short(&image.id),
+                image.layers.len()
+            );
+            Ok(())
         }
         ImageCommand::List { output } => {
             let images = engine.list_images()?;
