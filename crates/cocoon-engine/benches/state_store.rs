@@ -22,52 +22,36 @@ const VMS: usize = 500;
 const OPS: usize = 200;
 
 fn vm(id: &str, name: &str) -> Vm {
-    let now = jiff::Timestamp::now();
-    Vm {
-        id: id.into(),
-        hypervisor: Hypervisor::CloudHypervisor,
-        state: VmState::Running,
-        config: VmConfig {
-            name: name.into(),
-            cpu: 2,
-            memory: 1 << 30,
-            storage: 10 << 30,
-            queue_size: 0,
-            disk_queue_size: 0,
-            image: "ghcr.io/cocoonstack/cocoon/ubuntu:24.04".into(),
-            image_digest: format!("sha256:{}", "ab".repeat(32)),
-            image_type: ImageType::Oci,
-            network: "cocoon".into(),
-            no_direct_io: false,
-            windows: false,
-        },
-        pid: 0,
-        socket_path: String::new(),
-        network_configs: vec![],
-        storage_configs: (0..4)
-            .map(|i| StorageConfig {
-                path: format!("/var/lib/cocoon/oci/blobs/{}{i}.erofs", "cd".repeat(31)).into(),
-                ro: true,
-                serial: format!("cocoon-layer{i}"),
-                role: StorageRole::Layer,
-                mount_point: String::new(),
-                fstype: None,
-                direct_io: None,
-                directio_mode: None,
-            })
-            .collect(),
-        first_booted: true,
-        snapshot_ids: Set::new(),
-        created_at: now,
-        updated_at: now,
-        started_at: Some(now),
-        stopped_at: None,
-        boot_config: None,
-        image_blob_ids: Set::new(),
-        run_dir: PathBuf::from("/var/lib/cocoon/run/x"),
-        log_dir: PathBuf::from("/var/log/cocoon/x"),
-        vmm: None,
-    }
+    let mut config = VmConfig::new(
+        name,
+        "ghcr.io/cocoonstack/cocoon/ubuntu:24.04",
+        ImageType::Oci,
+    );
+    config.image_digest = format!("sha256:{}", "ab".repeat(32));
+    config.network = "cocoon".into();
+    let mut vm = Vm::new(
+        id,
+        Hypervisor::CloudHypervisor,
+        config,
+        "/var/lib/cocoon/run/x".into(),
+        "/var/log/cocoon/x".into(),
+    );
+    vm.state = VmState::Running;
+    vm.first_booted = true;
+    vm.started_at = Some(vm.created_at);
+    vm.storage_configs = (0..4)
+        .map(|i| StorageConfig {
+            path: format!("/var/lib/cocoon/oci/blobs/{}{i}.erofs", "cd".repeat(31)).into(),
+            ro: true,
+            serial: format!("cocoon-layer{i}"),
+            role: StorageRole::Layer,
+            mount_point: String::new(),
+            fstype: None,
+            direct_io: None,
+            directio_mode: None,
+        })
+        .collect();
+    vm
 }
 
 /// cocoon's JSON index: `{"vms": {...}, "names": {...}}` behind `vms.lock`.

@@ -130,6 +130,26 @@ pub struct VmConfig {
     pub windows: bool,
 }
 
+impl VmConfig {
+    /// A configuration with cocoon's defaults: 2 CPUs, 1 GiB memory, 10 GiB storage.
+    pub fn new(name: &str, image: &str, image_type: ImageType) -> VmConfig {
+        VmConfig {
+            name: name.to_string(),
+            cpu: 2,
+            memory: 1 << 30,
+            storage: 10 << 30,
+            queue_size: 0,
+            disk_queue_size: 0,
+            image: image.to_string(),
+            image_digest: String::new(),
+            image_type,
+            network: String::new(),
+            no_direct_io: false,
+            windows: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageRole {
@@ -243,6 +263,38 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// A new record in state `creating`: reserved, nothing built yet.
+    pub fn new(
+        id: &str,
+        hypervisor: Hypervisor,
+        config: VmConfig,
+        run_dir: PathBuf,
+        log_dir: PathBuf,
+    ) -> Vm {
+        let now = Timestamp::now();
+        Vm {
+            id: id.to_string(),
+            hypervisor,
+            state: VmState::Creating,
+            config,
+            pid: 0,
+            socket_path: String::new(),
+            network_configs: Vec::new(),
+            storage_configs: Vec::new(),
+            first_booted: false,
+            snapshot_ids: Set::new(),
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            stopped_at: None,
+            boot_config: None,
+            image_blob_ids: Set::new(),
+            run_dir,
+            log_dir,
+            vmm: None,
+        }
+    }
+
     /// A record whose state says `running` but whose VMM is gone (host reboot,
     /// `kill -9`, crash). Never shown as running.
     pub fn is_stale(&self) -> bool {

@@ -16,41 +16,14 @@ const ROUNDS: usize = 40;
 const SHARED: &str = "SHAREDSHAREDSHAREDSHAREDSH";
 
 fn vm(id: &str, name: &str) -> Vm {
-    let now = jiff::Timestamp::now();
-    Vm {
-        id: id.to_string(),
-        hypervisor: Hypervisor::Firecracker,
-        state: VmState::Created,
-        config: VmConfig {
-            name: name.to_string(),
-            cpu: 1,
-            memory: 1 << 29,
-            storage: 10 << 30,
-            queue_size: 0,
-            disk_queue_size: 0,
-            image: "img".into(),
-            image_digest: String::new(),
-            image_type: ImageType::Oci,
-            network: String::new(),
-            no_direct_io: false,
-            windows: false,
-        },
-        pid: 0,
-        socket_path: String::new(),
-        network_configs: vec![],
-        storage_configs: vec![],
-        first_booted: false,
-        snapshot_ids: Set::new(),
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        stopped_at: None,
-        boot_config: None,
-        image_blob_ids: Set::new(),
-        run_dir: PathBuf::from("/run"),
-        log_dir: PathBuf::from("/log"),
-        vmm: None,
-    }
+    let config = VmConfig::new(name, "img", ImageType::Oci);
+    Vm::new(
+        id,
+        Hypervisor::Firecracker,
+        config,
+        PathBuf::from("/run"),
+        PathBuf::from("/log"),
+    )
 }
 
 /// The worker body; a no-op unless launched by `eight_processes_write_concurrently`.

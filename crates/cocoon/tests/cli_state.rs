@@ -17,41 +17,20 @@ fn env() -> CocoonEnv {
 }
 
 fn vm(id: &str, name: &str, state: VmState) -> Vm {
-    let now = jiff::Timestamp::now();
-    Vm {
-        id: id.into(),
-        hypervisor: Hypervisor::CloudHypervisor,
-        state,
-        config: VmConfig {
-            name: name.into(),
-            cpu: 2,
-            memory: 1 << 30,
-            storage: 10 << 30,
-            queue_size: 0,
-            disk_queue_size: 0,
-            image: "ghcr.io/cocoonstack/cocoon/ubuntu:24.04".into(),
-            image_digest: String::new(),
-            image_type: ImageType::Oci,
-            network: String::new(),
-            no_direct_io: false,
-            windows: false,
-        },
-        pid: 0,
-        socket_path: String::new(),
-        network_configs: vec![],
-        storage_configs: vec![],
-        first_booted: false,
-        snapshot_ids: Set::new(),
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        stopped_at: None,
-        boot_config: None,
-        image_blob_ids: Set::new(),
-        run_dir: PathBuf::from("/run/x"),
-        log_dir: PathBuf::from("/log/x"),
-        vmm: None,
-    }
+    let config = VmConfig::new(
+        name,
+        "ghcr.io/cocoonstack/cocoon/ubuntu:24.04",
+        ImageType::Oci,
+    );
+    let mut vm = Vm::new(
+        id,
+        Hypervisor::CloudHypervisor,
+        config,
+        PathBuf::from("/run/x"),
+        PathBuf::from("/log/x"),
+    );
+    vm.state = state;
+    vm
 }
 
 fn snapshot(id: &str, name: &str, vm_id: &str, data_dir: PathBuf) -> Snapshot {

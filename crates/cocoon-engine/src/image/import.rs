@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::erofs;
+use super::commit;
 use super::layer;
 use super::oci::PulledLayer;
 use super::store::ImageDirs;
@@ -33,9 +33,9 @@ pub enum ImportError {
         source: layer::LayerError,
     },
     #[error("{source_name}: {source}")]
-    Erofs {
+    Commit {
         source_name: String,
-        source: erofs::ErofsError,
+        source: commit::CommitError,
     },
     #[error("{what} {}: {source}", path.display())]
     Io {
@@ -209,39 +209,13 @@ pub fn import_layer(
                 fetched: false,
             });
         }
-        let image = staging.join("layer.erofs");
-        erofs::build(&tree, &image, &erofs::layer_uuid(&digest)).map_err(|source| {
-            ImportError::Erofs {
-                source_name: source_name.to_string(),
-                source,
-            }
-        })?;
-        File::open(&image)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("cannot sync", &image))?;
-        let boot = dirs.boot_dir(&digest);
-        let _ = std::fs::remove_dir_all(&boot);
-        for (found, name) in [
-            (&unpacked.kernel, "vmlinuz"),
-            (&unpacked.initrd, "initrd.img"),
-        ] {
-            if let Some(rel) = found {
-                std::fs::create_dir_all(&boot).map_err(io_err("cannot create", &boot))?;
-                let staged = staging.join(name);
-                std::fs::copy(tree.join(rel), &staged)
-                    .map_err(io_err("cannot copy", &tree.join(rel)))?;
-                File::open(&staged)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io_err("cannot sync", &staged))?;
-                std::fs::rename(&staged, boot.join(name))
-                    .map_err(io_err("cannot store", &boot.join(name)))?;
-            }
-        }
-        let blob = dirs.blob(&digest);
-        std::fs::rename(&image, &blob).map_err(io_err("cannot store", &blob))?;
-        let size = std::fs::metadata(&blob)
-            .map_err(io_err("cannot stat", &blob))?
-            .len();
+        let size =
+            commit::commit_layer(dirs, &digest, &staging, &tree, &unpacked).map_err(|source| {
+                ImportError::Commit {
+                    source_name: source_name.to_string(),
+                    source,
+                }
+            })?;
         Ok(PulledLayer {
             digest,
             erofs_size: size,

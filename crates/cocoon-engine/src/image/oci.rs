@@ -16,7 +16,7 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use super::erofs;
+use super::commit;
 use super::layer;
 use super::store::{ImageDirs, hex};
 
@@ -45,11 +45,11 @@ pub enum PullError {
         source: layer::LayerError,
     },
     #[error("layer {digest} of {reference}: {source}")]
-    Erofs {
+    Commit {
         reference: String,
         digest: String,
         #[source]
-        source: erofs::ErofsError,
+        source: commit::CommitError,
     },
     #[error("pull of {reference} stopped after another layer failed")]
     Cancelled { reference: String },
@@ -431,42 +431,13 @@ fn convert(dirs: &ImageDirs, digest: &str, reference: &str) -> Result<PulledLaye
         digest: digest.to_string(),
         source,
     })?;
-    let image = work.join("layer.erofs");
-    erofs::build(&tree, &image, &erofs::layer_uuid(digest)).map_err(|source| PullError::Erofs {
-        reference: reference.to_string(),
-        digest: digest.to_string(),
-        source,
-    })?;
-    File::open(&image)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("cannot sync", &image))?;
-
-    let boot = dirs.boot_dir(digest);
-    let _ = std::fs::remove_dir_all(&boot);
-    for (found, name) in [
-        (&unpacked.kernel, "vmlinuz"),
-        (&unpacked.initrd, "initrd.img"),
-    ] {
-        if let Some(rel) = found {
-            std::fs::create_dir_all(&boot).map_err(io_err("cannot create", &boot))?;
-            let staged = work.join(name);
-            std::fs::copy(tree.join(rel), &staged)
-                .map_err(io_err("cannot copy", &tree.join(rel)))?;
-            File::open(&staged)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err("cannot sync", &staged))?;
-            std::fs::rename(&staged, boot.join(name))
-                .map_err(io_err("cannot store", &boot.join(name)))?;
+    let size = commit::commit_layer(dirs, digest, &work, &tree, &unpacked).map_err(|source| {
+        PullError::Commit {
+            reference: reference.to_string(),
+            digest: digest.to_string(),
+            source,
         }
-    }
-    let blob = dirs.blob(digest);
-    std::fs::rename(&image, &blob).map_err(io_err("cannot store", &blob))?;
-    if let Some(parent) = blob.parent() {
-        let _ = File::open(parent).and_then(|d| d.sync_all());
-    }
-    let size = std::fs::metadata(&blob)
-        .map_err(io_err("cannot stat", &blob))?
-        .len();
+    })?;
     tracing::debug!(layer = hex(digest), size, "layer converted");
     Ok(PulledLayer {
         digest: digest.to_string(),
