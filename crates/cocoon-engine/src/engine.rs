@@ -125,38 +125,9 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        let pulled = oci::Pulled {
-            name: name.clone(),
-            manifest_digest: digest.clone(),
-            layers: pulled,
-        };
-        let size = pulled.layers.iter().map(|l| l.erofs_size).sum::<u64>()
-            + pulled
-                .kernel_layer()
-                .and_then(|d| std::fs::metadata(dirs.kernel(d)).ok())
-                .map_or(0, |m| m.len())
-            + pulled
-                .initrd_layer()
-                .and_then(|d| std::fs::metadata(dirs.initrd(d)).ok())
-                .map_or(0, |m| m.len());
-        let image = Image {
-            id: digest,
-            name,
-            kind: ImageType::Oci,
-            size,
-            created_at: jiff::Timestamp::now(),
-            layers: pulled.layers.iter().map(|l| l.digest.clone()).collect(),
-            kernel_layer: pulled.kernel_layer().map(str::to_string),
-            initrd_layer: pulled.initrd_layer().map(str::to_string),
-        };
-        let blobs: Vec<(String, String, u64)> = pulled
-            .layers
-            .iter()
-            .map(|l| (l.digest.clone(), "erofs".to_string(), l.erofs_size))
-            .collect();
-        self.store.put_image(&image, &blobs)?;
+        let fetched_layers = pulled.iter().filter(|l| l.fetched).count();
+        let image = self.record_image(&name, digest, &pulled)?;
         intent.finish(&mut self.store)?;
-        let fetched_layers = pulled.layers.iter().filter(|l| l.fetched).count();
         Ok(PullOutcome {
             image,
             fetched_layers,
@@ -204,45 +175,56 @@ impl Engine {
             intent.finish(&mut self.store)?;
             return Err(e.into());
         }
-        let pulled = oci::Pulled {
-            name: name.to_string(),
-            manifest_digest: String::new(),
-            layers,
-        };
         // cocoon's import identity: sha256 over the layer digests in order.
         let id = {
             use sha2::{Digest, Sha256};
             let mut hasher = Sha256::new();
-            for layer in &pulled.layers {
+            for layer in &layers {
                 hasher.update(crate::image::store::hex(&layer.digest).as_bytes());
             }
-            format!(
-                "sha256:{}",
-                hasher
-                    .finalize()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            )
+            crate::image::store::digest_of(hasher)
         };
-        let size = pulled.layers.iter().map(|l| l.erofs_size).sum();
+        let image = self.record_image(name, id, &layers)?;
+        intent.finish(&mut self.store)?;
+        Ok(image)
+    }
+
+    /// Records an image made of stored layers, pinning its blobs.
+    fn record_image(
+        &mut self,
+        name: &str,
+        id: String,
+        layers: &[oci::PulledLayer],
+    ) -> Result<Image> {
+        let dirs = ImageDirs::new(&self.config.root_dir);
+        let pulled = oci::Pulled {
+            name: name.to_string(),
+            manifest_digest: id.clone(),
+            layers: layers.to_vec(),
+        };
+        let file_size = |path: std::path::PathBuf| std::fs::metadata(path).map_or(0, |m| m.len());
+        let size = layers.iter().map(|l| l.erofs_size).sum::<u64>()
+            + pulled
+                .kernel_layer()
+                .map_or(0, |d| file_size(dirs.kernel(d)))
+            + pulled
+                .initrd_layer()
+                .map_or(0, |d| file_size(dirs.initrd(d)));
         let image = Image {
             id,
             name: name.to_string(),
             kind: ImageType::Oci,
             size,
             created_at: jiff::Timestamp::now(),
-            layers: pulled.layers.iter().map(|l| l.digest.clone()).collect(),
+            layers: layers.iter().map(|l| l.digest.clone()).collect(),
             kernel_layer: pulled.kernel_layer().map(str::to_string),
             initrd_layer: pulled.initrd_layer().map(str::to_string),
         };
-        let blobs: Vec<(String, String, u64)> = pulled
-            .layers
+        let blobs: Vec<(String, String, u64)> = layers
             .iter()
             .map(|l| (l.digest.clone(), "erofs".to_string(), l.erofs_size))
             .collect();
         self.store.put_image(&image, &blobs)?;
-        intent.finish(&mut self.store)?;
         Ok(image)
     }
 

@@ -179,15 +179,7 @@ pub fn import_layer(
             source_name: source_name.to_string(),
             source,
         })?;
-        let digest = format!(
-            "sha256:{}",
-            hashing
-                .hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let digest = super::store::digest_of(hashing.hasher);
         let lock_path = dirs.lock(&digest);
         let lock = File::options()
             .create(true)

@@ -22,6 +22,17 @@ pub fn hex(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
+/// `sha256:<hex>` of what `hasher` has seen.
+pub fn digest_of(hasher: sha2::Sha256) -> String {
+    use sha2::Digest;
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
 impl ImageDirs {
     pub fn new(root_dir: &Path) -> ImageDirs {
         ImageDirs {
