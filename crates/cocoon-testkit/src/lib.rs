@@ -21,6 +21,15 @@ pub fn real_vmm(env: &str, name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// SIGKILLs a VMM a test started if it still runs (identity verified first):
+/// called from test guards' `Drop`, so a failing test leaves no VMM behind.
+pub fn kill_if_running(vmm: &cocoon_engine::model::VmmProcess) {
+    if cocoon_engine::supervise::is_running(vmm) {
+        // SAFETY: plain syscall on a pid whose identity was just verified.
+        unsafe { libc::kill(vmm.identity.pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
 /// Prints a skip notice that stands out in test output.
 pub fn skip(test: &str, why: &str) {
     eprintln!("\n*** SKIPPED {test}: {why} ***\n");

@@ -23,6 +23,16 @@ const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
 
 struct Harness {
     dir: tempfile::TempDir,
+    /// Everything launched, killed when the test ends however it ends.
+    launched: std::sync::Mutex<Vec<VmmProcess>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for vmm in self.launched.lock().unwrap().iter() {
+            cocoon_testkit::kill_if_running(vmm);
+        }
+    }
 }
 
 impl Harness {
@@ -32,7 +42,13 @@ impl Harness {
                 .prefix("cocoon-vmm-")
                 .tempdir()
                 .unwrap(),
+            launched: Default::default(),
         }
+    }
+
+    fn track(&self, vmm: VmmProcess) -> VmmProcess {
+        self.launched.lock().unwrap().push(vmm.clone());
+        vmm
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -85,7 +101,7 @@ impl Harness {
         };
         let mut spec = self.spec(FAKE, args, &socket);
         spec.binary = self.wrapper();
-        supervise::launch(&spec).await.expect("fake VMM starts")
+        self.track(supervise::launch(&spec).await.expect("fake VMM starts"))
     }
 
     /// The launcher passes its environment through; a tiny wrapper script sets
@@ -396,7 +412,7 @@ impl Harness {
             &socket,
         );
         spec.binary = self.wrapper();
-        supervise::launch(&spec).await.unwrap()
+        self.track(supervise::launch(&spec).await.unwrap())
     }
 }
 
@@ -727,7 +743,7 @@ async fn termination_escalates_graceful_then_term_then_kill() {
             &socket,
         )
     };
-    let vmm = supervise::launch(&spec).await.unwrap();
+    let vmm = h.track(supervise::launch(&spec).await.unwrap());
     let started = Instant::now();
     let timeouts = StopTimeouts {
         graceful: Duration::ZERO,
@@ -788,7 +804,7 @@ async fn the_vmm_can_be_launched_inside_a_network_namespace() {
         &socket,
     );
     spec.netns = Some(netns.clone());
-    let vmm = supervise::launch(&spec).await;
+    let vmm = supervise::launch(&spec).await.map(|v| h.track(v));
     let result = vmm.as_ref().map(|vmm| {
         use std::os::unix::fs::MetadataExt;
         let inside = std::fs::metadata(format!("/proc/{}/ns/net", vmm.identity.pid))

@@ -109,6 +109,16 @@ struct Vm {
     n: usize,
     /// Cloud Hypervisor gets a terminal as stdin, Firecracker a FIFO.
     pty: Option<Pty>,
+    /// Every VMM launched, killed when the test ends however it ends.
+    launched: Vec<VmmProcess>,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.launched
+            .iter()
+            .for_each(cocoon_testkit::kill_if_running);
+    }
 }
 
 impl Vm {
@@ -146,7 +156,9 @@ impl Vm {
             netns: None,
             socket_timeout: Duration::from_secs(10),
         };
-        supervise::launch(&spec).await.expect("real VMM starts")
+        let vmm = supervise::launch(&spec).await.expect("real VMM starts");
+        self.launched.push(vmm.clone());
+        vmm
     }
 }
 
@@ -175,6 +187,7 @@ async fn cloud_hypervisor_end_to_end() {
         dir: dir.path().to_path_buf(),
         n: 0,
         pty: Some(Pty::open()),
+        launched: vec![],
     };
     let kernel = guest::kernel_path().display().to_string();
     let vmm = vm
@@ -352,6 +365,7 @@ async fn firecracker_end_to_end() {
         dir: dir.path().to_path_buf(),
         n: 0,
         pty: None,
+        launched: vec![],
     };
     let args = |sock: &Path| {
         vec![

@@ -416,14 +416,23 @@ fn status_streams_events_as_json() {
     let env = env();
     let mut store = Store::open(&env.db_path()).unwrap();
     store.insert_vm(&vm(A, "web", VmState::Created)).unwrap();
-    let mut child = env
-        .std_cmd()
-        .args(["vm", "status", "--event", "-o", "json", "-n", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // `vm status` runs until killed: the guard kills it even if an assertion fails.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        env.std_cmd()
+            .args(["vm", "status", "--event", "-o", "json", "-n", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let mut next = || -> Value {
         let line = lines.next().expect("status ended").unwrap();
         serde_json::from_str(&line).unwrap()
@@ -461,8 +470,7 @@ fn status_streams_events_as_json() {
         started.elapsed() < Duration::from_secs(3),
         "changes are seen promptly"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }
 
 #[test]
