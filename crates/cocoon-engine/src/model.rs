@@ -400,6 +400,37 @@ pub struct Snapshot {
     pub data_dir: PathBuf,
 }
 
+impl Snapshot {
+    /// A pending snapshot record of `vm`: its configuration and blob pins, no
+    /// files yet. It becomes usable when `pending` is cleared.
+    pub fn of_vm(id: &str, name: &str, vm: &Vm, data_dir: PathBuf) -> Snapshot {
+        let c = &vm.config;
+        Snapshot {
+            id: id.to_string(),
+            name: name.to_string(),
+            description: String::new(),
+            hypervisor: vm.hypervisor,
+            vm_id: Some(vm.id.clone()),
+            cpu: c.cpu,
+            memory: c.memory,
+            storage: c.storage,
+            queue_size: c.queue_size,
+            disk_queue_size: c.disk_queue_size,
+            image: c.image.clone(),
+            image_digest: c.image_digest.clone(),
+            image_type: c.image_type,
+            network: c.network.clone(),
+            no_direct_io: c.no_direct_io,
+            windows: c.windows,
+            nics: vm.network_configs.len() as u32,
+            image_blob_ids: vm.image_blob_ids.clone(),
+            created_at: Timestamp::now(),
+            pending: true,
+            data_dir,
+        }
+    }
+}
+
 /// One NIC's CNI lease (`networks.json` record in cocoon).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkLease {

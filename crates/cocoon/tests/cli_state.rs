@@ -34,29 +34,10 @@ fn vm(id: &str, name: &str, state: VmState) -> Vm {
 }
 
 fn snapshot(id: &str, name: &str, vm_id: &str, data_dir: PathBuf) -> Snapshot {
-    Snapshot {
-        id: id.into(),
-        name: name.into(),
-        description: "before upgrade".into(),
-        hypervisor: Hypervisor::CloudHypervisor,
-        vm_id: Some(vm_id.into()),
-        cpu: 2,
-        memory: 1 << 30,
-        storage: 10 << 30,
-        queue_size: 0,
-        disk_queue_size: 0,
-        image: "img".into(),
-        image_digest: String::new(),
-        image_type: ImageType::Oci,
-        network: String::new(),
-        no_direct_io: false,
-        windows: false,
-        nics: 1,
-        image_blob_ids: Set::new(),
-        created_at: jiff::Timestamp::now(),
-        pending: false,
-        data_dir,
-    }
+    let mut snapshot = Snapshot::of_vm(id, name, &vm(vm_id, "source", VmState::Running), data_dir);
+    snapshot.description = "before upgrade".into();
+    snapshot.pending = false;
+    snapshot
 }
 
 fn stdout(out: &std::process::Output) -> String {

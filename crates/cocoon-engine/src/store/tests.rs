@@ -22,29 +22,11 @@ pub(crate) fn vm_fixture(id: &str, name: &str) -> Vm {
 }
 
 pub(crate) fn snapshot_fixture(id: &str, name: &str, vm_id: Option<&str>) -> Snapshot {
-    Snapshot {
-        id: id.to_string(),
-        name: name.to_string(),
-        description: String::new(),
-        hypervisor: Hypervisor::CloudHypervisor,
-        vm_id: vm_id.map(str::to_string),
-        cpu: 2,
-        memory: 1 << 30,
-        storage: 10 << 30,
-        queue_size: 0,
-        disk_queue_size: 0,
-        image: "img".into(),
-        image_digest: String::new(),
-        image_type: ImageType::Oci,
-        network: String::new(),
-        no_direct_io: false,
-        windows: false,
-        nics: 1,
-        image_blob_ids: Set::new(),
-        created_at: jiff::Timestamp::now(),
-        pending: false,
-        data_dir: PathBuf::from("/nonexistent"),
-    }
+    let vm = vm_fixture(vm_id.unwrap_or("NOVM"), "source");
+    let mut snapshot = Snapshot::of_vm(id, name, &vm, PathBuf::from("/nonexistent"));
+    snapshot.vm_id = vm_id.map(str::to_string);
+    snapshot.pending = false;
+    snapshot
 }
 
 fn image_fixture(name: &str, digest: &str) -> Image {
