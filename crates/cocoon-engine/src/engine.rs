@@ -19,6 +19,8 @@ pub const VM_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Engine {
     config: Config,
     store: Store,
+    /// The program a console relay runs as (the `cocoon` binary).
+    helper_exe: Option<PathBuf>,
 }
 
 impl Engine {
@@ -31,7 +33,23 @@ impl Engine {
             )
         })?;
         let store = Store::open(&config.db_path())?;
-        Ok(Engine { config, store })
+        Ok(Engine {
+            config,
+            store,
+            helper_exe: None,
+        })
+    }
+
+    /// The executable started as a VM's console relay: the running program by
+    /// default (the `cocoon` CLI), settable for embedders.
+    pub fn helper_exe(&self) -> PathBuf {
+        self.helper_exe
+            .clone()
+            .unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cocoon")))
+    }
+
+    pub fn set_helper_exe(&mut self, exe: PathBuf) {
+        self.helper_exe = Some(exe);
     }
 
     pub fn config(&self) -> &Config {

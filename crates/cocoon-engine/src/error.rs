@@ -21,6 +21,9 @@ pub enum Error {
     Pull(#[from] crate::image::oci::PullError),
     #[error(transparent)]
     Import(#[from] crate::image::import::ImportError),
+    /// Boxed: the launch errors carry log tails and would bloat every Result.
+    #[error(transparent)]
+    Vm(Box<crate::vm::VmError>),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -33,6 +36,12 @@ pub enum Error {
     NotImplemented { command: String, area: &'static str },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<crate::vm::VmError> for Error {
+    fn from(e: crate::vm::VmError) -> Error {
+        Error::Vm(Box::new(e))
+    }
 }
 
 impl Error {

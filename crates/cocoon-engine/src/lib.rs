@@ -4,8 +4,10 @@
 //! provider, a server) can embed the same API.
 
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod error;
+pub mod guest;
 pub mod id;
 pub mod image;
 pub mod lock;
@@ -15,6 +17,7 @@ pub mod spec;
 pub mod store;
 pub mod supervise;
 pub mod units;
+pub mod vm;
 pub mod vmm;
 
 pub use config::Config;

@@ -260,6 +260,9 @@ pub struct Vm {
     pub log_dir: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<VmmProcess>,
+    /// The process that drains the guest console while the VMM runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_relay: Option<ProcessIdentity>,
 }
 
 impl Vm {
@@ -292,6 +295,7 @@ impl Vm {
             run_dir,
             log_dir,
             vmm: None,
+            console_relay: None,
         }
     }
 

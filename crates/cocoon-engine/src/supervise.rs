@@ -62,11 +62,14 @@ fn log_tail(log: &str) -> String {
 }
 
 /// Where a VMM's stdin comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Stdin {
     Null,
     /// A file or FIFO opened for reading (e.g. a serial console input).
     Path(PathBuf),
+    /// A terminal (a PTY slave) for stdin and stdout both: Firecracker's
+    /// serial console. stderr still goes to the log.
+    Terminal(std::sync::Arc<OwnedFd>),
 }
 
 #[derive(Debug, Clone)]
@@ -98,8 +101,20 @@ pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
             path: spec.log_file.clone(),
             source,
         })?;
+    let mut stdout_tty = None;
     let stdin = match &spec.stdin {
         Stdin::Null => Stdio::null(),
+        Stdin::Terminal(tty) => {
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone().map_err(|source| SuperviseError::Open {
+                    what: "terminal",
+                    path: PathBuf::from("<pty>"),
+                    source,
+                })
+            };
+            stdout_tty = Some(dup(tty)?);
+            Stdio::from(dup(tty)?)
+        }
         Stdin::Path(path) => Stdio::from(
             OpenOptions::new()
                 .read(true)
@@ -128,14 +143,18 @@ pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
     let _ = std::fs::remove_file(&spec.api_socket);
 
     let mut command = Command::new(&spec.binary);
-    command
-        .args(&spec.args)
-        .stdin(stdin)
-        .stdout(log.try_clone().map_err(|source| SuperviseError::Open {
+    let stdout = match stdout_tty {
+        Some(tty) => Stdio::from(tty),
+        None => Stdio::from(log.try_clone().map_err(|source| SuperviseError::Open {
             what: "log file",
             path: spec.log_file.clone(),
             source,
-        })?)
+        })?),
+    };
+    command
+        .args(&spec.args)
+        .stdin(stdin)
+        .stdout(stdout)
         .stderr(log);
     let netns_fd = netns.as_ref().map(|fd| fd.as_raw_fd());
     // SAFETY: only async-signal-safe syscalls run between fork and exec.

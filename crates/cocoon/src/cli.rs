@@ -402,6 +402,19 @@ pub enum VmCommand {
         escape_char: u8,
         vm: String,
     },
+    /// Print a VM's captured console and serial output
+    #[command(
+        after_help = "Examples:\n  cocoon vm logs dev\n  cocoon vm logs -f dev\n  cocoon vm logs --vmm dev"
+    )]
+    Logs {
+        /// Keep printing new output until interrupted or the VM stops
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Print the VMM process's own log instead of the guest's output
+        #[arg(long)]
+        vmm: bool,
+        vm: String,
+    },
     /// Remove VMs (running VMs need --force)
     Rm {
         /// Stop running VMs first

@@ -18,6 +18,14 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 pub fn main() -> ExitCode {
+    // The console relay a VM start spawns: not a user command, no config.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == cocoon_engine::vm::RELAY_SUBCOMMAND)
+    {
+        return relay(&args[2..]);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -55,6 +63,23 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("Error: {e}");
             ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_ERROR })
+        }
+    }
+}
+
+fn relay(args: &[std::ffi::OsString]) -> ExitCode {
+    let spec = match cocoon_engine::console::relay_spec_from_args(args) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("console relay: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match cocoon_engine::console::run_relay(spec) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("console relay: {e}");
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }

@@ -361,13 +361,6 @@ fn unimplemented_commands_fail_loudly_and_change_nothing() {
     store.insert_vm(&vm(A, "web", VmState::Created)).unwrap();
     let before = store.last_event_seq().unwrap();
     let cases: &[&[&str]] = &[
-        &["vm", "create", "--nics", "0", "img"],
-        &["vm", "run", "img"],
-        &["vm", "start", "web"],
-        &["vm", "stop", "web"],
-        &["vm", "rm", "--force", "web"],
-        &["vm", "console", "web"],
-        &["vm", "debug", "img"],
         &["image", "pull", "https://cloud-images.invalid/noble.img"],
         &["snapshot", "save", "web"],
         &["gc"],

@@ -11,7 +11,14 @@
 //! (then answer normally), `error` (answer `status` with `body`), `die` (exit
 //! without answering), `hang` (never answer), `apply_then_hang` (change state,
 //! never answer), `apply_then_die`. `times` counts down; 0 or absent = always.
-//! `COCOON_FAKE_VMM_REQUESTS=<file>` appends every request line to that file.
+//! `COCOON_FAKE_VMM_REQUESTS=<file>` appends every request line to that file;
+//! `COCOON_FAKE_VMM_BODIES=<file>` appends `METHOD PATH BODY` lines (compact JSON).
+//! `COCOON_FAKE_VMM_IGNORE_SIGTERM=1` makes the process ignore SIGTERM (a wedged VMM).
+//!
+//! Consoles: like the real VMMs, a Cloud Hypervisor launched with `--serial
+//! pty` / `--console pty` allocates PTYs and names them in `vm.info`
+//! (`config.serial.file`, `config.console.file`), and Firecracker's serial
+//! console is its stdout; the fake guest prints `FAKE-GUEST BOOTED` there.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,6 +58,20 @@ struct Fake {
     vm: Mutex<Vm>,
     faults: Option<PathBuf>,
     requests: Option<PathBuf>,
+    bodies: Option<PathBuf>,
+}
+
+/// A PTY master and its slave's path.
+fn open_pty() -> (libc::c_int, String) {
+    // SAFETY: plain libc PTY calls on a fd we own; ptsname's buffer is copied at once.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt");
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(master));
+        (master, name.to_string_lossy().into_owned())
+    }
 }
 
 fn arg_value(args: &[String], names: &[&str]) -> Option<String> {
@@ -86,6 +107,10 @@ async fn main() {
         println!("fake-vmm 0.0.0");
         return;
     }
+    if std::env::var_os("COCOON_FAKE_VMM_IGNORE_SIGTERM").is_some_and(|v| v == "1") {
+        // SAFETY: setting a signal disposition at startup, before any thread runs.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
     let (flavor, socket) = if let Some(s) = arg_value(&args, &["--api-socket"]) {
         (
             Flavor::CloudHypervisor,
@@ -110,6 +135,16 @@ async fn main() {
                 "memory": {"size": 134217728},
             });
             vm.state = State::Running;
+            for port in ["serial", "console"] {
+                if arg_value(&args, &[&format!("--{port}")]).as_deref() == Some("pty") {
+                    let (master, path) = open_pty();
+                    vm.config[port] = json!({"file": path, "mode": "Pty"});
+                    // SAFETY: writing a buffer we own to a fd we own.
+                    let line = format!("FAKE-GUEST BOOTED on {port}\r\n");
+                    unsafe { libc::write(master, line.as_ptr().cast(), line.len()) };
+                    // The master stays open for the life of the process, as CH's does.
+                }
+            }
         }
         if let Some(restore) = arg_value(&args, &["--restore"]) {
             let dir = ch_option(&restore, "source_url")
@@ -134,6 +169,7 @@ async fn main() {
         vm: Mutex::new(vm),
         faults: std::env::var_os("COCOON_FAKE_VMM_FAULTS").map(PathBuf::from),
         requests: std::env::var_os("COCOON_FAKE_VMM_REQUESTS").map(PathBuf::from),
+        bodies: std::env::var_os("COCOON_FAKE_VMM_BODIES").map(PathBuf::from),
     });
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket).expect("bind API socket");
@@ -213,6 +249,19 @@ impl Fake {
                 .open(log)
             {
                 let _ = writeln!(f, "{method} {path}");
+            }
+        }
+        if let Some(log) = &self.bodies {
+            use std::io::Write;
+            let compact = serde_json::from_slice::<Value>(&body)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+            {
+                let _ = writeln!(f, "{method} {path} {compact}");
             }
         }
         match self.next_fault(&method, &path) {
@@ -575,6 +624,8 @@ impl Fake {
                         return fault("Cannot start microvm without kernel configuration.");
                     }
                     vm.state = State::Running;
+                    // The serial console is stdout.
+                    println!("FAKE-GUEST BOOTED on serial\r");
                     no_content()
                 }
                 Some("SendCtrlAltDel") => {

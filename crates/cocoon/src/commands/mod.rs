@@ -1,5 +1,6 @@
 //! One handler per command: call the engine, render the result.
 
+mod console;
 mod image;
 mod other;
 mod snapshot;

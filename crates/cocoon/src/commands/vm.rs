@@ -1,13 +1,15 @@
-use cocoon_engine::model::VmView;
+use std::time::Duration;
+
+use cocoon_engine::model::{Hypervisor, ImageType, Vm, VmConfig, VmView};
 use cocoon_engine::spec::{self, DataDiskSpec};
 use cocoon_engine::units::BinarySize;
+use cocoon_engine::vm::launch::LaunchOptions;
+use cocoon_engine::vm::{BatchOutcome, CreateVm, StopOptions, default_vm_name};
 use cocoon_engine::{Config, Engine, Error, Result};
 
 use super::{io, not_implemented, status};
 use crate::cli::{VmCommand, VmFlags};
 use crate::output::{local_time, print_json, print_line, print_table};
-
-const LIFECYCLE: &str = "VM lifecycle";
 
 pub fn run(command: VmCommand, config: Config) -> Result<()> {
     // Input is validated before the engine opens, so a refused command leaves no trace.
@@ -20,30 +22,89 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
         }
         _ => {}
     }
+    let use_firecracker = config.use_firecracker;
     let mut engine = Engine::open(config)?;
     match command {
-        VmCommand::Create { .. } => not_implemented("vm create", LIFECYCLE),
-        VmCommand::Run { .. } => not_implemented("vm run", LIFECYCLE),
-        VmCommand::Debug { .. } => not_implemented("vm debug", LIFECYCLE),
+        VmCommand::Create {
+            flags,
+            output,
+            image,
+        } => {
+            let request = create_request(&flags, &image, use_firecracker)?;
+            let vm = engine.create_vm(request)?;
+            if output.json() {
+                return print_json(&VmView::reconcile(vm)).map_err(io);
+            }
+            eprintln!(
+                "VM created: {} (name: {}, state: {})",
+                vm.id, vm.config.name, vm.state
+            );
+            eprintln!("start with: cocoon vm start {}", vm.config.name);
+            print_line(&vm.id).map_err(io)
+        }
+        VmCommand::Run {
+            flags,
+            output,
+            image,
+        } => {
+            let request = create_request(&flags, &image, use_firecracker)?;
+            let vm = engine.create_vm(request)?;
+            let vm = engine.start_vm(&vm.id)?;
+            if output.json() {
+                return print_json(&VmView::reconcile(vm)).map_err(io);
+            }
+            eprintln!("started: {} (name: {})", vm.id, vm.config.name);
+            print_line(&vm.id).map_err(io)
+        }
+        VmCommand::Debug {
+            flags,
+            max_cpu,
+            balloon,
+            cow,
+            ch,
+            image,
+        } => {
+            let mut request = create_request(&flags, &image, use_firecracker)?;
+            request.data_disks.clear();
+            let binary = match request.hypervisor {
+                Hypervisor::CloudHypervisor => ch.into(),
+                Hypervisor::Firecracker => engine.config().fc_binary.clone().into(),
+            };
+            let mut opts = LaunchOptions::for_host(binary);
+            opts.max_cpus = max_cpu.max(request.config.cpu);
+            opts.balloon_bytes = (balloon > 0).then_some(balloon << 20);
+            let plan = engine.debug_vm(&request, &opts, cow.as_deref())?;
+            print!("{}", debug_script(&plan, &request.config.name));
+            Ok(())
+        }
+        VmCommand::Logs { follow, vmm, vm } => logs(&mut engine, &vm, follow, vmm),
         VmCommand::Clone { snapshot, .. } => {
             engine.store().resolve_snapshot(&snapshot)?;
             not_implemented("vm clone", "snapshots")
         }
-        VmCommand::Start { vms, .. } => {
-            engine.store().resolve_vms(&vms)?;
-            not_implemented("vm start", LIFECYCLE)
+        VmCommand::Start { output, vms } => {
+            let outcomes = engine.for_each_vm(&vms, |e, id| e.start_vm(id))?;
+            report_batch("started", outcomes, output.json())
         }
-        VmCommand::Stop { vms, .. } => {
-            engine.store().resolve_vms(&vms)?;
-            not_implemented("vm stop", LIFECYCLE)
+        VmCommand::Stop {
+            force,
+            timeout,
+            output,
+            vms,
+        } => {
+            let options = StopOptions {
+                force,
+                timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
+            };
+            let outcomes = engine.for_each_vm(&vms, |e, id| e.stop_vm(id, options))?;
+            report_batch("stopped", outcomes, output.json())
         }
-        VmCommand::Rm { vms, .. } => {
-            engine.store().resolve_vms(&vms)?;
-            not_implemented("vm rm", LIFECYCLE)
+        VmCommand::Rm { force, output, vms } => {
+            let outcomes = engine.for_each_vm(&vms, |e, id| e.remove_vm(id, force))?;
+            report_batch("removed", outcomes, output.json())
         }
-        VmCommand::Console { vm, .. } => {
-            engine.store().resolve_vm(&vm)?;
-            not_implemented("vm console", LIFECYCLE)
+        VmCommand::Console { escape_char, vm } => {
+            super::console::attach(&mut engine, &vm, escape_char)
         }
         VmCommand::Restore { vm, snapshot, .. } => {
             let vm = engine.store().resolve_vm(&vm)?;
@@ -74,6 +135,173 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             vms,
         } => status::run(&mut engine, interval, event, output.json(), &vms),
     }
+}
+
+/// The create request of `vm create`, `vm run` and `vm debug`.
+fn create_request(flags: &VmFlags, image: &str, use_firecracker: bool) -> Result<CreateVm> {
+    let data_disks = validate_vm_flags(flags)?;
+    if flags.bridge.is_some() {
+        return Err(Error::Invalid(
+            "--bridge: NIC wiring is not part of this build yet (it arrives with the networking work); use --nics 0".into(),
+        ));
+    }
+    let name = match &flags.name {
+        Some(name) => name.clone(),
+        None => {
+            let name = default_vm_name(image);
+            spec::validate_vm_name(&name).map_err(|e| {
+                Error::Invalid(format!(
+                    "cannot derive a VM name from {image:?} ({e}); pass --name"
+                ))
+            })?;
+            name
+        }
+    };
+    let mut config = VmConfig::new(&name, image, ImageType::Oci);
+    config.cpu = flags.cpu;
+    config.memory = flags.memory;
+    config.storage = flags.storage;
+    config.queue_size = flags.queue_size;
+    config.disk_queue_size = flags.disk_queue_size;
+    config.network = flags.network.clone();
+    config.no_direct_io = flags.no_direct_io;
+    config.windows = flags.windows;
+    Ok(CreateVm {
+        config,
+        hypervisor: if flags.fc || use_firecracker {
+            Hypervisor::Firecracker
+        } else {
+            Hypervisor::CloudHypervisor
+        },
+        nics: flags.nics,
+        data_disks,
+    })
+}
+
+/// Per-VM results of a batch: one line each (errors on stderr), or one JSON
+/// object with both lists. Any failure makes the command fail.
+fn report_batch(verb: &str, outcomes: Vec<BatchOutcome>, json: bool) -> Result<()> {
+    let mut succeeded = Vec::new();
+    let mut failed = Vec::new();
+    for outcome in outcomes {
+        match outcome.result {
+            Ok(_) => {
+                if !json {
+                    print_line(&format!("{verb}: {} ({})", outcome.id, outcome.name))
+                        .map_err(io)?;
+                }
+                succeeded.push(outcome.id);
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                failed.push(serde_json::json!({"id": outcome.id, "name": outcome.name, "error": e.to_string()}));
+            }
+        }
+    }
+    if json {
+        print_json(&serde_json::json!({"succeeded": succeeded, "failed": failed})).map_err(io)?;
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{} of {} VMs failed",
+            failed.len(),
+            failed.len() + succeeded.len()
+        )))
+    }
+}
+
+fn logs(engine: &mut Engine, reference: &str, follow: bool, vmm: bool) -> Result<()> {
+    let (vm, console_log) = engine.console_log(reference)?;
+    let log = if vmm {
+        vm.log_dir.join("vmm.log")
+    } else {
+        console_log
+    };
+    let mut out = std::io::stdout().lock();
+    if follow {
+        let running = |vm: &Vm| {
+            vm.vmm
+                .as_ref()
+                .is_some_and(cocoon_engine::supervise::is_running)
+        };
+        let initially = running(&vm);
+        // Follows until the VM stops (or forever for a stopped VM: like tail -f).
+        let stop = || initially && !running(&vm);
+        return cocoon_engine::console::follow_log(&log, &mut out, &stop)
+            .map_err(|e| Error::io(format!("cannot read {}", log.display()), e));
+    }
+    let read = if vmm {
+        std::fs::read(&log)
+    } else {
+        cocoon_engine::console::read_log(&log)
+    };
+    // No log yet (never started, or no output so far) is empty output.
+    let bytes = match read {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        other => other.map_err(|e| Error::io(format!("cannot read {}", log.display()), e))?,
+    };
+    use std::io::Write;
+    out.write_all(&bytes).and_then(|()| out.flush()).map_err(io)
+}
+
+/// `vm debug`'s shell script.
+fn debug_script(plan: &cocoon_engine::vm::DebugPlan, name: &str) -> String {
+    let mut text = String::from("# Prepare disks\n");
+    for argv in &plan.prepare {
+        text.push_str(&shell_words(argv));
+        text.push('\n');
+    }
+    text.push_str(&format!("# Launch VM: {name} ({})\n", plan.hypervisor));
+    let mut argv = vec![plan.binary.clone()];
+    argv.extend(plan.args.iter().cloned());
+    text.push_str(&shell_words(&argv));
+    if plan.hypervisor == Hypervisor::Firecracker {
+        text.push_str(" &\n");
+        let socket = plan
+            .args
+            .iter()
+            .skip_while(|a| *a != "--api-sock")
+            .nth(1)
+            .cloned()
+            .unwrap_or_default();
+        for (method, path, body) in &plan.api_calls {
+            text.push_str(&shell_words(&[
+                "curl".into(),
+                "--unix-socket".into(),
+                socket.clone(),
+                "-X".into(),
+                method.clone(),
+                "-H".into(),
+                "Content-Type: application/json".into(),
+                "-d".into(),
+                body.to_string(),
+                format!("http://localhost{path}"),
+            ]));
+            text.push('\n');
+        }
+    } else {
+        text.push('\n');
+    }
+    text
+}
+
+/// Joins argv for a POSIX shell, quoting what needs it.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_=,./:@%+[]".contains(&b))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Cross-flag checks clap cannot express; each value was validated when parsed.

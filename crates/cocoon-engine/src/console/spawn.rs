@@ -1,0 +1,324 @@
+//! Starting the relay as a detached process, and the argv that carries its
+//! spec across the exec:
+//! `--socket S --log L --log-max-bytes N [--watch-pid P --watch-start T] --port NAME=FD ...`.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::io::FdFlags;
+
+use super::{RelayPort, RelaySpec};
+use crate::process::ProcessIdentity;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+const READY_POLL: Duration = Duration::from_millis(10);
+
+/// Starts a detached relay: `exe args_prefix... <relay args>`, in its own
+/// session, stdio on /dev/null (stderr to `stderr` if given), with the port
+/// fds inherited. Returns once the relay accepts connections; the child is
+/// not waited for (it outlives the caller).
+///
+/// Each port is passed at the fd number its `--port NAME=FD` names: a copy
+/// of the caller's fd, above the stdio range, whose close-on-exec flag is
+/// cleared in the child only, so no concurrent spawn elsewhere inherits it.
+pub fn spawn_relay(
+    exe: &Path,
+    args_prefix: &[&str],
+    spec: &RelaySpec,
+    stderr: Option<&Path>,
+) -> io::Result<ProcessIdentity> {
+    // A live relay would keep serving this socket and our readiness check would lie.
+    if UnixStream::connect(&spec.socket).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "a console relay already listens on {}",
+                spec.socket.display()
+            ),
+        ));
+    }
+    let inherited: Vec<OwnedFd> = spec
+        .ports
+        .iter()
+        .map(|port| rustix::io::fcntl_dupfd_cloexec(&port.fd, 3).map_err(io::Error::from))
+        .collect::<io::Result<_>>()?;
+    let raw: Vec<RawFd> = inherited.iter().map(AsRawFd::as_raw_fd).collect();
+
+    let mut command = Command::new(exe);
+    command
+        .args(args_prefix)
+        .args(relay_args(spec, &raw))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(match stderr {
+            Some(path) => Stdio::from(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("relay stderr {}: {e}", path.display()))
+                    })?,
+            ),
+            None => Stdio::null(),
+        });
+    // SAFETY: only async-signal-safe syscalls run between fork and exec, and
+    // `raw` is not reallocated in the child.
+    unsafe {
+        command.pre_exec(move || {
+            // Own session: no terminal hang-up or Ctrl+C reaches the relay.
+            rustix::process::setsid()?;
+            for &fd in &raw {
+                rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(fd), FdFlags::empty())?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    drop(inherited);
+
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "the console relay exited before listening on {} ({status})",
+                spec.socket.display()
+            )));
+        }
+        if UnixStream::connect(&spec.socket).is_ok() {
+            return ProcessIdentity::of(child.id());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the console relay did not listen on {} within {}s",
+                    spec.socket.display(),
+                    READY_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(READY_POLL);
+    }
+}
+
+fn relay_args(spec: &RelaySpec, fds: &[RawFd]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--socket".into(),
+        spec.socket.clone().into(),
+        "--log".into(),
+        spec.log.clone().into(),
+        "--log-max-bytes".into(),
+        spec.log_max_bytes.to_string().into(),
+    ];
+    if let Some(watch) = spec.watch {
+        args.extend([
+            "--watch-pid".into(),
+            watch.pid.to_string().into(),
+            "--watch-start".into(),
+            watch.start_time.to_string().into(),
+        ]);
+    }
+    for (port, fd) in spec.ports.iter().zip(fds) {
+        args.push("--port".into());
+        args.push(format!("{}={fd}", port.name).into());
+    }
+    args
+}
+
+/// Parses what [`spawn_relay`] passed after `args_prefix`, taking ownership
+/// of the inherited port fds.
+///
+/// Meant for the start of the relay process. An fd is only adopted if it is
+/// open, above stdio, named once, and was inherited across exec (close-on-exec
+/// clear): every fd Rust opens itself has the flag set, so a wrong argv cannot
+/// make this steal a descriptor something else in the process owns.
+pub fn relay_spec_from_args(args: &[OsString]) -> Result<RelaySpec, String> {
+    let mut socket = None;
+    let mut log = None;
+    let mut log_max_bytes = None;
+    let mut watch_pid = None;
+    let mut watch_start = None;
+    let mut ports: Vec<(String, RawFd)> = Vec::new();
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let flag = flag.to_str().ok_or("non-UTF-8 flag")?;
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag {
+            "--socket" => socket = Some(PathBuf::from(value)),
+            "--log" => log = Some(PathBuf::from(value)),
+            "--log-max-bytes" => log_max_bytes = Some(number(flag, value)?),
+            "--watch-pid" => watch_pid = Some(number(flag, value)?),
+            "--watch-start" => watch_start = Some(number(flag, value)?),
+            "--port" => ports.push(port(value)?),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    let watch = match (watch_pid, watch_start) {
+        (Some(pid), Some(start_time)) => Some(ProcessIdentity { pid, start_time }),
+        (None, None) => None,
+        _ => return Err("--watch-pid and --watch-start go together".into()),
+    };
+    if ports.is_empty() {
+        return Err("at least one --port is needed".into());
+    }
+    let mut seen = HashSet::new();
+    for (name, fd) in &ports {
+        if !seen.insert(*fd) {
+            return Err(format!("fd {fd} is named twice (port {name})"));
+        }
+        check_inherited(*fd).map_err(|e| format!("port {name}: {e}"))?;
+    }
+    let ports = ports
+        .into_iter()
+        .map(|(name, fd)| {
+            // SAFETY: checked above: open, inherited across exec (so nothing
+            // in this process opened it), and adopted exactly once.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // Not passed on to anything the relay might ever start.
+            let _ = rustix::io::fcntl_setfd(&fd, FdFlags::CLOEXEC);
+            RelayPort { name, fd }
+        })
+        .collect();
+    Ok(RelaySpec {
+        socket: socket.ok_or("--socket is required")?,
+        log: log.ok_or("--log is required")?,
+        log_max_bytes: log_max_bytes.ok_or("--log-max-bytes is required")?,
+        ports,
+        watch,
+    })
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &OsStr) -> Result<T, String> {
+    value
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{flag}: not a number: {}", value.to_string_lossy()))
+}
+
+fn port(value: &OsStr) -> Result<(String, RawFd), String> {
+    let text = value
+        .to_str()
+        .ok_or_else(|| format!("--port: not UTF-8: {}", value.to_string_lossy()))?;
+    let (name, fd) = text
+        .rsplit_once('=')
+        .ok_or_else(|| format!("--port {text}: expected NAME=FD"))?;
+    let fd: RawFd = fd
+        .parse()
+        .map_err(|_| format!("--port {text}: {fd} is not an fd number"))?;
+    Ok((name.to_string(), fd))
+}
+
+fn check_inherited(fd: RawFd) -> Result<(), String> {
+    if fd < 3 {
+        return Err(format!("fd {fd} is standard I/O"));
+    }
+    // SAFETY: only inspects the flags; a closed fd number yields EBADF.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match rustix::io::fcntl_getfd(borrowed) {
+        Ok(flags) if flags.contains(FdFlags::CLOEXEC) => {
+            Err(format!("fd {fd} was not inherited (close-on-exec is set)"))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("fd {fd} is not open: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn bad_argv_is_rejected_before_any_fd_is_adopted() {
+        let err = relay_spec_from_args(&os(&["--socket", "s", "--log", "l"])).unwrap_err();
+        assert!(err.contains("--port"), "{err}");
+        let err = relay_spec_from_args(&os(&["--bogus", "1"])).unwrap_err();
+        assert!(err.contains("unknown flag --bogus"), "{err}");
+        let err = relay_spec_from_args(&os(&[
+            "--socket",
+            "s",
+            "--log",
+            "l",
+            "--log-max-bytes",
+            "9",
+            "--port",
+            "serial=1",
+        ]))
+        .unwrap_err();
+        assert!(err.contains("standard I/O"), "{err}");
+        // Our own fds have close-on-exec set: never adopted.
+        let file = File::open("/dev/null").unwrap();
+        let arg = format!("serial={}", file.as_raw_fd());
+        let err = relay_spec_from_args(&os(&[
+            "--socket",
+            "s",
+            "--log",
+            "l",
+            "--log-max-bytes",
+            "9",
+            "--port",
+            &arg,
+        ]))
+        .unwrap_err();
+        assert!(err.contains("not inherited"), "{err}");
+        let err = relay_spec_from_args(&os(&[
+            "--socket",
+            "s",
+            "--log",
+            "l",
+            "--log-max-bytes",
+            "9",
+            "--watch-pid",
+            "5",
+            "--port",
+            &arg,
+        ]))
+        .unwrap_err();
+        assert!(err.contains("go together"), "{err}");
+    }
+
+    #[test]
+    fn argv_carries_the_whole_spec() {
+        let spec = RelaySpec {
+            socket: "/run/vm/console.sock".into(),
+            log: "/run/vm/console.log".into(),
+            log_max_bytes: 1234,
+            ports: Vec::new(),
+            watch: Some(ProcessIdentity {
+                pid: 42,
+                start_time: 777,
+            }),
+        };
+        let args = relay_args(&spec, &[]);
+        assert_eq!(
+            args,
+            os(&[
+                "--socket",
+                "/run/vm/console.sock",
+                "--log",
+                "/run/vm/console.log",
+                "--log-max-bytes",
+                "1234",
+                "--watch-pid",
+                "42",
+                "--watch-start",
+                "777",
+            ])
+        );
+        assert_eq!(port(OsStr::new("a=b=7")).unwrap(), ("a=b".to_string(), 7));
+    }
+}

@@ -1,0 +1,3 @@
+//! The engine's side of the guest contract (reference/guest-contract.md).
+
+pub mod cmdline;

@@ -1,0 +1,118 @@
+//! Cloud Hypervisor: the launch command line (reference §4.3). CH boots the
+//! VM given on its command line; no API call is needed to start it.
+
+use crate::model::{StorageConfig, Vm};
+
+use super::launch::{LaunchOptions, VmPaths, display};
+
+/// The arguments after the binary, in cocoon's fixed order.
+pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
+    let paths = VmPaths::of(vm);
+    let c = &vm.config;
+    let mut args = vec!["--api-socket".to_string(), display(&paths.api_socket())];
+    let mut cpus = format!("boot={},max={}", c.cpu, opts.max_cpus.max(c.cpu));
+    if c.windows {
+        cpus.push_str(",kvm_hyperv=on");
+    }
+    args.extend(["--cpus".into(), cpus]);
+    let mut memory = format!("size={}", c.memory);
+    if opts.hugepages {
+        memory.push_str(",hugepages=on");
+    }
+    args.extend(["--memory".into(), memory]);
+    if !vm.storage_configs.is_empty() {
+        args.push("--disk".into());
+        args.extend(vm.storage_configs.iter().map(|d| disk_arg(vm, d)));
+    }
+    let boot = vm.boot_config.clone().unwrap_or_default();
+    let direct_boot = boot.kernel_path.is_some();
+    if let Some(kernel) = &boot.kernel_path {
+        args.extend(["--kernel".into(), display(kernel)]);
+    }
+    if let Some(firmware) = &boot.firmware_path {
+        args.extend(["--firmware".into(), display(firmware)]);
+    }
+    if let Some(initrd) = &boot.initrd_path {
+        args.extend(["--initramfs".into(), display(initrd)]);
+    }
+    if !boot.cmdline.is_empty() {
+        args.extend(["--cmdline".into(), boot.cmdline.clone()]);
+    }
+    if !vm.network_configs.is_empty() {
+        args.push("--net".into());
+        for n in &vm.network_configs {
+            args.push(format!(
+                "tap={},mac={},num_queues={},queue_size={},offload_tso=on,offload_ufo=on,offload_csum=on",
+                n.tap,
+                n.mac,
+                (2 * n.num_queues).max(2),
+                if n.queue_size == 0 { 512 } else { n.queue_size }
+            ));
+        }
+    }
+    args.extend(["--rng".into(), "src=/dev/urandom".into()]);
+    args.push("--watchdog".into());
+    if let Some(balloon) = opts.balloon(vm) {
+        args.extend([
+            "--balloon".into(),
+            format!("size={balloon},deflate_on_oom=on,free_page_reporting=on"),
+        ]);
+    }
+    if direct_boot {
+        // Both ports on PTYs the console relay drains: the guest talks on
+        // hvc0, and the serial port keeps whatever a guest prints there
+        // (early boot, test kernels), which cocoon threw away.
+        args.extend([
+            "--serial".into(),
+            "pty".into(),
+            "--console".into(),
+            "pty".into(),
+        ]);
+    } else {
+        args.extend([
+            "--serial".into(),
+            format!("socket={}", display(&paths.console_socket())),
+            "--console".into(),
+            "off".into(),
+        ]);
+    }
+    args
+}
+
+/// `--disk` value of one disk. No `queue_affinity`: cocoon pinned queue i of
+/// every VM to host CPU i, piling all VMs onto the first CPUs.
+pub fn disk_arg(vm: &Vm, disk: &StorageConfig) -> String {
+    let c = &vm.config;
+    let mut parts = vec![format!("path={}", display(&disk.path))];
+    let qcow2 = disk.path.extension().is_some_and(|e| e == "qcow2");
+    if disk.ro {
+        parts.push("readonly=on".into());
+    }
+    if disk.direct_io.unwrap_or(!disk.ro && !c.no_direct_io) {
+        parts.push("direct=on".into());
+    }
+    if qcow2 {
+        parts.push("image_type=qcow2".into());
+        if !disk.ro {
+            parts.push("backing_files=on".into());
+        }
+    } else {
+        if !disk.ro {
+            parts.push("sparse=on".into());
+        }
+        parts.push("image_type=raw".into());
+    }
+    parts.push(format!("num_queues={}", c.cpu));
+    parts.push(format!(
+        "queue_size={}",
+        if c.disk_queue_size == 0 {
+            512
+        } else {
+            c.disk_queue_size
+        }
+    ));
+    if !disk.serial.is_empty() {
+        parts.push(format!("serial={}", disk.serial));
+    }
+    parts.join(",")
+}

@@ -1,0 +1,153 @@
+//! Firecracker: the launch command line and the pre-boot API sequence
+//! (reference §5.3, §5.4). The sequence is one value, so `vm debug` prints
+//! exactly the calls a start makes.
+
+use serde_json::Value;
+use vmm_api::ApiError;
+use vmm_api::fc::Firecracker;
+use vmm_api::fc::models::{
+    Balloon, BootSource, Drive, EntropyDevice, MachineConfiguration, NetworkInterface,
+};
+
+use crate::model::Vm;
+
+use super::launch::{LaunchOptions, VmPaths, display};
+
+pub fn args(vm: &Vm) -> Vec<String> {
+    let paths = VmPaths::of(vm);
+    vec![
+        "--api-sock".into(),
+        display(&paths.api_socket()),
+        "--id".into(),
+        vm.id.clone(),
+        "--log-path".into(),
+        display(&paths.fc_log()),
+        "--level".into(),
+        "Warning".into(),
+    ]
+}
+
+/// Everything Firecracker is told before `InstanceStart`, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootPlan {
+    pub machine: MachineConfiguration,
+    pub boot: BootSource,
+    pub drives: Vec<Drive>,
+    pub nics: Vec<NetworkInterface>,
+    pub balloon: Option<Balloon>,
+    pub entropy: EntropyDevice,
+}
+
+impl BootPlan {
+    pub fn of(vm: &Vm, opts: &LaunchOptions) -> BootPlan {
+        let boot = vm.boot_config.clone().unwrap_or_default();
+        BootPlan {
+            machine: MachineConfiguration {
+                vcpu_count: vm.config.cpu,
+                mem_size_mib: vm.config.memory >> 20,
+                smt: None,
+                track_dirty_pages: None,
+                huge_pages: Some(if opts.hugepages { "2M" } else { "None" }.into()),
+                extra: Default::default(),
+            },
+            boot: BootSource {
+                kernel_image_path: boot.kernel_path.as_deref().map(display).unwrap_or_default(),
+                initrd_path: boot.initrd_path.as_deref().map(display),
+                boot_args: Some(boot.cmdline.clone()),
+                extra: Default::default(),
+            },
+            drives: vm
+                .storage_configs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Drive {
+                    drive_id: format!("drive_{i}"),
+                    is_root_device: false,
+                    path_on_host: Some(display(&d.path)),
+                    is_read_only: Some(d.ro),
+                    cache_type: None,
+                    // io_uring for the disks the guest writes.
+                    io_engine: (!d.ro).then(|| "Async".to_string()),
+                    extra: Default::default(),
+                })
+                .collect(),
+            nics: vm
+                .network_configs
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NetworkInterface {
+                    iface_id: format!("eth{i}"),
+                    host_dev_name: n.tap.clone(),
+                    guest_mac: Some(n.mac.clone()),
+                    extra: Default::default(),
+                })
+                .collect(),
+            balloon: opts.balloon(vm).map(|bytes| Balloon {
+                amount_mib: bytes >> 20,
+                deflate_on_oom: true,
+                stats_polling_interval_s: None,
+                free_page_reporting: Some(true),
+                extra: Default::default(),
+            }),
+            entropy: EntropyDevice::default(),
+        }
+    }
+
+    /// The calls as (method, path, body), in the order `apply` makes them.
+    pub fn calls(&self) -> Vec<(&'static str, String, Value)> {
+        let json = |v: &dyn erased::Json| v.to_value();
+        let mut calls = vec![
+            ("PUT", "/machine-config".to_string(), json(&self.machine)),
+            ("PUT", "/boot-source".to_string(), json(&self.boot)),
+        ];
+        for d in &self.drives {
+            calls.push(("PUT", format!("/drives/{}", d.drive_id), json(d)));
+        }
+        for n in &self.nics {
+            calls.push((
+                "PUT",
+                format!("/network-interfaces/{}", n.iface_id),
+                json(n),
+            ));
+        }
+        if let Some(b) = &self.balloon {
+            calls.push(("PUT", "/balloon".to_string(), json(b)));
+        }
+        calls.push(("PUT", "/entropy".to_string(), json(&self.entropy)));
+        calls.push((
+            "PUT",
+            "/actions".to_string(),
+            serde_json::json!({"action_type": "InstanceStart"}),
+        ));
+        calls
+    }
+
+    /// Configures the VM and boots it.
+    pub async fn apply(&self, api: &Firecracker) -> Result<(), ApiError> {
+        api.put_machine_config(&self.machine).await?;
+        api.put_boot_source(&self.boot).await?;
+        for d in &self.drives {
+            api.put_drive(d).await?;
+        }
+        for n in &self.nics {
+            api.put_network_interface(n).await?;
+        }
+        if let Some(b) = &self.balloon {
+            api.put_balloon(b).await?;
+        }
+        api.put_entropy(&self.entropy).await?;
+        api.instance_start().await
+    }
+}
+
+mod erased {
+    /// Serialises any of the plan's bodies to a JSON value.
+    pub trait Json {
+        fn to_value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_value(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("API bodies serialise")
+        }
+    }
+}

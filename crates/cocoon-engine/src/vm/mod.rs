@@ -1,0 +1,89 @@
+//! The VM lifecycle: one shared sequence for create, start, stop and rm, with
+//! two thin backends (`ch`, `fc`) that only say how to launch and talk to
+//! their VMM.
+//!
+//! Every operation on a VM holds its lock file for the whole operation and
+//! records an intent before it changes the world, so two commands never race
+//! and a crash leaves a row the reconciler can converge.
+
+pub mod ch;
+pub mod disks;
+pub mod fc;
+pub mod launch;
+mod lifecycle;
+mod naming;
+
+pub use lifecycle::{BatchOutcome, CreateVm, DebugPlan, RELAY_SUBCOMMAND, StopOptions};
+pub use naming::default_vm_name;
+
+use crate::image::vmlinux::VmlinuxError;
+use crate::supervise::SuperviseError;
+use disks::DiskError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("VM {name} ({id}) is running; stop it first (`cocoon vm stop {name}`) or pass --force")]
+    Running { id: String, name: String },
+    #[error("VM {name} ({id}) is not running; start it with `cocoon vm start {name}`")]
+    NotRunning { id: String, name: String },
+    #[error(
+        "--nics {nics}: NIC wiring is not part of this build yet (it arrives with the networking work); use --nics 0 for a VM without network"
+    )]
+    NicsUnsupported { nics: u32 },
+    #[error(
+        "image {image} is a cloud image; booting cloud images arrives with the cloud image work in this build"
+    )]
+    CloudImageUnsupported { image: String },
+    #[error(
+        "image {image} has no {what}; the guest contract needs a kernel and an initrd in the image"
+    )]
+    MissingBootFile { image: String, what: &'static str },
+    #[error("cannot start VM {name} ({id}): {source}")]
+    Launch {
+        id: String,
+        name: String,
+        #[source]
+        source: SuperviseError,
+    },
+    #[error("VM {name} ({id}) did not boot: {reason}{}", log_tail(.log))]
+    Boot {
+        id: String,
+        name: String,
+        reason: String,
+        log: String,
+    },
+    #[error("cannot start the console relay of VM {name} ({id}): {source}")]
+    Relay {
+        id: String,
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot stop VM {name} ({id}): {source}")]
+    Stop {
+        id: String,
+        name: String,
+        #[source]
+        source: SuperviseError,
+    },
+    #[error("cannot remove {what} of VM {name} ({id}) at {}: {source}; the record is kept, run `cocoon vm rm` again", path.display())]
+    Remove {
+        id: String,
+        name: String,
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(transparent)]
+    Vmlinux(#[from] VmlinuxError),
+}
+
+fn log_tail(log: &str) -> String {
+    if log.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; VMM output:\n{}", log.trim_end())
+    }
+}

@@ -1,0 +1,562 @@
+//! The VM lifecycle through the real `cocoon` binary against the fake VMMs:
+//! create, start, stop, rm, logs, debug on both backends, with the failures a
+//! VMM can cause (a guest ignoring shutdown, a wedged VMM, a crash, a refused
+//! boot). Every test checks the processes and files left behind.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cocoon_engine::model::VmmProcess;
+use cocoon_engine::process::ProcessIdentity;
+use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::registry::layers::LayerBuilder;
+use serde_json::Value;
+
+const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
+
+fn bin() -> String {
+    FAKE.replace("fake-vmm", "cocoon")
+}
+
+/// A cocoon installation whose VMMs are the fakes, with one imported image.
+struct Lab {
+    env: CocoonEnv,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Lab {
+    fn new() -> Option<Lab> {
+        if !Path::new(&bin()).exists() {
+            cocoon_testkit::skip(
+                "vm_lifecycle",
+                "the cocoon binary is not built (build the workspace)",
+            );
+            return None;
+        }
+        let lab = Lab {
+            env: CocoonEnv::new(bin()),
+            extra_env: vec![],
+        };
+        let layer = LayerBuilder::new()
+            .file(
+                "boot/vmlinuz-6.1",
+                &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
+            )
+            .file("boot/initrd.img-6.1", b"initrd")
+            .file("etc/os-release", b"ID=test\n")
+            .build();
+        std::fs::write(lab.env.path().join("layer.tar"), layer).unwrap();
+        let out = lab
+            .cmd()
+            .args(["image", "import", "test/guest:1"])
+            .arg(lab.env.path().join("layer.tar"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(lab)
+    }
+
+    fn cmd(&self) -> std::process::Command {
+        let mut cmd = self.env.std_cmd();
+        cmd.env("COCOON_CH_BINARY", FAKE)
+            .env("COCOON_FC_BINARY", FAKE)
+            .env("COCOON_TERMINATE_GRACE_PERIOD_SECONDS", "1");
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "cocoon {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn fail(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(!out.status.success(), "cocoon {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn inspect(&self, vm: &str) -> Value {
+        serde_json::from_str(&self.ok(&["vm", "inspect", vm])).unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.env.path().join(name)
+    }
+}
+
+/// Kills every VMM and relay a VM record names when the test ends, pass or fail.
+struct Reaper(Vec<VmmProcess>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for vmm in &self.0 {
+            cocoon_testkit::kill_if_running(vmm);
+        }
+    }
+}
+
+fn processes_of(vm: &Value) -> Vec<VmmProcess> {
+    let mut found = Vec::new();
+    if let Ok(vmm) = serde_json::from_value::<VmmProcess>(vm["vmm"].clone()) {
+        found.push(vmm);
+    }
+    if let Ok(relay) = serde_json::from_value::<ProcessIdentity>(vm["console_relay"].clone()) {
+        found.push(VmmProcess {
+            identity: relay,
+            api_socket: PathBuf::from(vm["run_dir"].as_str().unwrap()).join("console.sock"),
+        });
+    }
+    found
+}
+
+fn alive(p: &VmmProcess) -> bool {
+    cocoon_engine::supervise::is_running(p)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn lifecycle(fc: bool) {
+    let Some(lab) = Lab::new() else { return };
+    let mut create = vec![
+        "vm",
+        "create",
+        "--nics",
+        "0",
+        "--name",
+        "web",
+        "--storage",
+        "10G",
+    ];
+    if fc {
+        create.push("--fc");
+    }
+    create.extend(["--data-disk", "size=64M,name=db", "test/guest:1"]);
+    let id = lab.ok(&create).trim().to_string();
+    assert_eq!(id.len(), 26);
+    let vm = lab.inspect("web");
+    assert_eq!(vm["state"], "created");
+    assert_eq!(
+        vm["hypervisor"],
+        if fc {
+            "firecracker"
+        } else {
+            "cloud-hypervisor"
+        }
+    );
+    let run_dir = PathBuf::from(vm["run_dir"].as_str().unwrap());
+    let log_dir = PathBuf::from(vm["log_dir"].as_str().unwrap());
+    let disks = vm["storage_configs"].as_array().unwrap();
+    assert_eq!(disks.len(), 3, "layer, cow, data: {disks:?}");
+    assert_eq!(disks[0]["role"], "layer");
+    assert_eq!(disks[1]["role"], "cow");
+    assert_eq!(disks[2]["role"], "data");
+    assert_eq!(disks[2]["mount_point"], "/mnt/db");
+    let cow_path = run_dir.join("cow.raw");
+    assert_eq!(std::fs::metadata(&cow_path).unwrap().len(), 10 << 30);
+    let mut superblock = [0u8; 2048];
+    use std::io::Read;
+    std::fs::File::open(&cow_path)
+        .unwrap()
+        .read_exact(&mut superblock)
+        .unwrap();
+    assert_eq!(
+        &superblock[1024 + 56..1024 + 58],
+        &[0x53, 0xef],
+        "cow is ext4"
+    );
+    let cmdline = vm["boot_config"]["cmdline"].as_str().unwrap();
+    if fc {
+        assert_eq!(disks[0]["serial"], "");
+        assert!(
+            cmdline.contains("cocoon.layers=/dev/vda cocoon.cow=/dev/vdb"),
+            "{cmdline}"
+        );
+        assert!(
+            vm["boot_config"]["kernel_path"]
+                .as_str()
+                .unwrap()
+                .ends_with("/vmlinux")
+        );
+    } else {
+        assert_eq!(disks[0]["serial"], "cocoon-layer0");
+        assert!(cmdline.starts_with("console=hvc0 "), "{cmdline}");
+    }
+
+    // start
+    let out = lab.ok(&["vm", "start", "web"]);
+    assert!(out.contains(&format!("started: {id} (web)")), "{out}");
+    let vm = lab.inspect("web");
+    let _reaper = Reaper(processes_of(&vm));
+    assert_eq!(vm["state"], "running");
+    assert_eq!(vm["stale"], false);
+    let procs = processes_of(&vm);
+    assert_eq!(procs.len(), 2, "VMM and console relay: {vm}");
+    assert!(procs.iter().all(alive));
+    assert_eq!(vm["pid"], procs[0].identity.pid);
+    // Starting a running VM is success and changes nothing.
+    lab.ok(&["vm", "start", "web"]);
+    assert_eq!(lab.inspect("web")["pid"], vm["pid"]);
+
+    // The guest's output reached the log through the relay.
+    wait_for("the boot line in vm logs", Duration::from_secs(5), || {
+        lab.ok(&["vm", "logs", "web"]).contains("FAKE-GUEST BOOTED")
+    });
+
+    // A running VM is not removed without --force.
+    let err = lab.fail(&["vm", "rm", "web"]);
+    assert!(err.contains("is running; stop it first"), "{err}");
+    assert!(run_dir.join("cow.raw").exists());
+
+    // stop
+    let out = lab.ok(&["vm", "stop", "web"]);
+    assert!(out.contains(&format!("stopped: {id}")), "{out}");
+    let vm = lab.inspect("web");
+    assert_eq!(vm["state"], "stopped");
+    assert_eq!(vm["pid"], 0);
+    wait_for("VMM and relay to exit", Duration::from_secs(5), || {
+        !procs.iter().any(alive)
+    });
+    assert!(!run_dir.join("api.sock").exists());
+    assert!(!run_dir.join("console.sock").exists());
+    // Stopping a stopped VM is success.
+    lab.ok(&["vm", "stop", "web"]);
+    // The log outlives the VMM.
+    assert!(lab.ok(&["vm", "logs", "web"]).contains("FAKE-GUEST BOOTED"));
+
+    // start again, then rm --force of the running VM
+    lab.ok(&["vm", "start", "web"]);
+    let procs = processes_of(&lab.inspect("web"));
+    let _reaper2 = Reaper(procs.clone());
+    assert!(procs.iter().all(alive));
+    let out = lab.ok(&["vm", "rm", "--force", "-o", "json", "web"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["succeeded"][0], id.as_str());
+    wait_for("VMM and relay to exit", Duration::from_secs(5), || {
+        !procs.iter().any(alive)
+    });
+    assert!(!run_dir.exists(), "run dir removed");
+    assert!(!log_dir.exists(), "log dir removed");
+    let list: Value = serde_json::from_str(&lab.ok(&["vm", "ls", "-o", "json"])).unwrap();
+    assert_eq!(list, serde_json::json!([]));
+    assert!(cocoon_engine::supervise::find_by_socket(&run_dir.join("api.sock")).is_empty());
+}
+
+#[test]
+fn cloud_hypervisor_lifecycle() {
+    lifecycle(false);
+}
+
+#[test]
+fn firecracker_lifecycle() {
+    lifecycle(true);
+}
+
+/// The guest ignores the graceful request: stop waits `--timeout`, then
+/// SIGTERM ends the VMM.
+#[test]
+fn stop_escalates_when_the_guest_ignores_shutdown() {
+    let Some(mut lab) = Lab::new() else { return };
+    std::fs::write(lab.path("faults.json"), "[]").unwrap();
+    lab.extra_env.push((
+        "COCOON_FAKE_VMM_FAULTS".into(),
+        lab.path("faults.json").display().to_string(),
+    ));
+    lab.ok(&[
+        "vm",
+        "create",
+        "--fc",
+        "--nics",
+        "0",
+        "--name",
+        "deaf",
+        "test/guest:1",
+    ]);
+    lab.ok(&["vm", "start", "deaf"]);
+    let procs = processes_of(&lab.inspect("deaf"));
+    let _reaper = Reaper(procs.clone());
+    // From now on Firecracker accepts SendCtrlAltDel, but this guest never resets.
+    std::fs::write(
+        lab.path("faults.json"),
+        r#"[{"method":"PUT","path":"/actions","action":"error","status":204,"body":""}]"#,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = lab.ok(&["vm", "stop", "--timeout", "1", "deaf"]);
+    let took = started.elapsed();
+    assert!(out.contains("stopped:"), "{out}");
+    assert_eq!(lab.inspect("deaf")["state"], "stopped");
+    assert!(!procs[0..1].iter().any(alive));
+    assert!(
+        took >= Duration::from_secs(1),
+        "the guest got its timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+}
+
+/// A VMM that ignores SIGTERM is killed by rm --force, and nothing is left.
+#[test]
+fn rm_force_kills_a_wedged_vmm() {
+    let Some(mut lab) = Lab::new() else { return };
+    lab.extra_env
+        .push(("COCOON_FAKE_VMM_IGNORE_SIGTERM".into(), "1".into()));
+    lab.ok(&[
+        "vm",
+        "create",
+        "--nics",
+        "0",
+        "--name",
+        "stuck",
+        "test/guest:1",
+    ]);
+    lab.ok(&["vm", "start", "stuck"]);
+    let vm = lab.inspect("stuck");
+    let procs = processes_of(&vm);
+    let _reaper = Reaper(procs.clone());
+    // Wedge it: the API answers nothing any more.
+    let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+    std::fs::remove_file(&socket).unwrap();
+    let started = Instant::now();
+    lab.ok(&["vm", "rm", "--force", "stuck"]);
+    assert!(!procs.iter().any(alive), "SIGKILL ended the wedged VMM");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(lab.fail(&["vm", "inspect", "stuck"]).contains("not found"));
+}
+
+/// A VMM killed behind cocoon's back shows as stopped (stale), and start relaunches it.
+#[test]
+fn start_after_the_vmm_crashed() {
+    let Some(lab) = Lab::new() else { return };
+    lab.ok(&[
+        "vm",
+        "create",
+        "--nics",
+        "0",
+        "--name",
+        "crashy",
+        "test/guest:1",
+    ]);
+    lab.ok(&["vm", "start", "crashy"]);
+    let before = lab.inspect("crashy");
+    let procs = processes_of(&before);
+    let _reaper = Reaper(procs.clone());
+    // SAFETY: the pid's identity was just verified by inspect's liveness check.
+    unsafe { libc::kill(procs[0].identity.pid as i32, libc::SIGKILL) };
+    wait_for("the VMM to die", Duration::from_secs(5), || {
+        !alive(&procs[0])
+    });
+    let vm = lab.inspect("crashy");
+    assert_eq!(vm["state"], "stopped");
+    assert_eq!(vm["stale"], true);
+    let table = lab.ok(&["vm", "ls"]);
+    assert!(table.contains("stopped (stale)"), "{table}");
+    lab.ok(&["vm", "start", "crashy"]);
+    let after = lab.inspect("crashy");
+    let new_procs = processes_of(&after);
+    let _reaper2 = Reaper(new_procs.clone());
+    assert_eq!(after["state"], "running");
+    assert_ne!(after["pid"], before["pid"]);
+    assert!(new_procs.iter().all(alive));
+    wait_for("the old relay to go", Duration::from_secs(5), || {
+        !alive(&procs[1])
+    });
+    lab.ok(&["vm", "rm", "--force", "crashy"]);
+}
+
+/// Firecracker refuses the boot: the start fails with its message, the VM is
+/// marked error, and no process or socket is left.
+#[test]
+fn refused_boot_leaves_nothing_running() {
+    let Some(mut lab) = Lab::new() else { return };
+    std::fs::write(
+        lab.path("faults.json"),
+        r#"[{"method":"PUT","path":"/actions","action":"error","status":400,"body":"{\"fault_message\":\"Cannot start microvm: out of cheese\"}"}]"#,
+    )
+    .unwrap();
+    lab.extra_env.push((
+        "COCOON_FAKE_VMM_FAULTS".into(),
+        lab.path("faults.json").display().to_string(),
+    ));
+    lab.ok(&[
+        "vm",
+        "create",
+        "--fc",
+        "--nics",
+        "0",
+        "--name",
+        "nope",
+        "test/guest:1",
+    ]);
+    let err = lab.fail(&["vm", "start", "nope"]);
+    assert!(
+        err.contains("did not boot") && err.contains("out of cheese"),
+        "{err}"
+    );
+    let vm = lab.inspect("nope");
+    assert_eq!(vm["state"], "error");
+    assert_eq!(vm["pid"], 0);
+    let run_dir = PathBuf::from(vm["run_dir"].as_str().unwrap());
+    assert!(cocoon_engine::supervise::find_by_socket(&run_dir.join("api.sock")).is_empty());
+    assert!(!run_dir.join("api.sock").exists());
+    // Without the fault, the same VM starts.
+    std::fs::write(lab.path("faults.json"), "[]").unwrap();
+    lab.ok(&["vm", "start", "nope"]);
+    let _reaper = Reaper(processes_of(&lab.inspect("nope")));
+    lab.ok(&["vm", "rm", "--force", "nope"]);
+}
+
+/// `vm debug --fc` prints exactly the API calls a start makes.
+#[test]
+fn debug_prints_what_start_does() {
+    let Some(mut lab) = Lab::new() else { return };
+    lab.extra_env.push((
+        "COCOON_FAKE_VMM_BODIES".into(),
+        lab.path("bodies.log").display().to_string(),
+    ));
+    let script = lab.ok(&[
+        "vm",
+        "debug",
+        "--fc",
+        "--nics",
+        "0",
+        "--name",
+        "dbg",
+        "test/guest:1",
+    ]);
+    lab.ok(&[
+        "vm",
+        "create",
+        "--fc",
+        "--nics",
+        "0",
+        "--name",
+        "dbg",
+        "test/guest:1",
+    ]);
+    lab.ok(&["vm", "start", "dbg"]);
+    let _reaper = Reaper(processes_of(&lab.inspect("dbg")));
+    let made: Vec<(String, Value)> = std::fs::read_to_string(lab.path("bodies.log"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("PUT "))
+        .map(|l| {
+            let mut parts = l.splitn(3, ' ');
+            let (_, path, body) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+            (path.to_string(), serde_json::from_str(body).unwrap())
+        })
+        .collect();
+    let printed: Vec<(String, Value)> = script
+        .lines()
+        .filter(|l| l.starts_with("curl "))
+        .map(|l| {
+            let body = l
+                .split("-d '")
+                .nth(1)
+                .unwrap()
+                .split("' http")
+                .next()
+                .unwrap();
+            let path = l.rsplit("http://localhost").next().unwrap();
+            (path.to_string(), serde_json::from_str(body).unwrap())
+        })
+        .collect();
+    // Paths name the VM's own files in both; debug plans a fresh ID, so compare
+    // shapes with the run-dir paths normalised.
+    let normalise = |v: &Value| {
+        let text = v.to_string();
+        let re_id = |s: &str| {
+            s.split('/')
+                .map(|seg| {
+                    if seg.len() == 26
+                        && seg
+                            .chars()
+                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+                    {
+                        "<id>"
+                    } else {
+                        seg
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        re_id(&text)
+    };
+    assert!(made.len() >= 6, "the start configured the VM: {made:?}");
+    assert_eq!(
+        made.len(),
+        printed.len(),
+        "made {made:?}\nprinted {printed:?}"
+    );
+    for ((mp, mb), (pp, pb)) in made.iter().zip(&printed) {
+        assert_eq!(mp, pp);
+        assert_eq!(normalise(mb), normalise(pb), "{mp}");
+    }
+    assert!(
+        script.contains("mkfs.ext4 -F -m 0 -q -E lazy_itable_init=1,lazy_journal_init=1,discard")
+    );
+    lab.ok(&["vm", "rm", "--force", "dbg"]);
+}
+
+/// Refusals leave no trace.
+#[test]
+fn refused_creates_change_nothing() {
+    let Some(lab) = Lab::new() else { return };
+    let err = lab.fail(&["vm", "create", "--nics", "1", "--name", "n", "test/guest:1"]);
+    assert!(
+        err.contains("--nics 1") && err.contains("--nics 0"),
+        "{err}"
+    );
+    let err = lab.fail(&[
+        "vm",
+        "create",
+        "--nics",
+        "0",
+        "--name",
+        "n",
+        "no/such:image",
+    ]);
+    assert!(err.contains("not found"), "{err}");
+    let list: Value = serde_json::from_str(&lab.ok(&["vm", "ls", "-o", "json"])).unwrap();
+    assert_eq!(list, serde_json::json!([]));
+    assert!(
+        std::fs::read_dir(lab.env.root_dir().join("run/vms"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+    // The name is taken while the first VM exists.
+    lab.ok(&["vm", "create", "--nics", "0", "--name", "n", "test/guest:1"]);
+    let err = lab.fail(&["vm", "create", "--nics", "0", "--name", "n", "test/guest:1"]);
+    assert!(err.contains("already used"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(lab.env.root_dir().join("run/vms"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let err = lab.fail(&["vm", "stop", "nosuch"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = lab.fail(&["vm", "console", "n"]);
+    assert!(
+        err.contains("not a terminal") || err.contains("not running"),
+        "{err}"
+    );
+}
