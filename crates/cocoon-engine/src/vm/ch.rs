@@ -59,12 +59,15 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
         ]);
     }
     if direct_boot {
-        // Both ports on PTYs the console relay drains: the guest talks on
-        // hvc0, and the serial port keeps whatever a guest prints there
-        // (early boot, test kernels), which cocoon threw away.
+        // Both ports go to the console relay: the guest talks on hvc0 (a PTY
+        // CH allocates), and the serial port, which cocoon switched off, keeps
+        // what a guest prints there (early boot, test kernels). The serial is
+        // CH's stdin/stdout, a terminal the engine made: CH's own serial PTY
+        // mode holds output back until it notices a reader, polling every
+        // 500 ms, which cost up to a second of boot time.
         args.extend([
             "--serial".into(),
-            "pty".into(),
+            "tty".into(),
             "--console".into(),
             "pty".into(),
         ]);

@@ -369,20 +369,28 @@ impl Engine {
     ) -> Result<(VmmProcess, Option<crate::process::ProcessIdentity>)> {
         let opts = LaunchOptions::for_host(self.binary(vm.hypervisor));
         let name = || (vm.id.clone(), vm.config.name.clone());
-        let mut fc_master: Option<OwnedFd> = None;
-        let (args, stdin) = match vm.hypervisor {
-            Hypervisor::CloudHypervisor => (ch::args(vm, &opts), Stdin::Null),
+        // The serial port is the VMM's stdin/stdout: a terminal whose master
+        // the relay takes over, so no output is ever held back or lost.
+        let (serial_master, serial_slave) = open_pty()
+            .map_err(|e| Error::io("cannot allocate a terminal for the serial console", e))?;
+        let direct_boot = vm
+            .boot_config
+            .as_ref()
+            .is_some_and(|b| b.kernel_path.is_some());
+        let args = match vm.hypervisor {
+            Hypervisor::CloudHypervisor => ch::args(vm, &opts),
             Hypervisor::Firecracker => {
                 // Firecracker refuses to create its log file itself.
                 std::fs::File::create(paths.fc_log()).map_err(|e| {
                     Error::io(format!("cannot create {}", paths.fc_log().display()), e)
                 })?;
-                let (master, slave) = open_pty().map_err(|e| {
-                    Error::io("cannot allocate a terminal for the serial console", e)
-                })?;
-                fc_master = Some(master);
-                (fc::args(vm), Stdin::Terminal(Arc::new(slave)))
+                fc::args(vm)
             }
+        };
+        let stdin = if vm.hypervisor == Hypervisor::Firecracker || direct_boot {
+            Stdin::Terminal(Arc::new(serial_slave))
+        } else {
+            Stdin::Null
         };
         let spec = LaunchSpec {
             binary: opts.binary.clone(),
@@ -424,16 +432,20 @@ impl Engine {
                     );
                 }
                 let mut ports = Vec::new();
-                for (name, key) in [("console", "console"), ("serial", "serial")] {
-                    if let Some(pty) = info.config[key]["file"].as_str() {
-                        let fd = open_tty(Path::new(pty)).map_err(|e| {
-                            boot_failed(format!("cannot open the {name} terminal {pty}: {e}"))
-                        })?;
-                        ports.push(RelayPort {
-                            name: name.to_string(),
-                            fd,
-                        });
-                    }
+                if let Some(pty) = info.config["console"]["file"].as_str() {
+                    let fd = open_tty(Path::new(pty)).map_err(|e| {
+                        boot_failed(format!("cannot open the console terminal {pty}: {e}"))
+                    })?;
+                    ports.push(RelayPort {
+                        name: "console".into(),
+                        fd,
+                    });
+                }
+                if direct_boot {
+                    ports.push(RelayPort {
+                        name: "serial".into(),
+                        fd: serial_master,
+                    });
                 }
                 ports
             }
@@ -445,7 +457,7 @@ impl Engine {
                     .map_err(|e| boot_failed(e.to_string()))?;
                 vec![RelayPort {
                     name: "serial".into(),
-                    fd: fc_master.take().expect("FC terminal"),
+                    fd: serial_master,
                 }]
             }
         };

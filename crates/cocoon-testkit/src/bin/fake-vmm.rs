@@ -17,8 +17,9 @@
 //!
 //! Consoles: like the real VMMs, a Cloud Hypervisor launched with `--serial
 //! pty` / `--console pty` allocates PTYs and names them in `vm.info`
-//! (`config.serial.file`, `config.console.file`), and Firecracker's serial
-//! console is its stdout; the fake guest prints `FAKE-GUEST BOOTED` there.
+//! (`config.serial.file`, `config.console.file`); with `--serial tty`, and on
+//! Firecracker, the serial console is stdout. The fake guest prints
+//! `FAKE-GUEST BOOTED on <port>` on each.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -135,6 +136,9 @@ async fn main() {
                 "memory": {"size": 134217728},
             });
             vm.state = State::Running;
+            if arg_value(&args, &["--serial"]).as_deref() == Some("tty") {
+                println!("FAKE-GUEST BOOTED on serial\r");
+            }
             for port in ["serial", "console"] {
                 if arg_value(&args, &[&format!("--{port}")]).as_deref() == Some("pty") {
                     let (master, path) = open_pty();

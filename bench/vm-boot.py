@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Time from `cocoon vm run --nics 0` to the guest's ready marker, against the
+raw VMM launched with the same kernel, disks and command line by a minimal
+launcher, for Cloud Hypervisor and Firecracker. Both are measured here, in
+one run; the difference is the engine's overhead.
+
+Needs the VMMs (COCOON_CH_BINARY / COCOON_FC_BINARY or PATH), /dev/kvm, a
+built cocoon (COCOON_BIN, default target/release/cocoon) and the test guest
+kernel built by cocoon-testkit (any `cargo build --workspace` makes it).
+
+    python3 bench/vm-boot.py [iterations]
+"""
+
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+READY = b"COCOON-TEST-GUEST READY"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def find_vmm(env, name):
+    path = os.environ.get(env) or shutil.which(name)
+    return path if path and os.path.isfile(path) else None
+
+
+def wait_for_marker(path, deadline_s=20.0):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            with open(path, "rb") as f:
+                if READY in f.read():
+                    return time.monotonic()
+        except FileNotFoundError:
+            pass
+        time.sleep(0.0005)
+    raise SystemExit(f"no ready marker in {path}")
+
+
+def kill_tree(proc):
+    proc.kill()
+    proc.wait()
+
+
+def main():
+    iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    cocoon = os.environ.get("COCOON_BIN", os.path.join(ROOT, "target/release/cocoon"))
+    if not os.path.isfile(cocoon):
+        subprocess.run(["cargo", "build", "--release", "-p", "cocoon"], cwd=ROOT, check=True)
+    kernels = glob.glob(os.path.join(ROOT, "target/*/build/cocoon-testkit-*/out/cocoon-test-guest.elf"))
+    if not kernels:
+        raise SystemExit("test guest kernel not built: run `cargo build --workspace` first")
+    backends = [
+        ("cloud-hypervisor", find_vmm("COCOON_CH_BINARY", "cloud-hypervisor"), []),
+        ("firecracker", find_vmm("COCOON_FC_BINARY", "firecracker"), ["--fc"]),
+    ]
+    work = tempfile.mkdtemp(prefix="cocoon-bench-boot-")
+    env = dict(os.environ)
+    env.update(
+        COCOON_ROOT_DIR=f"{work}/root",
+        COCOON_LOG_DIR=f"{work}/log",
+        COCOON_CONFIG=f"{work}/config.toml",
+    )
+    open(env["COCOON_CONFIG"], "w").close()
+    for name, binary, _ in backends:
+        if binary:
+            env["COCOON_CH_BINARY" if name == "cloud-hypervisor" else "COCOON_FC_BINARY"] = binary
+
+    def cocoon_cmd(*args):
+        return subprocess.run([cocoon, *args], env=env, check=True, capture_output=True, text=True).stdout
+
+    layer = f"{work}/layer.tar"
+    with tarfile.open(layer, "w") as tar:
+        tar.add(sorted(kernels)[0], arcname="boot/vmlinuz-test")
+        initrd = f"{work}/initrd"
+        with open(initrd, "wb") as f:
+            f.write(b"unused")
+        tar.add(initrd, arcname="boot/initrd.img-test")
+    cocoon_cmd("image", "import", "bench/guest:1", layer)
+
+    print(f"boot to ready marker, median of {iterations} (test guest kernel, 1 vCPU, 512 MiB, --nics 0)")
+    try:
+        for name, binary, flag in backends:
+            if not binary:
+                print(f"*** SKIPPED {name}: not on PATH and no COCOON_{'CH' if 'cloud' in name else 'FC'}_BINARY ***")
+                continue
+            engine, start_only, raw = [], [], []
+            for i in range(iterations):
+                vm = f"b{i}"
+                t0 = time.monotonic()
+                cocoon_cmd("vm", "run", "--nics", "0", "--cpu", "1", "--memory", "512M", "--name", vm, *flag, "bench/guest:1")
+                info = json.loads(cocoon_cmd("vm", "inspect", vm))
+                log = os.path.join(info["log_dir"], "console.log")
+                engine.append(wait_for_marker(log) - t0)
+                cocoon_cmd("vm", "stop", "--force", vm)
+                os.remove(log)
+                t0 = time.monotonic()
+                cocoon_cmd("vm", "start", vm)
+                start_only.append(wait_for_marker(log) - t0)
+                # The raw launch opens the same disks: the VM must be down (VMMs lock their disks).
+                cocoon_cmd("vm", "stop", "--force", vm)
+                raw.append(raw_boot(name, binary, info, work))
+                cocoon_cmd("vm", "rm", "--force", vm)
+            me, ms, mr = (statistics.median(x) * 1000 for x in (engine, start_only, raw))
+            print(f"{name}:")
+            print(f"  raw VMM (minimal launcher)        {mr:8.1f} ms")
+            print(f"  cocoon vm run (create + start)    {me:8.1f} ms   overhead {me - mr:+7.1f} ms  ({me / mr:.2f}x)")
+            print(f"  cocoon vm start (existing VM)     {ms:8.1f} ms   overhead {ms - mr:+7.1f} ms  ({ms / mr:.2f}x)")
+    finally:
+        # Never leave a VM running, whatever failed.
+        for vm in json.loads(cocoon_cmd("vm", "ls", "-o", "json")):
+            subprocess.run([cocoon, "vm", "rm", "--force", vm["id"]], env=env, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def raw_boot(name, binary, info, work):
+    """The same VM (kernel, initrd, cmdline, disks) launched by hand; the VM is stopped."""
+    boot = info["boot_config"]
+    disks = info["storage_configs"]
+    serial = f"{work}/raw-serial.log"
+    if os.path.exists(serial):
+        os.remove(serial)
+    sock = f"{work}/raw.sock"
+    if os.path.exists(sock):
+        os.remove(sock)
+    with open(serial, "wb") as out:
+        t0 = time.monotonic()
+        if name == "cloud-hypervisor":
+            disk_args = []
+            for d in disks:
+                arg = f"path={d['path']}" + (",readonly=on" if d["ro"] else "")
+                if d.get("serial"):
+                    arg += f",serial={d['serial']}"
+                disk_args.append(arg)
+            proc = subprocess.Popen(
+                [binary, "--api-socket", sock, "--cpus", "boot=1", "--memory", "size=512M",
+                 "--kernel", boot["kernel_path"], "--initramfs", boot["initrd_path"],
+                 "--cmdline", boot["cmdline"], "--disk", *disk_args,
+                 "--serial", "file=" + serial, "--console", "off"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            config = {
+                "boot-source": {"kernel_image_path": boot["kernel_path"], "initrd_path": boot["initrd_path"],
+                                "boot_args": boot["cmdline"]},
+                "drives": [{"drive_id": f"drive_{i}", "path_on_host": d["path"], "is_root_device": False,
+                            "is_read_only": d["ro"]} for i, d in enumerate(disks)],
+                "machine-config": {"vcpu_count": 1, "mem_size_mib": 512},
+            }
+            with open(f"{work}/fc.json", "w") as f:
+                json.dump(config, f)
+            proc = subprocess.Popen([binary, "--no-api", "--config-file", f"{work}/fc.json"],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL)
+        try:
+            ready = wait_for_marker(serial)
+        finally:
+            kill_tree(proc)
+    return ready - t0
+
+
+if __name__ == "__main__":
+    main()
