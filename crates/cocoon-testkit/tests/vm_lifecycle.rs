@@ -220,6 +220,22 @@ fn lifecycle(fc: bool) {
         lab.ok(&["vm", "logs", "web"]).contains("FAKE-GUEST BOOTED")
     });
 
+    // `vm logs -f` follows the running VM and ends when it stops.
+    let mut follow = lab
+        .cmd()
+        .args(["vm", "logs", "-f", "web"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let follow_out = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        use std::io::Read;
+        let mut out = follow_out;
+        out.read_to_string(&mut text).unwrap();
+        text
+    });
+
     // A running VM is not removed without --force.
     let err = lab.fail(&["vm", "rm", "web"]);
     assert!(err.contains("is running; stop it first"), "{err}");
@@ -236,6 +252,15 @@ fn lifecycle(fc: bool) {
     });
     assert!(!run_dir.join("api.sock").exists());
     assert!(!run_dir.join("console.sock").exists());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while follow.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "vm logs -f did not end with the VM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(reader.join().unwrap().contains("FAKE-GUEST BOOTED"));
     // Stopping a stopped VM is success.
     lab.ok(&["vm", "stop", "web"]);
     // The log outlives the VMM.
@@ -558,5 +583,68 @@ fn refused_creates_change_nothing() {
     assert!(
         err.contains("not a terminal") || err.contains("not running"),
         "{err}"
+    );
+}
+
+/// Batch commands run per VM and report each one; a reference that matches
+/// nothing fails the batch before any VM is touched.
+#[test]
+fn batch_commands_report_each_vm() {
+    let Some(lab) = Lab::new() else { return };
+    for name in ["a", "b", "c"] {
+        lab.ok(&[
+            "vm",
+            "create",
+            "--nics",
+            "0",
+            "--name",
+            name,
+            "test/guest:1",
+        ]);
+    }
+    let report: Value =
+        serde_json::from_str(&lab.ok(&["vm", "start", "-o", "json", "a", "b", "c"])).unwrap();
+    assert_eq!(report["succeeded"].as_array().unwrap().len(), 3, "{report}");
+    assert_eq!(report["failed"], serde_json::json!([]));
+    let mut procs = Vec::new();
+    for name in ["a", "b", "c"] {
+        let vm = lab.inspect(name);
+        assert_eq!(vm["state"], "running");
+        procs.extend(processes_of(&vm));
+    }
+    let _reaper = Reaper(procs.clone());
+    assert_eq!(procs.len(), 6);
+    assert!(procs.iter().all(alive));
+
+    // A typo fails everything up front.
+    let err = lab.fail(&["vm", "stop", "a", "nosuch"]);
+    assert!(err.contains("\"nosuch\" not found"), "{err}");
+    assert_eq!(lab.inspect("a")["state"], "running");
+
+    // One VM refuses (running, no --force), the other goes: both reported, exit 1.
+    lab.ok(&["vm", "stop", "b"]);
+    let out = lab
+        .cmd()
+        .args(["vm", "rm", "-o", "json", "b", "c"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b_id = report["succeeded"][0].as_str().unwrap();
+    assert_eq!(report["failed"][0]["name"], "c");
+    assert!(
+        report["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("is running")
+    );
+    assert!(lab.fail(&["vm", "inspect", b_id]).contains("not found"));
+    assert_eq!(lab.inspect("c")["state"], "running");
+
+    lab.ok(&["vm", "rm", "--force", "a", "c"]);
+    wait_for(
+        "every VMM and relay to exit",
+        Duration::from_secs(5),
+        || !procs.iter().any(alive),
     );
 }
