@@ -12,6 +12,7 @@ pub mod id;
 pub mod image;
 pub mod lock;
 pub mod model;
+pub mod net;
 pub mod process;
 pub mod spec;
 pub mod store;

@@ -45,7 +45,7 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
                 "tap={},mac={},num_queues={},queue_size={},offload_tso=on,offload_ufo=on,offload_csum=on",
                 n.tap,
                 n.mac,
-                (2 * n.num_queues).max(2),
+                n.num_queues.max(2),
                 if n.queue_size == 0 { 512 } else { n.queue_size }
             ));
         }

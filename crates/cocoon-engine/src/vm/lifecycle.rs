@@ -25,6 +25,7 @@ use crate::model::{
     BootConfig, Empty, Hypervisor, Image, ImageType, StorageConfig, StorageRole, Vm, VmConfig,
     VmState, VmmProcess,
 };
+use crate::net::{self, NetContext, NetRequest};
 use crate::spec::{DataDiskSpec, DirectIo, FsType};
 use crate::store::ObjectKind;
 use crate::supervise::{self, LaunchSpec, Stdin, StopTimeouts};
@@ -41,6 +42,8 @@ pub struct CreateVm {
     pub hypervisor: Hypervisor,
     pub nics: u32,
     pub data_disks: Vec<DataDiskSpec>,
+    /// `--bridge DEV`: TAPs on this host bridge instead of CNI.
+    pub bridge: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -106,9 +109,6 @@ impl Engine {
         id: &str,
         cow_override: Option<&Path>,
     ) -> Result<Plan> {
-        if request.nics > 0 {
-            return Err(VmError::NicsUnsupported { nics: request.nics }.into());
-        }
         crate::spec::validate_cpu(request.config.cpu, crate::spec::host_cpus())?;
         let image = self.inspect_image(&request.config.image)?;
         if image.kind == ImageType::Cloudimg {
@@ -217,6 +217,28 @@ impl Engine {
         Ok(Plan { vm, disks: prep })
     }
 
+    /// The kernel command line of a VM as it is now (layers, name, NICs).
+    fn cmdline_of(&self, vm: &Vm) -> String {
+        let nics: Vec<GuestNic> = vm
+            .network_configs
+            .iter()
+            .map(|c| GuestNic {
+                address: c.network.clone(),
+            })
+            .collect();
+        cmdline::build(&CmdlineSpec {
+            hypervisor: vm.hypervisor,
+            layers: vm
+                .storage_configs
+                .iter()
+                .filter(|d| d.role == StorageRole::Layer)
+                .count(),
+            vm_name: &vm.config.name,
+            nics: &nics,
+            dns: &self.config().dns,
+        })
+    }
+
     /// Creates a VM: record first (name reserved), then directories and disks,
     /// then state `created`. Any failure removes what was made, record included.
     pub fn create_vm(&mut self, request: CreateVm) -> Result<Vm> {
@@ -232,10 +254,37 @@ impl Engine {
             intent.finish(self.store())?;
             return Err(e.into());
         }
+        let net_ctx = NetContext::from_config(self.config());
+        let mut attached: Option<net::Attached> = None;
         let built = (|| -> Result<()> {
             for dir in [&vm.run_dir, &vm.log_dir] {
                 create_private_dir(dir)
                     .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+            }
+            if request.nics > 0 {
+                let a = net::attach(
+                    &net_ctx,
+                    &NetRequest {
+                        vm_id: &id,
+                        nics: request.nics,
+                        network: &request.config.network,
+                        bridge: request.bridge.as_deref(),
+                        hypervisor: request.hypervisor,
+                        cpu: request.config.cpu,
+                        queue_size: request.config.queue_size,
+                    },
+                )
+                .map_err(VmError::from)?;
+                attached = Some(a.clone());
+                for lease in &a.leases {
+                    self.store().put_lease(lease)?;
+                }
+                vm.config.network = a.network.clone();
+                vm.network_configs = a.configs.clone();
+                let cmdline = self.cmdline_of(&vm);
+                if let Some(boot) = vm.boot_config.as_mut() {
+                    boot.cmdline = cmdline;
+                }
             }
             for disk in &disks {
                 disks::prepare(disk).map_err(VmError::from)?;
@@ -244,17 +293,25 @@ impl Engine {
         })();
         match built {
             Ok(()) => {
-                let storage = vm.storage_configs.clone();
-                let boot = vm.boot_config.clone();
+                let done = vm.clone();
                 (vm, _) = self.store().update_vm(&id, "created", |v| {
                     v.state = VmState::Created;
-                    v.storage_configs = storage;
-                    v.boot_config = boot;
+                    v.config.network = done.config.network;
+                    v.network_configs = done.network_configs;
+                    v.storage_configs = done.storage_configs;
+                    v.boot_config = done.boot_config;
                 })?;
                 intent.finish(self.store())?;
                 Ok(vm)
             }
             Err(e) => {
+                if let Some(a) = &attached {
+                    let mut with_nics = vm.clone();
+                    with_nics.network_configs = a.configs.clone();
+                    if let Err(e) = net::detach(&net_ctx, &with_nics, &a.leases) {
+                        tracing::warn!("rollback of the network of {id}: {e}");
+                    }
+                }
                 let _ = remove_tree(&vm.run_dir);
                 let _ = remove_tree(&vm.log_dir);
                 let _ = self.store().delete_vm(&id);
@@ -331,7 +388,13 @@ impl Engine {
             &vm.id,
             &serde_json::json!({}),
         )?;
-        let result = self.launch_and_boot(&vm, &paths).await;
+        let leases = self.store().leases(&vm.id)?;
+        let ready = net::prepare_start(&NetContext::from_config(self.config()), &vm, &leases)
+            .map_err(|e| Error::from(VmError::from(e)));
+        let result = match ready {
+            Ok(()) => self.launch_and_boot(&vm, &paths).await,
+            Err(e) => Err(e),
+        };
         match result {
             Ok((vmm, relay)) => {
                 let (vm, _) = self.store().update_vm(&vm.id, "started", |v| {
@@ -398,7 +461,7 @@ impl Engine {
             api_socket: paths.api_socket(),
             log_file: paths.vmm_log(),
             stdin,
-            netns: None,
+            netns: net::vmm_netns(vm),
             socket_timeout: Duration::from_secs(self.config().socket_wait_timeout_seconds.max(1)),
         };
         let vmm = supervise::launch(&spec).await.map_err(|source| {
@@ -585,6 +648,9 @@ impl Engine {
             intent.finish(self.store())?;
             return Err(e);
         }
+        if let Err(e) = net::quiesce(&vm) {
+            tracing::warn!("VM {}: cannot quiesce its NICs: {e}", vm.id);
+        }
         let was_running = matches!(vm.state, VmState::Running);
         let (vm, _) = self.store().update_vm(&vm.id, "stopped", |v| {
             if was_running || v.state == VmState::Error {
@@ -628,6 +694,11 @@ impl Engine {
             &serde_json::json!({"run_dir": vm.run_dir, "log_dir": vm.log_dir}),
         )?;
         runtime.block_on(self.clear_runtime(&vm))?;
+        let leases = self.store().leases(&vm.id)?;
+        if let Err(e) = net::detach(&NetContext::from_config(self.config()), &vm, &leases) {
+            intent.finish(self.store())?;
+            return Err(VmError::from(e).into());
+        }
         let removed = remove_run_dir(&vm.run_dir, lock.path()).and_then(|()| {
             remove_tree(&vm.log_dir).map_err(|e| ("log directory", vm.log_dir.clone(), e))
         });

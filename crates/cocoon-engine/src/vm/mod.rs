@@ -27,10 +27,6 @@ pub enum VmError {
     #[error("VM {name} ({id}) is not running; start it with `cocoon vm start {name}`")]
     NotRunning { id: String, name: String },
     #[error(
-        "--nics {nics}: NIC wiring is not part of this build yet (it arrives with the networking work); use --nics 0 for a VM without network"
-    )]
-    NicsUnsupported { nics: u32 },
-    #[error(
         "image {image} is a cloud image; booting cloud images arrives with the cloud image work in this build"
     )]
     CloudImageUnsupported { image: String },
@@ -74,6 +70,8 @@ pub enum VmError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     #[error(transparent)]
     Disk(#[from] DiskError),
     #[error(transparent)]

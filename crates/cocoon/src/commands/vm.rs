@@ -66,6 +66,10 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
         } => {
             let mut request = create_request(&flags, &image, use_firecracker)?;
             request.data_disks.clear();
+            if request.nics > 0 {
+                tracing::warn!("vm debug prints no network: NICs are created by vm create");
+                request.nics = 0;
+            }
             let binary = match request.hypervisor {
                 Hypervisor::CloudHypervisor => ch.into(),
                 Hypervisor::Firecracker => engine.config().fc_binary.clone().into(),
@@ -140,11 +144,6 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
 /// The create request of `vm create`, `vm run` and `vm debug`.
 fn create_request(flags: &VmFlags, image: &str, use_firecracker: bool) -> Result<CreateVm> {
     let data_disks = validate_vm_flags(flags)?;
-    if flags.bridge.is_some() {
-        return Err(Error::Invalid(
-            "--bridge: NIC wiring is not part of this build yet (it arrives with the networking work); use --nics 0".into(),
-        ));
-    }
     let name = match &flags.name {
         Some(name) => name.clone(),
         None => {
@@ -175,6 +174,7 @@ fn create_request(flags: &VmFlags, image: &str, use_firecracker: bool) -> Result
         },
         nics: flags.nics,
         data_disks,
+        bridge: flags.bridge.clone(),
     })
 }
 

@@ -1,0 +1,550 @@
+//! Networking with Debian's real CNI plugins (bridge + host-local + loopback):
+//! every test runs cocoon inside a network namespace it creates (so the CNI
+//! bridge and its addresses never touch the host's own namespace), and
+//! removes everything it made. The fake VMMs stand in for the VMMs.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cocoon_engine::net::{netns, tap};
+use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::registry::layers::LayerBuilder;
+use serde_json::Value;
+
+const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
+
+fn bin() -> String {
+    FAKE.replace("fake-vmm", "cocoon")
+}
+
+/// A private cocoon, a test namespace holding the CNI bridge, a conflist.
+struct NetLab {
+    env: CocoonEnv,
+    ns: String,
+    subnet: String,
+    bridge: String,
+}
+
+fn random_tag() -> u32 {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).unwrap();
+    u32::from_le_bytes(b)
+}
+
+fn sh(argv: &[&str]) -> String {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl NetLab {
+    /// `ipam_extra` is merged into the host-local IPAM block (e.g. a range of one address).
+    fn new(test: &str, ipam_extra: Value) -> Option<NetLab> {
+        if !Path::new(&bin()).exists() {
+            cocoon_testkit::skip(test, "the cocoon binary is not built (build the workspace)");
+            return None;
+        }
+        if !Path::new("/usr/lib/cni/bridge").exists() {
+            cocoon_testkit::skip(test, "containernetworking-plugins is not installed");
+            return None;
+        }
+        let tag = random_tag();
+        let ns = format!("cocoon-nt-{:08x}", tag);
+        let bridge = format!("cnt{:06x}", tag & 0xff_ffff);
+        let subnet = format!("10.{}.{}", 100 + (tag >> 24) % 100, (tag >> 16) & 0xff);
+        sh(&["ip", "netns", "add", &ns]);
+        let env = CocoonEnv::new(bin());
+        let conf = env.path().join("cni");
+        std::fs::create_dir_all(&conf).unwrap();
+        let mut ipam = serde_json::json!({
+            "type": "host-local",
+            "ranges": [[{"subnet": format!("{subnet}.0/24")}]],
+            "dataDir": env.path().join("ipam"),
+        });
+        if let (Some(ipam), Some(extra)) = (ipam.as_object_mut(), ipam_extra.as_object()) {
+            for (k, v) in extra {
+                ipam.insert(k.clone(), v.clone());
+            }
+        }
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "testnet",
+            "plugins": [
+                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false, "ipam": ipam},
+                {"type": "loopback"}
+            ]
+        });
+        std::fs::write(conf.join("10-test.conflist"), conflist.to_string()).unwrap();
+        let layer = LayerBuilder::new()
+            .file("boot/vmlinuz-6.1", b"kernel")
+            .file("boot/initrd.img-6.1", b"initrd")
+            .build();
+        std::fs::write(env.path().join("layer.tar"), layer).unwrap();
+        let lab = NetLab {
+            env,
+            ns,
+            subnet,
+            bridge,
+        };
+        lab.ok(&[
+            "image",
+            "import",
+            "test/guest:1",
+            lab.env.path().join("layer.tar").to_str().unwrap(),
+        ]);
+        Some(lab)
+    }
+
+    /// cocoon inside the test namespace (network only: mounts stay shared,
+    /// so the VM namespaces it bind-mounts are visible to the test).
+    fn cmd(&self) -> Command {
+        let std = self.env.std_cmd();
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(std.get_program())
+            .args(std.get_args());
+        for (k, v) in std.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.env("COCOON_CNI_CONF_DIR", self.env.path().join("cni"))
+            .env("COCOON_CH_BINARY", FAKE)
+            .env("COCOON_FC_BINARY", FAKE)
+            .env("COCOON_TERMINATE_GRACE_PERIOD_SECONDS", "1");
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "cocoon {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn fail(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(!out.status.success(), "cocoon {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn inspect(&self, vm: &str) -> Value {
+        serde_json::from_str(&self.ok(&["vm", "inspect", vm])).unwrap()
+    }
+
+    /// IPs host-local still holds.
+    fn leases(&self) -> Vec<String> {
+        std::fs::read_dir(self.env.path().join("ipam/testnet"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with("10."))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Links in the test namespace other than lo and the bridge.
+    fn stray_links(&self) -> Vec<String> {
+        sh(&["ip", "-n", &self.ns, "-br", "link"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|n| n.split('@').next().unwrap().to_string())
+            .filter(|n| n != "lo" && *n != self.bridge)
+            .collect()
+    }
+
+    fn cocoon_namespaces(&self) -> Vec<String> {
+        let ids: Vec<String> = serde_json::from_str::<Value>(&self.ok(&["vm", "ls", "-o", "json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect();
+        std::fs::read_dir("/run/netns")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| ids.iter().any(|id| n == &format!("cocoon-{id}")))
+            .collect()
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        if let Ok(out) = self.cmd().args(["vm", "ls", "-o", "json"]).output()
+            && let Ok(Value::Array(vms)) = serde_json::from_slice::<Value>(&out.stdout)
+        {
+            for vm in vms {
+                let id = vm["id"].as_str().unwrap_or_default().to_string();
+                let _ = self.cmd().args(["vm", "rm", "--force", &id]).output();
+                let _ = netns::delete(&netns::path_for(&id));
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.ns])
+            .output();
+    }
+}
+
+/// An ARP request for `target` from (`mac`, `ip`), behind a zeroed virtio-net header.
+fn arp_request(mac: &[u8], ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![0u8; 10]; // struct virtio_net_hdr
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(mac);
+    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(mac);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&target);
+    frame
+}
+
+fn ipv4(text: &str) -> [u8; 4] {
+    text.parse::<std::net::Ipv4Addr>().unwrap().octets()
+}
+
+/// A packet written into the VM's TAP leaves through the CNI veth to the
+/// bridge, and the bridge's answer comes back into the TAP: the redirects
+/// work both ways.
+#[test]
+fn cni_nics_are_wired_and_redirect_traffic() {
+    let Some(lab) = NetLab::new("cni_nics_are_wired_and_redirect_traffic", Value::Null) else {
+        return;
+    };
+    let id = lab
+        .ok(&[
+            "vm",
+            "create",
+            "--nics",
+            "2",
+            "--cpu",
+            "1",
+            "--name",
+            "web",
+            "test/guest:1",
+        ])
+        .trim()
+        .to_string();
+    let vm = lab.inspect("web");
+    assert_eq!(vm["config"]["network"], "testnet");
+    let nics = vm["network_configs"].as_array().unwrap();
+    assert_eq!(nics.len(), 2);
+    let ns_path = netns::path_for(&id);
+    assert!(netns::exists(&ns_path));
+    for (i, nic) in nics.iter().enumerate() {
+        assert_eq!(nic["tap"], format!("tap{}-{i}", &id[..8]));
+        assert_eq!(nic["backend"], "cni");
+        assert_eq!(nic["network"]["gateway"], format!("{}.1", lab.subnet));
+        assert_eq!(nic["network"]["prefix"], 24);
+        // The guest MAC is the veth's.
+        let link = sh(&[
+            "ip",
+            "-n",
+            &format!("cocoon-{id}"),
+            "-br",
+            "link",
+            "show",
+            &format!("eth{i}"),
+        ]);
+        assert!(link.contains(nic["mac"].as_str().unwrap()), "{link}");
+        // Addresses moved to the guest.
+        let addrs = sh(&[
+            "ip",
+            "-n",
+            &format!("cocoon-{id}"),
+            "-4",
+            "addr",
+            "show",
+            &format!("eth{i}"),
+        ]);
+        assert!(!addrs.contains("inet "), "{addrs}");
+        let filters = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &format!("cocoon-{id}"),
+            "tc",
+            "filter",
+            "show",
+            "dev",
+            &format!("eth{i}"),
+            "ingress",
+        ]);
+        assert!(
+            filters.contains(&format!("Egress Redirect to device tap{}-{i}", &id[..8])),
+            "{filters}"
+        );
+        assert!(filters.contains("protocol all"), "{filters}");
+    }
+    let cmdline = vm["boot_config"]["cmdline"].as_str().unwrap();
+    let ip0 = nics[0]["network"]["ip"].as_str().unwrap();
+    assert!(
+        cmdline.contains(&format!(
+            "ip={ip0}::{}.1:255.255.255.0:web:eth0:off",
+            lab.subnet
+        )),
+        "{cmdline}"
+    );
+    assert_eq!(lab.leases().len(), 2);
+
+    // Traffic: ARP for the gateway through tap0.
+    let mac = cocoon_engine::net::wire::parse_mac(nics[0]["mac"].as_str().unwrap()).unwrap();
+    let gateway = ipv4(&format!("{}.1", lab.subnet));
+    let tap_name = nics[0]["tap"].as_str().unwrap().to_string();
+    let reply = netns::run_in(&ns_path, || {
+        let mut queue = tap::open_queue(&tap_name, tap::flags(false)).unwrap();
+        let request = arp_request(&mac, ipv4(ip0), gateway);
+        // SAFETY: setting O_NONBLOCK on a fd we own.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::fcntl(queue.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 2048];
+        let mut next_send = Instant::now();
+        while Instant::now() < deadline {
+            // Like any ARP client, ask again: a bridge port just created may
+            // drop the first frames.
+            if Instant::now() >= next_send {
+                queue.write_all(&request).unwrap();
+                next_send = Instant::now() + Duration::from_millis(250);
+            }
+            match queue.read(&mut buf) {
+                Ok(n) if n >= 10 + 42 => {
+                    let frame = &buf[10..n];
+                    // ARP reply (op 2) from the gateway's IP to us.
+                    if frame[12..14] == [0x08, 0x06]
+                        && frame[20..22] == [0, 2]
+                        && frame[28..32] == gateway
+                    {
+                        return Some(frame.to_vec());
+                    }
+                }
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        None
+    })
+    .unwrap();
+    let reply = reply.expect("the bridge's ARP reply came back through the TAP");
+    assert_eq!(&reply[0..6], mac.as_slice(), "addressed to the guest MAC");
+
+    // rm releases everything.
+    lab.ok(&["vm", "rm", "web"]);
+    assert!(!ns_path.exists());
+    assert_eq!(lab.leases(), Vec::<String>::new());
+    assert_eq!(lab.stray_links(), Vec::<String>::new());
+}
+
+/// NIC 2 of 2 fails (the range has one address): NIC 1 is released, the
+/// namespace removed, no record kept.
+#[test]
+fn a_failing_nic_rolls_back_the_others() {
+    let Some(lab) = NetLab::new(
+        "a_failing_nic_rolls_back_the_others",
+        serde_json::json!({"ranges": [[{"subnet": "10.250.7.0/24", "rangeStart": "10.250.7.10", "rangeEnd": "10.250.7.10"}]]}),
+    ) else {
+        return;
+    };
+    let err = lab.fail(&[
+        "vm",
+        "create",
+        "--nics",
+        "2",
+        "--name",
+        "two",
+        "test/guest:1",
+    ]);
+    assert!(
+        err.contains("CNI plugin bridge failed on ADD for eth1"),
+        "{err}"
+    );
+    assert!(err.contains("no IP addresses available"), "{err}");
+    let list: Value = serde_json::from_str(&lab.ok(&["vm", "ls", "-o", "json"])).unwrap();
+    assert_eq!(list, serde_json::json!([]));
+    assert_eq!(lab.leases(), Vec::<String>::new());
+    assert_eq!(lab.stray_links(), Vec::<String>::new());
+    // The half-created VM left its ID in the event log; its namespace is gone.
+    let mut store = cocoon_engine::store::Store::open(&lab.env.db_path()).unwrap();
+    let ids: Vec<String> = store
+        .events_since(0, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.object_kind == cocoon_engine::store::ObjectKind::Vm)
+        .map(|e| e.object_id)
+        .collect();
+    assert!(!ids.is_empty(), "the create was recorded, then rolled back");
+    for id in &ids {
+        assert!(
+            !netns::path_for(id).exists(),
+            "namespace of {id} left behind"
+        );
+    }
+    // The lone address is free again: one NIC fits.
+    lab.ok(&[
+        "vm",
+        "create",
+        "--nics",
+        "1",
+        "--name",
+        "one",
+        "test/guest:1",
+    ]);
+    assert_eq!(lab.leases(), vec!["10.250.7.10".to_string()]);
+}
+
+fn netns_inode(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// A host reboot destroys the namespace; `vm start` rebuilds it with the same
+/// IP and MAC and runs the VMM inside it. A stop quiesces the NIC.
+#[test]
+fn start_rebuilds_a_lost_namespace() {
+    let Some(lab) = NetLab::new("start_rebuilds_a_lost_namespace", Value::Null) else {
+        return;
+    };
+    let id = lab
+        .ok(&[
+            "vm",
+            "create",
+            "--nics",
+            "1",
+            "--name",
+            "db",
+            "test/guest:1",
+        ])
+        .trim()
+        .to_string();
+    let before = lab.inspect("db");
+    lab.ok(&["vm", "start", "db"]);
+    let running = lab.inspect("db");
+    let pid = running["pid"].as_u64().unwrap();
+    let ns_path = netns::path_for(&id);
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .ino(),
+        netns_inode(&ns_path),
+        "the VMM runs in the VM's namespace"
+    );
+    lab.ok(&["vm", "stop", "db"]);
+    let tap = before["network_configs"][0]["tap"].as_str().unwrap();
+    let ns_name = format!("cocoon-{id}");
+    let filters = sh(&[
+        "ip", "netns", "exec", &ns_name, "tc", "filter", "show", "dev", tap, "ingress",
+    ]);
+    assert!(
+        filters.trim().is_empty(),
+        "stopped VM's TAP has no redirect: {filters}"
+    );
+    assert!(
+        !sh(&["ip", "-n", &ns_name, "link", "show", tap]).contains(",UP"),
+        "TAP down"
+    );
+
+    // "Reboot": the namespace and everything in it vanish; the IPAM lease stays.
+    sh(&["ip", "netns", "delete", &ns_name]);
+    assert!(!netns::exists(&ns_path));
+    lab.ok(&["vm", "start", "db"]);
+    assert!(netns::exists(&ns_path));
+    let after = lab.inspect("db");
+    assert_eq!(
+        after["network_configs"], before["network_configs"],
+        "same IP, MAC, TAP"
+    );
+    let mac = before["network_configs"][0]["mac"].as_str().unwrap();
+    assert!(sh(&["ip", "-n", &ns_name, "-br", "link", "show", "eth0"]).contains(mac));
+    let pid = after["pid"].as_u64().unwrap();
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .ino(),
+        netns_inode(&ns_path)
+    );
+    let filters = sh(&[
+        "ip", "netns", "exec", &ns_name, "tc", "filter", "show", "dev", tap, "ingress",
+    ]);
+    assert!(
+        filters.contains("Egress Redirect to device eth0"),
+        "{filters}"
+    );
+    assert_eq!(
+        lab.leases().len(),
+        1,
+        "the old lease was released and taken again"
+    );
+    lab.ok(&["vm", "rm", "--force", "db"]);
+    assert!(!ns_path.exists());
+    assert_eq!(lab.leases(), Vec::<String>::new());
+}
+
+/// `--bridge DEV`: a TAP on an existing bridge, no CNI, no namespace.
+#[test]
+fn bridge_mode_puts_a_tap_on_the_bridge() {
+    let Some(lab) = NetLab::new("bridge_mode_puts_a_tap_on_the_bridge", Value::Null) else {
+        return;
+    };
+    let br = format!("brt{}", &lab.bridge[3..]);
+    sh(&["ip", "-n", &lab.ns, "link", "add", &br, "type", "bridge"]);
+    let err = lab.fail(&[
+        "vm",
+        "create",
+        "--nics",
+        "1",
+        "--bridge",
+        "nosuchbr0",
+        "--name",
+        "b",
+        "test/guest:1",
+    ]);
+    assert!(err.contains("bridge nosuchbr0: no such bridge"), "{err}");
+    let id = lab
+        .ok(&[
+            "vm",
+            "create",
+            "--nics",
+            "1",
+            "--bridge",
+            &br,
+            "--name",
+            "b",
+            "test/guest:1",
+        ])
+        .trim()
+        .to_string();
+    let vm = lab.inspect("b");
+    let nic = &vm["network_configs"][0];
+    assert_eq!(nic["backend"], "bridge");
+    assert_eq!(nic["bridge_dev"], br.as_str());
+    let mac = nic["mac"].as_str().unwrap();
+    let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+    assert_eq!(first & 0x03, 0x02, "locally administered unicast: {mac}");
+    let tap = format!("bt{}-0", &id[..8]);
+    let link = sh(&["ip", "-n", &lab.ns, "-d", "link", "show", &tap]);
+    assert!(link.contains(&format!("master {br}")), "{link}");
+    assert!(!netns::path_for(&id).exists());
+    assert!(
+        !vm["boot_config"]["cmdline"]
+            .as_str()
+            .unwrap()
+            .contains("ip=")
+    );
+    lab.ok(&["vm", "rm", "b"]);
+    let gone = Command::new("ip")
+        .args(["-n", &lab.ns, "link", "show", &tap])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "TAP removed");
+}
