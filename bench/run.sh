@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench --locked -p cocoon-engine --bench state_store
 cargo bench --locked -p cocoon-testkit --bench pull
+cargo bench --locked -p cocoon-engine --bench net_setup
 cargo build --locked --release -p cocoon
 COCOON_BIN=target/release/cocoon python3 bench/vm-boot.py

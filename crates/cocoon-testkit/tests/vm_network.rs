@@ -23,6 +23,8 @@ fn bin() -> String {
 /// A private cocoon, a test namespace holding the CNI bridge, a conflist.
 struct NetLab {
     env: CocoonEnv,
+    ch: std::path::PathBuf,
+    fc: std::path::PathBuf,
     ns: String,
     subnet: String,
     bridge: String,
@@ -83,12 +85,17 @@ impl NetLab {
         });
         std::fs::write(conf.join("10-test.conflist"), conflist.to_string()).unwrap();
         let layer = LayerBuilder::new()
-            .file("boot/vmlinuz-6.1", b"kernel")
+            .file(
+                "boot/vmlinuz-6.1",
+                &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
+            )
             .file("boot/initrd.img-6.1", b"initrd")
             .build();
         std::fs::write(env.path().join("layer.tar"), layer).unwrap();
         let lab = NetLab {
             env,
+            ch: FAKE.into(),
+            fc: FAKE.into(),
             ns,
             subnet,
             bridge,
@@ -117,8 +124,8 @@ impl NetLab {
             };
         }
         cmd.env("COCOON_CNI_CONF_DIR", self.env.path().join("cni"))
-            .env("COCOON_CH_BINARY", FAKE)
-            .env("COCOON_FC_BINARY", FAKE)
+            .env("COCOON_CH_BINARY", &self.ch)
+            .env("COCOON_FC_BINARY", &self.fc)
             .env("COCOON_TERMINATE_GRACE_PERIOD_SECONDS", "1");
         cmd
     }
@@ -547,4 +554,52 @@ fn bridge_mode_puts_a_tap_on_the_bridge() {
         .output()
         .unwrap();
     assert!(!gone.status.success(), "TAP removed");
+}
+
+/// With the real VMMs: `vm run --nics 1` on Cloud Hypervisor and Firecracker
+/// runs the VMM inside the VM's namespace with its TAP open.
+#[test]
+fn real_vmms_open_the_tap_inside_the_namespace() {
+    let test = "real_vmms_open_the_tap_inside_the_namespace";
+    let (Some(ch), Some(fc)) = (
+        cocoon_testkit::real_vmm("COCOON_CH_BINARY", "cloud-hypervisor"),
+        cocoon_testkit::real_vmm("COCOON_FC_BINARY", "firecracker"),
+    ) else {
+        return cocoon_testkit::skip(
+            test,
+            "Cloud Hypervisor or Firecracker is not on PATH (set COCOON_CH_BINARY / COCOON_FC_BINARY)",
+        );
+    };
+    let Some(mut lab) = NetLab::new(test, Value::Null) else {
+        return;
+    };
+    lab.ch = ch;
+    lab.fc = fc;
+    for (name, flag) in [("on-ch", None), ("on-fc", Some("--fc"))] {
+        let mut args = vec![
+            "vm", "run", "--nics", "1", "--memory", "512M", "--name", name,
+        ];
+        args.extend(flag);
+        args.push("test/guest:1");
+        let id = lab.ok(&args).trim().to_string();
+        let vm = lab.inspect(name);
+        let pid = vm["pid"].as_u64().unwrap();
+        let ns_path = netns::path_for(&id);
+        assert_eq!(
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .unwrap()
+                .ino(),
+            netns_inode(&ns_path),
+            "{name}: the VMM runs in the VM's namespace"
+        );
+        let tap = vm["network_configs"][0]["tap"].as_str().unwrap();
+        let link = sh(&["ip", "-n", &format!("cocoon-{id}"), "link", "show", tap]);
+        assert!(
+            link.contains("LOWER_UP"),
+            "{name}: the VMM holds the TAP open: {link}"
+        );
+        lab.ok(&["vm", "rm", "--force", name]);
+        assert!(!ns_path.exists());
+    }
+    assert_eq!(lab.leases(), Vec::<String>::new());
 }
