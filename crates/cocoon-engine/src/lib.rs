@@ -14,6 +14,8 @@ pub mod lock;
 pub mod model;
 pub mod net;
 pub mod process;
+pub mod reconcile;
+pub mod snapshot;
 pub mod spec;
 pub mod store;
 pub mod supervise;

@@ -85,6 +85,10 @@ pub struct LaunchSpec {
     pub netns: Option<PathBuf>,
     /// How long to wait for the API socket to accept connections.
     pub socket_timeout: Duration,
+    /// In a private mount namespace, show file `.0` at path `.1` (both must
+    /// exist). A Firecracker clone's snapshot names the source VM's disks;
+    /// this points those paths at the clone's copies for its VMM alone.
+    pub bind_mounts: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Starts the VMM and waits until its API socket accepts a connection. On any
@@ -157,12 +161,52 @@ pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
         .stdout(stdout)
         .stderr(log);
     let netns_fd = netns.as_ref().map(|fd| fd.as_raw_fd());
+    // Allocated before fork: only syscalls may run in the child.
+    let binds: Vec<(std::ffi::CString, std::ffi::CString)> = spec
+        .bind_mounts
+        .iter()
+        .map(|(from, to)| {
+            use std::os::unix::ffi::OsStrExt;
+            (
+                std::ffi::CString::new(from.as_os_str().as_bytes()).unwrap_or_default(),
+                std::ffi::CString::new(to.as_os_str().as_bytes()).unwrap_or_default(),
+            )
+        })
+        .collect();
     // SAFETY: only async-signal-safe syscalls run between fork and exec.
     unsafe {
         command.pre_exec(move || {
             // Own session: no terminal signals (Ctrl+C) reach the VMM, and it
             // outlives the CLI that started it.
             rustix::process::setsid()?;
+            if !binds.is_empty() {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Nothing mounted here may leak back to the host.
+                if libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                for (from, to) in &binds {
+                    if libc::mount(
+                        from.as_ptr(),
+                        to.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
             if let Some(fd) = netns_fd {
                 // The VMM (and the TAPs it opens) live in the VM's namespace;
                 // switching in the child keeps every thread of ours untouched.

@@ -155,6 +155,7 @@ impl Vm {
             stdin,
             netns: None,
             socket_timeout: Duration::from_secs(10),
+            bind_mounts: vec![],
         };
         let vmm = supervise::launch(&spec).await.expect("real VMM starts");
         self.launched.push(vmm.clone());

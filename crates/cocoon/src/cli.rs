@@ -109,6 +109,14 @@ pub enum Command {
     ManPages { dir: PathBuf },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    /// zstd, multi-threaded (default)
+    Zstd,
+    Gzip,
+    None,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
     #[default]
@@ -518,9 +526,12 @@ pub enum SnapshotCommand {
         /// Output file, or - for stdout [default: <name-or-id>.tar]
         #[arg(short = 'o', long = "output", value_name = "PATH")]
         output: Option<PathBuf>,
-        /// Compress with gzip
-        #[arg(long)]
+        /// Compress with gzip (as cocoon did); same as --compression gzip
+        #[arg(long, conflicts_with = "compression")]
         gzip: bool,
+        /// Compression of the archive
+        #[arg(long, value_enum, default_value_t = CompressionArg::Zstd)]
+        compression: CompressionArg,
         snapshot: String,
     },
     /// Import a snapshot archive from a file or stdin

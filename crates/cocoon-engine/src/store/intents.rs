@@ -128,6 +128,28 @@ impl Store {
         })
     }
 
+    /// Takes over an orphaned intent: only one process wins (the row still
+    /// names the dead owner), and if the winner dies too, the row is orphaned
+    /// again for the next one.
+    pub fn claim_intent(&mut self, intent: &Intent) -> Result<Option<IntentGuard>> {
+        let me = ProcessIdentity::current();
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE intents SET owner_pid = ?2, owner_start_time = ?3, updated_at = ?4
+                 WHERE id = ?1 AND owner_pid = ?5 AND owner_start_time = ?6",
+                params![
+                    intent.id,
+                    me.pid,
+                    me.start_time as i64,
+                    now().to_string(),
+                    intent.owner.pid,
+                    intent.owner.start_time as i64
+                ],
+            )?;
+            Ok((changed == 1).then_some(IntentGuard { id: intent.id }))
+        })
+    }
+
     /// Intents whose owner died before finishing: the reconciler's work list.
     pub fn orphaned_intents(&mut self) -> Result<Vec<Intent>> {
         Ok(self

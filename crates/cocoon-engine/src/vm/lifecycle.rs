@@ -35,6 +35,21 @@ const CONSOLE_LOG_BYTES: u64 = 4 << 20;
 /// The hidden CLI subcommand that runs a console relay.
 pub const RELAY_SUBCOMMAND: &str = "console-relay";
 
+/// How a launched VMM gets its guest.
+#[derive(Debug, Clone)]
+pub(crate) enum Boot {
+    /// A cold boot from the record's kernel and disks.
+    Fresh,
+    /// A snapshot's state: CH reads `source/config.json` (patched for this
+    /// VM); FC loads `source/vmstate` and `source/mem`.
+    Restore {
+        source: PathBuf,
+        on_demand: bool,
+        /// FC: the snapshot's disk paths shown as this VM's disks.
+        binds: Vec<(PathBuf, PathBuf)>,
+    },
+}
+
 /// What `vm create` asks for.
 #[derive(Debug, Clone)]
 pub struct CreateVm {
@@ -81,7 +96,7 @@ struct Plan {
 }
 
 impl Engine {
-    fn vm_paths(&self, id: &str) -> VmPaths {
+    pub(crate) fn vm_paths(&self, id: &str) -> VmPaths {
         VmPaths {
             run_dir: self.config().run_dir.join("vms").join(id),
             log_dir: self.config().log_dir.join("vms").join(id),
@@ -95,7 +110,7 @@ impl Engine {
         })
     }
 
-    fn runtime(&self) -> Result<tokio::runtime::Runtime> {
+    pub(crate) fn runtime(&self) -> Result<tokio::runtime::Runtime> {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -218,7 +233,7 @@ impl Engine {
     }
 
     /// The kernel command line of a VM as it is now (layers, name, NICs).
-    fn cmdline_of(&self, vm: &Vm) -> String {
+    pub(crate) fn cmdline_of(&self, vm: &Vm) -> String {
         let nics: Vec<GuestNic> = vm
             .network_configs
             .iter()
@@ -392,7 +407,7 @@ impl Engine {
         let ready = net::prepare_start(&NetContext::from_config(self.config()), &vm, &leases)
             .map_err(|e| Error::from(VmError::from(e)));
         let result = match ready {
-            Ok(()) => self.launch_and_boot(&vm, &paths).await,
+            Ok(()) => self.launch_and_boot(&vm, &paths, &Boot::Fresh).await,
             Err(e) => Err(e),
         };
         match result {
@@ -425,10 +440,11 @@ impl Engine {
 
     /// Launches the VMM, boots the guest and attaches the console relay. On
     /// error, whatever was started is left for `clear_runtime` to kill.
-    async fn launch_and_boot(
+    pub(crate) async fn launch_and_boot(
         &mut self,
         vm: &Vm,
         paths: &VmPaths,
+        boot: &Boot,
     ) -> Result<(VmmProcess, Option<crate::process::ProcessIdentity>)> {
         let opts = LaunchOptions::for_host(self.binary(vm.hypervisor));
         let name = || (vm.id.clone(), vm.config.name.clone());
@@ -441,6 +457,11 @@ impl Engine {
             .as_ref()
             .is_some_and(|b| b.kernel_path.is_some());
         let args = match vm.hypervisor {
+            // A restore takes everything from the snapshot's config.json.
+            Hypervisor::CloudHypervisor if matches!(boot, Boot::Restore { .. }) => vec![
+                "--api-socket".to_string(),
+                paths.api_socket().display().to_string(),
+            ],
             Hypervisor::CloudHypervisor => ch::args(vm, &opts),
             Hypervisor::Firecracker => {
                 // Firecracker refuses to create its log file itself.
@@ -463,6 +484,10 @@ impl Engine {
             stdin,
             netns: net::vmm_netns(vm),
             socket_timeout: Duration::from_secs(self.config().socket_wait_timeout_seconds.max(1)),
+            bind_mounts: match boot {
+                Boot::Restore { binds, .. } => binds.clone(),
+                Boot::Fresh => vec![],
+            },
         };
         let vmm = supervise::launch(&spec).await.map_err(|source| {
             let (id, name) = name();
@@ -485,9 +510,18 @@ impl Engine {
         };
         let ports = match vm.hypervisor {
             Hypervisor::CloudHypervisor => {
-                // CH boots from its command line; the boot was accepted once
-                // the VM reports Running. Its PTYs are named in vm.info.
                 let api = CloudHypervisor::new(&paths.api_socket());
+                if let Boot::Restore {
+                    source, on_demand, ..
+                } = boot
+                {
+                    super::restore::ch_restore(&api, vm, source, *on_demand)
+                        .await
+                        .map_err(|e| boot_failed(e.to_string()))?;
+                }
+                // CH boots from its command line (or resumed the restored VM);
+                // the boot was accepted once the VM reports Running. Its PTYs
+                // are named in vm.info.
                 let info = api.info().await.map_err(|e| boot_failed(e.to_string()))?;
                 if info.state != vmm_api::ch::models::VmState::Running {
                     return Err(
@@ -514,10 +548,13 @@ impl Engine {
             }
             Hypervisor::Firecracker => {
                 let api = Firecracker::new(&paths.api_socket());
-                fc::BootPlan::of(vm, &opts)
-                    .apply(&api)
-                    .await
-                    .map_err(|e| boot_failed(e.to_string()))?;
+                match boot {
+                    Boot::Fresh => fc::BootPlan::of(vm, &opts).apply(&api).await,
+                    Boot::Restore { source, .. } => {
+                        super::restore::fc_restore(&api, vm, source).await
+                    }
+                }
+                .map_err(|e| boot_failed(e.to_string()))?;
                 vec![RelayPort {
                     name: "serial".into(),
                     fd: serial_master,
@@ -555,7 +592,7 @@ impl Engine {
     /// Kills whatever a previous run of this VM left: its recorded VMM and
     /// relay, and any process still naming its sockets (an orphan whose record
     /// was lost to a crash). Removes the sockets.
-    async fn clear_runtime(&mut self, vm: &Vm) -> Result<()> {
+    pub(crate) async fn clear_runtime(&mut self, vm: &Vm) -> Result<()> {
         let paths = VmPaths::of(vm);
         let quick = StopTimeouts {
             graceful: Duration::ZERO,

@@ -12,9 +12,12 @@ pub mod fc;
 pub mod launch;
 mod lifecycle;
 mod naming;
+mod restore;
+mod snapshot;
 
 pub use lifecycle::{BatchOutcome, CreateVm, DebugPlan, RELAY_SUBCOMMAND, StopOptions};
 pub use naming::default_vm_name;
+pub use snapshot::{CloneRequest, RestoreRequest, SaveOutcome, load_manifest};
 
 use crate::image::vmlinux::VmlinuxError;
 use crate::supervise::SuperviseError;

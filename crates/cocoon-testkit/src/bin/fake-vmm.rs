@@ -90,6 +90,16 @@ fn arg_value(args: &[String], names: &[&str]) -> Option<String> {
     None
 }
 
+/// Every value after `--name` up to the next option (`--disk a b c`).
+fn arg_values(args: &[String], name: &str) -> Vec<String> {
+    args.iter()
+        .skip_while(|a| *a != name)
+        .skip(1)
+        .take_while(|a| !a.starts_with("--"))
+        .cloned()
+        .collect()
+}
+
 /// CH's `key=value,key=value` option syntax: the value of `key` (or the whole
 /// option when it has no keys, e.g. `--api-socket /path`).
 fn ch_option(option: &str, key: &str) -> Option<String> {
@@ -130,10 +140,27 @@ async fn main() {
     if flavor == Flavor::CloudHypervisor {
         if let Some(kernel) = arg_value(&args, &["--kernel"]) {
             // CH boots the VM given on its command line right away.
+            let disks: Vec<Value> = arg_values(&args, "--disk")
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    json!({"path": ch_option(d, "path"), "readonly": ch_option(d, "readonly").as_deref() == Some("on"),
+                           "serial": ch_option(d, "serial"), "num_queues": 1, "id": format!("_disk{i}")})
+                })
+                .collect();
+            let nets: Vec<Value> = arg_values(&args, "--net")
+                .iter()
+                .enumerate()
+                .map(|(i, n)| json!({"tap": ch_option(n, "tap"), "mac": ch_option(n, "mac"), "id": format!("_net{i}")}))
+                .collect();
             vm.config = json!({
                 "payload": {"kernel": kernel},
                 "cpus": {"boot_vcpus": arg_value(&args, &["--cpus"]).and_then(|c| ch_option(&c, "boot")).and_then(|b| b.parse::<u32>().ok()).unwrap_or(1)},
                 "memory": {"size": 134217728},
+                "disks": disks,
+                "net": nets,
+                "serial": {"mode": "Off"},
+                "console": {"mode": "Off"},
             });
             vm.state = State::Running;
             if arg_value(&args, &["--serial"]).as_deref() == Some("tty") {
@@ -472,6 +499,14 @@ impl Fake {
                             && Path::new(&dir).join("memory-ranges").exists() =>
                     {
                         vm.config = config;
+                        // Consoles come back as a fresh process opens them.
+                        if vm.config["console"]["mode"] == "Pty" {
+                            let (_master, path) = open_pty();
+                            vm.config["console"]["file"] = json!(path);
+                        }
+                        if vm.config["serial"]["mode"] == "Tty" {
+                            println!("FAKE-GUEST RESTORED on serial\r");
+                        }
                         vm.state = if body["resume"].as_bool() == Some(true) {
                             State::Running
                         } else {
@@ -733,7 +768,17 @@ impl Fake {
                         }
                     }
                 }
+                // Firecracker reopens every drive at the path its state names.
+                for drive in config["drives"].as_array().cloned().unwrap_or_default() {
+                    let path = drive["path_on_host"].as_str().unwrap_or("");
+                    if std::fs::File::open(path).is_err() {
+                        return fault(&format!(
+                            "Load microVM snapshot error: Cannot restore devices: Block(BackingFile(Os {{ code: 2, kind: NotFound, message: \"No such file or directory\" }}, \"{path}\"))"
+                        ));
+                    }
+                }
                 vm.config = config;
+                println!("FAKE-GUEST RESTORED on serial\r");
                 vm.state = if body["resume_vm"].as_bool() == Some(true) {
                     State::Running
                 } else {

@@ -17,7 +17,7 @@ pub fn run(command: Command, config: Config) -> Result<()> {
         Command::Vm(cmd) => vm::run(cmd, config),
         Command::Snapshot(cmd) => snapshot::run(cmd, config),
         Command::Gc => {
-            Engine::open(config)?;
+            open(config)?;
             not_implemented("gc", "crash consistency and garbage collection")
         }
         Command::Version => other::version(),
@@ -32,6 +32,16 @@ pub(crate) fn not_implemented(command: &str, area: &'static str) -> Result<()> {
         command: command.to_string(),
         area,
     })
+}
+
+/// Opens the engine and first converges whatever a dead command left
+/// half-done (a failure there is logged, never blocks this command).
+pub(crate) fn open(config: Config) -> Result<Engine> {
+    let mut engine = Engine::open(config)?;
+    if let Err(e) = engine.reconcile() {
+        tracing::warn!("crash recovery: {e}");
+    }
+    Ok(engine)
 }
 
 pub(crate) fn io(e: std::io::Error) -> Error {

@@ -1,25 +1,32 @@
 use cocoon_engine::units::BinarySize;
-use cocoon_engine::{Config, Engine, Result};
+use cocoon_engine::{Config, Result};
 
-use super::{io, not_implemented};
-use crate::cli::SnapshotCommand;
+use std::path::{Path, PathBuf};
+
+use cocoon_engine::Error;
+
+use super::io;
+use crate::cli::{CompressionArg, SnapshotCommand};
 use crate::output::{local_time, print_json, print_line, print_table};
 
 pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
-    let mut engine = Engine::open(config)?;
+    let mut engine = super::open(config)?;
     match command {
-        SnapshotCommand::Save { name, vm, .. } => {
-            engine.store().resolve_vm(&vm)?;
-            if let Some(name) = name
-                && let Ok(existing) = engine.store().resolve_snapshot(&name)
-                && existing.name == name
-            {
-                return Err(cocoon_engine::Error::Invalid(format!(
-                    "snapshot name {name:?} is already used by {}; pick another name or remove it first",
-                    existing.id
-                )));
+        SnapshotCommand::Save {
+            name,
+            description,
+            output,
+            vm,
+        } => {
+            let saved = engine.save_snapshot(&vm, name.as_deref().unwrap_or(""), &description)?;
+            if output.json() {
+                return print_json(&saved).map_err(io);
             }
-            not_implemented("snapshot save", "snapshots")
+            eprintln!(
+                "snapshot saved: {} (paused {:.1} ms, {:.0} ms in all)",
+                saved.snapshot.id, saved.pause_ms, saved.total_ms
+            );
+            print_line(&saved.snapshot.id).map_err(io)
         }
         SnapshotCommand::List { output, vm } => {
             let snapshots = engine.list_snapshots(vm.as_deref())?;
@@ -57,20 +64,132 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
             }
             Ok(())
         }
-        SnapshotCommand::Export { snapshot, .. } => {
-            engine.store().resolve_snapshot(&snapshot)?;
-            not_implemented("snapshot export", "snapshots")
+        SnapshotCommand::Export {
+            output,
+            gzip,
+            compression,
+            snapshot,
+        } => {
+            use cocoon_engine::snapshot::archive::Compression;
+            let compression = match (gzip, compression) {
+                (true, _) | (_, CompressionArg::Gzip) => Compression::Gzip,
+                (_, CompressionArg::Zstd) => Compression::Zstd,
+                (_, CompressionArg::None) => Compression::None,
+            };
+            let target = match output {
+                Some(path) => path,
+                None => {
+                    let s = engine.store().resolve_snapshot(&snapshot)?;
+                    let base = if s.name.is_empty() { s.id } else { s.name };
+                    let ext = match compression {
+                        Compression::Zstd => "tar.zst",
+                        Compression::Gzip => "tar.gz",
+                        Compression::None => "tar",
+                    };
+                    PathBuf::from(format!("{base}.{ext}"))
+                }
+            };
+            let progress = Progress::new("exporting");
+            let mut tick = |n: u64| progress.set(n);
+            let written = if target == Path::new("-") {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+                let r = engine.export_snapshot(&snapshot, &mut out, compression, &mut tick);
+                use std::io::Write;
+                r.and_then(|s| out.flush().map(|()| s).map_err(io))
+            } else {
+                // Written beside the target and renamed: a failed export leaves no partial file.
+                let partial = target.with_extension("partial");
+                let file = std::fs::File::create(&partial)
+                    .map_err(|e| Error::io(format!("cannot create {}", partial.display()), e))?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+                let r = engine
+                    .export_snapshot(&snapshot, &mut out, compression, &mut tick)
+                    .and_then(|s| {
+                        use std::io::Write;
+                        out.flush().map_err(io)?;
+                        std::fs::rename(&partial, &target).map_err(|e| {
+                            Error::io(format!("cannot write {}", target.display()), e)
+                        })?;
+                        Ok(s)
+                    });
+                if r.is_err() {
+                    let _ = std::fs::remove_file(&partial);
+                }
+                r
+            };
+            progress.finish();
+            let s = written?;
+            eprintln!("exported: {} → {}", s.id, target.display());
+            Ok(())
         }
-        SnapshotCommand::Import { file, .. } => {
-            if let Some(file) = &file
-                && !file.exists()
-            {
-                return Err(cocoon_engine::Error::Invalid(format!(
-                    "cannot import {}: no such file",
-                    file.display()
-                )));
-            }
-            not_implemented("snapshot import", "snapshots")
+        SnapshotCommand::Import {
+            name,
+            description,
+            file,
+        } => {
+            let progress = Progress::new("importing");
+            let mut tick = |n: u64| progress.set(n);
+            let description = (!description.is_empty()).then_some(description.as_str());
+            let result = match file.as_deref() {
+                None => engine.import_snapshot(
+                    &mut std::io::stdin().lock(),
+                    name.as_deref(),
+                    description,
+                    &mut tick,
+                ),
+                Some(p) if p == Path::new("-") => engine.import_snapshot(
+                    &mut std::io::stdin().lock(),
+                    name.as_deref(),
+                    description,
+                    &mut tick,
+                ),
+                Some(path) => {
+                    let mut f = std::fs::File::open(path)
+                        .map_err(|e| Error::io(format!("cannot import {}", path.display()), e))?;
+                    engine.import_snapshot(&mut f, name.as_deref(), description, &mut tick)
+                }
+            };
+            progress.finish();
+            let snapshot = result?;
+            eprintln!("imported: {} (name: {})", snapshot.id, snapshot.name);
+            print_line(&snapshot.id).map_err(io)
+        }
+    }
+}
+
+/// Bytes moved, on stderr: a live counter on a terminal, nothing otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(what: &str) -> Progress {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg} {bytes} ({bytes_per_sec})",
+                )
+                .expect("template"),
+            );
+            bar.set_message(what.to_string());
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Progress { bar }
+    }
+
+    fn set(&self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(bytes);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }

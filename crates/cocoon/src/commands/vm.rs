@@ -23,7 +23,7 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
         _ => {}
     }
     let use_firecracker = config.use_firecracker;
-    let mut engine = Engine::open(config)?;
+    let mut engine = super::open(config)?;
     match command {
         VmCommand::Create {
             flags,
@@ -82,9 +82,34 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             Ok(())
         }
         VmCommand::Logs { follow, vmm, vm } => logs(&mut engine, &vm, follow, vmm),
-        VmCommand::Clone { snapshot, .. } => {
-            engine.store().resolve_snapshot(&snapshot)?;
-            not_implemented("vm clone", "snapshots")
+        VmCommand::Clone {
+            flags,
+            output,
+            snapshot,
+        } => {
+            if flags.pull {
+                return not_implemented("vm clone --pull", "snapshots");
+            }
+            let request = cocoon_engine::vm::CloneRequest {
+                name: flags.name.clone(),
+                cpu: flags.cpu,
+                memory: flags.memory,
+                storage: flags.storage,
+                nics: flags.nics,
+                network: flags.network.clone(),
+                bridge: flags.bridge.clone(),
+                queue_size: flags.queue_size,
+                disk_queue_size: flags.disk_queue_size,
+                no_direct_io: flags.no_direct_io,
+                on_demand: flags.on_demand,
+            };
+            let vm = engine.clone_vm(&snapshot, request)?;
+            if output.json() {
+                return print_json(&VmView::reconcile(vm)).map_err(io);
+            }
+            eprintln!("cloned: {} (name: {})", vm.id, vm.config.name);
+            print_clone_hints(&vm);
+            print_line(&vm.id).map_err(io)
         }
         VmCommand::Start { output, vms } => {
             let outcomes = engine.for_each_vm(&vms, |e, id| e.start_vm(id))?;
@@ -110,16 +135,27 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
         VmCommand::Console { escape_char, vm } => {
             super::console::attach(&mut engine, &vm, escape_char)
         }
-        VmCommand::Restore { vm, snapshot, .. } => {
-            let vm = engine.store().resolve_vm(&vm)?;
-            let snapshot = engine.store().resolve_snapshot(&snapshot)?;
-            if snapshot.vm_id.as_deref() != Some(vm.id.as_str()) {
-                return Err(Error::Invalid(format!(
-                    "snapshot {} was not taken from VM {} ({}); restore only accepts the VM's own snapshots, use `cocoon vm clone {}` to start a new VM from it",
-                    snapshot.id, vm.id, vm.config.name, snapshot.id
-                )));
+        VmCommand::Restore {
+            cpu,
+            memory,
+            storage,
+            on_demand,
+            output,
+            vm,
+            snapshot,
+        } => {
+            let request = cocoon_engine::vm::RestoreRequest {
+                cpu,
+                memory,
+                storage,
+                on_demand,
+            };
+            let vm = engine.restore_vm(&vm, &snapshot, request)?;
+            if output.json() {
+                return print_json(&VmView::reconcile(vm)).map_err(io);
             }
-            not_implemented("vm restore", "snapshots")
+            eprintln!("restored: {} (name: {})", vm.id, vm.config.name);
+            Ok(())
         }
         VmCommand::List { output } => {
             let vms = engine.list_vms()?;
@@ -176,6 +212,38 @@ fn create_request(flags: &VmFlags, image: &str, use_firecracker: bool) -> Result
         data_disks,
         bridge: flags.bridge.clone(),
     })
+}
+
+/// What to run in a clone's guest so it takes its new identity (cocoon prints
+/// the same): drop the page cache, take the new MACs, rewrite networkd files.
+fn print_clone_hints(vm: &Vm) {
+    eprintln!(
+        "In the guest of {}, to take its new identity:",
+        vm.config.name
+    );
+    eprintln!("  echo 3 > /proc/sys/vm/drop_caches");
+    if vm.hypervisor == Hypervisor::Firecracker {
+        for (i, n) in vm.network_configs.iter().enumerate() {
+            eprintln!("  ip link set dev eth{i} address {}", n.mac);
+        }
+    }
+    if !vm.network_configs.is_empty() {
+        eprintln!("  rm -f /etc/systemd/network/10-*.network");
+        eprintln!("  hostnamectl set-hostname {}", vm.config.name);
+        for (i, n) in vm.network_configs.iter().enumerate() {
+            match &n.network {
+                Some(ip) => eprintln!(
+                    "  printf '[Match]\\nMACAddress={}\\n[Network]\\nAddress={}/{}\\nGateway={}\\n' > /etc/systemd/network/10-eth{i}.network",
+                    n.mac, ip.ip, ip.prefix, ip.gateway
+                ),
+                None => eprintln!(
+                    "  printf '[Match]\\nMACAddress={}\\n[Network]\\nDHCP=yes\\n' > /etc/systemd/network/10-eth{i}.network",
+                    n.mac
+                ),
+            }
+        }
+        eprintln!("  systemctl restart systemd-networkd");
+    }
 }
 
 /// Per-VM results of a batch: one line each (errors on stderr), or one JSON

@@ -1,0 +1,51 @@
+//! What export and import need from a manifest: its version and the files
+//! it lists. The rest of the document belongs to the engine.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::ArchiveError;
+use super::names::plain_name;
+use crate::snapshot::manifest::{FileSum, MANIFEST, VERSION};
+
+/// Checks the document's `"version"`.
+pub(super) fn check_version(doc: &Value, name: &str, expected: u32) -> Result<(), ArchiveError> {
+    match doc.get("version").and_then(Value::as_u64) {
+        Some(v) if v == u64::from(expected) => Ok(()),
+        found => Err(ArchiveError::BadManifest {
+            name: name.to_string(),
+            reason: match found {
+                Some(v) => format!(
+                    "version {v} is not supported (this cocoon reads version {expected}); use a newer cocoon"
+                ),
+                None => "has no numeric \"version\"".into(),
+            },
+        }),
+    }
+}
+
+/// cocoon.json's `"files"`: each a plain file name other than the manifest.
+pub(super) fn listed_files(doc: &Value) -> Result<BTreeMap<String, FileSum>, ArchiveError> {
+    let bad = |reason: String| ArchiveError::BadManifest {
+        name: MANIFEST.to_string(),
+        reason,
+    };
+    check_version(doc, MANIFEST, VERSION)?;
+    let files = doc
+        .get("files")
+        .ok_or_else(|| bad("has no \"files\" map".into()))?;
+    let files: BTreeMap<String, FileSum> = serde_json::from_value(files.clone())
+        .map_err(|e| bad(format!("bad \"files\" map: {e}")))?;
+    for name in files.keys() {
+        if let Err(ArchiveError::UnsafeName { reason, .. }) = plain_name(name.as_bytes()) {
+            return Err(bad(format!(
+                "lists {name:?}, which is not a plain file name ({reason})"
+            )));
+        }
+        if name == MANIFEST {
+            return Err(bad("lists itself".into()));
+        }
+    }
+    Ok(files)
+}

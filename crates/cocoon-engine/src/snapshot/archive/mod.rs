@@ -1,0 +1,82 @@
+//! Snapshot archives: one snapshot directory as a tar stream, for
+//! `snapshot export` / `snapshot import`.
+//!
+//! The stream is POSIX (pax) tar: `cocoon.json` first, then every file its
+//! `"files"` map lists, sorted by name, nothing else. Files with holes are
+//! standard PAX sparse entries, format 1.0 (what `tar --sparse
+//! --format=posix` writes), so GNU tar extracts a byte-identical, still sparse
+//! copy. The stream is zstd (multi-threaded) by default, gzip or plain on
+//! request; import detects which by magic.
+//!
+//! Import trusts nothing: only regular files with plain names, no duplicates,
+//! bounded sizes, every file listed in the manifest with its size and digest
+//! checked while it is written, every listed file present. On any error the
+//! files written so far are removed. Archives written by cocoon (Go) (first
+//! entry `snapshot.json`, sparse files as `COCOON.sparse.*` PAX records) are
+//! read too and returned as `legacy` for the engine to convert.
+
+mod compress;
+mod error;
+mod export;
+mod extract;
+mod import;
+mod layout;
+mod listing;
+mod names;
+mod progress;
+mod reader;
+mod sparse;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::ArchiveError;
+pub use export::export;
+pub use import::import;
+
+/// How an export is compressed. Import detects it by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// zstd, on every core: snapshots are gigabytes of memory and disk.
+    #[default]
+    Zstd,
+    Gzip,
+    None,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    pub compression: Compression,
+}
+
+/// What [`import`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Imported {
+    /// `cocoon.json` (also written into the destination), or for a legacy
+    /// archive the `snapshot.json` document (not written; the engine converts
+    /// it into a manifest).
+    pub manifest: serde_json::Value,
+    /// Written by cocoon (Go): no manifest and no checksums to verify.
+    pub legacy: bool,
+}
+
+/// The first entry of an archive written by cocoon (Go).
+pub const LEGACY_MANIFEST: &str = "snapshot.json";
+
+/// Data bytes one entry may carry: a disk image bigger than this is not a
+/// snapshot someone moves as one stream.
+pub const MAX_DATA_SIZE: u64 = 1 << 40;
+/// Logical size of one file: holes cost nothing, so this only has to stay
+/// within what a filesystem can hold (ext4's limit with 4 KiB blocks).
+pub const MAX_FILE_SIZE: u64 = 16 << 40;
+/// A manifest is a few KiB; anything near this is not one.
+pub const MAX_MANIFEST_SIZE: u64 = 16 << 20;
+/// One entry's PAX records. Ours are a few hundred bytes, but cocoon (Go)
+/// put a file's whole sparse map in one as JSON (~30 bytes per segment), and a
+/// memory file it punched at 4 KiB zero blocks has hundreds of thousands.
+pub const MAX_PAX_SIZE: u64 = 64 << 20;
+/// Data segments of one sparse file: 16 bytes of memory each on import.
+pub const MAX_SPARSE_SEGMENTS: usize = 1 << 22;
+/// Entries of one archive (legacy archives have no manifest to bound them).
+pub const MAX_ENTRIES: usize = 4096;

@@ -1,0 +1,210 @@
+//! `cocoon.json`: what a snapshot is (the record, the source VM's storage in
+//! VMM disk order, boot and network configuration) and a sha256 of every file.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{BootConfig, NetworkConfig, Snapshot, StorageConfig, VmConfig};
+
+pub const MANIFEST: &str = "cocoon.json";
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    pub size: u64,
+    /// A [`TreeHasher`] digest (sha256 over 4 MiB block digests).
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub snapshot: Snapshot,
+    /// The source VM's configuration at save time.
+    pub source: VmConfig,
+    /// The source's disks in the VMM's order; writable ones have a copy in
+    /// the snapshot named by `file_of`.
+    pub storage: Vec<StorageConfig>,
+    pub boot: BootConfig,
+    #[serde(default)]
+    pub network: Vec<NetworkConfig>,
+    /// Every other file of the snapshot directory.
+    pub files: BTreeMap<String, FileSum>,
+}
+
+/// The snapshot file holding a copy of a writable disk: its base name.
+pub fn file_of(disk: &StorageConfig) -> Option<String> {
+    (!disk.ro).then(|| {
+        disk.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    })
+}
+
+/// A sha256 tree: sha256 over the sha256 digests of each 4 MiB block of the
+/// file (the last one short; an empty file is one empty block). Holes of a
+/// sparse disk hash as zero blocks without being read, so a 10 GiB COW disk
+/// with 200 MiB of data costs 200 MiB of hashing, where a plain sha256 would
+/// read and hash 10 GiB of zeros (seconds per snapshot on this machine).
+pub struct TreeHasher {
+    block: Sha256,
+    in_block: u64,
+    outer: Sha256,
+}
+
+pub const HASH_BLOCK: u64 = 4 << 20;
+
+fn zero_block_digest() -> &'static [u8] {
+    static DIGEST: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    DIGEST.get_or_init(|| Sha256::digest(vec![0u8; HASH_BLOCK as usize]).to_vec())
+}
+
+impl Default for TreeHasher {
+    fn default() -> Self {
+        TreeHasher {
+            block: Sha256::new(),
+            in_block: 0,
+            outer: Sha256::new(),
+        }
+    }
+}
+
+impl TreeHasher {
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = ((HASH_BLOCK - self.in_block) as usize).min(data.len());
+            self.block.update(&data[..take]);
+            self.in_block += take as u64;
+            data = &data[take..];
+            if self.in_block == HASH_BLOCK {
+                let digest = std::mem::take(&mut self.block).finalize();
+                self.outer.update(digest);
+                self.in_block = 0;
+            }
+        }
+    }
+
+    /// `n` zero bytes (a hole); whole aligned blocks cost nothing.
+    pub fn update_zeros(&mut self, mut n: u64) {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        while n > 0 {
+            if self.in_block == 0 && n >= HASH_BLOCK {
+                self.outer.update(zero_block_digest());
+                n -= HASH_BLOCK;
+                continue;
+            }
+            let take = n.min(ZEROS.len() as u64).min(HASH_BLOCK - self.in_block);
+            self.update(&ZEROS[..take as usize]);
+            n -= take;
+        }
+    }
+
+    pub fn finalize(mut self, total: u64) -> String {
+        if self.in_block > 0 || total == 0 {
+            let digest = self.block.finalize();
+            self.outer.update(digest);
+        }
+        self.outer
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Size and [`TreeHasher`] digest of a file, reading only its data extents.
+pub fn sum_file(path: &Path) -> std::io::Result<FileSum> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut hasher = TreeHasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(d) => d.min(len),
+            Err(rustix::io::Errno::NXIO) => len,
+            Err(e) => return Err(e.into()),
+        };
+        hasher.update_zeros(data - pos);
+        if data >= len {
+            break;
+        }
+        let hole = rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(data))?.min(len);
+        file.seek(SeekFrom::Start(data))?;
+        let mut left = hole - data;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = file.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file shrank while hashing",
+                ));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        pos = hole;
+    }
+    Ok(FileSum {
+        size: len,
+        sha256: hasher.finalize(len),
+    })
+}
+
+/// Sums every regular file of `dir` except the manifest.
+pub fn sum_dir(dir: &Path) -> std::io::Result<BTreeMap<String, FileSum>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == MANIFEST || !entry.file_type()?.is_file() {
+            continue;
+        }
+        files.insert(name, sum_file(&entry.path())?);
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+
+    #[test]
+    fn tree_hash_is_the_same_for_holes_and_written_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = dir.path().join("sparse");
+        let dense = dir.path().join("dense");
+        let len = 3 * HASH_BLOCK + 12345;
+        let mut f = std::fs::File::create(&sparse).unwrap();
+        f.set_len(len).unwrap();
+        f.seek(SeekFrom::Start(HASH_BLOCK + 7)).unwrap();
+        f.write_all(b"data").unwrap();
+        let mut content = vec![0u8; len as usize];
+        content[(HASH_BLOCK + 7) as usize..(HASH_BLOCK + 11) as usize].copy_from_slice(b"data");
+        std::fs::write(&dense, &content).unwrap();
+        let (a, b) = (sum_file(&sparse).unwrap(), sum_file(&dense).unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a.size, len);
+        // Streaming in odd pieces gives the same digest.
+        let mut h = TreeHasher::default();
+        for chunk in content.chunks(999_999) {
+            h.update(chunk);
+        }
+        assert_eq!(h.finalize(len), a.sha256);
+        // One changed byte changes it.
+        content[5] = 1;
+        std::fs::write(&dense, &content).unwrap();
+        assert_ne!(sum_file(&dense).unwrap(), a);
+        // Empty file: defined.
+        std::fs::write(&dense, b"").unwrap();
+        assert_eq!(sum_file(&dense).unwrap().size, 0);
+    }
+}

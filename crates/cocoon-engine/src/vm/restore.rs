@@ -1,0 +1,157 @@
+//! Bringing a VMM up from snapshot state: CH's config.json patched for the
+//! VM it becomes, the restore calls on both VMMs, and CH's NIC hot-swap.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use vmm_api::ApiError;
+use vmm_api::ch::CloudHypervisor;
+use vmm_api::ch::models::{MemoryRestoreMode, NetConfig, RestoreConfig, file_url};
+use vmm_api::fc::Firecracker;
+use vmm_api::fc::models::{MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotLoadParams};
+
+use crate::model::Vm;
+
+/// Rewrites a CH snapshot's `config.json` for `vm`: its disk paths and I/O
+/// settings, consoles, CPUs and memory. Everything else CH saved (device
+/// ids, topology, platform, fields this engine does not know) is kept;
+/// `num_queues` is never changed (CH cannot restore a different count).
+pub fn patch_ch_config(config: &mut Value, vm: &Vm) -> Result<(), String> {
+    let disks = config["disks"].as_array_mut().map_or(0, |d| d.len());
+    if disks != vm.storage_configs.len() {
+        return Err(format!(
+            "the snapshot has {disks} disks, the VM {}",
+            vm.storage_configs.len()
+        ));
+    }
+    let c = &vm.config;
+    if let Some(list) = config["disks"].as_array_mut() {
+        for (disk, storage) in list.iter_mut().zip(&vm.storage_configs) {
+            disk["path"] = json!(storage.path);
+            disk["queue_size"] = json!(if c.disk_queue_size == 0 {
+                512
+            } else {
+                c.disk_queue_size
+            });
+            disk["direct"] = json!(storage.direct_io.unwrap_or(!storage.ro && !c.no_direct_io));
+        }
+    }
+    let direct_boot = vm
+        .boot_config
+        .as_ref()
+        .is_some_and(|b| b.kernel_path.is_some());
+    if direct_boot {
+        // As a fresh start: serial on the VMM's terminal, hvc0 on a new PTY
+        // (the saved PTY path belonged to the old process).
+        set_mode(&mut config["serial"], "Tty");
+        set_mode(&mut config["console"], "Pty");
+    }
+    config["cpus"]["boot_vcpus"] = json!(c.cpu);
+    if config["cpus"]["max_vcpus"]
+        .as_u64()
+        .is_some_and(|m| m < u64::from(c.cpu))
+    {
+        config["cpus"]["max_vcpus"] = json!(c.cpu);
+    }
+    config["memory"]["size"] = json!(c.memory);
+    let object = config
+        .as_object_mut()
+        .ok_or("config.json is not an object")?;
+    if c.windows || c.memory < 256 << 20 {
+        object.remove("balloon");
+    } else if object.get("balloon").is_some_and(|b| !b.is_null()) {
+        object["balloon"]["size"] = json!(c.memory / 4);
+    } else {
+        object.insert(
+            "balloon".into(),
+            json!({"size": c.memory / 4, "deflate_on_oom": true, "free_page_reporting": true}),
+        );
+    }
+    Ok(())
+}
+
+fn set_mode(port: &mut Value, mode: &str) {
+    if !port.is_object() {
+        *port = json!({});
+    }
+    let object = port.as_object_mut().expect("object");
+    object.remove("file");
+    object.remove("socket");
+    object.insert("mode".into(), json!(mode));
+}
+
+/// CH: restore from `source` (a directory with the patched config.json),
+/// swap the snapshot's NICs for the VM's when they differ, resume.
+pub async fn ch_restore(
+    api: &CloudHypervisor,
+    vm: &Vm,
+    source: &Path,
+    on_demand: bool,
+) -> Result<(), ApiError> {
+    let config = RestoreConfig {
+        source_url: file_url(source),
+        prefault: None,
+        memory_restore_mode: on_demand.then_some(MemoryRestoreMode::OnDemand),
+        resume: None,
+        extra: Default::default(),
+    };
+    api.restore(&config, vmm_api::transfer_timeout(vm.config.memory))
+        .await?;
+    let info = api.info().await?;
+    let saved: Vec<&Value> = info.config["net"]
+        .as_array()
+        .map_or(vec![], |n| n.iter().collect());
+    let same = saved.len() == vm.network_configs.len()
+        && saved.iter().zip(&vm.network_configs).all(|(s, n)| {
+            s["tap"].as_str() == Some(n.tap.as_str()) && s["mac"].as_str() == Some(n.mac.as_str())
+        });
+    if !same {
+        // The guest keeps its NIC state from the snapshot; a hot-swap gives
+        // it devices with this VM's TAPs and MACs (the restored ones opened
+        // throwaway TAPs under the source's names).
+        for net in &saved {
+            if let Some(id) = net["id"].as_str() {
+                api.remove_device(id).await?;
+            }
+        }
+        for n in &vm.network_configs {
+            api.add_net(&NetConfig {
+                tap: Some(n.tap.clone()),
+                mac: Some(n.mac.clone()),
+                num_queues: Some(n.num_queues.max(2)),
+                queue_size: Some(n.queue_size),
+                ..Default::default()
+            })
+            .await?;
+        }
+    }
+    api.resume().await.map(drop)
+}
+
+/// FC: load `source/vmstate` with `source/mem` behind the VM's TAPs, resume.
+pub async fn fc_restore(api: &Firecracker, vm: &Vm, source: &Path) -> Result<(), ApiError> {
+    let params = SnapshotLoadParams {
+        snapshot_path: source.join("vmstate").display().to_string(),
+        mem_backend: Some(MemoryBackend {
+            backend_type: MemoryBackendType::File,
+            backend_path: source.join("mem").display().to_string(),
+            extra: Default::default(),
+        }),
+        track_dirty_pages: None,
+        resume_vm: Some(false),
+        network_overrides: vm
+            .network_configs
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NetworkOverride {
+                iface_id: format!("eth{i}"),
+                host_dev_name: n.tap.clone(),
+                extra: Default::default(),
+            })
+            .collect(),
+        extra: Default::default(),
+    };
+    api.snapshot_load(&params, vmm_api::transfer_timeout(vm.config.memory))
+        .await?;
+    api.resume().await.map(drop)
+}

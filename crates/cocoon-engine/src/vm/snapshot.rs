@@ -1,0 +1,830 @@
+//! snapshot save, vm clone, vm restore: the lifecycle operations that start
+//! from or produce a snapshot.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use vmm_api::ApiError;
+use vmm_api::ch::CloudHypervisor;
+use vmm_api::ch::models::{VmSnapshotConfig, file_url};
+use vmm_api::fc::Firecracker;
+use vmm_api::fc::models::SnapshotCreateParams;
+
+use super::VmError;
+use super::launch::VmPaths;
+use super::lifecycle::Boot;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::lock::create_private_dir;
+use crate::model::{Hypervisor, Snapshot, StorageRole, Vm, VmState};
+use crate::net::{self, NetContext, NetRequest};
+use crate::snapshot::copy::copy_file;
+use crate::snapshot::manifest::{self, MANIFEST, Manifest};
+use crate::store::ObjectKind;
+use crate::supervise;
+use crate::vmm::{PauseError, VmmApi};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotOpError {
+    #[error("snapshot {id}: {reason}")]
+    Invalid { id: String, reason: String },
+    #[error("snapshot {id} is damaged: {reason}; it cannot be used")]
+    Damaged { id: String, reason: String },
+    #[error("snapshot of VM {vm} failed: {reason}")]
+    Save { vm: String, reason: String },
+    #[error("interrupted: the VM was resumed and the half-made snapshot removed")]
+    Interrupted,
+    #[error("{0}")]
+    Override(String),
+}
+
+/// What `snapshot save` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SaveOutcome {
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
+    /// How long the guest was paused, in milliseconds.
+    pub pause_ms: f64,
+    /// The whole save, in milliseconds.
+    pub total_ms: f64,
+}
+
+/// `vm clone` flags; zero/None inherit from the snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct CloneRequest {
+    pub name: Option<String>,
+    pub cpu: u32,
+    pub memory: Option<u64>,
+    pub storage: Option<u64>,
+    pub nics: u32,
+    pub network: String,
+    pub bridge: Option<String>,
+    pub queue_size: u32,
+    pub disk_queue_size: u32,
+    pub no_direct_io: bool,
+    pub on_demand: bool,
+}
+
+/// `vm restore` flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreRequest {
+    pub cpu: u32,
+    pub memory: Option<u64>,
+    pub storage: Option<u64>,
+    pub on_demand: bool,
+}
+
+fn op_err(e: SnapshotOpError) -> Error {
+    Error::Invalid(e.to_string())
+}
+
+/// Ctrl+C and SIGTERM wait while the guest is paused: a CLI killed there
+/// would leave the VM paused. They are noted and honoured after the resume.
+fn hold_signals() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        f.store(true, Ordering::SeqCst);
+    });
+    flag
+}
+
+/// Reads and checks a snapshot's manifest against its directory: every
+/// listed file present with its size; with `checksums`, its digest too.
+pub fn load_manifest(snapshot: &Snapshot, checksums: bool) -> Result<Manifest> {
+    let damaged = |reason: String| {
+        op_err(SnapshotOpError::Damaged {
+            id: snapshot.id.clone(),
+            reason,
+        })
+    };
+    let path = snapshot.data_dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| damaged(format!("cannot read {}: {e}", path.display())))?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|e| damaged(format!("bad {MANIFEST}: {e}")))?;
+    if manifest.version != manifest::VERSION {
+        return Err(damaged(format!(
+            "manifest version {} is not supported",
+            manifest.version
+        )));
+    }
+    for (name, sum) in &manifest.files {
+        let file = snapshot.data_dir.join(name);
+        let size = std::fs::metadata(&file)
+            .map_err(|e| damaged(format!("{name}: {e}")))?
+            .len();
+        if size != sum.size {
+            return Err(damaged(format!(
+                "{name} is {size} bytes, the manifest says {}",
+                sum.size
+            )));
+        }
+        if checksums {
+            let actual = manifest::sum_file(&file).map_err(|e| damaged(format!("{name}: {e}")))?;
+            if actual.sha256 != sum.sha256 {
+                return Err(damaged(format!("{name} does not match its checksum")));
+            }
+        }
+    }
+    for disk in manifest.storage.iter().filter(|d| !d.ro) {
+        let name = manifest::file_of(disk).unwrap_or_default();
+        if !manifest.files.contains_key(&name) {
+            return Err(damaged(format!("no copy of disk {}", disk.path.display())));
+        }
+    }
+    let state: &[&str] = match manifest.snapshot.hypervisor {
+        Hypervisor::CloudHypervisor => &["config.json", "state.json"],
+        Hypervisor::Firecracker => &["vmstate", "mem"],
+    };
+    for name in state {
+        if !manifest.files.contains_key(*name) {
+            return Err(damaged(format!("no {name}")));
+        }
+    }
+    Ok(manifest)
+}
+
+impl Engine {
+    /// Pauses the VM, has the VMM write its state straight into the snapshot
+    /// store, copies the writable disks there (reflink where possible), and
+    /// resumes it whatever happened; checksums and the manifest are written
+    /// after the resume, outside the pause window.
+    pub fn save_snapshot(
+        &mut self,
+        reference: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<SaveOutcome> {
+        if !name.is_empty() {
+            crate::spec::validate_snapshot_name(name)?;
+        }
+        let vm = self.store().resolve_vm(reference)?;
+        let _lock = self.lock_vm(&vm.id)?;
+        let vm = self.store().resolve_vm(&vm.id)?;
+        let Some(vmm) = vm.vmm.clone().filter(supervise::is_running) else {
+            return Err(VmError::NotRunning {
+                id: vm.id,
+                name: vm.config.name,
+            }
+            .into());
+        };
+        let started = Instant::now();
+        let id = crate::id::generate_id();
+        let data_dir = self.snapshot_root().join(&id);
+        let mut record = Snapshot::of_vm(&id, name, &vm, data_dir.clone());
+        record.description = description.to_string();
+        self.store().insert_snapshot(&record)?;
+        let intent = self.store().begin_intent(
+            "snapshot.save",
+            ObjectKind::Snapshot,
+            &id,
+            &serde_json::json!({"vm_id": vm.id, "data_dir": data_dir, "api_socket": vmm.api_socket}),
+        )?;
+        let runtime = self.runtime()?;
+        let result = runtime.block_on(async {
+            create_private_dir(&data_dir)
+                .map_err(|e| Error::io(format!("cannot create {}", data_dir.display()), e))?;
+            let interrupted = hold_signals();
+            let api = VmmApi::new(vm.hypervisor, &vmm.api_socket);
+            let window = Instant::now();
+            let saved = api
+                .while_paused(|| capture(&vm, &vmm.api_socket, &data_dir))
+                .await;
+            let pause = window.elapsed();
+            match saved {
+                Ok(()) => {}
+                Err(PauseError::Work(e)) => {
+                    return Err(op_err(SnapshotOpError::Save {
+                        vm: vm.config.name.clone(),
+                        reason: format!("{e} (the VM was resumed)"),
+                    }));
+                }
+                Err(PauseError::Pause(e)) => {
+                    return Err(op_err(SnapshotOpError::Save {
+                        vm: vm.config.name.clone(),
+                        reason: format!("cannot pause: {e}"),
+                    }));
+                }
+                Err(e @ PauseError::Resume { .. }) => {
+                    return Err(op_err(SnapshotOpError::Save {
+                        vm: vm.config.name.clone(),
+                        reason: e.to_string(),
+                    }));
+                }
+            }
+            // Yield once so a signal that arrived in the window is seen.
+            tokio::task::yield_now().await;
+            if interrupted.load(Ordering::SeqCst) {
+                return Err(op_err(SnapshotOpError::Interrupted));
+            }
+            Ok(pause)
+        });
+        // The window is over: Ctrl+C and SIGTERM end the process again.
+        // SAFETY: restoring default dispositions; the runtime that handled them is gone.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        }
+        let pause = match result {
+            Ok(pause) => pause,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&data_dir);
+                let _ = self.store().delete_snapshot(&id);
+                intent.finish(self.store())?;
+                return Err(e);
+            }
+        };
+        intent.step(self.store(), "captured", None)?;
+        let finished = (|| -> Result<Snapshot> {
+            let files = manifest::sum_dir(&data_dir)
+                .map_err(|e| Error::io(format!("cannot checksum {}", data_dir.display()), e))?;
+            let mut done = record.clone();
+            done.pending = false;
+            let manifest = Manifest {
+                version: manifest::VERSION,
+                snapshot: done,
+                source: vm.config.clone(),
+                storage: vm.storage_configs.clone(),
+                boot: vm.boot_config.clone().unwrap_or_default(),
+                network: vm.network_configs.clone(),
+                files,
+            };
+            write_atomic(
+                &data_dir.join(MANIFEST),
+                serde_json::to_vec_pretty(&manifest)
+                    .expect("manifest serialises")
+                    .as_slice(),
+            )?;
+            let (snapshot, _) = self
+                .store()
+                .update_snapshot(&id, "saved", |s| s.pending = false)?;
+            Ok(snapshot)
+        })();
+        match finished {
+            Ok(snapshot) => {
+                intent.finish(self.store())?;
+                Ok(SaveOutcome {
+                    snapshot,
+                    pause_ms: pause.as_secs_f64() * 1e3,
+                    total_ms: started.elapsed().as_secs_f64() * 1e3,
+                })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&data_dir);
+                let _ = self.store().delete_snapshot(&id);
+                intent.finish(self.store())?;
+                Err(e)
+            }
+        }
+    }
+
+    /// A new VM from a snapshot, running from the snapshot's state with a
+    /// fresh identity and network.
+    pub fn clone_vm(&mut self, reference: &str, request: CloneRequest) -> Result<Vm> {
+        let snapshot = self.store().resolve_snapshot(reference)?;
+        let manifest = load_manifest(&snapshot, false)?;
+        let fc = snapshot.hypervisor == Hypervisor::Firecracker;
+        let s = &manifest.source;
+        let over = |e: String| op_err(SnapshotOpError::Override(e));
+        if fc
+            && ((request.cpu != 0 && request.cpu != s.cpu)
+                || request.memory.is_some_and(|m| m != s.memory))
+        {
+            return Err(over(format!(
+                "Firecracker cannot change CPUs or memory on clone (snapshot: {} CPUs, {} MiB)",
+                s.cpu,
+                s.memory >> 20
+            )));
+        }
+        if request.cpu != 0 && request.cpu < s.cpu {
+            return Err(over(format!(
+                "--cpu {} is below the snapshot's {}",
+                request.cpu, s.cpu
+            )));
+        }
+        if let Some(m) = request.memory.filter(|m| *m < s.memory) {
+            return Err(over(format!(
+                "--memory {} MiB is below the snapshot's {} MiB",
+                m >> 20,
+                s.memory >> 20
+            )));
+        }
+        if let Some(st) = request.storage.filter(|st| *st < s.storage) {
+            return Err(over(format!(
+                "--storage {} GiB is below the snapshot's {} GiB",
+                st >> 30,
+                s.storage >> 30
+            )));
+        }
+        let snap_nics = manifest.network.len() as u32;
+        if request.nics != 0 && request.nics < snap_nics {
+            return Err(over(format!(
+                "--nics {} is below the snapshot's {snap_nics}",
+                request.nics
+            )));
+        }
+        if fc && request.nics != 0 && request.nics != snap_nics {
+            return Err(over(format!(
+                "Firecracker cannot change the NIC count on clone (snapshot: {snap_nics})"
+            )));
+        }
+        self.check_base_files(&manifest)?;
+
+        let id = crate::id::generate_id();
+        let paths = self.vm_paths(&id);
+        let mut config = s.clone();
+        config.name = request
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("cocoon-clone-{}", id[..8].to_ascii_lowercase()));
+        crate::spec::validate_vm_name(&config.name)?;
+        if request.cpu != 0 {
+            config.cpu = request.cpu;
+        }
+        config.memory = request.memory.unwrap_or(s.memory);
+        config.storage = request.storage.unwrap_or(s.storage);
+        if request.queue_size != 0 {
+            config.queue_size = request.queue_size;
+        }
+        if request.disk_queue_size != 0 {
+            config.disk_queue_size = request.disk_queue_size;
+        }
+        config.no_direct_io |= request.no_direct_io;
+        if !request.network.is_empty() {
+            config.network = request.network.clone();
+        }
+        crate::spec::validate_cpu(config.cpu, crate::spec::host_cpus())?;
+        let mut vm = Vm::new(
+            &id,
+            snapshot.hypervisor,
+            config,
+            paths.run_dir.clone(),
+            paths.log_dir.clone(),
+        );
+        vm.image_blob_ids = snapshot.image_blob_ids.clone();
+        let intent = self.store().begin_intent(
+            "vm.clone",
+            ObjectKind::Vm,
+            &id,
+            &serde_json::json!({"snapshot": snapshot.id, "run_dir": vm.run_dir, "log_dir": vm.log_dir}),
+        )?;
+        if let Err(e) = self.store().insert_vm(&vm) {
+            intent.finish(self.store())?;
+            return Err(e.into());
+        }
+        let net_ctx = NetContext::from_config(self.config());
+        let mut leases = Vec::new();
+        let mut placeholders = Vec::new();
+        let runtime = self.runtime()?;
+        let built = (|| -> Result<Boot> {
+            for dir in [&vm.run_dir, &vm.log_dir] {
+                create_private_dir(dir)
+                    .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+            }
+            let (binds, made) = self.place_snapshot_files(&snapshot, &manifest, &mut vm)?;
+            placeholders = made;
+            let nics = if request.nics == 0 {
+                snap_nics
+            } else {
+                request.nics
+            };
+            if nics > 0 {
+                let attached = net::attach(
+                    &net_ctx,
+                    &NetRequest {
+                        vm_id: &id,
+                        nics,
+                        network: &vm.config.network,
+                        bridge: request.bridge.as_deref(),
+                        hypervisor: vm.hypervisor,
+                        cpu: vm.config.cpu,
+                        queue_size: vm.config.queue_size,
+                    },
+                )
+                .map_err(VmError::from)?;
+                for lease in &attached.leases {
+                    self.store().put_lease(lease)?;
+                }
+                leases = attached.leases;
+                vm.config.network = attached.network;
+                vm.network_configs = attached.configs;
+            }
+            vm.boot_config = Some(manifest.boot.clone());
+            let cmdline = self.cmdline_of(&vm);
+            if let Some(b) = vm.boot_config.as_mut() {
+                b.cmdline = cmdline;
+            }
+            if vm.hypervisor == Hypervisor::CloudHypervisor {
+                patch_config_file(&vm.run_dir.join("config.json"), &vm, &snapshot.id)?;
+            }
+            let done = vm.clone();
+            self.store().update_vm(&id, "cloned", |v| {
+                v.config = done.config;
+                v.storage_configs = done.storage_configs;
+                v.network_configs = done.network_configs;
+                v.boot_config = done.boot_config;
+            })?;
+            Ok(Boot::Restore {
+                source: vm.run_dir.clone(),
+                on_demand: request.on_demand,
+                binds,
+            })
+        })();
+        let launched = match built {
+            Ok(boot) => {
+                let paths = VmPaths::of(&vm);
+                let result = runtime.block_on(self.launch_and_boot(&vm, &paths, &boot));
+                remove_placeholders(&placeholders);
+                result
+            }
+            Err(e) => {
+                remove_placeholders(&placeholders);
+                Err(e)
+            }
+        };
+        match launched {
+            Ok((vmm, relay)) => {
+                let (vm, _) = self.store().update_vm(&id, "started", |v| {
+                    v.state = VmState::Running;
+                    v.pid = vmm.identity.pid;
+                    v.socket_path = vmm.api_socket.display().to_string();
+                    v.vmm = Some(vmm);
+                    v.console_relay = relay;
+                    v.started_at = Some(Timestamp::now());
+                    v.first_booted = true;
+                })?;
+                intent.finish(self.store())?;
+                Ok(vm)
+            }
+            Err(e) => {
+                let _ = runtime.block_on(self.clear_runtime(&vm));
+                if let Err(e) = net::detach(&net_ctx, &vm, &leases) {
+                    tracing::warn!("rollback of the network of clone {id}: {e}");
+                }
+                let _ = std::fs::remove_dir_all(&vm.run_dir);
+                let _ = std::fs::remove_dir_all(&vm.log_dir);
+                let _ = self.store().delete_vm(&id);
+                intent.finish(self.store())?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Layers, kernel and initrd of the snapshot's image must still be here.
+    fn check_base_files(&mut self, manifest: &Manifest) -> Result<()> {
+        let root = self.config().root_dir.clone();
+        let mut needed: Vec<&Path> = manifest
+            .storage
+            .iter()
+            .filter(|d| d.ro && d.role == StorageRole::Layer)
+            .map(|d| d.path.as_path())
+            .collect();
+        needed.extend(manifest.boot.kernel_path.as_deref());
+        needed.extend(manifest.boot.initrd_path.as_deref());
+        for path in needed {
+            if !path.starts_with(&root) {
+                return Err(op_err(SnapshotOpError::Invalid {
+                    id: manifest.snapshot.id.clone(),
+                    reason: format!("{} is outside this engine's root directory", path.display()),
+                }));
+            }
+            if !path.exists() {
+                return Err(op_err(SnapshotOpError::Invalid {
+                    id: manifest.snapshot.id.clone(),
+                    reason: format!(
+                        "its image {} is not in the store ({} is missing); pull it (cocoon image pull {}) or clone with --pull",
+                        manifest.source.image,
+                        path.display(),
+                        manifest.source.image
+                    ),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a snapshot's files into `vm.run_dir` (memory hard-linked, disks
+    /// reflinked or sparse-copied, the rest copied) and points the VM's
+    /// storage at them. Returns FC's bind mounts: the source disk paths its
+    /// vmstate names, shown as the copies (placeholders made where missing).
+    fn place_snapshot_files(
+        &mut self,
+        snapshot: &Snapshot,
+        manifest: &Manifest,
+        vm: &mut Vm,
+    ) -> Result<(Vec<(PathBuf, PathBuf)>, Vec<PathBuf>)> {
+        let run_root = self.config().run_dir.clone();
+        let io = |what: String| move |e: std::io::Error| Error::io(what, e);
+        for name in manifest.files.keys() {
+            let from = snapshot.data_dir.join(name);
+            let to = vm.run_dir.join(name);
+            let is_memory = name.starts_with("memory-range") || name == "mem";
+            let is_disk = manifest
+                .storage
+                .iter()
+                .any(|d| manifest::file_of(d).as_deref() == Some(name.as_str()));
+            if is_memory {
+                // Read-only for the VMM (CH copies or maps it private, FC maps it private).
+                std::fs::hard_link(&from, &to)
+                    .or_else(|_| std::fs::copy(&from, &to).map(drop))
+                    .map_err(io(format!("cannot place {name}")))?;
+            } else if is_disk {
+                copy_file(&from, &to).map_err(io(format!("cannot copy disk {name}")))?;
+            } else {
+                std::fs::copy(&from, &to).map_err(io(format!("cannot copy {name}")))?;
+            }
+        }
+        let mut binds = Vec::new();
+        vm.storage_configs = manifest.storage.clone();
+        for disk in vm.storage_configs.iter_mut().filter(|d| !d.ro) {
+            let name = manifest::file_of(disk).unwrap_or_default();
+            let copy = vm.run_dir.join(&name);
+            if disk.role == StorageRole::Cow && vm.config.storage > manifest.source.storage {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&copy)
+                    .and_then(|f| f.set_len(vm.config.storage))
+                    .map_err(io(format!("cannot grow {name}")))?;
+            }
+            if vm.hypervisor == Hypervisor::Firecracker && disk.path != copy {
+                if !disk.path.starts_with(&run_root) {
+                    return Err(op_err(SnapshotOpError::Invalid {
+                        id: snapshot.id.clone(),
+                        reason: format!(
+                            "disk {} is outside this engine's run directory",
+                            disk.path.display()
+                        ),
+                    }));
+                }
+                binds.push((copy.clone(), disk.path.clone()));
+            }
+            disk.path = copy;
+        }
+        let mut placeholders = Vec::new();
+        for (_, target) in &binds {
+            if !target.exists() {
+                if let Some(dir) = target.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(io(format!("cannot create {}", dir.display())))?;
+                }
+                std::fs::File::create(target)
+                    .map_err(io(format!("cannot create {}", target.display())))?;
+                placeholders.push(target.clone());
+            }
+        }
+        Ok((binds, placeholders))
+    }
+
+    /// Restores a running VM in place from one of its own snapshots. Every
+    /// check, checksums included, runs before the VM is touched.
+    pub fn restore_vm(
+        &mut self,
+        vm_ref: &str,
+        snapshot_ref: &str,
+        request: RestoreRequest,
+    ) -> Result<Vm> {
+        let vm = self.store().resolve_vm(vm_ref)?;
+        let _lock = self.lock_vm(&vm.id)?;
+        let mut vm = self.store().resolve_vm(&vm.id)?;
+        let snapshot = self.store().resolve_snapshot(snapshot_ref)?;
+        if snapshot.vm_id.as_deref() != Some(vm.id.as_str()) {
+            return Err(Error::Invalid(format!(
+                "snapshot {} was not taken from VM {} ({}); restore only accepts the VM's own snapshots, use `cocoon vm clone {}` to start a new VM from it",
+                snapshot.id, vm.id, vm.config.name, snapshot.id
+            )));
+        }
+        if !vm.vmm.as_ref().is_some_and(supervise::is_running) {
+            return Err(VmError::NotRunning {
+                id: vm.id,
+                name: vm.config.name,
+            }
+            .into());
+        }
+        let manifest = load_manifest(&snapshot, true)?;
+        let s = &manifest.source;
+        let over = |e: String| op_err(SnapshotOpError::Override(e));
+        if manifest.network.len() != vm.network_configs.len() {
+            return Err(over(format!(
+                "the snapshot has {} NICs, the VM {}",
+                manifest.network.len(),
+                vm.network_configs.len()
+            )));
+        }
+        let roles = |d: &[crate::model::StorageConfig]| {
+            d.iter().map(|d| d.role.clone()).collect::<Vec<_>>()
+        };
+        if roles(&manifest.storage) != roles(&vm.storage_configs) {
+            return Err(over("the snapshot's disks do not match the VM's".into()));
+        }
+        let cpu = if request.cpu == 0 { s.cpu } else { request.cpu };
+        let memory = request.memory.unwrap_or(s.memory);
+        if cpu < s.cpu || memory < s.memory || request.storage.is_some_and(|st| st < s.storage) {
+            return Err(over(
+                "CPU, memory and storage must be at least the snapshot's".into(),
+            ));
+        }
+        if vm.hypervisor == Hypervisor::Firecracker && (cpu != s.cpu || memory != s.memory) {
+            return Err(over(
+                "Firecracker cannot change CPUs or memory on restore".into(),
+            ));
+        }
+        self.check_base_files(&manifest)?;
+        let intent = self.store().begin_intent(
+            "vm.restore",
+            ObjectKind::Vm,
+            &vm.id,
+            &serde_json::json!({"snapshot": snapshot.id}),
+        )?;
+        let runtime = self.runtime()?;
+        // From here on the running VM is replaced.
+        let result = (|| -> Result<(crate::model::VmmProcess, Option<crate::process::ProcessIdentity>)> {
+            runtime.block_on(self.clear_runtime(&vm))?;
+            vm.config.cpu = cpu;
+            vm.config.memory = memory;
+            if let Some(st) = request.storage {
+                vm.config.storage = st;
+            }
+            for (disk, saved) in vm.storage_configs.iter().zip(&manifest.storage) {
+                if disk.ro {
+                    continue;
+                }
+                let name = manifest::file_of(saved).unwrap_or_default();
+                let staged = disk.path.with_extension("restoring");
+                let _ = std::fs::remove_file(&staged);
+                copy_file(&snapshot.data_dir.join(&name), &staged)
+                    .and_then(|_| {
+                        if disk.role == StorageRole::Cow && vm.config.storage > s.storage {
+                            std::fs::OpenOptions::new().write(true).open(&staged)?.set_len(vm.config.storage)?;
+                        }
+                        std::fs::rename(&staged, &disk.path)
+                    })
+                    .map_err(|e| Error::io(format!("cannot restore disk {}", disk.path.display()), e))?;
+            }
+            let source = match vm.hypervisor {
+                Hypervisor::CloudHypervisor => {
+                    let staging = vm.run_dir.join("restore");
+                    let _ = std::fs::remove_dir_all(&staging);
+                    create_private_dir(&staging)
+                        .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
+                    for name in manifest.files.keys() {
+                        let from = snapshot.data_dir.join(name);
+                        if name.starts_with("memory-range") {
+                            std::fs::hard_link(&from, staging.join(name))
+                                .or_else(|_| std::fs::copy(&from, staging.join(name)).map(drop))
+                                .map_err(|e| Error::io(format!("cannot stage {name}"), e))?;
+                        } else if name == "state.json" || name == "config.json" {
+                            std::fs::copy(&from, staging.join(name))
+                                .map_err(|e| Error::io(format!("cannot stage {name}"), e))?;
+                        }
+                    }
+                    patch_config_file(&staging.join("config.json"), &vm, &snapshot.id)?;
+                    staging
+                }
+                Hypervisor::Firecracker => snapshot.data_dir.clone(),
+            };
+            let boot = Boot::Restore {
+                source: source.clone(),
+                on_demand: request.on_demand,
+                binds: vec![],
+            };
+            let paths = VmPaths::of(&vm);
+            let launched = runtime.block_on(self.launch_and_boot(&vm, &paths, &boot));
+            if vm.hypervisor == Hypervisor::CloudHypervisor && !request.on_demand {
+                let _ = std::fs::remove_dir_all(&source);
+            }
+            launched
+        })();
+        match result {
+            Ok((vmm, relay)) => {
+                let done = vm.config.clone();
+                let (vm, _) = self.store().update_vm(&vm.id, "restored", |v| {
+                    v.config = done;
+                    v.state = VmState::Running;
+                    v.pid = vmm.identity.pid;
+                    v.vmm = Some(vmm);
+                    v.console_relay = relay;
+                    v.started_at = Some(Timestamp::now());
+                })?;
+                intent.finish(self.store())?;
+                Ok(vm)
+            }
+            Err(e) => {
+                let _ = runtime.block_on(self.clear_runtime(&vm));
+                self.store().update_vm(&vm.id, "error", |v| {
+                    v.state = VmState::Error;
+                    v.pid = 0;
+                    v.vmm = None;
+                    v.console_relay = None;
+                })?;
+                intent.finish(self.store())?;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Removes the placeholder files made for FC bind mounts (and the source
+/// directory if it was made for them): FC holds its disks open by now.
+fn remove_placeholders(placeholders: &[PathBuf]) {
+    for path in placeholders {
+        let _ = std::fs::remove_file(path);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The work inside the pause window: VMM state into the store, then the
+/// writable disks (they must match the memory image, so they cannot wait).
+#[derive(Debug, thiserror::Error)]
+enum CaptureError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("cannot copy disk {}: {source}", path.display())]
+    Copy {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+async fn capture(vm: &Vm, api_socket: &Path, dir: &Path) -> std::result::Result<(), CaptureError> {
+    let timeout = vmm_api::transfer_timeout(vm.config.memory);
+    match vm.hypervisor {
+        Hypervisor::CloudHypervisor => {
+            CloudHypervisor::new(api_socket)
+                .snapshot(
+                    &VmSnapshotConfig {
+                        destination_url: file_url(dir),
+                        extra: Default::default(),
+                    },
+                    timeout,
+                )
+                .await?
+        }
+        Hypervisor::Firecracker => {
+            Firecracker::new(api_socket)
+                .snapshot_create(
+                    &SnapshotCreateParams {
+                        snapshot_path: dir.join("vmstate").display().to_string(),
+                        mem_file_path: dir.join("mem").display().to_string(),
+                        snapshot_type: None,
+                        extra: Default::default(),
+                    },
+                    timeout,
+                )
+                .await?
+        }
+    }
+    for disk in vm.storage_configs.iter().filter(|d| !d.ro) {
+        let name = manifest::file_of(disk).unwrap_or_default();
+        copy_file(&disk.path, &dir.join(&name)).map_err(|source| CaptureError::Copy {
+            path: disk.path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn patch_config_file(path: &Path, vm: &Vm, snapshot: &str) -> Result<()> {
+    let text =
+        std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let mut config: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+        op_err(SnapshotOpError::Damaged {
+            id: snapshot.to_string(),
+            reason: format!("bad config.json: {e}"),
+        })
+    })?;
+    super::restore::patch_ch_config(&mut config, vm).map_err(|reason| {
+        op_err(SnapshotOpError::Invalid {
+            id: snapshot.to_string(),
+            reason,
+        })
+    })?;
+    write_atomic(path, &serde_json::to_vec(&config).expect("json"))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let io = |e| Error::io(format!("cannot write {}", path.display()), e);
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}

@@ -1,0 +1,441 @@
+//! Snapshots through the real `cocoon` binary against the fake VMMs: save,
+//! clone and restore on both backends, the seed scenario (a VM paused behind
+//! the engine's back), Ctrl+C inside the pause window, and damaged snapshots.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cocoon_engine::model::VmmProcess;
+use cocoon_engine::process::ProcessIdentity;
+use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::registry::layers::LayerBuilder;
+use serde_json::Value;
+
+const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
+const MARK_AT: u64 = 50 << 20;
+
+fn bin() -> String {
+    FAKE.replace("fake-vmm", "cocoon")
+}
+
+struct Lab {
+    env: CocoonEnv,
+    faults: PathBuf,
+}
+
+impl Lab {
+    fn new(test: &str) -> Option<Lab> {
+        if !Path::new(&bin()).exists() {
+            cocoon_testkit::skip(test, "the cocoon binary is not built (build the workspace)");
+            return None;
+        }
+        let env = CocoonEnv::new(bin());
+        let faults = env.path().join("faults.json");
+        std::fs::write(&faults, "[]").unwrap();
+        let lab = Lab { env, faults };
+        let layer = LayerBuilder::new()
+            .file(
+                "boot/vmlinuz-6.1",
+                &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
+            )
+            .file("boot/initrd.img-6.1", b"initrd")
+            .build();
+        std::fs::write(lab.env.path().join("layer.tar"), layer).unwrap();
+        lab.ok(&[
+            "image",
+            "import",
+            "test/guest:1",
+            lab.env.path().join("layer.tar").to_str().unwrap(),
+        ]);
+        Some(lab)
+    }
+
+    fn cmd(&self) -> std::process::Command {
+        let mut cmd = self.env.std_cmd();
+        cmd.env("COCOON_CH_BINARY", FAKE)
+            .env("COCOON_FC_BINARY", FAKE)
+            .env("COCOON_TERMINATE_GRACE_PERIOD_SECONDS", "1")
+            .env("COCOON_FAKE_VMM_FAULTS", &self.faults);
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "cocoon {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn fail(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(!out.status.success(), "cocoon {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn inspect(&self, vm: &str) -> Value {
+        serde_json::from_str(&self.ok(&["vm", "inspect", vm])).unwrap()
+    }
+
+    fn snapshots(&self) -> Vec<Value> {
+        serde_json::from_str::<Value>(&self.ok(&["snapshot", "ls", "-o", "json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+struct Reaper(Vec<VmmProcess>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            cocoon_testkit::kill_if_running(p);
+        }
+    }
+}
+
+fn processes_of(vm: &Value) -> Vec<VmmProcess> {
+    let mut found = Vec::new();
+    if let Ok(vmm) = serde_json::from_value::<VmmProcess>(vm["vmm"].clone()) {
+        found.push(vmm);
+    }
+    if let Ok(relay) = serde_json::from_value::<ProcessIdentity>(vm["console_relay"].clone()) {
+        found.push(VmmProcess {
+            identity: relay,
+            api_socket: PathBuf::from(vm["run_dir"].as_str().unwrap()).join("console.sock"),
+        });
+    }
+    found
+}
+
+fn alive(p: &VmmProcess) -> bool {
+    cocoon_engine::supervise::is_running(p)
+}
+
+fn cow_of(vm: &Value) -> PathBuf {
+    let disks = vm["storage_configs"].as_array().unwrap();
+    PathBuf::from(
+        disks.iter().find(|d| d["role"] == "cow").unwrap()["path"]
+            .as_str()
+            .unwrap(),
+    )
+}
+
+fn write_mark(path: &Path, mark: &[u8; 8]) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(MARK_AT)).unwrap();
+    f.write_all(mark).unwrap();
+}
+
+fn read_mark(path: &Path) -> [u8; 8] {
+    let mut f = std::fs::File::open(path).unwrap();
+    f.seek(SeekFrom::Start(MARK_AT)).unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact(&mut b).unwrap();
+    b
+}
+
+/// The VMM's own view of its state (vm.info / GET /).
+fn vmm_state(vm: &Value) -> String {
+    let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        if vm["hypervisor"] == "firecracker" {
+            vmm_api::fc::Firecracker::new(&socket)
+                .describe_instance()
+                .await
+                .unwrap()
+                .state
+        } else {
+            format!(
+                "{:?}",
+                vmm_api::ch::CloudHypervisor::new(&socket)
+                    .info()
+                    .await
+                    .unwrap()
+                    .state
+            )
+        }
+    })
+}
+
+fn round_trip(fc: bool) {
+    let Some(lab) = Lab::new(if fc {
+        "fc_snapshot_round_trip"
+    } else {
+        "ch_snapshot_round_trip"
+    }) else {
+        return;
+    };
+    let mut create = vec![
+        "vm",
+        "create",
+        "--nics",
+        "0",
+        "--name",
+        "src",
+        "--data-disk",
+        "size=32M,name=db",
+    ];
+    if fc {
+        create.push("--fc");
+    }
+    create.push("test/guest:1");
+    lab.ok(&create);
+    lab.ok(&["vm", "start", "src"]);
+    let src = lab.inspect("src");
+    let mut reaper = Reaper(processes_of(&src));
+    let src_cow = cow_of(&src);
+    write_mark(&src_cow, b"BEFORE!!");
+
+    let saved: Value =
+        serde_json::from_str(&lab.ok(&["snapshot", "save", "--name", "s1", "-o", "json", "src"]))
+            .unwrap();
+    assert_eq!(saved["name"], "s1");
+    assert!(saved["pause_ms"].as_f64().unwrap() > 0.0);
+    assert!(saved["total_ms"].as_f64().unwrap() >= saved["pause_ms"].as_f64().unwrap());
+    let dir = PathBuf::from(saved["data_dir"].as_str().unwrap());
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cocoon.json")).unwrap()).unwrap();
+    let mut files: Vec<&str> = manifest["files"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    files.sort();
+    let expected: &[&str] = if fc {
+        &["cow.raw", "data-db.raw", "mem", "vmstate"]
+    } else {
+        &[
+            "config.json",
+            "cow.raw",
+            "data-db.raw",
+            "memory-ranges",
+            "state.json",
+        ]
+    };
+    assert_eq!(files, expected);
+    assert_eq!(read_mark(&dir.join("cow.raw")), *b"BEFORE!!");
+    assert_eq!(lab.inspect("src")["state"], "running");
+    assert_eq!(
+        vmm_state(&lab.inspect("src")),
+        if fc { "Running" } else { "Running" }
+    );
+    assert_eq!(
+        lab.inspect("src")["snapshot_ids"],
+        serde_json::json!({saved["id"].as_str().unwrap(): {}})
+    );
+
+    // The source moves on.
+    write_mark(&src_cow, b"AFTER!!!");
+
+    // Clone: a new VM from the snapshot's state and disks.
+    let clone_id = lab
+        .ok(&["vm", "clone", "--name", "c1", "s1"])
+        .trim()
+        .to_string();
+    let clone = lab.inspect("c1");
+    reaper.0.extend(processes_of(&clone));
+    assert_eq!(clone["state"], "running");
+    assert_eq!(clone["id"], clone_id.as_str());
+    let clone_cow = cow_of(&clone);
+    assert!(clone_cow.starts_with(clone["run_dir"].as_str().unwrap()));
+    assert_eq!(read_mark(&clone_cow), *b"BEFORE!!");
+    assert_eq!(read_mark(&src_cow), *b"AFTER!!!", "the source is untouched");
+    assert_eq!(vmm_state(&clone), "Running");
+    if fc {
+        // FC reopened the source's paths, which in its mount namespace are the clone's copies.
+        let pid = clone["pid"].as_u64().unwrap();
+        let seen =
+            PathBuf::from(format!("/proc/{pid}/root")).join(src_cow.strip_prefix("/").unwrap());
+        assert_eq!(
+            read_mark(&seen),
+            *b"BEFORE!!",
+            "FC's view of the source path is the clone's disk"
+        );
+    }
+    // Logs of the restored guest reach the clone's log.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab
+        .ok(&["vm", "logs", "c1"])
+        .contains("FAKE-GUEST RESTORED")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no restored guest output in the clone's log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Overrides below the snapshot are refused, before anything is made.
+    let err = lab.fail(&["vm", "clone", "--memory", "512M", "s1"]);
+    assert!(
+        err.contains("below the snapshot") || err.contains("cannot change CPUs or memory"),
+        "{err}"
+    );
+
+    // Restore in place: the source's disk goes back to the snapshot.
+    let before_pid = lab.inspect("src")["pid"].clone();
+    lab.ok(&["vm", "restore", "src", "s1"]);
+    let restored = lab.inspect("src");
+    reaper.0.extend(processes_of(&restored));
+    assert_eq!(restored["state"], "running");
+    assert_ne!(restored["pid"], before_pid);
+    assert_eq!(read_mark(&src_cow), *b"BEFORE!!");
+    assert_eq!(vmm_state(&restored), "Running");
+
+    // A clone's snapshot cannot be restored into the source.
+    lab.ok(&["snapshot", "save", "--name", "s2", "c1"]);
+    let err = lab.fail(&["vm", "restore", "src", "s2"]);
+    assert!(err.contains("was not taken from VM"), "{err}");
+
+    lab.ok(&["vm", "rm", "--force", "src", "c1"]);
+    assert!(reaper.0.iter().all(|p| !alive(p)));
+    // Snapshots outlive their VM.
+    assert_eq!(lab.snapshots().len(), 2);
+    lab.ok(&["snapshot", "rm", "s1", "s2"]);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn ch_snapshot_round_trip() {
+    round_trip(false);
+}
+
+#[test]
+fn fc_snapshot_round_trip() {
+    round_trip(true);
+}
+
+/// The seed scenario: a VM left paused (a killed command, an operator's
+/// curl) must not wedge `snapshot save`, and ends running.
+#[test]
+fn save_of_a_vm_paused_behind_our_back_succeeds_and_resumes_it() {
+    let Some(lab) = Lab::new("save_of_a_vm_paused_behind_our_back") else {
+        return;
+    };
+    lab.ok(&["vm", "create", "--nics", "0", "--name", "p", "test/guest:1"]);
+    lab.ok(&["vm", "start", "p"]);
+    let vm = lab.inspect("p");
+    let _reaper = Reaper(processes_of(&vm));
+    let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(vmm_api::ch::CloudHypervisor::new(&socket).pause())
+        .unwrap();
+    assert_eq!(vmm_state(&vm), "Paused");
+    lab.ok(&["snapshot", "save", "--name", "after-pause", "p"]);
+    assert_eq!(vmm_state(&vm), "Running");
+    assert_eq!(lab.snapshots().len(), 1);
+    lab.ok(&["vm", "rm", "--force", "p"]);
+}
+
+/// A VMM that fails the snapshot: the VM is resumed and nothing is kept.
+#[test]
+fn failed_capture_resumes_and_keeps_nothing() {
+    let Some(lab) = Lab::new("failed_capture_resumes_and_keeps_nothing") else {
+        return;
+    };
+    lab.ok(&["vm", "create", "--nics", "0", "--name", "f", "test/guest:1"]);
+    lab.ok(&["vm", "start", "f"]);
+    let vm = lab.inspect("f");
+    let _reaper = Reaper(processes_of(&vm));
+    std::fs::write(
+        &lab.faults,
+        r#"[{"method":"PUT","path":"/api/v1/vm.snapshot","action":"error","status":500,"body":"[\"The VM could not be snapshotted\",\"disk full\"]"}]"#,
+    )
+    .unwrap();
+    let err = lab.fail(&["snapshot", "save", "f"]);
+    assert!(
+        err.contains("disk full") && err.contains("the VM was resumed"),
+        "{err}"
+    );
+    assert_eq!(vmm_state(&vm), "Running");
+    assert_eq!(lab.snapshots().len(), 0);
+    assert_eq!(
+        std::fs::read_dir(lab.env.root_dir().join("snapshots"))
+            .unwrap()
+            .count(),
+        0
+    );
+    lab.ok(&["vm", "rm", "--force", "f"]);
+}
+
+/// Ctrl+C while the VM is paused: the VM is resumed first, then the command
+/// stops and removes the half-made snapshot.
+#[test]
+fn ctrl_c_during_save_still_resumes() {
+    let Some(lab) = Lab::new("ctrl_c_during_save_still_resumes") else {
+        return;
+    };
+    lab.ok(&["vm", "create", "--nics", "0", "--name", "i", "test/guest:1"]);
+    lab.ok(&["vm", "start", "i"]);
+    let vm = lab.inspect("i");
+    let _reaper = Reaper(processes_of(&vm));
+    std::fs::write(
+        &lab.faults,
+        r#"[{"method":"PUT","path":"/api/v1/vm.snapshot","action":"delay","ms":1500}]"#,
+    )
+    .unwrap();
+    let child = lab
+        .cmd()
+        .args(["snapshot", "save", "i"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Into the pause window.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while vmm_state(&vm) != "Paused" {
+        assert!(Instant::now() < deadline, "the save never paused the VM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(vmm_state(&vm), "Running");
+    assert_eq!(lab.snapshots().len(), 0);
+    lab.ok(&["vm", "rm", "--force", "i"]);
+}
+
+/// A damaged snapshot is refused before the running VM is touched.
+#[test]
+fn restore_refuses_a_damaged_snapshot_and_leaves_the_vm_running() {
+    let Some(lab) = Lab::new("restore_refuses_a_damaged_snapshot") else {
+        return;
+    };
+    lab.ok(&["vm", "create", "--nics", "0", "--name", "d", "test/guest:1"]);
+    lab.ok(&["vm", "start", "d"]);
+    let vm = lab.inspect("d");
+    let _reaper = Reaper(processes_of(&vm));
+    let saved: Value =
+        serde_json::from_str(&lab.ok(&["snapshot", "save", "-o", "json", "d"])).unwrap();
+    let dir = PathBuf::from(saved["data_dir"].as_str().unwrap());
+    let original = read_mark(&dir.join("cow.raw"));
+    write_mark(&dir.join("cow.raw"), b"TAMPERED");
+    let err = lab.fail(&["vm", "restore", "d", saved["id"].as_str().unwrap()]);
+    assert!(err.contains("cow.raw does not match its checksum"), "{err}");
+    let after = lab.inspect("d");
+    assert_eq!(after["pid"], vm["pid"], "the VM was not touched");
+    assert_eq!(vmm_state(&after), "Running");
+    write_mark(&dir.join("cow.raw"), &original);
+    std::fs::remove_file(dir.join("state.json")).unwrap();
+    let err = lab.fail(&["vm", "restore", "d", saved["id"].as_str().unwrap()]);
+    assert!(err.contains("state.json"), "{err}");
+    assert_eq!(lab.inspect("d")["pid"], vm["pid"]);
+    lab.ok(&["vm", "rm", "--force", "d"]);
+}
