@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::image::cloud::{self, CloudProgress};
 use crate::image::oci::{self, PullProgress, RegistryOptions};
 use crate::image::store::ImageDirs;
 use crate::lock::{VmLock, create_private_dir};
@@ -43,9 +44,11 @@ impl Engine {
     /// The executable started as a VM's console relay: the running program by
     /// default (the `cocoon` CLI), settable for embedders.
     pub fn helper_exe(&self) -> PathBuf {
+        // /proc/self/exe still runs this very binary after an upgrade (or a
+        // rebuild) replaced the file on disk, where its path would not.
         self.helper_exe
             .clone()
-            .unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cocoon")))
+            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
     }
 
     pub fn set_helper_exe(&mut self, exe: PathBuf) {
@@ -153,9 +156,19 @@ impl Engine {
         })
     }
 
-    /// Imports local tar layers (bottom first; one gzip-wrapped or plain tar
-    /// stream from stdin when `files` is empty) as the image `name`.
+    /// Imports local tar layers (bottom first; one compressed or plain tar
+    /// stream from stdin when `files` is empty), or one cloud image (a qcow2
+    /// or raw disk, whole or as split parts, possibly compressed), as `name`.
     pub fn import_image(&mut self, name: &str, files: &[std::path::PathBuf]) -> Result<Image> {
+        self.import_image_with_progress(name, files, &cloud::NoCloudProgress)
+    }
+
+    pub fn import_image_with_progress(
+        &mut self,
+        name: &str,
+        files: &[std::path::PathBuf],
+        progress: &dyn CloudProgress,
+    ) -> Result<Image> {
         use crate::image::import;
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Error::Invalid(format!(
@@ -163,15 +176,18 @@ impl Engine {
             )));
         }
         // Every source is opened and recognised before anything is converted.
-        let sources: Vec<Option<&Path>> = if files.is_empty() {
-            vec![None]
-        } else {
-            files.iter().map(|f| Some(f.as_path())).collect()
-        };
-        let mut readers = Vec::with_capacity(sources.len());
-        for source in sources {
-            readers.push(import::open(source)?);
+        match import::open_all(files)? {
+            import::Opened::Layers(readers) => self.import_layers(name, readers),
+            import::Opened::Disk(disk) => self.import_cloud_image(name, disk, progress),
         }
+    }
+
+    fn import_layers(
+        &mut self,
+        name: &str,
+        readers: Vec<(String, Box<dyn std::io::BufRead + Send>)>,
+    ) -> Result<Image> {
+        use crate::image::import;
         let dirs = ImageDirs::new(&self.config.root_dir);
         let intent = self.store.begin_intent(
             "image.import",
@@ -204,6 +220,107 @@ impl Engine {
         };
         let image = self.record_image(name, id, &layers)?;
         intent.finish(&mut self.store)?;
+        Ok(image)
+    }
+
+    /// Pulls a cloud image from an http(s) URL. A URL already recorded with
+    /// its blob present is up to date without a request, unless `force`,
+    /// which downloads again (dropping any kept partial download); content
+    /// already stored is never converted twice. An interrupted download is
+    /// kept and resumed by the next pull where the server allows.
+    pub fn pull_cloud_image(
+        &mut self,
+        url: &str,
+        force: bool,
+        progress: &dyn CloudProgress,
+    ) -> Result<CloudPullOutcome> {
+        cloud::download::parse_url(url)?;
+        let dirs = ImageDirs::new(&self.config.root_dir);
+        let up_to_date = |image| CloudPullOutcome {
+            image,
+            up_to_date: true,
+            fetched: None,
+        };
+        if !force && let Some(image) = self.stored_cloud_image(url, &dirs)? {
+            return Ok(up_to_date(image));
+        }
+        let _lock = cloud::pull::lock_url(&dirs, url, || {
+            tracing::info!("waiting for another pull of {url} to finish")
+        })?;
+        // The pull we waited for may have stored it.
+        let existing = self.stored_cloud_image(url, &dirs)?;
+        if !force && let Some(image) = existing {
+            return Ok(up_to_date(image));
+        }
+        let intent = self.store.begin_intent(
+            "image.pull",
+            ObjectKind::Image,
+            url,
+            &serde_json::json!({ "url": url }),
+        )?;
+        let result = cloud::pull::fetch(&dirs, url, force, progress)
+            .map_err(Error::from)
+            .and_then(|fetched| {
+                let image = match existing {
+                    // Same content under the same URL: the record stands as is.
+                    Some(image) if image.id == fetched.stored.digest => image,
+                    _ => self.record_cloud_image(url, &fetched.stored)?,
+                };
+                Ok(CloudPullOutcome {
+                    image,
+                    up_to_date: false,
+                    fetched: Some(fetched),
+                })
+            });
+        intent.finish(&mut self.store)?;
+        result
+    }
+
+    /// The cloud image recorded under `name`, if its blob is present.
+    fn stored_cloud_image(&mut self, name: &str, dirs: &ImageDirs) -> Result<Option<Image>> {
+        Ok(self.store.list_images()?.into_iter().find(|i| {
+            i.name == name
+                && i.kind == ImageType::Cloudimg
+                && cloud::blob_path(dirs, &i.id).is_file()
+        }))
+    }
+
+    fn import_cloud_image(
+        &mut self,
+        name: &str,
+        disk: cloud::import::DiskSource,
+        progress: &dyn CloudProgress,
+    ) -> Result<Image> {
+        let dirs = ImageDirs::new(&self.config.root_dir);
+        let intent = self.store.begin_intent(
+            "image.import",
+            ObjectKind::Image,
+            name,
+            &serde_json::json!({ "source": disk.name }),
+        )?;
+        let result = cloud::import::store_disk(&dirs, disk, progress)
+            .map_err(Error::from)
+            .and_then(|stored| self.record_cloud_image(name, &stored));
+        intent.finish(&mut self.store)?;
+        result
+    }
+
+    /// Records a cloud image whose blob is stored, pinning the blob.
+    fn record_cloud_image(&mut self, name: &str, stored: &cloud::commit::Stored) -> Result<Image> {
+        let image = Image {
+            id: stored.digest.clone(),
+            name: name.to_string(),
+            kind: ImageType::Cloudimg,
+            size: stored.size,
+            created_at: jiff::Timestamp::now(),
+            layers: Vec::new(),
+            kernel_layer: None,
+            initrd_layer: None,
+        };
+        self.store.put_image(
+            &image,
+            &[(stored.digest.clone(), "qcow2".to_string(), stored.size)],
+        )?;
         Ok(image)
     }
 
@@ -406,6 +523,16 @@ pub struct PullOutcome {
     pub fetched_layers: usize,
     /// The tag still names the recorded image and every layer is present: nothing was done.
     pub up_to_date: bool,
+}
+
+/// What `pull_cloud_image` did.
+#[derive(Debug, Clone)]
+pub struct CloudPullOutcome {
+    pub image: Image,
+    /// The URL was recorded and its blob present: no request was made.
+    pub up_to_date: bool,
+    /// What was downloaded and how it was stored (None when up to date).
+    pub fetched: Option<cloud::pull::Fetched>,
 }
 
 /// Removes `dir` only if it lies inside `root`: a record's path never makes

@@ -21,6 +21,8 @@ pub enum Error {
     Pull(#[from] crate::image::oci::PullError),
     #[error(transparent)]
     Import(#[from] crate::image::import::ImportError),
+    #[error(transparent)]
+    Cloud(#[from] crate::image::cloud::CloudError),
     /// Boxed: the launch errors carry log tails and would bloat every Result.
     #[error(transparent)]
     Vm(Box<crate::vm::VmError>),

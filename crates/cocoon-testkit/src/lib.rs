@@ -82,6 +82,7 @@ impl CocoonEnv {
         let mut cmd = self.bare_cmd();
         cmd.env("COCOON_ROOT_DIR", self.root_dir())
             .env("COCOON_LOG_DIR", self.log_dir())
+            .env("COCOON_CNI_CONF_DIR", self.path().join("cni"))
             .env("COCOON_CONFIG", self.config_path());
         cmd
     }
@@ -109,6 +110,7 @@ impl CocoonEnv {
         }
         cmd.env("COCOON_ROOT_DIR", self.root_dir())
             .env("COCOON_LOG_DIR", self.log_dir())
+            .env("COCOON_CNI_CONF_DIR", self.path().join("cni"))
             .env("COCOON_CONFIG", self.config_path());
         cmd
     }

@@ -545,8 +545,9 @@ fn debug_prints_what_start_does() {
 fn refused_creates_change_nothing() {
     let Some(lab) = Lab::new() else { return };
     let err = lab.fail(&["vm", "create", "--nics", "1", "--name", "n", "test/guest:1"]);
+    // No CNI network configured: a clear refusal, nothing made.
     assert!(
-        err.contains("--nics 1") && err.contains("--nics 0"),
+        err.contains("no CNI network") && err.contains("--nics 0"),
         "{err}"
     );
     let err = lab.fail(&[

@@ -171,6 +171,7 @@ impl NetLab {
             .collect()
     }
 
+    #[allow(dead_code)]
     fn cocoon_namespaces(&self) -> Vec<String> {
         let ids: Vec<String> = serde_json::from_str::<Value>(&self.ok(&["vm", "ls", "-o", "json"]))
             .unwrap()

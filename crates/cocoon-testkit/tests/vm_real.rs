@@ -261,3 +261,206 @@ fn vm_run_cloud_hypervisor() {
 fn vm_run_firecracker() {
     boot_on(true);
 }
+
+fn heartbeats(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix(HEARTBEAT_PREFIX))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn cow_of(vm: &Value) -> PathBuf {
+    let disks = vm["storage_configs"].as_array().unwrap();
+    PathBuf::from(
+        disks.iter().find(|d| d["role"] == "cow").unwrap()["path"]
+            .as_str()
+            .unwrap(),
+    )
+}
+
+fn mark(path: &Path, text: Option<&[u8; 8]>) -> [u8; 8] {
+    use std::io::Seek;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    f.seek(std::io::SeekFrom::Start(64 << 20)).unwrap();
+    if let Some(text) = text {
+        f.write_all(text).unwrap();
+        return *text;
+    }
+    let mut b = [0u8; 8];
+    f.read_exact(&mut b).unwrap();
+    b
+}
+
+/// Save, clone twice, restore, export → import → clone, and the seed
+/// scenario, on a real VMM with the test guest's heartbeat as the witness.
+fn snapshots_on(fc: bool) {
+    let test = if fc {
+        "snapshots_on_firecracker"
+    } else {
+        "snapshots_on_cloud_hypervisor"
+    };
+    if !Path::new(&bin()).exists() {
+        return skip(test, "the cocoon binary is not built (build the workspace)");
+    }
+    let ch = real_vmm("COCOON_CH_BINARY", "cloud-hypervisor").unwrap_or_default();
+    let fcb = real_vmm("COCOON_FC_BINARY", "firecracker").unwrap_or_default();
+    if !(if fc { &fcb } else { &ch }).is_file() || !Path::new("/dev/kvm").exists() {
+        return skip(test, "the VMM or /dev/kvm is missing");
+    }
+    let env = CocoonEnv::new(bin());
+    let run = Run {
+        env: &env,
+        ch,
+        fc: fcb,
+    };
+    let layer = LayerBuilder::new()
+        .file(
+            "boot/vmlinuz-test",
+            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
+        )
+        .file("boot/initrd.img-test", b"unused")
+        .build();
+    std::fs::write(env.path().join("layer.tar"), layer).unwrap();
+    run.ok(&[
+        "image",
+        "import",
+        "guest/test:1",
+        env.path().join("layer.tar").to_str().unwrap(),
+    ]);
+    let mut args = vec![
+        "vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--name", "src",
+    ];
+    if fc {
+        args.push("--fc");
+    }
+    args.push("guest/test:1");
+    run.ok(&args);
+    let mut procs = processes_of(&run.inspect("src"));
+    let _reaper = Reaper(vec![]);
+    run.wait_log("src", &format!("{HEARTBEAT_PREFIX}3"), 1);
+    let src = run.inspect("src");
+    mark(&cow_of(&src), Some(b"BEFORE!!"));
+
+    // The seed scenario: paused behind the engine's back, then saved.
+    let socket = PathBuf::from(src["run_dir"].as_str().unwrap()).join("api.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if fc {
+        rt.block_on(vmm_api::fc::Firecracker::new(&socket).pause())
+            .unwrap();
+    } else {
+        rt.block_on(vmm_api::ch::CloudHypervisor::new(&socket).pause())
+            .unwrap();
+    }
+    // Paused, the count stands still: this is the count the snapshot holds.
+    std::thread::sleep(Duration::from_millis(300));
+    let at_save = *heartbeats(&run.ok(&["vm", "logs", "src"])).last().unwrap();
+    let saved: Value =
+        serde_json::from_str(&run.ok(&["snapshot", "save", "--name", "s", "-o", "json", "src"]))
+            .unwrap();
+    eprintln!(
+        "{test}: pause window {:.1} ms, save {:.1} ms",
+        saved["pause_ms"].as_f64().unwrap(),
+        saved["total_ms"].as_f64().unwrap()
+    );
+    mark(&cow_of(&src), Some(b"AFTER!!!"));
+    // The source runs on after the save (it was resumed although it had been paused).
+    let later = at_save + 2;
+    run.wait_log("src", &format!("{HEARTBEAT_PREFIX}{later}\n"), 1);
+
+    // Two clones continue from the snapshot's count, independently.
+    let mut clones = Vec::new();
+    for name in ["c1", "c2"] {
+        run.ok(&["vm", "clone", "--name", name, "s"]);
+        let vm = run.inspect(name);
+        procs.extend(processes_of(&vm));
+        assert_eq!(
+            mark(&cow_of(&vm), None),
+            *b"BEFORE!!",
+            "{name}: the snapshot's disk"
+        );
+        clones.push(name);
+    }
+    for name in &clones {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let beats = heartbeats(&run.ok(&["vm", "logs", name]));
+            if beats.len() >= 2 {
+                assert!(
+                    beats[0] + 1 >= at_save && beats[0] <= at_save + 3,
+                    "{name} resumed at {} (snapshot at {at_save}): {beats:?}",
+                    beats[0]
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}: no heartbeats");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let _reaper = Reaper(procs.clone());
+
+    // Restore: the counter and the disk go back to the snapshot's.
+    let before_restore = run.ok(&["vm", "logs", "src"]).len();
+    run.ok(&["vm", "restore", "src", "s"]);
+    procs.extend(processes_of(&run.inspect("src")));
+    let _reaper2 = Reaper(procs.clone());
+    assert_eq!(mark(&cow_of(&run.inspect("src")), None), *b"BEFORE!!");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // The restored guest's count drops back to the snapshot's: find the
+        // last place the sequence goes down (the old VM printed up to the kill).
+        let log = run.ok(&["vm", "logs", "src"]);
+        // From the first whole line after what was there before the restore.
+        let from = before_restore.min(log.len());
+        let from = log[from..].find('\n').map_or(log.len(), |i| from + i + 1);
+        let beats = heartbeats(&log[from..]);
+        if let Some(k) = (1..beats.len()).rev().find(|k| beats[*k] < beats[*k - 1]) {
+            assert!(
+                beats[k] + 1 >= at_save && beats[k] <= at_save + 3,
+                "restored guest counts from {}, snapshot at {at_save}: {beats:?}",
+                beats[k]
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the count never went back after the restore"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Export → import → clone.
+    let archive = env.path().join("s.tar.zst");
+    run.ok(&["snapshot", "export", "-o", archive.to_str().unwrap(), "s"]);
+    run.ok(&[
+        "snapshot",
+        "import",
+        "--name",
+        "s-imported",
+        archive.to_str().unwrap(),
+    ]);
+    run.ok(&["vm", "clone", "--name", "c3", "s-imported"]);
+    procs.extend(processes_of(&run.inspect("c3")));
+    let _reaper3 = Reaper(procs.clone());
+    run.wait_log("c3", HEARTBEAT_PREFIX, 2);
+    assert_eq!(mark(&cow_of(&run.inspect("c3")), None), *b"BEFORE!!");
+
+    run.ok(&["vm", "rm", "--force", "src", "c1", "c2", "c3"]);
+    assert!(!procs.iter().any(cocoon_engine::supervise::is_running));
+}
+
+#[test]
+fn snapshots_on_cloud_hypervisor() {
+    snapshots_on(false);
+}
+
+#[test]
+fn snapshots_on_firecracker() {
+    snapshots_on(true);
+}

@@ -360,11 +360,7 @@ fn unimplemented_commands_fail_loudly_and_change_nothing() {
     let mut store = Store::open(&env.db_path()).unwrap();
     store.insert_vm(&vm(A, "web", VmState::Created)).unwrap();
     let before = store.last_event_seq().unwrap();
-    let cases: &[&[&str]] = &[
-        &["image", "pull", "https://cloud-images.invalid/noble.img"],
-        &["snapshot", "save", "web"],
-        &["gc"],
-    ];
+    let cases: &[&[&str]] = &[&["gc"]];
     for args in cases {
         let out = env.cmd().args(*args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");

@@ -1,13 +1,29 @@
-//! `image import NAME [FILE...]`: local tar layers (or one stream on stdin),
-//! possibly gzip-wrapped, become an image exactly as pulled layers do. The
-//! layer digest is the sha256 of the uncompressed tar, as cocoon has it.
+//! `image import NAME [FILE...]`: what the sources are decides what is made.
+//!
+//! - tar layers (files, or one stream on stdin), possibly compressed, become
+//!   an OCI image exactly as pulled layers do; the layer digest is the sha256
+//!   of the uncompressed tar, as cocoon has it;
+//! - a qcow2 or raw disk image (a file, stdin, or several files that are the
+//!   `split` parts of one, concatenated in order), possibly compressed,
+//!   becomes a cloud image (`image::cloud`).
+//!
+//! The first source's first bytes decide, after undoing gzip, xz, zstd or
+//! bzip2: a tar header, the qcow2 magic, or a partition table (MBR/GPT; cloud
+//! images boot through UEFI, so a raw disk without one is refused rather than
+//! guessed at, unlike cocoon, which took anything unknown for a tar).
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use sha2::{Digest, Sha256};
 
+use super::cloud::import::DiskSource;
+use super::cloud::sniff::{self, Compression, HEAD_LEN};
+use super::cloud::stage::{Counting, read_full};
+use super::cloud::{CloudError, Origin};
 use super::commit;
 use super::layer;
 use super::oci::PulledLayer;
@@ -21,12 +37,18 @@ pub enum ImportError {
         source: io::Error,
     },
     #[error(
-        "{source_name} is a {kind} disk image: importing cloud images is not implemented yet in this build (it arrives with the cloud images work); nothing was changed"
+        "cannot tell what {source_name} is: it is not a tar archive, a qcow2 image or a raw disk image with a partition table (MBR or GPT)"
     )]
-    CloudImage {
+    Unrecognised { source_name: String },
+    #[error(
+        "{source_name} is {found}, not a tar archive: when the first file is a tar layer, every file must be one (the parts of a split disk image start with a qcow2 header or partition table)"
+    )]
+    NotALayer {
         source_name: String,
-        kind: &'static str,
+        found: &'static str,
     },
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
     #[error("{source_name}: {source}")]
     Layer {
         source_name: String,
@@ -48,22 +70,25 @@ pub enum ImportError {
 /// What a stream's first bytes say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    Gzip,
+    Compressed(Compression),
     Qcow2,
     Tar,
-    /// Anything else: a raw disk image (a cloud image).
-    Raw,
+    /// Starts with a partition table: a raw disk image.
+    RawDisk,
+    Unknown,
 }
 
 pub fn detect(head: &[u8]) -> Format {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Format::Gzip
-    } else if head.starts_with(b"QFI\xfb") {
+    if let Some(compression) = Compression::detect(head) {
+        Format::Compressed(compression)
+    } else if head.starts_with(sniff::QCOW2_MAGIC) {
         Format::Qcow2
     } else if head.len() >= 262 && &head[257..262] == b"ustar" || tar_checksum_ok(head) {
         Format::Tar
+    } else if sniff::has_partition_table(head) {
+        Format::RawDisk
     } else {
-        Format::Raw
+        Format::Unknown
     }
 }
 
@@ -106,37 +131,168 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Opens a source (a file, or stdin for `-`/none), undoing gzip, and checks it is a tar.
+type Stream = Box<dyn Read + Send>;
+
+/// Reads up to `HEAD_LEN` bytes and gives them back in front of the rest.
+fn peek(mut stream: Stream) -> io::Result<(Vec<u8>, Stream)> {
+    let mut head = vec![0u8; HEAD_LEN];
+    let n = read_full(&mut stream, &mut head)?;
+    head.truncate(n);
+    Ok((head.clone(), Box::new(Cursor::new(head).chain(stream))))
+}
+
+/// Undoes one layer of compression, if the head shows one.
+fn decompress(head: Vec<u8>, stream: Stream) -> io::Result<(Vec<u8>, Stream, Option<Compression>)> {
+    match Compression::detect(&head) {
+        Some(compression) => {
+            let decoder = compression.decoder(BufReader::with_capacity(1 << 20, stream));
+            let (head, stream) = peek(decoder)?;
+            Ok((head, stream, Some(compression)))
+        }
+        None => Ok((head, stream, None)),
+    }
+}
+
+/// The import sources, recognised.
+pub enum Opened {
+    /// Tar layers, bottom first.
+    Layers(Vec<(String, Box<dyn BufRead + Send>)>),
+    Disk(DiskSource),
+}
+
+fn display(source: Option<&Path>) -> String {
+    source.map_or("standard input".to_string(), |p| p.display().to_string())
+}
+
+/// Opens every source (stdin when `files` is empty or just `-`) and decides
+/// from the first one's bytes whether they are tar layers or the parts of a
+/// disk image. Nothing is written.
+pub fn open_all(files: &[PathBuf]) -> Result<Opened, ImportError> {
+    let sources: Vec<Option<&Path>> = match files {
+        [] => vec![None],
+        [one] if one.as_os_str() == "-" => vec![None],
+        _ => files.iter().map(|f| Some(f.as_path())).collect(),
+    };
+    let first = display(sources[0]);
+    let mut total = Some(0u64);
+    let mut parts: Vec<Stream> = Vec::with_capacity(sources.len());
+    for source in &sources {
+        parts.push(match source {
+            Some(path) => {
+                let file = File::open(path).map_err(|source| ImportError::Read {
+                    source_name: display(Some(path)),
+                    source,
+                })?;
+                total = total.zip(file.metadata().ok()).map(|(t, m)| t + m.len());
+                Box::new(file)
+            }
+            None => {
+                total = None;
+                Box::new(io::stdin())
+            }
+        });
+    }
+    let raw = parts
+        .into_iter()
+        .rev()
+        .fold(Box::new(io::empty()) as Stream, |rest, part| {
+            Box::new(part.chain(rest))
+        });
+    let consumed = Arc::new(AtomicU64::new(0));
+    let raw: Stream = Box::new(Counting {
+        inner: raw,
+        count: consumed.clone(),
+    });
+    let read_err = |source| ImportError::Read {
+        source_name: first.clone(),
+        source,
+    };
+    let (head, stream) = peek(raw).map_err(read_err)?;
+    let (head, stream, compression) = decompress(head, stream).map_err(read_err)?;
+    let name = match sources.len() {
+        1 => first.clone(),
+        n => format!("{first} (+{} more parts)", n - 1),
+    };
+    match detect(&head) {
+        Format::Tar if sources.len() == 1 => Ok(Opened::Layers(vec![(
+            first,
+            Box::new(BufReader::with_capacity(1 << 20, stream)),
+        )])),
+        // Each file is its own layer: open them one by one.
+        Format::Tar => {
+            drop(stream);
+            let layers = sources
+                .into_iter()
+                .map(open)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Opened::Layers(layers))
+        }
+        Format::Qcow2 | Format::RawDisk => {
+            // A qcow2 refused for its header is refused before anything is copied.
+            if head.starts_with(sniff::QCOW2_MAGIC) {
+                super::cloud::commit::qcow2_plan(&head, &Origin::Local(name.clone()))?;
+            }
+            Ok(Opened::Disk(DiskSource {
+                name,
+                reader: stream,
+                compression,
+                total,
+                consumed,
+            }))
+        }
+        Format::Compressed(inner) => Err(CloudError::CompressedTwice {
+            origin: Origin::Local(name),
+            outer: compression.unwrap_or(inner),
+            inner,
+        }
+        .into()),
+        Format::Unknown => Err(unknown(&head, name)),
+    }
+}
+
+/// The clearest refusal for bytes that are neither tar nor a disk image.
+fn unknown(head: &[u8], name: String) -> ImportError {
+    if let Some(found) = sniff::foreign(head) {
+        return CloudError::NotAnImage {
+            origin: Origin::Local(name),
+            found,
+        }
+        .into();
+    }
+    if let Some(format) = sniff::other_disk_format(head) {
+        return CloudError::Unsupported {
+            origin: Origin::Local(name),
+            format: format.to_string(),
+        }
+        .into();
+    }
+    ImportError::Unrecognised { source_name: name }
+}
+
+/// Opens one tar layer (a file, or stdin for None), undoing compression.
 pub fn open(source: Option<&Path>) -> Result<(String, Box<dyn BufRead + Send>), ImportError> {
-    let name = source.map_or("standard input".to_string(), |p| p.display().to_string());
+    let name = display(source);
     let read_err = |source| ImportError::Read {
         source_name: name.clone(),
         source,
     };
-    let raw: Box<dyn Read + Send> = match source {
+    let raw: Stream = match source {
         Some(path) => Box::new(File::open(path).map_err(read_err)?),
         None => Box::new(io::stdin()),
     };
-    let mut reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(1 << 20, raw));
-    let mut format = detect(reader.fill_buf().map_err(read_err)?);
-    if format == Format::Gzip {
-        reader = Box::new(BufReader::with_capacity(
-            1 << 20,
-            flate2::bufread::MultiGzDecoder::new(reader),
-        ));
-        format = detect(reader.fill_buf().map_err(read_err)?);
-    }
-    match format {
-        Format::Tar => Ok((name, reader)),
-        Format::Qcow2 => Err(ImportError::CloudImage {
-            source_name: name,
-            kind: "qcow2",
-        }),
-        Format::Raw | Format::Gzip => Err(ImportError::CloudImage {
-            source_name: name,
-            kind: "raw (not a tar archive)",
-        }),
-    }
+    let (head, stream) = peek(raw).map_err(read_err)?;
+    let (head, stream, _) = decompress(head, stream).map_err(read_err)?;
+    let found = match detect(&head) {
+        Format::Tar => return Ok((name, Box::new(BufReader::with_capacity(1 << 20, stream)))),
+        Format::Qcow2 => "a qcow2 disk image",
+        Format::RawDisk => "a raw disk image",
+        Format::Compressed(_) => "compressed twice",
+        Format::Unknown => "unrecognised data",
+    };
+    Err(ImportError::NotALayer {
+        source_name: name,
+        found,
+    })
 }
 
 /// Converts one tar stream into a stored layer; returns its digest-named layer.
@@ -226,18 +382,45 @@ mod tests {
 
     #[test]
     fn detects_formats_by_magic() {
-        assert_eq!(detect(&[0x1f, 0x8b, 8, 0]), Format::Gzip);
+        assert_eq!(
+            detect(&[0x1f, 0x8b, 8, 0]),
+            Format::Compressed(Compression::Gzip)
+        );
         assert_eq!(detect(b"QFI\xfb\x00\x00\x00\x03"), Format::Qcow2);
         let mut tar = vec![0u8; 512];
         tar[257..262].copy_from_slice(b"ustar");
         assert_eq!(detect(&tar), Format::Tar);
-        assert_eq!(detect(b"\xeb\x63\x90"), Format::Raw);
         let mut v7 = tar::Header::new_old();
         v7.set_path("etc/x").unwrap();
         v7.set_size(0);
         v7.set_cksum();
         assert_eq!(detect(v7.as_bytes()), Format::Tar, "a v7 tar without magic");
-        assert_eq!(detect(&[0u8; 512]), Format::Raw);
-        assert_eq!(detect(b""), Format::Raw);
+        let mut mbr = vec![0u8; 1024];
+        mbr[..3].copy_from_slice(b"\xeb\x63\x90");
+        assert_eq!(detect(&mbr), Format::Unknown, "no boot signature");
+        mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+        assert_eq!(detect(&mbr), Format::RawDisk);
+        assert_eq!(detect(&[0u8; 512]), Format::Unknown);
+        assert_eq!(detect(b""), Format::Unknown);
+    }
+
+    #[test]
+    fn peeking_a_trickling_stream_sees_a_whole_head() {
+        struct Trickle(Vec<u8>, usize);
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(3).min(self.0.len() - self.1);
+                buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+                self.1 += n;
+                Ok(n)
+            }
+        }
+        let mut tar = vec![0u8; 2048];
+        tar[257..262].copy_from_slice(b"ustar");
+        let (head, mut stream) = peek(Box::new(Trickle(tar.clone(), 0))).unwrap();
+        assert_eq!(detect(&head), Format::Tar);
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).unwrap();
+        assert_eq!(all, tar, "the peeked bytes are given back");
     }
 }

@@ -24,10 +24,16 @@ pub struct ConfList {
 
 /// Every `*.conflist` in `dir`, sorted by file name (the first is the default).
 pub fn load(dir: &Path) -> Result<Vec<ConfList>, NetError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| NetError::ConfDir {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(source) => {
+            return Err(NetError::ConfDir {
+                dir: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "conflist"))

@@ -528,7 +528,7 @@ impl Engine {
         snapshot: &Snapshot,
         manifest: &Manifest,
         vm: &mut Vm,
-    ) -> Result<(Vec<(PathBuf, PathBuf)>, Vec<PathBuf>)> {
+    ) -> Result<Placed> {
         let run_root = self.config().run_dir.clone();
         let io = |what: String| move |e: std::io::Error| Error::io(what, e);
         for name in manifest.files.keys() {
@@ -738,6 +738,10 @@ impl Engine {
         }
     }
 }
+
+/// FC bind mounts (clone copy, source path) and the placeholder files made
+/// as mount points where the source path no longer exists.
+type Placed = (Vec<(PathBuf, PathBuf)>, Vec<PathBuf>);
 
 /// Removes the placeholder files made for FC bind mounts (and the source
 /// directory if it was made for them): FC holds its disks open by now.

@@ -41,7 +41,7 @@ pub fn export(
     let meta = manifest_file
         .metadata()
         .map_err(source_error(&manifest_path))?;
-    let (mode, mtime) = (meta.mode() & 0o7777, mtime_of(&meta));
+    let (mode, mtime) = (meta.mode() & 0o777, mtime_of(&meta));
     let size = manifest.len() as u64;
     (|| {
         tar.regular(MANIFEST, MANIFEST, size, mode, mtime, &[])?;
@@ -98,7 +98,7 @@ impl<W: Write> FileExport<'_, '_, W> {
         limit(name, "file size", size, MAX_FILE_SIZE)?;
         let segments = data_segments(&file, size).map_err(&source)?;
         let data: u64 = segments.iter().map(|s| s.len).sum();
-        let (mode, mtime) = (meta.mode() & 0o7777, mtime_of(&meta));
+        let (mode, mtime) = (meta.mode() & 0o777, mtime_of(&meta));
 
         if data == size {
             limit(name, "entry data", size, MAX_DATA_SIZE)?;

@@ -5,7 +5,8 @@
 
 use std::io::Read;
 
-use super::reader::{Entry, TarReader, parse_decimal};
+use super::pax::parse_decimal;
+use super::reader::{Entry, TarReader};
 use super::sparse::{self, Pax1MapParser, Segment};
 use super::writer::BLOCK;
 use super::{ArchiveError, MAX_FILE_SIZE};

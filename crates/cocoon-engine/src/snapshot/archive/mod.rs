@@ -23,6 +23,7 @@ mod import;
 mod layout;
 mod listing;
 mod names;
+mod pax;
 mod progress;
 mod reader;
 mod sparse;

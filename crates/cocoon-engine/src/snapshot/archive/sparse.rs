@@ -88,6 +88,7 @@ impl Pax1MapParser {
                         return Ok(true);
                     }
                 }
+                b'\0' => return Err("the map is shorter than its segment count says".into()),
                 _ => return Err(format!("unexpected byte {byte:#04x} in the map")),
             }
         }

@@ -298,6 +298,13 @@ fn bad_sparse_maps_are_refused() {
     );
     assert_eq!(
         message(&pax1(100, "3\n0\n1\n", &[])),
+        bad("the map is shorter than its segment count says")
+    );
+    // A map that fills its block and goes on, in an entry with no more data.
+    let endless = format!("1000\n{}1", "1\n".repeat(253));
+    assert_eq!(endless.len(), 512);
+    assert_eq!(
+        message(&pax1(100, &endless, &[])),
         bad("the map runs past the entry's data")
     );
     assert_eq!(
@@ -325,7 +332,7 @@ fn damaged_or_foreign_headers_are_refused() {
         format!("archive is corrupt at byte {a_header}: header checksum mismatch")
     );
 
-    let old_sparse = with_a(&[]).file_with(
+    let old_sparse = with_a(&[("b.raw", b"b")]).file_with(
         "b.raw",
         b"b",
         &[("GNU.sparse.map", b"0,1"), ("GNU.sparse.size", b"1")],
