@@ -54,6 +54,7 @@ fn main() {
     let ctx = NetContext {
         conf_dir: conf.clone(),
         bin_dirs: vec![PathBuf::from(net::DEBIAN_CNI_DIR)],
+        marker_dir: work.path().join("markers"),
     };
     let list = cni::pick(cni::load(&conf).unwrap(), "", &conf).unwrap();
     let mut bare = Vec::new();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 pub use assert_cmd;
 
 pub mod guest;
+pub mod linux_guest;
 pub mod registry;
 
 /// A real VMM binary for end-to-end tests: `$<env>` if set, else `name` on PATH.

@@ -604,3 +604,51 @@ fn real_vmms_open_the_tap_inside_the_namespace() {
     }
     assert_eq!(lab.leases(), Vec::<String>::new());
 }
+
+/// A VM whose record a crash lost leaves its namespace and IPAM lease: `gc`
+/// releases both (and only what this installation marked as its own).
+#[test]
+fn gc_releases_the_network_of_a_vanished_vm() {
+    let Some(lab) = NetLab::new("gc_releases_the_network_of_a_vanished_vm", Value::Null) else {
+        return;
+    };
+    let id = lab
+        .ok(&[
+            "vm",
+            "create",
+            "--nics",
+            "1",
+            "--name",
+            "gone",
+            "test/guest:1",
+        ])
+        .trim()
+        .to_string();
+    assert_eq!(lab.leases().len(), 1);
+    let mut store = cocoon_engine::store::Store::open(&lab.env.db_path()).unwrap();
+    store.delete_vm(&id).unwrap();
+    drop(store);
+    // A namespace this installation never made is not touched.
+    let foreign = netns::path_for("FOREIGNFOREIGNFOREIGNFOREI");
+    netns::create(&foreign).unwrap();
+    let report: Value = serde_json::from_str(&lab.ok(&["gc", "-o", "json"])).unwrap();
+    let foreign_kept = netns::exists(&foreign);
+    let _ = netns::delete(&foreign);
+    let ns = netns::path_for(&id);
+    assert!(
+        report["removed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["kind"] == "netns" && i["path"] == ns.display().to_string()),
+        "{report}"
+    );
+    assert!(!ns.exists());
+    assert!(foreign_kept, "gc removed a namespace it did not make");
+    assert_eq!(
+        lab.leases(),
+        Vec::<String>::new(),
+        "the IPAM lease was released"
+    );
+    assert_eq!(lab.stray_links(), Vec::<String>::new());
+}

@@ -93,7 +93,14 @@ pub enum Command {
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
     /// Remove unreferenced blobs, stale records and leaked VM resources
-    Gc,
+    #[command(after_help = "Examples:\n  cocoon gc --dry-run\n  cocoon gc -o json")]
+    Gc {
+        /// List what would be removed without removing anything
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        output: FormatArg,
+    },
     /// Show version information
     Version,
     /// Generate a shell completion script

@@ -360,7 +360,7 @@ fn unimplemented_commands_fail_loudly_and_change_nothing() {
     let mut store = Store::open(&env.db_path()).unwrap();
     store.insert_vm(&vm(A, "web", VmState::Created)).unwrap();
     let before = store.last_event_seq().unwrap();
-    let cases: &[&[&str]] = &[&["gc"]];
+    let cases: &[&[&str]] = &[&["vm", "clone", "--pull", "base"]];
     for args in cases {
         let out = env.cmd().args(*args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");

@@ -50,6 +50,64 @@ pub enum NetError {
 pub struct NetContext {
     pub conf_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
+    /// One marker file per VM with network resources (`<run_dir>/net/<id>`):
+    /// how `gc` knows which namespaces and TAPs on this shared host are this
+    /// installation's when the VM's record is gone.
+    pub marker_dir: PathBuf,
+}
+
+/// What a VM's marker records.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Marker {
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    #[serde(default)]
+    pub taps: Vec<String>,
+}
+
+impl NetContext {
+    fn mark(&self, vm_id: &str, marker: &Marker) {
+        let _ = crate::lock::create_private_dir(&self.marker_dir);
+        if let Err(e) = std::fs::write(
+            self.marker_dir.join(vm_id),
+            serde_json::to_vec(marker).expect("marker serialises"),
+        ) {
+            tracing::warn!("cannot record the network resources of {vm_id}: {e}");
+        }
+    }
+
+    fn unmark(&self, vm_id: &str) {
+        let _ = std::fs::remove_file(self.marker_dir.join(vm_id));
+    }
+
+    /// Markers by VM ID.
+    pub fn markers(&self) -> Vec<(String, Marker)> {
+        std::fs::read_dir(&self.marker_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let id = e.file_name().into_string().ok()?;
+                        let marker = std::fs::read(e.path())
+                            .ok()
+                            .and_then(|b| serde_json::from_slice(&b).ok())
+                            .unwrap_or_default();
+                        Some((id, marker))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Releases the network of a VM whose record is gone (see [`release_orphan`]).
+    pub fn release_marked(&self, vm_id: &str, marker: &Marker) {
+        if let Some(ns) = &marker.netns {
+            release_orphan(self, vm_id, ns);
+        }
+        if !marker.taps.is_empty() {
+            let _ = delete_links(marker.taps.clone());
+        }
+        self.unmark(vm_id);
+    }
 }
 
 impl NetContext {
@@ -61,6 +119,7 @@ impl NetContext {
         NetContext {
             conf_dir: config.cni_conf_dir.clone(),
             bin_dirs,
+            marker_dir: config.run_dir.join("net"),
         }
     }
 }
@@ -131,10 +190,18 @@ fn in_namespace<T: Send>(
 /// Creates the VM's NICs. On failure everything made so far is released.
 pub fn attach(ctx: &NetContext, request: &NetRequest<'_>) -> Result<Attached, NetError> {
     if let Some(bridge) = request.bridge {
-        return attach_bridge(request, bridge);
+        return attach_bridge(ctx, request, bridge);
     }
     let list = cni::pick(cni::load(&ctx.conf_dir)?, request.network, &ctx.conf_dir)?;
     let ns_path = netns::path_for(request.vm_id);
+    // Marked before anything is made, so even a crash right after leaves a trace.
+    ctx.mark(
+        request.vm_id,
+        &Marker {
+            netns: Some(ns_path.clone()),
+            taps: vec![],
+        },
+    );
     netns::create(&ns_path).map_err(|source| NetError::Namespace {
         path: ns_path.clone(),
         source,
@@ -154,8 +221,9 @@ pub fn attach(ctx: &NetContext, request: &NetRequest<'_>) -> Result<Attached, Ne
                 tracing::warn!("rollback of eth{i}: {e}");
             }
         }
-        if let Err(e) = netns::delete(&ns_path) {
-            tracing::warn!("rollback: cannot remove {}: {e}", ns_path.display());
+        match netns::delete(&ns_path) {
+            Ok(()) => ctx.unmark(request.vm_id),
+            Err(e) => tracing::warn!("rollback: cannot remove {}: {e}", ns_path.display()),
         }
     };
     for i in 0..request.nics as usize {
@@ -247,7 +315,11 @@ pub fn attach(ctx: &NetContext, request: &NetRequest<'_>) -> Result<Attached, Ne
     })
 }
 
-fn attach_bridge(request: &NetRequest<'_>, bridge: &str) -> Result<Attached, NetError> {
+fn attach_bridge(
+    ctx: &NetContext,
+    request: &NetRequest<'_>,
+    bridge: &str,
+) -> Result<Attached, NetError> {
     let bad = |reason: String| NetError::Bridge {
         dev: bridge.to_string(),
         reason,
@@ -269,6 +341,13 @@ fn attach_bridge(request: &NetRequest<'_>, bridge: &str) -> Result<Attached, Net
             network: None,
         })
         .collect();
+    ctx.mark(
+        request.vm_id,
+        &Marker {
+            netns: None,
+            taps: configs.iter().map(|c| c.tap.clone()).collect(),
+        },
+    );
     let made = in_namespace(None, async |handle| {
         // Checked over netlink: /sys shows the namespace sysfs was mounted in.
         let br = wire::link(handle, bridge)
@@ -305,7 +384,9 @@ fn attach_bridge(request: &NetRequest<'_>, bridge: &str) -> Result<Attached, Net
         Ok(())
     });
     if let Err(e) = made {
-        let _ = delete_links(configs.iter().map(|c| c.tap.clone()).collect());
+        if delete_links(configs.iter().map(|c| c.tap.clone()).collect()).is_ok() {
+            ctx.unmark(request.vm_id);
+        }
         return Err(bad(e.to_string()));
     }
     Ok(Attached {
@@ -365,6 +446,7 @@ pub fn detach(ctx: &NetContext, vm: &Vm, leases: &[NetworkLease]) -> Result<(), 
         .find(|c| c.backend == NetBackend::Cni)
         .map(|c| PathBuf::from(&c.netns_path))
     else {
+        ctx.unmark(&vm.id);
         return Ok(());
     };
     let lists = cni::load(&ctx.conf_dir).unwrap_or_default();
@@ -393,6 +475,7 @@ pub fn detach(ctx: &NetContext, vm: &Vm, leases: &[NetworkLease]) -> Result<(), 
         path: ns.clone(),
         source,
     })?;
+    ctx.unmark(&vm.id);
     first_error.map_or(Ok(()), Err)
 }
 
@@ -495,4 +578,49 @@ pub fn vmm_netns(vm: &Vm) -> Option<PathBuf> {
         .iter()
         .find(|c| c.backend == NetBackend::Cni)
         .map(|c| PathBuf::from(&c.netns_path))
+}
+
+/// Releases the namespace of a VM that has no record any more (a crash
+/// lost it): CNI DEL of every `eth*` in it against every configured network
+/// (DEL of something a plugin does not know is a no-op), then the namespace.
+pub fn release_orphan(ctx: &NetContext, vm_id: &str, ns: &Path) {
+    let ifnames: Vec<String> = in_namespace(Some(ns), async |handle| {
+        use futures_util::TryStreamExt;
+        let links: Vec<netlink_packet_route::link::LinkMessage> = handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(links
+            .iter()
+            .filter_map(|l| {
+                l.attributes.iter().find_map(|a| match a {
+                    netlink_packet_route::link::LinkAttribute::IfName(n)
+                        if n.starts_with("eth") =>
+                    {
+                        Some(n.clone())
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    })
+    .unwrap_or_default();
+    for list in cni::load(&ctx.conf_dir).unwrap_or_default() {
+        for ifname in &ifnames {
+            let call = cni::Call {
+                container_id: vm_id,
+                netns: ns,
+                ifname,
+                args: None,
+                bin_dirs: &ctx.bin_dirs,
+            };
+            let _ = cni::del(&list, &call, None);
+        }
+    }
+    if let Err(e) = netns::delete(ns) {
+        tracing::warn!("gc: cannot remove {}: {e}", ns.display());
+    }
 }

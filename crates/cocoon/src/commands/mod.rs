@@ -16,9 +16,25 @@ pub fn run(command: Command, config: Config) -> Result<()> {
         Command::Image(cmd) => image::run(cmd, config),
         Command::Vm(cmd) => vm::run(cmd, config),
         Command::Snapshot(cmd) => snapshot::run(cmd, config),
-        Command::Gc => {
-            open(config)?;
-            not_implemented("gc", "crash consistency and garbage collection")
+        Command::Gc { dry_run, output } => {
+            let report = open(config)?.gc(dry_run)?;
+            if output.json() {
+                return crate::output::print_json(&report).map_err(io);
+            }
+            for r in &report.recovered {
+                eprintln!("recovered {} of {}: {}", r.op, r.object, r.action);
+            }
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for item in &report.removed {
+                crate::output::print_line(&format!("{verb} {} {}", item.kind, item.path))
+                    .map_err(io)?;
+            }
+            eprintln!(
+                "{verb} {} item(s), {} freed",
+                report.removed.len(),
+                cocoon_engine::units::BinarySize(report.bytes_freed)
+            );
+            Ok(())
         }
         Command::Version => other::version(),
         Command::Completion { shell } => other::completion(shell),

@@ -1,0 +1,252 @@
+//! `cocoon gc`: after converging dead operations, one consistent read of
+//! every record decides what nothing references any more: blobs, boot files,
+//! run/log/snapshot directories without records, stale temp files, network
+//! namespaces and bridge TAPs of VMs that are gone, and VMMs no record owns.
+//! Anything an in-flight operation may be writing (a held lock, an intent
+//! whose owner lives, a file younger than a grace period) is left alone.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::image::store::ImageDirs;
+use crate::net;
+use crate::reconcile::Repair;
+use crate::supervise::{self, StopTimeouts};
+
+/// Temp files younger than this may belong to a running pull or import.
+const TEMP_GRACE: Duration = Duration::from_secs(3600);
+/// A kept partial download stays resumable this long.
+const PARTIAL_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// A blob file with no record yet may be a pull about to record it.
+const BLOB_GRACE: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GcItem {
+    /// `blob`, `boot`, `temp`, `run_dir`, `log_dir`, `snapshot_dir`, `netns`, `tap`, `vmm`.
+    pub kind: &'static str,
+    pub path: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// What crash recovery converged first (not done in a dry run).
+    pub recovered: Vec<Repair>,
+    pub removed: Vec<GcItem>,
+    pub bytes_freed: u64,
+}
+
+/// Bytes a path takes on disk (allocated blocks: sparse disks count what they use).
+fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| disk_usage(&e.path()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        meta.blocks() * 512
+    }
+}
+
+fn older_than(path: &Path, age: Duration) -> bool {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|d| d >= age)
+}
+
+/// True when someone holds the flock on `lock` (an operation in flight).
+fn locked(lock: &Path) -> bool {
+    match File::open(lock) {
+        Ok(f) => match f.try_lock() {
+            Ok(()) => false,
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(_) => false,
+        },
+        Err(_) => false,
+    }
+}
+
+fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Engine {
+    pub fn gc(&mut self, dry_run: bool) -> Result<GcReport> {
+        let recovered = if dry_run { vec![] } else { self.reconcile()? };
+        // One consistent view of everything recorded.
+        let (vm_ids, snapshot_dirs, referenced, busy) = self.store().read(|tx| {
+            let strings = |sql: &str| -> Result<HashSet<String>, crate::store::StoreError> {
+                let mut stmt = tx.prepare(sql)?;
+                Ok(stmt
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<HashSet<_>>>()?)
+            };
+            Ok((
+                strings("SELECT id FROM vms")?,
+                strings("SELECT id FROM snapshots")?,
+                strings("SELECT DISTINCT digest FROM blob_refs")?,
+                strings("SELECT object_id FROM intents")?,
+            ))
+        })?;
+        let mut removed: Vec<GcItem> = Vec::new();
+        let config = self.config().clone();
+        let remove = |kind: &'static str, path: &Path, removed: &mut Vec<GcItem>| {
+            let bytes = disk_usage(path);
+            if !dry_run {
+                let result = if path.is_dir() {
+                    std::fs::remove_dir_all(path)
+                } else {
+                    std::fs::remove_file(path)
+                };
+                if let Err(e) = result {
+                    tracing::warn!("gc: cannot remove {}: {e}", path.display());
+                    return;
+                }
+            }
+            removed.push(GcItem {
+                kind,
+                path: path.display().to_string(),
+                bytes,
+            });
+        };
+
+        // Blobs and boot files of layers nothing pins.
+        let dirs = ImageDirs::new(&config.root_dir);
+        let pinned_hex: HashSet<String> = referenced
+            .iter()
+            .map(|d| crate::image::store::hex(d).to_string())
+            .collect();
+        for (name, path) in entries(&dirs.root.join("blobs")) {
+            let hex = name.split('.').next().unwrap_or_default().to_string();
+            // A blob a pull renamed into place a moment ago is recorded
+            // next: young files and held locks are skipped.
+            if pinned_hex.contains(&hex)
+                || locked(&dirs.lock(&hex))
+                || !older_than(&path, BLOB_GRACE)
+            {
+                continue;
+            }
+            remove("blob", &path, &mut removed);
+        }
+        for (hex, path) in entries(&dirs.root.join("boot")) {
+            if !pinned_hex.contains(&hex)
+                && !locked(&dirs.lock(&hex))
+                && older_than(&path, BLOB_GRACE)
+            {
+                remove("boot", &path, &mut removed);
+            }
+        }
+        for (name, path) in entries(&dirs.root.join("tmp")) {
+            let grace = if name.ends_with(".partial") || name.ends_with(".partial.json") {
+                PARTIAL_GRACE
+            } else {
+                TEMP_GRACE
+            };
+            let hex = name.split(['.', '-']).next().unwrap_or_default();
+            if older_than(&path, grace) && !locked(&dirs.lock(hex)) {
+                remove("temp", &path, &mut removed);
+            }
+        }
+
+        // Directories of VMs and snapshots that have no record.
+        let runtime = self.runtime()?;
+        let quick = StopTimeouts {
+            graceful: Duration::ZERO,
+            term: Duration::from_secs(2),
+            kill: Duration::from_secs(5),
+        };
+        for (id, path) in entries(&config.run_dir.join("vms")) {
+            if vm_ids.contains(&id) || busy.contains(&id) {
+                continue;
+            }
+            if locked(&path.join("lock")) {
+                continue;
+            }
+            // A VMM or relay no record owns still runs there: stop it first.
+            for socket in [path.join("api.sock"), path.join("console.sock")] {
+                let found = supervise::find_by_socket(&socket);
+                if found.is_empty() {
+                    continue;
+                }
+                for p in &found {
+                    removed.push(GcItem {
+                        kind: "vmm",
+                        path: format!("pid {} ({})", p.identity.pid, socket.display()),
+                        bytes: 0,
+                    });
+                }
+                if !dry_run {
+                    let _ = runtime.block_on(supervise::terminate_all_by_socket(&socket, quick));
+                }
+            }
+            remove("run_dir", &path, &mut removed);
+        }
+        for (id, path) in entries(&config.log_dir.join("vms")) {
+            if !vm_ids.contains(&id) && !busy.contains(&id) {
+                remove("log_dir", &path, &mut removed);
+            }
+        }
+        for (name, path) in entries(&self.snapshot_root()) {
+            let id = name.trim_start_matches(".import-");
+            if snapshot_dirs.contains(id) || busy.contains(id) {
+                continue;
+            }
+            remove("snapshot_dir", &path, &mut removed);
+        }
+
+        // Network namespaces and bridge TAPs of VMs that are gone: only
+        // those this installation marked (the host's namespaces are shared).
+        let ctx = net::NetContext::from_config(&config);
+        for (id, marker) in ctx.markers() {
+            if vm_ids.contains(&id) || busy.contains(&id) {
+                continue;
+            }
+            if let Some(ns) = &marker.netns {
+                removed.push(GcItem {
+                    kind: "netns",
+                    path: ns.display().to_string(),
+                    bytes: 0,
+                });
+            }
+            for tap in &marker.taps {
+                removed.push(GcItem {
+                    kind: "tap",
+                    path: tap.clone(),
+                    bytes: 0,
+                });
+            }
+            if !dry_run {
+                ctx.release_marked(&id, &marker);
+            }
+        }
+        let bytes_freed = removed.iter().map(|i| i.bytes).sum();
+        Ok(GcReport {
+            dry_run,
+            recovered,
+            removed,
+            bytes_freed,
+        })
+    }
+}

@@ -1,0 +1,182 @@
+//! `cocoon gc` against leaks a crash can leave: a VMM whose record is gone,
+//! directories without records, blobs nothing pins, stale temp files, a
+//! network namespace of a vanished VM. Referenced things always stay.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use cocoon_engine::model::VmmProcess;
+use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::registry::layers::LayerBuilder;
+use serde_json::Value;
+
+const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
+
+fn bin() -> String {
+    FAKE.replace("fake-vmm", "cocoon")
+}
+
+fn run(env: &CocoonEnv, args: &[&str]) -> String {
+    let out = env
+        .std_cmd()
+        .env("COCOON_CH_BINARY", FAKE)
+        .env("COCOON_TERMINATE_GRACE_PERIOD_SECONDS", "1")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cocoon {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn age(path: &Path, by: Duration) {
+    let when = SystemTime::now() - by;
+    let f = std::fs::File::open(path).unwrap();
+    f.set_modified(when).unwrap();
+}
+
+fn import(env: &CocoonEnv, name: &str, marker: &str) {
+    let layer = LayerBuilder::new()
+        .file(
+            "boot/vmlinuz-6.1",
+            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
+        )
+        .file("boot/initrd.img-6.1", b"initrd")
+        .file("etc/marker", marker.as_bytes())
+        .build();
+    let tar = env.path().join(format!("{marker}.tar"));
+    std::fs::write(&tar, layer).unwrap();
+    run(env, &["image", "import", name, tar.to_str().unwrap()]);
+}
+
+#[test]
+fn gc_removes_what_nothing_references_and_keeps_the_rest() {
+    if !Path::new(&bin()).exists() {
+        return cocoon_testkit::skip("gc", "the cocoon binary is not built (build the workspace)");
+    }
+    let env = CocoonEnv::new(bin());
+    import(&env, "keep/image:1", "kept");
+    import(&env, "drop/image:1", "dropped");
+    import(&env, "pinned/image:1", "pinned");
+    // A VM pins its image's blobs even after the image is removed from the index.
+    run(
+        &env,
+        &[
+            "vm",
+            "create",
+            "--nics",
+            "0",
+            "--name",
+            "user",
+            "pinned/image:1",
+        ],
+    );
+    run(&env, &["image", "rm", "pinned/image:1", "drop/image:1"]);
+    let blobs = env.root_dir().join("images/blobs");
+    for dir in [blobs.clone(), env.root_dir().join("images/boot")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            age(&entry.unwrap().path(), Duration::from_secs(3600));
+        }
+    }
+    let images: Value = serde_json::from_str(&run(&env, &["image", "ls", "-o", "json"])).unwrap();
+    let kept_layer = images[0]["layers"][0]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let user: Value = serde_json::from_str(&run(&env, &["vm", "inspect", "user"])).unwrap();
+    let pinned_blob = PathBuf::from(user["storage_configs"][0]["path"].as_str().unwrap());
+
+    // A VM whose record a crash lost, with its VMM still running.
+    run(
+        &env,
+        &[
+            "vm",
+            "create",
+            "--nics",
+            "0",
+            "--name",
+            "lost",
+            "keep/image:1",
+        ],
+    );
+    run(&env, &["vm", "start", "lost"]);
+    let lost: Value = serde_json::from_str(&run(&env, &["vm", "inspect", "lost"])).unwrap();
+    let lost_vmm: VmmProcess = serde_json::from_value(lost["vmm"].clone()).unwrap();
+    let lost_run = PathBuf::from(lost["run_dir"].as_str().unwrap());
+    let lost_log = PathBuf::from(lost["log_dir"].as_str().unwrap());
+    let mut store = cocoon_engine::store::Store::open(&env.db_path()).unwrap();
+    store.delete_vm(lost["id"].as_str().unwrap()).unwrap();
+    drop(store);
+
+    // Stale and fresh temp files, a snapshot directory without a record.
+    let tmp = env.root_dir().join("images/tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("stale-work"), b"x").unwrap();
+    age(&tmp.join("stale-work"), Duration::from_secs(2 * 3600));
+    std::fs::write(tmp.join("fresh-work"), b"x").unwrap();
+    let orphan_snapshot = env.root_dir().join("snapshots/AAAAAAAAAAAAAAAAAAAAAAAAAA");
+    std::fs::create_dir_all(&orphan_snapshot).unwrap();
+    std::fs::write(orphan_snapshot.join("mem"), vec![1u8; 4096]).unwrap();
+
+    // A dry run lists and changes nothing.
+    let dry: Value = serde_json::from_str(&run(&env, &["gc", "--dry-run", "-o", "json"])).unwrap();
+    assert_eq!(dry["dry_run"], true);
+    let kinds: Vec<&str> = dry["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "blob",
+        "boot",
+        "temp",
+        "run_dir",
+        "log_dir",
+        "snapshot_dir",
+        "vmm",
+    ] {
+        assert!(kinds.contains(&kind), "dry run lists a {kind}: {dry}");
+    }
+    assert!(cocoon_engine::supervise::is_running(&lost_vmm));
+    assert!(lost_run.exists() && orphan_snapshot.exists());
+
+    let report: Value = serde_json::from_str(&run(&env, &["gc", "-o", "json"])).unwrap();
+    assert_eq!(report["dry_run"], false);
+    assert!(report["bytes_freed"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        !cocoon_engine::supervise::is_running(&lost_vmm),
+        "the orphan VMM was stopped"
+    );
+    assert!(!lost_run.exists() && !lost_log.exists());
+    assert!(!orphan_snapshot.exists());
+    assert!(!tmp.join("stale-work").exists());
+    assert!(
+        tmp.join("fresh-work").exists(),
+        "young temp files may belong to a running pull"
+    );
+    // Kept: the indexed image's blob, the blob a VM pins.
+    assert!(blobs.join(format!("{kept_layer}.erofs")).exists());
+    assert!(pinned_blob.exists());
+    let left: Vec<_> = std::fs::read_dir(&blobs).unwrap().collect();
+    assert_eq!(left.len(), 2, "only the dropped image's blob went");
+    // The VM still starts from what was kept.
+    run(&env, &["vm", "start", "user"]);
+    run(&env, &["vm", "rm", "--force", "user"]);
+    // Nothing left to do.
+    let again: Value = serde_json::from_str(&run(&env, &["gc", "-o", "json"])).unwrap();
+    let kinds: Vec<&str> = again["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        !kinds.contains(&"run_dir") && !kinds.contains(&"vmm"),
+        "{again}"
+    );
+}
