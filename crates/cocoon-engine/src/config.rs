@@ -102,6 +102,12 @@ pub const KEYS: &[Key] = &[
         help: "Firecracker binary",
     },
     Key {
+        name: "firmware_path",
+        env: "COCOON_FIRMWARE_PATH",
+        flag: None,
+        help: "UEFI firmware for cloud images (default <root_dir>/firmware/CLOUDHV.fd)",
+    },
+    Key {
         name: "use_firecracker",
         env: "COCOON_USE_FIRECRACKER",
         flag: None,
@@ -205,6 +211,8 @@ pub struct Config {
     pub log: LogConfig,
     pub ch_binary: String,
     pub fc_binary: String,
+    /// Cloud Hypervisor's UEFI firmware (`CLOUDHV.fd`), booting cloud images.
+    pub firmware_path: PathBuf,
     pub use_firecracker: bool,
     pub stop_timeout_seconds: u64,
     pub socket_wait_timeout_seconds: u64,
@@ -256,6 +264,7 @@ impl Default for Config {
             },
             ch_binary: "cloud-hypervisor".into(),
             fc_binary: "firecracker".into(),
+            firmware_path: PathBuf::from("/var/lib/cocoon/firmware/CLOUDHV.fd"),
             use_firecracker: false,
             stop_timeout_seconds: 30,
             socket_wait_timeout_seconds: 5,
@@ -331,6 +340,7 @@ impl Config {
             "log.max_backups" => self.log.max_backups.to_string(),
             "ch_binary" => self.ch_binary.clone(),
             "fc_binary" => self.fc_binary.clone(),
+            "firmware_path" => path(&self.firmware_path),
             "use_firecracker" => self.use_firecracker.to_string(),
             "stop_timeout_seconds" => self.stop_timeout_seconds.to_string(),
             "socket_wait_timeout_seconds" => self.socket_wait_timeout_seconds.to_string(),
@@ -442,6 +452,7 @@ impl Config {
             "log.max_backups" => self.log.max_backups = number(value).map_err(&fail)?,
             "ch_binary" => self.ch_binary = binary(value).map_err(&fail)?,
             "fc_binary" => self.fc_binary = binary(value).map_err(&fail)?,
+            "firmware_path" => self.firmware_path = dir(value).map_err(&fail)?,
             "use_firecracker" => {
                 self.use_firecracker = match value.to_ascii_lowercase().as_str() {
                     "true" | "1" | "yes" | "on" => true,
@@ -490,6 +501,9 @@ impl Config {
         // keeps everything of that instance under /tmp/x.
         if !self.sources.contains_key("run_dir") {
             self.run_dir = self.root_dir.join("run");
+        }
+        if !self.sources.contains_key("firmware_path") {
+            self.firmware_path = self.root_dir.join("firmware").join("CLOUDHV.fd");
         }
         Ok(())
     }
@@ -592,6 +606,7 @@ mod tests {
             "log.max_backups" => ["4", "5", "6"],
             "ch_binary" => ["/f/ch", "/e/ch", "/c/ch"],
             "fc_binary" => ["/f/fc", "/e/fc", "/c/fc"],
+            "firmware_path" => ["/f/CLOUDHV.fd", "/e/CLOUDHV.fd", "/c/CLOUDHV.fd"],
             "use_firecracker" => ["true", "false", "true"],
             "stop_timeout_seconds" => ["11", "12", "13"],
             "socket_wait_timeout_seconds" => ["21", "22", "23"],
@@ -704,6 +719,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.run_dir, PathBuf::from("/run/cocoon"));
+    }
+
+    #[test]
+    fn firmware_follows_root_dir_unless_set() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!(
+            c.firmware_path,
+            PathBuf::from("/var/lib/cocoon/firmware/CLOUDHV.fd")
+        );
+        let c = load(None, &[("COCOON_ROOT_DIR", "/srv/cocoon")], &[]).unwrap();
+        assert_eq!(
+            c.firmware_path,
+            PathBuf::from("/srv/cocoon/firmware/CLOUDHV.fd")
+        );
+        let c = load(
+            None,
+            &[
+                ("COCOON_ROOT_DIR", "/srv/cocoon"),
+                (
+                    "COCOON_FIRMWARE_PATH",
+                    "/usr/share/cloudhv-efi-x86-64/CLOUDHV.fd",
+                ),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.firmware_path,
+            PathBuf::from("/usr/share/cloudhv-efi-x86-64/CLOUDHV.fd")
+        );
+        let err = load(None, &[("COCOON_FIRMWARE_PATH", "CLOUDHV.fd")], &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid firmware_path \"CLOUDHV.fd\" from environment variable COCOON_FIRMWARE_PATH: must be an absolute path"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod console;
 pub mod engine;
 pub mod error;
+pub mod failpoint;
 pub mod gc;
 pub mod guest;
 pub mod id;

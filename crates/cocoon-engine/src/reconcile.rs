@@ -129,7 +129,11 @@ impl Engine {
                 let Some(vm) = self.store().get_vm(&intent.object_id)? else {
                     return Ok("the VM is gone".into());
                 };
-                if vm.state == VmState::Running
+                // A start records `running` only once it is done; a restore
+                // replaces a VM that was already `running`, so for it the
+                // record proves nothing and an unfinished restore is undone.
+                if intent.op == "vm.start"
+                    && vm.state == VmState::Running
                     && vm.vmm.as_ref().is_some_and(supervise::is_running)
                 {
                     return Ok("the VM is running; kept".into());

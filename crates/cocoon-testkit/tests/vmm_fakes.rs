@@ -492,10 +492,12 @@ async fn every_client_endpoint_reaches_the_vmm() {
     let vmm = h.launch(Hypervisor::Firecracker).await;
     let fc = h.fc();
     fc.describe_instance().await.unwrap();
+    std::fs::write(h.path("rootfs.img"), b"disk").unwrap();
     fc.put_drive(&Drive {
         drive_id: "rootfs".into(),
         is_root_device: false,
-        path_on_host: Some("/tmp/x".into()),
+        // Firecracker reopens its drives on snapshot load: a real file.
+        path_on_host: Some(h.path("rootfs.img").display().to_string()),
         is_read_only: Some(true),
         cache_type: None,
         io_engine: None,

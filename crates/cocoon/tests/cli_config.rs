@@ -22,6 +22,7 @@ fn samples(key: &str) -> [&'static str; 3] {
         "use_firecracker" => ["true", "false", "true"],
         "ch_binary" => ["/f/ch", "/e/ch", "/c/ch"],
         "fc_binary" => ["/f/fc", "/e/fc", "/c/fc"],
+        "firmware_path" => ["/f/fw.fd", "/e/fw.fd", "/c/fw.fd"],
         "insecure_registries" => ["reg.f:5000", "reg.e", "reg.c:80"],
         _ => ["7", "8", "9"],
     }

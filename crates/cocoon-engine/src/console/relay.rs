@@ -54,7 +54,10 @@ pub fn run_relay(spec: RelaySpec) -> io::Result<()> {
     for port in ports {
         tty::set_nonblocking(&port.fd)
             .map_err(|e| io::Error::new(e.kind(), format!("console port {}: {e}", port.name)))?;
-        if let Err(error) = tty::make_raw(&port.fd) {
+        // A port may also be a socket (CH's serial in socket mode): no line discipline.
+        if rustix::termios::isatty(&port.fd)
+            && let Err(error) = tty::make_raw(&port.fd)
+        {
             tracing::warn!(port = %port.name, %error, "cannot put the console port in raw mode");
         }
         relay_ports.push(Port {

@@ -1,3 +1,4 @@
 //! The engine's side of the guest contract (reference/guest-contract.md).
 
+pub mod cidata;
 pub mod cmdline;

@@ -74,7 +74,7 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
     } else {
         args.extend([
             "--serial".into(),
-            format!("socket={}", display(&paths.console_socket())),
+            format!("socket={}", display(&paths.serial_socket())),
             "--console".into(),
             "off".into(),
         ]);

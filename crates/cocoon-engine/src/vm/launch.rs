@@ -68,6 +68,19 @@ impl VmPaths {
     pub fn cow(&self) -> PathBuf {
         self.run_dir.join("cow.raw")
     }
+    /// A cloud image's writable disk: qcow2 over the image's blob.
+    pub fn overlay(&self) -> PathBuf {
+        self.run_dir.join("overlay.qcow2")
+    }
+    /// The cloud-init NoCloud disk of a cloud image.
+    pub fn cidata(&self) -> PathBuf {
+        self.run_dir.join(crate::guest::cidata::FILE_NAME)
+    }
+    /// Cloud Hypervisor's serial port in socket mode (UEFI boot). Not
+    /// `console.sock`: that is the console relay's, which connects here.
+    pub fn serial_socket(&self) -> PathBuf {
+        self.run_dir.join("serial.sock")
+    }
     pub fn data_disk(&self, name: &str) -> PathBuf {
         self.run_dir.join(format!("data-{name}.raw"))
     }
@@ -85,7 +98,11 @@ impl VmPaths {
     }
     /// Files that only mean something while a VMM runs.
     pub fn runtime_files(&self) -> Vec<PathBuf> {
-        vec![self.api_socket(), self.console_socket()]
+        vec![
+            self.api_socket(),
+            self.console_socket(),
+            self.serial_socket(),
+        ]
     }
 }
 

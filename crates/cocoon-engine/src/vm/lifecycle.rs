@@ -13,6 +13,7 @@ use vmm_api::fc::Firecracker;
 
 use super::disks::{self, DiskPrep};
 use super::launch::{LaunchOptions, VmPaths};
+use super::overlay::{self, OverlayPrep};
 use super::{VmError, ch, fc};
 use crate::console::{self, RelayPort, RelaySpec};
 use crate::engine::Engine;
@@ -59,6 +60,9 @@ pub struct CreateVm {
     pub data_disks: Vec<DataDiskSpec>,
     /// `--bridge DEV`: TAPs on this host bridge instead of CNI.
     pub bridge: Option<String>,
+    /// `--user` / `--password`: the login cloud-init sets up (cloud images).
+    pub user: String,
+    pub password: String,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -90,9 +94,11 @@ pub struct DebugPlan {
 }
 
 /// A VM record built from a request, plus the disks it needs: no side effects.
-struct Plan {
-    vm: Vm,
-    disks: Vec<DiskPrep>,
+pub(super) struct Plan {
+    pub(super) vm: Vm,
+    pub(super) disks: Vec<DiskPrep>,
+    /// A cloud image's qcow2 overlay.
+    pub(super) overlay: Option<OverlayPrep>,
 }
 
 impl Engine {
@@ -127,7 +133,10 @@ impl Engine {
         crate::spec::validate_cpu(request.config.cpu, crate::spec::host_cpus())?;
         let image = self.inspect_image(&request.config.image)?;
         if image.kind == ImageType::Cloudimg {
-            return Err(VmError::CloudImageUnsupported { image: image.name }.into());
+            return self.plan_cloud_vm(request, id, image, cow_override);
+        }
+        if request.config.windows {
+            return Err(VmError::WindowsNeedsCloudImage { image: image.name }.into());
         }
         let dirs = ImageDirs::new(&self.config().root_dir);
         let missing = |what| VmError::MissingBootFile {
@@ -156,11 +165,7 @@ impl Engine {
         );
         vm.image_blob_ids = image.layers.iter().map(|d| (d.clone(), Empty {})).collect();
 
-        // Writable disks use O_DIRECT unless the user or the filesystem says no.
-        let direct_ok = !vm.config.no_direct_io && {
-            let probe_dir = paths.run_dir.parent().unwrap_or(&paths.run_dir);
-            create_private_dir(probe_dir).is_ok() && disks::supports_direct_io(probe_dir)
-        };
+        let direct_ok = direct_io_ok(&vm.config, &paths);
         let mut storage = layer_disks(&image, &dirs, request.hypervisor);
         let cow = cow_override.map_or_else(|| paths.cow(), Path::to_path_buf);
         let mut prep = vec![DiskPrep {
@@ -178,36 +183,9 @@ impl Engine {
             direct_io: (request.hypervisor == Hypervisor::CloudHypervisor).then_some(direct_ok),
             directio_mode: None,
         });
-        for disk in &request.data_disks {
-            let path = paths.data_disk(&disk.name);
-            prep.push(DiskPrep {
-                path: path.clone(),
-                size: disk.size,
-                ext4: disk.fstype == FsType::Ext4,
-            });
-            let direct = match disk.directio {
-                DirectIo::On => true,
-                DirectIo::Off => false,
-                DirectIo::Auto => direct_ok,
-            };
-            if request.hypervisor == Hypervisor::Firecracker && disk.directio != DirectIo::Auto {
-                tracing::warn!(
-                    "data disk {}: Firecracker has no direct I/O switch; directio={:?} is ignored",
-                    disk.name,
-                    disk.directio
-                );
-            }
-            storage.push(StorageConfig {
-                path,
-                ro: false,
-                serial: disk.name.clone(),
-                role: StorageRole::Data,
-                mount_point: disk.mount.clone(),
-                fstype: Some(disk.fstype),
-                direct_io: (request.hypervisor == Hypervisor::CloudHypervisor).then_some(direct),
-                directio_mode: Some(disk.directio),
-            });
-        }
+        let (data_prep, data) = data_disks(request, &paths, direct_ok);
+        prep.extend(data_prep);
+        storage.extend(data);
         vm.storage_configs = storage;
         let cmdline = cmdline::build(&CmdlineSpec {
             hypervisor: request.hypervisor,
@@ -229,7 +207,11 @@ impl Engine {
             cmdline,
             firmware_path: None,
         });
-        Ok(Plan { vm, disks: prep })
+        Ok(Plan {
+            vm,
+            disks: prep,
+            overlay: None,
+        })
     }
 
     /// The kernel command line of a VM as it is now (layers, name, NICs).
@@ -258,7 +240,19 @@ impl Engine {
     /// then state `created`. Any failure removes what was made, record included.
     pub fn create_vm(&mut self, request: CreateVm) -> Result<Vm> {
         let id = crate::id::generate_id();
-        let Plan { mut vm, disks } = self.plan_vm(&request, &id, None)?;
+        let Plan {
+            mut vm,
+            disks,
+            overlay,
+        } = self.plan_vm(&request, &id, None)?;
+        let wants_cidata = vm
+            .storage_configs
+            .iter()
+            .any(|d| d.role == StorageRole::Cidata);
+        if wants_cidata {
+            crate::spec::validate_user(&request.user)?;
+            crate::spec::validate_password(&request.password)?;
+        }
         let intent = self.store().begin_intent(
             "vm.create",
             ObjectKind::Vm,
@@ -272,6 +266,7 @@ impl Engine {
         let net_ctx = NetContext::from_config(self.config());
         let mut attached: Option<net::Attached> = None;
         let built = (|| -> Result<()> {
+            crate::failpoint::hit("vm.create.recorded")?;
             for dir in [&vm.run_dir, &vm.log_dir] {
                 create_private_dir(dir)
                     .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
@@ -297,13 +292,29 @@ impl Engine {
                 vm.config.network = a.network.clone();
                 vm.network_configs = a.configs.clone();
                 let cmdline = self.cmdline_of(&vm);
-                if let Some(boot) = vm.boot_config.as_mut() {
+                // UEFI guests take no command line from us.
+                if let Some(boot) = vm.boot_config.as_mut().filter(|b| b.kernel_path.is_some()) {
                     boot.cmdline = cmdline;
                 }
             }
+            if let Some(overlay) = &overlay {
+                overlay::prepare(overlay).map_err(VmError::from)?;
+            }
+            crate::failpoint::hit("vm.create.network")?;
             for disk in &disks {
                 disks::prepare(disk).map_err(VmError::from)?;
             }
+            if wants_cidata {
+                self.write_cidata(
+                    &vm,
+                    &VmPaths::of(&vm).cidata(),
+                    Some(crate::guest::cidata::Credentials {
+                        user: request.user.clone(),
+                        password: request.password.clone(),
+                    }),
+                )?;
+            }
+            crate::failpoint::hit("vm.create.disks")?;
             Ok(())
         })();
         match built {
@@ -344,10 +355,14 @@ impl Engine {
         cow: Option<&Path>,
     ) -> Result<DebugPlan> {
         let id = crate::id::generate_id();
-        let Plan { vm, disks } = self.plan_vm(request, &id, cow)?;
-        let prepare = disks
+        let Plan { vm, disks, overlay } = self.plan_vm(request, &id, cow)?;
+        let mut commands = match &overlay {
+            Some(overlay) => overlay::commands(overlay).map_err(VmError::from)?,
+            None => vec![],
+        };
+        commands.extend(disks.iter().flat_map(disks::prep_commands));
+        let prepare = commands
             .iter()
-            .flat_map(disks::prep_commands)
             .map(|argv| {
                 argv.iter()
                     .map(|a| a.to_string_lossy().into_owned())
@@ -395,6 +410,7 @@ impl Engine {
         }
         let paths = VmPaths::of(&vm);
         self.clear_runtime(&vm).await?;
+        let vm = self.drop_cidata_after_first_boot(vm)?;
         create_private_dir(&paths.log_dir)
             .map_err(|e| Error::io(format!("cannot create {}", paths.log_dir.display()), e))?;
         let intent = self.store().begin_intent(
@@ -499,6 +515,7 @@ impl Engine {
             v.vmm = Some(recorded.clone());
             v.pid = recorded.identity.pid;
         })?;
+        crate::failpoint::hit("vm.launch.recorded")?;
         let boot_failed = |reason: String| {
             let (id, name) = name();
             VmError::Boot {
@@ -543,6 +560,19 @@ impl Engine {
                         name: "serial".into(),
                         fd: serial_master,
                     });
+                } else {
+                    // UEFI: the guest's ttyS0 is CH's serial socket.
+                    match super::cloudimg::connect_serial(paths).await {
+                        Ok(fd) => ports.push(RelayPort {
+                            name: "serial".into(),
+                            fd,
+                        }),
+                        Err(e) => tracing::warn!(
+                            "VM {}: cannot connect to the serial socket {}: {e}",
+                            vm.id,
+                            paths.serial_socket().display()
+                        ),
+                    }
                 }
                 ports
             }
@@ -575,6 +605,7 @@ impl Engine {
             ports,
             watch: Some(vmm.identity),
         };
+        crate::failpoint::hit("vm.launch.booted")?;
         let relay_log = paths.log_dir.join("console-relay.log");
         let relay = console::spawn_relay(
             &self.helper_exe(),
@@ -680,6 +711,10 @@ impl Engine {
                 .into());
             }
             tracing::debug!(vm = %vm.id, outcome = ?stopped, "VMM stopped");
+            if let Err(e) = crate::failpoint::hit("vm.stop.stopped") {
+                intent.finish(self.store())?;
+                return Err(e);
+            }
         }
         if let Err(e) = self.clear_runtime(&vm).await {
             intent.finish(self.store())?;
@@ -749,6 +784,10 @@ impl Engine {
                 source,
             }
             .into());
+        }
+        if let Err(e) = crate::failpoint::hit("vm.rm.dirs") {
+            intent.finish(self.store())?;
+            return Err(e);
         }
         let vm = self.store().delete_vm(&vm.id)?;
         intent.finish(self.store())?;
@@ -840,6 +879,55 @@ async fn graceful_stop(hypervisor: Hypervisor, direct_boot: bool, socket: PathBu
     if let Err(e) = result {
         tracing::debug!("graceful stop request failed, escalating: {e}");
     }
+}
+
+/// Writable disks use O_DIRECT unless the user or the filesystem says no.
+pub(super) fn direct_io_ok(config: &VmConfig, paths: &VmPaths) -> bool {
+    !config.no_direct_io && {
+        let probe_dir = paths.run_dir.parent().unwrap_or(&paths.run_dir);
+        create_private_dir(probe_dir).is_ok() && disks::supports_direct_io(probe_dir)
+    }
+}
+
+/// The `--data-disk` disks: what to create and how the VM sees them.
+pub(super) fn data_disks(
+    request: &CreateVm,
+    paths: &VmPaths,
+    direct_ok: bool,
+) -> (Vec<DiskPrep>, Vec<StorageConfig>) {
+    let mut prep = Vec::new();
+    let mut storage = Vec::new();
+    for disk in &request.data_disks {
+        let path = paths.data_disk(&disk.name);
+        prep.push(DiskPrep {
+            path: path.clone(),
+            size: disk.size,
+            ext4: disk.fstype == FsType::Ext4,
+        });
+        let direct = match disk.directio {
+            DirectIo::On => true,
+            DirectIo::Off => false,
+            DirectIo::Auto => direct_ok,
+        };
+        if request.hypervisor == Hypervisor::Firecracker && disk.directio != DirectIo::Auto {
+            tracing::warn!(
+                "data disk {}: Firecracker has no direct I/O switch; directio={:?} is ignored",
+                disk.name,
+                disk.directio
+            );
+        }
+        storage.push(StorageConfig {
+            path,
+            ro: false,
+            serial: disk.name.clone(),
+            role: StorageRole::Data,
+            mount_point: disk.mount.clone(),
+            fstype: Some(disk.fstype),
+            direct_io: (request.hypervisor == Hypervisor::CloudHypervisor).then_some(direct),
+            directio_mode: Some(disk.directio),
+        });
+    }
+    (prep, storage)
 }
 
 /// Layers bottom-up, read-only, with serials on CH.

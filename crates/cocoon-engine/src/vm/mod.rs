@@ -7,11 +7,13 @@
 //! and a crash leaves a row the reconciler can converge.
 
 pub mod ch;
+mod cloudimg;
 pub mod disks;
 pub mod fc;
 pub mod launch;
 mod lifecycle;
 mod naming;
+pub mod overlay;
 mod restore;
 mod snapshot;
 
@@ -30,9 +32,21 @@ pub enum VmError {
     #[error("VM {name} ({id}) is not running; start it with `cocoon vm start {name}`")]
     NotRunning { id: String, name: String },
     #[error(
-        "image {image} is a cloud image; booting cloud images arrives with the cloud image work in this build"
+        "image {image} is a cloud image, which boots through UEFI on Cloud Hypervisor only; create it without --fc (and with use_firecracker off)"
     )]
-    CloudImageUnsupported { image: String },
+    CloudImageOnFirecracker { image: String },
+    #[error(
+        "image {image} is an OCI image, which boots its own kernel; --windows needs a cloud image"
+    )]
+    WindowsNeedsCloudImage { image: String },
+    #[error(
+        "image {image} boots through UEFI and needs Cloud Hypervisor's firmware at {}, which is missing: run scripts/fetch-firmware.sh, or take CLOUDHV.fd from Debian's cloudhv-efi-x86-64 package (testing or unstable: `apt-get download cloudhv-efi-x86-64`, then `dpkg-deb -x` it) and copy it there, or set firmware_path (COCOON_FIRMWARE_PATH)",
+        path.display()
+    )]
+    FirmwareMissing {
+        image: String,
+        path: std::path::PathBuf,
+    },
     #[error(
         "image {image} has no {what}; the guest contract needs a kernel and an initrd in the image"
     )]
@@ -79,6 +93,10 @@ pub enum VmError {
     Disk(#[from] DiskError),
     #[error(transparent)]
     Vmlinux(#[from] VmlinuxError),
+    #[error(transparent)]
+    Overlay(#[from] overlay::OverlayError),
+    #[error(transparent)]
+    Cidata(#[from] crate::guest::cidata::CidataError),
 }
 
 fn log_tail(log: &str) -> String {

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 use vmm_api::ApiError;
 use vmm_api::ch::CloudHypervisor;
-use vmm_api::ch::models::{MemoryRestoreMode, NetConfig, RestoreConfig, file_url};
+use vmm_api::ch::models::{DiskConfig, MemoryRestoreMode, NetConfig, RestoreConfig, file_url};
 use vmm_api::fc::Firecracker;
 use vmm_api::fc::models::{MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotLoadParams};
 
@@ -45,6 +45,11 @@ pub fn patch_ch_config(config: &mut Value, vm: &Vm) -> Result<(), String> {
         // (the saved PTY path belonged to the old process).
         set_mode(&mut config["serial"], "Tty");
         set_mode(&mut config["console"], "Pty");
+    } else {
+        // UEFI: the guest's ttyS0 on this VM's serial socket, no virtio console.
+        set_mode(&mut config["serial"], "Socket");
+        config["serial"]["socket"] = json!(super::launch::VmPaths::of(vm).serial_socket());
+        set_mode(&mut config["console"], "Off");
     }
     config["cpus"]["boot_vcpus"] = json!(c.cpu);
     if config["cpus"]["max_vcpus"]
@@ -125,7 +130,39 @@ pub async fn ch_restore(
             .await?;
         }
     }
+    // Disks of the VM beyond those the snapshot had (a clone's cidata disk
+    // when the snapshot was taken after the first boot) are hot-plugged.
+    let restored = info.config["disks"].as_array().map_or(0, Vec::len);
+    for disk in vm.storage_configs.iter().skip(restored) {
+        api.add_disk(&hot_plug_disk(vm, disk)).await?;
+    }
     api.resume().await.map(drop)
+}
+
+/// `vm.add-disk` body of a disk, as `--disk` would have given it.
+fn hot_plug_disk(vm: &Vm, disk: &crate::model::StorageConfig) -> DiskConfig {
+    let c = &vm.config;
+    let qcow2 = disk.path.extension().is_some_and(|e| e == "qcow2");
+    let mut extra = vmm_api::ch::models::Extra::default();
+    extra.insert(
+        "image_type".into(),
+        json!(if qcow2 { "Qcow2" } else { "Raw" }),
+    );
+    DiskConfig {
+        path: Some(disk.path.display().to_string()),
+        readonly: Some(disk.ro),
+        direct: Some(disk.direct_io.unwrap_or(!disk.ro && !c.no_direct_io)),
+        num_queues: Some(c.cpu),
+        queue_size: Some(if c.disk_queue_size == 0 {
+            512
+        } else {
+            c.disk_queue_size
+        }),
+        id: None,
+        serial: (!disk.serial.is_empty()).then(|| disk.serial.clone()),
+        sparse: Some(!disk.ro),
+        extra,
+    }
 }
 
 /// FC: load `source/vmstate` with `source/mem` behind the VM's TAPs, resume.

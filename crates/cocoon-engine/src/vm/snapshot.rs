@@ -251,6 +251,12 @@ impl Engine {
             }
         };
         intent.step(self.store(), "captured", None)?;
+        if let Err(e) = crate::failpoint::hit("snapshot.save.captured") {
+            let _ = std::fs::remove_dir_all(&data_dir);
+            let _ = self.store().delete_snapshot(&id);
+            intent.finish(self.store())?;
+            return Err(e);
+        }
         let finished = (|| -> Result<Snapshot> {
             let files = manifest::sum_dir(&data_dir)
                 .map_err(|e| Error::io(format!("cannot checksum {}", data_dir.display()), e))?;
@@ -399,6 +405,7 @@ impl Engine {
             }
             let (binds, made) = self.place_snapshot_files(&snapshot, &manifest, &mut vm)?;
             placeholders = made;
+            crate::failpoint::hit("vm.clone.files")?;
             let nics = if request.nics == 0 {
                 snap_nics
             } else {
@@ -427,11 +434,18 @@ impl Engine {
             }
             vm.boot_config = Some(manifest.boot.clone());
             let cmdline = self.cmdline_of(&vm);
-            if let Some(b) = vm.boot_config.as_mut() {
+            // UEFI guests take no command line from us.
+            if let Some(b) = vm.boot_config.as_mut().filter(|b| b.kernel_path.is_some()) {
                 b.cmdline = cmdline;
             }
+            let hot_plug_cidata = self.clone_cidata(&mut vm)?;
             if vm.hypervisor == Hypervisor::CloudHypervisor {
                 patch_config_file(&vm.run_dir.join("config.json"), &vm, &snapshot.id)?;
+            }
+            if let Some(disk) = hot_plug_cidata {
+                // After the patch: config.json keeps the snapshot's disks,
+                // and the restore hot-plugs this one (`ch_restore`).
+                vm.storage_configs.push(disk);
             }
             let done = vm.clone();
             self.store().update_vm(&id, "cloned", |v| {
@@ -497,6 +511,14 @@ impl Engine {
             .collect();
         needed.extend(manifest.boot.kernel_path.as_deref());
         needed.extend(manifest.boot.initrd_path.as_deref());
+        // A cloud image's overlay is backed by the image's blob.
+        let blob = (manifest.source.image_type == crate::model::ImageType::Cloudimg).then(|| {
+            crate::image::cloud::blob_path(
+                &crate::image::store::ImageDirs::new(&root),
+                &manifest.source.image_digest,
+            )
+        });
+        needed.extend(blob.as_deref());
         for path in needed {
             if !path.starts_with(&root) {
                 return Err(op_err(SnapshotOpError::Invalid {
@@ -515,6 +537,15 @@ impl Engine {
                     ),
                 }));
             }
+        }
+        if let Some(firmware) = &manifest.boot.firmware_path
+            && !firmware.is_file()
+        {
+            return Err(VmError::FirmwareMissing {
+                image: manifest.source.image.clone(),
+                path: firmware.clone(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -556,11 +587,7 @@ impl Engine {
             let name = manifest::file_of(disk).unwrap_or_default();
             let copy = vm.run_dir.join(&name);
             if disk.role == StorageRole::Cow && vm.config.storage > manifest.source.storage {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&copy)
-                    .and_then(|f| f.set_len(vm.config.storage))
-                    .map_err(io(format!("cannot grow {name}")))?;
+                grow_cow(&copy, vm.config.storage).map_err(io(format!("cannot grow {name}")))?;
             }
             if vm.hypervisor == Hypervisor::Firecracker && disk.path != copy {
                 if !disk.path.starts_with(&run_root) {
@@ -626,6 +653,7 @@ impl Engine {
                 vm.network_configs.len()
             )));
         }
+        let restored_cidata = super::cloudimg::restore_cidata_entry(&mut vm, &manifest.storage);
         let roles = |d: &[crate::model::StorageConfig]| {
             d.iter().map(|d| d.role.clone()).collect::<Vec<_>>()
         };
@@ -655,10 +683,14 @@ impl Engine {
         // From here on the running VM is replaced.
         let result = (|| -> Result<(crate::model::VmmProcess, Option<crate::process::ProcessIdentity>)> {
             runtime.block_on(self.clear_runtime(&vm))?;
+            crate::failpoint::hit("vm.restore.killed")?;
             vm.config.cpu = cpu;
             vm.config.memory = memory;
             if let Some(st) = request.storage {
                 vm.config.storage = st;
+            }
+            if let Some(path) = &restored_cidata {
+                self.write_cidata(&vm, path, None)?;
             }
             for (disk, saved) in vm.storage_configs.iter().zip(&manifest.storage) {
                 if disk.ro {
@@ -670,7 +702,7 @@ impl Engine {
                 copy_file(&snapshot.data_dir.join(&name), &staged)
                     .and_then(|_| {
                         if disk.role == StorageRole::Cow && vm.config.storage > s.storage {
-                            std::fs::OpenOptions::new().write(true).open(&staged)?.set_len(vm.config.storage)?;
+                            grow_cow(&staged, vm.config.storage)?;
                         }
                         std::fs::rename(&staged, &disk.path)
                     })
@@ -713,8 +745,10 @@ impl Engine {
         match result {
             Ok((vmm, relay)) => {
                 let done = vm.config.clone();
+                let storage = vm.storage_configs.clone();
                 let (vm, _) = self.store().update_vm(&vm.id, "restored", |v| {
                     v.config = done;
+                    v.storage_configs = storage;
                     v.state = VmState::Running;
                     v.pid = vmm.identity.pid;
                     v.vmm = Some(vmm);
@@ -726,6 +760,9 @@ impl Engine {
             }
             Err(e) => {
                 let _ = runtime.block_on(self.clear_runtime(&vm));
+                if let Some(path) = &restored_cidata {
+                    let _ = std::fs::remove_file(path);
+                }
                 self.store().update_vm(&vm.id, "error", |v| {
                     v.state = VmState::Error;
                     v.pid = 0;
@@ -760,6 +797,8 @@ fn remove_placeholders(placeholders: &[PathBuf]) {
 enum CaptureError {
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    Failpoint(#[from] Error),
     #[error("cannot copy disk {}: {source}", path.display())]
     Copy {
         path: PathBuf,
@@ -795,6 +834,7 @@ async fn capture(vm: &Vm, api_socket: &Path, dir: &Path) -> std::result::Result<
                 .await?
         }
     }
+    crate::failpoint::hit("snapshot.save.paused")?;
     for disk in vm.storage_configs.iter().filter(|d| !d.ro) {
         let name = manifest::file_of(disk).unwrap_or_default();
         copy_file(&disk.path, &dir.join(&name)).map_err(|source| CaptureError::Copy {
@@ -821,6 +861,25 @@ fn patch_config_file(path: &Path, vm: &Vm, snapshot: &str) -> Result<()> {
         })
     })?;
     write_atomic(path, &serde_json::to_vec(&config).expect("json"))
+}
+
+/// Grows a COW disk to `size`: a raw file by length, a cloud image's qcow2
+/// overlay by its virtual size (its file length means nothing to the guest).
+fn grow_cow(path: &Path, size: u64) -> std::io::Result<()> {
+    if is_qcow2(path) {
+        return super::overlay::grow(path, size).map_err(std::io::Error::other);
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(size)
+}
+
+fn is_qcow2(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|()| &magic == b"QFI\xfb")
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

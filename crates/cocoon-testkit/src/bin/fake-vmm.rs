@@ -18,8 +18,10 @@
 //! Consoles: like the real VMMs, a Cloud Hypervisor launched with `--serial
 //! pty` / `--console pty` allocates PTYs and names them in `vm.info`
 //! (`config.serial.file`, `config.console.file`); with `--serial tty`, and on
-//! Firecracker, the serial console is stdout. The fake guest prints
-//! `FAKE-GUEST BOOTED on <port>` on each.
+//! Firecracker, the serial console is stdout; with `--serial socket=PATH`
+//! (UEFI boot with `--firmware`) it is a unix socket at PATH. The fake guest
+//! prints `FAKE-GUEST BOOTED on <port>` on each. A UEFI VM booted from the
+//! command line powers off on `vm.power-button`, and the process exits, as CH does.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,6 +62,37 @@ struct Fake {
     faults: Option<PathBuf>,
     requests: Option<PathBuf>,
     bodies: Option<PathBuf>,
+    exits_on_poweroff: bool,
+}
+
+/// CH's serial port in socket mode: a unix socket the console connects to.
+/// The fake guest greets each connection with `banner` and echoes its input.
+/// Binding fails on an existing path, as CH's does.
+fn serve_serial_socket(path: PathBuf, banner: &'static str) {
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!(
+                "fake-vmm: cannot bind the serial socket {}: {e}",
+                path.display()
+            );
+            std::process::exit(1);
+        }
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.write_all(format!("{banner}\r\n").as_bytes()).await;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
 }
 
 /// A PTY master and its slave's path.
@@ -137,8 +170,20 @@ async fn main() {
         state: State::NotCreated,
         config: json!({}),
     };
+    // Like CH, a UEFI guest booted from the command line powers off on the
+    // ACPI button and takes the VMM down with it. (Direct-kernel fake guests
+    // stay in Shutdown with the VMM up, which the endpoint tests rely on.)
+    let mut exits_on_poweroff = false;
     if flavor == Flavor::CloudHypervisor {
-        if let Some(kernel) = arg_value(&args, &["--kernel"]) {
+        let payload = match (
+            arg_value(&args, &["--kernel"]),
+            arg_value(&args, &["--firmware"]),
+        ) {
+            (Some(kernel), _) => Some(json!({"kernel": kernel})),
+            (None, Some(firmware)) => Some(json!({"firmware": firmware})),
+            (None, None) => None,
+        };
+        if let Some(payload) = payload {
             // CH boots the VM given on its command line right away.
             let disks: Vec<Value> = arg_values(&args, "--disk")
                 .iter()
@@ -154,7 +199,7 @@ async fn main() {
                 .map(|(i, n)| json!({"tap": ch_option(n, "tap"), "mac": ch_option(n, "mac"), "id": format!("_net{i}")}))
                 .collect();
             vm.config = json!({
-                "payload": {"kernel": kernel},
+                "payload": payload,
                 "cpus": {"boot_vcpus": arg_value(&args, &["--cpus"]).and_then(|c| ch_option(&c, "boot")).and_then(|b| b.parse::<u32>().ok()).unwrap_or(1)},
                 "memory": {"size": 134217728},
                 "disks": disks,
@@ -176,6 +221,14 @@ async fn main() {
                     // The master stays open for the life of the process, as CH's does.
                 }
             }
+            if let Some(socket) = arg_value(&args, &["--serial"])
+                .as_deref()
+                .and_then(|s| s.strip_prefix("socket="))
+            {
+                vm.config["serial"] = json!({"mode": "Socket", "socket": socket});
+                serve_serial_socket(PathBuf::from(socket), "FAKE-GUEST BOOTED on serial");
+            }
+            exits_on_poweroff = vm.config["payload"]["firmware"].is_string();
         }
         if let Some(restore) = arg_value(&args, &["--restore"]) {
             let dir = ch_option(&restore, "source_url")
@@ -200,6 +253,7 @@ async fn main() {
         vm: Mutex::new(vm),
         faults: std::env::var_os("COCOON_FAKE_VMM_FAULTS").map(PathBuf::from),
         requests: std::env::var_os("COCOON_FAKE_VMM_REQUESTS").map(PathBuf::from),
+        exits_on_poweroff,
         bodies: std::env::var_os("COCOON_FAKE_VMM_BODIES").map(PathBuf::from),
     });
     let _ = std::fs::remove_file(&socket);
@@ -438,6 +492,12 @@ impl Fake {
                 // The fake guest honours the button at once, as an ACPI-aware guest would.
                 State::Running => {
                     vm.state = State::Shutdown;
+                    if self.exits_on_poweroff {
+                        tokio::spawn(async {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            std::process::exit(0)
+                        });
+                    }
                     no_content()
                 }
                 _ => not_running("Error triggering power button"),
@@ -506,6 +566,12 @@ impl Fake {
                         }
                         if vm.config["serial"]["mode"] == "Tty" {
                             println!("FAKE-GUEST RESTORED on serial\r");
+                        }
+                        if let Some(socket) = vm.config["serial"]["socket"]
+                            .as_str()
+                            .filter(|_| vm.config["serial"]["mode"] == "Socket")
+                        {
+                            serve_serial_socket(socket.into(), "FAKE-GUEST RESTORED on serial");
                         }
                         vm.state = if body["resume"].as_bool() == Some(true) {
                             State::Running

@@ -17,6 +17,10 @@ pub fn version() -> Result<()> {
         std::env::consts::OS,
         std::env::consts::ARCH
     );
+    if cfg!(feature = "failpoints") {
+        // Test builds only: the crash-consistency matrix drives these.
+        println!("Features: failpoints");
+    }
     Ok(())
 }
 

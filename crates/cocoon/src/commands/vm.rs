@@ -211,6 +211,8 @@ fn create_request(flags: &VmFlags, image: &str, use_firecracker: bool) -> Result
         nics: flags.nics,
         data_disks,
         bridge: flags.bridge.clone(),
+        user: flags.user.clone(),
+        password: flags.password.clone(),
     })
 }
 
@@ -226,6 +228,14 @@ fn print_clone_hints(vm: &Vm) {
         for (i, n) in vm.network_configs.iter().enumerate() {
             eprintln!("  ip link set dev eth{i} address {}", n.mac);
         }
+    }
+    if vm.config.image_type == ImageType::Cloudimg && !vm.config.windows {
+        // Its new cidata disk carries the new instance id, name and NICs.
+        eprintln!("  rm -f /etc/systemd/network/10-*.network");
+        eprintln!("  cloud-init clean --logs");
+        eprintln!("  cloud-init init --local && cloud-init init");
+        eprintln!("  cloud-init modules --mode=config && cloud-init modules --mode=final");
+        return;
     }
     if !vm.network_configs.is_empty() {
         eprintln!("  rm -f /etc/systemd/network/10-*.network");

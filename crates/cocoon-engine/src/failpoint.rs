@@ -1,0 +1,45 @@
+//! Failpoints for the crash-consistency test matrix: with the `failpoints`
+//! feature, `COCOON_FAILPOINTS="name=kill;other=error"` makes the process
+//! SIGKILL itself, or fail, at that step boundary. Without the feature every
+//! call compiles to nothing.
+
+#[cfg(feature = "failpoints")]
+pub fn hit(name: &str) -> Result<(), crate::Error> {
+    let Ok(spec) = std::env::var("COCOON_FAILPOINTS") else {
+        return Ok(());
+    };
+    for entry in spec.split(';') {
+        match entry.split_once('=') {
+            Some((n, "kill")) if n == name => {
+                // SAFETY: plain syscall; the point is to die here, mid-operation.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
+            Some((n, "error")) if n == name => {
+                return Err(crate::Error::Invalid(format!("failpoint {name} triggered")));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hit(_name: &str) -> Result<(), crate::Error> {
+    Ok(())
+}
+
+/// Every failpoint, for the test matrix.
+pub const ALL: &[&str] = &[
+    "vm.create.recorded",
+    "vm.create.network",
+    "vm.create.disks",
+    "vm.launch.recorded",
+    "vm.launch.booted",
+    "vm.stop.stopped",
+    "vm.rm.dirs",
+    "snapshot.save.paused",
+    "snapshot.save.captured",
+    "vm.clone.files",
+    "vm.restore.killed",
+];
