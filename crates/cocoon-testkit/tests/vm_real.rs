@@ -48,6 +48,26 @@ fn processes_of(vm: &Value) -> Vec<VmmProcess> {
     found
 }
 
+/// Kills every VMM and relay still running under an environment's run
+/// directory when a test ends, whatever it recorded before failing.
+struct EnvReaper(PathBuf);
+
+impl Drop for EnvReaper {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(self.0.join("run/vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for socket in ["api.sock", "console.sock"] {
+                for p in cocoon_engine::supervise::find_by_socket(&entry.path().join(socket)) {
+                    cocoon_testkit::kill_if_running(&p);
+                }
+            }
+        }
+    }
+}
+
 struct Run<'a> {
     env: &'a CocoonEnv,
     ch: PathBuf,
@@ -194,6 +214,7 @@ fn boot_on(fc: bool) {
     registry.push("guest/test:1", &[layer], "amd64");
     let reference = registry.reference("guest/test:1");
     let env = CocoonEnv::new(bin());
+    let _env_reaper = EnvReaper(env.root_dir());
     let run = Run {
         env: &env,
         ch: ch.clone(),
@@ -312,6 +333,7 @@ fn snapshots_on(fc: bool) {
         return skip(test, "the VMM or /dev/kvm is missing");
     }
     let env = CocoonEnv::new(bin());
+    let _env_reaper = EnvReaper(env.root_dir());
     let run = Run {
         env: &env,
         ch,
