@@ -31,6 +31,23 @@ pub fn kill_if_running(vmm: &cocoon_engine::model::VmmProcess) {
     }
 }
 
+/// SIGKILLs every VMM and console relay still running under a cocoon root's
+/// run directory (`<root>/run/vms/*`), recorded or not: for test guards'
+/// `Drop`, so a test that fails half-way leaves no process behind.
+pub fn kill_all_under(root_dir: &Path) {
+    for entry in std::fs::read_dir(root_dir.join("run/vms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for socket in ["api.sock", "console.sock"] {
+            for p in cocoon_engine::supervise::find_by_socket(&entry.path().join(socket)) {
+                kill_if_running(&p);
+            }
+        }
+    }
+}
+
 /// Prints a skip notice that stands out in test output.
 pub fn skip(test: &str, why: &str) {
     eprintln!("\n*** SKIPPED {test}: {why} ***\n");

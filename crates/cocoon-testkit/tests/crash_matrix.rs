@@ -23,6 +23,12 @@ struct Lab {
     env: CocoonEnv,
 }
 
+impl Drop for Lab {
+    fn drop(&mut self) {
+        cocoon_testkit::kill_all_under(&self.env.root_dir());
+    }
+}
+
 impl Lab {
     fn new() -> Lab {
         let lab = Lab {

@@ -58,6 +58,13 @@ fn gc_removes_what_nothing_references_and_keeps_the_rest() {
         return cocoon_testkit::skip("gc", "the cocoon binary is not built (build the workspace)");
     }
     let env = CocoonEnv::new(bin());
+    struct Guard(std::path::PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            cocoon_testkit::kill_all_under(&self.0);
+        }
+    }
+    let _guard = Guard(env.root_dir());
     import(&env, "keep/image:1", "kept");
     import(&env, "drop/image:1", "dropped");
     import(&env, "pinned/image:1", "pinned");
