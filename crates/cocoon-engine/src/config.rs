@@ -137,6 +137,12 @@ pub const KEYS: &[Key] = &[
         flag: None,
         help: "parallel workers (0 = number of CPUs)",
     },
+    Key {
+        name: "insecure_registries",
+        env: "COCOON_INSECURE_REGISTRIES",
+        flag: None,
+        help: "registries reached over plain HTTP (comma-separated hosts)",
+    },
 ];
 
 pub fn key(name: &str) -> Option<&'static Key> {

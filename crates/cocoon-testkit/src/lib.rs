@@ -31,6 +31,25 @@ pub fn kill_if_running(vmm: &cocoon_engine::model::VmmProcess) {
     }
 }
 
+/// The VMM and console relay a `vm inspect` document records.
+pub fn processes_of(vm: &serde_json::Value) -> Vec<cocoon_engine::model::VmmProcess> {
+    use cocoon_engine::model::VmmProcess;
+    let mut found = Vec::new();
+    if let Ok(vmm) = serde_json::from_value::<VmmProcess>(vm["vmm"].clone()) {
+        found.push(vmm);
+    }
+    if let Ok(relay) = serde_json::from_value::<cocoon_engine::process::ProcessIdentity>(
+        vm["console_relay"].clone(),
+    ) {
+        found.push(VmmProcess {
+            identity: relay,
+            api_socket: PathBuf::from(vm["run_dir"].as_str().unwrap_or_default())
+                .join("console.sock"),
+        });
+    }
+    found
+}
+
 /// SIGKILLs every VMM and console relay still running under a cocoon root's
 /// run directory (`<root>/run/vms/*`), recorded or not: for test guards'
 /// `Drop`, so a test that fails half-way leaves no process behind.

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
-use cocoon_engine::process::ProcessIdentity;
 use cocoon_testkit::CocoonEnv;
 use cocoon_testkit::registry::layers::LayerBuilder;
 use serde_json::Value;
@@ -107,19 +106,7 @@ impl Drop for Reaper {
     }
 }
 
-fn processes_of(vm: &Value) -> Vec<VmmProcess> {
-    let mut found = Vec::new();
-    if let Ok(vmm) = serde_json::from_value::<VmmProcess>(vm["vmm"].clone()) {
-        found.push(vmm);
-    }
-    if let Ok(relay) = serde_json::from_value::<ProcessIdentity>(vm["console_relay"].clone()) {
-        found.push(VmmProcess {
-            identity: relay,
-            api_socket: PathBuf::from(vm["run_dir"].as_str().unwrap()).join("console.sock"),
-        });
-    }
-    found
-}
+use cocoon_testkit::processes_of;
 
 fn alive(p: &VmmProcess) -> bool {
     cocoon_engine::supervise::is_running(p)

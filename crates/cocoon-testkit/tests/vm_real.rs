@@ -13,7 +13,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
-use cocoon_engine::process::ProcessIdentity;
 use cocoon_testkit::guest::{COUNT_PREFIX, HEARTBEAT_PREFIX, READY_MARKER};
 use cocoon_testkit::registry::Registry;
 use cocoon_testkit::registry::layers::LayerBuilder;
@@ -34,19 +33,7 @@ impl Drop for Reaper {
     }
 }
 
-fn processes_of(vm: &Value) -> Vec<VmmProcess> {
-    let mut found = Vec::new();
-    if let Ok(vmm) = serde_json::from_value::<VmmProcess>(vm["vmm"].clone()) {
-        found.push(vmm);
-    }
-    if let Ok(relay) = serde_json::from_value::<ProcessIdentity>(vm["console_relay"].clone()) {
-        found.push(VmmProcess {
-            identity: relay,
-            api_socket: PathBuf::from(vm["run_dir"].as_str().unwrap()).join("console.sock"),
-        });
-    }
-    found
-}
+use cocoon_testkit::processes_of;
 
 /// Kills every VMM and relay still running under an environment's run
 /// directory when a test ends, whatever it recorded before failing.
