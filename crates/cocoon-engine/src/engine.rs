@@ -134,8 +134,9 @@ impl Engine {
             self.config.pool_size,
             progress,
         ));
-        let pulled = match pulled.and_then(|layers| {
+        let pulled = match pulled.map_err(Error::from).and_then(|layers| {
             oci::require_boot_files(&name, &layers)?;
+            crate::failpoint::hit("image.pull.layers")?;
             Ok(layers)
         }) {
             Ok(layers) => layers,
@@ -143,11 +144,12 @@ impl Engine {
                 // Converted layers are complete and content-addressed: they stay
                 // for the next pull, or for gc. Nothing else was written.
                 intent.finish(&mut self.store)?;
-                return Err(e.into());
+                return Err(e);
             }
         };
         let fetched_layers = pulled.iter().filter(|l| l.fetched).count();
         let image = self.record_image(&name, digest, &pulled)?;
+        crate::failpoint::hit("image.pull.recorded")?;
         intent.finish(&mut self.store)?;
         Ok(PullOutcome {
             image,
@@ -197,11 +199,16 @@ impl Engine {
         )?;
         let mut layers = Vec::with_capacity(readers.len());
         for (source_name, reader) in readers {
-            match import::import_layer(&dirs, &source_name, reader) {
+            match import::import_layer(&dirs, &source_name, reader)
+                .map_err(Error::from)
+                .and_then(|layer| {
+                    crate::failpoint::hit("image.import.layer")?;
+                    Ok(layer)
+                }) {
                 Ok(layer) => layers.push(layer),
                 Err(e) => {
                     intent.finish(&mut self.store)?;
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
@@ -219,6 +226,7 @@ impl Engine {
             crate::image::store::digest_of(hasher)
         };
         let image = self.record_image(name, id, &layers)?;
+        crate::failpoint::hit("image.import.recorded")?;
         intent.finish(&mut self.store)?;
         Ok(image)
     }
@@ -261,11 +269,13 @@ impl Engine {
         let result = cloud::pull::fetch(&dirs, url, force, progress)
             .map_err(Error::from)
             .and_then(|fetched| {
+                crate::failpoint::hit("image.pull.fetched")?;
                 let image = match existing {
                     // Same content under the same URL: the record stands as is.
                     Some(image) if image.id == fetched.stored.digest => image,
                     _ => self.record_cloud_image(url, &fetched.stored)?,
                 };
+                crate::failpoint::hit("image.pull.recorded")?;
                 Ok(CloudPullOutcome {
                     image,
                     up_to_date: false,
@@ -300,7 +310,12 @@ impl Engine {
         )?;
         let result = cloud::import::store_disk(&dirs, disk, progress)
             .map_err(Error::from)
-            .and_then(|stored| self.record_cloud_image(name, &stored));
+            .and_then(|stored| {
+                crate::failpoint::hit("image.import.stored")?;
+                let image = self.record_cloud_image(name, &stored)?;
+                crate::failpoint::hit("image.import.recorded")?;
+                Ok(image)
+            });
         intent.finish(&mut self.store)?;
         result
     }

@@ -29,6 +29,11 @@ pub fn hit(_name: &str) -> Result<(), crate::Error> {
     Ok(())
 }
 
+/// [`hit`] for code whose errors are I/O errors.
+pub fn hit_io(name: &str) -> std::io::Result<()> {
+    hit(name).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// Every failpoint, for the test matrix.
 pub const ALL: &[&str] = &[
     "vm.create.recorded",
@@ -42,4 +47,14 @@ pub const ALL: &[&str] = &[
     "snapshot.save.captured",
     "vm.clone.files",
     "vm.restore.killed",
+    "image.pull.layers",
+    "image.pull.recorded",
+    "image.pull.fetched",
+    "image.import.unpacked",
+    "image.import.layer",
+    "image.import.recorded",
+    "image.import.staged",
+    "image.import.stored",
+    "snapshot.import.staged",
+    "snapshot.import.renamed",
 ];

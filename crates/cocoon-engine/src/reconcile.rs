@@ -175,6 +175,32 @@ impl Engine {
                 self.store().delete_vm(&vm.id)?;
                 Ok("finished the removal".into())
             }
+            "image.pull" | "image.import" => {
+                // Layers and cloud blobs appear by one rename each and the
+                // image record by one transaction: nothing half-made is
+                // visible. Stored blobs stay as cache (gc takes unpinned ones);
+                // the dead owner's work files go now.
+                let removed = crate::image::store::remove_work_of(
+                    &crate::image::store::ImageDirs::new(&self.config().root_dir),
+                    intent.owner.pid,
+                );
+                Ok(format!(
+                    "no image was recorded half-way; removed {removed} work file(s) it left"
+                ))
+            }
+            "snapshot.import" => {
+                if let Some(staging) = path("staging") {
+                    let _ = std::fs::remove_dir_all(staging);
+                }
+                if self.store().get_snapshot(&intent.object_id)?.is_some() {
+                    return Ok("the import had finished; kept".into());
+                }
+                // Renamed into place but never recorded: not visible, drop it.
+                if let Some(dir) = path("data_dir") {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Ok("removed the unfinished import".into())
+            }
             other => Ok(format!("no recovery for `{other}`; dropped its intent")),
         }
     }

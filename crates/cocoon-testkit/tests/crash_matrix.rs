@@ -4,6 +4,10 @@
 //! record, no directory without a record, no pending snapshot, no intent,
 //! and the same operation must succeed when run again. Fake VMMs.
 
+#[path = "cloud_image/http.rs"]
+#[allow(dead_code)]
+mod http;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -141,6 +145,29 @@ fn assert_converged(lab: &Lab, case: &str) {
     for dir in names(&lab.env.log_dir().join("vms")) {
         assert!(ids.contains(&dir), "{case}: log dir {dir} without a record");
     }
+    // Images: every recorded one complete; no work files but resumable
+    // partial downloads.
+    let dirs = cocoon_engine::image::store::ImageDirs::new(&lab.env.root_dir());
+    for image in store.list_images().unwrap() {
+        let blobs: Vec<PathBuf> = if image.layers.is_empty() {
+            vec![cocoon_engine::image::cloud::blob_path(&dirs, &image.id)]
+        } else {
+            image.layers.iter().map(|l| dirs.blob(l)).collect()
+        };
+        for blob in blobs {
+            assert!(
+                blob.is_file(),
+                "{case}: image {} lacks {blob:?}",
+                image.name
+            );
+        }
+    }
+    for name in names(&dirs.root.join("tmp")) {
+        assert!(
+            name.ends_with(".partial") || name.ends_with(".partial.json"),
+            "{case}: work file images/tmp/{name} left"
+        );
+    }
     let snapshots: Vec<String> = store
         .list_snapshots(None)
         .unwrap()
@@ -163,15 +190,20 @@ fn kill_all(lab: &Lab) {
     }
 }
 
-struct Op {
+struct Op<'a> {
     name: &'static str,
     /// Brings the lab to the state the operation starts from.
-    setup: fn(&Lab),
-    args: &'static [&'static str],
+    setup: &'a dyn Fn(&Lab),
+    args: &'a dyn Fn(&Lab) -> Vec<String>,
     failpoints: &'static [&'static str],
     /// After convergence: make the operation possible again (e.g. start a VM
     /// a failed restore left stopped), then it must succeed.
-    again: fn(&Lab),
+    again: &'a dyn Fn(&Lab),
+}
+
+/// Fixed arguments.
+fn args(list: &'static [&'static str]) -> impl Fn(&Lab) -> Vec<String> {
+    move |_| list.iter().map(|a| a.to_string()).collect()
 }
 
 fn created(lab: &Lab) {
@@ -190,6 +222,7 @@ fn ensure_running(lab: &Lab) {
         lab.ok(&["vm", "start", "m"]);
     }
 }
+fn nothing(_: &Lab) {}
 
 fn matrix(op: &Op) {
     if !Path::new(&bin()).exists() {
@@ -216,7 +249,7 @@ fn matrix(op: &Op) {
             (op.setup)(&lab);
             let out = lab
                 .cmd()
-                .args(op.args)
+                .args((op.args)(&lab))
                 .env("COCOON_FAILPOINTS", format!("{failpoint}={action}"))
                 .output()
                 .unwrap();
@@ -242,7 +275,7 @@ fn matrix(op: &Op) {
             assert_converged(&lab, &case);
             (op.again)(&lab);
             if op.name != "vm rm" || lab.vms().iter().any(|v| v["config"]["name"] == "m") {
-                let out = lab.cmd().args(op.args).output().unwrap();
+                let out = lab.cmd().args((op.args)(&lab)).output().unwrap();
                 assert!(
                     out.status.success(),
                     "{case}: the next run failed: {}",
@@ -261,10 +294,10 @@ fn matrix(op: &Op) {
 fn create() {
     matrix(&Op {
         name: "vm create",
-        setup: |_| {},
-        args: &["vm", "create", "--nics", "0", "--name", "m", "test/guest:1"],
+        setup: &nothing,
+        args: &args(&["vm", "create", "--nics", "0", "--name", "m", "test/guest:1"]),
         failpoints: &["vm.create.recorded", "vm.create.network", "vm.create.disks"],
-        again: |_| {},
+        again: &nothing,
     });
 }
 
@@ -272,10 +305,10 @@ fn create() {
 fn start() {
     matrix(&Op {
         name: "vm start",
-        setup: created,
-        args: &["vm", "start", "m"],
+        setup: &created,
+        args: &args(&["vm", "start", "m"]),
         failpoints: &["vm.launch.recorded", "vm.launch.booted"],
-        again: |_| {},
+        again: &nothing,
     });
 }
 
@@ -283,10 +316,10 @@ fn start() {
 fn stop() {
     matrix(&Op {
         name: "vm stop",
-        setup: running,
-        args: &["vm", "stop", "m"],
+        setup: &running,
+        args: &args(&["vm", "stop", "m"]),
         failpoints: &["vm.stop.stopped"],
-        again: ensure_running,
+        again: &ensure_running,
     });
 }
 
@@ -294,10 +327,10 @@ fn stop() {
 fn rm() {
     matrix(&Op {
         name: "vm rm",
-        setup: running,
-        args: &["vm", "rm", "--force", "m"],
+        setup: &running,
+        args: &args(&["vm", "rm", "--force", "m"]),
         failpoints: &["vm.stop.stopped", "vm.rm.dirs"],
-        again: |_| {},
+        again: &nothing,
     });
 }
 
@@ -305,10 +338,10 @@ fn rm() {
 fn snapshot_save() {
     matrix(&Op {
         name: "snapshot save",
-        setup: running,
-        args: &["snapshot", "save", "m"],
+        setup: &running,
+        args: &args(&["snapshot", "save", "m"]),
         failpoints: &["snapshot.save.paused", "snapshot.save.captured"],
-        again: |_| {},
+        again: &nothing,
     });
 }
 
@@ -316,10 +349,10 @@ fn snapshot_save() {
 fn clone() {
     matrix(&Op {
         name: "vm clone",
-        setup: snapshotted,
-        args: &["vm", "clone", "--name", "c", "s"],
+        setup: &snapshotted,
+        args: &args(&["vm", "clone", "--name", "c", "s"]),
         failpoints: &["vm.clone.files", "vm.launch.recorded", "vm.launch.booted"],
-        again: |_| {},
+        again: &nothing,
     });
 }
 
@@ -327,13 +360,196 @@ fn clone() {
 fn restore() {
     matrix(&Op {
         name: "vm restore",
-        setup: snapshotted,
-        args: &["vm", "restore", "m", "s"],
+        setup: &snapshotted,
+        args: &args(&["vm", "restore", "m", "s"]),
         failpoints: &[
             "vm.restore.killed",
             "vm.launch.recorded",
             "vm.launch.booted",
         ],
-        again: ensure_running,
+        again: &ensure_running,
     });
+}
+
+/// A layer with boot files that the lab's image does not have.
+fn other_layer(lab: &Lab) {
+    let layer = LayerBuilder::new()
+        .file(
+            "boot/vmlinuz-6.2",
+            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
+        )
+        .file("boot/initrd.img-6.2", b"another initrd")
+        .file("etc/other", b"other")
+        .build();
+    std::fs::write(lab.env.path().join("other.tar"), layer).unwrap();
+}
+
+fn in_lab(lab: &Lab, file: &str) -> String {
+    lab.env.path().join(file).to_str().unwrap().to_string()
+}
+
+#[test]
+fn image_import() {
+    matrix(&Op {
+        name: "image import",
+        setup: &other_layer,
+        args: &|lab| {
+            let file = in_lab(lab, "other.tar");
+            ["image", "import", "test/other:1", &file]
+                .map(String::from)
+                .to_vec()
+        },
+        failpoints: &[
+            "image.import.unpacked",
+            "image.import.layer",
+            "image.import.recorded",
+        ],
+        again: &nothing,
+    });
+}
+
+#[test]
+fn cloud_image_import() {
+    matrix(&Op {
+        name: "image import (qcow2)",
+        setup: &|lab| {
+            let status = std::process::Command::new("qemu-img")
+                .args([
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    &in_lab(lab, "disk.qcow2"),
+                    "16M",
+                ])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        },
+        args: &|lab| {
+            let file = in_lab(lab, "disk.qcow2");
+            ["image", "import", "test/disk:1", &file]
+                .map(String::from)
+                .to_vec()
+        },
+        failpoints: &[
+            "image.import.staged",
+            "image.import.stored",
+            "image.import.recorded",
+        ],
+        again: &nothing,
+    });
+}
+
+#[test]
+fn snapshot_import() {
+    matrix(&Op {
+        name: "snapshot import",
+        setup: &|lab| {
+            snapshotted(lab);
+            lab.ok(&["snapshot", "export", "-o", &in_lab(lab, "s.tar.zst"), "s"]);
+        },
+        args: &|lab| {
+            let file = in_lab(lab, "s.tar.zst");
+            ["snapshot", "import", "--name", "imported", &file]
+                .map(String::from)
+                .to_vec()
+        },
+        failpoints: &["snapshot.import.staged", "snapshot.import.renamed"],
+        again: &nothing,
+    });
+}
+
+#[test]
+fn image_pull() {
+    let Some(registry) = cocoon_testkit::registry::Registry::start() else {
+        return cocoon_testkit::skip("image_pull", "docker-registry is not installed");
+    };
+    let layer = LayerBuilder::new()
+        .file(
+            "boot/vmlinuz-6.3",
+            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
+        )
+        .file("boot/initrd.img-6.3", b"pulled initrd")
+        .build();
+    registry.push(
+        "vm/crash:1",
+        &[layer, LayerBuilder::new().file("etc/top", b"top").build()],
+        "amd64",
+    );
+    let reference = registry.reference("vm/crash:1");
+    matrix(&Op {
+        name: "image pull",
+        setup: &nothing,
+        args: &|_| ["image", "pull", &reference].map(String::from).to_vec(),
+        failpoints: &["image.pull.layers", "image.pull.recorded"],
+        again: &nothing,
+    });
+}
+
+#[test]
+fn cloud_image_pull() {
+    let disk = tempfile::tempdir().unwrap();
+    let path = disk.path().join("disk.qcow2");
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", path.to_str().unwrap(), "16M"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = http::Server::start();
+    server.put(
+        "/disk.qcow2",
+        http::Resource::file(std::fs::read(&path).unwrap(), "\"v1\""),
+    );
+    let url = server.url("/disk.qcow2");
+    matrix(&Op {
+        name: "image pull (http)",
+        setup: &nothing,
+        args: &|_| ["image", "pull", &url].map(String::from).to_vec(),
+        failpoints: &["image.pull.fetched", "image.pull.recorded"],
+        again: &nothing,
+    });
+}
+
+/// Every failpoint the engine has is in this matrix, and the engine's list
+/// is exactly the failpoints its code hits.
+#[test]
+fn every_failpoint_is_in_the_matrix() {
+    let all: std::collections::BTreeSet<&str> =
+        cocoon_engine::failpoint::ALL.iter().copied().collect();
+    let mut in_code = std::collections::BTreeSet::new();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cocoon-engine/src");
+    let mut stack = vec![src];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for part in text.split("failpoint::hit").skip(1) {
+                    let part = part.strip_prefix("_io").unwrap_or(part);
+                    if let Some(name) = part.strip_prefix("(\"") {
+                        in_code.insert(name.split('"').next().unwrap().to_string());
+                    }
+                }
+            }
+        }
+    }
+    let in_code: std::collections::BTreeSet<&str> = in_code.iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        in_code, all,
+        "failpoint::ALL differs from the failpoints in the code"
+    );
+    let this = include_str!("crash_matrix.rs");
+    let mut tested = std::collections::BTreeSet::new();
+    // Built at run time so this line does not match itself.
+    let marker = format!("failpoints: &{}", '[');
+    for part in this.split(marker.as_str()).skip(1) {
+        let list = part.split(']').next().unwrap();
+        for name in list.split('"').skip(1).step_by(2) {
+            tested.insert(name);
+        }
+    }
+    assert_eq!(tested, all, "failpoints missing from the matrix");
 }

@@ -335,6 +335,10 @@ pub fn import_layer(
             source_name: source_name.to_string(),
             source,
         })?;
+        crate::failpoint::hit_io("image.import.unpacked").map_err(|source| ImportError::Read {
+            source_name: source_name.to_string(),
+            source,
+        })?;
         let digest = super::store::digest_of(hashing.hasher);
         let lock_path = dirs.lock(&digest);
         let lock = File::options()

@@ -75,3 +75,41 @@ impl ImageDirs {
         Ok(())
     }
 }
+
+/// Removes the work files a dead process left in `tmp/`: its own
+/// `<prefix>-<pid>-<id>` files and directories, and layer work areas
+/// (`tmp/<hex>`) whose lock is free, taken here while removing so no live
+/// puller loses its work area. If `pid` is alive again (reused), its named
+/// files are left to gc's grace period. Resumable partial downloads stay.
+/// Returns how many entries went.
+pub fn remove_work_of(dirs: &ImageDirs, pid: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir(dirs.root.join("tmp")) else {
+        return 0;
+    };
+    let pid_reused = Path::new("/proc").join(pid.to_string()).exists();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let remove = |path: &Path| {
+            if path.is_dir() {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            }
+            .is_ok()
+        };
+        let owned = name.split('-').nth(1) == Some(&pid.to_string());
+        if owned && !pid_reused && !name.ends_with(".partial") && remove(&path) {
+            removed += 1;
+        } else if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let Ok(lock) = std::fs::File::open(dirs.lock(&name)) else {
+                continue;
+            };
+            if lock.try_lock().is_ok() && remove(&path) {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}

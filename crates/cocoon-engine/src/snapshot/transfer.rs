@@ -71,6 +71,7 @@ impl Engine {
                 .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
             let imported = archive::import(input, &staging, progress)
                 .map_err(|e| Error::Invalid(format!("cannot import the snapshot: {e}")))?;
+            crate::failpoint::hit("snapshot.import.staged")?;
             let mut manifest = if imported.legacy {
                 from_legacy(&imported.manifest, &staging)?
             } else {
@@ -100,14 +101,15 @@ impl Engine {
                     e,
                 )
             })?;
-            if let Err(e) = self.store().insert_snapshot(&manifest.snapshot) {
-                let _ = std::fs::remove_dir_all(&final_dir);
-                return Err(e.into());
-            }
+            crate::failpoint::hit("snapshot.import.renamed")?;
+            self.store().insert_snapshot(&manifest.snapshot)?;
             Ok(manifest.snapshot)
         })();
         if result.is_err() {
+            // `final_dir` is this import's own (a fresh id): a failure after
+            // the rename must not leave it unrecorded.
             let _ = std::fs::remove_dir_all(&staging);
+            let _ = std::fs::remove_dir_all(&final_dir);
         }
         intent.finish(self.store())?;
         result

@@ -60,6 +60,7 @@ pub fn store_disk(
         &read_err,
         &mut |_| progress.advance(consumed.load(Ordering::Relaxed)),
     )?;
+    crate::failpoint::hit_io("image.import.staged").map_err(read_err)?;
     commit::store(
         dirs,
         staged.file.path(),
