@@ -473,3 +473,128 @@ fn snapshots_on_cloud_hypervisor() {
 fn snapshots_on_firecracker() {
     snapshots_on(true);
 }
+
+/// The VMM's own view of the VM's state.
+fn vmm_state(fc: bool, socket: &Path) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if fc {
+        let info = rt
+            .block_on(vmm_api::fc::Firecracker::new(socket).describe_instance())
+            .unwrap();
+        format!("{:?}", info.state).trim_matches('"').to_string()
+    } else {
+        let info = rt
+            .block_on(vmm_api::ch::CloudHypervisor::new(socket).info())
+            .unwrap();
+        format!("{:?}", info.state)
+    }
+}
+
+/// `kill -9` of the CLI inside the pause window of `snapshot save` leaves the
+/// VM paused; the next command (`vm ls`) finds it running again and drops
+/// the half-made snapshot, and the next save succeeds.
+fn killed_save_on(fc: bool) {
+    let test = if fc {
+        "killed_save_on_firecracker"
+    } else {
+        "killed_save_on_cloud_hypervisor"
+    };
+    if !Path::new(&bin()).exists() {
+        return skip(test, "the cocoon binary is not built (build the workspace)");
+    }
+    let ch = real_vmm("COCOON_CH_BINARY", "cloud-hypervisor").unwrap_or_default();
+    let fcb = real_vmm("COCOON_FC_BINARY", "firecracker").unwrap_or_default();
+    if !(if fc { &fcb } else { &ch }).is_file() || !Path::new("/dev/kvm").exists() {
+        return skip(test, "the VMM or /dev/kvm is missing");
+    }
+    let version = std::process::Command::new(bin())
+        .arg("version")
+        .output()
+        .unwrap();
+    if !String::from_utf8_lossy(&version.stdout).contains("failpoints") {
+        return skip(
+            test,
+            "the cocoon binary was built without failpoints (cargo nextest run --workspace builds it with them)",
+        );
+    }
+    let env = CocoonEnv::new(bin());
+    let _env_reaper = EnvReaper(env.root_dir());
+    let run = Run {
+        env: &env,
+        ch,
+        fc: fcb,
+    };
+    let layer = LayerBuilder::new()
+        .file(
+            "boot/vmlinuz-test",
+            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
+        )
+        .file("boot/initrd.img-test", b"unused")
+        .build();
+    std::fs::write(env.path().join("layer.tar"), layer).unwrap();
+    let tar = env.path().join("layer.tar");
+    run.ok(&["image", "import", "guest/test:1", tar.to_str().unwrap()]);
+    let mut args = vec![
+        "vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--name", "src",
+    ];
+    if fc {
+        args.push("--fc");
+    }
+    args.push("guest/test:1");
+    run.ok(&args);
+    let _reaper = Reaper(processes_of(&run.inspect("src")));
+    run.wait_log("src", &format!("{HEARTBEAT_PREFIX}2"), 1);
+    let src = run.inspect("src");
+    let socket = PathBuf::from(src["run_dir"].as_str().unwrap()).join("api.sock");
+
+    let out = run
+        .cmd()
+        .args(["snapshot", "save", "--name", "s", "src"])
+        .env("COCOON_FAILPOINTS", "snapshot.save.paused=kill")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{test}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(vmm_state(fc, &socket), "Paused", "{test}: left paused");
+    // Paused, the guest does not count. (The console log is read directly:
+    // any cocoon command would run the reconciler and resume the VM.)
+    let log = PathBuf::from(src["log_dir"].as_str().unwrap()).join("console.log");
+    let beats = || heartbeats(&std::fs::read_to_string(&log).unwrap()).len();
+    std::thread::sleep(Duration::from_millis(300));
+    let frozen = beats();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(beats(), frozen, "{test}: the guest counted while paused");
+    // `vm ls` runs the reconciler (it is the first command after the kill).
+    let listed: Value = serde_json::from_str(&run.ok(&["vm", "ls", "-o", "json"])).unwrap();
+    assert_eq!(listed[0]["state"], "running");
+    assert_eq!(vmm_state(fc, &socket), "Running", "{test}: resumed");
+    run.wait_log("src", HEARTBEAT_PREFIX, frozen + 2);
+    let snapshots: Value =
+        serde_json::from_str(&run.ok(&["snapshot", "ls", "-o", "json"])).unwrap();
+    assert_eq!(
+        snapshots,
+        serde_json::json!([]),
+        "{test}: half-made snapshot left"
+    );
+    run.ok(&["snapshot", "save", "--name", "s", "src"]);
+    assert_eq!(vmm_state(fc, &socket), "Running");
+    run.ok(&["vm", "rm", "--force", "src"]);
+}
+
+#[test]
+fn killed_save_on_cloud_hypervisor() {
+    killed_save_on(false);
+}
+
+#[test]
+fn killed_save_on_firecracker() {
+    killed_save_on(true);
+}
