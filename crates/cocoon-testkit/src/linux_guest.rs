@@ -16,6 +16,10 @@ use sha2::{Digest, Sha256};
 
 /// Printed by the rootfs init once the overlay root is up.
 pub const READY_MARKER: &str = "COCOON-LINUX-GUEST READY";
+/// Printed once the guest has reported its network, when a test asked for
+/// network actions (`cocoon.test.ping=` or `cocoon.test.hold=`, see
+/// rootfs-init.sh).
+pub const NET_MARKER: &str = "COCOON-LINUX-GUEST NET-UP";
 /// Printed after the written file is synced and the COW frozen.
 pub const DONE_MARKER: &str = "COCOON-LINUX-GUEST DONE";
 /// Prefix of every line the initramfs prints when it gives up.
@@ -34,15 +38,18 @@ pub const ADDED_CONTENT: &str = "added by the upper layer";
 const INITRAMFS_INIT: &str = include_str!("linux_guest/initramfs-init.sh");
 const ROOTFS_INIT: &str = include_str!("linux_guest/rootfs-init.sh");
 /// Busybox applets the rootfs init calls by name.
-const ROOTFS_APPLETS: &[&str] = &["sh", "cat", "sync", "fsfreeze", "poweroff"];
+const ROOTFS_APPLETS: &[&str] = &[
+    "sh", "cat", "sync", "fsfreeze", "poweroff", "ip", "ping", "tr", "seq", "sleep",
+];
 /// What the contract's initramfs loads "if not built in": the virtio
-/// transports (PCI for CH, MMIO for FC), disks and console, and the three
-/// filesystems. Console first, so a later failure can still be reported.
+/// transports (PCI for CH, MMIO for FC), disks, console and NICs, and the
+/// three filesystems. Console first, so a later failure can still be reported.
 const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_mmio",
     "virtio_console",
     "virtio_blk",
+    "virtio_net",
     "erofs",
     "overlay",
     "ext4",

@@ -1,7 +1,10 @@
 #!/bin/sh
 # /init of the Linux test guest's initramfs: the guest contract's initramfs
 # steps (reference/guest-contract.md) in busybox sh, for both disk naming
-# schemes: virtio serials (Cloud Hypervisor) and /dev/vdX paths (Firecracker).
+# schemes: virtio serials (Cloud Hypervisor) and /dev/vdX paths (Firecracker),
+# and static networking from every `ip=` argument (the kernel's own ip=
+# autoconfiguration is not built into Debian's cloud kernel, and would run
+# before virtio_net is loaded anyway).
 /bin/busybox --install -s /bin
 export PATH=/bin
 
@@ -11,9 +14,10 @@ mount -t devtmpfs devtmpfs /dev
 # /run moves into the new root, so the layer and COW mounts stay visible there.
 mount -t tmpfs -o mode=0755 tmpfs /run
 
-layers= cow= timeout=10 console= hostname=
+layers= cow= timeout=10 console= hostname= ips=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
+    ip=*) ips="$ips ${arg#ip=}" ;;
     cocoon.layers=*) layers=${arg#cocoon.layers=} ;;
     cocoon.cow=*) cow=${arg#cocoon.cow=} ;;
     cocoon.timeout=*) timeout=${arg#cocoon.timeout=} ;;
@@ -52,6 +56,69 @@ wait_for() {
 if [ -n "$console" ]; then
   wait_for -c "/dev/$console" || panic "no console /dev/$console after ${timeout}s"
   exec </dev/"$console" >/dev/"$console" 2>&1
+fi
+
+# Prints the prefix length of a dotted IPv4 netmask; fails if it is not one.
+prefix_of() {
+  bits=0 rest=
+  old_ifs=$IFS; IFS=.; set -- $1; IFS=$old_ifs
+  [ $# -eq 4 ] || return 1
+  for octet in "$@"; do
+    # After a partial octet, only zeros.
+    [ -z "$rest" ] || [ "$octet" = 0 ] || return 1
+    case "$octet" in
+      255) bits=$((bits + 8)) ;;
+      254) bits=$((bits + 7)) rest=0 ;;
+      252) bits=$((bits + 6)) rest=0 ;;
+      248) bits=$((bits + 5)) rest=0 ;;
+      240) bits=$((bits + 4)) rest=0 ;;
+      224) bits=$((bits + 3)) rest=0 ;;
+      192) bits=$((bits + 2)) rest=0 ;;
+      128) bits=$((bits + 1)) rest=0 ;;
+      0) rest=0 ;;
+      *) return 1 ;;
+    esac
+  done
+  echo "$bits"
+}
+
+# Step 1 of the contract: configures one NIC from an ip= value,
+# <client-ip>:<server-ip>:<gw-ip>:<netmask>:<hostname>:<device>:<autoconf>[:<dns0>[:<dns1>]].
+# The engine writes static addresses only (autoconf off); a DHCP network
+# gets no ip= at all. $2 is the argument's position, the default route's metric.
+configure_ip() {
+  case "$1" in off|none) return ;; esac
+  metric=$2
+  old_ifs=$IFS; IFS=:; set -- $1; IFS=$old_ifs
+  client=$1 gw=$3 mask=$4 host=$5 dev=$6 autoconf=$7 dns0=$8 dns1=$9
+  case "$autoconf" in off|none|"") ;; *) panic "ip=: autoconf $autoconf is not supported by this test image" ;; esac
+  [ -n "$client" ] || panic "ip=: no client address"
+  [ -n "$dev" ] || panic "ip=: no device for $client"
+  prefix=$(prefix_of "${mask:-255.255.255.255}") || panic "ip=: bad netmask $mask"
+  wait_for -e "/sys/class/net/$dev" || panic "no network device $dev after ${timeout}s"
+  ip link set "$dev" up || panic "cannot bring up $dev"
+  ip addr add "$client/$prefix" dev "$dev" || panic "cannot add $client/$prefix to $dev"
+  if [ -n "$gw" ] && [ "$gw" != 0.0.0.0 ]; then
+    ip route add default via "$gw" dev "$dev" metric "$metric" \
+      || panic "cannot route via $gw on $dev"
+  fi
+  [ -z "$host" ] || hostname "$host"
+  for server in $dns0 $dns1; do
+    [ "$server" != 0.0.0.0 ] || continue
+    grep -qx "nameserver $server" /run/cocoon/resolv.conf 2>/dev/null \
+      || echo "nameserver $server" >>/run/cocoon/resolv.conf
+  done
+  echo "cocoon-network: $dev $client/$prefix via ${gw:-none}"
+}
+
+mkdir -p /run/cocoon
+if [ -n "$ips" ]; then
+  ip link set lo up || panic "cannot bring up lo"
+  n=0
+  for value in $ips; do
+    configure_ip "$value" "$n"
+    n=$((n + 1))
+  done
 fi
 
 # Prints the /dev path of a disk named by path or by virtio serial.
@@ -106,6 +173,8 @@ mount -t overlay overlay \
 # A fresh identity for the clone.
 : >/newroot/etc/machine-id
 [ -z "$hostname" ] || echo "$hostname" >/newroot/etc/hostname
+[ ! -f /run/cocoon/resolv.conf ] || cp /run/cocoon/resolv.conf /newroot/etc/resolv.conf \
+  || panic "cannot write /etc/resolv.conf"
 
 for fs in /dev /proc /sys /run; do
   mount --move "$fs" "/newroot$fs" || panic "cannot move $fs into the new root"

@@ -3,7 +3,9 @@
 //! This machine's KVM (PVM) cannot run stock Linux kernels under Cloud
 //! Hypervisor or Firecracker; qemu stands in with the same guest-visible
 //! hardware: virtio-pci disks with serials and a virtio console for CH,
-//! virtio-mmio disks without serials and a 16550 on ttyS0 for FC.
+//! virtio-mmio disks without serials and a 16550 on ttyS0 for FC. NICs are
+//! virtio-net on the engine's TAPs with the engine's MACs, and qemu runs in
+//! the VM's network namespace, where the engine made those TAPs.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,16 @@ pub struct Disk {
     pub role: String,
 }
 
+/// A NIC as the engine recorded it for the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub tap: String,
+    pub mac: String,
+    /// Queues as the VMM sees them (a pair per vCPU on CH): more than two
+    /// means the engine made a multi-queue TAP.
+    pub num_queues: u32,
+}
+
 /// What the engine would hand the VMM, read from `cocoon vm inspect`.
 #[derive(Debug, Clone)]
 pub struct Boot {
@@ -40,6 +52,9 @@ pub struct Boot {
     pub cmdline: String,
     /// In attach order.
     pub disks: Vec<Disk>,
+    pub nics: Vec<Nic>,
+    /// The namespace the engine runs the VMM in (CNI NICs), if any.
+    pub netns: Option<PathBuf>,
 }
 
 impl Boot {
@@ -66,12 +81,34 @@ impl Boot {
                 role: text(&d["role"]),
             })
             .collect();
+        let nic_configs = vm["network_configs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let nics = nic_configs
+            .iter()
+            .map(|n| Nic {
+                tap: text(&n["tap"]),
+                mac: text(&n["mac"]),
+                num_queues: n["num_queues"]
+                    .as_u64()
+                    .and_then(|q| u32::try_from(q).ok())
+                    .unwrap_or_else(|| panic!("no num_queues in {n}")),
+            })
+            .collect();
+        let netns = nic_configs
+            .iter()
+            .filter_map(|n| n["netns_path"].as_str())
+            .find(|p| !p.is_empty())
+            .map(PathBuf::from);
         Boot {
             backend,
             kernel: PathBuf::from(text(&boot["kernel_path"])),
             initrd: PathBuf::from(text(&boot["initrd_path"])),
             cmdline: text(&boot["cmdline"]),
             disks,
+            nics,
+            netns,
         }
     }
 
@@ -143,40 +180,140 @@ impl Boot {
             };
             push(&["-device", &device]);
         }
+        for (i, nic) in self.nics.iter().enumerate() {
+            // The engine created the TAP with a virtio-net header, as every
+            // VMM opens it; qemu must open it with the same multi-queue flag.
+            let pairs = (nic.num_queues / 2).max(1);
+            let mut netdev = format!(
+                "tap,id=net{i},ifname={},script=no,downscript=no,vnet_hdr=on",
+                nic.tap
+            );
+            let mut device = match self.backend {
+                Backend::CloudHypervisor => format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac),
+                Backend::Firecracker => format!("virtio-net-device,netdev=net{i},mac={}", nic.mac),
+            };
+            if nic.num_queues > 2 {
+                netdev.push_str(&format!(",queues={pairs}"));
+                // A vector per queue, one for config changes, one for control.
+                device.push_str(&format!(",mq=on,vectors={}", 2 * pairs + 2));
+            }
+            push(&["-netdev", &netdev, "-device", &device]);
+        }
         args
     }
 
-    /// Boots and waits for the guest to power off, killing qemu after `limit`.
-    /// qemu's own output goes to `<console_log>.qemu`: a pipe nobody drains
-    /// could stall it.
-    pub fn run(&self, qemu: &Path, console_log: &Path, limit: Duration) -> Outcome {
+    /// Starts qemu (inside the VM's namespace if it has one) and returns at
+    /// once; the guest console goes to `console_log`, qemu's own output to
+    /// `<console_log>.qemu` (a pipe nobody drains could stall it).
+    pub fn spawn(&self, qemu: &Path, console_log: &Path) -> Running {
         let started = Instant::now();
         let qemu_log = console_log.with_extension("qemu");
         let output = std::fs::File::create(&qemu_log)
             .unwrap_or_else(|e| panic!("{}: {e}", qemu_log.display()));
-        let child = Command::new(qemu)
+        let mut command = match &self.netns {
+            // nsenter execs qemu (no fork without --pid): the child is qemu.
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns.display())).arg(qemu);
+                c
+            }
+            None => Command::new(qemu),
+        };
+        let child = command
             .args(self.qemu_args(console_log))
             .stdin(Stdio::null())
             .stdout(output.try_clone().expect("dup"))
             .stderr(output)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", qemu.display()));
-        let mut guard = KillOnDrop(child);
+        Running {
+            child: KillOnDrop(child),
+            started,
+            console_log: console_log.to_path_buf(),
+            qemu_log,
+        }
+    }
+
+    /// Boots and waits for the guest to power off, killing qemu after `limit`.
+    pub fn run(&self, qemu: &Path, console_log: &Path, limit: Duration) -> Outcome {
+        self.spawn(qemu, console_log).finish(limit)
+    }
+}
+
+/// A qemu that [`Boot::spawn`] started; killed when dropped.
+pub struct Running {
+    child: KillOnDrop,
+    started: Instant,
+    console_log: PathBuf,
+    qemu_log: PathBuf,
+}
+
+impl Running {
+    /// The guest console so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.console_log).unwrap_or_default()
+    }
+
+    /// qemu's own output so far (why it could not start, for instance).
+    pub fn qemu_output(&self) -> String {
+        std::fs::read_to_string(&self.qemu_log).unwrap_or_default()
+    }
+
+    /// Whether qemu is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.0.try_wait().expect("wait for qemu").is_none()
+    }
+
+    /// Waits up to `limit` (from now) for the console to contain `needle`;
+    /// false if it did not, or qemu ended first.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.console().contains(needle) {
+                return true;
+            }
+            if !self.is_running() || Instant::now() > deadline {
+                // One last look: qemu may have written it just before exiting.
+                return self.console().contains(needle);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the guest to power off, killing qemu `limit` after it started.
+    pub fn finish(mut self, limit: Duration) -> Outcome {
         let exit_status = loop {
-            if let Some(status) = guard.0.try_wait().expect("wait for qemu") {
+            if let Some(status) = self.child.0.try_wait().expect("wait for qemu") {
                 break Some(status);
             }
-            if started.elapsed() > limit {
+            if self.started.elapsed() > limit {
                 break None;
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let elapsed = started.elapsed();
-        drop(guard);
+        self.outcome(exit_status)
+    }
+
+    /// Kills qemu now (the guest is not asked to shut down).
+    pub fn kill(mut self) -> Outcome {
+        let exit_status = self.child.0.try_wait().expect("wait for qemu");
+        self.outcome(exit_status)
+    }
+
+    /// Kills qemu if still running and collects what it left.
+    fn outcome(self, exit_status: Option<std::process::ExitStatus>) -> Outcome {
+        let elapsed = self.started.elapsed();
+        let Running {
+            child,
+            console_log,
+            qemu_log,
+            ..
+        } = self;
+        drop(child);
         Outcome {
             exit_status,
             elapsed,
-            console: std::fs::read_to_string(console_log).unwrap_or_default(),
+            console: std::fs::read_to_string(&console_log).unwrap_or_default(),
             qemu_output: std::fs::read_to_string(&qemu_log).unwrap_or_default(),
         }
     }
@@ -228,6 +365,8 @@ mod tests {
                 disk("/l0,x.erofs", true, "cocoon-layer0", "layer"),
                 disk("/cow.raw", false, "cocoon-cow", "cow"),
             ],
+            nics: vec![],
+            netns: None,
         }
     }
 
@@ -283,5 +422,42 @@ mod tests {
         );
         assert_eq!(after(&args, "-serial"), ["chardev:console"]);
         assert_eq!(after(&args, "-icount"), ["shift=auto"]);
+    }
+
+    #[test]
+    fn nics_use_the_engine_taps_macs_and_queue_flags() {
+        let nic = |tap: &str, mac: &str, num_queues| Nic {
+            tap: tap.into(),
+            mac: mac.into(),
+            num_queues,
+        };
+        let mut ch = boot(Backend::CloudHypervisor);
+        ch.nics = vec![
+            nic("tapabcdefgh-0", "02:00:00:00:00:01", 4),
+            nic("tapabcdefgh-1", "02:00:00:00:00:02", 2),
+        ];
+        let ch_args = args(&ch);
+        assert_eq!(
+            after(&ch_args, "-netdev"),
+            [
+                "tap,id=net0,ifname=tapabcdefgh-0,script=no,downscript=no,vnet_hdr=on,queues=2",
+                "tap,id=net1,ifname=tapabcdefgh-1,script=no,downscript=no,vnet_hdr=on",
+            ]
+        );
+        let devices = after(&ch_args, "-device");
+        assert_eq!(
+            devices[devices.len() - 2..],
+            [
+                "virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01,mq=on,vectors=6",
+                "virtio-net-pci,netdev=net1,mac=02:00:00:00:00:02",
+            ]
+        );
+        let mut fc = boot(Backend::Firecracker);
+        fc.nics = vec![nic("tapabcdefgh-0", "02:00:00:00:00:01", 2)];
+        let args = args(&fc);
+        assert_eq!(
+            after(&args, "-device").last(),
+            Some(&"virtio-net-device,netdev=net0,mac=02:00:00:00:00:01")
+        );
     }
 }
