@@ -31,11 +31,6 @@ pub enum Error {
         what: String,
         source: std::io::Error,
     },
-    /// A command whose engine part has not landed yet; it never pretends to succeed.
-    #[error(
-        "`cocoon {command}` is not implemented yet in this build (it arrives with the {area} work); nothing was changed"
-    )]
-    NotImplemented { command: String, area: &'static str },
     #[error("{0}")]
     Invalid(String),
 }

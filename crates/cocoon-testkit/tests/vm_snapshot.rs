@@ -75,6 +75,17 @@ impl Lab {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    fn vms(&self) -> Vec<Value> {
+        self.json(&["vm", "ls", "-o", "json"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     fn inspect(&self, vm: &str) -> Value {
         serde_json::from_str(&self.ok(&["vm", "inspect", vm])).unwrap()
     }
@@ -422,4 +433,71 @@ fn restore_refuses_a_damaged_snapshot_and_leaves_the_vm_running() {
     assert!(err.contains("state.json"), "{err}");
     assert_eq!(lab.inspect("d")["pid"], vm["pid"]);
     lab.ok(&["vm", "rm", "--force", "d"]);
+}
+
+/// `vm clone --pull`: the snapshot's image is gone from this host and its
+/// tag has moved on in the registry; the clone fails naming `--pull`, and
+/// with it fetches exactly the image the snapshot was taken from, by digest.
+#[test]
+fn clone_pull_fetches_the_snapshots_image_by_digest() {
+    let test = "clone_pull_fetches_the_snapshots_image_by_digest";
+    let Some(registry) = cocoon_testkit::registry::Registry::start() else {
+        return cocoon_testkit::skip(test, "docker-registry is not installed");
+    };
+    let Some(lab) = Lab::new(test) else {
+        return;
+    };
+    let kernel = std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap();
+    let image = |tag: &[u8]| {
+        vec![
+            LayerBuilder::new()
+                .file("boot/vmlinuz-6.1", &kernel)
+                .file("boot/initrd.img-6.1", tag)
+                .build(),
+        ]
+    };
+    registry.push("vm/base:1", &image(b"first"), "amd64");
+    let reference = registry.reference("vm/base:1");
+    lab.ok(&["image", "pull", &reference]);
+    let digest = lab.json(&["image", "inspect", &reference])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.ok(&["vm", "run", "--nics", "0", "--name", "m", &reference]);
+    lab.ok(&["snapshot", "save", "--name", "s", "m"]);
+    lab.ok(&["vm", "rm", "--force", "m"]);
+
+    // The tag moves on, and the image leaves this host.
+    registry.push("vm/base:1", &image(b"second"), "amd64");
+    lab.ok(&["image", "rm", &reference]);
+    let images = lab.env.root_dir().join("images");
+    for dir in ["blobs", "boot"] {
+        std::fs::remove_dir_all(images.join(dir)).unwrap();
+        std::fs::create_dir(images.join(dir)).unwrap();
+    }
+    let err = lab.fail(&["vm", "clone", "--name", "c", "s"]);
+    assert!(err.contains("or clone with --pull"), "{err}");
+    assert!(
+        !lab.vms().iter().any(|v| v["config"]["name"] == "c"),
+        "a failed clone leaves no VM"
+    );
+
+    lab.ok(&["vm", "clone", "--pull", "--name", "c", "s"]);
+    let clone = lab.inspect("c");
+    assert_eq!(clone["state"], "running");
+    let pinned = format!("{}@{digest}", reference.rsplit_once(':').unwrap().0);
+    let pulled = lab.json(&["image", "inspect", &pinned]);
+    assert_eq!(
+        pulled["id"],
+        digest.as_str(),
+        "the snapshot's image, not the tag's"
+    );
+    for layer in pulled["layers"].as_array().unwrap() {
+        let hex = layer.as_str().unwrap().trim_start_matches("sha256:");
+        assert!(images.join("blobs").join(format!("{hex}.erofs")).is_file());
+    }
+    // Present now: a second --pull fetches nothing and clones.
+    lab.ok(&["vm", "clone", "--pull", "--name", "c2", "s"]);
+    assert_eq!(lab.inspect("c2")["state"], "running");
+    lab.ok(&["vm", "rm", "--force", "c", "c2"]);
 }

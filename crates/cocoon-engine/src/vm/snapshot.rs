@@ -500,6 +500,61 @@ impl Engine {
         }
     }
 
+    /// `vm clone --pull`: when the snapshot's base image is not in the store
+    /// (an imported snapshot, or an image removed since), fetch exactly the
+    /// one it was taken from: an OCI image by `repo@<manifest digest>` (the
+    /// tag may point elsewhere by now), a cloud image from its URL, refused
+    /// if the URL now serves other content. Returns what was pulled, or None
+    /// when everything was already here.
+    pub fn pull_snapshot_base(
+        &mut self,
+        reference: &str,
+        oci_progress: &dyn crate::image::oci::PullProgress,
+        cloud_progress: &dyn crate::image::cloud::CloudProgress,
+    ) -> Result<Option<String>> {
+        let snapshot = self.store().resolve_snapshot(reference)?;
+        let manifest = load_manifest(&snapshot, false)?;
+        if self.check_base_files(&manifest).is_ok() {
+            return Ok(None);
+        }
+        let invalid = |reason: String| {
+            op_err(SnapshotOpError::Invalid {
+                id: snapshot.id.clone(),
+                reason,
+            })
+        };
+        let source = &manifest.source;
+        if source.image_digest.is_empty() {
+            return Err(invalid(format!(
+                "it records no image digest (an older snapshot), so --pull cannot know which {} to fetch; pull the image yourself",
+                source.image
+            )));
+        }
+        let pulled = if source.image_type == crate::model::ImageType::Cloudimg {
+            let outcome = self.pull_cloud_image(&source.image, false, cloud_progress)?;
+            if outcome.image.id != source.image_digest {
+                return Err(invalid(format!(
+                    "{} now serves {}, not the snapshot's image {}; nothing was cloned",
+                    source.image, outcome.image.id, source.image_digest
+                )));
+            }
+            source.image.clone()
+        } else {
+            let parsed = crate::image::oci::parse_reference(&source.image)?;
+            let pinned = format!(
+                "{}/{}@{}",
+                parsed.registry(),
+                parsed.repository(),
+                source.image_digest
+            );
+            self.pull_image(&pinned, oci_progress)?;
+            pinned
+        };
+        // The pull must have brought back every file the snapshot names.
+        self.check_base_files(&manifest)?;
+        Ok(Some(pulled))
+    }
+
     /// Layers, kernel and initrd of the snapshot's image must still be here.
     fn check_base_files(&mut self, manifest: &Manifest) -> Result<()> {
         let root = self.config().root_dir.clone();

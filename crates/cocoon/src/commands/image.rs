@@ -124,12 +124,12 @@ fn short(digest: &str) -> String {
 
 /// Pull progress on stderr: a bar when stderr is a terminal, cocoon's log
 /// lines otherwise (so logs and CI output stay readable).
-struct PullReporter {
+pub(super) struct PullReporter {
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl PullReporter {
-    fn new() -> PullReporter {
+    pub(super) fn new() -> PullReporter {
         use std::io::IsTerminal;
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::hidden();
@@ -145,7 +145,7 @@ impl PullReporter {
         PullReporter { bar }
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -179,7 +179,7 @@ impl PullProgress for PullReporter {
 
 /// Cloud image progress on stderr: a byte bar per step when stderr is a
 /// terminal, otherwise a log line per step and per tenth done.
-struct CloudReporter {
+pub(super) struct CloudReporter {
     terminal: bool,
     bar: RefCell<Option<indicatif::ProgressBar>>,
     /// Non-terminal mode: the step's name, its total, and the next tenth to log.
@@ -188,7 +188,7 @@ struct CloudReporter {
 }
 
 impl CloudReporter {
-    fn new() -> CloudReporter {
+    pub(super) fn new() -> CloudReporter {
         use std::io::IsTerminal;
         CloudReporter {
             terminal: std::io::stderr().is_terminal(),
@@ -198,7 +198,7 @@ impl CloudReporter {
         }
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(bar) = self.bar.borrow_mut().take() {
             bar.finish_and_clear();
         }

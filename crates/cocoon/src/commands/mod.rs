@@ -42,14 +42,6 @@ pub fn run(command: Command, config: Config) -> Result<()> {
     }
 }
 
-/// The command parsed and validated; its engine part arrives with `area`.
-pub(crate) fn not_implemented(command: &str, area: &'static str) -> Result<()> {
-    Err(Error::NotImplemented {
-        command: command.to_string(),
-        area,
-    })
-}
-
 /// Opens the engine and first converges whatever a dead command left
 /// half-done (a failure there is logged, never blocks this command).
 pub(crate) fn open(config: Config) -> Result<Engine> {

@@ -7,7 +7,7 @@ use cocoon_engine::vm::launch::LaunchOptions;
 use cocoon_engine::vm::{BatchOutcome, CreateVm, StopOptions, default_vm_name};
 use cocoon_engine::{Config, Engine, Error, Result};
 
-use super::{io, not_implemented, status};
+use super::{io, status};
 use crate::cli::{VmCommand, VmFlags};
 use crate::output::{local_time, print_json, print_line, print_table};
 
@@ -88,7 +88,14 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             snapshot,
         } => {
             if flags.pull {
-                return not_implemented("vm clone --pull", "snapshots");
+                let oci = super::image::PullReporter::new();
+                let cloud = super::image::CloudReporter::new();
+                let pulled = engine.pull_snapshot_base(&snapshot, &oci, &cloud);
+                oci.finish();
+                cloud.finish();
+                if let Some(reference) = pulled? {
+                    tracing::info!("pulled the snapshot's base image {reference}");
+                }
             }
             let request = cocoon_engine::vm::CloneRequest {
                 name: flags.name.clone(),
