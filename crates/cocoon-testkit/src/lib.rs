@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 pub use assert_cmd;
 
+pub mod cloud_guest;
 pub mod guest;
 pub mod linux_guest;
 pub mod registry;

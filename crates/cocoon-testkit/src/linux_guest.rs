@@ -333,6 +333,11 @@ impl Tar {
     }
 }
 
+// Shared with the other test image built from the same Debian packages
+// (crate::cloud_guest): the cpio writer and the module load order.
+pub use cpio::Cpio;
+pub use modules::{Module, load_order as module_load_order};
+
 #[cfg(test)]
 mod tests {
     use super::*;
