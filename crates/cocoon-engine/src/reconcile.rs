@@ -59,7 +59,7 @@ impl Engine {
                 intent.owner.pid,
                 intent.step
             );
-            claim.finish(self.store())?;
+            claim.finish_recovered(self.store(), &intent, &action)?;
             repairs.push(Repair {
                 op: intent.op.clone(),
                 object: intent.object_id.clone(),

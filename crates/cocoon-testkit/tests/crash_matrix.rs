@@ -182,6 +182,13 @@ fn assert_converged(lab: &Lab, case: &str) {
     }
 }
 
+fn last_event(lab: &Lab) -> i64 {
+    cocoon_engine::store::Store::open(&lab.env.db_path())
+        .unwrap()
+        .last_event_seq()
+        .unwrap()
+}
+
 fn kill_all(lab: &Lab) {
     for vm in lab.vms() {
         for p in processes_of(&vm) {
@@ -272,7 +279,24 @@ fn matrix(op: &Op) {
             }
             // A moment for a killed CLI's children to notice.
             std::thread::sleep(Duration::from_millis(50));
+            let before = last_event(&lab);
             assert_converged(&lab, &case);
+            if action == "kill" {
+                // What the reconciler did is in the event log.
+                let mut store = cocoon_engine::store::Store::open(&lab.env.db_path()).unwrap();
+                let recovered: Vec<_> = store
+                    .events_since(before, 1000)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|e| e.action == "recovered")
+                    .collect();
+                assert!(!recovered.is_empty(), "{case}: no `recovered` event");
+                let doc = recovered[0].doc.as_ref().unwrap();
+                assert!(
+                    doc["op"].is_string() && doc["action"].is_string(),
+                    "{case}: {doc}"
+                );
+            }
             (op.again)(&lab);
             if op.name != "vm rm" || lab.vms().iter().any(|v| v["config"]["name"] == "m") {
                 let out = lab.cmd().args((op.args)(&lab)).output().unwrap();

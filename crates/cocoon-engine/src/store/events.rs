@@ -29,7 +29,7 @@ impl ObjectKind {
         }
     }
 
-    fn parse(s: &str) -> Option<ObjectKind> {
+    pub(crate) fn parse(s: &str) -> Option<ObjectKind> {
         Some(match s {
             "vm" => ObjectKind::Vm,
             "image" => ObjectKind::Image,

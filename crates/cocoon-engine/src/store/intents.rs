@@ -72,6 +72,25 @@ impl IntentGuard {
     pub fn finish(self, store: &mut Store) -> Result<()> {
         store.clear_intent(self.id)
     }
+
+    /// The reconciler converged `intent` (claimed through this guard):
+    /// clears it and logs a `recovered` event on its object saying what
+    /// was done, in one transaction, so `vm status --event` shows repairs.
+    pub fn finish_recovered(self, store: &mut Store, intent: &Intent, action: &str) -> Result<()> {
+        let kind = ObjectKind::parse(&intent.object_kind).unwrap_or(ObjectKind::Vm);
+        let doc = serde_json::json!({
+            "op": intent.op,
+            "step": intent.step,
+            "owner_pid": intent.owner.pid,
+            "action": action,
+        })
+        .to_string();
+        store.write(|tx| {
+            tx.execute("DELETE FROM intents WHERE id = ?1", [self.id])?;
+            super::events::append(tx, kind, &intent.object_id, "recovered", Some(&doc))?;
+            Ok(())
+        })
+    }
 }
 
 impl Store {
