@@ -392,6 +392,30 @@ fn start_after_the_vmm_crashed() {
     lab.ok(&["vm", "rm", "--force", "crashy"]);
 }
 
+/// Cloud Hypervisor answers on its API socket before it has created and
+/// booted the VM of its command line ("VM is not created", then Created):
+/// the start waits that out instead of failing (seen 2 runs in 5 on real CH).
+#[test]
+fn start_waits_for_a_slow_cloud_hypervisor_boot() {
+    let Some(mut lab) = Lab::new() else { return };
+    lab.extra_env
+        .push(("COCOON_FAKE_VMM_BOOT_DELAY_MS".into(), "150".into()));
+    lab.ok(&[
+        "vm",
+        "create",
+        "--nics",
+        "0",
+        "--name",
+        "slow",
+        "test/guest:1",
+    ]);
+    lab.ok(&["vm", "start", "slow"]);
+    let vm = lab.inspect("slow");
+    let _reaper = Reaper(processes_of(&vm));
+    assert_eq!(vm["state"], "running");
+    lab.ok(&["vm", "rm", "--force", "slow"]);
+}
+
 /// Firecracker refuses the boot: the start fails with its message, the VM is
 /// marked error, and no process or socket is left.
 #[test]

@@ -539,12 +539,9 @@ impl Engine {
                 // CH boots from its command line (or resumed the restored VM);
                 // the boot was accepted once the VM reports Running. Its PTYs
                 // are named in vm.info.
-                let info = api.info().await.map_err(|e| boot_failed(e.to_string()))?;
-                if info.state != vmm_api::ch::models::VmState::Running {
-                    return Err(
-                        boot_failed(format!("the VM is {:?}, not running", info.state)).into(),
-                    );
-                }
+                let info = wait_running(&api, &vmm, spec.socket_timeout)
+                    .await
+                    .map_err(boot_failed)?;
                 let mut ports = Vec::new();
                 if let Some(pty) = info.config["console"]["file"].as_str() {
                     let fd = open_tty(Path::new(pty)).map_err(|e| {
@@ -1009,4 +1006,32 @@ fn open_tty(path: &Path) -> std::io::Result<OwnedFd> {
         .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(path)?
         .into())
+}
+
+/// Polls `vm.info` until CH reports the VM Running. Its API socket comes up
+/// before it has created and booted the VM from its command line, so the
+/// first answers can be "VM is not created" or `Created`: those are waited
+/// out (while the process lives, up to `limit`); the last one is the error.
+async fn wait_running(
+    api: &CloudHypervisor,
+    vmm: &VmmProcess,
+    limit: Duration,
+) -> std::result::Result<vmm_api::ch::models::VmInfo, String> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let last = match api.info().await {
+            Ok(info) if info.state == vmm_api::ch::models::VmState::Running => return Ok(info),
+            Ok(info) => format!("the VM is {:?}, not running", info.state),
+            Err(e) => e.to_string(),
+        };
+        if !supervise::is_running(vmm) {
+            return Err(format!("the VMM exited ({last})"));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("{last} after {} s", limit.as_secs()));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }

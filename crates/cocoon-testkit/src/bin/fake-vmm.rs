@@ -14,6 +14,8 @@
 //! `COCOON_FAKE_VMM_REQUESTS=<file>` appends every request line to that file;
 //! `COCOON_FAKE_VMM_BODIES=<file>` appends `METHOD PATH BODY` lines (compact JSON).
 //! `COCOON_FAKE_VMM_IGNORE_SIGTERM=1` makes the process ignore SIGTERM (a wedged VMM).
+//! `COCOON_FAKE_VMM_BOOT_DELAY_MS=N`: a CH booting from its command line is
+//! "not created" for N ms, then Created for N ms, then Running (CH's race).
 //!
 //! Consoles: like the real VMMs, a Cloud Hypervisor launched with `--serial
 //! pty` / `--console pty` allocates PTYs and names them in `vm.info`
@@ -247,6 +249,16 @@ async fn main() {
             }
         }
     }
+    // Like the real CH, whose API socket answers before it has created and
+    // booted the VM of its command line: "not created", then Created, then
+    // Running, each for this long.
+    let boot_delay = std::env::var("COCOON_FAKE_VMM_BOOT_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|_| vm.state == State::Running);
+    if boot_delay.is_some() {
+        vm.state = State::NotCreated;
+    }
     let fake = Arc::new(Fake {
         flavor,
         id: arg_value(&args, &["--id"]).unwrap_or_else(|| "anonymous-instance".into()),
@@ -256,6 +268,15 @@ async fn main() {
         exits_on_poweroff,
         bodies: std::env::var_os("COCOON_FAKE_VMM_BODIES").map(PathBuf::from),
     });
+    if let Some(ms) = boot_delay {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            for state in [State::Created, State::Running] {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                fake.vm.lock().await.state = state;
+            }
+        });
+    }
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket).expect("bind API socket");
     eprintln!("fake-vmm: {flavor:?} listening on {}", socket.display());
