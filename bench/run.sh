@@ -6,5 +6,8 @@ cd "$(dirname "$0")/.."
 cargo bench --locked -p cocoon-engine --bench state_store
 cargo bench --locked -p cocoon-testkit --bench pull
 cargo bench --locked -p cocoon-engine --bench net_setup
+cargo bench --locked -p cocoon-engine --bench snapshot_sum
 cargo build --locked --release -p cocoon
 COCOON_BIN=target/release/cocoon python3 bench/vm-boot.py
+# Snapshot save and clone on XFS (reflink) and ext4 loop mounts; needs root and both real VMMs.
+COCOON_BIN=target/release/cocoon python3 bench/snapshot.py

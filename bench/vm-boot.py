@@ -11,37 +11,17 @@ kernel built by cocoon-testkit (any `cargo build --workspace` makes it).
     python3 bench/vm-boot.py [iterations]
 """
 
-import glob
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 
-READY = b"COCOON-TEST-GUEST READY"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def find_vmm(env, name):
-    path = os.environ.get(env) or shutil.which(name)
-    return path if path and os.path.isfile(path) else None
-
-
-def wait_for_marker(path, deadline_s=20.0):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            with open(path, "rb") as f:
-                if READY in f.read():
-                    return time.monotonic()
-        except FileNotFoundError:
-            pass
-        time.sleep(0.0005)
-    raise SystemExit(f"no ready marker in {path}")
+sys.dont_write_bytecode = True  # no __pycache__ in bench/
+from benchlib import GUEST_IMAGE, cocoon_binary, find_vmm, import_guest, test_kernel, wait_for_marker
 
 
 def kill_tree(proc):
@@ -51,12 +31,8 @@ def kill_tree(proc):
 
 def main():
     iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    cocoon = os.environ.get("COCOON_BIN", os.path.join(ROOT, "target/release/cocoon"))
-    if not os.path.isfile(cocoon):
-        subprocess.run(["cargo", "build", "--release", "-p", "cocoon"], cwd=ROOT, check=True)
-    kernels = glob.glob(os.path.join(ROOT, "target/*/build/cocoon-testkit-*/out/cocoon-test-guest.elf"))
-    if not kernels:
-        raise SystemExit("test guest kernel not built: run `cargo build --workspace` first")
+    cocoon = cocoon_binary()
+    test_kernel()
     backends = [
         ("cloud-hypervisor", find_vmm("COCOON_CH_BINARY", "cloud-hypervisor"), []),
         ("firecracker", find_vmm("COCOON_FC_BINARY", "firecracker"), ["--fc"]),
@@ -76,14 +52,7 @@ def main():
     def cocoon_cmd(*args):
         return subprocess.run([cocoon, *args], env=env, check=True, capture_output=True, text=True).stdout
 
-    layer = f"{work}/layer.tar"
-    with tarfile.open(layer, "w") as tar:
-        tar.add(sorted(kernels)[0], arcname="boot/vmlinuz-test")
-        initrd = f"{work}/initrd"
-        with open(initrd, "wb") as f:
-            f.write(b"unused")
-        tar.add(initrd, arcname="boot/initrd.img-test")
-    cocoon_cmd("image", "import", "bench/guest:1", layer)
+    import_guest(cocoon_cmd, work)
 
     print(f"boot to ready marker, median of {iterations} (test guest kernel, 1 vCPU, 512 MiB, --nics 0)")
     try:
@@ -95,7 +64,7 @@ def main():
             for i in range(iterations):
                 vm = f"b{i}"
                 t0 = time.monotonic()
-                cocoon_cmd("vm", "run", "--nics", "0", "--cpu", "1", "--memory", "512M", "--name", vm, *flag, "bench/guest:1")
+                cocoon_cmd("vm", "run", "--nics", "0", "--cpu", "1", "--memory", "512M", "--name", vm, *flag, GUEST_IMAGE)
                 info = json.loads(cocoon_cmd("vm", "inspect", vm))
                 log = os.path.join(info["log_dir"], "console.log")
                 engine.append(wait_for_marker(log) - t0)
