@@ -1,6 +1,7 @@
 //! Failpoints for the crash-consistency test matrix: with the `failpoints`
 //! feature, `COCOON_FAILPOINTS="name=kill;other=error"` makes the process
-//! SIGKILL itself, or fail, at that step boundary. Without the feature every
+//! SIGKILL itself, or fail, at that step boundary (`name=sleep:MS` pauses
+//! there instead, to hold a race window open). Without the feature every
 //! call compiles to nothing.
 
 #[cfg(feature = "failpoints")]
@@ -16,6 +17,11 @@ pub fn hit(name: &str) -> Result<(), crate::Error> {
             }
             Some((n, "error")) if n == name => {
                 return Err(crate::Error::Invalid(format!("failpoint {name} triggered")));
+            }
+            // `name=sleep:MS` widens a race window for a concurrency test.
+            Some((n, action)) if n == name && action.starts_with("sleep:") => {
+                let ms = action["sleep:".len()..].parse().unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
             }
             _ => {}
         }
@@ -57,4 +63,5 @@ pub const ALL: &[&str] = &[
     "image.import.stored",
     "snapshot.import.staged",
     "snapshot.import.renamed",
+    "gc.read",
 ];

@@ -95,6 +95,18 @@ fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
 impl Engine {
     pub fn gc(&mut self, dry_run: bool) -> Result<GcReport> {
         let recovered = if dry_run { vec![] } else { self.reconcile()? };
+        // The directories and network markers are listed *before* the
+        // records are read: an operation writes its intent (or record)
+        // before it makes any of them, so whatever is listed here and has
+        // neither a record nor an intent in the view below is garbage. One
+        // that appears after the listing (a clone or save starting while gc
+        // runs) is never looked at.
+        let config = self.config().clone();
+        let run_dirs = entries(&config.run_dir.join("vms"));
+        let log_dirs = entries(&config.log_dir.join("vms"));
+        let snapshot_entries = entries(&self.snapshot_root());
+        let ctx = net::NetContext::from_config(&config);
+        let markers = ctx.markers();
         // One consistent view of everything recorded.
         let (vm_ids, snapshot_dirs, referenced, busy) = self.store().read(|tx| {
             let strings = |sql: &str| -> Result<HashSet<String>, crate::store::StoreError> {
@@ -110,8 +122,8 @@ impl Engine {
                 strings("SELECT object_id FROM intents")?,
             ))
         })?;
+        crate::failpoint::hit("gc.read")?;
         let mut removed: Vec<GcItem> = Vec::new();
-        let config = self.config().clone();
         let remove = |kind: &'static str, path: &Path, removed: &mut Vec<GcItem>| {
             let bytes = disk_usage(path);
             if !dry_run {
@@ -177,7 +189,7 @@ impl Engine {
             term: Duration::from_secs(2),
             kill: Duration::from_secs(5),
         };
-        for (id, path) in entries(&config.run_dir.join("vms")) {
+        for (id, path) in run_dirs {
             if vm_ids.contains(&id) || busy.contains(&id) {
                 continue;
             }
@@ -203,12 +215,12 @@ impl Engine {
             }
             remove("run_dir", &path, &mut removed);
         }
-        for (id, path) in entries(&config.log_dir.join("vms")) {
+        for (id, path) in log_dirs {
             if !vm_ids.contains(&id) && !busy.contains(&id) {
                 remove("log_dir", &path, &mut removed);
             }
         }
-        for (name, path) in entries(&self.snapshot_root()) {
+        for (name, path) in snapshot_entries {
             let id = name.trim_start_matches(".import-");
             if snapshot_dirs.contains(id) || busy.contains(id) {
                 continue;
@@ -218,8 +230,7 @@ impl Engine {
 
         // Network namespaces and bridge TAPs of VMs that are gone: only
         // those this installation marked (the host's namespaces are shared).
-        let ctx = net::NetContext::from_config(&config);
-        for (id, marker) in ctx.markers() {
+        for (id, marker) in markers {
             if vm_ids.contains(&id) || busy.contains(&id) {
                 continue;
             }

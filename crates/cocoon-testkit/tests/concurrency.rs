@@ -319,6 +319,57 @@ fn gc_during_a_pull_keeps_what_the_pull_makes() {
     }
 }
 
+/// gc reads the records, then removes what they do not name: a clone or a
+/// save that starts in between must keep its directories. (gc is held
+/// between its read and its removals by a failpoint; before the fix it
+/// removed the new VM's and snapshot's directories, as the stress run saw.)
+#[test]
+fn gc_never_takes_what_an_operation_starting_meanwhile_makes() {
+    let Some(lab) = Lab::new("gc_never_takes_what_an_operation_starting_meanwhile_makes") else {
+        return;
+    };
+    let version = lab.ok(&["version"]);
+    if !version.contains("failpoints") {
+        return cocoon_testkit::skip(
+            "gc_never_takes_what_an_operation_starting_meanwhile_makes",
+            "the cocoon binary was built without failpoints",
+        );
+    }
+    lab.ok(&["vm", "run", "--nics", "0", "--name", "m", "test/a:1"]);
+    lab.ok(&["snapshot", "save", "--name", "s", "m"]);
+    let gc = lab
+        .cmd()
+        .args(["gc", "-o", "json"])
+        .env("COCOON_FAILPOINTS", "gc.read=sleep:1500")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.ok(&["vm", "clone", "--name", "c", "s"]);
+    lab.ok(&["snapshot", "save", "--name", "s2", "m"]);
+    let out = gc.wait_with_output().unwrap();
+    assert!(out.status.success(), "gc: {}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["removed"],
+        serde_json::json!([]),
+        "gc took: {report}"
+    );
+    let clone = lab.json(&["vm", "inspect", "c"]);
+    assert_eq!(clone["state"], "running");
+    for key in ["run_dir", "log_dir"] {
+        assert!(Path::new(clone[key].as_str().unwrap()).is_dir(), "{key}");
+    }
+    let s2 = lab.json(&["snapshot", "inspect", "s2"]);
+    assert!(
+        Path::new(s2["data_dir"].as_str().unwrap())
+            .join("cocoon.json")
+            .is_file()
+    );
+    lab.assert_consistent("gc racing a clone and a save");
+}
+
 /// Failures a concurrent workload may see by design, each with the message
 /// that explains it: another process removed the VM first, or stopped it
 /// before this one could snapshot or restore it.
