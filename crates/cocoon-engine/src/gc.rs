@@ -93,6 +93,20 @@ fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
 }
 
 impl Engine {
+    /// Whether a layer is pinned, or may be about to be (an image pull or
+    /// import is in flight): a fresh query, made under the digest's lock.
+    fn blob_wanted(&mut self, hex: &str) -> Result<bool> {
+        let digest = format!("sha256:{hex}");
+        Ok(self.store().read(|tx| {
+            Ok(tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM blob_refs WHERE digest = ?1 OR digest = ?2)
+                     OR EXISTS(SELECT 1 FROM intents WHERE op IN ('image.pull', 'image.import'))",
+                [digest.as_str(), hex],
+                |r| r.get::<_, bool>(0),
+            )?)
+        })?)
+    }
+
     pub fn gc(&mut self, dry_run: bool) -> Result<GcReport> {
         let recovered = if dry_run { vec![] } else { self.reconcile()? };
         // The directories and network markers are listed *before* the
@@ -150,25 +164,35 @@ impl Engine {
             .iter()
             .map(|d| crate::image::store::hex(d).to_string())
             .collect();
+        // Candidates: unpinned in the view above, past the grace period (a
+        // blob a pull renamed into place a moment ago is recorded next).
+        let mut candidates: Vec<(&'static str, String, PathBuf)> = Vec::new();
         for (name, path) in entries(&dirs.root.join("blobs")) {
             let hex = name.split('.').next().unwrap_or_default().to_string();
-            // A blob a pull renamed into place a moment ago is recorded
-            // next: young files and held locks are skipped.
-            if pinned_hex.contains(&hex)
-                || locked(&dirs.lock(&hex))
-                || !older_than(&path, BLOB_GRACE)
-            {
-                continue;
+            if !pinned_hex.contains(&hex) && older_than(&path, BLOB_GRACE) {
+                candidates.push(("blob", hex, path));
             }
-            remove("blob", &path, &mut removed);
         }
         for (hex, path) in entries(&dirs.root.join("boot")) {
-            if !pinned_hex.contains(&hex)
-                && !locked(&dirs.lock(&hex))
-                && older_than(&path, BLOB_GRACE)
-            {
-                remove("boot", &path, &mut removed);
+            if !pinned_hex.contains(&hex) && older_than(&path, BLOB_GRACE) {
+                candidates.push(("boot", hex, path));
             }
+        }
+        // Each goes under its digest's lock, after a fresh look at the
+        // records. A pull or import looks for a stored layer under that same
+        // lock, after writing its intent: so either it finds the blob gone
+        // (and fetches it again), or gc finds its intent (and keeps it).
+        for (kind, hex, path) in candidates {
+            let Ok(lock) = File::open(dirs.lock(&hex)) else {
+                continue; // never stored by a pull or import: left alone
+            };
+            if lock.try_lock().is_err() {
+                continue; // a pull or import is on it
+            }
+            if self.blob_wanted(&hex)? {
+                continue;
+            }
+            remove(kind, &path, &mut removed);
         }
         for (name, path) in entries(&dirs.root.join("tmp")) {
             let grace = if name.ends_with(".partial") || name.ends_with(".partial.json") {

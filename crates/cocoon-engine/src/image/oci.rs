@@ -347,10 +347,10 @@ async fn ensure_layer(
     dirs: &ImageDirs,
 ) -> Result<PulledLayer, PullError> {
     let digest = descriptor.digest.clone();
-    if let Some(layer) = cached(dirs, &digest) {
-        return Ok(layer);
-    }
     // One converter per layer across processes; waiters then find it cached.
+    // A stored layer is looked for under the lock too, never before it: gc
+    // removes unpinned layers under the same lock once it has seen no pull
+    // in flight, so a layer found here stays until this pull records it.
     let lock_path = dirs.lock(&digest);
     let lock = tokio::task::spawn_blocking(move || {
         let file = File::options()
