@@ -110,6 +110,43 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Processes that find the file new race to switch it to WAL and to
+        // create the schema, still under rollback journaling, where SQLite
+        // answers a lock upgrade that could deadlock with an immediate
+        // SQLITE_BUSY instead of waiting: that first setup is retried.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mut attempt = 0u64;
+        loop {
+            match Self::prepare(&mut conn, version) {
+                Err(StoreError::Sqlite(e))
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    attempt += 1;
+                    // Staggered by pid, so two racers do not retry in step.
+                    let ms = 5 + (u64::from(std::process::id()) + attempt * 7) % 20;
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                Err(StoreError::SchemaTooNew {
+                    found, supported, ..
+                }) => {
+                    return Err(StoreError::SchemaTooNew {
+                        found,
+                        supported,
+                        path: path.to_path_buf(),
+                    });
+                }
+                other => break other?,
+            }
+        }
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// WAL mode, durability pragmas and the schema, on a fresh connection.
+    fn prepare(conn: &mut Connection, version: u32) -> Result<()> {
         // WAL is a property of the file: set once, cheap to re-assert.
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -118,22 +155,10 @@ impl Store {
         // FULL: a committed record of a running VM or a stored blob survives power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        if schema::version(&conn)? != version {
-            schema::migrate(&mut conn, version).map_err(|e| match e {
-                StoreError::SchemaTooNew {
-                    found, supported, ..
-                } => StoreError::SchemaTooNew {
-                    found,
-                    supported,
-                    path: path.to_path_buf(),
-                },
-                other => other,
-            })?;
+        if schema::version(conn)? != version {
+            schema::migrate(conn, version)?;
         }
-        Ok(Store {
-            conn,
-            path: path.to_path_buf(),
-        })
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

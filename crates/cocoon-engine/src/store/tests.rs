@@ -468,3 +468,26 @@ fn corrupt_documents_are_reported_not_panicked() {
         "{err}"
     );
 }
+
+/// Many connections opening a database file none of them has seen before,
+/// all at once: each must come up (WAL, schema) without "database is
+/// locked", which SQLite answers at once to a lock upgrade that could
+/// deadlock while the new file is still in rollback mode.
+#[test]
+fn racing_first_opens_of_a_new_database_all_succeed() {
+    for round in 0..30 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cocoon.db");
+        let barrier = std::sync::Barrier::new(12);
+        std::thread::scope(|s| {
+            for _ in 0..12 {
+                s.spawn(|| {
+                    barrier.wait();
+                    let mut store =
+                        Store::open(&path).unwrap_or_else(|e| panic!("round {round}: {e}"));
+                    store.list_vms().unwrap();
+                });
+            }
+        });
+    }
+}
