@@ -319,6 +319,70 @@ fn gc_during_a_pull_keeps_what_the_pull_makes() {
     }
 }
 
+/// A pull that reuses stored layers nothing pins any more (their image was
+/// removed long ago) while gc runs: gc must not delete them between the
+/// pull finding them and recording its image. The pull is held there by a
+/// failpoint; before the fix gc removed the layers and the image was
+/// recorded without its blobs.
+#[test]
+fn gc_keeps_old_layers_a_pull_is_reusing() {
+    let test = "gc_keeps_old_layers_a_pull_is_reusing";
+    let Some(registry) = cocoon_testkit::registry::Registry::start() else {
+        return cocoon_testkit::skip(test, "docker-registry is not installed");
+    };
+    let Some(lab) = Lab::new(test) else {
+        return;
+    };
+    if !lab.ok(&["version"]).contains("failpoints") {
+        return cocoon_testkit::skip(test, "the cocoon binary was built without failpoints");
+    }
+    registry.push("vm/old:1", &[layer("old")], "amd64");
+    let reference = registry.reference("vm/old:1");
+    lab.ok(&["image", "pull", &reference]);
+    let layers = lab.json(&["image", "inspect", &reference])["layers"].clone();
+    lab.ok(&["image", "rm", &reference]);
+    // Unpinned and past gc's grace period.
+    let images = lab.env.root_dir().join("images");
+    let aged = std::process::Command::new("find")
+        .arg(&images)
+        .args(["-exec", "touch", "-h", "-d", "2 hours ago", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(aged.success());
+    let pull = lab
+        .cmd()
+        .args(["image", "pull", &reference])
+        .env("COCOON_FAILPOINTS", "image.pull.layers=sleep:1500")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    lab.ok(&["gc"]);
+    let out = pull.wait_with_output().unwrap();
+    assert!(out.status.success(), "pull: {}", stderr(&out));
+    let dirs = cocoon_engine::image::store::ImageDirs::new(&lab.env.root_dir());
+    for layer in layers.as_array().unwrap() {
+        assert!(
+            dirs.blob(layer.as_str().unwrap()).is_file(),
+            "the pulled image lost layer {layer}"
+        );
+    }
+    lab.ok(&["vm", "run", "--nics", "0", "--name", "p", &reference]);
+    // Once the pull is over and the image removed again, gc does take them.
+    lab.ok(&["vm", "rm", "--force", "p"]);
+    lab.ok(&["image", "rm", &reference]);
+    let aged = std::process::Command::new("find")
+        .arg(&images)
+        .args(["-exec", "touch", "-h", "-d", "2 hours ago", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(aged.success());
+    lab.ok(&["gc"]);
+    for layer in layers.as_array().unwrap() {
+        assert!(!dirs.blob(layer.as_str().unwrap()).exists(), "{layer} kept");
+    }
+}
+
 /// gc reads the records, then removes what they do not name: a clone or a
 /// save that starts in between must keep its directories. (gc is held
 /// between its read and its removals by a failpoint; before the fix it
