@@ -501,3 +501,104 @@ fn clone_pull_fetches_the_snapshots_image_by_digest() {
     assert_eq!(lab.inspect("c2")["state"], "running");
     lab.ok(&["vm", "rm", "--force", "c", "c2"]);
 }
+
+/// `--restore-mode` (cocoon's later flag; `--on-demand` is its older form):
+/// each mode reaches the VMM where the backend has it, and is refused with
+/// its reason, before anything is made or touched, where it has not.
+#[test]
+fn restore_modes_are_checked_against_the_backend() {
+    let Some(lab) = Lab::new("restore_modes_are_checked_against_the_backend") else {
+        return;
+    };
+    let bodies = lab.env.path().join("bodies.log");
+    let clone = |args: &[&str]| {
+        let out = lab
+            .cmd()
+            .env("COCOON_FAKE_VMM_BODIES", &bodies)
+            .args(["vm", "clone"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    lab.ok(&["vm", "run", "--nics", "0", "--name", "ch", "test/guest:1"]);
+    lab.ok(&["snapshot", "save", "--name", "s-ch", "ch"]);
+    lab.ok(&[
+        "vm",
+        "run",
+        "--nics",
+        "0",
+        "--fc",
+        "--name",
+        "fc",
+        "test/guest:1",
+    ]);
+    lab.ok(&["snapshot", "save", "--name", "s-fc", "fc"]);
+    let vms_before = lab.vms().len();
+
+    let (code, err) = clone(&["--restore-mode", "mmap", "--name", "x", "s-ch"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(
+            "--restore-mode mmap needs a Cloud Hypervisor with copy-on-write memory restore"
+        ),
+        "{err}"
+    );
+    for mode in ["copy", "ondemand"] {
+        let (code, err) = clone(&["--restore-mode", mode, "--name", "x", "s-fc"]);
+        assert_eq!(code, Some(1), "{mode}");
+        assert!(
+            err.contains("Firecracker restores memory by mapping the snapshot file"),
+            "{mode}: {err}"
+        );
+    }
+    assert_eq!(lab.vms().len(), vms_before, "a refused mode makes no VM");
+    let (code, err) = clone(&["--restore-mode", "copy", "--on-demand", "s-ch"]);
+    assert_eq!(code, Some(2), "conflicting flags are a usage error: {err}");
+
+    // Where the backend has the mode, it reaches the VMM.
+    let restores = || -> Vec<String> {
+        std::fs::read_to_string(&bodies)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("vm.restore"))
+            .map(String::from)
+            .collect()
+    };
+    for (args, on_demand) in [
+        (
+            &["--restore-mode", "ondemand", "--name", "od", "s-ch"][..],
+            true,
+        ),
+        (&["--on-demand", "--name", "od2", "s-ch"][..], true),
+        (
+            &["--restore-mode", "copy", "--name", "cp", "s-ch"][..],
+            false,
+        ),
+    ] {
+        let (code, err) = clone(args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        let last = restores().pop().expect("a vm.restore call");
+        assert_eq!(
+            last.contains(r#""memory_restore_mode":"OnDemand""#),
+            on_demand,
+            "{args:?}: {last}"
+        );
+    }
+    let (code, err) = clone(&["--restore-mode", "mmap", "--name", "fm", "s-fc"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(lab.inspect("fm")["state"], "running");
+
+    // `vm restore` checks before touching the running VM.
+    let pid = lab.inspect("fc")["pid"].clone();
+    let err = lab.fail(&["vm", "restore", "--restore-mode", "ondemand", "fc", "s-fc"]);
+    assert!(
+        err.contains("Firecracker restores memory by mapping"),
+        "{err}"
+    );
+    assert_eq!(lab.inspect("fc")["pid"], pid, "the VM was not touched");
+    lab.ok(&["vm", "rm", "--force", "ch", "fc", "od", "od2", "cp", "fm"]);
+}

@@ -116,6 +116,17 @@ pub enum Command {
     ManPages { dir: PathBuf },
 }
 
+/// `--restore-mode`: how a restored VM's memory comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestoreModeArg {
+    /// Cloud Hypervisor: read the whole memory file in (its default)
+    Copy,
+    /// Cloud Hypervisor: fill pages on first touch (userfaultfd)
+    Ondemand,
+    /// Map the memory file copy-on-write (Firecracker's way and default)
+    Mmap,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressionArg {
     /// zstd, multi-threaded (default)
@@ -336,8 +347,11 @@ pub struct CloneFlags {
     /// Use the host page cache for writable disks (inherited unless given)
     #[arg(long)]
     pub no_direct_io: bool,
-    /// Restore memory on demand via userfaultfd (Cloud Hypervisor)
-    #[arg(long)]
+    /// How memory comes back (default: the backend's own; copy for Cloud Hypervisor, mmap for Firecracker)
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub restore_mode: Option<RestoreModeArg>,
+    /// Same as --restore-mode ondemand (older cocoon)
+    #[arg(long, conflicts_with = "restore_mode")]
     pub on_demand: bool,
     /// Pull the snapshot's base image (pinned by digest) if it is missing
     #[arg(long)]
@@ -451,8 +465,11 @@ pub enum VmCommand {
         /// Root disk size (as in the snapshot when omitted)
         #[arg(long, value_parser = parse_storage)]
         storage: Option<u64>,
-        /// Restore memory on demand via userfaultfd (Cloud Hypervisor)
-        #[arg(long)]
+        /// How memory comes back (default: the backend's own; copy for Cloud Hypervisor, mmap for Firecracker)
+        #[arg(long, value_enum, value_name = "MODE")]
+        restore_mode: Option<RestoreModeArg>,
+        /// Same as --restore-mode ondemand (older cocoon)
+        #[arg(long, conflicts_with = "restore_mode")]
         on_demand: bool,
         #[command(flatten)]
         output: FormatArg,
@@ -550,4 +567,17 @@ pub enum SnapshotCommand {
         /// Archive to import; stdin when omitted
         file: Option<PathBuf>,
     },
+}
+
+impl RestoreModeArg {
+    /// The engine's mode for `--restore-mode` / `--on-demand`.
+    pub fn engine(mode: Option<RestoreModeArg>, on_demand: bool) -> cocoon_engine::vm::RestoreMode {
+        use cocoon_engine::vm::RestoreMode;
+        match (mode, on_demand) {
+            (Some(RestoreModeArg::Copy), _) => RestoreMode::Copy,
+            (Some(RestoreModeArg::Ondemand), _) | (None, true) => RestoreMode::OnDemand,
+            (Some(RestoreModeArg::Mmap), _) => RestoreMode::Mmap,
+            (None, false) => RestoreMode::Default,
+        }
+    }
 }

@@ -19,7 +19,7 @@ mod snapshot;
 
 pub use lifecycle::{BatchOutcome, CreateVm, DebugPlan, RELAY_SUBCOMMAND, StopOptions};
 pub use naming::default_vm_name;
-pub use snapshot::{CloneRequest, RestoreRequest, SaveOutcome, load_manifest};
+pub use snapshot::{CloneRequest, RestoreMode, RestoreRequest, SaveOutcome, load_manifest};
 
 use crate::image::vmlinux::VmlinuxError;
 use crate::supervise::SuperviseError;

@@ -53,6 +53,38 @@ pub struct SaveOutcome {
     pub total_ms: f64,
 }
 
+/// How a restored VM gets its memory back (cocoon's `--restore-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// The backend's own: CH copies the memory file in, FC maps it.
+    #[default]
+    Default,
+    /// CH reads the whole memory file into guest RAM before resuming.
+    Copy,
+    /// CH maps guest RAM empty and fills pages on first touch (userfaultfd).
+    OnDemand,
+    /// The memory file is mapped copy-on-write: FC's (only) way. Upstream
+    /// CH has no such mode (cocoon's needed a patched CH).
+    Mmap,
+}
+
+impl RestoreMode {
+    /// Whether CH restores on demand; an error for a mode `hypervisor` lacks.
+    pub fn on_demand(self, hypervisor: Hypervisor) -> Result<bool> {
+        let refuse = |why: &str| Err(Error::Invalid(why.to_string()));
+        match (hypervisor, self) {
+            (Hypervisor::CloudHypervisor, RestoreMode::OnDemand) => Ok(true),
+            (Hypervisor::CloudHypervisor, RestoreMode::Mmap) => refuse(
+                "--restore-mode mmap needs a Cloud Hypervisor with copy-on-write memory restore, which upstream releases lack; use copy or ondemand",
+            ),
+            (Hypervisor::Firecracker, RestoreMode::Copy | RestoreMode::OnDemand) => refuse(
+                "Firecracker restores memory by mapping the snapshot file (--restore-mode mmap); copy and ondemand are Cloud Hypervisor modes",
+            ),
+            _ => Ok(false),
+        }
+    }
+}
+
 /// `vm clone` flags; zero/None inherit from the snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct CloneRequest {
@@ -66,7 +98,7 @@ pub struct CloneRequest {
     pub queue_size: u32,
     pub disk_queue_size: u32,
     pub no_direct_io: bool,
-    pub on_demand: bool,
+    pub restore_mode: RestoreMode,
 }
 
 /// `vm restore` flags.
@@ -75,7 +107,7 @@ pub struct RestoreRequest {
     pub cpu: u32,
     pub memory: Option<u64>,
     pub storage: Option<u64>,
-    pub on_demand: bool,
+    pub restore_mode: RestoreMode,
 }
 
 fn op_err(e: SnapshotOpError) -> Error {
@@ -306,6 +338,7 @@ impl Engine {
         let snapshot = self.store().resolve_snapshot(reference)?;
         let manifest = load_manifest(&snapshot, false)?;
         let fc = snapshot.hypervisor == Hypervisor::Firecracker;
+        let on_demand = request.restore_mode.on_demand(snapshot.hypervisor)?;
         let s = &manifest.source;
         let over = |e: String| op_err(SnapshotOpError::Override(e));
         if fc
@@ -456,7 +489,7 @@ impl Engine {
             })?;
             Ok(Boot::Restore {
                 source: vm.run_dir.clone(),
-                on_demand: request.on_demand,
+                on_demand,
                 binds,
             })
         })();
@@ -685,6 +718,7 @@ impl Engine {
         let _lock = self.lock_vm(&vm.id)?;
         let mut vm = self.store().resolve_vm(&vm.id)?;
         let snapshot = self.store().resolve_snapshot(snapshot_ref)?;
+        let on_demand = request.restore_mode.on_demand(vm.hypervisor)?;
         if snapshot.vm_id.as_deref() != Some(vm.id.as_str()) {
             return Err(Error::Invalid(format!(
                 "snapshot {} was not taken from VM {} ({}); restore only accepts the VM's own snapshots, use `cocoon vm clone {}` to start a new VM from it",
@@ -787,12 +821,12 @@ impl Engine {
             };
             let boot = Boot::Restore {
                 source: source.clone(),
-                on_demand: request.on_demand,
+                on_demand,
                 binds: vec![],
             };
             let paths = VmPaths::of(&vm);
             let launched = runtime.block_on(self.launch_and_boot(&vm, &paths, &boot));
-            if vm.hypervisor == Hypervisor::CloudHypervisor && !request.on_demand {
+            if vm.hypervisor == Hypervisor::CloudHypervisor && !on_demand {
                 let _ = std::fs::remove_dir_all(&source);
             }
             launched

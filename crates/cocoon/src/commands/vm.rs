@@ -8,7 +8,7 @@ use cocoon_engine::vm::{BatchOutcome, CreateVm, StopOptions, default_vm_name};
 use cocoon_engine::{Config, Engine, Error, Result};
 
 use super::{io, status};
-use crate::cli::{VmCommand, VmFlags};
+use crate::cli::{RestoreModeArg, VmCommand, VmFlags};
 use crate::output::{local_time, print_json, print_line, print_table};
 
 pub fn run(command: VmCommand, config: Config) -> Result<()> {
@@ -108,7 +108,7 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
                 queue_size: flags.queue_size,
                 disk_queue_size: flags.disk_queue_size,
                 no_direct_io: flags.no_direct_io,
-                on_demand: flags.on_demand,
+                restore_mode: RestoreModeArg::engine(flags.restore_mode, flags.on_demand),
             };
             let vm = engine.clone_vm(&snapshot, request)?;
             if output.json() {
@@ -146,6 +146,7 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             cpu,
             memory,
             storage,
+            restore_mode,
             on_demand,
             output,
             vm,
@@ -155,7 +156,7 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
                 cpu,
                 memory,
                 storage,
-                on_demand,
+                restore_mode: RestoreModeArg::engine(restore_mode, on_demand),
             };
             let vm = engine.restore_vm(&vm, &snapshot, request)?;
             if output.json() {
