@@ -217,9 +217,15 @@ impl Engine {
             if vm_ids.contains(&id) || busy.contains(&id) {
                 continue;
             }
-            if locked(&path.join("lock")) {
-                continue;
-            }
+            // Removed while holding its lock exclusively: a command waiting
+            // for it (a Firecracker clone binding disks over files there)
+            // then finds the lock file gone and starts afresh.
+            let lock = path.join("lock");
+            let _held = match crate::lock::VmLock::try_existing(&lock) {
+                Some(held) => Some(held),
+                None if lock.exists() => continue, // in use
+                None => None,
+            };
             // A VMM or relay no record owns still runs there: stop it first.
             for socket in [path.join("api.sock"), path.join("console.sock")] {
                 let found = supervise::find_by_socket(&socket);

@@ -34,11 +34,39 @@ impl VmLock {
     /// Waits up to `timeout` for the lock, polling briefly (cocoon's 100 ms poll
     /// cost it p99 latency under concurrent clones; 2 ms is what it moved to).
     pub fn acquire(run_dir: &Path, id: &str, timeout: Duration) -> Result<VmLock, LockError> {
+        Self::acquire_as(run_dir, id, timeout, false)
+    }
+
+    /// The lock shared with other shared holders (Firecracker clones using
+    /// a run directory's mount targets), excluding exclusive ones.
+    pub fn acquire_shared(
+        run_dir: &Path,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<VmLock, LockError> {
+        Self::acquire_as(run_dir, id, timeout, true)
+    }
+
+    fn acquire_as(
+        run_dir: &Path,
+        id: &str,
+        timeout: Duration,
+        shared: bool,
+    ) -> Result<VmLock, LockError> {
         let path = Self::path_for(run_dir, id);
-        let file = open(&path)?;
         let deadline = Instant::now() + timeout;
         loop {
-            match file.try_lock() {
+            let file = open(&path)?;
+            let taken = if shared {
+                file.try_lock_shared()
+            } else {
+                file.try_lock()
+            };
+            match taken {
+                // gc removes a directory with its lock file while holding the
+                // lock: a lock taken on a file no longer at `path` guards
+                // nothing, so take the new one.
+                Ok(()) if !same_file(&file, &path) => continue,
                 Ok(()) => return Ok(VmLock { _file: file, path }),
                 Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(2));
@@ -54,12 +82,39 @@ impl VmLock {
         }
     }
 
+    /// The exclusive lock on a directory's existing lock file, without
+    /// waiting and without creating anything: for removing the directory
+    /// while holding it. None when someone holds it or there is no lock file.
+    pub fn try_existing(path: &Path) -> Option<VmLock> {
+        let file = File::open(path).ok()?;
+        file.try_lock().ok()?;
+        same_file(&file, path).then(|| VmLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Turns a shared hold into the exclusive one if no one else holds it.
+    /// (flock converts by releasing first: on failure the hold may be gone,
+    /// so call this only when done with the lock.)
+    pub fn try_upgrade(&self) -> bool {
+        self._file.try_lock().is_ok()
+    }
+
     pub fn try_acquire(run_dir: &Path, id: &str) -> Result<VmLock, LockError> {
         Self::acquire(run_dir, id, Duration::ZERO)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
     }
 }
 

@@ -268,6 +268,56 @@ fn clone_storm_of_one_snapshot() {
     }
 }
 
+/// Firecracker clones bind their disks over the paths the snapshot names,
+/// in the source VM's run directory; with the source VM removed those are
+/// made as mount targets. A storm of clones of such a snapshot, with gc
+/// running beside it, must all come up (before the fix, one clone removed
+/// the targets another was about to bind over), and leave no directory of
+/// the removed VM behind.
+#[test]
+fn fc_clone_storm_of_a_removed_vms_snapshot_beside_gc() {
+    let Some(lab) = Lab::new("fc_clone_storm_of_a_removed_vms_snapshot_beside_gc") else {
+        return;
+    };
+    lab.ok(&[
+        "vm", "run", "--fc", "--nics", "0", "--name", "gone", "test/a:1",
+    ]);
+    let gone = lab.json(&["vm", "inspect", "gone"]);
+    lab.ok(&["snapshot", "save", "--name", "s", "gone"]);
+    lab.ok(&["vm", "rm", "--force", "gone"]);
+    let source_dir = PathBuf::from(gone["run_dir"].as_str().unwrap());
+    assert!(!source_dir.exists());
+    for round in 0..3 {
+        let names: Vec<String> = (0..6).map(|i| format!("c{round}-{i}")).collect();
+        let mut commands: Vec<Vec<&str>> = names
+            .iter()
+            .map(|n| vec!["vm", "clone", "--name", n.as_str(), "s"])
+            .collect();
+        commands.push(vec!["gc"]);
+        commands.push(vec!["gc"]);
+        let outs = lab.all_at_once(&commands);
+        for (out, args) in outs.iter().zip(&commands) {
+            assert!(
+                out.status.success(),
+                "round {round} {args:?}: {}",
+                stderr(out)
+            );
+        }
+        for name in &names {
+            assert_eq!(
+                lab.json(&["vm", "inspect", name])["state"],
+                "running",
+                "{name}"
+            );
+        }
+        lab.assert_consistent(&format!("FC clone storm, round {round}"));
+        assert!(
+            !source_dir.exists(),
+            "round {round}: the removed VM's directory is back"
+        );
+    }
+}
+
 #[test]
 fn gc_during_a_pull_keeps_what_the_pull_makes() {
     let Some(registry) = cocoon_testkit::registry::Registry::start() else {

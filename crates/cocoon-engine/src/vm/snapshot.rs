@@ -19,7 +19,7 @@ use super::launch::VmPaths;
 use super::lifecycle::Boot;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::lock::create_private_dir;
+use crate::lock::{VmLock, create_private_dir};
 use crate::model::{Hypervisor, Snapshot, StorageRole, Vm, VmState};
 use crate::net::{self, NetContext, NetRequest};
 use crate::snapshot::copy::copy_file;
@@ -429,15 +429,15 @@ impl Engine {
         }
         let net_ctx = NetContext::from_config(self.config());
         let mut leases = Vec::new();
-        let mut placeholders = Vec::new();
+        let mut targets = MountTargets::default();
         let runtime = self.runtime()?;
         let built = (|| -> Result<Boot> {
             for dir in [&vm.run_dir, &vm.log_dir] {
                 create_private_dir(dir)
                     .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
             }
-            let (binds, made) = self.place_snapshot_files(&snapshot, &manifest, &mut vm)?;
-            placeholders = made;
+            let (binds, held) = self.place_snapshot_files(&snapshot, &manifest, &mut vm)?;
+            targets = held;
             crate::failpoint::hit("vm.clone.files")?;
             let nics = if request.nics == 0 {
                 snap_nics
@@ -497,11 +497,11 @@ impl Engine {
             Ok(boot) => {
                 let paths = VmPaths::of(&vm);
                 let result = runtime.block_on(self.launch_and_boot(&vm, &paths, &boot));
-                remove_placeholders(&placeholders);
+                self.release_mount_targets(std::mem::take(&mut targets));
                 result
             }
             Err(e) => {
-                remove_placeholders(&placeholders);
+                self.release_mount_targets(std::mem::take(&mut targets));
                 Err(e)
             }
         };
@@ -691,19 +691,49 @@ impl Engine {
             }
             disk.path = copy;
         }
-        let mut placeholders = Vec::new();
+        // The targets live in the source VM's run directory, which is gone
+        // when the source VM is (removed, or the snapshot was imported):
+        // then they are made as empty files. Each target directory is held
+        // under a shared lock until the clone's VMM has opened its disks, so
+        // concurrent clones share the targets and gc, which removes a
+        // directory without a record only under its exclusive lock, waits.
+        let mut targets = MountTargets::default();
+        let vms_root = self.config().run_dir.join("vms");
         for (_, target) in &binds {
+            let Some(dir) = target.parent() else { continue };
+            let Some(id) = dir
+                .strip_prefix(&vms_root)
+                .ok()
+                .and_then(|rest| rest.to_str())
+                .filter(|id| !id.is_empty() && !id.contains('/'))
+            else {
+                continue;
+            };
+            if !targets.leases.iter().any(|(held, _)| held == id) {
+                let lease = VmLock::acquire_shared(
+                    &self.config().run_dir,
+                    id,
+                    crate::engine::VM_LOCK_TIMEOUT,
+                )
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+                targets.leases.push((id.to_string(), lease));
+            }
             if !target.exists() {
-                if let Some(dir) = target.parent() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(io(format!("cannot create {}", dir.display())))?;
-                }
                 std::fs::File::create(target)
                     .map_err(io(format!("cannot create {}", target.display())))?;
-                placeholders.push(target.clone());
             }
         }
-        Ok((binds, placeholders))
+        Ok((binds, targets))
+    }
+
+    /// Lets go of a clone's mount targets once its VMM holds its disks open:
+    /// the last clone out removes a target directory no VM owns.
+    fn release_mount_targets(&mut self, targets: MountTargets) {
+        for (id, lease) in targets.leases {
+            if lease.try_upgrade() && matches!(self.store().get_vm(&id), Ok(None)) {
+                let _ = std::fs::remove_dir_all(self.config().run_dir.join("vms").join(&id));
+            }
+        }
     }
 
     /// Restores a running VM in place from one of its own snapshots. Every
@@ -865,19 +895,13 @@ impl Engine {
     }
 }
 
-/// FC bind mounts (clone copy, source path) and the placeholder files made
-/// as mount points where the source path no longer exists.
-type Placed = (Vec<(PathBuf, PathBuf)>, Vec<PathBuf>);
+/// FC bind mounts (clone copy, source path) and the hold on their targets.
+type Placed = (Vec<(PathBuf, PathBuf)>, MountTargets);
 
-/// Removes the placeholder files made for FC bind mounts (and the source
-/// directory if it was made for them): FC holds its disks open by now.
-fn remove_placeholders(placeholders: &[PathBuf]) {
-    for path in placeholders {
-        let _ = std::fs::remove_file(path);
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
+/// A Firecracker clone's hold on the directories its disks are bound over.
+#[derive(Default)]
+struct MountTargets {
+    leases: Vec<(String, VmLock)>,
 }
 
 /// The work inside the pause window: VMM state into the store, then the
