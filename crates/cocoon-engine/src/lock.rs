@@ -56,7 +56,16 @@ impl VmLock {
         let path = Self::path_for(run_dir, id);
         let deadline = Instant::now() + timeout;
         loop {
-            let file = open(&path)?;
+            let file = match open(&path) {
+                // The directory went between its creation and the open (gc,
+                // or the last clone using it, removed it): make it again.
+                Err(LockError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && Instant::now() < deadline =>
+                {
+                    continue;
+                }
+                other => other?,
+            };
             let taken = if shared {
                 file.try_lock_shared()
             } else {

@@ -482,6 +482,24 @@ fn clone_pull_fetches_the_snapshots_image_by_digest() {
         "a failed clone leaves no VM"
     );
 
+    // Flags the clone cannot take are refused before anything is fetched.
+    let err = lab.fail(&[
+        "vm",
+        "clone",
+        "--pull",
+        "--restore-mode",
+        "mmap",
+        "--name",
+        "c",
+        "s",
+    ]);
+    assert!(err.contains("--restore-mode mmap needs"), "{err}");
+    let listed = lab.json(&["image", "ls", "-o", "json"]);
+    assert!(
+        !listed.to_string().contains("vm/base"),
+        "nothing was pulled: {listed}"
+    );
+
     lab.ok(&["vm", "clone", "--pull", "--name", "c", "s"]);
     let clone = lab.inspect("c");
     assert_eq!(clone["state"], "running");

@@ -1020,10 +1020,17 @@ async fn wait_running(
     let deadline = std::time::Instant::now() + limit;
     let mut pause = Duration::from_millis(1);
     loop {
+        use vmm_api::ch::models::VmState;
         let last = match api.info().await {
-            Ok(info) if info.state == vmm_api::ch::models::VmState::Running => return Ok(info),
-            Ok(info) => format!("the VM is {:?}, not running", info.state),
-            Err(e) => e.to_string(),
+            Ok(info) if info.state == VmState::Running => return Ok(info),
+            // Still being created or booted from the command line: wait.
+            Ok(info) if info.state == VmState::Created => {
+                format!("the VM is {:?}, not running", info.state)
+            }
+            Err(e) if e.to_string().contains("not created") => e.to_string(),
+            // Anything else (Shutdown, Paused, a refusal) will not change.
+            Ok(info) => return Err(format!("the VM is {:?}, not running", info.state)),
+            Err(e) => return Err(e.to_string()),
         };
         if !supervise::is_running(vmm) {
             return Err(format!("the VMM exited ({last})"));

@@ -337,52 +337,9 @@ impl Engine {
     pub fn clone_vm(&mut self, reference: &str, request: CloneRequest) -> Result<Vm> {
         let snapshot = self.store().resolve_snapshot(reference)?;
         let manifest = load_manifest(&snapshot, false)?;
-        let fc = snapshot.hypervisor == Hypervisor::Firecracker;
-        let on_demand = request.restore_mode.on_demand(snapshot.hypervisor)?;
+        let on_demand = clone_request_fits(&snapshot, &manifest, &request)?;
         let s = &manifest.source;
-        let over = |e: String| op_err(SnapshotOpError::Override(e));
-        if fc
-            && ((request.cpu != 0 && request.cpu != s.cpu)
-                || request.memory.is_some_and(|m| m != s.memory))
-        {
-            return Err(over(format!(
-                "Firecracker cannot change CPUs or memory on clone (snapshot: {} CPUs, {} MiB)",
-                s.cpu,
-                s.memory >> 20
-            )));
-        }
-        if request.cpu != 0 && request.cpu < s.cpu {
-            return Err(over(format!(
-                "--cpu {} is below the snapshot's {}",
-                request.cpu, s.cpu
-            )));
-        }
-        if let Some(m) = request.memory.filter(|m| *m < s.memory) {
-            return Err(over(format!(
-                "--memory {} MiB is below the snapshot's {} MiB",
-                m >> 20,
-                s.memory >> 20
-            )));
-        }
-        if let Some(st) = request.storage.filter(|st| *st < s.storage) {
-            return Err(over(format!(
-                "--storage {} GiB is below the snapshot's {} GiB",
-                st >> 30,
-                s.storage >> 30
-            )));
-        }
         let snap_nics = manifest.network.len() as u32;
-        if request.nics != 0 && request.nics < snap_nics {
-            return Err(over(format!(
-                "--nics {} is below the snapshot's {snap_nics}",
-                request.nics
-            )));
-        }
-        if fc && request.nics != 0 && request.nics != snap_nics {
-            return Err(over(format!(
-                "Firecracker cannot change the NIC count on clone (snapshot: {snap_nics})"
-            )));
-        }
         self.check_base_files(&manifest)?;
 
         let id = crate::id::generate_id();
@@ -542,11 +499,14 @@ impl Engine {
     pub fn pull_snapshot_base(
         &mut self,
         reference: &str,
+        request: &CloneRequest,
         oci_progress: &dyn crate::image::oci::PullProgress,
         cloud_progress: &dyn crate::image::cloud::CloudProgress,
     ) -> Result<Option<String>> {
         let snapshot = self.store().resolve_snapshot(reference)?;
         let manifest = load_manifest(&snapshot, false)?;
+        // A clone these flags cannot make is refused before any download.
+        clone_request_fits(&snapshot, &manifest, request)?;
         if self.check_base_files(&manifest).is_ok() {
             return Ok(None);
         }
@@ -580,7 +540,11 @@ impl Engine {
                 parsed.repository(),
                 source.image_digest
             );
-            self.pull_image(&pinned, oci_progress)?;
+            self.pull_image(&pinned, oci_progress).map_err(|e| {
+                invalid(format!(
+                    "cannot pull its image {pinned}: {e} (an image that was imported rather than pulled cannot be fetched: import it again)"
+                ))
+            })?;
             pinned
         };
         // The pull must have brought back every file the snapshot names.
@@ -893,6 +857,64 @@ impl Engine {
             }
         }
     }
+}
+
+/// The `vm clone` flags a snapshot can take (reference §1.3: CPU, memory,
+/// storage and NICs may grow on CH, not shrink; FC changes none of CPU,
+/// memory or NIC count; the restore mode must be the backend's). Checked
+/// before anything is made or pulled. Returns whether CH restores on demand.
+fn clone_request_fits(
+    snapshot: &Snapshot,
+    manifest: &Manifest,
+    request: &CloneRequest,
+) -> Result<bool> {
+    let fc = snapshot.hypervisor == Hypervisor::Firecracker;
+    let on_demand = request.restore_mode.on_demand(snapshot.hypervisor)?;
+    let s = &manifest.source;
+    let over = |e: String| op_err(SnapshotOpError::Override(e));
+    if fc
+        && ((request.cpu != 0 && request.cpu != s.cpu)
+            || request.memory.is_some_and(|m| m != s.memory))
+    {
+        return Err(over(format!(
+            "Firecracker cannot change CPUs or memory on clone (snapshot: {} CPUs, {} MiB)",
+            s.cpu,
+            s.memory >> 20
+        )));
+    }
+    if request.cpu != 0 && request.cpu < s.cpu {
+        return Err(over(format!(
+            "--cpu {} is below the snapshot's {}",
+            request.cpu, s.cpu
+        )));
+    }
+    if let Some(m) = request.memory.filter(|m| *m < s.memory) {
+        return Err(over(format!(
+            "--memory {} MiB is below the snapshot's {} MiB",
+            m >> 20,
+            s.memory >> 20
+        )));
+    }
+    if let Some(st) = request.storage.filter(|st| *st < s.storage) {
+        return Err(over(format!(
+            "--storage {} GiB is below the snapshot's {} GiB",
+            st >> 30,
+            s.storage >> 30
+        )));
+    }
+    let snap_nics = manifest.network.len() as u32;
+    if request.nics != 0 && request.nics < snap_nics {
+        return Err(over(format!(
+            "--nics {} is below the snapshot's {snap_nics}",
+            request.nics
+        )));
+    }
+    if fc && request.nics != 0 && request.nics != snap_nics {
+        return Err(over(format!(
+            "Firecracker cannot change the NIC count on clone (snapshot: {snap_nics})"
+        )));
+    }
+    Ok(on_demand)
 }
 
 /// FC bind mounts (clone copy, source path) and the hold on their targets.

@@ -87,16 +87,6 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             output,
             snapshot,
         } => {
-            if flags.pull {
-                let oci = super::image::PullReporter::new();
-                let cloud = super::image::CloudReporter::new();
-                let pulled = engine.pull_snapshot_base(&snapshot, &oci, &cloud);
-                oci.finish();
-                cloud.finish();
-                if let Some(reference) = pulled? {
-                    tracing::info!("pulled the snapshot's base image {reference}");
-                }
-            }
             let request = cocoon_engine::vm::CloneRequest {
                 name: flags.name.clone(),
                 cpu: flags.cpu,
@@ -110,6 +100,16 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
                 no_direct_io: flags.no_direct_io,
                 restore_mode: RestoreModeArg::engine(flags.restore_mode, flags.on_demand),
             };
+            if flags.pull {
+                let oci = super::image::PullReporter::new();
+                let cloud = super::image::CloudReporter::new();
+                let pulled = engine.pull_snapshot_base(&snapshot, &request, &oci, &cloud);
+                oci.finish();
+                cloud.finish();
+                if let Some(reference) = pulled? {
+                    tracing::info!("pulled the snapshot's base image {reference}");
+                }
+            }
             let vm = engine.clone_vm(&snapshot, request)?;
             if output.json() {
                 return print_json(&VmView::reconcile(vm)).map_err(io);
