@@ -558,7 +558,7 @@ fn refusals_name_the_problem_and_leave_nothing() {
     assert_eq!(
         err,
         format!(
-            "Error: cannot read the cloud image disk {}: No such file or directory (os error 2); pull or import the image again",
+            "Error: image local/cloud is missing {}; pull or import the image again",
             blob.display()
         )
     );

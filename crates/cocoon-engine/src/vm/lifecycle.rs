@@ -236,6 +236,44 @@ impl Engine {
         })
     }
 
+    /// The VM's record now pins its image's blobs; each must still be here.
+    /// The image was read before the pin: an `image rm` plus gc in between
+    /// could have removed one. gc removes a blob only under its digest lock
+    /// after a fresh look at the pins, so a blob seen under that lock after
+    /// our pin is committed stays.
+    fn check_pinned_blobs(&self, vm: &Vm) -> Result<()> {
+        let dirs = ImageDirs::new(&self.config().root_dir);
+        for digest in vm.image_blob_ids.keys() {
+            let lock_path = dirs.lock(digest);
+            let lock = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .and_then(|f| f.lock().map(|()| f))
+                .map_err(|e| Error::io(format!("cannot lock {}", lock_path.display()), e))?;
+            let (layer, cloud) = (
+                dirs.blob(digest),
+                crate::image::cloud::blob_path(&dirs, digest),
+            );
+            let present = layer.is_file() || cloud.is_file();
+            drop(lock);
+            if !present {
+                let path = if vm.config.image_type == crate::model::ImageType::Cloudimg {
+                    cloud
+                } else {
+                    layer
+                };
+                return Err(Error::Invalid(format!(
+                    "image {} is missing {}; pull or import the image again",
+                    vm.config.image,
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates a VM: record first (name reserved), then directories and disks,
     /// then state `created`. Any failure removes what was made, record included.
     pub fn create_vm(&mut self, request: CreateVm) -> Result<Vm> {
@@ -267,6 +305,7 @@ impl Engine {
         let mut attached: Option<net::Attached> = None;
         let built = (|| -> Result<()> {
             crate::failpoint::hit("vm.create.recorded")?;
+            self.check_pinned_blobs(&vm)?;
             for dir in [&vm.run_dir, &vm.log_dir] {
                 create_private_dir(dir)
                     .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
