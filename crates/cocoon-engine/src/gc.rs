@@ -195,11 +195,11 @@ impl Engine {
             remove(kind, &path, &mut removed);
         }
         for (name, path) in entries(&dirs.root.join("tmp")) {
-            let grace = if name.ends_with(".partial") || name.ends_with(".partial.json") {
-                PARTIAL_GRACE
-            } else {
-                TEMP_GRACE
-            };
+            // A resumable download: `pull-<url key>.partial` and its state
+            // file `pull-<url key>.json` (image/cloud/download.rs).
+            let resumable = name.starts_with("pull-")
+                && (name.ends_with(".partial") || name.ends_with(".json"));
+            let grace = if resumable { PARTIAL_GRACE } else { TEMP_GRACE };
             let hex = name.split(['.', '-']).next().unwrap_or_default();
             if older_than(&path, grace) && !locked(&dirs.lock(hex)) {
                 remove("temp", &path, &mut removed);

@@ -164,7 +164,7 @@ fn assert_converged(lab: &Lab, case: &str) {
     }
     for name in names(&dirs.root.join("tmp")) {
         assert!(
-            name.ends_with(".partial") || name.ends_with(".partial.json"),
+            name.starts_with("pull-") && (name.ends_with(".partial") || name.ends_with(".json")),
             "{case}: work file images/tmp/{name} left"
         );
     }
