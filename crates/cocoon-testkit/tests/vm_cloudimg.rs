@@ -485,6 +485,74 @@ fn windows_gets_hyperv_and_neither_cidata_nor_balloon() {
     lab.assert_no_vms();
 }
 
+/// `vm debug` prints the very command line `vm start` runs for a cloud
+/// image (firmware, overlay, cidata disk, serial socket): the same argv
+/// once the planned VM's id and name are those of the real one.
+#[test]
+fn debug_prints_the_cloud_image_launch_that_start_runs() {
+    let Some(lab) = Lab::new("debug_prints_the_cloud_image_launch_that_start_runs") else {
+        return;
+    };
+    let flags = [
+        "--nics",
+        "0",
+        "--cpu",
+        "2",
+        "--memory",
+        "1G",
+        "--storage",
+        "12G",
+    ];
+    let mut create = vec!["vm", "create", "--name", "real"];
+    create.extend(flags);
+    create.push("local/cloud");
+    lab.ok(&create);
+    lab.ok(&["vm", "start", "real"]);
+    let vm = lab.inspect("real");
+    let _reaper = Reaper(processes_of(&vm));
+    let started = vmm_args(&vm);
+
+    // debug's --max-cpu defaults to cocoon's 8; a start uses the host's count.
+    let host_cpus = cocoon_engine::spec::host_cpus().to_string();
+    let mut debug = vec![
+        "vm",
+        "debug",
+        "--ch",
+        FAKE,
+        "--max-cpu",
+        &host_cpus,
+        "--name",
+        "planned",
+    ];
+    debug.extend(flags);
+    debug.push("local/cloud");
+    let script = lab.ok(&debug);
+    let launch = script
+        .lines()
+        .find(|l| l.starts_with(FAKE))
+        .unwrap_or_else(|| panic!("no launch line in:\n{script}"));
+    // Split on spaces only where nothing needed shell quoting.
+    assert!(
+        !launch.contains(['\'', '"', '\\']),
+        "quoted launch line: {launch}"
+    );
+    let planned_id = launch
+        .split("/vms/")
+        .nth(1)
+        .map(|rest| &rest[..26])
+        .expect("a run directory in the launch line");
+    let id = vm["id"].as_str().unwrap();
+    let expected: Vec<String> = launch
+        .replace(planned_id, id)
+        .replace("planned", "real")
+        .split(' ')
+        .map(String::from)
+        .collect();
+    assert_eq!(started, expected, "debug:\n{script}");
+    assert!(started.iter().any(|a| a == "--firmware"));
+    lab.ok(&["vm", "rm", "--force", "real"]);
+}
+
 #[test]
 fn refusals_name_the_problem_and_leave_nothing() {
     let Some(lab) = Lab::new("refusals_name_the_problem_and_leave_nothing") else {
