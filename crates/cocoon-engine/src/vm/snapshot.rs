@@ -507,7 +507,9 @@ impl Engine {
         let manifest = load_manifest(&snapshot, false)?;
         // A clone these flags cannot make is refused before any download.
         clone_request_fits(&snapshot, &manifest, request)?;
-        if self.check_base_files(&manifest).is_ok() {
+        if self.missing_image_file(&manifest)?.is_none() {
+            // Nothing a pull brings back is missing (a missing firmware is
+            // reported by the clone itself).
             return Ok(None);
         }
         let invalid = |reason: String| {
@@ -554,6 +556,33 @@ impl Engine {
 
     /// Layers, kernel and initrd of the snapshot's image must still be here.
     fn check_base_files(&mut self, manifest: &Manifest) -> Result<()> {
+        if let Some(path) = self.missing_image_file(manifest)? {
+            return Err(op_err(SnapshotOpError::Invalid {
+                id: manifest.snapshot.id.clone(),
+                reason: format!(
+                    "its image {} is not in the store ({} is missing); pull it (cocoon image pull {}) or clone with --pull",
+                    manifest.source.image,
+                    path.display(),
+                    manifest.source.image
+                ),
+            }));
+        }
+        if let Some(firmware) = &manifest.boot.firmware_path
+            && !firmware.is_file()
+        {
+            return Err(VmError::FirmwareMissing {
+                image: manifest.source.image.clone(),
+                path: firmware.clone(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The first file of the snapshot's image (layers, kernel, initrd, or a
+    /// cloud image's blob) that is not in the store; an error for one
+    /// outside this engine's root.
+    fn missing_image_file(&mut self, manifest: &Manifest) -> Result<Option<PathBuf>> {
         let root = self.config().root_dir.clone();
         let mut needed: Vec<&Path> = manifest
             .storage
@@ -579,27 +608,10 @@ impl Engine {
                 }));
             }
             if !path.exists() {
-                return Err(op_err(SnapshotOpError::Invalid {
-                    id: manifest.snapshot.id.clone(),
-                    reason: format!(
-                        "its image {} is not in the store ({} is missing); pull it (cocoon image pull {}) or clone with --pull",
-                        manifest.source.image,
-                        path.display(),
-                        manifest.source.image
-                    ),
-                }));
+                return Ok(Some(path.to_path_buf()));
             }
         }
-        if let Some(firmware) = &manifest.boot.firmware_path
-            && !firmware.is_file()
-        {
-            return Err(VmError::FirmwareMissing {
-                image: manifest.source.image.clone(),
-                path: firmware.clone(),
-            }
-            .into());
-        }
-        Ok(())
+        Ok(None)
     }
 
     /// Copies a snapshot's files into `vm.run_dir` (memory hard-linked, disks
