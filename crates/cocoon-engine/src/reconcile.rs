@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::model::{VmState, VmmProcess};
+use crate::model::{Vm, VmState, VmmProcess};
 use crate::net::{self, NetContext};
 use crate::store::Intent;
 use crate::supervise::{self, StopTimeouts};
@@ -115,13 +115,7 @@ impl Engine {
                 {
                     return Ok("the VM had finished starting; kept".into());
                 }
-                self.kill_vm_processes(&vm.run_dir, vm.vmm.as_ref())?;
-                let leases = self.store().leases(&vm.id)?;
-                net::detach(&NetContext::from_config(self.config()), &vm, &leases)
-                    .map_err(crate::vm::VmError::from)?;
-                let _ = std::fs::remove_dir_all(&vm.run_dir);
-                let _ = std::fs::remove_dir_all(&vm.log_dir);
-                self.store().delete_vm(&vm.id)?;
+                self.discard_vm(&vm)?;
                 Ok("rolled back the half-created VM (processes, network, disks, record)".into())
             }
             "vm.start" | "vm.restore" => {
@@ -138,13 +132,7 @@ impl Engine {
                 {
                     return Ok("the VM is running; kept".into());
                 }
-                self.kill_vm_processes(&vm.run_dir, vm.vmm.as_ref())?;
-                self.store().update_vm(&vm.id, "error", |v| {
-                    v.state = VmState::Error;
-                    v.pid = 0;
-                    v.vmm = None;
-                    v.console_relay = None;
-                })?;
+                self.settle_without_vmm(&vm, VmState::Error, "error")?;
                 Ok("killed the half-started VMM; the VM is marked error (start it again)".into())
             }
             "vm.stop" => {
@@ -152,13 +140,7 @@ impl Engine {
                 let Some(vm) = self.store().get_vm(&intent.object_id)? else {
                     return Ok("the VM is gone".into());
                 };
-                self.kill_vm_processes(&vm.run_dir, vm.vmm.as_ref())?;
-                self.store().update_vm(&vm.id, "stopped", |v| {
-                    v.state = VmState::Stopped;
-                    v.pid = 0;
-                    v.vmm = None;
-                    v.console_relay = None;
-                })?;
+                self.settle_without_vmm(&vm, VmState::Stopped, "stopped")?;
                 Ok("finished the stop".into())
             }
             "vm.rm" => {
@@ -166,13 +148,7 @@ impl Engine {
                 let Some(vm) = self.store().get_vm(&intent.object_id)? else {
                     return Ok("the VM was already removed".into());
                 };
-                self.kill_vm_processes(&vm.run_dir, vm.vmm.as_ref())?;
-                let leases = self.store().leases(&vm.id)?;
-                net::detach(&NetContext::from_config(self.config()), &vm, &leases)
-                    .map_err(crate::vm::VmError::from)?;
-                let _ = std::fs::remove_dir_all(&vm.run_dir);
-                let _ = std::fs::remove_dir_all(&vm.log_dir);
-                self.store().delete_vm(&vm.id)?;
+                self.discard_vm(&vm)?;
                 Ok("finished the removal".into())
             }
             "image.pull" | "image.import" => {
@@ -203,6 +179,31 @@ impl Engine {
             }
             other => Ok(format!("no recovery for `{other}`; dropped its intent")),
         }
+    }
+
+    /// Kills the VM's processes and records it in `state` with none.
+    fn settle_without_vmm(&mut self, vm: &Vm, state: VmState, action: &str) -> Result<()> {
+        self.kill_vm_processes(&vm.run_dir, vm.vmm.as_ref())?;
+        self.store().update_vm(&vm.id, action, |v| {
+            v.state = state;
+            v.pid = 0;
+            v.vmm = None;
+            v.console_relay = None;
+        })?;
+        Ok(())
+    }
+
+    /// Kills the VM's processes, releases its network, removes its
+    /// directories and then its record.
+    fn discard_vm(&mut self, vm: &Vm) -> Result<()> {
+        self.kill_vm_processes(&vm.run_dir, vm.vmm.as_ref())?;
+        let leases = self.store().leases(&vm.id)?;
+        net::detach(&NetContext::from_config(self.config()), vm, &leases)
+            .map_err(crate::vm::VmError::from)?;
+        let _ = std::fs::remove_dir_all(&vm.run_dir);
+        let _ = std::fs::remove_dir_all(&vm.log_dir);
+        self.store().delete_vm(&vm.id)?;
+        Ok(())
     }
 
     /// Kills a VM's VMM and console relay: the recorded one and anything
