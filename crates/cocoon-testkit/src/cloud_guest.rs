@@ -21,9 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use sha2::{Digest, Sha256};
-
-use crate::linux_guest::{self, Assets};
+use crate::linux_guest::{self, Assets, GuestParts};
 
 /// Printed by /init once the identity is applied and reported.
 pub const READY_MARKER: &str = "COCOON-CLOUD-GUEST READY";
@@ -216,57 +214,30 @@ fn partition(sfdisk: &Path, raw: &Path) {
 
 /// The inputs, read once.
 struct Image {
-    release: String,
-    kernel: Vec<u8>,
-    busybox: Vec<u8>,
+    parts: GuestParts,
     systemd_boot: Vec<u8>,
-    modules: Vec<(String, Vec<u8>)>,
 }
 
 impl Image {
     fn read(inputs: &Inputs) -> Image {
-        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let assets = &inputs.assets;
-        let modules = linux_guest::module_load_order(&assets.modules_dir, MODULES)
-            .unwrap_or_else(|e| panic!("kernel {}: {e}", assets.release))
-            .into_iter()
-            .map(|m| {
-                let image = read(&m.path);
-                (m.name, image)
-            })
-            .collect();
+        let systemd_boot = std::fs::read(&inputs.systemd_boot)
+            .unwrap_or_else(|e| panic!("{}: {e}", inputs.systemd_boot.display()));
         Image {
-            release: assets.release.clone(),
-            kernel: read(&assets.kernel),
-            busybox: read(&assets.busybox),
-            systemd_boot: read(&inputs.systemd_boot),
-            modules,
+            parts: GuestParts::read(&inputs.assets, MODULES),
+            systemd_boot,
         }
     }
 
     /// A digest of everything the image is made of.
     fn key(&self) -> String {
-        let mut hash = Sha256::new();
-        for part in [
+        self.parts.cache_key(&[
             FORMAT.as_bytes(),
             INIT.as_bytes(),
             UDHCPC_SCRIPT.as_bytes(),
             LOADER_CONF.as_bytes(),
             LOADER_ENTRY.as_bytes(),
-            self.release.as_bytes(),
-            &self.kernel,
-            &self.busybox,
             &self.systemd_boot,
-        ] {
-            hash.update((part.len() as u64).to_le_bytes());
-            hash.update(part);
-        }
-        for (name, image) in &self.modules {
-            hash.update(name.as_bytes());
-            hash.update(image);
-        }
-        let digest = hash.finalize();
-        digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+        ])
     }
 
     /// The EFI system partition: a FAT file system with the boot loader, its
@@ -296,7 +267,7 @@ impl Image {
                 ("EFI/BOOT/BOOTX64.EFI", self.systemd_boot.as_slice()),
                 ("loader/loader.conf", LOADER_CONF.as_bytes()),
                 ("loader/entries/cocoon.conf", LOADER_ENTRY.as_bytes()),
-                ("cocoon/vmlinuz", &self.kernel),
+                ("cocoon/vmlinuz", &self.parts.kernel),
                 ("cocoon/initrd.img", &initramfs),
             ] {
                 let mut file = root.create_file(path).expect("create on the ESP");
@@ -318,10 +289,10 @@ impl Image {
         }
         // The kernel opens /dev/console before /init runs.
         cpio.char_device("dev/console", 0o600, 5, 1);
-        cpio.file("bin/busybox", 0o755, &self.busybox);
+        cpio.file("bin/busybox", 0o755, &self.parts.busybox);
         cpio.symlink("bin/sh", "busybox");
         let mut order = String::new();
-        for (name, image) in &self.modules {
+        for (name, image) in &self.parts.modules {
             cpio.file(&format!("lib/modules/{name}.ko"), 0o644, image);
             order.push_str(name);
             order.push('\n');

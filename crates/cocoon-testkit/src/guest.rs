@@ -36,6 +36,18 @@ pub fn counts(serial: &str) -> Vec<u64> {
         .collect()
 }
 
+/// A layer that makes an image bootable by the engine: the test guest kernel
+/// as `boot/vmlinuz-<version>` and `initrd` as `boot/initrd.img-<version>`
+/// (the test kernel needs none; its bytes tell images apart). Add files to
+/// taste before `build()`.
+pub fn boot_layer(version: &str, initrd: &[u8]) -> crate::registry::layers::LayerBuilder {
+    let kernel =
+        std::fs::read(kernel_path()).unwrap_or_else(|e| panic!("{}: {e}", kernel_path().display()));
+    crate::registry::layers::LayerBuilder::new()
+        .file(&format!("boot/vmlinuz-{version}"), &kernel)
+        .file(&format!("boot/initrd.img-{version}"), initrd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -137,6 +137,16 @@ impl CocoonEnv {
         cmd
     }
 
+    /// [`Self::std_cmd`] with `fake` (the testkit's fake-vmm binary) as both
+    /// VMMs and a 1 s graceful-stop wait, as every fake-VMM test runs it.
+    pub fn fake_vmm_cmd(&self, fake: &str) -> std::process::Command {
+        let mut cmd = self.std_cmd();
+        cmd.env("COCOON_CH_BINARY", fake)
+            .env("COCOON_FC_BINARY", fake)
+            .env("COCOON_TERMINATE_GRACE_PERIOD_SECONDS", "1");
+        cmd
+    }
+
     /// The same command as a `std::process::Command`, for long-running children.
     pub fn std_cmd(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(&self.bin);

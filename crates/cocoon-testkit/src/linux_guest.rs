@@ -112,7 +112,7 @@ impl Assets {
 /// The image's layer tars, bottom first: base rootfs, upper layer, boot
 /// files. Built once per set of inputs and cached under `target/test-assets`.
 pub fn layer_tars(assets: &Assets) -> Vec<PathBuf> {
-    let image = Image::read(assets);
+    let image = GuestParts::read(assets, MODULES);
     let cache = assets_dir().join("linux-guest").join(image.key());
     let names = ["base.tar", "upper.tar", "boot.tar"];
     let paths: Vec<PathBuf> = names.iter().map(|n| cache.join(n)).collect();
@@ -133,7 +133,7 @@ pub fn layer_tars(assets: &Assets) -> Vec<PathBuf> {
 
 /// Builds the layers aside and renames them into place: tests building them
 /// concurrently never see half a cache entry.
-fn build(image: &Image, cache: &Path, names: &[&str; 3]) {
+fn build(image: &GuestParts, cache: &Path, names: &[&str; 3]) {
     let parent = cache.parent().expect("under linux-guest");
     std::fs::create_dir_all(parent).expect("create target/test-assets/linux-guest");
     let staging = tempfile::Builder::new()
@@ -151,18 +151,19 @@ fn build(image: &Image, cache: &Path, names: &[&str; 3]) {
     }
 }
 
-/// The inputs, read once.
-struct Image {
-    release: String,
-    kernel: Vec<u8>,
-    busybox: Vec<u8>,
-    modules: Vec<(String, Vec<u8>)>,
+/// The Debian parts both test images are made of, read once: the cloud
+/// kernel, busybox, and the kernel modules a list names, in load order.
+pub struct GuestParts {
+    pub release: String,
+    pub kernel: Vec<u8>,
+    pub busybox: Vec<u8>,
+    pub modules: Vec<(String, Vec<u8>)>,
 }
 
-impl Image {
-    fn read(assets: &Assets) -> Image {
+impl GuestParts {
+    pub fn read(assets: &Assets, wanted: &[&str]) -> GuestParts {
         let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let modules = modules::load_order(&assets.modules_dir, MODULES)
+        let modules = modules::load_order(&assets.modules_dir, wanted)
             .unwrap_or_else(|e| panic!("kernel {}: {e}", assets.release))
             .into_iter()
             .map(|m| {
@@ -170,7 +171,7 @@ impl Image {
                 (m.name, image)
             })
             .collect();
-        Image {
+        GuestParts {
             release: assets.release.clone(),
             kernel: read(&assets.kernel),
             busybox: read(&assets.busybox),
@@ -178,29 +179,34 @@ impl Image {
         }
     }
 
-    /// A digest of everything the layers are made of.
-    fn key(&self) -> String {
+    /// A cache key: a digest of `extra` (scripts, layout versions, other
+    /// inputs of the image) and of every part.
+    pub fn cache_key(&self, extra: &[&[u8]]) -> String {
         let mut hash = Sha256::new();
-        for part in [
-            FORMAT.as_bytes(),
-            INITRAMFS_INIT.as_bytes(),
-            ROOTFS_INIT.as_bytes(),
-        ] {
+        let parts = [self.release.as_bytes(), &self.kernel, &self.busybox];
+        for part in extra.iter().chain(&parts) {
             hash.update((part.len() as u64).to_le_bytes());
             hash.update(part);
         }
-        hash.update(self.release.as_bytes());
-        hash.update(&self.kernel);
-        hash.update(&self.busybox);
         for (name, image) in &self.modules {
             hash.update(name.as_bytes());
             hash.update(image);
         }
-        ROOTFS_APPLETS
-            .iter()
-            .for_each(|a| hash.update(a.as_bytes()));
         let digest = hash.finalize();
         digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The layers of the Linux test image.
+impl GuestParts {
+    /// A digest of everything the layers are made of.
+    fn key(&self) -> String {
+        self.cache_key(&[
+            FORMAT.as_bytes(),
+            INITRAMFS_INIT.as_bytes(),
+            ROOTFS_INIT.as_bytes(),
+            ROOTFS_APPLETS.join(" ").as_bytes(),
+        ])
     }
 
     fn base_layer(&self) -> Vec<u8> {
@@ -334,9 +340,8 @@ impl Tar {
 }
 
 // Shared with the other test image built from the same Debian packages
-// (crate::cloud_guest): the cpio writer and the module load order.
+// (crate::cloud_guest): the cpio writer.
 pub use cpio::Cpio;
-pub use modules::{Module, load_order as module_load_order};
 
 #[cfg(test)]
 mod tests {
@@ -344,7 +349,7 @@ mod tests {
 
     #[test]
     fn upper_layer_whiteouts_the_deleted_file() {
-        let image = Image {
+        let image = GuestParts {
             release: "0".into(),
             kernel: vec![],
             busybox: vec![],

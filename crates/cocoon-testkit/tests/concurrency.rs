@@ -31,12 +31,7 @@ impl Drop for Lab {
 }
 
 fn layer(tag: &str) -> Vec<u8> {
-    LayerBuilder::new()
-        .file(
-            "boot/vmlinuz-6.1",
-            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-        )
-        .file("boot/initrd.img-6.1", tag.as_bytes())
+    cocoon_testkit::guest::boot_layer("6.1", tag.as_bytes())
         .file("etc/tag", tag.as_bytes())
         .build()
 }
@@ -59,11 +54,7 @@ impl Lab {
     }
 
     fn cmd(&self) -> std::process::Command {
-        let mut cmd = self.env.std_cmd();
-        cmd.env("COCOON_CH_BINARY", FAKE)
-            .env("COCOON_FC_BINARY", FAKE)
-            .env("COCOON_TERMINATE_GRACE_PERIOD_SECONDS", "1");
-        cmd
+        self.env.fake_vmm_cmd(FAKE)
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -89,6 +80,18 @@ impl Lab {
             .as_array()
             .unwrap()
             .clone()
+    }
+
+    /// Makes everything in the image store look two hours old: past gc's
+    /// grace period for unpinned blobs (it spares young ones, which a pull
+    /// may be about to record), as if that time had passed.
+    fn age_images(&self) {
+        let aged = std::process::Command::new("find")
+            .arg(self.env.root_dir().join("images"))
+            .args(["-exec", "touch", "-h", "-d", "2 hours ago", "{}", "+"])
+            .status()
+            .unwrap();
+        assert!(aged.success());
     }
 
     /// Runs every command at once, one process each; returns their outputs.
@@ -395,13 +398,7 @@ fn gc_keeps_old_layers_a_pull_is_reusing() {
     let layers = lab.json(&["image", "inspect", &reference])["layers"].clone();
     lab.ok(&["image", "rm", &reference]);
     // Unpinned and past gc's grace period.
-    let images = lab.env.root_dir().join("images");
-    let aged = std::process::Command::new("find")
-        .arg(&images)
-        .args(["-exec", "touch", "-h", "-d", "2 hours ago", "{}", "+"])
-        .status()
-        .unwrap();
-    assert!(aged.success());
+    lab.age_images();
     let pull = lab
         .cmd()
         .args(["image", "pull", &reference])
@@ -430,12 +427,7 @@ fn gc_keeps_old_layers_a_pull_is_reusing() {
     // Once the pull is over and the image removed again, gc does take them.
     lab.ok(&["vm", "rm", "--force", "p"]);
     lab.ok(&["image", "rm", &reference]);
-    let aged = std::process::Command::new("find")
-        .arg(&images)
-        .args(["-exec", "touch", "-h", "-d", "2 hours ago", "{}", "+"])
-        .status()
-        .unwrap();
-    assert!(aged.success());
+    lab.age_images();
     lab.ok(&["gc"]);
     for layer in layers.as_array().unwrap() {
         assert!(!dirs.blob(layer.as_str().unwrap()).exists(), "{layer} kept");
@@ -651,15 +643,8 @@ fn stress_sixteen_clis_for_sixty_seconds() {
         lab.ok(&["snapshot", "rm", s["id"].as_str().unwrap()]);
     }
     lab.ok(&["image", "rm", "test/b:1"]);
-    // gc spares blobs younger than its grace period (a pull may be about to
-    // record them): age everything as if that time had passed.
+    lab.age_images();
     let images_dir = lab.env.root_dir().join("images");
-    let aged = std::process::Command::new("find")
-        .arg(&images_dir)
-        .args(["-exec", "touch", "-h", "-d", "2 hours ago", "{}", "+"])
-        .status()
-        .unwrap();
-    assert!(aged.success());
     lab.ok(&["gc"]);
     lab.assert_consistent("after the final gc");
     let image = lab.json(&["image", "inspect", "test/a:1"]);

@@ -36,13 +36,7 @@ impl Lab {
         let lab = Lab {
             env: CocoonEnv::new(bin()),
         };
-        let layer = LayerBuilder::new()
-            .file(
-                "boot/vmlinuz-6.1",
-                &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-            )
-            .file("boot/initrd.img-6.1", b"initrd")
-            .build();
+        let layer = cocoon_testkit::guest::boot_layer("6.1", b"initrd").build();
         std::fs::write(lab.env.path().join("layer.tar"), layer).unwrap();
         lab.ok(&[
             "image",
@@ -54,11 +48,7 @@ impl Lab {
     }
 
     fn cmd(&self) -> std::process::Command {
-        let mut cmd = self.env.std_cmd();
-        cmd.env("COCOON_CH_BINARY", FAKE)
-            .env("COCOON_FC_BINARY", FAKE)
-            .env("COCOON_TERMINATE_GRACE_PERIOD_SECONDS", "1");
-        cmd
+        self.env.fake_vmm_cmd(FAKE)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -410,12 +400,7 @@ fn gc() {
 
 /// A layer with boot files that the lab's image does not have.
 fn other_layer(lab: &Lab) {
-    let layer = LayerBuilder::new()
-        .file(
-            "boot/vmlinuz-6.2",
-            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-        )
-        .file("boot/initrd.img-6.2", b"another initrd")
+    let layer = cocoon_testkit::guest::boot_layer("6.2", b"another initrd")
         .file("etc/other", b"other")
         .build();
     std::fs::write(lab.env.path().join("other.tar"), layer).unwrap();
@@ -502,13 +487,7 @@ fn image_pull() {
     let Some(registry) = cocoon_testkit::registry::Registry::start() else {
         return cocoon_testkit::skip("image_pull", "docker-registry is not installed");
     };
-    let layer = LayerBuilder::new()
-        .file(
-            "boot/vmlinuz-6.3",
-            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-        )
-        .file("boot/initrd.img-6.3", b"pulled initrd")
-        .build();
+    let layer = cocoon_testkit::guest::boot_layer("6.3", b"pulled initrd").build();
     registry.push(
         "vm/crash:1",
         &[layer, LayerBuilder::new().file("etc/top", b"top").build()],

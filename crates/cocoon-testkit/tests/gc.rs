@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
-use cocoon_testkit::registry::layers::LayerBuilder;
 use serde_json::Value;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
@@ -39,12 +38,7 @@ fn age(path: &Path, by: Duration) {
 }
 
 fn import(env: &CocoonEnv, name: &str, marker: &str) {
-    let layer = LayerBuilder::new()
-        .file(
-            "boot/vmlinuz-6.1",
-            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-        )
-        .file("boot/initrd.img-6.1", b"initrd")
+    let layer = cocoon_testkit::guest::boot_layer("6.1", b"initrd")
         .file("etc/marker", marker.as_bytes())
         .build();
     let tar = env.path().join(format!("{marker}.tar"));

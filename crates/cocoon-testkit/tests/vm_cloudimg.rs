@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
-use cocoon_testkit::registry::layers::LayerBuilder;
 use serde_json::Value;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
@@ -569,13 +568,7 @@ fn refusals_name_the_problem_and_leave_nothing() {
     lab.assert_no_vms();
 
     // --windows needs a cloud image.
-    let layer = LayerBuilder::new()
-        .file(
-            "boot/vmlinuz-6.1",
-            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-        )
-        .file("boot/initrd.img-6.1", b"initrd")
-        .build();
+    let layer = cocoon_testkit::guest::boot_layer("6.1", b"initrd").build();
     std::fs::write(lab.path("layer.tar"), layer).unwrap();
     lab.ok(&[
         "image",

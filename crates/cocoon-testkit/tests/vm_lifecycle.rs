@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
-use cocoon_testkit::registry::layers::LayerBuilder;
 use serde_json::Value;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
@@ -36,12 +35,7 @@ impl Lab {
             env: CocoonEnv::new(bin()),
             extra_env: vec![],
         };
-        let layer = LayerBuilder::new()
-            .file(
-                "boot/vmlinuz-6.1",
-                &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-            )
-            .file("boot/initrd.img-6.1", b"initrd")
+        let layer = cocoon_testkit::guest::boot_layer("6.1", b"initrd")
             .file("etc/os-release", b"ID=test\n")
             .build();
         std::fs::write(lab.env.path().join("layer.tar"), layer).unwrap();
@@ -60,10 +54,7 @@ impl Lab {
     }
 
     fn cmd(&self) -> std::process::Command {
-        let mut cmd = self.env.std_cmd();
-        cmd.env("COCOON_CH_BINARY", FAKE)
-            .env("COCOON_FC_BINARY", FAKE)
-            .env("COCOON_TERMINATE_GRACE_PERIOD_SECONDS", "1");
+        let mut cmd = self.env.fake_vmm_cmd(FAKE);
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::guest::{COUNT_PREFIX, HEARTBEAT_PREFIX, READY_MARKER};
 use cocoon_testkit::registry::Registry;
-use cocoon_testkit::registry::layers::LayerBuilder;
 use cocoon_testkit::{CocoonEnv, real_vmm, skip};
 use serde_json::Value;
 
@@ -190,12 +189,7 @@ fn boot_on(fc: bool) {
     let Some(registry) = Registry::start() else {
         return skip(test, "docker-registry is not installed");
     };
-    let layer = LayerBuilder::new()
-        .file(
-            "boot/vmlinuz-test",
-            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-        )
-        .file("boot/initrd.img-test", b"not used by the test kernel")
+    let layer = cocoon_testkit::guest::boot_layer("test", b"not used by the test kernel")
         .file("sbin/init", b"#!/bin/sh\n")
         .build();
     registry.push("guest/test:1", &[layer], "amd64");
@@ -303,6 +297,41 @@ fn mark(path: &Path, text: Option<&[u8; 8]>) -> [u8; 8] {
     b
 }
 
+/// A fresh installation for a real-VMM snapshot test, with the VMM
+/// binaries; None, after a loud skip, without the cocoon binary, the
+/// backend's VMM or /dev/kvm.
+fn real_env(test: &str, fc: bool) -> Option<(CocoonEnv, PathBuf, PathBuf)> {
+    if !Path::new(&bin()).exists() {
+        skip(test, "the cocoon binary is not built (build the workspace)");
+        return None;
+    }
+    let ch = real_vmm("COCOON_CH_BINARY", "cloud-hypervisor").unwrap_or_default();
+    let fcb = real_vmm("COCOON_FC_BINARY", "firecracker").unwrap_or_default();
+    if !(if fc { &fcb } else { &ch }).is_file() || !Path::new("/dev/kvm").exists() {
+        skip(test, "the VMM or /dev/kvm is missing");
+        return None;
+    }
+    Some((CocoonEnv::new(bin()), ch, fcb))
+}
+
+impl Run<'_> {
+    /// Imports the test guest and runs it as `src`: 1 vCPU, 512 MiB, no NICs.
+    fn run_src(&self, fc: bool) {
+        let layer = cocoon_testkit::guest::boot_layer("test", b"unused").build();
+        let tar = self.env.path().join("layer.tar");
+        std::fs::write(&tar, layer).unwrap();
+        self.ok(&["image", "import", "guest/test:1", tar.to_str().unwrap()]);
+        let mut args = vec![
+            "vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--name", "src",
+        ];
+        if fc {
+            args.push("--fc");
+        }
+        args.push("guest/test:1");
+        self.ok(&args);
+    }
+}
+
 /// Save, clone twice, restore, export → import → clone, and the seed
 /// scenario, on a real VMM with the test guest's heartbeat as the witness.
 fn snapshots_on(fc: bool) {
@@ -311,43 +340,16 @@ fn snapshots_on(fc: bool) {
     } else {
         "snapshots_on_cloud_hypervisor"
     };
-    if !Path::new(&bin()).exists() {
-        return skip(test, "the cocoon binary is not built (build the workspace)");
-    }
-    let ch = real_vmm("COCOON_CH_BINARY", "cloud-hypervisor").unwrap_or_default();
-    let fcb = real_vmm("COCOON_FC_BINARY", "firecracker").unwrap_or_default();
-    if !(if fc { &fcb } else { &ch }).is_file() || !Path::new("/dev/kvm").exists() {
-        return skip(test, "the VMM or /dev/kvm is missing");
-    }
-    let env = CocoonEnv::new(bin());
+    let Some((env, ch, fcb)) = real_env(test, fc) else {
+        return;
+    };
     let _env_reaper = EnvReaper(env.root_dir());
     let run = Run {
         env: &env,
         ch,
         fc: fcb,
     };
-    let layer = LayerBuilder::new()
-        .file(
-            "boot/vmlinuz-test",
-            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-        )
-        .file("boot/initrd.img-test", b"unused")
-        .build();
-    std::fs::write(env.path().join("layer.tar"), layer).unwrap();
-    run.ok(&[
-        "image",
-        "import",
-        "guest/test:1",
-        env.path().join("layer.tar").to_str().unwrap(),
-    ]);
-    let mut args = vec![
-        "vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--name", "src",
-    ];
-    if fc {
-        args.push("--fc");
-    }
-    args.push("guest/test:1");
-    run.ok(&args);
+    run.run_src(fc);
     let mut procs = processes_of(&run.inspect("src"));
     let _reaper = Reaper(vec![]);
     run.wait_log("src", &format!("{HEARTBEAT_PREFIX}3"), 1);
@@ -508,14 +510,9 @@ fn killed_save_on(fc: bool) {
     } else {
         "killed_save_on_cloud_hypervisor"
     };
-    if !Path::new(&bin()).exists() {
-        return skip(test, "the cocoon binary is not built (build the workspace)");
-    }
-    let ch = real_vmm("COCOON_CH_BINARY", "cloud-hypervisor").unwrap_or_default();
-    let fcb = real_vmm("COCOON_FC_BINARY", "firecracker").unwrap_or_default();
-    if !(if fc { &fcb } else { &ch }).is_file() || !Path::new("/dev/kvm").exists() {
-        return skip(test, "the VMM or /dev/kvm is missing");
-    }
+    let Some((env, ch, fcb)) = real_env(test, fc) else {
+        return;
+    };
     let version = std::process::Command::new(bin())
         .arg("version")
         .output()
@@ -526,31 +523,13 @@ fn killed_save_on(fc: bool) {
             "the cocoon binary was built without failpoints (cargo nextest run --workspace builds it with them)",
         );
     }
-    let env = CocoonEnv::new(bin());
     let _env_reaper = EnvReaper(env.root_dir());
     let run = Run {
         env: &env,
         ch,
         fc: fcb,
     };
-    let layer = LayerBuilder::new()
-        .file(
-            "boot/vmlinuz-test",
-            &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-        )
-        .file("boot/initrd.img-test", b"unused")
-        .build();
-    std::fs::write(env.path().join("layer.tar"), layer).unwrap();
-    let tar = env.path().join("layer.tar");
-    run.ok(&["image", "import", "guest/test:1", tar.to_str().unwrap()]);
-    let mut args = vec![
-        "vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--name", "src",
-    ];
-    if fc {
-        args.push("--fc");
-    }
-    args.push("guest/test:1");
-    run.ok(&args);
+    run.run_src(fc);
     let _reaper = Reaper(processes_of(&run.inspect("src")));
     run.wait_log("src", &format!("{HEARTBEAT_PREFIX}2"), 1);
     let src = run.inspect("src");

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
-use cocoon_testkit::registry::layers::LayerBuilder;
 use serde_json::Value;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
@@ -33,13 +32,7 @@ impl Lab {
         let faults = env.path().join("faults.json");
         std::fs::write(&faults, "[]").unwrap();
         let lab = Lab { env, faults };
-        let layer = LayerBuilder::new()
-            .file(
-                "boot/vmlinuz-6.1",
-                &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-            )
-            .file("boot/initrd.img-6.1", b"initrd")
-            .build();
+        let layer = cocoon_testkit::guest::boot_layer("6.1", b"initrd").build();
         std::fs::write(lab.env.path().join("layer.tar"), layer).unwrap();
         lab.ok(&[
             "image",
@@ -51,11 +44,8 @@ impl Lab {
     }
 
     fn cmd(&self) -> std::process::Command {
-        let mut cmd = self.env.std_cmd();
-        cmd.env("COCOON_CH_BINARY", FAKE)
-            .env("COCOON_FC_BINARY", FAKE)
-            .env("COCOON_TERMINATE_GRACE_PERIOD_SECONDS", "1")
-            .env("COCOON_FAKE_VMM_FAULTS", &self.faults);
+        let mut cmd = self.env.fake_vmm_cmd(FAKE);
+        cmd.env("COCOON_FAKE_VMM_FAULTS", &self.faults);
         cmd
     }
 
@@ -447,15 +437,7 @@ fn clone_pull_fetches_the_snapshots_image_by_digest() {
     let Some(lab) = Lab::new(test) else {
         return;
     };
-    let kernel = std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap();
-    let image = |tag: &[u8]| {
-        vec![
-            LayerBuilder::new()
-                .file("boot/vmlinuz-6.1", &kernel)
-                .file("boot/initrd.img-6.1", tag)
-                .build(),
-        ]
-    };
+    let image = |tag: &[u8]| vec![cocoon_testkit::guest::boot_layer("6.1", tag).build()];
     registry.push("vm/base:1", &image(b"first"), "amd64");
     let reference = registry.reference("vm/base:1");
     lab.ok(&["image", "pull", &reference]);

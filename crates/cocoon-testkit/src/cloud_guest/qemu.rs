@@ -7,10 +7,12 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::linux_guest::qemu::{KillOnDrop, path_arg};
 
 /// The qemu binary: `$COCOON_QEMU_BINARY` if set, else `qemu-system-x86_64` on PATH.
 pub fn binary() -> Option<PathBuf> {
@@ -225,22 +227,6 @@ fn format_of(path: &Path) -> &'static str {
     }
 }
 
-/// qemu option values escape a comma by doubling it.
-fn path_arg(path: &Path) -> String {
-    path.to_str().expect("UTF-8 path").replace(',', ",,")
-}
-
-/// A test that fails mid-boot must not leave qemu spinning a core.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // No-op once reaped: std never signals a pid it has waited for.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,7 +274,7 @@ mod tests {
                 ),
                 format!(
                     "if=none,id=disk1,format=raw,readonly=on,file={}",
-                    cidata.display().to_string().replace(',', ",,")
+                    path_arg(&cidata)
                 ),
             ]
         );

@@ -320,7 +320,7 @@ impl Running {
 }
 
 /// qemu option values escape a comma by doubling it.
-fn path_arg(path: &Path) -> String {
+pub(crate) fn path_arg(path: &Path) -> String {
     path.to_str().expect("UTF-8 path").replace(',', ",,")
 }
 
@@ -335,7 +335,7 @@ pub struct Outcome {
 }
 
 /// A test that fails mid-boot must not leave qemu spinning a core.
-struct KillOnDrop(Child);
+pub(crate) struct KillOnDrop(pub(crate) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

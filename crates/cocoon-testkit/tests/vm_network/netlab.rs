@@ -9,7 +9,6 @@ use std::process::Command;
 
 use cocoon_engine::net::netns;
 use cocoon_testkit::CocoonEnv;
-use cocoon_testkit::registry::layers::LayerBuilder;
 use serde_json::Value;
 
 pub const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
@@ -84,13 +83,7 @@ impl NetLab {
             ]
         });
         std::fs::write(conf.join("10-test.conflist"), conflist.to_string()).unwrap();
-        let layer = LayerBuilder::new()
-            .file(
-                "boot/vmlinuz-6.1",
-                &std::fs::read(cocoon_testkit::guest::kernel_path()).unwrap(),
-            )
-            .file("boot/initrd.img-6.1", b"initrd")
-            .build();
+        let layer = cocoon_testkit::guest::boot_layer("6.1", b"initrd").build();
         std::fs::write(env.path().join("layer.tar"), layer).unwrap();
         let lab = NetLab {
             env,
