@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Installs cocoon on Debian 12: system packages, the release binary, shell
-# completions and man pages. Run as root from a checkout.
+# Installs cocoon on Debian 12: the packages it needs at run time
+# (scripts/packages.txt, [build] and [run]), the release binary, shell
+# completions and man pages. Run as root from a checkout. Then run
+# `cocoon doctor`: it says whether this host can run a VM and what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
+# shellcheck source=scripts/lib/apt.sh
+. scripts/lib/apt.sh
 
 prefix=${PREFIX:-/usr/local}
 export DEBIAN_FRONTEND=noninteractive
 
 echo "==> installing Debian packages" >&2
-apt-get update -qq
-grep -v '^#' scripts/debian-packages.txt | xargs apt-get install -y -qq --no-install-recommends >/dev/null
+install_sections build run >/dev/null
 
 echo "==> building cocoon (release)" >&2
 cargo build --release --locked -p cocoon
