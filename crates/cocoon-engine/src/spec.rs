@@ -1,7 +1,7 @@
 //! Validation of what users type: names, sizes, CPU counts, data-disk specs,
 //! cloud-init credentials, DNS servers, console escape characters.
 //!
-//! The rules and limits are cocoon's (reference §1.3), so scripts that worked
+//! The rules and limits are cocoon's (docs/reference/cocoon-v0.3.8.md §1.3), so scripts that worked
 //! there keep working; the messages say what was wrong and what is accepted.
 
 use std::net::IpAddr;

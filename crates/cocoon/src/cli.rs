@@ -1,5 +1,5 @@
 //! The command line: cocoon's command tree, flags, defaults and validation
-//! (reference §1), as clap definitions. Per-value validation happens here, in
+//! (docs/reference/cocoon-v0.3.8.md §1), as clap definitions. Per-value validation happens here, in
 //! value parsers, so a bad flag is a usage error (exit 2) before anything runs.
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! The command tree and flag set must be exactly cocoon's (reference §1.3), as
+//! The command tree and flag set must be exactly cocoon's (docs/reference/cocoon-v0.3.8.md §1.3), as
 //! written down in `cli-tree.txt`. A flag added, dropped or renamed fails here.
 //! Regenerate with `UPDATE_CLI_TREE=1 cargo test --test cli_tree` and review the diff.
 

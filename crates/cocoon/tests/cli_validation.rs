@@ -1,4 +1,4 @@
-//! Every bad input of reference §1 is refused with its exact message and the
+//! Every bad input of docs/reference/cocoon-v0.3.8.md §1 is refused with its exact message and the
 //! usage exit code (2), before anything is created.
 
 use cocoon_testkit::CocoonEnv;

@@ -1,4 +1,5 @@
-//! The models and clients against the API specs in shared/reference.
+//! The models and clients against the API specs kept in `spec/` (where each
+//! came from, at which version: `spec/README.md`).
 //!
 //! The specs carry almost no examples, so each schema's example is built from
 //! the spec itself: every property filled with its `example`, `default`, first
@@ -16,7 +17,7 @@ use vmm_api::{ch, fc};
 
 fn reference(file: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference")
+        .join("spec")
         .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_norway::from_str(&text).unwrap()

@@ -1,4 +1,4 @@
-//! VM networking (reference §8): per VM a named namespace `cocoon-<id>`, per
+//! VM networking (docs/reference/cocoon-v0.3.8.md §8): per VM a named namespace `cocoon-<id>`, per
 //! NIC a CNI ADD on `eth<i>` and a TAP joined to it by tc redirects; or, with
 //! `--bridge`, a TAP on an existing host bridge.
 

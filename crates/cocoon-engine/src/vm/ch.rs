@@ -1,4 +1,4 @@
-//! Cloud Hypervisor: the launch command line (reference §4.3). CH boots the
+//! Cloud Hypervisor: the launch command line (docs/reference/cocoon-v0.3.8.md §4.3). CH boots the
 //! VM given on its command line; no API call is needed to start it.
 
 use crate::model::{StorageConfig, Vm};

@@ -1,4 +1,4 @@
-//! Cloud images on Cloud Hypervisor (reference §4.2, §9): UEFI firmware, a
+//! Cloud images on Cloud Hypervisor (docs/reference/cocoon-v0.3.8.md §4.2, §9): UEFI firmware, a
 //! qcow2 overlay over the image's blob, and a cloud-init NoCloud disk that is
 //! attached on the first boot only.
 
@@ -186,7 +186,7 @@ pub(super) fn restore_cidata_entry(
     Some(path)
 }
 
-/// The cidata entry of a VM's storage: read-only, no serial (reference §4.2).
+/// The cidata entry of a VM's storage: read-only, no serial (docs/reference/cocoon-v0.3.8.md §4.2).
 pub(super) fn cidata_disk(paths: &VmPaths) -> StorageConfig {
     StorageConfig {
         path: paths.cidata(),

@@ -1,5 +1,5 @@
 //! Firecracker: the launch command line and the pre-boot API sequence
-//! (reference §5.3, §5.4). The sequence is one value, so `vm debug` prints
+//! (docs/reference/cocoon-v0.3.8.md §5.3, §5.4). The sequence is one value, so `vm debug` prints
 //! exactly the calls a start makes.
 
 use serde_json::Value;

@@ -28,7 +28,7 @@ impl LaunchOptions {
     }
 
     /// The balloon cocoon gives a VM: a quarter of memory from 256 MiB up,
-    /// none for Windows (the virtio-win deflate storm, reference §4.12).
+    /// none for Windows (the virtio-win deflate storm, docs/reference/cocoon-v0.3.8.md §4.12).
     pub fn balloon(&self, vm: &Vm) -> Option<u64> {
         if vm.config.windows || vm.config.memory < 256 << 20 {
             return None;

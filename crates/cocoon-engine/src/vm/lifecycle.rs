@@ -896,7 +896,7 @@ impl Engine {
     }
 }
 
-/// The graceful step of a stop (reference §4.6, §5.5). Errors are ignored: a
+/// The graceful step of a stop (docs/reference/cocoon-v0.3.8.md §4.6, §5.5). Errors are ignored: a
 /// guest that does not react is escalated by the caller.
 async fn graceful_stop(hypervisor: Hypervisor, direct_boot: bool, socket: PathBuf) {
     let result = match hypervisor {

@@ -171,8 +171,10 @@ mod tests {
     #[test]
     fn overlay_is_backed_by_the_base_and_grown_only_when_larger() {
         if !qemu_img() {
-            eprintln!("SKIPPED: qemu-img is not installed");
-            return;
+            return cocoon_test_skip::skip(
+                "overlay_is_backed_by_the_base_and_grown_only_when_larger",
+                "qemu-img is not installed (qemu-utils)",
+            );
         }
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.qcow2");

@@ -871,7 +871,7 @@ impl Engine {
     }
 }
 
-/// The `vm clone` flags a snapshot can take (reference §1.3: CPU, memory,
+/// The `vm clone` flags a snapshot can take (docs/reference/cocoon-v0.3.8.md §1.3: CPU, memory,
 /// storage and NICs may grow on CH, not shrink; FC changes none of CPU,
 /// memory or NIC count; the restore mode must be the backend's). Checked
 /// before anything is made or pulled. Returns whether CH restores on demand.

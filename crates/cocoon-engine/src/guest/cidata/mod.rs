@@ -1,4 +1,4 @@
-//! The cloud-init NoCloud disk of a cloud-image VM (reference §9): a 1 MiB
+//! The cloud-init NoCloud disk of a cloud-image VM (docs/reference/cocoon-v0.3.8.md §9): a 1 MiB
 //! FAT12 volume labelled `cidata` with `meta-data`, `user-data` and, when the
 //! VM has NICs, `network-config`. It is attached read-only on the first boot
 //! only, and regenerated with the new identity for a clone.

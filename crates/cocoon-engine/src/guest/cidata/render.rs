@@ -1,4 +1,4 @@
-//! The three NoCloud files as text (reference §9). Every byte is fixed here
+//! The three NoCloud files as text (docs/reference/cocoon-v0.3.8.md §9). Every byte is fixed here
 //! and pinned by the tests below: the guest's cloud-init parses exactly this.
 
 use std::fmt::Write;
