@@ -75,10 +75,9 @@ fn every_kernel_compression_is_extracted() {
     let mut tested = 0;
     for (tool, format) in formats {
         let Some(compressed) = compress(tool, &elf) else {
-            eprintln!(
-                "\n*** SKIPPED {} bzImage: `{}` is not installed ***\n",
-                format.name(),
-                tool[0]
+            cocoon_test_skip::skip(
+                &format!("{} bzImage", format.name()),
+                &format!("`{}` is not installed", tool[0]),
             );
             continue;
         };
@@ -147,10 +146,10 @@ fn debian_cloud_kernel_is_extracted() {
         })
     });
     let Some(kernel) = kernel else {
-        eprintln!(
-            "\n*** SKIPPED debian_cloud_kernel_is_extracted: run scripts/fetch-test-assets.sh first ***\n"
+        return cocoon_test_skip::skip(
+            "debian_cloud_kernel_is_extracted",
+            "the Debian cloud kernel test asset is missing: run scripts/fetch-test-assets.sh",
         );
-        return;
     };
     let image = std::fs::read(&kernel).unwrap();
     let payload = vmlinux::payload(&image, &kernel).unwrap();

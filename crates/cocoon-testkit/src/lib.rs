@@ -23,6 +23,28 @@ pub fn real_vmm(env: &str, name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// [`real_vmm`], or a skip naming the VMM (`cloud-hypervisor`, `firecracker`:
+/// the words `COCOON_TEST_ALLOW_SKIP` matches) and how to provide it.
+pub fn require_real_vmm(test: &str, env: &str, name: &str) -> Option<PathBuf> {
+    match real_vmm(env, name) {
+        Some(path) if path.is_file() => Some(path),
+        Some(path) => {
+            skip(
+                test,
+                &format!("{name} not found: {env}={} is not a file", path.display()),
+            );
+            None
+        }
+        None => {
+            skip(
+                test,
+                &format!("{name} not found: not on PATH and {env} is unset"),
+            );
+            None
+        }
+    }
+}
+
 /// SIGKILLs a VMM a test started if it still runs (identity verified first):
 /// called from test guards' `Drop`, so a failing test leaves no VMM behind.
 pub fn kill_if_running(vmm: &cocoon_engine::model::VmmProcess) {
@@ -68,9 +90,105 @@ pub fn kill_all_under(root_dir: &Path) {
     }
 }
 
-/// Prints a skip notice that stands out in test output.
-pub fn skip(test: &str, why: &str) {
-    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+pub use cocoon_test_skip::skip;
+
+/// The `cocoon` binary under test, built for this test run.
+///
+/// Cargo sets `CARGO_BIN_EXE_<name>` only for its own package's binaries, and
+/// `cargo nextest run -p cocoon-testkit` does not build `cocoon` at all: a
+/// `target/debug/cocoon` found lying there may be any old build. So the first
+/// test of a run builds it explicitly (`cargo build --workspace --bins`, with
+/// failpoints: the same features the workspace test build gives it, so an
+/// up-to-date tree builds nothing) and records the path for the rest of the
+/// run (`NEXTEST_RUN_ID`; under `cargo test`, once per test process).
+/// `COCOON_TEST_BIN` names a binary instead (a release build, say).
+pub fn cocoon_bin() -> String {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("COCOON_TEST_BIN").filter(|b| !b.is_empty()) {
+            let bin = PathBuf::from(bin);
+            assert!(
+                bin.is_file(),
+                "COCOON_TEST_BIN={} is not a file",
+                bin.display()
+            );
+            return bin.to_string_lossy().into_owned();
+        }
+        build_cocoon()
+    })
+    .clone()
+}
+
+fn build_cocoon() -> String {
+    // Test binaries live in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("<target>/<profile>");
+    let target = profile_dir.parent().expect("<target>");
+    let profile = profile_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let marks = target.join("cocoon-under-test");
+    std::fs::create_dir_all(&marks).expect("create the build mark directory");
+    let lock = std::fs::File::create(marks.join("lock")).expect("build lock");
+    // One build per run: the others wait here, then read its mark.
+    lock.lock().expect("lock the build");
+    let run = std::env::var("NEXTEST_RUN_ID").ok();
+    let mark = run.as_ref().map(|id| marks.join(format!("run-{id}")));
+    if let Some(bin) = mark.as_ref().and_then(|m| std::fs::read_to_string(m).ok()) {
+        return bin;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--workspace",
+            "--bins",
+            "--features",
+            "cocoon/failpoints",
+        ])
+        .args([
+            "--message-format",
+            "json-render-diagnostics",
+            "--target-dir",
+        ])
+        .arg(target);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let out = cmd.output().expect("run cargo to build cocoon");
+    assert!(
+        out.status.success(),
+        "building the cocoon binary under test failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "cocoon")
+        .find_map(|m| m["executable"].as_str().map(str::to_string))
+        .expect("cargo reported no cocoon executable");
+    if let Some(mark) = mark {
+        // Marks of earlier runs are of no use any more.
+        for old in std::fs::read_dir(&marks).into_iter().flatten().flatten() {
+            if old.file_name().to_string_lossy().starts_with("run-") {
+                let _ = std::fs::remove_file(old.path());
+            }
+        }
+        std::fs::write(mark, &bin).expect("write the build mark");
+    }
+    bin
 }
 
 /// A private cocoon installation: root, run and log directories and an empty

@@ -15,19 +15,12 @@ use http::{Resource, Server};
 use sha2::{Digest, Sha256};
 
 fn bin() -> String {
-    env!("CARGO_BIN_EXE_fake-vmm").replace("fake-vmm", "cocoon")
+    cocoon_testkit::cocoon_bin()
 }
 
 /// A private cocoon root, or None (with a loud skip) when this machine lacks
 /// the binary or qemu-img.
 fn ready(test: &str) -> Option<CocoonEnv> {
-    if !Path::new(&bin()).exists() {
-        skip(
-            test,
-            "the cocoon binary is not built (cargo build -p cocoon)",
-        );
-        return None;
-    }
     if Command::new("qemu-img").arg("--version").output().is_err() {
         skip(
             test,

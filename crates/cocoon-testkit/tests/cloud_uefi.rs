@@ -26,15 +26,11 @@ const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
 const BOOT_LIMIT: Duration = Duration::from_secs(240);
 
 fn bin() -> String {
-    FAKE.replace("fake-vmm", "cocoon")
+    cocoon_testkit::cocoon_bin()
 }
 
 /// Everything a test needs, or a loud skip naming what is missing.
 fn prerequisites(test: &str, boot: bool) -> Option<(cloud_guest::Inputs, Option<Tools>)> {
-    assert!(
-        Path::new(&bin()).exists(),
-        "the cocoon binary is not built: cargo build --workspace"
-    );
     if Command::new("qemu-img").arg("--version").output().is_err() {
         cocoon_testkit::skip(
             test,

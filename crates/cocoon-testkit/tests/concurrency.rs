@@ -17,7 +17,7 @@ use serde_json::Value;
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
 
 fn bin() -> String {
-    FAKE.replace("fake-vmm", "cocoon")
+    cocoon_testkit::cocoon_bin()
 }
 
 struct Lab {
@@ -37,11 +37,7 @@ fn layer(tag: &str) -> Vec<u8> {
 }
 
 impl Lab {
-    fn new(test: &str) -> Option<Lab> {
-        if !Path::new(&bin()).exists() {
-            cocoon_testkit::skip(test, "the cocoon binary is not built (build the workspace)");
-            return None;
-        }
+    fn new() -> Lab {
         let lab = Lab {
             env: CocoonEnv::new(bin()),
         };
@@ -50,7 +46,7 @@ impl Lab {
             std::fs::write(&file, layer(tag)).unwrap();
             lab.ok(&["image", "import", name, file.to_str().unwrap()]);
         }
-        Some(lab)
+        lab
     }
 
     fn cmd(&self) -> std::process::Command {
@@ -179,9 +175,7 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn two_starts_of_one_vm_make_one_vmm() {
-    let Some(lab) = Lab::new("two_starts_of_one_vm_make_one_vmm") else {
-        return;
-    };
+    let lab = Lab::new();
     for backend in [&[][..], &["--fc"][..]] {
         let mut args = vec!["vm", "create", "--nics", "0", "--name", "m"];
         args.extend_from_slice(backend);
@@ -200,9 +194,7 @@ fn two_starts_of_one_vm_make_one_vmm() {
 
 #[test]
 fn snapshot_save_racing_a_stop() {
-    let Some(lab) = Lab::new("snapshot_save_racing_a_stop") else {
-        return;
-    };
+    let lab = Lab::new();
     lab.ok(&["vm", "create", "--nics", "0", "--name", "m", "test/a:1"]);
     let mut saved = 0;
     for round in 0..4 {
@@ -234,9 +226,7 @@ fn snapshot_save_racing_a_stop() {
 
 #[test]
 fn clone_storm_of_one_snapshot() {
-    let Some(lab) = Lab::new("clone_storm_of_one_snapshot") else {
-        return;
-    };
+    let lab = Lab::new();
     for (backend, flags) in [("ch", &[][..]), ("fc", &["--fc"][..])] {
         let vm = format!("src-{backend}");
         let mut args = vec!["vm", "run", "--nics", "0", "--name", &vm];
@@ -279,9 +269,7 @@ fn clone_storm_of_one_snapshot() {
 /// the removed VM behind.
 #[test]
 fn fc_clone_storm_of_a_removed_vms_snapshot_beside_gc() {
-    let Some(lab) = Lab::new("fc_clone_storm_of_a_removed_vms_snapshot_beside_gc") else {
-        return;
-    };
+    let lab = Lab::new();
     lab.ok(&[
         "vm", "run", "--fc", "--nics", "0", "--name", "gone", "test/a:1",
     ]);
@@ -332,9 +320,7 @@ fn gc_during_a_pull_keeps_what_the_pull_makes() {
             "docker-registry is not installed",
         );
     };
-    let Some(lab) = Lab::new("gc_during_a_pull_keeps_what_the_pull_makes") else {
-        return;
-    };
+    let lab = Lab::new();
     let layers: Vec<Vec<u8>> = (0..4)
         .map(|i| {
             let mut noise = vec![0u8; 4 << 20];
@@ -386,11 +372,12 @@ fn gc_keeps_old_layers_a_pull_is_reusing() {
     let Some(registry) = cocoon_testkit::registry::Registry::start() else {
         return cocoon_testkit::skip(test, "docker-registry is not installed");
     };
-    let Some(lab) = Lab::new(test) else {
-        return;
-    };
+    let lab = Lab::new();
     if !lab.ok(&["version"]).contains("failpoints") {
-        return cocoon_testkit::skip(test, "the cocoon binary was built without failpoints");
+        return cocoon_testkit::skip(
+            test,
+            "the cocoon binary under test (COCOON_TEST_BIN) was built without failpoints",
+        );
     }
     registry.push("vm/old:1", &[layer("old")], "amd64");
     let reference = registry.reference("vm/old:1");
@@ -440,14 +427,12 @@ fn gc_keeps_old_layers_a_pull_is_reusing() {
 /// removed the new VM's and snapshot's directories, as the stress run saw.)
 #[test]
 fn gc_never_takes_what_an_operation_starting_meanwhile_makes() {
-    let Some(lab) = Lab::new("gc_never_takes_what_an_operation_starting_meanwhile_makes") else {
-        return;
-    };
+    let lab = Lab::new();
     let version = lab.ok(&["version"]);
     if !version.contains("failpoints") {
         return cocoon_testkit::skip(
             "gc_never_takes_what_an_operation_starting_meanwhile_makes",
-            "the cocoon binary was built without failpoints",
+            "the cocoon binary under test (COCOON_TEST_BIN) was built without failpoints",
         );
     }
     lab.ok(&["vm", "run", "--nics", "0", "--name", "m", "test/a:1"]);
@@ -499,9 +484,7 @@ const EXPECTED_CONFLICTS: &[&str] = &[" not found", "is not running"];
 /// leaves exactly the blobs the images still reference.
 #[test]
 fn stress_sixteen_clis_for_sixty_seconds() {
-    let Some(lab) = Lab::new("stress_sixteen_clis_for_sixty_seconds") else {
-        return;
-    };
+    let lab = Lab::new();
     let seconds: u64 = std::env::var("COCOON_STRESS_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -12,7 +12,7 @@ use serde_json::Value;
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
 
 fn bin() -> String {
-    FAKE.replace("fake-vmm", "cocoon")
+    cocoon_testkit::cocoon_bin()
 }
 
 fn run(env: &CocoonEnv, args: &[&str]) -> String {
@@ -48,9 +48,6 @@ fn import(env: &CocoonEnv, name: &str, marker: &str) {
 
 #[test]
 fn gc_removes_what_nothing_references_and_keeps_the_rest() {
-    if !Path::new(&bin()).exists() {
-        return cocoon_testkit::skip("gc", "the cocoon binary is not built (build the workspace)");
-    }
     let env = CocoonEnv::new(bin());
     struct Guard(std::path::PathBuf);
     impl Drop for Guard {

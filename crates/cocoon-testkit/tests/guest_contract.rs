@@ -17,7 +17,7 @@ use serde_json::Value;
 const BOOT_LIMIT: Duration = Duration::from_secs(100);
 
 fn bin() -> String {
-    env!("CARGO_BIN_EXE_fake-vmm").replace("fake-vmm", "cocoon")
+    cocoon_testkit::cocoon_bin()
 }
 
 fn cocoon(env: &CocoonEnv, args: &[&str]) -> String {
@@ -73,10 +73,6 @@ fn boots_under(test: &str, create_flags: &[&str], hypervisor: &str) {
         cocoon_testkit::skip(test, "debugfs not found (apt-get install e2fsprogs)");
         return;
     };
-    assert!(
-        Path::new(&bin()).exists(),
-        "the cocoon binary is not built: cargo build -p cocoon"
-    );
 
     let env = CocoonEnv::new(bin());
     let layers = linux_guest::layer_tars(&assets);

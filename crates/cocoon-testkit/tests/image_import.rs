@@ -8,7 +8,7 @@ use cocoon_testkit::CocoonEnv;
 use cocoon_testkit::registry::layers::LayerBuilder;
 
 fn bin() -> String {
-    env!("CARGO_BIN_EXE_fake-vmm").replace("fake-vmm", "cocoon")
+    cocoon_testkit::cocoon_bin()
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -38,12 +38,6 @@ fn blob_count(env: &CocoonEnv) -> usize {
 
 #[test]
 fn imports_tar_layers_from_files_and_stdin() {
-    if !Path::new(&bin()).exists() {
-        return cocoon_testkit::skip(
-            "imports_tar_layers_from_files_and_stdin",
-            "the cocoon binary is not built",
-        );
-    }
     let env = CocoonEnv::new(bin());
     let base = LayerBuilder::new()
         .file("etc/os-release", b"ID=imported\n")
@@ -106,12 +100,6 @@ fn imports_tar_layers_from_files_and_stdin() {
 
 #[test]
 fn non_tar_inputs_are_refused_and_change_nothing() {
-    if !Path::new(&bin()).exists() {
-        return cocoon_testkit::skip(
-            "non_tar_inputs_are_refused_and_change_nothing",
-            "the cocoon binary is not built",
-        );
-    }
     let env = CocoonEnv::new(bin());
     let qcow2 = env.path().join("disk.qcow2");
     std::fs::write(&qcow2, b"QFI\xfb\x00\x00\x00\x03rest-of-header").unwrap();

@@ -280,13 +280,7 @@ fn registries_with_basic_auth_use_docker_credentials() {
         );
     };
     registry.push("vm/private:1", &vm_image_layers("p"), "amd64");
-    let env = CocoonEnv::new(env!("CARGO_BIN_EXE_fake-vmm").replace("fake-vmm", "cocoon"));
-    if !Path::new(&env!("CARGO_BIN_EXE_fake-vmm").replace("fake-vmm", "cocoon")).exists() {
-        return skip(
-            "registries_with_basic_auth_use_docker_credentials",
-            "the cocoon binary is not built",
-        );
-    }
+    let env = CocoonEnv::new(cocoon_testkit::cocoon_bin());
     let docker = env.path().join("docker");
     std::fs::create_dir(&docker).unwrap();
     let out = env
@@ -360,13 +354,7 @@ fn concurrent_pulls_of_images_sharing_layers_fetch_each_layer_once() {
         &[base, LayerBuilder::new().file("etc/b", b"b").build(), boot],
         "amd64",
     );
-    let bin = env!("CARGO_BIN_EXE_fake-vmm").replace("fake-vmm", "cocoon");
-    if !Path::new(&bin).exists() {
-        return skip(
-            "concurrent_pulls_of_images_sharing_layers_fetch_each_layer_once",
-            "the cocoon binary is not built",
-        );
-    }
+    let bin = cocoon_testkit::cocoon_bin();
     let env = CocoonEnv::new(&bin);
     let children: Vec<_> = ["vm/a:1", "vm/b:1"]
         .iter()
@@ -406,10 +394,7 @@ fn a_pull_killed_midway_leaves_nothing_corrupt_and_the_next_pull_finishes() {
     else {
         return;
     };
-    let bin = env!("CARGO_BIN_EXE_fake-vmm").replace("fake-vmm", "cocoon");
-    if !Path::new(&bin).exists() {
-        return skip("a_pull_killed_midway", "the cocoon binary is not built");
-    }
+    let bin = cocoon_testkit::cocoon_bin();
     // Incompressible data so the pull takes a moment.
     let mut state = 0x9e3779b97f4a7c15u64;
     let big: Vec<u8> = (0..(32 << 20) / 8)

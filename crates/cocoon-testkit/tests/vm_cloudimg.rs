@@ -17,7 +17,7 @@ use serde_json::Value;
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
 
 fn bin() -> String {
-    FAKE.replace("fake-vmm", "cocoon")
+    cocoon_testkit::cocoon_bin()
 }
 
 /// A cocoon installation whose CH is the fake, with a fake firmware file and
@@ -31,10 +31,6 @@ struct Lab {
 
 impl Lab {
     fn new(test: &str) -> Option<Lab> {
-        if !Path::new(&bin()).exists() {
-            cocoon_testkit::skip(test, "the cocoon binary is not built (build the workspace)");
-            return None;
-        }
         if Command::new("qemu-img").arg("--version").output().is_err() {
             cocoon_testkit::skip(
                 test,

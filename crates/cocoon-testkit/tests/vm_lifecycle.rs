@@ -3,7 +3,7 @@
 //! VMM can cause (a guest ignoring shutdown, a wedged VMM, a crash, a refused
 //! boot). Every test checks the processes and files left behind.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
@@ -13,7 +13,7 @@ use serde_json::Value;
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
 
 fn bin() -> String {
-    FAKE.replace("fake-vmm", "cocoon")
+    cocoon_testkit::cocoon_bin()
 }
 
 /// A cocoon installation whose VMMs are the fakes, with one imported image.
@@ -23,14 +23,7 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Option<Lab> {
-        if !Path::new(&bin()).exists() {
-            cocoon_testkit::skip(
-                "vm_lifecycle",
-                "the cocoon binary is not built (build the workspace)",
-            );
-            return None;
-        }
+    fn new() -> Lab {
         let lab = Lab {
             env: CocoonEnv::new(bin()),
             extra_env: vec![],
@@ -50,7 +43,7 @@ impl Lab {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Some(lab)
+        lab
     }
 
     fn cmd(&self) -> std::process::Command {
@@ -112,7 +105,7 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 }
 
 fn lifecycle(fc: bool) {
-    let Some(lab) = Lab::new() else { return };
+    let lab = Lab::new();
     let mut create = vec![
         "vm",
         "create",
@@ -276,7 +269,7 @@ fn firecracker_lifecycle() {
 /// SIGTERM ends the VMM.
 #[test]
 fn stop_escalates_when_the_guest_ignores_shutdown() {
-    let Some(mut lab) = Lab::new() else { return };
+    let mut lab = Lab::new();
     std::fs::write(lab.path("faults.json"), "[]").unwrap();
     lab.extra_env.push((
         "COCOON_FAKE_VMM_FAULTS".into(),
@@ -317,7 +310,7 @@ fn stop_escalates_when_the_guest_ignores_shutdown() {
 /// A VMM that ignores SIGTERM is killed by rm --force, and nothing is left.
 #[test]
 fn rm_force_kills_a_wedged_vmm() {
-    let Some(mut lab) = Lab::new() else { return };
+    let mut lab = Lab::new();
     lab.extra_env
         .push(("COCOON_FAKE_VMM_IGNORE_SIGTERM".into(), "1".into()));
     lab.ok(&[
@@ -346,7 +339,7 @@ fn rm_force_kills_a_wedged_vmm() {
 /// A VMM killed behind cocoon's back shows as stopped (stale), and start relaunches it.
 #[test]
 fn start_after_the_vmm_crashed() {
-    let Some(lab) = Lab::new() else { return };
+    let lab = Lab::new();
     lab.ok(&[
         "vm",
         "create",
@@ -388,7 +381,7 @@ fn start_after_the_vmm_crashed() {
 /// the start waits that out instead of failing (seen 2 runs in 5 on real CH).
 #[test]
 fn start_waits_for_a_slow_cloud_hypervisor_boot() {
-    let Some(mut lab) = Lab::new() else { return };
+    let mut lab = Lab::new();
     lab.extra_env
         .push(("COCOON_FAKE_VMM_BOOT_DELAY_MS".into(), "150".into()));
     lab.ok(&[
@@ -411,7 +404,7 @@ fn start_waits_for_a_slow_cloud_hypervisor_boot() {
 /// marked error, and no process or socket is left.
 #[test]
 fn refused_boot_leaves_nothing_running() {
-    let Some(mut lab) = Lab::new() else { return };
+    let mut lab = Lab::new();
     std::fs::write(
         lab.path("faults.json"),
         r#"[{"method":"PUT","path":"/actions","action":"error","status":400,"body":"{\"fault_message\":\"Cannot start microvm: out of cheese\"}"}]"#,
@@ -452,7 +445,7 @@ fn refused_boot_leaves_nothing_running() {
 /// `vm debug --fc` prints exactly the API calls a start makes.
 #[test]
 fn debug_prints_what_start_does() {
-    let Some(mut lab) = Lab::new() else { return };
+    let mut lab = Lab::new();
     lab.extra_env.push((
         "COCOON_FAKE_VMM_BODIES".into(),
         lab.path("bodies.log").display().to_string(),
@@ -545,7 +538,7 @@ fn debug_prints_what_start_does() {
 /// Refusals leave no trace.
 #[test]
 fn refused_creates_change_nothing() {
-    let Some(lab) = Lab::new() else { return };
+    let lab = Lab::new();
     let err = lab.fail(&["vm", "create", "--nics", "1", "--name", "n", "test/guest:1"]);
     // No CNI network configured: a clear refusal, nothing made.
     assert!(
@@ -593,7 +586,7 @@ fn refused_creates_change_nothing() {
 /// nothing fails the batch before any VM is touched.
 #[test]
 fn batch_commands_report_each_vm() {
-    let Some(lab) = Lab::new() else { return };
+    let lab = Lab::new();
     for name in ["a", "b", "c"] {
         lab.ok(&[
             "vm",

@@ -374,14 +374,12 @@ fn bridge_mode_puts_a_tap_on_the_bridge() {
 #[test]
 fn real_vmms_open_the_tap_inside_the_namespace() {
     let test = "real_vmms_open_the_tap_inside_the_namespace";
-    let (Some(ch), Some(fc)) = (
-        cocoon_testkit::real_vmm("COCOON_CH_BINARY", "cloud-hypervisor"),
-        cocoon_testkit::real_vmm("COCOON_FC_BINARY", "firecracker"),
-    ) else {
-        return cocoon_testkit::skip(
-            test,
-            "Cloud Hypervisor or Firecracker is not on PATH (set COCOON_CH_BINARY / COCOON_FC_BINARY)",
-        );
+    let Some(ch) = cocoon_testkit::require_real_vmm(test, "COCOON_CH_BINARY", "cloud-hypervisor")
+    else {
+        return;
+    };
+    let Some(fc) = cocoon_testkit::require_real_vmm(test, "COCOON_FC_BINARY", "firecracker") else {
+        return;
     };
     let Some(mut lab) = NetLab::new(test, Value::Null) else {
         return;

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::guest::{COUNT_PREFIX, HEARTBEAT_PREFIX, READY_MARKER};
 use cocoon_testkit::registry::Registry;
-use cocoon_testkit::{CocoonEnv, real_vmm, skip};
+use cocoon_testkit::{CocoonEnv, real_vmm, require_real_vmm, skip};
 use serde_json::Value;
 
 fn bin() -> String {
-    env!("CARGO_BIN_EXE_fake-vmm").replace("fake-vmm", "cocoon")
+    cocoon_testkit::cocoon_bin()
 }
 
 struct Reaper(Vec<VmmProcess>);
@@ -166,23 +166,16 @@ fn boot_on(fc: bool) {
     } else {
         "vm_run_cloud_hypervisor"
     };
-    if !Path::new(&bin()).exists() {
-        return skip(test, "the cocoon binary is not built (build the workspace)");
+    let found = if fc {
+        require_real_vmm(test, "COCOON_FC_BINARY", "firecracker")
+    } else {
+        require_real_vmm(test, "COCOON_CH_BINARY", "cloud-hypervisor")
+    };
+    if found.is_none() {
+        return;
     }
     let ch = real_vmm("COCOON_CH_BINARY", "cloud-hypervisor").unwrap_or_default();
     let fcb = real_vmm("COCOON_FC_BINARY", "firecracker").unwrap_or_default();
-    let binary = if fc { &fcb } else { &ch };
-    if !binary.is_file() {
-        let var = if fc {
-            "COCOON_FC_BINARY"
-        } else {
-            "COCOON_CH_BINARY"
-        };
-        return skip(
-            test,
-            &format!("the VMM is not on PATH and {var} is not set"),
-        );
-    }
     if !Path::new("/dev/kvm").exists() {
         return skip(test, "/dev/kvm is missing");
     }
@@ -301,16 +294,18 @@ fn mark(path: &Path, text: Option<&[u8; 8]>) -> [u8; 8] {
 /// binaries; None, after a loud skip, without the cocoon binary, the
 /// backend's VMM or /dev/kvm.
 fn real_env(test: &str, fc: bool) -> Option<(CocoonEnv, PathBuf, PathBuf)> {
-    if !Path::new(&bin()).exists() {
-        skip(test, "the cocoon binary is not built (build the workspace)");
+    let found = if fc {
+        require_real_vmm(test, "COCOON_FC_BINARY", "firecracker")
+    } else {
+        require_real_vmm(test, "COCOON_CH_BINARY", "cloud-hypervisor")
+    };
+    found.as_ref()?;
+    if !Path::new("/dev/kvm").exists() {
+        skip(test, "/dev/kvm is missing");
         return None;
     }
     let ch = real_vmm("COCOON_CH_BINARY", "cloud-hypervisor").unwrap_or_default();
     let fcb = real_vmm("COCOON_FC_BINARY", "firecracker").unwrap_or_default();
-    if !(if fc { &fcb } else { &ch }).is_file() || !Path::new("/dev/kvm").exists() {
-        skip(test, "the VMM or /dev/kvm is missing");
-        return None;
-    }
     Some((CocoonEnv::new(bin()), ch, fcb))
 }
 
@@ -432,10 +427,22 @@ fn snapshots_on(fc: bool) {
         // The restored guest's count drops back to the snapshot's: find the
         // last place the sequence goes down (the old VM printed up to the kill).
         let log = run.ok(&["vm", "logs", "src"]);
-        // From the first whole line after what was there before the restore.
+        // From the first whole line after what was there before the restore
+        // (that offset itself when it is a line start: the log is append-only
+        // across the restore, and usually ended with a whole line), preceded
+        // by the last beat before it, so a drop right at the restore shows.
         let from = before_restore.min(log.len());
-        let from = log[from..].find('\n').map_or(log.len(), |i| from + i + 1);
-        let beats = heartbeats(&log[from..]);
+        let from = if from == 0 || log.as_bytes()[from - 1] == b'\n' {
+            from
+        } else {
+            log[from..].find('\n').map_or(log.len(), |i| from + i + 1)
+        };
+        let mut beats: Vec<u64> = heartbeats(&log[..from])
+            .last()
+            .copied()
+            .into_iter()
+            .collect();
+        beats.extend(heartbeats(&log[from..]));
         if let Some(k) = (1..beats.len()).rev().find(|k| beats[*k] < beats[*k - 1]) {
             assert!(
                 beats[k] + 1 >= at_save && beats[k] <= at_save + 3,
@@ -520,7 +527,7 @@ fn killed_save_on(fc: bool) {
     if !String::from_utf8_lossy(&version.stdout).contains("failpoints") {
         return skip(
             test,
-            "the cocoon binary was built without failpoints (cargo nextest run --workspace builds it with them)",
+            "the cocoon binary under test (COCOON_TEST_BIN) was built without failpoints",
         );
     }
     let _env_reaper = EnvReaper(env.root_dir());

@@ -14,7 +14,7 @@ const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
 const MARK_AT: u64 = 50 << 20;
 
 fn bin() -> String {
-    FAKE.replace("fake-vmm", "cocoon")
+    cocoon_testkit::cocoon_bin()
 }
 
 struct Lab {
@@ -23,11 +23,7 @@ struct Lab {
 }
 
 impl Lab {
-    fn new(test: &str) -> Option<Lab> {
-        if !Path::new(&bin()).exists() {
-            cocoon_testkit::skip(test, "the cocoon binary is not built (build the workspace)");
-            return None;
-        }
+    fn new() -> Lab {
         let env = CocoonEnv::new(bin());
         let faults = env.path().join("faults.json");
         std::fs::write(&faults, "[]").unwrap();
@@ -40,7 +36,7 @@ impl Lab {
             "test/guest:1",
             lab.env.path().join("layer.tar").to_str().unwrap(),
         ]);
-        Some(lab)
+        lab
     }
 
     fn cmd(&self) -> std::process::Command {
@@ -156,13 +152,7 @@ fn vmm_state(vm: &Value) -> String {
 }
 
 fn round_trip(fc: bool) {
-    let Some(lab) = Lab::new(if fc {
-        "fc_snapshot_round_trip"
-    } else {
-        "ch_snapshot_round_trip"
-    }) else {
-        return;
-    };
+    let lab = Lab::new();
     let mut create = vec![
         "vm",
         "create",
@@ -305,9 +295,7 @@ fn fc_snapshot_round_trip() {
 /// curl) must not wedge `snapshot save`, and ends running.
 #[test]
 fn save_of_a_vm_paused_behind_our_back_succeeds_and_resumes_it() {
-    let Some(lab) = Lab::new("save_of_a_vm_paused_behind_our_back") else {
-        return;
-    };
+    let lab = Lab::new();
     lab.ok(&["vm", "create", "--nics", "0", "--name", "p", "test/guest:1"]);
     lab.ok(&["vm", "start", "p"]);
     let vm = lab.inspect("p");
@@ -330,9 +318,7 @@ fn save_of_a_vm_paused_behind_our_back_succeeds_and_resumes_it() {
 /// A VMM that fails the snapshot: the VM is resumed and nothing is kept.
 #[test]
 fn failed_capture_resumes_and_keeps_nothing() {
-    let Some(lab) = Lab::new("failed_capture_resumes_and_keeps_nothing") else {
-        return;
-    };
+    let lab = Lab::new();
     lab.ok(&["vm", "create", "--nics", "0", "--name", "f", "test/guest:1"]);
     lab.ok(&["vm", "start", "f"]);
     let vm = lab.inspect("f");
@@ -362,9 +348,7 @@ fn failed_capture_resumes_and_keeps_nothing() {
 /// stops and removes the half-made snapshot.
 #[test]
 fn ctrl_c_during_save_still_resumes() {
-    let Some(lab) = Lab::new("ctrl_c_during_save_still_resumes") else {
-        return;
-    };
+    let lab = Lab::new();
     lab.ok(&["vm", "create", "--nics", "0", "--name", "i", "test/guest:1"]);
     lab.ok(&["vm", "start", "i"]);
     let vm = lab.inspect("i");
@@ -400,9 +384,7 @@ fn ctrl_c_during_save_still_resumes() {
 /// A damaged snapshot is refused before the running VM is touched.
 #[test]
 fn restore_refuses_a_damaged_snapshot_and_leaves_the_vm_running() {
-    let Some(lab) = Lab::new("restore_refuses_a_damaged_snapshot") else {
-        return;
-    };
+    let lab = Lab::new();
     lab.ok(&["vm", "create", "--nics", "0", "--name", "d", "test/guest:1"]);
     lab.ok(&["vm", "start", "d"]);
     let vm = lab.inspect("d");
@@ -434,9 +416,7 @@ fn clone_pull_fetches_the_snapshots_image_by_digest() {
     let Some(registry) = cocoon_testkit::registry::Registry::start() else {
         return cocoon_testkit::skip(test, "docker-registry is not installed");
     };
-    let Some(lab) = Lab::new(test) else {
-        return;
-    };
+    let lab = Lab::new();
     let image = |tag: &[u8]| vec![cocoon_testkit::guest::boot_layer("6.1", tag).build()];
     registry.push("vm/base:1", &image(b"first"), "amd64");
     let reference = registry.reference("vm/base:1");
@@ -507,9 +487,7 @@ fn clone_pull_fetches_the_snapshots_image_by_digest() {
 /// its reason, before anything is made or touched, where it has not.
 #[test]
 fn restore_modes_are_checked_against_the_backend() {
-    let Some(lab) = Lab::new("restore_modes_are_checked_against_the_backend") else {
-        return;
-    };
+    let lab = Lab::new();
     let bodies = lab.env.path().join("bodies.log");
     let clone = |args: &[&str]| {
         let out = lab

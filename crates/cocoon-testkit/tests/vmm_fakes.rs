@@ -787,8 +787,10 @@ async fn the_vmm_survives_its_launcher_in_its_own_session() {
 #[tokio::test]
 async fn the_vmm_can_be_launched_inside_a_network_namespace() {
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: network namespaces need root");
-        return;
+        return cocoon_testkit::skip(
+            "the_vmm_can_be_launched_inside_a_network_namespace",
+            "network namespaces need root",
+        );
     }
     let name = format!("cocoon-test-{}", std::process::id());
     let ok = std::process::Command::new("ip")
@@ -796,8 +798,10 @@ async fn the_vmm_can_be_launched_inside_a_network_namespace() {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("SKIPPED: `ip netns add` is not available");
-        return;
+        return cocoon_testkit::skip(
+            "the_vmm_can_be_launched_inside_a_network_namespace",
+            "`ip netns add` is not available (iproute2)",
+        );
     }
     let netns = PathBuf::from("/var/run/netns").join(&name);
     let h = Harness::new();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use cocoon_engine::model::VmmProcess;
 use cocoon_engine::supervise::{self, LaunchSpec, Stdin, StopTimeouts, Stopped};
 use cocoon_testkit::guest::{self, READY_MARKER};
-use cocoon_testkit::{real_vmm, skip};
+use cocoon_testkit::{require_real_vmm, skip};
 use vmm_api::ch::CloudHypervisor;
 use vmm_api::ch::models::{RestoreConfig, VmSnapshotConfig, VmState, file_url};
 use vmm_api::fc::Firecracker;
@@ -177,11 +177,12 @@ fn heartbeat(text: &str) -> u64 {
 
 #[tokio::test]
 async fn cloud_hypervisor_end_to_end() {
-    let Some(binary) = real_vmm("COCOON_CH_BINARY", "cloud-hypervisor") else {
-        return skip(
-            "cloud_hypervisor_end_to_end",
-            "no cloud-hypervisor on PATH and COCOON_CH_BINARY unset",
-        );
+    let Some(binary) = require_real_vmm(
+        "cloud_hypervisor_end_to_end",
+        "COCOON_CH_BINARY",
+        "cloud-hypervisor",
+    ) else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let mut vm = Vm {
@@ -355,11 +356,10 @@ async fn cloud_hypervisor_end_to_end() {
 
 #[tokio::test]
 async fn firecracker_end_to_end() {
-    let Some(binary) = real_vmm("COCOON_FC_BINARY", "firecracker") else {
-        return skip(
-            "firecracker_end_to_end",
-            "no firecracker on PATH and COCOON_FC_BINARY unset",
-        );
+    let Some(binary) =
+        require_real_vmm("firecracker_end_to_end", "COCOON_FC_BINARY", "firecracker")
+    else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let mut vm = Vm {

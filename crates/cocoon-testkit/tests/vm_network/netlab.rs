@@ -14,7 +14,7 @@ use serde_json::Value;
 pub const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
 
 pub fn bin() -> String {
-    FAKE.replace("fake-vmm", "cocoon")
+    cocoon_testkit::cocoon_bin()
 }
 
 /// A private cocoon, a test namespace holding the CNI bridge, a conflist.
@@ -48,10 +48,6 @@ pub fn sh(argv: &[&str]) -> String {
 impl NetLab {
     /// `ipam_extra` is merged into the host-local IPAM block (e.g. a range of one address).
     pub fn new(test: &str, ipam_extra: Value) -> Option<NetLab> {
-        if !Path::new(&bin()).exists() {
-            cocoon_testkit::skip(test, "the cocoon binary is not built (build the workspace)");
-            return None;
-        }
         if !Path::new("/usr/lib/cni/bridge").exists() {
             cocoon_testkit::skip(test, "containernetworking-plugins is not installed");
             return None;
