@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod console;
+pub mod doctor;
 pub mod engine;
 pub mod error;
 pub mod failpoint;

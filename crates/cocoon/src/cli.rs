@@ -101,6 +101,19 @@ pub enum Command {
         #[command(flatten)]
         output: FormatArg,
     },
+    /// Check whether this host can run VMs, and how to fix what is missing
+    ///
+    /// cocoon's doctor/check.sh as a command (an addition beyond upstream cocoon). It only
+    /// looks: it changes nothing and does not open the state database, so it also works
+    /// when root_dir is broken. Every item is OK, WARN (some VMs or features will not work)
+    /// or FAIL (no VM can run), with what to do about it. Exit code 0 iff a VM can be run.
+    #[command(
+        after_help = "Examples:\n  cocoon doctor\n  cocoon doctor -o json | jq '.checks[] | select(.status != \"ok\")'\n  COCOON_CH_BINARY=/opt/ch/cloud-hypervisor cocoon doctor"
+    )]
+    Doctor {
+        #[command(flatten)]
+        output: FormatArg,
+    },
     /// Show version information
     Version,
     /// Generate a shell completion script

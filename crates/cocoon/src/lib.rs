@@ -59,7 +59,11 @@ pub fn main() -> ExitCode {
         );
     }
     match commands::run(cli.command, config) {
-        Ok(()) => ExitCode::from(EXIT_OK),
+        Ok(commands::Outcome::Success) => ExitCode::from(EXIT_OK),
+        Ok(commands::Outcome::Failure(summary)) => {
+            eprintln!("Error: {summary}");
+            ExitCode::from(EXIT_ERROR)
+        }
         Err(e) => {
             eprintln!("Error: {e}");
             ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_ERROR })

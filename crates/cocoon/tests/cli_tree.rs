@@ -91,7 +91,16 @@ fn help_lists_every_subcommand() {
     let expected: &[(&[&str], &[&str])] = &[
         (
             &[],
-            &["image", "vm", "snapshot", "gc", "version", "completion"],
+            // doctor: an addition beyond cocoon (its doctor/check.sh as a command).
+            &[
+                "image",
+                "vm",
+                "snapshot",
+                "gc",
+                "doctor",
+                "version",
+                "completion",
+            ],
         ),
         (&["image"], &["pull", "import", "list", "rm", "inspect"]),
         (

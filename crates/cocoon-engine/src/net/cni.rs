@@ -121,7 +121,8 @@ pub fn del(list: &ConfList, call: &Call<'_>, cached: Option<&Value>) -> Result<(
     first_error.map_or(Ok(()), Err)
 }
 
-fn find_plugin(kind: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+/// The first of `dirs` holding plugin `kind` (also what `cocoon doctor` checks).
+pub fn find_plugin(kind: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
     dirs.iter().map(|d| d.join(kind)).find(|p| p.is_file())
 }
 
