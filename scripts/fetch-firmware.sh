@@ -13,7 +13,15 @@ set -euo pipefail
 
 dest=${1:-${COCOON_FIRMWARE_PATH:-${COCOON_ROOT_DIR:-/var/lib/cocoon}/firmware/CLOUDHV.fd}}
 package=cloudhv-efi-x86-64
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The machine's own Debian source (URI and keyring), never a mirror of ours.
+# shellcheck source=lib/apt.sh
+. "$(dirname "$0")/lib/apt.sh"
+mirror=${DEBIAN_MIRROR:-$(debian_source URIs)}
+keyring=$(debian_source Signed-By)
+if [ -z "$mirror" ]; then
+  echo "error: no Debian source in $(apt_dir Dir::Etc::sourceparts)/*.sources; set DEBIAN_MIRROR" >&2
+  exit 1
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -34,7 +42,7 @@ Types: deb
 URIs: $mirror
 Suites: $suite
 Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+${keyring:+Signed-By: $keyring}
 EOF
   rm -rf "$work/lists"/*_*
   apt-get "${apt_opts[@]}" -qq update
