@@ -38,6 +38,64 @@ impl ProcessIdentity {
     }
 }
 
+/// Runs `cmd` with `input` on its stdin and its stdout and stderr captured,
+/// for at most `timeout`: a command that hangs (a CNI plugin waiting on a lock,
+/// say) is killed and the call fails with `TimedOut` instead of holding the
+/// caller, and its VM lock, forever. stdin is written and the outputs are read
+/// on their own threads, so a command that fills one pipe while we wait on
+/// another cannot deadlock.
+pub fn output_with_timeout(
+    cmd: &mut std::process::Command,
+    input: &[u8],
+    timeout: std::time::Duration,
+) -> io::Result<std::process::Output> {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    use wait_timeout::ChildExt;
+
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = input.to_vec();
+    // A command that exits without reading its input closes the pipe: that
+    // write error is not the command's failure.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("piped")));
+    let stderr = read(Box::new(child.stderr.take().expect("piped")));
+    let status = match child.wait_timeout(timeout)? {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "did not finish within {} s and was killed",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+    };
+    let _ = writer.join();
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
 struct Stat {
     state: char,
     start_time: u64,
@@ -71,6 +129,28 @@ fn parse_stat(text: &str) -> Option<Stat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_gets_its_input_and_a_hung_one_is_killed_in_time() {
+        let out = output_with_timeout(
+            std::process::Command::new("cat").arg("-"),
+            b"config on stdin",
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"config on stdin");
+
+        let started = std::time::Instant::now();
+        let err = output_with_timeout(
+            std::process::Command::new("sleep").arg("30"),
+            b"",
+            std::time::Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn parses_stat_with_hostile_comm() {

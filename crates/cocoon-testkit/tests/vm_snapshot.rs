@@ -580,3 +580,65 @@ fn restore_modes_are_checked_against_the_backend() {
     assert_eq!(lab.inspect("fc")["pid"], pid, "the VM was not touched");
     lab.ok(&["vm", "rm", "--force", "ch", "fc", "od", "od2", "cp", "fm"]);
 }
+
+/// `snapshot export -o FILE` writes a private file (it holds guest memory),
+/// never through a link planted beside the target (the old `FILE.partial`
+/// was created with a plain create, which follows one), and a failed export
+/// leaves nothing behind.
+#[test]
+fn export_is_private_never_follows_a_planted_link_and_leaves_nothing_on_failure() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    lab.ok(&["vm", "run", "--nics", "0", "--name", "e", "test/guest:1"]);
+    let _reaper = Reaper(processes_of(&lab.inspect("e")));
+    lab.ok(&["snapshot", "save", "--name", "s", "e"]);
+
+    let out = lab.env.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let sentinel = lab.env.path().join("sentinel");
+    std::fs::write(&sentinel, b"host file").unwrap();
+    std::fs::set_permissions(&sentinel, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // Where the previous exporter wrote its partial file.
+    std::os::unix::fs::symlink(&sentinel, out.join("s.tar.partial")).unwrap();
+    let target = out.join("s.tar.zst");
+    lab.ok(&["snapshot", "export", "-o", target.to_str().unwrap(), "s"]);
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the archive holds guest memory"
+    );
+    assert_eq!(std::fs::read(&sentinel).unwrap(), b"host file");
+    assert_eq!(
+        std::fs::read_link(out.join("s.tar.partial")).unwrap(),
+        sentinel
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["s.tar.partial", "s.tar.zst"]);
+    // The archive is whole: it imports.
+    lab.ok(&[
+        "snapshot",
+        "import",
+        "--name",
+        "back",
+        target.to_str().unwrap(),
+    ]);
+
+    // A failed export (the target is a directory) leaves no temporary file.
+    let err = lab.fail(&["snapshot", "export", "-o", out.to_str().unwrap(), "s"]);
+    assert!(
+        err.starts_with(&format!("Error: cannot write {}", out.display())),
+        "{err}"
+    );
+    let mut after: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    after.sort();
+    assert_eq!(after, ["s.tar.partial", "s.tar.zst"]);
+    assert_eq!(std::fs::read(&sentinel).unwrap(), b"host file");
+    lab.ok(&["vm", "rm", "--force", "e"]);
+}

@@ -4,14 +4,31 @@
 //! its configuration on stdin, chaining `prevResult`. No crate does this
 //! without setting process-wide variables, hence this module.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::NetError;
 use crate::model::IpConfig;
+
+/// How long one plugin may take for one ADD/DEL. The reference plugins
+/// answer in milliseconds; one that hangs (an IPAM lock held by a dead
+/// process, a stuck iptables) must fail the VM's operation, not hold its lock.
+pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether `kind` can name a plugin: the CNI spec's `type` is the name of an
+/// executable in the plugin directories, so nothing that could step out of
+/// them (`/`, `..`, a leading `.`) and nothing but a plain file name.
+fn is_plugin_name(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= 255
+        && !kind.starts_with('.')
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
 
 /// One network configuration list.
 #[derive(Debug, Clone)]
@@ -57,6 +74,18 @@ pub fn load(dir: &Path) -> Result<Vec<ConfList>, NetError> {
                 .filter(|p| !p.is_empty())
                 .ok_or_else(|| bad("no \"plugins\"".into()))?
                 .clone();
+            for (i, plugin) in plugins.iter().enumerate() {
+                match plugin["type"].as_str() {
+                    Some(kind) if is_plugin_name(kind) => {}
+                    Some(kind) => {
+                        return Err(bad(format!(
+                            "plugin {} has type {kind:?}: a plugin type is a file name in the plugin directories (letters, digits, '.', '_', '-', not starting with '.')",
+                            i + 1
+                        )));
+                    }
+                    None => return Err(bad(format!("plugin {} has no \"type\"", i + 1))),
+                }
+            }
             Ok(ConfList {
                 name,
                 cni_version: doc["cniVersion"].as_str().unwrap_or("1.0.0").to_string(),
@@ -123,6 +152,9 @@ pub fn del(list: &ConfList, call: &Call<'_>, cached: Option<&Value>) -> Result<(
 
 /// The first of `dirs` holding plugin `kind` (also what `cocoon doctor` checks).
 pub fn find_plugin(kind: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+    if !is_plugin_name(kind) {
+        return None;
+    }
     dirs.iter().map(|d| d.join(kind)).find(|p| p.is_file())
 }
 
@@ -166,10 +198,7 @@ fn exec(
         .env(
             "PATH",
             std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        );
     if let Some(args) = &call.args {
         cmd.env("CNI_ARGS", args);
     }
@@ -179,18 +208,12 @@ fn exec(
         ifname: call.ifname.to_string(),
         msg,
     };
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| failed(format!("cannot run {}: {e}", binary.display())))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(config.to_string().as_bytes())
-        .map_err(|e| failed(format!("cannot write its configuration: {e}")))?;
-    let output = child
-        .wait_with_output()
-        .map_err(|e| failed(e.to_string()))?;
+    let output = crate::process::output_with_timeout(
+        &mut cmd,
+        config.to_string().as_bytes(),
+        PLUGIN_TIMEOUT,
+    )
+    .map_err(|e| failed(format!("{}: {e}", binary.display())))?;
     let stdout: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
     if !output.status.success() {
         let msg = match (&stdout["msg"], &stdout["details"]) {
@@ -272,6 +295,54 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("30-bad.conflist")
+        );
+    }
+
+    /// A plugin type that would run a program outside the plugin directories
+    /// is refused when the list is read, and the program never runs.
+    #[test]
+    fn plugin_types_that_leave_the_plugin_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("net.d");
+        let bins = dir.path().join("bin");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::create_dir_all(&bins).unwrap();
+        let ran = dir.path().join("ran");
+        let evil = dir.path().join("evil");
+        std::fs::write(&evil, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+        std::fs::set_permissions(&evil, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        for kind in ["../evil", "/bin/sh", ".hidden", "a/b", "", "bridge\u{0}x"] {
+            std::fs::write(
+                conf.join("10-x.conflist"),
+                json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "loopback"}, {"type": kind}]})
+                    .to_string(),
+            )
+            .unwrap();
+            let err = load(&conf).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "bad CNI network list {}: plugin 2 has type {kind:?}: a plugin type is a file name in the plugin directories (letters, digits, '.', '_', '-', not starting with '.')",
+                    conf.join("10-x.conflist").display()
+                )
+            );
+            assert_eq!(find_plugin(kind, std::slice::from_ref(&bins)), None);
+        }
+        std::fs::write(
+            conf.join("10-x.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"loopback"},{}]}"#,
+        )
+        .unwrap();
+        assert!(
+            load(&conf)
+                .unwrap_err()
+                .to_string()
+                .ends_with("plugin 2 has no \"type\"")
+        );
+        assert!(
+            !ran.exists(),
+            "the program outside the plugin directories ran"
         );
     }
 }

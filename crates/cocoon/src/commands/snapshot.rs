@@ -80,7 +80,13 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
                 Some(path) => path,
                 None => {
                     let s = engine.store().resolve_snapshot(&snapshot)?;
-                    let base = if s.name.is_empty() { s.id } else { s.name };
+                    // The name came from wherever the snapshot did (an
+                    // imported archive, say): it names the output file only
+                    // when it is a plain file name.
+                    let plain = !s.name.is_empty()
+                        && !s.name.starts_with('.')
+                        && !s.name.contains(['/', '\0']);
+                    let base = if plain { s.name } else { s.id };
                     let ext = match compression {
                         Compression::Zstd => "tar.zst",
                         Compression::Gzip => "tar.gz",
@@ -98,25 +104,31 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
                 use std::io::Write;
                 r.and_then(|s| out.flush().map(|()| s).map_err(io))
             } else {
-                // Written beside the target and renamed: a failed export leaves no partial file.
-                let partial = target.with_extension("partial");
-                let file = std::fs::File::create(&partial)
-                    .map_err(|e| Error::io(format!("cannot create {}", partial.display()), e))?;
-                let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-                let r = engine
+                // Written to a new private file beside the target (O_EXCL,
+                // mode 0600: it holds guest memory; never through a link
+                // someone planted), then renamed: a failed export leaves
+                // nothing, a reader never sees half an archive.
+                let dir = match target.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => Path::new("."),
+                };
+                let partial = tempfile::Builder::new()
+                    .prefix(".cocoon-export-")
+                    .suffix(".partial")
+                    .tempfile_in(dir)
+                    .map_err(|e| {
+                        Error::io(format!("cannot create a file in {}", dir.display()), e)
+                    })?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, partial);
+                engine
                     .export_snapshot(&snapshot, &mut out, compression, &mut tick)
                     .and_then(|s| {
-                        use std::io::Write;
-                        out.flush().map_err(io)?;
-                        std::fs::rename(&partial, &target).map_err(|e| {
-                            Error::io(format!("cannot write {}", target.display()), e)
+                        let partial = out.into_inner().map_err(|e| io(e.into_error()))?;
+                        partial.persist(&target).map_err(|e| {
+                            Error::io(format!("cannot write {}", target.display()), e.error)
                         })?;
                         Ok(s)
-                    });
-                if r.is_err() {
-                    let _ = std::fs::remove_file(&partial);
-                }
-                r
+                    })
             };
             progress.finish();
             let s = written?;
