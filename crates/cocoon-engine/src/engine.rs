@@ -221,9 +221,9 @@ impl Engine {
             use sha2::{Digest, Sha256};
             let mut hasher = Sha256::new();
             for layer in &layers {
-                hasher.update(crate::image::store::hex(&layer.digest).as_bytes());
+                hasher.update(layer.digest.hex().as_bytes());
             }
-            crate::image::store::digest_of(hasher)
+            crate::digest::Digest::of(hasher)
         };
         let image = self.record_image(name, id, &layers)?;
         crate::failpoint::hit("image.import.recorded")?;
@@ -334,7 +334,7 @@ impl Engine {
         };
         self.store.put_image(
             &image,
-            &[(stored.digest.clone(), "qcow2".to_string(), stored.size)],
+            &[(stored.digest.to_string(), "qcow2".to_string(), stored.size)],
         )?;
         Ok(image)
     }
@@ -343,7 +343,7 @@ impl Engine {
     fn record_image(
         &mut self,
         name: &str,
-        id: String,
+        id: crate::digest::Digest,
         layers: &[oci::PulledLayer],
     ) -> Result<Image> {
         let dirs = ImageDirs::new(&self.config.root_dir);
@@ -367,12 +367,12 @@ impl Engine {
             size,
             created_at: jiff::Timestamp::now(),
             layers: layers.iter().map(|l| l.digest.clone()).collect(),
-            kernel_layer: pulled.kernel_layer().map(str::to_string),
-            initrd_layer: pulled.initrd_layer().map(str::to_string),
+            kernel_layer: pulled.kernel_layer().cloned(),
+            initrd_layer: pulled.initrd_layer().cloned(),
         };
         let blobs: Vec<(String, String, u64)> = layers
             .iter()
-            .map(|l| (l.digest.clone(), "erofs".to_string(), l.erofs_size))
+            .map(|l| (l.digest.to_string(), "erofs".to_string(), l.erofs_size))
             .collect();
         self.store.put_image(&image, &blobs)?;
         Ok(image)
@@ -394,7 +394,7 @@ impl Engine {
                 candidates: found
                     .iter()
                     .map(|i| crate::store::Candidate {
-                        id: i.id.clone(),
+                        id: i.id.to_string(),
                         name: i.name.clone(),
                     })
                     .collect(),

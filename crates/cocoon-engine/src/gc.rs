@@ -183,7 +183,10 @@ impl Engine {
         // lock, after writing its intent: so either it finds the blob gone
         // (and fetches it again), or gc finds its intent (and keeps it).
         for (kind, hex, path) in candidates {
-            let Ok(lock) = File::open(dirs.lock(&hex)) else {
+            let Ok(digest) = crate::digest::Digest::from_hex(&hex) else {
+                continue; // not named by a digest: never stored by a pull or import
+            };
+            let Ok(lock) = File::open(dirs.lock(&digest)) else {
                 continue; // never stored by a pull or import: left alone
             };
             if lock.try_lock().is_err() {
@@ -201,7 +204,8 @@ impl Engine {
                 && (name.ends_with(".partial") || name.ends_with(".json"));
             let grace = if resumable { PARTIAL_GRACE } else { TEMP_GRACE };
             let hex = name.split(['.', '-']).next().unwrap_or_default();
-            if older_than(&path, grace) && !locked(&dirs.lock(hex)) {
+            let held = crate::digest::Digest::from_hex(hex).is_ok_and(|d| locked(&dirs.lock(&d)));
+            if older_than(&path, grace) && !held {
                 remove("temp", &path, &mut removed);
             }
         }

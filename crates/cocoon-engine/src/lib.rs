@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod console;
+pub mod digest;
 pub mod doctor;
 pub mod engine;
 pub mod error;

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::digest::Digest;
 use crate::process::ProcessIdentity;
 use crate::spec::{DirectIo, FsType};
 
@@ -347,7 +348,9 @@ impl VmView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     /// The manifest digest (OCI) or content checksum (cloud image).
-    pub id: String,
+    /// Validated when read back, like every digest here: a record with a bad
+    /// digest is an error, never a path.
+    pub id: Digest,
     /// The normalised reference or import name users refer to it by.
     pub name: String,
     #[serde(rename = "type")]
@@ -356,11 +359,11 @@ pub struct Image {
     pub created_at: Timestamp,
     /// Layer digests in order (OCI); empty for cloud images.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub layers: Vec<String>,
+    pub layers: Vec<Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernel_layer: Option<String>,
+    pub kernel_layer: Option<Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initrd_layer: Option<String>,
+    pub initrd_layer: Option<Digest>,
 }
 
 /// `types.Snapshot`.

@@ -59,7 +59,7 @@ fn vm_image_layers(tag: &str) -> Vec<Vec<u8>> {
 }
 
 fn digests(image: &cocoon_engine::model::Image) -> Vec<String> {
-    image.layers.clone()
+    image.layers.iter().map(|d| d.to_string()).collect()
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn failures_commit_nothing() {
     assert!(matches!(err, Error::Pull(_)), "{err}");
     assert!(err.to_string().contains(&layer), "{err}");
     assert!(
-        !dirs.blob(&layer).exists(),
+        !dirs.blob(&layer.parse().unwrap()).exists(),
         "the tampered layer was not stored"
     );
     assert!(engine.list_images().unwrap().is_empty());
@@ -268,7 +268,7 @@ fn layer_digests(registry: &Registry, repo_tag: &str) -> Vec<String> {
     let (_, layers) = rt
         .block_on(cocoon_engine::image::oci::resolve(&reference, &options))
         .unwrap();
-    layers.into_iter().map(|l| l.digest).collect()
+    layers.into_iter().map(|l| l.digest.to_string()).collect()
 }
 
 #[test]
@@ -454,7 +454,7 @@ fn a_pull_killed_midway_leaves_nothing_corrupt_and_the_next_pull_finishes() {
         .unwrap();
     let image: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for layer in image["layers"].as_array().unwrap() {
-        let blob = dirs.blob(layer.as_str().unwrap());
+        let blob = dirs.blob(&layer.as_str().unwrap().parse().unwrap());
         assert!(
             Command::new("fsck.erofs")
                 .arg(&blob)

@@ -202,19 +202,20 @@ fn images_list_inspect_and_rm_by_digest() {
     let env = env();
     let mut store = Store::open(&env.db_path()).unwrap();
     let digest = format!("sha256:{}", "0123456789ab".repeat(5) + "0123");
+    let l1 = format!("sha256:{}", "1".repeat(64));
     for name in ["ghcr.io/x/ubuntu:24.04", "ghcr.io/x/ubuntu:latest"] {
         let image = Image {
-            id: digest.clone(),
+            id: digest.parse().unwrap(),
             name: name.into(),
             kind: ImageType::Oci,
             size: 1_234_000_000,
             created_at: jiff::Timestamp::now(),
-            layers: vec!["sha256:l1".into()],
-            kernel_layer: Some("sha256:l1".into()),
-            initrd_layer: Some("sha256:l1".into()),
+            layers: vec![l1.parse().unwrap()],
+            kernel_layer: Some(l1.parse().unwrap()),
+            initrd_layer: Some(l1.parse().unwrap()),
         };
         store
-            .put_image(&image, &[("sha256:l1".into(), "erofs".into(), 10)])
+            .put_image(&image, &[(l1.clone(), "erofs".into(), 10)])
             .unwrap();
     }
     let out = env.cmd().args(["image", "ls"]).output().unwrap();
@@ -257,10 +258,7 @@ fn images_list_inspect_and_rm_by_digest() {
     assert!(stderr(&out).contains("deleted: ghcr.io/x/ubuntu:24.04"));
     assert!(stderr(&out).contains("deleted: ghcr.io/x/ubuntu:latest"));
     assert!(store.list_images().unwrap().is_empty());
-    assert_eq!(
-        store.unpinned_blobs().unwrap(),
-        vec!["sha256:l1".to_string()]
-    );
+    assert_eq!(store.unpinned_blobs().unwrap(), vec![l1.clone()]);
     // A missing image fails the whole command before anything is removed.
     let out = env.cmd().args(["image", "rm", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

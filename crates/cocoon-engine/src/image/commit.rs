@@ -2,7 +2,7 @@
 //! set aside, then the rename into `blobs/` that makes the layer exist.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::erofs;
@@ -13,6 +13,9 @@ use super::store::ImageDirs;
 pub enum CommitError {
     #[error(transparent)]
     Erofs(#[from] erofs::ErofsError),
+    /// A kernel or initrd that is not a regular file of the tree.
+    #[error(transparent)]
+    BootFile(#[from] super::layer::LayerError),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -40,7 +43,7 @@ fn sync(path: &Path) -> Result<(), CommitError> {
 /// boot files, and commits it under `digest`. Returns the image size.
 pub fn commit_layer(
     dirs: &ImageDirs,
-    digest: &str,
+    digest: &crate::digest::Digest,
     work: &Path,
     tree: &Path,
     unpacked: &Unpacked,
@@ -57,8 +60,14 @@ pub fn commit_layer(
         if let Some(rel) = found {
             std::fs::create_dir_all(&boot).map_err(io_err("cannot create", &boot))?;
             let staged = work.join(name);
-            std::fs::copy(tree.join(rel), &staged)
-                .map_err(io_err("cannot copy", &tree.join(rel)))?;
+            // Through the tree's descriptor, never a link: a regular file, bounded.
+            let (source, _) = super::layer::open_boot_file(tree, rel)?;
+            let mut out = File::create(&staged).map_err(io_err("cannot create", &staged))?;
+            io::copy(
+                &mut source.take(super::layer::MAX_BOOT_FILE_BYTES),
+                &mut out,
+            )
+            .map_err(io_err("cannot copy", &tree.join(rel)))?;
             sync(&staged)?;
             std::fs::rename(&staged, boot.join(name))
                 .map_err(io_err("cannot store", &boot.join(name)))?;

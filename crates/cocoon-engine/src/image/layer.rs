@@ -7,23 +7,46 @@
 //! xattrs, hardlinks, symlinks and device nodes are kept.
 //!
 //! Layers are untrusted input: no entry may leave the tree, through `..`, an
-//! absolute path, a hardlink, or a symlink planted by an earlier entry.
+//! absolute path, a hardlink, or a symlink planted by an earlier entry. So
+//! the tree is never touched through a path string:
+//! - every path is resolved from a descriptor of the tree's root with
+//!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`,
+//!   parents one component at a time (created with `mkdirat` when missing);
+//! - each object is created relative to its parent's descriptor, and its
+//!   owner, mode and xattrs are applied through its own descriptor (symlinks,
+//!   devices and fifos, which cannot be opened for that, through the parent's
+//!   descriptor and their name, never following a link);
+//! - directory modes and owners are applied last, to the inode recorded when
+//!   the directory was made; a directory replaced since gets nothing;
+//! - boot files are read back through the same resolution, only if they are
+//!   regular files of at most [`MAX_BOOT_FILE_BYTES`].
 //!
 //! Hand-written rather than `tar::Archive::unpack`: that unpacks container
 //! whiteouts as plain files, and checks no symlink in the parents of a path.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, XattrFlags};
+use rustix::io::Errno;
 use tar::EntryType;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// The largest kernel or initrd a layer may carry.
+pub const MAX_BOOT_FILE_BYTES: u64 = 512 << 20;
+
+/// How every path inside a tree is resolved: beneath its root, through no
+/// symlink at all (nor /proc magic link).
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -31,6 +54,8 @@ pub enum LayerError {
     Corrupt(io::Error),
     #[error("layer entry {path:?} is not allowed: {reason}")]
     Hostile { path: String, reason: &'static str },
+    #[error("boot file {path:?} refused: {reason}")]
+    BootFile { path: String, reason: &'static str },
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
 }
@@ -67,11 +92,34 @@ fn is_boot_candidate(path: &Path, prefix: &str) -> bool {
     parent_ok && name.starts_with(prefix) && !name.ends_with(".old")
 }
 
-fn c_path(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).expect("tar paths have no NUL")
+/// Opens `path` beneath `dir`, following no link of any kind.
+fn open_beneath(dir: BorrowedFd<'_>, path: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
+    // openat2 refuses a mode without O_CREAT.
+    let mode = if flags.contains(OFlags::CREATE) {
+        Mode::from_raw_mode(0o600)
+    } else {
+        Mode::empty()
+    };
+    rustix::fs::openat2(
+        dir,
+        path,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        mode,
+        RESOLVE,
+    )
 }
 
-fn check(ret: libc::c_int) -> io::Result<()> {
+fn open_dir(dir: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd, Errno> {
+    open_beneath(dir, path, OFlags::RDONLY | OFlags::DIRECTORY)
+}
+
+fn is_dir(stat: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(stat.st_mode) == FileType::Directory
+}
+
+fn chown_fd(fd: BorrowedFd<'_>, uid: u64, gid: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own.
+    let ret = unsafe { libc::fchown(fd.as_raw_fd(), uid as libc::uid_t, gid as libc::gid_t) };
     if ret == 0 {
         Ok(())
     } else {
@@ -79,95 +127,152 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     }
 }
 
-fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
-    // SAFETY: valid C string, plain syscall.
-    check(unsafe { libc::mknod(c_path(path).as_ptr(), mode, dev) })
-}
-
-fn lchown(path: &Path, uid: u64, gid: u64) -> io::Result<()> {
-    // SAFETY: valid C string, plain syscall; does not follow symlinks.
-    check(unsafe {
-        libc::lchown(
-            c_path(path).as_ptr(),
+/// chown of `name` in `dir`, not following it if it is a symlink.
+fn chown_at(dir: BorrowedFd<'_>, name: &OsStr, uid: u64, gid: u64) -> io::Result<()> {
+    let name = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid C string, plain syscall relative to a descriptor we own.
+    let ret = unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
             uid as libc::uid_t,
             gid as libc::gid_t,
+            libc::AT_SYMLINK_NOFOLLOW,
         )
-    })
-}
-
-fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: valid C strings and a buffer of the given length.
-    check(unsafe {
-        libc::lsetxattr(
-            c_path(path).as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })
-}
-
-/// Removes whatever is at `path` (a later entry replaces an earlier one).
-fn remove_existing(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
+/// Where an entry's metadata goes: its own descriptor, or (for what cannot be
+/// opened for writing) its name in its parent's descriptor.
+enum Target<'a> {
+    Fd(BorrowedFd<'a>),
+    At(BorrowedFd<'a>, &'a OsStr),
+}
+
+fn set_xattr(target: &Target<'_>, name: &str, value: &[u8]) -> io::Result<()> {
+    match target {
+        Target::Fd(fd) => rustix::fs::fsetxattr(fd, name, value, XattrFlags::empty()),
+        Target::At(dir, file) => {
+            // The parent is our descriptor; the last component is not followed.
+            let mut path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+            path.push(file);
+            rustix::fs::lsetxattr(&path, name, value, XattrFlags::empty())
+        }
+    }
+    .map_err(io::Error::from)
+}
+
+/// Removes whatever is at `name` in `dir` (a later entry replaces an earlier
+/// one), a directory with all its contents, never following a link.
+fn remove_existing(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) if is_dir(&stat) => {
+            let sub = open_dir(dir, Path::new(name))?;
+            let mut names = Vec::new();
+            let mut entries = rustix::fs::Dir::read_from(&sub)?;
+            while let Some(entry) = entries.read() {
+                let entry = entry?;
+                let bytes = entry.file_name().to_bytes();
+                if bytes != b"." && bytes != b".." {
+                    names.push(bytes.to_vec());
+                }
+            }
+            for child in names {
+                remove_existing(sub.as_fd(), OsStr::from_bytes(&child))?;
+            }
+            rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+        }
+        Ok(_) => rustix::fs::unlinkat(dir, name, AtFlags::empty())?,
+        Err(Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// A directory entry's owner and mode, applied last to the inode made for it.
+struct DirMeta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    dev: u64,
+    ino: u64,
+}
+
 struct Unpacker<'a> {
-    root: &'a Path,
+    root_path: &'a Path,
+    root: OwnedFd,
     out: Unpacked,
     /// Directories' final modes and owners, applied last so a read-only
     /// directory does not stop its own contents from being written.
-    dirs: BTreeMap<PathBuf, (u32, u64, u64)>,
-    opaque: Vec<PathBuf>,
+    dirs: BTreeMap<PathBuf, DirMeta>,
 }
 
 impl Unpacker<'_> {
-    fn write_err(&self, rel: &Path) -> impl Fn(io::Error) -> LayerError {
-        let path = self.root.join(rel);
+    fn write_err(&self, rel: &Path) -> impl Fn(io::Error) -> LayerError + use<> {
+        let path = self.root_path.join(rel);
         move |source| LayerError::Write {
             path: path.clone(),
             source,
         }
     }
 
-    /// Creates the parents of `rel`, refusing to go through a symlink.
-    fn parents(&mut self, rel: &Path, shown: &str) -> Result<(), LayerError> {
-        let mut at = self.root.to_path_buf();
-        let Some(parent) = rel.parent() else {
-            return Ok(());
+    /// `rel` and everything under it is being replaced: its directories'
+    /// deferred metadata goes with it.
+    fn forget(&mut self, rel: &Path) {
+        self.dirs.retain(|dir, _| !dir.starts_with(rel));
+    }
+
+    /// The descriptor of `rel`'s parent directory, resolved beneath the root
+    /// one component at a time through no symlink; missing directories are
+    /// created when `create`, else the path is reported as `missing`.
+    fn parent_dir(
+        &self,
+        rel: &Path,
+        shown: &str,
+        create: bool,
+        missing: &'static str,
+    ) -> Result<OwnedFd, LayerError> {
+        let mut at = self
+            .root
+            .try_clone()
+            .map_err(self.write_err(Path::new("")))?;
+        let mut walked = PathBuf::new();
+        let hostile = |reason| LayerError::Hostile {
+            path: shown.to_string(),
+            reason,
         };
-        for part in parent.components() {
-            at.push(part);
-            match fs::symlink_metadata(&at) {
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    return Err(LayerError::Hostile {
-                        path: shown.to_string(),
-                        reason: "it goes through a symlink",
-                    });
+        for part in rel.parent().into_iter().flat_map(Path::components) {
+            let name = Path::new(part.as_os_str());
+            walked.push(name);
+            let next = match open_dir(at.as_fd(), name) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) if create => {
+                    rustix::fs::mkdirat(&at, name, Mode::from_raw_mode(0o755))
+                        .map_err(|e| self.write_err(&walked)(e.into()))?;
+                    open_dir(at.as_fd(), name).map_err(|e| self.write_err(&walked)(e.into()))?
                 }
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(LayerError::Hostile {
-                        path: shown.to_string(),
-                        reason: "a parent is not a directory",
-                    });
+                Err(Errno::NOENT) => return Err(hostile(missing)),
+                // O_DIRECTORY on a symlink reports ENOTDIR before ELOOP.
+                Err(Errno::LOOP | Errno::NOTDIR) => {
+                    let symlink = rustix::fs::statat(&at, name, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink);
+                    return Err(hostile(if symlink {
+                        "it goes through a symlink"
+                    } else {
+                        "a parent is not a directory"
+                    }));
                 }
-                Err(_) => {
-                    fs::create_dir(&at).map_err(|source| LayerError::Write {
-                        path: at.clone(),
-                        source,
-                    })?;
-                }
-            }
+                Err(e) => return Err(self.write_err(&walked)(e.into())),
+            };
+            at = next;
         }
-        Ok(())
+        Ok(at)
     }
 
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), LayerError> {
@@ -186,20 +291,18 @@ impl Unpacker<'_> {
         let uid = header.uid().map_err(LayerError::Corrupt)?;
         let gid = header.gid().map_err(LayerError::Corrupt)?;
         let kind = header.entry_type();
-        let name = rel
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("")
-            .to_string();
+        let name_os = rel.file_name().expect("a cleaned path ends in a name");
+        let name = name_os.to_str().unwrap_or("").to_string();
+        let werr = self.write_err(&rel);
 
-        self.parents(&rel, &shown)?;
-        let target = self.root.join(&rel);
+        let parent = self.parent_dir(&rel, &shown, true, "a parent is missing")?;
+        let parent = parent.as_fd();
 
         // OCI whiteouts → overlayfs whiteouts.
         if name == OPAQUE_MARKER {
-            let dir = rel.parent().map(Path::to_path_buf).unwrap_or_default();
-            self.opaque.push(dir);
-            return Ok(());
+            // Set now, on the directory just resolved: never through a path later.
+            return set_xattr(&Target::Fd(parent), "trusted.overlay.opaque", b"y")
+                .map_err(self.write_err(rel.parent().unwrap_or(Path::new(""))));
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
             if hidden.is_empty() || hidden == "." || hidden == ".." {
@@ -208,23 +311,50 @@ impl Unpacker<'_> {
                     reason: "it is a malformed whiteout",
                 });
             }
-            let path = target.with_file_name(hidden);
-            remove_existing(&path).map_err(self.write_err(&rel))?;
-            mknod(&path, libc::S_IFCHR, 0).map_err(self.write_err(&rel))?;
+            let hidden_rel = rel.with_file_name(hidden);
+            self.forget(&hidden_rel);
+            let hidden = OsStr::new(hidden);
+            remove_existing(parent, hidden).map_err(&werr)?;
+            rustix::fs::mknodat(parent, hidden, FileType::CharacterDevice, Mode::empty(), 0)
+                .map_err(|e| werr(e.into()))?;
             return Ok(());
         }
 
+        // The created object's own descriptor, when it can be opened.
+        let created: Option<OwnedFd>;
         match kind {
             EntryType::Directory => {
-                if !fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
-                    remove_existing(&target).map_err(self.write_err(&rel))?;
-                    fs::create_dir(&target).map_err(self.write_err(&rel))?;
+                let existing = rustix::fs::statat(parent, name_os, AtFlags::SYMLINK_NOFOLLOW).ok();
+                if !existing.as_ref().is_some_and(is_dir) {
+                    self.forget(&rel);
+                    remove_existing(parent, name_os).map_err(&werr)?;
+                    rustix::fs::mkdirat(parent, name_os, Mode::from_raw_mode(0o700))
+                        .map_err(|e| werr(e.into()))?;
                 }
-                self.dirs.insert(rel.clone(), (mode, uid, gid));
+                let fd = open_dir(parent, Path::new(name_os)).map_err(|e| werr(e.into()))?;
+                let stat = rustix::fs::fstat(&fd).map_err(|e| werr(e.into()))?;
+                self.dirs.insert(
+                    rel.clone(),
+                    DirMeta {
+                        mode,
+                        uid,
+                        gid,
+                        dev: stat.st_dev,
+                        ino: stat.st_ino,
+                    },
+                );
+                created = Some(fd);
             }
             EntryType::Regular | EntryType::Continuous => {
-                remove_existing(&target).map_err(self.write_err(&rel))?;
-                let mut file = fs::File::create(&target).map_err(self.write_err(&rel))?;
+                self.forget(&rel);
+                remove_existing(parent, name_os).map_err(&werr)?;
+                let fd = open_beneath(
+                    parent,
+                    Path::new(name_os),
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                )
+                .map_err(|e| werr(e.into()))?;
+                let mut file = fs::File::from(fd);
                 io::copy(&mut entry, &mut file).map_err(LayerError::Corrupt)?;
                 if is_boot_candidate(&rel, "vmlinuz") {
                     self.out.kernel = Some(rel.clone());
@@ -232,6 +362,7 @@ impl Unpacker<'_> {
                 if is_boot_candidate(&rel, "initrd.img") {
                     self.out.initrd = Some(rel.clone());
                 }
+                created = Some(file.into());
             }
             EntryType::Symlink => {
                 let link = entry
@@ -241,9 +372,12 @@ impl Unpacker<'_> {
                         path: shown.clone(),
                         reason: "symlink without target",
                     })?;
-                remove_existing(&target).map_err(self.write_err(&rel))?;
+                self.forget(&rel);
+                remove_existing(parent, name_os).map_err(&werr)?;
                 // The target is stored verbatim: it is only ever resolved inside the guest.
-                symlink(&link, &target).map_err(self.write_err(&rel))?;
+                rustix::fs::symlinkat(link.as_ref(), parent, name_os)
+                    .map_err(|e| werr(e.into()))?;
+                created = None;
             }
             EntryType::Link => {
                 let link = entry
@@ -263,16 +397,22 @@ impl Unpacker<'_> {
                         reason: "hardlink to the root",
                     });
                 };
-                self.parents(&source, &shown)?;
-                let source = self.root.join(source);
-                if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
+                const NOT_HERE: &str = "hardlink to a file this layer does not have";
+                let source_dir = self.parent_dir(&source, &shown, false, NOT_HERE)?;
+                let source_name = source.file_name().expect("a cleaned path ends in a name");
+                let is_file =
+                    rustix::fs::statat(&source_dir, source_name, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::RegularFile);
+                if !is_file {
                     return Err(LayerError::Hostile {
                         path: shown,
-                        reason: "hardlink to a file this layer does not have",
+                        reason: NOT_HERE,
                     });
                 }
-                remove_existing(&target).map_err(self.write_err(&rel))?;
-                fs::hard_link(&source, &target).map_err(self.write_err(&rel))?;
+                self.forget(&rel);
+                remove_existing(parent, name_os).map_err(&werr)?;
+                rustix::fs::linkat(&source_dir, source_name, parent, name_os, AtFlags::empty())
+                    .map_err(|e| werr(e.into()))?;
                 return Ok(()); // shares the inode's metadata
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
@@ -291,13 +431,21 @@ impl Unpacker<'_> {
                     )
                 };
                 let file_type = match kind {
-                    EntryType::Char => libc::S_IFCHR,
-                    EntryType::Block => libc::S_IFBLK,
-                    _ => libc::S_IFIFO,
+                    EntryType::Char => FileType::CharacterDevice,
+                    EntryType::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
                 };
-                remove_existing(&target).map_err(self.write_err(&rel))?;
-                mknod(&target, file_type | mode, libc::makedev(major, minor))
-                    .map_err(self.write_err(&rel))?;
+                self.forget(&rel);
+                remove_existing(parent, name_os).map_err(&werr)?;
+                rustix::fs::mknodat(
+                    parent,
+                    name_os,
+                    file_type,
+                    Mode::empty(),
+                    libc::makedev(major, minor),
+                )
+                .map_err(|e| werr(e.into()))?;
+                created = None;
             }
             // Metadata-only entries (PAX headers are consumed by the reader).
             EntryType::XGlobalHeader
@@ -314,20 +462,33 @@ impl Unpacker<'_> {
             }
         }
 
+        let target = match &created {
+            Some(fd) => Target::Fd(fd.as_fd()),
+            None => Target::At(parent, name_os),
+        };
         // Owner first: chown(2) clears setuid bits and file capabilities, which
         // the mode and xattrs below then set for good.
         if kind != EntryType::Directory {
-            lchown(&target, uid, gid).map_err(self.write_err(&rel))?;
-            if kind != EntryType::Symlink {
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-                    .map_err(self.write_err(&rel))?;
+            match &target {
+                Target::Fd(fd) => chown_fd(*fd, uid, gid),
+                Target::At(dir, file) => chown_at(*dir, file, uid, gid),
             }
+            .map_err(&werr)?;
+            match &target {
+                Target::Fd(fd) => rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)),
+                // A node just made in a resolved directory; never a symlink here.
+                Target::At(dir, file) if kind != EntryType::Symlink => {
+                    rustix::fs::chmodat(dir, *file, Mode::from_raw_mode(mode), AtFlags::empty())
+                }
+                Target::At(..) => Ok(()),
+            }
+            .map_err(|e| werr(e.into()))?;
         }
         if let Some(extensions) = entry.pax_extensions().map_err(LayerError::Corrupt)? {
             for ext in extensions {
                 let ext = ext.map_err(LayerError::Corrupt)?;
                 if let Some(name) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
-                    lsetxattr(&target, name, ext.value_bytes()).map_err(self.write_err(&rel))?;
+                    set_xattr(&target, name, ext.value_bytes()).map_err(&werr)?;
                 }
             }
         }
@@ -335,19 +496,21 @@ impl Unpacker<'_> {
     }
 
     fn finish(mut self) -> Result<Unpacked, LayerError> {
-        for dir in std::mem::take(&mut self.opaque) {
-            let path = self.root.join(&dir);
-            if !path.is_dir() {
-                fs::create_dir_all(&path).map_err(self.write_err(&dir))?;
-            }
-            lsetxattr(&path, "trusted.overlay.opaque", b"y").map_err(self.write_err(&dir))?;
-        }
         // Deepest first, so a parent's restrictive mode never blocks a child.
-        for (dir, (mode, uid, gid)) in std::mem::take(&mut self.dirs).into_iter().rev() {
-            let path = self.root.join(&dir);
-            lchown(&path, uid, gid).map_err(self.write_err(&dir))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-                .map_err(self.write_err(&dir))?;
+        for (dir, meta) in std::mem::take(&mut self.dirs).into_iter().rev() {
+            let fd = match open_dir(self.root.as_fd(), &dir) {
+                Ok(fd) => fd,
+                // Replaced by a later entry (a symlink, a file, nothing): dropped.
+                Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => continue,
+                Err(e) => return Err(self.write_err(&dir)(e.into())),
+            };
+            let stat = rustix::fs::fstat(&fd).map_err(|e| self.write_err(&dir)(e.into()))?;
+            if (stat.st_dev, stat.st_ino) != (meta.dev, meta.ino) {
+                continue; // another directory now: not this entry's
+            }
+            chown_fd(fd.as_fd(), meta.uid, meta.gid).map_err(self.write_err(&dir))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))
+                .map_err(|e| self.write_err(&dir)(e.into()))?;
         }
         Ok(self.out)
     }
@@ -355,17 +518,71 @@ impl Unpacker<'_> {
 
 /// Unpacks an uncompressed layer tar into `root` (an empty directory).
 pub fn unpack(reader: impl Read, root: &Path) -> Result<Unpacked, LayerError> {
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| LayerError::Write {
+        path: root.to_path_buf(),
+        source: e.into(),
+    })?;
     let mut archive = tar::Archive::new(reader);
     let mut unpacker = Unpacker {
-        root,
+        root_path: root,
+        root: root_fd,
         out: Unpacked::default(),
         dirs: BTreeMap::new(),
-        opaque: Vec::new(),
     };
     for entry in archive.entries().map_err(LayerError::Corrupt)? {
         unpacker.entry(entry.map_err(LayerError::Corrupt)?)?;
     }
     unpacker.finish()
+}
+
+/// Opens the boot file `rel` of an unpacked `tree` for reading: resolved
+/// beneath the tree through no link, a regular file (never a symlink, device
+/// or fifo), of at most [`MAX_BOOT_FILE_BYTES`]. Returns it with its size.
+pub fn open_boot_file(tree: &Path, rel: &Path) -> Result<(fs::File, u64), LayerError> {
+    let refuse = |reason| LayerError::BootFile {
+        path: rel.display().to_string(),
+        reason,
+    };
+    let write_err = |e: Errno| LayerError::Write {
+        path: tree.join(rel),
+        source: e.into(),
+    };
+    let root = rustix::fs::open(
+        tree,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(write_err)?;
+    let check = |fd: &OwnedFd| -> Result<rustix::fs::Stat, LayerError> {
+        let stat = rustix::fs::fstat(fd).map_err(write_err)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(refuse("it is not a regular file"));
+        }
+        if stat.st_size as u64 > MAX_BOOT_FILE_BYTES {
+            return Err(refuse("it is larger than the 512 MiB limit"));
+        }
+        Ok(stat)
+    };
+    let opened = |flags| match open_beneath(root.as_fd(), rel, flags) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::LOOP) => Err(refuse("it is a symlink or lies under one")),
+        Err(Errno::NOENT) => Err(refuse("it is missing")),
+        Err(Errno::NOTDIR) => Err(refuse("a parent is not a directory")),
+        Err(e) => Err(write_err(e)),
+    };
+    // Looked at through O_PATH first: opening a device or fifo could block or act.
+    let seen = check(&opened(OFlags::PATH)?)?;
+    let fd = opened(OFlags::RDONLY | OFlags::NONBLOCK)?;
+    let stat = check(&fd)?;
+    if (stat.st_dev, stat.st_ino) != (seen.st_dev, seen.st_ino) {
+        return Err(refuse("it changed while being opened"));
+    }
+    Ok((fs::File::from(fd), stat.st_size as u64))
 }
 
 /// Opens a layer blob, undoing gzip or zstd compression (detected by magic).
@@ -526,16 +743,13 @@ mod tests {
         assert!(!dir.path().join("etc/.wh.deleted.conf").exists());
         assert!(!dir.path().join("var/cache/.wh..wh..opq").exists());
         let mut value = [0u8; 8];
-        let name = CString::new("trusted.overlay.opaque").unwrap();
-        let n = unsafe {
-            libc::lgetxattr(
-                c_path(&dir.path().join("var/cache")).as_ptr(),
-                name.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        assert_eq!(&value[..n as usize], b"y");
+        let n = rustix::fs::lgetxattr(
+            dir.path().join("var/cache"),
+            "trusted.overlay.opaque",
+            &mut value,
+        )
+        .unwrap();
+        assert_eq!(&value[..n], b"y");
         assert_eq!(fs::read(dir.path().join("var/cache/kept")).unwrap(), b"k");
     }
 

@@ -18,7 +18,8 @@ use oci_client::{Client, Reference};
 
 use super::commit;
 use super::layer;
-use super::store::{ImageDirs, hex};
+use super::store::ImageDirs;
+use crate::digest::{Digest, DigestError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -30,24 +31,32 @@ pub enum PullError {
         #[source]
         source: oci_client::errors::OciDistributionError,
     },
+    /// The registry sent a digest that is not `sha256:` + 64 lowercase hex.
+    #[error("cannot pull {reference}: the registry sent a bad {what} digest: {source}")]
+    BadDigest {
+        reference: String,
+        what: &'static str,
+        #[source]
+        source: DigestError,
+    },
     #[error("cannot pull {reference}: layer {digest}: {source}")]
     Download {
         reference: String,
-        digest: String,
+        digest: Digest,
         #[source]
         source: oci_client::errors::OciDistributionError,
     },
     #[error("layer {digest} of {reference}: {source}")]
     Layer {
         reference: String,
-        digest: String,
+        digest: Digest,
         #[source]
         source: layer::LayerError,
     },
     #[error("layer {digest} of {reference}: {source}")]
     Commit {
         reference: String,
-        digest: String,
+        digest: Digest,
         #[source]
         source: commit::CommitError,
     },
@@ -93,7 +102,7 @@ pub fn parse_reference(text: &str) -> Result<Reference, PullError> {
 /// One layer of a pulled image, as the engine boots it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PulledLayer {
-    pub digest: String,
+    pub digest: Digest,
     pub erofs_size: u64,
     pub has_kernel: bool,
     pub has_initrd: bool,
@@ -105,26 +114,26 @@ pub struct PulledLayer {
 pub struct Pulled {
     /// The normalised reference: the image's name in the index.
     pub name: String,
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     pub layers: Vec<PulledLayer>,
 }
 
 impl Pulled {
     /// The last layer carrying a kernel (resp. initrd) wins, as the guest contract says.
-    pub fn kernel_layer(&self) -> Option<&str> {
+    pub fn kernel_layer(&self) -> Option<&Digest> {
         self.layers
             .iter()
             .rev()
             .find(|l| l.has_kernel)
-            .map(|l| l.digest.as_str())
+            .map(|l| &l.digest)
     }
 
-    pub fn initrd_layer(&self) -> Option<&str> {
+    pub fn initrd_layer(&self) -> Option<&Digest> {
         self.layers
             .iter()
             .rev()
             .find(|l| l.has_initrd)
-            .map(|l| l.digest.as_str())
+            .map(|l| &l.digest)
     }
 }
 
@@ -248,11 +257,41 @@ pub trait PullProgress: Send + Sync {
 pub struct NoProgress;
 impl PullProgress for NoProgress {}
 
+/// A layer descriptor whose digest was validated: the only kind the store
+/// builds paths for.
+#[derive(Debug, Clone)]
+pub struct LayerDescriptor {
+    pub digest: Digest,
+    descriptor: OciDescriptor,
+}
+
+impl LayerDescriptor {
+    /// Validates a registry's descriptor (`what` names it in the error).
+    pub fn new(
+        reference: &Reference,
+        what: &'static str,
+        descriptor: OciDescriptor,
+    ) -> Result<LayerDescriptor, PullError> {
+        let digest = validate(reference, what, &descriptor.digest)?;
+        Ok(LayerDescriptor { digest, descriptor })
+    }
+}
+
+fn validate(reference: &Reference, what: &'static str, text: &str) -> Result<Digest, PullError> {
+    Digest::parse(text).map_err(|source| PullError::BadDigest {
+        reference: reference.whole(),
+        what,
+        source,
+    })
+}
+
 /// Resolves the manifest only: the digest an up-to-date check compares.
+/// Every digest in it (the manifest's, its config's, each layer's) is
+/// validated here, before anything is named after it.
 pub async fn resolve(
     reference: &Reference,
     options: &RegistryOptions,
-) -> Result<(String, Vec<OciDescriptor>), PullError> {
+) -> Result<(Digest, Vec<LayerDescriptor>), PullError> {
     let client = options.client(reference);
     let auth = options.auth(reference.resolve_registry())?;
     let (manifest, digest) =
@@ -263,18 +302,25 @@ pub async fn resolve(
                 reference: reference.whole(),
                 source,
             })?;
-    if manifest.layers.is_empty() {
+    let digest = validate(reference, "manifest", &digest)?;
+    validate(reference, "config", &manifest.config.digest)?;
+    let layers = manifest
+        .layers
+        .into_iter()
+        .map(|d| LayerDescriptor::new(reference, "layer", d))
+        .collect::<Result<Vec<_>, _>>()?;
+    if layers.is_empty() {
         return Err(PullError::NoLayers {
             reference: reference.whole(),
         });
     }
-    Ok((digest, manifest.layers))
+    Ok((digest, layers))
 }
 
 /// Fetches and converts every layer not already in the store.
 pub async fn pull_layers(
     reference: &Reference,
-    layers: Vec<OciDescriptor>,
+    layers: Vec<LayerDescriptor>,
     dirs: &ImageDirs,
     options: &RegistryOptions,
     pool_size: usize,
@@ -343,10 +389,10 @@ pub async fn pull_layers(
 async fn ensure_layer(
     client: &Client,
     reference: &Reference,
-    descriptor: &OciDescriptor,
+    layer: &LayerDescriptor,
     dirs: &ImageDirs,
 ) -> Result<PulledLayer, PullError> {
-    let digest = descriptor.digest.clone();
+    let digest = layer.digest.clone();
     // One converter per layer across processes; waiters then find it cached.
     // A stored layer is looked for under the lock too, never before it: gc
     // removes unpinned layers under the same lock once it has seen no pull
@@ -386,7 +432,7 @@ async fn ensure_layer(
         .await
         .map_err(io_err("cannot create", &blob))?;
     // pull_blob verifies the digest while streaming; a mismatch is an error here.
-    let fetched = client.pull_blob(reference, descriptor, file).await;
+    let fetched = client.pull_blob(reference, &layer.descriptor, file).await;
     if let Err(source) = fetched {
         let _ = std::fs::remove_dir_all(&work);
         return Err(PullError::Download {
@@ -408,10 +454,10 @@ async fn ensure_layer(
     Ok(layer)
 }
 
-fn cached(dirs: &ImageDirs, digest: &str) -> Option<PulledLayer> {
+fn cached(dirs: &ImageDirs, digest: &Digest) -> Option<PulledLayer> {
     let meta = std::fs::metadata(dirs.blob(digest)).ok()?;
     Some(PulledLayer {
-        digest: digest.to_string(),
+        digest: digest.clone(),
         erofs_size: meta.len(),
         has_kernel: dirs.kernel(digest).is_file(),
         has_initrd: dirs.initrd(digest).is_file(),
@@ -420,7 +466,7 @@ fn cached(dirs: &ImageDirs, digest: &str) -> Option<PulledLayer> {
 }
 
 /// blob → tree → EROFS, boot files set aside, committed by the final rename.
-fn convert(dirs: &ImageDirs, digest: &str, reference: &str) -> Result<PulledLayer, PullError> {
+fn convert(dirs: &ImageDirs, digest: &Digest, reference: &str) -> Result<PulledLayer, PullError> {
     let work = dirs.work(digest);
     let tree = work.join("tree");
     std::fs::create_dir(&tree).map_err(io_err("cannot create", &tree))?;
@@ -428,19 +474,19 @@ fn convert(dirs: &ImageDirs, digest: &str, reference: &str) -> Result<PulledLaye
         .map_err(io_err("cannot read", &work.join("blob")))?;
     let unpacked = layer::unpack(reader, &tree).map_err(|source| PullError::Layer {
         reference: reference.to_string(),
-        digest: digest.to_string(),
+        digest: digest.clone(),
         source,
     })?;
     let size = commit::commit_layer(dirs, digest, &work, &tree, &unpacked).map_err(|source| {
         PullError::Commit {
             reference: reference.to_string(),
-            digest: digest.to_string(),
+            digest: digest.clone(),
             source,
         }
     })?;
-    tracing::debug!(layer = hex(digest), size, "layer converted");
+    tracing::debug!(layer = digest.hex(), size, "layer converted");
     Ok(PulledLayer {
-        digest: digest.to_string(),
+        digest: digest.clone(),
         erofs_size: size,
         has_kernel: unpacked.kernel.is_some(),
         has_initrd: unpacked.initrd.is_some(),

@@ -13,24 +13,22 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::digest::Digest;
+
 #[derive(Debug, Clone)]
 pub struct ImageDirs {
     pub root: PathBuf,
 }
 
+/// The hex part of a recorded digest string, for comparing records with
+/// store file names. Never used to build a path: paths come from [`Digest`].
 pub fn hex(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
 /// `sha256:<hex>` of what `hasher` has seen.
-pub fn digest_of(hasher: sha2::Sha256) -> String {
-    use sha2::Digest;
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+pub fn digest_of(hasher: sha2::Sha256) -> Digest {
+    Digest::of(hasher)
 }
 
 impl ImageDirs {
@@ -40,32 +38,32 @@ impl ImageDirs {
         }
     }
 
-    pub fn blob(&self, digest: &str) -> PathBuf {
+    pub fn blob(&self, digest: &Digest) -> PathBuf {
         self.root
             .join("blobs")
-            .join(format!("{}.erofs", hex(digest)))
+            .join(format!("{}.erofs", digest.hex()))
     }
 
-    pub fn boot_dir(&self, digest: &str) -> PathBuf {
-        self.root.join("boot").join(hex(digest))
+    pub fn boot_dir(&self, digest: &Digest) -> PathBuf {
+        self.root.join("boot").join(digest.hex())
     }
 
-    pub fn kernel(&self, digest: &str) -> PathBuf {
+    pub fn kernel(&self, digest: &Digest) -> PathBuf {
         self.boot_dir(digest).join("vmlinuz")
     }
 
-    pub fn initrd(&self, digest: &str) -> PathBuf {
+    pub fn initrd(&self, digest: &Digest) -> PathBuf {
         self.boot_dir(digest).join("initrd.img")
     }
 
-    pub fn lock(&self, digest: &str) -> PathBuf {
+    pub fn lock(&self, digest: &Digest) -> PathBuf {
         self.root
             .join("locks")
-            .join(format!("{}.lock", hex(digest)))
+            .join(format!("{}.lock", digest.hex()))
     }
 
-    pub fn work(&self, digest: &str) -> PathBuf {
-        self.root.join("tmp").join(hex(digest))
+    pub fn work(&self, digest: &Digest) -> PathBuf {
+        self.root.join("tmp").join(digest.hex())
     }
 
     pub fn create(&self) -> std::io::Result<()> {
@@ -102,8 +100,11 @@ pub fn remove_work_of(dirs: &ImageDirs, pid: u32) -> usize {
         let owned = name.split('-').nth(1) == Some(&pid.to_string());
         if owned && !pid_reused && !name.ends_with(".partial") && remove(&path) {
             removed += 1;
-        } else if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let Ok(lock) = std::fs::File::open(dirs.lock(&name)) else {
+        } else {
+            let Ok(digest) = Digest::from_hex(&name) else {
+                continue;
+            };
+            let Ok(lock) = std::fs::File::open(dirs.lock(&digest)) else {
                 continue;
             };
             if lock.try_lock().is_ok() && remove(&path) {

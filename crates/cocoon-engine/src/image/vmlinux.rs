@@ -180,7 +180,10 @@ fn lz4_legacy(input: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// `boot/<layer>/vmlinux`, extracted from the layer's kernel on first use.
-pub fn ensure(dirs: &ImageDirs, kernel_layer: &str) -> Result<PathBuf, VmlinuxError> {
+pub fn ensure(
+    dirs: &ImageDirs,
+    kernel_layer: &crate::digest::Digest,
+) -> Result<PathBuf, VmlinuxError> {
     let target = dirs.boot_dir(kernel_layer).join("vmlinux");
     if target.is_file() {
         return Ok(target);

@@ -38,7 +38,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO images (name, kind, digest, size, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (name) DO UPDATE SET kind = ?2, digest = ?3, size = ?4, created_at = ?5, doc = ?6",
-                params![image.name, image.kind.as_str(), image.id, image.size as i64, image.created_at.to_string(), doc],
+                params![image.name, image.kind.as_str(), image.id.as_str(), image.size as i64, image.created_at.to_string(), doc],
             )?;
             tx.execute("DELETE FROM blob_refs WHERE owner_kind = 'image' AND owner_id = ?1", [&image.name])?;
             let mut blob = tx.prepare_cached(

@@ -31,12 +31,12 @@ pub(crate) fn snapshot_fixture(id: &str, name: &str, vm_id: Option<&str>) -> Sna
 
 fn image_fixture(name: &str, digest: &str) -> Image {
     Image {
-        id: digest.to_string(),
+        id: crate::digest::Digest::parse(digest).unwrap(),
         name: name.to_string(),
         kind: ImageType::Oci,
         size: 1234,
         created_at: jiff::Timestamp::now(),
-        layers: vec!["sha256:l1".into()],
+        layers: vec![crate::digest::Digest::from_hex(&"1".repeat(64)).unwrap()],
         kernel_layer: None,
         initrd_layer: None,
     }
@@ -344,7 +344,7 @@ fn vm_pins_keep_blobs_alive() {
     let (_dir, mut store) = temp_store();
     store
         .put_image(
-            &image_fixture("a", "sha256:00"),
+            &image_fixture("a", &format!("sha256:{}", "00".repeat(32))),
             &[("sha256:l1".into(), "erofs".into(), 1)],
         )
         .unwrap();

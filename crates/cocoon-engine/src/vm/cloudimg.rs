@@ -48,7 +48,7 @@ impl Engine {
         let paths = self.vm_paths(id);
         let mut config = request.config.clone();
         config.image = image.name.clone();
-        config.image_digest = image.id.clone();
+        config.image_digest = image.id.to_string();
         config.image_type = ImageType::Cloudimg;
         let mut vm = Vm::new(
             id,
@@ -57,7 +57,7 @@ impl Engine {
             paths.run_dir.clone(),
             paths.log_dir.clone(),
         );
-        vm.image_blob_ids = [(image.id.clone(), Empty {})].into_iter().collect();
+        vm.image_blob_ids = [(image.id.to_string(), Empty {})].into_iter().collect();
         let direct_ok = direct_io_ok(&vm.config, &paths);
         let overlay = overlay_override.map_or_else(|| paths.overlay(), Path::to_path_buf);
         let mut storage = vec![StorageConfig {

@@ -154,7 +154,7 @@ impl Engine {
         let paths = self.vm_paths(id);
         let mut config = request.config.clone();
         config.image = image.name.clone();
-        config.image_digest = image.id.clone();
+        config.image_digest = image.id.to_string();
         config.image_type = ImageType::Oci;
         let mut vm = Vm::new(
             id,
@@ -163,7 +163,11 @@ impl Engine {
             paths.run_dir.clone(),
             paths.log_dir.clone(),
         );
-        vm.image_blob_ids = image.layers.iter().map(|d| (d.clone(), Empty {})).collect();
+        vm.image_blob_ids = image
+            .layers
+            .iter()
+            .map(|d| (d.to_string(), Empty {}))
+            .collect();
 
         let direct_ok = direct_io_ok(&vm.config, &paths);
         let mut storage = layer_disks(&image, &dirs, request.hypervisor);
@@ -244,6 +248,9 @@ impl Engine {
     fn check_pinned_blobs(&self, vm: &Vm) -> Result<()> {
         let dirs = ImageDirs::new(&self.config().root_dir);
         for digest in vm.image_blob_ids.keys() {
+            let digest = crate::digest::Digest::parse(digest)
+                .map_err(|e| Error::Invalid(format!("VM {}: {e}", vm.config.name)))?;
+            let digest = &digest;
             let lock_path = dirs.lock(digest);
             let lock = std::fs::File::options()
                 .create(true)

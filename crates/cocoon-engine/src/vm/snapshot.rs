@@ -593,12 +593,21 @@ impl Engine {
         needed.extend(manifest.boot.kernel_path.as_deref());
         needed.extend(manifest.boot.initrd_path.as_deref());
         // A cloud image's overlay is backed by the image's blob.
-        let blob = (manifest.source.image_type == crate::model::ImageType::Cloudimg).then(|| {
-            crate::image::cloud::blob_path(
+        let blob = if manifest.source.image_type == crate::model::ImageType::Cloudimg {
+            let digest =
+                crate::digest::Digest::parse(&manifest.source.image_digest).map_err(|e| {
+                    op_err(SnapshotOpError::Invalid {
+                        id: manifest.snapshot.id.clone(),
+                        reason: e.to_string(),
+                    })
+                })?;
+            Some(crate::image::cloud::blob_path(
                 &crate::image::store::ImageDirs::new(&root),
-                &manifest.source.image_digest,
-            )
-        });
+                &digest,
+            ))
+        } else {
+            None
+        };
         needed.extend(blob.as_deref());
         for path in needed {
             if !path.starts_with(&root) {

@@ -43,7 +43,7 @@ impl fmt::Display for Action {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
-    pub digest: String,
+    pub digest: crate::digest::Digest,
     /// Size of the stored blob in bytes.
     pub size: u64,
     pub action: Action,
@@ -58,7 +58,7 @@ pub struct Stored {
 pub fn store(
     dirs: &ImageDirs,
     source: &Path,
-    digest: &str,
+    digest: &crate::digest::Digest,
     private: bool,
     origin: &Origin,
     progress: &dyn CloudProgress,
@@ -74,7 +74,7 @@ pub fn store(
     let blob = blob_path(dirs, digest);
     let stored = |action| -> Result<Stored, CloudError> {
         Ok(Stored {
-            digest: digest.to_string(),
+            digest: digest.clone(),
             size: std::fs::metadata(&blob)
                 .map_err(io_err("cannot stat", &blob))?
                 .len(),

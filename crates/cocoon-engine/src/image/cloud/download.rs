@@ -94,14 +94,14 @@ impl Resumable {
 /// A short stable name for a URL's work files.
 pub fn url_key(url: &str) -> String {
     let digest = digest_of(Sha256::new_with_prefix(url.as_bytes()));
-    digest["sha256:".len()..][..16].to_string()
+    digest.hex()[..16].to_string()
 }
 
 /// A finished download: the partial file now holds all of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Downloaded {
     /// `sha256:<hex>` of the whole file, kept prefix included.
-    pub digest: String,
+    pub digest: crate::digest::Digest,
     pub size: u64,
     /// Bytes a previous, interrupted pull had already fetched.
     pub resumed_from: u64,

@@ -48,16 +48,17 @@ use std::path::PathBuf;
 
 pub use error::{CloudError, Origin};
 
-use super::store::{ImageDirs, hex};
+use super::store::ImageDirs;
+use crate::digest::Digest;
 
 /// cocoon's cap on a cloud image: downloads and decompressed payloads stop here.
 pub const MAX_IMAGE_BYTES: u64 = 20 << 30;
 
 /// The stored base disk of a cloud image whose digest is `digest`.
-pub fn blob_path(dirs: &ImageDirs, digest: &str) -> PathBuf {
+pub fn blob_path(dirs: &ImageDirs, digest: &Digest) -> PathBuf {
     dirs.root
         .join("blobs")
-        .join(format!("{}.qcow2", hex(digest)))
+        .join(format!("{}.qcow2", digest.hex()))
 }
 
 /// What a pull or import is doing, for a progress display.

@@ -45,7 +45,7 @@ impl Drop for TempFile {
 pub struct Staged {
     pub file: TempFile,
     /// `sha256:<hex>` of the bytes written.
-    pub digest: String,
+    pub digest: crate::digest::Digest,
     pub size: u64,
 }
 
