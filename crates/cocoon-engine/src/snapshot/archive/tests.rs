@@ -1,6 +1,7 @@
 //! Shared fixtures for the archive tests: snapshot directories with sparse
 //! files, hand-built (hostile) archives, and comparisons.
 
+mod fuzz;
 mod gnu_tar;
 mod hostile;
 mod legacy;
