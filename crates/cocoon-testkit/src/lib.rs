@@ -9,6 +9,7 @@ pub mod cloud_guest;
 pub mod guest;
 pub mod linux_guest;
 pub mod registry;
+pub mod vmm_refusals;
 
 /// A real VMM binary for end-to-end tests: `$<env>` if set, else `name` on PATH.
 /// Tests that need one and find none must say so loudly and skip.

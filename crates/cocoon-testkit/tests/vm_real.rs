@@ -144,6 +144,35 @@ impl ConsoleSession {
     fn send(&mut self, bytes: &[u8]) {
         self.master.write_all(bytes).unwrap();
     }
+
+    /// Asks the guest for its count (`?` → `count=<n>`) and returns the
+    /// answer. A `?` typed while `vm console` is still setting its terminal
+    /// up is lost, so it is sent again every 2 s until the guest answers.
+    fn count(&mut self) -> u64 {
+        use cocoon_testkit::guest::counts;
+        let before = counts(&String::from_utf8_lossy(&self.seen)).len();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 4096];
+        loop {
+            self.send(b"?");
+            let resend = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < resend {
+                let answers = counts(&String::from_utf8_lossy(&self.seen));
+                if answers.len() > before {
+                    return answers[before];
+                }
+                match self.master.read(&mut buf) {
+                    Ok(n) if n > 0 => self.seen.extend_from_slice(&buf[..n]),
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the guest never answered `?`; the console saw:\n{}",
+                String::from_utf8_lossy(&self.seen)
+            );
+        }
+    }
 }
 
 fn pty() -> (OwnedFd, OwnedFd) {
@@ -351,6 +380,11 @@ fn snapshots_on(fc: bool) {
     let src = run.inspect("src");
     mark(&cow_of(&src), Some(b"BEFORE!!"));
 
+    // The guest's own count just before the pause and just after the save
+    // (asked over the console: `?` → `count=<n>`) bound the snapshot's.
+    let mut console = ConsoleSession::open(&run, "src");
+    console.expect("Connected to src");
+    let lo = console.count();
     // The seed scenario: paused behind the engine's back, then saved.
     let socket = PathBuf::from(src["run_dir"].as_str().unwrap()).join("api.sock");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -364,9 +398,6 @@ fn snapshots_on(fc: bool) {
         rt.block_on(vmm_api::ch::CloudHypervisor::new(&socket).pause())
             .unwrap();
     }
-    // Paused, the count stands still: this is the count the snapshot holds.
-    std::thread::sleep(Duration::from_millis(300));
-    let at_save = *heartbeats(&run.ok(&["vm", "logs", "src"])).last().unwrap();
     let saved: Value =
         serde_json::from_str(&run.ok(&["snapshot", "save", "--name", "s", "-o", "json", "src"]))
             .unwrap();
@@ -375,9 +406,15 @@ fn snapshots_on(fc: bool) {
         saved["pause_ms"].as_f64().unwrap(),
         saved["total_ms"].as_f64().unwrap()
     );
-    mark(&cow_of(&src), Some(b"AFTER!!!"));
     // The source runs on after the save (it was resumed although it had been paused).
-    let later = at_save + 2;
+    let hi = console.count();
+    console.send(&[0x1d, b'.']);
+    console.expect("Disconnected from src");
+    assert!(console.child.wait().unwrap().success());
+    assert!(lo <= hi, "count {lo} before the save, {hi} after");
+    eprintln!("{test}: the snapshot's count is in {lo}..={hi}");
+    mark(&cow_of(&src), Some(b"AFTER!!!"));
+    let later = hi + 2;
     run.wait_log("src", &format!("{HEARTBEAT_PREFIX}{later}\n"), 1);
 
     // Two clones continue from the snapshot's count, independently. On CH
@@ -404,8 +441,8 @@ fn snapshots_on(fc: bool) {
             let beats = heartbeats(&run.ok(&["vm", "logs", name]));
             if beats.len() >= 2 {
                 assert!(
-                    beats[0] + 1 >= at_save && beats[0] <= at_save + 3,
-                    "{name} resumed at {} (snapshot at {at_save}): {beats:?}",
+                    beats[0] >= lo && beats[0] <= hi + 1,
+                    "{name} resumed at {} (snapshot at {lo}..={hi}): {beats:?}",
                     beats[0]
                 );
                 break;
@@ -445,11 +482,18 @@ fn snapshots_on(fc: bool) {
         beats.extend(heartbeats(&log[from..]));
         if let Some(k) = (1..beats.len()).rev().find(|k| beats[*k] < beats[*k - 1]) {
             assert!(
-                beats[k] + 1 >= at_save && beats[k] <= at_save + 3,
-                "restored guest counts from {}, snapshot at {at_save}: {beats:?}",
+                beats[k] >= lo && beats[k] <= hi + 1,
+                "restored guest counts from {}, snapshot at {lo}..={hi}: {beats:?}",
                 beats[k]
             );
-            break;
+            // ...and goes on from there, one by one.
+            if beats.len() >= k + 2 {
+                assert!(
+                    beats[k..].windows(2).all(|w| w[1] == w[0] + 1),
+                    "the restored guest's count skips or repeats: {beats:?}"
+                );
+                break;
+            }
         }
         assert!(
             Instant::now() < deadline,

@@ -850,3 +850,90 @@ async fn while_paused_resumes_after_a_failed_operation() {
     );
     stop(&vmm).await;
 }
+
+/// The fake CH parses `--disk`, `--net`, `--cpus`, `--memory`, `--serial`,
+/// `--console` and `--balloon` as CH v53 does: each input CH refuses
+/// (unknown keys, values it cannot convert, max below boot CPUs) makes the
+/// fake exit 1 with CH's error chain (tests/vmm_real.rs checks the real CH
+/// still gives exactly these).
+#[test]
+fn fake_ch_refuses_the_command_lines_ch_refuses() {
+    use cocoon_testkit::vmm_refusals::{CH_CLI_CASES, ch_chain};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    for case in CH_CLI_CASES {
+        let out = std::process::Command::new(FAKE)
+            .arg("--api-socket")
+            .arg(&socket)
+            .args(["--kernel", "/nonexistent"])
+            .args(case.args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "fake CH with {:?}: {stderr}",
+            case.args
+        );
+        assert_eq!(
+            ch_chain(&stderr),
+            case.chain,
+            "fake CH with {:?}: {stderr}",
+            case.args
+        );
+        assert!(!socket.exists(), "{:?}: the fake served anyway", case.args);
+    }
+}
+
+/// The fake FC refuses unknown, missing and mistyped fields in every body
+/// the engine sends, and a drive whose file is missing at `PUT /drives`,
+/// with FC's status and fault message (position included).
+#[tokio::test]
+async fn fake_fc_refuses_the_bodies_fc_refuses() {
+    use cocoon_testkit::vmm_refusals::{FC_API_CASES, http};
+    let h = Harness::new();
+    let vmm = h.launch(Hypervisor::Firecracker).await;
+    let socket = h.path("api.sock");
+    for case in FC_API_CASES {
+        let (status, body) = http(&socket, case.method, case.path, case.body);
+        assert_eq!(
+            (status, body.as_str()),
+            (case.status, case.response),
+            "fake FC: {} {} {}",
+            case.method,
+            case.path,
+            case.body
+        );
+    }
+    // Nothing refused was configured.
+    let (_, config) = http(&socket, "GET", "/vm/config", "");
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert!(
+        config["drives"].as_array().is_none_or(Vec::is_empty),
+        "{config}"
+    );
+    stop(&vmm).await;
+}
+
+/// The fake CH refuses mistyped fields with CH's 400 ("Failed to
+/// deserialize JSON") and, as CH does, ignores unknown ones.
+#[tokio::test]
+async fn fake_ch_refuses_the_bodies_ch_refuses() {
+    use cocoon_testkit::vmm_refusals::{CH_API_CASES, http};
+    let h = Harness::new();
+    let vmm = h.launch_plain_ch().await;
+    let socket = h.path("api.sock");
+    for case in CH_API_CASES {
+        let (status, body) = http(&socket, case.method, case.path, case.body);
+        assert_eq!(
+            (status, body.as_str()),
+            (case.status, case.response),
+            "fake CH: {} {} {}",
+            case.method,
+            case.path,
+            case.body
+        );
+    }
+    stop(&vmm).await;
+}

@@ -505,3 +505,104 @@ async fn firecracker_end_to_end() {
     assert_eq!(outcome, Stopped::Graceful);
     assert!(read(&vm.log()).contains("ctrl-alt-del"));
 }
+
+/// Kills a VMM a test spawned directly.
+struct KillChild(std::process::Child);
+
+impl Drop for KillChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real CH still refuses the command lines the fake CH refuses
+/// (cocoon_testkit::vmm_refusals), with the same error chain.
+#[test]
+fn real_ch_refuses_the_command_lines_the_fake_refuses() {
+    use cocoon_testkit::vmm_refusals::{CH_CLI_CASES, ch_chain};
+    let test = "real_ch_refuses_the_command_lines_the_fake_refuses";
+    let Some(ch) = require_real_vmm(test, "COCOON_CH_BINARY", "cloud-hypervisor") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    for case in CH_CLI_CASES {
+        let out = std::process::Command::new(&ch)
+            .arg("--api-socket")
+            .arg(&socket)
+            .args(["--kernel", "/nonexistent"])
+            .args(case.args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "CH with {:?}: {stderr}",
+            case.args
+        );
+        assert_eq!(
+            ch_chain(&stderr),
+            case.chain,
+            "CH with {:?}: {stderr}",
+            case.args
+        );
+        let _ = std::fs::remove_file(&socket);
+    }
+}
+
+/// Waits for a VMM's API socket to accept connections.
+fn wait_socket(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never answered",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The real FC and CH answer the bodies the fakes refuse exactly as the
+/// fakes do (cocoon_testkit::vmm_refusals).
+#[test]
+fn real_vmms_refuse_the_bodies_the_fakes_refuse() {
+    use cocoon_testkit::vmm_refusals::{ApiCase, CH_API_CASES, FC_API_CASES, http};
+    let test = "real_vmms_refuse_the_bodies_the_fakes_refuse";
+    let Some(fc) = require_real_vmm(test, "COCOON_FC_BINARY", "firecracker") else {
+        return;
+    };
+    let Some(ch) = require_real_vmm(test, "COCOON_CH_BINARY", "cloud-hypervisor") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (binary, flag, cases, name) in [
+        (&fc, "--api-sock", FC_API_CASES, "FC"),
+        (&ch, "--api-socket", CH_API_CASES, "CH"),
+    ] {
+        let socket = dir.path().join(format!("{name}.sock"));
+        let child = std::process::Command::new(binary)
+            .arg(flag)
+            .arg(&socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let _kill = KillChild(child);
+        wait_socket(&socket);
+        for case in cases {
+            let ApiCase {
+                method, path, body, ..
+            } = case;
+            let (status, answer) = http(&socket, method, path, body);
+            assert_eq!(
+                (status, answer.as_str()),
+                (case.status, case.response),
+                "{name}: {method} {path} {body}"
+            );
+        }
+    }
+}

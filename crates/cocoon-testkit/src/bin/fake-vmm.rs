@@ -146,6 +146,268 @@ fn ch_option(option: &str, key: &str) -> Option<String> {
         .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
 }
 
+/// How CH v53 converts one `key=value` of its option syntax.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Any text.
+    Text,
+    /// An unsigned integer.
+    Int,
+    /// `on`, `off`, `true` or `false`.
+    Toggle,
+    /// An integer with an optional `K`, `M` or `G` suffix.
+    Bytes,
+    /// `xx:xx:xx:xx:xx:xx`.
+    Mac,
+}
+
+/// The keys CH v53 knows per option (`cloud-hypervisor --help`).
+fn ch_keys(option: &str) -> &'static [(&'static str, Kind)] {
+    use Kind::*;
+    const RATE: [(&str, Kind); 6] = [
+        ("bw_size", Int),
+        ("bw_one_time_burst", Int),
+        ("bw_refill_time", Int),
+        ("ops_size", Int),
+        ("ops_one_time_burst", Int),
+        ("ops_refill_time", Int),
+    ];
+    const DISK: &[(&str, Kind)] = &[
+        ("path", Text),
+        ("readonly", Toggle),
+        ("direct", Toggle),
+        ("iommu", Toggle),
+        ("num_queues", Int),
+        ("queue_size", Int),
+        ("vhost_user", Toggle),
+        ("socket", Text),
+        RATE[0],
+        RATE[1],
+        RATE[2],
+        RATE[3],
+        RATE[4],
+        RATE[5],
+        ("id", Text),
+        ("pci_segment", Int),
+        ("pci_device_id", Int),
+        ("rate_limit_group", Text),
+        ("queue_affinity", Text),
+        ("serial", Text),
+        ("backing_files", Toggle),
+        ("sparse", Toggle),
+        ("image_type", Text),
+        ("lock_granularity", Text),
+    ];
+    const NET: &[(&str, Kind)] = &[
+        ("tap", Text),
+        ("ip", Text),
+        ("mask", Text),
+        ("mac", Mac),
+        ("host_mac", Mac),
+        ("fd", Text),
+        ("iommu", Toggle),
+        ("num_queues", Int),
+        ("queue_size", Int),
+        ("id", Text),
+        ("vhost_user", Toggle),
+        ("socket", Text),
+        ("vhost_mode", Text),
+        RATE[0],
+        RATE[1],
+        RATE[2],
+        RATE[3],
+        RATE[4],
+        RATE[5],
+        ("pci_segment", Int),
+        ("pci_device_id", Int),
+        ("offload_tso", Toggle),
+        ("offload_ufo", Toggle),
+        ("offload_csum", Toggle),
+    ];
+    match option {
+        "--cpus" => &[
+            ("boot", Int),
+            ("max", Int),
+            ("topology", Text),
+            ("kvm_hyperv", Toggle),
+            ("max_phys_bits", Int),
+            ("affinity", Text),
+            ("features", Text),
+            ("nested", Toggle),
+            ("core_scheduling", Text),
+        ],
+        "--memory" => &[
+            ("size", Bytes),
+            ("mergeable", Toggle),
+            ("shared", Toggle),
+            ("hugepages", Toggle),
+            ("hugepage_size", Bytes),
+            ("hotplug_method", Text),
+            ("hotplug_size", Bytes),
+            ("hotplugged_size", Bytes),
+            ("prefault", Toggle),
+            ("reserve", Toggle),
+            ("thp", Toggle),
+        ],
+        "--disk" => DISK,
+        "--net" => NET,
+        "--balloon" => &[
+            ("size", Bytes),
+            ("deflate_on_oom", Toggle),
+            ("free_page_reporting", Toggle),
+            ("iommu", Toggle),
+            ("id", Text),
+            ("pci_segment", Int),
+            ("pci_device_id", Int),
+        ],
+        "--serial" => &[("file", Text), ("socket", Text)],
+        "--console" => &[
+            ("file", Text),
+            ("socket", Text),
+            ("iommu", Toggle),
+            ("id", Text),
+            ("pci_segment", Int),
+            ("pci_device_id", Int),
+        ],
+        "--rng" => &[
+            ("src", Text),
+            ("iommu", Toggle),
+            ("pci_segment", Int),
+            ("pci_device_id", Int),
+        ],
+        _ => &[],
+    }
+}
+
+fn converts(kind: Kind, value: &str) -> bool {
+    if value.is_empty() {
+        // CH takes an empty value as the default.
+        return true;
+    }
+    match kind {
+        Kind::Text => true,
+        Kind::Int => value.parse::<u64>().is_ok(),
+        Kind::Toggle => matches!(value, "on" | "off" | "true" | "false"),
+        Kind::Bytes => {
+            let digits = value.strip_suffix(['K', 'M', 'G']).unwrap_or(value);
+            digits.parse::<u64>().is_ok()
+        }
+        Kind::Mac => {
+            let parts: Vec<&str> = value.split(':').collect();
+            parts.len() == 6
+                && parts
+                    .iter()
+                    .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+        }
+    }
+}
+
+/// Parses one CH option value as CH v53 does: the error it gives, if any.
+fn ch_parse(option: &str, value: &str) -> Result<(), String> {
+    let keys = ch_keys(option);
+    let port = matches!(option, "--serial" | "--console");
+    for (i, item) in value.split(',').enumerate() {
+        let Some((key, v)) = item.split_once('=') else {
+            if port && i == 0 && matches!(item, "off" | "null" | "pty" | "tty") {
+                continue;
+            }
+            if port && keys.iter().any(|(k, _)| *k == item) {
+                return Err(format!("invalid syntax: {value}"));
+            }
+            return Err(format!("unknown option: {item}"));
+        };
+        let Some((_, kind)) = keys.iter().find(|(k, _)| *k == key) else {
+            return Err(format!("unknown option: {key}"));
+        };
+        if !converts(*kind, v) {
+            return Err(format!("unable to convert {v} for {key}"));
+        }
+    }
+    Ok(())
+}
+
+/// CH's exit on a command line it cannot parse: its error chain on stderr, status 1.
+fn ch_exit(chain: &[&str]) -> ! {
+    eprintln!("Error: Cloud Hypervisor exited with the following chain of errors:");
+    for (i, e) in chain.iter().enumerate() {
+        eprintln!("  {i}: {e}");
+    }
+    std::process::exit(1)
+}
+
+/// Every value CH's command line gives `option` (repeatable options take
+/// several values after one flag, and the flag may repeat).
+fn all_values(args: &[String], option: &str) -> Vec<String> {
+    let multi = matches!(option, "--disk" | "--net");
+    let mut values = Vec::new();
+    let mut iter = args.iter().peekable();
+    while let Some(arg) = iter.next() {
+        if let Some(v) = arg.strip_prefix(&format!("{option}=")) {
+            values.push(v.to_string());
+        } else if arg == option {
+            while let Some(v) = iter.next_if(|v| !v.starts_with("--")) {
+                values.push(v.clone());
+                if !multi {
+                    break;
+                }
+            }
+        }
+    }
+    values
+}
+
+/// Refuses, as CH v53 does and with its message, a command line whose
+/// `--cpus`, `--memory`, `--disk`, `--net`, `--balloon`, `--serial`,
+/// `--console` or `--rng` it cannot parse or validate.
+fn ch_check_command_line(args: &[String]) {
+    for option in [
+        "--cpus",
+        "--memory",
+        "--disk",
+        "--net",
+        "--rng",
+        "--balloon",
+        "--serial",
+        "--console",
+    ] {
+        for value in all_values(args, option) {
+            if let Err(e) = ch_parse(option, &value) {
+                ch_exit(&[
+                    "Error parsing config",
+                    &format!("Error parsing {option}"),
+                    &e,
+                ]);
+            }
+        }
+    }
+    if let Some(cpus) = all_values(args, "--cpus").first() {
+        let get = |k: &str| {
+            ch_option(cpus, k)
+                .filter(|v| !v.is_empty())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let boot = get("boot").unwrap_or(1);
+        if let Some(max) = get("max").filter(|m| *m < boot) {
+            ch_exit(&[
+                "Error parsing config",
+                "Error validating configuration",
+                &format!("Max CPUs ({max}) lower than boot CPUs ({boot})"),
+            ]);
+        }
+    }
+    // (Checked on the serial port; CH checks the console's socket later.)
+    if all_values(args, "--serial")
+        .iter()
+        .any(|v| v.split(',').any(|kv| kv == "socket="))
+    {
+        ch_exit(&[
+            "Error parsing config",
+            "Error validating configuration",
+            "Path missing when using socket console mode",
+        ]);
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -158,6 +420,7 @@ async fn main() {
         unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
     }
     let (flavor, socket) = if let Some(s) = arg_value(&args, &["--api-socket"]) {
+        ch_check_command_line(&args);
         (
             Flavor::CloudHypervisor,
             PathBuf::from(ch_option(&s, "path").expect("api socket path")),
@@ -396,6 +659,33 @@ impl Fake {
     }
 
     async fn dispatch(&self, method: &Method, path: &str, body: &[u8]) -> Response {
+        // Bodies are deserialized first, as the real VMMs do: FC refuses
+        // unknown and mistyped fields, CH mistyped ones.
+        if !body.is_empty() {
+            match self.flavor {
+                Flavor::Firecracker => {
+                    if let Err(e) = bodies::fc(method.as_str(), path, body) {
+                        return fc_fault(
+                            StatusCode::BAD_REQUEST,
+                            &format!(
+                                "An error occurred when deserializing the json body of a request: {e}."
+                            ),
+                        );
+                    }
+                }
+                Flavor::CloudHypervisor => {
+                    if let Err(e) = bodies::ch(method.as_str(), path, body) {
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            [("content-type", "application/json")],
+                            serde_json::to_string(&["Failed to deserialize JSON", &e.to_string()])
+                                .unwrap(),
+                        )
+                            .into_response();
+                    }
+                }
+            }
+        }
         let body: Value = if body.is_empty() {
             Value::Null
         } else {
@@ -649,7 +939,7 @@ impl Fake {
                         StatusCode::INTERNAL_SERVER_ERROR,
                         &[
                             "The device could not be removed from the VM",
-                            &format!("No device with id {id}"),
+                            &format!("No device with id {id:?} to remove"),
                         ],
                     )
                 }
@@ -732,6 +1022,19 @@ impl Fake {
                 let id = p.rsplit('/').next().unwrap_or("");
                 if body[id_field].as_str() != Some(id) {
                     return fault("The id from the path does not match the id from the body!");
+                }
+                // FC opens a drive's file when it is configured.
+                if let Some(file) = body["path_on_host"].as_str().filter(|_| key == "drives") {
+                    let writable = body["is_read_only"].as_bool() != Some(true);
+                    if let Err(e) = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(writable)
+                        .open(file)
+                    {
+                        return fault(&format!(
+                            "Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {e} {file}"
+                        ));
+                    }
                 }
                 if !vm.config[key].is_array() {
                     vm.config[key] = json!([]);
@@ -912,4 +1215,226 @@ fn fc_fault(status: StatusCode, message: &str) -> Response {
         json!({"fault_message": message}).to_string(),
     )
         .into_response()
+}
+
+/// The request bodies as the real VMMs deserialize them (serde, so the
+/// error text is theirs, position included). FC's structs refuse unknown
+/// fields (field lists and order as FC v1.16.1 reports them); CH's accept
+/// them but refuse mistyped values (CH v53).
+mod bodies {
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    type Any = Option<Value>;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Drive {
+        drive_id: String,
+        partuuid: Option<String>,
+        is_root_device: bool,
+        cache_type: Any,
+        is_read_only: Option<bool>,
+        path_on_host: Option<String>,
+        rate_limiter: Any,
+        io_engine: Any,
+        socket: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct MachineConfig {
+        vcpu_count: u8,
+        mem_size_mib: usize,
+        smt: Option<bool>,
+        cpu_template: Any,
+        track_dirty_pages: Option<bool>,
+        huge_pages: Any,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct BootSource {
+        kernel_image_path: String,
+        initrd_path: Option<String>,
+        boot_args: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct NetworkInterface {
+        iface_id: String,
+        host_dev_name: String,
+        guest_mac: Option<String>,
+        mtu: Option<u16>,
+        rx_rate_limiter: Any,
+        tx_rate_limiter: Any,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Balloon {
+        amount_mib: u32,
+        deflate_on_oom: bool,
+        stats_polling_interval_s: Option<u16>,
+        free_page_hinting: Option<bool>,
+        free_page_reporting: Option<bool>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Entropy {
+        rate_limiter: Any,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct VmState {
+        state: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Action {
+        action_type: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct SnapshotCreate {
+        snapshot_type: Any,
+        snapshot_path: String,
+        mem_file_path: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct SnapshotLoad {
+        snapshot_path: String,
+        mem_file_path: Option<String>,
+        mem_backend: Any,
+        enable_diff_snapshots: Option<bool>,
+        track_dirty_pages: Option<bool>,
+        resume_vm: Option<bool>,
+        network_overrides: Option<Vec<Value>>,
+        vsock_override: Any,
+        clock_realtime: Option<bool>,
+    }
+
+    fn check<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<(), serde_json::Error> {
+        serde_json::from_slice::<T>(body).map(drop)
+    }
+
+    /// Firecracker: the body of `method path`, deserialized.
+    pub fn fc(method: &str, path: &str, body: &[u8]) -> Result<(), serde_json::Error> {
+        match (method, path) {
+            ("PUT", p) if p.starts_with("/drives/") => check::<Drive>(body),
+            ("PUT", p) if p.starts_with("/network-interfaces/") => check::<NetworkInterface>(body),
+            ("PUT", "/machine-config") => check::<MachineConfig>(body),
+            ("PUT", "/boot-source") => check::<BootSource>(body),
+            ("PUT", "/balloon") => check::<Balloon>(body),
+            ("PUT", "/entropy") => check::<Entropy>(body),
+            ("PATCH", "/vm") => check::<VmState>(body),
+            ("PUT", "/actions") => check::<Action>(body),
+            ("PUT", "/snapshot/create") => check::<SnapshotCreate>(body),
+            ("PUT", "/snapshot/load") => check::<SnapshotLoad>(body),
+            _ => Ok(()),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Cpus {
+        boot_vcpus: Option<u32>,
+        max_vcpus: Option<u32>,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Memory {
+        size: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct VmConfig {
+        cpus: Option<Cpus>,
+        memory: Option<Memory>,
+        disks: Option<Vec<Disk>>,
+        net: Option<Vec<Net>>,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Disk {
+        path: Option<String>,
+        readonly: Option<bool>,
+        direct: Option<bool>,
+        num_queues: Option<usize>,
+        queue_size: Option<u16>,
+        id: Option<String>,
+        serial: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Net {
+        tap: Option<String>,
+        mac: Option<String>,
+        num_queues: Option<usize>,
+        queue_size: Option<u16>,
+        id: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Resize {
+        desired_vcpus: Option<u32>,
+        desired_ram: Option<i64>,
+        desired_balloon: Option<i64>,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Restore {
+        source_url: String,
+        prefault: Option<bool>,
+        resume: Option<bool>,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Snapshot {
+        destination_url: String,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct RemoveDevice {
+        id: String,
+    }
+
+    /// Cloud Hypervisor: the body of `method path`, deserialized.
+    pub fn ch(method: &str, path: &str, body: &[u8]) -> Result<(), serde_json::Error> {
+        match (method, path.strip_prefix("/api/v1/").unwrap_or(path)) {
+            ("PUT", "vm.create") => check::<VmConfig>(body),
+            ("PUT", "vm.add-disk") => check::<Disk>(body),
+            ("PUT", "vm.add-net") => check::<Net>(body),
+            ("PUT", "vm.resize") => check::<Resize>(body),
+            ("PUT", "vm.restore") => check::<Restore>(body),
+            ("PUT", "vm.snapshot") => check::<Snapshot>(body),
+            ("PUT", "vm.remove-device") => check::<RemoveDevice>(body),
+            _ => Ok(()),
+        }
+    }
 }
