@@ -143,6 +143,24 @@ pub const KEYS: &[Key] = &[
         flag: None,
         help: "registries reached over plain HTTP (comma-separated hosts)",
     },
+    Key {
+        name: "registry_connect_timeout_seconds",
+        env: "COCOON_REGISTRY_CONNECT_TIMEOUT_SECONDS",
+        flag: None,
+        help: "connect timeout of every registry request",
+    },
+    Key {
+        name: "registry_read_timeout_seconds",
+        env: "COCOON_REGISTRY_READ_TIMEOUT_SECONDS",
+        flag: None,
+        help: "longest wait for a registry's next bytes (idle time, not total)",
+    },
+    Key {
+        name: "max_layer_bytes",
+        env: "COCOON_MAX_LAYER_BYTES",
+        flag: None,
+        help: "largest uncompressed size of one image layer",
+    },
 ];
 
 pub fn key(name: &str) -> Option<&'static Key> {
@@ -227,6 +245,11 @@ pub struct Config {
     pub pool_size: usize,
     /// `host[:port]` of registries spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
+    pub registry_connect_timeout_seconds: u64,
+    /// Idle time between bytes from a registry, not the transfer's total.
+    pub registry_read_timeout_seconds: u64,
+    /// The most bytes one layer may decompress to (a bomb stops there).
+    pub max_layer_bytes: u64,
     /// The config file that was read, if any.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -277,6 +300,9 @@ impl Default for Config {
             terminate_grace_period_seconds: 5,
             pool_size: default_pool_size(),
             insecure_registries: Vec::new(),
+            registry_connect_timeout_seconds: 30,
+            registry_read_timeout_seconds: 60,
+            max_layer_bytes: 64 << 30,
             file: None,
             sources: BTreeMap::new(),
         }
@@ -353,6 +379,9 @@ impl Config {
             "terminate_grace_period_seconds" => self.terminate_grace_period_seconds.to_string(),
             "pool_size" => self.pool_size.to_string(),
             "insecure_registries" => self.insecure_registries.join(","),
+            "registry_connect_timeout_seconds" => self.registry_connect_timeout_seconds.to_string(),
+            "registry_read_timeout_seconds" => self.registry_read_timeout_seconds.to_string(),
+            "max_layer_bytes" => self.max_layer_bytes.to_string(),
             _ => return None,
         })
     }
@@ -363,6 +392,14 @@ impl Config {
 
     pub fn socket_wait_timeout(&self) -> Duration {
         Duration::from_secs(self.socket_wait_timeout_seconds)
+    }
+
+    pub fn registry_connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.registry_connect_timeout_seconds)
+    }
+
+    pub fn registry_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.registry_read_timeout_seconds)
     }
 
     pub fn terminate_grace_period(&self) -> Duration {
@@ -473,6 +510,13 @@ impl Config {
             "terminate_grace_period_seconds" => {
                 self.terminate_grace_period_seconds = positive(value).map_err(&fail)?
             }
+            "registry_connect_timeout_seconds" => {
+                self.registry_connect_timeout_seconds = positive(value).map_err(&fail)?
+            }
+            "registry_read_timeout_seconds" => {
+                self.registry_read_timeout_seconds = positive(value).map_err(&fail)?
+            }
+            "max_layer_bytes" => self.max_layer_bytes = positive(value).map_err(&fail)?,
             "insecure_registries" => {
                 let hosts: Vec<String> = value
                     .split([',', ';'])
@@ -619,6 +663,9 @@ mod tests {
             "terminate_grace_period_seconds" => ["31", "32", "33"],
             "pool_size" => ["7", "8", "9"],
             "insecure_registries" => ["reg.f:5000", "reg.e", "reg.c:80"],
+            "registry_connect_timeout_seconds" => ["41", "42", "43"],
+            "registry_read_timeout_seconds" => ["51", "52", "53"],
+            "max_layer_bytes" => ["1048576", "2097152", "4194304"],
             other => panic!("no samples for {other}"),
         }
     }
@@ -640,6 +687,9 @@ mod tests {
             | "socket_wait_timeout_seconds"
             | "terminate_grace_period_seconds"
             | "pool_size"
+            | "registry_connect_timeout_seconds"
+            | "registry_read_timeout_seconds"
+            | "max_layer_bytes"
             | "use_firecracker" => value.to_string(),
             _ => format!("{value:?}"),
         };
@@ -705,6 +755,9 @@ mod tests {
         assert_eq!(c.stop_timeout_seconds, 30);
         assert_eq!(c.socket_wait_timeout_seconds, 5);
         assert_eq!(c.terminate_grace_period_seconds, 5);
+        assert_eq!(c.registry_connect_timeout_seconds, 30);
+        assert_eq!(c.registry_read_timeout_seconds, 60);
+        assert_eq!(c.max_layer_bytes, 64 << 30);
         assert_eq!(c.pool_size, spec::host_cpus() as usize);
         assert!(!c.use_firecracker);
         assert_eq!(c.file, None);

@@ -24,15 +24,138 @@ pub struct Engine {
     helper_exe: Option<PathBuf>,
 }
 
-impl Engine {
-    /// Creates the root directory if needed and opens (migrating) the state database.
-    pub fn open(config: Config) -> Result<Engine> {
+/// How to point the engine elsewhere, as `cocoon doctor` words it.
+fn set_elsewhere(name: &str) -> String {
+    match crate::config::key(name) {
+        Some(key) => match key.flag {
+            Some(flag) => format!("set {name} ({flag} or {}) to another directory", key.env),
+            None => format!(
+                "set {name} in the config file (or {}) to another directory",
+                key.env
+            ),
+        },
+        None => format!("set {name} to another directory"),
+    }
+}
+
+/// Refuses a state directory someone else could have planted: one that is
+/// a symbolic link, not a directory, owned by another user, or writable by
+/// group or others without the sticky bit. Checked on the directory's own
+/// descriptor (opened `O_DIRECTORY | O_NOFOLLOW`, then `fstat`), never on a
+/// path looked up twice.
+fn check_state_dir(name: &'static str, path: &Path) -> Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let shown = path.display();
+    let refuse = |why: String, fix: String| {
+        Error::Invalid(format!("refusing to use {name} {shown}: {why}; {fix}"))
+    };
+    let fd = match rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR => {
+            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            let why = if link {
+                "it is a symbolic link".to_string()
+            } else {
+                "it is not a directory".to_string()
+            };
+            let fix = if link {
+                format!(
+                    "set {name} to the directory it points to, or {}",
+                    set_elsewhere(name)
+                )
+            } else {
+                format!("remove {shown}, or {}", set_elsewhere(name))
+            };
+            return Err(refuse(why, fix));
+        }
+        Err(e) => {
+            return Err(Error::io(
+                format!("cannot open {name} {shown}"),
+                std::io::Error::from(e),
+            ));
+        }
+    };
+    let stat = rustix::fs::fstat(&fd)
+        .map_err(|e| Error::io(format!("cannot inspect {name} {shown}"), e.into()))?;
+    let euid = rustix::process::geteuid().as_raw();
+    if stat.st_uid != euid {
+        return Err(refuse(
+            format!(
+                "it is owned by uid {}, not by this user (uid {euid}), so another user could have planted files in it",
+                stat.st_uid
+            ),
+            format!(
+                "if {shown} is really cocoon's, `chown {euid} {shown}`; otherwise {}",
+                set_elsewhere(name)
+            ),
+        ));
+    }
+    let mode = stat.st_mode & 0o7777;
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(refuse(
+            format!(
+                "it is writable by other users (mode {mode:04o}) without the sticky bit, so anyone could plant files in it"
+            ),
+            format!(
+                "`chmod go-w {shown}` if it is cocoon's own directory; otherwise {}",
+                set_elsewhere(name)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The missing directories among `path` and its ancestors, outermost first.
+fn missing_dirs(path: &Path) -> Vec<PathBuf> {
+    let mut missing: Vec<PathBuf> = path
+        .ancestors()
+        .take_while(|dir| {
+            !dir.as_os_str().is_empty()
+                && std::fs::symlink_metadata(dir)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        })
+        .map(Path::to_path_buf)
+        .collect();
+    missing.reverse();
+    missing
+}
+
+/// `root_dir` checked if it exists, else created 0750 with the parents it
+/// needs, each of which is then checked too (nobody swapped one in between);
+/// `run_dir` and `log_dir`, created when first used, are checked if they exist.
+fn prepare_state_dirs(config: &Config) -> Result<()> {
+    let created = missing_dirs(&config.root_dir);
+    if !created.is_empty() {
         create_private_dir(&config.root_dir).map_err(|e| {
             Error::io(
                 format!("cannot create root directory {}", config.root_dir.display()),
                 e,
             )
         })?;
+    }
+    for dir in &created {
+        check_state_dir("root_dir", dir)?;
+    }
+    if created.is_empty() {
+        check_state_dir("root_dir", &config.root_dir)?;
+    }
+    for (name, dir) in [("run_dir", &config.run_dir), ("log_dir", &config.log_dir)] {
+        if std::fs::symlink_metadata(dir).is_ok() {
+            check_state_dir(name, dir)?;
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Creates the root directory if needed (refusing state directories
+    /// another user could have planted) and opens (migrating) the state database.
+    pub fn open(config: Config) -> Result<Engine> {
+        prepare_state_dirs(&config)?;
         let store = Store::open(&config.db_path())?;
         Ok(Engine {
             config,
@@ -97,7 +220,7 @@ impl Engine {
     ) -> Result<PullOutcome> {
         let parsed = oci::parse_reference(reference)?;
         let name = parsed.whole();
-        let options = RegistryOptions::from_env(self.config.insecure_registries.clone());
+        let options = RegistryOptions::from_config(&self.config);
         let dirs = ImageDirs::new(&self.config.root_dir);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

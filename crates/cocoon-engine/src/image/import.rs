@@ -49,6 +49,9 @@ pub enum ImportError {
     },
     #[error(transparent)]
     Cloud(#[from] CloudError),
+    /// Free space ran out (or would have).
+    #[error(transparent)]
+    Limit(#[from] super::limits::LimitError),
     #[error("{source_name}: {source}")]
     Layer {
         source_name: String,
@@ -319,21 +322,36 @@ pub fn import_layer(
             source,
         }
     };
+    // Free space: the first step's worth before anything is written, then
+    // checked again as the layer unpacks (see `limits::Bounded`). A local
+    // file is the user's own: no size limit beyond the space it needs.
+    let what = format!("importing {source_name}");
+    super::limits::require_space(&dirs.root, &what, super::limits::SPACE_STEP)?;
     let tree = staging.join("tree");
     std::fs::create_dir_all(&tree).map_err(io_err("cannot create", &tree))?;
     let result = (|| {
+        let bounded = super::limits::Bounded::new(reader, u64::MAX - 1, &dirs.root, &what);
+        let failure = bounded.failure();
         let mut hashing = Hashing {
-            inner: reader,
+            inner: bounded,
             hasher: Sha256::new(),
         };
-        let unpacked = layer::unpack(&mut hashing, &tree).map_err(|source| ImportError::Layer {
-            source_name: source_name.to_string(),
-            source,
+        let limit_or = |e: ImportError| match super::limits::take_failure(&failure) {
+            Some(limit) => ImportError::Limit(limit),
+            None => e,
+        };
+        let unpacked = layer::unpack(&mut hashing, &tree).map_err(|source| {
+            limit_or(ImportError::Layer {
+                source_name: source_name.to_string(),
+                source,
+            })
         })?;
         // Hash the tar's trailing padding too, as a file digest would.
-        io::copy(&mut hashing, &mut io::sink()).map_err(|source| ImportError::Read {
-            source_name: source_name.to_string(),
-            source,
+        io::copy(&mut hashing, &mut io::sink()).map_err(|source| {
+            limit_or(ImportError::Read {
+                source_name: source_name.to_string(),
+                source,
+            })
         })?;
         crate::failpoint::hit_io("image.import.unpacked").map_err(|source| ImportError::Read {
             source_name: source_name.to_string(),

@@ -6,6 +6,7 @@ pub mod commit;
 pub mod erofs;
 pub mod import;
 pub mod layer;
+pub mod limits;
 pub mod oci;
 pub mod store;
 pub mod vmlinux;

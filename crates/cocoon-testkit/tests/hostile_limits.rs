@@ -1,0 +1,712 @@
+//! Hostile input, bounded: a registry that stalls (before the manifest, or
+//! mid-blob), a 5 MiB manifest, blobs longer and shorter than their
+//! descriptors, a gzip bomb layer, and an `image import` that runs out of
+//! space. Each runs the real CLI and asserts the exact error, that a
+//! sentinel tree beside `root_dir` is unchanged, that no work directory or
+//! partial blob is left, and that the layer lock is free: pulling the same
+//! layer again, served honestly, succeeds promptly.
+//!
+//! The fake registry is a few lines of raw HTTP/1.1 over a `TcpListener`,
+//! so that it can stop mid-response, lie about lengths and never answer.
+
+mod hostile_support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::registry::layers::LayerBuilder;
+use hostile_support::{assert_unchanged, plant, snapshot};
+use sha2::Digest as _;
+
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    /// Accepts, reads the manifest request, never answers.
+    Hang,
+    /// A 5 MiB manifest.
+    BigManifest,
+    /// Sends half of each blob, then nothing.
+    Stall,
+    /// Each blob with 100 bytes more, chunked (no length announced).
+    Long,
+    /// Each blob 100 bytes short, with that length announced.
+    Short,
+    Honest,
+}
+
+struct Image {
+    manifest: Vec<u8>,
+    blobs: HashMap<String, Vec<u8>>,
+}
+
+#[derive(Clone)]
+struct Fake {
+    images: Arc<HashMap<String, Image>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+}
+
+fn sha256(data: &[u8]) -> String {
+    let hex: String = sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+fn image(layers: Vec<(Vec<u8>, &str)>) -> Image {
+    let config = b"{}".to_vec();
+    let mut blobs = HashMap::new();
+    blobs.insert(sha256(&config), config.clone());
+    let descriptors: Vec<_> = layers
+        .iter()
+        .map(|(data, media_type)| {
+            serde_json::json!({
+                "mediaType": media_type,
+                "digest": sha256(data),
+                "size": data.len(),
+            })
+        })
+        .collect();
+    for (data, _) in layers {
+        blobs.insert(sha256(&data), data);
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256(&config),
+            "size": config.len(),
+        },
+        "layers": descriptors,
+    }))
+    .unwrap();
+    Image { manifest, blobs }
+}
+
+/// A VM layer of about 1 MiB, different for each `tag`.
+fn vm_layer(tag: &str) -> Vec<u8> {
+    let mut kernel = format!("kernel {tag}\n").into_bytes();
+    let mut state = 0x9e3779b97f4a7c15u64 ^ tag.len() as u64;
+    while kernel.len() < 1 << 20 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        kernel.push(state as u8);
+    }
+    LayerBuilder::new()
+        .file("boot/vmlinuz-6.1", &kernel)
+        .file("boot/initrd.img-6.1", tag.as_bytes())
+        .build()
+}
+
+const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const TAR_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// 64 MiB of zeros in one file, gzipped: about 64 KiB.
+fn gzip_bomb() -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(64 << 20);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, "zeros", std::io::repeat(0).take(64 << 20))
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&tar).unwrap();
+    gz.finish().unwrap()
+}
+
+fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) {
+    let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body);
+}
+
+fn hang() {
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+fn handle(fake: &Fake, mut stream: TcpStream) {
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => request.push(byte[0]),
+            _ => return,
+        }
+    }
+    let request = String::from_utf8_lossy(&request).into_owned();
+    let path = request.split(' ').nth(1).unwrap_or("").to_string();
+    let behaviour = *fake.behaviour.lock().unwrap();
+    if path == "/v2/" {
+        return respond(
+            &mut stream,
+            "200 OK",
+            &[("Content-Length", "2".into())],
+            b"{}",
+        );
+    }
+    let parts: Vec<&str> = path.trim_start_matches("/v2/").split('/').collect();
+    let [repo, kind, name] = parts[..] else {
+        return respond(
+            &mut stream,
+            "404 Not Found",
+            &[("Content-Length", "0".into())],
+            b"",
+        );
+    };
+    let Some(image) = fake.images.get(repo) else {
+        return respond(
+            &mut stream,
+            "404 Not Found",
+            &[("Content-Length", "0".into())],
+            b"",
+        );
+    };
+    match kind {
+        "manifests" => {
+            let body = match behaviour {
+                Behaviour::Hang => return hang(),
+                Behaviour::BigManifest => {
+                    let mut body = image.manifest.clone();
+                    body.resize(5 << 20, b' ');
+                    body
+                }
+                _ => image.manifest.clone(),
+            };
+            respond(
+                &mut stream,
+                "200 OK",
+                &[
+                    ("Content-Type", MANIFEST_TYPE.into()),
+                    ("Docker-Content-Digest", sha256(&body)),
+                    ("Content-Length", body.len().to_string()),
+                ],
+                &body,
+            );
+        }
+        "blobs" => {
+            let Some(blob) = image.blobs.get(name) else {
+                return respond(
+                    &mut stream,
+                    "404 Not Found",
+                    &[("Content-Length", "0".into())],
+                    b"",
+                );
+            };
+            let is_config = blob.len() < 100;
+            match behaviour {
+                Behaviour::Stall if !is_config => {
+                    respond(
+                        &mut stream,
+                        "200 OK",
+                        &[("Content-Length", blob.len().to_string())],
+                        &blob[..blob.len() / 2],
+                    );
+                    let _ = stream.flush();
+                    hang();
+                }
+                Behaviour::Long if !is_config => {
+                    let mut body = blob.clone();
+                    body.extend_from_slice(&[0u8; 100]);
+                    let mut chunked = Vec::new();
+                    for chunk in body.chunks(64 << 10) {
+                        chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                        chunked.extend_from_slice(chunk);
+                        chunked.extend_from_slice(b"\r\n");
+                    }
+                    chunked.extend_from_slice(b"0\r\n\r\n");
+                    respond(
+                        &mut stream,
+                        "200 OK",
+                        &[("Transfer-Encoding", "chunked".into())],
+                        &chunked,
+                    );
+                }
+                Behaviour::Short if !is_config => {
+                    let body = &blob[..blob.len() - 100];
+                    respond(
+                        &mut stream,
+                        "200 OK",
+                        &[("Content-Length", body.len().to_string())],
+                        body,
+                    );
+                }
+                _ => respond(
+                    &mut stream,
+                    "200 OK",
+                    &[("Content-Length", blob.len().to_string())],
+                    blob,
+                ),
+            }
+        }
+        _ => respond(
+            &mut stream,
+            "404 Not Found",
+            &[("Content-Length", "0".into())],
+            b"",
+        ),
+    }
+}
+
+/// Serves `evil` (one VM layer), `good` (another) and `bomb` (a VM layer
+/// and a gzip bomb) on 127.0.0.1; returns the port and the behaviour switch.
+fn serve(behaviour: Behaviour) -> (u16, Arc<Mutex<Behaviour>>, String) {
+    let evil_layer = vm_layer("evil");
+    let evil_digest = sha256(&evil_layer);
+    let mut images = HashMap::new();
+    images.insert("evil".to_string(), image(vec![(evil_layer, TAR)]));
+    images.insert("good".to_string(), image(vec![(vm_layer("good!"), TAR)]));
+    images.insert(
+        "bomb".to_string(),
+        image(vec![(vm_layer("bomb"), TAR), (gzip_bomb(), TAR_GZ)]),
+    );
+    let fake = Fake {
+        images: Arc::new(images),
+        behaviour: Arc::new(Mutex::new(behaviour)),
+    };
+    let switch = fake.behaviour.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let fake = fake.clone();
+            std::thread::spawn(move || handle(&fake, stream));
+        }
+    });
+    (port, switch, evil_digest)
+}
+
+/// A fresh environment with a sentinel tree beside `root_dir`.
+struct Setup {
+    env: CocoonEnv,
+    beside: PathBuf,
+    skip: Vec<PathBuf>,
+    before: std::collections::BTreeMap<PathBuf, hostile_support::Seen>,
+}
+
+fn setup() -> Setup {
+    let env = CocoonEnv::new(cocoon_testkit::cocoon_bin());
+    let beside = env.path().to_path_buf();
+    plant(&beside);
+    let skip = vec![env.root_dir(), env.log_dir()];
+    let before = snapshot(&beside, &skip);
+    Setup {
+        env,
+        beside,
+        skip,
+        before,
+    }
+}
+
+impl Setup {
+    /// Runs `cocoon image pull` with a 2 s read timeout; returns success,
+    /// stderr and how long it took.
+    fn pull(&self, reference: &str, extra_env: &[(&str, &str)]) -> (bool, String, Duration) {
+        let started = Instant::now();
+        let mut cmd = self.env.cmd();
+        cmd.env("COCOON_REGISTRY_READ_TIMEOUT_SECONDS", "2")
+            .env("COCOON_REGISTRY_CONNECT_TIMEOUT_SECONDS", "2")
+            .args(["image", "pull", reference])
+            .timeout(Duration::from_secs(120));
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            started.elapsed(),
+        )
+    }
+
+    /// Nothing outside the engine's directories changed, and nothing of a
+    /// failed layer is left inside them.
+    fn assert_clean(&self) {
+        let after = snapshot(&self.beside, &self.skip);
+        assert_unchanged(&self.before, &after);
+        for sub in ["images/tmp", "images/blobs"] {
+            let left: Vec<_> = std::fs::read_dir(self.env.root_dir().join(sub))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{sub}: left behind: {left:?}");
+        }
+    }
+
+    /// The same reference, served honestly now, pulls promptly: the layer
+    /// lock was released and nothing stale is in the way.
+    fn assert_pull_succeeds(&self, switch: &Mutex<Behaviour>, reference: &str) {
+        *switch.lock().unwrap() = Behaviour::Honest;
+        let (ok, stderr, took) = self.pull(reference, &[]);
+        assert!(ok, "{stderr}");
+        assert!(took < Duration::from_secs(20), "took {took:?}");
+    }
+}
+
+#[test]
+fn a_registry_that_never_answers_the_manifest_fails_within_the_timeout() {
+    let s = setup();
+    let (port, switch, _) = serve(Behaviour::Hang);
+    let reference = format!("127.0.0.1:{port}/evil:latest");
+    let (ok, stderr, took) = s.pull(&reference, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "cannot pull {reference}: the registry sent nothing for 2 s while fetching the manifest (registry_read_timeout_seconds)"
+        )),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    s.assert_clean();
+    s.assert_pull_succeeds(&switch, &reference);
+}
+
+#[test]
+fn a_blob_that_stalls_midway_fails_within_the_timeout_and_frees_its_lock() {
+    let s = setup();
+    let (port, switch, digest) = serve(Behaviour::Stall);
+    let reference = format!("127.0.0.1:{port}/evil:latest");
+    let (ok, stderr, took) = s.pull(&reference, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "cannot pull {reference}: the registry sent nothing for 2 s while downloading layer {digest} (registry_read_timeout_seconds)"
+        )),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    s.assert_clean();
+    s.assert_pull_succeeds(&switch, &reference);
+}
+
+#[test]
+fn a_manifest_over_4_mib_is_refused() {
+    let s = setup();
+    let (port, switch, _) = serve(Behaviour::BigManifest);
+    let reference = format!("127.0.0.1:{port}/evil:latest");
+    let (ok, stderr, _) = s.pull(&reference, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "cannot pull {reference}: the manifest is larger than 4.0 MiB (refused)"
+        )),
+        "{stderr}"
+    );
+    s.assert_clean();
+    s.assert_pull_succeeds(&switch, &reference);
+}
+
+#[test]
+fn a_blob_longer_than_its_descriptor_is_refused() {
+    let s = setup();
+    let (port, switch, digest) = serve(Behaviour::Long);
+    let reference = format!("127.0.0.1:{port}/evil:latest");
+    let size = vm_layer("evil").len();
+    let (ok, stderr, _) = s.pull(&reference, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "cannot pull {reference}: layer {digest}: the registry sent more than {size} bytes, its descriptor says {size}"
+        )),
+        "{stderr}"
+    );
+    s.assert_clean();
+    s.assert_pull_succeeds(&switch, &reference);
+}
+
+#[test]
+fn a_blob_shorter_than_its_descriptor_is_refused() {
+    let s = setup();
+    let (port, switch, digest) = serve(Behaviour::Short);
+    let reference = format!("127.0.0.1:{port}/evil:latest");
+    let size = vm_layer("evil").len();
+    let (ok, stderr, _) = s.pull(&reference, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "cannot pull {reference}: layer {digest}: the registry sent {} bytes, its descriptor says {size}",
+            size - 100
+        )),
+        "{stderr}"
+    );
+    s.assert_clean();
+    s.assert_pull_succeeds(&switch, &reference);
+}
+
+#[test]
+fn a_gzip_bomb_layer_stops_at_max_layer_bytes() {
+    let s = setup();
+    let (port, _switch, _) = serve(Behaviour::Honest);
+    let reference = format!("127.0.0.1:{port}/bomb:latest");
+    let bomb = sha256(&gzip_bomb());
+    let started = Instant::now();
+    let (ok, stderr, _) = s.pull(&reference, &[("COCOON_MAX_LAYER_BYTES", "16777216")]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "cannot pull {reference}: layer {bomb} is larger than 16.0 MiB uncompressed (max_layer_bytes = 16777216)"
+        )),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The bomb's work area is gone; the honest layer beside it may stay
+    // (complete, content-addressed), nothing else.
+    let after = snapshot(&s.beside, &s.skip);
+    assert_unchanged(&s.before, &after);
+    let tmp: Vec<_> = std::fs::read_dir(s.env.root_dir().join("images/tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+    let bomb_hex = bomb.trim_start_matches("sha256:");
+    assert!(
+        !s.env
+            .root_dir()
+            .join(format!("images/blobs/{bomb_hex}.erofs"))
+            .exists()
+    );
+    // Under the default limit, another image pulls.
+    let (ok, stderr, _) = s.pull(&format!("127.0.0.1:{port}/good:latest"), &[]);
+    assert!(ok, "{stderr}");
+}
+
+/// `image import` in a root on a 6 MiB tmpfs (a private mount namespace, so
+/// nothing is mounted for anyone else) of a 16 MiB layer: refused once the
+/// unpacked part leaves no room for its EROFS copy, nothing left; a small
+/// import afterwards succeeds.
+#[test]
+fn image_import_without_enough_free_space_is_refused() {
+    let s = setup();
+    let root = s.env.root_dir();
+    std::fs::create_dir(&root).unwrap();
+    let sources = tempfile::tempdir().unwrap();
+    let big = sources.path().join("big.tar");
+    let mut data = Vec::with_capacity(16 << 20);
+    let mut state = 0x2545f4914f6cdd1du64;
+    while data.len() < 16 << 20 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    std::fs::write(
+        &big,
+        LayerBuilder::new()
+            .file("boot/vmlinuz-6.1", &data)
+            .file("boot/initrd.img-6.1", b"i")
+            .build(),
+    )
+    .unwrap();
+    let small = sources.path().join("small.tar");
+    std::fs::write(&small, vm_layer("small")).unwrap();
+    let script = r#"
+        mount -t tmpfs -o size=6m,mode=0700 cocoon-test "$ROOT" || exit 99
+        "$COCOON" image import big "$BIG"; echo "big=$?"
+        echo "tmp=$(ls -A "$ROOT/images/tmp")"
+        echo "blobs=$(ls -A "$ROOT/images/blobs")"
+        "$COCOON" image import small "$SMALL"; echo "small=$?"
+    "#;
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", script]);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("COCOON_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd
+        .env("ROOT", &root)
+        .env("BIG", &big)
+        .env("SMALL", &small)
+        .env("COCOON", cocoon_testkit::cocoon_bin())
+        .env("COCOON_ROOT_DIR", &root)
+        .env("COCOON_LOG_DIR", s.env.log_dir())
+        .env("COCOON_CNI_CONF_DIR", s.env.path().join("cni"))
+        .env("COCOON_CONFIG", s.env.config_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(99) || stdout.is_empty() {
+        return cocoon_testkit::skip(
+            "image_import_without_enough_free_space_is_refused",
+            &format!("cannot mount a tmpfs in a private mount namespace: {stderr}"),
+        );
+    }
+    assert!(stdout.contains("big=1\n"), "{stdout}\n{stderr}");
+    let expected = format!(
+        "not enough free space in {}: importing {} (",
+        root.join("images").display(),
+        big.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(
+        stderr.contains(" unpacked so far) needs ")
+            && stderr.contains(" free (free some space or move root_dir)"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("tmp=\n") && stdout.contains("blobs=\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("small=0\n"), "{stdout}\n{stderr}");
+    // The tmpfs went with the namespace; the directory under it was never written.
+    let after = snapshot(&s.beside, &s.skip);
+    assert_unchanged(&s.before, &after);
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+}
+
+/// Runs `cocoon image list` with `root_dir` prepared by `plant_root`;
+/// returns success and stderr. The sentinel tree beside it is unchanged.
+fn with_root(plant_root: impl FnOnce(&Path)) -> (bool, String, CocoonEnv) {
+    let s = setup();
+    let root = s.env.root_dir();
+    plant_root(&root);
+    let out = s.env.cmd().args(["image", "list"]).output().unwrap();
+    let after = snapshot(&s.beside, &s.skip);
+    assert_unchanged(&s.before, &after);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        s.env,
+    )
+}
+
+fn entries(dir: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect()
+}
+
+#[test]
+fn a_root_dir_owned_by_another_user_is_refused() {
+    let (ok, stderr, env) = with_root(|root| {
+        std::fs::create_dir(root).unwrap();
+        std::os::unix::fs::chown(root, Some(65534), Some(65534)).unwrap();
+    });
+    let root = env.root_dir();
+    let r = root.display();
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "refusing to use root_dir {r}: it is owned by uid 65534, not by this user (uid 0), so another user could have planted files in it; if {r} is really cocoon's, `chown 0 {r}`; otherwise set root_dir (--root-dir or COCOON_ROOT_DIR) to another directory"
+        )),
+        "{stderr}"
+    );
+    assert!(entries(&root).is_empty(), "{:?}", entries(&root));
+}
+
+#[test]
+fn a_world_writable_root_dir_is_refused_a_sticky_one_is_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let (ok, stderr, env) = with_root(|root| {
+        std::fs::create_dir(root).unwrap();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    });
+    let root = env.root_dir();
+    let r = root.display();
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "refusing to use root_dir {r}: it is writable by other users (mode 0777) without the sticky bit, so anyone could plant files in it; `chmod go-w {r}` if it is cocoon's own directory; otherwise set root_dir (--root-dir or COCOON_ROOT_DIR) to another directory"
+        )),
+        "{stderr}"
+    );
+    assert!(entries(&root).is_empty(), "{:?}", entries(&root));
+
+    // Group-writable is refused the same way; with the sticky bit, accepted.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let out = env.cmd().args(["image", "list"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(mode 0770) without the sticky bit"));
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = env.cmd().args(["image", "list"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_symlinked_or_planted_log_dir_is_refused() {
+    let (ok, stderr, env) = with_root(|root| {
+        // The target is log_dir, which the sentinel comparison skips.
+        let real = root.with_file_name("log");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, root).unwrap();
+    });
+    let r = env.root_dir();
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "refusing to use root_dir {}: it is a symbolic link; set root_dir to the directory it points to, or set root_dir (--root-dir or COCOON_ROOT_DIR) to another directory",
+            r.display()
+        )),
+        "{stderr}"
+    );
+    assert!(entries(&r.with_file_name("log")).is_empty());
+
+    // An existing log_dir owned by someone else.
+    let env = CocoonEnv::new(cocoon_testkit::cocoon_bin());
+    let log = env.log_dir();
+    std::fs::create_dir(&log).unwrap();
+    std::os::unix::fs::chown(&log, Some(65534), None).unwrap();
+    let out = env.cmd().args(["image", "list"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "refusing to use log_dir {}: it is owned by uid 65534",
+            log.display()
+        )),
+        "{stderr}"
+    );
+    assert!(entries(&log).is_empty());
+}
+
+/// Missing parents are created (0750, ours) and the command works.
+#[test]
+fn a_missing_root_dir_is_created_with_its_parents() {
+    use std::os::unix::fs::MetadataExt;
+    let env = CocoonEnv::new(cocoon_testkit::cocoon_bin());
+    let root = env.path().join("a/b/root");
+    let out = env
+        .cmd()
+        .env("COCOON_ROOT_DIR", &root)
+        .args(["image", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for dir in [env.path().join("a"), env.path().join("a/b"), root] {
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert_eq!(
+            meta.mode() & 0o7777 & !0o022,
+            meta.mode() & 0o7777,
+            "{}",
+            dir.display()
+        );
+        assert_eq!(meta.uid(), 0);
+    }
+}
