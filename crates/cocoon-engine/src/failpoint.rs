@@ -53,6 +53,7 @@ pub const ALL: &[&str] = &[
     "snapshot.save.captured",
     "vm.clone.files",
     "vm.restore.killed",
+    "vm.restore.swapped",
     "image.pull.layers",
     "image.pull.recorded",
     "image.pull.fetched",

@@ -92,7 +92,48 @@ fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
         .unwrap_or_default()
 }
 
+/// Whether the `tmp/` entry `name` belongs to an operation in flight: a
+/// layer work area (`<hex>`, `<hex>.<suffix>`) while its digest's lock is
+/// held; a command's own work file or tree (`import-<pid>-<id>`,
+/// `stage-<pid>-<id>.img`, `convert-...`, `pull-<key>.partial`) while the
+/// process that made it lives: those are what it holds (its intent names
+/// the same pid), not a digest lock, so gc never takes a running import's
+/// tree. A dead owner's files are the reconciler's (`remove_work_of`).
+fn work_area_held(dirs: &ImageDirs, name: &str) -> bool {
+    let first = name.split(['.', '-']).next().unwrap_or_default();
+    if let Ok(digest) = crate::digest::Digest::from_hex(first) {
+        return locked(&dirs.lock(&digest));
+    }
+    name.split('-')
+        .nth(1)
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .filter(|pid| *pid > 0)
+        .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists())
+}
+
 impl Engine {
+    /// Hex digests of the image blobs the recorded VMs' disks use: layer
+    /// blobs by their file name, a cloud image VM's base by its image.
+    fn blobs_used_by_vms(&mut self) -> Result<HashSet<String>> {
+        let mut used = HashSet::new();
+        for vm in self.store().list_vms()? {
+            if vm.config.image_type == crate::model::ImageType::Cloudimg {
+                used.insert(crate::image::store::hex(&vm.config.image_digest).to_string());
+            }
+            for disk in &vm.storage_configs {
+                if let Some(hex) = disk
+                    .path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".erofs"))
+                {
+                    used.insert(hex.to_string());
+                }
+            }
+        }
+        Ok(used)
+    }
+
     /// Whether a layer is pinned, or may be about to be (an image pull or
     /// import is in flight): a fresh query, made under the digest's lock.
     fn blob_wanted(&mut self, hex: &str) -> Result<bool> {
@@ -160,10 +201,13 @@ impl Engine {
 
         // Blobs and boot files of layers nothing pins.
         let dirs = ImageDirs::new(&config.root_dir);
-        let pinned_hex: HashSet<String> = referenced
+        let mut pinned_hex: HashSet<String> = referenced
             .iter()
             .map(|d| crate::image::store::hex(d).to_string())
             .collect();
+        // And whatever a VM's disks use, whatever its pins say (a clone
+        // made before clones pinned their own disks' blobs).
+        pinned_hex.extend(self.blobs_used_by_vms()?);
         // Candidates: unpinned in the view above, past the grace period (a
         // blob a pull renamed into place a moment ago is recorded next).
         let mut candidates: Vec<(&'static str, String, PathBuf)> = Vec::new();
@@ -203,8 +247,7 @@ impl Engine {
             let resumable = name.starts_with("pull-")
                 && (name.ends_with(".partial") || name.ends_with(".json"));
             let grace = if resumable { PARTIAL_GRACE } else { TEMP_GRACE };
-            let hex = name.split(['.', '-']).next().unwrap_or_default();
-            let held = crate::digest::Digest::from_hex(hex).is_ok_and(|d| locked(&dirs.lock(&d)));
+            let held = work_area_held(&dirs, &name);
             if older_than(&path, grace) && !held {
                 remove("temp", &path, &mut removed);
             }

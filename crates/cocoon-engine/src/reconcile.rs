@@ -133,6 +133,16 @@ impl Engine {
                     return Ok("the VM is running; kept".into());
                 }
                 self.settle_without_vmm(&vm, VmState::Error, "error")?;
+                if intent.op == "vm.restore" {
+                    // Disks: all old or all new, never a mix. Before the
+                    // restore committed, the old ones come back.
+                    if intent.step == "committing" {
+                        crate::vm::finish_disk_swap(&vm.storage_configs);
+                    } else {
+                        crate::vm::roll_back_disk_swap(&vm.storage_configs);
+                        return Ok("killed the half-started VMM and put the VM's old disks back; the VM is marked error (start it again)".into());
+                    }
+                }
                 Ok("killed the half-started VMM; the VM is marked error (start it again)".into())
             }
             "vm.stop" => {

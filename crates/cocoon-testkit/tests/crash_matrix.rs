@@ -374,6 +374,7 @@ fn restore() {
         args: &args(&["vm", "restore", "m", "s"]),
         failpoints: &[
             "vm.restore.killed",
+            "vm.restore.swapped",
             "vm.launch.recorded",
             "vm.launch.booted",
         ],

@@ -7,5 +7,6 @@ pub mod archive;
 pub mod copy;
 pub mod manifest;
 pub mod transfer;
+pub mod trust;
 
 pub use manifest::{MANIFEST, Manifest};

@@ -78,15 +78,24 @@ impl Engine {
                 serde_json::from_value::<Manifest>(imported.manifest)
                     .map_err(|e| invalid(e.to_string()))?
             };
-            self.check_imported(&manifest)?;
+            if let Some(name) = name {
+                manifest.snapshot.name = name.to_string();
+            }
+            // Re-derived, not trusted: what it names is checked against what
+            // this engine would have written, and its pins are the blobs its
+            // disks use, not the archive's list.
+            let checked =
+                super::trust::check(&manifest, &staging, &self.trust_facts()).map_err(invalid)?;
             let snapshot = &mut manifest.snapshot;
             snapshot.id = id.clone();
             snapshot.vm_id = None;
             snapshot.pending = false;
             snapshot.data_dir = final_dir.clone();
-            if let Some(name) = name {
-                snapshot.name = name.to_string();
-            }
+            snapshot.image_blob_ids = checked
+                .blobs
+                .iter()
+                .map(|d| (d.to_string(), crate::model::Empty {}))
+                .collect();
             if let Some(description) = description {
                 snapshot.description = description.to_string();
             }
@@ -114,48 +123,6 @@ impl Engine {
         intent.finish(self.store())?;
         result
     }
-
-    /// An archive comes from elsewhere: its paths must stay inside this
-    /// engine's directories (they are opened, bind-mounted and copied over).
-    fn check_imported(&self, manifest: &Manifest) -> Result<()> {
-        let config = self.config();
-        for disk in &manifest.storage {
-            let allowed = if disk.ro {
-                disk.path.starts_with(&config.root_dir)
-            } else {
-                disk.path.starts_with(&config.run_dir) || disk.path.starts_with(&config.root_dir)
-            };
-            if !allowed || has_dot_dot(&disk.path) {
-                return Err(invalid(format!(
-                    "disk path {} is outside this engine's directories",
-                    disk.path.display()
-                )));
-            }
-            if !disk.ro {
-                let file = manifest::file_of(disk).unwrap_or_default();
-                if !manifest.files.contains_key(&file) {
-                    return Err(invalid(format!("no copy of disk {}", disk.path.display())));
-                }
-            }
-        }
-        for path in [&manifest.boot.kernel_path, &manifest.boot.initrd_path]
-            .into_iter()
-            .flatten()
-        {
-            if !path.starts_with(&config.root_dir) || has_dot_dot(path) {
-                return Err(invalid(format!(
-                    "boot file {} is outside this engine's root directory",
-                    path.display()
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn has_dot_dot(path: &Path) -> bool {
-    path.components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
 }
 
 /// An archive written by cocoon (Go): `snapshot.json` holds the record, its

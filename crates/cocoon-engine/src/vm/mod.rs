@@ -14,12 +14,13 @@ pub mod launch;
 mod lifecycle;
 mod naming;
 pub mod overlay;
-mod restore;
+pub(crate) mod restore;
 mod snapshot;
 
 pub use lifecycle::{BatchOutcome, CreateVm, DebugPlan, RELAY_SUBCOMMAND, StopOptions};
 pub use naming::default_vm_name;
 pub use snapshot::{CloneRequest, RestoreMode, RestoreRequest, SaveOutcome, load_manifest};
+pub(crate) use snapshot::{finish_disk_swap, roll_back_disk_swap};
 
 use crate::image::vmlinux::VmlinuxError;
 use crate::supervise::SuperviseError;

@@ -13,9 +13,11 @@ use vmm_api::fc::models::{MemoryBackend, MemoryBackendType, NetworkOverride, Sna
 use crate::model::Vm;
 
 /// Rewrites a CH snapshot's `config.json` for `vm`: its disk paths and I/O
-/// settings, consoles, CPUs and memory. Everything else CH saved (device
-/// ids, topology, platform, fields this engine does not know) is kept;
-/// `num_queues` is never changed (CH cannot restore a different count).
+/// settings, consoles, boot files, entropy source, CPUs and memory. What
+/// else CH saved (device ids, topology, platform) is kept once
+/// `snapshot::trust::check_ch_config` found nothing in it that attaches a
+/// host file; `num_queues` is never changed (CH cannot restore a different
+/// count).
 pub fn patch_ch_config(config: &mut Value, vm: &Vm) -> Result<(), String> {
     let disks = config["disks"].as_array_mut().map_or(0, |d| d.len());
     if disks != vm.storage_configs.len() {
@@ -59,6 +61,33 @@ pub fn patch_ch_config(config: &mut Value, vm: &Vm) -> Result<(), String> {
         config["cpus"]["max_vcpus"] = json!(c.cpu);
     }
     config["memory"]["size"] = json!(c.memory);
+    // Boot files from the VM's own (checked) record, never the snapshot's
+    // (CH does not reload them on restore, but keeps them as its config).
+    if config["payload"].is_object() {
+        let boot = vm.boot_config.clone().unwrap_or_default();
+        let payload = config["payload"].as_object_mut().expect("object");
+        for (key, path) in [
+            ("kernel", boot.kernel_path),
+            ("initramfs", boot.initrd_path),
+            ("firmware", boot.firmware_path),
+        ] {
+            match path {
+                Some(path) => {
+                    payload.insert(key.into(), json!(path));
+                }
+                None => {
+                    payload.remove(key);
+                }
+            }
+        }
+    }
+    // The entropy source is the engine's, as on its command line.
+    if config["rng"].is_object() {
+        config["rng"]["src"] = json!("/dev/urandom");
+    }
+    if config["debug_console"].is_object() {
+        set_mode(&mut config["debug_console"], "Off");
+    }
     let object = config
         .as_object_mut()
         .ok_or("config.json is not an object")?;

@@ -24,9 +24,11 @@ use crate::model::{Hypervisor, Snapshot, StorageRole, Vm, VmState};
 use crate::net::{self, NetContext, NetRequest};
 use crate::snapshot::copy::copy_file;
 use crate::snapshot::manifest::{self, MANIFEST, Manifest};
+use crate::snapshot::trust;
 use crate::store::ObjectKind;
 use crate::supervise;
 use crate::vmm::{PauseError, VmmApi};
+use std::os::unix::fs::OpenOptionsExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotOpError {
@@ -337,6 +339,7 @@ impl Engine {
     pub fn clone_vm(&mut self, reference: &str, request: CloneRequest) -> Result<Vm> {
         let snapshot = self.store().resolve_snapshot(reference)?;
         let manifest = load_manifest(&snapshot, false)?;
+        let checked = self.check_snapshot(&snapshot, &manifest)?;
         let on_demand = clone_request_fits(&snapshot, &manifest, &request)?;
         let s = &manifest.source;
         let snap_nics = manifest.network.len() as u32;
@@ -373,7 +376,13 @@ impl Engine {
             paths.run_dir.clone(),
             paths.log_dir.clone(),
         );
-        vm.image_blob_ids = snapshot.image_blob_ids.clone();
+        // Pinned: the image blobs its own disks use, as checked above (not
+        // the list the snapshot record carries).
+        vm.image_blob_ids = checked
+            .blobs
+            .iter()
+            .map(|d| (d.to_string(), crate::model::Empty {}))
+            .collect();
         let intent = self.store().begin_intent(
             "vm.clone",
             ObjectKind::Vm,
@@ -505,6 +514,7 @@ impl Engine {
     ) -> Result<Option<String>> {
         let snapshot = self.store().resolve_snapshot(reference)?;
         let manifest = load_manifest(&snapshot, false)?;
+        self.check_snapshot(&snapshot, &manifest)?;
         // A clone these flags cannot make is refused before any download.
         clone_request_fits(&snapshot, &manifest, request)?;
         if self.missing_image_file(&manifest)?.is_none() {
@@ -552,6 +562,31 @@ impl Engine {
         // The pull must have brought back every file the snapshot names.
         self.check_base_files(&manifest)?;
         Ok(Some(pulled))
+    }
+
+    /// What this engine's snapshot checks compare with.
+    pub(crate) fn trust_facts(&self) -> trust::Facts {
+        let config = self.config();
+        trust::Facts {
+            root_dir: config.root_dir.clone(),
+            run_dir: config.run_dir.clone(),
+            firmware_path: config.firmware_path.clone(),
+        }
+    }
+
+    /// Checks everything the snapshot names against what this engine would
+    /// have written (`snapshot::trust`); returns the image blobs it uses.
+    pub(crate) fn check_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        manifest: &Manifest,
+    ) -> Result<trust::Checked> {
+        trust::check(manifest, &snapshot.data_dir, &self.trust_facts()).map_err(|reason| {
+            op_err(SnapshotOpError::Invalid {
+                id: snapshot.id.clone(),
+                reason,
+            })
+        })
     }
 
     /// Layers, kernel and initrd of the snapshot's image must still be here.
@@ -748,6 +783,7 @@ impl Engine {
             .into());
         }
         let manifest = load_manifest(&snapshot, true)?;
+        self.check_snapshot(&snapshot, &manifest)?;
         let s = &manifest.source;
         let over = |e: String| op_err(SnapshotOpError::Override(e));
         if manifest.network.len() != vm.network_configs.len() {
@@ -796,21 +832,35 @@ impl Engine {
             if let Some(path) = &restored_cidata {
                 self.write_cidata(&vm, path, None)?;
             }
+            // Every replacement is staged beside its disk (same filesystem)
+            // before any is swapped in; a failure from here on puts the old
+            // disks back (`roll_back_disk_swap`, here or in the reconciler).
+            let mut writable = Vec::new();
             for (disk, saved) in vm.storage_configs.iter().zip(&manifest.storage) {
                 if disk.ro {
                     continue;
                 }
                 let name = manifest::file_of(saved).unwrap_or_default();
-                let staged = disk.path.with_extension("restoring");
+                let staged = swap_name(&disk.path, NEW);
                 let _ = std::fs::remove_file(&staged);
                 copy_file(&snapshot.data_dir.join(&name), &staged)
                     .and_then(|_| {
                         if disk.role == StorageRole::Cow && vm.config.storage > s.storage {
                             grow_cow(&staged, vm.config.storage)?;
                         }
-                        std::fs::rename(&staged, &disk.path)
+                        Ok(())
                     })
-                    .map_err(|e| Error::io(format!("cannot restore disk {}", disk.path.display()), e))?;
+                    .map_err(|e| Error::io(format!("cannot stage disk {}", disk.path.display()), e))?;
+                writable.push(disk.path.clone());
+            }
+            intent.step(self.store(), "swapping", None)?;
+            for (i, path) in writable.iter().enumerate() {
+                let io = |e| Error::io(format!("cannot restore disk {}", path.display()), e);
+                std::fs::rename(path, swap_name(path, OLD)).map_err(io)?;
+                std::fs::rename(swap_name(path, NEW), path).map_err(io)?;
+                if i == 0 {
+                    crate::failpoint::hit("vm.restore.swapped")?;
+                }
             }
             let source = match vm.hypervisor {
                 Hypervisor::CloudHypervisor => {
@@ -859,11 +909,16 @@ impl Engine {
                     v.console_relay = relay;
                     v.started_at = Some(Timestamp::now());
                 })?;
+                // Past this step the reconciler rolls forward (drops the old
+                // disks) instead of back.
+                intent.step(self.store(), "committing", None)?;
+                finish_disk_swap(&vm.storage_configs);
                 intent.finish(self.store())?;
                 Ok(vm)
             }
             Err(e) => {
                 let _ = runtime.block_on(self.clear_runtime(&vm));
+                roll_back_disk_swap(&vm.storage_configs);
                 if let Some(path) = &restored_cidata {
                     let _ = std::fs::remove_file(path);
                 }
@@ -1002,21 +1057,61 @@ async fn capture(vm: &Vm, api_socket: &Path, dir: &Path) -> std::result::Result<
 }
 
 fn patch_config_file(path: &Path, vm: &Vm, snapshot: &str) -> Result<()> {
-    let text =
-        std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-    let mut config: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
-        op_err(SnapshotOpError::Damaged {
-            id: snapshot.to_string(),
-            reason: format!("bad config.json: {e}"),
-        })
-    })?;
-    super::restore::patch_ch_config(&mut config, vm).map_err(|reason| {
+    let invalid = |reason: String| {
         op_err(SnapshotOpError::Invalid {
             id: snapshot.to_string(),
             reason,
         })
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let mut config = trust::read_bounded_json(file, "config.json").map_err(|reason| {
+        op_err(SnapshotOpError::Damaged {
+            id: snapshot.to_string(),
+            reason,
+        })
     })?;
+    trust::check_ch_config(&config, &vm.storage_configs).map_err(invalid)?;
+    super::restore::patch_ch_config(&mut config, vm).map_err(invalid)?;
     write_atomic(path, &serde_json::to_vec(&config).expect("json"))
+}
+
+const NEW: &str = "restore-new";
+const OLD: &str = "restore-old";
+
+/// `<disk>.<what>`: a restore's staged copy or the disk it replaced, beside
+/// the disk so the swap is a rename.
+fn swap_name(path: &Path, what: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(what);
+    path.with_file_name(name)
+}
+
+/// Undoes a restore's disk swap: each disk whose old copy is still there
+/// gets it back, staged copies go. Idempotent: a crash during it is
+/// converged by running it again.
+pub(crate) fn roll_back_disk_swap(disks: &[crate::model::StorageConfig]) {
+    for disk in disks.iter().filter(|d| !d.ro) {
+        let old = swap_name(&disk.path, OLD);
+        if old.exists()
+            && let Err(e) = std::fs::rename(&old, &disk.path)
+        {
+            tracing::warn!("cannot put back {}: {e}", disk.path.display());
+        }
+        let _ = std::fs::remove_file(swap_name(&disk.path, NEW));
+    }
+}
+
+/// Completes a restore's disk swap: the replaced disks go.
+pub(crate) fn finish_disk_swap(disks: &[crate::model::StorageConfig]) {
+    for disk in disks.iter().filter(|d| !d.ro) {
+        let _ = std::fs::remove_file(swap_name(&disk.path, OLD));
+        let _ = std::fs::remove_file(swap_name(&disk.path, NEW));
+    }
 }
 
 /// Grows a COW disk to `size`: a raw file by length, a cloud image's qcow2

@@ -78,6 +78,21 @@ pub enum ArchiveError {
     BadPax { name: String, reason: String },
     #[error("archive entry {name:?}: {what}")]
     Unsupported { name: String, what: String },
+    #[error(
+        "manifest cocoon.json: its sha256 {actual} does not match {expected} in cocoon.json.sha256; the manifest was changed or corrupted after export"
+    )]
+    ManifestChecksum { expected: String, actual: String },
+    #[error("manifest cocoon.json: {reason}")]
+    ManifestSum { reason: String },
+    #[error(
+        "archive entry {name:?} declares {size} bytes of data, more than the {free} bytes free in {}", dest.display()
+    )]
+    NoSpace {
+        name: String,
+        size: u64,
+        free: u64,
+        dest: PathBuf,
+    },
     #[error("archive has more than {limit} entries")]
     TooManyEntries { limit: usize },
 }

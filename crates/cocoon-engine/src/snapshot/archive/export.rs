@@ -8,7 +8,8 @@ use super::progress::Progress;
 use super::sparse::{data_segments, encode_pax1_map};
 use super::writer::TarWriter;
 use super::{
-    ArchiveError, ExportOptions, MAX_DATA_SIZE, MAX_FILE_SIZE, MAX_MANIFEST_SIZE, listing,
+    ArchiveError, ExportOptions, MANIFEST_SUM, MAX_DATA_SIZE, MAX_FILE_SIZE, MAX_MANIFEST_SIZE,
+    listing,
 };
 use crate::snapshot::manifest::{FileSum, MANIFEST, TreeHasher};
 
@@ -61,8 +62,27 @@ pub fn export(
         };
         file.append(dir, name, sum)?;
     }
+    // Last: the manifest's own sum, after everything it describes.
+    let sum = manifest_sum_line(&manifest);
+    (|| {
+        let len = sum.len() as u64;
+        tar.regular(MANIFEST_SUM, MANIFEST_SUM, len, 0o600, mtime, &[])?;
+        tar.data(sum.as_bytes())?;
+        tar.pad(len)
+    })()
+    .map_err(write_error)?;
     tar.finish().map_err(write_error)?;
     encoder.finish().map_err(write_error)
+}
+
+/// `sha256sum`'s line for the manifest bytes.
+pub(super) fn manifest_sum_line(manifest: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(manifest)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{hex}  {MANIFEST}\n")
 }
 
 struct FileExport<'a, 'p, W: Write> {

@@ -10,8 +10,8 @@ use super::extract::Extractor;
 use super::progress::Progress;
 use super::reader::{Entry, Kind, TarReader};
 use super::{
-    ArchiveError, Imported, LEGACY_MANIFEST, MAX_ENTRIES, MAX_MANIFEST_SIZE, compress, layout,
-    listing, names,
+    ArchiveError, Imported, LEGACY_MANIFEST, MANIFEST_SUM, MAX_ENTRIES, MAX_MANIFEST_SIZE,
+    compress, layout, listing, names,
 };
 use crate::snapshot::manifest::{FileSum, MANIFEST, TreeHasher};
 
@@ -79,6 +79,15 @@ impl Import<'_> {
                 return Err(ArchiveError::TooManyEntries { limit: MAX_ENTRIES });
             }
             let name = checked_name(&entry)?;
+            if !legacy && name == MANIFEST_SUM {
+                check_manifest_sum(&mut tar, &entry, &raw)?;
+                if tar.next_entry()?.is_some() {
+                    return Err(ArchiveError::ManifestSum {
+                        reason: format!("{MANIFEST_SUM} is not the archive's last entry"),
+                    });
+                }
+                break;
+            }
             if name == first_name || seen.contains(&name) {
                 return Err(ArchiveError::Duplicate { name });
             }
@@ -138,6 +147,24 @@ impl Import<'_> {
                 actual: layout.real_size,
             });
         }
+        // What the entry declares must fit before a byte is written (a few
+        // compressed bytes can declare terabytes); the extractor never
+        // writes more than the declared segments.
+        let data: u64 = layout.segments.iter().map(|s| s.len).sum();
+        let free = rustix::fs::statvfs(self.dest)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .map_err(|e| ArchiveError::Dest {
+                path: self.dest.to_path_buf(),
+                source: e.into(),
+            })?;
+        if data > free {
+            return Err(ArchiveError::NoSpace {
+                name: name.into(),
+                size: data,
+                free,
+                dest: self.dest.to_path_buf(),
+            });
+        }
         let path = self.dest.join(name);
         let file = self.create(&path, name)?;
         let mut hasher = expected.map(|_| TreeHasher::default());
@@ -189,6 +216,44 @@ fn checked_name(entry: &Entry) -> Result<String, ArchiveError> {
         });
     }
     names::plain_name(&entry.name)
+}
+
+/// The trailer: `<hex>  cocoon.json`, the sha256 of the manifest bytes read.
+fn check_manifest_sum<R: Read>(
+    tar: &mut TarReader<R>,
+    entry: &Entry,
+    manifest: &[u8],
+) -> Result<(), ArchiveError> {
+    let bad = |reason: String| ArchiveError::ManifestSum { reason };
+    if entry.size > 256 || entry.gnu_sparse.is_some() {
+        return Err(bad(format!("{MANIFEST_SUM} is not a checksum line")));
+    }
+    let mut line = vec![0; entry.size as usize];
+    tar.read_data_exact(&mut line)?;
+    let line = String::from_utf8_lossy(&line);
+    let expected = line
+        .strip_suffix('\n')
+        .and_then(|l| l.strip_suffix(&format!("  {MANIFEST}")))
+        .filter(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "{MANIFEST_SUM} is not a sha256sum line for {MANIFEST}"
+            ))
+        })?;
+    let actual = super::export::manifest_sum_line(manifest);
+    let actual = &actual[..64];
+    if actual != expected {
+        return Err(ArchiveError::ManifestChecksum {
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// The manifest entry's bytes and document; it must be small and stored

@@ -43,8 +43,8 @@ pub(super) fn listed_files(doc: &Value) -> Result<BTreeMap<String, FileSum>, Arc
                 "lists {name:?}, which is not a plain file name ({reason})"
             )));
         }
-        if name == MANIFEST {
-            return Err(bad("lists itself".into()));
+        if name == MANIFEST || name == super::MANIFEST_SUM {
+            return Err(bad(format!("lists {name}, which is the archive's own")));
         }
     }
     Ok(files)

@@ -14,6 +14,11 @@
 //! files written so far are removed. Archives written by cocoon (Go) (first
 //! entry `snapshot.json`, sparse files as `COCOON.sparse.*` PAX records) are
 //! read too and returned as `legacy` for the engine to convert.
+//!
+//! The last entry, `cocoon.json.sha256`, is the manifest's own sha256
+//! (verified whenever present). Before each file is
+//! written, its declared data bytes must fit in the destination's free
+//! space, and no more than them are ever written.
 
 mod compress;
 mod error;
@@ -61,6 +66,15 @@ pub struct Imported {
     /// Written by cocoon (Go): no manifest and no checksums to verify.
     pub legacy: bool,
 }
+
+/// The last entry of an archive this engine writes: `sha256sum` output for
+/// `cocoon.json` (`<hex>  cocoon.json`), so the manifest, which carries every
+/// other file's digest, is covered by one too. Written after every file;
+/// verified on import whenever present (archives of this engine's previous
+/// format have none, and stay importable). Integrity, not authenticity: it
+/// carries no key, so whoever rewrites the manifest can rewrite it too; what
+/// the manifest says is checked on its own (`snapshot::trust`).
+pub const MANIFEST_SUM: &str = "cocoon.json.sha256";
 
 /// The first entry of an archive written by cocoon (Go).
 pub const LEGACY_MANIFEST: &str = "snapshot.json";

@@ -48,7 +48,12 @@ fn gnu_tar_lists_and_extracts_our_plain_export_sparse() {
         .lines()
         .map(str::to_owned)
         .collect();
-    assert_eq!(listed, FILES, "manifest first, then the files by name");
+    let mut expected: Vec<&str> = FILES.to_vec();
+    expected.push(crate::snapshot::archive::MANIFEST_SUM);
+    assert_eq!(
+        listed, expected,
+        "manifest first, then the files by name, then the manifest's sum"
+    );
 
     let dest = work.path().join("out");
     std::fs::create_dir(&dest).unwrap();
