@@ -322,7 +322,7 @@ impl Engine {
         )?;
         let mut layers = Vec::with_capacity(readers.len());
         for (source_name, reader) in readers {
-            match import::import_layer(&dirs, &source_name, reader)
+            match import::import_layer(&dirs, &source_name, reader, self.config.max_layer_bytes)
                 .map_err(Error::from)
                 .and_then(|layer| {
                     crate::failpoint::hit("image.import.layer")?;

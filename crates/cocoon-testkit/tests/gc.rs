@@ -178,3 +178,115 @@ fn gc_removes_what_nothing_references_and_keeps_the_rest() {
         "{again}"
     );
 }
+
+/// A directory's mtime set back (its contents are written first: adding
+/// them would move it forward again).
+fn age_tree(path: &Path, by: Duration) {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            age_tree(&entry.unwrap().path(), by);
+        }
+    }
+    age(path, by);
+}
+
+/// A command's own work areas in `images/tmp/` (`import-<pid>-<id>/` of a
+/// tar-layer import, `stage-<pid>-<id>.img` of a cloud-image copy,
+/// `convert-<pid>-<id>.qcow2` of its conversion) are named for the process
+/// that writes them: gc keeps them while that pid lives, however old, and
+/// removes them once it is gone.
+#[test]
+fn gc_keeps_work_areas_of_a_live_process_and_removes_a_dead_ones() {
+    let env = CocoonEnv::new(bin());
+    let tmp = env.root_dir().join("images/tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let live = Child(
+        std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap(),
+    );
+    let live_pid = live.0.id();
+    let mut dead = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let dead_pid = dead.id();
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    assert!(!Path::new("/proc").join(dead_pid.to_string()).exists());
+
+    let names = |pid: u32| {
+        [
+            format!("import-{pid}-01J0000000000000000000IMPT"),
+            format!("stage-{pid}-01J0000000000000000000STGE.img"),
+            format!("convert-{pid}-01J0000000000000000000CNVT.qcow2"),
+        ]
+    };
+    for pid in [live_pid, dead_pid] {
+        let [import, stage, convert] = names(pid);
+        std::fs::create_dir_all(tmp.join(&import).join("rootfs/etc")).unwrap();
+        std::fs::write(tmp.join(&import).join("rootfs/etc/marker"), b"x").unwrap();
+        std::fs::write(tmp.join(&stage), vec![1u8; 4096]).unwrap();
+        std::fs::write(tmp.join(&convert), vec![2u8; 4096]).unwrap();
+        for name in [import, stage, convert] {
+            // Past gc's one-hour grace for work files.
+            age_tree(&tmp.join(name), Duration::from_secs(2 * 3600));
+        }
+    }
+
+    let report: Value = serde_json::from_str(&run(&env, &["gc", "-o", "json"])).unwrap();
+    let mut removed: Vec<(String, String)> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["kind"].as_str().unwrap().to_string(),
+                i["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    removed.sort();
+    let mut expected: Vec<(String, String)> = names(dead_pid)
+        .iter()
+        .map(|n| ("temp".to_string(), tmp.join(n).display().to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(removed, expected, "{report}");
+    for name in names(live_pid) {
+        assert!(
+            tmp.join(&name).exists(),
+            "{name} of a live process was kept"
+        );
+    }
+    assert_eq!(
+        std::fs::read(tmp.join(&names(live_pid)[0]).join("rootfs/etc/marker")).unwrap(),
+        b"x"
+    );
+    for name in names(dead_pid) {
+        assert!(
+            !tmp.join(&name).exists(),
+            "{name} of a dead process was removed"
+        );
+    }
+
+    // Once the owner is gone, its work areas go too.
+    drop(live);
+    let report: Value = serde_json::from_str(&run(&env, &["gc", "-o", "json"])).unwrap();
+    let removed: usize = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "temp")
+        .count();
+    assert_eq!(removed, 3, "{report}");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}

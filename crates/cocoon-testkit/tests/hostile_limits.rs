@@ -1,7 +1,8 @@
 //! Hostile input, bounded: a registry that stalls (before the manifest, or
 //! mid-blob), a 5 MiB manifest, blobs longer and shorter than their
-//! descriptors, a gzip bomb layer, and an `image import` that runs out of
-//! space. Each runs the real CLI and asserts the exact error, that a
+//! descriptors, a gzip bomb layer (pulled, and imported with `image
+//! import`), and `image import`s of a layer and of a cloud image (a file,
+//! and standard input) that run out of space. Each runs the real CLI and asserts the exact error, that a
 //! sentinel tree beside `root_dir` is unchanged, that no work directory or
 //! partial blob is left, and that the layer lock is free: pulling the same
 //! layer again, served honestly, succeeds promptly.
@@ -709,4 +710,158 @@ fn a_missing_root_dir_is_created_with_its_parents() {
         );
         assert_eq!(meta.uid(), 0);
     }
+}
+
+/// `image import` of a local gzip bomb: the layer's decompressed stream
+/// stops at `max_layer_bytes`, as a pulled layer's does; nothing is left in
+/// `images/`, and an import under the limit succeeds.
+#[test]
+fn image_import_of_a_layer_stops_at_max_layer_bytes() {
+    let s = setup();
+    let sources = tempfile::tempdir().unwrap();
+    let bomb = sources.path().join("bomb.tar.gz");
+    std::fs::write(&bomb, gzip_bomb()).unwrap();
+    let started = Instant::now();
+    let out = s
+        .env
+        .cmd()
+        .env("COCOON_MAX_LAYER_BYTES", "16777216")
+        .args(["image", "import", "bomb", bomb.to_str().unwrap()])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "layer {} is larger than 16.0 MiB uncompressed (max_layer_bytes = 16777216)",
+            bomb.display()
+        )),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let after = snapshot(&s.beside, &s.skip);
+    assert_unchanged(&s.before, &after);
+    let images = s.env.root_dir().join("images");
+    assert!(entries(&images.join("tmp")).is_empty());
+    assert!(entries(&images.join("blobs")).is_empty());
+    let list = s
+        .env
+        .cmd()
+        .args(["image", "list", "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
+    // Under the limit, a layer imports.
+    let small = sources.path().join("small.tar");
+    std::fs::write(&small, vm_layer("small")).unwrap();
+    let out = s
+        .env
+        .cmd()
+        .env("COCOON_MAX_LAYER_BYTES", "16777216")
+        .args(["image", "import", "small", small.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A raw disk image of `len` random (incompressible, hole-free) bytes with
+/// an MBR signature, so that `image import` takes it for a cloud image.
+fn raw_disk(len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; 512];
+    data[510..512].copy_from_slice(&[0x55, 0xaa]);
+    let mut state = 0x9e3779b97f4a7c15u64;
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(len);
+    data
+}
+
+/// Cloud-image imports in a root on a 6 MiB tmpfs (a private mount
+/// namespace): a 16 MiB raw disk file is refused before anything is copied
+/// (the source's size against free space); the same bytes on standard input
+/// (size unknown) are refused as the copy crosses the first 4 MiB step. Both
+/// leave nothing in `images/`; a 1 MiB disk then imports.
+#[test]
+fn cloud_image_import_without_enough_free_space_is_refused() {
+    let s = setup();
+    let root = s.env.root_dir();
+    std::fs::create_dir_all(&root).unwrap();
+    let sources = tempfile::tempdir().unwrap();
+    let big = sources.path().join("big.raw");
+    std::fs::write(&big, raw_disk(16 << 20)).unwrap();
+    let small = sources.path().join("small.raw");
+    std::fs::write(&small, raw_disk(1 << 20)).unwrap();
+    let script = r#"
+        mount -t tmpfs -o size=6m,mode=0700 cocoon-test "$ROOT" || exit 99
+        "$COCOON" image import big "$BIG"; echo "file=$?"
+        echo "tmp1=$(ls -A "$ROOT/images/tmp")"
+        "$COCOON" image import big - < "$BIG"; echo "stdin=$?"
+        echo "tmp2=$(ls -A "$ROOT/images/tmp")"
+        echo "blobs=$(ls -A "$ROOT/images/blobs")"
+        "$COCOON" image import small "$SMALL"; echo "small=$?"
+    "#;
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", script]);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("COCOON_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd
+        .env("ROOT", &root)
+        .env("BIG", &big)
+        .env("SMALL", &small)
+        .env("COCOON", cocoon_testkit::cocoon_bin())
+        .env("COCOON_ROOT_DIR", &root)
+        .env("COCOON_LOG_DIR", s.env.log_dir())
+        .env("COCOON_CNI_CONF_DIR", s.env.path().join("cni"))
+        .env("COCOON_CONFIG", s.env.config_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(99) || stdout.is_empty() {
+        return cocoon_testkit::skip(
+            "cloud_image_import_without_enough_free_space_is_refused",
+            &format!("cannot mount a tmpfs in a private mount namespace: {stderr}"),
+        );
+    }
+    let images = root.join("images");
+    assert!(stdout.contains("file=1\n"), "{stdout}\n{stderr}");
+    let before_copy = format!(
+        "not enough free space in {}: importing {} needs 16.0 MiB, ",
+        images.display(),
+        big.display()
+    );
+    assert!(stderr.contains(&before_copy), "{stderr}");
+    assert!(stdout.contains("stdin=1\n"), "{stdout}\n{stderr}");
+    let while_copying = format!(
+        "not enough free space in {}: importing standard input (4.0 MiB copied so far) needs 4.0 MiB, ",
+        images.display()
+    );
+    assert!(stderr.contains(&while_copying), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches(" free (free some space or move root_dir)")
+            .count(),
+        2,
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("tmp1=\n") && stdout.contains("tmp2=\n") && stdout.contains("blobs=\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("small=0\n"), "{stdout}\n{stderr}");
+    let after = snapshot(&s.beside, &s.skip);
+    assert_unchanged(&s.before, &after);
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
 }

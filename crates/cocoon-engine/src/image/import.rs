@@ -178,6 +178,7 @@ pub fn open_all(files: &[PathBuf]) -> Result<Opened, ImportError> {
     };
     let first = display(sources[0]);
     let mut total = Some(0u64);
+    let mut on_disk = Some(0u64);
     let mut parts: Vec<Stream> = Vec::with_capacity(sources.len());
     for source in &sources {
         parts.push(match source {
@@ -186,11 +187,14 @@ pub fn open_all(files: &[PathBuf]) -> Result<Opened, ImportError> {
                     source_name: display(Some(path)),
                     source,
                 })?;
-                total = total.zip(file.metadata().ok()).map(|(t, m)| t + m.len());
+                let meta = file.metadata().ok();
+                total = total.zip(meta.as_ref()).map(|(t, m)| t + m.len());
+                on_disk = on_disk.zip(meta.as_ref()).map(|(t, m)| t + allocated(m));
                 Box::new(file)
             }
             None => {
                 total = None;
+                on_disk = None;
                 Box::new(io::stdin())
             }
         });
@@ -240,6 +244,7 @@ pub fn open_all(files: &[PathBuf]) -> Result<Opened, ImportError> {
                 reader: stream,
                 compression,
                 total,
+                on_disk,
                 consumed,
             }))
         }
@@ -251,6 +256,13 @@ pub fn open_all(files: &[PathBuf]) -> Result<Opened, ImportError> {
         .into()),
         Format::Unknown => Err(unknown(&head, name)),
     }
+}
+
+/// What a source file takes on disk: its allocated blocks, at most its
+/// length (a sparse raw disk costs what it holds, not its size).
+pub fn allocated(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.blocks().saturating_mul(512).min(meta.len())
 }
 
 /// The clearest refusal for bytes that are neither tar nor a disk image.
@@ -298,11 +310,14 @@ pub fn open(source: Option<&Path>) -> Result<(String, Box<dyn BufRead + Send>), 
     })
 }
 
-/// Converts one tar stream into a stored layer; returns its digest-named layer.
+/// Converts one tar stream into a stored layer; returns its digest-named
+/// layer. Its decompressed size is capped at `max_layer_bytes`, as a pulled
+/// layer's is.
 pub fn import_layer(
     dirs: &ImageDirs,
     source_name: &str,
     reader: impl Read,
+    max_layer_bytes: u64,
 ) -> Result<PulledLayer, ImportError> {
     dirs.create().map_err(|source| ImportError::Io {
         what: "cannot create",
@@ -323,14 +338,15 @@ pub fn import_layer(
         }
     };
     // Free space: the first step's worth before anything is written, then
-    // checked again as the layer unpacks (see `limits::Bounded`). A local
-    // file is the user's own: no size limit beyond the space it needs.
+    // checked again as the layer unpacks (see `limits::Bounded`), which also
+    // stops a decompression bomb at `max_layer_bytes`.
     let what = format!("importing {source_name}");
     super::limits::require_space(&dirs.root, &what, super::limits::SPACE_STEP)?;
     let tree = staging.join("tree");
     std::fs::create_dir_all(&tree).map_err(io_err("cannot create", &tree))?;
     let result = (|| {
-        let bounded = super::limits::Bounded::new(reader, u64::MAX - 1, &dirs.root, &what);
+        let bounded = super::limits::Bounded::new(reader, max_layer_bytes, &dirs.root, &what)
+            .too_large_as(&format!("layer {source_name}"));
         let failure = bounded.failure();
         let mut hashing = Hashing {
             inner: bounded,

@@ -87,6 +87,62 @@ pub fn space_needed_after(read: u64) -> u64 {
     read.saturating_add(SPACE_STEP)
 }
 
+/// Free space watched while a cloud image is copied into `images/tmp/`:
+/// every [`SPACE_STEP`] bytes written, the next step must still fit. The
+/// copy is sparse (runs of zeros are holes), so bytes written, not bytes
+/// read, are what it costs.
+pub struct SpaceWatch {
+    dir: PathBuf,
+    what: String,
+    written: u64,
+    next_check: u64,
+    free: fn(&Path) -> io::Result<u64>,
+}
+
+impl SpaceWatch {
+    pub fn new(dir: &Path, what: &str) -> SpaceWatch {
+        SpaceWatch::with_free(dir, what, free_bytes)
+    }
+
+    /// With `free` answering how much room `dir` has (tests).
+    pub fn with_free(dir: &Path, what: &str, free: fn(&Path) -> io::Result<u64>) -> SpaceWatch {
+        SpaceWatch {
+            dir: dir.to_path_buf(),
+            what: what.to_string(),
+            written: 0,
+            next_check: SPACE_STEP,
+            free,
+        }
+    }
+
+    /// Before anything is written: room for `need` bytes (what the sources
+    /// take on disk, or one step for a stream of unknown length).
+    pub fn start(&self, need: u64) -> Result<(), LimitError> {
+        self.check(&self.what, need)
+    }
+
+    /// `n` more bytes were written: past each step, the next one must fit.
+    pub fn wrote(&mut self, n: u64) -> Result<(), LimitError> {
+        self.written = self.written.saturating_add(n);
+        if self.written < self.next_check {
+            return Ok(());
+        }
+        self.next_check = self.written.saturating_add(SPACE_STEP);
+        let what = format!("{} ({} copied so far)", self.what, human(self.written));
+        self.check(&what, SPACE_STEP)
+    }
+
+    fn check(&self, what: &str, need: u64) -> Result<(), LimitError> {
+        match (self.free)(&self.dir) {
+            Ok(free) => check_space(&self.dir, what, need, free),
+            Err(e) => {
+                tracing::debug!(dir = %self.dir.display(), "cannot read free space: {e}");
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A decompressed layer stream with its size bounded and free space watched.
 pub struct Bounded<R> {
     inner: R,
@@ -95,6 +151,8 @@ pub struct Bounded<R> {
     next_check: u64,
     space_dir: PathBuf,
     what: String,
+    /// How the too-large error names the stream (`what` unless set).
+    too_large: Option<String>,
     failure: Arc<Mutex<Option<LimitError>>>,
 }
 
@@ -107,8 +165,16 @@ impl<R: Read> Bounded<R> {
             next_check: SPACE_STEP,
             space_dir: space_dir.to_path_buf(),
             what: what.to_string(),
+            too_large: None,
             failure: Arc::default(),
         }
+    }
+
+    /// Names the stream `name` when it exceeds `max_bytes` (the free-space
+    /// messages keep `what`).
+    pub fn too_large_as(mut self, name: &str) -> Bounded<R> {
+        self.too_large = Some(name.to_string());
+        self
     }
 
     /// Where the limit that stopped the stream is kept.
@@ -133,7 +199,7 @@ impl<R: Read> Read for Bounded<R> {
         self.read += n as u64;
         if self.read > self.max_bytes {
             return Err(self.fail(LimitError::TooLarge {
-                what: self.what.clone(),
+                what: self.too_large.clone().unwrap_or_else(|| self.what.clone()),
                 limit: self.max_bytes,
             }));
         }
@@ -213,5 +279,52 @@ mod tests {
         let mut bounded = Bounded::new(io::repeat(1).take(10 << 20), 10 << 20, dir.path(), "l");
         assert_eq!(io::copy(&mut bounded, &mut io::sink()).unwrap(), 10 << 20);
         assert_eq!(take_failure(&bounded.failure()), None);
+    }
+
+    #[test]
+    fn a_copy_checks_room_before_and_at_each_step() {
+        fn six_mib(_: &Path) -> io::Result<u64> {
+            Ok(6 << 20)
+        }
+        fn unknown(_: &Path) -> io::Result<u64> {
+            Err(io::Error::other("no statvfs"))
+        }
+        let dir = Path::new("/r/images");
+        let mut watch = SpaceWatch::with_free(dir, "importing disk.raw", six_mib);
+        assert_eq!(watch.start(6 << 20), Ok(()));
+        assert_eq!(
+            watch.start(16 << 20).unwrap_err().to_string(),
+            "not enough free space in /r/images: importing disk.raw needs 16.0 MiB, 6.0 MiB free (free some space or move root_dir)"
+        );
+        // Below the first step nothing is asked.
+        assert_eq!(watch.wrote(SPACE_STEP - 1), Ok(()));
+        // Six MiB free: the next 4 MiB step still fits.
+        assert_eq!(watch.wrote(1), Ok(()));
+        assert_eq!(
+            watch.wrote(SPACE_STEP - 1),
+            Ok(()),
+            "no check before the next step"
+        );
+        let mut tight = SpaceWatch::with_free(dir, "importing standard input", |_| Ok(3 << 20));
+        assert_eq!(
+            tight.wrote(5 << 20).unwrap_err().to_string(),
+            "not enough free space in /r/images: importing standard input (5.0 MiB copied so far) needs 4.0 MiB, 3.0 MiB free (free some space or move root_dir)"
+        );
+        // A filesystem that cannot say is not refused.
+        let mut blind = SpaceWatch::with_free(dir, "x", unknown);
+        assert_eq!(blind.start(u64::MAX), Ok(()));
+        assert_eq!(blind.wrote(u64::MAX), Ok(()));
+    }
+
+    #[test]
+    fn the_too_large_name_can_differ_from_the_space_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bounded = Bounded::new(io::repeat(0), 1 << 20, dir.path(), "importing l.tar")
+            .too_large_as("layer l.tar");
+        let err = io::copy(&mut bounded, &mut io::sink()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "layer l.tar is larger than 1.0 MiB uncompressed (max_layer_bytes = 1048576)"
+        );
     }
 }

@@ -100,6 +100,11 @@ pub fn store(
                 Action::Converted { from } => from,
                 _ => "qcow2",
             };
+            // The converted copy beside the staged one: room for another of it.
+            let need = std::fs::metadata(source)
+                .map(|m| crate::image::import::allocated(&m))
+                .map_err(io_err("cannot stat", source))?;
+            crate::image::limits::require_space(&dirs.root, &format!("converting {origin}"), need)?;
             converted = TempFile::new_in(&dirs.root.join("tmp"), "convert", ".qcow2");
             qemu::convert_to_qcow2_v3(source, from, converted.path(), origin)?;
             converted.path()

@@ -62,6 +62,9 @@ pub enum CloudError {
     },
     #[error("{} {found}, not a disk image{}", origin.returned(), if matches!(origin, Origin::Url(_)) { "; check the URL" } else { "" })]
     NotAnImage { origin: Origin, found: Foreign },
+    /// Free space ran out (or would have).
+    #[error(transparent)]
+    Limit(#[from] crate::image::limits::LimitError),
     #[error("{origin} is larger than the {} GiB limit for cloud images", limit >> 30)]
     TooLarge { origin: Origin, limit: u64 },
     #[error("cannot decompress {origin} ({}): {reason}", compression.name())]

@@ -1,6 +1,7 @@
 //! `image pull URL`: download (resuming a kept prefix), undo compression,
 //! store the blob. The caller records the image, under the URL's lock.
 
+use crate::image::limits::SpaceWatch;
 use std::fs::File;
 use std::io::BufReader;
 use std::sync::Arc;
@@ -128,6 +129,10 @@ fn store_download(
         &mut decoder,
         origin,
         Some(MAX_IMAGE_BYTES),
+        Some(&mut SpaceWatch::new(
+            &dirs.root,
+            &format!("decompressing {origin}"),
+        )),
         &|e| CloudError::Decompress {
             origin: origin.clone(),
             compression,

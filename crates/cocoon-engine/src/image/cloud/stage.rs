@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::error::{CloudError, Origin, io_err};
+use crate::image::limits::SpaceWatch;
 use crate::image::store::digest_of;
 
 /// A work file that disappears when dropped, so a failed command leaves
@@ -55,12 +56,15 @@ const HOLE_BLOCK: usize = 64 << 10;
 
 /// Copies `input` into a new file in `tmp`. `read_err` turns a read failure
 /// into the caller's error (a decompression error, a broken pipe), `limit`
-/// caps the size, `on_progress` hears the running byte count.
+/// caps the size, `space` (if any) checks free space as bytes are written,
+/// `on_progress` hears the running byte count.
+#[allow(clippy::too_many_arguments)]
 pub fn stage(
     tmp: &Path,
     input: &mut dyn Read,
     origin: &Origin,
     limit: Option<u64>,
+    mut space: Option<&mut SpaceWatch>,
     read_err: &dyn Fn(io::Error) -> CloudError,
     on_progress: &mut dyn FnMut(u64),
 ) -> Result<Staged, CloudError> {
@@ -100,6 +104,9 @@ pub fn stage(
             }
             file.write_all(block)
                 .map_err(io_err("cannot write", &path))?;
+            if let Some(space) = space.as_deref_mut() {
+                space.wrote(block.len() as u64)?;
+            }
         }
         on_progress(size);
     }
@@ -184,6 +191,7 @@ mod tests {
             &mut &data[..],
             &Origin::Local("input".into()),
             None,
+            None,
             &plain,
             &mut |n| seen = n,
         )
@@ -213,6 +221,7 @@ mod tests {
             &mut &[1u8; 3000][..],
             &origin,
             Some(2048),
+            None,
             &plain,
             &mut |_| {},
         )
@@ -228,9 +237,17 @@ mod tests {
                 Err(io::Error::other("pipe broke"))
             }
         }
-        let err = stage(dir.path(), &mut Broken, &origin, None, &plain, &mut |_| {})
-            .err()
-            .unwrap();
+        let err = stage(
+            dir.path(),
+            &mut Broken,
+            &origin,
+            None,
+            None,
+            &plain,
+            &mut |_| {},
+        )
+        .err()
+        .unwrap();
         assert_eq!(err.to_string(), "cannot read input: pipe broke");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
