@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use cocoon_testkit::CocoonEnv;
-use hostile_support::{assert_unchanged, plant, snapshot};
+use hostile_support::{assert_success, assert_unchanged, plant, snapshot};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
 
@@ -40,11 +40,7 @@ fn refused(kind: &str) {
         .arg(&layer)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 
     // `<plugins>/bin` is the plugin directory; `<plugins>/evil` is where
     // `../evil` resolves from it, a program that leaves a marker if run.

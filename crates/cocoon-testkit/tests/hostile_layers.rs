@@ -95,6 +95,20 @@ fn import(tar: impl FnOnce(&Path) -> Vec<u8>) -> (bool, String, cocoon_testkit::
     )
 }
 
+/// [`import`] fails with `expected` and leaves no work area.
+fn import_refused(tar: impl FnOnce(&Path) -> Vec<u8>, expected: &str) {
+    let (ok, stderr, env) = import(tar);
+    assert!(!ok);
+    assert!(stderr.contains(expected), "{stderr}");
+    no_work_left(&env);
+}
+
+/// [`import`] succeeds.
+fn import_ok(tar: impl FnOnce(&Path) -> Vec<u8>) {
+    let (ok, stderr, _env) = import(tar);
+    assert!(ok, "{stderr}");
+}
+
 fn no_work_left(env: &cocoon_testkit::CocoonEnv) {
     let tmp = env.root_dir().join("images/tmp");
     let left: Vec<_> = std::fs::read_dir(&tmp)
@@ -109,22 +123,19 @@ fn no_work_left(env: &cocoon_testkit::CocoonEnv) {
 /// `file` keeps root 0600.
 #[test]
 fn replaced_directory_metadata_never_reaches_the_host() {
-    let (ok, stderr, env) = import(|host| {
-        Tar::new()
-            .dir("x/", 0o755, 0)
-            .dir("x/file/", 0o666, 1000)
-            .symlink("x", host)
-            .build()
-    });
-    assert!(!ok);
-    assert!(
-        stderr.contains("image evil has no kernel (a regular file /boot/vmlinuz* or /vmlinuz* in some layer); it is not a cocoon VM image"),
-        "{stderr}"
+    import_refused(
+        |host| {
+            Tar::new()
+                .dir("x/", 0o755, 0)
+                .dir("x/file/", 0o666, 1000)
+                .symlink("x", host)
+                .build()
+        },
+        "image evil has no kernel (a regular file /boot/vmlinuz* or /vmlinuz* in some layer); it is not a cocoon VM image",
     );
-    no_work_left(&env);
 
     // With boot files the same layer is a valid image, and still harmless.
-    let (ok, stderr, _env) = import(|host| {
+    import_ok(|host| {
         Tar::new()
             .dir("x/", 0o755, 0)
             .dir("x/file/", 0o666, 1000)
@@ -133,7 +144,6 @@ fn replaced_directory_metadata_never_reaches_the_host() {
             .boot_files()
             .build()
     });
-    assert!(ok, "{stderr}");
 }
 
 /// Opaque markers: under a directory later replaced by a symlink to the host
@@ -141,7 +151,7 @@ fn replaced_directory_metadata_never_reaches_the_host() {
 /// planted first (refused).
 #[test]
 fn opaque_markers_never_reach_the_host() {
-    let (ok, stderr, _env) = import(|host| {
+    import_ok(|host| {
         Tar::new()
             .dir("x/", 0o755, 0)
             .file("x/.wh..wh..opq", b"")
@@ -151,21 +161,17 @@ fn opaque_markers_never_reach_the_host() {
             .boot_files()
             .build()
     });
-    assert!(ok, "{stderr}");
 
-    let (ok, stderr, env) = import(|host| {
-        Tar::new()
-            .symlink("y", host)
-            .file("y/.wh..wh..opq", b"")
-            .boot_files()
-            .build()
-    });
-    assert!(!ok);
-    assert!(
-        stderr.contains("layer entry \"y/.wh..wh..opq\" is not allowed: it goes through a symlink"),
-        "{stderr}"
+    import_refused(
+        |host| {
+            Tar::new()
+                .symlink("y", host)
+                .file("y/.wh..wh..opq", b"")
+                .boot_files()
+                .build()
+        },
+        "layer entry \"y/.wh..wh..opq\" is not allowed: it goes through a symlink",
     );
-    no_work_left(&env);
 }
 
 /// A boot file recorded from a regular entry, then replaced in the same layer

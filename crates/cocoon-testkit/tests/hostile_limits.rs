@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_testkit::CocoonEnv;
 use cocoon_testkit::registry::layers::LayerBuilder;
-use hostile_support::{assert_unchanged, plant, snapshot};
+use hostile_support::{assert_success, assert_unchanged, plant, snapshot};
 use sha2::Digest as _;
 
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -107,6 +107,18 @@ fn vm_layer(tag: &str) -> Vec<u8> {
         .build()
 }
 
+/// Appends xorshift64 words (little-endian) from `seed` until `data` holds
+/// at least `len` bytes.
+fn xorshift_fill(data: &mut Vec<u8>, seed: u64, len: usize) {
+    let mut state = seed;
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+}
+
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const TAR_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -138,6 +150,15 @@ fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, String)], bod
     let _ = stream.write_all(body);
 }
 
+fn not_found(stream: &mut TcpStream) {
+    respond(
+        stream,
+        "404 Not Found",
+        &[("Content-Length", "0".into())],
+        b"",
+    );
+}
+
 fn hang() {
     std::thread::sleep(Duration::from_secs(600));
 }
@@ -164,20 +185,10 @@ fn handle(fake: &Fake, mut stream: TcpStream) {
     }
     let parts: Vec<&str> = path.trim_start_matches("/v2/").split('/').collect();
     let [repo, kind, name] = parts[..] else {
-        return respond(
-            &mut stream,
-            "404 Not Found",
-            &[("Content-Length", "0".into())],
-            b"",
-        );
+        return not_found(&mut stream);
     };
     let Some(image) = fake.images.get(repo) else {
-        return respond(
-            &mut stream,
-            "404 Not Found",
-            &[("Content-Length", "0".into())],
-            b"",
-        );
+        return not_found(&mut stream);
     };
     match kind {
         "manifests" => {
@@ -203,12 +214,7 @@ fn handle(fake: &Fake, mut stream: TcpStream) {
         }
         "blobs" => {
             let Some(blob) = image.blobs.get(name) else {
-                return respond(
-                    &mut stream,
-                    "404 Not Found",
-                    &[("Content-Length", "0".into())],
-                    b"",
-                );
+                return not_found(&mut stream);
             };
             let is_config = blob.len() < 100;
             match behaviour {
@@ -256,12 +262,7 @@ fn handle(fake: &Fake, mut stream: TcpStream) {
                 ),
             }
         }
-        _ => respond(
-            &mut stream,
-            "404 Not Found",
-            &[("Content-Length", "0".into())],
-            b"",
-        ),
+        _ => not_found(&mut stream),
     }
 }
 
@@ -336,11 +337,16 @@ impl Setup {
         )
     }
 
+    /// Nothing outside the engine's directories changed.
+    fn assert_beside_unchanged(&self) {
+        let after = snapshot(&self.beside, &self.skip);
+        assert_unchanged(&self.before, &after);
+    }
+
     /// Nothing outside the engine's directories changed, and nothing of a
     /// failed layer is left inside them.
     fn assert_clean(&self) {
-        let after = snapshot(&self.beside, &self.skip);
-        assert_unchanged(&self.before, &after);
+        self.assert_beside_unchanged();
         for sub in ["images/tmp", "images/blobs"] {
             let left: Vec<_> = std::fs::read_dir(self.env.root_dir().join(sub))
                 .map(|d| d.flatten().map(|e| e.file_name()).collect())
@@ -359,94 +365,72 @@ impl Setup {
     }
 }
 
-#[test]
-fn a_registry_that_never_answers_the_manifest_fails_within_the_timeout() {
+/// Pulls `evil` from a registry behaving as `behaviour`: the pull fails with
+/// `cannot pull <reference>: <what(layer digest)>`, within `within` where
+/// given; nothing is left, and the same pull, served honestly, then succeeds.
+fn assert_pull_refused(
+    behaviour: Behaviour,
+    within: Option<Duration>,
+    what: impl FnOnce(&str) -> String,
+) {
     let s = setup();
-    let (port, switch, _) = serve(Behaviour::Hang);
+    let (port, switch, digest) = serve(behaviour);
     let reference = format!("127.0.0.1:{port}/evil:latest");
     let (ok, stderr, took) = s.pull(&reference, &[]);
     assert!(!ok);
     assert!(
-        stderr.contains(&format!(
-            "cannot pull {reference}: the registry sent nothing for 2 s while fetching the manifest (registry_read_timeout_seconds)"
-        )),
+        stderr.contains(&format!("cannot pull {reference}: {}", what(&digest))),
         "{stderr}"
     );
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    if let Some(within) = within {
+        assert!(took < within, "took {took:?}");
+    }
     s.assert_clean();
     s.assert_pull_succeeds(&switch, &reference);
+}
+
+#[test]
+fn a_registry_that_never_answers_the_manifest_fails_within_the_timeout() {
+    assert_pull_refused(Behaviour::Hang, Some(Duration::from_secs(10)), |_| {
+        "the registry sent nothing for 2 s while fetching the manifest (registry_read_timeout_seconds)".into()
+    });
 }
 
 #[test]
 fn a_blob_that_stalls_midway_fails_within_the_timeout_and_frees_its_lock() {
-    let s = setup();
-    let (port, switch, digest) = serve(Behaviour::Stall);
-    let reference = format!("127.0.0.1:{port}/evil:latest");
-    let (ok, stderr, took) = s.pull(&reference, &[]);
-    assert!(!ok);
-    assert!(
-        stderr.contains(&format!(
-            "cannot pull {reference}: the registry sent nothing for 2 s while downloading layer {digest} (registry_read_timeout_seconds)"
-        )),
-        "{stderr}"
-    );
-    assert!(took < Duration::from_secs(10), "took {took:?}");
-    s.assert_clean();
-    s.assert_pull_succeeds(&switch, &reference);
+    assert_pull_refused(Behaviour::Stall, Some(Duration::from_secs(10)), |digest| {
+        format!(
+            "the registry sent nothing for 2 s while downloading layer {digest} (registry_read_timeout_seconds)"
+        )
+    });
 }
 
 #[test]
 fn a_manifest_over_4_mib_is_refused() {
-    let s = setup();
-    let (port, switch, _) = serve(Behaviour::BigManifest);
-    let reference = format!("127.0.0.1:{port}/evil:latest");
-    let (ok, stderr, _) = s.pull(&reference, &[]);
-    assert!(!ok);
-    assert!(
-        stderr.contains(&format!(
-            "cannot pull {reference}: the manifest is larger than 4.0 MiB (refused)"
-        )),
-        "{stderr}"
-    );
-    s.assert_clean();
-    s.assert_pull_succeeds(&switch, &reference);
+    assert_pull_refused(Behaviour::BigManifest, None, |_| {
+        "the manifest is larger than 4.0 MiB (refused)".into()
+    });
 }
 
 #[test]
 fn a_blob_longer_than_its_descriptor_is_refused() {
-    let s = setup();
-    let (port, switch, digest) = serve(Behaviour::Long);
-    let reference = format!("127.0.0.1:{port}/evil:latest");
     let size = vm_layer("evil").len();
-    let (ok, stderr, _) = s.pull(&reference, &[]);
-    assert!(!ok);
-    assert!(
-        stderr.contains(&format!(
-            "cannot pull {reference}: layer {digest}: the registry sent more than {size} bytes, its descriptor says {size}"
-        )),
-        "{stderr}"
-    );
-    s.assert_clean();
-    s.assert_pull_succeeds(&switch, &reference);
+    assert_pull_refused(Behaviour::Long, None, |digest| {
+        format!(
+            "layer {digest}: the registry sent more than {size} bytes, its descriptor says {size}"
+        )
+    });
 }
 
 #[test]
 fn a_blob_shorter_than_its_descriptor_is_refused() {
-    let s = setup();
-    let (port, switch, digest) = serve(Behaviour::Short);
-    let reference = format!("127.0.0.1:{port}/evil:latest");
     let size = vm_layer("evil").len();
-    let (ok, stderr, _) = s.pull(&reference, &[]);
-    assert!(!ok);
-    assert!(
-        stderr.contains(&format!(
-            "cannot pull {reference}: layer {digest}: the registry sent {} bytes, its descriptor says {size}",
+    assert_pull_refused(Behaviour::Short, None, |digest| {
+        format!(
+            "layer {digest}: the registry sent {} bytes, its descriptor says {size}",
             size - 100
-        )),
-        "{stderr}"
-    );
-    s.assert_clean();
-    s.assert_pull_succeeds(&switch, &reference);
+        )
+    });
 }
 
 #[test]
@@ -467,13 +451,8 @@ fn a_gzip_bomb_layer_stops_at_max_layer_bytes() {
     assert!(started.elapsed() < Duration::from_secs(30));
     // The bomb's work area is gone; the honest layer beside it may stay
     // (complete, content-addressed), nothing else.
-    let after = snapshot(&s.beside, &s.skip);
-    assert_unchanged(&s.before, &after);
-    let tmp: Vec<_> = std::fs::read_dir(s.env.root_dir().join("images/tmp"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    s.assert_beside_unchanged();
+    let tmp = entries(&s.env.root_dir().join("images/tmp"));
     assert!(tmp.is_empty(), "{tmp:?}");
     let bomb_hex = bomb.trim_start_matches("sha256:");
     assert!(
@@ -487,44 +466,34 @@ fn a_gzip_bomb_layer_stops_at_max_layer_bytes() {
     assert!(ok, "{stderr}");
 }
 
-/// `image import` in a root on a 6 MiB tmpfs (a private mount namespace, so
-/// nothing is mounted for anyone else) of a 16 MiB layer: refused once the
-/// unpacked part leaves no room for its EROFS copy, nothing left; a small
-/// import afterwards succeeds.
-#[test]
-fn image_import_without_enough_free_space_is_refused() {
+/// Runs `script` under `sh` with `root_dir` on a 6 MiB tmpfs in a private
+/// mount namespace (`unshare -m`, so nothing is mounted for anyone else):
+/// `$BIG` and `$SMALL` are `big` and `small` (name and bytes) written outside
+/// it, `$COCOON` the CLI and `$ROOT` `root_dir`. `check` gets stdout, stderr,
+/// `root_dir` and `$BIG`; then the script's last step, `image import small`,
+/// succeeded, nothing beside `root_dir` changed, and the directory under
+/// the tmpfs was never written. Skips, naming `test`, where no tmpfs can be
+/// mounted.
+fn import_on_a_small_tmpfs(
+    test: &str,
+    big: (&str, Vec<u8>),
+    small: (&str, Vec<u8>),
+    script: &str,
+    check: impl FnOnce(&str, &str, &Path, &Path),
+) {
     let s = setup();
     let root = s.env.root_dir();
     std::fs::create_dir(&root).unwrap();
     let sources = tempfile::tempdir().unwrap();
-    let big = sources.path().join("big.tar");
-    let mut data = Vec::with_capacity(16 << 20);
-    let mut state = 0x2545f4914f6cdd1du64;
-    while data.len() < 16 << 20 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        data.extend_from_slice(&state.to_le_bytes());
-    }
-    std::fs::write(
-        &big,
-        LayerBuilder::new()
-            .file("boot/vmlinuz-6.1", &data)
-            .file("boot/initrd.img-6.1", b"i")
-            .build(),
-    )
-    .unwrap();
-    let small = sources.path().join("small.tar");
-    std::fs::write(&small, vm_layer("small")).unwrap();
-    let script = r#"
-        mount -t tmpfs -o size=6m,mode=0700 cocoon-test "$ROOT" || exit 99
-        "$COCOON" image import big "$BIG"; echo "big=$?"
-        echo "tmp=$(ls -A "$ROOT/images/tmp")"
-        echo "blobs=$(ls -A "$ROOT/images/blobs")"
-        "$COCOON" image import small "$SMALL"; echo "small=$?"
-    "#;
+    let big_path = sources.path().join(big.0);
+    std::fs::write(&big_path, big.1).unwrap();
+    let small_path = sources.path().join(small.0);
+    std::fs::write(&small_path, small.1).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=6m,mode=0700 cocoon-test \"$ROOT\" || exit 99\n{script}\n\"$COCOON\" image import small \"$SMALL\"; echo \"small=$?\"\n"
+    );
     let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["-m", "--propagation", "private", "sh", "-c", script]);
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("COCOON_") {
             cmd.env_remove(key);
@@ -532,8 +501,8 @@ fn image_import_without_enough_free_space_is_refused() {
     }
     let out = cmd
         .env("ROOT", &root)
-        .env("BIG", &big)
-        .env("SMALL", &small)
+        .env("BIG", &big_path)
+        .env("SMALL", &small_path)
         .env("COCOON", cocoon_testkit::cocoon_bin())
         .env("COCOON_ROOT_DIR", &root)
         .env("COCOON_LOG_DIR", s.env.log_dir())
@@ -545,31 +514,58 @@ fn image_import_without_enough_free_space_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(99) || stdout.is_empty() {
         return cocoon_testkit::skip(
-            "image_import_without_enough_free_space_is_refused",
+            test,
             &format!("cannot mount a tmpfs in a private mount namespace: {stderr}"),
         );
     }
-    assert!(stdout.contains("big=1\n"), "{stdout}\n{stderr}");
-    let expected = format!(
-        "not enough free space in {}: importing {} (",
-        root.join("images").display(),
-        big.display()
-    );
-    assert!(stderr.contains(&expected), "{stderr}");
-    assert!(
-        stderr.contains(" unpacked so far) needs ")
-            && stderr.contains(" free (free some space or move root_dir)"),
-        "{stderr}"
-    );
-    assert!(
-        stdout.contains("tmp=\n") && stdout.contains("blobs=\n"),
-        "{stdout}"
-    );
+    check(&stdout, &stderr, &root, &big_path);
     assert!(stdout.contains("small=0\n"), "{stdout}\n{stderr}");
     // The tmpfs went with the namespace; the directory under it was never written.
-    let after = snapshot(&s.beside, &s.skip);
-    assert_unchanged(&s.before, &after);
+    s.assert_beside_unchanged();
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+}
+
+/// `image import` in a root on a 6 MiB tmpfs (a private mount namespace, so
+/// nothing is mounted for anyone else) of a 16 MiB layer: refused once the
+/// unpacked part leaves no room for its EROFS copy, nothing left; a small
+/// import afterwards succeeds.
+#[test]
+fn image_import_without_enough_free_space_is_refused() {
+    let mut data = Vec::with_capacity(16 << 20);
+    xorshift_fill(&mut data, 0x2545f4914f6cdd1d, 16 << 20);
+    let big = LayerBuilder::new()
+        .file("boot/vmlinuz-6.1", &data)
+        .file("boot/initrd.img-6.1", b"i")
+        .build();
+    let script = r#"
+        "$COCOON" image import big "$BIG"; echo "big=$?"
+        echo "tmp=$(ls -A "$ROOT/images/tmp")"
+        echo "blobs=$(ls -A "$ROOT/images/blobs")"
+    "#;
+    import_on_a_small_tmpfs(
+        "image_import_without_enough_free_space_is_refused",
+        ("big.tar", big),
+        ("small.tar", vm_layer("small")),
+        script,
+        |stdout, stderr, root, big| {
+            assert!(stdout.contains("big=1\n"), "{stdout}\n{stderr}");
+            let expected = format!(
+                "not enough free space in {}: importing {} (",
+                root.join("images").display(),
+                big.display()
+            );
+            assert!(stderr.contains(&expected), "{stderr}");
+            assert!(
+                stderr.contains(" unpacked so far) needs ")
+                    && stderr.contains(" free (free some space or move root_dir)"),
+                "{stderr}"
+            );
+            assert!(
+                stdout.contains("tmp=\n") && stdout.contains("blobs=\n"),
+                "{stdout}"
+            );
+        },
+    );
 }
 
 /// Runs `cocoon image list` with `root_dir` prepared by `plant_root`;
@@ -579,8 +575,7 @@ fn with_root(plant_root: impl FnOnce(&Path)) -> (bool, String, CocoonEnv) {
     let root = s.env.root_dir();
     plant_root(&root);
     let out = s.env.cmd().args(["image", "list"]).output().unwrap();
-    let after = snapshot(&s.beside, &s.skip);
-    assert_unchanged(&s.before, &after);
+    s.assert_beside_unchanged();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -596,41 +591,54 @@ fn entries(dir: &Path) -> Vec<std::ffi::OsString> {
         .collect()
 }
 
-#[test]
-fn a_root_dir_owned_by_another_user_is_refused() {
-    let (ok, stderr, env) = with_root(|root| {
-        std::fs::create_dir(root).unwrap();
-        std::os::unix::fs::chown(root, Some(65534), Some(65534)).unwrap();
-    });
+/// [`with_root`]: the command fails with `refusing to use root_dir <root>:
+/// <why(root)>` and writes nothing into `root_dir`.
+fn root_dir_refused(
+    plant_root: impl FnOnce(&Path),
+    why: impl FnOnce(&std::path::Display) -> String,
+) -> CocoonEnv {
+    let (ok, stderr, env) = with_root(plant_root);
     let root = env.root_dir();
     let r = root.display();
     assert!(!ok);
     assert!(
-        stderr.contains(&format!(
-            "refusing to use root_dir {r}: it is owned by uid 65534, not by this user (uid 0), so another user could have planted files in it; if {r} is really cocoon's, `chown 0 {r}`; otherwise set root_dir (--root-dir or COCOON_ROOT_DIR) to another directory"
-        )),
+        stderr.contains(&format!("refusing to use root_dir {r}: {}", why(&r))),
         "{stderr}"
     );
     assert!(entries(&root).is_empty(), "{:?}", entries(&root));
+    env
+}
+
+#[test]
+fn a_root_dir_owned_by_another_user_is_refused() {
+    root_dir_refused(
+        |root| {
+            std::fs::create_dir(root).unwrap();
+            std::os::unix::fs::chown(root, Some(65534), Some(65534)).unwrap();
+        },
+        |r| {
+            format!(
+                "it is owned by uid 65534, not by this user (uid 0), so another user could have planted files in it; if {r} is really cocoon's, `chown 0 {r}`; otherwise set root_dir (--root-dir or COCOON_ROOT_DIR) to another directory"
+            )
+        },
+    );
 }
 
 #[test]
 fn a_world_writable_root_dir_is_refused_a_sticky_one_is_not() {
     use std::os::unix::fs::PermissionsExt;
-    let (ok, stderr, env) = with_root(|root| {
-        std::fs::create_dir(root).unwrap();
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o777)).unwrap();
-    });
-    let root = env.root_dir();
-    let r = root.display();
-    assert!(!ok);
-    assert!(
-        stderr.contains(&format!(
-            "refusing to use root_dir {r}: it is writable by other users (mode 0777) without the sticky bit, so anyone could plant files in it; `chmod go-w {r}` if it is cocoon's own directory; otherwise set root_dir (--root-dir or COCOON_ROOT_DIR) to another directory"
-        )),
-        "{stderr}"
+    let env = root_dir_refused(
+        |root| {
+            std::fs::create_dir(root).unwrap();
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        },
+        |r| {
+            format!(
+                "it is writable by other users (mode 0777) without the sticky bit, so anyone could plant files in it; `chmod go-w {r}` if it is cocoon's own directory; otherwise set root_dir (--root-dir or COCOON_ROOT_DIR) to another directory"
+            )
+        },
     );
-    assert!(entries(&root).is_empty(), "{:?}", entries(&root));
+    let root = env.root_dir();
 
     // Group-writable is refused the same way; with the sticky bit, accepted.
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o770)).unwrap();
@@ -639,11 +647,7 @@ fn a_world_writable_root_dir_is_refused_a_sticky_one_is_not() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("(mode 0770) without the sticky bit"));
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let out = env.cmd().args(["image", "list"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[test]
@@ -695,11 +699,7 @@ fn a_missing_root_dir_is_created_with_its_parents() {
         .args(["image", "list"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for dir in [env.path().join("a"), env.path().join("a/b"), root] {
         let meta = std::fs::metadata(&dir).unwrap();
         assert_eq!(
@@ -740,8 +740,7 @@ fn image_import_of_a_layer_stops_at_max_layer_bytes() {
         "{stderr}"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
-    let after = snapshot(&s.beside, &s.skip);
-    assert_unchanged(&s.before, &after);
+    s.assert_beside_unchanged();
     let images = s.env.root_dir().join("images");
     assert!(entries(&images.join("tmp")).is_empty());
     assert!(entries(&images.join("blobs")).is_empty());
@@ -762,11 +761,7 @@ fn image_import_of_a_layer_stops_at_max_layer_bytes() {
         .args(["image", "import", "small", small.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 /// A raw disk image of `len` random (incompressible, hole-free) bytes with
@@ -774,13 +769,7 @@ fn image_import_of_a_layer_stops_at_max_layer_bytes() {
 fn raw_disk(len: usize) -> Vec<u8> {
     let mut data = vec![0u8; 512];
     data[510..512].copy_from_slice(&[0x55, 0xaa]);
-    let mut state = 0x9e3779b97f4a7c15u64;
-    while data.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        data.extend_from_slice(&state.to_le_bytes());
-    }
+    xorshift_fill(&mut data, 0x9e3779b97f4a7c15, len);
     data.truncate(len);
     data
 }
@@ -792,76 +781,46 @@ fn raw_disk(len: usize) -> Vec<u8> {
 /// leave nothing in `images/`; a 1 MiB disk then imports.
 #[test]
 fn cloud_image_import_without_enough_free_space_is_refused() {
-    let s = setup();
-    let root = s.env.root_dir();
-    std::fs::create_dir_all(&root).unwrap();
-    let sources = tempfile::tempdir().unwrap();
-    let big = sources.path().join("big.raw");
-    std::fs::write(&big, raw_disk(16 << 20)).unwrap();
-    let small = sources.path().join("small.raw");
-    std::fs::write(&small, raw_disk(1 << 20)).unwrap();
     let script = r#"
-        mount -t tmpfs -o size=6m,mode=0700 cocoon-test "$ROOT" || exit 99
         "$COCOON" image import big "$BIG"; echo "file=$?"
         echo "tmp1=$(ls -A "$ROOT/images/tmp")"
         "$COCOON" image import big - < "$BIG"; echo "stdin=$?"
         echo "tmp2=$(ls -A "$ROOT/images/tmp")"
         echo "blobs=$(ls -A "$ROOT/images/blobs")"
-        "$COCOON" image import small "$SMALL"; echo "small=$?"
     "#;
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["-m", "--propagation", "private", "sh", "-c", script]);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("COCOON_") {
-            cmd.env_remove(key);
-        }
-    }
-    let out = cmd
-        .env("ROOT", &root)
-        .env("BIG", &big)
-        .env("SMALL", &small)
-        .env("COCOON", cocoon_testkit::cocoon_bin())
-        .env("COCOON_ROOT_DIR", &root)
-        .env("COCOON_LOG_DIR", s.env.log_dir())
-        .env("COCOON_CNI_CONF_DIR", s.env.path().join("cni"))
-        .env("COCOON_CONFIG", s.env.config_path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(99) || stdout.is_empty() {
-        return cocoon_testkit::skip(
-            "cloud_image_import_without_enough_free_space_is_refused",
-            &format!("cannot mount a tmpfs in a private mount namespace: {stderr}"),
-        );
-    }
-    let images = root.join("images");
-    assert!(stdout.contains("file=1\n"), "{stdout}\n{stderr}");
-    let before_copy = format!(
-        "not enough free space in {}: importing {} needs 16.0 MiB, ",
-        images.display(),
-        big.display()
+    import_on_a_small_tmpfs(
+        "cloud_image_import_without_enough_free_space_is_refused",
+        ("big.raw", raw_disk(16 << 20)),
+        ("small.raw", raw_disk(1 << 20)),
+        script,
+        |stdout, stderr, root, big| {
+            let images = root.join("images");
+            assert!(stdout.contains("file=1\n"), "{stdout}\n{stderr}");
+            let before_copy = format!(
+                "not enough free space in {}: importing {} needs 16.0 MiB, ",
+                images.display(),
+                big.display()
+            );
+            assert!(stderr.contains(&before_copy), "{stderr}");
+            assert!(stdout.contains("stdin=1\n"), "{stdout}\n{stderr}");
+            let while_copying = format!(
+                "not enough free space in {}: importing standard input (4.0 MiB copied so far) needs 4.0 MiB, ",
+                images.display()
+            );
+            assert!(stderr.contains(&while_copying), "{stderr}");
+            assert_eq!(
+                stderr
+                    .matches(" free (free some space or move root_dir)")
+                    .count(),
+                2,
+                "{stderr}"
+            );
+            assert!(
+                stdout.contains("tmp1=\n")
+                    && stdout.contains("tmp2=\n")
+                    && stdout.contains("blobs=\n"),
+                "{stdout}"
+            );
+        },
     );
-    assert!(stderr.contains(&before_copy), "{stderr}");
-    assert!(stdout.contains("stdin=1\n"), "{stdout}\n{stderr}");
-    let while_copying = format!(
-        "not enough free space in {}: importing standard input (4.0 MiB copied so far) needs 4.0 MiB, ",
-        images.display()
-    );
-    assert!(stderr.contains(&while_copying), "{stderr}");
-    assert_eq!(
-        stderr
-            .matches(" free (free some space or move root_dir)")
-            .count(),
-        2,
-        "{stderr}"
-    );
-    assert!(
-        stdout.contains("tmp1=\n") && stdout.contains("tmp2=\n") && stdout.contains("blobs=\n"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("small=0\n"), "{stdout}\n{stderr}");
-    let after = snapshot(&s.beside, &s.skip);
-    assert_unchanged(&s.before, &after);
-    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
 }

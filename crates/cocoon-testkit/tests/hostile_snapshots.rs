@@ -66,6 +66,44 @@ impl Lab {
         self.fail_with(args, &[])
     }
 
+    /// Exports snapshot `snapshot` uncompressed to `<env>/<snapshot>.tar` and
+    /// unpacks it with GNU tar into a new `<env>/<into>`, which it returns.
+    fn export_unpacked(&self, snapshot: &str, into: &str) -> PathBuf {
+        let archive = self.env.path().join(format!("{snapshot}.tar"));
+        self.ok(&[
+            "snapshot",
+            "export",
+            "--compression",
+            "none",
+            "-o",
+            archive.to_str().unwrap(),
+            snapshot,
+        ]);
+        let dir = self.env.path().join(into);
+        std::fs::create_dir(&dir).unwrap();
+        run(Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&dir));
+        dir
+    }
+
+    /// [`retar`]s `dir` as `<env>/<file>` and imports that as snapshot
+    /// `name`; returns the archive.
+    fn import_retarred(&self, dir: &Path, file: &str, name: &str) -> PathBuf {
+        let archive = self.env.path().join(file);
+        retar(dir, &archive);
+        self.ok(&[
+            "snapshot",
+            "import",
+            "--name",
+            name,
+            archive.to_str().unwrap(),
+        ]);
+        archive
+    }
+
     fn inspect(&self, vm: &str) -> Value {
         serde_json::from_str(&self.ok(&["vm", "inspect", vm])).unwrap()
     }
@@ -267,34 +305,10 @@ fn doctored_snapshots_are_refused_on_import_and_clone_and_touch_nothing() {
         serde_json::from_str(&lab.ok(&["snapshot", "save", "--name", "s", "-o", "json", "src"]))
             .unwrap();
     let snap_dir = PathBuf::from(saved["data_dir"].as_str().unwrap());
-    let archive = lab.env.path().join("s.tar");
-    lab.ok(&[
-        "snapshot",
-        "export",
-        "--compression",
-        "none",
-        "-o",
-        archive.to_str().unwrap(),
-        "s",
-    ]);
-    let clean = lab.env.path().join("clean");
-    std::fs::create_dir(&clean).unwrap();
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&clean));
+    let clean = lab.export_unpacked("s", "clean");
     assert!(clean.join("cocoon.json.sha256").exists(), "the trailer");
     // The untouched archive, re-tarred by GNU tar, imports: the harness is sound.
-    let good = lab.env.path().join("good.tar");
-    retar(&clean, &good);
-    lab.ok(&[
-        "snapshot",
-        "import",
-        "--name",
-        "good",
-        good.to_str().unwrap(),
-    ]);
+    let good = lab.import_retarred(&clean, "good.tar", "good");
 
     let other_cow = PathBuf::from(
         src["storage_configs"]
@@ -552,11 +566,7 @@ fn export_without_output_stays_in_the_working_directory() {
         .current_dir(&cwd)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hostile_support::assert_success(&out);
     let names: Vec<String> = std::fs::read_dir(&cwd)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -653,33 +663,9 @@ fn a_clone_pins_its_own_disks_blobs_through_image_rm_and_gc() {
     lab.ok(&["vm", "run", "--nics", "0", "--name", "src", "test/guest:1"]);
     let mut reaper = Reaper(cocoon_testkit::processes_of(&lab.inspect("src")));
     lab.ok(&["snapshot", "save", "--name", "s", "src"]);
-    let archive = lab.env.path().join("s.tar");
-    lab.ok(&[
-        "snapshot",
-        "export",
-        "--compression",
-        "none",
-        "-o",
-        archive.to_str().unwrap(),
-        "s",
-    ]);
-    let dir = lab.env.path().join("unpacked");
-    std::fs::create_dir(&dir).unwrap();
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&dir));
+    let dir = lab.export_unpacked("s", "unpacked");
     doctor(&dir, &[], |m| m["snapshot"]["image_blob_ids"] = json!({}));
-    let doctored = lab.env.path().join("noblobs.tar");
-    retar(&dir, &doctored);
-    lab.ok(&[
-        "snapshot",
-        "import",
-        "--name",
-        "imp",
-        doctored.to_str().unwrap(),
-    ]);
+    lab.import_retarred(&dir, "noblobs.tar", "imp");
     lab.ok(&["vm", "clone", "--name", "c", "imp"]);
     let clone = lab.inspect("c");
     reaper.0.extend(cocoon_testkit::processes_of(&clone));

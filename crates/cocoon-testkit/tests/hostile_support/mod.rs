@@ -144,3 +144,12 @@ pub fn assert_no_opaque(dir: &Path) {
         );
     }
 }
+
+/// Asserts that a command succeeded, showing its stderr if not.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
