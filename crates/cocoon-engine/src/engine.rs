@@ -95,7 +95,7 @@ fn check_state_dir(name: &'static str, path: &Path) -> Result<()> {
         ));
     }
     let mode = stat.st_mode & 0o7777;
-    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+    if writable_by_others(mode) {
         return Err(refuse(
             format!(
                 "it is writable by other users (mode {mode:04o}) without the sticky bit, so anyone could plant files in it"
@@ -127,6 +127,13 @@ fn missing_dirs(path: &Path) -> Vec<PathBuf> {
 /// `root_dir` checked if it exists, else created 0750 with the parents it
 /// needs, each of which is then checked too (nobody swapped one in between);
 /// `run_dir` and `log_dir`, created when first used, are checked if they exist.
+/// Whether a directory of this mode lets other users plant files in it:
+/// writable by group or others without the sticky bit. `Engine::open`
+/// refuses such a state directory and `cocoon doctor` reports it.
+pub(crate) fn writable_by_others(mode: u32) -> bool {
+    mode & 0o022 != 0 && mode & 0o1000 == 0
+}
+
 fn prepare_state_dirs(config: &Config) -> Result<()> {
     let created = missing_dirs(&config.root_dir);
     if !created.is_empty() {

@@ -320,28 +320,37 @@ fn a_root_dir_owned_by_another_user_fails() {
 }
 
 #[test]
-fn a_world_writable_root_dir_fails() {
+fn a_root_dir_others_can_write_fails() {
     let env = env();
-    let root = env.path().join("open");
-    std::fs::create_dir(&root).unwrap();
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let report = with_root(&env, &root);
-    assert_eq!(
-        item(&report, "root_dir"),
-        &check(
-            "fail",
-            "root_dir",
-            &format!(
-                "{} is writable by every user (mode 0777), so anyone could plant files in it",
-                root.display()
+    // World- or group-writable without the sticky bit: a planted directory.
+    // Sticky (1777, like /tmp) is not.
+    for (mode, fails) in [(0o777, true), (0o770, true), (0o1777, false)] {
+        let root = env.path().join(format!("open-{mode:o}"));
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode)).unwrap();
+        let report = with_root(&env, &root);
+        if !fails {
+            assert_eq!(item(&report, "root_dir")["status"], "ok", "mode {mode:o}");
+            continue;
+        }
+        assert_eq!(
+            item(&report, "root_dir"),
+            &check(
+                "fail",
+                "root_dir",
+                &format!(
+                    "{} is writable by other users (mode {mode:04o}) without the sticky bit, so anyone could plant files in it",
+                    root.display()
+                ),
+                Some(&format!(
+                    "`chmod go-w {}` if it is cocoon's own directory; otherwise {ROOT_ELSEWHERE}",
+                    root.display()
+                ))
             ),
-            Some(&format!(
-                "`chmod o-w {}` if it is cocoon's own directory; otherwise {ROOT_ELSEWHERE}",
-                root.display()
-            ))
-        )
-    );
-    assert_eq!(report["can_run_vm"], false);
+            "mode {mode:o}"
+        );
+        assert_eq!(report["can_run_vm"], false);
+    }
 }
 
 #[test]

@@ -107,13 +107,13 @@ pub(super) fn state_dir(name: &'static str, path: &Path, euid: u32) -> Check {
         );
     }
     let mode = meta.mode() & 0o7777;
-    if mode & 0o002 != 0 {
+    if crate::engine::writable_by_others(mode) {
         return Check::fail(
             name,
             format!(
-                "{shown} is writable by every user (mode {mode:04o}), so anyone could plant files in it"
+                "{shown} is writable by other users (mode {mode:04o}) without the sticky bit, so anyone could plant files in it"
             ),
-            format!("`chmod o-w {shown}` if it is cocoon's own directory; otherwise {elsewhere}"),
+            format!("`chmod go-w {shown}` if it is cocoon's own directory; otherwise {elsewhere}"),
         );
     }
     match try_create_file(path) {
