@@ -40,7 +40,8 @@ fn set_elsewhere(name: &str) -> String {
 
 /// Refuses a state directory someone else could have planted: one that is
 /// a symbolic link, not a directory, owned by another user, or writable by
-/// group or others without the sticky bit. Checked on the directory's own
+/// group or others (with the sticky bit too: others could still create the
+/// names cocoon is about to create). Checked on the directory's own
 /// descriptor (opened `O_DIRECTORY | O_NOFOLLOW`, then `fstat`), never on a
 /// path looked up twice.
 fn check_state_dir(name: &'static str, path: &Path) -> Result<()> {
@@ -98,7 +99,7 @@ fn check_state_dir(name: &'static str, path: &Path) -> Result<()> {
     if writable_by_others(mode) {
         return Err(refuse(
             format!(
-                "it is writable by other users (mode {mode:04o}) without the sticky bit, so anyone could plant files in it"
+                "it is writable by other users (mode {mode:04o}), so anyone could plant files in it"
             ),
             format!(
                 "`chmod go-w {shown}` if it is cocoon's own directory; otherwise {}",
@@ -128,10 +129,12 @@ fn missing_dirs(path: &Path) -> Vec<PathBuf> {
 /// needs, each of which is then checked too (nobody swapped one in between);
 /// `run_dir` and `log_dir`, created when first used, are checked if they exist.
 /// Whether a directory of this mode lets other users plant files in it:
-/// writable by group or others without the sticky bit. `Engine::open`
-/// refuses such a state directory and `cocoon doctor` reports it.
+/// writable by group or others, sticky or not (the sticky bit only keeps
+/// them from removing others' files, not from creating the names cocoon is
+/// about to create). `Engine::open` refuses such a state directory and
+/// `cocoon doctor` reports it.
 pub(crate) fn writable_by_others(mode: u32) -> bool {
-    mode & 0o022 != 0 && mode & 0o1000 == 0
+    mode & 0o022 != 0
 }
 
 fn prepare_state_dirs(config: &Config) -> Result<()> {

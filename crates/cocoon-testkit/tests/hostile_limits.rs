@@ -625,7 +625,7 @@ fn a_root_dir_owned_by_another_user_is_refused() {
 }
 
 #[test]
-fn a_world_writable_root_dir_is_refused_a_sticky_one_is_not() {
+fn a_world_or_group_writable_root_dir_is_refused_sticky_or_not() {
     use std::os::unix::fs::PermissionsExt;
     let env = root_dir_refused(
         |root| {
@@ -634,18 +634,27 @@ fn a_world_writable_root_dir_is_refused_a_sticky_one_is_not() {
         },
         |r| {
             format!(
-                "it is writable by other users (mode 0777) without the sticky bit, so anyone could plant files in it; `chmod go-w {r}` if it is cocoon's own directory; otherwise set root_dir (--root-dir or COCOON_ROOT_DIR) to another directory"
+                "it is writable by other users (mode 0777), so anyone could plant files in it; `chmod go-w {r}` if it is cocoon's own directory; otherwise set root_dir (--root-dir or COCOON_ROOT_DIR) to another directory"
             )
         },
     );
     let root = env.root_dir();
 
-    // Group-writable is refused the same way; with the sticky bit, accepted.
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o770)).unwrap();
-    let out = env.cmd().args(["image", "list"]).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("(mode 0770) without the sticky bit"));
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // Group-writable and sticky world-writable are refused the same way; the
+    // owner's own 0750 is accepted.
+    for mode in [0o770, 0o1777] {
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = env.cmd().args(["image", "list"]).output().unwrap();
+        assert!(!out.status.success(), "mode {mode:o} accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!(
+                "(mode {mode:04o}), so anyone could plant files in it"
+            )),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o750)).unwrap();
     let out = env.cmd().args(["image", "list"]).output().unwrap();
     assert_success(&out);
 }

@@ -322,9 +322,9 @@ fn a_root_dir_owned_by_another_user_fails() {
 #[test]
 fn a_root_dir_others_can_write_fails() {
     let env = env();
-    // World- or group-writable without the sticky bit: a planted directory.
-    // Sticky (1777, like /tmp) is not.
-    for (mode, fails) in [(0o777, true), (0o770, true), (0o1777, false)] {
+    // World- or group-writable, sticky or not: a directory others could
+    // have planted names in.
+    for (mode, fails) in [(0o777, true), (0o770, true), (0o1777, true), (0o750, false)] {
         let root = env.path().join(format!("open-{mode:o}"));
         std::fs::create_dir(&root).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -339,7 +339,7 @@ fn a_root_dir_others_can_write_fails() {
                 "fail",
                 "root_dir",
                 &format!(
-                    "{} is writable by other users (mode {mode:04o}) without the sticky bit, so anyone could plant files in it",
+                    "{} is writable by other users (mode {mode:04o}), so anyone could plant files in it",
                     root.display()
                 ),
                 Some(&format!(

@@ -111,7 +111,7 @@ pub(super) fn state_dir(name: &'static str, path: &Path, euid: u32) -> Check {
         return Check::fail(
             name,
             format!(
-                "{shown} is writable by other users (mode {mode:04o}) without the sticky bit, so anyone could plant files in it"
+                "{shown} is writable by other users (mode {mode:04o}), so anyone could plant files in it"
             ),
             format!("`chmod go-w {shown}` if it is cocoon's own directory; otherwise {elsewhere}"),
         );
