@@ -368,12 +368,21 @@ async fn firecracker_end_to_end() {
         pty: None,
         launched: vec![],
     };
+    // Firecracker logs to stdout unless told otherwise, and stdout is also
+    // the guest's serial console here: a log line written in the middle of
+    // the guest's ready line split it ("C<log line>OCOON-TEST-GUEST READY"),
+    // and the test waited for a marker that never came whole. Its log goes
+    // to a file of its own (which must exist beforehand).
     let args = |sock: &Path| {
+        let log = sock.with_extension("fc.log");
+        std::fs::File::create(&log).unwrap();
         vec![
             "--api-sock".into(),
             sock.display().to_string(),
             "--id".into(),
             "cocoon-test".into(),
+            "--log-path".into(),
+            log.display().to_string(),
         ]
     };
     let vmm = vm.launch(&binary, args).await;
