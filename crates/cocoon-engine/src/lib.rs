@@ -10,6 +10,8 @@ pub mod doctor;
 pub mod engine;
 pub mod error;
 pub mod failpoint;
+#[cfg(test)]
+mod fuzzing;
 pub mod gc;
 pub mod guest;
 pub mod id;

@@ -17,6 +17,7 @@ use proptest::prelude::*;
 use tar::EntryType;
 
 use super::unpack;
+use crate::fuzzing::cases;
 
 /// Names that overlap: parents and children, a name that goes up, one that
 /// is absolute, and the markers the unpacker treats specially.
@@ -206,13 +207,6 @@ fn check(entries: &[Entry]) -> Result<(), TestCaseError> {
     beside.sort();
     prop_assert_eq!(beside, vec!["host".to_string(), "root".to_string()]);
     Ok(())
-}
-
-fn cases() -> u32 {
-    std::env::var("COCOON_FUZZ_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(256)
 }
 
 #[test]

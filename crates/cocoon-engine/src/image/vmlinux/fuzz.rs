@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
+use crate::fuzzing::{cases, mutate, mutation};
 
 /// The limit the fuzz cases run under: small, so that a mutation that
 /// turns the payload into a bomb is caught quickly.
@@ -89,61 +90,9 @@ fn bzimage(payload: &[u8], uncompressed: usize) -> Vec<u8> {
     image
 }
 
-#[derive(Debug, Clone)]
-enum Mutation {
-    Set(usize, u8),
-    Flip(usize, u8),
-    Cut(usize),
-    Insert(usize, Vec<u8>),
-    /// A header field (setup_sects, version, payload offset or length) set
-    /// to an extreme or random value.
-    Field(usize, u32),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    let field = prop_oneof![Just(0x1f1usize), Just(0x206), Just(0x248), Just(0x24c)];
-    let value = prop_oneof![
-        Just(0u32),
-        Just(u32::MAX),
-        Just(u32::MAX - 3),
-        Just(0x7fff_ffff),
-        any::<u32>(),
-    ];
-    prop_oneof![
-        4 => (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Mutation::Set(at, b)),
-        3 => (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip(at, bit)),
-        1 => any::<usize>().prop_map(Mutation::Cut),
-        1 => (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..64))
-            .prop_map(|(at, bytes)| Mutation::Insert(at, bytes)),
-        2 => (field, value).prop_map(|(at, v)| Mutation::Field(at, v)),
-    ]
-}
-
-fn mutate(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
-    for m in mutations {
-        if bytes.is_empty() {
-            break;
-        }
-        let len = bytes.len();
-        match m {
-            Mutation::Set(at, b) => bytes[at % len] = *b,
-            Mutation::Flip(at, bit) => bytes[at % len] ^= 1 << bit,
-            Mutation::Cut(at) => bytes.truncate(at % len),
-            Mutation::Insert(at, more) => {
-                let at = at % len;
-                bytes.splice(at..at, more.iter().copied());
-            }
-            Mutation::Field(at, v) => {
-                for (i, b) in v.to_le_bytes().iter().enumerate() {
-                    if let Some(slot) = bytes.get_mut(at + i) {
-                        *slot = *b;
-                    }
-                }
-            }
-        }
-    }
-    bytes
-}
+/// setup_sects, version, payload offset and length: the header fields the
+/// extractor trusts most.
+const HEADER_FIELDS: &[usize] = &[0x1f1, 0x206, 0x248, 0x24c];
 
 /// Runs the extractor's two steps on `image` and checks every outcome the
 /// module comment promises; a panic fails the case.
@@ -163,20 +112,13 @@ fn check(image: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn cases() -> u32 {
-    std::env::var("COCOON_FUZZ_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(256)
-}
-
 fn fuzz(format: Compression) {
     let elf = fake_elf(256 << 10);
     let image = bzimage(&compress(format, &elf), elf.len());
     // The unmutated image extracts: the mutations start from a valid input.
     let path = Path::new("fuzz.bzImage");
     assert!(decompress_limited(payload(&image, path).unwrap(), path, FUZZ_LIMIT).unwrap() == elf);
-    proptest!(ProptestConfig::with_cases(cases()), |(mutations in proptest::collection::vec(mutation(), 1..6))| {
+    proptest!(ProptestConfig::with_cases(cases()), |(mutations in proptest::collection::vec(mutation(HEADER_FIELDS), 1..6))| {
         check(&mutate(image.clone(), &mutations))?;
     });
 }
