@@ -27,6 +27,42 @@ pub fn last_heartbeat(serial: &str) -> Option<u64> {
         .find_map(|n| n.trim().parse().ok())
 }
 
+/// Every heartbeat number in `serial` output, in order.
+pub fn heartbeats(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(HEARTBEAT_PREFIX))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// The heartbeats of an append-only console log written after `offset`
+/// (the log's length before an operation), preceded by the last one before
+/// it, so that a count that drops right at the operation shows as a drop.
+/// Starts at `offset` itself when that is a line start (the usual case: the
+/// log ended with a whole line), else at the next line.
+pub fn heartbeats_since(log: &str, offset: usize) -> Vec<u64> {
+    let from = offset.min(log.len());
+    let from = if from == 0 || log.as_bytes()[from - 1] == b'\n' {
+        from
+    } else {
+        log[from..].find('\n').map_or(log.len(), |i| from + i + 1)
+    };
+    let mut beats: Vec<u64> = heartbeats(&log[..from])
+        .last()
+        .copied()
+        .into_iter()
+        .collect();
+    beats.extend(heartbeats(&log[from..]));
+    beats
+}
+
+/// Where the count last went down in `beats` (a restored or cloned guest
+/// counting from its snapshot's value again), if it did.
+pub fn last_drop(beats: &[u64]) -> Option<usize> {
+    (1..beats.len()).rev().find(|k| beats[*k] < beats[*k - 1])
+}
+
 /// Every `count=<n>` answer in `serial` output.
 pub fn counts(serial: &str) -> Vec<u64> {
     serial
@@ -73,5 +109,22 @@ mod tests {
         assert_eq!(last_heartbeat(serial), Some(3));
         assert_eq!(counts(serial), vec![2]);
         assert_eq!(last_heartbeat("nothing"), None);
+        assert_eq!(heartbeats(serial), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn beats_since_an_offset_keep_the_last_one_before() {
+        let log = "heartbeat 9\nheartbeat 10\n";
+        let before = log.len();
+        let log = format!("{log}heartbeat 4\nheartbeat 5\n");
+        // The offset is a line start: the old beat 10 stays, so the drop shows.
+        assert_eq!(heartbeats_since(&log, before), [10, 4, 5]);
+        assert_eq!(last_drop(&heartbeats_since(&log, before)), Some(1));
+        // Mid-line: from the next whole line.
+        assert_eq!(heartbeats_since(&log, 3), [9, 10, 4, 5]);
+        assert_eq!(heartbeats_since(&log, 0), [9, 10, 4, 5]);
+        assert_eq!(heartbeats_since(&log, 1000), [5]);
+        assert_eq!(last_drop(&[3, 4, 5]), None);
+        assert_eq!(last_drop(&[7, 3, 4, 2, 3]), Some(3));
     }
 }

@@ -13,7 +13,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
-use cocoon_testkit::guest::{COUNT_PREFIX, HEARTBEAT_PREFIX, READY_MARKER};
+use cocoon_testkit::guest::{
+    COUNT_PREFIX, HEARTBEAT_PREFIX, READY_MARKER, heartbeats, heartbeats_since, last_drop,
+};
 use cocoon_testkit::registry::Registry;
 use cocoon_testkit::{CocoonEnv, real_vmm, require_real_vmm, skip};
 use serde_json::Value;
@@ -286,13 +288,6 @@ fn vm_run_firecracker() {
     boot_on(true);
 }
 
-fn heartbeats(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.trim().strip_prefix(HEARTBEAT_PREFIX))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
-
 fn cow_of(vm: &Value) -> PathBuf {
     let disks = vm["storage_configs"].as_array().unwrap();
     PathBuf::from(
@@ -468,19 +463,8 @@ fn snapshots_on(fc: bool) {
         // (that offset itself when it is a line start: the log is append-only
         // across the restore, and usually ended with a whole line), preceded
         // by the last beat before it, so a drop right at the restore shows.
-        let from = before_restore.min(log.len());
-        let from = if from == 0 || log.as_bytes()[from - 1] == b'\n' {
-            from
-        } else {
-            log[from..].find('\n').map_or(log.len(), |i| from + i + 1)
-        };
-        let mut beats: Vec<u64> = heartbeats(&log[..from])
-            .last()
-            .copied()
-            .into_iter()
-            .collect();
-        beats.extend(heartbeats(&log[from..]));
-        if let Some(k) = (1..beats.len()).rev().find(|k| beats[*k] < beats[*k - 1]) {
+        let beats = heartbeats_since(&log, before_restore);
+        if let Some(k) = last_drop(&beats) {
             assert!(
                 beats[k] >= lo && beats[k] <= hi + 1,
                 "restored guest counts from {}, snapshot at {lo}..={hi}: {beats:?}",
@@ -498,7 +482,7 @@ fn snapshots_on(fc: bool) {
         assert!(
             Instant::now() < deadline,
             "the count never went back after the restore: {beats:?} in the log since the restore:\n{}",
-            &log[from..]
+            &log[before_restore.min(log.len())..]
         );
         std::thread::sleep(Duration::from_millis(200));
     }

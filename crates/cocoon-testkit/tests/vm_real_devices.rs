@@ -25,7 +25,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cocoon_engine::net::netns;
-use cocoon_testkit::guest::{COUNT_PREFIX, HEARTBEAT_PREFIX, QUERY};
+use cocoon_testkit::guest::{
+    COUNT_PREFIX, HEARTBEAT_PREFIX, QUERY, heartbeats, heartbeats_since, last_drop,
+};
 use cocoon_testkit::{real_vmm, require_real_vmm, skip};
 use netlab::{NetLab, sh};
 use serde_json::Value;
@@ -96,13 +98,6 @@ fn refused(lab: &NetLab, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn heartbeats(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.trim().strip_prefix(HEARTBEAT_PREFIX))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
-
 fn logs(lab: &NetLab, vm: &str) -> String {
     lab.ok(&["vm", "logs", vm])
 }
@@ -140,19 +135,8 @@ fn wait_count_back(lab: &NetLab, vm: &str, before: usize, lo: u64, hi: u64) -> V
         let log = logs(lab, vm);
         // From the first whole line after what was there before, preceded by
         // the last beat before it, so a drop right at the operation shows.
-        let from = before.min(log.len());
-        let from = if from == 0 || log.as_bytes()[from - 1] == b'\n' {
-            from
-        } else {
-            log[from..].find('\n').map_or(log.len(), |i| from + i + 1)
-        };
-        let mut beats: Vec<u64> = heartbeats(&log[..from])
-            .last()
-            .copied()
-            .into_iter()
-            .collect();
-        beats.extend(heartbeats(&log[from..]));
-        if let Some(k) = (1..beats.len()).rev().find(|k| beats[*k] < beats[*k - 1]) {
+        let beats = heartbeats_since(&log, before);
+        if let Some(k) = last_drop(&beats) {
             assert!(
                 beats[k] >= lo && beats[k] <= hi + 1,
                 "{vm}: the restored guest counts from {}, the snapshot's count was {lo}..={hi}: {beats:?}",
@@ -170,7 +154,7 @@ fn wait_count_back(lab: &NetLab, vm: &str, before: usize, lo: u64, hi: u64) -> V
         assert!(
             Instant::now() < deadline,
             "{vm}: the count never went back to {lo}..={hi} and on: {beats:?} in the log since the operation:\n{}",
-            &log[from..]
+            &log[before.min(log.len())..]
         );
         std::thread::sleep(Duration::from_millis(200));
     }
