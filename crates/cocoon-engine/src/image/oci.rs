@@ -369,6 +369,28 @@ fn http_error(reference: &Reference, what: &str, seconds: u64, e: &reqwest::Erro
 }
 
 /// Awaits `future` for at most the read timeout; a timeout is [`PullError::Stalled`].
+/// The token exchange for pulling `reference` (bounded like every request);
+/// the client keeps the token for its later requests, and it is returned for
+/// requests made outside the client.
+async fn authenticate(
+    client: &Client,
+    reference: &Reference,
+    auth: &RegistryAuth,
+    limits: &PullLimits,
+) -> Result<Option<String>, PullError> {
+    within(
+        reference,
+        limits,
+        "authenticating",
+        client.auth(reference, auth, oci_client::RegistryOperation::Pull),
+    )
+    .await?
+    .map_err(|source| PullError::Registry {
+        reference: reference.whole(),
+        source,
+    })
+}
+
 async fn within<T>(
     reference: &Reference,
     limits: &PullLimits,
@@ -408,17 +430,7 @@ impl<'a> ManifestFetcher<'a> {
     ) -> Result<ManifestFetcher<'a>, PullError> {
         let auth = options.auth(reference.resolve_registry())?;
         let limits = &options.limits;
-        let token = within(
-            reference,
-            limits,
-            "authenticating",
-            client.auth(reference, &auth, oci_client::RegistryOperation::Pull),
-        )
-        .await?
-        .map_err(|source| PullError::Registry {
-            reference: reference.whole(),
-            source,
-        })?;
+        let token = authenticate(client, reference, &auth, limits).await?;
         let authorization = match (token, &auth) {
             (Some(token), _) => Some(format!("Bearer {token}")),
             (None, RegistryAuth::Basic(user, pass)) => {
@@ -659,17 +671,7 @@ pub async fn pull_layers(
     let client = Arc::new(options.client(reference));
     let auth = options.auth(reference.resolve_registry())?;
     // The token exchange happens once, before the parallel blob fetches.
-    within(
-        reference,
-        &options.limits,
-        "authenticating",
-        client.auth(reference, &auth, oci_client::RegistryOperation::Pull),
-    )
-    .await?
-    .map_err(|source| PullError::Registry {
-        reference: reference.whole(),
-        source,
-    })?;
+    authenticate(&client, reference, &auth, &options.limits).await?;
     let permits = Arc::new(tokio::sync::Semaphore::new(pool_size.max(1)));
     let total = layers.len();
     let mut tasks = tokio::task::JoinSet::new();
