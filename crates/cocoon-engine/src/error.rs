@@ -26,6 +26,8 @@ pub enum Error {
     /// Boxed: the launch errors carry log tails and would bloat every Result.
     #[error(transparent)]
     Vm(Box<crate::vm::VmError>),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("{what}: {source}")]
     Io {
         what: String,

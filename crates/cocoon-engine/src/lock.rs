@@ -1,13 +1,22 @@
-//! Per-VM operation lock: `flock(2)` on `<run_dir>/vms/<id>/lock`.
+//! The engine's locks, all `flock(2)`, which the kernel drops when the
+//! holder dies, so a crashed command can never wedge the next one.
 //!
-//! Two commands on the same VM (start and snapshot, two starts) are serialised;
-//! commands on different VMs never wait for each other. The kernel drops the
-//! lock when the holder dies, so a crashed command can never wedge the next one.
+//! - [`VmLock`] on `<run_dir>/vms/<id>/lock`: two commands on the same VM
+//!   (start and snapshot, two starts) are serialised; commands on different
+//!   VMs never wait for each other.
+//! - [`BlobLock`] on `<root_dir>/images/locks/<hex>.lock`: one process
+//!   stores a layer or cloud blob at a time, and gc removes a blob only
+//!   under it after a fresh look at the records. A pull, an import and a VM
+//!   create all look for a stored blob under this lock, never before it, so
+//!   a blob they found stays until their record pins it.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::digest::Digest;
+use crate::image::store::ImageDirs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -28,7 +37,7 @@ pub struct VmLock {
 
 impl VmLock {
     pub fn path_for(run_dir: &Path, id: &str) -> PathBuf {
-        run_dir.join("vms").join(id).join("lock")
+        crate::layout::VmPaths::run_only(&run_dir.join("vms").join(id)).lock()
     }
 
     /// Waits up to `timeout` for the lock, polling briefly (cocoon's 100 ms poll
@@ -119,6 +128,42 @@ impl VmLock {
     }
 }
 
+/// An image blob's lock, held for the lifetime of the value.
+#[derive(Debug)]
+pub struct BlobLock {
+    _file: File,
+}
+
+impl BlobLock {
+    /// Waits for the lock of `digest`'s blob, creating its lock file.
+    pub fn acquire(dirs: &ImageDirs, digest: &Digest) -> io::Result<BlobLock> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dirs.lock(digest))?;
+        file.lock()?;
+        Ok(BlobLock { _file: file })
+    }
+
+    /// The lock without waiting and without creating its file: None when
+    /// another process holds it, or when no pull or import ever stored the
+    /// blob (no lock file): gc leaves those alone.
+    pub fn try_existing(dirs: &ImageDirs, digest: &Digest) -> Option<BlobLock> {
+        let file = File::open(dirs.lock(digest)).ok()?;
+        file.try_lock().ok()?;
+        Some(BlobLock { _file: file })
+    }
+
+    /// Whether an operation holds `digest`'s lock right now.
+    pub fn is_held(dirs: &ImageDirs, digest: &Digest) -> bool {
+        match File::open(dirs.lock(digest)) {
+            Ok(f) => matches!(f.try_lock(), Err(TryLockError::WouldBlock)),
+            Err(_) => false,
+        }
+    }
+}
+
 fn same_file(file: &File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (file.metadata(), std::fs::metadata(path)) {
@@ -194,5 +239,23 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         VmLock::acquire(dir.path(), "VMC", Duration::from_secs(2)).unwrap();
+    }
+
+    #[test]
+    fn blob_lock_excludes_and_try_existing_never_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = ImageDirs::new(dir.path());
+        dirs.create().unwrap();
+        let digest = Digest::from_hex(&"ab".repeat(32)).unwrap();
+        // No lock file: nothing ever stored it, gc must leave it alone.
+        assert!(BlobLock::try_existing(&dirs, &digest).is_none());
+        assert!(!dirs.lock(&digest).exists());
+        assert!(!BlobLock::is_held(&dirs, &digest));
+        let held = BlobLock::acquire(&dirs, &digest).unwrap();
+        assert!(BlobLock::is_held(&dirs, &digest));
+        assert!(BlobLock::try_existing(&dirs, &digest).is_none());
+        drop(held);
+        assert!(!BlobLock::is_held(&dirs, &digest));
+        assert!(BlobLock::try_existing(&dirs, &digest).is_some());
     }
 }

@@ -250,10 +250,7 @@ fn failures_commit_nothing() {
     }
     let leftovers = std::fs::read_dir(dirs.root.join("tmp")).unwrap().count();
     assert_eq!(leftovers, 0, "work directories are removed");
-    assert!(
-        engine.store().intents().unwrap().is_empty(),
-        "intents are closed"
-    );
+    assert!(engine.intents().unwrap().is_empty(), "intents are closed");
 }
 
 /// The layer digests of a pushed image, as the registry serves them.

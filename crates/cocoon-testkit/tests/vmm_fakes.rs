@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cocoon_engine::backend::{self, PauseError};
 use cocoon_engine::model::{Hypervisor, VmmProcess};
 use cocoon_engine::process::ProcessIdentity;
 use cocoon_engine::supervise::{self, LaunchSpec, Stdin, StopTimeouts, Stopped, SuperviseError};
-use cocoon_engine::vmm::{PauseError, VmmApi};
 use serde_json::json;
 use vmm_api::ch::CloudHypervisor;
 use vmm_api::ch::models::{
@@ -156,17 +156,18 @@ async fn seed_scenario_vm_paused_behind_our_back_is_unwedged() {
     // The next snapshot goes through the engine's pause window.
     let snap = h.path("snap");
     std::fs::create_dir(&snap).unwrap();
-    let api = VmmApi::new(Hypervisor::CloudHypervisor, &h.path("api.sock"));
-    let VmmApi::CloudHypervisor(ch) = &api else {
-        unreachable!()
-    };
+    let socket = h.path("api.sock");
+    let ch = h.ch();
     let config = VmSnapshotConfig {
         destination_url: file_url(&snap),
         extra: Default::default(),
     };
-    api.while_paused(|| ch.snapshot(&config, Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let api = backend::of(Hypervisor::CloudHypervisor);
+    backend::while_paused(api, &socket, || {
+        ch.snapshot(&config, Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
 
     // Decided from the error itself: no vm.info round trip inside the window.
     assert_eq!(
@@ -838,9 +839,12 @@ async fn the_vmm_can_be_launched_inside_a_network_namespace() {
 async fn while_paused_resumes_after_a_failed_operation() {
     let h = Harness::new();
     let vmm = h.launch(Hypervisor::CloudHypervisor).await;
-    let api = VmmApi::new(Hypervisor::CloudHypervisor, &h.path("api.sock"));
-    let result: Result<(), PauseError<std::io::Error>> = api
-        .while_paused(|| async { Err(std::io::Error::other("disk copy failed")) })
+    let socket = h.path("api.sock");
+    let api = backend::of(Hypervisor::CloudHypervisor);
+    let result: Result<(), PauseError<std::io::Error>> =
+        backend::while_paused(api, &socket, || async {
+            Err(std::io::Error::other("disk copy failed"))
+        })
         .await;
     assert!(matches!(result, Err(PauseError::Work(_))));
     assert_eq!(

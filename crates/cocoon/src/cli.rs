@@ -584,8 +584,11 @@ pub enum SnapshotCommand {
 
 impl RestoreModeArg {
     /// The engine's mode for `--restore-mode` / `--on-demand`.
-    pub fn engine(mode: Option<RestoreModeArg>, on_demand: bool) -> cocoon_engine::vm::RestoreMode {
-        use cocoon_engine::vm::RestoreMode;
+    pub fn engine(
+        mode: Option<RestoreModeArg>,
+        on_demand: bool,
+    ) -> cocoon_engine::backend::RestoreMode {
+        use cocoon_engine::backend::RestoreMode;
         match (mode, on_demand) {
             (Some(RestoreModeArg::Copy), _) => RestoreMode::Copy,
             (Some(RestoreModeArg::Ondemand), _) | (None, true) => RestoreMode::OnDemand,

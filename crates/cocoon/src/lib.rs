@@ -22,7 +22,7 @@ pub fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args
         .get(1)
-        .is_some_and(|a| a == cocoon_engine::vm::RELAY_SUBCOMMAND)
+        .is_some_and(|a| a == cocoon_engine::ops::vm_launch::RELAY_SUBCOMMAND)
     {
         return relay(&args[2..]);
     }

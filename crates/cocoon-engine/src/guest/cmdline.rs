@@ -43,18 +43,28 @@ pub struct CmdlineSpec<'a> {
     pub dns: &'a [std::net::IpAddr],
 }
 
+/// How a VMM presents devices to the guest, which decides the console and
+/// how the guest finds its disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// virtio-pci with a virtio console (hvc0); disks named by serial.
+    VirtioPci,
+    /// virtio-mmio, the serial port as console (ttyS0), no PCI; disks in order.
+    Mmio,
+}
+
 /// The direct-boot kernel command line for an OCI image.
 pub fn build(spec: &CmdlineSpec<'_>) -> String {
     let mut args: Vec<String> = Vec::new();
-    let (layers, cow) = match spec.hypervisor {
-        Hypervisor::CloudHypervisor => {
+    let (layers, cow) = match crate::backend::of(spec.hypervisor).cmdline_style() {
+        Style::VirtioPci => {
             args.extend(["console=hvc0", "loglevel=3"].map(String::from));
             (
                 (0..spec.layers).rev().map(layer_serial).collect::<Vec<_>>(),
                 COW_SERIAL.to_string(),
             )
         }
-        Hypervisor::Firecracker => {
+        Style::Mmio => {
             args.extend(
                 [
                     "console=ttyS0",

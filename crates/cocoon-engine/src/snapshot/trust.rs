@@ -35,7 +35,7 @@ use serde_json::Value;
 use super::manifest::{self, Manifest};
 use crate::digest::Digest;
 use crate::image::store::ImageDirs;
-use crate::model::{Hypervisor, ImageType, StorageConfig, StorageRole};
+use crate::model::{ImageType, StorageConfig, StorageRole};
 
 /// Bytes of `config.json` read at most: CH writes a few KiB.
 pub const MAX_CH_CONFIG: u64 = 1 << 20;
@@ -55,16 +55,6 @@ pub struct Facts {
 pub struct Checked {
     /// Image blobs its disks (and boot files) use: what it and its clones pin.
     pub blobs: BTreeSet<Digest>,
-}
-
-/// The state files of each hypervisor's snapshot.
-pub fn is_state_file(hypervisor: Hypervisor, name: &str) -> bool {
-    match hypervisor {
-        Hypervisor::CloudHypervisor => {
-            name == "config.json" || name == "state.json" || name.starts_with("memory-range")
-        }
-        Hypervisor::Firecracker => name == "vmstate" || name == "mem",
-    }
 }
 
 /// Opens `name` beneath `dir`, following no link, read-only.
@@ -97,6 +87,7 @@ fn plain(name: &str) -> bool {
 pub fn check(manifest: &Manifest, dir: &Path, facts: &Facts) -> Result<Checked, String> {
     let dirs = ImageDirs::new(&facts.root_dir);
     let hypervisor = manifest.snapshot.hypervisor;
+    let backend = crate::backend::of(hypervisor);
     if !manifest.snapshot.name.is_empty() {
         crate::spec::validate_snapshot_name(&manifest.snapshot.name)
             .map_err(|e| format!("its name is refused: {e}"))?;
@@ -135,7 +126,7 @@ pub fn check(manifest: &Manifest, dir: &Path, facts: &Facts) -> Result<Checked, 
             return Err(format!("{what} is a writable {:?} disk", disk.role));
         }
         let name = manifest::file_of(disk).unwrap_or_default();
-        if !plain(&name) || is_state_file(hypervisor, &name) {
+        if !plain(&name) || backend.is_state_file(&name) {
             return Err(format!(
                 "{what}: its copy {name:?} is not a plain disk file name"
             ));
@@ -146,7 +137,7 @@ pub fn check(manifest: &Manifest, dir: &Path, facts: &Facts) -> Result<Checked, 
         if !manifest.files.contains_key(&name) {
             return Err(format!("{what}: no copy of it in the snapshot"));
         }
-        if hypervisor == Hypervisor::Firecracker {
+        if backend.reopens_source_disks() {
             // Firecracker reopens the source's path (from its vmstate); the
             // clone binds its copy over it, so it must be a VM's disk in
             // this engine's run directory: <run_dir>/vms/<id>/<name>.
@@ -191,7 +182,7 @@ pub fn check(manifest: &Manifest, dir: &Path, facts: &Facts) -> Result<Checked, 
     // Every listed file: a state file or a disk copy, a regular file
     // beneath the directory.
     for name in manifest.files.keys() {
-        if !plain(name) || !(is_state_file(hypervisor, name) || copies.contains(name)) {
+        if !plain(name) || !(backend.is_state_file(name) || copies.contains(name)) {
             return Err(format!(
                 "it lists {name:?}, which is neither a {hypervisor:?} state file nor a disk copy"
             ));
@@ -234,10 +225,7 @@ pub fn check(manifest: &Manifest, dir: &Path, facts: &Facts) -> Result<Checked, 
         ));
     }
 
-    if hypervisor == Hypervisor::CloudHypervisor {
-        let config = read_ch_config(&dir_fd)?;
-        check_ch_config(&config, &manifest.storage)?;
-    }
+    backend.check_state(&dir_fd, manifest)?;
     Ok(checked)
 }
 
@@ -306,7 +294,7 @@ pub fn qcow2_backing(file: &std::fs::File) -> Result<Option<String>, String> {
 }
 
 /// `config.json`, read beneath the snapshot directory with a size bound.
-fn read_ch_config(dir: &OwnedFd) -> Result<Value, String> {
+pub fn read_ch_config(dir: &OwnedFd) -> Result<Value, String> {
     let file = open_beneath(dir, "config.json")
         .map_err(|e| format!("config.json cannot be opened: {e}"))?;
     read_bounded_json(file, "config.json")

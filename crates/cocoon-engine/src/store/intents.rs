@@ -178,3 +178,49 @@ impl Store {
             .collect())
     }
 }
+
+/// One consistent read of what gc compares the files on disk with.
+#[derive(Debug, Default)]
+pub struct GcView {
+    pub vm_ids: std::collections::HashSet<String>,
+    pub snapshot_ids: std::collections::HashSet<String>,
+    /// Digests pinned by any image, VM or snapshot.
+    pub pinned: std::collections::HashSet<String>,
+    /// Objects an operation is working on (an intent names them).
+    pub busy: std::collections::HashSet<String>,
+}
+
+impl Store {
+    /// Everything recorded, in one read transaction.
+    pub fn gc_view(&mut self) -> Result<GcView> {
+        self.read(|tx| {
+            let strings = |sql: &str| -> Result<std::collections::HashSet<String>> {
+                let mut stmt = tx.prepare(sql)?;
+                Ok(stmt
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<_>>()?)
+            };
+            Ok(GcView {
+                vm_ids: strings("SELECT id FROM vms")?,
+                snapshot_ids: strings("SELECT id FROM snapshots")?,
+                pinned: strings("SELECT DISTINCT digest FROM blob_refs")?,
+                busy: strings("SELECT object_id FROM intents")?,
+            })
+        })
+    }
+
+    /// Whether a layer blob (by hex digest) is pinned, or may be about to
+    /// be: an image pull or import is in flight. A fresh query, for gc to
+    /// make under the blob's lock.
+    pub fn blob_wanted(&mut self, hex: &str) -> Result<bool> {
+        let digest = format!("sha256:{hex}");
+        self.read(|tx| {
+            Ok(tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM blob_refs WHERE digest = ?1 OR digest = ?2)
+                     OR EXISTS(SELECT 1 FROM intents WHERE op IN ('image.pull', 'image.import'))",
+                [digest.as_str(), hex],
+                |r| r.get::<_, bool>(0),
+            )?)
+        })
+    }
+}

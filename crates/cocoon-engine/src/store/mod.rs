@@ -21,7 +21,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 pub use events::{Event, ObjectKind};
-pub use intents::{Intent, IntentGuard};
+pub use intents::{GcView, Intent, IntentGuard};
 pub use resolve::Candidate;
 pub use schema::LATEST as SCHEMA_VERSION;
 

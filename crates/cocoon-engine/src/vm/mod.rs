@@ -1,26 +1,12 @@
-//! The VM lifecycle: one shared sequence for create, start, stop and rm, with
-//! two thin backends (`ch`, `fc`) that only say how to launch and talk to
-//! their VMM.
-//!
-//! Every operation on a VM holds its lock file for the whole operation and
-//! records an intent before it changes the world, so two commands never race
-//! and a crash leaves a row the reconciler can converge.
+//! A VM's own domain pieces: its errors, its default name, and how its
+//! disks are made (raw disks, a cloud image's qcow2 overlay). The lifecycle
+//! operations that use them are in `ops/`; what differs per VMM in `backend/`.
 
-pub mod ch;
-mod cloudimg;
 pub mod disks;
-pub mod fc;
-pub mod launch;
-mod lifecycle;
 mod naming;
 pub mod overlay;
-pub(crate) mod restore;
-mod snapshot;
 
-pub use lifecycle::{BatchOutcome, CreateVm, DebugPlan, RELAY_SUBCOMMAND, StopOptions};
 pub use naming::default_vm_name;
-pub use snapshot::{CloneRequest, RestoreMode, RestoreRequest, SaveOutcome, load_manifest};
-pub(crate) use snapshot::{finish_disk_swap, roll_back_disk_swap};
 
 use crate::image::vmlinux::VmlinuxError;
 use crate::supervise::SuperviseError;

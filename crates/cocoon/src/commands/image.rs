@@ -3,6 +3,7 @@ use std::cell::{Cell, RefCell};
 use cocoon_engine::image::cloud::{CloudProgress, Step};
 use cocoon_engine::image::oci::{PullProgress, PulledLayer};
 use cocoon_engine::model::ImageType;
+use cocoon_engine::ops::image_pull::Source;
 use cocoon_engine::units::DecimalSize;
 use cocoon_engine::{Config, Engine, Result};
 
@@ -16,7 +17,7 @@ pub fn run(command: ImageCommand, config: Config) -> Result<()> {
         ImageCommand::Pull { images, force } => {
             // Arguments are pulled in order; the first failure stops the command.
             for reference in &images {
-                if reference.starts_with("http://") || reference.starts_with("https://") {
+                if Source::of(reference) == Source::Url {
                     pull_cloud_image(&mut engine, reference, force)?;
                     continue;
                 }

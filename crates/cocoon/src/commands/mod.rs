@@ -53,14 +53,10 @@ fn gc(dry_run: bool, output: FormatArg, config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Opens the engine and first converges whatever a dead command left
-/// half-done (a failure there is logged, never blocks this command).
+/// Opens the engine (which first converges whatever a dead command left
+/// half-done).
 pub(crate) fn open(config: Config) -> Result<Engine> {
-    let mut engine = Engine::open(config)?;
-    if let Err(e) = engine.reconcile() {
-        tracing::warn!("crash recovery: {e}");
-    }
-    Ok(engine)
+    Engine::open(config)
 }
 
 pub(crate) fn io(e: std::io::Error) -> Error {

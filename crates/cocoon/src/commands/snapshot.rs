@@ -79,7 +79,7 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
             let target = match output {
                 Some(path) => path,
                 None => {
-                    let s = engine.store().resolve_snapshot(&snapshot)?;
+                    let s = engine.inspect_snapshot(&snapshot)?;
                     // The name came from wherever the snapshot did (an
                     // imported archive, say): it names the output file only
                     // when it is a plain file name.

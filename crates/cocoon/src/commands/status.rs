@@ -1,15 +1,11 @@
-//! `vm status`: a refreshing table, or a stream of ADDED/MODIFIED/DELETED events.
-//!
-//! Store changes are noticed through the event log's sequence number (polled
-//! cheaply every 200 ms); VMM deaths, which change no record, through a
-//! liveness check every `--interval` seconds. A failed read is retried, never
-//! taken as "every VM was deleted" (cocoon emitted spurious DELETED events).
+//! `vm status`: a refreshing table, or a stream of ADDED/MODIFIED/DELETED
+//! events. The engine's watcher says what changed; this renders it.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cocoon_engine::model::VmView;
+use cocoon_engine::ops::watch::{Change, Watcher};
 use cocoon_engine::units::BinarySize;
 use cocoon_engine::{Engine, Result};
 use serde::Serialize;
@@ -18,50 +14,10 @@ use super::io;
 use super::vm::{LIST_HEADERS, list_row};
 use crate::output::table;
 
-const POLL: Duration = Duration::from_millis(200);
-
-/// What a watcher sees of a VM; a change in any of it is a MODIFIED event.
-#[derive(Clone, PartialEq)]
-struct Seen {
-    name: String,
-    state: String,
-    ips: Vec<String>,
-    image: String,
-    cpu: u32,
-    memory: u64,
-}
-
-impl Seen {
-    fn of(view: &VmView) -> Seen {
-        Seen {
-            name: view.vm.config.name.clone(),
-            state: view.state_label(),
-            ips: view.vm.ips(),
-            image: view.vm.config.image.clone(),
-            cpu: view.vm.config.cpu,
-            memory: view.vm.config.memory,
-        }
-    }
-}
-
 #[derive(Serialize)]
 struct EventLine<'a> {
-    event: &'a str,
+    event: String,
     vm: &'a VmView,
-}
-
-fn matches(view: &VmView, filters: &[String]) -> bool {
-    filters.is_empty()
-        || filters.iter().any(|f| {
-            view.vm.id == *f
-                || view.vm.config.name == *f
-                || (f.len() >= 3
-                    && view
-                        .vm
-                        .id
-                        .to_ascii_uppercase()
-                        .starts_with(&f.to_ascii_uppercase()))
-        })
 }
 
 pub fn run(
@@ -71,125 +27,69 @@ pub fn run(
     json: bool,
     filters: &[String],
 ) -> Result<()> {
-    let interval = Duration::from_secs(if interval <= 0 { 5 } else { interval as u64 });
+    let interval =
+        Duration::from_secs(u64::try_from(interval).ok().filter(|s| *s > 0).unwrap_or(5));
+    let mut watcher = Watcher::new(filters.to_vec(), interval);
     let mut out = std::io::stdout().lock();
     let tty = std::io::stdout().is_terminal();
-    let mut seen: BTreeMap<String, (Seen, VmView)> = BTreeMap::new();
-    let mut first = true;
-    let mut last_seq = -1;
-    let mut last_check = Instant::now();
     if event && !json {
         writeln!(out, "EVENT\tID\tNAME\tSTATE\tCPU\tMEMORY\tIP\tIMAGE").map_err(io)?;
     }
     loop {
-        let seq = match engine.store().last_event_seq() {
-            Ok(seq) => seq,
-            Err(e) => {
-                tracing::warn!("cannot read VM state, retrying: {e}");
-                std::thread::sleep(POLL);
-                continue;
+        let update = engine.watch(&mut watcher);
+        if event {
+            for change in &update.changes {
+                emit(&mut out, change, json).map_err(io)?;
             }
-        };
-        if first || seq != last_seq || last_check.elapsed() >= interval {
-            let views = match engine.list_vms() {
-                Ok(views) => views,
-                Err(e) => {
-                    tracing::warn!("cannot list VMs, retrying: {e}");
-                    std::thread::sleep(POLL);
-                    continue;
-                }
-            };
-            last_seq = seq;
-            last_check = Instant::now();
-            let current: BTreeMap<String, (Seen, VmView)> = views
-                .into_iter()
-                .filter(|v| matches(v, filters))
-                .map(|v| (v.vm.id.clone(), (Seen::of(&v), v)))
-                .collect();
-            if event {
-                let mut emit = |kind: &str, view: &VmView| -> std::io::Result<()> {
-                    if json {
-                        serde_json::to_writer(
-                            &mut out,
-                            &EventLine {
-                                event: kind,
-                                vm: view,
-                            },
-                        )?;
-                        writeln!(out)
-                    } else {
-                        let ips = view.vm.ips();
-                        writeln!(
-                            out,
-                            "{kind}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                            view.vm.id,
-                            view.vm.config.name,
-                            view.state_label(),
-                            view.vm.config.cpu,
-                            BinarySize(view.vm.config.memory),
-                            if ips.is_empty() {
-                                "-".into()
-                            } else {
-                                ips.join(",")
-                            },
-                            view.vm.config.image
-                        )
-                    }
-                };
-                let mut added: Vec<&VmView> = current
-                    .iter()
-                    .filter(|(id, _)| !seen.contains_key(*id))
-                    .map(|(_, (_, v))| v)
-                    .collect();
-                added.sort_by_key(|v| v.vm.created_at);
-                for view in added {
-                    emit("ADDED", view).map_err(io)?;
-                }
-                for (id, (was, _)) in &current {
-                    if let Some((before, _)) = seen.get(id)
-                        && before != was
-                    {
-                        emit("MODIFIED", &current[id].1).map_err(io)?;
-                    }
-                }
-                for (id, (_, view)) in &seen {
-                    if !current.contains_key(id) {
-                        emit("DELETED", view).map_err(io)?;
-                    }
-                }
-                out.flush().map_err(io)?;
-            } else if first
-                || seen
-                    .iter()
-                    .map(|(k, (s, _))| (k, s))
-                    .ne(current.iter().map(|(k, (s, _))| (k, s)))
-            {
-                let now = jiff::ZonedDateTime::now();
-                if tty {
-                    write!(out, "\x1b[H\x1b[2J").map_err(io)?;
-                }
-                writeln!(
-                    out,
-                    "Every {} — press Ctrl+C to quit ({})\n",
-                    now.strftime("%H:%M:%S"),
-                    now.strftime("%Y-%m-%d")
-                )
-                .map_err(io)?;
-                let mut views: Vec<&VmView> = current.values().map(|(_, v)| v).collect();
-                views.sort_by_key(|v| v.vm.created_at);
-                if views.is_empty() {
-                    writeln!(out, "No VMs found.").map_err(io)?;
-                } else {
-                    out.write_all(
-                        table(LIST_HEADERS, views.into_iter().map(list_row).collect()).as_bytes(),
-                    )
-                    .map_err(io)?;
-                }
-                out.flush().map_err(io)?;
-            }
-            seen = current;
-            first = false;
+        } else {
+            redraw(&mut out, &update.vms, tty).map_err(io)?;
         }
-        std::thread::sleep(POLL);
+        out.flush().map_err(io)?;
     }
+}
+
+fn emit(out: &mut impl Write, change: &Change, json: bool) -> std::io::Result<()> {
+    let view = &change.vm;
+    if json {
+        let line = EventLine {
+            event: change.event.to_string(),
+            vm: view,
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        return writeln!(out);
+    }
+    let ips = view.vm.ips();
+    writeln!(
+        out,
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        change.event,
+        view.vm.id,
+        view.vm.config.name,
+        view.state_label(),
+        view.vm.config.cpu,
+        BinarySize(view.vm.config.memory),
+        if ips.is_empty() {
+            "-".into()
+        } else {
+            ips.join(",")
+        },
+        view.vm.config.image
+    )
+}
+
+fn redraw(out: &mut impl Write, vms: &[VmView], tty: bool) -> std::io::Result<()> {
+    let now = jiff::ZonedDateTime::now();
+    if tty {
+        write!(out, "\x1b[H\x1b[2J")?;
+    }
+    writeln!(
+        out,
+        "Every {} — press Ctrl+C to quit ({})\n",
+        now.strftime("%H:%M:%S"),
+        now.strftime("%Y-%m-%d")
+    )?;
+    if vms.is_empty() {
+        return writeln!(out, "No VMs found.");
+    }
+    out.write_all(table(LIST_HEADERS, vms.iter().map(list_row).collect()).as_bytes())
 }

@@ -1,10 +1,16 @@
 use std::time::Duration;
 
+use cocoon_engine::backend::{self, LaunchOptions};
+use cocoon_engine::engine::BatchOutcome;
 use cocoon_engine::model::{Hypervisor, ImageType, Vm, VmConfig, VmView};
+use cocoon_engine::ops::vm_clone::CloneRequest;
+use cocoon_engine::ops::vm_create::CreateVm;
+use cocoon_engine::ops::vm_debug::DebugPlan;
+use cocoon_engine::ops::vm_restore::RestoreRequest;
+use cocoon_engine::ops::vm_stop::StopOptions;
 use cocoon_engine::spec::{self, DataDiskSpec};
 use cocoon_engine::units::BinarySize;
-use cocoon_engine::vm::launch::LaunchOptions;
-use cocoon_engine::vm::{BatchOutcome, CreateVm, StopOptions, default_vm_name};
+use cocoon_engine::vm::default_vm_name;
 use cocoon_engine::{Config, Engine, Error, Result};
 
 use super::{io, status};
@@ -70,9 +76,12 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
                 tracing::warn!("vm debug prints no network: NICs are created by vm create");
                 request.nics = 0;
             }
-            let binary = match request.hypervisor {
-                Hypervisor::CloudHypervisor => ch.into(),
-                Hypervisor::Firecracker => engine.config().fc_binary.clone().into(),
+            // `--ch` names Cloud Hypervisor's binary for the script; the
+            // other VMMs' come from the configuration.
+            let binary = if request.hypervisor == Hypervisor::CloudHypervisor {
+                ch.into()
+            } else {
+                backend::of(request.hypervisor).binary(engine.config())
             };
             let mut opts = LaunchOptions::for_host(binary);
             opts.max_cpus = max_cpu.max(request.config.cpu);
@@ -87,7 +96,7 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             output,
             snapshot,
         } => {
-            let request = cocoon_engine::vm::CloneRequest {
+            let request = CloneRequest {
                 name: flags.name.clone(),
                 cpu: flags.cpu,
                 memory: flags.memory,
@@ -152,7 +161,7 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             vm,
             snapshot,
         } => {
-            let request = cocoon_engine::vm::RestoreRequest {
+            let request = RestoreRequest {
                 cpu,
                 memory,
                 storage,
@@ -299,19 +308,14 @@ fn report_batch(verb: &str, outcomes: Vec<BatchOutcome>, json: bool) -> Result<(
 }
 
 fn logs(engine: &mut Engine, reference: &str, follow: bool, vmm: bool) -> Result<()> {
-    let (vm, console_log) = engine.console_log(reference)?;
-    let log = if vmm {
-        vm.log_dir.join("vmm.log")
+    let (vm, log) = if vmm {
+        engine.vmm_log(reference)?
     } else {
-        console_log
+        engine.console_log(reference)?
     };
     let mut out = std::io::stdout().lock();
     if follow {
-        let running = |vm: &Vm| {
-            vm.vmm
-                .as_ref()
-                .is_some_and(cocoon_engine::supervise::is_running)
-        };
+        let running = cocoon_engine::ops::vm_query::is_running;
         let initially = running(&vm);
         // Follows until the VM stops (or forever for a stopped VM: like tail -f).
         let stop = || initially && !running(&vm);
@@ -333,7 +337,7 @@ fn logs(engine: &mut Engine, reference: &str, follow: bool, vmm: bool) -> Result
 }
 
 /// `vm debug`'s shell script.
-fn debug_script(plan: &cocoon_engine::vm::DebugPlan, name: &str) -> String {
+fn debug_script(plan: &DebugPlan, name: &str) -> String {
     let mut text = String::from("# Prepare disks\n");
     for argv in &plan.prepare {
         text.push_str(&shell_words(argv));
@@ -343,15 +347,10 @@ fn debug_script(plan: &cocoon_engine::vm::DebugPlan, name: &str) -> String {
     let mut argv = vec![plan.binary.clone()];
     argv.extend(plan.args.iter().cloned());
     text.push_str(&shell_words(&argv));
-    if plan.hypervisor == Hypervisor::Firecracker {
+    if !plan.api_calls.is_empty() {
+        // The VMM waits in the background for its configuration calls.
         text.push_str(" &\n");
-        let socket = plan
-            .args
-            .iter()
-            .skip_while(|a| *a != "--api-sock")
-            .nth(1)
-            .cloned()
-            .unwrap_or_default();
+        let socket = plan.api_socket.display().to_string();
         for (method, path, body) in &plan.api_calls {
             text.push_str(&shell_words(&[
                 "curl".into(),

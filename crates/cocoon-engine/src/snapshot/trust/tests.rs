@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::Hypervisor;
 use crate::model::{BootConfig, Snapshot, Vm, VmConfig};
 use crate::snapshot::manifest::FileSum;
 use std::collections::BTreeMap;
@@ -348,7 +349,7 @@ fn payload_and_entropy_are_rewritten_from_the_vms_record() {
         r#"{"disks":[{"path":"/a"},{"path":"/b"}],"payload":{"kernel":"/etc/shadow","initramfs":"/etc/shadow","firmware":"/etc/shadow"},"rng":{"src":"/etc/shadow"},"cpus":{},"memory":{}}"#,
     )
     .unwrap();
-    crate::vm::restore::patch_ch_config(&mut config, &vm).unwrap();
+    crate::backend::ch::patch_ch_config(&mut config, &vm).unwrap();
     assert_eq!(config["payload"]["kernel"], json_path(&dirs.kernel(&layer)));
     assert_eq!(
         config["payload"]["initramfs"],

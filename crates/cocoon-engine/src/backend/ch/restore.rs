@@ -7,8 +7,6 @@ use serde_json::{Value, json};
 use vmm_api::ApiError;
 use vmm_api::ch::CloudHypervisor;
 use vmm_api::ch::models::{DiskConfig, MemoryRestoreMode, NetConfig, RestoreConfig, file_url};
-use vmm_api::fc::Firecracker;
-use vmm_api::fc::models::{MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotLoadParams};
 
 use crate::model::Vm;
 
@@ -50,7 +48,7 @@ pub fn patch_ch_config(config: &mut Value, vm: &Vm) -> Result<(), String> {
     } else {
         // UEFI: the guest's ttyS0 on this VM's serial socket, no virtio console.
         set_mode(&mut config["serial"], "Socket");
-        config["serial"]["socket"] = json!(super::launch::VmPaths::of(vm).serial_socket());
+        config["serial"]["socket"] = json!(crate::layout::VmPaths::of(vm).serial_socket());
         set_mode(&mut config["console"], "Off");
     }
     config["cpus"]["boot_vcpus"] = json!(c.cpu);
@@ -91,15 +89,19 @@ pub fn patch_ch_config(config: &mut Value, vm: &Vm) -> Result<(), String> {
     let object = config
         .as_object_mut()
         .ok_or("config.json is not an object")?;
-    if c.windows || c.memory < 256 << 20 {
-        object.remove("balloon");
-    } else if object.get("balloon").is_some_and(|b| !b.is_null()) {
-        object["balloon"]["size"] = json!(c.memory / 4);
-    } else {
-        object.insert(
-            "balloon".into(),
-            json!({"size": c.memory / 4, "deflate_on_oom": true, "free_page_reporting": true}),
-        );
+    match crate::backend::launch::balloon(c) {
+        None => {
+            object.remove("balloon");
+        }
+        Some(size) if object.get("balloon").is_some_and(|b| !b.is_null()) => {
+            object["balloon"]["size"] = json!(size);
+        }
+        Some(size) => {
+            object.insert(
+                "balloon".into(),
+                json!({"size": size, "deflate_on_oom": true, "free_page_reporting": true}),
+            );
+        }
     }
     Ok(())
 }
@@ -192,32 +194,4 @@ fn hot_plug_disk(vm: &Vm, disk: &crate::model::StorageConfig) -> DiskConfig {
         sparse: Some(!disk.ro),
         extra,
     }
-}
-
-/// FC: load `source/vmstate` with `source/mem` behind the VM's TAPs, resume.
-pub async fn fc_restore(api: &Firecracker, vm: &Vm, source: &Path) -> Result<(), ApiError> {
-    let params = SnapshotLoadParams {
-        snapshot_path: source.join("vmstate").display().to_string(),
-        mem_backend: Some(MemoryBackend {
-            backend_type: MemoryBackendType::File,
-            backend_path: source.join("mem").display().to_string(),
-            extra: Default::default(),
-        }),
-        track_dirty_pages: None,
-        resume_vm: Some(false),
-        network_overrides: vm
-            .network_configs
-            .iter()
-            .enumerate()
-            .map(|(i, n)| NetworkOverride {
-                iface_id: format!("eth{i}"),
-                host_dev_name: n.tap.clone(),
-                extra: Default::default(),
-            })
-            .collect(),
-        extra: Default::default(),
-    };
-    api.snapshot_load(&params, vmm_api::transfer_timeout(vm.config.memory))
-        .await?;
-    api.resume().await.map(drop)
 }

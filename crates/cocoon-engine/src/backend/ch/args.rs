@@ -1,9 +1,15 @@
 //! Cloud Hypervisor: the launch command line (docs/reference/cocoon-v0.3.8.md §4.3). CH boots the
 //! VM given on its command line; no API call is needed to start it.
 
+use crate::backend::LaunchOptions;
+use crate::layout::{VmPaths, display};
 use crate::model::{StorageConfig, Vm};
 
-use super::launch::{LaunchOptions, VmPaths, display};
+/// The arguments of a restore: everything else comes from the snapshot's
+/// (patched) config.json.
+pub fn restore_args(paths: &VmPaths) -> Vec<String> {
+    vec!["--api-socket".to_string(), display(&paths.api_socket())]
+}
 
 /// The arguments after the binary, in cocoon's fixed order.
 pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {

@@ -9,9 +9,9 @@ use vmm_api::fc::models::{
     Balloon, BootSource, Drive, EntropyDevice, MachineConfiguration, NetworkInterface,
 };
 
+use crate::backend::LaunchOptions;
+use crate::layout::{VmPaths, display};
 use crate::model::Vm;
-
-use super::launch::{LaunchOptions, VmPaths, display};
 
 pub fn args(vm: &Vm) -> Vec<String> {
     let paths = VmPaths::of(vm);

@@ -1,0 +1,238 @@
+//! Firecracker: configured through its API before `InstanceStart` (one
+//! [`BootPlan`] value, so `vm debug` prints exactly the calls a start makes),
+//! the serial port on its stdin/stdout, snapshots as `vmstate` plus `mem`,
+//! restored by loading them behind the VM's TAPs. Its vmstate names the
+//! source VM's disk paths, which a clone binds its copies over.
+
+mod boot_plan;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vmm_api::fc::Firecracker;
+use vmm_api::fc::models::{
+    MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotCreateParams, SnapshotLoadParams,
+};
+use vmm_api::{ApiError, Transition};
+
+use super::{Backend, Boot, BootRequest, LaunchOptions, LocalFuture, RestoreMode};
+use crate::config::Config;
+use crate::console::RelayPort;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::guest::cmdline;
+use crate::image::store::ImageDirs;
+use crate::image::vmlinux;
+use crate::layout::VmPaths;
+use crate::model::{Hypervisor, Snapshot, Vm};
+use crate::snapshot::manifest::Manifest;
+
+pub use boot_plan::{BootPlan, args};
+
+pub struct FirecrackerBackend;
+
+impl Backend for FirecrackerBackend {
+    fn kind(&self) -> Hypervisor {
+        Hypervisor::Firecracker
+    }
+
+    fn title(&self) -> &'static str {
+        "Firecracker"
+    }
+
+    fn binary(&self, config: &Config) -> PathBuf {
+        PathBuf::from(&config.fc_binary)
+    }
+
+    fn boots_uefi(&self) -> bool {
+        false
+    }
+
+    /// Firecracker loads only an uncompressed ELF: converted once per kernel.
+    fn kernel(&self, dirs: &ImageDirs, layer: &Digest) -> Result<PathBuf> {
+        Ok(vmlinux::ensure(dirs, layer).map_err(crate::vm::VmError::from)?)
+    }
+
+    fn layer_serial(&self, _: usize) -> String {
+        String::new()
+    }
+
+    fn has_direct_io(&self) -> bool {
+        false
+    }
+
+    /// One queue pair.
+    fn nic_queues(&self, _: u32) -> u32 {
+        2
+    }
+
+    fn cmdline_style(&self) -> cmdline::Style {
+        cmdline::Style::Mmio
+    }
+
+    fn launch_args(
+        &self,
+        vm: &Vm,
+        paths: &VmPaths,
+        _: &LaunchOptions,
+        _: bool,
+    ) -> std::io::Result<Vec<String>> {
+        // Firecracker refuses to create its log file itself.
+        std::fs::File::create(paths.fc_log())?;
+        Ok(args(vm))
+    }
+
+    fn debug_args(&self, vm: &Vm, _: &VmPaths, _: &LaunchOptions) -> Vec<String> {
+        args(vm)
+    }
+
+    fn serial_on_stdin(&self, _: &Vm) -> bool {
+        true
+    }
+
+    fn boot<'a>(
+        &'a self,
+        request: BootRequest<'a>,
+    ) -> LocalFuture<'a, Result<Vec<RelayPort>, String>> {
+        Box::pin(async move {
+            let api = Firecracker::new(&request.paths.api_socket());
+            match request.boot {
+                Boot::Fresh => BootPlan::of(request.vm, request.opts).apply(&api).await,
+                Boot::Restore { source, .. } => restore(&api, request.vm, source).await,
+            }
+            .map_err(|e| e.to_string())?;
+            Ok(vec![RelayPort {
+                name: "serial".into(),
+                fd: request.serial,
+            }])
+        })
+    }
+
+    fn boot_calls(
+        &self,
+        vm: &Vm,
+        opts: &LaunchOptions,
+    ) -> Vec<(String, String, serde_json::Value)> {
+        BootPlan::of(vm, opts)
+            .calls()
+            .into_iter()
+            .map(|(m, p, b)| (m.to_string(), p, b))
+            .collect()
+    }
+
+    fn graceful_wait(&self, _: bool, guest_wait: Duration, _: Duration) -> Duration {
+        guest_wait
+    }
+
+    fn graceful_stop(&self, socket: PathBuf, _: bool) -> LocalFuture<'static, ()> {
+        Box::pin(async move {
+            if let Err(e) = Firecracker::new(&socket).send_ctrl_alt_del().await {
+                tracing::debug!("graceful stop request failed, escalating: {e}");
+            }
+        })
+    }
+
+    fn pause<'a>(&self, socket: &'a Path) -> LocalFuture<'a, Result<Transition, ApiError>> {
+        Box::pin(async move { Firecracker::new(socket).pause().await })
+    }
+
+    fn resume<'a>(&self, socket: &'a Path) -> LocalFuture<'a, Result<Transition, ApiError>> {
+        Box::pin(async move { Firecracker::new(socket).resume().await })
+    }
+
+    fn snapshot<'a>(
+        &self,
+        socket: &'a Path,
+        dir: &'a Path,
+        memory: u64,
+    ) -> LocalFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let params = SnapshotCreateParams {
+                snapshot_path: dir.join("vmstate").display().to_string(),
+                mem_file_path: dir.join("mem").display().to_string(),
+                snapshot_type: None,
+                extra: Default::default(),
+            };
+            Firecracker::new(socket)
+                .snapshot_create(&params, vmm_api::transfer_timeout(memory))
+                .await
+        })
+    }
+
+    fn is_state_file(&self, name: &str) -> bool {
+        name == "vmstate" || self.is_memory_file(name)
+    }
+
+    fn is_memory_file(&self, name: &str) -> bool {
+        name == "mem"
+    }
+
+    fn required_state_files(&self) -> &'static [&'static str] {
+        &["vmstate", "mem"]
+    }
+
+    /// The vmstate is Firecracker's own binary format, not parsed here: the
+    /// disk paths it names are checked through the manifest's storage (a
+    /// clone binds its copies over exactly those paths).
+    fn check_state(&self, _: &OwnedFd, _: &Manifest) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn on_demand(&self, mode: RestoreMode) -> Result<bool> {
+        match mode {
+            RestoreMode::Copy | RestoreMode::OnDemand => Err(Error::Invalid(
+                "Firecracker restores memory by mapping the snapshot file (--restore-mode mmap); copy and ondemand are Cloud Hypervisor modes".into(),
+            )),
+            RestoreMode::Default | RestoreMode::Mmap => Ok(false),
+        }
+    }
+
+    fn resizes_on_restore(&self) -> bool {
+        false
+    }
+
+    fn reopens_source_disks(&self) -> bool {
+        true
+    }
+
+    fn patch_clone(&self, _: &Vm, _: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Loaded straight from the snapshot directory (the memory is mapped
+    /// private, never written).
+    fn stage_restore(&self, _: &Vm, snapshot: &Snapshot, _: &Manifest) -> Result<PathBuf> {
+        Ok(snapshot.data_dir.clone())
+    }
+
+    fn drop_staged_restore(&self, _: &Path, _: bool) {}
+}
+
+/// FC: load `source/vmstate` with `source/mem` behind the VM's TAPs, resume.
+async fn restore(api: &Firecracker, vm: &Vm, source: &Path) -> Result<(), ApiError> {
+    let params = SnapshotLoadParams {
+        snapshot_path: source.join("vmstate").display().to_string(),
+        mem_backend: Some(MemoryBackend {
+            backend_type: MemoryBackendType::File,
+            backend_path: source.join("mem").display().to_string(),
+            extra: Default::default(),
+        }),
+        track_dirty_pages: None,
+        resume_vm: Some(false),
+        network_overrides: vm
+            .network_configs
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NetworkOverride {
+                iface_id: format!("eth{i}"),
+                host_dev_name: n.tap.clone(),
+                extra: Default::default(),
+            })
+            .collect(),
+        extra: Default::default(),
+    };
+    api.snapshot_load(&params, vmm_api::transfer_timeout(vm.config.memory))
+        .await?;
+    api.resume().await.map(drop)
+}

@@ -1,0 +1,52 @@
+//! What a backend needs to know about the host and the launch, beyond the VM record.
+
+use std::path::PathBuf;
+
+use crate::model::{Vm, VmConfig};
+
+/// Host facts and overrides that shape a launch. `vm debug` fills the same
+/// struct (with its own flags), so both print and run one code path.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    pub binary: PathBuf,
+    /// vCPU hotplug ceiling (CH `max=`): the host's CPUs.
+    pub max_cpus: u32,
+    /// Back guest memory with huge pages (the host has some reserved).
+    pub hugepages: bool,
+    /// Balloon size override in bytes; None = a quarter of memory.
+    pub balloon_bytes: Option<u64>,
+}
+
+impl LaunchOptions {
+    pub fn for_host(binary: PathBuf) -> LaunchOptions {
+        LaunchOptions {
+            binary,
+            max_cpus: crate::spec::host_cpus(),
+            hugepages: host_has_hugepages(),
+            balloon_bytes: None,
+        }
+    }
+
+    /// The balloon cocoon gives a VM: a quarter of memory from 256 MiB up,
+    /// none for Windows (the virtio-win deflate storm, docs/reference/cocoon-v0.3.8.md §4.12).
+    pub fn balloon(&self, vm: &Vm) -> Option<u64> {
+        balloon(&vm.config).map(|default| self.balloon_bytes.unwrap_or(default))
+    }
+}
+
+/// The balloon a VM gets by default: a quarter of memory from 256 MiB up,
+/// none for Windows (the virtio-win deflate storm, docs/reference/cocoon-v0.3.8.md §4.12).
+pub fn balloon(config: &VmConfig) -> Option<u64> {
+    if config.windows || config.memory < 256 << 20 {
+        return None;
+    }
+    Some(config.memory / 4)
+}
+
+/// cocoon's rule: huge pages when the host reserved any.
+pub fn host_has_hugepages() -> bool {
+    std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+}

@@ -1,0 +1,35 @@
+//! The operations: one file per command the engine runs, each with its
+//! request type, its steps as short named functions, and tests for its
+//! decisions. `Engine` (engine.rs) is the door to them; they run on one
+//! [`Ctx`](crate::context::Ctx) and use the domains (store, image, net,
+//! snapshot, guest, console, supervise) and the VMM backends.
+
+pub mod gc;
+pub mod image_import;
+pub mod image_pull;
+pub mod image_query;
+pub mod recover;
+pub mod snapshot_check;
+pub mod snapshot_export;
+pub mod snapshot_import;
+pub mod snapshot_pull_base;
+pub mod snapshot_query;
+pub mod snapshot_save;
+pub mod vm_clone;
+pub mod vm_create;
+pub mod vm_debug;
+pub mod vm_launch;
+pub mod vm_query;
+pub mod vm_remove;
+pub mod vm_restore;
+pub mod vm_start;
+pub mod vm_stop;
+pub mod watch;
+
+// Steps shared by several operations.
+mod cidata;
+mod clone_files;
+mod disk_swap;
+mod image_record;
+mod new_vm;
+mod vm_plan;

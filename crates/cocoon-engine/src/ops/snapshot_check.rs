@@ -1,0 +1,165 @@
+//! The checks every use of a snapshot starts with: its manifest against its
+//! directory, everything it names against what this engine would have
+//! written (`snapshot::trust`), and its base image's files in the store.
+
+use std::path::{Path, PathBuf};
+
+use crate::context::Ctx;
+use crate::error::Result;
+use crate::image::store::ImageDirs;
+use crate::model::{ImageType, Snapshot, StorageRole};
+use crate::snapshot::manifest::{self, MANIFEST, Manifest};
+use crate::snapshot::{SnapshotError, trust};
+use crate::vm::VmError;
+
+/// Reads and checks a snapshot's manifest against its directory: every
+/// listed file present with its size; with `checksums`, its digest too.
+pub(crate) fn load_manifest(snapshot: &Snapshot, checksums: bool) -> Result<Manifest> {
+    let damaged = |reason: String| SnapshotError::Damaged {
+        id: snapshot.id.clone(),
+        reason,
+    };
+    let path = snapshot.data_dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| damaged(format!("cannot read {}: {e}", path.display())))?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|e| damaged(format!("bad {MANIFEST}: {e}")))?;
+    if manifest.version != manifest::VERSION {
+        return Err(damaged(format!(
+            "manifest version {} is not supported",
+            manifest.version
+        ))
+        .into());
+    }
+    check_files(snapshot, &manifest, checksums).map_err(damaged)?;
+    Ok(manifest)
+}
+
+/// Every file the manifest lists, the disk copies and the backend's state
+/// files are there, as the manifest says.
+fn check_files(snapshot: &Snapshot, manifest: &Manifest, checksums: bool) -> Result<(), String> {
+    for (name, sum) in &manifest.files {
+        let file = snapshot.data_dir.join(name);
+        let size = std::fs::metadata(&file)
+            .map_err(|e| format!("{name}: {e}"))?
+            .len();
+        if size != sum.size {
+            return Err(format!(
+                "{name} is {size} bytes, the manifest says {}",
+                sum.size
+            ));
+        }
+        if checksums {
+            let actual = manifest::sum_file(&file).map_err(|e| format!("{name}: {e}"))?;
+            if actual.sha256 != sum.sha256 {
+                return Err(format!("{name} does not match its checksum"));
+            }
+        }
+    }
+    for disk in manifest.storage.iter().filter(|d| !d.ro) {
+        let name = manifest::file_of(disk).unwrap_or_default();
+        if !manifest.files.contains_key(&name) {
+            return Err(format!("no copy of disk {}", disk.path.display()));
+        }
+    }
+    let backend = crate::backend::of(manifest.snapshot.hypervisor);
+    for name in backend.required_state_files() {
+        if !manifest.files.contains_key(*name) {
+            return Err(format!("no {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// What this engine's snapshot checks compare with.
+pub(crate) fn trust_facts(ctx: &Ctx) -> trust::Facts {
+    let config = ctx.config();
+    trust::Facts {
+        root_dir: config.root_dir.clone(),
+        run_dir: config.run_dir.clone(),
+        firmware_path: config.firmware_path.clone(),
+    }
+}
+
+/// Checks everything the snapshot names against what this engine would
+/// have written (`snapshot::trust`); returns the image blobs it uses.
+pub(crate) fn check(ctx: &Ctx, snapshot: &Snapshot, manifest: &Manifest) -> Result<trust::Checked> {
+    Ok(
+        trust::check(manifest, &snapshot.data_dir, &trust_facts(ctx)).map_err(|reason| {
+            SnapshotError::Invalid {
+                id: snapshot.id.clone(),
+                reason,
+            }
+        })?,
+    )
+}
+
+/// Layers, kernel and initrd of the snapshot's image must still be here.
+pub(crate) fn check_base_files(ctx: &Ctx, manifest: &Manifest) -> Result<()> {
+    if let Some(path) = missing_image_file(ctx, manifest)? {
+        return Err(SnapshotError::Invalid {
+            id: manifest.snapshot.id.clone(),
+            reason: format!(
+                "its image {} is not in the store ({} is missing); pull it (cocoon image pull {}) or clone with --pull",
+                manifest.source.image,
+                path.display(),
+                manifest.source.image
+            ),
+        }
+        .into());
+    }
+    if let Some(firmware) = &manifest.boot.firmware_path
+        && !firmware.is_file()
+    {
+        return Err(VmError::FirmwareMissing {
+            image: manifest.source.image.clone(),
+            path: firmware.clone(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The first file of the snapshot's image (layers, kernel, initrd, or a
+/// cloud image's blob) that is not in the store; an error for one
+/// outside this engine's root.
+pub(crate) fn missing_image_file(ctx: &Ctx, manifest: &Manifest) -> Result<Option<PathBuf>> {
+    let root = ctx.config().root_dir.clone();
+    let invalid = |reason: String| SnapshotError::Invalid {
+        id: manifest.snapshot.id.clone(),
+        reason,
+    };
+    let mut needed: Vec<&Path> = manifest
+        .storage
+        .iter()
+        .filter(|d| d.ro && d.role == StorageRole::Layer)
+        .map(|d| d.path.as_path())
+        .collect();
+    needed.extend(manifest.boot.kernel_path.as_deref());
+    needed.extend(manifest.boot.initrd_path.as_deref());
+    // A cloud image's overlay is backed by the image's blob.
+    let blob = if manifest.source.image_type == ImageType::Cloudimg {
+        let digest = crate::digest::Digest::parse(&manifest.source.image_digest)
+            .map_err(|e| invalid(e.to_string()))?;
+        Some(crate::image::cloud::blob_path(
+            &ImageDirs::new(&root),
+            &digest,
+        ))
+    } else {
+        None
+    };
+    needed.extend(blob.as_deref());
+    for path in needed {
+        if !path.starts_with(&root) {
+            return Err(invalid(format!(
+                "{} is outside this engine's root directory",
+                path.display()
+            ))
+            .into());
+        }
+        if !path.exists() {
+            return Ok(Some(path.to_path_buf()));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,210 @@
+//! `snapshot save`: pauses the VM, has the VMM write its state straight
+//! into the snapshot store, copies the writable disks there (reflink where
+//! possible), and resumes it whatever happened; checksums and the manifest
+//! are written after the resume, outside the pause window.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use vmm_api::ApiError;
+
+use crate::backend::{self, PauseError};
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::intent::{Op, step};
+use crate::lock::create_private_dir;
+use crate::model::{Snapshot, Vm, VmmProcess};
+use crate::snapshot::copy::copy_file;
+use crate::snapshot::manifest::{self, MANIFEST, Manifest};
+use crate::snapshot::{SnapshotError, write_atomic};
+use crate::vm::VmError;
+
+/// What `snapshot save` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SaveOutcome {
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
+    /// How long the guest was paused, in milliseconds.
+    pub pause_ms: f64,
+    /// The whole save, in milliseconds.
+    pub total_ms: f64,
+}
+
+pub(crate) fn run(
+    ctx: &mut Ctx,
+    reference: &str,
+    name: &str,
+    description: &str,
+) -> Result<SaveOutcome> {
+    if !name.is_empty() {
+        crate::spec::validate_snapshot_name(name)?;
+    }
+    let vm = ctx.store().resolve_vm(reference)?;
+    let _lock = ctx.lock_vm(&vm.id)?;
+    let vm = ctx.store().resolve_vm(&vm.id)?;
+    let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) else {
+        return Err(VmError::NotRunning {
+            id: vm.id,
+            name: vm.config.name,
+        }
+        .into());
+    };
+    let started = Instant::now();
+    let id = crate::id::generate_id();
+    let data_dir = ctx.layout.snapshot(&id);
+    let mut record = Snapshot::of_vm(&id, name, &vm, data_dir.clone());
+    record.description = description.to_string();
+    ctx.store().insert_snapshot(&record)?;
+    let op = Op::SnapshotSave {
+        vm_id: vm.id.clone(),
+        data_dir: data_dir.clone(),
+        api_socket: vmm.api_socket.clone(),
+    };
+    ctx.with_intent(&op, &id, |ctx, intent| {
+        let saved = (|| {
+            let pause = capture_paused(ctx, &vm, &vmm, &data_dir)?;
+            ctx.step(intent, step::CAPTURED)?;
+            crate::failpoint::hit("snapshot.save.captured")?;
+            let snapshot = finish(ctx, &vm, &record, &data_dir)?;
+            Ok((snapshot, pause))
+        })();
+        match saved {
+            Ok((snapshot, pause)) => Ok(SaveOutcome {
+                snapshot,
+                pause_ms: pause.as_secs_f64() * 1e3,
+                total_ms: started.elapsed().as_secs_f64() * 1e3,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&data_dir);
+                let _ = ctx.store().delete_snapshot(&id);
+                Err(e)
+            }
+        }
+    })
+}
+
+/// The pause window; returns how long the guest was paused.
+fn capture_paused(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, data_dir: &Path) -> Result<Duration> {
+    let result = ctx.block_on(async |_| {
+        create_private_dir(data_dir)
+            .map_err(|e| Error::io(format!("cannot create {}", data_dir.display()), e))?;
+        let interrupted = hold_signals();
+        let backend = backend::of(vm.hypervisor);
+        let window = Instant::now();
+        let saved = backend::while_paused(backend, &vmm.api_socket, || {
+            capture(vm, &vmm.api_socket, data_dir)
+        })
+        .await;
+        let pause = window.elapsed();
+        saved.map_err(|e| save_error(vm, e))?;
+        // Yield once so a signal that arrived in the window is seen.
+        tokio::task::yield_now().await;
+        if interrupted.load(Ordering::SeqCst) {
+            return Err(SnapshotError::Interrupted.into());
+        }
+        Ok(pause)
+    });
+    // The window is over: Ctrl+C and SIGTERM end the process again.
+    // SAFETY: restoring default dispositions; only this thread's runtime
+    // task watched for them, and it no longer acts on them.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+    }
+    result
+}
+
+fn save_error(vm: &Vm, e: PauseError<CaptureError>) -> Error {
+    let reason = match e {
+        PauseError::Work(e) => format!("{e} (the VM was resumed)"),
+        PauseError::Pause(e) => format!("cannot pause: {e}"),
+        e @ PauseError::Resume { .. } => e.to_string(),
+    };
+    SnapshotError::Save {
+        vm: vm.config.name.clone(),
+        reason,
+    }
+    .into()
+}
+
+/// Checksums, the manifest, and the record no longer pending.
+fn finish(ctx: &mut Ctx, vm: &Vm, record: &Snapshot, data_dir: &Path) -> Result<Snapshot> {
+    let files = manifest::sum_dir(data_dir)
+        .map_err(|e| Error::io(format!("cannot checksum {}", data_dir.display()), e))?;
+    let mut done = record.clone();
+    done.pending = false;
+    let manifest = Manifest {
+        version: manifest::VERSION,
+        snapshot: done,
+        source: vm.config.clone(),
+        storage: vm.storage_configs.clone(),
+        boot: vm.boot_config.clone().unwrap_or_default(),
+        network: vm.network_configs.clone(),
+        files,
+    };
+    write_atomic(
+        &data_dir.join(MANIFEST),
+        serde_json::to_vec_pretty(&manifest)
+            .expect("manifest serialises")
+            .as_slice(),
+    )?;
+    let (snapshot, _) = ctx
+        .store()
+        .update_snapshot(&record.id, "saved", |s| s.pending = false)?;
+    Ok(snapshot)
+}
+
+/// Ctrl+C and SIGTERM wait while the guest is paused: a CLI killed there
+/// would leave the VM paused. They are noted and honoured after the resume.
+fn hold_signals() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        f.store(true, Ordering::SeqCst);
+    });
+    flag
+}
+
+/// The work inside the pause window: VMM state into the store, then the
+/// writable disks (they must match the memory image, so they cannot wait).
+#[derive(Debug, thiserror::Error)]
+enum CaptureError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Failpoint(#[from] Error),
+    #[error("cannot copy disk {}: {source}", path.display())]
+    Copy {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+async fn capture(vm: &Vm, api_socket: &Path, dir: &Path) -> Result<(), CaptureError> {
+    backend::of(vm.hypervisor)
+        .snapshot(api_socket, dir, vm.config.memory)
+        .await?;
+    crate::failpoint::hit("snapshot.save.paused")?;
+    for disk in vm.storage_configs.iter().filter(|d| !d.ro) {
+        let name = manifest::file_of(disk).unwrap_or_default();
+        copy_file(&disk.path, &dir.join(&name)).map_err(|source| CaptureError::Copy {
+            path: disk.path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}

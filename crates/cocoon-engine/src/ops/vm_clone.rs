@@ -1,0 +1,229 @@
+//! `vm clone`: a new VM from a snapshot, running from the snapshot's state
+//! with a fresh identity and network. Every flag is checked against the
+//! snapshot before anything is made.
+
+use crate::backend::{self, Boot, RestoreMode};
+use crate::context::Ctx;
+use crate::error::Result;
+use crate::intent::Op;
+use crate::model::{Snapshot, Vm, VmConfig};
+use crate::snapshot::SnapshotError;
+use crate::snapshot::manifest::Manifest;
+
+use super::clone_files::{self, MountTargets};
+use super::new_vm::{self, Network};
+use super::snapshot_check::{self, load_manifest};
+use super::vm_launch::{clear_runtime, launch_and_boot};
+
+/// `vm clone` flags; zero/None inherit from the snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct CloneRequest {
+    pub name: Option<String>,
+    pub cpu: u32,
+    pub memory: Option<u64>,
+    pub storage: Option<u64>,
+    pub nics: u32,
+    pub network: String,
+    pub bridge: Option<String>,
+    pub queue_size: u32,
+    pub disk_queue_size: u32,
+    pub no_direct_io: bool,
+    pub restore_mode: RestoreMode,
+}
+
+pub(crate) fn run(ctx: &mut Ctx, reference: &str, request: CloneRequest) -> Result<Vm> {
+    let snapshot = ctx.store().resolve_snapshot(reference)?;
+    let manifest = load_manifest(&snapshot, false)?;
+    let checked = snapshot_check::check(ctx, &snapshot, &manifest)?;
+    let on_demand = request_fits(&snapshot, &manifest, &request)?;
+    snapshot_check::check_base_files(ctx, &manifest)?;
+    let id = crate::id::generate_id();
+    let config = clone_config(&manifest.source, &request, &id)?;
+    let paths = ctx.layout.vm(&id);
+    let mut vm = Vm::new(
+        &id,
+        snapshot.hypervisor,
+        config,
+        paths.run_dir.clone(),
+        paths.log_dir.clone(),
+    );
+    // Pinned: the image blobs its own disks use, as checked above (not the
+    // list the snapshot record carries).
+    vm.image_blob_ids = checked
+        .blobs
+        .iter()
+        .map(|d| (d.to_string(), crate::model::Empty {}))
+        .collect();
+    let op = Op::VmClone {
+        snapshot: snapshot.id.clone(),
+        run_dir: vm.run_dir.clone(),
+        log_dir: vm.log_dir.clone(),
+    };
+    ctx.with_intent(&op, &id, |ctx, _| {
+        ctx.store().insert_vm(&vm)?;
+        let mut network = Network {
+            attached: true,
+            leases: Vec::new(),
+        };
+        let mut targets = MountTargets::default();
+        let built = build(
+            ctx,
+            &snapshot,
+            &manifest,
+            &request,
+            &mut vm,
+            &mut network,
+            &mut targets,
+        );
+        let launched = built.and_then(|boot| {
+            let boot = Boot::Restore {
+                source: vm.run_dir.clone(),
+                on_demand,
+                binds: boot,
+            };
+            ctx.block_on(async |ctx| launch_and_boot(ctx, &vm, &boot).await)
+        });
+        clone_files::release_mount_targets(ctx, std::mem::take(&mut targets));
+        match launched {
+            Ok((vmm, relay)) => new_vm::mark_started(ctx, &id, vmm, relay),
+            Err(e) => {
+                let _ = ctx.block_on(async |ctx| clear_runtime(ctx, &vm).await);
+                new_vm::roll_back(ctx, &vm, &network);
+                Err(e)
+            }
+        }
+    })
+}
+
+/// The clone's configuration: the snapshot's, with the request's changes.
+fn clone_config(source: &VmConfig, request: &CloneRequest, id: &str) -> Result<VmConfig> {
+    let mut config = source.clone();
+    config.name = request
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("cocoon-clone-{}", id[..8].to_ascii_lowercase()));
+    crate::spec::validate_vm_name(&config.name)?;
+    if request.cpu != 0 {
+        config.cpu = request.cpu;
+    }
+    config.memory = request.memory.unwrap_or(source.memory);
+    config.storage = request.storage.unwrap_or(source.storage);
+    if request.queue_size != 0 {
+        config.queue_size = request.queue_size;
+    }
+    if request.disk_queue_size != 0 {
+        config.disk_queue_size = request.disk_queue_size;
+    }
+    config.no_direct_io |= request.no_direct_io;
+    if !request.network.is_empty() {
+        config.network = request.network.clone();
+    }
+    crate::spec::validate_cpu(config.cpu, crate::spec::host_cpus())?;
+    Ok(config)
+}
+
+/// The clone's files, network, boot configuration and patched VMM state;
+/// returns the bind mounts its VMM needs.
+fn build(
+    ctx: &mut Ctx,
+    snapshot: &Snapshot,
+    manifest: &Manifest,
+    request: &CloneRequest,
+    vm: &mut Vm,
+    network: &mut Network,
+    targets: &mut MountTargets,
+) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
+    new_vm::make_dirs(vm)?;
+    let (binds, held) = clone_files::place(ctx, snapshot, manifest, vm)?;
+    *targets = held;
+    crate::failpoint::hit("vm.clone.files")?;
+    let nics = match request.nics {
+        0 => snapshot_nics(manifest),
+        n => n,
+    };
+    if nics > 0 {
+        new_vm::attach_network(ctx, vm, nics, request.bridge.as_deref(), network)?;
+    }
+    vm.boot_config = Some(manifest.boot.clone());
+    new_vm::refresh_cmdline(ctx, vm);
+    let hot_plug_cidata = super::cidata::for_clone(ctx, vm)?;
+    backend::of(vm.hypervisor).patch_clone(vm, &snapshot.id)?;
+    if let Some(disk) = hot_plug_cidata {
+        // After the patch: the VMM state keeps the snapshot's disks, and the
+        // restore hot-plugs this one.
+        vm.storage_configs.push(disk);
+    }
+    let done = vm.clone();
+    ctx.store().update_vm(&vm.id, "cloned", |v| {
+        v.config = done.config;
+        v.storage_configs = done.storage_configs;
+        v.network_configs = done.network_configs;
+        v.boot_config = done.boot_config;
+    })?;
+    Ok(binds)
+}
+
+fn snapshot_nics(manifest: &Manifest) -> u32 {
+    u32::try_from(manifest.network.len()).unwrap_or(u32::MAX)
+}
+
+/// The `vm clone` flags a snapshot can take (docs/reference/cocoon-v0.3.8.md
+/// §1.3: CPU, memory, storage and NICs may grow where the backend resizes,
+/// never shrink; the restore mode must be the backend's). Checked before
+/// anything is made or pulled. Returns whether the restore is on demand.
+pub(crate) fn request_fits(
+    snapshot: &Snapshot,
+    manifest: &Manifest,
+    request: &CloneRequest,
+) -> Result<bool> {
+    let backend = backend::of(snapshot.hypervisor);
+    let on_demand = backend.on_demand(request.restore_mode)?;
+    let s = &manifest.source;
+    let over = |e: String| crate::error::Error::from(SnapshotError::Override(e));
+    let fixed = !backend.resizes_on_restore();
+    if fixed
+        && ((request.cpu != 0 && request.cpu != s.cpu)
+            || request.memory.is_some_and(|m| m != s.memory))
+    {
+        return Err(over(format!(
+            "{} cannot change CPUs or memory on clone (snapshot: {} CPUs, {} MiB)",
+            backend.title(),
+            s.cpu,
+            s.memory >> 20
+        )));
+    }
+    if request.cpu != 0 && request.cpu < s.cpu {
+        return Err(over(format!(
+            "--cpu {} is below the snapshot's {}",
+            request.cpu, s.cpu
+        )));
+    }
+    if let Some(m) = request.memory.filter(|m| *m < s.memory) {
+        return Err(over(format!(
+            "--memory {} MiB is below the snapshot's {} MiB",
+            m >> 20,
+            s.memory >> 20
+        )));
+    }
+    if let Some(st) = request.storage.filter(|st| *st < s.storage) {
+        return Err(over(format!(
+            "--storage {} GiB is below the snapshot's {} GiB",
+            st >> 30,
+            s.storage >> 30
+        )));
+    }
+    let snap_nics = snapshot_nics(manifest);
+    if request.nics != 0 && request.nics < snap_nics {
+        return Err(over(format!(
+            "--nics {} is below the snapshot's {snap_nics}",
+            request.nics
+        )));
+    }
+    if fixed && request.nics != 0 && request.nics != snap_nics {
+        return Err(over(format!(
+            "{} cannot change the NIC count on clone (snapshot: {snap_nics})",
+            backend.title()
+        )));
+    }
+    Ok(on_demand)
+}

@@ -1,0 +1,153 @@
+//! `vm create`: the record first (the name is reserved), then directories,
+//! network and disks, then state `created`. Any failure removes what was
+//! made, record included; a crash leaves an intent crash recovery rolls back.
+
+use crate::context::Ctx;
+use crate::error::Result;
+use crate::intent::Op;
+use crate::lock::BlobLock;
+use crate::model::{Hypervisor, StorageRole, Vm, VmConfig, VmState};
+use crate::spec::DataDiskSpec;
+use crate::vm::VmError;
+use crate::vm::overlay;
+
+use super::new_vm::{self, Network};
+use super::vm_plan::{self, Plan};
+
+/// What `vm create` asks for.
+#[derive(Debug, Clone)]
+pub struct CreateVm {
+    pub config: VmConfig,
+    pub hypervisor: Hypervisor,
+    pub nics: u32,
+    pub data_disks: Vec<DataDiskSpec>,
+    /// `--bridge DEV`: TAPs on this host bridge instead of CNI.
+    pub bridge: Option<String>,
+    /// `--user` / `--password`: the login cloud-init sets up (cloud images).
+    pub user: String,
+    pub password: String,
+}
+
+pub(crate) fn run(ctx: &mut Ctx, request: CreateVm) -> Result<Vm> {
+    let id = crate::id::generate_id();
+    let plan = vm_plan::plan(ctx, &request, &id, None)?;
+    let wants_cidata = plan
+        .vm
+        .storage_configs
+        .iter()
+        .any(|d| d.role == StorageRole::Cidata);
+    if wants_cidata {
+        crate::spec::validate_user(&request.user)?;
+        crate::spec::validate_password(&request.password)?;
+    }
+    let op = Op::VmCreate {
+        run_dir: plan.vm.run_dir.clone(),
+        log_dir: plan.vm.log_dir.clone(),
+    };
+    ctx.with_intent(&op, &id, |ctx, _| {
+        ctx.store().insert_vm(&plan.vm)?;
+        let Plan {
+            mut vm,
+            disks,
+            overlay,
+        } = plan;
+        let mut network = Network::default();
+        match build(
+            ctx,
+            &request,
+            &mut vm,
+            &disks,
+            overlay.as_ref(),
+            wants_cidata,
+            &mut network,
+        ) {
+            Ok(()) => commit(ctx, vm),
+            Err(e) => {
+                new_vm::roll_back(ctx, &vm, &network);
+                Err(e)
+            }
+        }
+    })
+}
+
+/// Directories, network, disks and the cloud-init disk of the new VM.
+fn build(
+    ctx: &mut Ctx,
+    request: &CreateVm,
+    vm: &mut Vm,
+    disks: &[crate::vm::disks::DiskPrep],
+    overlay: Option<&overlay::OverlayPrep>,
+    wants_cidata: bool,
+    network: &mut Network,
+) -> Result<()> {
+    crate::failpoint::hit("vm.create.recorded")?;
+    check_pinned_blobs(ctx, vm)?;
+    new_vm::make_dirs(vm)?;
+    if request.nics > 0 {
+        new_vm::attach_network(ctx, vm, request.nics, request.bridge.as_deref(), network)?;
+        new_vm::refresh_cmdline(ctx, vm);
+    }
+    if let Some(overlay) = overlay {
+        overlay::prepare(overlay).map_err(VmError::from)?;
+    }
+    crate::failpoint::hit("vm.create.network")?;
+    for disk in disks {
+        crate::vm::disks::prepare(disk).map_err(VmError::from)?;
+    }
+    if wants_cidata {
+        let credentials = crate::guest::cidata::Credentials {
+            user: request.user.clone(),
+            password: request.password.clone(),
+        };
+        let path = crate::layout::VmPaths::of(vm).cidata();
+        super::cidata::write(ctx, vm, &path, Some(credentials))?;
+    }
+    crate::failpoint::hit("vm.create.disks")
+}
+
+/// Records the VM `created` with what was made for it.
+fn commit(ctx: &mut Ctx, done: Vm) -> Result<Vm> {
+    let (vm, _) = ctx.store().update_vm(&done.id, "created", |v| {
+        v.state = VmState::Created;
+        v.config.network = done.config.network;
+        v.network_configs = done.network_configs;
+        v.storage_configs = done.storage_configs;
+        v.boot_config = done.boot_config;
+    })?;
+    Ok(vm)
+}
+
+/// The VM's record now pins its image's blobs; each must still be here.
+/// The image was read before the pin: an `image rm` plus gc in between
+/// could have removed one. gc removes a blob only under its lock after a
+/// fresh look at the pins, so a blob seen under that lock after our pin is
+/// committed stays.
+fn check_pinned_blobs(ctx: &Ctx, vm: &Vm) -> Result<()> {
+    let dirs = ctx.images();
+    for digest in vm.image_blob_ids.keys() {
+        let digest = crate::digest::Digest::parse(digest)
+            .map_err(|e| crate::error::Error::Invalid(format!("VM {}: {e}", vm.config.name)))?;
+        let lock = BlobLock::acquire(&dirs, &digest).map_err(|e| {
+            crate::error::Error::io(format!("cannot lock {}", dirs.lock(&digest).display()), e)
+        })?;
+        let (layer, cloud) = (
+            dirs.blob(&digest),
+            crate::image::cloud::blob_path(&dirs, &digest),
+        );
+        let present = layer.is_file() || cloud.is_file();
+        drop(lock);
+        if !present {
+            let path = if vm.config.image_type == crate::model::ImageType::Cloudimg {
+                cloud
+            } else {
+                layer
+            };
+            return Err(crate::error::Error::Invalid(format!(
+                "image {} is missing {}; pull or import the image again",
+                vm.config.image,
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Launching a VM's VMM and its console relay, and clearing what a previous
+//! run left: the steps `vm start`, `vm clone` and `vm restore` share. What
+//! differs per VMM (arguments, boot or restore calls, console ports) is the
+//! backend's.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{self, Boot, BootRequest, LaunchOptions};
+use crate::console::{self, RelaySpec};
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::layout::VmPaths;
+use crate::model::{Vm, VmmProcess};
+use crate::process::ProcessIdentity;
+use crate::supervise::{self, LaunchSpec, Stdin, StopTimeouts};
+use crate::vm::VmError;
+
+/// The console log rotates at this size (one older file is kept).
+const CONSOLE_LOG_BYTES: u64 = 4 << 20;
+/// The hidden CLI subcommand that runs a console relay.
+pub const RELAY_SUBCOMMAND: &str = "console-relay";
+
+/// Launches the VMM, boots the guest and attaches the console relay. On
+/// error, whatever was started is left for [`clear_runtime`] to kill.
+pub(crate) async fn launch_and_boot(
+    ctx: &mut Ctx,
+    vm: &Vm,
+    boot: &Boot,
+) -> Result<(VmmProcess, Option<ProcessIdentity>)> {
+    let backend = backend::of(vm.hypervisor);
+    let paths = VmPaths::of(vm);
+    let opts = LaunchOptions::for_host(backend.binary(ctx.config()));
+    // The serial port is the VMM's stdin/stdout: a terminal whose master
+    // the relay takes over, so no output is ever held back or lost.
+    let (serial_master, serial_slave) = open_pty()
+        .map_err(|e| Error::io("cannot allocate a terminal for the serial console", e))?;
+    let restoring = matches!(boot, Boot::Restore { .. });
+    let args = backend
+        .launch_args(vm, &paths, &opts, restoring)
+        .map_err(|e| Error::io(format!("cannot prepare the launch of VM {}", vm.id), e))?;
+    let spec = LaunchSpec {
+        binary: opts.binary.clone(),
+        args: args.into_iter().map(OsString::from).collect(),
+        api_socket: paths.api_socket(),
+        log_file: paths.vmm_log(),
+        stdin: if backend.serial_on_stdin(vm) {
+            Stdin::Terminal(Arc::new(serial_slave))
+        } else {
+            Stdin::Null
+        },
+        netns: crate::net::vmm_netns(vm),
+        socket_timeout: Duration::from_secs(ctx.config().socket_wait_timeout_seconds.max(1)),
+        bind_mounts: match boot {
+            Boot::Restore { binds, .. } => binds.clone(),
+            Boot::Fresh => vec![],
+        },
+    };
+    let vmm = supervise::launch(&spec)
+        .await
+        .map_err(|source| VmError::Launch {
+            id: vm.id.clone(),
+            name: vm.config.name.clone(),
+            source,
+        })?;
+    record_launched(ctx, vm, &vmm)?;
+    let request = BootRequest {
+        vm,
+        paths: &paths,
+        vmm: &vmm,
+        boot,
+        opts: &opts,
+        serial: serial_master,
+        timeout: spec.socket_timeout,
+    };
+    let ports = backend
+        .boot(request)
+        .await
+        .map_err(|reason| VmError::Boot {
+            id: vm.id.clone(),
+            name: vm.config.name.clone(),
+            reason,
+            log: read_tail(&paths.vmm_log()),
+        })?;
+    if ports.is_empty() {
+        tracing::warn!(
+            "VM {}: the VMM exposes no console terminal; `vm console` and `vm logs` will be empty",
+            vm.id
+        );
+        return Ok((vmm, None));
+    }
+    let relay = spawn_relay(ctx, vm, &paths, &vmm, ports)?;
+    Ok((vmm, Some(relay)))
+}
+
+/// Recorded at once: from here on a crash leaves a VMM the record names.
+fn record_launched(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess) -> Result<()> {
+    let recorded = vmm.clone();
+    ctx.store().update_vm(&vm.id, "launched", |v| {
+        v.vmm = Some(recorded.clone());
+        v.pid = recorded.identity.pid;
+    })?;
+    crate::failpoint::hit("vm.launch.recorded")
+}
+
+/// Starts the console relay over the VMM's ports.
+fn spawn_relay(
+    ctx: &Ctx,
+    vm: &Vm,
+    paths: &VmPaths,
+    vmm: &VmmProcess,
+    ports: Vec<console::RelayPort>,
+) -> Result<ProcessIdentity> {
+    let relay_spec = RelaySpec {
+        socket: paths.console_socket(),
+        log: paths.console_log(),
+        log_max_bytes: CONSOLE_LOG_BYTES,
+        ports,
+        watch: Some(vmm.identity),
+    };
+    crate::failpoint::hit("vm.launch.booted")?;
+    Ok(console::spawn_relay(
+        &ctx.helper_exe(),
+        &[RELAY_SUBCOMMAND],
+        &relay_spec,
+        Some(&paths.relay_log()),
+    )
+    .map_err(|source| VmError::Relay {
+        id: vm.id.clone(),
+        name: vm.config.name.clone(),
+        source,
+    })?)
+}
+
+/// Kills whatever a previous run of this VM left: its recorded VMM and
+/// relay, and any process still naming its sockets (an orphan whose record
+/// was lost to a crash). Removes the sockets.
+pub(crate) async fn clear_runtime(ctx: &Ctx, vm: &Vm) -> Result<()> {
+    let paths = VmPaths::of(vm);
+    let quick = StopTimeouts {
+        graceful: Duration::ZERO,
+        term: Duration::from_secs(ctx.config().terminate_grace_period_seconds.max(1)),
+        kill: Duration::from_secs(5),
+    };
+    let stop_err = |source| VmError::Stop {
+        id: vm.id.clone(),
+        name: vm.config.name.clone(),
+        source,
+    };
+    for socket in [paths.api_socket(), paths.console_socket()] {
+        supervise::terminate_all_by_socket(&socket, quick)
+            .await
+            .map_err(stop_err)?;
+    }
+    let relay = vm.console_relay.map(|identity| VmmProcess {
+        identity,
+        api_socket: paths.console_socket(),
+    });
+    for process in vm.vmm.iter().chain(relay.as_ref()) {
+        supervise::terminate(process, None::<fn() -> std::future::Ready<()>>, quick)
+            .await
+            .map_err(stop_err)?;
+    }
+    for file in paths.runtime_files() {
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(())
+}
+
+fn read_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(2048);
+    String::from_utf8_lossy(&text[start..]).into_owned()
+}
+
+/// A new PTY pair (master, slave), both close-on-exec.
+fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    use std::os::unix::ffi::OsStrExt;
+    let slave = backend::open_tty(Path::new(std::ffi::OsStr::from_bytes(name.as_bytes())))?;
+    Ok((master, slave))
+}

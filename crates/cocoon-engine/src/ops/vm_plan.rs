@@ -1,0 +1,290 @@
+//! Planning a new VM: the record and the disks `vm create` (and `vm debug`)
+//! will make, from the request and the image, with no side effect. An OCI
+//! image boots its own kernel from layer disks plus a COW disk; a cloud
+//! image boots UEFI firmware from a qcow2 overlay over the image's blob,
+//! with a cloud-init disk for its first boot.
+
+use std::path::Path;
+
+use crate::backend::{self, Backend};
+use crate::context::Ctx;
+use crate::error::Result;
+use crate::guest::cmdline::{self, CmdlineSpec, GuestNic};
+use crate::image::cloud;
+use crate::image::store::ImageDirs;
+use crate::layout::VmPaths;
+use crate::lock::create_private_dir;
+use crate::model::{BootConfig, Empty, Image, ImageType, StorageConfig, StorageRole, Vm, VmConfig};
+use crate::spec::{DirectIo, FsType};
+use crate::vm::VmError;
+use crate::vm::disks::DiskPrep;
+use crate::vm::overlay::OverlayPrep;
+
+use super::vm_create::CreateVm;
+
+/// A VM record built from a request, plus the disks it needs.
+pub(crate) struct Plan {
+    pub vm: Vm,
+    pub disks: Vec<DiskPrep>,
+    /// A cloud image's qcow2 overlay.
+    pub overlay: Option<OverlayPrep>,
+}
+
+/// The record and disks of a new VM. `cow_override` replaces the COW path (debug).
+pub(crate) fn plan(
+    ctx: &mut Ctx,
+    request: &CreateVm,
+    id: &str,
+    cow_override: Option<&Path>,
+) -> Result<Plan> {
+    crate::spec::validate_cpu(request.config.cpu, crate::spec::host_cpus())?;
+    let image = super::image_query::inspect(ctx, &request.config.image)?;
+    if image.kind == ImageType::Cloudimg {
+        return plan_cloud(ctx, request, id, image, cow_override);
+    }
+    if request.config.windows {
+        return Err(VmError::WindowsNeedsCloudImage { image: image.name }.into());
+    }
+    let backend = backend::of(request.hypervisor);
+    let dirs = ctx.images();
+    let (kernel_layer, initrd_layer) = boot_layers(&image)?;
+    let paths = ctx.layout.vm(id);
+    let mut vm = new_record(request, id, &image, ImageType::Oci, &paths);
+    vm.image_blob_ids = image
+        .layers
+        .iter()
+        .map(|d| (d.to_string(), Empty {}))
+        .collect();
+    let direct_ok = direct_io_ok(&vm.config, &paths);
+    let mut storage = layer_disks(&image, &dirs, backend);
+    let cow = cow_override.map_or_else(|| paths.cow(), Path::to_path_buf);
+    let mut prep = vec![DiskPrep {
+        path: cow.clone(),
+        size: vm.config.storage,
+        ext4: true,
+    }];
+    storage.push(StorageConfig {
+        path: cow,
+        ro: false,
+        serial: cmdline::COW_SERIAL.into(),
+        role: StorageRole::Cow,
+        mount_point: String::new(),
+        fstype: None,
+        direct_io: backend.has_direct_io().then_some(direct_ok),
+        directio_mode: None,
+    });
+    let (data_prep, data) = data_disks(request, &paths, direct_ok);
+    prep.extend(data_prep);
+    storage.extend(data);
+    vm.storage_configs = storage;
+    vm.boot_config = Some(BootConfig {
+        kernel_path: Some(backend.kernel(&dirs, &kernel_layer)?),
+        initrd_path: Some(dirs.initrd(&initrd_layer)),
+        cmdline: cmdline_of(ctx, &vm),
+        firmware_path: None,
+    });
+    Ok(Plan {
+        vm,
+        disks: prep,
+        overlay: None,
+    })
+}
+
+/// The layers holding the image's kernel and initrd.
+fn boot_layers(image: &Image) -> Result<(crate::digest::Digest, crate::digest::Digest)> {
+    let missing = |what| VmError::MissingBootFile {
+        image: image.name.clone(),
+        what,
+    };
+    let kernel = image
+        .kernel_layer
+        .clone()
+        .ok_or_else(|| missing("kernel"))?;
+    let initrd = image
+        .initrd_layer
+        .clone()
+        .ok_or_else(|| missing("initrd"))?;
+    Ok((kernel, initrd))
+}
+
+/// The record of a new VM of `image`, before its disks are planned.
+fn new_record(request: &CreateVm, id: &str, image: &Image, kind: ImageType, paths: &VmPaths) -> Vm {
+    let mut config = request.config.clone();
+    config.image = image.name.clone();
+    config.image_digest = image.id.to_string();
+    config.image_type = kind;
+    Vm::new(
+        id,
+        request.hypervisor,
+        config,
+        paths.run_dir.clone(),
+        paths.log_dir.clone(),
+    )
+}
+
+/// The record and disks of a cloud-image VM: overlay (role cow, no
+/// serial), data disks, then the cidata disk (read-only, no serial)
+/// unless the guest is Windows.
+fn plan_cloud(
+    ctx: &mut Ctx,
+    request: &CreateVm,
+    id: &str,
+    image: Image,
+    overlay_override: Option<&Path>,
+) -> Result<Plan> {
+    if !backend::of(request.hypervisor).boots_uefi() {
+        return Err(VmError::CloudImageOnFirecracker { image: image.name }.into());
+    }
+    let firmware = ctx.config().firmware_path.clone();
+    if !firmware.is_file() {
+        return Err(VmError::FirmwareMissing {
+            image: image.name,
+            path: firmware,
+        }
+        .into());
+    }
+    let base = cloud::blob_path(&ctx.images(), &image.id);
+    let paths = ctx.layout.vm(id);
+    let mut vm = new_record(request, id, &image, ImageType::Cloudimg, &paths);
+    vm.image_blob_ids = [(image.id.to_string(), Empty {})].into_iter().collect();
+    let direct_ok = direct_io_ok(&vm.config, &paths);
+    let overlay = overlay_override.map_or_else(|| paths.overlay(), Path::to_path_buf);
+    let mut storage = vec![StorageConfig {
+        path: overlay.clone(),
+        ro: false,
+        serial: String::new(),
+        role: StorageRole::Cow,
+        mount_point: String::new(),
+        fstype: None,
+        direct_io: Some(direct_ok),
+        directio_mode: None,
+    }];
+    let (prep, data) = data_disks(request, &paths, direct_ok);
+    storage.extend(data);
+    if !vm.config.windows {
+        storage.push(cidata_disk(&paths));
+    }
+    vm.storage_configs = storage;
+    vm.boot_config = Some(BootConfig {
+        kernel_path: None,
+        initrd_path: None,
+        cmdline: String::new(),
+        firmware_path: Some(firmware),
+    });
+    let size = vm.config.storage;
+    Ok(Plan {
+        vm,
+        disks: prep,
+        overlay: Some(OverlayPrep {
+            base,
+            path: overlay,
+            size,
+        }),
+    })
+}
+
+/// The kernel command line of a VM as it is now (layers, name, NICs).
+pub(crate) fn cmdline_of(ctx: &Ctx, vm: &Vm) -> String {
+    let nics: Vec<GuestNic> = vm
+        .network_configs
+        .iter()
+        .map(|c| GuestNic {
+            address: c.network.clone(),
+        })
+        .collect();
+    cmdline::build(&CmdlineSpec {
+        hypervisor: vm.hypervisor,
+        layers: vm
+            .storage_configs
+            .iter()
+            .filter(|d| d.role == StorageRole::Layer)
+            .count(),
+        vm_name: &vm.config.name,
+        nics: &nics,
+        dns: &ctx.config().dns,
+    })
+}
+
+/// Writable disks use O_DIRECT unless the user or the filesystem says no.
+fn direct_io_ok(config: &VmConfig, paths: &VmPaths) -> bool {
+    !config.no_direct_io && {
+        let probe_dir = paths.run_dir.parent().unwrap_or(&paths.run_dir);
+        create_private_dir(probe_dir).is_ok() && crate::vm::disks::supports_direct_io(probe_dir)
+    }
+}
+
+/// The `--data-disk` disks: what to create and how the VM sees them.
+fn data_disks(
+    request: &CreateVm,
+    paths: &VmPaths,
+    direct_ok: bool,
+) -> (Vec<DiskPrep>, Vec<StorageConfig>) {
+    let backend = backend::of(request.hypervisor);
+    let mut prep = Vec::new();
+    let mut storage = Vec::new();
+    for disk in &request.data_disks {
+        let path = paths.data_disk(&disk.name);
+        prep.push(DiskPrep {
+            path: path.clone(),
+            size: disk.size,
+            ext4: disk.fstype == FsType::Ext4,
+        });
+        let direct = match disk.directio {
+            DirectIo::On => true,
+            DirectIo::Off => false,
+            DirectIo::Auto => direct_ok,
+        };
+        if !backend.has_direct_io() && disk.directio != DirectIo::Auto {
+            tracing::warn!(
+                "data disk {}: {} has no direct I/O switch; directio={:?} is ignored",
+                disk.name,
+                backend.title(),
+                disk.directio
+            );
+        }
+        storage.push(StorageConfig {
+            path,
+            ro: false,
+            serial: disk.name.clone(),
+            role: StorageRole::Data,
+            mount_point: disk.mount.clone(),
+            fstype: Some(disk.fstype),
+            direct_io: backend.has_direct_io().then_some(direct),
+            directio_mode: Some(disk.directio),
+        });
+    }
+    (prep, storage)
+}
+
+/// Layers bottom-up, read-only, with the backend's serials.
+fn layer_disks(image: &Image, dirs: &ImageDirs, backend: &dyn Backend) -> Vec<StorageConfig> {
+    image
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(j, digest)| StorageConfig {
+            path: dirs.blob(digest),
+            ro: true,
+            serial: backend.layer_serial(j),
+            role: StorageRole::Layer,
+            mount_point: String::new(),
+            fstype: None,
+            direct_io: None,
+            directio_mode: None,
+        })
+        .collect()
+}
+
+/// The cidata entry of a VM's storage: read-only, no serial (docs/reference/cocoon-v0.3.8.md §4.2).
+pub(crate) fn cidata_disk(paths: &VmPaths) -> StorageConfig {
+    StorageConfig {
+        path: paths.cidata(),
+        ro: true,
+        serial: String::new(),
+        role: StorageRole::Cidata,
+        mount_point: String::new(),
+        fstype: None,
+        direct_io: None,
+        directio_mode: None,
+    }
+}

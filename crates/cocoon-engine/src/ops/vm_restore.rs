@@ -1,0 +1,237 @@
+//! `vm restore`: a running VM restored in place from one of its own
+//! snapshots. Every check, checksums included, runs before the VM is
+//! touched; the disks are swapped all or nothing (`disk_swap`).
+
+use std::path::PathBuf;
+
+use jiff::Timestamp;
+
+use crate::backend::{self, Boot, RestoreMode};
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::intent::{Op, step};
+use crate::model::{Snapshot, StorageConfig, StorageRole, Vm, VmState, VmmProcess};
+use crate::process::ProcessIdentity;
+use crate::snapshot::SnapshotError;
+use crate::snapshot::copy::copy_file;
+use crate::snapshot::manifest::{self, Manifest};
+use crate::store::IntentGuard;
+use crate::vm::VmError;
+
+use super::disk_swap::{self, grow_cow};
+use super::snapshot_check::{self, load_manifest};
+use super::vm_launch::{clear_runtime, launch_and_boot};
+use super::{cidata, new_vm};
+
+/// `vm restore` flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreRequest {
+    pub cpu: u32,
+    pub memory: Option<u64>,
+    pub storage: Option<u64>,
+    pub restore_mode: RestoreMode,
+}
+
+/// What the checks decided: the VM as it will be, and how to restore it.
+struct Restore {
+    vm: Vm,
+    snapshot: Snapshot,
+    manifest: Manifest,
+    on_demand: bool,
+    /// Where a cidata disk the snapshot needs is written back.
+    cidata: Option<PathBuf>,
+}
+
+pub(crate) fn run(
+    ctx: &mut Ctx,
+    vm_ref: &str,
+    snapshot_ref: &str,
+    request: RestoreRequest,
+) -> Result<Vm> {
+    let vm = ctx.store().resolve_vm(vm_ref)?;
+    let _lock = ctx.lock_vm(&vm.id)?;
+    let vm = ctx.store().resolve_vm(&vm.id)?;
+    let snapshot = ctx.store().resolve_snapshot(snapshot_ref)?;
+    let mut plan = check(ctx, vm, snapshot, request)?;
+    let op = Op::VmRestore {
+        snapshot: plan.snapshot.id.clone(),
+    };
+    let id = plan.vm.id.clone();
+    ctx.with_intent(&op, &id, |ctx, intent| {
+        // From here on the running VM is replaced.
+        match replace(ctx, &mut plan, &request, intent) {
+            Ok((vmm, relay)) => commit(ctx, &plan.vm, vmm, relay, intent),
+            Err(e) => {
+                let _ = ctx.block_on(async |ctx| clear_runtime(ctx, &plan.vm).await);
+                disk_swap::roll_back(&plan.vm.storage_configs);
+                if let Some(path) = &plan.cidata {
+                    let _ = std::fs::remove_file(path);
+                }
+                new_vm::settle(ctx, &plan.vm.id, VmState::Error, "error")?;
+                Err(e)
+            }
+        }
+    })
+}
+
+/// Everything checked before the VM is touched.
+fn check(
+    ctx: &mut Ctx,
+    mut vm: Vm,
+    snapshot: Snapshot,
+    request: RestoreRequest,
+) -> Result<Restore> {
+    let on_demand = backend::of(vm.hypervisor).on_demand(request.restore_mode)?;
+    if snapshot.vm_id.as_deref() != Some(vm.id.as_str()) {
+        return Err(Error::Invalid(format!(
+            "snapshot {} was not taken from VM {} ({}); restore only accepts the VM's own snapshots, use `cocoon vm clone {}` to start a new VM from it",
+            snapshot.id, vm.id, vm.config.name, snapshot.id
+        )));
+    }
+    if !super::vm_query::is_running(&vm) {
+        return Err(VmError::NotRunning {
+            id: vm.id,
+            name: vm.config.name,
+        }
+        .into());
+    }
+    let manifest = load_manifest(&snapshot, true)?;
+    snapshot_check::check(ctx, &snapshot, &manifest)?;
+    let cidata = cidata::restore_entry(&mut vm, &manifest.storage);
+    request_fits(&vm, &manifest, &request)?;
+    snapshot_check::check_base_files(ctx, &manifest)?;
+    Ok(Restore {
+        vm,
+        snapshot,
+        manifest,
+        on_demand,
+        cidata,
+    })
+}
+
+/// The flags and the VM's shape against the snapshot's.
+fn request_fits(vm: &Vm, manifest: &Manifest, request: &RestoreRequest) -> Result<()> {
+    let s = &manifest.source;
+    let over = |e: String| Error::from(SnapshotError::Override(e));
+    if manifest.network.len() != vm.network_configs.len() {
+        return Err(over(format!(
+            "the snapshot has {} NICs, the VM {}",
+            manifest.network.len(),
+            vm.network_configs.len()
+        )));
+    }
+    let roles = |d: &[StorageConfig]| d.iter().map(|d| d.role.clone()).collect::<Vec<_>>();
+    if roles(&manifest.storage) != roles(&vm.storage_configs) {
+        return Err(over("the snapshot's disks do not match the VM's".into()));
+    }
+    let (cpu, memory) = resources(manifest, request);
+    if cpu < s.cpu || memory < s.memory || request.storage.is_some_and(|st| st < s.storage) {
+        return Err(over(
+            "CPU, memory and storage must be at least the snapshot's".into(),
+        ));
+    }
+    let backend = backend::of(vm.hypervisor);
+    if !backend.resizes_on_restore() && (cpu != s.cpu || memory != s.memory) {
+        return Err(over(format!(
+            "{} cannot change CPUs or memory on restore",
+            backend.title()
+        )));
+    }
+    Ok(())
+}
+
+/// The CPUs and memory the restored VM gets.
+fn resources(manifest: &Manifest, request: &RestoreRequest) -> (u32, u64) {
+    let s = &manifest.source;
+    let cpu = if request.cpu == 0 { s.cpu } else { request.cpu };
+    (cpu, request.memory.unwrap_or(s.memory))
+}
+
+/// Kills the running VMM, swaps the disks and launches from the snapshot.
+fn replace(
+    ctx: &mut Ctx,
+    plan: &mut Restore,
+    request: &RestoreRequest,
+    intent: &IntentGuard,
+) -> Result<(VmmProcess, Option<ProcessIdentity>)> {
+    ctx.block_on(async |ctx| clear_runtime(ctx, &plan.vm).await)?;
+    crate::failpoint::hit("vm.restore.killed")?;
+    let (cpu, memory) = resources(&plan.manifest, request);
+    let vm = &mut plan.vm;
+    vm.config.cpu = cpu;
+    vm.config.memory = memory;
+    if let Some(st) = request.storage {
+        vm.config.storage = st;
+    }
+    if let Some(path) = &plan.cidata {
+        cidata::write(ctx, vm, path, None)?;
+    }
+    let writable = stage_disks(vm, &plan.snapshot, &plan.manifest)?;
+    ctx.step(intent, step::SWAPPING)?;
+    for (i, path) in writable.iter().enumerate() {
+        disk_swap::swap_in(path)
+            .map_err(|e| Error::io(format!("cannot restore disk {}", path.display()), e))?;
+        if i == 0 {
+            crate::failpoint::hit("vm.restore.swapped")?;
+        }
+    }
+    let backend = backend::of(vm.hypervisor);
+    let source = backend.stage_restore(vm, &plan.snapshot, &plan.manifest)?;
+    let boot = Boot::Restore {
+        source: source.clone(),
+        on_demand: plan.on_demand,
+        binds: vec![],
+    };
+    let vm = plan.vm.clone();
+    let launched = ctx.block_on(async |ctx| launch_and_boot(ctx, &vm, &boot).await);
+    backend.drop_staged_restore(&source, plan.on_demand);
+    launched
+}
+
+/// Stages every writable disk's replacement beside it; returns their paths.
+fn stage_disks(vm: &Vm, snapshot: &Snapshot, manifest: &Manifest) -> Result<Vec<PathBuf>> {
+    let mut writable = Vec::new();
+    for (disk, saved) in vm.storage_configs.iter().zip(&manifest.storage) {
+        if disk.ro {
+            continue;
+        }
+        let name = manifest::file_of(saved).unwrap_or_default();
+        let staged = disk_swap::staged(&disk.path);
+        let _ = std::fs::remove_file(&staged);
+        copy_file(&snapshot.data_dir.join(&name), &staged)
+            .and_then(|_| {
+                if disk.role == StorageRole::Cow && vm.config.storage > manifest.source.storage {
+                    grow_cow(&staged, vm.config.storage)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| Error::io(format!("cannot stage disk {}", disk.path.display()), e))?;
+        writable.push(disk.path.clone());
+    }
+    Ok(writable)
+}
+
+/// Records the restored VM running; past the `committing` step crash
+/// recovery rolls forward (drops the old disks) instead of back.
+fn commit(
+    ctx: &mut Ctx,
+    vm: &Vm,
+    vmm: VmmProcess,
+    relay: Option<ProcessIdentity>,
+    intent: &IntentGuard,
+) -> Result<Vm> {
+    let done = vm.config.clone();
+    let storage = vm.storage_configs.clone();
+    let (vm, _) = ctx.store().update_vm(&vm.id, "restored", |v| {
+        v.config = done;
+        v.storage_configs = storage;
+        v.state = VmState::Running;
+        v.pid = vmm.identity.pid;
+        v.vmm = Some(vmm);
+        v.console_relay = relay;
+        v.started_at = Some(Timestamp::now());
+    })?;
+    ctx.step(intent, step::COMMITTING)?;
+    disk_swap::finish(&vm.storage_configs);
+    Ok(vm)
+}

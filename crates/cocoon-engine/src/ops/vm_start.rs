@@ -1,0 +1,60 @@
+//! `vm start`: starts a created or stopped VM (or one left `running` by a
+//! host reboot). Starting a running VM is success.
+
+use crate::backend::Boot;
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::intent::Op;
+use crate::layout::VmPaths;
+use crate::lock::create_private_dir;
+use crate::model::{Vm, VmState};
+use crate::supervise;
+use crate::vm::VmError;
+
+use super::new_vm;
+use super::vm_launch::{clear_runtime, launch_and_boot};
+
+pub(crate) fn run(ctx: &mut Ctx, id: &str) -> Result<Vm> {
+    let _lock = ctx.lock_vm(id)?;
+    let vm = ctx.store().resolve_vm(id)?;
+    if vm.vmm.as_ref().is_some_and(supervise::is_running) {
+        return already_running(ctx, vm);
+    }
+    ctx.block_on(async |ctx| clear_runtime(ctx, &vm).await)?;
+    let vm = super::cidata::drop_after_first_boot(ctx, vm)?;
+    let log_dir = VmPaths::of(&vm).log_dir;
+    create_private_dir(&log_dir)
+        .map_err(|e| Error::io(format!("cannot create {}", log_dir.display()), e))?;
+    ctx.with_intent(&Op::VmStart {}, &vm.id, |ctx, _| match boot(ctx, &vm) {
+        Ok((vmm, relay)) => new_vm::mark_started(ctx, &vm.id, vmm, relay),
+        Err(e) => {
+            let _ = ctx.block_on(async |ctx| clear_runtime(ctx, &vm).await);
+            new_vm::settle(ctx, &vm.id, VmState::Error, "error")?;
+            Err(e)
+        }
+    })
+}
+
+/// A VMM runs: the record says so too.
+fn already_running(ctx: &mut Ctx, vm: Vm) -> Result<Vm> {
+    if vm.state == VmState::Running {
+        return Ok(vm);
+    }
+    let (vm, _) = ctx
+        .store()
+        .update_vm(&vm.id, "started", |v| v.state = VmState::Running)?;
+    Ok(vm)
+}
+
+/// The network readied, then the VMM launched and the guest booted.
+fn boot(
+    ctx: &mut Ctx,
+    vm: &Vm,
+) -> Result<(
+    crate::model::VmmProcess,
+    Option<crate::process::ProcessIdentity>,
+)> {
+    let leases = ctx.store().leases(&vm.id)?;
+    crate::net::prepare_start(&ctx.net(), vm, &leases).map_err(VmError::from)?;
+    ctx.block_on(async |ctx| launch_and_boot(ctx, vm, &Boot::Fresh).await)
+}
