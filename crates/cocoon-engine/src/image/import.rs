@@ -27,7 +27,7 @@ use super::cloud::{CloudError, Origin};
 use super::commit;
 use super::layer;
 use super::oci::PulledLayer;
-use super::store::ImageDirs;
+use super::store::{self, ImageDirs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -393,7 +393,7 @@ fn unpack_hashed<R: Read>(
         source_name: source_name.to_string(),
         source,
     })?;
-    Ok((unpacked, super::store::digest_of(hashing.hasher)))
+    Ok((unpacked, store::digest_of(hashing.hasher)))
 }
 
 /// Commits the unpacked tree as layer `digest`, under that layer's lock;
@@ -407,13 +407,7 @@ fn store_unpacked(
     unpacked: &layer::Unpacked,
 ) -> Result<PulledLayer, ImportError> {
     let lock_path = dirs.lock(digest);
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_err("cannot lock", &lock_path))?;
-    lock.lock().map_err(io_err("cannot lock", &lock_path))?;
+    let _lock = store::lock_exclusive(&lock_path).map_err(io_err("cannot lock", &lock_path))?;
     if dirs.blob(digest).is_file() {
         // Same content already stored (imported or pulled): reuse it.
         let size = std::fs::metadata(dirs.blob(digest))

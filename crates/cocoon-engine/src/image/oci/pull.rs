@@ -2,7 +2,6 @@
 //! parallel, each under its own lock, streamed to disk with its size and
 //! digest checked, then unpacked and committed as an EROFS disk.
 
-use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use crate::digest::Digest;
 use crate::image::commit;
 use crate::image::layer;
 use crate::image::limits::{self, Bounded};
-use crate::image::store::ImageDirs;
+use crate::image::store::{self, ImageDirs};
 
 /// Fetches and converts every layer not already in the store.
 pub async fn pull_layers(
@@ -96,18 +95,10 @@ async fn ensure_layer(
     // removes unpinned layers under the same lock once it has seen no pull
     // in flight, so a layer found here stays until this pull records it.
     let lock_path = dirs.lock(&digest);
-    let lock = tokio::task::spawn_blocking(move || {
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)?;
-        file.lock()?;
-        Ok::<_, io::Error>(file)
-    })
-    .await
-    .expect("lock task")
-    .map_err(io_err("cannot lock", &dirs.lock(&digest)))?;
+    let lock = tokio::task::spawn_blocking(move || store::lock_exclusive(&lock_path))
+        .await
+        .expect("lock task")
+        .map_err(io_err("cannot lock", &dirs.lock(&digest)))?;
     if let Some(layer) = cached(dirs, &digest) {
         return Ok(layer);
     }
