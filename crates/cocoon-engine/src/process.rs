@@ -96,6 +96,37 @@ pub fn output_with_timeout(
     })
 }
 
+/// Why [`run`] found no success: the program could not be started (most
+/// often: it is not installed), or it ran and failed.
+#[derive(Debug)]
+pub enum RunError {
+    Spawn(io::Error),
+    /// Its stdout then its stderr, trimmed: what an error message quotes.
+    Failed(String),
+}
+
+/// Runs `cmd` to its end with stdout and stderr captured (stdin from
+/// /dev/null); its stdout when it succeeds. The one place external tools
+/// (`mkfs.erofs`, `qemu-img`) are run for their exit status and output.
+pub fn run(cmd: &mut std::process::Command) -> Result<Vec<u8>, RunError> {
+    let out = cmd.output().map_err(RunError::Spawn)?;
+    if !out.status.success() {
+        return Err(RunError::Failed(combined_output(&out)));
+    }
+    Ok(out.stdout)
+}
+
+/// A finished command's stdout then stderr, as text, trimmed.
+fn combined_output(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_string()
+}
+
 struct Stat {
     state: char,
     start_time: u64,
@@ -150,6 +181,21 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn run_gives_stdout_or_the_trimmed_output_of_a_failure() {
+        let out = run(std::process::Command::new("sh").args(["-c", "echo ok"])).unwrap();
+        assert_eq!(out, b"ok\n");
+        let err =
+            run(std::process::Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]))
+                .unwrap_err();
+        assert!(
+            matches!(err, RunError::Failed(ref text) if text == "out\nerr"),
+            "{err:?}"
+        );
+        let err = run(&mut std::process::Command::new("/nonexistent/tool")).unwrap_err();
+        assert!(matches!(err, RunError::Spawn(_)), "{err:?}");
     }
 
     #[test]

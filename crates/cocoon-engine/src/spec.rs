@@ -93,11 +93,11 @@ pub fn host_cpus() -> u32 {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for pid 0 (us).
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) == 0 {
             return libc::CPU_COUNT(&set).max(1) as u32;
         }
     }
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }
 
 pub fn validate_cpu(cpu: u32, host: u32) -> Result<(), SpecError> {

@@ -95,54 +95,9 @@ pub struct LaunchSpec {
 /// failure the process is killed and reaped: nothing is left running.
 pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
     let binary = spec.binary.display().to_string();
-    let log = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&spec.log_file)
-        .map_err(|source| SuperviseError::Open {
-            what: "log file",
-            path: spec.log_file.clone(),
-            source,
-        })?;
-    let mut stdout_tty = None;
-    let stdin = match &spec.stdin {
-        Stdin::Null => Stdio::null(),
-        Stdin::Terminal(tty) => {
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone().map_err(|source| SuperviseError::Open {
-                    what: "terminal",
-                    path: PathBuf::from("<pty>"),
-                    source,
-                })
-            };
-            stdout_tty = Some(dup(tty)?);
-            Stdio::from(dup(tty)?)
-        }
-        Stdin::Path(path) => Stdio::from(
-            OpenOptions::new()
-                .read(true)
-                .write(true) // a FIFO opened read-write never blocks and never sees EOF
-                .open(path)
-                .map_err(|source| SuperviseError::Open {
-                    what: "stdin",
-                    path: path.clone(),
-                    source,
-                })?,
-        ),
-    };
-    let netns: Option<OwnedFd> = match &spec.netns {
-        Some(path) => Some(
-            File::open(path)
-                .map_err(|source| SuperviseError::Open {
-                    what: "network namespace",
-                    path: path.clone(),
-                    source,
-                })?
-                .into(),
-        ),
-        None => None,
-    };
+    let log = open_log(spec)?;
+    let (stdin, stdout_tty) = open_stdin(&spec.stdin)?;
+    let netns = open_netns(spec)?;
     // A stale socket from a dead VMM would make the readiness check lie.
     let _ = std::fs::remove_file(&spec.api_socket);
 
@@ -160,20 +115,117 @@ pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
         .stdin(stdin)
         .stdout(stdout)
         .stderr(log);
-    let netns_fd = netns.as_ref().map(|fd| fd.as_raw_fd());
-    // Allocated before fork: only syscalls may run in the child.
-    let binds: Vec<(std::ffi::CString, std::ffi::CString)> = spec
-        .bind_mounts
+    detach_in_child(
+        &mut command,
+        bind_mount_paths(spec),
+        netns.as_ref().map(|fd| fd.as_raw_fd()),
+    );
+    let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
+        binary: binary.clone(),
+        source,
+    })?;
+    drop(netns);
+    let identity = match ProcessIdentity::of(child.id()) {
+        Ok(identity) => identity,
+        Err(_) => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            return Err(SuperviseError::ExitedEarly {
+                binary,
+                status,
+                socket: spec.api_socket.clone(),
+                log: read_tail(&spec.log_file),
+            });
+        }
+    };
+    wait_for_socket(spec, binary, &mut child, identity).await
+}
+
+/// The VMM's log, truncated: its stderr, and its stdout unless a terminal has it.
+fn open_log(spec: &LaunchSpec) -> Result<File, SuperviseError> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&spec.log_file)
+        .map_err(|source| SuperviseError::Open {
+            what: "log file",
+            path: spec.log_file.clone(),
+            source,
+        })
+}
+
+/// The VMM's stdin, and for a terminal a second handle on it for stdout.
+fn open_stdin(stdin: &Stdin) -> Result<(Stdio, Option<OwnedFd>), SuperviseError> {
+    Ok(match stdin {
+        Stdin::Null => (Stdio::null(), None),
+        Stdin::Terminal(tty) => {
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone().map_err(|source| SuperviseError::Open {
+                    what: "terminal",
+                    path: PathBuf::from("<pty>"),
+                    source,
+                })
+            };
+            let stdout_tty = dup(tty)?;
+            (Stdio::from(dup(tty)?), Some(stdout_tty))
+        }
+        Stdin::Path(path) => (
+            Stdio::from(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true) // a FIFO opened read-write never blocks and never sees EOF
+                    .open(path)
+                    .map_err(|source| SuperviseError::Open {
+                        what: "stdin",
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
+            None,
+        ),
+    })
+}
+
+/// The network namespace to run in, opened before the fork.
+fn open_netns(spec: &LaunchSpec) -> Result<Option<OwnedFd>, SuperviseError> {
+    let Some(path) = &spec.netns else {
+        return Ok(None);
+    };
+    let file = File::open(path).map_err(|source| SuperviseError::Open {
+        what: "network namespace",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(file.into()))
+}
+
+/// The bind mounts as C strings, allocated before fork: only syscalls may
+/// run in the child.
+fn bind_mount_paths(spec: &LaunchSpec) -> Vec<(std::ffi::CString, std::ffi::CString)> {
+    use std::os::unix::ffi::OsStrExt;
+    spec.bind_mounts
         .iter()
         .map(|(from, to)| {
-            use std::os::unix::ffi::OsStrExt;
             (
                 std::ffi::CString::new(from.as_os_str().as_bytes()).unwrap_or_default(),
                 std::ffi::CString::new(to.as_os_str().as_bytes()).unwrap_or_default(),
             )
         })
-        .collect();
-    // SAFETY: only async-signal-safe syscalls run between fork and exec.
+        .collect()
+}
+
+/// What the child does between fork and exec: its own session, its private
+/// mount namespace with the bind mounts (if any), the VM's network namespace
+/// (if any). `netns_fd` must stay open until the command is spawned.
+fn detach_in_child(
+    command: &mut Command,
+    binds: Vec<(std::ffi::CString, std::ffi::CString)>,
+    netns_fd: Option<std::os::fd::RawFd>,
+) {
+    // SAFETY: the closure runs in the forked child, where only async-signal-safe
+    // calls may run: it makes plain syscalls (setsid, unshare, mount, setns)
+    // on C strings allocated before the fork and a descriptor the caller keeps
+    // open until spawn returns, and reads errno without allocating.
     unsafe {
         command.pre_exec(move || {
             // Own session: no terminal signals (Ctrl+C) reach the VMM, and it
@@ -217,24 +269,16 @@ pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
-        binary: binary.clone(),
-        source,
-    })?;
-    drop(netns);
-    let pid = child.id();
-    let identity = match ProcessIdentity::of(pid) {
-        Ok(identity) => identity,
-        Err(_) => {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            return Err(SuperviseError::ExitedEarly {
-                binary,
-                status,
-                socket: spec.api_socket.clone(),
-                log: read_tail(&spec.log_file),
-            });
-        }
-    };
+}
+
+/// Polls until the VMM accepts a connection on its API socket; kills and
+/// reaps it if it does not within the timeout.
+async fn wait_for_socket(
+    spec: &LaunchSpec,
+    binary: String,
+    child: &mut std::process::Child,
+    identity: ProcessIdentity,
+) -> Result<VmmProcess, SuperviseError> {
     let deadline = Instant::now() + spec.socket_timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {

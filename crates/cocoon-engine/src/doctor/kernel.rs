@@ -48,12 +48,14 @@ fn probe_kvm() -> KvmProbe {
             };
         }
     };
-    // SAFETY: both ioctls take no argument; the fd is open for their duration.
+    // SAFETY: KVM_GET_API_VERSION takes no argument and reads no memory of
+    // ours; the fd is open for the call.
     let version = unsafe { libc::ioctl(device.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
     if version != KVM_API_VERSION {
         return KvmProbe::ApiVersion(version);
     }
-    // SAFETY: as above; on success it returns a new fd that we own.
+    // SAFETY: KVM_CREATE_VM takes the machine type by value (0: the default)
+    // and reads no memory of ours; on success it returns a new fd that we own.
     let vm = unsafe { libc::ioctl(device.as_raw_fd(), KVM_CREATE_VM as _, 0) };
     if vm < 0 {
         return KvmProbe::CreateVm(io::Error::last_os_error().to_string());

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::process::RunError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ErofsError {
     #[error("cannot run mkfs.erofs ({0}); install erofs-utils")]
@@ -40,27 +42,22 @@ pub fn layer_uuid(digest: &str) -> String {
 /// Builds `output` from `tree`: lz4-compressed, timestamps zeroed, ownership
 /// and xattrs (including overlayfs whiteout markers) kept.
 pub fn build(tree: &Path, output: &Path, uuid: &str) -> Result<(), ErofsError> {
-    let out = Command::new("mkfs.erofs")
-        .arg("-zlz4")
-        .arg("-T0")
-        .arg(format!("-U{uuid}"))
-        .arg("--quiet")
-        .arg(output)
-        .arg(tree)
-        .output()
-        .map_err(ErofsError::Missing)?;
-    if !out.status.success() {
-        return Err(ErofsError::Failed {
+    crate::process::run(
+        Command::new("mkfs.erofs")
+            .arg("-zlz4")
+            .arg("-T0")
+            .arg(format!("-U{uuid}"))
+            .arg("--quiet")
+            .arg(output)
+            .arg(tree),
+    )
+    .map_err(|e| match e {
+        RunError::Spawn(e) => ErofsError::Missing(e),
+        RunError::Failed(output) => ErofsError::Failed {
             tree: tree.to_path_buf(),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .trim()
-            .to_string(),
-        });
-    }
+            output,
+        },
+    })?;
     Ok(())
 }
 

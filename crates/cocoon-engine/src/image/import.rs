@@ -27,7 +27,7 @@ use super::cloud::{CloudError, Origin};
 use super::commit;
 use super::layer;
 use super::oci::PulledLayer;
-use super::store::ImageDirs;
+use super::store::{self, ImageDirs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -167,20 +167,15 @@ fn display(source: Option<&Path>) -> String {
     source.map_or("standard input".to_string(), |p| p.display().to_string())
 }
 
-/// Opens every source (stdin when `files` is empty or just `-`) and decides
-/// from the first one's bytes whether they are tar layers or the parts of a
-/// disk image. Nothing is written.
-pub fn open_all(files: &[PathBuf]) -> Result<Opened, ImportError> {
-    let sources: Vec<Option<&Path>> = match files {
-        [] => vec![None],
-        [one] if one.as_os_str() == "-" => vec![None],
-        _ => files.iter().map(|f| Some(f.as_path())).collect(),
-    };
-    let first = display(sources[0]);
+/// The sources read one after the other, with their total length and the
+/// space they take on disk (both unknown when stdin is among them).
+fn concatenate(
+    sources: &[Option<&Path>],
+) -> Result<(Stream, Option<u64>, Option<u64>), ImportError> {
     let mut total = Some(0u64);
     let mut on_disk = Some(0u64);
     let mut parts: Vec<Stream> = Vec::with_capacity(sources.len());
-    for source in &sources {
+    for source in sources {
         parts.push(match source {
             Some(path) => {
                 let file = File::open(path).map_err(|source| ImportError::Read {
@@ -205,6 +200,20 @@ pub fn open_all(files: &[PathBuf]) -> Result<Opened, ImportError> {
         .fold(Box::new(io::empty()) as Stream, |rest, part| {
             Box::new(part.chain(rest))
         });
+    Ok((raw, total, on_disk))
+}
+
+/// Opens every source (stdin when `files` is empty or just `-`) and decides
+/// from the first one's bytes whether they are tar layers or the parts of a
+/// disk image. Nothing is written.
+pub fn open_all(files: &[PathBuf]) -> Result<Opened, ImportError> {
+    let sources: Vec<Option<&Path>> = match files {
+        [] => vec![None],
+        [one] if one.as_os_str() == "-" => vec![None],
+        _ => files.iter().map(|f| Some(f.as_path())).collect(),
+    };
+    let first = display(sources[0]);
+    let (raw, total, on_disk) = concatenate(&sources)?;
     let consumed = Arc::new(AtomicU64::new(0));
     let raw: Stream = Box::new(Counting {
         inner: raw,
@@ -319,24 +328,12 @@ pub fn import_layer(
     reader: impl Read,
     max_layer_bytes: u64,
 ) -> Result<PulledLayer, ImportError> {
-    dirs.create().map_err(|source| ImportError::Io {
-        what: "cannot create",
-        path: dirs.root.clone(),
-        source,
-    })?;
+    dirs.create().map_err(io_err("cannot create", &dirs.root))?;
     let staging = dirs.root.join("tmp").join(format!(
         "import-{}-{}",
         std::process::id(),
         crate::id::generate_id()
     ));
-    let io_err = |what: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ImportError::Io {
-            what,
-            path: path.clone(),
-            source,
-        }
-    };
     // Free space: the first step's worth before anything is written, then
     // checked again as the layer unpacks (see `limits::Bounded`), which also
     // stops a decompression bomb at `max_layer_bytes`.
@@ -347,71 +344,96 @@ pub fn import_layer(
     let result = (|| {
         let bounded = super::limits::Bounded::new(reader, max_layer_bytes, &dirs.root, &what)
             .too_large_as(&format!("layer {source_name}"));
-        let failure = bounded.failure();
-        let mut hashing = Hashing {
-            inner: bounded,
-            hasher: Sha256::new(),
-        };
-        let limit_or = |e: ImportError| match super::limits::take_failure(&failure) {
-            Some(limit) => ImportError::Limit(limit),
-            None => e,
-        };
-        let unpacked = layer::unpack(&mut hashing, &tree).map_err(|source| {
-            limit_or(ImportError::Layer {
-                source_name: source_name.to_string(),
-                source,
-            })
-        })?;
-        // Hash the tar's trailing padding too, as a file digest would.
-        io::copy(&mut hashing, &mut io::sink()).map_err(|source| {
-            limit_or(ImportError::Read {
-                source_name: source_name.to_string(),
-                source,
-            })
-        })?;
-        crate::failpoint::hit_io("image.import.unpacked").map_err(|source| ImportError::Read {
-            source_name: source_name.to_string(),
-            source,
-        })?;
-        let digest = super::store::digest_of(hashing.hasher);
-        let lock_path = dirs.lock(&digest);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("cannot lock", &lock_path))?;
-        lock.lock().map_err(io_err("cannot lock", &lock_path))?;
-        if dirs.blob(&digest).is_file() {
-            // Same content already stored (imported or pulled): reuse it.
-            let size = std::fs::metadata(dirs.blob(&digest))
-                .map_err(io_err("cannot stat", &dirs.blob(&digest)))?
-                .len();
-            return Ok(PulledLayer {
-                has_kernel: dirs.kernel(&digest).is_file(),
-                has_initrd: dirs.initrd(&digest).is_file(),
-                digest,
-                erofs_size: size,
-                fetched: false,
-            });
-        }
-        let size =
-            commit::commit_layer(dirs, &digest, &staging, &tree, &unpacked).map_err(|source| {
-                ImportError::Commit {
-                    source_name: source_name.to_string(),
-                    source,
-                }
-            })?;
-        Ok(PulledLayer {
-            digest,
-            erofs_size: size,
-            has_kernel: unpacked.kernel.is_some(),
-            has_initrd: unpacked.initrd.is_some(),
-            fetched: true,
-        })
+        let (unpacked, digest) = unpack_hashed(bounded, source_name, &tree)?;
+        store_unpacked(dirs, source_name, &digest, &staging, &tree, &unpacked)
     })();
     let _ = std::fs::remove_dir_all(&staging);
     result
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl Fn(io::Error) -> ImportError + use<> {
+    let path = path.to_path_buf();
+    move |source| ImportError::Io {
+        what,
+        path: path.clone(),
+        source,
+    }
+}
+
+/// Unpacks the tar into `tree`, hashing every byte read, its trailing
+/// padding included, as a file digest would: the layer's digest.
+fn unpack_hashed<R: Read>(
+    bounded: super::limits::Bounded<R>,
+    source_name: &str,
+    tree: &Path,
+) -> Result<(layer::Unpacked, crate::digest::Digest), ImportError> {
+    let failure = bounded.failure();
+    let mut hashing = Hashing {
+        inner: bounded,
+        hasher: Sha256::new(),
+    };
+    let limit_or = |e: ImportError| match super::limits::take_failure(&failure) {
+        Some(limit) => ImportError::Limit(limit),
+        None => e,
+    };
+    let unpacked = layer::unpack(&mut hashing, tree).map_err(|source| {
+        limit_or(ImportError::Layer {
+            source_name: source_name.to_string(),
+            source,
+        })
+    })?;
+    // Hash the tar's trailing padding too, as a file digest would.
+    io::copy(&mut hashing, &mut io::sink()).map_err(|source| {
+        limit_or(ImportError::Read {
+            source_name: source_name.to_string(),
+            source,
+        })
+    })?;
+    crate::failpoint::hit_io("image.import.unpacked").map_err(|source| ImportError::Read {
+        source_name: source_name.to_string(),
+        source,
+    })?;
+    Ok((unpacked, store::digest_of(hashing.hasher)))
+}
+
+/// Commits the unpacked tree as layer `digest`, under that layer's lock;
+/// a layer already stored with the same content is reused as it is.
+fn store_unpacked(
+    dirs: &ImageDirs,
+    source_name: &str,
+    digest: &crate::digest::Digest,
+    staging: &Path,
+    tree: &Path,
+    unpacked: &layer::Unpacked,
+) -> Result<PulledLayer, ImportError> {
+    let lock_path = dirs.lock(digest);
+    let _lock = store::lock_exclusive(&lock_path).map_err(io_err("cannot lock", &lock_path))?;
+    if dirs.blob(digest).is_file() {
+        // Same content already stored (imported or pulled): reuse it.
+        let size = std::fs::metadata(dirs.blob(digest))
+            .map_err(io_err("cannot stat", &dirs.blob(digest)))?
+            .len();
+        return Ok(PulledLayer {
+            has_kernel: dirs.kernel(digest).is_file(),
+            has_initrd: dirs.initrd(digest).is_file(),
+            digest: digest.clone(),
+            erofs_size: size,
+            fetched: false,
+        });
+    }
+    let size = commit::commit_layer(dirs, digest, staging, tree, unpacked).map_err(|source| {
+        ImportError::Commit {
+            source_name: source_name.to_string(),
+            source,
+        }
+    })?;
+    Ok(PulledLayer {
+        digest: digest.clone(),
+        erofs_size: size,
+        has_kernel: unpacked.kernel.is_some(),
+        has_initrd: unpacked.initrd.is_some(),
+        fetched: true,
+    })
 }
 
 #[cfg(test)]

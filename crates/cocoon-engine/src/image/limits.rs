@@ -194,7 +194,7 @@ impl<R: Read> Read for Bounded<R> {
         // Never ask for more than one byte past the limit: the read that
         // crosses it is the one refused.
         let room = self.max_bytes.saturating_add(1).saturating_sub(self.read);
-        let want = buf.len().min(room.min(usize::MAX as u64) as usize);
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         self.read += n as u64;
         if self.read > self.max_bytes {

@@ -144,7 +144,9 @@ pub fn decompress_limited(
         reason,
     };
     let too_big = || fail(format!("the kernel is larger than {} MiB", limit >> 20));
-    let capacity = (payload.len() as u64).saturating_mul(4).min(limit) as usize;
+    // A hint only: none when it would not fit the address space.
+    let capacity =
+        usize::try_from((payload.len() as u64).saturating_mul(4).min(limit)).unwrap_or(0);
     let mut out = Vec::with_capacity(capacity);
     // One byte more than the limit is read, so that reaching it is seen.
     let bounded = |reader: &mut dyn Read, out: &mut Vec<u8>| {

@@ -134,23 +134,13 @@ pub async fn download(
         url: url.to_string(),
         reason: reason(&e),
     };
-    // No overall timeout: a 20 GiB image on a slow link is legitimate; a
-    // stalled server is caught by the read timeout instead.
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("cocoon/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(120))
-        .build()
-        .map_err(request_err)?;
+    let client = http_client().map_err(request_err)?;
     let mut resume = files.resume_point();
     loop {
-        let mut request = client.get(parsed.clone());
-        if let Some((offset, validator)) = &resume {
-            request = request
-                .header(header::RANGE, format!("bytes={offset}-"))
-                .header(header::IF_RANGE, validator.as_str());
-        }
-        let response = request.send().await.map_err(request_err)?;
+        let response = get(&client, &parsed, resume.as_ref())
+            .send()
+            .await
+            .map_err(request_err)?;
         let status = response.status();
         match (resume.take(), status) {
             (Some((offset, validator)), StatusCode::PARTIAL_CONTENT) => {
@@ -199,19 +189,46 @@ pub async fn download(
                 };
                 return transfer.receive(response, progress).await;
             }
-            (_, status) => {
-                return Err(CloudError::Status {
-                    url: url.to_string(),
-                    status: format!(
-                        "{} {}",
-                        status.as_str(),
-                        status.canonical_reason().unwrap_or("")
-                    )
-                    .trim()
-                    .to_string(),
-                });
-            }
+            (_, status) => return Err(refused(url, status)),
         }
+    }
+}
+
+/// No overall timeout: a 20 GiB image on a slow link is legitimate; a
+/// stalled server is caught by the read timeout instead.
+fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("cocoon/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(120))
+        .build()
+}
+
+/// The GET of `url`, asking for the rest of a kept prefix when there is one.
+fn get(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    resume: Option<&(u64, String)>,
+) -> reqwest::RequestBuilder {
+    let request = client.get(url.clone());
+    match resume {
+        Some((offset, validator)) => request
+            .header(header::RANGE, format!("bytes={offset}-"))
+            .header(header::IF_RANGE, validator.as_str()),
+        None => request,
+    }
+}
+
+fn refused(url: &str, status: StatusCode) -> CloudError {
+    CloudError::Status {
+        url: url.to_string(),
+        status: format!(
+            "{} {}",
+            status.as_str(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .trim()
+        .to_string(),
     }
 }
 
@@ -245,17 +262,7 @@ impl Transfer<'_> {
             return Err(too_large());
         }
         let mut hasher = Sha256::new();
-        let mut file = if self.offset == 0 {
-            self.files.save(self.validator.as_deref(), self.total)?;
-            File::create(partial).map_err(io_err("cannot create", partial))?
-        } else {
-            // The digest covers the whole file: the kept prefix is read again.
-            hash_file(partial, &mut hasher)?;
-            File::options()
-                .append(true)
-                .open(partial)
-                .map_err(io_err("cannot open", partial))?
-        };
+        let mut file = self.open_partial(&mut hasher)?;
         progress.begin(Step::Download {
             url: self.url,
             resumed_from: self.offset,
@@ -312,6 +319,23 @@ impl Transfer<'_> {
             size: done,
             resumed_from: self.offset,
         })
+    }
+
+    /// The partial file to append to: created anew (its sidecar saved
+    /// first), or the kept prefix, hashed again since the digest covers the
+    /// whole file.
+    fn open_partial(&self, hasher: &mut Sha256) -> Result<File, CloudError> {
+        let partial = &self.files.partial;
+        if self.offset == 0 {
+            self.files.save(self.validator.as_deref(), self.total)?;
+            File::create(partial).map_err(io_err("cannot create", partial))
+        } else {
+            hash_file(partial, hasher)?;
+            File::options()
+                .append(true)
+                .open(partial)
+                .map_err(io_err("cannot open", partial))
+        }
     }
 
     fn sniff(&self, head: &[u8]) -> Result<(), CloudError> {

@@ -13,7 +13,7 @@ use super::error::{CloudError, Origin, io_err};
 use super::sniff::Compression;
 use super::stage::{self, Counting, read_head};
 use super::{CloudProgress, MAX_IMAGE_BYTES, Step};
-use crate::image::store::ImageDirs;
+use crate::image::store::{self, ImageDirs};
 
 /// Held while a URL is pulled: a second pull of the same URL waits, then
 /// finds the first one's image instead of downloading it again.
@@ -33,12 +33,7 @@ pub fn lock_url(
         .root
         .join("locks")
         .join(format!("url-{}.lock", download::url_key(url)));
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err("cannot lock", &path))?;
+    let file = store::open_lock_file(&path).map_err(io_err("cannot lock", &path))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {

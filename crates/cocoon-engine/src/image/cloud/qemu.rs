@@ -5,31 +5,21 @@ use std::path::Path;
 use std::process::Command;
 
 use super::error::{CloudError, Origin};
+use crate::process::RunError;
 
 fn run(
     origin: &Origin,
     command: &'static str,
     args: &[&std::ffi::OsStr],
 ) -> Result<Vec<u8>, CloudError> {
-    let out = Command::new("qemu-img")
-        .arg(command)
-        .args(args)
-        .output()
-        .map_err(|source| CloudError::QemuImgMissing { source })?;
-    if !out.status.success() {
-        return Err(CloudError::QemuImg {
+    crate::process::run(Command::new("qemu-img").arg(command).args(args)).map_err(|e| match e {
+        RunError::Spawn(source) => CloudError::QemuImgMissing { source },
+        RunError::Failed(output) => CloudError::QemuImg {
             origin: origin.clone(),
             command,
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .trim()
-            .to_string(),
-        });
-    }
-    Ok(out.stdout)
+            output,
+        },
+    })
 }
 
 /// The format `qemu-img info` probes `path` as (`raw` for anything unknown).

@@ -149,7 +149,8 @@ impl Qcow2Header {
         let be32 = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().unwrap());
         let be64 = |at: usize| u64::from_be_bytes(head[at..at + 8].try_into().unwrap());
         let version = be32(4);
-        let backing_offset = be64(8) as usize;
+        // An offset beyond the address space is beyond the head as well.
+        let backing_offset = usize::try_from(be64(8)).unwrap_or(usize::MAX);
         let backing_size = be32(16) as usize;
         let backing_file = (backing_offset != 0).then(|| {
             head.get(backing_offset..backing_offset.saturating_add(backing_size))
@@ -280,7 +281,7 @@ mod tests {
         h[4..8].copy_from_slice(&version.to_be_bytes());
         if let Some(name) = backing {
             h[8..16].copy_from_slice(&200u64.to_be_bytes());
-            h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+            h[16..20].copy_from_slice(&u32::try_from(name.len()).unwrap().to_be_bytes());
             h[200..200 + name.len()].copy_from_slice(name.as_bytes());
         }
         h[72..80].copy_from_slice(&incompatible.to_be_bytes());

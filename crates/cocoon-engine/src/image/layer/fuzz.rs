@@ -104,7 +104,7 @@ fn entry() -> impl Strategy<Value = Entry> {
     )
         .prop_map(|(name, kind, target, mode, uid, data)| Entry {
             name,
-            kind: kind as u8,
+            kind: u8::try_from(kind).expect("six kinds"),
             target,
             mode,
             uid,

@@ -27,9 +27,9 @@ fn fake_elf(len: usize) -> Vec<u8> {
         state ^= state >> 7;
         state ^= state << 17;
         data.push(if state.is_multiple_of(4) {
-            (state >> 8) as u8
+            state.to_le_bytes()[1]
         } else {
-            b'A' + (data.len() % 7) as u8
+            b"ABCDEFG"[data.len() % 7]
         });
     }
     data
@@ -65,7 +65,7 @@ fn compress(format: Compression, data: &[u8]) -> Vec<u8> {
             let mut out = 0x184c2102u32.to_le_bytes().to_vec();
             for chunk in data.chunks(8 << 20) {
                 let block = lz4_flex::block::compress(chunk);
-                out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+                out.extend_from_slice(&u32::try_from(block.len()).unwrap().to_le_bytes());
                 out.extend_from_slice(&block);
             }
             out
@@ -78,13 +78,13 @@ fn bzimage(payload: &[u8], uncompressed: usize) -> Vec<u8> {
     let setup_sects = 4usize;
     let offset = 0x1c0usize;
     let mut image = vec![0u8; (setup_sects + 1) * 512 + offset];
-    image[0x1f1] = setup_sects as u8;
+    image[0x1f1] = u8::try_from(setup_sects).unwrap();
     image[0x202..0x206].copy_from_slice(b"HdrS");
     image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-    image[0x248..0x24c].copy_from_slice(&(offset as u32).to_le_bytes());
+    image[0x248..0x24c].copy_from_slice(&u32::try_from(offset).unwrap().to_le_bytes());
     let mut tail = payload.to_vec();
-    tail.extend_from_slice(&(uncompressed as u32).to_le_bytes());
-    image[0x24c..0x250].copy_from_slice(&(tail.len() as u32).to_le_bytes());
+    tail.extend_from_slice(&u32::try_from(uncompressed).unwrap().to_le_bytes());
+    image[0x24c..0x250].copy_from_slice(&u32::try_from(tail.len()).unwrap().to_le_bytes());
     image.extend_from_slice(&tail);
     image.extend_from_slice(&[0u8; 512]);
     image
@@ -243,7 +243,7 @@ fn decompression_bombs_stop_at_the_limit() {
     for i in 0..520 {
         gz.write_all(&zeros).unwrap();
         if i % 8 == 0 {
-            lz4.extend_from_slice(&(block.len() as u32).to_le_bytes());
+            lz4.extend_from_slice(&u32::try_from(block.len()).unwrap().to_le_bytes());
             lz4.extend_from_slice(&block);
         }
     }

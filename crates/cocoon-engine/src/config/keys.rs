@@ -1,0 +1,152 @@
+//! The table of configuration keys: each key's name in the file, its one
+//! environment variable, its flag and its help, in one place so no source
+//! can forget a key.
+
+/// One configuration key: its dotted name in the file, its environment variable,
+/// and its command-line flag if it has one.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    pub name: &'static str,
+    pub env: &'static str,
+    pub flag: Option<&'static str>,
+    pub help: &'static str,
+}
+
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "root_dir",
+        env: "COCOON_ROOT_DIR",
+        flag: Some("--root-dir"),
+        help: "state, images and snapshots",
+    },
+    Key {
+        name: "run_dir",
+        env: "COCOON_RUN_DIR",
+        flag: Some("--run-dir"),
+        help: "per-VM runtime files (default <root_dir>/run)",
+    },
+    Key {
+        name: "log_dir",
+        env: "COCOON_LOG_DIR",
+        flag: Some("--log-dir"),
+        help: "per-VM VMM and console logs",
+    },
+    Key {
+        name: "cni_conf_dir",
+        env: "COCOON_CNI_CONF_DIR",
+        flag: Some("--cni-conf-dir"),
+        help: "CNI *.conflist directory",
+    },
+    Key {
+        name: "cni_bin_dir",
+        env: "COCOON_CNI_BIN_DIR",
+        flag: Some("--cni-bin-dir"),
+        help: "CNI plugin directory (/usr/lib/cni is searched too)",
+    },
+    Key {
+        name: "dns",
+        env: "COCOON_DNS",
+        flag: Some("--dns"),
+        help: "DNS servers for guests, comma or ; separated",
+    },
+    Key {
+        name: "log.level",
+        env: "COCOON_LOG_LEVEL",
+        flag: Some("--log-level"),
+        help: "trace, debug, info, warn or error",
+    },
+    Key {
+        name: "log.max_size",
+        env: "COCOON_LOG_MAX_SIZE",
+        flag: None,
+        help: "per-VM log size limit in MiB",
+    },
+    Key {
+        name: "log.max_age",
+        env: "COCOON_LOG_MAX_AGE",
+        flag: None,
+        help: "days to keep rotated logs",
+    },
+    Key {
+        name: "log.max_backups",
+        env: "COCOON_LOG_MAX_BACKUPS",
+        flag: None,
+        help: "rotated logs kept per VM",
+    },
+    Key {
+        name: "ch_binary",
+        env: "COCOON_CH_BINARY",
+        flag: None,
+        help: "Cloud Hypervisor binary",
+    },
+    Key {
+        name: "fc_binary",
+        env: "COCOON_FC_BINARY",
+        flag: None,
+        help: "Firecracker binary",
+    },
+    Key {
+        name: "firmware_path",
+        env: "COCOON_FIRMWARE_PATH",
+        flag: None,
+        help: "UEFI firmware for cloud images (default <root_dir>/firmware/CLOUDHV.fd)",
+    },
+    Key {
+        name: "use_firecracker",
+        env: "COCOON_USE_FIRECRACKER",
+        flag: None,
+        help: "make Firecracker the default backend",
+    },
+    Key {
+        name: "stop_timeout_seconds",
+        env: "COCOON_STOP_TIMEOUT_SECONDS",
+        flag: None,
+        help: "graceful guest shutdown timeout",
+    },
+    Key {
+        name: "socket_wait_timeout_seconds",
+        env: "COCOON_SOCKET_WAIT_TIMEOUT_SECONDS",
+        flag: None,
+        help: "wait for a new VMM's API socket",
+    },
+    Key {
+        name: "terminate_grace_period_seconds",
+        env: "COCOON_TERMINATE_GRACE_PERIOD_SECONDS",
+        flag: None,
+        help: "SIGTERM to SIGKILL grace period",
+    },
+    Key {
+        name: "pool_size",
+        env: "COCOON_POOL_SIZE",
+        flag: None,
+        help: "parallel workers (0 = number of CPUs)",
+    },
+    Key {
+        name: "insecure_registries",
+        env: "COCOON_INSECURE_REGISTRIES",
+        flag: None,
+        help: "registries reached over plain HTTP (comma-separated hosts)",
+    },
+    Key {
+        name: "registry_connect_timeout_seconds",
+        env: "COCOON_REGISTRY_CONNECT_TIMEOUT_SECONDS",
+        flag: None,
+        help: "connect timeout of every registry request",
+    },
+    Key {
+        name: "registry_read_timeout_seconds",
+        env: "COCOON_REGISTRY_READ_TIMEOUT_SECONDS",
+        flag: None,
+        help: "longest wait for a registry's next bytes (idle time, not total)",
+    },
+    Key {
+        name: "max_layer_bytes",
+        env: "COCOON_MAX_LAYER_BYTES",
+        flag: None,
+        help: "largest uncompressed size of one image layer",
+    },
+];
+
+pub fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
