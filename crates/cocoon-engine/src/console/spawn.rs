@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::io::FdFlags;
@@ -58,18 +58,7 @@ pub fn spawn_relay(
         .args(relay_args(spec, &raw))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(match stderr {
-            Some(path) => Stdio::from(
-                File::options()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| {
-                        io::Error::new(e.kind(), format!("relay stderr {}: {e}", path.display()))
-                    })?,
-            ),
-            None => Stdio::null(),
-        });
+        .stderr(relay_stderr(stderr)?);
     // SAFETY: only async-signal-safe syscalls run between fork and exec, and
     // `raw` is not reallocated in the child.
     unsafe {
@@ -82,9 +71,30 @@ pub fn spawn_relay(
             Ok(())
         });
     }
-    let mut child = command.spawn()?;
+    let child = command.spawn()?;
     drop(inherited);
+    wait_until_listening(child, spec)
+}
 
+/// The relay's stderr: appended to `stderr` if given, else /dev/null.
+fn relay_stderr(stderr: Option<&Path>) -> io::Result<Stdio> {
+    Ok(match stderr {
+        Some(path) => Stdio::from(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("relay stderr {}: {e}", path.display()))
+                })?,
+        ),
+        None => Stdio::null(),
+    })
+}
+
+/// Waits until the relay accepts connections on its socket; kills it if it
+/// does not within [`READY_TIMEOUT`].
+fn wait_until_listening(mut child: Child, spec: &RelaySpec) -> io::Result<ProcessIdentity> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {

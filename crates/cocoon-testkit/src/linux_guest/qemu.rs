@@ -116,6 +116,33 @@ impl Boot {
     pub fn qemu_args(&self, console_log: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+        self.machine_args(&mut push);
+        push(&[
+            "-kernel",
+            &path_arg(&self.kernel),
+            "-initrd",
+            &path_arg(&self.initrd),
+        ]);
+        push(&["-append", &self.cmdline]);
+        let console = format!("file,id=console,path={}", path_arg(console_log));
+        match self.backend {
+            Backend::CloudHypervisor => push(&[
+                "-chardev",
+                &console,
+                "-device",
+                "virtio-serial-pci",
+                "-device",
+                "virtconsole,chardev=console",
+            ]),
+            Backend::Firecracker => push(&["-chardev", &console, "-serial", "chardev:console"]),
+        }
+        self.disk_args(&mut push);
+        self.nic_args(&mut push);
+        args
+    }
+
+    /// The machine: accelerator, board, memory, CPUs, clocks, no defaults.
+    fn machine_args(&self, push: &mut impl FnMut(&[&str])) {
         let machine = match self.backend {
             Backend::CloudHypervisor => "pc",
             // No PCI (the command line says pci=off), virtio-mmio found through
@@ -142,25 +169,9 @@ impl Boot {
             "none",
             "-no-reboot",
         ]);
-        push(&[
-            "-kernel",
-            &path_arg(&self.kernel),
-            "-initrd",
-            &path_arg(&self.initrd),
-        ]);
-        push(&["-append", &self.cmdline]);
-        let console = format!("file,id=console,path={}", path_arg(console_log));
-        match self.backend {
-            Backend::CloudHypervisor => push(&[
-                "-chardev",
-                &console,
-                "-device",
-                "virtio-serial-pci",
-                "-device",
-                "virtconsole,chardev=console",
-            ]),
-            Backend::Firecracker => push(&["-chardev", &console, "-serial", "chardev:console"]),
-        }
+    }
+
+    fn disk_args(&self, push: &mut impl FnMut(&[&str])) {
         for (i, disk) in self.disks.iter().enumerate() {
             let read_only = if disk.read_only { "on" } else { "off" };
             push(&[
@@ -180,6 +191,9 @@ impl Boot {
             };
             push(&["-device", &device]);
         }
+    }
+
+    fn nic_args(&self, push: &mut impl FnMut(&[&str])) {
         for (i, nic) in self.nics.iter().enumerate() {
             // The engine created the TAP with a virtio-net header, as every
             // VMM opens it; qemu must open it with the same multi-queue flag.
@@ -199,7 +213,6 @@ impl Boot {
             }
             push(&["-netdev", &netdev, "-device", &device]);
         }
-        args
     }
 
     /// Starts qemu (inside the VM's namespace if it has one) and returns at

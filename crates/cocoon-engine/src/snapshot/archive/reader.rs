@@ -110,34 +110,10 @@ impl<R: Read> TarReader<R> {
             let offset = self.offset;
             let pending = pax.is_some() || long_name.is_some();
             let Some(block) = self.read_block()? else {
-                let what = if offset == 0 {
-                    "the archive is empty".to_string()
-                } else if pending {
-                    format!("an extended header at byte {offset} has no entry after it")
-                } else {
-                    format!(
-                        "it ends after {:?} without an end-of-archive marker",
-                        self.current
-                    )
-                };
-                return Err(ArchiveError::Truncated { what });
+                return Err(self.truncated(offset, pending));
             };
             if block.iter().all(|b| *b == 0) {
-                if pending {
-                    return Err(corrupt(
-                        offset,
-                        "an extended header is followed by the end of the archive",
-                    ));
-                }
-                return match self.read_block()? {
-                    None => Err(ArchiveError::Truncated {
-                        what: "the end-of-archive marker is incomplete".into(),
-                    }),
-                    Some(b) if b.iter().any(|b| *b != 0) => {
-                        Err(corrupt(offset, "a zero block in the middle of the archive"))
-                    }
-                    Some(_) => Ok(None),
-                };
+                return self.end_of_archive(offset, pending);
             }
             check_checksum(&block, offset)?;
             let header = tar::Header::from_byte_slice(&block);
@@ -190,6 +166,45 @@ impl<R: Read> TarReader<R> {
                     return self.entry(header, typeflag, name, size, pax).map(Some);
                 }
             }
+        }
+    }
+
+    /// The error for an input that ends where a header should be.
+    fn truncated(&self, offset: u64, pending: bool) -> ArchiveError {
+        let what = if offset == 0 {
+            "the archive is empty".to_string()
+        } else if pending {
+            format!("an extended header at byte {offset} has no entry after it")
+        } else {
+            format!(
+                "it ends after {:?} without an end-of-archive marker",
+                self.current
+            )
+        };
+        ArchiveError::Truncated { what }
+    }
+
+    /// After a zero block at `offset`: the end of the archive if a second
+    /// zero block follows, an error otherwise.
+    fn end_of_archive(
+        &mut self,
+        offset: u64,
+        pending: bool,
+    ) -> Result<Option<Entry>, ArchiveError> {
+        if pending {
+            return Err(corrupt(
+                offset,
+                "an extended header is followed by the end of the archive",
+            ));
+        }
+        match self.read_block()? {
+            None => Err(ArchiveError::Truncated {
+                what: "the end-of-archive marker is incomplete".into(),
+            }),
+            Some(b) if b.iter().any(|b| *b != 0) => {
+                Err(corrupt(offset, "a zero block in the middle of the archive"))
+            }
+            Some(_) => Ok(None),
         }
     }
 
