@@ -8,7 +8,7 @@ use std::io::{self, Read};
 
 use super::pax::{parse_decimal, parse_pax};
 use super::sparse::Segment;
-use super::writer::BLOCK;
+use super::writer::{BLOCK, BLOCK_LEN};
 use super::{ArchiveError, MAX_DATA_SIZE, MAX_PAX_SIZE, MAX_SPARSE_SEGMENTS};
 
 /// GNU long names are file names here; anything longer is not one.
@@ -327,13 +327,13 @@ impl<R: Read> TarReader<R> {
         while self.remaining > 0 {
             self.read_data(&mut scratch)?;
         }
-        let padding = std::mem::take(&mut self.padding) as usize;
+        let padding = super::small_len(std::mem::take(&mut self.padding));
         self.fill_exactly(&mut scratch[..padding], || "the padding after an entry")
     }
 
     /// One header block, or `None` at a clean end of input.
-    fn read_block(&mut self) -> Result<Option<[u8; BLOCK as usize]>, ArchiveError> {
-        let mut block = [0u8; BLOCK as usize];
+    fn read_block(&mut self) -> Result<Option<[u8; BLOCK_LEN]>, ArchiveError> {
+        let mut block = [0u8; BLOCK_LEN];
         let got = self.fill(&mut block)?;
         match got {
             0 => Ok(None),
@@ -363,9 +363,9 @@ impl<R: Read> TarReader<R> {
                 limit,
             });
         }
-        let mut data = vec![0u8; size.next_multiple_of(BLOCK) as usize];
+        let mut data = vec![0u8; super::small_len(size.next_multiple_of(BLOCK))];
         self.fill_exactly(&mut data, || "an extended header")?;
-        data.truncate(size as usize);
+        data.truncate(super::small_len(size));
         Ok(data)
     }
 
@@ -399,7 +399,7 @@ impl<R: Read> TarReader<R> {
         while extended {
             let mut ext = tar::GnuExtSparseHeader::new();
             let got = self.fill(ext.as_mut_bytes())?;
-            if got != BLOCK as usize {
+            if got != BLOCK_LEN {
                 return Err(ArchiveError::Truncated {
                     what: format!("the sparse map of {name:?} is incomplete"),
                 });
