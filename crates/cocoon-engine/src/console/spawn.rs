@@ -252,52 +252,27 @@ mod tests {
         args.iter().map(OsString::from).collect()
     }
 
+    /// A complete socket and log part of the argv, then `rest`.
+    fn with_log(rest: &[&str]) -> Vec<OsString> {
+        let head = ["--socket", "s", "--log", "l", "--log-max-bytes", "9"];
+        os(&[&head[..], rest].concat())
+    }
+
     #[test]
     fn bad_argv_is_rejected_before_any_fd_is_adopted() {
         let err = relay_spec_from_args(&os(&["--socket", "s", "--log", "l"])).unwrap_err();
         assert!(err.contains("--port"), "{err}");
         let err = relay_spec_from_args(&os(&["--bogus", "1"])).unwrap_err();
         assert!(err.contains("unknown flag --bogus"), "{err}");
-        let err = relay_spec_from_args(&os(&[
-            "--socket",
-            "s",
-            "--log",
-            "l",
-            "--log-max-bytes",
-            "9",
-            "--port",
-            "serial=1",
-        ]))
-        .unwrap_err();
+        let err = relay_spec_from_args(&with_log(&["--port", "serial=1"])).unwrap_err();
         assert!(err.contains("standard I/O"), "{err}");
         // Our own fds have close-on-exec set: never adopted.
         let file = File::open("/dev/null").unwrap();
         let arg = format!("serial={}", file.as_raw_fd());
-        let err = relay_spec_from_args(&os(&[
-            "--socket",
-            "s",
-            "--log",
-            "l",
-            "--log-max-bytes",
-            "9",
-            "--port",
-            &arg,
-        ]))
-        .unwrap_err();
+        let err = relay_spec_from_args(&with_log(&["--port", &arg])).unwrap_err();
         assert!(err.contains("not inherited"), "{err}");
-        let err = relay_spec_from_args(&os(&[
-            "--socket",
-            "s",
-            "--log",
-            "l",
-            "--log-max-bytes",
-            "9",
-            "--watch-pid",
-            "5",
-            "--port",
-            &arg,
-        ]))
-        .unwrap_err();
+        let err =
+            relay_spec_from_args(&with_log(&["--watch-pid", "5", "--port", &arg])).unwrap_err();
         assert!(err.contains("go together"), "{err}");
     }
 

@@ -75,17 +75,7 @@ fn make_taps(bridge: &str, configs: &[NetworkConfig]) -> io::Result<()> {
             let tap = wire::link(handle, &c.tap)
                 .await?
                 .ok_or_else(|| io::Error::other("TAP vanished"))?;
-            handle
-                .link()
-                .set(
-                    rtnetlink::LinkUnspec::new_with_index(tap.header.index)
-                        .controller(br.header.index)
-                        .mtu(mtu)
-                        .txqueuelen(10_000)
-                        .up()
-                        .build(),
-                )
-                .execute()
+            wire::tap_up(handle, tap.header.index, mtu, Some(br.header.index))
                 .await
                 .map_err(|e| io::Error::other(format!("cannot attach {}: {e}", c.tap)))?;
         }

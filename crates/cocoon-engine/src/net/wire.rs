@@ -184,19 +184,29 @@ async fn make_tap(handle: &Handle, nic: &Nic, mtu: u32) -> io::Result<u32> {
         .ok_or_else(|| err(&nic.tap, "TAP vanished after creation"))?
         .header
         .index;
-    handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(tap_index)
-                .mtu(mtu)
-                .txqueuelen(10_000)
-                .up()
-                .build(),
-        )
-        .execute()
+    tap_up(handle, tap_index, mtu, None)
         .await
         .map_err(|e| err(format!("cannot bring up {}", nic.tap), e))?;
     Ok(tap_index)
+}
+
+/// Brings the TAP at `index` up with `mtu` and a long transmit queue,
+/// enslaved to `controller` (a bridge) if given.
+pub(crate) async fn tap_up(
+    handle: &Handle,
+    index: u32,
+    mtu: u32,
+    controller: Option<u32>,
+) -> Result<(), rtnetlink::Error> {
+    let mut link = LinkUnspec::new_with_index(index);
+    if let Some(controller) = controller {
+        link = link.controller(controller);
+    }
+    handle
+        .link()
+        .set(link.mtu(mtu).txqueuelen(10_000).up().build())
+        .execute()
+        .await
 }
 
 /// Redirects everything arriving on `from` (named `name`) out of `to`: a

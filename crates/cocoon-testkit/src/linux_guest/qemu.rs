@@ -9,7 +9,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -295,15 +295,7 @@ impl Running {
 
     /// Waits for the guest to power off, killing qemu `limit` after it started.
     pub fn finish(mut self, limit: Duration) -> Outcome {
-        let exit_status = loop {
-            if let Some(status) = self.child.0.try_wait().expect("wait for qemu") {
-                break Some(status);
-            }
-            if self.started.elapsed() > limit {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let exit_status = self.child.wait_until(self.started, limit);
         self.outcome(exit_status)
     }
 
@@ -314,7 +306,7 @@ impl Running {
     }
 
     /// Kills qemu if still running and collects what it left.
-    fn outcome(self, exit_status: Option<std::process::ExitStatus>) -> Outcome {
+    fn outcome(self, exit_status: Option<ExitStatus>) -> Outcome {
         let elapsed = self.started.elapsed();
         let Running {
             child,
@@ -341,14 +333,31 @@ pub(crate) fn path_arg(path: &Path) -> String {
 pub struct Outcome {
     /// None if qemu was still running at the limit (and was killed). qemu
     /// exits 0 when the guest powers off.
-    pub exit_status: Option<std::process::ExitStatus>,
+    pub exit_status: Option<ExitStatus>,
     pub elapsed: Duration,
+    /// The guest console (firmware output included, on a UEFI boot).
     pub console: String,
     pub qemu_output: String,
 }
 
 /// A test that fails mid-boot must not leave qemu spinning a core.
 pub(crate) struct KillOnDrop(pub(crate) Child);
+
+impl KillOnDrop {
+    /// Polls qemu until it exits (its status) or `limit` after `started`
+    /// passes (`None`).
+    pub(crate) fn wait_until(&mut self, started: Instant, limit: Duration) -> Option<ExitStatus> {
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait for qemu") {
+                return Some(status);
+            }
+            if started.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
