@@ -32,8 +32,8 @@ pub enum Hypervisor {
 impl Hypervisor {
     pub fn as_str(self) -> &'static str {
         match self {
-            Hypervisor::CloudHypervisor => "cloud-hypervisor",
-            Hypervisor::Firecracker => "firecracker",
+            Self::CloudHypervisor => "cloud-hypervisor",
+            Self::Firecracker => "firecracker",
         }
     }
 }
@@ -429,7 +429,7 @@ impl Snapshot {
             network: c.network.clone(),
             no_direct_io: c.no_direct_io,
             windows: c.windows,
-            nics: vm.network_configs.len() as u32,
+            nics: u32::try_from(vm.network_configs.len()).expect("NICs are made from a u32 count"),
             image_blob_ids: vm.image_blob_ids.clone(),
             created_at: Timestamp::now(),
             pending: true,

@@ -248,8 +248,8 @@ impl Image {
         fatfs::format_volume(
             &mut disk,
             fatfs::FormatVolumeOptions::new()
-                .bytes_per_sector(SECTOR as u16)
-                .total_sectors(ESP_SECTORS as u32)
+                .bytes_per_sector(u16::try_from(SECTOR).expect("fits"))
+                .total_sectors(u32::try_from(ESP_SECTORS).expect("fits"))
                 .volume_label(*b"COCOON-ESP ")
                 .volume_id(0x434f_434f),
         )

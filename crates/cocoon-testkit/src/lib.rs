@@ -93,6 +93,32 @@ pub fn kill_all_under(root_dir: &Path) {
 
 pub use cocoon_test_skip::skip;
 
+/// Runs `cmd` (a cocoon command) with `args`, asserts that it succeeded
+/// (its stderr in the message), and returns its stdout: what every test
+/// lab's `ok` does.
+pub fn run_ok(mut cmd: std::process::Command, args: &[&str]) -> String {
+    let out = cmd.args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "cocoon {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A GNU tar header owned by root (mode `mode`) with a fixed mtime, so the
+/// archives tests build are the same bytes on every run.
+pub(crate) fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(size);
+    h
+}
+
 /// The `cocoon` binary under test, built for this test run.
 ///
 /// Cargo sets `CARGO_BIN_EXE_<name>` only for its own package's binaries, and

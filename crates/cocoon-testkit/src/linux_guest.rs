@@ -262,7 +262,7 @@ impl GuestParts {
 
     /// A gzip'd newc cpio: busybox, the modules, /init and its module list.
     fn initramfs(&self) -> Vec<u8> {
-        let mut cpio = cpio::Cpio::new();
+        let mut cpio = Cpio::new();
         for dir in [
             "bin",
             "dev",
@@ -303,14 +303,7 @@ impl Tar {
     }
 
     fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_size(size);
-        h
+        crate::tar_header(kind, mode, size)
     }
 
     fn dir(&mut self, path: &str) {

@@ -213,7 +213,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
+fn block_on<F: Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -239,14 +239,8 @@ pub mod layers {
         }
 
         fn header(path: &str, kind: EntryType, mode: u32, size: u64) -> Header {
-            let mut h = Header::new_gnu();
+            let mut h = crate::tar_header(kind, mode, size);
             h.set_path(path).unwrap();
-            h.set_entry_type(kind);
-            h.set_mode(mode);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(1_700_000_000);
-            h.set_size(size);
             h
         }
 

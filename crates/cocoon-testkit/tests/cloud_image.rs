@@ -31,7 +31,7 @@ fn ready(test: &str) -> Option<CocoonEnv> {
     Some(CocoonEnv::new(bin()))
 }
 
-fn cocoon(env: &CocoonEnv) -> cocoon_testkit::assert_cmd::Command {
+fn cocoon(env: &CocoonEnv) -> assert_cmd::Command {
     let mut cmd = env.cmd();
     for proxy in [
         "http_proxy",
@@ -161,7 +161,10 @@ fn raw_disk(seed: u64, data: usize, size: usize) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        *byte = x as u8;
+        // The state's low byte: the truncation is the point.
+        #[allow(clippy::cast_possible_truncation)]
+        let low = x as u8;
+        *byte = low;
     }
     disk[..3].copy_from_slice(b"\xeb\x63\x90");
     disk[510] = 0x55;

@@ -58,13 +58,7 @@ impl Lab {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "cocoon {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cocoon_testkit::run_ok(self.cmd(), args)
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -325,7 +319,10 @@ fn gc_during_a_pull_keeps_what_the_pull_makes() {
         .map(|i| {
             let mut noise = vec![0u8; 4 << 20];
             for (j, b) in noise.iter_mut().enumerate() {
-                *b = (j as u32).wrapping_mul(2654435761).wrapping_add(i) as u8;
+                // Noise from a multiplicative hash: the truncations are the point.
+                #[allow(clippy::cast_possible_truncation)]
+                let noise_byte = (j as u32).wrapping_mul(2654435761).wrapping_add(i) as u8;
+                *b = noise_byte;
             }
             LayerBuilder::new()
                 .file(&format!("data/{i}"), &noise)

@@ -52,13 +52,7 @@ impl Lab {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "cocoon {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cocoon_testkit::run_ok(self.cmd(), args)
     }
 
     fn vms(&self) -> Vec<Value> {
@@ -221,7 +215,7 @@ fn ensure_running(lab: &Lab) {
 }
 fn nothing(_: &Lab) {}
 
-fn matrix(op: &Op) {
+fn matrix(op: &Op<'_>) {
     let version = std::process::Command::new(bin())
         .arg("version")
         .output()

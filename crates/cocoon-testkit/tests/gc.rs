@@ -49,7 +49,7 @@ fn import(env: &CocoonEnv, name: &str, marker: &str) {
 #[test]
 fn gc_removes_what_nothing_references_and_keeps_the_rest() {
     let env = CocoonEnv::new(bin());
-    struct Guard(std::path::PathBuf);
+    struct Guard(PathBuf);
     impl Drop for Guard {
         fn drop(&mut self) {
             cocoon_testkit::kill_all_under(&self.0);

@@ -99,7 +99,10 @@ fn vm_layer(tag: &str) -> Vec<u8> {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        kernel.push(state as u8);
+        // The state's low byte: the truncation is the point.
+        #[allow(clippy::cast_possible_truncation)]
+        let low = state as u8;
+        kernel.push(low);
     }
     LayerBuilder::new()
         .file("boot/vmlinuz-6.1", &kernel)
@@ -595,7 +598,7 @@ fn entries(dir: &Path) -> Vec<std::ffi::OsString> {
 /// <why(root)>` and writes nothing into `root_dir`.
 fn root_dir_refused(
     plant_root: impl FnOnce(&Path),
-    why: impl FnOnce(&std::path::Display) -> String,
+    why: impl FnOnce(&std::path::Display<'_>) -> String,
 ) -> CocoonEnv {
     let (ok, stderr, env) = with_root(plant_root);
     let root = env.root_dir();

@@ -42,13 +42,7 @@ impl Lab {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "cocoon {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cocoon_testkit::run_ok(self.cmd(), args)
     }
 
     fn fail_with(&self, args: &[&str], env: &[(&str, &str)]) -> String {
@@ -275,7 +269,7 @@ fn qcow2_with_backing(backing: &str) -> Vec<u8> {
     h[..4].copy_from_slice(b"QFI\xfb");
     h[4..8].copy_from_slice(&3u32.to_be_bytes());
     h[8..16].copy_from_slice(&512u64.to_be_bytes());
-    h[16..20].copy_from_slice(&(backing.len() as u32).to_be_bytes());
+    h[16..20].copy_from_slice(&u32::try_from(backing.len()).unwrap().to_be_bytes());
     h[20..24].copy_from_slice(&16u32.to_be_bytes());
     h[24..32].copy_from_slice(&(1u64 << 30).to_be_bytes());
     h[100..104].copy_from_slice(&104u32.to_be_bytes());

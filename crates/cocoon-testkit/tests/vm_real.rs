@@ -71,13 +71,7 @@ impl Run<'_> {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "cocoon {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cocoon_testkit::run_ok(self.cmd(), args)
     }
 
     fn inspect(&self, vm: &str) -> Value {
@@ -119,6 +113,7 @@ impl ConsoleSession {
         let child = cmd.spawn().unwrap();
         drop(slave);
         // Non-blocking reads so `expect` can time out.
+        // SAFETY: fcntl(F_SETFL) on the PTY master this session owns and keeps open.
         unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         ConsoleSession {
             child,

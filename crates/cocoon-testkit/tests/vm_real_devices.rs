@@ -199,6 +199,7 @@ impl ConsoleSession {
         let child = cmd.spawn().unwrap();
         drop(slave);
         // Non-blocking reads so waits can time out.
+        // SAFETY: fcntl(F_SETFL) on the PTY master this session owns and keeps open.
         unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         let mut session = ConsoleSession {
             child,
@@ -310,14 +311,15 @@ fn pid_of(vm: &Value) -> u32 {
     vm["vmm"]["identity"]["pid"]
         .as_u64()
         .or_else(|| vm["pid"].as_u64())
-        .unwrap_or_else(|| panic!("no VMM pid in {vm:#}")) as u32
+        .and_then(|pid| u32::try_from(pid).ok())
+        .unwrap_or_else(|| panic!("no VMM pid in {vm:#}"))
 }
 
 fn api_socket(vm: &Value) -> PathBuf {
     PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock")
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+fn block_on<F: Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -46,13 +46,7 @@ impl Lab {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "cocoon {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cocoon_testkit::run_ok(self.cmd(), args)
     }
 
     fn fail(&self, args: &[&str]) -> String {

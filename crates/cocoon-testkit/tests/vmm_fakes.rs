@@ -787,6 +787,7 @@ async fn the_vmm_survives_its_launcher_in_its_own_session() {
 
 #[tokio::test]
 async fn the_vmm_can_be_launched_inside_a_network_namespace() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return cocoon_testkit::skip(
             "the_vmm_can_be_launched_inside_a_network_namespace",

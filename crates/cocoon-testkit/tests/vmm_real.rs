@@ -25,6 +25,7 @@ use vmm_api::{Transition, VmmError};
 fn mkfifo(path: &Path) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     assert_eq!(
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
         unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
         0,
         "mkfifo {}",
@@ -72,6 +73,8 @@ impl Pty {
     fn open() -> Pty {
         use std::os::fd::FromRawFd;
         let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty writes the two fds into the ints passed; a null
+        // name, termios and winsize are allowed.
         let rc = unsafe {
             libc::openpty(
                 &mut master,
@@ -84,6 +87,8 @@ impl Pty {
         assert_eq!(rc, 0, "openpty");
         // Raw mode: Cloud Hypervisor puts only its *stdout* in raw mode, so a
         // terminal on stdin alone would hold input back until a newline.
+        // SAFETY: `slave` is the fd openpty just opened; termios is a plain C
+        // struct, valid zeroed, then filled in by tcgetattr.
         unsafe {
             let mut termios: libc::termios = std::mem::zeroed();
             assert_eq!(libc::tcgetattr(slave, &mut termios), 0);
@@ -92,8 +97,10 @@ impl Pty {
         }
         let path = std::fs::read_link(format!("/proc/self/fd/{slave}")).unwrap();
         // The VMM opens the slave itself; ours can go.
+        // SAFETY: `slave` is our fd, closed once and not used after.
         unsafe { libc::close(slave) };
         Pty {
+            // SAFETY: `master` is an open fd nothing else owns; the File takes it.
             master: unsafe { std::fs::File::from_raw_fd(master) },
             slave: path,
         }

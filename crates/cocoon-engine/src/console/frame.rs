@@ -32,7 +32,8 @@ pub(super) fn encode_winsize(rows: u16, cols: u16, out: &mut Vec<u8>) {
 
 fn push(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.push(kind);
-    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    let len = u16::try_from(payload.len()).expect("payloads are at most MAX_PAYLOAD bytes");
+    out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(payload);
 }
 

@@ -72,7 +72,10 @@ impl RotatingLog {
         }
         let room = match self.max_bytes {
             0 => data.len(),
-            max => data.len().min((max - self.size) as usize),
+            // Room beyond the address space is as good as unbounded.
+            max => data
+                .len()
+                .min(usize::try_from(max - self.size).unwrap_or(usize::MAX)),
         };
         let file = self.file.as_mut().expect("opened above");
         file.write_all(&data[..room])?;

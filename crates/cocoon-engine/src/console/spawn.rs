@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::io::FdFlags;
@@ -58,18 +58,7 @@ pub fn spawn_relay(
         .args(relay_args(spec, &raw))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(match stderr {
-            Some(path) => Stdio::from(
-                File::options()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| {
-                        io::Error::new(e.kind(), format!("relay stderr {}: {e}", path.display()))
-                    })?,
-            ),
-            None => Stdio::null(),
-        });
+        .stderr(relay_stderr(stderr)?);
     // SAFETY: only async-signal-safe syscalls run between fork and exec, and
     // `raw` is not reallocated in the child.
     unsafe {
@@ -82,9 +71,30 @@ pub fn spawn_relay(
             Ok(())
         });
     }
-    let mut child = command.spawn()?;
+    let child = command.spawn()?;
     drop(inherited);
+    wait_until_listening(child, spec)
+}
 
+/// The relay's stderr: appended to `stderr` if given, else /dev/null.
+fn relay_stderr(stderr: Option<&Path>) -> io::Result<Stdio> {
+    Ok(match stderr {
+        Some(path) => Stdio::from(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("relay stderr {}: {e}", path.display()))
+                })?,
+        ),
+        None => Stdio::null(),
+    })
+}
+
+/// Waits until the relay accepts connections on its socket; kills it if it
+/// does not within [`READY_TIMEOUT`].
+fn wait_until_listening(mut child: Child, spec: &RelaySpec) -> io::Result<ProcessIdentity> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -242,52 +252,27 @@ mod tests {
         args.iter().map(OsString::from).collect()
     }
 
+    /// A complete socket and log part of the argv, then `rest`.
+    fn with_log(rest: &[&str]) -> Vec<OsString> {
+        let head = ["--socket", "s", "--log", "l", "--log-max-bytes", "9"];
+        os(&[&head[..], rest].concat())
+    }
+
     #[test]
     fn bad_argv_is_rejected_before_any_fd_is_adopted() {
         let err = relay_spec_from_args(&os(&["--socket", "s", "--log", "l"])).unwrap_err();
         assert!(err.contains("--port"), "{err}");
         let err = relay_spec_from_args(&os(&["--bogus", "1"])).unwrap_err();
         assert!(err.contains("unknown flag --bogus"), "{err}");
-        let err = relay_spec_from_args(&os(&[
-            "--socket",
-            "s",
-            "--log",
-            "l",
-            "--log-max-bytes",
-            "9",
-            "--port",
-            "serial=1",
-        ]))
-        .unwrap_err();
+        let err = relay_spec_from_args(&with_log(&["--port", "serial=1"])).unwrap_err();
         assert!(err.contains("standard I/O"), "{err}");
         // Our own fds have close-on-exec set: never adopted.
         let file = File::open("/dev/null").unwrap();
         let arg = format!("serial={}", file.as_raw_fd());
-        let err = relay_spec_from_args(&os(&[
-            "--socket",
-            "s",
-            "--log",
-            "l",
-            "--log-max-bytes",
-            "9",
-            "--port",
-            &arg,
-        ]))
-        .unwrap_err();
+        let err = relay_spec_from_args(&with_log(&["--port", &arg])).unwrap_err();
         assert!(err.contains("not inherited"), "{err}");
-        let err = relay_spec_from_args(&os(&[
-            "--socket",
-            "s",
-            "--log",
-            "l",
-            "--log-max-bytes",
-            "9",
-            "--watch-pid",
-            "5",
-            "--port",
-            &arg,
-        ]))
-        .unwrap_err();
+        let err =
+            relay_spec_from_args(&with_log(&["--watch-pid", "5", "--port", &arg])).unwrap_err();
         assert!(err.contains("go together"), "{err}");
     }
 

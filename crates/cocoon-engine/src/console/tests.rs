@@ -130,7 +130,7 @@ fn readable(fd: impl AsFd, within: Duration) -> bool {
 }
 
 fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i % 251) as u8).collect()
+    (0..n).map(|i| u8::try_from(i % 251).unwrap()).collect()
 }
 
 #[test]
@@ -411,7 +411,7 @@ fn spawn_relay_runs_detached_and_follows_the_watched_process() {
         log: dir.path().join("console.log"),
         log_max_bytes: 1 << 20,
         ports: vec![port("serial", pty.master)],
-        watch: Some(crate::process::ProcessIdentity::of(vmm.id()).unwrap()),
+        watch: Some(ProcessIdentity::of(vmm.id()).unwrap()),
     };
     let exe = std::env::current_exe().unwrap();
     let prefix = [

@@ -18,7 +18,7 @@ pub fn vd_name(index: usize) -> String {
     let mut letters = Vec::new();
     while n > 0 {
         n -= 1;
-        letters.push(b'a' + (n % 26) as u8);
+        letters.push(b"abcdefghijklmnopqrstuvwxyz"[n % 26]);
         n /= 26;
     }
     letters.reverse();

@@ -15,6 +15,7 @@ use super::tap;
 
 /// tc's `protocol all`, which the kernel compares in network byte order; in
 /// host order it installs `protocol [768]` and matches nothing.
+#[allow(clippy::cast_possible_truncation)] // ETH_P_ALL is 0x0003: it fits.
 const PROTOCOL_ALL: u16 = (libc::ETH_P_ALL as u16).to_be();
 const INGRESS_PARENT: u32 = 0xffff_0000;
 
@@ -113,63 +114,14 @@ pub async fn wire(handle: &Handle, nic: &Nic) -> io::Result<Wired> {
     if let Some(mac) = &nic.mac
         && mac_of(&veth).as_deref() != Some(mac.as_str())
     {
-        let bytes = parse_mac(mac).ok_or_else(|| err("bad MAC", mac))?;
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(veth_index).down().build())
-            .execute()
-            .await
-            .map_err(|e| err(format!("cannot take {} down", nic.veth), e))?;
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(veth_index)
-                    .address(bytes)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| err(format!("cannot set the MAC of {}", nic.veth), e))?;
+        set_mac(handle, &nic.veth, veth_index, mac).await?;
     }
     let veth = link(handle, &nic.veth).await?.expect("just found");
     let mac = mac_of(&veth).ok_or_else(|| err(&nic.veth, "no MAC address"))?;
     let mtu = mtu_of(&veth);
     // The guest owns the address; left on the veth it would answer for it.
-    let addresses: Vec<AddressMessage> = handle
-        .address()
-        .get()
-        .set_link_index_filter(veth_index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| err(format!("cannot list addresses of {}", nic.veth), e))?;
-    for address in addresses {
-        handle
-            .address()
-            .del(address)
-            .execute()
-            .await
-            .map_err(|e| err(format!("cannot flush addresses of {}", nic.veth), e))?;
-    }
-    tap::create_persistent(&nic.tap, nic.multi_queue)
-        .map_err(|e| err(format!("cannot create TAP {}", nic.tap), e))?;
-    let tap_index = link(handle, &nic.tap)
-        .await?
-        .ok_or_else(|| err(&nic.tap, "TAP vanished after creation"))?
-        .header
-        .index;
-    handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(tap_index)
-                .mtu(mtu)
-                .txqueuelen(10_000)
-                .up()
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| err(format!("cannot bring up {}", nic.tap), e))?;
+    flush_addresses(handle, &nic.veth, veth_index).await?;
+    let tap_index = make_tap(handle, nic, mtu).await?;
     handle
         .link()
         .set(LinkUnspec::new_with_index(veth_index).up().build())
@@ -180,27 +132,106 @@ pub async fn wire(handle: &Handle, nic: &Nic) -> io::Result<Wired> {
         (veth_index, tap_index, &nic.veth),
         (tap_index, veth_index, &nic.tap),
     ] {
-        remove_ingress(handle, from).await;
-        handle
-            .qdisc()
-            .add(from as i32)
-            .ingress()
-            .execute()
-            .await
-            .map_err(|e| err(format!("cannot add the ingress qdisc on {name}"), e))?;
-        handle
-            .traffic_filter(from as i32)
-            .add()
-            .parent(INGRESS_PARENT)
-            .priority(1)
-            .protocol(PROTOCOL_ALL)
-            .redirect(to)
-            .map_err(|e| err("cannot build the redirect filter", e))?
-            .execute()
-            .await
-            .map_err(|e| err(format!("cannot add the redirect filter on {name}"), e))?;
+        redirect(handle, from, to, name).await?;
     }
     Ok(Wired { mac, mtu })
+}
+
+/// Gives the veth `veth` (at `index`) the MAC `mac`, taking it down first.
+async fn set_mac(handle: &Handle, veth: &str, index: u32, mac: &str) -> io::Result<()> {
+    let bytes = parse_mac(mac).ok_or_else(|| err("bad MAC", mac))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).down().build())
+        .execute()
+        .await
+        .map_err(|e| err(format!("cannot take {veth} down"), e))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).address(bytes).build())
+        .execute()
+        .await
+        .map_err(|e| err(format!("cannot set the MAC of {veth}"), e))
+}
+
+/// Removes every address of the interface `name` (at `index`).
+async fn flush_addresses(handle: &Handle, name: &str, index: u32) -> io::Result<()> {
+    let addresses: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| err(format!("cannot list addresses of {name}"), e))?;
+    for address in addresses {
+        handle
+            .address()
+            .del(address)
+            .execute()
+            .await
+            .map_err(|e| err(format!("cannot flush addresses of {name}"), e))?;
+    }
+    Ok(())
+}
+
+/// Creates the NIC's TAP and brings it up with the veth's MTU: its index.
+async fn make_tap(handle: &Handle, nic: &Nic, mtu: u32) -> io::Result<u32> {
+    tap::create_persistent(&nic.tap, nic.multi_queue)
+        .map_err(|e| err(format!("cannot create TAP {}", nic.tap), e))?;
+    let tap_index = link(handle, &nic.tap)
+        .await?
+        .ok_or_else(|| err(&nic.tap, "TAP vanished after creation"))?
+        .header
+        .index;
+    tap_up(handle, tap_index, mtu, None)
+        .await
+        .map_err(|e| err(format!("cannot bring up {}", nic.tap), e))?;
+    Ok(tap_index)
+}
+
+/// Brings the TAP at `index` up with `mtu` and a long transmit queue,
+/// enslaved to `controller` (a bridge) if given.
+pub(crate) async fn tap_up(
+    handle: &Handle,
+    index: u32,
+    mtu: u32,
+    controller: Option<u32>,
+) -> Result<(), rtnetlink::Error> {
+    let mut link = LinkUnspec::new_with_index(index);
+    if let Some(controller) = controller {
+        link = link.controller(controller);
+    }
+    handle
+        .link()
+        .set(link.mtu(mtu).txqueuelen(10_000).up().build())
+        .execute()
+        .await
+}
+
+/// Redirects everything arriving on `from` (named `name`) out of `to`: a
+/// fresh ingress qdisc with a match-all mirred redirect filter.
+async fn redirect(handle: &Handle, from: u32, to: u32, name: &str) -> io::Result<()> {
+    remove_ingress(handle, from).await;
+    handle
+        .qdisc()
+        .add(from as i32)
+        .ingress()
+        .execute()
+        .await
+        .map_err(|e| err(format!("cannot add the ingress qdisc on {name}"), e))?;
+    handle
+        .traffic_filter(from as i32)
+        .add()
+        .parent(INGRESS_PARENT)
+        .priority(1)
+        .protocol(PROTOCOL_ALL)
+        .redirect(to)
+        .map_err(|e| err("cannot build the redirect filter", e))?
+        .execute()
+        .await
+        .map_err(|e| err(format!("cannot add the redirect filter on {name}"), e))?;
+    Ok(())
 }
 
 /// Removes an interface's ingress qdisc and with it its filters.

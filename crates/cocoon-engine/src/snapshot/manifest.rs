@@ -56,11 +56,17 @@ pub struct TreeHasher {
     outer: Sha256,
 }
 
-pub const HASH_BLOCK: u64 = 4 << 20;
+pub const HASH_BLOCK: u64 = HASH_BLOCK_LEN as u64;
+const HASH_BLOCK_LEN: usize = 4 << 20;
+
+/// A length of at most one [`HASH_BLOCK`], as a buffer length.
+fn block_len(n: u64) -> usize {
+    usize::try_from(n).expect("at most one hash block")
+}
 
 fn zero_block_digest() -> &'static [u8] {
     static DIGEST: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    DIGEST.get_or_init(|| Sha256::digest(vec![0u8; HASH_BLOCK as usize]).to_vec())
+    DIGEST.get_or_init(|| Sha256::digest(vec![0u8; HASH_BLOCK_LEN]).to_vec())
 }
 
 impl Default for TreeHasher {
@@ -76,7 +82,7 @@ impl Default for TreeHasher {
 impl TreeHasher {
     pub fn update(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            let take = ((HASH_BLOCK - self.in_block) as usize).min(data.len());
+            let take = block_len(HASH_BLOCK - self.in_block).min(data.len());
             self.block.update(&data[..take]);
             self.in_block += take as u64;
             data = &data[take..];
@@ -98,7 +104,7 @@ impl TreeHasher {
                 continue;
             }
             let take = n.min(ZEROS.len() as u64).min(HASH_BLOCK - self.in_block);
-            self.update(&ZEROS[..take as usize]);
+            self.update(&ZEROS[..block_len(take)]);
             n -= take;
         }
     }
@@ -125,7 +131,8 @@ pub fn sum_file(path: &Path) -> std::io::Result<FileSum> {
     let file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     let holes = hole_blocks(&file, len)?;
-    let blocks = len.div_ceil(HASH_BLOCK).max(1) as usize;
+    let blocks = usize::try_from(len.div_ceil(HASH_BLOCK).max(1))
+        .map_err(|_| std::io::Error::other("file too large to hash here"))?;
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(blocks);
@@ -135,15 +142,15 @@ pub fn sum_file(path: &Path) -> std::io::Result<FileSum> {
     std::thread::scope(|scope| -> std::io::Result<()> {
         let work = || -> std::io::Result<()> {
             use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; HASH_BLOCK as usize];
+            let mut buf = vec![0u8; HASH_BLOCK_LEN];
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= blocks {
                     return Ok(());
                 }
                 let start = i as u64 * HASH_BLOCK;
-                let size = (len - start.min(len)).min(HASH_BLOCK) as usize;
-                let digest: [u8; 32] = if size == HASH_BLOCK as usize && holes.contains(&i) {
+                let size = block_len((len - start.min(len)).min(HASH_BLOCK));
+                let digest: [u8; 32] = if size == HASH_BLOCK_LEN && holes.contains(&(i as u64)) {
                     zero_block_digest().try_into().expect("32 bytes")
                 } else {
                     file.read_exact_at(&mut buf[..size], start).map_err(|e| {
@@ -186,10 +193,7 @@ pub fn sum_file(path: &Path) -> std::io::Result<FileSum> {
 
 /// Indexes of the whole [`HASH_BLOCK`]s of `file` that lie inside holes
 /// (found with SEEK_DATA/SEEK_HOLE; a filesystem without them has none).
-fn hole_blocks(
-    file: &std::fs::File,
-    len: u64,
-) -> std::io::Result<std::collections::HashSet<usize>> {
+fn hole_blocks(file: &std::fs::File, len: u64) -> std::io::Result<std::collections::HashSet<u64>> {
     use rustix::fs::{SeekFrom, seek};
     let mut holes = std::collections::HashSet::new();
     let mut pos = 0u64;
@@ -202,7 +206,7 @@ fn hole_blocks(
         // Blocks wholly inside [pos, data).
         let first = pos.div_ceil(HASH_BLOCK);
         let end = data / HASH_BLOCK;
-        holes.extend((first..end).map(|b| b as usize));
+        holes.extend(first..end);
         if data >= len {
             break;
         }
@@ -230,6 +234,11 @@ mod tests {
     use super::*;
     use std::io::{Seek, SeekFrom, Write};
 
+    /// A test file's (small) offset or length as an index.
+    fn at(n: u64) -> usize {
+        usize::try_from(n).unwrap()
+    }
+
     #[test]
     fn tree_hash_is_the_same_for_holes_and_written_zeros() {
         let dir = tempfile::tempdir().unwrap();
@@ -240,8 +249,8 @@ mod tests {
         f.set_len(len).unwrap();
         f.seek(SeekFrom::Start(HASH_BLOCK + 7)).unwrap();
         f.write_all(b"data").unwrap();
-        let mut content = vec![0u8; len as usize];
-        content[(HASH_BLOCK + 7) as usize..(HASH_BLOCK + 11) as usize].copy_from_slice(b"data");
+        let mut content = vec![0u8; at(len)];
+        content[at(HASH_BLOCK + 7)..at(HASH_BLOCK + 11)].copy_from_slice(b"data");
         std::fs::write(&dense, &content).unwrap();
         let (a, b) = (sum_file(&sparse).unwrap(), sum_file(&dense).unwrap());
         assert_eq!(a, b);
@@ -279,16 +288,18 @@ mod tests {
             (3 * b + 9, &[]),
         ];
         for (len, writes) in cases {
-            let mut content = vec![0u8; *len as usize];
+            let mut content = vec![0u8; at(*len)];
             let mut f = std::fs::File::create(&path).unwrap();
             f.set_len(*len).unwrap();
-            for (i, (at, n)) in writes.iter().enumerate() {
+            for (i, (start, n)) in writes.iter().enumerate() {
+                // A repeating byte pattern: the truncation is the point.
+                #[allow(clippy::cast_possible_truncation)]
                 let data: Vec<u8> = (0..*n)
                     .map(|k| (k as u8).wrapping_add(i as u8 + 1))
                     .collect();
-                f.seek(SeekFrom::Start(*at)).unwrap();
+                f.seek(SeekFrom::Start(*start)).unwrap();
                 f.write_all(&data).unwrap();
-                content[*at as usize..(*at + *n) as usize].copy_from_slice(&data);
+                content[at(*start)..at(*start + *n)].copy_from_slice(&data);
             }
             drop(f);
             let mut h = TreeHasher::default();

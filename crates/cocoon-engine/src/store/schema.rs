@@ -93,6 +93,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+#[allow(clippy::cast_possible_truncation)] // A handful of migrations: it fits.
 pub const LATEST: u32 = MIGRATIONS.len() as u32;
 
 pub(crate) fn version(conn: &Connection) -> Result<u32, StoreError> {

@@ -12,22 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use crate::linux_guest::qemu::Outcome;
 use crate::linux_guest::qemu::{KillOnDrop, path_arg};
 
 /// The qemu binary: `$COCOON_QEMU_BINARY` if set, else `qemu-system-x86_64` on PATH.
 pub fn binary() -> Option<PathBuf> {
     crate::real_vmm("COCOON_QEMU_BINARY", "qemu-system-x86_64")
-}
-
-#[derive(Debug)]
-pub struct Outcome {
-    /// None if qemu was still running at the limit (and was killed). qemu
-    /// exits 0 when the guest powers off.
-    pub exit_status: Option<std::process::ExitStatus>,
-    pub elapsed: Duration,
-    /// The serial console, firmware output included.
-    pub console: String,
-    pub qemu_output: String,
 }
 
 /// OVMF's code and the template of its variable store.
@@ -193,15 +183,7 @@ impl UefiBoot {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", qemu.display()));
         let mut guard = KillOnDrop(child);
-        let exit_status = loop {
-            if let Some(status) = guard.0.try_wait().expect("wait for qemu") {
-                break Some(status);
-            }
-            if started.elapsed() > limit {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let exit_status = guard.wait_until(started, limit);
         let elapsed = started.elapsed();
         drop(guard);
         Outcome {

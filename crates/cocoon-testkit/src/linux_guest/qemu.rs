@@ -9,7 +9,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -116,6 +116,33 @@ impl Boot {
     pub fn qemu_args(&self, console_log: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+        self.machine_args(&mut push);
+        push(&[
+            "-kernel",
+            &path_arg(&self.kernel),
+            "-initrd",
+            &path_arg(&self.initrd),
+        ]);
+        push(&["-append", &self.cmdline]);
+        let console = format!("file,id=console,path={}", path_arg(console_log));
+        match self.backend {
+            Backend::CloudHypervisor => push(&[
+                "-chardev",
+                &console,
+                "-device",
+                "virtio-serial-pci",
+                "-device",
+                "virtconsole,chardev=console",
+            ]),
+            Backend::Firecracker => push(&["-chardev", &console, "-serial", "chardev:console"]),
+        }
+        self.disk_args(&mut push);
+        self.nic_args(&mut push);
+        args
+    }
+
+    /// The machine: accelerator, board, memory, CPUs, clocks, no defaults.
+    fn machine_args(&self, push: &mut impl FnMut(&[&str])) {
         let machine = match self.backend {
             Backend::CloudHypervisor => "pc",
             // No PCI (the command line says pci=off), virtio-mmio found through
@@ -142,25 +169,9 @@ impl Boot {
             "none",
             "-no-reboot",
         ]);
-        push(&[
-            "-kernel",
-            &path_arg(&self.kernel),
-            "-initrd",
-            &path_arg(&self.initrd),
-        ]);
-        push(&["-append", &self.cmdline]);
-        let console = format!("file,id=console,path={}", path_arg(console_log));
-        match self.backend {
-            Backend::CloudHypervisor => push(&[
-                "-chardev",
-                &console,
-                "-device",
-                "virtio-serial-pci",
-                "-device",
-                "virtconsole,chardev=console",
-            ]),
-            Backend::Firecracker => push(&["-chardev", &console, "-serial", "chardev:console"]),
-        }
+    }
+
+    fn disk_args(&self, push: &mut impl FnMut(&[&str])) {
         for (i, disk) in self.disks.iter().enumerate() {
             let read_only = if disk.read_only { "on" } else { "off" };
             push(&[
@@ -180,6 +191,9 @@ impl Boot {
             };
             push(&["-device", &device]);
         }
+    }
+
+    fn nic_args(&self, push: &mut impl FnMut(&[&str])) {
         for (i, nic) in self.nics.iter().enumerate() {
             // The engine created the TAP with a virtio-net header, as every
             // VMM opens it; qemu must open it with the same multi-queue flag.
@@ -199,7 +213,6 @@ impl Boot {
             }
             push(&["-netdev", &netdev, "-device", &device]);
         }
-        args
     }
 
     /// Starts qemu (inside the VM's namespace if it has one) and returns at
@@ -282,15 +295,7 @@ impl Running {
 
     /// Waits for the guest to power off, killing qemu `limit` after it started.
     pub fn finish(mut self, limit: Duration) -> Outcome {
-        let exit_status = loop {
-            if let Some(status) = self.child.0.try_wait().expect("wait for qemu") {
-                break Some(status);
-            }
-            if self.started.elapsed() > limit {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let exit_status = self.child.wait_until(self.started, limit);
         self.outcome(exit_status)
     }
 
@@ -301,7 +306,7 @@ impl Running {
     }
 
     /// Kills qemu if still running and collects what it left.
-    fn outcome(self, exit_status: Option<std::process::ExitStatus>) -> Outcome {
+    fn outcome(self, exit_status: Option<ExitStatus>) -> Outcome {
         let elapsed = self.started.elapsed();
         let Running {
             child,
@@ -328,14 +333,31 @@ pub(crate) fn path_arg(path: &Path) -> String {
 pub struct Outcome {
     /// None if qemu was still running at the limit (and was killed). qemu
     /// exits 0 when the guest powers off.
-    pub exit_status: Option<std::process::ExitStatus>,
+    pub exit_status: Option<ExitStatus>,
     pub elapsed: Duration,
+    /// The guest console (firmware output included, on a UEFI boot).
     pub console: String,
     pub qemu_output: String,
 }
 
 /// A test that fails mid-boot must not leave qemu spinning a core.
 pub(crate) struct KillOnDrop(pub(crate) Child);
+
+impl KillOnDrop {
+    /// Polls qemu until it exits (its status) or `limit` after `started`
+    /// passes (`None`).
+    pub(crate) fn wait_until(&mut self, started: Instant, limit: Duration) -> Option<ExitStatus> {
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait for qemu") {
+                return Some(status);
+            }
+            if started.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

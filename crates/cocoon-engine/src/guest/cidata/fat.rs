@@ -57,7 +57,7 @@ pub fn build(volume_id: u32, files: &[(&str, &[u8])]) -> io::Result<Vec<u8>> {
         FormatVolumeOptions::new()
             .fat_type(FatType::Fat12)
             .bytes_per_sector(512)
-            .total_sectors((IMAGE_BYTES / 512) as u32)
+            .total_sectors(u32::try_from(IMAGE_BYTES / 512).expect("a small image"))
             .volume_label(*LABEL)
             // fatfs would write 0x12345678 into every volume.
             .volume_id(volume_id),

@@ -22,10 +22,11 @@ impl<'a> Encoder<'a> {
         Ok(match compression {
             Compression::Zstd => {
                 let mut encoder = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
-                let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+                let workers = std::thread::available_parallelism()
+                    .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
                 // Workers compress in the background while we read the next
                 // chunk; needs libzstd built with threads (zstd-safe/zstdmt).
-                encoder.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers))?;
+                encoder.set_parameter(zstd_safe::CParameter::NbWorkers(workers))?;
                 // Frame checksums let `zstd -t` check an archive without
                 // importing it, and catch corruption early on import.
                 encoder.include_checksum(true)?;

@@ -14,7 +14,8 @@ use crate::snapshot::manifest::TreeHasher;
 
 /// Zero blocks of this size are skipped instead of written, so that a dense
 /// entry (cocoon (Go) wrote memory files densely) still lands sparse.
-const ZERO_BLOCK: u64 = 4096;
+const ZERO_BLOCK: u64 = ZERO_BLOCK_LEN as u64;
+const ZERO_BLOCK_LEN: usize = 4096;
 
 /// Copies entries' data into files, with one reusable buffer.
 pub(super) struct Extractor<'a> {
@@ -88,10 +89,10 @@ fn write_skipping_zeros(file: &File, offset: u64, data: &[u8]) -> std::io::Resul
     let mut run_start = 0;
     let mut i = 0;
     while i < data.len() {
-        let to_boundary = (ZERO_BLOCK - (offset + i as u64) % ZERO_BLOCK) as usize;
+        let to_boundary = super::small_len(ZERO_BLOCK - (offset + i as u64) % ZERO_BLOCK);
         let block_end = data.len().min(i + to_boundary);
         let block = &data[i..block_end];
-        if block.len() == ZERO_BLOCK as usize && block.iter().all(|b| *b == 0) {
+        if block.len() == ZERO_BLOCK_LEN && block.iter().all(|b| *b == 0) {
             if run_start < i {
                 file.write_all_at(&data[run_start..i], offset + run_start as u64)?;
             }
@@ -116,7 +117,7 @@ mod tests {
         let path = dir.path().join("f");
         let file = File::create(&path).unwrap();
         // Starts mid-block: the partial first block is written even if zero.
-        let mut data = vec![0u8; 64 * ZERO_BLOCK as usize];
+        let mut data = vec![0u8; 64 * ZERO_BLOCK_LEN];
         data[10] = 1;
         let last = data.len() - 1;
         data[last] = 2;

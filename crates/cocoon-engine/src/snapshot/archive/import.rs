@@ -228,7 +228,7 @@ fn check_manifest_sum<R: Read>(
     if entry.size > 256 || entry.gnu_sparse.is_some() {
         return Err(bad(format!("{MANIFEST_SUM} is not a checksum line")));
     }
-    let mut line = vec![0; entry.size as usize];
+    let mut line = vec![0; super::small_len(entry.size)];
     tar.read_data_exact(&mut line)?;
     let line = String::from_utf8_lossy(&line);
     let expected = line
@@ -278,7 +278,7 @@ fn read_manifest<R: Read>(
     if entry.gnu_sparse.is_some() || entry.pax.keys().any(|k| k.contains(".sparse.")) {
         return Err(bad("is stored as a sparse file".into()));
     }
-    let mut raw = vec![0; entry.size as usize];
+    let mut raw = vec![0; super::small_len(entry.size)];
     tar.read_data_exact(&mut raw)?;
     let doc = serde_json::from_slice(&raw).map_err(|e| bad(format!("is not JSON: {e}")))?;
     Ok((raw, doc))

@@ -8,7 +8,7 @@ use std::io::Read;
 use super::pax::parse_decimal;
 use super::reader::{Entry, TarReader};
 use super::sparse::{self, Pax1MapParser, Segment};
-use super::writer::BLOCK;
+use super::writer::{BLOCK, BLOCK_LEN};
 use super::{ArchiveError, MAX_FILE_SIZE};
 
 pub(super) struct Layout {
@@ -93,7 +93,7 @@ fn read_pax1_map<R: Read>(
     name: &str,
 ) -> Result<(Vec<Segment>, u64), ArchiveError> {
     let mut parser = Pax1MapParser::default();
-    let mut block = [0u8; BLOCK as usize];
+    let mut block = [0u8; BLOCK_LEN];
     let mut used = 0;
     loop {
         if tar.remaining() < BLOCK {

@@ -41,6 +41,12 @@ pub use error::ArchiveError;
 pub use export::export;
 pub use import::import;
 
+/// A length this module has already bounded (a block, a padding, a size
+/// checked against one of its small limits), as a buffer length.
+fn small_len(n: u64) -> usize {
+    usize::try_from(n).expect("bounded far below the address space")
+}
+
 /// How an export is compressed. Import detects it by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {

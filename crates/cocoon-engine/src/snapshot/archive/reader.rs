@@ -8,7 +8,7 @@ use std::io::{self, Read};
 
 use super::pax::{parse_decimal, parse_pax};
 use super::sparse::Segment;
-use super::writer::BLOCK;
+use super::writer::{BLOCK, BLOCK_LEN};
 use super::{ArchiveError, MAX_DATA_SIZE, MAX_PAX_SIZE, MAX_SPARSE_SEGMENTS};
 
 /// GNU long names are file names here; anything longer is not one.
@@ -110,34 +110,10 @@ impl<R: Read> TarReader<R> {
             let offset = self.offset;
             let pending = pax.is_some() || long_name.is_some();
             let Some(block) = self.read_block()? else {
-                let what = if offset == 0 {
-                    "the archive is empty".to_string()
-                } else if pending {
-                    format!("an extended header at byte {offset} has no entry after it")
-                } else {
-                    format!(
-                        "it ends after {:?} without an end-of-archive marker",
-                        self.current
-                    )
-                };
-                return Err(ArchiveError::Truncated { what });
+                return Err(self.truncated(offset, pending));
             };
             if block.iter().all(|b| *b == 0) {
-                if pending {
-                    return Err(corrupt(
-                        offset,
-                        "an extended header is followed by the end of the archive",
-                    ));
-                }
-                return match self.read_block()? {
-                    None => Err(ArchiveError::Truncated {
-                        what: "the end-of-archive marker is incomplete".into(),
-                    }),
-                    Some(b) if b.iter().any(|b| *b != 0) => {
-                        Err(corrupt(offset, "a zero block in the middle of the archive"))
-                    }
-                    Some(_) => Ok(None),
-                };
+                return self.end_of_archive(offset, pending);
             }
             check_checksum(&block, offset)?;
             let header = tar::Header::from_byte_slice(&block);
@@ -190,6 +166,45 @@ impl<R: Read> TarReader<R> {
                     return self.entry(header, typeflag, name, size, pax).map(Some);
                 }
             }
+        }
+    }
+
+    /// The error for an input that ends where a header should be.
+    fn truncated(&self, offset: u64, pending: bool) -> ArchiveError {
+        let what = if offset == 0 {
+            "the archive is empty".to_string()
+        } else if pending {
+            format!("an extended header at byte {offset} has no entry after it")
+        } else {
+            format!(
+                "it ends after {:?} without an end-of-archive marker",
+                self.current
+            )
+        };
+        ArchiveError::Truncated { what }
+    }
+
+    /// After a zero block at `offset`: the end of the archive if a second
+    /// zero block follows, an error otherwise.
+    fn end_of_archive(
+        &mut self,
+        offset: u64,
+        pending: bool,
+    ) -> Result<Option<Entry>, ArchiveError> {
+        if pending {
+            return Err(corrupt(
+                offset,
+                "an extended header is followed by the end of the archive",
+            ));
+        }
+        match self.read_block()? {
+            None => Err(ArchiveError::Truncated {
+                what: "the end-of-archive marker is incomplete".into(),
+            }),
+            Some(b) if b.iter().any(|b| *b != 0) => {
+                Err(corrupt(offset, "a zero block in the middle of the archive"))
+            }
+            Some(_) => Ok(None),
         }
     }
 
@@ -312,13 +327,13 @@ impl<R: Read> TarReader<R> {
         while self.remaining > 0 {
             self.read_data(&mut scratch)?;
         }
-        let padding = std::mem::take(&mut self.padding) as usize;
+        let padding = super::small_len(std::mem::take(&mut self.padding));
         self.fill_exactly(&mut scratch[..padding], || "the padding after an entry")
     }
 
     /// One header block, or `None` at a clean end of input.
-    fn read_block(&mut self) -> Result<Option<[u8; BLOCK as usize]>, ArchiveError> {
-        let mut block = [0u8; BLOCK as usize];
+    fn read_block(&mut self) -> Result<Option<[u8; BLOCK_LEN]>, ArchiveError> {
+        let mut block = [0u8; BLOCK_LEN];
         let got = self.fill(&mut block)?;
         match got {
             0 => Ok(None),
@@ -348,9 +363,9 @@ impl<R: Read> TarReader<R> {
                 limit,
             });
         }
-        let mut data = vec![0u8; size.next_multiple_of(BLOCK) as usize];
+        let mut data = vec![0u8; super::small_len(size.next_multiple_of(BLOCK))];
         self.fill_exactly(&mut data, || "an extended header")?;
-        data.truncate(size as usize);
+        data.truncate(super::small_len(size));
         Ok(data)
     }
 
@@ -384,7 +399,7 @@ impl<R: Read> TarReader<R> {
         while extended {
             let mut ext = tar::GnuExtSparseHeader::new();
             let got = self.fill(ext.as_mut_bytes())?;
-            if got != BLOCK as usize {
+            if got != BLOCK_LEN {
                 return Err(ArchiveError::Truncated {
                     what: format!("the sparse map of {name:?} is incomplete"),
                 });

@@ -20,7 +20,14 @@ use crate::snapshot::manifest::{MANIFEST, TreeHasher, sum_dir, sum_file};
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
-/// Deterministic bytes that do not compress to nothing.
+/// A test's (small) size or offset as a buffer length or index.
+fn len(n: u64) -> usize {
+    usize::try_from(n).unwrap()
+}
+
+/// Deterministic bytes that do not compress to nothing (xorshift, each
+/// state's low byte: the truncation is the point).
+#[allow(clippy::cast_possible_truncation)]
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..len)
@@ -56,8 +63,8 @@ fn snapshot_dir() -> tempfile::TempDir {
         &p.join("cow.raw"),
         GIB,
         &[
-            (0, &pattern(MIB as usize, 1)),
-            (300 * MIB, &pattern(2 * MIB as usize, 2)),
+            (0, &pattern(len(MIB), 1)),
+            (300 * MIB, &pattern(len(2 * MIB), 2)),
             // Unaligned, and data that is partly zero.
             (
                 700 * MIB + 123,
@@ -128,7 +135,7 @@ fn assert_same_files(original: &Path, copy: &Path) {
         copied.remove(at);
         assert_eq!(
             std::fs::read_to_string(copy.join(super::MANIFEST_SUM)).unwrap(),
-            super::export::manifest_sum_line(&std::fs::read(copy.join(MANIFEST)).unwrap()),
+            export::manifest_sum_line(&std::fs::read(copy.join(MANIFEST)).unwrap()),
             "the trailer sums the manifest"
         );
     }

@@ -4,7 +4,8 @@
 
 use std::io::{self, Write};
 
-pub(super) const BLOCK: u64 = 512;
+pub(super) const BLOCK: u64 = BLOCK_LEN as u64;
+pub(super) const BLOCK_LEN: usize = 512;
 
 /// What 11 octal digits hold; a bigger size also goes in a PAX `size` record
 /// (the header then carries it base-256, which GNU tar reads too).
@@ -88,12 +89,12 @@ impl<W: Write> TarWriter<W> {
     /// Zeros up to the block boundary after `size` bytes of data.
     pub fn pad(&mut self, size: u64) -> io::Result<()> {
         let pad = size.next_multiple_of(BLOCK) - size;
-        self.out.write_all(&[0; BLOCK as usize][..pad as usize])
+        self.out.write_all(&[0; BLOCK_LEN][..super::small_len(pad)])
     }
 
     /// The end-of-archive marker (two zero blocks); returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
-        self.out.write_all(&[0; 2 * BLOCK as usize])?;
+        self.out.write_all(&[0; 2 * BLOCK_LEN])?;
         self.out.flush()?;
         Ok(self.out)
     }

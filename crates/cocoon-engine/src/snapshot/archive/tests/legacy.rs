@@ -42,7 +42,7 @@ fn go_archives_import_as_legacy_with_holes() {
     let real_size = 64 * MIB;
     let map = format!(r#"[{{"o":4096,"l":8192}},{{"o":{},"l":4096}}]"#, 32 * MIB);
     // Go wrote other files densely; zero blocks in them land as holes.
-    let dense = [vec![0; MIB as usize], b"state".to_vec()].concat();
+    let dense = [vec![0; len(MIB)], b"state".to_vec()].concat();
     let crafted = Crafted::new().file("snapshot.json", &doc_bytes);
     let crafted = go_sparse(
         "memory-range-0",
@@ -65,9 +65,9 @@ fn go_archives_import_as_legacy_with_holes() {
     assert_eq!(names_in(dest.path()), ["memory-range-0", "state.json"]);
 
     let memory = dest.path().join("memory-range-0");
-    let mut expected = vec![0u8; real_size as usize];
+    let mut expected = vec![0u8; len(real_size)];
     expected[4096..4096 + 8192].copy_from_slice(&one);
-    expected[32 * MIB as usize..32 * MIB as usize + 4096].copy_from_slice(&two);
+    expected[len(32 * MIB)..len(32 * MIB) + 4096].copy_from_slice(&two);
     assert!(
         std::fs::read(&memory).unwrap() == expected,
         "memory-range-0 differs"

@@ -32,7 +32,7 @@ fn round_trip_keeps_bytes_and_holes_for_every_compression() {
         assert_eq!(reports.last(), Some(&total), "{compression:?}");
         // The holes of the 1 GiB disk are not in the stream.
         assert!(
-            out.len() < 8 * MIB as usize,
+            out.len() < len(8 * MIB),
             "{compression:?}: {} bytes",
             out.len()
         );
