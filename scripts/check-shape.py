@@ -7,7 +7,7 @@ Reports, for every `crates/*/src/**/*.rs`:
       brace), skipping `#[cfg(test)]` items, `#[test]` functions, files
       named `tests.rs`, files under a `tests/` directory and files a
       `#[cfg(test)] mod name;` declaration pulls in;
-  (c) `Hypervisor::` outside `crates/cocoon-engine/src/backend/`, in code
+  (c) `Hypervisor::` in the engine outside `crates/cocoon-engine/src/backend/`, in code
       only (not in comments, strings or test code).
 
 Prints one line per violation and exits 1 if there is any, 0 otherwise.
@@ -213,7 +213,9 @@ def main():
                 problems.append(
                     f"{rel}:{first}: fn {m.group(1)} has {length} lines (max {MAX_FN_LINES})"
                 )
-        if not rel.startswith(BACKEND_DIR):
+        # The engine decides per VMM only in its backends (the CLI maps
+        # flags such as --fc to a kind, which is parsing, not a decision).
+        if rel.startswith("crates/cocoon-engine/src/") and not rel.startswith(BACKEND_DIR):
             for m in re.finditer(r"\bHypervisor::", code):
                 if not in_regions(m.start(), regions):
                     problems.append(f"{rel}:{line_of(code, m.start())}: Hypervisor:: outside {BACKEND_DIR}")

@@ -6,6 +6,8 @@
 //! disk with 256 MiB of data. Page cache warm (a snapshot is hashed right
 //! after the VMM wrote it).
 //! Run: `cargo bench -p cocoon-engine --bench snapshot_sum` (or bench/run.sh).
+// Test inputs: the values are built to fit the fields they fill.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;

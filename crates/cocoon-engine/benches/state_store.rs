@@ -7,6 +7,8 @@
 //! transaction per change, synchronous=FULL).
 //!
 //! Run: `cargo bench -p cocoon-engine --bench state_store` (or bench/run.sh).
+// Test inputs: the values are built to fit the fields they fill.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

@@ -137,11 +137,7 @@ pub struct BlobLock {
 impl BlobLock {
     /// Waits for the lock of `digest`'s blob, creating its lock file.
     pub fn acquire(dirs: &ImageDirs, digest: &Digest) -> io::Result<BlobLock> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dirs.lock(digest))?;
+        let file = crate::image::store::open_lock_file(&dirs.lock(digest))?;
         file.lock()?;
         Ok(BlobLock { _file: file })
     }

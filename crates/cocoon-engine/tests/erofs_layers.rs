@@ -124,12 +124,15 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let n = CString::new(name).unwrap();
     let mut buf = [0u8; 64];
     let len =
+        // SAFETY: both names are NUL-terminated CStrings and `buf` is valid
+        // for `buf.len()` bytes for the whole call.
         unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (len >= 0).then(|| buf[..len as usize].to_vec())
 }
 
 #[test]
 fn stacked_erofs_layers_show_the_flattened_image() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return cocoon_test_skip::skip(
             "stacked_erofs_layers_show_the_flattened_image",

@@ -1,4 +1,6 @@
 //! vmlinux extraction from bzImages compressed every way the kernel can be.
+// Test inputs: the values are built to fit the fields they fill.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

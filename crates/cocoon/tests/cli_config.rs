@@ -134,7 +134,7 @@ fn root_dir_precedence_decides_where_state_lives() {
     )
     .unwrap();
 
-    let run = |cmd: &mut cocoon_testkit::assert_cmd::Command| {
+    let run = |cmd: &mut assert_cmd::Command| {
         cmd.env("COCOON_CONFIG", env.config_path())
             .args(["vm", "ls"])
             .assert()

@@ -40,7 +40,7 @@ fn env() -> CocoonEnv {
 }
 
 /// `cocoon doctor` in `env` with no VMM unless a test names one.
-fn doctor(env: &CocoonEnv) -> cocoon_testkit::assert_cmd::Command {
+fn doctor(env: &CocoonEnv) -> assert_cmd::Command {
     let mut cmd = env.cmd();
     cmd.arg("doctor")
         .env("COCOON_CH_BINARY", "/nonexistent/cloud-hypervisor")
@@ -50,7 +50,7 @@ fn doctor(env: &CocoonEnv) -> cocoon_testkit::assert_cmd::Command {
 
 /// Runs `cmd -o json`: the report, after checking the exit code and stderr
 /// agree with it.
-fn run_json(mut cmd: cocoon_testkit::assert_cmd::Command) -> Value {
+fn run_json(mut cmd: assert_cmd::Command) -> Value {
     let out = cmd.args(["-o", "json"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let report: Value = serde_json::from_slice(&out.stdout)

@@ -10,7 +10,7 @@
 
 pub mod ch;
 pub mod fc;
-mod launch;
+pub mod launch;
 
 use std::future::Future;
 use std::os::fd::OwnedFd;

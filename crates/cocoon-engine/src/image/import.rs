@@ -406,8 +406,8 @@ fn store_unpacked(
     tree: &Path,
     unpacked: &layer::Unpacked,
 ) -> Result<PulledLayer, ImportError> {
-    let lock_path = dirs.lock(digest);
-    let _lock = store::lock_exclusive(&lock_path).map_err(io_err("cannot lock", &lock_path))?;
+    let _lock = crate::lock::BlobLock::acquire(dirs, digest)
+        .map_err(io_err("cannot lock", &dirs.lock(digest)))?;
     if dirs.blob(digest).is_file() {
         // Same content already stored (imported or pulled): reuse it.
         let size = std::fs::metadata(dirs.blob(digest))

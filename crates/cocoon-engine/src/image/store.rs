@@ -84,15 +84,6 @@ pub fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// Opens the lock file at `path` and waits for its exclusive lock, held
-/// until the file is dropped: how a layer or blob is converted or stored by
-/// one process at a time.
-pub fn lock_exclusive(path: &Path) -> std::io::Result<std::fs::File> {
-    let file = open_lock_file(path)?;
-    file.lock()?;
-    Ok(file)
-}
-
 /// Removes the work files a dead process left in `tmp/`: its own
 /// `<prefix>-<pid>-<id>` files and directories, and layer work areas
 /// (`tmp/<hex>`) whose lock is free, taken here while removing so no live

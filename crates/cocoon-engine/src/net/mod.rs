@@ -170,13 +170,10 @@ fn tap_name(prefix: &str, vm_id: &str, i: usize) -> String {
     format!("{prefix}{}-{i}", &vm_id[..8.min(vm_id.len())])
 }
 
-/// Queues per NIC as the VMM sees them: CH a pair per vCPU (at least one
-/// pair), Firecracker one pair.
+/// Queues per NIC as the VMM sees them (the backend's rule: CH a pair per
+/// vCPU, at least one pair; Firecracker one pair).
 fn queues(hypervisor: Hypervisor, cpu: u32) -> u32 {
-    match hypervisor {
-        Hypervisor::CloudHypervisor => (2 * cpu).max(2),
-        Hypervisor::Firecracker => 2,
-    }
+    crate::backend::of(hypervisor).nic_queues(cpu)
 }
 
 /// The virtio queue depth asked for, or the default of 512.

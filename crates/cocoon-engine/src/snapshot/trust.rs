@@ -82,124 +82,180 @@ fn plain(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 
+/// What one check looks at.
+struct Scope<'a> {
+    manifest: &'a Manifest,
+    facts: &'a Facts,
+    dirs: ImageDirs,
+    dir_fd: OwnedFd,
+    backend: &'static dyn crate::backend::Backend,
+    /// A cloud image's base blob.
+    base: Option<(Digest, PathBuf)>,
+}
+
 /// Checks `manifest` against the snapshot directory `dir` and this engine's
 /// `facts`; the reason it cannot be used otherwise.
 pub fn check(manifest: &Manifest, dir: &Path, facts: &Facts) -> Result<Checked, String> {
     let dirs = ImageDirs::new(&facts.root_dir);
-    let hypervisor = manifest.snapshot.hypervisor;
-    let backend = crate::backend::of(hypervisor);
     if !manifest.snapshot.name.is_empty() {
         crate::spec::validate_snapshot_name(&manifest.snapshot.name)
             .map_err(|e| format!("its name is refused: {e}"))?;
     }
     let dir_fd = open_dir(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
-
+    let scope = Scope {
+        manifest,
+        facts,
+        base: cloud_base(manifest, &dirs)?,
+        dirs,
+        dir_fd,
+        backend: crate::backend::of(manifest.snapshot.hypervisor),
+    };
     // Disks first: they say which files are disk copies.
     let mut checked = Checked::default();
     let mut copies = BTreeSet::new();
-    let base = cloud_base(manifest, &dirs)?;
     for (i, disk) in manifest.storage.iter().enumerate() {
         let what = format!("disk {i} ({})", disk.path.display());
         if disk.ro {
-            match disk.role {
-                StorageRole::Layer => {
-                    checked.blobs.insert(layer_digest(&dirs, &disk.path).ok_or_else(|| {
-                        format!(
-                            "{what} is read-only but not an image layer of this engine ({}/<sha256>.erofs)",
-                            dirs.root.join("blobs").display()
-                        )
-                    })?);
-                }
-                StorageRole::Cidata
-                    if manifest.source.image_type == ImageType::Cloudimg
-                        && !manifest.source.windows => {}
-                _ => {
-                    return Err(format!(
-                        "{what} is a read-only {:?} disk, which the engine never makes",
-                        disk.role
-                    ));
-                }
-            }
-            continue;
-        }
-        if disk.role == StorageRole::Layer || disk.role == StorageRole::Cidata {
-            return Err(format!("{what} is a writable {:?} disk", disk.role));
-        }
-        let name = manifest::file_of(disk).unwrap_or_default();
-        if !plain(&name) || backend.is_state_file(&name) {
-            return Err(format!(
-                "{what}: its copy {name:?} is not a plain disk file name"
-            ));
-        }
-        if !copies.insert(name.clone()) {
-            return Err(format!("{what}: two disks share the copy {name:?}"));
-        }
-        if !manifest.files.contains_key(&name) {
-            return Err(format!("{what}: no copy of it in the snapshot"));
-        }
-        if backend.reopens_source_disks() {
-            // Firecracker reopens the source's path (from its vmstate); the
-            // clone binds its copy over it, so it must be a VM's disk in
-            // this engine's run directory: <run_dir>/vms/<id>/<name>.
-            let vms = facts.run_dir.join("vms");
-            let ok = disk
-                .path
-                .parent()
-                .and_then(|p| (p.parent() == Some(vms.as_path())).then(|| p.file_name()))
-                .flatten()
-                .and_then(|id| id.to_str())
-                .is_some_and(|id| plain(id) && !id.starts_with('.'));
-            if !ok {
-                return Err(format!(
-                    "{what} is not a VM disk in this engine's run directory ({}/<id>/<file>)",
-                    vms.display()
-                ));
-            }
-        }
-        let file = open_beneath(&dir_fd, &name).map_err(|e| {
-            format!("{what}: its copy {name:?} cannot be opened inside the snapshot directory: {e}")
-        })?;
-        if let Some(backing) = qcow2_backing(&file).map_err(|e| format!("{what}: {e}"))? {
-            match &base {
-                Some((digest, path))
-                    if Path::new(&backing) == path && disk.role == StorageRole::Cow =>
-                {
-                    checked.blobs.insert(digest.clone());
-                }
-                _ => {
-                    return Err(format!(
-                        "{what} is a qcow2 image with backing file {backing:?}; only a cloud image overlay backed by its own image's blob is accepted"
-                    ));
-                }
-            }
+            check_read_only_disk(&scope, disk, &what, &mut checked)?;
+        } else {
+            check_writable_disk(&scope, disk, &what, &mut copies, &mut checked)?;
         }
     }
-    if let Some((digest, _)) = &base {
+    if let Some((digest, _)) = &scope.base {
         // The clone's overlay needs its base whether or not it was read here.
         checked.blobs.insert(digest.clone());
     }
+    check_listed_files(&scope, &copies)?;
+    check_boot_files(&scope, &checked)?;
+    scope.backend.check_state(&scope.dir_fd, manifest)?;
+    Ok(checked)
+}
 
-    // Every listed file: a state file or a disk copy, a regular file
-    // beneath the directory.
-    for name in manifest.files.keys() {
-        if !plain(name) || !(backend.is_state_file(name) || copies.contains(name)) {
+/// A read-only disk: an image layer blob, or the cloud-init disk a cloud
+/// image clone makes anew.
+fn check_read_only_disk(
+    scope: &Scope<'_>,
+    disk: &StorageConfig,
+    what: &str,
+    checked: &mut Checked,
+) -> Result<(), String> {
+    let source = &scope.manifest.source;
+    match disk.role {
+        StorageRole::Layer => {
+            let digest = layer_digest(&scope.dirs, &disk.path).ok_or_else(|| {
+                format!(
+                    "{what} is read-only but not an image layer of this engine ({}/<sha256>.erofs)",
+                    scope.dirs.root.join("blobs").display()
+                )
+            })?;
+            checked.blobs.insert(digest);
+            Ok(())
+        }
+        StorageRole::Cidata if source.image_type == ImageType::Cloudimg && !source.windows => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{what} is a read-only {:?} disk, which the engine never makes",
+            disk.role
+        )),
+    }
+}
+
+/// A writable disk: its copy, a plain file in the snapshot directory, with
+/// no backing file but a cloud image overlay's own base.
+fn check_writable_disk(
+    scope: &Scope<'_>,
+    disk: &StorageConfig,
+    what: &str,
+    copies: &mut BTreeSet<String>,
+    checked: &mut Checked,
+) -> Result<(), String> {
+    if disk.role == StorageRole::Layer || disk.role == StorageRole::Cidata {
+        return Err(format!("{what} is a writable {:?} disk", disk.role));
+    }
+    let name = manifest::file_of(disk).unwrap_or_default();
+    if !plain(&name) || scope.backend.is_state_file(&name) {
+        return Err(format!(
+            "{what}: its copy {name:?} is not a plain disk file name"
+        ));
+    }
+    if !copies.insert(name.clone()) {
+        return Err(format!("{what}: two disks share the copy {name:?}"));
+    }
+    if !scope.manifest.files.contains_key(&name) {
+        return Err(format!("{what}: no copy of it in the snapshot"));
+    }
+    if scope.backend.reopens_source_disks() {
+        check_source_disk_path(scope, disk, what)?;
+    }
+    let file = open_beneath(&scope.dir_fd, &name).map_err(|e| {
+        format!("{what}: its copy {name:?} cannot be opened inside the snapshot directory: {e}")
+    })?;
+    let Some(backing) = qcow2_backing(&file).map_err(|e| format!("{what}: {e}"))? else {
+        return Ok(());
+    };
+    match &scope.base {
+        Some((digest, path)) if Path::new(&backing) == path && disk.role == StorageRole::Cow => {
+            checked.blobs.insert(digest.clone());
+            Ok(())
+        }
+        _ => Err(format!(
+            "{what} is a qcow2 image with backing file {backing:?}; only a cloud image overlay backed by its own image's blob is accepted"
+        )),
+    }
+}
+
+/// Firecracker reopens the source's path (from its vmstate); the clone
+/// binds its copy over it, so it must be a VM's disk in this engine's run
+/// directory: <run_dir>/vms/<id>/<name>.
+fn check_source_disk_path(
+    scope: &Scope<'_>,
+    disk: &StorageConfig,
+    what: &str,
+) -> Result<(), String> {
+    let vms = scope.facts.run_dir.join("vms");
+    let ok = disk
+        .path
+        .parent()
+        .and_then(|p| (p.parent() == Some(vms.as_path())).then(|| p.file_name()))
+        .flatten()
+        .and_then(|id| id.to_str())
+        .is_some_and(|id| plain(id) && !id.starts_with('.'));
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} is not a VM disk in this engine's run directory ({}/<id>/<file>)",
+        vms.display()
+    ))
+}
+
+/// Every listed file: a state file or a disk copy, a regular file beneath
+/// the directory.
+fn check_listed_files(scope: &Scope<'_>, copies: &BTreeSet<String>) -> Result<(), String> {
+    let hypervisor = scope.manifest.snapshot.hypervisor;
+    for name in scope.manifest.files.keys() {
+        if !plain(name) || !(scope.backend.is_state_file(name) || copies.contains(name)) {
             return Err(format!(
                 "it lists {name:?}, which is neither a {hypervisor:?} state file nor a disk copy"
             ));
         }
-        let file = open_beneath(&dir_fd, name)
+        let file = open_beneath(&scope.dir_fd, name)
             .map_err(|e| format!("{name} cannot be opened inside the snapshot directory: {e}"))?;
         let meta = file.metadata().map_err(|e| format!("{name}: {e}"))?;
         if !meta.is_file() {
             return Err(format!("{name} is not a regular file"));
         }
     }
+    Ok(())
+}
 
-    // Boot files: those of its layers; firmware: this engine's.
-    let boot = &manifest.boot;
+/// Boot files: those of its layers; firmware: this engine's.
+fn check_boot_files(scope: &Scope<'_>, checked: &Checked) -> Result<(), String> {
+    let (boot, dirs) = (&scope.manifest.boot, &scope.dirs);
     for (what, path) in [("kernel", &boot.kernel_path), ("initrd", &boot.initrd_path)] {
         let Some(path) = path else { continue };
-        let ok = boot_layer(&dirs, path).is_some_and(|d| {
+        let ok = boot_layer(dirs, path).is_some_and(|d| {
             checked.blobs.contains(&d)
                 && [
                     dirs.kernel(&d),
@@ -215,18 +271,15 @@ pub fn check(manifest: &Manifest, dir: &Path, facts: &Facts) -> Result<Checked, 
             ));
         }
     }
-    if let Some(firmware) = &boot.firmware_path
-        && *firmware != facts.firmware_path
-    {
-        return Err(format!(
+    let firmware = &scope.facts.firmware_path;
+    match &boot.firmware_path {
+        Some(theirs) if theirs != firmware => Err(format!(
             "its firmware {} is not this engine's firmware {}",
-            firmware.display(),
-            facts.firmware_path.display()
-        ));
+            theirs.display(),
+            firmware.display()
+        )),
+        _ => Ok(()),
     }
-
-    backend.check_state(&dir_fd, manifest)?;
-    Ok(checked)
 }
 
 /// A cloud image snapshot's base: its image digest and that blob's path.

@@ -97,24 +97,17 @@ pub fn commands(prep: &OverlayPrep) -> Result<Vec<Vec<OsString>>, OverlayError> 
 }
 
 fn run(command: &[OsString], path: &Path) -> Result<(), OverlayError> {
-    let out = Command::new(&command[0])
-        .args(&command[1..])
-        .output()
-        .map_err(|source| OverlayError::QemuImgMissing { source })?;
-    if !out.status.success() {
-        return Err(OverlayError::QemuImg {
-            command: command[1].to_string_lossy().into_owned(),
-            path: path.to_path_buf(),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .trim()
-            .to_string(),
-        });
-    }
-    Ok(())
+    use crate::process::RunError;
+    crate::process::run(Command::new(&command[0]).args(&command[1..]))
+        .map(drop)
+        .map_err(|e| match e {
+            RunError::Spawn(source) => OverlayError::QemuImgMissing { source },
+            RunError::Failed(output) => OverlayError::QemuImg {
+                command: command[1].to_string_lossy().into_owned(),
+                path: path.to_path_buf(),
+                output,
+            },
+        })
 }
 
 /// Creates the overlay (it must not exist yet), mode 0600. On failure

@@ -17,6 +17,30 @@ use crate::model::Vm;
 /// host file; `num_queues` is never changed (CH cannot restore a different
 /// count).
 pub fn patch_ch_config(config: &mut Value, vm: &Vm) -> Result<(), String> {
+    patch_disks(config, vm)?;
+    patch_consoles(config, vm);
+    let c = &vm.config;
+    config["cpus"]["boot_vcpus"] = json!(c.cpu);
+    if config["cpus"]["max_vcpus"]
+        .as_u64()
+        .is_some_and(|m| m < u64::from(c.cpu))
+    {
+        config["cpus"]["max_vcpus"] = json!(c.cpu);
+    }
+    config["memory"]["size"] = json!(c.memory);
+    patch_payload(config, vm);
+    // The entropy source is the engine's, as on its command line.
+    if config["rng"].is_object() {
+        config["rng"]["src"] = json!("/dev/urandom");
+    }
+    if config["debug_console"].is_object() {
+        set_mode(&mut config["debug_console"], "Off");
+    }
+    patch_balloon(config, vm)
+}
+
+/// The VM's disk paths and I/O settings, disk for disk.
+fn patch_disks(config: &mut Value, vm: &Vm) -> Result<(), String> {
     let disks = config["disks"].as_array_mut().map_or(0, |d| d.len());
     if disks != vm.storage_configs.len() {
         return Err(format!(
@@ -36,11 +60,12 @@ pub fn patch_ch_config(config: &mut Value, vm: &Vm) -> Result<(), String> {
             disk["direct"] = json!(storage.direct_io.unwrap_or(!storage.ro && !c.no_direct_io));
         }
     }
-    let direct_boot = vm
-        .boot_config
-        .as_ref()
-        .is_some_and(|b| b.kernel_path.is_some());
-    if direct_boot {
+    Ok(())
+}
+
+/// The serial port and console as a fresh start of this VM sets them.
+fn patch_consoles(config: &mut Value, vm: &Vm) {
+    if crate::backend::direct_boot(vm) {
         // As a fresh start: serial on the VMM's terminal, hvc0 on a new PTY
         // (the saved PTY path belonged to the old process).
         set_mode(&mut config["serial"], "Tty");
@@ -51,45 +76,37 @@ pub fn patch_ch_config(config: &mut Value, vm: &Vm) -> Result<(), String> {
         config["serial"]["socket"] = json!(crate::layout::VmPaths::of(vm).serial_socket());
         set_mode(&mut config["console"], "Off");
     }
-    config["cpus"]["boot_vcpus"] = json!(c.cpu);
-    if config["cpus"]["max_vcpus"]
-        .as_u64()
-        .is_some_and(|m| m < u64::from(c.cpu))
-    {
-        config["cpus"]["max_vcpus"] = json!(c.cpu);
-    }
-    config["memory"]["size"] = json!(c.memory);
-    // Boot files from the VM's own (checked) record, never the snapshot's
-    // (CH does not reload them on restore, but keeps them as its config).
-    if config["payload"].is_object() {
-        let boot = vm.boot_config.clone().unwrap_or_default();
-        let payload = config["payload"].as_object_mut().expect("object");
-        for (key, path) in [
-            ("kernel", boot.kernel_path),
-            ("initramfs", boot.initrd_path),
-            ("firmware", boot.firmware_path),
-        ] {
-            match path {
-                Some(path) => {
-                    payload.insert(key.into(), json!(path));
-                }
-                None => {
-                    payload.remove(key);
-                }
+}
+
+/// Boot files from the VM's own (checked) record, never the snapshot's
+/// (CH does not reload them on restore, but keeps them as its config).
+fn patch_payload(config: &mut Value, vm: &Vm) {
+    let Some(payload) = config["payload"].as_object_mut() else {
+        return;
+    };
+    let boot = vm.boot_config.clone().unwrap_or_default();
+    for (key, path) in [
+        ("kernel", boot.kernel_path),
+        ("initramfs", boot.initrd_path),
+        ("firmware", boot.firmware_path),
+    ] {
+        match path {
+            Some(path) => {
+                payload.insert(key.into(), json!(path));
+            }
+            None => {
+                payload.remove(key);
             }
         }
     }
-    // The entropy source is the engine's, as on its command line.
-    if config["rng"].is_object() {
-        config["rng"]["src"] = json!("/dev/urandom");
-    }
-    if config["debug_console"].is_object() {
-        set_mode(&mut config["debug_console"], "Off");
-    }
+}
+
+/// The balloon the VM gets on a fresh start (`backend::launch::balloon`).
+fn patch_balloon(config: &mut Value, vm: &Vm) -> Result<(), String> {
     let object = config
         .as_object_mut()
         .ok_or("config.json is not an object")?;
-    match crate::backend::launch::balloon(c) {
+    match crate::backend::launch::balloon(&vm.config) {
         None => {
             object.remove("balloon");
         }

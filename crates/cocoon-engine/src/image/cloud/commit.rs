@@ -14,7 +14,7 @@ use super::error::{CloudError, Origin, io_err};
 use super::sniff::{self, Compression, Qcow2Header};
 use super::stage::{TempFile, read_head};
 use super::{CloudProgress, Step, blob_path, qemu};
-use crate::image::store::{self, ImageDirs};
+use crate::image::store::ImageDirs;
 
 /// What storing a payload took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +63,8 @@ pub fn store(
     origin: &Origin,
     progress: &dyn CloudProgress,
 ) -> Result<Stored, CloudError> {
-    let lock_path = dirs.lock(digest);
-    let _lock = store::lock_exclusive(&lock_path).map_err(io_err("cannot lock", &lock_path))?;
+    let _lock = crate::lock::BlobLock::acquire(dirs, digest)
+        .map_err(io_err("cannot lock", &dirs.lock(digest)))?;
     let blob = blob_path(dirs, digest);
     let stored = |action| -> Result<Stored, CloudError> {
         Ok(Stored {

@@ -16,7 +16,8 @@ use crate::digest::Digest;
 use crate::image::commit;
 use crate::image::layer;
 use crate::image::limits::{self, Bounded};
-use crate::image::store::{self, ImageDirs};
+use crate::image::store::ImageDirs;
+use crate::lock::BlobLock;
 
 /// Fetches and converts every layer not already in the store.
 pub async fn pull_layers(
@@ -94,11 +95,13 @@ async fn ensure_layer(
     // A stored layer is looked for under the lock too, never before it: gc
     // removes unpinned layers under the same lock once it has seen no pull
     // in flight, so a layer found here stays until this pull records it.
-    let lock_path = dirs.lock(&digest);
-    let lock = tokio::task::spawn_blocking(move || store::lock_exclusive(&lock_path))
-        .await
-        .expect("lock task")
-        .map_err(io_err("cannot lock", &dirs.lock(&digest)))?;
+    let lock = {
+        let (dirs, digest) = (dirs.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || BlobLock::acquire(&dirs, &digest))
+    }
+    .await
+    .expect("lock task")
+    .map_err(io_err("cannot lock", &dirs.lock(&digest)))?;
     if let Some(layer) = cached(dirs, &digest) {
         return Ok(layer);
     }

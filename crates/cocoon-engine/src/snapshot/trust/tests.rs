@@ -1,3 +1,5 @@
+// Test inputs: the values are built to fit the fields they fill.
+#![allow(clippy::cast_possible_truncation)]
 use super::*;
 use crate::model::Hypervisor;
 use crate::model::{BootConfig, Snapshot, Vm, VmConfig};
