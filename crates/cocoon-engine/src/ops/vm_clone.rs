@@ -13,7 +13,7 @@ use crate::snapshot::manifest::Manifest;
 use super::clone_files::{self, MountTargets};
 use super::new_vm::{self, Network};
 use super::snapshot_check::{self, load_manifest};
-use super::vm_launch::{clear_runtime, launch_and_boot};
+use super::vm_launch::{launch_and_boot, stop_leftovers};
 
 /// `vm clone` flags; zero/None inherit from the snapshot.
 #[derive(Debug, Clone, Default)]
@@ -87,7 +87,7 @@ pub(crate) fn run(ctx: &mut Ctx, reference: &str, request: CloneRequest) -> Resu
         match launched {
             Ok((vmm, relay)) => new_vm::mark_started(ctx, &id, vmm, relay),
             Err(e) => {
-                let _ = ctx.block_on(async |ctx| clear_runtime(ctx, &vm).await);
+                let _ = ctx.block_on(async |ctx| stop_leftovers(ctx, &vm).await);
                 new_vm::roll_back(ctx, &vm, &network);
                 Err(e)
             }

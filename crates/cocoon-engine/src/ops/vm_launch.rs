@@ -25,7 +25,7 @@ const CONSOLE_LOG_BYTES: u64 = 4 << 20;
 pub const RELAY_SUBCOMMAND: &str = "console-relay";
 
 /// Launches the VMM, boots the guest and attaches the console relay. On
-/// error, whatever was started is left for [`clear_runtime`] to kill.
+/// error, whatever was started is left for [`stop_leftovers`] to kill.
 pub(crate) async fn launch_and_boot(
     ctx: &mut Ctx,
     vm: &Vm,
@@ -138,7 +138,7 @@ fn spawn_relay(
 /// Kills whatever a previous run of this VM left: its recorded VMM and
 /// relay, and any process still naming its sockets (an orphan whose record
 /// was lost to a crash). Removes the sockets.
-pub(crate) async fn clear_runtime(ctx: &Ctx, vm: &Vm) -> Result<()> {
+pub(crate) async fn stop_leftovers(ctx: &Ctx, vm: &Vm) -> Result<()> {
     let paths = VmPaths::of(vm);
     let quick = StopTimeouts {
         graceful: Duration::ZERO,

@@ -10,7 +10,7 @@ use crate::model::Vm;
 use crate::supervise;
 use crate::vm::VmError;
 
-use super::vm_launch::clear_runtime;
+use super::vm_launch::stop_leftovers;
 use super::vm_stop::{StopOptions, stop_locked};
 
 pub(crate) fn run(ctx: &mut Ctx, id: &str, force: bool) -> Result<Vm> {
@@ -35,7 +35,7 @@ pub(crate) fn run(ctx: &mut Ctx, id: &str, force: bool) -> Result<Vm> {
         log_dir: vm.log_dir.clone(),
     };
     let vm = ctx.with_intent(&op, &vm.id, |ctx, _| {
-        ctx.block_on(async |ctx| clear_runtime(ctx, &vm).await)?;
+        ctx.block_on(async |ctx| stop_leftovers(ctx, &vm).await)?;
         let leases = ctx.store().leases(&vm.id)?;
         crate::net::detach(&ctx.net(), &vm, &leases).map_err(VmError::from)?;
         remove_dirs(&vm, lock.path())?;

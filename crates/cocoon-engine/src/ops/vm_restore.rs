@@ -20,7 +20,7 @@ use crate::vm::VmError;
 
 use super::disk_swap::{self, grow_cow};
 use super::snapshot_check::{self, load_manifest};
-use super::vm_launch::{clear_runtime, launch_and_boot};
+use super::vm_launch::{launch_and_boot, stop_leftovers};
 use super::{cidata, new_vm};
 
 /// `vm restore` flags.
@@ -62,7 +62,7 @@ pub(crate) fn run(
         match replace(ctx, &mut plan, &request, intent) {
             Ok((vmm, relay)) => commit(ctx, &plan.vm, vmm, relay, intent),
             Err(e) => {
-                let _ = ctx.block_on(async |ctx| clear_runtime(ctx, &plan.vm).await);
+                let _ = ctx.block_on(async |ctx| stop_leftovers(ctx, &plan.vm).await);
                 disk_swap::roll_back(&plan.vm.storage_configs);
                 if let Some(path) = &plan.cidata {
                     let _ = std::fs::remove_file(path);
@@ -154,7 +154,7 @@ fn replace(
     request: &RestoreRequest,
     intent: &IntentGuard,
 ) -> Result<(VmmProcess, Option<ProcessIdentity>)> {
-    ctx.block_on(async |ctx| clear_runtime(ctx, &plan.vm).await)?;
+    ctx.block_on(async |ctx| stop_leftovers(ctx, &plan.vm).await)?;
     crate::failpoint::hit("vm.restore.killed")?;
     let (cpu, memory) = resources(&plan.manifest, request);
     let vm = &mut plan.vm;

@@ -12,7 +12,7 @@ use crate::supervise;
 use crate::vm::VmError;
 
 use super::new_vm;
-use super::vm_launch::{clear_runtime, launch_and_boot};
+use super::vm_launch::{launch_and_boot, stop_leftovers};
 
 pub(crate) fn run(ctx: &mut Ctx, id: &str) -> Result<Vm> {
     let _lock = ctx.lock_vm(id)?;
@@ -20,7 +20,7 @@ pub(crate) fn run(ctx: &mut Ctx, id: &str) -> Result<Vm> {
     if vm.vmm.as_ref().is_some_and(supervise::is_running) {
         return already_running(ctx, vm);
     }
-    ctx.block_on(async |ctx| clear_runtime(ctx, &vm).await)?;
+    ctx.block_on(async |ctx| stop_leftovers(ctx, &vm).await)?;
     let vm = super::cidata::drop_after_first_boot(ctx, vm)?;
     let log_dir = VmPaths::of(&vm).log_dir;
     create_private_dir(&log_dir)
@@ -28,7 +28,7 @@ pub(crate) fn run(ctx: &mut Ctx, id: &str) -> Result<Vm> {
     ctx.with_intent(&Op::VmStart {}, &vm.id, |ctx, _| match boot(ctx, &vm) {
         Ok((vmm, relay)) => new_vm::mark_started(ctx, &vm.id, vmm, relay),
         Err(e) => {
-            let _ = ctx.block_on(async |ctx| clear_runtime(ctx, &vm).await);
+            let _ = ctx.block_on(async |ctx| stop_leftovers(ctx, &vm).await);
             new_vm::settle(ctx, &vm.id, VmState::Error, "error")?;
             Err(e)
         }

@@ -13,7 +13,7 @@ use crate::model::{Vm, VmState, VmmProcess};
 use crate::supervise::{self, StopTimeouts};
 use crate::vm::VmError;
 
-use super::vm_launch::clear_runtime;
+use super::vm_launch::stop_leftovers;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StopOptions {
@@ -37,7 +37,7 @@ pub(crate) fn stop_locked(ctx: &mut Ctx, vm: Vm, options: StopOptions) -> Result
             terminate(ctx, &vm, &vmm, options)?;
             crate::failpoint::hit("vm.stop.stopped")?;
         }
-        ctx.block_on(async |ctx| clear_runtime(ctx, &vm).await)?;
+        ctx.block_on(async |ctx| stop_leftovers(ctx, &vm).await)?;
         if let Err(e) = crate::net::quiesce(&vm) {
             tracing::warn!("VM {}: cannot quiesce its NICs: {e}", vm.id);
         }

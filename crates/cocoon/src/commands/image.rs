@@ -1,4 +1,5 @@
 use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
 
 use cocoon_engine::image::cloud::{CloudProgress, Step};
 use cocoon_engine::image::oci::{PullProgress, PulledLayer};
@@ -8,84 +9,26 @@ use cocoon_engine::units::DecimalSize;
 use cocoon_engine::{Config, Engine, Result};
 
 use super::io;
-use crate::cli::ImageCommand;
+use crate::cli::{FormatArg, ImageCommand};
 use crate::output::{local_time, print_json, print_line, print_table};
 
 pub fn run(command: ImageCommand, config: Config) -> Result<()> {
     let mut engine = super::open(config)?;
+    let engine = &mut engine;
     match command {
         ImageCommand::Pull { images, force } => {
             // Arguments are pulled in order; the first failure stops the command.
             for reference in &images {
                 if Source::of(reference) == Source::Url {
-                    pull_cloud_image(&mut engine, reference, force)?;
+                    pull_cloud_image(engine, reference, force)?;
                     continue;
                 }
-                let progress = PullReporter::new();
-                let outcome = engine.pull_image(reference, &progress);
-                progress.finish();
-                let outcome = outcome?;
-                if outcome.up_to_date {
-                    tracing::info!(
-                        "{} is up to date ({})",
-                        outcome.image.name,
-                        short(&outcome.image.id)
-                    );
-                } else {
-                    tracing::info!(
-                        "done: {} ({}, {} of {} layers fetched)",
-                        outcome.image.name,
-                        short(&outcome.image.id),
-                        outcome.fetched_layers,
-                        outcome.image.layers.len()
-                    );
-                }
+                pull_oci_image(engine, reference)?;
             }
             Ok(())
         }
-        ImageCommand::Import { name, files } => {
-            let progress = CloudReporter::new();
-            let image = engine.import_image_with_progress(&name, &files, &progress);
-            progress.finish();
-            let image = image?;
-            match image.kind {
-                ImageType::Oci => tracing::info!(
-                    "imported: {} ({}, {} layers)",
-                    image.name,
-                    short(&image.id),
-                    image.layers.len()
-                ),
-                ImageType::Cloudimg => tracing::info!(
-                    "imported: {} ({}, cloud image, {})",
-                    image.name,
-                    short(&image.id),
-                    DecimalSize(image.size)
-                ),
-            }
-            Ok(())
-        }
-        ImageCommand::List { output } => {
-            let images = engine.list_images()?;
-            if output.json() {
-                return print_json(&images).map_err(io);
-            }
-            if images.is_empty() {
-                return print_line("No images found.").map_err(io);
-            }
-            let rows = images
-                .iter()
-                .map(|i| {
-                    vec![
-                        i.kind.to_string(),
-                        i.name.clone(),
-                        i.id.chars().take(19).collect(),
-                        DecimalSize(i.size).to_string(),
-                        local_time(i.created_at),
-                    ]
-                })
-                .collect();
-            print_table(&["TYPE", "NAME", "DIGEST", "SIZE", "CREATED"], rows).map_err(io)
-        }
+        ImageCommand::Import { name, files } => import(engine, &name, &files),
+        ImageCommand::List { output } => list(engine, output),
         ImageCommand::Rm { images } => {
             for image in engine.remove_images(&images)? {
                 tracing::info!("deleted: {}", image.name);
@@ -94,6 +37,77 @@ pub fn run(command: ImageCommand, config: Config) -> Result<()> {
         }
         ImageCommand::Inspect { image } => print_json(&engine.inspect_image(&image)?).map_err(io),
     }
+}
+
+/// `image pull` of one OCI reference.
+fn pull_oci_image(engine: &mut Engine, reference: &str) -> Result<()> {
+    let progress = PullReporter::new();
+    let outcome = engine.pull_image(reference, &progress);
+    progress.finish();
+    let outcome = outcome?;
+    if outcome.up_to_date {
+        tracing::info!(
+            "{} is up to date ({})",
+            outcome.image.name,
+            short(&outcome.image.id)
+        );
+    } else {
+        tracing::info!(
+            "done: {} ({}, {} of {} layers fetched)",
+            outcome.image.name,
+            short(&outcome.image.id),
+            outcome.fetched_layers,
+            outcome.image.layers.len()
+        );
+    }
+    Ok(())
+}
+
+/// `image import`.
+fn import(engine: &mut Engine, name: &str, files: &[PathBuf]) -> Result<()> {
+    let progress = CloudReporter::new();
+    let image = engine.import_image_with_progress(name, files, &progress);
+    progress.finish();
+    let image = image?;
+    match image.kind {
+        ImageType::Oci => tracing::info!(
+            "imported: {} ({}, {} layers)",
+            image.name,
+            short(&image.id),
+            image.layers.len()
+        ),
+        ImageType::Cloudimg => tracing::info!(
+            "imported: {} ({}, cloud image, {})",
+            image.name,
+            short(&image.id),
+            DecimalSize(image.size)
+        ),
+    }
+    Ok(())
+}
+
+/// `image list`.
+fn list(engine: &mut Engine, output: FormatArg) -> Result<()> {
+    let images = engine.list_images()?;
+    if output.json() {
+        return print_json(&images).map_err(io);
+    }
+    if images.is_empty() {
+        return print_line("No images found.").map_err(io);
+    }
+    let rows = images
+        .iter()
+        .map(|i| {
+            vec![
+                i.kind.to_string(),
+                i.name.clone(),
+                i.id.chars().take(19).collect(),
+                DecimalSize(i.size).to_string(),
+                local_time(i.created_at),
+            ]
+        })
+        .collect();
+    print_table(&["TYPE", "NAME", "DIGEST", "SIZE", "CREATED"], rows).map_err(io)
 }
 
 fn pull_cloud_image(engine: &mut Engine, url: &str, force: bool) -> Result<()> {

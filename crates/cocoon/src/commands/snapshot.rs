@@ -1,60 +1,27 @@
 use cocoon_engine::units::BinarySize;
-use cocoon_engine::{Config, Result};
+use cocoon_engine::{Config, Engine, Result};
 
 use std::path::{Path, PathBuf};
 
 use cocoon_engine::Error;
+use cocoon_engine::model::Snapshot;
+use cocoon_engine::snapshot::archive::Compression;
 
 use super::io;
-use crate::cli::{CompressionArg, SnapshotCommand};
+use crate::cli::{CompressionArg, FormatArg, SnapshotCommand};
 use crate::output::{local_time, print_json, print_line, print_table};
 
 pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
     let mut engine = super::open(config)?;
+    let engine = &mut engine;
     match command {
         SnapshotCommand::Save {
             name,
             description,
             output,
             vm,
-        } => {
-            let saved = engine.save_snapshot(&vm, name.as_deref().unwrap_or(""), &description)?;
-            if output.json() {
-                return print_json(&saved).map_err(io);
-            }
-            eprintln!(
-                "snapshot saved: {} (paused {:.1} ms, {:.0} ms in all)",
-                saved.snapshot.id, saved.pause_ms, saved.total_ms
-            );
-            print_line(&saved.snapshot.id).map_err(io)
-        }
-        SnapshotCommand::List { output, vm } => {
-            let snapshots = engine.list_snapshots(vm.as_deref())?;
-            if output.json() {
-                return print_json(&snapshots).map_err(io);
-            }
-            if snapshots.is_empty() {
-                return print_line("No snapshots found.").map_err(io);
-            }
-            let rows = snapshots
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.id.clone(),
-                        s.name.clone(),
-                        s.cpu.to_string(),
-                        BinarySize(s.memory).to_string(),
-                        s.description.clone(),
-                        local_time(s.created_at),
-                    ]
-                })
-                .collect();
-            print_table(
-                &["ID", "NAME", "CPU", "MEMORY", "DESCRIPTION", "CREATED"],
-                rows,
-            )
-            .map_err(io)
-        }
+        } => save(engine, &vm, name.as_deref(), &description, output),
+        SnapshotCommand::List { output, vm } => list(engine, output, vm.as_deref()),
         SnapshotCommand::Inspect { snapshot } => {
             print_json(&engine.inspect_snapshot(&snapshot)?).map_err(io)
         }
@@ -69,105 +36,182 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
             gzip,
             compression,
             snapshot,
-        } => {
-            use cocoon_engine::snapshot::archive::Compression;
-            let compression = match (gzip, compression) {
-                (true, _) | (_, CompressionArg::Gzip) => Compression::Gzip,
-                (_, CompressionArg::Zstd) => Compression::Zstd,
-                (_, CompressionArg::None) => Compression::None,
-            };
-            let target = match output {
-                Some(path) => path,
-                None => {
-                    let s = engine.inspect_snapshot(&snapshot)?;
-                    // The name came from wherever the snapshot did (an
-                    // imported archive, say): it names the output file only
-                    // when it is a plain file name.
-                    let plain = !s.name.is_empty()
-                        && !s.name.starts_with('.')
-                        && !s.name.contains(['/', '\0']);
-                    let base = if plain { s.name } else { s.id };
-                    let ext = match compression {
-                        Compression::Zstd => "tar.zst",
-                        Compression::Gzip => "tar.gz",
-                        Compression::None => "tar",
-                    };
-                    PathBuf::from(format!("{base}.{ext}"))
-                }
-            };
-            let progress = Progress::new("exporting");
-            let mut tick = |n: u64| progress.set(n);
-            let written = if target == Path::new("-") {
-                let stdout = std::io::stdout();
-                let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-                let r = engine.export_snapshot(&snapshot, &mut out, compression, &mut tick);
-                use std::io::Write;
-                r.and_then(|s| out.flush().map(|()| s).map_err(io))
-            } else {
-                // Written to a new private file beside the target (O_EXCL,
-                // mode 0600: it holds guest memory; never through a link
-                // someone planted), then renamed: a failed export leaves
-                // nothing, a reader never sees half an archive.
-                let dir = match target.parent() {
-                    Some(dir) if !dir.as_os_str().is_empty() => dir,
-                    _ => Path::new("."),
-                };
-                let partial = tempfile::Builder::new()
-                    .prefix(".cocoon-export-")
-                    .suffix(".partial")
-                    .tempfile_in(dir)
-                    .map_err(|e| {
-                        Error::io(format!("cannot create a file in {}", dir.display()), e)
-                    })?;
-                let mut out = std::io::BufWriter::with_capacity(1 << 20, partial);
-                engine
-                    .export_snapshot(&snapshot, &mut out, compression, &mut tick)
-                    .and_then(|s| {
-                        let partial = out.into_inner().map_err(|e| io(e.into_error()))?;
-                        partial.persist(&target).map_err(|e| {
-                            Error::io(format!("cannot write {}", target.display()), e.error)
-                        })?;
-                        Ok(s)
-                    })
-            };
-            progress.finish();
-            let s = written?;
-            eprintln!("exported: {} → {}", s.id, target.display());
-            Ok(())
-        }
+        } => export(engine, &snapshot, output, gzip, compression),
         SnapshotCommand::Import {
             name,
             description,
             file,
-        } => {
-            let progress = Progress::new("importing");
-            let mut tick = |n: u64| progress.set(n);
-            let description = (!description.is_empty()).then_some(description.as_str());
-            let result = match file.as_deref() {
-                None => engine.import_snapshot(
-                    &mut std::io::stdin().lock(),
-                    name.as_deref(),
-                    description,
-                    &mut tick,
-                ),
-                Some(p) if p == Path::new("-") => engine.import_snapshot(
-                    &mut std::io::stdin().lock(),
-                    name.as_deref(),
-                    description,
-                    &mut tick,
-                ),
-                Some(path) => {
-                    let mut f = std::fs::File::open(path)
-                        .map_err(|e| Error::io(format!("cannot import {}", path.display()), e))?;
-                    engine.import_snapshot(&mut f, name.as_deref(), description, &mut tick)
-                }
-            };
-            progress.finish();
-            let snapshot = result?;
-            eprintln!("imported: {} (name: {})", snapshot.id, snapshot.name);
-            print_line(&snapshot.id).map_err(io)
-        }
+        } => import(engine, name.as_deref(), &description, file.as_deref()),
     }
+}
+
+/// `snapshot save`.
+fn save(
+    engine: &mut Engine,
+    vm: &str,
+    name: Option<&str>,
+    description: &str,
+    output: FormatArg,
+) -> Result<()> {
+    let saved = engine.save_snapshot(vm, name.unwrap_or(""), description)?;
+    if output.json() {
+        return print_json(&saved).map_err(io);
+    }
+    eprintln!(
+        "snapshot saved: {} (paused {:.1} ms, {:.0} ms in all)",
+        saved.snapshot.id, saved.pause_ms, saved.total_ms
+    );
+    print_line(&saved.snapshot.id).map_err(io)
+}
+
+/// `snapshot list`.
+fn list(engine: &mut Engine, output: FormatArg, vm: Option<&str>) -> Result<()> {
+    let snapshots = engine.list_snapshots(vm)?;
+    if output.json() {
+        return print_json(&snapshots).map_err(io);
+    }
+    if snapshots.is_empty() {
+        return print_line("No snapshots found.").map_err(io);
+    }
+    let rows = snapshots
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.name.clone(),
+                s.cpu.to_string(),
+                BinarySize(s.memory).to_string(),
+                s.description.clone(),
+                local_time(s.created_at),
+            ]
+        })
+        .collect();
+    print_table(
+        &["ID", "NAME", "CPU", "MEMORY", "DESCRIPTION", "CREATED"],
+        rows,
+    )
+    .map_err(io)
+}
+
+/// `snapshot export`: to `output`, to stdout for `-`, or to a file named after
+/// the snapshot.
+fn export(
+    engine: &mut Engine,
+    snapshot: &str,
+    output: Option<PathBuf>,
+    gzip: bool,
+    compression: CompressionArg,
+) -> Result<()> {
+    let compression = match (gzip, compression) {
+        (true, _) | (_, CompressionArg::Gzip) => Compression::Gzip,
+        (_, CompressionArg::Zstd) => Compression::Zstd,
+        (_, CompressionArg::None) => Compression::None,
+    };
+    let target = match output {
+        Some(path) => path,
+        None => default_export_path(engine, snapshot, compression)?,
+    };
+    let progress = Progress::new("exporting");
+    let mut tick = |n: u64| progress.set(n);
+    let written = if target == Path::new("-") {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+        let r = engine.export_snapshot(snapshot, &mut out, compression, &mut tick);
+        use std::io::Write;
+        r.and_then(|s| out.flush().map(|()| s).map_err(io))
+    } else {
+        let partial = create_partial(&target)?;
+        export_to_partial(engine, snapshot, partial, &target, compression, &mut tick)
+    };
+    progress.finish();
+    let s = written?;
+    eprintln!("exported: {} → {}", s.id, target.display());
+    Ok(())
+}
+
+/// The file `snapshot export` writes when given no output: the snapshot's
+/// name (or id) with the archive's extension.
+fn default_export_path(
+    engine: &mut Engine,
+    snapshot: &str,
+    compression: Compression,
+) -> Result<PathBuf> {
+    let s = engine.inspect_snapshot(snapshot)?;
+    // The name came from wherever the snapshot did (an
+    // imported archive, say): it names the output file only
+    // when it is a plain file name.
+    let plain = !s.name.is_empty() && !s.name.starts_with('.') && !s.name.contains(['/', '\0']);
+    let base = if plain { s.name } else { s.id };
+    let ext = match compression {
+        Compression::Zstd => "tar.zst",
+        Compression::Gzip => "tar.gz",
+        Compression::None => "tar",
+    };
+    Ok(PathBuf::from(format!("{base}.{ext}")))
+}
+
+/// `snapshot export` writes to a new private file beside the target (O_EXCL,
+/// mode 0600: it holds guest memory; never through a link someone planted),
+/// then renames it: a failed export leaves nothing, a reader never sees half
+/// an archive.
+fn create_partial(target: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".cocoon-export-")
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("cannot create a file in {}", dir.display()), e))
+}
+
+/// Exports into `partial`, then renames it to `target`.
+fn export_to_partial(
+    engine: &mut Engine,
+    snapshot: &str,
+    partial: tempfile::NamedTempFile,
+    target: &Path,
+    compression: Compression,
+    tick: &mut dyn FnMut(u64),
+) -> Result<Snapshot> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, partial);
+    engine
+        .export_snapshot(snapshot, &mut out, compression, tick)
+        .and_then(|s| {
+            let partial = out.into_inner().map_err(|e| io(e.into_error()))?;
+            partial
+                .persist(target)
+                .map_err(|e| Error::io(format!("cannot write {}", target.display()), e.error))?;
+            Ok(s)
+        })
+}
+
+/// `snapshot import`: from `file`, or from stdin for none or `-`.
+fn import(
+    engine: &mut Engine,
+    name: Option<&str>,
+    description: &str,
+    file: Option<&Path>,
+) -> Result<()> {
+    let progress = Progress::new("importing");
+    let mut tick = |n: u64| progress.set(n);
+    let description = (!description.is_empty()).then_some(description);
+    let result = match file {
+        None => engine.import_snapshot(&mut std::io::stdin().lock(), name, description, &mut tick),
+        Some(p) if p == Path::new("-") => {
+            engine.import_snapshot(&mut std::io::stdin().lock(), name, description, &mut tick)
+        }
+        Some(path) => {
+            let mut f = std::fs::File::open(path)
+                .map_err(|e| Error::io(format!("cannot import {}", path.display()), e))?;
+            engine.import_snapshot(&mut f, name, description, &mut tick)
+        }
+    };
+    progress.finish();
+    let snapshot = result?;
+    eprintln!("imported: {} (name: {})", snapshot.id, snapshot.name);
+    print_line(&snapshot.id).map_err(io)
 }
 
 /// Bytes moved, on stderr: a live counter on a terminal, nothing otherwise.

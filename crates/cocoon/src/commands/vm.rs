@@ -1,3 +1,4 @@
+use std::path::Path;
 use std::time::Duration;
 
 use cocoon_engine::backend::{self, LaunchOptions};
@@ -14,54 +15,25 @@ use cocoon_engine::vm::default_vm_name;
 use cocoon_engine::{Config, Engine, Error, Result};
 
 use super::{io, status};
-use crate::cli::{RestoreModeArg, VmCommand, VmFlags};
+use crate::cli::{CloneFlags, FormatArg, RestoreModeArg, VmCommand, VmFlags};
 use crate::output::{local_time, print_json, print_line, print_table};
 
 pub fn run(command: VmCommand, config: Config) -> Result<()> {
-    // Input is validated before the engine opens, so a refused command leaves no trace.
-    match &command {
-        VmCommand::Create { flags, .. } | VmCommand::Run { flags, .. } => {
-            validate_vm_flags(flags)?;
-        }
-        VmCommand::Debug { flags, .. } if !flags.data_disks.is_empty() => {
-            tracing::warn!("--data-disk is ignored by vm debug");
-        }
-        _ => {}
-    }
+    validate_before_open(&command)?;
     let use_firecracker = config.use_firecracker;
     let mut engine = super::open(config)?;
+    let engine = &mut engine;
     match command {
         VmCommand::Create {
             flags,
             output,
             image,
-        } => {
-            let request = create_request(&flags, &image, use_firecracker)?;
-            let vm = engine.create_vm(request)?;
-            if output.json() {
-                return print_json(&VmView::reconcile(vm)).map_err(io);
-            }
-            eprintln!(
-                "VM created: {} (name: {}, state: {})",
-                vm.id, vm.config.name, vm.state
-            );
-            eprintln!("start with: cocoon vm start {}", vm.config.name);
-            print_line(&vm.id).map_err(io)
-        }
+        } => create(engine, &flags, output, &image, use_firecracker),
         VmCommand::Run {
             flags,
             output,
             image,
-        } => {
-            let request = create_request(&flags, &image, use_firecracker)?;
-            let vm = engine.create_vm(request)?;
-            let vm = engine.start_vm(&vm.id)?;
-            if output.json() {
-                return print_json(&VmView::reconcile(vm)).map_err(io);
-            }
-            eprintln!("started: {} (name: {})", vm.id, vm.config.name);
-            print_line(&vm.id).map_err(io)
-        }
+        } => create_and_start(engine, &flags, output, &image, use_firecracker),
         VmCommand::Debug {
             flags,
             max_cpu,
@@ -70,63 +42,15 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             ch,
             image,
         } => {
-            let mut request = create_request(&flags, &image, use_firecracker)?;
-            request.data_disks.clear();
-            if request.nics > 0 {
-                tracing::warn!("vm debug prints no network: NICs are created by vm create");
-                request.nics = 0;
-            }
-            // `--ch` names Cloud Hypervisor's binary for the script; the
-            // other VMMs' come from the configuration.
-            let binary = if request.hypervisor == Hypervisor::CloudHypervisor {
-                ch.into()
-            } else {
-                backend::of(request.hypervisor).binary(engine.config())
-            };
-            let mut opts = LaunchOptions::for_host(binary);
-            opts.max_cpus = max_cpu.max(request.config.cpu);
-            opts.balloon_bytes = (balloon > 0).then_some(balloon << 20);
-            let plan = engine.debug_vm(&request, &opts, cow.as_deref())?;
-            print!("{}", debug_script(&plan, &request.config.name));
-            Ok(())
+            let request = create_request(&flags, &image, use_firecracker)?;
+            debug(engine, request, ch, max_cpu, balloon, cow.as_deref())
         }
-        VmCommand::Logs { follow, vmm, vm } => logs(&mut engine, &vm, follow, vmm),
+        VmCommand::Logs { follow, vmm, vm } => logs(engine, &vm, follow, vmm),
         VmCommand::Clone {
             flags,
             output,
             snapshot,
-        } => {
-            let request = CloneRequest {
-                name: flags.name.clone(),
-                cpu: flags.cpu,
-                memory: flags.memory,
-                storage: flags.storage,
-                nics: flags.nics,
-                network: flags.network.clone(),
-                bridge: flags.bridge.clone(),
-                queue_size: flags.queue_size,
-                disk_queue_size: flags.disk_queue_size,
-                no_direct_io: flags.no_direct_io,
-                restore_mode: RestoreModeArg::engine(flags.restore_mode, flags.on_demand),
-            };
-            if flags.pull {
-                let oci = super::image::PullReporter::new();
-                let cloud = super::image::CloudReporter::new();
-                let pulled = engine.pull_snapshot_base(&snapshot, &request, &oci, &cloud);
-                oci.finish();
-                cloud.finish();
-                if let Some(reference) = pulled? {
-                    tracing::info!("pulled the snapshot's base image {reference}");
-                }
-            }
-            let vm = engine.clone_vm(&snapshot, request)?;
-            if output.json() {
-                return print_json(&VmView::reconcile(vm)).map_err(io);
-            }
-            eprintln!("cloned: {} (name: {})", vm.id, vm.config.name);
-            print_clone_hints(&vm);
-            print_line(&vm.id).map_err(io)
-        }
+        } => clone(engine, &flags, output, &snapshot),
         VmCommand::Start { output, vms } => {
             let outcomes = engine.for_each_vm(&vms, |e, id| e.start_vm(id))?;
             report_batch("started", outcomes, output.json())
@@ -136,21 +60,12 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             timeout,
             output,
             vms,
-        } => {
-            let options = StopOptions {
-                force,
-                timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
-            };
-            let outcomes = engine.for_each_vm(&vms, |e, id| e.stop_vm(id, options))?;
-            report_batch("stopped", outcomes, output.json())
-        }
+        } => stop(engine, force, timeout, output, &vms),
         VmCommand::Rm { force, output, vms } => {
             let outcomes = engine.for_each_vm(&vms, |e, id| e.remove_vm(id, force))?;
             report_batch("removed", outcomes, output.json())
         }
-        VmCommand::Console { escape_char, vm } => {
-            super::console::attach(&mut engine, &vm, escape_char)
-        }
+        VmCommand::Console { escape_char, vm } => super::console::attach(engine, &vm, escape_char),
         VmCommand::Restore {
             cpu,
             memory,
@@ -167,31 +82,183 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
                 storage,
                 restore_mode: RestoreModeArg::engine(restore_mode, on_demand),
             };
-            let vm = engine.restore_vm(&vm, &snapshot, request)?;
-            if output.json() {
-                return print_json(&VmView::reconcile(vm)).map_err(io);
-            }
-            eprintln!("restored: {} (name: {})", vm.id, vm.config.name);
-            Ok(())
+            restore(engine, &vm, &snapshot, request, output)
         }
-        VmCommand::List { output } => {
-            let vms = engine.list_vms()?;
-            if output.json() {
-                return print_json(&vms).map_err(io);
-            }
-            if vms.is_empty() {
-                return print_line("No VMs found.").map_err(io);
-            }
-            print_table(LIST_HEADERS, vms.iter().map(list_row).collect()).map_err(io)
-        }
+        VmCommand::List { output } => list(engine, output),
         VmCommand::Inspect { vm } => print_json(&engine.inspect_vm(&vm)?).map_err(io),
         VmCommand::Status {
             interval,
             event,
             output,
             vms,
-        } => status::run(&mut engine, interval, event, output.json(), &vms),
+        } => status::run(engine, interval, event, output.json(), &vms),
     }
+}
+
+/// Input is validated before the engine opens, so a refused command leaves no trace.
+fn validate_before_open(command: &VmCommand) -> Result<()> {
+    match command {
+        VmCommand::Create { flags, .. } | VmCommand::Run { flags, .. } => {
+            validate_vm_flags(flags)?;
+        }
+        VmCommand::Debug { flags, .. } if !flags.data_disks.is_empty() => {
+            tracing::warn!("--data-disk is ignored by vm debug");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `vm create`.
+fn create(
+    engine: &mut Engine,
+    flags: &VmFlags,
+    output: FormatArg,
+    image: &str,
+    use_firecracker: bool,
+) -> Result<()> {
+    let request = create_request(flags, image, use_firecracker)?;
+    let vm = engine.create_vm(request)?;
+    if output.json() {
+        return print_json(&VmView::reconcile(vm)).map_err(io);
+    }
+    eprintln!(
+        "VM created: {} (name: {}, state: {})",
+        vm.id, vm.config.name, vm.state
+    );
+    eprintln!("start with: cocoon vm start {}", vm.config.name);
+    print_line(&vm.id).map_err(io)
+}
+
+/// `vm run`: create, then start.
+fn create_and_start(
+    engine: &mut Engine,
+    flags: &VmFlags,
+    output: FormatArg,
+    image: &str,
+    use_firecracker: bool,
+) -> Result<()> {
+    let request = create_request(flags, image, use_firecracker)?;
+    let vm = engine.create_vm(request)?;
+    let vm = engine.start_vm(&vm.id)?;
+    if output.json() {
+        return print_json(&VmView::reconcile(vm)).map_err(io);
+    }
+    eprintln!("started: {} (name: {})", vm.id, vm.config.name);
+    print_line(&vm.id).map_err(io)
+}
+
+/// `vm debug`: prints the script that would launch the VM.
+fn debug(
+    engine: &mut Engine,
+    mut request: CreateVm,
+    ch: String,
+    max_cpu: u32,
+    balloon: u64,
+    cow: Option<&Path>,
+) -> Result<()> {
+    request.data_disks.clear();
+    if request.nics > 0 {
+        tracing::warn!("vm debug prints no network: NICs are created by vm create");
+        request.nics = 0;
+    }
+    // `--ch` names Cloud Hypervisor's binary for the script; the
+    // other VMMs' come from the configuration.
+    let binary = if request.hypervisor == Hypervisor::CloudHypervisor {
+        ch.into()
+    } else {
+        backend::of(request.hypervisor).binary(engine.config())
+    };
+    let mut opts = LaunchOptions::for_host(binary);
+    opts.max_cpus = max_cpu.max(request.config.cpu);
+    opts.balloon_bytes = (balloon > 0).then_some(balloon << 20);
+    let plan = engine.debug_vm(&request, &opts, cow)?;
+    print!("{}", debug_script(&plan, &request.config.name));
+    Ok(())
+}
+
+/// `vm clone`: optionally pulls the snapshot's base image first.
+fn clone(engine: &mut Engine, flags: &CloneFlags, output: FormatArg, snapshot: &str) -> Result<()> {
+    let request = CloneRequest {
+        name: flags.name.clone(),
+        cpu: flags.cpu,
+        memory: flags.memory,
+        storage: flags.storage,
+        nics: flags.nics,
+        network: flags.network.clone(),
+        bridge: flags.bridge.clone(),
+        queue_size: flags.queue_size,
+        disk_queue_size: flags.disk_queue_size,
+        no_direct_io: flags.no_direct_io,
+        restore_mode: RestoreModeArg::engine(flags.restore_mode, flags.on_demand),
+    };
+    if flags.pull {
+        pull_snapshot_base(engine, snapshot, &request)?;
+    }
+    let vm = engine.clone_vm(snapshot, request)?;
+    if output.json() {
+        return print_json(&VmView::reconcile(vm)).map_err(io);
+    }
+    eprintln!("cloned: {} (name: {})", vm.id, vm.config.name);
+    print_clone_hints(&vm);
+    print_line(&vm.id).map_err(io)
+}
+
+/// `vm clone --pull`: fetches the snapshot's base image, with progress.
+fn pull_snapshot_base(engine: &mut Engine, snapshot: &str, request: &CloneRequest) -> Result<()> {
+    let oci = super::image::PullReporter::new();
+    let cloud = super::image::CloudReporter::new();
+    let pulled = engine.pull_snapshot_base(snapshot, request, &oci, &cloud);
+    oci.finish();
+    cloud.finish();
+    if let Some(reference) = pulled? {
+        tracing::info!("pulled the snapshot's base image {reference}");
+    }
+    Ok(())
+}
+
+/// `vm stop`.
+fn stop(
+    engine: &mut Engine,
+    force: bool,
+    timeout: u64,
+    output: FormatArg,
+    vms: &[String],
+) -> Result<()> {
+    let options = StopOptions {
+        force,
+        timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
+    };
+    let outcomes = engine.for_each_vm(vms, |e, id| e.stop_vm(id, options))?;
+    report_batch("stopped", outcomes, output.json())
+}
+
+/// `vm restore`.
+fn restore(
+    engine: &mut Engine,
+    vm: &str,
+    snapshot: &str,
+    request: RestoreRequest,
+    output: FormatArg,
+) -> Result<()> {
+    let vm = engine.restore_vm(vm, snapshot, request)?;
+    if output.json() {
+        return print_json(&VmView::reconcile(vm)).map_err(io);
+    }
+    eprintln!("restored: {} (name: {})", vm.id, vm.config.name);
+    Ok(())
+}
+
+/// `vm list`.
+fn list(engine: &mut Engine, output: FormatArg) -> Result<()> {
+    let vms = engine.list_vms()?;
+    if output.json() {
+        return print_json(&vms).map_err(io);
+    }
+    if vms.is_empty() {
+        return print_line("No VMs found.").map_err(io);
+    }
+    print_table(LIST_HEADERS, vms.iter().map(list_row).collect()).map_err(io)
 }
 
 /// The create request of `vm create`, `vm run` and `vm debug`.
@@ -241,11 +308,7 @@ fn print_clone_hints(vm: &Vm) {
         vm.config.name
     );
     eprintln!("  echo 3 > /proc/sys/vm/drop_caches");
-    if vm.hypervisor == Hypervisor::Firecracker {
-        for (i, n) in vm.network_configs.iter().enumerate() {
-            eprintln!("  ip link set dev eth{i} address {}", n.mac);
-        }
-    }
+    print_mac_hints(vm);
     if vm.config.image_type == ImageType::Cloudimg && !vm.config.windows {
         // Its new cidata disk carries the new instance id, name and NICs.
         eprintln!("  rm -f /etc/systemd/network/10-*.network");
@@ -254,6 +317,20 @@ fn print_clone_hints(vm: &Vm) {
         eprintln!("  cloud-init modules --mode=config && cloud-init modules --mode=final");
         return;
     }
+    print_networkd_hints(vm);
+}
+
+/// On Firecracker, the guest takes the clone's new MACs by hand.
+fn print_mac_hints(vm: &Vm) {
+    if vm.hypervisor == Hypervisor::Firecracker {
+        for (i, n) in vm.network_configs.iter().enumerate() {
+            eprintln!("  ip link set dev eth{i} address {}", n.mac);
+        }
+    }
+}
+
+/// Rewrites the guest's networkd files for the clone's name and NICs.
+fn print_networkd_hints(vm: &Vm) {
     if !vm.network_configs.is_empty() {
         eprintln!("  rm -f /etc/systemd/network/10-*.network");
         eprintln!("  hostnamectl set-hostname {}", vm.config.name);
