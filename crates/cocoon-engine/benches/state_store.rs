@@ -43,6 +43,7 @@ fn vm(id: &str, name: &str) -> Vm {
     vm.started_at = Some(vm.created_at);
     vm.storage_configs = (0..4)
         .map(|i| StorageConfig {
+            vmm_path: None,
             path: format!("/var/lib/cocoon/oci/blobs/{}{i}.erofs", "cd".repeat(31)).into(),
             ro: true,
             serial: format!("cocoon-layer{i}"),

@@ -60,6 +60,8 @@ pub struct Config {
     pub registry_read_timeout_seconds: u64,
     /// The most bytes one layer may decompress to (a bomb stops there).
     pub max_layer_bytes: u64,
+    /// Host paths a confined VMM sees besides its own (see [`crate::jail`]).
+    pub jail_extra_paths: Vec<PathBuf>,
     /// The config file that was read, if any.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -113,6 +115,7 @@ impl Default for Config {
             registry_connect_timeout_seconds: 30,
             registry_read_timeout_seconds: 60,
             max_layer_bytes: 64 << 30,
+            jail_extra_paths: Vec::new(),
             file: None,
             sources: BTreeMap::new(),
         }
@@ -192,6 +195,12 @@ impl Config {
             "registry_connect_timeout_seconds" => self.registry_connect_timeout_seconds.to_string(),
             "registry_read_timeout_seconds" => self.registry_read_timeout_seconds.to_string(),
             "max_layer_bytes" => self.max_layer_bytes.to_string(),
+            "jail_extra_paths" => self
+                .jail_extra_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             _ => return None,
         })
     }

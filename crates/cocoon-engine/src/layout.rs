@@ -139,6 +139,14 @@ impl VmPaths {
     pub fn data_disk(&self, name: &str) -> PathBuf {
         self.run_dir.join(format!("data-{name}.raw"))
     }
+    /// The (empty) mount point of a confined VMM's root (see [`crate::jail`]).
+    pub fn jail_root(&self) -> PathBuf {
+        self.run_dir.join("jail")
+    }
+    /// Where a (possibly confined) VMM writes a snapshot's state.
+    pub fn snapshot_staging(&self) -> PathBuf {
+        self.run_dir.join("snapshot")
+    }
     /// Where a CH restore stages the snapshot's patched state files.
     pub fn restore_staging(&self) -> PathBuf {
         self.run_dir.join("restore")

@@ -20,6 +20,7 @@ pub mod guest;
 pub mod id;
 pub mod image;
 pub mod intent;
+pub mod jail;
 pub mod layout;
 pub mod lock;
 pub mod model;

@@ -174,6 +174,12 @@ pub struct StorageConfig {
     pub direct_io: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directio_mode: Option<DirectIo>,
+    /// Where the running VMM sees this disk, when not at `path`: a
+    /// Firecracker clone's VMM reopens the disk paths its vmstate names (the
+    /// source VM's), and its jail shows `path` there (see [`crate::jail`]).
+    /// Cleared when the VMM boots afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

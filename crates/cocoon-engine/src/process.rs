@@ -3,6 +3,7 @@
 //! in clock ticks since boot), which no other process can share.
 
 use std::io;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -155,6 +156,33 @@ fn parse_stat(text: &str) -> Option<Stat> {
     // After the state (field 3), start time is field 22: 18 fields further.
     let start_time = fields.nth(18)?.parse().ok()?;
     Some(Stat { state, start_time })
+}
+
+/// Where `Command::new(program)` would find `program`: a name with a slash is
+/// a path (relative to the working directory), anything else is looked up on
+/// PATH, as the engine's own launches do.
+pub(crate) fn find_program(program: &str) -> Result<PathBuf, String> {
+    if program.contains('/') {
+        let path = std::env::current_dir()
+            .map(|cwd| cwd.join(program))
+            .unwrap_or_else(|_| PathBuf::from(program));
+        return match std::fs::metadata(&path) {
+            Err(_) => Err(format!("{} does not exist", path.display())),
+            Ok(m) if !m.is_file() => Err(format!("{} is not a file", path.display())),
+            Ok(_) if !is_executable(&path) => Err(format!("{} is not executable", path.display())),
+            Ok(_) => Ok(path),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file() && is_executable(candidate))
+        .ok_or_else(|| format!("{program} not found on PATH"))
+}
+
+fn is_executable(path: &Path) -> bool {
+    rustix::fs::access(path, rustix::fs::Access::EXEC_OK).is_ok()
 }
 
 #[cfg(test)]

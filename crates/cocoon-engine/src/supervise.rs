@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use tokio::io::unix::AsyncFd;
 
+use crate::jail::{Jail, JailError, Prepared};
 use crate::model::VmmProcess;
 use crate::process::ProcessIdentity;
 
@@ -51,6 +52,8 @@ pub enum SuperviseError {
     Unkillable { pid: u32 },
     #[error("cannot signal process {pid}: {source}")]
     Signal { pid: u32, source: io::Error },
+    #[error(transparent)]
+    Jail(#[from] JailError),
 }
 
 fn log_tail(log: &str) -> String {
@@ -85,10 +88,9 @@ pub struct LaunchSpec {
     pub netns: Option<PathBuf>,
     /// How long to wait for the API socket to accept connections.
     pub socket_timeout: Duration,
-    /// In a private mount namespace, show file `.0` at path `.1` (both must
-    /// exist). A Firecracker clone's snapshot names the source VM's disks;
-    /// this points those paths at the clone's copies for its VMM alone.
-    pub bind_mounts: Vec<(PathBuf, PathBuf)>,
+    /// Run confined to this view of the host (a VMM loading state it did
+    /// not write: see [`crate::jail`]).
+    pub jail: Option<Jail>,
 }
 
 /// Starts the VMM and waits until its API socket accepts a connection. On any
@@ -98,6 +100,7 @@ pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
     let log = open_log(spec)?;
     let (stdin, stdout_tty) = open_stdin(&spec.stdin)?;
     let netns = open_netns(spec)?;
+    let jail = spec.jail.as_ref().map(Jail::prepare).transpose()?;
     // A stale socket from a dead VMM would make the readiness check lie.
     let _ = std::fs::remove_file(&spec.api_socket);
 
@@ -115,11 +118,7 @@ pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
         .stdin(stdin)
         .stdout(stdout)
         .stderr(log);
-    detach_in_child(
-        &mut command,
-        bind_mount_paths(spec),
-        netns.as_ref().map(|fd| fd.as_raw_fd()),
-    );
+    detach_in_child(&mut command, jail, netns.as_ref().map(|fd| fd.as_raw_fd()));
     let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
         binary: binary.clone(),
         source,
@@ -199,65 +198,26 @@ fn open_netns(spec: &LaunchSpec) -> Result<Option<OwnedFd>, SuperviseError> {
     Ok(Some(file.into()))
 }
 
-/// The bind mounts as C strings, allocated before fork: only syscalls may
-/// run in the child.
-fn bind_mount_paths(spec: &LaunchSpec) -> Vec<(std::ffi::CString, std::ffi::CString)> {
-    use std::os::unix::ffi::OsStrExt;
-    spec.bind_mounts
-        .iter()
-        .map(|(from, to)| {
-            (
-                std::ffi::CString::new(from.as_os_str().as_bytes()).unwrap_or_default(),
-                std::ffi::CString::new(to.as_os_str().as_bytes()).unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-/// What the child does between fork and exec: its own session, its private
-/// mount namespace with the bind mounts (if any), the VM's network namespace
-/// (if any). `netns_fd` must stay open until the command is spawned.
+/// What the child does between fork and exec: its own session, its jail
+/// (if any), the VM's network namespace (if any). `netns_fd` must stay open
+/// until the command is spawned.
 fn detach_in_child(
     command: &mut Command,
-    binds: Vec<(std::ffi::CString, std::ffi::CString)>,
+    jail: Option<Prepared>,
     netns_fd: Option<std::os::fd::RawFd>,
 ) {
     // SAFETY: the closure runs in the forked child, where only async-signal-safe
-    // calls may run: it makes plain syscalls (setsid, unshare, mount, setns)
-    // on C strings allocated before the fork and a descriptor the caller keeps
-    // open until spawn returns, and reads errno without allocating.
+    // calls may run: it makes plain syscalls (setsid, the jail's unshare,
+    // mount and pivot_root, setns) on C strings allocated before the fork and
+    // a descriptor the caller keeps open until spawn returns, and reads errno
+    // without allocating.
     unsafe {
         command.pre_exec(move || {
             // Own session: no terminal signals (Ctrl+C) reach the VMM, and it
             // outlives the CLI that started it.
             rustix::process::setsid()?;
-            if !binds.is_empty() {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Nothing mounted here may leak back to the host.
-                if libc::mount(
-                    c"none".as_ptr(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                for (from, to) in &binds {
-                    if libc::mount(
-                        from.as_ptr(),
-                        to.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ) != 0
-                    {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
+            if let Some(jail) = &jail {
+                jail.enter()?;
             }
             if let Some(fd) = netns_fd {
                 // The VMM (and the TAPs it opens) live in the VM's namespace;

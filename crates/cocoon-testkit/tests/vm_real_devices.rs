@@ -697,6 +697,21 @@ fn clone_opens_its_own_devices(fc: bool) {
             );
         }
     }
+    if fc {
+        assert_jailed(&test, pid, &lab, &src, &clone);
+        // The jailed VMM saves through its run directory; a clone of that
+        // snapshot of the clone comes up.
+        lab.ok(&["snapshot", "save", "--name", "s2", "c"]);
+        lab.ok(&["vm", "clone", "--nics", "0", "--name", "c2", "s2"]);
+        assert_eq!(
+            lab.inspect("c2")["state"],
+            "running",
+            "{test}: the clone of the clone"
+        );
+        let staging = Path::new(clone["run_dir"].as_str().unwrap()).join("snapshot");
+        assert!(!staging.exists(), "{test}: {} left", staging.display());
+        lab.ok(&["vm", "rm", "--force", "c2"]);
+    }
     let clone_data = storage(&clone)
         .iter()
         .filter(|d| d["role"] == "data")
@@ -732,12 +747,69 @@ fn clone_opens_its_own_devices(fc: bool) {
     // The source goes on counting too.
     wait_beat(&lab, "src", hi + 2);
 
+    if fc {
+        // After a fresh boot the clone sees its disks at its own paths, and
+        // a restore of s2 (whose vmstate names the source's) still comes up.
+        lab.ok(&["vm", "stop", "c"]);
+        lab.ok(&["vm", "start", "c"]);
+        lab.ok(&["vm", "restore", "c", "s2"]);
+        assert_eq!(lab.inspect("c")["state"], "running", "{test}: c restored");
+    }
     lab.ok(&["vm", "rm", "--force", "src", "c"]);
     for vm in [&src, &clone] {
         assert!(
             !netns::path_for(vm["id"].as_str().unwrap()).exists(),
             "{test}: namespace of {} left",
             vm["id"]
+        );
+    }
+}
+
+/// A Firecracker clone's VMM runs in its jail (its root is a tmpfs holding
+/// only its own files): the host's files and the engine's database are not
+/// there, its run directory is, and the source VM's disk paths its vmstate
+/// names are the clone's own copies.
+fn assert_jailed(test: &str, pid: u32, lab: &NetLab, src: &Value, clone: &Value) {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let seen = |p: &Path| root.join(p.strip_prefix("/").unwrap());
+    for hidden in [
+        Path::new("/etc/passwd"),
+        &lab.env.db_path(),
+        &lab.env.config_path(),
+    ] {
+        assert!(
+            Path::new(hidden).exists(),
+            "{test}: {} is on the host",
+            hidden.display()
+        );
+        assert!(
+            !seen(hidden).exists(),
+            "{test}: the clone's VMM (pid {pid}) sees {}",
+            hidden.display()
+        );
+    }
+    assert!(
+        seen(Path::new(clone["run_dir"].as_str().unwrap())).is_dir(),
+        "{test}: no run dir in the jail"
+    );
+    let copies: Vec<(String, (u64, u64))> = storage(clone)
+        .iter()
+        .filter(|d| d["ro"] != true)
+        .map(|d| {
+            (
+                d["role"].as_str().unwrap().to_string(),
+                file_id(d["path"].as_str().unwrap()),
+            )
+        })
+        .collect();
+    for disk in storage(src).iter().filter(|d| d["ro"] != true) {
+        let role = disk["role"].as_str().unwrap();
+        let path = seen(Path::new(disk["path"].as_str().unwrap()));
+        let shown = file_id(path.to_str().unwrap());
+        assert!(
+            copies.iter().any(|(r, id)| r == role && *id == shown),
+            "{test}: in the jail, the source's {role} disk {} is not the clone's copy",
+            path.display()
         );
     }
 }

@@ -76,7 +76,7 @@ impl Harness {
             stdin: Stdin::Null,
             netns: None,
             socket_timeout: Duration::from_secs(5),
-            bind_mounts: vec![],
+            jail: None,
         }
     }
 
@@ -737,7 +737,7 @@ async fn termination_escalates_graceful_then_term_then_kill() {
     let socket = h.path("stubborn.sock");
     let spec = LaunchSpec {
         socket_timeout: Duration::from_secs(5),
-        bind_mounts: vec![],
+        jail: None,
         ..h.spec(
             "/usr/bin/python3",
             vec![

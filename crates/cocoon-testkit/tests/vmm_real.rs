@@ -162,7 +162,7 @@ impl Vm {
             stdin,
             netns: None,
             socket_timeout: Duration::from_secs(10),
-            bind_mounts: vec![],
+            jail: None,
         };
         let vmm = supervise::launch(&spec).await.expect("real VMM starts");
         self.launched.push(vmm.clone());

@@ -24,6 +24,7 @@ fn samples(key: &str) -> [&'static str; 3] {
         "fc_binary" => ["/f/fc", "/e/fc", "/c/fc"],
         "firmware_path" => ["/f/fw.fd", "/e/fw.fd", "/c/fw.fd"],
         "insecure_registries" => ["reg.f:5000", "reg.e", "reg.c:80"],
+        "jail_extra_paths" => ["/f/x", "/e/x,/e/y", "/c/x"],
         _ => ["7", "8", "9"],
     }
 }

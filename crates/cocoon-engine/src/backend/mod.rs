@@ -25,6 +25,7 @@ use crate::console::RelayPort;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::image::store::ImageDirs;
+use crate::jail::Jail;
 use crate::layout::VmPaths;
 use crate::model::{Hypervisor, Snapshot, Vm, VmmProcess};
 use crate::snapshot::manifest::Manifest;
@@ -42,12 +43,7 @@ pub enum Boot {
     Fresh,
     /// A snapshot's state: CH reads `source/config.json` (patched for this
     /// VM); FC loads `source/vmstate` and `source/mem`.
-    Restore {
-        source: PathBuf,
-        on_demand: bool,
-        /// FC: the snapshot's disk paths shown as this VM's disks.
-        binds: Vec<(PathBuf, PathBuf)>,
-    },
+    Restore { source: PathBuf, on_demand: bool },
 }
 
 /// Everything a backend needs to bring a launched VMM's guest up.
@@ -110,6 +106,17 @@ pub trait Backend: Sync {
         opts: &LaunchOptions,
         restoring: bool,
     ) -> std::io::Result<Vec<String>>;
+    /// The view of the host the VMM runs confined to (None: the whole
+    /// host). A VMM that reopens paths named by state it did not write
+    /// (FC's vmstate, on a clone or restore) sees only its own files.
+    fn jail(
+        &self,
+        vm: &Vm,
+        paths: &VmPaths,
+        boot: &Boot,
+        opts: &LaunchOptions,
+        config: &Config,
+    ) -> Result<Option<Jail>>;
     /// `vm debug`: the arguments of a fresh launch, without side effects.
     fn debug_args(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Vec<String>;
     /// Whether the guest's serial port is the VMM's stdin/stdout.
@@ -149,6 +156,9 @@ pub trait Backend: Sync {
         dir: &'a Path,
         memory: u64,
     ) -> LocalFuture<'a, std::result::Result<(), ApiError>>;
+    /// Whether the VMM writes a snapshot's state in the VM's run directory
+    /// (it may be confined there), for the engine to move into the snapshot.
+    fn snapshots_in_run_dir(&self) -> bool;
     /// Whether a snapshot file is VMM state (not a disk copy).
     fn is_state_file(&self, name: &str) -> bool;
     /// Whether a snapshot file is guest memory (hard-linked, never copied twice).
@@ -165,7 +175,8 @@ pub trait Backend: Sync {
     /// Whether a clone or restore may change CPUs, memory or the NIC count.
     fn resizes_on_restore(&self) -> bool;
     /// Whether the VMM reopens the source VM's disk paths from its state
-    /// (FC's vmstate): a clone then binds its copies over those paths.
+    /// (FC's vmstate): a clone's disks then record those paths
+    /// (`vmm_path`), where its jail shows them.
     fn reopens_source_disks(&self) -> bool;
     /// Rewrites the state files copied into `vm`'s run directory for `vm`.
     fn patch_clone(&self, vm: &Vm, snapshot: &str) -> Result<()>;

@@ -145,6 +145,12 @@ pub const KEYS: &[Key] = &[
         flag: None,
         help: "largest uncompressed size of one image layer",
     },
+    Key {
+        name: "jail_extra_paths",
+        env: "COCOON_JAIL_EXTRA_PATHS",
+        flag: None,
+        help: "host paths (absolute, comma-separated) a confined VMM also sees, read-write",
+    },
 ];
 
 pub fn key(name: &str) -> Option<&'static Key> {

@@ -31,7 +31,7 @@ impl Config {
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
                 toml::Value::Array(items)
-                    if key.name == "dns" || key.name == "insecure_registries" =>
+                    if matches!(key.name, "dns" | "insecure_registries" | "jail_extra_paths") =>
                 {
                     let mut parts = Vec::new();
                     for item in items {
@@ -107,6 +107,9 @@ impl Config {
                 self.insecure_registries = registry_hosts(value).map_err(|e| fail(&e))?
             }
             "pool_size" => self.pool_size = pool_size(value).map_err(&fail)?,
+            "jail_extra_paths" => {
+                self.jail_extra_paths = plain_paths(value).map_err(|e| fail(&e))?
+            }
             _ => unreachable!("every key in KEYS has a parser"),
         }
         self.sources.insert(key.name, source);
@@ -199,6 +202,28 @@ fn registry_hosts(value: &str) -> Result<Vec<String>, String> {
         return Err(format!("{bad:?} is not a registry host[:port]"));
     }
     Ok(hosts)
+}
+
+/// Absolute paths of plain components only (no `.` or `..`).
+fn plain_paths(value: &str) -> Result<Vec<PathBuf>, String> {
+    let paths: Vec<PathBuf> = value
+        .split([',', ';'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    for path in &paths {
+        let mut parts = path.components();
+        let plain = parts.next() == Some(std::path::Component::RootDir)
+            && parts.all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(format!(
+                "{} is not an absolute path without . or ..",
+                path.display()
+            ));
+        }
+    }
+    Ok(paths)
 }
 
 /// A worker count; 0 means one per CPU.

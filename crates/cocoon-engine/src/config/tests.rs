@@ -52,6 +52,7 @@ pub(crate) fn samples(key: &str) -> [&'static str; 3] {
         "registry_connect_timeout_seconds" => ["41", "42", "43"],
         "registry_read_timeout_seconds" => ["51", "52", "53"],
         "max_layer_bytes" => ["1048576", "2097152", "4194304"],
+        "jail_extra_paths" => ["/f/x", "/e/x,/e/y", "/c/x"],
         other => panic!("no samples for {other}"),
     }
 }

@@ -9,36 +9,10 @@ use std::time::{Duration, Instant};
 
 use super::{Check, Status, origin, set_key};
 use crate::config::Config;
+use crate::process::find_program;
 
 /// A VMM that hangs on `--version` must not hang the doctor.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where `Command::new(program)` would find `program`: a name with a slash is
-/// a path (relative to the working directory), anything else is looked up on
-/// PATH, as the engine's own launches do.
-pub(super) fn find_program(program: &str) -> Result<PathBuf, String> {
-    if program.contains('/') {
-        let path = std::env::current_dir()
-            .map(|cwd| cwd.join(program))
-            .unwrap_or_else(|_| PathBuf::from(program));
-        return match std::fs::metadata(&path) {
-            Err(_) => Err(format!("{} does not exist", path.display())),
-            Ok(m) if !m.is_file() => Err(format!("{} is not a file", path.display())),
-            Ok(_) if !is_executable(&path) => Err(format!("{} is not executable", path.display())),
-            Ok(_) => Ok(path),
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .filter(|dir| dir.is_absolute())
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file() && is_executable(candidate))
-        .ok_or_else(|| format!("{program} not found on PATH"))
-}
-
-fn is_executable(path: &Path) -> bool {
-    rustix::fs::access(path, rustix::fs::Access::EXEC_OK).is_ok()
-}
 
 /// The first non-empty line `program --version` prints (Firecracker puts its
 /// version first, then log lines), with stdin from /dev/null and a deadline.

@@ -79,6 +79,7 @@ mod tests {
 
     fn disk(path: &Path) -> StorageConfig {
         StorageConfig {
+            vmm_path: None,
             path: path.to_path_buf(),
             ro: false,
             serial: String::new(),

@@ -218,8 +218,7 @@ fn sweep_vm_dirs(
             continue;
         }
         // Removed while holding its lock exclusively: a command waiting for
-        // it (a Firecracker clone binding disks over files there) then finds
-        // the lock file gone and starts afresh.
+        // it then finds the lock file gone and starts afresh.
         let paths = VmPaths::run_only(&path);
         let lock = paths.lock();
         let _held = match VmLock::try_existing(&lock) {

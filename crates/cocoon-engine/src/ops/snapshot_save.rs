@@ -15,6 +15,7 @@ use crate::backend::{self, PauseError};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::intent::{Op, step};
+use crate::layout::VmPaths;
 use crate::lock::create_private_dir;
 use crate::model::{Snapshot, Vm, VmmProcess};
 use crate::snapshot::copy::copy_file;
@@ -192,12 +193,51 @@ enum CaptureError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot move the VMM's state into the snapshot: {0}")]
+    Stage(#[from] std::io::Error),
+}
+
+/// Every file of `from` into `to`: renamed, or copied where `to` is on
+/// another file system (a `run_dir` elsewhere).
+fn move_files(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        match std::fs::rename(entry.path(), &target) {
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                copy_file(&entry.path(), &target)?;
+            }
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 async fn capture(vm: &Vm, api_socket: &Path, dir: &Path) -> Result<(), CaptureError> {
-    backend::of(vm.hypervisor)
-        .snapshot(api_socket, dir, vm.config.memory)
-        .await?;
+    let backend = backend::of(vm.hypervisor);
+    if backend.snapshots_in_run_dir() {
+        // The VMM may be confined to its own files (crate::jail): it writes
+        // its state in its run directory, moved here at once.
+        let staging = VmPaths::of(vm).snapshot_staging();
+        let staged = async {
+            let _ = std::fs::remove_dir_all(&staging);
+            create_private_dir(&staging)?;
+            backend
+                .snapshot(api_socket, &staging, vm.config.memory)
+                .await
+                .map_err(CaptureError::Api)?;
+            move_files(&staging, dir)?;
+            Ok::<(), CaptureError>(())
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&staging);
+        staged?;
+    } else {
+        backend.snapshot(api_socket, dir, vm.config.memory).await?;
+    }
     crate::failpoint::hit("snapshot.save.paused")?;
     for disk in vm.storage_configs.iter().filter(|d| !d.ro) {
         let name = manifest::file_of(disk).unwrap_or_default();

@@ -10,7 +10,7 @@ use crate::model::{Snapshot, Vm, VmConfig};
 use crate::snapshot::SnapshotError;
 use crate::snapshot::manifest::Manifest;
 
-use super::clone_files::{self, MountTargets};
+use super::clone_files;
 use super::new_vm::{self, Network};
 use super::snapshot_check::{self, load_manifest};
 use super::vm_launch::{launch_and_boot, stop_leftovers};
@@ -65,25 +65,14 @@ pub(crate) fn run(ctx: &mut Ctx, reference: &str, request: CloneRequest) -> Resu
             attached: true,
             leases: Vec::new(),
         };
-        let mut targets = MountTargets::default();
-        let built = build(
-            ctx,
-            &snapshot,
-            &manifest,
-            &request,
-            &mut vm,
-            &mut network,
-            &mut targets,
-        );
-        let launched = built.and_then(|boot| {
+        let built = build(ctx, &snapshot, &manifest, &request, &mut vm, &mut network);
+        let launched = built.and_then(|()| {
             let boot = Boot::Restore {
                 source: vm.run_dir.clone(),
                 on_demand,
-                binds: boot,
             };
             ctx.block_on(async |ctx| launch_and_boot(ctx, &vm, &boot).await)
         });
-        clone_files::release_mount_targets(ctx, std::mem::take(&mut targets));
         match launched {
             Ok((vmm, relay)) => new_vm::mark_started(ctx, &id, vmm, relay),
             Err(e) => {
@@ -122,8 +111,7 @@ fn clone_config(source: &VmConfig, request: &CloneRequest, id: &str) -> Result<V
     Ok(config)
 }
 
-/// The clone's files, network, boot configuration and patched VMM state;
-/// returns the bind mounts its VMM needs.
+/// The clone's files, network, boot configuration and patched VMM state.
 fn build(
     ctx: &mut Ctx,
     snapshot: &Snapshot,
@@ -131,11 +119,9 @@ fn build(
     request: &CloneRequest,
     vm: &mut Vm,
     network: &mut Network,
-    targets: &mut MountTargets,
-) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
+) -> Result<()> {
     new_vm::make_dirs(vm)?;
-    let (binds, held) = clone_files::place(ctx, snapshot, manifest, vm)?;
-    *targets = held;
+    clone_files::place(ctx, snapshot, manifest, vm)?;
     crate::failpoint::hit("vm.clone.files")?;
     let nics = match request.nics {
         0 => snapshot_nics(manifest),
@@ -160,7 +146,7 @@ fn build(
         v.network_configs = done.network_configs;
         v.boot_config = done.boot_config;
     })?;
-    Ok(binds)
+    Ok(())
 }
 
 fn snapshot_nics(manifest: &Manifest) -> u32 {

@@ -54,10 +54,7 @@ pub(crate) async fn launch_and_boot(
         },
         netns: crate::net::vmm_netns(vm),
         socket_timeout: Duration::from_secs(ctx.config().socket_wait_timeout_seconds.max(1)),
-        bind_mounts: match boot {
-            Boot::Restore { binds, .. } => binds.clone(),
-            Boot::Fresh => vec![],
-        },
+        jail: backend.jail(vm, &paths, boot, &opts, ctx.config())?,
     };
     let vmm = supervise::launch(&spec)
         .await
@@ -66,7 +63,7 @@ pub(crate) async fn launch_and_boot(
             name: vm.config.name.clone(),
             source,
         })?;
-    record_launched(ctx, vm, &vmm)?;
+    record_launched(ctx, vm, &vmm, matches!(boot, Boot::Fresh))?;
     let request = BootRequest {
         vm,
         paths: &paths,
@@ -97,11 +94,17 @@ pub(crate) async fn launch_and_boot(
 }
 
 /// Recorded at once: from here on a crash leaves a VMM the record names.
-fn record_launched(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess) -> Result<()> {
+/// A fresh boot sees its disks at their own paths (no `vmm_path`).
+fn record_launched(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, fresh: bool) -> Result<()> {
     let recorded = vmm.clone();
     ctx.store().update_vm(&vm.id, "launched", |v| {
         v.vmm = Some(recorded.clone());
         v.pid = recorded.identity.pid;
+        if fresh {
+            for disk in &mut v.storage_configs {
+                disk.vmm_path = None;
+            }
+        }
     })?;
     crate::failpoint::hit("vm.launch.recorded")
 }

@@ -64,6 +64,7 @@ pub(crate) fn plan(
         ext4: true,
     }];
     storage.push(StorageConfig {
+        vmm_path: None,
         path: cow,
         ro: false,
         serial: cmdline::COW_SERIAL.into(),
@@ -150,6 +151,7 @@ fn plan_cloud(
     let direct_ok = direct_io_ok(&vm.config, &paths);
     let overlay = overlay_override.map_or_else(|| paths.overlay(), Path::to_path_buf);
     let mut storage = vec![StorageConfig {
+        vmm_path: None,
         path: overlay.clone(),
         ro: false,
         serial: String::new(),
@@ -243,6 +245,7 @@ fn data_disks(
             );
         }
         storage.push(StorageConfig {
+            vmm_path: None,
             path,
             ro: false,
             serial: disk.name.clone(),
@@ -263,6 +266,7 @@ fn layer_disks(image: &Image, dirs: &ImageDirs, backend: &dyn Backend) -> Vec<St
         .iter()
         .enumerate()
         .map(|(j, digest)| StorageConfig {
+            vmm_path: None,
             path: dirs.blob(digest),
             ro: true,
             serial: backend.layer_serial(j),
@@ -278,6 +282,7 @@ fn layer_disks(image: &Image, dirs: &ImageDirs, backend: &dyn Backend) -> Vec<St
 /// The cidata entry of a VM's storage: read-only, no serial (docs/reference/cocoon-v0.3.8.md §4.2).
 pub(crate) fn cidata_disk(paths: &VmPaths) -> StorageConfig {
     StorageConfig {
+        vmm_path: None,
         path: paths.cidata(),
         ro: true,
         serial: String::new(),

@@ -176,11 +176,17 @@ fn replace(
         }
     }
     let backend = backend::of(vm.hypervisor);
+    if backend.reopens_source_disks() {
+        // The state names the disks where the snapshot's VMM saw them.
+        for (disk, saved) in vm.storage_configs.iter_mut().zip(&plan.manifest.storage) {
+            let seen = saved.vmm_path.as_ref().unwrap_or(&saved.path);
+            disk.vmm_path = (*seen != disk.path).then(|| seen.clone());
+        }
+    }
     let source = backend.stage_restore(vm, &plan.snapshot, &plan.manifest)?;
     let boot = Boot::Restore {
         source: source.clone(),
         on_demand: plan.on_demand,
-        binds: vec![],
     };
     let vm = plan.vm.clone();
     let launched = ctx.block_on(async |ctx| launch_and_boot(ctx, &vm, &boot).await);

@@ -205,22 +205,19 @@ fn check_writable_disk(
     }
 }
 
-/// Firecracker reopens the source's path (from its vmstate); the clone
-/// binds its copy over it, so it must be a VM's disk in this engine's run
-/// directory: <run_dir>/vms/<id>/<name>.
+/// Firecracker reopens the path its VMM saw (from its vmstate); the
+/// clone's jail shows its copy there, so it must be a VM's disk in this
+/// engine's run directory: <run_dir>/vms/<id>/<name>.
 fn check_source_disk_path(
     scope: &Scope<'_>,
     disk: &StorageConfig,
     what: &str,
 ) -> Result<(), String> {
     let vms = scope.facts.run_dir.join("vms");
-    let ok = disk
-        .path
-        .parent()
-        .and_then(|p| (p.parent() == Some(vms.as_path())).then(|| p.file_name()))
+    let ok = [Some(&disk.path), disk.vmm_path.as_ref()]
+        .into_iter()
         .flatten()
-        .and_then(|id| id.to_str())
-        .is_some_and(|id| plain(id) && !id.starts_with('.'));
+        .all(|path| is_vm_disk_path(&vms, path));
     if ok {
         return Ok(());
     }
@@ -228,6 +225,14 @@ fn check_source_disk_path(
         "{what} is not a VM disk in this engine's run directory ({}/<id>/<file>)",
         vms.display()
     ))
+}
+
+fn is_vm_disk_path(vms: &Path, path: &Path) -> bool {
+    path.parent()
+        .and_then(|p| (p.parent() == Some(vms)).then(|| p.file_name()))
+        .flatten()
+        .and_then(|id| id.to_str())
+        .is_some_and(|id| plain(id) && !id.starts_with('.'))
 }
 
 /// Every listed file: a state file or a disk copy, a regular file beneath

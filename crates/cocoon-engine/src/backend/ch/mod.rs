@@ -23,6 +23,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::guest::cmdline;
 use crate::image::store::ImageDirs;
+use crate::jail::Jail;
 use crate::layout::VmPaths;
 use crate::model::{Hypervisor, Snapshot, Vm, VmmProcess};
 use crate::snapshot::manifest::Manifest;
@@ -89,6 +90,19 @@ impl Backend for CloudHypervisorBackend {
 
     /// Direct boot: the serial port is CH's stdin/stdout (`--serial tty`);
     /// UEFI: a socket the relay connects to.
+    /// Cloud Hypervisor's state (`config.json`) is re-derived by the engine
+    /// before a restore, so it runs with the host's view.
+    fn jail(
+        &self,
+        _: &Vm,
+        _: &VmPaths,
+        _: &Boot,
+        _: &LaunchOptions,
+        _: &Config,
+    ) -> Result<Option<Jail>> {
+        Ok(None)
+    }
+
     fn debug_args(&self, vm: &Vm, _: &VmPaths, opts: &LaunchOptions) -> Vec<String> {
         args(vm, opts)
     }
@@ -153,6 +167,10 @@ impl Backend for CloudHypervisorBackend {
                 .snapshot(&config, vmm_api::transfer_timeout(memory))
                 .await
         })
+    }
+
+    fn snapshots_in_run_dir(&self) -> bool {
+        false
     }
 
     fn is_state_file(&self, name: &str) -> bool {

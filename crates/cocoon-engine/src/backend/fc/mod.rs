@@ -2,7 +2,8 @@
 //! [`BootPlan`] value, so `vm debug` prints exactly the calls a start makes),
 //! the serial port on its stdin/stdout, snapshots as `vmstate` plus `mem`,
 //! restored by loading them behind the VM's TAPs. Its vmstate names the
-//! source VM's disk paths, which a clone binds its copies over.
+//! disk paths the snapshot's VMM saw, where a clone's or restore's jail
+//! shows the VM's own disks (see [`crate::jail`]).
 
 mod boot_plan;
 
@@ -24,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::guest::cmdline;
 use crate::image::store::ImageDirs;
 use crate::image::vmlinux;
+use crate::jail::Jail;
 use crate::layout::VmPaths;
 use crate::model::{Hypervisor, Snapshot, Vm};
 use crate::snapshot::manifest::Manifest;
@@ -81,6 +83,42 @@ impl Backend for FirecrackerBackend {
         // Firecracker refuses to create its log file itself.
         std::fs::File::create(paths.fc_log())?;
         Ok(args(vm))
+    }
+
+    /// A snapshot load is confined: the vmstate names the disks FC
+    /// reopens, and only the VM's own files are there to reopen. A clone's
+    /// copies are shown at the source paths its vmstate names.
+    fn jail(
+        &self,
+        vm: &Vm,
+        paths: &VmPaths,
+        boot: &Boot,
+        opts: &LaunchOptions,
+        config: &Config,
+    ) -> Result<Option<Jail>> {
+        let Boot::Restore { source, .. } = boot else {
+            return Ok(None);
+        };
+        let binary =
+            crate::process::find_program(&opts.binary.display().to_string()).map_err(|reason| {
+                Error::Invalid(format!("cannot confine {}: {reason}", self.title()))
+            })?;
+        let root = paths.jail_root();
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Error::io(format!("cannot create {}", root.display()), e))?;
+        let mut jail = Jail::new(root);
+        jail.show(&binary, false);
+        jail.show(&paths.run_dir, true);
+        jail.show(&paths.log_dir, true);
+        jail.show(source, false);
+        for disk in &vm.storage_configs {
+            let seen = disk.vmm_path.as_ref().unwrap_or(&disk.path);
+            jail.show_at(&disk.path, seen, !disk.ro);
+        }
+        for extra in &config.jail_extra_paths {
+            jail.show(extra, true);
+        }
+        Ok(Some(jail))
     }
 
     fn debug_args(&self, vm: &Vm, _: &VmPaths, _: &LaunchOptions) -> Vec<String> {
@@ -160,6 +198,10 @@ impl Backend for FirecrackerBackend {
         })
     }
 
+    fn snapshots_in_run_dir(&self) -> bool {
+        true
+    }
+
     fn is_state_file(&self, name: &str) -> bool {
         name == "vmstate" || self.is_memory_file(name)
     }
@@ -173,8 +215,9 @@ impl Backend for FirecrackerBackend {
     }
 
     /// The vmstate is Firecracker's own binary format, not parsed here: the
-    /// disk paths it names are checked through the manifest's storage (a
-    /// clone binds its copies over exactly those paths).
+    /// disk paths it names are checked through the manifest's storage (the
+    /// VMM's jail shows the VM's own disks at exactly those paths, and
+    /// nothing else of the host).
     fn check_state(&self, _: &OwnedFd, _: &Manifest) -> Result<(), String> {
         Ok(())
     }

@@ -314,6 +314,7 @@ fn data_disks_become_mounts_by_virtio_serial() {
         "/log/x".into(),
     );
     let entry = |serial: &str, role, mount: &str, fstype| StorageConfig {
+        vmm_path: None,
         path: format!("/run/x/{serial}").into(),
         ro: false,
         serial: serial.into(),

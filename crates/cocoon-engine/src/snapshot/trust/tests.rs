@@ -17,6 +17,7 @@ struct Fixture {
 
 fn disk(path: PathBuf, ro: bool, role: StorageRole) -> StorageConfig {
     StorageConfig {
+        vmm_path: None,
         path,
         ro,
         serial: String::new(),
