@@ -30,41 +30,35 @@ const UNLIMITED_BANDWIDTH: i64 = 1 << 40;
 /// How long the best-effort `migrate_cancel` after a timed-out save may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Options both ends of a file migration must agree on: QEMU checks that the
-/// destination's capabilities match the file's and refuses the load if not.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FileMigration {
-    /// `x-ignore-shared`: leave the RAM of `share=on` memory backends out of
-    /// the file (the destination maps the same memory). Unstable in QEMU.
-    pub ignore_shared: bool,
-}
-
-impl FileMigration {
-    fn capabilities(&self) -> MigrateSetCapabilities {
-        let set = |capability, state| CapabilityState { capability, state };
-        MigrateSetCapabilities {
-            capabilities: vec![
-                set(MigrationCapability::MappedRam, true),
-                set(MigrationCapability::XIgnoreShared, self.ignore_shared),
-            ],
-        }
+/// `mapped-ram` on, and `x-ignore-shared` explicitly off: both ends of a
+/// migration need the same capabilities (QEMU refuses the load otherwise),
+/// and QEMU 10.0.2 cannot combine the two: with `share=on` RAM the save
+/// fails ("Unable to write to file: Bad address"), without it the load does
+/// ("region has bad alignment").
+fn file_capabilities() -> MigrateSetCapabilities {
+    let set = |capability, state| CapabilityState { capability, state };
+    MigrateSetCapabilities {
+        capabilities: vec![
+            set(MigrationCapability::MappedRam, true),
+            set(MigrationCapability::XIgnoreShared, false),
+        ],
     }
 }
 
 impl Qmp {
-    /// Writes the VM's state to `path` (created or truncated) and returns the
+    /// Writes the VM's state to `path` (created with mode 0600, or truncated;
+    /// taken as it is, commas and all) and returns the
     /// final `query-migrate`. A running VM is stopped by QEMU for the last
     /// pass; either way it is left in `postmigrate` (stopped; `cont` runs it
     /// again, `quit` ends it). On a timeout the migration is cancelled.
     pub async fn save_to_file(
         &mut self,
         path: &Path,
-        options: &FileMigration,
         timeout: Duration,
     ) -> Result<MigrationInfo, ApiError> {
         const OP: &str = "save to file";
         let deadline = Deadline::after(timeout);
-        self.execute_by(&options.capabilities(), deadline).await?;
+        self.execute_by(&file_capabilities(), deadline).await?;
         let parameters = MigrateSetParameters {
             max_bandwidth: Some(UNLIMITED_BANDWIDTH),
             ..Default::default()
@@ -88,17 +82,18 @@ impl Qmp {
     /// Loads the VM's state from `path` into a QEMU started with
     /// `-incoming defer`, and returns `query-status` after. The VM then runs
     /// if the saved one ran, unless QEMU was started with `-S` or [`Qmp::pause`]d
-    /// before, which keep it `paused`. A failed load leaves QEMU running
-    /// (`exit-on-error` off) in `inmigrate`, which cannot load again: end it.
+    /// before, which keep it `paused`. A failed load, refused by
+    /// `migrate-incoming` (file not there) or failed while loading, leaves
+    /// QEMU running (`exit-on-error` off) in `inmigrate`, where it refuses
+    /// to load again: end it and start another.
     pub async fn load_from_file(
         &mut self,
         path: &Path,
-        options: &FileMigration,
         timeout: Duration,
     ) -> Result<StatusInfo, ApiError> {
         const OP: &str = "load from file";
         let deadline = Deadline::after(timeout);
-        self.execute_by(&options.capabilities(), deadline).await?;
+        self.execute_by(&file_capabilities(), deadline).await?;
         let incoming = MigrateIncoming {
             channels: vec![MigrationChannel::file(path)],
             exit_on_error: Some(false),

@@ -58,7 +58,6 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use commands::*;
-pub use migration::FileMigration;
 pub use session::EVENT_BUFFER;
 pub use types::*;
 

@@ -470,7 +470,7 @@ async fn save_to_file_sets_mapped_ram_and_polls_until_completed() {
     let mut qmp = server.connect().await;
     let path = Path::new("/run/vm/mem,offset=1");
     let info = qmp
-        .save_to_file(path, &FileMigration::default(), Duration::from_secs(5))
+        .save_to_file(path, Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(info.status, Some(MigrationStatus::Completed));
@@ -489,11 +489,8 @@ async fn a_failed_save_reports_qemus_reason() {
         fake.answer("query-migrate", failed).await;
     });
     let mut qmp = server.connect().await;
-    let options = FileMigration {
-        ignore_shared: true,
-    };
     let err = qmp
-        .save_to_file("/x/mem".as_ref(), &options, Duration::from_secs(5))
+        .save_to_file("/x/mem".as_ref(), Duration::from_secs(5))
         .await
         .unwrap_err();
     let ApiError::Migration { status, desc, .. } = &err else {
@@ -526,11 +523,7 @@ async fn a_save_past_its_deadline_is_cancelled() {
     });
     let mut qmp = server.connect().await;
     let err = qmp
-        .save_to_file(
-            "/m".as_ref(),
-            &FileMigration::default(),
-            Duration::from_millis(200),
-        )
+        .save_to_file("/m".as_ref(), Duration::from_millis(200))
         .await
         .unwrap_err();
     assert!(
@@ -559,11 +552,7 @@ async fn load_from_file_starts_the_incoming_migration_and_reports_the_state() {
     });
     let mut qmp = server.connect().await;
     let status = qmp
-        .load_from_file(
-            "/s/mem".as_ref(),
-            &FileMigration::default(),
-            Duration::from_secs(5),
-        )
+        .load_from_file("/s/mem".as_ref(), Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(status.status, RunState::Paused);

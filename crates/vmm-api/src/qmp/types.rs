@@ -133,7 +133,8 @@ qapi_enum! {
         /// as guest RAM (sparse), written once, and loadable page by page.
         MappedRam = "mapped-ram",
         /// Leave shared memory (`share=on` backends) out of the stream: the
-        /// destination maps the same memory. Unstable in QEMU's schema.
+        /// destination maps the same memory. Unstable in QEMU's schema, and
+        /// broken with `mapped-ram` in QEMU 10.0.2 (see `save_to_file`).
         XIgnoreShared = "x-ignore-shared",
         /// `MIGRATION` events for each status change.
         Events = "events",
