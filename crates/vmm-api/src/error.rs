@@ -131,6 +131,52 @@ pub enum ApiError {
         #[source]
         source: serde_json::Error,
     },
+    /// A QMP socket could not be reached, or reading or writing it failed.
+    #[error("{op}: cannot talk to QEMU at {}: {source}", socket.display())]
+    Io {
+        op: String,
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The QMP session is over: QEMU closed the connection (it exited:
+    /// `quit`, a crash, a kill), or an earlier failure broke the session.
+    #[error("{op}: the QMP session with QEMU at {} is over: {reason}", socket.display())]
+    Closed {
+        op: String,
+        socket: PathBuf,
+        reason: String,
+    },
+    /// QEMU sent something that is not QMP (no greeting, a line that is not
+    /// a JSON object, an answer of neither `return` nor `error`).
+    #[error("{op}: not a QMP answer from QEMU: {detail}")]
+    Protocol { op: String, detail: String },
+    /// QEMU refused a QMP command: `{"error": {"class", "desc"}}`.
+    #[error("{op}: QEMU refused: {error}")]
+    Qmp { op: String, error: QmpError },
+    /// A migration (to or from a file) ended in `failed` or `cancelled`.
+    #[error("{op}: migration {status}: {}", desc.as_deref().unwrap_or("QEMU gave no reason"))]
+    Migration {
+        op: String,
+        status: String,
+        desc: Option<String>,
+    },
+}
+
+/// QEMU's refusal of a QMP command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QmpError {
+    /// `GenericError` for almost everything; `CommandNotFound`,
+    /// `DeviceNotActive`, `DeviceNotFound`, `KVMMissingCap` otherwise.
+    pub class: String,
+    /// The human-readable reason.
+    pub desc: String,
+}
+
+impl fmt::Display for QmpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.desc, self.class)
+    }
 }
 
 impl ApiError {
@@ -138,6 +184,14 @@ impl ApiError {
     pub fn vmm_error(&self) -> Option<&VmmError> {
         match self {
             ApiError::Vmm { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// QEMU's refusal, if QEMU answered a QMP command with one.
+    pub fn qmp_error(&self) -> Option<&QmpError> {
+        match self {
+            ApiError::Qmp { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -160,13 +214,19 @@ impl ApiError {
     /// as a 500 with its error chain, so a 5xx is transient only without one.
     pub fn is_transient(&self) -> bool {
         match self {
-            ApiError::Transport { .. } | ApiError::Timeout { .. } => true,
+            ApiError::Transport { .. } | ApiError::Timeout { .. } | ApiError::Io { .. } => true,
             ApiError::Vmm { status, error, .. } => match status {
                 429 | 502..=504 => true,
                 500..=599 => matches!(error, VmmError::Other { messages } if messages.is_empty()),
                 _ => false,
             },
-            ApiError::Decode { .. } => false,
+            // A closed QMP session stays closed, a broken protocol stays
+            // broken and QEMU's refusals and failed migrations carry a reason.
+            ApiError::Decode { .. }
+            | ApiError::Closed { .. }
+            | ApiError::Protocol { .. }
+            | ApiError::Qmp { .. }
+            | ApiError::Migration { .. } => false,
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Typed clients for the Cloud Hypervisor (v53 OpenAPI) and Firecracker
-//! (v1.16 Swagger) REST APIs, spoken over the VMM's unix socket.
+//! (v1.16 Swagger) REST APIs and for QEMU's QMP (10.0 QAPI schema), spoken
+//! over the VMM's unix socket.
 //!
 //! Knows nothing about cocoon. What it adds over raw HTTP:
 //! - errors typed by cause: transport, timeout, or the VMM's own answer, with
 //!   Cloud Hypervisor's `InvalidStateTransition(from, to)` and Firecracker's
-//!   `fault_message` parsed;
+//!   `fault_message` and QMP's `{"error": {"class", "desc"}}` parsed;
 //! - same-state pause/resume treated as success, decided from the error itself;
 //! - retries only for idempotent calls, bounded, and never for snapshot,
 //!   restore or load;
@@ -13,10 +14,11 @@
 pub mod ch;
 pub mod error;
 pub mod fc;
+pub mod qmp;
 mod retry;
 mod transport;
 
-pub use error::{ApiError, VmmError};
+pub use error::{ApiError, QmpError, VmmError};
 pub use retry::RetryPolicy;
 pub use transport::{DEFAULT_TIMEOUT, transfer_timeout};
 

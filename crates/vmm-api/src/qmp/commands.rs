@@ -1,0 +1,198 @@
+//! The QMP commands this client sends, each a type: its name, its
+//! arguments (the struct's fields, spelled as QEMU spells them) and the type
+//! of its result.
+//!
+//! A command is sent only through [`Command`], and [`COMMANDS`] is built from
+//! the same list as the impls, so the conformance test
+//! (`tests/qmp_conformance.rs`) sees every command the client can send.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::types::*;
+
+/// A QMP command: serialises to its `arguments` (a unit struct to none).
+pub trait Command: Serialize {
+    /// The name QEMU knows it by.
+    const NAME: &'static str;
+    /// What its `return` holds.
+    type Output: DeserializeOwned;
+}
+
+macro_rules! commands {
+    ($($name:literal => $command:ty => $output:ty;)*) => {
+        $(impl Command for $command {
+            const NAME: &'static str = $name;
+            type Output = $output;
+        })*
+
+        /// Every command this client can send.
+        pub const COMMANDS: &[&str] = &[$($name),*];
+    };
+}
+
+commands! {
+    "qmp_capabilities" => QmpCapabilities => Empty;
+    "query-status" => QueryStatus => StatusInfo;
+    "stop" => Stop => Empty;
+    "cont" => Cont => Empty;
+    "system_powerdown" => SystemPowerdown => Empty;
+    "quit" => Quit => Empty;
+    "query-version" => QueryVersion => VersionInfo;
+    "migrate-set-capabilities" => MigrateSetCapabilities => Empty;
+    "migrate-set-parameters" => MigrateSetParameters => Empty;
+    "migrate" => Migrate => Empty;
+    "migrate-incoming" => MigrateIncoming => Empty;
+    "query-migrate" => QueryMigrate => MigrationInfo;
+    "migrate_cancel" => MigrateCancel => Empty;
+    "balloon" => Balloon => Empty;
+    "query-balloon" => QueryBalloon => BalloonInfo;
+}
+
+/// Leaves capabilities negotiation mode; QEMU accepts no other command before.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QmpCapabilities {
+    /// `QMPCapability`s to enable (`oob`); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct QueryStatus;
+
+/// Stops the vCPUs. QEMU accepts it on a stopped VM (and sends no second
+/// `STOP` event); while an incoming migration is awaited it keeps the VM
+/// stopped once the migration completes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Stop;
+
+/// Runs the vCPUs. QEMU accepts it on a running VM; while an incoming
+/// migration is awaited it only lets the VM run once that completes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Cont;
+
+/// Presses the ACPI power button; the guest decides what to do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SystemPowerdown;
+
+/// Ends QEMU at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Quit;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct QueryVersion;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct QueryMigrate;
+
+/// Cancels the outgoing migration; nothing if there is none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MigrateCancel;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct QueryBalloon;
+
+/// `MigrationCapabilityStatus`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapabilityState {
+    pub capability: MigrationCapability,
+    pub state: bool,
+}
+
+/// Sets migration capabilities; both ends of a migration need the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrateSetCapabilities {
+    pub capabilities: Vec<CapabilityState>,
+}
+
+/// Migration parameters this client sets (only those named; QEMU keeps the
+/// others).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrateSetParameters {
+    /// Bytes per second; QEMU's default (128 MiB/s) would throttle a save
+    /// to a local file.
+    #[serde(
+        default,
+        rename = "max-bandwidth",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_bandwidth: Option<i64>,
+    /// `O_DIRECT` for the file (needs `mapped-ram` and `multifd`).
+    #[serde(default, rename = "direct-io", skip_serializing_if = "Option::is_none")]
+    pub direct_io: Option<bool>,
+    /// Parallel channels (needs the `multifd` capability).
+    #[serde(
+        default,
+        rename = "multifd-channels",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub multifd_channels: Option<i64>,
+}
+
+/// `FileMigrationArgs`: a plain file, from `offset` bytes on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileAddress {
+    pub filename: String,
+    pub offset: i64,
+}
+
+/// `MigrationAddress`: only the `file` transport is used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "transport", rename_all = "lowercase")]
+pub enum MigrationAddress {
+    File(FileAddress),
+}
+
+/// `MigrationChannel`. Channels rather than a `file:` URI: a URI is parsed
+/// by QEMU (`,offset=` in a path would be taken for an option), a channel's
+/// file name is taken as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationChannel {
+    /// `main` (`cpr` is for CPR transfer, not used).
+    #[serde(rename = "channel-type")]
+    pub channel_type: String,
+    pub addr: MigrationAddress,
+}
+
+impl MigrationChannel {
+    /// The main channel to or from a file, from its first byte.
+    pub fn file(path: &Path) -> MigrationChannel {
+        MigrationChannel {
+            channel_type: "main".into(),
+            addr: MigrationAddress::File(FileAddress {
+                filename: path.to_string_lossy().into_owned(),
+                offset: 0,
+            }),
+        }
+    }
+}
+
+/// Starts an outgoing migration and answers at once; `query-migrate` (or
+/// the `MIGRATION` events) tells how it goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Migrate {
+    pub channels: Vec<MigrationChannel>,
+}
+
+/// Starts the incoming migration of a QEMU started with `-incoming defer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrateIncoming {
+    pub channels: Vec<MigrationChannel>,
+    /// QEMU's default (true) exits on a failed load, so the reason is only on
+    /// its stderr; false keeps it running with the reason in `query-migrate`.
+    #[serde(
+        default,
+        rename = "exit-on-error",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exit_on_error: Option<bool>,
+}
+
+/// Asks the balloon driver for a guest RAM size.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Balloon {
+    /// Target guest RAM in bytes.
+    pub value: i64,
+}
