@@ -23,6 +23,7 @@ pub mod intent;
 pub mod layout;
 pub mod lock;
 pub mod model;
+pub mod name;
 pub mod net;
 pub mod ops;
 pub mod process;
