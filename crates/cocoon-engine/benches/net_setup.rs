@@ -94,7 +94,11 @@ fn main() {
         let mut vm = cocoon_engine::model::Vm::new(
             &id,
             Hypervisor::CloudHypervisor,
-            cocoon_engine::model::VmConfig::new("b", "b", cocoon_engine::model::ImageType::Oci),
+            cocoon_engine::model::VmConfig::new(
+                "b".parse().unwrap(),
+                "b",
+                cocoon_engine::model::ImageType::Oci,
+            ),
             work.path().into(),
             work.path().into(),
         );

@@ -25,7 +25,7 @@ const OPS: usize = 200;
 
 fn vm(id: &str, name: &str) -> Vm {
     let mut config = VmConfig::new(
-        name,
+        name.parse().unwrap(),
         "ghcr.io/cocoonstack/cocoon/ubuntu:24.04",
         ImageType::Oci,
     );

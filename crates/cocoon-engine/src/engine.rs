@@ -14,6 +14,7 @@ use crate::image::cloud::{CloudProgress, NoCloudProgress};
 use crate::image::oci::PullProgress;
 use crate::lock::VmLock;
 use crate::model::{Image, Snapshot, Vm, VmView};
+use crate::name::{SnapshotName, VmName};
 use crate::ops::gc::GcReport;
 use crate::ops::image_pull::{CloudPullOutcome, PullOutcome};
 use crate::ops::recover::Repair;
@@ -42,7 +43,7 @@ pub struct Engine {
 #[derive(Debug)]
 pub struct BatchOutcome {
     pub id: String,
-    pub name: String,
+    pub name: VmName,
     pub result: Result<Vm>,
 }
 
@@ -249,7 +250,7 @@ impl Engine {
     pub fn save_snapshot(
         &mut self,
         reference: &str,
-        name: &str,
+        name: Option<SnapshotName>,
         description: &str,
     ) -> Result<SaveOutcome> {
         snapshot_save::run(&mut self.ctx, reference, name, description)
@@ -309,7 +310,7 @@ impl Engine {
     pub fn import_snapshot(
         &mut self,
         input: &mut dyn Read,
-        name: Option<&str>,
+        name: Option<&SnapshotName>,
         description: Option<&str>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Snapshot> {

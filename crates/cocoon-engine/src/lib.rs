@@ -24,6 +24,7 @@ pub mod jail;
 pub mod layout;
 pub mod lock;
 pub mod model;
+pub mod name;
 pub mod net;
 pub mod ops;
 pub mod process;

@@ -12,6 +12,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::name::{SnapshotName, VmName};
 use crate::process::ProcessIdentity;
 use crate::spec::{DirectIo, FsType};
 
@@ -111,7 +112,9 @@ impl fmt::Display for ImageType {
 /// `types.VMConfig`: what the user asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
-    pub name: String,
+    /// Validated when read back, like every name here: a record with a bad
+    /// name is an error, never a path or a hostname.
+    pub name: VmName,
     pub cpu: u32,
     pub memory: u64,
     pub storage: u64,
@@ -133,9 +136,9 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// A configuration with cocoon's defaults: 2 CPUs, 1 GiB memory, 10 GiB storage.
-    pub fn new(name: &str, image: &str, image_type: ImageType) -> VmConfig {
+    pub fn new(name: VmName, image: &str, image_type: ImageType) -> VmConfig {
         VmConfig {
-            name: name.to_string(),
+            name,
             cpu: 2,
             memory: 1 << 30,
             storage: 10 << 30,
@@ -376,9 +379,9 @@ pub struct Image {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub id: String,
-    /// cocoon writes the key even when empty.
-    #[serde(default)]
-    pub name: String,
+    /// None when unnamed; cocoon writes the key even then, as `""`.
+    #[serde(default, with = "crate::name::or_empty")]
+    pub name: Option<SnapshotName>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     pub hypervisor: Hypervisor,
@@ -416,11 +419,11 @@ pub struct Snapshot {
 impl Snapshot {
     /// A pending snapshot record of `vm`: its configuration and blob pins, no
     /// files yet. It becomes usable when `pending` is cleared.
-    pub fn of_vm(id: &str, name: &str, vm: &Vm, data_dir: PathBuf) -> Snapshot {
+    pub fn of_vm(id: &str, name: Option<SnapshotName>, vm: &Vm, data_dir: PathBuf) -> Snapshot {
         let c = &vm.config;
         Snapshot {
             id: id.to_string(),
-            name: name.to_string(),
+            name,
             description: String::new(),
             hypervisor: vm.hypervisor,
             vm_id: Some(vm.id.clone()),

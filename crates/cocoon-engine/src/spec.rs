@@ -1,5 +1,6 @@
-//! Validation of what users type: names, sizes, CPU counts, data-disk specs,
-//! cloud-init credentials, DNS servers, console escape characters.
+//! Validation of what users type: sizes, CPU counts, data-disk specs,
+//! cloud-init credentials, DNS servers, console escape characters. Names
+//! are [`crate::name`]'s.
 //!
 //! The rules and limits are cocoon's (docs/reference/cocoon-v0.3.8.md §1.3), so scripts that worked
 //! there keep working; the messages say what was wrong and what is accepted.
@@ -18,6 +19,7 @@ pub const MAX_QUEUE_SIZE: u32 = 32768;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
+    /// A VM or snapshot name refused by [`crate::name::Name`].
     #[error(
         "invalid {what} name {name:?}: must start with a letter or digit and contain only letters, digits, '.', '_' or '-' (at most 63 characters)"
     )]
@@ -52,40 +54,6 @@ pub enum SpecError {
         "invalid escape character {0:?}: use a single ASCII character or caret notation such as ^] or ^a"
     )]
     EscapeChar(String),
-}
-
-fn valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// `^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`, as cocoon's `types/vm.go`.
-pub fn validate_vm_name(name: &str) -> Result<(), SpecError> {
-    if valid_name(name) {
-        Ok(())
-    } else {
-        Err(SpecError::Name {
-            what: "VM",
-            name: name.to_string(),
-        })
-    }
-}
-
-/// Snapshot names follow the VM name rule so they are safe in file names and tables.
-pub fn validate_snapshot_name(name: &str) -> Result<(), SpecError> {
-    if valid_name(name) {
-        Ok(())
-    } else {
-        Err(SpecError::Name {
-            what: "snapshot",
-            name: name.to_string(),
-        })
-    }
 }
 
 /// CPUs this process may run on, as Go's `runtime.NumCPU` (the affinity mask).
@@ -398,25 +366,6 @@ mod tests {
             .map(|s| parse_data_disk(s))
             .collect::<Result<Vec<_>, _>>()?;
         normalize_data_disks(raw)
-    }
-
-    #[test]
-    fn vm_names() {
-        for ok in ["a", "my-vm", "VM.1_x", &"a".repeat(63), "0abc"] {
-            validate_vm_name(ok).unwrap();
-        }
-        for bad in [
-            "",
-            "-vm",
-            ".vm",
-            "has space",
-            "a/b",
-            "ü",
-            &"a".repeat(64),
-            "x?y=1",
-        ] {
-            assert!(validate_vm_name(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ const ROUNDS: usize = 40;
 const SHARED: &str = "SHAREDSHAREDSHAREDSHAREDSH";
 
 fn vm(id: &str, name: &str) -> Vm {
-    let config = VmConfig::new(name, "img", ImageType::Oci);
+    let config = VmConfig::new(name.parse().unwrap(), "img", ImageType::Oci);
     Vm::new(
         id,
         Hypervisor::Firecracker,

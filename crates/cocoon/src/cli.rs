@@ -1,11 +1,14 @@
 //! The command line: cocoon's command tree, flags, defaults and validation
 //! (docs/reference/cocoon-v0.3.8.md §1), as clap definitions. Per-value validation happens here, in
-//! value parsers, so a bad flag is a usage error (exit 2) before anything runs.
+//! value parsers, so a bad flag is a usage error (exit 2) before anything runs. `--name` parses
+//! into the engine's validated name types, so clap refuses a bad name with the engine's message.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
+use cocoon_engine::name::{SnapshotName, VmName};
 use cocoon_engine::spec::{self, RawDataDisk};
 
 const ROOT_EXAMPLES: &str = "\
@@ -206,14 +209,6 @@ pub enum ImageCommand {
     Inspect { image: String },
 }
 
-fn parse_vm_name(s: &str) -> Result<String, spec::SpecError> {
-    spec::validate_vm_name(s).map(|()| s.to_string())
-}
-
-fn parse_snapshot_name(s: &str) -> Result<String, spec::SpecError> {
-    spec::validate_snapshot_name(s).map(|()| s.to_string())
-}
-
 fn parse_cpu(s: &str) -> Result<u32, String> {
     let cpu: u32 = s
         .parse()
@@ -274,8 +269,8 @@ pub struct VmFlags {
     #[arg(long, conflicts_with = "windows")]
     pub fc: bool,
     /// VM name [default: derived from the image, e.g. cocoon-ubuntu-24.04]
-    #[arg(long, value_parser = parse_vm_name)]
-    pub name: Option<String>,
+    #[arg(long, value_parser = VmName::from_str)]
+    pub name: Option<VmName>,
     /// Virtual CPUs (at most the host's CPU count)
     #[arg(long, default_value = "2", value_parser = parse_cpu)]
     pub cpu: u32,
@@ -326,8 +321,8 @@ pub struct VmFlags {
 #[derive(Debug, Args, Clone)]
 pub struct CloneFlags {
     /// Name of the new VM [default: cocoon-clone-<id8>]
-    #[arg(long, value_parser = parse_vm_name)]
-    pub name: Option<String>,
+    #[arg(long, value_parser = VmName::from_str)]
+    pub name: Option<VmName>,
     /// Virtual CPUs (0 = as in the snapshot; may grow, not shrink)
     #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
     pub cpu: u32,
@@ -531,8 +526,8 @@ pub enum SnapshotCommand {
         after_help = "Examples:\n  cocoon snapshot save --name base dev\n  cocoon snapshot save --description \"before upgrade\" dev"
     )]
     Save {
-        #[arg(long, value_parser = parse_snapshot_name)]
-        name: Option<String>,
+        #[arg(long, value_parser = SnapshotName::from_str)]
+        name: Option<SnapshotName>,
         #[arg(long, default_value = "")]
         description: String,
         #[command(flatten)]
@@ -573,8 +568,8 @@ pub enum SnapshotCommand {
     },
     /// Import a snapshot archive from a file or stdin
     Import {
-        #[arg(long, value_parser = parse_snapshot_name)]
-        name: Option<String>,
+        #[arg(long, value_parser = SnapshotName::from_str)]
+        name: Option<SnapshotName>,
         #[arg(long, default_value = "")]
         description: String,
         /// Archive to import; stdin when omitted

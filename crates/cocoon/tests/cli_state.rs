@@ -18,7 +18,7 @@ fn env() -> CocoonEnv {
 
 fn vm(id: &str, name: &str, state: VmState) -> Vm {
     let config = VmConfig::new(
-        name,
+        name.parse().unwrap(),
         "ghcr.io/cocoonstack/cocoon/ubuntu:24.04",
         ImageType::Oci,
     );
@@ -34,7 +34,12 @@ fn vm(id: &str, name: &str, state: VmState) -> Vm {
 }
 
 fn snapshot(id: &str, name: &str, vm_id: &str, data_dir: PathBuf) -> Snapshot {
-    let mut snapshot = Snapshot::of_vm(id, name, &vm(vm_id, "source", VmState::Running), data_dir);
+    let mut snapshot = Snapshot::of_vm(
+        id,
+        Some(name.parse().unwrap()),
+        &vm(vm_id, "source", VmState::Running),
+        data_dir,
+    );
     snapshot.description = "before upgrade".into();
     snapshot.pending = false;
     snapshot
@@ -148,7 +153,7 @@ fn vm_list_and_inspect_reconcile_dead_vmms() {
     // A process that is alive but does not serve the recorded socket is not our VMM.
     let mut other = live.clone();
     other.id = "OOOOOOOOOOOOOOOOOOOOOOOOOO".into();
-    other.config.name = "impostor".into();
+    other.config.name = "impostor".parse().unwrap();
     other.vmm = Some(VmmProcess {
         identity: ProcessIdentity::current(),
         api_socket: socket.clone(),

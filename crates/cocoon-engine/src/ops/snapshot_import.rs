@@ -12,9 +12,14 @@ use crate::error::{Error, Result};
 use crate::intent::Op;
 use crate::lock::create_private_dir;
 use crate::model::{ImageType, Snapshot, StorageConfig, StorageRole};
+use crate::name::{SnapshotName, VmName};
 use crate::snapshot::archive;
 use crate::snapshot::manifest::{self, MANIFEST, Manifest};
 use crate::snapshot::{SnapshotError, trust};
+
+/// The source VM name of an unnamed cocoon (Go) snapshot (never used: a
+/// clone is named anew, a restore keeps its VM's name).
+const LEGACY_SOURCE: &str = "cocoon-imported";
 
 fn invalid(reason: impl Into<String>) -> Error {
     SnapshotError::Manifest(reason.into()).into()
@@ -23,13 +28,10 @@ fn invalid(reason: impl Into<String>) -> Error {
 pub(crate) fn run(
     ctx: &mut Ctx,
     input: &mut dyn Read,
-    name: Option<&str>,
+    name: Option<&SnapshotName>,
     description: Option<&str>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Snapshot> {
-    if let Some(name) = name {
-        crate::spec::validate_snapshot_name(name)?;
-    }
     let id = crate::id::generate_id();
     let staging = ctx.layout.snapshot_import(&id);
     let final_dir = ctx.layout.snapshot(&id);
@@ -67,7 +69,7 @@ fn extract(
     input: &mut dyn Read,
     staging: &Path,
     id: &str,
-    name: Option<&str>,
+    name: Option<&SnapshotName>,
     description: Option<&str>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Manifest> {
@@ -77,13 +79,21 @@ fn extract(
         .map_err(|e| Error::Invalid(format!("cannot import the snapshot: {e}")))?;
     crate::failpoint::hit("snapshot.import.staged")?;
     let mut manifest = if imported.legacy {
-        from_legacy(&imported.manifest, staging)?
+        from_legacy(&imported.manifest, staging, name)?
     } else {
-        serde_json::from_value::<Manifest>(imported.manifest).map_err(|e| invalid(e.to_string()))?
+        let mut doc = imported.manifest;
+        // `--name` replaces the archive's name, which is then never read.
+        // (Not by indexing: that panics on a document that is no object.)
+        if let Some(name) = name
+            && let Some(snapshot) = doc
+                .get_mut("snapshot")
+                .and_then(serde_json::Value::as_object_mut)
+        {
+            snapshot.insert("name".into(), name.as_str().into());
+        }
+        // Names are validated here, as the manifest is read.
+        serde_json::from_value::<Manifest>(doc).map_err(|e| invalid(e.to_string()))?
     };
-    if let Some(name) = name {
-        manifest.snapshot.name = name.to_string();
-    }
     let facts = super::snapshot_check::trust_facts(ctx);
     let checked = trust::check(&manifest, staging, &facts).map_err(invalid)?;
     let snapshot = &mut manifest.snapshot;
@@ -107,10 +117,35 @@ fn extract(
     Ok(manifest)
 }
 
+/// A cocoon (Go) snapshot's name (`--name`, else the archive's, validated)
+/// and its source VM's, which the archive does not carry: the snapshot's
+/// stands in.
+fn legacy_names(
+    config: &serde_json::Value,
+    name: Option<&SnapshotName>,
+) -> Result<(Option<SnapshotName>, VmName)> {
+    let name = match name {
+        Some(name) => Some(name.clone()),
+        None => {
+            let text = config["name"].as_str().unwrap_or_default().to_string();
+            crate::name::optional(text).map_err(|e| invalid(e.to_string()))?
+        }
+    };
+    let source = match &name {
+        Some(name) => name.to_kind(),
+        None => LEGACY_SOURCE.parse().expect("a valid name"),
+    };
+    Ok((name, source))
+}
+
 /// An archive written by cocoon (Go): `snapshot.json` holds the record, its
 /// `cocoon.json` sidecar the storage and boot configuration; no checksums,
 /// so they are computed from what was extracted.
-fn from_legacy(envelope: &serde_json::Value, dir: &Path) -> Result<Manifest> {
+fn from_legacy(
+    envelope: &serde_json::Value,
+    dir: &Path,
+    name: Option<&SnapshotName>,
+) -> Result<Manifest> {
     let config = &envelope["config"];
     let sidecar: serde_json::Value = std::fs::read(dir.join(MANIFEST))
         .ok()
@@ -131,7 +166,8 @@ fn from_legacy(envelope: &serde_json::Value, dir: &Path) -> Result<Manifest> {
     // A count beyond u32 is nonsense; it saturates and the checks refuse it.
     let u32_of = |k: &str| u32::try_from(u(k)).unwrap_or(u32::MAX);
     let s = |k: &str| config[k].as_str().unwrap_or_default().to_string();
-    let mut source = crate::model::VmConfig::new(&s("name"), &s("image"), ImageType::Oci);
+    let (name, source_name) = legacy_names(config, name)?;
+    let mut source = crate::model::VmConfig::new(source_name, &s("image"), ImageType::Oci);
     source.cpu = u32_of("cpu");
     source.memory = u("memory");
     source.storage = u("storage");
@@ -142,7 +178,7 @@ fn from_legacy(envelope: &serde_json::Value, dir: &Path) -> Result<Manifest> {
     }
     let snapshot = Snapshot {
         id: s("id"),
-        name: s("name"),
+        name,
         description: s("description"),
         hypervisor,
         vm_id: None,
@@ -180,4 +216,32 @@ fn from_legacy(envelope: &serde_json::Value, dir: &Path) -> Result<Manifest> {
         network: vec![],
         files,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_cocoon_go_snapshot_name_is_validated_unless_replaced() {
+        let (name, source) = legacy_names(&json!({"name": "web-1"}), None).unwrap();
+        assert_eq!(name.as_deref(), Some("web-1"));
+        assert_eq!(source, "web-1");
+        for unnamed in [json!({"name": ""}), json!({})] {
+            let (name, source) = legacy_names(&unnamed, None).unwrap();
+            assert_eq!(name, None);
+            assert_eq!(source, LEGACY_SOURCE);
+        }
+        let hostile = json!({"name": "../../etc/cron.d/x"});
+        assert_eq!(
+            legacy_names(&hostile, None).unwrap_err().to_string(),
+            "the archive's manifest is not usable: invalid snapshot name \"../../etc/cron.d/x\": must start with a letter or digit and contain only letters, digits, '.', '_' or '-' (at most 63 characters)"
+        );
+        // `--name` replaces it; the archive's is then not read.
+        let given: SnapshotName = "mine".parse().unwrap();
+        let (name, source) = legacy_names(&hostile, Some(&given)).unwrap();
+        assert_eq!(name, Some(given));
+        assert_eq!(source, "mine");
+    }
 }

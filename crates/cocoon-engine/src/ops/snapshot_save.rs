@@ -18,6 +18,7 @@ use crate::intent::{Op, step};
 use crate::layout::VmPaths;
 use crate::lock::create_private_dir;
 use crate::model::{Snapshot, Vm, VmmProcess};
+use crate::name::SnapshotName;
 use crate::snapshot::copy::copy_file;
 use crate::snapshot::manifest::{self, MANIFEST, Manifest};
 use crate::snapshot::{SnapshotError, write_atomic};
@@ -37,12 +38,9 @@ pub struct SaveOutcome {
 pub(crate) fn run(
     ctx: &mut Ctx,
     reference: &str,
-    name: &str,
+    name: Option<SnapshotName>,
     description: &str,
 ) -> Result<SaveOutcome> {
-    if !name.is_empty() {
-        crate::spec::validate_snapshot_name(name)?;
-    }
     let vm = ctx.store().resolve_vm(reference)?;
     let _lock = ctx.lock_vm(&vm.id)?;
     let vm = ctx.store().resolve_vm(&vm.id)?;

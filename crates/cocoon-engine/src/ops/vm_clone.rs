@@ -7,6 +7,7 @@ use crate::context::Ctx;
 use crate::error::Result;
 use crate::intent::Op;
 use crate::model::{Snapshot, Vm, VmConfig};
+use crate::name::VmName;
 use crate::snapshot::SnapshotError;
 use crate::snapshot::manifest::Manifest;
 
@@ -18,7 +19,7 @@ use super::vm_launch::{launch_and_boot, stop_leftovers};
 /// `vm clone` flags; zero/None inherit from the snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct CloneRequest {
-    pub name: Option<String>,
+    pub name: Option<VmName>,
     pub cpu: u32,
     pub memory: Option<u64>,
     pub storage: Option<u64>,
@@ -87,11 +88,10 @@ pub(crate) fn run(ctx: &mut Ctx, reference: &str, request: CloneRequest) -> Resu
 /// The clone's configuration: the snapshot's, with the request's changes.
 fn clone_config(source: &VmConfig, request: &CloneRequest, id: &str) -> Result<VmConfig> {
     let mut config = source.clone();
-    config.name = request
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("cocoon-clone-{}", id[..8].to_ascii_lowercase()));
-    crate::spec::validate_vm_name(&config.name)?;
+    config.name = match &request.name {
+        Some(name) => name.clone(),
+        None => format!("cocoon-clone-{}", id[..8].to_ascii_lowercase()).parse()?,
+    };
     if request.cpu != 0 {
         config.cpu = request.cpu;
     }

@@ -49,7 +49,7 @@ pub struct Update {
 /// What a watcher sees of a VM; a change in any of it is a MODIFIED event.
 #[derive(Debug, Clone, PartialEq)]
 struct Seen {
-    name: String,
+    name: crate::name::VmName,
     state: String,
     ips: Vec<String>,
     image: String,
@@ -179,7 +179,7 @@ fn matches(view: &VmView, filters: &[String]) -> bool {
     filters.is_empty()
         || filters.iter().any(|f| {
             view.vm.id == *f
-                || view.vm.config.name == *f
+                || view.vm.config.name.as_str() == f.as_str()
                 || (f.len() >= 3
                     && view
                         .vm

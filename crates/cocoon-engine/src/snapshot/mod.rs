@@ -22,7 +22,10 @@ pub enum SnapshotError {
     #[error("snapshot {id} is damaged: {reason}; it cannot be used")]
     Damaged { id: String, reason: String },
     #[error("snapshot of VM {vm} failed: {reason}")]
-    Save { vm: String, reason: String },
+    Save {
+        vm: crate::name::VmName,
+        reason: String,
+    },
     #[error("interrupted: the VM was resumed and the half-made snapshot removed")]
     Interrupted,
     /// A clone or restore flag the snapshot cannot take.

@@ -23,6 +23,9 @@
 //!
 //! The image blobs the storage uses are what the snapshot, and a clone made
 //! from it, pin ([`Checked::blobs`]), never a list copied from the archive.
+//!
+//! Its names (the snapshot's, the source VM's) need no check here: they are
+//! [`crate::name::Name`]s, refused when the manifest is read.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -97,10 +100,6 @@ struct Scope<'a> {
 /// `facts`; the reason it cannot be used otherwise.
 pub fn check(manifest: &Manifest, dir: &Path, facts: &Facts) -> Result<Checked, String> {
     let dirs = ImageDirs::new(&facts.root_dir);
-    if !manifest.snapshot.name.is_empty() {
-        crate::spec::validate_snapshot_name(&manifest.snapshot.name)
-            .map_err(|e| format!("its name is refused: {e}"))?;
-    }
     let dir_fd = open_dir(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
     let scope = Scope {
         manifest,

@@ -29,7 +29,7 @@ fn not_found(reference: &str) -> StoreError {
 
 fn write_row(tx: &Transaction<'_>, snapshot: &Snapshot, insert: bool) -> Result<String> {
     let doc = to_json(snapshot);
-    let name = (!snapshot.name.is_empty()).then_some(snapshot.name.as_str());
+    let name = snapshot.name.as_deref();
     let sql = if insert {
         "INSERT INTO snapshots (id, name, vm_id, pending, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
     } else {
@@ -56,7 +56,7 @@ fn write_row(tx: &Transaction<'_>, snapshot: &Snapshot, insert: bool) -> Result<
                 .unwrap_or_default();
             Err(StoreError::NameTaken {
                 kind: KIND,
-                name: snapshot.name.clone(),
+                name: name.unwrap_or_default().to_string(),
                 owner,
             })
         }

@@ -6,7 +6,7 @@ use crate::model::*;
 
 pub(crate) fn vm_fixture(id: &str, name: &str) -> Vm {
     let config = VmConfig::new(
-        name,
+        name.parse().unwrap(),
         "ghcr.io/cocoonstack/cocoon/ubuntu:24.04",
         ImageType::Oci,
     );
@@ -23,6 +23,7 @@ pub(crate) fn vm_fixture(id: &str, name: &str) -> Vm {
 
 pub(crate) fn snapshot_fixture(id: &str, name: &str, vm_id: Option<&str>) -> Snapshot {
     let vm = vm_fixture(vm_id.unwrap_or("NOVM"), "source");
+    let name = crate::name::optional(name.to_string()).unwrap();
     let mut snapshot = Snapshot::of_vm(id, name, &vm, PathBuf::from("/nonexistent"));
     snapshot.vm_id = vm_id.map(str::to_string);
     snapshot.pending = false;
@@ -144,7 +145,9 @@ fn vm_names_are_unique() {
     let second = vm_fixture(&generate_id(), "db");
     store.insert_vm(&second).unwrap();
     let err = store
-        .update_vm(&second.id, "renamed", |vm| vm.config.name = "web".into())
+        .update_vm(&second.id, "renamed", |vm| {
+            vm.config.name = "web".parse().unwrap()
+        })
         .unwrap_err();
     assert!(matches!(err, StoreError::NameTaken { .. }), "{err}");
     assert_eq!(store.get_vm(&second.id).unwrap().unwrap().config.name, "db");
@@ -467,6 +470,69 @@ fn corrupt_documents_are_reported_not_panicked() {
             .starts_with("corrupt VM record CCCCCCCCCCCCCCCCCCCCCCCCCC in the state database:"),
         "{err}"
     );
+}
+
+/// A record whose name was rewritten behind the engine's back (name column
+/// and document) is refused on every read path, with the name rule.
+#[test]
+fn records_with_bad_names_are_refused_when_read() {
+    let (_dir, mut store) = temp_store();
+    let vm = vm_fixture("DDDDDDDDDDDDDDDDDDDDDDDDDD", "v");
+    let snapshot = snapshot_fixture("EEEEEEEEEEEEEEEEEEEEEEEEEE", "s", None);
+    store.insert_vm(&vm).unwrap();
+    store.insert_snapshot(&snapshot).unwrap();
+    let bad = "../../etc/cron.d/x";
+    store
+        .write(|tx| {
+            tx.execute(
+                "UPDATE vms SET name = ?2, doc = json_set(doc, '$.config.name', ?2) WHERE id = ?1",
+                [vm.id.as_str(), bad],
+            )?;
+            tx.execute(
+                "UPDATE snapshots SET name = ?2, doc = json_set(doc, '$.name', ?2) WHERE id = ?1",
+                [snapshot.id.as_str(), bad],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    let rule = "must start with a letter or digit and contain only letters, digits, '.', '_' or '-' (at most 63 characters)";
+    let vm_refusal = format!(
+        "corrupt VM record {} in the state database: invalid VM name {bad:?}: {rule}",
+        vm.id
+    );
+    let errors = [
+        store.get_vm(&vm.id).unwrap_err(),
+        store.list_vms().unwrap_err(),
+        store.resolve_vm(&vm.id).unwrap_err(),
+        store.resolve_vm(bad).unwrap_err(),
+        store.update_vm(&vm.id, "x", |_| ()).unwrap_err(),
+    ];
+    for err in errors {
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().starts_with(&vm_refusal), "{err}");
+    }
+    let snapshot_refusal = format!(
+        "corrupt snapshot record {} in the state database: invalid snapshot name {bad:?}: {rule}",
+        snapshot.id
+    );
+    let errors = [
+        store.get_snapshot(&snapshot.id).unwrap_err(),
+        store.list_snapshots(None).unwrap_err(),
+        store.resolve_snapshot(&snapshot.id).unwrap_err(),
+        store.delete_snapshot(&snapshot.id).unwrap_err(),
+    ];
+    for err in errors {
+        assert!(err.to_string().starts_with(&snapshot_refusal), "{err}");
+    }
+    // Refused deletes (and the update above) changed nothing.
+    assert!(store.delete_vm(&vm.id).is_err());
+    for table in ["vms", "snapshots"] {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE name = ?1");
+        let n: u32 = store
+            .read(|tx| Ok(tx.query_row(&sql, [bad], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(n, 1, "{table}");
+    }
 }
 
 /// Many connections opening a database file none of them has seen before,

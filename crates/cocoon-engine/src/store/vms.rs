@@ -63,13 +63,13 @@ impl Store {
             let doc = stored_doc(vm);
             let inserted = tx.execute(
                 "INSERT INTO vms (id, name, state, hypervisor, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![vm.id, vm.config.name, vm.state.as_str(), vm.hypervisor.as_str(), vm.created_at.to_string(), doc],
+                params![vm.id, vm.config.name.as_str(), vm.state.as_str(), vm.hypervisor.as_str(), vm.created_at.to_string(), doc],
             );
             match inserted {
                 Err(e) if is_unique_violation(&e, "vms.name") => {
                     return Err(StoreError::NameTaken {
                         kind: KIND,
-                        name: vm.config.name.clone(),
+                        name: vm.config.name.to_string(),
                         owner: name_owner(tx, &vm.config.name)?,
                     });
                 }
@@ -103,13 +103,13 @@ impl Store {
             let doc = stored_doc(&vm);
             let updated = tx.execute(
                 "UPDATE vms SET name = ?2, state = ?3, doc = ?4 WHERE id = ?1",
-                params![id, vm.config.name, vm.state.as_str(), doc],
+                params![id, vm.config.name.as_str(), vm.state.as_str(), doc],
             );
             match updated {
                 Err(e) if is_unique_violation(&e, "vms.name") => {
                     return Err(StoreError::NameTaken {
                         kind: KIND,
-                        name: vm.config.name.clone(),
+                        name: vm.config.name.to_string(),
                         owner: name_owner(tx, &vm.config.name)?,
                     });
                 }

@@ -9,15 +9,16 @@ pub mod overlay;
 pub use naming::default_vm_name;
 
 use crate::image::vmlinux::VmlinuxError;
+use crate::name::VmName;
 use crate::supervise::SuperviseError;
 use disks::DiskError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("VM {name} ({id}) is running; stop it first (`cocoon vm stop {name}`) or pass --force")]
-    Running { id: String, name: String },
+    Running { id: String, name: VmName },
     #[error("VM {name} ({id}) is not running; start it with `cocoon vm start {name}`")]
-    NotRunning { id: String, name: String },
+    NotRunning { id: String, name: VmName },
     #[error(
         "image {image} is a cloud image, which boots through UEFI on Cloud Hypervisor only; create it without --fc (and with use_firecracker off)"
     )]
@@ -41,35 +42,35 @@ pub enum VmError {
     #[error("cannot start VM {name} ({id}): {source}")]
     Launch {
         id: String,
-        name: String,
+        name: VmName,
         #[source]
         source: SuperviseError,
     },
     #[error("VM {name} ({id}) did not boot: {reason}{}", log_tail(.log))]
     Boot {
         id: String,
-        name: String,
+        name: VmName,
         reason: String,
         log: String,
     },
     #[error("cannot start the console relay of VM {name} ({id}): {source}")]
     Relay {
         id: String,
-        name: String,
+        name: VmName,
         #[source]
         source: std::io::Error,
     },
     #[error("cannot stop VM {name} ({id}): {source}")]
     Stop {
         id: String,
-        name: String,
+        name: VmName,
         #[source]
         source: SuperviseError,
     },
     #[error("cannot remove {what} of VM {name} ({id}) at {}: {source}; the record is kept, run `cocoon vm rm` again", path.display())]
     Remove {
         id: String,
-        name: String,
+        name: VmName,
         what: &'static str,
         path: std::path::PathBuf,
         source: std::io::Error,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use cocoon_engine::Error;
 use cocoon_engine::model::Snapshot;
+use cocoon_engine::name::SnapshotName;
 use cocoon_engine::snapshot::archive::Compression;
 
 use super::io;
@@ -20,7 +21,7 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
             description,
             output,
             vm,
-        } => save(engine, &vm, name.as_deref(), &description, output),
+        } => save(engine, &vm, name, &description, output),
         SnapshotCommand::List { output, vm } => list(engine, output, vm.as_deref()),
         SnapshotCommand::Inspect { snapshot } => {
             print_json(&engine.inspect_snapshot(&snapshot)?).map_err(io)
@@ -41,7 +42,7 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
             name,
             description,
             file,
-        } => import(engine, name.as_deref(), &description, file.as_deref()),
+        } => import(engine, name.as_ref(), &description, file.as_deref()),
     }
 }
 
@@ -49,11 +50,11 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
 fn save(
     engine: &mut Engine,
     vm: &str,
-    name: Option<&str>,
+    name: Option<SnapshotName>,
     description: &str,
     output: FormatArg,
 ) -> Result<()> {
-    let saved = engine.save_snapshot(vm, name.unwrap_or(""), description)?;
+    let saved = engine.save_snapshot(vm, name, description)?;
     if output.json() {
         return print_json(&saved).map_err(io);
     }
@@ -78,7 +79,7 @@ fn list(engine: &mut Engine, output: FormatArg, vm: Option<&str>) -> Result<()> 
         .map(|s| {
             vec![
                 s.id.clone(),
-                s.name.clone(),
+                s.name.as_deref().unwrap_or_default().to_string(),
                 s.cpu.to_string(),
                 BinarySize(s.memory).to_string(),
                 s.description.clone(),
@@ -130,18 +131,24 @@ fn export(
 }
 
 /// The file `snapshot export` writes when given no output: the snapshot's
-/// name (or id) with the archive's extension.
+/// name (or id) with the archive's extension, in the working directory.
+/// Either is a validated name, so the file name is always a plain one.
 fn default_export_path(
     engine: &mut Engine,
     snapshot: &str,
     compression: Compression,
 ) -> Result<PathBuf> {
     let s = engine.inspect_snapshot(snapshot)?;
-    // The name came from wherever the snapshot did (an
-    // imported archive, say): it names the output file only
-    // when it is a plain file name.
-    let plain = !s.name.is_empty() && !s.name.starts_with('.') && !s.name.contains(['/', '\0']);
-    let base = if plain { s.name } else { s.id };
+    let base: SnapshotName = match s.name {
+        Some(name) => name,
+        // An ID is a valid name; one that is not was not made here.
+        None => s.id.parse().map_err(|_| {
+            Error::Invalid(format!(
+                "snapshot {:?} has no name and its ID is no plain file name; pass -o",
+                s.id
+            ))
+        })?,
+    };
     let ext = match compression {
         Compression::Zstd => "tar.zst",
         Compression::Gzip => "tar.gz",
@@ -190,7 +197,7 @@ fn export_to_partial(
 /// `snapshot import`: from `file`, or from stdin for none or `-`.
 fn import(
     engine: &mut Engine,
-    name: Option<&str>,
+    name: Option<&SnapshotName>,
     description: &str,
     file: Option<&Path>,
 ) -> Result<()> {
@@ -210,7 +217,8 @@ fn import(
     };
     progress.finish();
     let snapshot = result?;
-    eprintln!("imported: {} (name: {})", snapshot.id, snapshot.name);
+    let name = snapshot.name.as_deref().unwrap_or_default();
+    eprintln!("imported: {} (name: {name})", snapshot.id);
     print_line(&snapshot.id).map_err(io)
 }
 

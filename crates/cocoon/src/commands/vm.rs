@@ -266,17 +266,13 @@ fn create_request(flags: &VmFlags, image: &str, use_firecracker: bool) -> Result
     let data_disks = validate_vm_flags(flags)?;
     let name = match &flags.name {
         Some(name) => name.clone(),
-        None => {
-            let name = default_vm_name(image);
-            spec::validate_vm_name(&name).map_err(|e| {
-                Error::Invalid(format!(
-                    "cannot derive a VM name from {image:?} ({e}); pass --name"
-                ))
-            })?;
-            name
-        }
+        None => default_vm_name(image).parse().map_err(|e| {
+            Error::Invalid(format!(
+                "cannot derive a VM name from {image:?} ({e}); pass --name"
+            ))
+        })?,
     };
-    let mut config = VmConfig::new(&name, image, ImageType::Oci);
+    let mut config = VmConfig::new(name, image, ImageType::Oci);
     config.cpu = flags.cpu;
     config.memory = flags.memory;
     config.storage = flags.storage;
@@ -480,7 +476,7 @@ pub fn list_row(view: &VmView) -> Vec<String> {
     let ips = vm.ips();
     vec![
         vm.id.clone(),
-        vm.config.name.clone(),
+        vm.config.name.to_string(),
         view.state_label(),
         vm.config.cpu.to_string(),
         BinarySize(vm.config.memory).to_string(),

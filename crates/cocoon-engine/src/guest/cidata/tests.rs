@@ -309,7 +309,7 @@ fn data_disks_become_mounts_by_virtio_serial() {
     let mut vm = Vm::new(
         "id",
         Hypervisor::CloudHypervisor,
-        VmConfig::new("db", "img", ImageType::Cloudimg),
+        VmConfig::new("db".parse().unwrap(), "img", ImageType::Cloudimg),
         "/run/x".into(),
         "/log/x".into(),
     );
