@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::model::Hypervisor;
 use crate::spec;
 
 mod error;
@@ -45,6 +46,10 @@ pub struct Config {
     pub log: LogConfig,
     pub ch_binary: String,
     pub fc_binary: String,
+    pub qemu_binary: String,
+    pub qemu_accel: QemuAccel,
+    /// The backend of new VMs when not given; None: `use_firecracker`'s.
+    pub default_hypervisor: Option<Hypervisor>,
     /// Cloud Hypervisor's UEFI firmware (`CLOUDHV.fd`), booting cloud images.
     pub firmware_path: PathBuf,
     pub use_firecracker: bool,
@@ -105,6 +110,9 @@ impl Default for Config {
             },
             ch_binary: "cloud-hypervisor".into(),
             fc_binary: "firecracker".into(),
+            qemu_binary: "qemu-system-x86_64".into(),
+            qemu_accel: QemuAccel::Auto,
+            default_hypervisor: None,
             firmware_path: PathBuf::from("/var/lib/cocoon/firmware/CLOUDHV.fd"),
             use_firecracker: false,
             stop_timeout_seconds: 30,
@@ -185,6 +193,12 @@ impl Config {
             "log.max_backups" => self.log.max_backups.to_string(),
             "ch_binary" => self.ch_binary.clone(),
             "fc_binary" => self.fc_binary.clone(),
+            "qemu_binary" => self.qemu_binary.clone(),
+            "qemu_accel" => self.qemu_accel.as_str().to_string(),
+            "default_hypervisor" => self
+                .default_hypervisor
+                .map(|h| h.as_str().to_string())
+                .unwrap_or_default(),
             "firmware_path" => path(&self.firmware_path),
             "use_firecracker" => self.use_firecracker.to_string(),
             "stop_timeout_seconds" => self.stop_timeout_seconds.to_string(),
@@ -239,6 +253,41 @@ impl Config {
             self.firmware_path = self.root_dir.join("firmware").join("CLOUDHV.fd");
         }
         Ok(())
+    }
+}
+
+/// How QEMU runs guests (`qemu_accel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QemuAccel {
+    /// KVM when `/dev/kvm` opens and creates a VM, else TCG with a warning.
+    #[default]
+    Auto,
+    Kvm,
+    /// Software emulation: slow, and works anywhere.
+    Tcg,
+}
+
+impl QemuAccel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::str::FromStr for QemuAccel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "kvm" => Ok(Self::Kvm),
+            "tcg" => Ok(Self::Tcg),
+            other => Err(format!("{other:?} is not auto, kvm or tcg")),
+        }
     }
 }
 

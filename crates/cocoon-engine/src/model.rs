@@ -28,13 +28,34 @@ pub enum Hypervisor {
     CloudHypervisor,
     #[serde(rename = "firecracker")]
     Firecracker,
+    #[serde(rename = "qemu")]
+    Qemu,
 }
 
 impl Hypervisor {
+    pub const ALL: [Hypervisor; 3] = [Self::CloudHypervisor, Self::Firecracker, Self::Qemu];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CloudHypervisor => "cloud-hypervisor",
             Self::Firecracker => "firecracker",
+            Self::Qemu => "qemu",
+        }
+    }
+}
+
+impl FromStr for Hypervisor {
+    type Err = String;
+
+    /// The full names, and the short ones of the CLI (`ch`, `fc`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cloud-hypervisor" | "ch" => Ok(Self::CloudHypervisor),
+            "firecracker" | "fc" => Ok(Self::Firecracker),
+            "qemu" => Ok(Self::Qemu),
+            other => Err(format!(
+                "unknown hypervisor {other:?}: expected cloud-hypervisor (ch), firecracker (fc) or qemu"
+            )),
         }
     }
 }

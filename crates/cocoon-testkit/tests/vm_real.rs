@@ -24,6 +24,44 @@ fn bin() -> String {
     cocoon_testkit::cocoon_bin()
 }
 
+/// The backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vmm {
+    Ch,
+    Fc,
+    Qemu,
+}
+
+impl Vmm {
+    /// The test names' suffix.
+    fn suffix(self) -> &'static str {
+        match self {
+            Vmm::Ch => "cloud_hypervisor",
+            Vmm::Fc => "firecracker",
+            Vmm::Qemu => "qemu",
+        }
+    }
+
+    /// The `vm run` flag that picks it.
+    fn flag(self) -> Option<&'static str> {
+        match self {
+            Vmm::Ch => None,
+            Vmm::Fc => Some("--fc"),
+            Vmm::Qemu => Some("--qemu"),
+        }
+    }
+
+    /// The binary, or a loud skip (a failure under COCOON_TEST_REQUIRE).
+    fn require(self, test: &str) -> bool {
+        match self {
+            Vmm::Ch => require_real_vmm(test, "COCOON_CH_BINARY", "cloud-hypervisor"),
+            Vmm::Fc => require_real_vmm(test, "COCOON_FC_BINARY", "firecracker"),
+            Vmm::Qemu => require_real_vmm(test, "COCOON_QEMU_BINARY", "qemu-system-x86_64"),
+        }
+        .is_some()
+    }
+}
+
 struct Reaper(Vec<VmmProcess>);
 
 impl Drop for Reaper {
@@ -186,18 +224,9 @@ fn pty() -> (OwnedFd, OwnedFd) {
     }
 }
 
-fn boot_on(fc: bool) {
-    let test = if fc {
-        "vm_run_firecracker"
-    } else {
-        "vm_run_cloud_hypervisor"
-    };
-    let found = if fc {
-        require_real_vmm(test, "COCOON_FC_BINARY", "firecracker")
-    } else {
-        require_real_vmm(test, "COCOON_CH_BINARY", "cloud-hypervisor")
-    };
-    if found.is_none() {
+fn boot_on(vmm: Vmm) {
+    let test = &format!("vm_run_{}", vmm.suffix());
+    if !vmm.require(test) {
         return;
     }
     let ch = real_vmm("COCOON_CH_BINARY", "cloud-hypervisor").unwrap_or_default();
@@ -225,9 +254,7 @@ fn boot_on(fc: bool) {
     let mut args = vec![
         "vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--name", "g",
     ];
-    if fc {
-        args.push("--fc");
-    }
+    args.extend(vmm.flag());
     args.push(&reference);
     run.ok(&args);
     let vm = run.inspect("g");
@@ -275,12 +302,17 @@ fn boot_on(fc: bool) {
 
 #[test]
 fn vm_run_cloud_hypervisor() {
-    boot_on(false);
+    boot_on(Vmm::Ch);
 }
 
 #[test]
 fn vm_run_firecracker() {
-    boot_on(true);
+    boot_on(Vmm::Fc);
+}
+
+#[test]
+fn vm_run_qemu() {
+    boot_on(Vmm::Qemu);
 }
 
 fn cow_of(vm: &Value) -> PathBuf {
@@ -312,13 +344,10 @@ fn mark(path: &Path, text: Option<&[u8; 8]>) -> [u8; 8] {
 /// A fresh installation for a real-VMM snapshot test, with the VMM
 /// binaries; None, after a loud skip, without the cocoon binary, the
 /// backend's VMM or /dev/kvm.
-fn real_env(test: &str, fc: bool) -> Option<(CocoonEnv, PathBuf, PathBuf)> {
-    let found = if fc {
-        require_real_vmm(test, "COCOON_FC_BINARY", "firecracker")
-    } else {
-        require_real_vmm(test, "COCOON_CH_BINARY", "cloud-hypervisor")
-    };
-    found.as_ref()?;
+fn real_env(test: &str, vmm: Vmm) -> Option<(CocoonEnv, PathBuf, PathBuf)> {
+    if !vmm.require(test) {
+        return None;
+    }
     if !Path::new("/dev/kvm").exists() {
         skip(test, "/dev/kvm is missing");
         return None;
@@ -330,7 +359,7 @@ fn real_env(test: &str, fc: bool) -> Option<(CocoonEnv, PathBuf, PathBuf)> {
 
 impl Run<'_> {
     /// Imports the test guest and runs it as `src`: 1 vCPU, 512 MiB, no NICs.
-    fn run_src(&self, fc: bool) {
+    fn run_src(&self, vmm: Vmm) {
         let layer = cocoon_testkit::guest::boot_layer("test", b"unused").build();
         let tar = self.env.path().join("layer.tar");
         std::fs::write(&tar, layer).unwrap();
@@ -338,9 +367,7 @@ impl Run<'_> {
         let mut args = vec![
             "vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--name", "src",
         ];
-        if fc {
-            args.push("--fc");
-        }
+        args.extend(vmm.flag());
         args.push("guest/test:1");
         self.ok(&args);
     }
@@ -348,13 +375,9 @@ impl Run<'_> {
 
 /// Save, clone twice, restore, export → import → clone, and the seed
 /// scenario, on a real VMM with the test guest's heartbeat as the witness.
-fn snapshots_on(fc: bool) {
-    let test = if fc {
-        "snapshots_on_firecracker"
-    } else {
-        "snapshots_on_cloud_hypervisor"
-    };
-    let Some((env, ch, fcb)) = real_env(test, fc) else {
+fn snapshots_on(vmm: Vmm) {
+    let test = &format!("snapshots_on_{}", vmm.suffix());
+    let Some((env, ch, fcb)) = real_env(test, vmm) else {
         return;
     };
     let _env_reaper = EnvReaper(env.root_dir());
@@ -363,7 +386,7 @@ fn snapshots_on(fc: bool) {
         ch,
         fc: fcb,
     };
-    run.run_src(fc);
+    run.run_src(vmm);
     let mut procs = processes_of(&run.inspect("src"));
     let _reaper = Reaper(vec![]);
     run.wait_log("src", &format!("{HEARTBEAT_PREFIX}3"), 1);
@@ -381,13 +404,14 @@ fn snapshots_on(fc: bool) {
         .enable_all()
         .build()
         .unwrap();
-    if fc {
-        rt.block_on(vmm_api::fc::Firecracker::new(&socket).pause())
-            .unwrap();
-    } else {
-        rt.block_on(vmm_api::ch::CloudHypervisor::new(&socket).pause())
-            .unwrap();
+    match vmm {
+        Vmm::Fc => rt.block_on(vmm_api::fc::Firecracker::new(&socket).pause()),
+        Vmm::Ch => rt.block_on(vmm_api::ch::CloudHypervisor::new(&socket).pause()),
+        Vmm::Qemu => {
+            rt.block_on(async { vmm_api::qmp::Qmp::connect(&socket).await?.pause().await })
+        }
     }
+    .unwrap();
     let saved: Value =
         serde_json::from_str(&run.ok(&["snapshot", "save", "--name", "s", "-o", "json", "src"]))
             .unwrap();
@@ -411,7 +435,7 @@ fn snapshots_on(fc: bool) {
     // the second restores its memory on demand (userfaultfd).
     let mut clones = Vec::new();
     for name in ["c1", "c2"] {
-        if name == "c2" && !fc {
+        if name == "c2" && vmm == Vmm::Ch {
             run.ok(&["vm", "clone", "--on-demand", "--name", name, "s"]);
         } else {
             run.ok(&["vm", "clone", "--name", name, "s"]);
@@ -504,21 +528,31 @@ fn snapshots_on(fc: bool) {
 
 #[test]
 fn snapshots_on_cloud_hypervisor() {
-    snapshots_on(false);
+    snapshots_on(Vmm::Ch);
 }
 
 #[test]
 fn snapshots_on_firecracker() {
-    snapshots_on(true);
+    snapshots_on(Vmm::Fc);
+}
+
+#[test]
+fn snapshots_on_qemu() {
+    snapshots_on(Vmm::Qemu);
 }
 
 /// The VMM's own view of the VM's state.
-fn vmm_state(fc: bool, socket: &Path) -> String {
+fn vmm_state(vmm: Vmm, socket: &Path) -> String {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    if fc {
+    if vmm == Vmm::Qemu {
+        let info = rt
+            .block_on(async { vmm_api::qmp::Qmp::connect(socket).await?.status().await })
+            .unwrap();
+        format!("{:?}", info.vm_state())
+    } else if vmm == Vmm::Fc {
         let info = rt
             .block_on(vmm_api::fc::Firecracker::new(socket).describe_instance())
             .unwrap();
@@ -534,13 +568,9 @@ fn vmm_state(fc: bool, socket: &Path) -> String {
 /// `kill -9` of the CLI inside the pause window of `snapshot save` leaves the
 /// VM paused; the next command (`vm ls`) finds it running again and drops
 /// the half-made snapshot, and the next save succeeds.
-fn killed_save_on(fc: bool) {
-    let test = if fc {
-        "killed_save_on_firecracker"
-    } else {
-        "killed_save_on_cloud_hypervisor"
-    };
-    let Some((env, ch, fcb)) = real_env(test, fc) else {
+fn killed_save_on(vmm: Vmm) {
+    let test = &format!("killed_save_on_{}", vmm.suffix());
+    let Some((env, ch, fcb)) = real_env(test, vmm) else {
         return;
     };
     let version = std::process::Command::new(bin())
@@ -559,7 +589,7 @@ fn killed_save_on(fc: bool) {
         ch,
         fc: fcb,
     };
-    run.run_src(fc);
+    run.run_src(vmm);
     let _reaper = Reaper(processes_of(&run.inspect("src")));
     run.wait_log("src", &format!("{HEARTBEAT_PREFIX}2"), 1);
     let src = run.inspect("src");
@@ -578,7 +608,7 @@ fn killed_save_on(fc: bool) {
         "{test}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(vmm_state(fc, &socket), "Paused", "{test}: left paused");
+    assert_eq!(vmm_state(vmm, &socket), "Paused", "{test}: left paused");
     // Paused, the guest does not count. (The console log is read directly:
     // any cocoon command would run the reconciler and resume the VM.)
     let log = PathBuf::from(src["log_dir"].as_str().unwrap()).join("console.log");
@@ -590,7 +620,7 @@ fn killed_save_on(fc: bool) {
     // `vm ls` runs the reconciler (it is the first command after the kill).
     let listed: Value = serde_json::from_str(&run.ok(&["vm", "ls", "-o", "json"])).unwrap();
     assert_eq!(listed[0]["state"], "running");
-    assert_eq!(vmm_state(fc, &socket), "Running", "{test}: resumed");
+    assert_eq!(vmm_state(vmm, &socket), "Running", "{test}: resumed");
     run.wait_log("src", HEARTBEAT_PREFIX, frozen + 2);
     let snapshots: Value =
         serde_json::from_str(&run.ok(&["snapshot", "ls", "-o", "json"])).unwrap();
@@ -600,16 +630,21 @@ fn killed_save_on(fc: bool) {
         "{test}: half-made snapshot left"
     );
     run.ok(&["snapshot", "save", "--name", "s", "src"]);
-    assert_eq!(vmm_state(fc, &socket), "Running");
+    assert_eq!(vmm_state(vmm, &socket), "Running");
     run.ok(&["vm", "rm", "--force", "src"]);
 }
 
 #[test]
 fn killed_save_on_cloud_hypervisor() {
-    killed_save_on(false);
+    killed_save_on(Vmm::Ch);
 }
 
 #[test]
 fn killed_save_on_firecracker() {
-    killed_save_on(true);
+    killed_save_on(Vmm::Fc);
+}
+
+#[test]
+fn killed_save_on_qemu() {
+    killed_save_on(Vmm::Qemu);
 }

@@ -99,6 +99,7 @@ impl Harness {
                 "--id".into(),
                 "t".into(),
             ],
+            Hypervisor::Qemu => unreachable!("there is no fake QEMU: its tests run the real one"),
         };
         let mut spec = self.spec(FAKE, args, &socket);
         spec.binary = self.wrapper();

@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
+use cocoon_engine::model::Hypervisor;
 use cocoon_engine::name::{SnapshotName, VmName};
 use cocoon_engine::spec::{self, RawDataDisk};
 
@@ -266,8 +267,15 @@ fn parse_escape(s: &str) -> Result<u8, spec::SpecError> {
 #[derive(Debug, Args, Clone)]
 pub struct VmFlags {
     /// Use Firecracker instead of Cloud Hypervisor (OCI images only)
-    #[arg(long, conflicts_with = "windows")]
+    #[arg(long, conflicts_with_all = ["windows", "qemu", "hypervisor"])]
     pub fc: bool,
+    /// Use QEMU instead of Cloud Hypervisor (OCI images only, for now)
+    #[arg(long, conflicts_with_all = ["windows", "hypervisor"])]
+    pub qemu: bool,
+    /// The backend: cloud-hypervisor (ch), firecracker (fc) or qemu
+    /// [default: the configuration's default_hypervisor]
+    #[arg(long, value_name = "VMM", value_parser = Hypervisor::from_str)]
+    pub hypervisor: Option<Hypervisor>,
     /// VM name [default: derived from the image, e.g. cocoon-ubuntu-24.04]
     #[arg(long, value_parser = VmName::from_str)]
     pub name: Option<VmName>,

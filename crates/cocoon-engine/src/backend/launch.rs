@@ -15,6 +15,8 @@ pub struct LaunchOptions {
     pub hugepages: bool,
     /// Balloon size override in bytes; None = a quarter of memory.
     pub balloon_bytes: Option<u64>,
+    /// QEMU: KVM, TCG, or KVM when it works (`qemu_accel`).
+    pub qemu_accel: crate::config::QemuAccel,
 }
 
 impl LaunchOptions {
@@ -24,6 +26,7 @@ impl LaunchOptions {
             max_cpus: crate::spec::host_cpus(),
             hugepages: host_has_hugepages(),
             balloon_bytes: None,
+            qemu_accel: crate::config::QemuAccel::Auto,
         }
     }
 

@@ -11,6 +11,7 @@
 pub mod ch;
 pub mod fc;
 pub mod launch;
+pub mod qemu;
 
 use std::future::Future;
 use std::os::fd::OwnedFd;
@@ -192,6 +193,7 @@ pub fn of(kind: Hypervisor) -> &'static dyn Backend {
     match kind {
         Hypervisor::CloudHypervisor => &ch::CloudHypervisorBackend,
         Hypervisor::Firecracker => &fc::FirecrackerBackend,
+        Hypervisor::Qemu => &qemu::QemuBackend,
     }
 }
 
@@ -202,7 +204,7 @@ pub fn default() -> &'static dyn Backend {
 
 /// The backend a VMM's name (`cloud-hypervisor`, `firecracker`) names.
 pub fn named(name: &str) -> Option<&'static dyn Backend> {
-    [Hypervisor::CloudHypervisor, Hypervisor::Firecracker]
+    Hypervisor::ALL
         .into_iter()
         .find(|h| h.as_str() == name)
         .map(of)

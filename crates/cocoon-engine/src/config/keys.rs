@@ -86,6 +86,24 @@ pub const KEYS: &[Key] = &[
         help: "Firecracker binary",
     },
     Key {
+        name: "qemu_binary",
+        env: "COCOON_QEMU_BINARY",
+        flag: None,
+        help: "QEMU binary (qemu-system-x86_64)",
+    },
+    Key {
+        name: "qemu_accel",
+        env: "COCOON_QEMU_ACCEL",
+        flag: None,
+        help: "QEMU accelerator: auto (KVM when it works, else TCG), kvm or tcg",
+    },
+    Key {
+        name: "default_hypervisor",
+        env: "COCOON_DEFAULT_HYPERVISOR",
+        flag: None,
+        help: "backend of new VMs: cloud-hypervisor, firecracker or qemu (default: use_firecracker's choice)",
+    },
+    Key {
         name: "firmware_path",
         env: "COCOON_FIRMWARE_PATH",
         flag: None,

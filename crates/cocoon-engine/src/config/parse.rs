@@ -87,6 +87,14 @@ impl Config {
             "log.max_backups" => self.log.max_backups = number(value).map_err(&fail)?,
             "ch_binary" => self.ch_binary = binary(value).map_err(&fail)?,
             "fc_binary" => self.fc_binary = binary(value).map_err(&fail)?,
+            "qemu_binary" => self.qemu_binary = binary(value).map_err(&fail)?,
+            "qemu_accel" => self.qemu_accel = value.parse().map_err(|e: String| fail(&e))?,
+            "default_hypervisor" => {
+                self.default_hypervisor = match value {
+                    "" => None,
+                    name => Some(name.parse().map_err(|e: String| fail(&e))?),
+                }
+            }
             "firmware_path" => self.firmware_path = dir(value).map_err(&fail)?,
             "use_firecracker" => self.use_firecracker = boolean(value).map_err(&fail)?,
             "stop_timeout_seconds" => self.stop_timeout_seconds = positive(value).map_err(&fail)?,

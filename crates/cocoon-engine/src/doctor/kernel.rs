@@ -34,7 +34,7 @@ pub(super) enum KvmProbe {
     CreateVm(String),
 }
 
-fn probe_kvm() -> KvmProbe {
+pub(super) fn probe_kvm() -> KvmProbe {
     let device = match OpenOptions::new().read(true).write(true).open(KVM_DEVICE) {
         Ok(device) => device,
         Err(e) => {

@@ -114,6 +114,11 @@ pub const CHECK_NAMES: &[&str] = &[
 
 /// Checks the host against `config`. Never fails: whatever goes wrong while
 /// probing is itself the finding.
+/// Whether `/dev/kvm` opens and creates a VM (QEMU's `qemu_accel = auto`).
+pub fn kvm_usable() -> bool {
+    kernel::probe_kvm() == kernel::KvmProbe::Usable
+}
+
 pub fn run(config: &Config) -> DoctorReport {
     let mut checks = vec![kernel::kvm()];
     checks.extend(programs::vmms(config));

@@ -33,7 +33,8 @@ pub(crate) async fn launch_and_boot(
 ) -> Result<(VmmProcess, Option<ProcessIdentity>)> {
     let backend = backend::of(vm.hypervisor);
     let paths = VmPaths::of(vm);
-    let opts = LaunchOptions::for_host(backend.binary(ctx.config()));
+    let mut opts = LaunchOptions::for_host(backend.binary(ctx.config()));
+    opts.qemu_accel = ctx.config().qemu_accel;
     // The serial port is the VMM's stdin/stdout: a terminal whose master
     // the relay takes over, so no output is ever held back or lost.
     let (serial_master, serial_slave) = open_pty()

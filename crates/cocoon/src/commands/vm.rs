@@ -20,7 +20,13 @@ use crate::output::{local_time, print_json, print_line, print_table};
 
 pub fn run(command: VmCommand, config: Config) -> Result<()> {
     validate_before_open(&command)?;
-    let use_firecracker = config.use_firecracker;
+    let default_hypervisor = config
+        .default_hypervisor
+        .unwrap_or(if config.use_firecracker {
+            Hypervisor::Firecracker
+        } else {
+            Hypervisor::CloudHypervisor
+        });
     let mut engine = super::open(config)?;
     let engine = &mut engine;
     match command {
@@ -28,12 +34,12 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             flags,
             output,
             image,
-        } => create(engine, &flags, output, &image, use_firecracker),
+        } => create(engine, &flags, output, &image, default_hypervisor),
         VmCommand::Run {
             flags,
             output,
             image,
-        } => create_and_start(engine, &flags, output, &image, use_firecracker),
+        } => create_and_start(engine, &flags, output, &image, default_hypervisor),
         VmCommand::Debug {
             flags,
             max_cpu,
@@ -42,7 +48,7 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             ch,
             image,
         } => {
-            let request = create_request(&flags, &image, use_firecracker)?;
+            let request = create_request(&flags, &image, default_hypervisor)?;
             debug(engine, request, ch, max_cpu, balloon, cow.as_deref())
         }
         VmCommand::Logs { follow, vmm, vm } => logs(engine, &vm, follow, vmm),
@@ -115,9 +121,9 @@ fn create(
     flags: &VmFlags,
     output: FormatArg,
     image: &str,
-    use_firecracker: bool,
+    default_hypervisor: Hypervisor,
 ) -> Result<()> {
-    let request = create_request(flags, image, use_firecracker)?;
+    let request = create_request(flags, image, default_hypervisor)?;
     let vm = engine.create_vm(request)?;
     if output.json() {
         return print_json(&VmView::reconcile(vm)).map_err(io);
@@ -136,9 +142,9 @@ fn create_and_start(
     flags: &VmFlags,
     output: FormatArg,
     image: &str,
-    use_firecracker: bool,
+    default_hypervisor: Hypervisor,
 ) -> Result<()> {
-    let request = create_request(flags, image, use_firecracker)?;
+    let request = create_request(flags, image, default_hypervisor)?;
     let vm = engine.create_vm(request)?;
     let vm = engine.start_vm(&vm.id)?;
     if output.json() {
@@ -170,6 +176,7 @@ fn debug(
         backend::of(request.hypervisor).binary(engine.config())
     };
     let mut opts = LaunchOptions::for_host(binary);
+    opts.qemu_accel = engine.config().qemu_accel;
     opts.max_cpus = max_cpu.max(request.config.cpu);
     opts.balloon_bytes = (balloon > 0).then_some(balloon << 20);
     let plan = engine.debug_vm(&request, &opts, cow)?;
@@ -262,7 +269,11 @@ fn list(engine: &mut Engine, output: FormatArg) -> Result<()> {
 }
 
 /// The create request of `vm create`, `vm run` and `vm debug`.
-fn create_request(flags: &VmFlags, image: &str, use_firecracker: bool) -> Result<CreateVm> {
+fn create_request(
+    flags: &VmFlags,
+    image: &str,
+    default_hypervisor: Hypervisor,
+) -> Result<CreateVm> {
     let data_disks = validate_vm_flags(flags)?;
     let name = match &flags.name {
         Some(name) => name.clone(),
@@ -283,10 +294,11 @@ fn create_request(flags: &VmFlags, image: &str, use_firecracker: bool) -> Result
     config.windows = flags.windows;
     Ok(CreateVm {
         config,
-        hypervisor: if flags.fc || use_firecracker {
-            Hypervisor::Firecracker
-        } else {
-            Hypervisor::CloudHypervisor
+        hypervisor: match flags.hypervisor {
+            Some(chosen) => chosen,
+            None if flags.fc => Hypervisor::Firecracker,
+            None if flags.qemu => Hypervisor::Qemu,
+            None => default_hypervisor,
         },
         nics: flags.nics,
         data_disks,

@@ -88,8 +88,6 @@ impl Backend for CloudHypervisorBackend {
         })
     }
 
-    /// Direct boot: the serial port is CH's stdin/stdout (`--serial tty`);
-    /// UEFI: a socket the relay connects to.
     /// Cloud Hypervisor's state (`config.json`) is re-derived by the engine
     /// before a restore, so it runs with the host's view.
     fn jail(
@@ -107,6 +105,8 @@ impl Backend for CloudHypervisorBackend {
         args(vm, opts)
     }
 
+    /// Direct boot: the serial port is CH's stdin/stdout (`--serial tty`);
+    /// UEFI: a socket the relay connects to.
     fn serial_on_stdin(&self, vm: &Vm) -> bool {
         direct_boot(vm)
     }

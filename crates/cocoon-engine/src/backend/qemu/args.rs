@@ -1,0 +1,132 @@
+//! QEMU's command line: `-M microvm` for a direct boot (kernel, initrd, the
+//! guest contract's disks in order on virtio-mmio, the serial port as the
+//! console on QEMU's stdin/stdout), QMP on the VM's API socket. A restore
+//! runs the same command line with `-incoming defer`: QEMU's migration
+//! stream holds device state only, so every host path QEMU opens comes
+//! from this command line, built from the engine's own records.
+
+use std::path::Path;
+
+use crate::backend::LaunchOptions;
+use crate::config::QemuAccel;
+use crate::layout::VmPaths;
+use crate::model::{StorageConfig, Vm};
+
+/// The seccomp sandbox QEMU runs under: no obsolete syscalls, no privilege
+/// changes, no new processes, no scheduler or resource changes.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// Whether the guest runs under KVM: `auto` probes `/dev/kvm` (opens and
+/// creates a VM), else TCG.
+pub fn uses_kvm(accel: QemuAccel) -> bool {
+    match accel {
+        QemuAccel::Kvm => true,
+        QemuAccel::Tcg => false,
+        QemuAccel::Auto => crate::doctor::kvm_usable(),
+    }
+}
+
+/// The arguments after the binary. `restoring`: wait for the incoming
+/// state instead of booting; a fresh boot starts paused (`-S`) until the
+/// engine's `cont`.
+pub fn args(
+    vm: &Vm,
+    paths: &VmPaths,
+    opts: &LaunchOptions,
+    kvm: bool,
+    restoring: bool,
+) -> Vec<String> {
+    let c = &vm.config;
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |flag: &str, value: String| {
+        args.push(flag.to_string());
+        args.push(value);
+    };
+    push("-name", format!("cocoon-{},debug-threads=on", vm.id));
+    push(
+        "-machine",
+        format!("microvm,accel={}", if kvm { "kvm" } else { "tcg" }),
+    );
+    // `-cpu host` aborts where KVM lacks an MSR (PVM); max without the
+    // arch-capabilities MSR boots everywhere.
+    push(
+        "-cpu",
+        if kvm { "max,-arch-capabilities" } else { "max" }.into(),
+    );
+    push("-smp", c.cpu.to_string());
+    push("-m", format!("{}M", c.memory >> 20));
+    push("-sandbox", SANDBOX.into());
+    push("-display", "none".into());
+    push(
+        "-chardev",
+        format!(
+            "socket,id=qmp,server=on,wait=off,path={}",
+            value(&paths.api_socket())
+        ),
+    );
+    push("-mon", "chardev=qmp,mode=control".into());
+    push("-chardev", "stdio,id=serial0,signal=off".into());
+    push("-serial", "chardev:serial0".into());
+    let boot = vm.boot_config.clone().unwrap_or_default();
+    if let Some(kernel) = &boot.kernel_path {
+        push("-kernel", kernel.display().to_string());
+    }
+    if let Some(initrd) = &boot.initrd_path {
+        push("-initrd", initrd.display().to_string());
+    }
+    if !boot.cmdline.is_empty() {
+        push("-append", boot.cmdline.clone());
+    }
+    for (i, disk) in vm.storage_configs.iter().enumerate() {
+        push("-drive", drive(i, disk));
+        push("-device", format!("virtio-blk-device,drive=disk{i}"));
+    }
+    let vhost = kvm && Path::new("/dev/vhost-net").exists();
+    for (i, nic) in vm.network_configs.iter().enumerate() {
+        push(
+            "-netdev",
+            format!(
+                "tap,id=net{i},ifname={},script=no,downscript=no,vhost={}",
+                nic.tap,
+                if vhost { "on" } else { "off" }
+            ),
+        );
+        push(
+            "-device",
+            format!("virtio-net-device,netdev=net{i},mac={}", nic.mac),
+        );
+    }
+    push("-object", "rng-random,id=rng0,filename=/dev/urandom".into());
+    push("-device", "virtio-rng-device,rng=rng0".into());
+    if opts.balloon(vm).is_some() {
+        push(
+            "-device",
+            "virtio-balloon-device,deflate-on-oom=on,free-page-reporting=on".into(),
+        );
+    }
+    if restoring {
+        push("-incoming", "defer".into());
+    } else {
+        args.push("-S".into());
+    }
+    args.extend(["-nodefaults", "-no-user-config"].map(String::from));
+    args
+}
+
+fn drive(i: usize, disk: &StorageConfig) -> String {
+    let format = if disk.path.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    format!(
+        "file={},if=none,id=disk{i},format={format},readonly={}",
+        value(&disk.path),
+        if disk.ro { "on" } else { "off" }
+    )
+}
+
+/// A path inside a QEMU option value: commas doubled.
+fn value(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}

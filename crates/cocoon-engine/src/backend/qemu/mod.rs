@@ -1,0 +1,273 @@
+//! QEMU: the VMM every distribution packages, so cocoon runs a VM right
+//! after `install.sh`, and where `/dev/kvm` is missing (TCG: slow, correct).
+//! Launched with its whole machine on the command line ([`args`]), started
+//! paused and let go with QMP's `cont`; the serial port on its stdin/stdout
+//! as Firecracker's. A snapshot is one file, `state`: QEMU's migration
+//! stream written with `mapped-ram` (guest memory at fixed offsets, device
+//! state beside it) while the VM is paused. A clone or restore starts the
+//! same command line with `-incoming defer` and loads that file. The stream
+//! carries device state only: the disks, TAPs and files QEMU opens are the
+//! ones its command line names, from the engine's own records, so nothing
+//! in a snapshot can point QEMU at another host file.
+
+mod args;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vmm_api::qmp::Qmp;
+use vmm_api::{ApiError, Transition};
+
+use super::{Backend, Boot, BootRequest, LaunchOptions, LocalFuture, RestoreMode, direct_boot};
+use crate::config::Config;
+use crate::console::RelayPort;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::guest::cmdline;
+use crate::image::store::ImageDirs;
+use crate::jail::Jail;
+use crate::layout::VmPaths;
+use crate::model::{Hypervisor, Snapshot, Vm};
+use crate::snapshot::manifest::Manifest;
+
+/// The snapshot's one state file: memory and device state.
+const STATE: &str = "state";
+/// How long one QMP command may take (not a migration).
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct QemuBackend;
+
+async fn connect(socket: &Path) -> Result<Qmp, ApiError> {
+    Qmp::connect_within(socket, QMP_TIMEOUT).await
+}
+
+impl Backend for QemuBackend {
+    fn kind(&self) -> Hypervisor {
+        Hypervisor::Qemu
+    }
+
+    fn title(&self) -> &'static str {
+        "QEMU"
+    }
+
+    fn binary(&self, config: &Config) -> PathBuf {
+        PathBuf::from(&config.qemu_binary)
+    }
+
+    /// `q35` with OVMF is not wired yet: cloud images need CH.
+    fn boots_uefi(&self) -> bool {
+        false
+    }
+
+    /// QEMU loads the layer's kernel as it is (bzImage or PVH ELF).
+    fn kernel(&self, dirs: &ImageDirs, layer: &Digest) -> Result<PathBuf> {
+        Ok(dirs.kernel(layer))
+    }
+
+    /// virtio-mmio: the guest finds its disks in order.
+    fn layer_serial(&self, _: usize) -> String {
+        String::new()
+    }
+
+    fn has_direct_io(&self) -> bool {
+        false
+    }
+
+    /// One queue pair.
+    fn nic_queues(&self, _: u32) -> u32 {
+        2
+    }
+
+    fn cmdline_style(&self) -> cmdline::Style {
+        cmdline::Style::Mmio
+    }
+
+    fn launch_args(
+        &self,
+        vm: &Vm,
+        paths: &VmPaths,
+        opts: &LaunchOptions,
+        restoring: bool,
+    ) -> std::io::Result<Vec<String>> {
+        let kvm = args::uses_kvm(opts.qemu_accel);
+        if !kvm && opts.qemu_accel == crate::config::QemuAccel::Auto {
+            tracing::warn!(
+                "VM {}: /dev/kvm is not usable here; QEMU emulates the CPU (TCG), and the VM will be slow",
+                vm.id
+            );
+        }
+        Ok(args::args(vm, paths, opts, kvm, restoring))
+    }
+
+    /// The migration stream names no host path: QEMU opens what its
+    /// command line (the engine's records) names.
+    fn jail(
+        &self,
+        _: &Vm,
+        _: &VmPaths,
+        _: &Boot,
+        _: &LaunchOptions,
+        _: &Config,
+    ) -> Result<Option<Jail>> {
+        Ok(None)
+    }
+
+    fn debug_args(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Vec<String> {
+        args::args(vm, paths, opts, args::uses_kvm(opts.qemu_accel), false)
+    }
+
+    fn serial_on_stdin(&self, _: &Vm) -> bool {
+        true
+    }
+
+    fn boot<'a>(
+        &'a self,
+        request: BootRequest<'a>,
+    ) -> LocalFuture<'a, Result<Vec<RelayPort>, String>> {
+        Box::pin(async move {
+            boot(&request).await.map_err(|e| e.to_string())?;
+            Ok(vec![RelayPort {
+                name: "serial".into(),
+                fd: request.serial,
+            }])
+        })
+    }
+
+    fn boot_calls(
+        &self,
+        vm: &Vm,
+        opts: &LaunchOptions,
+    ) -> Vec<(String, String, serde_json::Value)> {
+        let mut calls = Vec::new();
+        if let Some(balloon) = opts.balloon(vm) {
+            calls.push((
+                "QMP".into(),
+                "balloon".into(),
+                serde_json::json!({ "value": vm.config.memory.saturating_sub(balloon) }),
+            ));
+        }
+        calls.push(("QMP".into(), "cont".into(), serde_json::json!({})));
+        calls
+    }
+
+    /// A direct-boot guest is stopped with QEMU itself (`quit`); a guest
+    /// with firmware gets the power button.
+    fn graceful_wait(&self, direct_boot: bool, guest_wait: Duration, term: Duration) -> Duration {
+        if direct_boot { term } else { guest_wait }
+    }
+
+    fn graceful_stop(&self, socket: PathBuf, direct_boot: bool) -> LocalFuture<'static, ()> {
+        Box::pin(async move {
+            let result = match connect(&socket).await {
+                Ok(mut qmp) if direct_boot => qmp.quit().await,
+                Ok(mut qmp) => qmp.system_powerdown().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::debug!("graceful stop request failed, escalating: {e}");
+            }
+        })
+    }
+
+    fn pause<'a>(&self, socket: &'a Path) -> LocalFuture<'a, Result<Transition, ApiError>> {
+        Box::pin(async move { connect(socket).await?.pause().await })
+    }
+
+    fn resume<'a>(&self, socket: &'a Path) -> LocalFuture<'a, Result<Transition, ApiError>> {
+        Box::pin(async move { connect(socket).await?.resume().await })
+    }
+
+    fn snapshot<'a>(
+        &self,
+        socket: &'a Path,
+        dir: &'a Path,
+        memory: u64,
+    ) -> LocalFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            connect(socket)
+                .await?
+                .save_to_file(&dir.join(STATE), vmm_api::transfer_timeout(memory))
+                .await
+                .map(drop)
+        })
+    }
+
+    fn snapshots_in_run_dir(&self) -> bool {
+        false
+    }
+
+    fn is_state_file(&self, name: &str) -> bool {
+        name == STATE
+    }
+
+    /// Memory and device state in one file: hard-linked into a clone, read
+    /// by QEMU, never written.
+    fn is_memory_file(&self, name: &str) -> bool {
+        name == STATE
+    }
+
+    fn required_state_files(&self) -> &'static [&'static str] {
+        &[STATE]
+    }
+
+    /// The migration stream holds device state, no host paths: nothing in
+    /// it reaches the host (QEMU opens what the engine's command line names).
+    fn check_state(&self, _: &OwnedFd, _: &Manifest) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// QEMU reads the state file into guest memory before the guest runs.
+    fn on_demand(&self, mode: RestoreMode) -> Result<bool> {
+        match mode {
+            RestoreMode::Default | RestoreMode::Copy => Ok(false),
+            RestoreMode::OnDemand | RestoreMode::Mmap => Err(Error::Invalid(
+                "QEMU restores memory by reading the snapshot file into the VM (--restore-mode copy); mmap and ondemand are Firecracker's and Cloud Hypervisor's".into(),
+            )),
+        }
+    }
+
+    fn resizes_on_restore(&self) -> bool {
+        false
+    }
+
+    fn reopens_source_disks(&self) -> bool {
+        false
+    }
+
+    fn patch_clone(&self, _: &Vm, _: &str) -> Result<()> {
+        Ok(())
+    }
+
+    fn stage_restore(&self, _: &Vm, snapshot: &Snapshot, _: &Manifest) -> Result<PathBuf> {
+        Ok(snapshot.data_dir.clone())
+    }
+
+    fn drop_staged_restore(&self, _: &Path, _: bool) {}
+}
+
+/// A fresh boot: the balloon's target, then `cont`. A restore: the state
+/// file loaded into the waiting QEMU, then `cont`.
+async fn boot(request: &BootRequest<'_>) -> Result<(), ApiError> {
+    let socket = request.paths.api_socket();
+    let mut qmp = Qmp::connect_within(&socket, request.timeout).await?;
+    match request.boot {
+        Boot::Fresh => {
+            if direct_boot(request.vm)
+                && let Some(balloon) = request.opts.balloon(request.vm)
+            {
+                let target = request.vm.config.memory.saturating_sub(balloon);
+                qmp.balloon(i64::try_from(target).unwrap_or(i64::MAX))
+                    .await?;
+            }
+        }
+        Boot::Restore { source, .. } => {
+            qmp.load_from_file(
+                &source.join(STATE),
+                vmm_api::transfer_timeout(request.vm.config.memory),
+            )
+            .await?;
+        }
+    }
+    qmp.resume().await.map(drop)
+}
