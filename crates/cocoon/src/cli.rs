@@ -107,10 +107,9 @@ pub enum Command {
     },
     /// Check whether this host can run VMs, and how to fix what is missing
     ///
-    /// cocoon's doctor/check.sh as a command (an addition beyond upstream cocoon). It only
-    /// looks: it changes nothing and does not open the state database, so it also works
-    /// when root_dir is broken. Every item is OK, WARN (some VMs or features will not work)
-    /// or FAIL (no VM can run), with what to do about it. Exit code 0 iff a VM can be run.
+    /// cocoon's doctor/check.sh as a command. It only looks: it changes nothing and does not
+    /// open the state database, so it also works when root_dir is broken. Every item is OK,
+    /// WARN (some features will not work) or FAIL (no VM can run), with the fix; exit 0 iff a VM can run.
     #[command(
         after_help = "Examples:\n  cocoon doctor\n  cocoon doctor -o json | jq '.checks[] | select(.status != \"ok\")'\n  COCOON_CH_BINARY=/opt/ch/cloud-hypervisor cocoon doctor"
     )]
@@ -272,8 +271,7 @@ pub struct VmFlags {
     /// Use QEMU instead of Cloud Hypervisor (OCI images only, for now)
     #[arg(long, conflicts_with_all = ["windows", "hypervisor"])]
     pub qemu: bool,
-    /// The backend: cloud-hypervisor (ch), firecracker (fc) or qemu
-    /// [default: the configuration's default_hypervisor]
+    /// The backend: cloud-hypervisor (ch), firecracker (fc) or qemu [default: default_hypervisor]
     #[arg(long, value_name = "VMM", value_parser = Hypervisor::from_str)]
     pub hypervisor: Option<Hypervisor>,
     /// VM name [default: derived from the image, e.g. cocoon-ubuntu-24.04]

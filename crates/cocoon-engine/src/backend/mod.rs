@@ -202,6 +202,18 @@ pub fn default() -> &'static dyn Backend {
     of(Hypervisor::CloudHypervisor)
 }
 
+/// The backend of a new VM the configuration picks: `default_hypervisor`,
+/// else Firecracker under `use_firecracker` (cocoon's key), else the default.
+pub fn configured(config: &Config) -> Hypervisor {
+    config
+        .default_hypervisor
+        .unwrap_or(if config.use_firecracker {
+            Hypervisor::Firecracker
+        } else {
+            default().kind()
+        })
+}
+
 /// The backend a VMM's name (`cloud-hypervisor`, `firecracker`) names.
 pub fn named(name: &str) -> Option<&'static dyn Backend> {
     Hypervisor::ALL

@@ -20,13 +20,7 @@ use crate::output::{local_time, print_json, print_line, print_table};
 
 pub fn run(command: VmCommand, config: Config) -> Result<()> {
     validate_before_open(&command)?;
-    let default_hypervisor = config
-        .default_hypervisor
-        .unwrap_or(if config.use_firecracker {
-            Hypervisor::Firecracker
-        } else {
-            Hypervisor::CloudHypervisor
-        });
+    let default_hypervisor = backend::configured(&config);
     let mut engine = super::open(config)?;
     let engine = &mut engine;
     match command {

@@ -53,6 +53,12 @@ pub fn args(
         "-cpu",
         if kvm { "max,-arch-capabilities" } else { "max" }.into(),
     );
+    // qboot, not microvm's default SeaBIOS: SeaBIOS sets up the virtio-blk
+    // rings itself (looking for a boot disk) and leaves them to a guest that
+    // may never reset the devices; their stale state then fails the load of
+    // a snapshot ("VQ 0 size 0x100 < last_avail_idx ..."). qboot only loads
+    // the kernel, and faster.
+    push("-bios", "qboot.rom".into());
     push("-smp", c.cpu.to_string());
     push("-m", format!("{}M", c.memory >> 20));
     push("-sandbox", SANDBOX.into());
@@ -67,6 +73,18 @@ pub fn args(
     push("-mon", "chardev=qmp,mode=control".into());
     push("-chardev", "stdio,id=serial0,signal=off".into());
     push("-serial", "chardev:serial0".into());
+    devices(vm, opts, kvm, &mut push);
+    if restoring {
+        push("-incoming", "defer".into());
+    } else {
+        args.push("-S".into());
+    }
+    args.extend(["-nodefaults", "-no-user-config"].map(String::from));
+    args
+}
+
+/// The guest's kernel and devices: disks in order, NICs, rng, balloon.
+fn devices(vm: &Vm, opts: &LaunchOptions, kvm: bool, push: &mut impl FnMut(&str, String)) {
     let boot = vm.boot_config.clone().unwrap_or_default();
     if let Some(kernel) = &boot.kernel_path {
         push("-kernel", kernel.display().to_string());
@@ -104,13 +122,6 @@ pub fn args(
             "virtio-balloon-device,deflate-on-oom=on,free-page-reporting=on".into(),
         );
     }
-    if restoring {
-        push("-incoming", "defer".into());
-    } else {
-        args.push("-S".into());
-    }
-    args.extend(["-nodefaults", "-no-user-config"].map(String::from));
-    args
 }
 
 fn drive(i: usize, disk: &StorageConfig) -> String {

@@ -50,6 +50,7 @@ fn fixture(hypervisor: Hypervisor) -> Fixture {
     let state: &[&str] = match hypervisor {
         Hypervisor::CloudHypervisor => &["config.json", "state.json", "memory-ranges"],
         Hypervisor::Firecracker => &["vmstate", "mem"],
+        Hypervisor::Qemu => &["state"],
     };
     for name in state.iter().chain(&["cow.raw"]) {
         let body: &[u8] = if *name == "config.json" {
