@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 pub use assert_cmd;
 
 pub mod cloud_guest;
+pub mod console;
 pub mod guest;
 pub mod linux_guest;
 pub mod registry;

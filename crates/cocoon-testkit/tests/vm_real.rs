@@ -7,12 +7,11 @@
 //! Debian's docker-registry; says SKIPPED loudly otherwise.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
+use cocoon_testkit::console::ConsoleSession;
 use cocoon_testkit::guest::{
     COUNT_PREFIX, HEARTBEAT_PREFIX, READY_MARKER, heartbeats, heartbeats_since, last_drop,
 };
@@ -132,95 +131,10 @@ impl Run<'_> {
     }
 }
 
-/// `cocoon vm console VM` on a fresh PTY, as a user's terminal would run it.
-struct ConsoleSession {
-    child: std::process::Child,
-    master: std::fs::File,
-    seen: Vec<u8>,
-}
-
-impl ConsoleSession {
-    fn open(run: &Run<'_>, vm: &str) -> ConsoleSession {
-        let (master, slave) = pty();
-        let mut cmd = run.cmd();
-        let io = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
-        cmd.args(["vm", "console", vm])
-            .stdin(io(&slave))
-            .stdout(io(&slave))
-            .stderr(io(&slave));
-        let child = cmd.spawn().unwrap();
-        drop(slave);
-        // Non-blocking reads so `expect` can time out.
-        // SAFETY: fcntl(F_SETFL) on the PTY master this session owns and keeps open.
-        unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        ConsoleSession {
-            child,
-            master: std::fs::File::from(master),
-            seen: Vec::new(),
-        }
-    }
-
-    fn expect(&mut self, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&self.seen).contains(what) {
-            assert!(
-                Instant::now() < deadline,
-                "console never showed {what:?}; saw:\n{}",
-                String::from_utf8_lossy(&self.seen)
-            );
-            match self.master.read(&mut buf) {
-                Ok(n) if n > 0 => self.seen.extend_from_slice(&buf[..n]),
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.master.write_all(bytes).unwrap();
-    }
-
-    /// Asks the guest for its count (`?` → `count=<n>`) and returns the
-    /// answer. A `?` typed while `vm console` is still setting its terminal
-    /// up is lost, so it is sent again every 2 s until the guest answers.
-    fn count(&mut self) -> u64 {
-        use cocoon_testkit::guest::counts;
-        let before = counts(&String::from_utf8_lossy(&self.seen)).len();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut buf = [0u8; 4096];
-        loop {
-            self.send(b"?");
-            let resend = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < resend {
-                let answers = counts(&String::from_utf8_lossy(&self.seen));
-                if answers.len() > before {
-                    return answers[before];
-                }
-                match self.master.read(&mut buf) {
-                    Ok(n) if n > 0 => self.seen.extend_from_slice(&buf[..n]),
-                    _ => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the guest never answered `?`; the console saw:\n{}",
-                String::from_utf8_lossy(&self.seen)
-            );
-        }
-    }
-}
-
-fn pty() -> (OwnedFd, OwnedFd) {
-    // SAFETY: plain libc PTY calls on fds we take ownership of.
-    unsafe {
-        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
-        assert!(master >= 0);
-        assert_eq!(libc::grantpt(master), 0);
-        assert_eq!(libc::unlockpt(master), 0);
-        let name = std::ffi::CStr::from_ptr(libc::ptsname(master)).to_owned();
-        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
-        assert!(slave >= 0);
-        (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave))
+impl Run<'_> {
+    /// `cocoon vm console VM` on a fresh PTY, as a user's terminal would run it.
+    fn console(&self, vm: &str) -> ConsoleSession {
+        ConsoleSession::open(self.cmd(), vm)
     }
 }
 
@@ -267,20 +181,16 @@ fn boot_on(vmm: Vmm) {
     assert!(!log.is_empty());
 
     // The console replays the boot (attached after it) and carries input.
-    let mut console = ConsoleSession::open(&run, "g");
+    let mut console = run.console("g");
     console.expect("Connected to g");
     console.expect(READY_MARKER);
     console.send(b"?");
     console.expect(COUNT_PREFIX);
     // A second attach shares the session and does not hang.
-    let mut second = ConsoleSession::open(&run, "g");
+    let mut second = run.console("g");
     second.expect(READY_MARKER);
-    second.send(&[0x1d, b'.']);
-    second.expect("Disconnected from g");
-    assert!(second.child.wait().unwrap().success());
-    console.send(&[0x1d, b'.']);
-    console.expect("Disconnected from g");
-    assert!(console.child.wait().unwrap().success());
+    second.detach("g");
+    console.detach("g");
 
     run.ok(&["vm", "stop", "g"]);
     let vm = run.inspect("g");
@@ -395,7 +305,7 @@ fn snapshots_on(vmm: Vmm) {
 
     // The guest's own count just before the pause and just after the save
     // (asked over the console: `?` → `count=<n>`) bound the snapshot's.
-    let mut console = ConsoleSession::open(&run, "src");
+    let mut console = run.console("src");
     console.expect("Connected to src");
     let lo = console.count();
     // The seed scenario: paused behind the engine's back, then saved.
@@ -422,9 +332,7 @@ fn snapshots_on(vmm: Vmm) {
     );
     // The source runs on after the save (it was resumed although it had been paused).
     let hi = console.count();
-    console.send(&[0x1d, b'.']);
-    console.expect("Disconnected from src");
-    assert!(console.child.wait().unwrap().success());
+    console.detach("src");
     assert!(lo <= hi, "count {lo} before the save, {hi} after");
     eprintln!("{test}: the snapshot's count is in {lo}..={hi}");
     mark(&cow_of(&src), Some(b"AFTER!!!"));
