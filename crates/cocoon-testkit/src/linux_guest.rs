@@ -20,6 +20,11 @@ pub const READY_MARKER: &str = "COCOON-LINUX-GUEST READY";
 /// network actions (`cocoon.test.ping=` or `cocoon.test.hold=`, see
 /// rootfs-init.sh).
 pub const NET_MARKER: &str = "COCOON-LINUX-GUEST NET-UP";
+/// Printed by the interactive variant ([`interactive_layer_tars`]) before it
+/// runs a shell on the console.
+pub const SHELL_MARKER: &str = "COCOON-LINUX-GUEST SHELL";
+/// What the interactive variant's extra layer adds.
+const SHELL_FLAG: &str = "etc/cocoon-test-shell";
 /// Printed after the written file is synced and the COW frozen.
 pub const DONE_MARKER: &str = "COCOON-LINUX-GUEST DONE";
 /// Prefix of every line the initramfs prints when it gives up.
@@ -55,7 +60,7 @@ const MODULES: &[&str] = &[
     "ext4",
 ];
 /// Bumped when the image layout changes in a way the inputs do not show.
-const FORMAT: &str = "linux-guest-1";
+const FORMAT: &str = "linux-guest-2";
 
 /// `target/test-assets`, where scripts/fetch-test-assets.sh unpacks.
 pub fn assets_dir() -> PathBuf {
@@ -112,12 +117,27 @@ impl Assets {
 /// The image's layer tars, bottom first: base rootfs, upper layer, boot
 /// files. Built once per set of inputs and cached under `target/test-assets`.
 pub fn layer_tars(assets: &Assets) -> Vec<PathBuf> {
+    let mut tars = cached_layers(assets);
+    tars.truncate(3);
+    tars
+}
+
+/// The interactive variant: [`layer_tars`] and a layer on top that makes
+/// the rootfs init run a shell on the console after its reports, instead of
+/// powering off (for tests that boot through the engine and type commands
+/// on `vm console`).
+pub fn interactive_layer_tars(assets: &Assets) -> Vec<PathBuf> {
+    cached_layers(assets)
+}
+
+const LAYER_NAMES: [&str; 4] = ["base.tar", "upper.tar", "boot.tar", "shell.tar"];
+
+fn cached_layers(assets: &Assets) -> Vec<PathBuf> {
     let image = GuestParts::read(assets, MODULES);
     let cache = assets_dir().join("linux-guest").join(image.key());
-    let names = ["base.tar", "upper.tar", "boot.tar"];
-    let paths: Vec<PathBuf> = names.iter().map(|n| cache.join(n)).collect();
+    let paths: Vec<PathBuf> = LAYER_NAMES.iter().map(|n| cache.join(n)).collect();
     if !paths.iter().all(|p| p.is_file()) {
-        build(&image, &cache, &names);
+        build(&image, &cache);
     }
     // Entries of older inputs (~15 MB each) would pile up with every change
     // to the scripts or a kernel update.
@@ -133,15 +153,20 @@ pub fn layer_tars(assets: &Assets) -> Vec<PathBuf> {
 
 /// Builds the layers aside and renames them into place: tests building them
 /// concurrently never see half a cache entry.
-fn build(image: &GuestParts, cache: &Path, names: &[&str; 3]) {
+fn build(image: &GuestParts, cache: &Path) {
     let parent = cache.parent().expect("under linux-guest");
     std::fs::create_dir_all(parent).expect("create target/test-assets/linux-guest");
     let staging = tempfile::Builder::new()
         .prefix(".staging-")
         .tempdir_in(parent)
         .expect("staging dir under target/test-assets");
-    let tars = [image.base_layer(), image.upper_layer(), image.boot_layer()];
-    for (name, tar) in names.iter().zip(tars) {
+    let tars = [
+        image.base_layer(),
+        image.upper_layer(),
+        image.boot_layer(),
+        image.shell_layer(),
+    ];
+    for (name, tar) in LAYER_NAMES.iter().zip(tars) {
         std::fs::write(staging.path().join(name), tar).expect("write layer tar");
     }
     let staged = staging.keep();
@@ -241,6 +266,13 @@ impl GuestParts {
             0o644,
             format!("{ADDED_CONTENT}\n").as_bytes(),
         );
+        tar.finish()
+    }
+
+    fn shell_layer(&self) -> Vec<u8> {
+        let mut tar = Tar::new();
+        tar.dir("etc");
+        tar.file(SHELL_FLAG, 0o644, b"");
         tar.finish()
     }
 

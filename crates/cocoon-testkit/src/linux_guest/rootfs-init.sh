@@ -11,6 +11,11 @@
 #       so the host can reach the guest; the test kills qemu when it is done
 # With either, the guest first reports its network (`inet=`, `route=`,
 # `resolv=`, `hostname=` lines) and then "COCOON-LINUX-GUEST NET-UP".
+#
+# The interactive variant of the image (a layer adding /etc/cocoon-test-shell)
+# is for tests that boot it through the engine, whose command line they cannot
+# extend: after the reports it prints "COCOON-LINUX-GUEST SHELL" and runs a
+# shell on the console instead of writing, freezing and powering off.
 export PATH=/bin
 echo "COCOON-LINUX-GUEST READY"
 echo "cmdline=$(cat /proc/cmdline)"
@@ -43,6 +48,12 @@ if [ -n "$ping$hold" ]; then
     echo "ping:$peer=$result"
   done
   [ -z "$hold" ] || sleep "$hold"
+fi
+
+if [ -e /etc/cocoon-test-shell ]; then
+  echo "COCOON-LINUX-GUEST SHELL"
+  sh
+  poweroff -f
 fi
 
 echo "written by the guest" >/root/written-by-guest
