@@ -59,6 +59,16 @@ pub fn args(
     // a snapshot ("VQ 0 size 0x100 < last_avail_idx ..."). qboot only loads
     // the kernel, and faster.
     push("-bios", "qboot.rom".into());
+    // TCG: microvm has neither HPET nor ACPI PM timer, so Linux calibrates
+    // the TSC against the PIT alone; when the host is busy (another TCG
+    // guest will do) the vCPU thread is preempted mid-calibration, both PIT
+    // methods fail ("tsc: Unable to calibrate against PIT"), the TSC is
+    // marked unstable and the kernel hangs in calibrate_delay() waiting for
+    // a jiffy. Guest time counted from executed instructions makes the PIT
+    // and the TSC agree. (KVM guests get kvm-clock instead.)
+    if !kvm {
+        push("-icount", "shift=auto".into());
+    }
     push("-smp", c.cpu.to_string());
     push("-m", format!("{}M", c.memory >> 20));
     push("-sandbox", SANDBOX.into());
