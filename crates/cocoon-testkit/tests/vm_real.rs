@@ -100,10 +100,19 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// cocoon with the VMMs found. One that is not installed (a QEMU test on
+    /// a host without CH or FC) stays unset: the engine refuses an empty
+    /// path in every command, whether a VM needs that VMM or not.
     fn cmd(&self) -> std::process::Command {
         let mut cmd = self.env.std_cmd();
-        cmd.env("COCOON_CH_BINARY", &self.ch)
-            .env("COCOON_FC_BINARY", &self.fc);
+        for (var, path) in [
+            ("COCOON_CH_BINARY", &self.ch),
+            ("COCOON_FC_BINARY", &self.fc),
+        ] {
+            if !path.as_os_str().is_empty() {
+                cmd.env(var, path);
+            }
+        }
         cmd
     }
 
