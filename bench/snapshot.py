@@ -385,7 +385,7 @@ class Bench:
             snap_dir = json.loads(self.run("snapshot", "inspect", snap))["data_dir"]
 
             if backend == "qemu":
-                with open(f"/proc/{info['vmm']['identity']['pid']}/cmdline", "rb") as f:
+                with open(f"/proc/{info['vmm']['pid']}/cmdline", "rb") as f:
                     self.qemu_argv = [a.decode() for a in f.read().split(b"\0")[:-1]]
             # The raw restore reopens the disks the snapshot names, the source's.
             self.run("vm", "stop", "--force", src)

@@ -140,7 +140,11 @@ def raw_boot(name, binary, info, work):
             }
             with open(f"{work}/fc.json", "w") as f:
                 json.dump(config, f)
-            proc = subprocess.Popen([binary, "--no-api", "--config-file", f"{work}/fc.json"],
+            # FC's own log to a file (it must exist): on stdout its lines
+            # can land inside the guest's ready line.
+            open(f"{work}/raw-fc.log", "w").close()
+            proc = subprocess.Popen([binary, "--no-api", "--config-file", f"{work}/fc.json",
+                                     "--log-path", f"{work}/raw-fc.log"],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL)
         try:
             ready = wait_for_marker(serial)
