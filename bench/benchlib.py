@@ -110,3 +110,48 @@ def api(sock, method, path, body=None, timeout=120.0):
         return json.loads(text) if text.strip() else None
     finally:
         conn.close()
+
+
+class Qmp:
+    """A minimal QMP session: the greeting, `qmp_capabilities`, then one
+    command at a time (events in between are skipped)."""
+
+    def __init__(self, sock, timeout=120.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(sock)
+        self.file = self.sock.makefile("rw")
+        self.file.readline()
+        self("qmp_capabilities")
+
+    def __call__(self, command, **arguments):
+        self.file.write(json.dumps({"execute": command, "arguments": arguments}) + "\n")
+        self.file.flush()
+        while True:
+            reply = json.loads(self.file.readline())
+            if "event" in reply:
+                continue
+            if "error" in reply:
+                raise RuntimeError(f"QMP {command}: {reply['error']}")
+            return reply["return"]
+
+    def migrate_file(self, path, incoming=False):
+        """A mapped-ram migration to (or from) a file, until completed."""
+        self("migrate-set-capabilities", capabilities=[{"capability": "mapped-ram", "state": True}])
+        channels = [{"channel-type": "main", "addr": {"transport": "file", "filename": path, "offset": 0}}]
+        if incoming:
+            self("migrate-incoming", channels=channels)
+        else:
+            self("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+            self("migrate", channels=channels)
+        while True:
+            status = self("query-migrate").get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise RuntimeError(f"QEMU migration {status}")
+            time.sleep(0.002)
+
+    def close(self):
+        self.file.close()
+        self.sock.close()

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Snapshot save and clone-to-running against the raw VMM calls, per backend
-(Cloud Hypervisor, Firecracker) and per filesystem (XFS with reflink and
+(Cloud Hypervisor, Firecracker, QEMU) and per filesystem (XFS with reflink and
 ext4, each a loop mount made here), all measured in one run.
 
 For every iteration, on the filesystem under test, a VM is booted by cocoon
@@ -9,7 +9,8 @@ For every iteration, on the filesystem under test, a VM is booted by cocoon
 
   raw snapshot   the bare API calls on the VM's socket: CH PUT vm.pause,
                  vm.snapshot {destination_url}, vm.resume; FC PATCH /vm
-                 Paused, PUT /snapshot/create (Full), PATCH /vm Resumed.
+                 Paused, PUT /snapshot/create (Full), PATCH /vm Resumed;
+                 QEMU QMP stop, mapped-ram migrate to a file, cont.
                  Pause window = pause sent .. resume answered.
   cocoon save    `cocoon snapshot save -o json`: its pause_ms, total_ms and
                  the CLI's wall time. Its window also holds the disk copies
@@ -17,7 +18,9 @@ For every iteration, on the filesystem under test, a VM is booted by cocoon
   raw restore    a fresh VMM process on the files of cocoon's snapshot,
                  doing the VMM work cocoon's clone does: CH started with
                  only --api-socket, PUT vm.restore {source_url}, vm.resume;
-                 FC started with --api-sock, PUT /snapshot/load (resume_vm),
+                 FC started with --api-sock, PUT /snapshot/load (resume_vm);
+                 QEMU started with the source's command line and
+                 `-incoming defer`, migrate-incoming from the file, cont;
                  until the API reports Running. The source VM is stopped
                  first so its disks, which the snapshot names, are free.
                  Staging (CH config.json with the serial set to Null) is
@@ -29,12 +32,12 @@ Raw and cocoon alternate which goes first. Medians are printed with the
 ratio cocoon / raw.
 
 Needs root (loop mounts), mkfs.xfs (xfsprogs) and mkfs.ext4, /dev/kvm, the
-real VMMs (COCOON_CH_BINARY / COCOON_FC_BINARY or PATH; it fails if one is
+real VMMs (COCOON_CH_BINARY / COCOON_FC_BINARY / COCOON_QEMU_BINARY or PATH; it fails if one is
 missing), a release cocoon (COCOON_BIN, default target/release/cocoon) and
 the test guest kernel (any `cargo build --workspace` builds it).
 
     python3 bench/snapshot.py [iterations] [--memory MiB] [--disk-fill MiB]
-                              [--backends ch,fc] [--fs xfs,ext4] [--loop-dir DIR]
+                              [--backends ch,fc,qemu] [--fs xfs,ext4] [--loop-dir DIR]
 """
 
 import argparse
@@ -49,11 +52,12 @@ import tempfile
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in bench/
-from benchlib import GUEST_IMAGE, api, cocoon_binary, find_vmm, import_guest, test_kernel, wait_for_marker, wait_for_socket
+from benchlib import GUEST_IMAGE, Qmp, api, cocoon_binary, find_vmm, import_guest, test_kernel, wait_for_marker, wait_for_socket
 
 BACKENDS = {
     "ch": ("cloud-hypervisor", "COCOON_CH_BINARY", []),
     "fc": ("firecracker", "COCOON_FC_BINARY", ["--fc"]),
+    "qemu": ("qemu-system-x86_64", "COCOON_QEMU_BINARY", ["--qemu"]),
 }
 FILESYSTEMS = {
     "xfs": ("xfs-reflink", ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]),
@@ -82,6 +86,7 @@ class Bench:
         self.work = work
         self.raw_procs = []
         self.env = None
+        self.qemu_argv = []
 
     # cocoon --------------------------------------------------------------
 
@@ -126,6 +131,21 @@ class Bench:
     def raw_snapshot(self, backend, sock, dest):
         """(pause window, snapshot call) of the bare API calls, in seconds."""
         os.makedirs(dest)
+        if backend == "qemu":
+            qmp = Qmp(sock)
+            try:
+                t0 = time.monotonic()
+                qmp("stop")
+                try:
+                    t1 = time.monotonic()
+                    qmp.migrate_file(f"{dest}/state")
+                    t2 = time.monotonic()
+                finally:
+                    qmp("cont")
+                t3 = time.monotonic()
+            finally:
+                qmp.close()
+            return t3 - t0, t2 - t1
         if backend == "ch":
             pause = ("PUT", "/api/v1/vm.pause", None)
             snap = ("PUT", "/api/v1/vm.snapshot", {"destination_url": f"file://{dest}"})
@@ -154,6 +174,8 @@ class Bench:
         if os.path.exists(sock):
             os.remove(sock)
         binary = self.binaries[backend]
+        if backend == "qemu":
+            return self.raw_qemu_restore(snap_dir, sock, log)
         if backend == "ch":
             # Staged as cocoon stages it (memory hard-linked, state copied,
             # config.json patched), before the clock: the serial port set to
@@ -203,6 +225,35 @@ class Bench:
                 self.reap(proc)
         if state != "Running":
             raise RuntimeError(f"raw {backend} restore: the VM is {state}, not Running")
+        return t1 - t0
+
+    def raw_qemu_restore(self, snap_dir, sock, log):
+        """QEMU: the source's own command line (read from /proc before it
+        stopped) with this socket, the serial port nowhere, `-incoming defer`."""
+        argv = []
+        for arg in self.qemu_argv:
+            if arg.startswith("socket,id=qmp,"):
+                arg = f"socket,id=qmp,server=on,wait=off,path={sock}"
+            elif arg.startswith("stdio,id=serial0"):
+                arg = "null,id=serial0"
+            if arg == "-S":
+                argv += ["-incoming", "defer"]
+                continue
+            argv.append(arg)
+        t0 = time.monotonic()
+        proc = self.spawn_vmm(argv, log)
+        try:
+            wait_for_socket(sock, proc)
+            qmp = Qmp(sock)
+            qmp.migrate_file(f"{snap_dir}/state", incoming=True)
+            qmp("cont")
+            running = qmp("query-status")["running"]
+            t1 = time.monotonic()
+            qmp.close()
+        finally:
+            self.reap(proc)
+        if not running:
+            raise RuntimeError("raw qemu restore: the VM is not running")
         return t1 - t0
 
     # one filesystem ------------------------------------------------------
@@ -333,6 +384,9 @@ class Bench:
             shutil.rmtree(raw_dir)
             snap_dir = json.loads(self.run("snapshot", "inspect", snap))["data_dir"]
 
+            if backend == "qemu":
+                with open(f"/proc/{info['vmm']['pid']}/cmdline", "rb") as f:
+                    self.qemu_argv = [a.decode() for a in f.read().split(b"\0")[:-1]]
             # The raw restore reopens the disks the snapshot names, the source's.
             self.run("vm", "stop", "--force", src)
 
@@ -394,7 +448,7 @@ def main():
     p.add_argument("--memory", type=int, default=512, help="guest memory in MiB (default 512)")
     p.add_argument("--disk-fill", type=int, default=512,
                    help="MiB written into the VM's raw data disk before it starts, multiple of 4 (default 512; 0: no data disk)")
-    p.add_argument("--backends", default="ch,fc", help="comma separated: ch, fc")
+    p.add_argument("--backends", default="ch,fc,qemu", help="comma separated: ch, fc, qemu")
     p.add_argument("--fs", default="xfs,ext4", help="comma separated: xfs, ext4")
     p.add_argument("--loop-dir", default=tempfile.gettempdir(), help="where the loop backing files go (sparse)")
     args = p.parse_args()

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Time from `cocoon vm run --nics 0` to the guest's ready marker, against the
 raw VMM launched with the same kernel, disks and command line by a minimal
-launcher, for Cloud Hypervisor and Firecracker. Both are measured here, in
-one run; the difference is the engine's overhead.
+launcher, for Cloud Hypervisor, Firecracker and QEMU. Both are measured
+here, in one run; the difference is the engine's overhead.
 
-Needs the VMMs (COCOON_CH_BINARY / COCOON_FC_BINARY or PATH), /dev/kvm, a
+Needs the VMMs (COCOON_CH_BINARY / COCOON_FC_BINARY / COCOON_QEMU_BINARY or
+PATH), /dev/kvm, a
 built cocoon (COCOON_BIN, default target/release/cocoon) and the test guest
 kernel built by cocoon-testkit (any `cargo build --workspace` makes it).
 
@@ -36,7 +37,9 @@ def main():
     backends = [
         ("cloud-hypervisor", find_vmm("COCOON_CH_BINARY", "cloud-hypervisor"), []),
         ("firecracker", find_vmm("COCOON_FC_BINARY", "firecracker"), ["--fc"]),
+        ("qemu", find_vmm("COCOON_QEMU_BINARY", "qemu-system-x86_64"), ["--qemu"]),
     ]
+    binary_keys = {"cloud-hypervisor": "COCOON_CH_BINARY", "firecracker": "COCOON_FC_BINARY", "qemu": "COCOON_QEMU_BINARY"}
     work = tempfile.mkdtemp(prefix="cocoon-bench-boot-")
     env = dict(os.environ)
     env.update(
@@ -47,7 +50,7 @@ def main():
     open(env["COCOON_CONFIG"], "w").close()
     for name, binary, _ in backends:
         if binary:
-            env["COCOON_CH_BINARY" if name == "cloud-hypervisor" else "COCOON_FC_BINARY"] = binary
+            env[binary_keys[name]] = binary
 
     def cocoon_cmd(*args):
         return subprocess.run([cocoon, *args], env=env, check=True, capture_output=True, text=True).stdout
@@ -58,7 +61,7 @@ def main():
     try:
         for name, binary, flag in backends:
             if not binary:
-                print(f"*** SKIPPED {name}: not on PATH and no COCOON_{'CH' if 'cloud' in name else 'FC'}_BINARY ***")
+                print(f"*** SKIPPED {name}: not on PATH and no {binary_keys[name]} ***")
                 continue
             engine, start_only, raw = [], [], []
             for i in range(iterations):
@@ -114,6 +117,19 @@ def raw_boot(name, binary, info, work):
                  "--cmdline", boot["cmdline"], "--disk", *disk_args,
                  "--serial", "file=" + serial, "--console", "off"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        elif name == "qemu":
+            # What a user would type: microvm with qboot, the same kernel,
+            # initrd, command line and disks, the serial port to a file.
+            argv = [binary, "-machine", "microvm,accel=kvm", "-bios", "qboot.rom",
+                    "-cpu", "max,-arch-capabilities", "-smp", "1", "-m", "512M",
+                    "-nodefaults", "-no-user-config", "-display", "none",
+                    "-kernel", boot["kernel_path"], "-initrd", boot["initrd_path"],
+                    "-append", boot["cmdline"], "-serial", "file:" + serial]
+            for i, d in enumerate(disks):
+                argv += ["-drive", f"file={d['path']},if=none,id=d{i},format=raw,readonly={'on' if d['ro'] else 'off'}",
+                         "-device", f"virtio-blk-device,drive=d{i}"]
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
         else:
             config = {
                 "boot-source": {"kernel_image_path": boot["kernel_path"], "initrd_path": boot["initrd_path"],
@@ -124,7 +140,11 @@ def raw_boot(name, binary, info, work):
             }
             with open(f"{work}/fc.json", "w") as f:
                 json.dump(config, f)
-            proc = subprocess.Popen([binary, "--no-api", "--config-file", f"{work}/fc.json"],
+            # FC's own log to a file (it must exist): on stdout its lines
+            # can land inside the guest's ready line.
+            open(f"{work}/raw-fc.log", "w").close()
+            proc = subprocess.Popen([binary, "--no-api", "--config-file", f"{work}/fc.json",
+                                     "--log-path", f"{work}/raw-fc.log"],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL)
         try:
             ready = wait_for_marker(serial)

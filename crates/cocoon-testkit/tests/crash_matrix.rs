@@ -2,7 +2,9 @@
 //! to fail at each of its step boundaries (the engine's failpoints), then the
 //! next command must leave no orphan VMM, no paused VM, no half-created
 //! record, no directory without a record, no pending snapshot, no intent,
-//! and the same operation must succeed when run again. Fake VMMs.
+//! and the same operation must succeed when run again. Fake VMMs, and the
+//! real QEMU (`*_qemu`: the lab's default backend is QEMU, whose test guest
+//! boots in well under a second).
 
 #[path = "cloud_image/http.rs"]
 #[allow(dead_code)]
@@ -23,6 +25,8 @@ fn bin() -> String {
 
 struct Lab {
     env: CocoonEnv,
+    /// The real QEMU instead of the fake VMMs.
+    qemu: bool,
 }
 
 impl Drop for Lab {
@@ -32,9 +36,10 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    fn new() -> Lab {
+    fn on(qemu: bool) -> Lab {
         let lab = Lab {
             env: CocoonEnv::new(bin()),
+            qemu,
         };
         let layer = cocoon_testkit::guest::boot_layer("6.1", b"initrd").build();
         std::fs::write(lab.env.path().join("layer.tar"), layer).unwrap();
@@ -48,7 +53,13 @@ impl Lab {
     }
 
     fn cmd(&self) -> std::process::Command {
-        self.env.fake_vmm_cmd(FAKE)
+        if !self.qemu {
+            return self.env.fake_vmm_cmd(FAKE);
+        }
+        let mut cmd = self.env.std_cmd();
+        cmd.env("COCOON_DEFAULT_HYPERVISOR", "qemu")
+            .env("COCOON_TERMINATE_GRACE_PERIOD_SECONDS", "1");
+        cmd
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -73,8 +84,19 @@ fn vmm_state(vm: &Value) -> String {
         .build()
         .unwrap();
     rt.block_on(async {
-        match vmm_api::ch::CloudHypervisor::new(&socket).info().await {
-            Ok(info) => format!("{:?}", info.state),
+        let state = if vm["hypervisor"] == "qemu" {
+            match vmm_api::qmp::Qmp::connect(&socket).await {
+                Ok(mut qmp) => qmp.status().await.map(|s| s.vm_state()),
+                Err(e) => Err(e),
+            }
+        } else {
+            vmm_api::ch::CloudHypervisor::new(&socket)
+                .info()
+                .await
+                .map(|info| info.state)
+        };
+        match state {
+            Ok(state) => format!("{state:?}"),
             Err(e) => format!("unreachable: {e}"),
         }
     })
@@ -216,6 +238,18 @@ fn ensure_running(lab: &Lab) {
 fn nothing(_: &Lab) {}
 
 fn matrix(op: &Op<'_>) {
+    matrix_on(op, false);
+}
+
+/// The matrix on the fake VMMs, or on the real QEMU.
+fn matrix_on(op: &Op<'_>, qemu: bool) {
+    let name = format!("{}{}", op.name, if qemu { " on QEMU" } else { "" });
+    if qemu
+        && cocoon_testkit::require_real_vmm(&name, "COCOON_QEMU_BINARY", "qemu-system-x86_64")
+            .is_none()
+    {
+        return;
+    }
     let version = std::process::Command::new(bin())
         .arg("version")
         .output()
@@ -229,8 +263,8 @@ fn matrix(op: &Op<'_>) {
     let mut cases = 0;
     for failpoint in op.failpoints {
         for action in ["kill", "error"] {
-            let case = format!("{} at {failpoint} ({action})", op.name);
-            let lab = Lab::new();
+            let case = format!("{name} at {failpoint} ({action})");
+            let lab = Lab::on(qemu);
             (op.setup)(&lab);
             let out = lab
                 .cmd()
@@ -291,89 +325,173 @@ fn matrix(op: &Op<'_>) {
             cases += 1;
         }
     }
-    eprintln!("{}: {cases} crash cases converged", op.name);
+    eprintln!("{name}: {cases} crash cases converged");
+}
+
+fn create_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "vm create",
+            setup: &nothing,
+            args: &args(&["vm", "create", "--nics", "0", "--name", "m", "test/guest:1"]),
+            failpoints: &["vm.create.recorded", "vm.create.network", "vm.create.disks"],
+            again: &nothing,
+        },
+        qemu,
+    );
 }
 
 #[test]
 fn create() {
-    matrix(&Op {
-        name: "vm create",
-        setup: &nothing,
-        args: &args(&["vm", "create", "--nics", "0", "--name", "m", "test/guest:1"]),
-        failpoints: &["vm.create.recorded", "vm.create.network", "vm.create.disks"],
-        again: &nothing,
-    });
+    create_on(false);
+}
+
+#[test]
+fn create_qemu() {
+    create_on(true);
+}
+
+fn start_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "vm start",
+            setup: &created,
+            args: &args(&["vm", "start", "m"]),
+            failpoints: &["vm.launch.recorded", "vm.launch.booted"],
+            again: &nothing,
+        },
+        qemu,
+    );
 }
 
 #[test]
 fn start() {
-    matrix(&Op {
-        name: "vm start",
-        setup: &created,
-        args: &args(&["vm", "start", "m"]),
-        failpoints: &["vm.launch.recorded", "vm.launch.booted"],
-        again: &nothing,
-    });
+    start_on(false);
+}
+
+#[test]
+fn start_qemu() {
+    start_on(true);
+}
+
+fn stop_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "vm stop",
+            setup: &running,
+            args: &args(&["vm", "stop", "m"]),
+            failpoints: &["vm.stop.stopped"],
+            again: &ensure_running,
+        },
+        qemu,
+    );
 }
 
 #[test]
 fn stop() {
-    matrix(&Op {
-        name: "vm stop",
-        setup: &running,
-        args: &args(&["vm", "stop", "m"]),
-        failpoints: &["vm.stop.stopped"],
-        again: &ensure_running,
-    });
+    stop_on(false);
+}
+
+#[test]
+fn stop_qemu() {
+    stop_on(true);
+}
+
+fn rm_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "vm rm",
+            setup: &running,
+            args: &args(&["vm", "rm", "--force", "m"]),
+            failpoints: &["vm.stop.stopped", "vm.rm.dirs"],
+            again: &nothing,
+        },
+        qemu,
+    );
 }
 
 #[test]
 fn rm() {
-    matrix(&Op {
-        name: "vm rm",
-        setup: &running,
-        args: &args(&["vm", "rm", "--force", "m"]),
-        failpoints: &["vm.stop.stopped", "vm.rm.dirs"],
-        again: &nothing,
-    });
+    rm_on(false);
+}
+
+#[test]
+fn rm_qemu() {
+    rm_on(true);
+}
+
+fn snapshot_save_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "snapshot save",
+            setup: &running,
+            args: &args(&["snapshot", "save", "m"]),
+            failpoints: &["snapshot.save.paused", "snapshot.save.captured"],
+            again: &nothing,
+        },
+        qemu,
+    );
 }
 
 #[test]
 fn snapshot_save() {
-    matrix(&Op {
-        name: "snapshot save",
-        setup: &running,
-        args: &args(&["snapshot", "save", "m"]),
-        failpoints: &["snapshot.save.paused", "snapshot.save.captured"],
-        again: &nothing,
-    });
+    snapshot_save_on(false);
+}
+
+#[test]
+fn snapshot_save_qemu() {
+    snapshot_save_on(true);
+}
+
+fn clone_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "vm clone",
+            setup: &snapshotted,
+            args: &args(&["vm", "clone", "--name", "c", "s"]),
+            failpoints: &["vm.clone.files", "vm.launch.recorded", "vm.launch.booted"],
+            again: &nothing,
+        },
+        qemu,
+    );
 }
 
 #[test]
 fn clone() {
-    matrix(&Op {
-        name: "vm clone",
-        setup: &snapshotted,
-        args: &args(&["vm", "clone", "--name", "c", "s"]),
-        failpoints: &["vm.clone.files", "vm.launch.recorded", "vm.launch.booted"],
-        again: &nothing,
-    });
+    clone_on(false);
+}
+
+#[test]
+fn clone_qemu() {
+    clone_on(true);
+}
+
+fn restore_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "vm restore",
+            setup: &snapshotted,
+            args: &args(&["vm", "restore", "m", "s"]),
+            failpoints: &[
+                "vm.restore.killed",
+                "vm.restore.swapped",
+                "vm.launch.recorded",
+                "vm.launch.booted",
+            ],
+            again: &ensure_running,
+        },
+        qemu,
+    );
 }
 
 #[test]
 fn restore() {
-    matrix(&Op {
-        name: "vm restore",
-        setup: &snapshotted,
-        args: &args(&["vm", "restore", "m", "s"]),
-        failpoints: &[
-            "vm.restore.killed",
-            "vm.restore.swapped",
-            "vm.launch.recorded",
-            "vm.launch.booted",
-        ],
-        again: &ensure_running,
-    });
+    restore_on(false);
+}
+
+#[test]
+fn restore_qemu() {
+    restore_on(true);
 }
 
 #[test]
