@@ -36,10 +36,6 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    fn new() -> Lab {
-        Lab::on(false)
-    }
-
     fn on(qemu: bool) -> Lab {
         let lab = Lab {
             env: CocoonEnv::new(bin()),
