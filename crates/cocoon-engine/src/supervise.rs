@@ -300,18 +300,32 @@ fn cmdline(pid: u32) -> Option<Vec<OsString>> {
 }
 
 /// Whether an argument list names `socket` as a value (`--api-socket PATH`,
-/// `--api-sock=PATH`, or CH's `path=PATH` key/value syntax).
-fn names_socket(args: &[OsString], socket: &Path) -> bool {
+/// `--api-sock=PATH`, or the `path=PATH` key/value syntax of CH and QEMU,
+/// whose option values double a path's commas: `path=/a,,b/api.sock`).
+pub(crate) fn names_socket(args: &[OsString], socket: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let wanted = socket.as_os_str().as_bytes();
-    args.iter().any(|arg| {
-        let arg = arg.as_bytes();
+    let plain = socket.as_os_str().as_bytes();
+    let doubled: Option<Vec<u8>> = plain.contains(&b',').then(|| {
+        let mut doubled = Vec::with_capacity(plain.len() + 4);
+        for &b in plain {
+            doubled.push(b);
+            if b == b',' {
+                doubled.push(b',');
+            }
+        }
+        doubled
+    });
+    let names = |arg: &[u8], wanted: &[u8]| {
         arg == wanted
             || arg.ends_with(wanted)
                 && matches!(
                     arg.get(arg.len() - wanted.len() - 1),
                     Some(b'=') | Some(b',')
                 )
+    };
+    args.iter().any(|arg| {
+        let arg = arg.as_bytes();
+        names(arg, plain) || doubled.as_deref().is_some_and(|d| names(arg, d))
     })
 }
 
@@ -505,5 +519,27 @@ mod tests {
             sock
         ));
         assert!(!names_socket(&args(&["ch"]), sock));
+        // QEMU doubles the commas of a path inside an option value.
+        let comma = Path::new("/tmp/a,b/vms/A/api.sock");
+        assert!(names_socket(
+            &args(&[
+                "qemu",
+                "-chardev",
+                "socket,id=qmp,path=/tmp/a,,b/vms/A/api.sock"
+            ]),
+            comma
+        ));
+        assert!(names_socket(
+            &args(&["ch", "--api-socket", "/tmp/a,b/vms/A/api.sock"]),
+            comma
+        ));
+        assert!(!names_socket(
+            &args(&[
+                "qemu",
+                "-chardev",
+                "socket,id=qmp,path=/tmp/a,,b/vms/AB/api.sock"
+            ]),
+            comma
+        ));
     }
 }

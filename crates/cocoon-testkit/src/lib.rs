@@ -106,6 +106,35 @@ pub fn run_ok(mut cmd: std::process::Command, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The argv of the launch line of a `vm debug` script (the line after
+/// `# Launch VM: ...`, without its trailing ` &`), as `sh` splits it: what
+/// running the script runs.
+pub fn debug_launch_argv(script: &str) -> Vec<String> {
+    let mut lines = script.lines();
+    lines
+        .find(|l| l.starts_with("# Launch VM: "))
+        .unwrap_or_else(|| panic!("no launch line in:\n{script}"));
+    let line = lines.next().expect("a command after # Launch VM");
+    let line = line.strip_suffix(" &").unwrap_or(line);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf '%s\\0' {line}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sh cannot split {line:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut argv: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split('\0')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(argv.pop().as_deref(), Some(""), "NUL-terminated");
+    argv
+}
+
 /// A GNU tar header owned by root (mode `mode`) with a fixed mtime, so the
 /// archives tests build are the same bytes on every run.
 pub(crate) fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {

@@ -1,10 +1,12 @@
 //! End to end with the real VMMs: an OCI image carrying the test guest kernel
 //! is pushed to a local registry, pulled, and booted by `cocoon vm run` on
-//! Cloud Hypervisor and Firecracker; `vm logs` and an interactive `vm console`
-//! see the guest; stop, start and rm leave nothing behind.
+//! Cloud Hypervisor, Firecracker and QEMU; `vm logs` and an interactive `vm
+//! console` see the guest; stop, start and rm leave nothing behind; `vm
+//! debug` prints what `vm start` runs.
 //!
-//! Needs the VMMs (PATH or COCOON_CH_BINARY / COCOON_FC_BINARY), /dev/kvm and
-//! Debian's docker-registry; says SKIPPED loudly otherwise.
+//! Needs the VMMs (PATH or COCOON_CH_BINARY / COCOON_FC_BINARY /
+//! COCOON_QEMU_BINARY), /dev/kvm and Debian's docker-registry; says SKIPPED
+//! loudly otherwise.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -358,12 +360,17 @@ fn real_env(test: &str, vmm: Vmm) -> Option<(CocoonEnv, PathBuf, PathBuf)> {
 }
 
 impl Run<'_> {
-    /// Imports the test guest and runs it as `src`: 1 vCPU, 512 MiB, no NICs.
-    fn run_src(&self, vmm: Vmm) {
+    /// Imports the test guest as `guest/test:1`.
+    fn import_guest(&self) {
         let layer = cocoon_testkit::guest::boot_layer("test", b"unused").build();
         let tar = self.env.path().join("layer.tar");
         std::fs::write(&tar, layer).unwrap();
         self.ok(&["image", "import", "guest/test:1", tar.to_str().unwrap()]);
+    }
+
+    /// Imports the test guest and runs it as `src`: 1 vCPU, 512 MiB, no NICs.
+    fn run_src(&self, vmm: Vmm) {
+        self.import_guest();
         let mut args = vec![
             "vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--name", "src",
         ];
@@ -647,4 +654,82 @@ fn killed_save_on_firecracker() {
 #[test]
 fn killed_save_on_qemu() {
     killed_save_on(Vmm::Qemu);
+}
+
+/// `vm debug --qemu` prints the exact command line `vm start` runs, as the
+/// started VMM's `/proc/<pid>/cmdline` shows it. A debug plan gets a fresh
+/// VM id, and everything per VM in QEMU's argv derives from the id alone
+/// (`-name cocoon-<id>`, the API socket and the COW disk in the run
+/// directory `run/vms/<id>`); the image's kernel, initrd and layers, the
+/// name, sizes, accelerator and devices come from the same flags and
+/// configuration. So the plan's id, read from its `-name`, is replaced by
+/// the started VM's in every argument (26 random characters: they match
+/// nothing else), and then the two argvs must be equal element by element,
+/// argv[0] (the binary as spawned) included.
+#[test]
+fn vm_debug_is_what_start_runs_on_qemu() {
+    let test = "vm_debug_is_what_start_runs_on_qemu";
+    let Some((env, ch, fcb)) = real_env(test, Vmm::Qemu) else {
+        return;
+    };
+    let qemu = real_vmm("COCOON_QEMU_BINARY", "qemu-system-x86_64").unwrap();
+    let _env_reaper = EnvReaper(env.root_dir());
+    let run = Run {
+        env: &env,
+        ch,
+        fc: fcb,
+    };
+    // Both commands get the same QEMU binary, by its full path.
+    let ok = |args: &[&str]| {
+        let mut cmd = run.cmd();
+        cmd.env("COCOON_QEMU_BINARY", &qemu);
+        cocoon_testkit::run_ok(cmd, args)
+    };
+    run.import_guest();
+    let flags = [
+        "--qemu", "--nics", "0", "--memory", "512M", "--cpu", "1", "--name", "src",
+    ];
+    let script = ok(&[&["vm", "debug"][..], &flags, &["guest/test:1"]].concat());
+    ok(&[&["vm", "create"][..], &flags, &["guest/test:1"]].concat());
+    ok(&["vm", "start", "src"]);
+    let vm = run.inspect("src");
+    let _reaper = Reaper(processes_of(&vm));
+    let vmm: VmmProcess = serde_json::from_value(vm["vmm"].clone()).unwrap();
+    let raw = std::fs::read(format!("/proc/{}/cmdline", vmm.identity.pid)).unwrap();
+    let mut started: Vec<String> = String::from_utf8(raw)
+        .unwrap()
+        .split('\0')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(started.pop().as_deref(), Some(""), "NUL-terminated");
+    // It is the VM's VMM, and a working command line: the guest came up.
+    assert!(cocoon_engine::supervise::is_running(&vmm));
+    run.wait_log("src", READY_MARKER, 1);
+
+    let printed = cocoon_testkit::debug_launch_argv(&script);
+    let id = vm["id"].as_str().unwrap();
+    let planned = printed
+        .iter()
+        .position(|a| a == "-name")
+        .and_then(|i| printed.get(i + 1))
+        .and_then(|v| v.strip_prefix("cocoon-"))
+        .and_then(|v| v.strip_suffix(",debug-threads=on"))
+        .unwrap_or_else(|| panic!("no -name cocoon-<id> in {printed:?}"))
+        .to_string();
+    assert_eq!((planned.len(), id.len()), (26, 26));
+    assert_ne!(planned, id, "a debug plan has its own id");
+    let printed: Vec<String> = printed.iter().map(|a| a.replace(&planned, id)).collect();
+    assert_eq!(printed[0], qemu.display().to_string());
+    for (i, (p, s)) in printed.iter().zip(&started).enumerate() {
+        assert_eq!(
+            p, s,
+            "argument {i}\nprinted: {printed:?}\nstarted: {started:?}"
+        );
+    }
+    assert_eq!(
+        printed.len(),
+        started.len(),
+        "printed: {printed:?}\nstarted: {started:?}"
+    );
+    run.ok(&["vm", "rm", "--force", "src"]);
 }

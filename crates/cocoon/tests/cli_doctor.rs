@@ -14,6 +14,8 @@ const ITEMS: &[&str] = &[
     "kvm",
     "cloud_hypervisor",
     "firecracker",
+    "qemu",
+    "qemu_accel",
     "mkfs_erofs",
     "mkfs_ext4",
     "qemu_img",
@@ -32,6 +34,7 @@ const ITEMS: &[&str] = &[
 
 const CH_FIX: &str = "install Cloud Hypervisor from https://github.com/cloud-hypervisor/cloud-hypervisor/releases as cloud-hypervisor on PATH, or set ch_binary in the config file (or COCOON_CH_BINARY) to its path";
 const FC_FIX: &str = "install Firecracker from https://github.com/firecracker-microvm/firecracker/releases as firecracker on PATH, or set fc_binary in the config file (or COCOON_FC_BINARY) to its path";
+const QEMU_FIX: &str = "install QEMU (apt-get install qemu-system-x86) as qemu-system-x86_64 on PATH, or set qemu_binary in the config file (or COCOON_QEMU_BINARY) to its path";
 const NO_CNI: &str = "VMs run only with --nics 0 (or --bridge)";
 const ROOT_ELSEWHERE: &str = "set root_dir (--root-dir or COCOON_ROOT_DIR) to another directory";
 
@@ -44,7 +47,8 @@ fn doctor(env: &CocoonEnv) -> assert_cmd::Command {
     let mut cmd = env.cmd();
     cmd.arg("doctor")
         .env("COCOON_CH_BINARY", "/nonexistent/cloud-hypervisor")
-        .env("COCOON_FC_BINARY", "/nonexistent/firecracker");
+        .env("COCOON_FC_BINARY", "/nonexistent/firecracker")
+        .env("COCOON_QEMU_BINARY", "/nonexistent/qemu-system-x86_64");
     cmd
 }
 
@@ -93,8 +97,14 @@ fn check(status: &str, name: &str, detail: &str, fix: Option<&str>) -> Value {
     json!({"name": name, "status": status, "detail": detail, "fix": fix})
 }
 
+/// Whether this host's /dev/kvm works, as the report says: its `kvm` item
+/// is ok exactly then (without KVM it fails, or warns while QEMU emulates).
+fn kvm_usable(report: &Value) -> bool {
+    item(report, "kvm")["status"] == "ok"
+}
+
 #[test]
-fn missing_vmms_both_fail_with_the_fix() {
+fn missing_vmms_all_fail_with_the_fix() {
     let env = env();
     let report = run_json(doctor(&env));
     assert_eq!(report["can_run_vm"], false);
@@ -116,6 +126,15 @@ fn missing_vmms_both_fail_with_the_fix() {
             Some(FC_FIX)
         )
     );
+    assert_eq!(
+        item(&report, "qemu"),
+        &check(
+            "fail",
+            "qemu",
+            "/nonexistent/qemu-system-x86_64 does not exist (qemu_binary from environment variable COCOON_QEMU_BINARY); no VMM is available, so no VM can run",
+            Some(QEMU_FIX)
+        )
+    );
 
     // The table: one line per item, the fix indented below, a verdict last.
     let out = doctor(&env).output().unwrap();
@@ -124,7 +143,7 @@ fn missing_vmms_both_fail_with_the_fix() {
     let indent = " ".repeat(24);
     assert!(
         table.contains(&format!(
-            "\nFAIL  cloud_hypervisor  /nonexistent/cloud-hypervisor does not exist (ch_binary from environment variable COCOON_CH_BINARY); no VMM is available, so no VM can run\n{indent}fix: {CH_FIX}\nFAIL  firecracker       /nonexistent/firecracker does not exist (fc_binary from environment variable COCOON_FC_BINARY); no VMM is available, so no VM can run\n{indent}fix: {FC_FIX}\n"
+            "\nFAIL  cloud_hypervisor  /nonexistent/cloud-hypervisor does not exist (ch_binary from environment variable COCOON_CH_BINARY); no VMM is available, so no VM can run\n{indent}fix: {CH_FIX}\nFAIL  firecracker       /nonexistent/firecracker does not exist (fc_binary from environment variable COCOON_FC_BINARY); no VMM is available, so no VM can run\n{indent}fix: {FC_FIX}\nFAIL  qemu              /nonexistent/qemu-system-x86_64 does not exist (qemu_binary from environment variable COCOON_QEMU_BINARY); no VMM is available, so no VM can run\n{indent}fix: {QEMU_FIX}\n"
         )),
         "{table}"
     );
@@ -177,10 +196,138 @@ fn a_present_vmm_reports_its_version() {
         &check(
             "warn",
             "firecracker",
-            "/nonexistent/firecracker does not exist (fc_binary from environment variable COCOON_FC_BINARY); use_firecracker is on, so VMs run only with it off (on Cloud Hypervisor)",
+            "/nonexistent/firecracker does not exist (fc_binary from environment variable COCOON_FC_BINARY); use_firecracker is on, so VMs run only with --hypervisor ch (Cloud Hypervisor)",
             Some(FC_FIX)
         )
     );
+    assert_eq!(
+        item(&report, "qemu"),
+        &check(
+            "warn",
+            "qemu",
+            "/nonexistent/qemu-system-x86_64 does not exist (qemu_binary from environment variable COCOON_QEMU_BINARY); --qemu cannot be used",
+            Some(QEMU_FIX)
+        )
+    );
+}
+
+/// `doctor` with a QEMU that answers `--version`, and `vars` set.
+fn with_qemu(env: &CocoonEnv, vars: &[(&str, &str)]) -> (PathBuf, Value) {
+    let qemu = env.path().join("qemu-system-x86_64");
+    write_script(
+        &qemu,
+        "echo 'QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)'; echo 'Copyright (c) 2003-2025'",
+    );
+    let mut cmd = doctor(env);
+    cmd.env("COCOON_QEMU_BINARY", &qemu);
+    for (key, value) in vars {
+        cmd.env(key, value);
+    }
+    (qemu, run_json(cmd))
+}
+
+#[test]
+fn qemu_alone_runs_vms_with_its_flag() {
+    let env = env();
+    let (qemu, report) = with_qemu(&env, &[]);
+    assert_eq!(
+        item(&report, "qemu"),
+        &check(
+            "ok",
+            "qemu",
+            &format!(
+                "{} (QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2))",
+                qemu.display()
+            ),
+            None
+        )
+    );
+    assert_eq!(
+        item(&report, "cloud_hypervisor"),
+        &check(
+            "warn",
+            "cloud_hypervisor",
+            "/nonexistent/cloud-hypervisor does not exist (ch_binary from environment variable COCOON_CH_BINARY); VMs run only with --qemu (QEMU), and cloud images cannot run",
+            Some(CH_FIX)
+        )
+    );
+    assert_eq!(
+        item(&report, "firecracker"),
+        &check(
+            "warn",
+            "firecracker",
+            "/nonexistent/firecracker does not exist (fc_binary from environment variable COCOON_FC_BINARY); --fc cannot be used",
+            Some(FC_FIX)
+        )
+    );
+
+    // With QEMU the default (default_hypervisor), Cloud Hypervisor only takes its own VMs away.
+    let (_, report) = with_qemu(&env, &[("COCOON_DEFAULT_HYPERVISOR", "qemu")]);
+    assert_eq!(
+        item(&report, "cloud_hypervisor")["detail"],
+        "/nonexistent/cloud-hypervisor does not exist (ch_binary from environment variable COCOON_CH_BINARY); QEMU (default_hypervisor is qemu) runs VMs, but --hypervisor ch cannot be used, and cloud images cannot run"
+    );
+    assert_eq!(
+        item(&report, "firecracker")["detail"],
+        "/nonexistent/firecracker does not exist (fc_binary from environment variable COCOON_FC_BINARY); QEMU (default_hypervisor is qemu) runs VMs, but --fc cannot be used"
+    );
+}
+
+#[test]
+fn the_qemu_accelerator_follows_qemu_accel_and_kvm() {
+    let env = env();
+    let (_, report) = with_qemu(&env, &[]);
+    let kvm = kvm_usable(&report);
+    let expected = if kvm {
+        check("ok", "qemu_accel", "KVM", None)
+    } else {
+        check(
+            "warn",
+            "qemu_accel",
+            "no usable /dev/kvm: QEMU will emulate (TCG), VMs will be slow",
+            Some(
+                "make /dev/kvm usable (see the kvm item), or set qemu_accel in the config file (or COCOON_QEMU_ACCEL) to tcg to choose emulation",
+            ),
+        )
+    };
+    assert_eq!(item(&report, "qemu_accel"), &expected);
+    if !kvm {
+        // QEMU stands in for the missing KVM.
+        assert_eq!(item(&report, "kvm")["status"], "warn");
+        assert!(
+            item(&report, "kvm")["detail"]
+                .as_str()
+                .unwrap()
+                .ends_with("; VMs run only with --qemu (QEMU), emulated and slow"),
+            "{report:#}"
+        );
+    }
+
+    let (_, report) = with_qemu(&env, &[("COCOON_QEMU_ACCEL", "tcg")]);
+    assert_eq!(
+        item(&report, "qemu_accel"),
+        &check(
+            "ok",
+            "qemu_accel",
+            "TCG (qemu_accel from environment variable COCOON_QEMU_ACCEL): QEMU emulates the CPU, VMs are slow",
+            None
+        )
+    );
+
+    let (_, report) = with_qemu(&env, &[("COCOON_QEMU_ACCEL", "kvm")]);
+    let expected = if kvm {
+        check("ok", "qemu_accel", "KVM", None)
+    } else {
+        check(
+            "fail",
+            "qemu_accel",
+            "qemu_accel is kvm (qemu_accel from environment variable COCOON_QEMU_ACCEL) but /dev/kvm is not usable, so QEMU cannot run VMs",
+            Some(
+                "make /dev/kvm usable (see the kvm item), or set qemu_accel in the config file (or COCOON_QEMU_ACCEL) to auto or tcg to let QEMU emulate",
+            ),
+        )
+    };
+    assert_eq!(item(&report, "qemu_accel"), &expected);
 }
 
 #[test]

@@ -38,6 +38,13 @@ fn vm_flag_values() {
         (vec!["--user", "Root"], "error: invalid value 'Root' for '--user <USER>': invalid --user \"Root\": must start with a lowercase letter or '_' and contain only lowercase letters, digits, '_' or '-' (at most 32 characters)".into()),
         (vec!["--password", "a$b"], "error: invalid value 'a$b' for '--password <PASSWORD>': invalid --password: the character '$' is not allowed (rejected: ` $ ; | & ( ) { } \\ < > !)".into()),
         (vec!["--fc", "--windows"], "error: the argument '--fc' cannot be used with '--windows'".into()),
+        (vec!["--qemu", "--fc"], "error: the argument '--qemu' cannot be used with '--fc'".into()),
+        (vec!["--fc", "--qemu"], "error: the argument '--fc' cannot be used with '--qemu'".into()),
+        (vec!["--qemu", "--windows"], "error: the argument '--qemu' cannot be used with '--windows'".into()),
+        (vec!["--qemu", "--hypervisor", "qemu"], "error: the argument '--qemu' cannot be used with '--hypervisor <VMM>'".into()),
+        (vec!["--hypervisor", "qemu", "--fc"], "error: the argument '--hypervisor <VMM>' cannot be used with '--fc'".into()),
+        (vec!["--hypervisor", "bogus"], "error: invalid value 'bogus' for '--hypervisor <VMM>': unknown hypervisor \"bogus\": expected cloud-hypervisor (ch), firecracker (fc) or qemu".into()),
+        (vec!["--hypervisor", "QEMU"], "error: invalid value 'QEMU' for '--hypervisor <VMM>': unknown hypervisor \"QEMU\": expected cloud-hypervisor (ch), firecracker (fc) or qemu".into()),
         (vec!["--bridge", "br0", "--network", "cocoon"], "error: the argument '--bridge <DEV>' cannot be used with '--network <NETWORK>'".into()),
         (vec!["--nics", "-1"], "error: unexpected argument '-1' found".into()),
     ];

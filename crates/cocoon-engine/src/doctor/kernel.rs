@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use super::Check;
+use super::{Check, Status};
 
 const KVM_DEVICE: &str = "/dev/kvm";
 /// The only KVM API version there has ever been (since Linux 2.6.22).
@@ -65,11 +65,25 @@ pub(super) fn probe_kvm() -> KvmProbe {
     KvmProbe::Usable
 }
 
-pub(super) fn kvm() -> Check {
-    kvm_check(probe_kvm())
+/// The KVM item. Without KVM, Cloud Hypervisor and Firecracker cannot run
+/// a VM; QEMU still can by emulating (`qemu_emulates`: found, and
+/// `qemu_accel` is not `kvm`), so then it is only a warning.
+pub(super) fn kvm_check(probe: KvmProbe, qemu_emulates: bool) -> Check {
+    let check = kvm_item(probe);
+    if check.status != Status::Fail || !qemu_emulates {
+        return check;
+    }
+    Check::warn(
+        check.name,
+        format!(
+            "{}; VMs run only with --qemu (QEMU), emulated and slow",
+            check.detail
+        ),
+        check.fix.unwrap_or_default(),
+    )
 }
 
-pub(super) fn kvm_check(probe: KvmProbe) -> Check {
+fn kvm_item(probe: KvmProbe) -> Check {
     let fail = |detail: String, fix: &str| Check::fail("kvm", detail, fix);
     match probe {
         KvmProbe::Usable => Check::ok(
@@ -250,12 +264,11 @@ fn netns_check(made: io::Result<()>) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::Status;
 
     #[test]
     fn kvm_outcomes() {
-        assert_eq!(kvm_check(KvmProbe::Usable).status, Status::Ok);
-        let missing = kvm_check(KvmProbe::NoDevice {
+        assert_eq!(kvm_item(KvmProbe::Usable).status, Status::Ok);
+        let missing = kvm_item(KvmProbe::NoDevice {
             module_loaded: false,
         });
         assert_eq!(missing.status, Status::Fail);
@@ -264,11 +277,11 @@ mod tests {
             "/dev/kvm does not exist: the kvm module is not loaded"
         );
         assert!(missing.fix.unwrap().contains("modprobe kvm_intel"));
-        let node = kvm_check(KvmProbe::NoDevice {
+        let node = kvm_item(KvmProbe::NoDevice {
             module_loaded: true,
         });
         assert!(node.fix.unwrap().contains("mknod"));
-        let denied = kvm_check(KvmProbe::Denied);
+        let denied = kvm_item(KvmProbe::Denied);
         assert_eq!(
             denied.detail,
             "/dev/kvm: permission denied (it must open read-write)"
@@ -280,12 +293,36 @@ mod tests {
             KvmProbe::ApiVersion(11),
             KvmProbe::CreateVm("Device or resource busy".into()),
         ] {
-            assert_eq!(kvm_check(probe).status, Status::Fail);
+            assert_eq!(kvm_item(probe).status, Status::Fail);
         }
         assert_eq!(
-            kvm_check(KvmProbe::ApiVersion(11)).detail,
+            kvm_item(KvmProbe::ApiVersion(11)).detail,
             "/dev/kvm: KVM_GET_API_VERSION answered 11, expected 12"
         );
+    }
+
+    #[test]
+    fn without_kvm_qemu_emulating_turns_the_failure_into_a_warning() {
+        let missing = || KvmProbe::NoDevice {
+            module_loaded: false,
+        };
+        assert_eq!(kvm_check(missing(), false), kvm_item(missing()));
+        let warned = kvm_check(missing(), true);
+        assert_eq!(
+            warned,
+            Check::warn(
+                "kvm",
+                "/dev/kvm does not exist: the kvm module is not loaded; VMs run only with --qemu (QEMU), emulated and slow",
+                KVM_MODULE_FIX
+            )
+        );
+        // A usable KVM stays ok either way.
+        for qemu in [false, true] {
+            assert_eq!(
+                kvm_check(KvmProbe::Usable, qemu),
+                kvm_item(KvmProbe::Usable)
+            );
+        }
     }
 
     #[test]

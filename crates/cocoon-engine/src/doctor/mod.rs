@@ -96,6 +96,8 @@ pub const CHECK_NAMES: &[&str] = &[
     "kvm",
     "cloud_hypervisor",
     "firecracker",
+    "qemu",
+    "qemu_accel",
     "mkfs_erofs",
     "mkfs_ext4",
     "qemu_img",
@@ -112,16 +114,19 @@ pub const CHECK_NAMES: &[&str] = &[
     "disk_space",
 ];
 
-/// Checks the host against `config`. Never fails: whatever goes wrong while
-/// probing is itself the finding.
 /// Whether `/dev/kvm` opens and creates a VM (QEMU's `qemu_accel = auto`).
 pub fn kvm_usable() -> bool {
     kernel::probe_kvm() == kernel::KvmProbe::Usable
 }
 
+/// Checks the host against `config`. Never fails: whatever goes wrong while
+/// probing is itself the finding.
 pub fn run(config: &Config) -> DoctorReport {
-    let mut checks = vec![kernel::kvm()];
-    checks.extend(programs::vmms(config));
+    let kvm = kernel::probe_kvm();
+    let usable = kvm == kernel::KvmProbe::Usable;
+    let (vmms, qemu_emulates) = programs::vmms(config, usable);
+    let mut checks = vec![kernel::kvm_check(kvm, qemu_emulates)];
+    checks.extend(vmms);
     checks.extend(programs::image_tools());
     checks.extend(network::cni(config));
     checks.extend(kernel::filesystems());
@@ -201,6 +206,7 @@ mod tests {
         config.firmware_path = dir.join("CLOUDHV.fd");
         config.ch_binary = "/nonexistent/ch".into();
         config.fc_binary = "/nonexistent/fc".into();
+        config.qemu_binary = "/nonexistent/qemu".into();
         let report = run(&config);
         let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
         assert_eq!(names, CHECK_NAMES);

@@ -426,29 +426,56 @@ fn debug_script(plan: &DebugPlan, name: &str) -> String {
     let mut argv = vec![plan.binary.clone()];
     argv.extend(plan.args.iter().cloned());
     text.push_str(&shell_words(&argv));
-    if !plan.api_calls.is_empty() {
-        // The VMM waits in the background for its configuration calls.
-        text.push_str(" &\n");
-        let socket = plan.api_socket.display().to_string();
-        for (method, path, body) in &plan.api_calls {
-            text.push_str(&shell_words(&[
-                "curl".into(),
-                "--unix-socket".into(),
-                socket.clone(),
-                "-X".into(),
-                method.clone(),
-                "-H".into(),
-                "Content-Type: application/json".into(),
-                "-d".into(),
-                body.to_string(),
-                format!("http://localhost{path}"),
-            ]));
-            text.push('\n');
-        }
-    } else {
+    if plan.api_calls.is_empty() {
+        text.push('\n');
+        return text;
+    }
+    // The VMM waits in the background for its configuration calls.
+    text.push_str(" &\n");
+    let socket = plan.api_socket.display().to_string();
+    let (qmp, http): (Vec<_>, Vec<_>) = plan.api_calls.iter().partition(|(m, ..)| m == "QMP");
+    for (method, path, body) in http {
+        text.push_str(&shell_words(&[
+            "curl".into(),
+            "--unix-socket".into(),
+            socket.clone(),
+            "-X".into(),
+            method.clone(),
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "-d".into(),
+            body.to_string(),
+            format!("http://localhost{path}"),
+        ]));
         text.push('\n');
     }
+    if !qmp.is_empty() {
+        text.push_str(&qmp_line(&qmp, &socket));
+    }
     text
+}
+
+/// QMP commands (after the capabilities handshake QEMU requires), one JSON
+/// object a line, into the VMM's socket.
+fn qmp_line(calls: &[&(String, String, serde_json::Value)], socket: &str) -> String {
+    let mut argv = vec![
+        "printf".into(),
+        "%s\\n".into(),
+        serde_json::json!({ "execute": "qmp_capabilities" }).to_string(),
+    ];
+    for (_, command, arguments) in calls {
+        let execute = serde_json::Value::from(command.as_str());
+        argv.push(if arguments.as_object().is_some_and(|a| a.is_empty()) {
+            format!(r#"{{"execute":{execute}}}"#)
+        } else {
+            format!(r#"{{"execute":{execute},"arguments":{arguments}}}"#)
+        });
+    }
+    format!(
+        "{} | {}\n",
+        shell_words(&argv),
+        shell_words(&["socat".into(), "-".into(), format!("UNIX-CONNECT:{socket}")])
+    )
 }
 
 /// Joins argv for a POSIX shell, quoting what needs it.

@@ -26,6 +26,18 @@ pub fn uses_kvm(accel: QemuAccel) -> bool {
     }
 }
 
+/// The host device vhost-net offloads a NIC's data path to (KVM only).
+const VHOST_NET: &str = "/dev/vhost-net";
+
+/// What the host offers QEMU.
+#[derive(Debug, Clone, Copy)]
+struct Host {
+    /// The guest runs under KVM (else TCG).
+    kvm: bool,
+    /// `/dev/vhost-net` exists.
+    vhost_net: bool,
+}
+
 /// The arguments after the binary. `restoring`: wait for the incoming
 /// state instead of booting; a fresh boot starts paused (`-S`) until the
 /// engine's `cont`.
@@ -36,6 +48,22 @@ pub fn args(
     kvm: bool,
     restoring: bool,
 ) -> Vec<String> {
+    let host = Host {
+        kvm,
+        vhost_net: Path::new(VHOST_NET).exists(),
+    };
+    args_on(vm, paths, opts, host, restoring)
+}
+
+/// [`args`] on a host described, not probed.
+fn args_on(
+    vm: &Vm,
+    paths: &VmPaths,
+    opts: &LaunchOptions,
+    host: Host,
+    restoring: bool,
+) -> Vec<String> {
+    let kvm = host.kvm;
     let c = &vm.config;
     let mut args: Vec<String> = Vec::new();
     let mut push = |flag: &str, value: String| {
@@ -73,7 +101,7 @@ pub fn args(
     push("-mon", "chardev=qmp,mode=control".into());
     push("-chardev", "stdio,id=serial0,signal=off".into());
     push("-serial", "chardev:serial0".into());
-    devices(vm, opts, kvm, &mut push);
+    devices(vm, opts, host, &mut push);
     if restoring {
         push("-incoming", "defer".into());
     } else {
@@ -84,7 +112,7 @@ pub fn args(
 }
 
 /// The guest's kernel and devices: disks in order, NICs, rng, balloon.
-fn devices(vm: &Vm, opts: &LaunchOptions, kvm: bool, push: &mut impl FnMut(&str, String)) {
+fn devices(vm: &Vm, opts: &LaunchOptions, host: Host, push: &mut impl FnMut(&str, String)) {
     let boot = vm.boot_config.clone().unwrap_or_default();
     if let Some(kernel) = &boot.kernel_path {
         push("-kernel", kernel.display().to_string());
@@ -99,7 +127,7 @@ fn devices(vm: &Vm, opts: &LaunchOptions, kvm: bool, push: &mut impl FnMut(&str,
         push("-drive", drive(i, disk));
         push("-device", format!("virtio-blk-device,drive=disk{i}"));
     }
-    let vhost = kvm && Path::new("/dev/vhost-net").exists();
+    let vhost = host.kvm && host.vhost_net;
     for (i, nic) in vm.network_configs.iter().enumerate() {
         push(
             "-netdev",
@@ -141,3 +169,6 @@ pub(super) fn drive(i: usize, disk: &StorageConfig) -> String {
 pub(super) fn value(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,320 @@
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use super::*;
+use crate::model::{
+    BootConfig, Hypervisor, ImageType, NetBackend, NetworkConfig, StorageRole, VmConfig,
+};
+
+const KVM: Host = Host {
+    kvm: true,
+    vhost_net: true,
+};
+const TCG: Host = Host {
+    kvm: false,
+    vhost_net: true,
+};
+
+fn disk(path: &str, ro: bool) -> StorageConfig {
+    StorageConfig {
+        path: PathBuf::from(path),
+        ro,
+        serial: String::new(),
+        role: if ro {
+            StorageRole::Layer
+        } else {
+            StorageRole::Cow
+        },
+        mount_point: String::new(),
+        fstype: None,
+        direct_io: None,
+        directio_mode: None,
+        vmm_path: None,
+    }
+}
+
+fn nic(tap: &str, mac: &str) -> NetworkConfig {
+    NetworkConfig {
+        tap: tap.into(),
+        mac: mac.into(),
+        num_queues: 2,
+        queue_size: 512,
+        backend: NetBackend::Cni,
+        bridge_dev: String::new(),
+        netns_path: String::new(),
+        network: None,
+    }
+}
+
+/// A direct-boot VM in `run_dir`: 2 vCPUs, 1 GiB, one layer and a COW disk.
+fn vm_in(run_dir: &str) -> Vm {
+    let config = VmConfig::new("vm1".parse().unwrap(), "img", ImageType::Oci);
+    let mut vm = Vm::new(
+        "0123abcd",
+        Hypervisor::Qemu,
+        config,
+        PathBuf::from(run_dir),
+        PathBuf::from("/log/vms/0123abcd"),
+    );
+    vm.storage_configs = vec![
+        disk("/img/layer0.erofs", true),
+        disk(&format!("{run_dir}/cow.raw"), false),
+    ];
+    vm.boot_config = Some(BootConfig {
+        kernel_path: Some("/img/vmlinux".into()),
+        initrd_path: Some("/img/initrd.img".into()),
+        cmdline: "console=ttyS0 cocoon.layers=1".into(),
+        firmware_path: None,
+    });
+    vm
+}
+
+fn opts() -> LaunchOptions {
+    LaunchOptions {
+        binary: "qemu-system-x86_64".into(),
+        max_cpus: 8,
+        hugepages: false,
+        balloon_bytes: None,
+        qemu_accel: QemuAccel::Auto,
+    }
+}
+
+fn build(vm: &Vm, host: Host, restoring: bool) -> Vec<String> {
+    args_on(vm, &VmPaths::of(vm), &opts(), host, restoring)
+}
+
+/// The value after each occurrence of `flag`, in order.
+fn values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+    args.windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+        .collect()
+}
+
+#[test]
+fn a_fresh_kvm_boot_is_this_command_line() {
+    let vm = vm_in("/run/vms/0123abcd");
+    assert_eq!(
+        build(&vm, KVM, false),
+        [
+            "-name",
+            "cocoon-0123abcd,debug-threads=on",
+            "-machine",
+            "microvm,accel=kvm",
+            "-cpu",
+            "max,-arch-capabilities",
+            "-bios",
+            "qboot.rom",
+            "-smp",
+            "2",
+            "-m",
+            "1024M",
+            "-sandbox",
+            SANDBOX,
+            "-display",
+            "none",
+            "-chardev",
+            "socket,id=qmp,server=on,wait=off,path=/run/vms/0123abcd/api.sock",
+            "-mon",
+            "chardev=qmp,mode=control",
+            "-chardev",
+            "stdio,id=serial0,signal=off",
+            "-serial",
+            "chardev:serial0",
+            "-kernel",
+            "/img/vmlinux",
+            "-initrd",
+            "/img/initrd.img",
+            "-append",
+            "console=ttyS0 cocoon.layers=1",
+            "-drive",
+            "file=/img/layer0.erofs,if=none,id=disk0,format=raw,readonly=on",
+            "-device",
+            "virtio-blk-device,drive=disk0",
+            "-drive",
+            "file=/run/vms/0123abcd/cow.raw,if=none,id=disk1,format=raw,readonly=off",
+            "-device",
+            "virtio-blk-device,drive=disk1",
+            "-object",
+            "rng-random,id=rng0,filename=/dev/urandom",
+            "-device",
+            "virtio-rng-device,rng=rng0",
+            "-device",
+            "virtio-balloon-device,deflate-on-oom=on,free-page-reporting=on",
+            "-S",
+            "-nodefaults",
+            "-no-user-config",
+        ]
+    );
+}
+
+#[test]
+fn the_machine_and_cpu_follow_the_accelerator() {
+    let vm = vm_in("/run/vms/0123abcd");
+    let kvm = build(&vm, KVM, false);
+    assert_eq!(values(&kvm, "-machine"), ["microvm,accel=kvm"]);
+    assert_eq!(values(&kvm, "-cpu"), ["max,-arch-capabilities"]);
+    let tcg = build(&vm, TCG, false);
+    assert_eq!(values(&tcg, "-machine"), ["microvm,accel=tcg"]);
+    assert_eq!(values(&tcg, "-cpu"), ["max"]);
+    // Nothing else differs.
+    let rest = |args: &[String]| -> Vec<String> {
+        let mut args = args.to_vec();
+        for flag in ["-machine", "-cpu"] {
+            let i = args.iter().position(|a| a == flag).unwrap();
+            args.drain(i..i + 2);
+        }
+        args
+    };
+    assert_eq!(rest(&kvm), rest(&tcg));
+    assert!(uses_kvm(QemuAccel::Kvm));
+    assert!(!uses_kvm(QemuAccel::Tcg));
+}
+
+#[test]
+fn disks_come_in_order_with_their_mode_and_format() {
+    let mut vm = vm_in("/run/vms/0123abcd");
+    vm.storage_configs = vec![
+        disk("/img/layer0.erofs", true),
+        disk("/img/layer1.erofs", true),
+        disk("/run/vms/0123abcd/overlay.qcow2", false),
+        disk("/data/disk.qcow2.raw", false),
+        disk("/data/qcow2", true),
+    ];
+    let args = build(&vm, KVM, false);
+    assert_eq!(
+        values(&args, "-drive"),
+        [
+            "file=/img/layer0.erofs,if=none,id=disk0,format=raw,readonly=on",
+            "file=/img/layer1.erofs,if=none,id=disk1,format=raw,readonly=on",
+            "file=/run/vms/0123abcd/overlay.qcow2,if=none,id=disk2,format=qcow2,readonly=off",
+            "file=/data/disk.qcow2.raw,if=none,id=disk3,format=raw,readonly=off",
+            "file=/data/qcow2,if=none,id=disk4,format=raw,readonly=on",
+        ]
+    );
+    let blk: Vec<&str> = values(&args, "-device")
+        .into_iter()
+        .filter(|d| d.starts_with("virtio-blk-device"))
+        .collect();
+    assert_eq!(
+        blk,
+        (0..5)
+            .map(|i| format!("virtio-blk-device,drive=disk{i}"))
+            .collect::<Vec<_>>()
+    );
+    // Each disk's device right after its drive.
+    for i in 0..5 {
+        let drive = args
+            .iter()
+            .position(|a| a.contains(&format!(",id=disk{i},")))
+            .unwrap();
+        assert_eq!(args[drive + 1], "-device");
+        assert_eq!(args[drive + 2], format!("virtio-blk-device,drive=disk{i}"));
+    }
+}
+
+#[test]
+fn commas_in_paths_are_doubled_inside_option_values() {
+    let mut vm = vm_in("/tmp/a,b/vms/0123abcd");
+    vm.storage_configs.push(disk("/data/x,,y,z.qcow2", false));
+    let args = build(&vm, KVM, false);
+    assert_eq!(
+        values(&args, "-drive"),
+        [
+            "file=/img/layer0.erofs,if=none,id=disk0,format=raw,readonly=on",
+            "file=/tmp/a,,b/vms/0123abcd/cow.raw,if=none,id=disk1,format=raw,readonly=off",
+            "file=/data/x,,,,y,,z.qcow2,if=none,id=disk2,format=qcow2,readonly=off",
+        ]
+    );
+    assert_eq!(
+        values(&args, "-chardev")[0],
+        "socket,id=qmp,server=on,wait=off,path=/tmp/a,,b/vms/0123abcd/api.sock"
+    );
+}
+
+#[test]
+fn a_restore_waits_for_its_state_and_a_boot_starts_paused() {
+    let vm = vm_in("/run/vms/0123abcd");
+    let fresh = build(&vm, KVM, false);
+    let restore = build(&vm, KVM, true);
+    assert_eq!(fresh.iter().filter(|a| *a == "-S").count(), 1);
+    assert!(!fresh.iter().any(|a| a == "-incoming"));
+    assert_eq!(values(&restore, "-incoming"), ["defer"]);
+    assert!(!restore.iter().any(|a| a == "-S"));
+    // The same machine otherwise: the stream carries device state only.
+    let s = fresh.iter().position(|a| a == "-S").unwrap();
+    let mut expected = fresh.clone();
+    expected.splice(s..=s, ["-incoming".to_string(), "defer".to_string()]);
+    assert_eq!(restore, expected);
+}
+
+#[test]
+fn nics_use_vhost_only_under_kvm_with_vhost_net() {
+    let mut vm = vm_in("/run/vms/0123abcd");
+    vm.network_configs = vec![
+        nic("tap0abcd", "02:00:00:00:00:01"),
+        nic("tap1abcd", "02:00:00:00:00:02"),
+    ];
+    let netdevs = |host| {
+        values(&build(&vm, host, false), "-netdev")
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let with = |vhost: &str| {
+        vec![
+            format!("tap,id=net0,ifname=tap0abcd,script=no,downscript=no,vhost={vhost}"),
+            format!("tap,id=net1,ifname=tap1abcd,script=no,downscript=no,vhost={vhost}"),
+        ]
+    };
+    assert_eq!(netdevs(KVM), with("on"));
+    assert_eq!(netdevs(TCG), with("off"));
+    let no_device = Host {
+        kvm: true,
+        vhost_net: false,
+    };
+    assert_eq!(netdevs(no_device), with("off"));
+    let nets: Vec<String> = values(&build(&vm, KVM, false), "-device")
+        .into_iter()
+        .filter(|d| d.starts_with("virtio-net-device"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        nets,
+        [
+            "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01",
+            "virtio-net-device,netdev=net1,mac=02:00:00:00:00:02",
+        ]
+    );
+}
+
+#[test]
+fn no_balloon_below_256_mib() {
+    let mut vm = vm_in("/run/vms/0123abcd");
+    vm.config.memory = 128 << 20;
+    let args = build(&vm, KVM, false);
+    assert_eq!(values(&args, "-m"), ["128M"]);
+    assert!(!args.iter().any(|a| a.starts_with("virtio-balloon-device")));
+}
+
+/// The QMP chardev ends with `path=<api.sock>`: the rule by which
+/// `supervise::is_running` and `find_by_socket` recognise the VMM in
+/// `/proc/<pid>/cmdline`, commas in the path included.
+#[test]
+fn the_vmm_is_found_by_its_api_socket() {
+    for run_dir in ["/run/vms/0123abcd", "/tmp/a,b/vms/0123abcd"] {
+        let vm = vm_in(run_dir);
+        let paths = VmPaths::of(&vm);
+        let mut cmdline = vec![OsString::from("qemu-system-x86_64")];
+        cmdline.extend(build(&vm, KVM, false).into_iter().map(OsString::from));
+        assert!(
+            crate::supervise::names_socket(&cmdline, &paths.api_socket()),
+            "{run_dir}"
+        );
+        let other = VmPaths::run_only(Path::new(&format!("{run_dir}0")));
+        assert!(
+            !crate::supervise::names_socket(&cmdline, &other.api_socket()),
+            "{run_dir}"
+        );
+    }
+}
