@@ -48,6 +48,10 @@ pub struct Config {
     pub fc_binary: String,
     pub qemu_binary: String,
     pub qemu_accel: QemuAccel,
+    /// QEMU's UEFI firmware code (OVMF), read-only pflash of cloud-image VMs.
+    pub qemu_firmware: PathBuf,
+    /// The variable store template matching `qemu_firmware`: each VM gets its copy.
+    pub qemu_firmware_vars: PathBuf,
     /// The backend of new VMs when not given; None: `use_firecracker`'s.
     pub default_hypervisor: Option<Hypervisor>,
     /// Cloud Hypervisor's UEFI firmware (`CLOUDHV.fd`), booting cloud images.
@@ -112,6 +116,8 @@ impl Default for Config {
             fc_binary: "firecracker".into(),
             qemu_binary: "qemu-system-x86_64".into(),
             qemu_accel: QemuAccel::Auto,
+            qemu_firmware: PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+            qemu_firmware_vars: PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"),
             default_hypervisor: None,
             firmware_path: PathBuf::from("/var/lib/cocoon/firmware/CLOUDHV.fd"),
             use_firecracker: false,
@@ -195,6 +201,8 @@ impl Config {
             "fc_binary" => self.fc_binary.clone(),
             "qemu_binary" => self.qemu_binary.clone(),
             "qemu_accel" => self.qemu_accel.as_str().to_string(),
+            "qemu_firmware" => path(&self.qemu_firmware),
+            "qemu_firmware_vars" => path(&self.qemu_firmware_vars),
             "default_hypervisor" => self
                 .default_hypervisor
                 .map(|h| h.as_str().to_string())

@@ -10,6 +10,7 @@
 //! <run_dir>/vms/<id>/api.sock           the VMM's API socket
 //! <run_dir>/vms/<id>/console.sock       the console relay's socket
 //! <run_dir>/vms/<id>/serial.sock        CH's serial port (UEFI guests)
+//! <run_dir>/vms/<id>/efivars.fd         a QEMU UEFI guest's variable store (pflash)
 //! <run_dir>/vms/<id>/cow.raw, data-<name>.raw, overlay.qcow2, cidata.img
 //! <run_dir>/vms/<id>/restore/           CH's patched snapshot state during a restore
 //! <log_dir>/vms/<id>/vmm.log            the VMM's own output
@@ -135,6 +136,11 @@ impl VmPaths {
     /// `console.sock`: that is the console relay's, which connects here.
     pub fn serial_socket(&self) -> PathBuf {
         self.run_dir.join("serial.sock")
+    }
+    /// A QEMU UEFI guest's variable store: its writable pflash, a copy of
+    /// the firmware's template made before its first launch.
+    pub fn efi_vars(&self) -> PathBuf {
+        self.run_dir.join("efivars.fd")
     }
     pub fn data_disk(&self, name: &str) -> PathBuf {
         self.run_dir.join(format!("data-{name}.raw"))

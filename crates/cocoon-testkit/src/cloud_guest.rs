@@ -44,6 +44,9 @@ const MODULES: &[&str] = &[
     "nls_ascii",
     "nls_utf8",
     "vfat",
+    // The ACPI power button as an input device /init can wait on.
+    "button",
+    "evdev",
 ];
 /// Where Debian's `systemd-boot-efi` puts the boot loader.
 const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";

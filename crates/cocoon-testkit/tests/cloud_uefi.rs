@@ -6,11 +6,14 @@
 //! VMM, real CNI plugins give the NIC its MAC and address), and qemu (TCG)
 //! with Debian's OVMF boots exactly those disks: the guest must come up with
 //! the hostname and the MAC-matched address the engine wrote. A clone of a
-//! first-boot snapshot must come up with its own.
+//! first-boot snapshot must come up with its own. `on_qemu`: the same image
+//! on the engine's own QEMU backend (`vm run --qemu`, q35 with OVMF).
 
 #[allow(dead_code)]
 #[path = "cloud_image/http.rs"]
 mod http;
+#[path = "cloud_uefi/on_qemu.rs"]
+mod on_qemu;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -553,7 +553,7 @@ fn refusals_name_the_problem_and_leave_nothing() {
     );
     assert_eq!(
         err,
-        "Error: image local/cloud is a cloud image, which boots through UEFI on Cloud Hypervisor only; create it without --fc (and with use_firecracker off)"
+        "Error: image local/cloud is a cloud image, which boots through UEFI on Cloud Hypervisor or QEMU only; create it without --fc (and with use_firecracker off)"
     );
     lab.assert_no_vms();
 

@@ -24,6 +24,8 @@ fn samples(key: &str) -> [&'static str; 3] {
         "fc_binary" => ["/f/fc", "/e/fc", "/c/fc"],
         "qemu_binary" => ["/f/qemu", "/e/qemu", "/c/qemu"],
         "qemu_accel" => ["kvm", "tcg", "auto"],
+        "qemu_firmware" => ["/f/CODE.fd", "/e/CODE.fd", "/c/CODE.fd"],
+        "qemu_firmware_vars" => ["/f/VARS.fd", "/e/VARS.fd", "/c/VARS.fd"],
         "default_hypervisor" => ["qemu", "firecracker", "cloud-hypervisor"],
         "firmware_path" => ["/f/fw.fd", "/e/fw.fd", "/c/fw.fd"],
         "insecure_registries" => ["reg.f:5000", "reg.e", "reg.c:80"],

@@ -17,6 +17,9 @@ pub struct LaunchOptions {
     pub balloon_bytes: Option<u64>,
     /// QEMU: KVM, TCG, or KVM when it works (`qemu_accel`).
     pub qemu_accel: crate::config::QemuAccel,
+    /// QEMU: the UEFI variable store template a VM's own copy starts from
+    /// (`qemu_firmware_vars`).
+    pub qemu_firmware_vars: PathBuf,
 }
 
 impl LaunchOptions {
@@ -27,6 +30,7 @@ impl LaunchOptions {
             hugepages: host_has_hugepages(),
             balloon_bytes: None,
             qemu_accel: crate::config::QemuAccel::Auto,
+            qemu_firmware_vars: crate::config::Config::default().qemu_firmware_vars,
         }
     }
 

@@ -86,6 +86,13 @@ pub trait Backend: Sync {
     // --- planning a VM ---
     /// Whether it boots UEFI guests (cloud images).
     fn boots_uefi(&self) -> bool;
+    /// The host files its UEFI guests boot from, per the configuration:
+    /// the firmware first (recorded as the VM's `firmware_path`), then any
+    /// other file a new VM needs (QEMU's variable store template). Empty:
+    /// it boots no UEFI guest.
+    fn firmware(&self, config: &Config) -> Vec<PathBuf>;
+    /// The error for `path`, one of its [`Backend::firmware`] files, missing.
+    fn firmware_missing(&self, image: String, path: PathBuf) -> crate::vm::VmError;
     /// The kernel file it loads for a direct boot from an image layer.
     fn kernel(&self, dirs: &ImageDirs, layer: &Digest) -> Result<PathBuf>;
     /// The serial of the `index`th image layer disk (empty: none).

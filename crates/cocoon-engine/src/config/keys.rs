@@ -98,6 +98,18 @@ pub const KEYS: &[Key] = &[
         help: "QEMU accelerator: auto (KVM when it works, else TCG), kvm or tcg",
     },
     Key {
+        name: "qemu_firmware",
+        env: "COCOON_QEMU_FIRMWARE",
+        flag: None,
+        help: "QEMU's UEFI firmware code for cloud images (default /usr/share/OVMF/OVMF_CODE_4M.fd)",
+    },
+    Key {
+        name: "qemu_firmware_vars",
+        env: "COCOON_QEMU_FIRMWARE_VARS",
+        flag: None,
+        help: "template of a QEMU cloud-image VM's UEFI variable store, matching qemu_firmware (default /usr/share/OVMF/OVMF_VARS_4M.fd)",
+    },
+    Key {
         name: "default_hypervisor",
         env: "COCOON_DEFAULT_HYPERVISOR",
         flag: None,

@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::context::Ctx;
 use crate::error::Result;
 use crate::image::store::ImageDirs;
-use crate::model::{ImageType, Snapshot, StorageRole};
+use crate::model::{Hypervisor, ImageType, Snapshot, StorageRole};
 use crate::snapshot::manifest::{self, MANIFEST, Manifest};
 use crate::snapshot::{SnapshotError, trust};
-use crate::vm::VmError;
 
 /// Reads and checks a snapshot's manifest against its directory: every
 /// listed file present with its size; with `checksums`, its digest too.
@@ -71,27 +70,30 @@ fn check_files(snapshot: &Snapshot, manifest: &Manifest, checksums: bool) -> Res
     Ok(())
 }
 
-/// What this engine's snapshot checks compare with.
-pub(crate) fn trust_facts(ctx: &Ctx) -> trust::Facts {
+/// What this engine's snapshot checks of a `hypervisor` snapshot compare
+/// with (the firmware is that backend's).
+pub(crate) fn trust_facts(ctx: &Ctx, hypervisor: Hypervisor) -> trust::Facts {
     let config = ctx.config();
+    let firmware = crate::backend::of(hypervisor).firmware(config);
     trust::Facts {
         root_dir: config.root_dir.clone(),
         run_dir: config.run_dir.clone(),
-        firmware_path: config.firmware_path.clone(),
+        firmware_path: firmware.into_iter().next().unwrap_or_default(),
     }
 }
 
 /// Checks everything the snapshot names against what this engine would
 /// have written (`snapshot::trust`); returns the image blobs it uses.
 pub(crate) fn check(ctx: &Ctx, snapshot: &Snapshot, manifest: &Manifest) -> Result<trust::Checked> {
-    Ok(
-        trust::check(manifest, &snapshot.data_dir, &trust_facts(ctx)).map_err(|reason| {
-            SnapshotError::Invalid {
-                id: snapshot.id.clone(),
-                reason,
-            }
-        })?,
+    Ok(trust::check(
+        manifest,
+        &snapshot.data_dir,
+        &trust_facts(ctx, manifest.snapshot.hypervisor),
     )
+    .map_err(|reason| SnapshotError::Invalid {
+        id: snapshot.id.clone(),
+        reason,
+    })?)
 }
 
 /// Layers, kernel and initrd of the snapshot's image must still be here.
@@ -111,11 +113,10 @@ pub(crate) fn check_base_files(ctx: &Ctx, manifest: &Manifest) -> Result<()> {
     if let Some(firmware) = &manifest.boot.firmware_path
         && !firmware.is_file()
     {
-        return Err(VmError::FirmwareMissing {
-            image: manifest.source.image.clone(),
-            path: firmware.clone(),
-        }
-        .into());
+        let backend = crate::backend::of(manifest.snapshot.hypervisor);
+        return Err(backend
+            .firmware_missing(manifest.source.image.clone(), firmware.clone())
+            .into());
     }
     Ok(())
 }

@@ -94,7 +94,7 @@ fn extract(
         // Names are validated here, as the manifest is read.
         serde_json::from_value::<Manifest>(doc).map_err(|e| invalid(e.to_string()))?
     };
-    let facts = super::snapshot_check::trust_facts(ctx);
+    let facts = super::snapshot_check::trust_facts(ctx, manifest.snapshot.hypervisor);
     let checked = trust::check(&manifest, staging, &facts).map_err(invalid)?;
     let snapshot = &mut manifest.snapshot;
     snapshot.id = id.to_string();

@@ -133,17 +133,15 @@ fn plan_cloud(
     image: Image,
     overlay_override: Option<&Path>,
 ) -> Result<Plan> {
-    if !backend::of(request.hypervisor).boots_uefi() {
+    let backend = backend::of(request.hypervisor);
+    if !backend.boots_uefi() {
         return Err(VmError::CloudImageOnFirecracker { image: image.name }.into());
     }
-    let firmware = ctx.config().firmware_path.clone();
-    if !firmware.is_file() {
-        return Err(VmError::FirmwareMissing {
-            image: image.name,
-            path: firmware,
-        }
-        .into());
+    let files = backend.firmware(ctx.config());
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        return Err(backend.firmware_missing(image.name, missing.clone()).into());
     }
+    let firmware = files.into_iter().next();
     let base = cloud::blob_path(&ctx.images(), &image.id);
     let paths = ctx.layout.vm(id);
     let mut vm = new_record(request, id, &image, ImageType::Cloudimg, &paths);
@@ -171,7 +169,7 @@ fn plan_cloud(
         kernel_path: None,
         initrd_path: None,
         cmdline: String::new(),
-        firmware_path: Some(firmware),
+        firmware_path: firmware,
     });
     let size = vm.config.storage;
     Ok(Plan {

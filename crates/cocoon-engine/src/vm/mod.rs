@@ -20,7 +20,7 @@ pub enum VmError {
     #[error("VM {name} ({id}) is not running; start it with `cocoon vm start {name}`")]
     NotRunning { id: String, name: VmName },
     #[error(
-        "image {image} is a cloud image, which boots through UEFI on Cloud Hypervisor only; create it without --fc (and with use_firecracker off)"
+        "image {image} is a cloud image, which boots through UEFI on Cloud Hypervisor or QEMU only; create it without --fc (and with use_firecracker off)"
     )]
     CloudImageOnFirecracker { image: String },
     #[error(
@@ -32,6 +32,14 @@ pub enum VmError {
         path.display()
     )]
     FirmwareMissing {
+        image: String,
+        path: std::path::PathBuf,
+    },
+    #[error(
+        "image {image} boots through UEFI and needs QEMU's firmware at {}, which is missing: install Debian's ovmf package (apt-get install ovmf), or set qemu_firmware and qemu_firmware_vars (COCOON_QEMU_FIRMWARE, COCOON_QEMU_FIRMWARE_VARS) to an OVMF code file and its variable store template",
+        path.display()
+    )]
+    OvmfMissing {
         image: String,
         path: std::path::PathBuf,
     },

@@ -3,7 +3,8 @@
 # NoCloud datasource (reference/cocoon-behavior.md §9), in busybox sh. It
 # finds the `cidata` disk, applies meta-data (hostname) and network-config
 # (netplan v2 as the engine writes it: one MAC-matched entry per NIC with a
-# static address or dhcp4), prints what it applied, and powers off.
+# static address or dhcp4), prints what it applied, and powers off (a guest
+# named *-waits first waits for the ACPI power button).
 /bin/busybox --install -s /bin
 export PATH=/bin
 
@@ -95,4 +96,18 @@ fi
 
 echo "COCOON-CLOUD-GUEST READY"
 umount /cidata
+# A guest named *-waits stays up until the ACPI power button (a VMM's
+# graceful stop), then powers off; the others power off at once.
+case "$(hostname)" in
+  *-waits)
+    button=
+    for dev in /sys/class/input/event*; do
+      [ "$(cat "$dev/device/name" 2>/dev/null)" = "Power Button" ] && button=/dev/input/${dev##*/}
+    done
+    [ -n "$button" ] || panic "no ACPI power button among: $(cat /sys/class/input/*/name 2>/dev/null)"
+    say "waiting for the power button on $button"
+    dd if="$button" of=/dev/null bs=24 count=1 2>/dev/null
+    say "power button pressed"
+    ;;
+esac
 halt

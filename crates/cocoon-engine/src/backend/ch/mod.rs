@@ -53,6 +53,15 @@ impl Backend for CloudHypervisorBackend {
         true
     }
 
+    /// `CLOUDHV.fd`, which keeps its variables in guest memory.
+    fn firmware(&self, config: &Config) -> Vec<PathBuf> {
+        vec![config.firmware_path.clone()]
+    }
+
+    fn firmware_missing(&self, image: String, path: PathBuf) -> crate::vm::VmError {
+        crate::vm::VmError::FirmwareMissing { image, path }
+    }
+
     fn kernel(&self, dirs: &ImageDirs, layer: &Digest) -> Result<PathBuf> {
         Ok(dirs.kernel(layer))
     }

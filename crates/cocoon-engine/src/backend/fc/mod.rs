@@ -51,6 +51,15 @@ impl Backend for FirecrackerBackend {
         false
     }
 
+    fn firmware(&self, _: &Config) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Never asked: it boots no UEFI guest.
+    fn firmware_missing(&self, image: String, _: PathBuf) -> crate::vm::VmError {
+        crate::vm::VmError::CloudImageOnFirecracker { image }
+    }
+
     /// Firecracker loads only an uncompressed ELF: converted once per kernel.
     fn kernel(&self, dirs: &ImageDirs, layer: &Digest) -> Result<PathBuf> {
         Ok(vmlinux::ensure(dirs, layer).map_err(crate::vm::VmError::from)?)

@@ -162,7 +162,7 @@ fn devices(vm: &Vm, opts: &LaunchOptions, host: Host, push: &mut impl FnMut(&str
     }
 }
 
-fn drive(i: usize, disk: &StorageConfig) -> String {
+pub(super) fn drive(i: usize, disk: &StorageConfig) -> String {
     let format = if disk.path.extension().is_some_and(|e| e == "qcow2") {
         "qcow2"
     } else {
@@ -176,7 +176,7 @@ fn drive(i: usize, disk: &StorageConfig) -> String {
 }
 
 /// A path inside a QEMU option value: commas doubled.
-fn value(path: &Path) -> String {
+pub(super) fn value(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
 }
 

@@ -9,8 +9,12 @@
 //! carries device state only: the disks, TAPs and files QEMU opens are the
 //! ones its command line names, from the engine's own records, so nothing
 //! in a snapshot can point QEMU at another host file.
+//!
+//! A cloud image boots `-machine q35` with OVMF instead ([`uefi`]): the
+//! same QMP, serial port, stop and snapshots, and a variable store per VM.
 
 mod args;
+mod uefi;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -55,9 +59,21 @@ impl Backend for QemuBackend {
         PathBuf::from(&config.qemu_binary)
     }
 
-    /// `q35` with OVMF is not wired yet: cloud images need CH.
+    /// `q35` with OVMF ([`uefi`]).
     fn boots_uefi(&self) -> bool {
-        false
+        true
+    }
+
+    /// OVMF's code, then the variable store template each VM copies.
+    fn firmware(&self, config: &Config) -> Vec<PathBuf> {
+        vec![
+            config.qemu_firmware.clone(),
+            config.qemu_firmware_vars.clone(),
+        ]
+    }
+
+    fn firmware_missing(&self, image: String, path: PathBuf) -> crate::vm::VmError {
+        crate::vm::VmError::OvmfMissing { image, path }
     }
 
     /// QEMU loads the layer's kernel as it is (bzImage or PVH ELF).
@@ -97,7 +113,11 @@ impl Backend for QemuBackend {
                 vm.id
             );
         }
-        Ok(args::args(vm, paths, opts, kvm, restoring))
+        if direct_boot(vm) {
+            return Ok(args::args(vm, paths, opts, kvm, restoring));
+        }
+        uefi::ensure_vars(paths, &opts.qemu_firmware_vars)?;
+        Ok(uefi::args(vm, paths, opts, kvm, restoring))
     }
 
     /// The migration stream names no host path: QEMU opens what its
@@ -114,7 +134,12 @@ impl Backend for QemuBackend {
     }
 
     fn debug_args(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Vec<String> {
-        args::args(vm, paths, opts, args::uses_kvm(opts.qemu_accel), false)
+        let kvm = args::uses_kvm(opts.qemu_accel);
+        if direct_boot(vm) {
+            args::args(vm, paths, opts, kvm, false)
+        } else {
+            uefi::args(vm, paths, opts, kvm, false)
+        }
     }
 
     fn serial_on_stdin(&self, _: &Vm) -> bool {

@@ -76,6 +76,7 @@ fn opts() -> LaunchOptions {
         hugepages: false,
         balloon_bytes: None,
         qemu_accel: QemuAccel::Auto,
+        qemu_firmware_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
     }
 }
 
