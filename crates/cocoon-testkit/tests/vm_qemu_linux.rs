@@ -294,7 +294,9 @@ fn assert_on_its_tap(vm: &Value) {
 /// Two VMs on the lab's CNI bridge, `--nics 1`: each guest configures the
 /// address the engine got from host-local (its `ip=`) on the NIC with the
 /// engine's MAC, and each pings the other through the engine's TAPs. `vm rm
-/// --force` then leaves no process, namespace, TAP, veth or lease.
+/// --force` then leaves no process, namespace, TAP, veth or lease. `right`
+/// has 2 vCPUs, so its NIC has two queue pairs (a multi-queue TAP, `mq=on`),
+/// and its guest uses both.
 #[test]
 fn linux_vms_on_a_cni_bridge_ping_each_other_on_qemu() {
     let test = "linux_vms_on_a_cni_bridge_ping_each_other_on_qemu";
@@ -310,8 +312,9 @@ fn linux_vms_on_a_cni_bridge_ping_each_other_on_qemu() {
     import(ok, &assets);
 
     let names = ["left", "right"];
+    let cpus = ["1", "2"];
     let started = Instant::now();
-    for name in names {
+    for (name, cpu) in names.iter().zip(cpus) {
         ok(&[
             "vm",
             "run",
@@ -319,7 +322,7 @@ fn linux_vms_on_a_cni_bridge_ping_each_other_on_qemu() {
             "--nics",
             "1",
             "--cpu",
-            "1",
+            cpu,
             "--memory",
             "512M",
             "--name",
@@ -358,10 +361,17 @@ fn linux_vms_on_a_cni_bridge_ping_each_other_on_qemu() {
         let mac = vm["network_configs"][0]["mac"].as_str().unwrap();
         let (out, rc) = shell(
             &mut console,
-            "cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0",
+            "cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0; ls /sys/class/net/eth0/queues",
             "eth0",
         );
         assert_eq!(rc, 0, "{out}");
+        let pairs = vm["network_configs"][0]["num_queues"].as_u64().unwrap() / 2;
+        assert_eq!(pairs, if *name == "right" { 2 } else { 1 }, "{vm:#}");
+        assert_eq!(
+            out.contains("rx-1"),
+            pairs == 2,
+            "{name}: the guest's queues with {pairs} pair(s):\n{out}"
+        );
         assert!(
             out.lines().any(|l| l.trim() == mac),
             "{name}: {mac}?\n{out}"

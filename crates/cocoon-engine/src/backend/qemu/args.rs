@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::backend::LaunchOptions;
 use crate::config::QemuAccel;
 use crate::layout::VmPaths;
-use crate::model::{StorageConfig, Vm};
+use crate::model::{NetworkConfig, StorageConfig, Vm};
 
 /// The seccomp sandbox QEMU runs under: no obsolete syscalls, no privilege
 /// changes, no new processes, no scheduler or resource changes.
@@ -139,17 +139,14 @@ fn devices(vm: &Vm, opts: &LaunchOptions, host: Host, push: &mut impl FnMut(&str
     }
     let vhost = host.kvm && host.vhost_net;
     for (i, nic) in vm.network_configs.iter().enumerate() {
-        push(
-            "-netdev",
-            format!(
-                "tap,id=net{i},ifname={},script=no,downscript=no,vhost={}",
-                nic.tap,
-                if vhost { "on" } else { "off" }
-            ),
-        );
+        push("-netdev", netdev(i, nic, vhost));
         push(
             "-device",
-            format!("virtio-net-device,netdev=net{i},mac={}", nic.mac),
+            format!(
+                "virtio-net-device,netdev=net{i},mac={}{}",
+                nic.mac,
+                multiqueue(nic, false)
+            ),
         );
     }
     push("-object", "rng-random,id=rng0,filename=/dev/urandom".into());
@@ -160,6 +157,36 @@ fn devices(vm: &Vm, opts: &LaunchOptions, host: Host, push: &mut impl FnMut(&str
             "virtio-balloon-device,deflate-on-oom=on,free-page-reporting=on".into(),
         );
     }
+}
+
+/// A NIC's TAP: as many queue pairs as the engine made it with (a TAP made
+/// multi-queue must be opened so, and one made single-queue must not).
+pub(super) fn netdev(i: usize, nic: &NetworkConfig, vhost: bool) -> String {
+    let pairs = queue_pairs(nic);
+    let queues = if pairs > 1 {
+        format!(",queues={pairs}")
+    } else {
+        String::new()
+    };
+    format!(
+        "tap,id=net{i},ifname={},script=no,downscript=no,vhost={}{queues}",
+        nic.tap,
+        if vhost { "on" } else { "off" }
+    )
+}
+
+/// The device side of a multi-queue NIC: `mq=on`, and on PCI one MSI-X
+/// vector per queue plus config and control.
+pub(super) fn multiqueue(nic: &NetworkConfig, pci: bool) -> String {
+    match queue_pairs(nic) {
+        0 | 1 => String::new(),
+        pairs if pci => format!(",mq=on,vectors={}", 2 * pairs + 2),
+        _ => ",mq=on".into(),
+    }
+}
+
+fn queue_pairs(nic: &NetworkConfig) -> u32 {
+    nic.num_queues / 2
 }
 
 pub(super) fn drive(i: usize, disk: &StorageConfig) -> String {

@@ -90,9 +90,9 @@ impl Backend for QemuBackend {
         false
     }
 
-    /// One queue pair.
-    fn nic_queues(&self, _: u32) -> u32 {
-        2
+    /// A pair per vCPU, at least one pair (as Cloud Hypervisor).
+    fn nic_queues(&self, cpu: u32) -> u32 {
+        (2 * cpu).max(2)
     }
 
     fn cmdline_style(&self) -> cmdline::Style {

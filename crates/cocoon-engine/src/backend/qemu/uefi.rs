@@ -16,7 +16,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::args::{SANDBOX, drive, value};
+use super::args::{self, SANDBOX, drive, value};
 use crate::backend::LaunchOptions;
 use crate::layout::VmPaths;
 use crate::model::Vm;
@@ -104,17 +104,14 @@ fn devices(vm: &Vm, opts: &LaunchOptions, kvm: bool, push: &mut impl FnMut(&str,
     }
     let vhost = kvm && Path::new("/dev/vhost-net").exists();
     for (i, nic) in vm.network_configs.iter().enumerate() {
-        push(
-            "-netdev",
-            format!(
-                "tap,id=net{i},ifname={},script=no,downscript=no,vhost={}",
-                nic.tap,
-                if vhost { "on" } else { "off" }
-            ),
-        );
+        push("-netdev", args::netdev(i, nic, vhost));
         push(
             "-device",
-            format!("virtio-net-pci,netdev=net{i},mac={},romfile=", nic.mac),
+            format!(
+                "virtio-net-pci,netdev=net{i},mac={},romfile={}",
+                nic.mac,
+                args::multiqueue(nic, true)
+            ),
         );
     }
     push("-object", "rng-random,id=rng0,filename=/dev/urandom".into());

@@ -324,3 +324,25 @@ fn the_vmm_is_found_by_its_api_socket() {
         );
     }
 }
+
+/// A NIC the engine made with more than one queue pair is opened with as
+/// many (its TAP is multi-queue) and offered to the guest as multi-queue;
+/// a single pair stays a plain TAP.
+#[test]
+fn multi_queue_nics_open_every_queue_pair() {
+    let mut four = nic("tap0", "02:00:00:00:00:01");
+    four.num_queues = 4;
+    assert_eq!(
+        netdev(0, &four, true),
+        "tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=on,queues=2"
+    );
+    assert_eq!(multiqueue(&four, false), ",mq=on");
+    assert_eq!(multiqueue(&four, true), ",mq=on,vectors=6");
+    let two = nic("tap1", "02:00:00:00:00:02");
+    assert_eq!(
+        netdev(1, &two, false),
+        "tap,id=net1,ifname=tap1,script=no,downscript=no,vhost=off"
+    );
+    assert_eq!(multiqueue(&two, false), "");
+    assert_eq!(multiqueue(&two, true), "");
+}
