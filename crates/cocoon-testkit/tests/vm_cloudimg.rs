@@ -336,6 +336,41 @@ mounts:
         script.contains("cidata.img,readonly=on,image_type=raw"),
         "{script}"
     );
+    // On QEMU (q35 + OVMF): the script makes the VM's variable store from
+    // the configured template before the launch that names it.
+    let (code, vars) = (lab.path("CODE.fd"), lab.path("VARS.fd"));
+    std::fs::write(&code, b"code").unwrap();
+    std::fs::write(&vars, b"vars").unwrap();
+    let mut cmd = lab.cmd();
+    cmd.env("COCOON_QEMU_FIRMWARE", &code)
+        .env("COCOON_QEMU_FIRMWARE_VARS", &vars);
+    let script = cocoon_testkit::run_ok(
+        cmd,
+        &[
+            "vm",
+            "debug",
+            "--qemu",
+            "--nics",
+            "0",
+            "--name",
+            "dbgq",
+            "local/cloud",
+        ],
+    );
+    let install = script
+        .lines()
+        .find(|l| l.starts_with("install -D -m 600 "))
+        .unwrap_or_else(|| panic!("no variable store copy:\n{script}"));
+    let store = install
+        .strip_prefix(&format!("install -D -m 600 {} ", vars.display()))
+        .unwrap_or_else(|| panic!("{install}"));
+    assert!(store.ends_with("/efivars.fd"), "{install}");
+    let launch = script.find("# Launch VM").unwrap();
+    assert!(script.find(install).unwrap() < launch, "{script}");
+    assert!(
+        script[launch..].contains(&format!("if=pflash,format=raw,unit=1,file={store}")),
+        "{script}"
+    );
     assert_eq!(
         lab.inspect("ci")["config"]["name"],
         "ci",

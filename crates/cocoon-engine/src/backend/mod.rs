@@ -125,6 +125,11 @@ pub trait Backend: Sync {
         opts: &LaunchOptions,
         config: &Config,
     ) -> Result<Option<Jail>>;
+    /// `vm debug`: the commands that make the files a launch makes itself
+    /// (QEMU's UEFI variable store), to run before the printed launch.
+    fn debug_prepare(&self, _vm: &Vm, _paths: &VmPaths, _opts: &LaunchOptions) -> Vec<Vec<String>> {
+        Vec::new()
+    }
     /// `vm debug`: the arguments of a fresh launch, without side effects.
     fn debug_args(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Vec<String>;
     /// Whether the guest's serial port is the VMM's stdin/stdout.

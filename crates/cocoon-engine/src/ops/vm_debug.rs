@@ -42,7 +42,9 @@ pub(crate) fn run(
         None => vec![],
     };
     commands.extend(disks.iter().flat_map(disks::prep_commands));
-    let prepare = commands
+    let backend = backend::of(vm.hypervisor);
+    let paths = VmPaths::of(&vm);
+    let mut prepare: Vec<Vec<String>> = commands
         .iter()
         .map(|argv| {
             argv.iter()
@@ -50,8 +52,7 @@ pub(crate) fn run(
                 .collect()
         })
         .collect();
-    let backend = backend::of(vm.hypervisor);
-    let paths = VmPaths::of(&vm);
+    prepare.extend(backend.debug_prepare(&vm, &paths, opts));
     Ok(DebugPlan {
         hypervisor: vm.hypervisor,
         prepare,

@@ -171,6 +171,7 @@ fn debug(
     };
     let mut opts = LaunchOptions::for_host(binary);
     opts.qemu_accel = engine.config().qemu_accel;
+    opts.qemu_firmware_vars = engine.config().qemu_firmware_vars.clone();
     opts.max_cpus = max_cpu.max(request.config.cpu);
     opts.balloon_bytes = (balloon > 0).then_some(balloon << 20);
     let plan = engine.debug_vm(&request, &opts, cow)?;

@@ -133,6 +133,21 @@ impl Backend for QemuBackend {
         Ok(None)
     }
 
+    /// A UEFI guest's variable store, copied from the template as a start does.
+    fn debug_prepare(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Vec<Vec<String>> {
+        if direct_boot(vm) {
+            return Vec::new();
+        }
+        vec![vec![
+            "install".into(),
+            "-D".into(),
+            "-m".into(),
+            "600".into(),
+            opts.qemu_firmware_vars.display().to_string(),
+            paths.efi_vars().display().to_string(),
+        ]]
+    }
+
     fn debug_args(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Vec<String> {
         let kvm = args::uses_kvm(opts.qemu_accel);
         if direct_boot(vm) {
