@@ -116,15 +116,19 @@ pub trait Backend: Sync {
     ) -> std::io::Result<Vec<String>>;
     /// The view of the host the VMM runs confined to (None: the whole
     /// host). A VMM that reopens paths named by state it did not write
-    /// (FC's vmstate, on a clone or restore) sees only its own files.
+    /// (FC's vmstate, on a clone or restore) sees only its own files. The
+    /// others run with the host's view: CH's state is re-derived by the
+    /// engine, QEMU opens only what its command line (the engine's) names.
     fn jail(
         &self,
-        vm: &Vm,
-        paths: &VmPaths,
-        boot: &Boot,
-        opts: &LaunchOptions,
-        config: &Config,
-    ) -> Result<Option<Jail>>;
+        _vm: &Vm,
+        _paths: &VmPaths,
+        _boot: &Boot,
+        _opts: &LaunchOptions,
+        _config: &Config,
+    ) -> Result<Option<Jail>> {
+        Ok(None)
+    }
     /// `vm debug`: the commands that make the files a launch makes itself
     /// (QEMU's UEFI variable store), to run before the printed launch.
     fn debug_prepare(&self, _vm: &Vm, _paths: &VmPaths, _opts: &LaunchOptions) -> Vec<Vec<String>> {

@@ -23,7 +23,6 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::guest::cmdline;
 use crate::image::store::ImageDirs;
-use crate::jail::Jail;
 use crate::layout::VmPaths;
 use crate::model::{Hypervisor, Snapshot, Vm, VmmProcess};
 use crate::snapshot::manifest::Manifest;
@@ -95,19 +94,6 @@ impl Backend for CloudHypervisorBackend {
         } else {
             args(vm, opts)
         })
-    }
-
-    /// Cloud Hypervisor's state (`config.json`) is re-derived by the engine
-    /// before a restore, so it runs with the host's view.
-    fn jail(
-        &self,
-        _: &Vm,
-        _: &VmPaths,
-        _: &Boot,
-        _: &LaunchOptions,
-        _: &Config,
-    ) -> Result<Option<Jail>> {
-        Ok(None)
     }
 
     fn debug_args(&self, vm: &Vm, _: &VmPaths, opts: &LaunchOptions) -> Vec<String> {

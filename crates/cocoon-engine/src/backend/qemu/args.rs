@@ -31,11 +31,26 @@ const VHOST_NET: &str = "/dev/vhost-net";
 
 /// What the host offers QEMU.
 #[derive(Debug, Clone, Copy)]
-struct Host {
+pub(super) struct Host {
     /// The guest runs under KVM (else TCG).
-    kvm: bool,
+    pub kvm: bool,
     /// `/dev/vhost-net` exists.
-    vhost_net: bool,
+    pub vhost_net: bool,
+}
+
+impl Host {
+    /// This host, with the accelerator already decided.
+    pub fn probe(kvm: bool) -> Host {
+        Host {
+            kvm,
+            vhost_net: Path::new(VHOST_NET).exists(),
+        }
+    }
+
+    /// vhost-net carries a NIC's data path: KVM guests only.
+    fn vhost(self) -> bool {
+        self.kvm && self.vhost_net
+    }
 }
 
 /// The arguments after the binary. `restoring`: wait for the incoming
@@ -48,11 +63,7 @@ pub fn args(
     kvm: bool,
     restoring: bool,
 ) -> Vec<String> {
-    let host = Host {
-        kvm,
-        vhost_net: Path::new(VHOST_NET).exists(),
-    };
-    args_on(vm, paths, opts, host, restoring)
+    args_on(vm, paths, opts, Host::probe(kvm), restoring)
 }
 
 /// [`args`] on a host described, not probed.
@@ -70,17 +81,7 @@ fn args_on(
         args.push(flag.to_string());
         args.push(value);
     };
-    push("-name", format!("cocoon-{},debug-threads=on", vm.id));
-    push(
-        "-machine",
-        format!("microvm,accel={}", if kvm { "kvm" } else { "tcg" }),
-    );
-    // `-cpu host` aborts where KVM lacks an MSR (PVM); max without the
-    // arch-capabilities MSR boots everywhere.
-    push(
-        "-cpu",
-        if kvm { "max,-arch-capabilities" } else { "max" }.into(),
-    );
+    machine(vm, "microvm", kvm, &mut push);
     // qboot, not microvm's default SeaBIOS: SeaBIOS sets up the virtio-blk
     // rings itself (looking for a boot disk) and leaves them to a guest that
     // may never reset the devices; their stale state then fails the load of
@@ -99,6 +100,29 @@ fn args_on(
     }
     push("-smp", c.cpu.to_string());
     push("-m", format!("{}M", c.memory >> 20));
+    control(paths, &mut push);
+    devices(vm, opts, host, &mut push);
+    finish(args, restoring)
+}
+
+/// The VM's name, the machine type on its accelerator, and the CPU model:
+/// `-cpu host` aborts where KVM lacks an MSR (PVM); max without the
+/// arch-capabilities MSR boots everywhere.
+pub(super) fn machine(vm: &Vm, machine: &str, kvm: bool, push: &mut impl FnMut(&str, String)) {
+    push("-name", format!("cocoon-{},debug-threads=on", vm.id));
+    push(
+        "-machine",
+        format!("{machine},accel={}", if kvm { "kvm" } else { "tcg" }),
+    );
+    push(
+        "-cpu",
+        if kvm { "max,-arch-capabilities" } else { "max" }.into(),
+    );
+}
+
+/// The engine's hold on QEMU: the sandbox, no display, QMP on the VM's API
+/// socket, the serial port on QEMU's stdin/stdout (the console relay's).
+pub(super) fn control(paths: &VmPaths, push: &mut impl FnMut(&str, String)) {
     push("-sandbox", SANDBOX.into());
     push("-display", "none".into());
     push(
@@ -111,14 +135,50 @@ fn args_on(
     push("-mon", "chardev=qmp,mode=control".into());
     push("-chardev", "stdio,id=serial0,signal=off".into());
     push("-serial", "chardev:serial0".into());
-    devices(vm, opts, host, &mut push);
+}
+
+/// Waits for the incoming state (`restoring`) or starts paused (`-S`) until
+/// the engine's `cont`; no default devices, no user config.
+pub(super) fn finish(mut args: Vec<String>, restoring: bool) -> Vec<String> {
     if restoring {
-        push("-incoming", "defer".into());
+        args.extend(["-incoming", "defer"].map(String::from));
     } else {
         args.push("-S".into());
     }
     args.extend(["-nodefaults", "-no-user-config"].map(String::from));
     args
+}
+
+/// The NICs on their TAPs, and rng and balloon, on `transport` (`device`:
+/// virtio-mmio, `pci`). PCI NICs carry no option ROM (no network boot).
+pub(super) fn nics_rng_balloon(
+    vm: &Vm,
+    opts: &LaunchOptions,
+    host: Host,
+    transport: &str,
+    push: &mut impl FnMut(&str, String),
+) {
+    let pci = transport == "pci";
+    for (i, nic) in vm.network_configs.iter().enumerate() {
+        push("-netdev", netdev(i, nic, host.vhost()));
+        push(
+            "-device",
+            format!(
+                "virtio-net-{transport},netdev=net{i},mac={}{}{}",
+                nic.mac,
+                if pci { ",romfile=" } else { "" },
+                multiqueue(nic, pci)
+            ),
+        );
+    }
+    push("-object", "rng-random,id=rng0,filename=/dev/urandom".into());
+    push("-device", format!("virtio-rng-{transport},rng=rng0"));
+    if opts.balloon(vm).is_some() {
+        push(
+            "-device",
+            format!("virtio-balloon-{transport},deflate-on-oom=on,free-page-reporting=on"),
+        );
+    }
 }
 
 /// The guest's kernel and devices: disks in order, NICs, rng, balloon.
@@ -137,26 +197,7 @@ fn devices(vm: &Vm, opts: &LaunchOptions, host: Host, push: &mut impl FnMut(&str
         push("-drive", drive(i, disk));
         push("-device", format!("virtio-blk-device,drive=disk{i}"));
     }
-    let vhost = host.kvm && host.vhost_net;
-    for (i, nic) in vm.network_configs.iter().enumerate() {
-        push("-netdev", netdev(i, nic, vhost));
-        push(
-            "-device",
-            format!(
-                "virtio-net-device,netdev=net{i},mac={}{}",
-                nic.mac,
-                multiqueue(nic, false)
-            ),
-        );
-    }
-    push("-object", "rng-random,id=rng0,filename=/dev/urandom".into());
-    push("-device", "virtio-rng-device,rng=rng0".into());
-    if opts.balloon(vm).is_some() {
-        push(
-            "-device",
-            "virtio-balloon-device,deflate-on-oom=on,free-page-reporting=on".into(),
-        );
-    }
+    nics_rng_balloon(vm, opts, host, "device", push);
 }
 
 /// A NIC's TAP: as many queue pairs as the engine made it with (a TAP made

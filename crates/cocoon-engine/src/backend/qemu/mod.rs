@@ -30,7 +30,6 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::guest::cmdline;
 use crate::image::store::ImageDirs;
-use crate::jail::Jail;
 use crate::layout::VmPaths;
 use crate::model::{Hypervisor, Snapshot, Vm};
 use crate::snapshot::manifest::Manifest;
@@ -118,19 +117,6 @@ impl Backend for QemuBackend {
         }
         uefi::ensure_vars(paths, &opts.qemu_firmware_vars)?;
         Ok(uefi::args(vm, paths, opts, kvm, restoring))
-    }
-
-    /// The migration stream names no host path: QEMU opens what its
-    /// command line (the engine's records) names.
-    fn jail(
-        &self,
-        _: &Vm,
-        _: &VmPaths,
-        _: &Boot,
-        _: &LaunchOptions,
-        _: &Config,
-    ) -> Result<Option<Jail>> {
-        Ok(None)
     }
 
     /// A UEFI guest's variable store, copied from the template as a start does.

@@ -16,7 +16,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::args::{self, SANDBOX, drive, value};
+use super::args::{self, Host, drive, value};
 use crate::backend::LaunchOptions;
 use crate::layout::VmPaths;
 use crate::model::Vm;
@@ -40,16 +40,7 @@ pub fn args(
         args.push(flag.to_string());
         args.push(value);
     };
-    push("-name", format!("cocoon-{},debug-threads=on", vm.id));
-    push(
-        "-machine",
-        format!("q35,accel={}", if kvm { "kvm" } else { "tcg" }),
-    );
-    // As the microvm's: `-cpu host` aborts where KVM lacks an MSR (PVM).
-    push(
-        "-cpu",
-        if kvm { "max,-arch-capabilities" } else { "max" }.into(),
-    );
+    args::machine(vm, "q35", kvm, &mut push);
     push("-smp", c.cpu.to_string());
     push("-m", format!("{}M", c.memory >> 20));
     push(
@@ -66,31 +57,14 @@ pub fn args(
             value(&paths.efi_vars())
         ),
     );
-    push("-sandbox", SANDBOX.into());
-    push("-display", "none".into());
-    push(
-        "-chardev",
-        format!(
-            "socket,id=qmp,server=on,wait=off,path={}",
-            value(&paths.api_socket())
-        ),
-    );
-    push("-mon", "chardev=qmp,mode=control".into());
-    push("-chardev", "stdio,id=serial0,signal=off".into());
-    push("-serial", "chardev:serial0".into());
-    devices(vm, opts, kvm, &mut push);
-    if restoring {
-        push("-incoming", "defer".into());
-    } else {
-        args.push("-S".into());
-    }
-    args.extend(["-nodefaults", "-no-user-config"].map(String::from));
-    args
+    args::control(paths, &mut push);
+    devices(vm, opts, Host::probe(kvm), &mut push);
+    args::finish(args, restoring)
 }
 
 /// Disks (the first one boots), NICs without option ROMs (no network boot
 /// attempt), rng, balloon: all virtio-pci.
-fn devices(vm: &Vm, opts: &LaunchOptions, kvm: bool, push: &mut impl FnMut(&str, String)) {
+fn devices(vm: &Vm, opts: &LaunchOptions, host: Host, push: &mut impl FnMut(&str, String)) {
     for (i, disk) in vm.storage_configs.iter().enumerate() {
         push("-drive", drive(i, disk));
         let mut device = format!("virtio-blk-pci,drive=disk{i}");
@@ -102,26 +76,7 @@ fn devices(vm: &Vm, opts: &LaunchOptions, kvm: bool, push: &mut impl FnMut(&str,
         }
         push("-device", device);
     }
-    let vhost = kvm && Path::new("/dev/vhost-net").exists();
-    for (i, nic) in vm.network_configs.iter().enumerate() {
-        push("-netdev", args::netdev(i, nic, vhost));
-        push(
-            "-device",
-            format!(
-                "virtio-net-pci,netdev=net{i},mac={},romfile={}",
-                nic.mac,
-                args::multiqueue(nic, true)
-            ),
-        );
-    }
-    push("-object", "rng-random,id=rng0,filename=/dev/urandom".into());
-    push("-device", "virtio-rng-pci,rng=rng0".into());
-    if opts.balloon(vm).is_some() {
-        push(
-            "-device",
-            "virtio-balloon-pci,deflate-on-oom=on,free-page-reporting=on".into(),
-        );
-    }
+    args::nics_rng_balloon(vm, opts, host, "pci", push);
 }
 
 /// The VM's variable store: copied from `template` (mode 0600) unless it
