@@ -137,6 +137,16 @@ impl VmPaths {
     pub fn serial_socket(&self) -> PathBuf {
         self.run_dir.join("serial.sock")
     }
+    /// The VM's hybrid vsock: a unix socket on which `CONNECT <port>\n`
+    /// reaches a guest vsock port (CH and FC natively, QEMU through
+    /// vhost-device-vsock). Shown as `vsock_socket` in `vm inspect`.
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.run_dir.join("vsock.sock")
+    }
+    /// QEMU's vhost-user socket to the VM's vhost-device-vsock process.
+    pub fn vhost_vsock_socket(&self) -> PathBuf {
+        self.run_dir.join("vhost-vsock.sock")
+    }
     /// A QEMU UEFI guest's variable store: its writable pflash, a copy of
     /// the firmware's template made before its first launch.
     pub fn efi_vars(&self) -> PathBuf {
