@@ -1,0 +1,1 @@
+//! The guest agent's wire protocol (docs/agent.md).
