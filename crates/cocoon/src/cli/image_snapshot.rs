@@ -1,0 +1,105 @@
+//! `cocoon image …` and `cocoon snapshot …`.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Subcommand;
+use cocoon_engine::name::SnapshotName;
+
+use super::*;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull OCI images or cloud images (http/https URLs)
+    #[command(
+        after_help = "Examples:\n  cocoon image pull ghcr.io/cocoonstack/cocoon/ubuntu:24.04\n  cocoon image pull https://cloud-images.ubuntu.com/noble/current/noble-server-cloudimg-amd64.img"
+    )]
+    Pull {
+        /// Re-download a cloud image even if the URL is cached
+        #[arg(long)]
+        force: bool,
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Import an image from local files (tar layers, qcow2, raw, gzip) or stdin
+    #[command(
+        after_help = "Examples:\n  cocoon image import myimg rootfs.qcow2\n  cocoon image import myimg disk.qcow2.part1 disk.qcow2.part2\n  zcat disk.raw.gz | cocoon image import myimg"
+    )]
+    Import {
+        name: String,
+        /// Files to import; stdin when omitted
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// List images
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        output: FormatArg,
+    },
+    /// Remove images from the index (blobs are reclaimed by gc)
+    Rm {
+        #[arg(required = true, value_name = "ID")]
+        images: Vec<String>,
+    },
+    /// Show an image as JSON
+    Inspect { image: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot a running VM
+    #[command(
+        after_help = "Examples:\n  cocoon snapshot save --name base dev\n  cocoon snapshot save --description \"before upgrade\" dev"
+    )]
+    Save {
+        #[arg(long, value_parser = SnapshotName::from_str)]
+        name: Option<SnapshotName>,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
+    /// List snapshots
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        output: FormatArg,
+        /// Only snapshots of this VM
+        #[arg(long)]
+        vm: Option<String>,
+    },
+    /// Show a snapshot as JSON
+    Inspect { snapshot: String },
+    /// Remove snapshots
+    Rm {
+        #[arg(required = true, value_name = "SNAPSHOT")]
+        snapshots: Vec<String>,
+    },
+    /// Export a snapshot as a tar archive
+    #[command(
+        after_help = "Examples:\n  cocoon snapshot export base                  # writes base.tar\n  cocoon snapshot export --gzip -o - base | ssh host cocoon snapshot import"
+    )]
+    Export {
+        /// Output file, or - for stdout [default: <name-or-id>.tar]
+        #[arg(short = 'o', long = "output", value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// Compress with gzip (as cocoon did); same as --compression gzip
+        #[arg(long, conflicts_with = "compression")]
+        gzip: bool,
+        /// Compression of the archive
+        #[arg(long, value_enum, default_value_t = CompressionArg::Zstd)]
+        compression: CompressionArg,
+        snapshot: String,
+    },
+    /// Import a snapshot archive from a file or stdin
+    Import {
+        #[arg(long, value_parser = SnapshotName::from_str)]
+        name: Option<SnapshotName>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Archive to import; stdin when omitted
+        file: Option<PathBuf>,
+    },
+}

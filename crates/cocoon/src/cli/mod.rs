@@ -1,0 +1,191 @@
+//! The command line: cocoon's command tree, flags, defaults and validation
+//! (docs/reference/cocoon-v0.3.8.md §1), as clap definitions. Per-value validation happens here, in
+//! value parsers, so a bad flag is a usage error (exit 2) before anything runs. `--name` parses
+//! into the engine's validated name types, so clap refuses a bad name with the engine's message.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+
+mod image_snapshot;
+mod parse;
+mod vm;
+
+pub use image_snapshot::{ImageCommand, SnapshotCommand};
+pub use vm::{CloneFlags, VmCommand, VmFlags};
+
+const ROOT_EXAMPLES: &str = "\
+Examples:
+  cocoon image pull ghcr.io/cocoonstack/cocoon/ubuntu:24.04
+  cocoon vm run --name dev --cpu 2 --memory 2G ghcr.io/cocoonstack/cocoon/ubuntu:24.04
+  cocoon vm ls
+  cocoon snapshot save --name base dev
+  cocoon vm clone --name dev2 base
+
+Exit codes: 0 success, 1 error, 2 usage error (bad flag or value).";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cocoon",
+    about = "Daemonless microVM engine: Cloud Hypervisor and Firecracker VMs from OCI and cloud images",
+    after_help = ROOT_EXAMPLES,
+    disable_version_flag = true,
+    propagate_version = false,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes. Each overrides its config key and `COCOON_*` variable.
+#[derive(Debug, Args, Default)]
+pub struct GlobalArgs {
+    /// Config file (TOML) [env: COCOON_CONFIG] [default: /etc/cocoon/config.toml if present]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Root directory for state, images and snapshots [env: COCOON_ROOT_DIR] [default: /var/lib/cocoon]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root_dir: Option<String>,
+    /// Runtime directory for VM sockets and disks [env: COCOON_RUN_DIR] [default: <root-dir>/run]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub run_dir: Option<String>,
+    /// Directory for VMM and console logs [env: COCOON_LOG_DIR] [default: /var/log/cocoon]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub log_dir: Option<String>,
+    /// CNI network config directory [env: COCOON_CNI_CONF_DIR] [default: /etc/cni/net.d]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cni_conf_dir: Option<String>,
+    /// CNI plugin directory [env: COCOON_CNI_BIN_DIR] [default: /opt/cni/bin]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cni_bin_dir: Option<String>,
+    /// DNS servers for guests, comma separated [env: COCOON_DNS] [default: 8.8.8.8,1.1.1.1]
+    #[arg(long, global = true, value_name = "IPS")]
+    pub dns: Option<String>,
+    /// Log level: trace, debug, info, warn, error [env: COCOON_LOG_LEVEL] [default: info]
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl GlobalArgs {
+    /// The flags the user gave, as (config key, raw value).
+    pub fn config_flags(&self) -> Vec<(&'static str, String)> {
+        [
+            ("root_dir", &self.root_dir),
+            ("run_dir", &self.run_dir),
+            ("log_dir", &self.log_dir),
+            ("cni_conf_dir", &self.cni_conf_dir),
+            ("cni_bin_dir", &self.cni_bin_dir),
+            ("dns", &self.dns),
+            ("log.level", &self.log_level),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+        .collect()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage images (OCI VM images and cloud images)
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Manage virtual machines
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Manage snapshots of VMs
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Remove unreferenced blobs, stale records and leaked VM resources
+    #[command(after_help = "Examples:\n  cocoon gc --dry-run\n  cocoon gc -o json")]
+    Gc {
+        /// List what would be removed without removing anything
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        output: FormatArg,
+    },
+    /// Check whether this host can run VMs, and how to fix what is missing
+    ///
+    /// cocoon's doctor/check.sh as a command. It only looks: it changes nothing and does not
+    /// open the state database, so it also works when root_dir is broken. Every item is OK,
+    /// WARN (some features will not work) or FAIL (no VM can run), with the fix; exit 0 iff a VM can run.
+    #[command(
+        after_help = "Examples:\n  cocoon doctor\n  cocoon doctor -o json | jq '.checks[] | select(.status != \"ok\")'\n  COCOON_CH_BINARY=/opt/ch/cloud-hypervisor cocoon doctor"
+    )]
+    Doctor {
+        #[command(flatten)]
+        output: FormatArg,
+    },
+    /// Show version information
+    Version,
+    /// Generate a shell completion script
+    #[command(
+        after_help = "Examples:\n  cocoon completion bash > /etc/bash_completion.d/cocoon\n  cocoon completion zsh > \"${fpath[1]}/_cocoon\"\n  cocoon completion fish > ~/.config/fish/completions/cocoon.fish"
+    )]
+    Completion {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write man pages for every command into DIR
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
+}
+
+/// `--restore-mode`: how a restored VM's memory comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestoreModeArg {
+    /// Cloud Hypervisor: read the whole memory file in (its default)
+    Copy,
+    /// Cloud Hypervisor: fill pages on first touch (userfaultfd)
+    Ondemand,
+    /// Map the memory file copy-on-write (Firecracker's way and default)
+    Mmap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    /// zstd, multi-threaded (default)
+    Zstd,
+    Gzip,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct FormatArg {
+    /// Output format
+    #[arg(short = 'o', long = "format", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+impl FormatArg {
+    pub fn json(self) -> bool {
+        self.format == Format::Json
+    }
+}
+
+impl RestoreModeArg {
+    /// The engine's mode for `--restore-mode` / `--on-demand`.
+    pub fn engine(
+        mode: Option<RestoreModeArg>,
+        on_demand: bool,
+    ) -> cocoon_engine::backend::RestoreMode {
+        use cocoon_engine::backend::RestoreMode;
+        match (mode, on_demand) {
+            (Some(RestoreModeArg::Copy), _) => RestoreMode::Copy,
+            (Some(RestoreModeArg::Ondemand), _) | (None, true) => RestoreMode::OnDemand,
+            (Some(RestoreModeArg::Mmap), _) => RestoreMode::Mmap,
+            (None, false) => RestoreMode::Default,
+        }
+    }
+}

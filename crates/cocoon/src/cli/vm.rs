@@ -1,0 +1,275 @@
+//! `cocoon vm …`: the VM commands and their shared flags.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Subcommand};
+use cocoon_engine::model::Hypervisor;
+use cocoon_engine::name::VmName;
+use cocoon_engine::spec::RawDataDisk;
+
+use super::parse::*;
+use super::*;
+
+/// The VM flags shared by `vm create`, `vm run` and `vm debug`.
+#[derive(Debug, Args, Clone)]
+pub struct VmFlags {
+    /// Use Firecracker instead of Cloud Hypervisor (OCI images only)
+    #[arg(long, conflicts_with_all = ["windows", "qemu", "hypervisor"])]
+    pub fc: bool,
+    /// Use QEMU instead of Cloud Hypervisor (OCI images only, for now)
+    #[arg(long, conflicts_with_all = ["windows", "hypervisor"])]
+    pub qemu: bool,
+    /// The backend: cloud-hypervisor (ch), firecracker (fc) or qemu [default: default_hypervisor]
+    #[arg(long, value_name = "VMM", value_parser = Hypervisor::from_str)]
+    pub hypervisor: Option<Hypervisor>,
+    /// VM name [default: derived from the image, e.g. cocoon-ubuntu-24.04]
+    #[arg(long, value_parser = VmName::from_str)]
+    pub name: Option<VmName>,
+    /// Virtual CPUs (at most the host's CPU count)
+    #[arg(long, default_value = "2", value_parser = parse_cpu)]
+    pub cpu: u32,
+    /// Memory, e.g. 512M, 2G (minimum 512M)
+    #[arg(long, default_value = "1G", value_parser = parse_memory)]
+    pub memory: u64,
+    /// Root disk (copy-on-write) size (minimum 10G)
+    #[arg(long, default_value = "10G", value_parser = parse_storage)]
+    pub storage: u64,
+    /// Number of network interfaces (0 = no network)
+    #[arg(long, default_value_t = 1)]
+    pub nics: u32,
+    /// virtio-net queue depth (0 = 512)
+    #[arg(long, default_value = "0", value_parser = parse_queue_size)]
+    pub queue_size: u32,
+    /// virtio-blk queue depth (0 = 512; Cloud Hypervisor only)
+    #[arg(long, default_value = "0", value_parser = parse_disk_queue_size)]
+    pub disk_queue_size: u32,
+    /// CNI network (conflist name) [default: the first conflist]
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        conflicts_with = "bridge"
+    )]
+    pub network: String,
+    /// Attach the TAP to this existing bridge instead of using CNI
+    #[arg(long, value_name = "DEV")]
+    pub bridge: Option<String>,
+    /// Login user for cloud images (cloud-init)
+    #[arg(long, default_value = "root", value_parser = parse_user)]
+    pub user: String,
+    /// Login password for cloud images (cloud-init)
+    #[arg(long, default_value = "cocoon", value_parser = parse_password)]
+    pub password: String,
+    /// Use the host page cache for writable disks instead of direct I/O
+    #[arg(long)]
+    pub no_direct_io: bool,
+    /// Windows guest: UEFI, Hyper-V enlightenments, no cloud-init, no balloon
+    #[arg(long)]
+    pub windows: bool,
+    /// Extra disk: size=20G[,name=NAME][,fstype=ext4|none][,mount=/mnt/x][,directio=on|off|auto] (repeatable)
+    #[arg(long = "data-disk", value_name = "SPEC", value_parser = parse_data_disk)]
+    pub data_disks: Vec<RawDataDisk>,
+}
+
+/// The flags of `vm clone`: zero or empty means "as in the snapshot".
+#[derive(Debug, Args, Clone)]
+pub struct CloneFlags {
+    /// Name of the new VM [default: cocoon-clone-<id8>]
+    #[arg(long, value_parser = VmName::from_str)]
+    pub name: Option<VmName>,
+    /// Virtual CPUs (0 = as in the snapshot; may grow, not shrink)
+    #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
+    pub cpu: u32,
+    /// Memory (as in the snapshot when omitted; may grow, not shrink)
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Root disk size (as in the snapshot when omitted; may grow, not shrink)
+    #[arg(long, value_parser = parse_storage)]
+    pub storage: Option<u64>,
+    /// Network interfaces (0 = as in the snapshot; may grow, not shrink)
+    #[arg(long, default_value_t = 0)]
+    pub nics: u32,
+    /// virtio-net queue depth (0 = as in the snapshot)
+    #[arg(long, default_value = "0", value_parser = parse_queue_size)]
+    pub queue_size: u32,
+    /// virtio-blk queue depth (0 = as in the snapshot)
+    #[arg(long, default_value = "0", value_parser = parse_disk_queue_size)]
+    pub disk_queue_size: u32,
+    /// CNI network [default: the source VM's]
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        conflicts_with = "bridge"
+    )]
+    pub network: String,
+    /// Attach the TAP to this existing bridge instead of using CNI
+    #[arg(long, value_name = "DEV")]
+    pub bridge: Option<String>,
+    /// Use the host page cache for writable disks (inherited unless given)
+    #[arg(long)]
+    pub no_direct_io: bool,
+    /// How memory comes back (default: the backend's own; copy for Cloud Hypervisor, mmap for Firecracker)
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub restore_mode: Option<RestoreModeArg>,
+    /// Same as --restore-mode ondemand (older cocoon)
+    #[arg(long, conflicts_with = "restore_mode")]
+    pub on_demand: bool,
+    /// Pull the snapshot's base image (pinned by digest) if it is missing
+    #[arg(long)]
+    pub pull: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM from an image without starting it
+    #[command(
+        after_help = "Examples:\n  cocoon vm create --name web ghcr.io/cocoonstack/cocoon/ubuntu:24.04\n  cocoon vm create --fc --nics 0 --data-disk size=20G,name=db ghcr.io/cocoonstack/cocoon/ubuntu:24.04"
+    )]
+    Create {
+        #[command(flatten)]
+        flags: VmFlags,
+        #[command(flatten)]
+        output: FormatArg,
+        image: String,
+    },
+    /// Create and start a VM
+    #[command(
+        after_help = "Examples:\n  cocoon vm run --name dev --cpu 2 --memory 2G ghcr.io/cocoonstack/cocoon/ubuntu:24.04\n  cocoon vm run --nics 0 -o json ghcr.io/cocoonstack/cocoon/ubuntu:24.04"
+    )]
+    Run {
+        #[command(flatten)]
+        flags: VmFlags,
+        #[command(flatten)]
+        output: FormatArg,
+        image: String,
+    },
+    /// Create and start a new VM from a snapshot
+    #[command(
+        after_help = "Examples:\n  cocoon vm clone --name dev2 base\n  cocoon vm clone --cpu 4 --memory 4G --pull base"
+    )]
+    Clone {
+        #[command(flatten)]
+        flags: CloneFlags,
+        #[command(flatten)]
+        output: FormatArg,
+        snapshot: String,
+    },
+    /// Start created or stopped VMs
+    Start {
+        #[command(flatten)]
+        output: FormatArg,
+        #[arg(required = true, value_name = "VM")]
+        vms: Vec<String>,
+    },
+    /// Stop VMs (graceful shutdown, then SIGTERM, then SIGKILL)
+    #[command(
+        after_help = "Examples:\n  cocoon vm stop dev\n  cocoon vm stop --timeout 60 dev\n  cocoon vm stop --force dev other"
+    )]
+    Stop {
+        /// Skip the graceful guest shutdown
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for the guest to shut down (0 = stop_timeout_seconds)
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
+        #[command(flatten)]
+        output: FormatArg,
+        #[arg(required = true, value_name = "VM")]
+        vms: Vec<String>,
+    },
+    /// List VMs
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        output: FormatArg,
+    },
+    /// Show a VM as JSON
+    Inspect { vm: String },
+    /// Attach to a VM's console (detach with the escape character followed by '.')
+    Console {
+        /// Escape character, e.g. ^] or ^a
+        #[arg(long, default_value = "^]", value_parser = parse_escape)]
+        escape_char: u8,
+        vm: String,
+    },
+    /// Print a VM's captured console and serial output
+    #[command(
+        after_help = "Examples:\n  cocoon vm logs dev\n  cocoon vm logs -f dev\n  cocoon vm logs --vmm dev"
+    )]
+    Logs {
+        /// Keep printing new output until interrupted or the VM stops
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Print the VMM process's own log instead of the guest's output
+        #[arg(long)]
+        vmm: bool,
+        vm: String,
+    },
+    /// Remove VMs (running VMs need --force)
+    Rm {
+        /// Stop running VMs first
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        output: FormatArg,
+        #[arg(required = true, value_name = "VM")]
+        vms: Vec<String>,
+    },
+    /// Restore a running VM in place from one of its snapshots
+    Restore {
+        /// Virtual CPUs (0 = as in the snapshot)
+        #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
+        cpu: u32,
+        /// Memory (as in the snapshot when omitted)
+        #[arg(long, value_parser = parse_memory)]
+        memory: Option<u64>,
+        /// Root disk size (as in the snapshot when omitted)
+        #[arg(long, value_parser = parse_storage)]
+        storage: Option<u64>,
+        /// How memory comes back (default: the backend's own; copy for Cloud Hypervisor, mmap for Firecracker)
+        #[arg(long, value_enum, value_name = "MODE")]
+        restore_mode: Option<RestoreModeArg>,
+        /// Same as --restore-mode ondemand (older cocoon)
+        #[arg(long, conflicts_with = "restore_mode")]
+        on_demand: bool,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+        snapshot: String,
+    },
+    /// Print the commands that would launch a VM, without running them
+    Debug {
+        #[command(flatten)]
+        flags: VmFlags,
+        /// Maximum vCPUs for hotplug
+        #[arg(long, default_value_t = 8)]
+        max_cpu: u32,
+        /// Balloon size in MiB (0 = half the memory)
+        #[arg(long, default_value_t = 0)]
+        balloon: u64,
+        /// Path of the COW disk to use
+        #[arg(long, value_name = "PATH")]
+        cow: Option<PathBuf>,
+        /// Cloud Hypervisor binary to print
+        #[arg(long = "ch", default_value = "cloud-hypervisor", value_name = "BINARY")]
+        ch: String,
+        image: String,
+    },
+    /// Watch VM status (refreshing table, or an event stream)
+    #[command(after_help = "Examples:\n  cocoon vm status\n  cocoon vm status --event -o json dev")]
+    Status {
+        /// Seconds between liveness checks (<= 0 means 5)
+        #[arg(short = 'n', long, default_value_t = 5, allow_negative_numbers = true)]
+        interval: i64,
+        /// Print ADDED/MODIFIED/DELETED events instead of a table
+        #[arg(long)]
+        event: bool,
+        #[command(flatten)]
+        output: FormatArg,
+        /// Only these VMs (ID, name or ID prefix)
+        #[arg(value_name = "VM")]
+        vms: Vec<String>,
+    },
+}
