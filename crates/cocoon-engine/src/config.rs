@@ -54,6 +54,12 @@ pub struct Config {
     pub qemu_firmware_vars: PathBuf,
     /// The backend of new VMs when not given; None: `use_firecracker`'s.
     pub default_hypervisor: Option<Hypervisor>,
+    /// The kernel release (`cocoon kernel ls`) that container images boot;
+    /// empty: the newest installed.
+    pub default_kernel: String,
+    /// cocoon-init, the static PID 1 of container images; empty: looked for
+    /// beside the cocoon binary, then in /usr/local/lib/cocoon and /usr/lib/cocoon.
+    pub init_binary: PathBuf,
     /// Cloud Hypervisor's UEFI firmware (`CLOUDHV.fd`), booting cloud images.
     pub firmware_path: PathBuf,
     pub use_firecracker: bool,
@@ -119,6 +125,8 @@ impl Default for Config {
             qemu_firmware: PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd"),
             qemu_firmware_vars: PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"),
             default_hypervisor: None,
+            default_kernel: String::new(),
+            init_binary: PathBuf::new(),
             firmware_path: PathBuf::from("/var/lib/cocoon/firmware/CLOUDHV.fd"),
             use_firecracker: false,
             stop_timeout_seconds: 30,
@@ -207,6 +215,8 @@ impl Config {
                 .default_hypervisor
                 .map(|h| h.as_str().to_string())
                 .unwrap_or_default(),
+            "default_kernel" => self.default_kernel.clone(),
+            "init_binary" => path(&self.init_binary),
             "firmware_path" => path(&self.firmware_path),
             "use_firecracker" => self.use_firecracker.to_string(),
             "stop_timeout_seconds" => self.stop_timeout_seconds.to_string(),

@@ -21,6 +21,7 @@ pub mod id;
 pub mod image;
 pub mod intent;
 pub mod jail;
+pub mod kernel;
 pub mod layout;
 pub mod lock;
 pub mod model;

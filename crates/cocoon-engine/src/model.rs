@@ -394,6 +394,19 @@ pub struct Image {
     pub kernel_layer: Option<Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd_layer: Option<Digest>,
+    /// False for a container image without a kernel: it boots the default
+    /// kernel (`cocoon kernel`) with cocoon-init as its init.
+    #[serde(default = "own_kernel_default")]
+    pub own_kernel: bool,
+    /// How to run a container image (its OCI config); absent when the
+    /// image has none (cloud images, layer imports, older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::image::config::ImageConfig>,
+}
+
+/// Records written before kernel-less images existed all brought a kernel.
+fn own_kernel_default() -> bool {
+    true
 }
 
 /// `types.Snapshot`.

@@ -6,12 +6,11 @@
 //! The kernel and busybox come from Debian packages that
 //! `scripts/fetch-test-assets.sh` unpacks under `target/test-assets`.
 
-mod cpio;
-mod modules;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};
 
+use cocoon_engine::kernel::modules;
 use sha2::{Digest, Sha256};
 
 /// Printed by the rootfs init once the overlay root is up.
@@ -365,8 +364,8 @@ impl Tar {
 }
 
 // Shared with the other test image built from the same Debian packages
-// (crate::cloud_guest): the cpio writer.
-pub use cpio::Cpio;
+// (crate::cloud_guest): the engine's cpio writer.
+pub use cocoon_engine::kernel::cpio::Cpio;
 
 #[cfg(test)]
 mod tests {

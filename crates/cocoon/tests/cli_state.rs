@@ -218,6 +218,8 @@ fn images_list_inspect_and_rm_by_digest() {
             layers: vec![l1.parse().unwrap()],
             kernel_layer: Some(l1.parse().unwrap()),
             initrd_layer: Some(l1.parse().unwrap()),
+            own_kernel: true,
+            config: None,
         };
         store
             .put_image(&image, &[(l1.clone(), "erofs".into(), 10)])

@@ -116,6 +116,18 @@ pub const KEYS: &[Key] = &[
         help: "backend of new VMs: cloud-hypervisor, firecracker or qemu (default: use_firecracker's choice)",
     },
     Key {
+        name: "default_kernel",
+        env: "COCOON_DEFAULT_KERNEL",
+        flag: None,
+        help: "kernel release container images boot (`cocoon kernel ls`; default: the newest installed)",
+    },
+    Key {
+        name: "init_binary",
+        env: "COCOON_INIT_BINARY",
+        flag: None,
+        help: "cocoon-init, PID 1 of container images (default: beside cocoon, then /usr/local/lib/cocoon, /usr/lib/cocoon)",
+    },
+    Key {
         name: "firmware_path",
         env: "COCOON_FIRMWARE_PATH",
         flag: None,

@@ -97,6 +97,20 @@ impl Config {
                     name => Some(name.parse().map_err(|e: String| fail(&e))?),
                 }
             }
+            "default_kernel" => {
+                self.default_kernel = match value {
+                    "" => String::new(),
+                    release => crate::kernel::Release::parse(release)
+                        .map_err(|e| fail(&e.to_string()))?
+                        .to_string(),
+                }
+            }
+            "init_binary" => {
+                self.init_binary = match value {
+                    "" => PathBuf::new(),
+                    path => dir(path).map_err(&fail)?,
+                }
+            }
             "firmware_path" => self.firmware_path = dir(value).map_err(&fail)?,
             "use_firecracker" => self.use_firecracker = boolean(value).map_err(&fail)?,
             "stop_timeout_seconds" => self.stop_timeout_seconds = positive(value).map_err(&fail)?,

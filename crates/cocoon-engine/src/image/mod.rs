@@ -3,6 +3,7 @@
 
 pub mod cloud;
 pub mod commit;
+pub mod config;
 pub mod erofs;
 pub mod import;
 pub mod layer;

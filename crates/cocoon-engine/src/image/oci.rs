@@ -16,7 +16,7 @@ mod pull;
 mod registry;
 
 pub use error::PullError;
-pub use manifest::{LayerDescriptor, resolve};
+pub use manifest::{LayerDescriptor, Resolved, resolve};
 pub use pull::pull_layers;
 pub use registry::{PullLimits, RegistryOptions};
 
@@ -75,23 +75,27 @@ pub trait PullProgress: Send + Sync {
 pub struct NoProgress;
 impl PullProgress for NoProgress {}
 
-/// Checks both boot files were found somewhere.
+/// Checks the image brings both boot files, or neither (a container image,
+/// booted with the default kernel and cocoon-init): half a pair is a broken
+/// VM image.
 pub fn require_boot_files(reference: &str, layers: &[PulledLayer]) -> Result<(), PullError> {
-    if !layers.iter().any(|l| l.has_kernel) {
+    let kernel = layers.iter().any(|l| l.has_kernel);
+    let initrd = layers.iter().any(|l| l.has_initrd);
+    if kernel == initrd {
+        return Ok(());
+    }
+    if !kernel {
         return Err(PullError::MissingBootFile {
             reference: reference.to_string(),
             what: "kernel",
             pattern: "vmlinuz",
         });
     }
-    if !layers.iter().any(|l| l.has_initrd) {
-        return Err(PullError::MissingBootFile {
-            reference: reference.to_string(),
-            what: "initrd",
-            pattern: "initrd.img",
-        });
-    }
-    Ok(())
+    Err(PullError::MissingBootFile {
+        reference: reference.to_string(),
+        what: "initrd",
+        pattern: "initrd.img",
+    })
 }
 
 #[cfg(test)]

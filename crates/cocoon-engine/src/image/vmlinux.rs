@@ -244,10 +244,15 @@ pub fn ensure(
     kernel_layer: &crate::digest::Digest,
 ) -> Result<PathBuf, VmlinuxError> {
     let target = dirs.boot_dir(kernel_layer).join("vmlinux");
+    ensure_at(&dirs.kernel(kernel_layer), &target)?;
+    Ok(target)
+}
+
+/// Writes `target`, the ELF kernel of the bzImage `kernel`, unless it exists.
+pub fn ensure_at(kernel: &Path, target: &Path) -> Result<(), VmlinuxError> {
     if target.is_file() {
-        return Ok(target);
+        return Ok(());
     }
-    let kernel = dirs.kernel(kernel_layer);
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| VmlinuxError::Io {
@@ -258,12 +263,12 @@ pub fn ensure(
     // Boot files are at most 512 MiB when a layer is unpacked; read no more
     // than that here either.
     let mut image = Vec::new();
-    std::fs::File::open(&kernel)
+    std::fs::File::open(kernel)
         .and_then(|f| f.take(MAX_VMLINUX_BYTES + 1).read_to_end(&mut image))
-        .map_err(io(&kernel))?;
+        .map_err(io(kernel))?;
     if image.len() as u64 > MAX_VMLINUX_BYTES {
         return Err(VmlinuxError::NotBzImage {
-            path: kernel,
+            path: kernel.to_path_buf(),
             reason: "larger than 512 MiB",
         });
     }
@@ -271,17 +276,15 @@ pub fn ensure(
     let elf = if image.starts_with(b"\x7fELF") {
         image
     } else {
-        decompress(payload(&image, &kernel)?, &kernel)?
+        decompress(payload(&image, kernel)?, kernel)?
     };
-    let staged = dirs
-        .boot_dir(kernel_layer)
-        .join(format!(".vmlinux-{}", std::process::id()));
+    let staged = target.with_file_name(format!(".vmlinux-{}", std::process::id()));
     std::fs::write(&staged, &elf).map_err(io(&staged))?;
     std::fs::File::open(&staged)
         .and_then(|f| f.sync_all())
         .map_err(io(&staged))?;
-    std::fs::rename(&staged, &target).map_err(io(&target))?;
-    Ok(target)
+    std::fs::rename(&staged, target).map_err(io(target))?;
+    Ok(())
 }
 
 #[cfg(test)]

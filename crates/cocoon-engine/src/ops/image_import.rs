@@ -56,7 +56,7 @@ fn layers(
             crate::failpoint::hit("image.import.layer")?;
         }
         oci::require_boot_files(name, &layers)?;
-        let image = image_record::layers(ctx, name, import_id(&layers), &layers)?;
+        let image = image_record::layers(ctx, name, import_id(&layers), &layers, None)?;
         crate::failpoint::hit("image.import.recorded")?;
         Ok(image)
     })

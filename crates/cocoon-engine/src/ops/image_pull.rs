@@ -61,7 +61,11 @@ pub(crate) fn oci(
     let parsed = oci::parse_reference(reference)?;
     let name = parsed.whole();
     let options = RegistryOptions::from_config(ctx.config());
-    let (digest, layers) = ctx.block_on(async |_| Ok(oci::resolve(&parsed, &options).await?))?;
+    let oci::Resolved {
+        digest,
+        layers,
+        config,
+    } = ctx.block_on(async |_| Ok(oci::resolve(&parsed, &options).await?))?;
     if let Some(image) = up_to_date(ctx, &name, &digest)? {
         return Ok(PullOutcome {
             image,
@@ -85,7 +89,7 @@ pub(crate) fn oci(
         oci::require_boot_files(&name, &pulled)?;
         crate::failpoint::hit("image.pull.layers")?;
         let fetched_layers = pulled.iter().filter(|l| l.fetched).count();
-        let image = image_record::layers(ctx, &name, digest, &pulled)?;
+        let image = image_record::layers(ctx, &name, digest, &pulled, Some(config))?;
         crate::failpoint::hit("image.pull.recorded")?;
         Ok(PullOutcome {
             image,

@@ -5,6 +5,7 @@ use crate::context::Ctx;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::image::cloud;
+use crate::image::config::ImageConfig;
 use crate::image::oci;
 use crate::model::{Image, ImageType};
 
@@ -14,6 +15,7 @@ pub(crate) fn layers(
     name: &str,
     id: Digest,
     layers: &[oci::PulledLayer],
+    config: Option<ImageConfig>,
 ) -> Result<Image> {
     let dirs = ctx.images();
     let pulled = oci::Pulled {
@@ -38,6 +40,8 @@ pub(crate) fn layers(
         layers: layers.iter().map(|l| l.digest.clone()).collect(),
         kernel_layer: pulled.kernel_layer().cloned(),
         initrd_layer: pulled.initrd_layer().cloned(),
+        own_kernel: pulled.kernel_layer().is_some(),
+        config,
     };
     let blobs: Vec<(String, String, u64)> = layers
         .iter()
@@ -58,6 +62,8 @@ pub(crate) fn cloud(ctx: &mut Ctx, name: &str, stored: &cloud::commit::Stored) -
         layers: Vec::new(),
         kernel_layer: None,
         initrd_layer: None,
+        own_kernel: true,
+        config: None,
     };
     ctx.store().put_image(
         &image,

@@ -40,6 +40,8 @@ fn image_fixture(name: &str, digest: &str) -> Image {
         layers: vec![crate::digest::Digest::from_hex(&"1".repeat(64)).unwrap()],
         kernel_layer: None,
         initrd_layer: None,
+        own_kernel: true,
+        config: None,
     }
 }
 

@@ -97,6 +97,8 @@ pub enum PullError {
     ManifestTooLarge { reference: String, limit: u64 },
     #[error("cannot pull {reference}: bad manifest: {reason}")]
     BadManifest { reference: String, reason: String },
+    #[error("cannot pull {reference}: bad image config: {reason}")]
+    BadConfig { reference: String, reason: String },
     #[error(
         "cannot pull {reference}: layer {digest}: the registry sent {} bytes, its descriptor says {expected}",
         if *more { format!("more than {expected}") } else { got.to_string() }

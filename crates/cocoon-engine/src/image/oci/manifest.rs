@@ -10,6 +10,7 @@ use super::error::http_error;
 use super::registry::{authenticate, within};
 use super::{PullError, RegistryOptions};
 use crate::digest::Digest;
+use crate::image::config::ImageConfig;
 use crate::image::limits::MAX_MANIFEST_BYTES;
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -70,7 +71,24 @@ impl<'a> ManifestFetcher<'a> {
         tag_or_digest: &str,
         expected: Option<&Digest>,
     ) -> Result<(Vec<u8>, Digest), PullError> {
-        let response = self.request(tag_or_digest).await?;
+        self.fetch_from("manifests", tag_or_digest, expected).await
+    }
+
+    /// The image's config blob (bounded like a manifest, its digest checked).
+    async fn fetch_config(&self, digest: &Digest) -> Result<Vec<u8>, PullError> {
+        let (body, _) = self
+            .fetch_from("blobs", digest.as_ref(), Some(digest))
+            .await?;
+        Ok(body)
+    }
+
+    async fn fetch_from(
+        &self,
+        endpoint: &str,
+        tag_or_digest: &str,
+        expected: Option<&Digest>,
+    ) -> Result<(Vec<u8>, Digest), PullError> {
+        let response = self.request(endpoint, tag_or_digest).await?;
         let header_digest = response
             .headers()
             .get("docker-content-digest")
@@ -87,10 +105,10 @@ impl<'a> ManifestFetcher<'a> {
         Ok((body, digest))
     }
 
-    fn url(&self, tag_or_digest: &str) -> String {
+    fn url(&self, endpoint: &str, tag_or_digest: &str) -> String {
         let reference = self.reference;
         format!(
-            "{scheme}://{registry}/v2/{repository}/manifests/{tag_or_digest}{ns}",
+            "{scheme}://{registry}/v2/{repository}/{endpoint}/{tag_or_digest}{ns}",
             scheme = self.options.scheme(reference),
             registry = reference.resolve_registry(),
             repository = reference.repository(),
@@ -103,13 +121,17 @@ impl<'a> ManifestFetcher<'a> {
 
     /// Sends the GET and refuses an unsuccessful status, or a body announced
     /// larger than [`MAX_MANIFEST_BYTES`].
-    async fn request(&self, tag_or_digest: &str) -> Result<reqwest::Response, PullError> {
+    async fn request(
+        &self,
+        endpoint: &str,
+        tag_or_digest: &str,
+    ) -> Result<reqwest::Response, PullError> {
         let reference = self.reference;
         let limits = &self.options.limits;
         let seconds = limits.read_timeout.as_secs();
         let mut request = self
             .http
-            .get(self.url(tag_or_digest))
+            .get(self.url(endpoint, tag_or_digest))
             .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
         if let Some(authorization) = &self.authorization {
             request = request.header(reqwest::header::AUTHORIZATION, authorization);
@@ -121,7 +143,7 @@ impl<'a> ManifestFetcher<'a> {
         if !status.is_success() {
             return Err(PullError::Status {
                 reference: reference.whole(),
-                what: format!("manifest {tag_or_digest}"),
+                what: format!("{} {tag_or_digest}", endpoint.trim_end_matches('s')),
                 status,
                 hint: match status.as_u16() {
                     401 | 403 => {
@@ -199,11 +221,9 @@ impl<'a> ManifestFetcher<'a> {
 /// The image manifest for this platform: the one `reference` names, or the
 /// entry of the index it names. Both are bounded and their digests checked.
 async fn fetch_image_manifest(
-    client: &Client,
+    fetcher: &ManifestFetcher<'_>,
     reference: &Reference,
-    options: &RegistryOptions,
 ) -> Result<(OciImageManifest, Digest), PullError> {
-    let fetcher = ManifestFetcher::new(client, reference, options).await?;
     let pinned = reference
         .digest()
         .map(|d| validate(reference, "manifest", d))
@@ -270,16 +290,27 @@ fn validate(reference: &Reference, what: &'static str, text: &str) -> Result<Dig
     })
 }
 
-/// Resolves the manifest only: the digest an up-to-date check compares.
-/// Every digest in it (the manifest's, its config's, each layer's) is
-/// validated here, before anything is named after it.
+/// What a pull needs before its layers: the manifest's digest (what an
+/// up-to-date check compares), the validated layers, and the image's run
+/// config.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub digest: Digest,
+    pub layers: Vec<LayerDescriptor>,
+    pub config: ImageConfig,
+}
+
+/// Resolves the manifest and fetches the image's config. Every digest
+/// (the manifest's, its config's, each layer's) is validated here, before
+/// anything is named after it.
 pub async fn resolve(
     reference: &Reference,
     options: &RegistryOptions,
-) -> Result<(Digest, Vec<LayerDescriptor>), PullError> {
+) -> Result<Resolved, PullError> {
     let client = options.client(reference);
-    let (manifest, digest) = fetch_image_manifest(&client, reference, options).await?;
-    validate(reference, "config", &manifest.config.digest)?;
+    let fetcher = ManifestFetcher::new(&client, reference, options).await?;
+    let (manifest, digest) = fetch_image_manifest(&fetcher, reference).await?;
+    let config_digest = validate(reference, "config", &manifest.config.digest)?;
     let layers = manifest
         .layers
         .into_iter()
@@ -290,5 +321,14 @@ pub async fn resolve(
             reference: reference.whole(),
         });
     }
-    Ok((digest, layers))
+    let body = fetcher.fetch_config(&config_digest).await?;
+    let config = ImageConfig::from_oci(&body).map_err(|reason| PullError::BadConfig {
+        reference: reference.whole(),
+        reason,
+    })?;
+    Ok(Resolved {
+        digest,
+        layers,
+        config,
+    })
 }

@@ -76,10 +76,17 @@ fn shipped(dir: &Path) -> Result<HashMap<String, PathBuf>, String> {
     while let Some(dir) = pending.pop() {
         let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for entry in entries {
-            let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
-            if path.is_dir() {
+            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+            // The entry's own type: a symlink in the package is never followed.
+            let kind = entry
+                .file_type()
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            let path = entry.path();
+            if kind.is_dir() {
                 pending.push(path);
-            } else if let Some(name) = module_name(&path) {
+            } else if kind.is_file()
+                && let Some(name) = module_name(&path)
+            {
                 found.insert(name, path);
             }
         }
@@ -157,14 +164,14 @@ mod tests {
     /// Debian's cloud kernel, when scripts/fetch-test-assets.sh has run.
     #[test]
     fn debian_modules_load_after_their_dependencies() {
-        let Ok(assets) = crate::linux_guest::Assets::find() else {
-            crate::skip(
+        let Some(modules_dir) = crate::kernel::test_assets::debian_modules() else {
+            cocoon_test_skip::skip(
                 "debian_modules_load_after_their_dependencies",
                 "run scripts/fetch-test-assets.sh first",
             );
             return;
         };
-        let order = load_order(&assets.modules_dir, &["virtio_blk", "ext4"]).unwrap();
+        let order = load_order(&modules_dir, &["virtio_blk", "ext4"]).unwrap();
         let names: Vec<&str> = order.iter().map(|m| m.name.as_str()).collect();
         // ext4 is built into the cloud kernel; virtio_blk needs the virtio core.
         assert!(!names.contains(&"ext4"), "{names:?}");
@@ -175,6 +182,6 @@ mod tests {
             "{names:?}"
         );
         assert!(at("virtio") < at("virtio_blk") && at("virtio_ring") < at("virtio_blk"));
-        assert!(load_order(&assets.modules_dir, &["no_such_module"]).is_err());
+        assert!(load_order(&modules_dir, &["no_such_module"]).is_err());
     }
 }
