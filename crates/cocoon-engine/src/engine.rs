@@ -17,6 +17,7 @@ use crate::model::{Image, Snapshot, Vm, VmView};
 use crate::name::{SnapshotName, VmName};
 use crate::ops::gc::GcReport;
 use crate::ops::image_pull::{CloudPullOutcome, PullOutcome};
+use crate::ops::kernel;
 use crate::ops::recover::Repair;
 use crate::ops::snapshot_save::SaveOutcome;
 use crate::ops::vm_clone::CloneRequest;
@@ -151,6 +152,21 @@ impl Engine {
     }
 
     // --- VMs ---
+
+    pub fn install_kernel(
+        &mut self,
+        source: kernel::Source<'_>,
+    ) -> Result<crate::kernel::Installed> {
+        kernel::install(&mut self.ctx, source)
+    }
+
+    pub fn list_kernels(&mut self) -> Result<Vec<kernel::KernelView>> {
+        kernel::list(&mut self.ctx)
+    }
+
+    pub fn remove_kernel(&mut self, release: &str) -> Result<()> {
+        kernel::remove(&mut self.ctx, release)
+    }
 
     pub fn create_vm(&mut self, request: CreateVm) -> Result<Vm> {
         vm_create::run(&mut self.ctx, request)

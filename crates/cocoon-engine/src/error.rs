@@ -23,6 +23,8 @@ pub enum Error {
     Import(#[from] crate::image::import::ImportError),
     #[error(transparent)]
     Cloud(#[from] crate::image::cloud::CloudError),
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
     /// Boxed: the launch errors carry log tails and would bloat every Result.
     #[error(transparent)]
     Vm(Box<crate::vm::VmError>),

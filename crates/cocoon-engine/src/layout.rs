@@ -4,6 +4,7 @@
 //! ```text
 //! <root_dir>/cocoon.db                  the state store
 //! <root_dir>/images/…                   image blobs (image::store::ImageDirs)
+//! <root_dir>/kernels/<release>/         a default kernel, its modules and initramfs images
 //! <root_dir>/snapshots/<id>/            a snapshot's files
 //! <root_dir>/snapshots/.import-<id>/    an import being extracted and verified
 //! <run_dir>/vms/<id>/lock               the VM's operation lock (flock)
@@ -51,6 +52,10 @@ impl Layout {
 
     pub fn images(&self) -> ImageDirs {
         ImageDirs::new(&self.root_dir)
+    }
+    /// The default kernels container images boot (see [`crate::kernel`]).
+    pub fn kernels(&self) -> crate::kernel::Kernels {
+        crate::kernel::Kernels::new(self.root_dir.join("kernels"))
     }
 
     /// Where snapshots keep their files: `<root_dir>/snapshots/<id>`.

@@ -352,6 +352,11 @@ pub struct VmView {
     pub vm: Vm,
     /// True when the record said running but the VMM is dead; `state` then says stopped.
     pub stale: bool,
+    /// A container image's main process status (0-255, 128 + signal), as
+    /// cocoon-init reported it on the console when the VM powered off;
+    /// `vm inspect` of a VM that is not running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u8>,
 }
 
 impl VmView {
@@ -361,7 +366,11 @@ impl VmView {
             vm.state = VmState::Stopped;
             vm.pid = 0;
         }
-        VmView { vm, stale }
+        VmView {
+            vm,
+            stale,
+            exit_code: None,
+        }
     }
 
     /// `stopped (stale)` as cocoon's tables show it.

@@ -262,7 +262,7 @@ fn layer_digests(registry: &Registry, repo_tag: &str) -> Vec<String> {
         .enable_all()
         .build()
         .unwrap();
-    let (_, layers) = rt
+    let cocoon_engine::image::oci::Resolved { layers, .. } = rt
         .block_on(cocoon_engine::image::oci::resolve(&reference, &options))
         .unwrap();
     layers.into_iter().map(|l| l.digest.to_string()).collect()

@@ -60,6 +60,7 @@ pub fn main() -> ExitCode {
     }
     match commands::run(cli.command, config) {
         Ok(commands::Outcome::Success) => ExitCode::from(EXIT_OK),
+        Ok(commands::Outcome::Exit(code)) => ExitCode::from(code),
         Ok(commands::Outcome::Failure(summary)) => {
             eprintln!("Error: {summary}");
             ExitCode::from(EXIT_ERROR)

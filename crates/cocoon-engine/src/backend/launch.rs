@@ -20,6 +20,9 @@ pub struct LaunchOptions {
     /// QEMU: the UEFI variable store template a VM's own copy starts from
     /// (`qemu_firmware_vars`).
     pub qemu_firmware_vars: PathBuf,
+    /// The guest boots the default kernel (a stock kernel, see
+    /// [`crate::doctor::kvm_is_pvm`]): QEMU's `auto` then emulates on PVM.
+    pub stock_kernel: bool,
 }
 
 impl LaunchOptions {
@@ -31,6 +34,7 @@ impl LaunchOptions {
             balloon_bytes: None,
             qemu_accel: crate::config::QemuAccel::Auto,
             qemu_firmware_vars: crate::config::Config::default().qemu_firmware_vars,
+            stock_kernel: false,
         }
     }
 

@@ -95,6 +95,15 @@ pub trait Backend: Sync {
     fn firmware_missing(&self, image: String, path: PathBuf) -> crate::vm::VmError;
     /// The kernel file it loads for a direct boot from an image layer.
     fn kernel(&self, dirs: &ImageDirs, layer: &Digest) -> Result<PathBuf>;
+    /// Whether it can run a stock kernel where KVM cannot (PVM): only a VMM
+    /// that emulates the CPU.
+    fn emulates_cpu(&self) -> bool {
+        false
+    }
+    /// The file of an installed default kernel it loads (container images).
+    fn default_kernel(&self, kernel: &crate::kernel::Installed) -> PathBuf {
+        kernel.vmlinuz()
+    }
     /// The serial of the `index`th image layer disk (empty: none).
     fn layer_serial(&self, index: usize) -> String;
     /// Whether its disks have a direct I/O switch.
@@ -219,15 +228,23 @@ pub fn default() -> &'static dyn Backend {
 }
 
 /// The backend of a new VM the configuration picks: `default_hypervisor`,
-/// else Firecracker under `use_firecracker` (cocoon's key), else the default.
+/// else Firecracker under `use_firecracker` (cocoon's key), else the first
+/// of Cloud Hypervisor, Firecracker and QEMU whose binary is installed
+/// (the default when none is: its error then says what to install).
 pub fn configured(config: &Config) -> Hypervisor {
-    config
-        .default_hypervisor
-        .unwrap_or(if config.use_firecracker {
-            Hypervisor::Firecracker
-        } else {
-            default().kind()
+    if let Some(chosen) = config.default_hypervisor {
+        return chosen;
+    }
+    if config.use_firecracker {
+        return Hypervisor::Firecracker;
+    }
+    Hypervisor::ALL
+        .into_iter()
+        .find(|h| {
+            let binary = of(*h).binary(config);
+            crate::process::find_program(&binary.to_string_lossy()).is_ok()
         })
+        .unwrap_or(default().kind())
 }
 
 /// The backend a VMM's name (`cloud-hypervisor`, `firecracker`) names.

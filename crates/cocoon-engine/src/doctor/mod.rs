@@ -119,6 +119,14 @@ pub fn kvm_usable() -> bool {
     kernel::probe_kvm() == kernel::KvmProbe::Usable
 }
 
+/// Whether `/dev/kvm` is PVM (module `kvm_pvm`: KVM without hardware
+/// virtualisation, as in some clouds' nested setups). It runs only guest
+/// kernels built for PVM, such as PVH test kernels, not stock distribution
+/// kernels like the default kernel container images boot.
+pub fn kvm_is_pvm() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
 /// Checks the host against `config`. Never fails: whatever goes wrong while
 /// probing is itself the finding.
 pub fn run(config: &Config) -> DoctorReport {

@@ -41,6 +41,10 @@ pub struct CmdlineSpec<'a> {
     pub vm_name: &'a str,
     pub nics: &'a [GuestNic],
     pub dns: &'a [std::net::IpAddr],
+    /// A container image's VM (cocoon-init is PID 1): it always gets its
+    /// hostname, NICs or not, and its console is quiet but for errors so
+    /// that `vm run` shows the program's output.
+    pub container: bool,
 }
 
 /// How a VMM presents devices to the guest, which decides the console and
@@ -90,7 +94,10 @@ pub fn build(spec: &CmdlineSpec<'_>) -> String {
     args.push(format!("cocoon.cow={cow}"));
     args.push("clocksource=kvm-clock".into());
     args.push("rw".into());
-    if !spec.nics.is_empty() {
+    if spec.container {
+        args.push("quiet".into());
+    }
+    if !spec.nics.is_empty() || spec.container {
         args.push("net.ifnames=0".into());
         args.push(format!("cocoon.hostname={}", spec.vm_name));
         let dns: Vec<String> = spec.dns.iter().take(2).map(|d| d.to_string()).collect();
@@ -147,6 +154,7 @@ mod tests {
             vm_name: "web",
             nics: &[],
             dns: &[],
+            container: false,
         });
         assert_eq!(
             line,
@@ -177,10 +185,27 @@ mod tests {
             vm_name: "db",
             nics: &nics,
             dns: &dns,
+            container: false,
         });
         assert_eq!(
             line,
             "console=ttyS0 reboot=k loglevel=3 pci=off i8042.noaux 8250.nr_uarts=1 boot=cocoon-overlay cocoon.layers=/dev/vdb,/dev/vda cocoon.cow=/dev/vdc clocksource=kvm-clock rw net.ifnames=0 cocoon.hostname=db ip=10.88.0.5::10.88.0.1:255.255.0.0:db:eth0:off:1.1.1.1:8.8.8.8"
+        );
+    }
+
+    #[test]
+    fn a_container_vm_always_has_its_hostname() {
+        let line = build(&CmdlineSpec {
+            hypervisor: Hypervisor::Qemu,
+            layers: 1,
+            vm_name: "job",
+            nics: &[],
+            dns: &[],
+            container: true,
+        });
+        assert!(
+            line.ends_with("rw quiet net.ifnames=0 cocoon.hostname=job"),
+            "{line}"
         );
     }
 

@@ -8,6 +8,7 @@ pub mod gc;
 pub mod image_import;
 pub mod image_pull;
 pub mod image_query;
+pub mod kernel;
 pub mod recover;
 pub mod snapshot_check;
 pub mod snapshot_export;

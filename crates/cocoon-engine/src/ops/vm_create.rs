@@ -26,6 +26,12 @@ pub struct CreateVm {
     /// `--user` / `--password`: the login cloud-init sets up (cloud images).
     pub user: String,
     pub password: String,
+    /// Container images: arguments replacing the image's `Cmd` (`vm run
+    /// IMAGE -- ARGS…`), and `KEY=VALUE` entries over its `Env` (`-e`).
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    /// `--no-agent`: no guest agent (container images) and no vsock device.
+    pub no_agent: bool,
 }
 
 pub(crate) fn run(ctx: &mut Ctx, request: CreateVm) -> Result<Vm> {

@@ -36,6 +36,7 @@ pub(crate) async fn launch_and_boot(
     let mut opts = LaunchOptions::for_host(backend.binary(ctx.config()));
     opts.qemu_accel = ctx.config().qemu_accel;
     opts.qemu_firmware_vars = ctx.config().qemu_firmware_vars.clone();
+    opts.stock_kernel = super::vm_query::boots_cocoon_init(ctx, vm);
     // The serial port is the VMM's stdin/stdout: a terminal whose master
     // the relay takes over, so no output is ever held back or lost.
     let (serial_master, serial_slave) = open_pty()

@@ -47,7 +47,6 @@ pub(crate) fn plan(
     }
     let backend = backend::of(request.hypervisor);
     let dirs = ctx.images();
-    let (kernel_layer, initrd_layer) = boot_layers(&image)?;
     let paths = ctx.layout.vm(id);
     let mut vm = new_record(request, id, &image, ImageType::Oci, &paths);
     vm.image_blob_ids = image
@@ -58,10 +57,18 @@ pub(crate) fn plan(
     let direct_ok = direct_io_ok(&vm.config, &paths);
     let mut storage = layer_disks(&image, &dirs, backend);
     let cow = cow_override.map_or_else(|| paths.cow(), Path::to_path_buf);
+    let (kernel_path, initrd_path, seed) = if image.own_kernel {
+        let (kernel_layer, initrd_layer) = boot_layers(&image)?;
+        let kernel = backend.kernel(&dirs, &kernel_layer)?;
+        (kernel, dirs.initrd(&initrd_layer), Vec::new())
+    } else {
+        container_boot(ctx, request, &image, backend)?
+    };
     let mut prep = vec![DiskPrep {
         path: cow.clone(),
         size: vm.config.storage,
         ext4: true,
+        seed,
     }];
     storage.push(StorageConfig {
         vmm_path: None,
@@ -79,16 +86,70 @@ pub(crate) fn plan(
     storage.extend(data);
     vm.storage_configs = storage;
     vm.boot_config = Some(BootConfig {
-        kernel_path: Some(backend.kernel(&dirs, &kernel_layer)?),
-        initrd_path: Some(dirs.initrd(&initrd_layer)),
-        cmdline: cmdline_of(ctx, &vm),
+        kernel_path: Some(kernel_path),
+        initrd_path: Some(initrd_path),
+        cmdline: String::new(),
         firmware_path: None,
     });
+    let cmdline = cmdline_of(ctx, &vm);
+    if let Some(boot) = vm.boot_config.as_mut() {
+        boot.cmdline = cmdline;
+    }
     Ok(Plan {
         vm,
         disks: prep,
         overlay: None,
     })
+}
+
+/// The kernel, initramfs and COW seed files of a container image's VM.
+type ContainerBoot = (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Vec<(&'static str, Vec<u8>)>,
+);
+
+/// A container image boots the default kernel with cocoon-init's
+/// initramfs; the run config (the image's, with the request's command and
+/// environment) goes onto the COW disk. The paths are pinned in the VM's
+/// record: a later `kernel install` changes new VMs only.
+fn container_boot(
+    ctx: &Ctx,
+    request: &CreateVm,
+    image: &Image,
+    backend: &dyn Backend,
+) -> Result<ContainerBoot> {
+    use cocoon_guest_proto::run::{RUN_CONFIG_PATH, RUN_CONFIG_VERSION, RunConfig};
+    let config = ctx.config();
+    if crate::doctor::kvm_is_pvm() && !backend.emulates_cpu() {
+        return Err(crate::error::Error::Invalid(format!(
+            "{} cannot boot container image {}: this host's KVM is PVM (kvm_pvm), which runs only \
+             guest kernels built for it, not the default kernel; use --qemu (it emulates the CPU here)",
+            backend.title(),
+            image.name
+        )));
+    }
+    let kernel = ctx.layout.kernels().resolve(&config.default_kernel)?;
+    let init = crate::kernel::initramfs::find_init(&config.init_binary)?;
+    let initrd = crate::kernel::initramfs::ensure(&kernel, &init)?;
+    let image_config = image.config.clone().unwrap_or_default();
+    for entry in &request.env {
+        crate::image::config::check_env(entry).map_err(crate::error::Error::Invalid)?;
+    }
+    let run = RunConfig {
+        version: RUN_CONFIG_VERSION,
+        args: image_config.command(&request.command),
+        env: image_config.env_with(&request.env),
+        cwd: image_config.working_dir.clone(),
+        user: image_config.user.clone(),
+        agent: !request.no_agent,
+    };
+    let json = serde_json::to_vec(&run).expect("a run config serialises");
+    Ok((
+        backend.default_kernel(&kernel),
+        initrd,
+        vec![(RUN_CONFIG_PATH, json)],
+    ))
 }
 
 /// The layers holding the image's kernel and initrd.
@@ -202,6 +263,7 @@ pub(crate) fn cmdline_of(ctx: &Ctx, vm: &Vm) -> String {
         vm_name: &vm.config.name,
         nics: &nics,
         dns: &ctx.config().dns,
+        container: super::vm_query::boots_cocoon_init(ctx, vm),
     })
 }
 
@@ -228,6 +290,7 @@ fn data_disks(
             path: path.clone(),
             size: disk.size,
             ext4: disk.fstype == FsType::Ext4,
+            seed: Vec::new(),
         });
         let direct = match disk.directio {
             DirectIo::On => true,

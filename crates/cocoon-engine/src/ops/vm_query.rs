@@ -21,7 +21,27 @@ pub(crate) fn list(ctx: &mut Ctx) -> Result<Vec<VmView>> {
 }
 
 pub(crate) fn inspect(ctx: &mut Ctx, reference: &str) -> Result<VmView> {
-    Ok(VmView::reconcile(ctx.store().resolve_vm(reference)?))
+    let mut view = VmView::reconcile(ctx.store().resolve_vm(reference)?);
+    if boots_cocoon_init(ctx, &view.vm) && !is_running(&view.vm) {
+        view.exit_code = exit_code(&view.vm);
+    }
+    Ok(view)
+}
+
+/// A container image's VM: its initramfs is one of the default kernel's.
+pub(crate) fn boots_cocoon_init(ctx: &Ctx, vm: &Vm) -> bool {
+    let kernels = ctx.layout.kernels().dir;
+    vm.boot_config
+        .as_ref()
+        .and_then(|b| b.initrd_path.as_ref())
+        .is_some_and(|p| p.starts_with(&kernels))
+}
+
+/// The status cocoon-init printed when the main process exited, from the
+/// console log (the current boot's, see `cocoon_guest_proto::run`).
+pub fn exit_code(vm: &Vm) -> Option<u8> {
+    let log = crate::console::read_log(&VmPaths::of(vm).console_log()).ok()?;
+    cocoon_guest_proto::run::exit_status(&String::from_utf8_lossy(&log))
 }
 
 /// Whether the VM's recorded VMM runs.

@@ -6,7 +6,8 @@
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +19,10 @@ pub struct DiskPrep {
     pub size: u64,
     /// Format with ext4 (COW disks and `fstype=ext4` data disks).
     pub ext4: bool,
+    /// Files written into the new filesystem's root (`mkfs.ext4 -d`):
+    /// a container image's run config on its COW disk. Paths are the
+    /// engine's own constants, relative, never from input.
+    pub seed: Vec<(&'static str, Vec<u8>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +41,7 @@ pub enum DiskError {
 
 /// cocoon's mkfs options: no reserved blocks, lazy init so a 10 GiB disk
 /// formats in milliseconds, discard so the sparse file stays sparse.
-pub fn mkfs_argv(path: &Path) -> Vec<OsString> {
+pub fn mkfs_argv(path: &Path, seed: Option<&Path>) -> Vec<OsString> {
     let mut argv: Vec<OsString> = [
         "mkfs.ext4",
         "-F",
@@ -49,8 +54,44 @@ pub fn mkfs_argv(path: &Path) -> Vec<OsString> {
     .into_iter()
     .map(OsString::from)
     .collect();
+    if let Some(dir) = seed {
+        argv.push("-d".into());
+        argv.push(dir.as_os_str().to_owned());
+    }
     argv.push(path.as_os_str().to_owned());
     argv
+}
+
+/// The directory `mkfs.ext4 -d` copies a disk's seed files from.
+fn seed_dir(disk: &Path) -> PathBuf {
+    let mut name = disk.file_name().unwrap_or_default().to_owned();
+    name.push(".seed");
+    disk.with_file_name(name)
+}
+
+/// Writes the seed files into a fresh private directory.
+fn write_seed(disk: &DiskPrep) -> io::Result<Option<PathBuf>> {
+    if disk.seed.is_empty() {
+        return Ok(None);
+    }
+    let dir = seed_dir(&disk.path);
+    let _ = std::fs::remove_dir_all(&dir);
+    for (relative, content) in &disk.seed {
+        let path = dir.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?
+            .write_all(content)?;
+    }
+    Ok(Some(dir))
 }
 
 /// The shell commands `vm debug` prints for a disk.
@@ -62,7 +103,19 @@ pub fn prep_commands(disk: &DiskPrep) -> Vec<Vec<OsString>> {
         disk.path.as_os_str().to_owned(),
     ]];
     if disk.ext4 {
-        commands.push(mkfs_argv(&disk.path));
+        let seed = (!disk.seed.is_empty()).then(|| seed_dir(&disk.path));
+        for (relative, content) in &disk.seed {
+            let path = seed_dir(&disk.path).join(relative);
+            commands.push(vec![
+                "sh".into(),
+                "-c".into(),
+                "mkdir -p \"$(dirname \"$1\")\" && printf %s \"$2\" > \"$1\"".into(),
+                "sh".into(),
+                path.into_os_string(),
+                OsString::from(String::from_utf8_lossy(content).into_owned()),
+            ]);
+        }
+        commands.push(mkfs_argv(&disk.path, seed.as_deref()));
     }
     commands
 }
@@ -82,14 +135,16 @@ pub fn prepare(disk: &DiskPrep) -> Result<(), DiskError> {
     file.set_len(disk.size).map_err(create)?;
     drop(file);
     if disk.ext4 {
-        let argv = mkfs_argv(&disk.path);
-        let output = Command::new(&argv[0])
-            .args(&argv[1..])
-            .output()
-            .map_err(|source| DiskError::MkfsMissing {
-                path: disk.path.clone(),
-                source,
-            })?;
+        let seed = write_seed(disk).map_err(create)?;
+        let argv = mkfs_argv(&disk.path, seed.as_deref());
+        let output = Command::new(&argv[0]).args(&argv[1..]).output();
+        if let Some(dir) = &seed {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let output = output.map_err(|source| DiskError::MkfsMissing {
+            path: disk.path.clone(),
+            source,
+        })?;
         if !output.status.success() {
             return Err(DiskError::Mkfs {
                 path: disk.path.clone(),
@@ -121,12 +176,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn seed_files_land_in_the_new_filesystem_and_the_seed_dir_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskPrep {
+            path: dir.path().join("cow.raw"),
+            size: 64 << 20,
+            ext4: true,
+            seed: vec![(".cocoon/run.json", br#"{"version":1}"#.to_vec())],
+        };
+        prepare(&disk).unwrap();
+        // debugfs reads the filesystem without mounting it.
+        let out = Command::new("debugfs")
+            .args(["-R", "cat /.cocoon/run.json"])
+            .arg(&disk.path)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"version":1}"#);
+        assert!(!seed_dir(&disk.path).exists());
+        let shown = prep_commands(&disk);
+        assert_eq!(
+            shown.len(),
+            3,
+            "truncate, the seed file, mkfs -d: {shown:?}"
+        );
+        assert!(shown[2].contains(&OsString::from("-d")));
+    }
+
+    #[test]
     fn prepares_a_sparse_ext4_disk() {
         let dir = tempfile::tempdir().unwrap();
         let disk = DiskPrep {
             path: dir.path().join("cow.raw"),
             size: 64 << 20,
             ext4: true,
+            seed: Vec::new(),
         };
         prepare(&disk).unwrap();
         let meta = std::fs::metadata(&disk.path).unwrap();
@@ -151,6 +234,7 @@ mod tests {
             path: dir.path().join("data-x.raw"),
             size: 16 << 20,
             ext4: false,
+            seed: Vec::new(),
         };
         prepare(&disk).unwrap();
         assert!(std::fs::read(&disk.path).unwrap().iter().all(|b| *b == 0));

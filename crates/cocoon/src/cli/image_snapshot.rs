@@ -1,4 +1,4 @@
-//! `cocoon image …` and `cocoon snapshot …`.
+//! `cocoon image …`, `cocoon kernel …` and `cocoon snapshot …`.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -102,4 +102,31 @@ pub enum SnapshotCommand {
         /// Archive to import; stdin when omitted
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Install a kernel for container images (Debian's cloud kernel by default)
+    ///
+    /// The package is fetched with apt-get from the host's own sources and unpacked
+    /// under root_dir/kernels, never installed on the host.
+    #[command(
+        after_help = "Examples:\n  cocoon kernel install\n  cocoon kernel install --deb linux-image-6.1.0-41-cloud-amd64_6.1.158-1_amd64.deb"
+    )]
+    Install {
+        /// Debian package (a metapackage names the current kernel)
+        #[arg(long, default_value = cocoon_engine::kernel::DEFAULT_PACKAGE, conflicts_with = "deb")]
+        package: String,
+        /// Install from this linux-image package file instead of downloading
+        #[arg(long, value_name = "FILE")]
+        deb: Option<PathBuf>,
+    },
+    /// List installed kernels
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        output: FormatArg,
+    },
+    /// Remove an installed kernel (refused while a VM uses it)
+    Rm { release: String },
 }

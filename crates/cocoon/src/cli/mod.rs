@@ -12,7 +12,7 @@ mod image_snapshot;
 mod parse;
 mod vm;
 
-pub use image_snapshot::{ImageCommand, SnapshotCommand};
+pub use image_snapshot::{ImageCommand, KernelCommand, SnapshotCommand};
 pub use vm::{CloneFlags, VmCommand, VmFlags};
 
 const ROOT_EXAMPLES: &str = "\
@@ -95,10 +95,13 @@ pub enum Command {
     Image(ImageCommand),
     /// Manage virtual machines
     #[command(subcommand)]
-    Vm(VmCommand),
+    Vm(Box<VmCommand>),
     /// Manage snapshots of VMs
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Manage the default kernels container images boot
+    #[command(subcommand)]
+    Kernel(KernelCommand),
     /// Remove unreferenced blobs, stale records and leaked VM resources
     #[command(after_help = "Examples:\n  cocoon gc --dry-run\n  cocoon gc -o json")]
     Gc {

@@ -55,3 +55,7 @@ pub(super) fn parse_data_disk(s: &str) -> Result<RawDataDisk, spec::SpecError> {
 pub(super) fn parse_escape(s: &str) -> Result<u8, spec::SpecError> {
     spec::parse_escape_char(s)
 }
+
+pub(super) fn parse_env(s: &str) -> Result<String, String> {
+    cocoon_engine::image::config::check_env(s).map(|()| s.to_string())
+}

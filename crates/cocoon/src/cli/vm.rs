@@ -70,6 +70,12 @@ pub struct VmFlags {
     /// Extra disk: size=20G[,name=NAME][,fstype=ext4|none][,mount=/mnt/x][,directio=on|off|auto] (repeatable)
     #[arg(long = "data-disk", value_name = "SPEC", value_parser = parse_data_disk)]
     pub data_disks: Vec<RawDataDisk>,
+    /// Container images: set an environment variable of the main process (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<String>,
+    /// No guest agent (no `vm exec`, no identity refresh after a clone)
+    #[arg(long)]
+    pub no_agent: bool,
 }
 
 /// The flags of `vm clone`: zero or empty means "as in the snapshot".
@@ -133,17 +139,34 @@ pub enum VmCommand {
         #[command(flatten)]
         output: FormatArg,
         image: String,
+        /// Container images: the command, replacing the image's Cmd (after --)
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Create and start a VM
     #[command(
-        after_help = "Examples:\n  cocoon vm run --name dev --cpu 2 --memory 2G ghcr.io/cocoonstack/cocoon/ubuntu:24.04\n  cocoon vm run --nics 0 -o json ghcr.io/cocoonstack/cocoon/ubuntu:24.04"
+        after_help = "Examples:\n  cocoon vm run --name dev --cpu 2 --memory 2G ghcr.io/cocoonstack/cocoon/ubuntu:24.04\n  cocoon vm run --nics 0 -o json ghcr.io/cocoonstack/cocoon/ubuntu:24.04\n  cocoon vm run --rm -it --nics 0 alpine:3.20 -- uname -a\n  cocoon vm run --rm -e GREETING=hi python:3.12 -- python3 -c 'import os; print(os.environ[\"GREETING\"])'"
     )]
     Run {
         #[command(flatten)]
         flags: VmFlags,
         #[command(flatten)]
         output: FormatArg,
+        /// Remove the VM when it stops; wait for that, and exit with the
+        /// main process's status (container images)
+        #[arg(long, conflicts_with = "format")]
+        rm: bool,
+        /// Attach the local terminal to the VM's console once it starts
+        /// (as `vm console`; with -t)
+        #[arg(short = 'i', long, conflicts_with = "format")]
+        interactive: bool,
+        /// With -i: the console is a terminal (`-it`)
+        #[arg(short = 't', long, conflicts_with = "format")]
+        tty: bool,
         image: String,
+        /// Container images: the command, replacing the image's Cmd (after --)
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Create and start a new VM from a snapshot
     #[command(

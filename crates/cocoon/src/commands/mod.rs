@@ -3,10 +3,12 @@
 mod console;
 mod doctor;
 mod image;
+mod kernel;
 mod other;
 mod snapshot;
 mod status;
 mod vm;
+mod vm_run;
 
 use cocoon_engine::{Config, Engine, Error, Result};
 
@@ -17,13 +19,16 @@ use crate::cli::{Command, FormatArg};
 pub enum Outcome {
     Success,
     Failure(String),
+    /// Exit with this status, printing nothing (`vm run --rm`: the guest's).
+    Exit(u8),
 }
 
 pub fn run(command: Command, config: Config) -> Result<Outcome> {
     let done = |result: Result<()>| result.map(|()| Outcome::Success);
     match command {
         Command::Image(cmd) => done(image::run(cmd, config)),
-        Command::Vm(cmd) => done(vm::run(cmd, config)),
+        Command::Vm(cmd) => vm::run(*cmd, config),
+        Command::Kernel(cmd) => done(kernel::run(cmd, config)),
         Command::Snapshot(cmd) => done(snapshot::run(cmd, config)),
         Command::Gc { dry_run, output } => done(gc(dry_run, output, config)),
         Command::Doctor { output } => doctor::run(&config, output),

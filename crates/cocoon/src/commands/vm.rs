@@ -14,26 +14,57 @@ use cocoon_engine::units::BinarySize;
 use cocoon_engine::vm::default_vm_name;
 use cocoon_engine::{Config, Engine, Error, Result};
 
-use super::{io, status};
+use super::{Outcome, io, status, vm_run};
 use crate::cli::{CloneFlags, FormatArg, RestoreModeArg, VmCommand, VmFlags};
 use crate::output::{local_time, print_json, print_line, print_table};
 
-pub fn run(command: VmCommand, config: Config) -> Result<()> {
+pub fn run(command: VmCommand, config: Config) -> Result<Outcome> {
     validate_before_open(&command)?;
     let default_hypervisor = backend::configured(&config);
     let mut engine = super::open(config)?;
     let engine = &mut engine;
     match command {
+        VmCommand::Run {
+            flags,
+            output,
+            rm,
+            interactive,
+            tty,
+            image,
+            command,
+        } => {
+            let attach = vm_run::Attach {
+                rm,
+                interactive,
+                tty,
+            };
+            vm_run::run(
+                engine,
+                &flags,
+                output,
+                &image,
+                command,
+                attach,
+                default_hypervisor,
+            )
+        }
+        other => run_other(engine, other, default_hypervisor).map(|()| Outcome::Success),
+    }
+}
+
+fn run_other(
+    engine: &mut Engine,
+    command: VmCommand,
+    default_hypervisor: Hypervisor,
+) -> Result<()> {
+    match command {
+        VmCommand::Run { .. } => unreachable!("vm run is handled by vm_run"),
         VmCommand::Create {
             flags,
             output,
             image,
-        } => create(engine, &flags, output, &image, default_hypervisor),
-        VmCommand::Run {
-            flags,
-            output,
-            image,
-        } => create_and_start(engine, &flags, output, &image, default_hypervisor),
+            command,
+        } => create(engine, &flags, output, &image, command, default_hypervisor),
         VmCommand::Debug {
             flags,
             max_cpu,
@@ -42,7 +73,7 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             ch,
             image,
         } => {
-            let request = create_request(&flags, &image, default_hypervisor)?;
+            let request = create_request(&flags, &image, Vec::new(), default_hypervisor)?;
             debug(engine, request, ch, max_cpu, balloon, cow.as_deref())
         }
         VmCommand::Logs { follow, vmm, vm } => logs(engine, &vm, follow, vmm),
@@ -115,9 +146,10 @@ fn create(
     flags: &VmFlags,
     output: FormatArg,
     image: &str,
+    command: Vec<String>,
     default_hypervisor: Hypervisor,
 ) -> Result<()> {
-    let request = create_request(flags, image, default_hypervisor)?;
+    let request = create_request(flags, image, command, default_hypervisor)?;
     let vm = engine.create_vm(request)?;
     if output.json() {
         return print_json(&VmView::reconcile(vm)).map_err(io);
@@ -127,24 +159,6 @@ fn create(
         vm.id, vm.config.name, vm.state
     );
     eprintln!("start with: cocoon vm start {}", vm.config.name);
-    print_line(&vm.id).map_err(io)
-}
-
-/// `vm run`: create, then start.
-fn create_and_start(
-    engine: &mut Engine,
-    flags: &VmFlags,
-    output: FormatArg,
-    image: &str,
-    default_hypervisor: Hypervisor,
-) -> Result<()> {
-    let request = create_request(flags, image, default_hypervisor)?;
-    let vm = engine.create_vm(request)?;
-    let vm = engine.start_vm(&vm.id)?;
-    if output.json() {
-        return print_json(&VmView::reconcile(vm)).map_err(io);
-    }
-    eprintln!("started: {} (name: {})", vm.id, vm.config.name);
     print_line(&vm.id).map_err(io)
 }
 
@@ -264,9 +278,10 @@ fn list(engine: &mut Engine, output: FormatArg) -> Result<()> {
 }
 
 /// The create request of `vm create`, `vm run` and `vm debug`.
-fn create_request(
+pub(super) fn create_request(
     flags: &VmFlags,
     image: &str,
+    command: Vec<String>,
     default_hypervisor: Hypervisor,
 ) -> Result<CreateVm> {
     let data_disks = validate_vm_flags(flags)?;
@@ -300,6 +315,9 @@ fn create_request(
         bridge: flags.bridge.clone(),
         user: flags.user.clone(),
         password: flags.password.clone(),
+        command,
+        env: flags.env.clone(),
+        no_agent: flags.no_agent,
     })
 }
 
@@ -387,7 +405,7 @@ fn report_batch(verb: &str, outcomes: Vec<BatchOutcome>, json: bool) -> Result<(
     }
 }
 
-fn logs(engine: &mut Engine, reference: &str, follow: bool, vmm: bool) -> Result<()> {
+pub(super) fn logs(engine: &mut Engine, reference: &str, follow: bool, vmm: bool) -> Result<()> {
     let (vm, log) = if vmm {
         engine.vmm_log(reference)?
     } else {

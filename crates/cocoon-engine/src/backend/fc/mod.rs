@@ -65,6 +65,10 @@ impl Backend for FirecrackerBackend {
         Ok(vmlinux::ensure(dirs, layer).map_err(crate::vm::VmError::from)?)
     }
 
+    fn default_kernel(&self, kernel: &crate::kernel::Installed) -> PathBuf {
+        kernel.vmlinux()
+    }
+
     fn layer_serial(&self, _: usize) -> String {
         String::new()
     }

@@ -17,12 +17,15 @@ use crate::model::{NetworkConfig, StorageConfig, Vm};
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// Whether the guest runs under KVM: `auto` probes `/dev/kvm` (opens and
-/// creates a VM), else TCG.
-pub fn uses_kvm(accel: QemuAccel) -> bool {
+/// creates a VM), else TCG; a stock kernel on a PVM host is emulated too,
+/// as PVM cannot run it.
+pub fn uses_kvm(accel: QemuAccel, stock_kernel: bool) -> bool {
     match accel {
         QemuAccel::Kvm => true,
         QemuAccel::Tcg => false,
-        QemuAccel::Auto => crate::doctor::kvm_usable(),
+        QemuAccel::Auto => {
+            crate::doctor::kvm_usable() && !(stock_kernel && crate::doctor::kvm_is_pvm())
+        }
     }
 }
 

@@ -80,6 +80,11 @@ impl Backend for QemuBackend {
         Ok(dirs.kernel(layer))
     }
 
+    /// TCG, which `qemu_accel = auto` picks for stock kernels on PVM.
+    fn emulates_cpu(&self) -> bool {
+        true
+    }
+
     /// virtio-mmio: the guest finds its disks in order.
     fn layer_serial(&self, _: usize) -> String {
         String::new()
@@ -105,7 +110,7 @@ impl Backend for QemuBackend {
         opts: &LaunchOptions,
         restoring: bool,
     ) -> std::io::Result<Vec<String>> {
-        let kvm = args::uses_kvm(opts.qemu_accel);
+        let kvm = args::uses_kvm(opts.qemu_accel, opts.stock_kernel);
         if !kvm && opts.qemu_accel == crate::config::QemuAccel::Auto {
             tracing::warn!(
                 "VM {}: /dev/kvm is not usable here; QEMU emulates the CPU (TCG), and the VM will be slow",
@@ -135,7 +140,7 @@ impl Backend for QemuBackend {
     }
 
     fn debug_args(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Vec<String> {
-        let kvm = args::uses_kvm(opts.qemu_accel);
+        let kvm = args::uses_kvm(opts.qemu_accel, opts.stock_kernel);
         if direct_boot(vm) {
             args::args(vm, paths, opts, kvm, false)
         } else {

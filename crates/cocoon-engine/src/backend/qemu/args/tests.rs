@@ -77,6 +77,7 @@ fn opts() -> LaunchOptions {
         balloon_bytes: None,
         qemu_accel: QemuAccel::Auto,
         qemu_firmware_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+        stock_kernel: false,
     }
 }
 
@@ -173,8 +174,8 @@ fn the_machine_and_cpu_follow_the_accelerator() {
         args
     };
     assert_eq!(rest(&kvm), rest(&tcg));
-    assert!(uses_kvm(QemuAccel::Kvm));
-    assert!(!uses_kvm(QemuAccel::Tcg));
+    assert!(uses_kvm(QemuAccel::Kvm, true));
+    assert!(!uses_kvm(QemuAccel::Tcg, false));
 }
 
 #[test]
