@@ -112,13 +112,17 @@ fn non_tar_inputs_are_refused_and_change_nothing() {
     )
     .unwrap();
     let nokernel = env.path().join("nokernel.tar");
-    std::fs::write(&nokernel, LayerBuilder::new().file("etc/x", b"x").build()).unwrap();
+    std::fs::write(
+        &nokernel,
+        LayerBuilder::new().file("boot/initrd.img-1", b"x").build(),
+    )
+    .unwrap();
     let cases: Vec<(Vec<String>, String)> = vec![
         (vec![qcow2.display().to_string()], format!("Error: {} is a qcow2 image with a truncated header; only standalone qcow2 images can be stored", qcow2.display())),
         (vec![raw.display().to_string()], format!("Error: cannot tell what {} is: it is not a tar archive, a qcow2 image or a raw disk image with a partition table (MBR or GPT)", raw.display())),
         (vec!["/nonexistent/layer.tar".into()], "Error: cannot read /nonexistent/layer.tar: No such file or directory (os error 2)".into()),
         (vec![hostile.display().to_string()], format!("Error: {}: layer entry \"../../../tmp/owned\" is not allowed: it contains '..'", hostile.display())),
-        (vec![nokernel.display().to_string()], "Error: image local/x has no kernel (a regular file /boot/vmlinuz* or /vmlinuz* in some layer); it is not a cocoon VM image".into()),
+        (vec![nokernel.display().to_string()], "Error: image local/x has no kernel (a regular file /boot/vmlinuz* or /vmlinuz* in some layer) but has the other boot file: a VM image brings both, a container image neither".into()),
     ];
     for (files, message) in cases {
         let out = env

@@ -184,10 +184,10 @@ fn failures_commit_nothing() {
         .pull_image(&registry.reference("vm/test:nope"), &NoProgress)
         .unwrap_err();
     assert!(err.to_string().contains("vm/test:nope"), "{err}");
-    // Not a VM image: no kernel anywhere.
+    // Half a VM image: an initrd without a kernel.
     registry.push(
         "vm/nokernel:1",
-        &[LayerBuilder::new().file("etc/hostname", b"x").build()],
+        &[LayerBuilder::new().file("boot/initrd.img-1", b"x").build()],
         "amd64",
     );
     let err = engine
@@ -196,7 +196,7 @@ fn failures_commit_nothing() {
     assert_eq!(
         err.to_string(),
         format!(
-            "image {} has no kernel (a regular file /boot/vmlinuz* or /vmlinuz* in some layer); it is not a cocoon VM image",
+            "image {} has no kernel (a regular file /boot/vmlinuz* or /vmlinuz* in some layer) but has the other boot file: a VM image brings both, a container image neither",
             registry.reference("vm/nokernel:1")
         )
     );

@@ -28,6 +28,8 @@ fn samples(key: &str) -> [&'static str; 3] {
         "qemu_firmware_vars" => ["/f/VARS.fd", "/e/VARS.fd", "/c/VARS.fd"],
         "default_hypervisor" => ["qemu", "firecracker", "cloud-hypervisor"],
         "firmware_path" => ["/f/fw.fd", "/e/fw.fd", "/c/fw.fd"],
+        "init_binary" => ["/f/init", "/e/init", "/c/init"],
+        "default_kernel" => ["6.1.0-1-cloud-amd64", "6.1.0-2-cloud-amd64", "6.12.3"],
         "insecure_registries" => ["reg.f:5000", "reg.e", "reg.c:80"],
         "jail_extra_paths" => ["/f/x", "/e/x,/e/y", "/c/x"],
         _ => ["7", "8", "9"],

@@ -227,7 +227,7 @@ fn with_qemu(env: &CocoonEnv, vars: &[(&str, &str)]) -> (PathBuf, Value) {
 }
 
 #[test]
-fn qemu_alone_runs_vms_with_its_flag() {
+fn qemu_alone_runs_vms_by_default() {
     let env = env();
     let (qemu, report) = with_qemu(&env, &[]);
     assert_eq!(
@@ -247,7 +247,7 @@ fn qemu_alone_runs_vms_with_its_flag() {
         &check(
             "warn",
             "cloud_hypervisor",
-            "/nonexistent/cloud-hypervisor does not exist (ch_binary from environment variable COCOON_CH_BINARY); VMs run only with --qemu (QEMU), and cloud images cannot run",
+            "/nonexistent/cloud-hypervisor does not exist (ch_binary from environment variable COCOON_CH_BINARY); QEMU (the first VMM installed) runs VMs, but --hypervisor ch cannot be used, and cloud images cannot run",
             Some(CH_FIX)
         )
     );
@@ -256,7 +256,7 @@ fn qemu_alone_runs_vms_with_its_flag() {
         &check(
             "warn",
             "firecracker",
-            "/nonexistent/firecracker does not exist (fc_binary from environment variable COCOON_FC_BINARY); --fc cannot be used",
+            "/nonexistent/firecracker does not exist (fc_binary from environment variable COCOON_FC_BINARY); QEMU (the first VMM installed) runs VMs, but --fc cannot be used",
             Some(FC_FIX)
         )
     );

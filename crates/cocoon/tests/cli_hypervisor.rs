@@ -127,7 +127,14 @@ fn default_hypervisor_wins_over_use_firecracker() {
     let script = debug(&env, &[]);
     assert_eq!(backend_of(&script), "qemu");
     assert_eq!(debug_launch_argv(&script)[0], "qemu-system-x86_64");
-    std::fs::write(env.config_path(), "").unwrap();
+    // Neither key: the first VMM installed (here QEMU only), else Cloud Hypervisor.
+    std::fs::write(
+        env.config_path(),
+        "ch_binary = \"/nonexistent/ch\"\nfc_binary = \"/nonexistent/fc\"\n",
+    )
+    .unwrap();
+    assert_eq!(backend_of(&debug(&env, &[])), "qemu");
+    std::fs::write(env.config_path(), "ch_binary = \"/bin/true\"\n").unwrap();
     assert_eq!(backend_of(&debug(&env, &[])), "cloud-hypervisor");
 }
 

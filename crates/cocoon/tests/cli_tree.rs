@@ -91,11 +91,13 @@ fn help_lists_every_subcommand() {
     let expected: &[(&[&str], &[&str])] = &[
         (
             &[],
-            // doctor: an addition beyond cocoon (its doctor/check.sh as a command).
+            // doctor: an addition beyond cocoon (its doctor/check.sh as a command);
+            // kernel: the default kernels container images boot.
             &[
                 "image",
                 "vm",
                 "snapshot",
+                "kernel",
                 "gc",
                 "doctor",
                 "version",
@@ -114,6 +116,7 @@ fn help_lists_every_subcommand() {
             &["snapshot"],
             &["save", "list", "inspect", "rm", "export", "import"],
         ),
+        (&["kernel"], &["install", "list", "rm"]),
     ];
     for (path, subcommands) in expected {
         let out = std::process::Command::new(bin)

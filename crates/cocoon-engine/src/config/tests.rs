@@ -58,6 +58,8 @@ pub(crate) fn samples(key: &str) -> [&'static str; 3] {
         "registry_read_timeout_seconds" => ["51", "52", "53"],
         "max_layer_bytes" => ["1048576", "2097152", "4194304"],
         "jail_extra_paths" => ["/f/x", "/e/x,/e/y", "/c/x"],
+        "init_binary" => ["/f/init", "/e/init", "/c/init"],
+        "default_kernel" => ["6.1.0-1-cloud-amd64", "6.1.0-2-cloud-amd64", "6.12.3"],
         other => panic!("no samples for {other}"),
     }
 }

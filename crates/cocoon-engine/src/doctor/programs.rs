@@ -188,6 +188,8 @@ pub(super) fn default_vmm(config: &Config) -> (Vmm, Option<String>) {
         Some(format!("default_hypervisor is {name}"))
     } else if config.use_firecracker {
         Some("use_firecracker is on".to_string())
+    } else if vmm != Vmm::CloudHypervisor {
+        Some("the first VMM installed".to_string())
     } else {
         None
     };
@@ -367,7 +369,15 @@ mod tests {
     #[test]
     fn the_default_vmm_follows_default_hypervisor_then_use_firecracker() {
         let mut config = Config::default();
+        config.ch_binary = "/bin/true".into();
         assert_eq!(default_vmm(&config), (Vmm::CloudHypervisor, None));
+        config.ch_binary = "/nonexistent/ch".into();
+        config.fc_binary = "/nonexistent/fc".into();
+        config.qemu_binary = "/bin/true".into();
+        assert_eq!(
+            default_vmm(&config),
+            (Vmm::Qemu, Some("the first VMM installed".into()))
+        );
         config.use_firecracker = true;
         assert_eq!(
             default_vmm(&config),

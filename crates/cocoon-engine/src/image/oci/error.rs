@@ -56,7 +56,7 @@ pub enum PullError {
     #[error("image {reference} has no layers")]
     NoLayers { reference: String },
     #[error(
-        "image {reference} has no {what} (a regular file /boot/{pattern}* or /{pattern}* in some layer); it is not a cocoon VM image"
+        "image {reference} has no {what} (a regular file /boot/{pattern}* or /{pattern}* in some layer) but has the other boot file: a VM image brings both, a container image neither"
     )]
     MissingBootFile {
         reference: String,
