@@ -175,6 +175,7 @@ fn exec_image_init(config: &RunConfig, hostname: Option<&str>) -> Result<u8, Fat
         start_agent()?;
     }
     let env = spawn::environment(&config.env, hostname, None);
+    spawn::reset_signals();
     let error = Command::new("/sbin/init").env_clear().envs(env).exec();
     Err(Fatal {
         message: format!("cannot run /sbin/init: {error}"),

@@ -12,7 +12,7 @@ use std::path::Path;
 const EV_KEY: u16 = 1;
 const KEY_POWER: u16 = 116;
 /// `KEY_MAX + 1` bits.
-const KEY_BITS_BYTES: usize = 0x300 / 8;
+const KEY_BITS_BYTES: u32 = 0x300 / 8;
 /// `struct input_event` on 64-bit Linux: a timeval, type, code, value.
 const EVENT_SIZE: usize = 24;
 
@@ -66,12 +66,10 @@ fn is_power_press(event: &[u8]) -> bool {
 }
 
 fn has_power_key(device: &File) -> bool {
-    let mut bits = [0u8; KEY_BITS_BYTES];
+    let mut bits = [0u8; KEY_BITS_BYTES as usize];
     // EVIOCGBIT(EV_KEY, len) = _IOC(_IOC_READ, 'E', 0x20 + EV_KEY, len).
-    let request = (2u32 << 30)
-        | ((KEY_BITS_BYTES as u32) << 16)
-        | (u32::from(b'E') << 8)
-        | (0x20 + u32::from(EV_KEY));
+    let request =
+        (2u32 << 30) | (KEY_BITS_BYTES << 16) | (u32::from(b'E') << 8) | (0x20 + u32::from(EV_KEY));
     // SAFETY: the ioctl writes at most KEY_BITS_BYTES bytes into `bits`,
     // which outlives the call.
     let rc = unsafe {

@@ -105,10 +105,11 @@ pub fn supervise(signals: &OwnedFd, main: u32, buttons: &mut PowerButtons) -> u8
         let button_ready: Vec<bool> = fds[1..].iter().map(|fd| !fd.revents().is_empty()).collect();
         let signal_ready = !fds[0].revents().is_empty();
         drop(fds);
-        if signal_ready && let Some(signal) = read_signal(&mut signal_file) {
-            if signal != libc::SIGCHLD {
-                send(main, signal);
-            }
+        if signal_ready
+            && let Some(signal) = read_signal(&mut signal_file)
+            && signal != libc::SIGCHLD
+        {
+            send(main, signal);
         }
         if buttons.pressed(&button_ready) {
             log("power button pressed: sending SIGTERM to the main process");

@@ -137,6 +137,7 @@ pub fn start_main(main: &MainProcess<'_>) -> io::Result<u32> {
     // makes async-signal-safe system calls on memory prepared before the fork.
     unsafe {
         command.pre_exec(move || {
+            reset_signals();
             check(libc::setsid())?;
             // stdin is the tty by now: steal it even if another session had it.
             check(libc::ioctl(0, libc::TIOCSCTTY, 1))?;
@@ -147,6 +148,25 @@ pub fn start_main(main: &MainProcess<'_>) -> io::Result<u32> {
         });
     }
     command.spawn().map(|child| child.id())
+}
+
+/// PID 1 blocks the signals it forwards (see `reaper::block_signals`);
+/// its children must start with none blocked and default dispositions
+/// (std's `Command` resets neither the mask nor, with `pre_exec`, SIGPIPE).
+pub fn reset_signals() {
+    // SAFETY: sigprocmask and signal on this process's own signal state,
+    // with a local set; both are async-signal-safe.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        for signal in super::reaper::FORWARDED
+            .iter()
+            .chain(&[libc::SIGPIPE, libc::SIGCHLD])
+        {
+            libc::signal(*signal, libc::SIG_DFL);
+        }
+    }
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
@@ -172,14 +192,11 @@ pub fn start_agent(console: &File) -> io::Result<u32> {
 }
 
 fn agent_child(console: &File) -> ! {
+    reset_signals();
+    // The agent is Rust code, which expects SIGPIPE ignored as std set it.
     // SAFETY: plain system calls on this process's own signal state and fds.
     unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        for signal in super::reaper::FORWARDED {
-            libc::signal(signal, libc::SIG_DFL);
-        }
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::setsid();
         for fd in 0..3 {
             libc::dup2(console.as_raw_fd(), fd);

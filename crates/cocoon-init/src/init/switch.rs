@@ -6,13 +6,13 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 
-use rustix::fs::{FileType, statfs};
+use rustix::fs::{FileType, FsWord, statfs};
 use rustix::mount::{MountFlags, mount_move};
 
-use super::sys::{log, mount_fs};
+use super::sys::mount_fs;
 
-const RAMFS_MAGIC: i64 = 0x8584_58f6;
-const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: FsWord = 0x8584_58f6;
+const TMPFS_MAGIC: FsWord = 0x0102_1994;
 
 /// Switches the root to `new_root`.
 pub fn switch_root(new_root: &str) -> Result<(), String> {
@@ -36,7 +36,7 @@ fn free_initramfs() -> Result<(), String> {
     let fs_type = statfs("/")
         .map_err(|e| format!("cannot statfs /: {e}"))?
         .f_type;
-    if !matches!(i64::from(fs_type), RAMFS_MAGIC | TMPFS_MAGIC) {
+    if !matches!(fs_type, RAMFS_MAGIC | TMPFS_MAGIC) {
         return Err("/ is not an initramfs: refusing to empty it".into());
     }
     let root_dev = fs::symlink_metadata("/")
@@ -165,12 +165,6 @@ fn image_dirs(dir: &Path) -> Vec<(std::ffi::OsString, u32)> {
             let meta = fs::symlink_metadata(entry.path()).ok()?;
             (FileType::from_raw_mode(meta.mode()) == FileType::Directory)
                 .then(|| (entry.file_name(), meta.mode() & 0o7777))
-        })
-        .inspect(|(name, _)| {
-            log(&format!(
-                "keeping /run/{} as an empty directory on the /run tmpfs",
-                name.to_string_lossy()
-            ))
         })
         .collect()
 }
