@@ -91,7 +91,7 @@ fn boot(reboot: &mut bool) -> Result<u8, Fatal> {
         wait_for_console(args.timeout);
         announce(BOOT_MARKER);
     }
-    let (layers, cow) = disks::wait_for_disks(Path::new("/sys/block"), &args)?;
+    let (layers, cow) = disks::wait_for_disks(Path::new("/sys/class/block"), &args)?;
     disks::mount_root(&layers, &cow)?;
     let config = disks::read_run_config(Path::new("/cow"))?;
     net::configure(&args.ips, args.timeout)?;

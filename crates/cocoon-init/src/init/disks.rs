@@ -71,8 +71,8 @@ fn find_disk(sys_block: &Path, disk: &DiskRef) -> Option<PathBuf> {
     match disk {
         DiskRef::Path(path) => {
             let name = path.strip_prefix("/dev/")?;
-            // The block device is usable once sysfs lists it; devtmpfs
-            // creates the node in the same step.
+            // The block device is usable once sysfs lists it (`class/block`
+            // lists partitions too); devtmpfs creates the node in the same step.
             (sys_block.join(name).exists() && Path::new(path).exists()).then(|| PathBuf::from(path))
         }
         DiskRef::Serial(serial) => serials(sys_block)
