@@ -318,6 +318,9 @@ pub struct VmFlags {
     /// Windows guest: UEFI, Hyper-V enlightenments, no cloud-init, no balloon
     #[arg(long)]
     pub windows: bool,
+    /// No vsock device: the guest agent cannot be reached (clones keep this)
+    #[arg(long)]
+    pub no_agent: bool,
     /// Extra disk: size=20G[,name=NAME][,fstype=ext4|none][,mount=/mnt/x][,directio=on|off|auto] (repeatable)
     #[arg(long = "data-disk", value_name = "SPEC", value_parser = parse_data_disk)]
     pub data_disks: Vec<RawDataDisk>,

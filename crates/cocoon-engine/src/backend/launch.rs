@@ -20,6 +20,9 @@ pub struct LaunchOptions {
     /// QEMU: the UEFI variable store template a VM's own copy starts from
     /// (`qemu_firmware_vars`).
     pub qemu_firmware_vars: PathBuf,
+    /// QEMU: the vhost-device-vsock binary its vsock device runs on (None:
+    /// not installed, so QEMU VMs start without vsock).
+    pub vhost_vsock: Option<PathBuf>,
 }
 
 impl LaunchOptions {
@@ -31,7 +34,17 @@ impl LaunchOptions {
             balloon_bytes: None,
             qemu_accel: crate::config::QemuAccel::Auto,
             qemu_firmware_vars: crate::config::Config::default().qemu_firmware_vars,
+            vhost_vsock: None,
         }
+    }
+
+    /// The options a launch under `config` gets: its binaries and QEMU's settings.
+    pub fn configured(binary: PathBuf, config: &crate::config::Config) -> LaunchOptions {
+        let mut opts = LaunchOptions::for_host(binary);
+        opts.qemu_accel = config.qemu_accel;
+        opts.qemu_firmware_vars = config.qemu_firmware_vars.clone();
+        opts.vhost_vsock = crate::process::find_helper_program(&config.vhost_vsock_binary).ok();
+        opts
     }
 
     /// The balloon cocoon gives a VM: a quarter of memory from 256 MiB up,
@@ -48,6 +61,20 @@ pub fn balloon(config: &VmConfig) -> Option<u64> {
         return None;
     }
     Some(config.memory / 4)
+}
+
+/// The guest CID of every VM's vsock device. Hybrid vsock needs no
+/// host-unique CID: each VM has its own device, reached through its own
+/// unix socket, and the host side is never an `AF_VSOCK` socket.
+pub const GUEST_CID: u32 = 3;
+
+/// A process the VMM needs running before its launch, listening on
+/// `socket` (QEMU's vhost-device-vsock); known by that socket afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Helper {
+    pub binary: PathBuf,
+    pub args: Vec<String>,
+    pub socket: PathBuf,
 }
 
 /// cocoon's rule: huge pages when the host reserved any.
