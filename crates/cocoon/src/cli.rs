@@ -254,14 +254,6 @@ fn parse_password(s: &str) -> Result<String, spec::SpecError> {
     spec::validate_password(s).map(|()| s.to_string())
 }
 
-fn parse_data_disk(s: &str) -> Result<RawDataDisk, spec::SpecError> {
-    spec::parse_data_disk(s)
-}
-
-fn parse_escape(s: &str) -> Result<u8, spec::SpecError> {
-    spec::parse_escape_char(s)
-}
-
 /// The VM flags shared by `vm create`, `vm run` and `vm debug`.
 #[derive(Debug, Args, Clone)]
 pub struct VmFlags {
@@ -318,11 +310,11 @@ pub struct VmFlags {
     /// Windows guest: UEFI, Hyper-V enlightenments, no cloud-init, no balloon
     #[arg(long)]
     pub windows: bool,
-    /// No vsock device: the guest agent cannot be reached (clones keep this)
+    /// No vsock device: no guest agent (clones keep this)
     #[arg(long)]
     pub no_agent: bool,
     /// Extra disk: size=20G[,name=NAME][,fstype=ext4|none][,mount=/mnt/x][,directio=on|off|auto] (repeatable)
-    #[arg(long = "data-disk", value_name = "SPEC", value_parser = parse_data_disk)]
+    #[arg(long = "data-disk", value_name = "SPEC", value_parser = spec::parse_data_disk)]
     pub data_disks: Vec<RawDataDisk>,
 }
 
@@ -444,7 +436,7 @@ pub enum VmCommand {
     /// Attach to a VM's console (detach with the escape character followed by '.')
     Console {
         /// Escape character, e.g. ^] or ^a
-        #[arg(long, default_value = "^]", value_parser = parse_escape)]
+        #[arg(long, default_value = "^]", value_parser = spec::parse_escape_char)]
         escape_char: u8,
         vm: String,
     },
