@@ -17,6 +17,14 @@ install_sections build run >/dev/null
 echo "==> building cocoon (release)" >&2
 cargo build --release --locked -p cocoon
 
+# QEMU VMs get their vsock device from rust-vmm's vhost-device-vsock (this
+# kernel class lacks vhost_vsock); Debian does not package it. Pinned: the
+# engine passes its 0.3 flags.
+if ! [ -x "$prefix/bin/vhost-device-vsock" ]; then
+  echo "==> installing vhost-device-vsock" >&2
+  cargo install vhost-device-vsock --version 0.3.0 --locked --root "$prefix"
+fi
+
 echo "==> installing to $prefix" >&2
 install -D -m 0755 target/release/cocoon "$prefix/bin/cocoon"
 bin="$prefix/bin/cocoon"

@@ -52,6 +52,9 @@ pub struct Config {
     pub qemu_firmware: PathBuf,
     /// The variable store template matching `qemu_firmware`: each VM gets its copy.
     pub qemu_firmware_vars: PathBuf,
+    /// The vhost-user vsock device QEMU VMs get their vsock from
+    /// (rust-vmm's vhost-device-vsock): on PATH, `~/.cargo/bin` or `/usr/local/bin`.
+    pub vhost_vsock_binary: String,
     /// The backend of new VMs when not given; None: `use_firecracker`'s.
     pub default_hypervisor: Option<Hypervisor>,
     /// The kernel release (`cocoon kernel ls`) that container images boot;
@@ -124,6 +127,7 @@ impl Default for Config {
             qemu_accel: QemuAccel::Auto,
             qemu_firmware: PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd"),
             qemu_firmware_vars: PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+            vhost_vsock_binary: "vhost-device-vsock".into(),
             default_hypervisor: None,
             default_kernel: String::new(),
             init_binary: PathBuf::new(),
@@ -211,6 +215,7 @@ impl Config {
             "qemu_accel" => self.qemu_accel.as_str().to_string(),
             "qemu_firmware" => path(&self.qemu_firmware),
             "qemu_firmware_vars" => path(&self.qemu_firmware_vars),
+            "vhost_vsock_binary" => self.vhost_vsock_binary.clone(),
             "default_hypervisor" => self
                 .default_hypervisor
                 .map(|h| h.as_str().to_string())

@@ -11,11 +11,14 @@
 //! <run_dir>/vms/<id>/api.sock           the VMM's API socket
 //! <run_dir>/vms/<id>/console.sock       the console relay's socket
 //! <run_dir>/vms/<id>/serial.sock        CH's serial port (UEFI guests)
+//! <run_dir>/vms/<id>/vsock.sock         the VM's hybrid vsock (`CONNECT <port>`)
+//! <run_dir>/vms/<id>/vhost-vsock.sock   QEMU's vhost-user link to vhost-device-vsock
 //! <run_dir>/vms/<id>/efivars.fd         a QEMU UEFI guest's variable store (pflash)
 //! <run_dir>/vms/<id>/cow.raw, data-<name>.raw, overlay.qcow2, cidata.img
 //! <run_dir>/vms/<id>/restore/           CH's patched snapshot state during a restore
 //! <log_dir>/vms/<id>/vmm.log            the VMM's own output
 //! <log_dir>/vms/<id>/firecracker.log    Firecracker's --log-path file
+//! <log_dir>/vms/<id>/vhost-vsock.log    QEMU's vhost-device-vsock output
 //! <log_dir>/vms/<id>/console.log        the guest's console (rotated once)
 //! <log_dir>/vms/<id>/console-relay.log  the console relay's own output
 //! ```
@@ -176,6 +179,10 @@ impl VmPaths {
     pub fn vmm_log(&self) -> PathBuf {
         self.log_dir.join("vmm.log")
     }
+    /// The vsock helper's own output (QEMU's vhost-device-vsock).
+    pub fn vsock_helper_log(&self) -> PathBuf {
+        self.log_dir.join("vhost-vsock.log")
+    }
     /// Firecracker's `--log-path` file.
     pub fn fc_log(&self) -> PathBuf {
         self.log_dir.join("firecracker.log")
@@ -188,12 +195,24 @@ impl VmPaths {
     pub fn relay_log(&self) -> PathBuf {
         self.log_dir.join("console-relay.log")
     }
-    /// Files that only mean something while a VMM runs.
+    /// Files that only mean something while a VMM runs. A stale vsock
+    /// socket would make the next VMM's bind fail.
     pub fn runtime_files(&self) -> Vec<PathBuf> {
         vec![
             self.api_socket(),
             self.console_socket(),
             self.serial_socket(),
+            self.vsock_socket(),
+            self.vhost_vsock_socket(),
+        ]
+    }
+    /// The sockets the VM's processes name on their command lines (VMM,
+    /// console relay, vsock helper): how one whose record was lost is found.
+    pub fn process_sockets(&self) -> [PathBuf; 3] {
+        [
+            self.api_socket(),
+            self.console_socket(),
+            self.vhost_vsock_socket(),
         ]
     }
 }

@@ -153,6 +153,17 @@ pub struct VmConfig {
     pub no_direct_io: bool,
     #[serde(default)]
     pub windows: bool,
+    /// No vsock device (`--no-agent`): the guest agent cannot be reached.
+    /// Fixed at creation, inherited by clones: a snapshot's VMM state has
+    /// the device or not. A record from before VMs had one reads as true.
+    #[serde(default = "absent_no_agent")]
+    pub no_agent: bool,
+}
+
+/// `no_agent` of a record written before the field existed: its VMM (and
+/// every snapshot of it) has no vsock device.
+fn absent_no_agent() -> bool {
+    true
 }
 
 impl VmConfig {
@@ -171,6 +182,7 @@ impl VmConfig {
             network: String::new(),
             no_direct_io: false,
             windows: false,
+            no_agent: false,
         }
     }
 }
@@ -268,6 +280,10 @@ pub struct Vm {
     pub pid: u32,
     #[serde(default)]
     pub socket_path: String,
+    /// The hybrid vsock socket of the running VMM (`CONNECT <port>\n`
+    /// reaches a guest port); empty when it has no vsock device.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vsock_socket: String,
     #[serde(default)]
     pub network_configs: Vec<NetworkConfig>,
     #[serde(default)]
@@ -294,6 +310,10 @@ pub struct Vm {
     /// The process that drains the guest console while the VMM runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_relay: Option<ProcessIdentity>,
+    /// The vsock device's own process while the VMM runs (QEMU's
+    /// vhost-device-vsock), known like the VMM by its socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_helper: Option<VmmProcess>,
 }
 
 impl Vm {
@@ -313,6 +333,7 @@ impl Vm {
             config,
             pid: 0,
             socket_path: String::new(),
+            vsock_socket: String::new(),
             network_configs: Vec::new(),
             storage_configs: Vec::new(),
             first_booted: false,
@@ -327,6 +348,7 @@ impl Vm {
             log_dir,
             vmm: None,
             console_relay: None,
+            vsock_helper: None,
         }
     }
 

@@ -181,6 +181,22 @@ pub(crate) fn find_program(program: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{program} not found on PATH"))
 }
 
+/// A helper program: as [`find_program`], and a bare name not on PATH also
+/// in `~/.cargo/bin` (where `cargo install` puts it) and `/usr/local/bin`
+/// (PATH of a service or `sudo` may lack both).
+pub(crate) fn find_helper_program(program: &str) -> Result<PathBuf, String> {
+    let on_path = find_program(program);
+    if on_path.is_ok() || program.contains('/') {
+        return on_path;
+    }
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+    home.into_iter()
+        .chain([PathBuf::from("/usr/local/bin")])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file() && is_executable(candidate))
+        .ok_or_else(|| format!("{program} not found on PATH, in ~/.cargo/bin or /usr/local/bin"))
+}
+
 fn is_executable(path: &Path) -> bool {
     rustix::fs::access(path, rustix::fs::Access::EXEC_OK).is_ok()
 }

@@ -93,9 +93,29 @@ pub struct LaunchSpec {
     pub jail: Option<Jail>,
 }
 
+/// When a launched process's socket counts as ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    /// It accepts a connection (a VMM's API socket).
+    Accepts,
+    /// It exists as a socket: a server that takes its first connection for
+    /// its one client (vhost-user) must not be probed by connecting.
+    Bound,
+}
+
 /// Starts the VMM and waits until its API socket accepts a connection. On any
 /// failure the process is killed and reaped: nothing is left running.
 pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
+    launch_until(spec, Ready::Accepts).await
+}
+
+/// Starts a helper that serves one client on `spec.api_socket` (a vhost-user
+/// backend) and waits until the socket is there, without connecting to it.
+pub async fn launch_listener(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
+    launch_until(spec, Ready::Bound).await
+}
+
+async fn launch_until(spec: &LaunchSpec, ready: Ready) -> Result<VmmProcess, SuperviseError> {
     let binary = spec.binary.display().to_string();
     let log = open_log(spec)?;
     let (stdin, stdout_tty) = open_stdin(&spec.stdin)?;
@@ -136,7 +156,7 @@ pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
             });
         }
     };
-    wait_for_socket(spec, binary, &mut child, identity).await
+    wait_for_socket(spec, binary, &mut child, identity, ready).await
 }
 
 /// The VMM's log, truncated: its stderr, and its stdout unless a terminal has it.
@@ -238,7 +258,9 @@ async fn wait_for_socket(
     binary: String,
     child: &mut std::process::Child,
     identity: ProcessIdentity,
+    ready: Ready,
 ) -> Result<VmmProcess, SuperviseError> {
+    use std::os::unix::fs::FileTypeExt;
     let deadline = Instant::now() + spec.socket_timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -249,10 +271,15 @@ async fn wait_for_socket(
                 log: read_tail(&spec.log_file),
             });
         }
-        if tokio::net::UnixStream::connect(&spec.api_socket)
-            .await
-            .is_ok()
-        {
+        let up = match ready {
+            Ready::Accepts => tokio::net::UnixStream::connect(&spec.api_socket)
+                .await
+                .is_ok(),
+            Ready::Bound => {
+                std::fs::symlink_metadata(&spec.api_socket).is_ok_and(|m| m.file_type().is_socket())
+            }
+        };
+        if up {
             // Dropping `child` neither kills nor waits: the VMM runs on, and
             // init reaps it once this process is gone.
             return Ok(VmmProcess {

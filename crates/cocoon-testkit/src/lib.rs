@@ -84,7 +84,7 @@ pub fn kill_all_under(root_dir: &Path) {
         .flatten()
         .flatten()
     {
-        for socket in ["api.sock", "console.sock"] {
+        for socket in ["api.sock", "console.sock", "vhost-vsock.sock"] {
             for p in cocoon_engine::supervise::find_by_socket(&entry.path().join(socket)) {
                 kill_if_running(&p);
             }

@@ -561,6 +561,7 @@ async fn every_client_endpoint_reaches_the_vmm() {
             }),
             track_dirty_pages: None,
             resume_vm: Some(true),
+            vsock_override: None,
             network_overrides: vec![NetworkOverride {
                 iface_id: "eth0".into(),
                 host_dev_name: "tap9".into(),

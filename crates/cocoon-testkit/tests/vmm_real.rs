@@ -481,6 +481,7 @@ async fn firecracker_end_to_end() {
             }),
             track_dirty_pages: None,
             resume_vm: Some(true),
+            vsock_override: None,
             network_overrides: vec![],
             extra: Default::default(),
         },

@@ -175,6 +175,8 @@ fn firecracker_models_match_the_spec() {
     conforms::<fc::models::NetworkInterface>(&spec, "NetworkInterface", |m| m.extra.clear());
     conforms::<fc::models::Balloon>(&spec, "Balloon", |m| m.extra.clear());
     conforms::<fc::models::EntropyDevice>(&spec, "EntropyDevice", |m| m.extra.clear());
+    conforms::<fc::models::Vsock>(&spec, "Vsock", |m| m.extra.clear());
+    conforms::<fc::models::VsockOverride>(&spec, "VsockOverride", |m| m.extra.clear());
     conforms::<fc::models::InstanceActionInfo>(&spec, "InstanceActionInfo", |m| m.extra.clear());
     conforms::<fc::models::Vm>(&spec, "Vm", |m| m.extra.clear());
     conforms::<fc::models::SnapshotCreateParams>(&spec, "SnapshotCreateParams", |m| {
@@ -217,6 +219,7 @@ const FC_REQUIRED: &[(&str, &str)] = &[
     ("PUT", "/network-interfaces/{iface_id}"),
     ("PUT", "/balloon"),
     ("PUT", "/entropy"),
+    ("PUT", "/vsock"),
     ("PUT", "/actions"),
     ("PATCH", "/vm"),
     ("PUT", "/snapshot/create"),

@@ -23,6 +23,9 @@ pub struct LaunchOptions {
     /// The guest boots the default kernel (a stock kernel, see
     /// [`crate::doctor::kvm_is_pvm`]): QEMU's `auto` then emulates on PVM.
     pub stock_kernel: bool,
+    /// QEMU: the vhost-device-vsock binary its vsock device runs on (None:
+    /// not installed, so QEMU VMs start without vsock).
+    pub vhost_vsock: Option<PathBuf>,
 }
 
 impl LaunchOptions {
@@ -35,7 +38,17 @@ impl LaunchOptions {
             qemu_accel: crate::config::QemuAccel::Auto,
             qemu_firmware_vars: crate::config::Config::default().qemu_firmware_vars,
             stock_kernel: false,
+            vhost_vsock: None,
         }
+    }
+
+    /// The options a launch under `config` gets: its binaries and QEMU's settings.
+    pub fn configured(binary: PathBuf, config: &crate::config::Config) -> LaunchOptions {
+        let mut opts = LaunchOptions::for_host(binary);
+        opts.qemu_accel = config.qemu_accel;
+        opts.qemu_firmware_vars = config.qemu_firmware_vars.clone();
+        opts.vhost_vsock = crate::process::find_helper_program(&config.vhost_vsock_binary).ok();
+        opts
     }
 
     /// The balloon cocoon gives a VM: a quarter of memory from 256 MiB up,
@@ -52,6 +65,20 @@ pub fn balloon(config: &VmConfig) -> Option<u64> {
         return None;
     }
     Some(config.memory / 4)
+}
+
+/// The guest CID of every VM's vsock device. Hybrid vsock needs no
+/// host-unique CID: each VM has its own device, reached through its own
+/// unix socket, and the host side is never an `AF_VSOCK` socket.
+pub const GUEST_CID: u32 = 3;
+
+/// A process the VMM needs running before its launch, listening on
+/// `socket` (QEMU's vhost-device-vsock); known by that socket afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Helper {
+    pub binary: PathBuf,
+    pub args: Vec<String>,
+    pub socket: PathBuf,
 }
 
 /// cocoon's rule: huge pages when the host reserved any.

@@ -31,7 +31,7 @@ use crate::layout::VmPaths;
 use crate::model::{Hypervisor, Snapshot, Vm, VmmProcess};
 use crate::snapshot::manifest::Manifest;
 
-pub use launch::{LaunchOptions, host_has_hugepages};
+pub use launch::{GUEST_CID, Helper, LaunchOptions, host_has_hugepages};
 
 /// A future a backend returns; not `Send`: the engine drives it with
 /// `block_on` on the thread that asked.
@@ -142,6 +142,21 @@ pub trait Backend: Sync {
     /// (QEMU's UEFI variable store), to run before the printed launch.
     fn debug_prepare(&self, _vm: &Vm, _paths: &VmPaths, _opts: &LaunchOptions) -> Vec<Vec<String>> {
         Vec::new()
+    }
+    /// Whether this launch gives the VM a vsock device on its
+    /// [`VmPaths::vsock_socket`]: unless `--no-agent`.
+    fn has_vsock(&self, vm: &Vm, _opts: &LaunchOptions) -> bool {
+        !vm.config.no_agent
+    }
+    /// The process the VM's vsock device runs in, to start before the VMM
+    /// (QEMU's vhost-device-vsock). None: the VMM is the device itself.
+    fn vsock_helper(&self, _vm: &Vm, _paths: &VmPaths, _opts: &LaunchOptions) -> Option<Helper> {
+        None
+    }
+    /// Why the running `vm` cannot be snapshotted (a device its VMM cannot
+    /// save); None: it can.
+    fn snapshot_blocker(&self, _vm: &Vm) -> Option<String> {
+        None
     }
     /// `vm debug`: the arguments of a fresh launch, without side effects.
     fn debug_args(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Vec<String>;

@@ -110,6 +110,12 @@ pub const KEYS: &[Key] = &[
         help: "template of a QEMU cloud-image VM's UEFI variable store, matching qemu_firmware (default /usr/share/OVMF/OVMF_VARS_4M.fd)",
     },
     Key {
+        name: "vhost_vsock_binary",
+        env: "COCOON_VHOST_VSOCK_BINARY",
+        flag: None,
+        help: "vhost-device-vsock binary QEMU VMs get their vsock device from (default: on PATH, ~/.cargo/bin or /usr/local/bin)",
+    },
+    Key {
         name: "default_hypervisor",
         env: "COCOON_DEFAULT_HYPERVISOR",
         flag: None,

@@ -91,6 +91,7 @@ impl Config {
             "qemu_accel" => self.qemu_accel = value.parse().map_err(|e: String| fail(&e))?,
             "qemu_firmware" => self.qemu_firmware = dir(value).map_err(&fail)?,
             "qemu_firmware_vars" => self.qemu_firmware_vars = dir(value).map_err(&fail)?,
+            "vhost_vsock_binary" => self.vhost_vsock_binary = binary(value).map_err(&fail)?,
             "default_hypervisor" => {
                 self.default_hypervisor = match value {
                     "" => None,

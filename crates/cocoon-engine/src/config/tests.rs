@@ -46,6 +46,7 @@ pub(crate) fn samples(key: &str) -> [&'static str; 3] {
         "qemu_accel" => ["kvm", "tcg", "auto"],
         "qemu_firmware" => ["/f/CODE.fd", "/e/CODE.fd", "/c/CODE.fd"],
         "qemu_firmware_vars" => ["/f/VARS.fd", "/e/VARS.fd", "/c/VARS.fd"],
+        "vhost_vsock_binary" => ["/f/vdv", "/e/vdv", "/c/vdv"],
         "default_hypervisor" => ["qemu", "firecracker", "cloud-hypervisor"],
         "firmware_path" => ["/f/CLOUDHV.fd", "/e/CLOUDHV.fd", "/c/CLOUDHV.fd"],
         "use_firecracker" => ["true", "false", "true"],

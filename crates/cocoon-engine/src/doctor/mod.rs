@@ -11,6 +11,7 @@ mod kernel;
 mod network;
 mod programs;
 mod storage;
+mod vsock;
 
 use serde::Serialize;
 
@@ -98,6 +99,7 @@ pub const CHECK_NAMES: &[&str] = &[
     "firecracker",
     "qemu",
     "qemu_accel",
+    "vhost_vsock",
     "mkfs_erofs",
     "mkfs_ext4",
     "qemu_img",
@@ -135,6 +137,7 @@ pub fn run(config: &Config) -> DoctorReport {
     let (vmms, qemu_emulates) = programs::vmms(config, usable);
     let mut checks = vec![kernel::kvm_check(kvm, qemu_emulates)];
     checks.extend(vmms);
+    checks.push(vsock::check(config));
     checks.extend(programs::image_tools());
     checks.extend(network::cni(config));
     checks.extend(kernel::filesystems());

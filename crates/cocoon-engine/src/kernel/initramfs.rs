@@ -15,7 +15,8 @@ use super::{Installed, KernelError, io, modules};
 /// What cocoon-init needs that a cloud kernel may have as modules: the
 /// virtio transports (PCI for CH and QEMU's q35, MMIO for FC and microvm),
 /// console, disks and NICs, the three filesystems of the guest contract,
-/// vsock for the agent, and the ACPI power button that `vm stop` presses.
+/// vsock for the agent, and the ACPI power button that `vm stop` presses
+/// (with evdev, through which cocoon-init reads it).
 pub const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_mmio",
@@ -27,10 +28,11 @@ pub const MODULES: &[&str] = &[
     "ext4",
     "vmw_vsock_virtio_transport",
     "button",
+    "evdev",
 ];
 
 /// Bumped when the archive's layout changes in a way its inputs do not show.
-const FORMAT: &str = "cocoon-initramfs-1";
+const FORMAT: &str = "cocoon-initramfs-2";
 
 /// Where cocoon-init is looked for when `init_binary` is not set: beside
 /// the running cocoon binary (a build tree, or `install.sh`'s prefix), then
@@ -88,6 +90,10 @@ pub fn ensure(kernel: &Installed, init: &Path) -> Result<PathBuf, KernelError> {
         cpio.dir(dir);
     }
     cpio.char_device("dev/console", 0o600, 5, 1);
+    // With `console=hvc0` the console exists only once virtio_console is
+    // loaded: the kernel starts /init with no fd 0-2, and Rust's runtime
+    // opens /dev/null in their place (without it, PID 1 dies at once).
+    cpio.char_device("dev/null", 0o666, 1, 3);
     cpio.file("init", 0o755, &binary);
     for (i, module) in order.iter().enumerate() {
         let image = std::fs::read(&module.path).map_err(io("cannot read", &module.path))?;

@@ -244,7 +244,7 @@ fn stop_orphans(ctx: &mut Ctx, paths: &VmPaths, sweep: &mut Sweep) -> Result<()>
         term: Duration::from_secs(2),
         kill: Duration::from_secs(5),
     };
-    for socket in [paths.api_socket(), paths.console_socket()] {
+    for socket in paths.process_sockets() {
         let found = supervise::find_by_socket(&socket);
         if found.is_empty() {
             continue;

@@ -108,6 +108,8 @@ pub(crate) fn settle(ctx: &mut Ctx, id: &str, state: VmState, action: &str) -> R
         v.pid = 0;
         v.vmm = None;
         v.console_relay = None;
+        v.vsock_socket.clear();
+        v.vsock_helper = None;
     })?;
     Ok(vm)
 }

@@ -248,7 +248,7 @@ fn kill_vm_processes(ctx: &mut Ctx, run_dir: &Path, vmm: Option<&VmmProcess>) ->
         if let Some(vmm) = vmm {
             let _ = supervise::terminate(vmm, None::<fn() -> std::future::Ready<()>>, QUICK).await;
         }
-        for socket in [paths.api_socket(), paths.console_socket()] {
+        for socket in paths.process_sockets() {
             let _ = supervise::terminate_all_by_socket(&socket, QUICK).await;
         }
         Ok(())

@@ -173,6 +173,8 @@ fn from_legacy(
     source.storage = u("storage");
     source.image_digest = s("image_digest");
     source.network = s("network");
+    // cocoon v0.3.8 gave VMs no vsock device, so its snapshots have none.
+    source.no_agent = true;
     if config["image_type"] == "cloudimg" {
         source.image_type = ImageType::Cloudimg;
     }

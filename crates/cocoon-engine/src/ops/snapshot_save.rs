@@ -51,6 +51,15 @@ pub(crate) fn run(
         }
         .into());
     };
+    // Refused before the pause: a VMM that cannot save a device fails
+    // only after stopping the guest.
+    if let Some(reason) = backend::of(vm.hypervisor).snapshot_blocker(&vm) {
+        return Err(SnapshotError::Save {
+            vm: vm.config.name,
+            reason,
+        }
+        .into());
+    }
     let started = Instant::now();
     let id = crate::id::generate_id();
     let data_dir = ctx.layout.snapshot(&id);

@@ -30,8 +30,6 @@ pub struct CreateVm {
     /// IMAGE -- ARGS…`), and `KEY=VALUE` entries over its `Env` (`-e`).
     pub command: Vec<String>,
     pub env: Vec<String>,
-    /// `--no-agent`: no guest agent (container images) and no vsock device.
-    pub no_agent: bool,
 }
 
 pub(crate) fn run(ctx: &mut Ctx, request: CreateVm) -> Result<Vm> {

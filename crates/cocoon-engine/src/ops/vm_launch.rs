@@ -33,15 +33,14 @@ pub(crate) async fn launch_and_boot(
 ) -> Result<(VmmProcess, Option<ProcessIdentity>)> {
     let backend = backend::of(vm.hypervisor);
     let paths = VmPaths::of(vm);
-    let mut opts = LaunchOptions::for_host(backend.binary(ctx.config()));
-    opts.qemu_accel = ctx.config().qemu_accel;
-    opts.qemu_firmware_vars = ctx.config().qemu_firmware_vars.clone();
+    let mut opts = LaunchOptions::configured(backend.binary(ctx.config()), ctx.config());
     opts.stock_kernel = super::vm_query::boots_cocoon_init(ctx, vm);
     // The serial port is the VMM's stdin/stdout: a terminal whose master
     // the relay takes over, so no output is ever held back or lost.
     let (serial_master, serial_slave) = open_pty()
         .map_err(|e| Error::io("cannot allocate a terminal for the serial console", e))?;
     let restoring = matches!(boot, Boot::Restore { .. });
+    let helper = start_vsock_helper(ctx, vm, &paths, &opts).await?;
     let args = backend
         .launch_args(vm, &paths, &opts, restoring)
         .map_err(|e| Error::io(format!("cannot prepare the launch of VM {}", vm.id), e))?;
@@ -66,7 +65,13 @@ pub(crate) async fn launch_and_boot(
             name: vm.config.name.clone(),
             source,
         })?;
-    record_launched(ctx, vm, &vmm, matches!(boot, Boot::Fresh))?;
+    let vsock = backend.has_vsock(vm, &opts).then(|| paths.vsock_socket());
+    let launched = Launched {
+        vmm: &vmm,
+        vsock,
+        helper,
+    };
+    record_launched(ctx, vm, launched, matches!(boot, Boot::Fresh))?;
     let request = BootRequest {
         vm,
         paths: &paths,
@@ -96,13 +101,59 @@ pub(crate) async fn launch_and_boot(
     Ok((vmm, Some(relay)))
 }
 
+/// Starts the process the VM's vsock device runs in, if its VMM needs one
+/// (QEMU's vhost-device-vsock). Until it is recorded with the VMM, a crash
+/// leaves it to be found by its socket (`VmPaths::process_sockets`).
+async fn start_vsock_helper(
+    ctx: &Ctx,
+    vm: &Vm,
+    paths: &VmPaths,
+    opts: &LaunchOptions,
+) -> Result<Option<VmmProcess>> {
+    let Some(helper) = backend::of(vm.hypervisor).vsock_helper(vm, paths, opts) else {
+        return Ok(None);
+    };
+    let spec = LaunchSpec {
+        binary: helper.binary,
+        args: helper.args.into_iter().map(OsString::from).collect(),
+        api_socket: helper.socket,
+        log_file: paths.vsock_helper_log(),
+        stdin: Stdin::Null,
+        netns: None,
+        socket_timeout: Duration::from_secs(ctx.config().socket_wait_timeout_seconds.max(1)),
+        jail: None,
+    };
+    let process = supervise::launch_listener(&spec)
+        .await
+        .map_err(|source| VmError::Launch {
+            id: vm.id.clone(),
+            name: vm.config.name.clone(),
+            source,
+        })?;
+    Ok(Some(process))
+}
+
+/// What a launch started: the VMM, its vsock socket (None: no device) and
+/// the vsock device's own process.
+struct Launched<'a> {
+    vmm: &'a VmmProcess,
+    vsock: Option<std::path::PathBuf>,
+    helper: Option<VmmProcess>,
+}
+
 /// Recorded at once: from here on a crash leaves a VMM the record names.
 /// A fresh boot sees its disks at their own paths (no `vmm_path`).
-fn record_launched(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, fresh: bool) -> Result<()> {
-    let recorded = vmm.clone();
+fn record_launched(ctx: &mut Ctx, vm: &Vm, launched: Launched<'_>, fresh: bool) -> Result<()> {
+    let recorded = launched.vmm.clone();
     ctx.store().update_vm(&vm.id, "launched", |v| {
         v.vmm = Some(recorded.clone());
         v.pid = recorded.identity.pid;
+        v.vsock_socket = launched
+            .vsock
+            .as_ref()
+            .map(|s| s.display().to_string())
+            .unwrap_or_default();
+        v.vsock_helper = launched.helper.clone();
         if fresh {
             for disk in &mut v.storage_configs {
                 disk.vmm_path = None;
@@ -156,7 +207,7 @@ pub(crate) async fn stop_leftovers(ctx: &Ctx, vm: &Vm) -> Result<()> {
         name: vm.config.name.clone(),
         source,
     };
-    for socket in [paths.api_socket(), paths.console_socket()] {
+    for socket in paths.process_sockets() {
         supervise::terminate_all_by_socket(&socket, quick)
             .await
             .map_err(stop_err)?;
@@ -165,7 +216,8 @@ pub(crate) async fn stop_leftovers(ctx: &Ctx, vm: &Vm) -> Result<()> {
         identity,
         api_socket: paths.console_socket(),
     });
-    for process in vm.vmm.iter().chain(relay.as_ref()) {
+    let recorded = vm.vmm.iter().chain(relay.as_ref());
+    for process in recorded.chain(vm.vsock_helper.as_ref()) {
         supervise::terminate(process, None::<fn() -> std::future::Ready<()>>, quick)
             .await
             .map_err(stop_err)?;

@@ -142,7 +142,7 @@ fn container_boot(
         env: image_config.env_with(&request.env),
         cwd: image_config.working_dir.clone(),
         user: image_config.user.clone(),
-        agent: !request.no_agent,
+        agent: !request.config.no_agent,
     };
     let json = serde_json::to_vec(&run).expect("a run config serialises");
     Ok((

@@ -17,7 +17,7 @@
 //!   and no external data file;
 //! - `config.json` is read with a size bound; the fields the engine rewrites
 //!   are rewritten (`restore::patch_ch_config`), those it does not pass
-//!   through (`pmem`, `fs`, `vsock`, `devices`, ..., a memory zone's `file`,
+//!   through (`pmem`, `fs`, `devices`, ..., a memory zone's `file`,
 //!   a disk's vhost socket, `backing_files` on a disk that is not such an
 //!   overlay) are refused, and so is any other field naming a path.
 //!
@@ -374,7 +374,6 @@ pub fn read_bounded_json(file: std::fs::File, what: &str) -> Result<Value, Strin
 const REFUSED: &[&str] = &[
     "pmem",
     "fs",
-    "vsock",
     "devices",
     "user_devices",
     "vdpa",
@@ -393,6 +392,7 @@ fn rewritten(pointer: &[&str]) -> bool {
             | ["payload", "kernel" | "initramfs" | "firmware"]
             | ["rng", "src"]
             | ["serial" | "console" | "debug_console", "file" | "socket"]
+            | ["vsock", "socket"]
     )
 }
 

@@ -91,6 +91,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         doc          TEXT
     ) STRICT;
     "#,
+    // v2: VMs get a vsock device unless `--no-agent`. Those made before
+    // had none, nor have their VMMs or snapshots: recorded explicitly.
+    r#"
+    UPDATE vms SET doc = json_set(doc, '$.config.no_agent', json('true'))
+        WHERE json_type(doc, '$.config.no_agent') IS NULL;
+    "#,
 ];
 
 #[allow(clippy::cast_possible_truncation)] // A handful of migrations: it fits.

@@ -103,6 +103,30 @@ fn migration_keeps_existing_rows() {
 }
 
 #[test]
+fn vms_from_before_vsock_are_recorded_without_an_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cocoon.db");
+    let mut old = Store::open_at_version(&path, 1).unwrap();
+    let before = vm_fixture("AAAAAAAAAAAAAAAAAAAAAAAAAA", "before");
+    old.insert_vm(&before).unwrap();
+    drop(old);
+    // A v1 document has no such field at all.
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE vms SET doc = json_remove(doc, '$.config.no_agent')",
+            [],
+        )
+        .unwrap();
+    let mut store = Store::open(&path).unwrap();
+    assert!(store.get_vm(&before.id).unwrap().unwrap().config.no_agent);
+    let after = vm_fixture("BBBBBBBBBBBBBBBBBBBBBBBBBB", "after");
+    assert!(!after.config.no_agent);
+    store.insert_vm(&after).unwrap();
+    assert!(!store.get_vm(&after.id).unwrap().unwrap().config.no_agent);
+}
+
+#[test]
 fn refuses_a_newer_schema() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cocoon.db");

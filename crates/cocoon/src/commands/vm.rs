@@ -183,9 +183,7 @@ fn debug(
     } else {
         backend::of(request.hypervisor).binary(engine.config())
     };
-    let mut opts = LaunchOptions::for_host(binary);
-    opts.qemu_accel = engine.config().qemu_accel;
-    opts.qemu_firmware_vars = engine.config().qemu_firmware_vars.clone();
+    let mut opts = LaunchOptions::configured(binary, engine.config());
     opts.max_cpus = max_cpu.max(request.config.cpu);
     opts.balloon_bytes = (balloon > 0).then_some(balloon << 20);
     let plan = engine.debug_vm(&request, &opts, cow)?;
@@ -302,6 +300,7 @@ pub(super) fn create_request(
     config.network = flags.network.clone();
     config.no_direct_io = flags.no_direct_io;
     config.windows = flags.windows;
+    config.no_agent = flags.no_agent;
     Ok(CreateVm {
         config,
         hypervisor: match flags.hypervisor {
@@ -317,7 +316,6 @@ pub(super) fn create_request(
         password: flags.password.clone(),
         command,
         env: flags.env.clone(),
-        no_agent: flags.no_agent,
     })
 }
 

@@ -23,6 +23,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("PUT", "/network-interfaces/{iface_id}"),
     ("PUT", "/balloon"),
     ("PUT", "/entropy"),
+    ("PUT", "/vsock"),
     ("PUT", "/actions"),
     ("PATCH", "/vm"),
     ("PUT", "/snapshot/create"),
@@ -124,6 +125,10 @@ impl Firecracker {
 
     pub async fn put_entropy(&self, entropy: &EntropyDevice) -> Result<(), ApiError> {
         self.configure("/entropy", entropy).await
+    }
+
+    pub async fn put_vsock(&self, vsock: &Vsock) -> Result<(), ApiError> {
+        self.configure("/vsock", vsock).await
     }
 
     /// Boots the configured VM. Not retried: a lost answer must be checked with `describe_instance`.

@@ -90,6 +90,24 @@ pub struct EntropyDevice {
     pub extra: Extra,
 }
 
+/// `PUT /vsock`: a hybrid vsock device. Firecracker listens on `uds_path`;
+/// a host connection that writes `CONNECT <port>\n` reaches that guest port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vsock {
+    pub guest_cid: u32,
+    pub uds_path: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A snapshot load's new vsock socket (the vmstate names the source's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockOverride {
+    pub uds_path: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ActionType {
     FlushMetrics,
@@ -168,6 +186,8 @@ pub struct SnapshotLoadParams {
     pub resume_vm: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_overrides: Vec<NetworkOverride>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_override: Option<VsockOverride>,
     #[serde(flatten)]
     pub extra: Extra,
 }

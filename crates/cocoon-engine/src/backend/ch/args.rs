@@ -57,6 +57,9 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
         }
     }
     args.extend(["--rng".into(), "src=/dev/urandom".into()]);
+    if !c.no_agent {
+        args.extend(["--vsock".into(), vsock_arg(&paths)]);
+    }
     args.push("--watchdog".into());
     if let Some(balloon) = opts.balloon(vm) {
         args.extend([
@@ -86,6 +89,15 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
         ]);
     }
     args
+}
+
+/// `--vsock`: the VM's hybrid vsock on its own socket.
+pub fn vsock_arg(paths: &VmPaths) -> String {
+    format!(
+        "cid={},socket={}",
+        crate::backend::GUEST_CID,
+        display(&paths.vsock_socket())
+    )
 }
 
 /// `--disk` value of one disk. No `queue_affinity`: cocoon pinned queue i of
@@ -124,4 +136,39 @@ pub fn disk_arg(vm: &Vm, disk: &StorageConfig) -> String {
         parts.push(format!("serial={}", disk.serial));
     }
     parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Hypervisor, ImageType, VmConfig};
+
+    fn vm() -> Vm {
+        let config = VmConfig::new("v".parse().unwrap(), "img", ImageType::Oci);
+        Vm::new(
+            "ID",
+            Hypervisor::CloudHypervisor,
+            config,
+            "/run/vms/ID".into(),
+            "/log/vms/ID".into(),
+        )
+    }
+
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        args.windows(2)
+            .find(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+    }
+
+    #[test]
+    fn every_vm_gets_its_own_hybrid_vsock_unless_no_agent() {
+        let opts = LaunchOptions::for_host("ch".into());
+        let mut vm = vm();
+        assert_eq!(
+            value_of(&args(&vm, &opts), "--vsock"),
+            Some("cid=3,socket=/run/vms/ID/vsock.sock")
+        );
+        vm.config.no_agent = true;
+        assert_eq!(value_of(&args(&vm, &opts), "--vsock"), None);
+    }
 }

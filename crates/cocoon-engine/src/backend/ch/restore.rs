@@ -11,7 +11,7 @@ use vmm_api::ch::models::{DiskConfig, MemoryRestoreMode, NetConfig, RestoreConfi
 use crate::model::Vm;
 
 /// Rewrites a CH snapshot's `config.json` for `vm`: its disk paths and I/O
-/// settings, consoles, boot files, entropy source, CPUs and memory. What
+/// settings, consoles, vsock socket, boot files, entropy source, CPUs and memory. What
 /// else CH saved (device ids, topology, platform) is kept once
 /// `snapshot::trust::check_ch_config` found nothing in it that attaches a
 /// host file; `num_queues` is never changed (CH cannot restore a different
@@ -19,6 +19,7 @@ use crate::model::Vm;
 pub fn patch_ch_config(config: &mut Value, vm: &Vm) -> Result<(), String> {
     patch_disks(config, vm)?;
     patch_consoles(config, vm);
+    patch_vsock(config, vm)?;
     let c = &vm.config;
     config["cpus"]["boot_vcpus"] = json!(c.cpu);
     if config["cpus"]["max_vcpus"]
@@ -76,6 +77,26 @@ fn patch_consoles(config: &mut Value, vm: &Vm) {
         config["serial"]["socket"] = json!(crate::layout::VmPaths::of(vm).serial_socket());
         set_mode(&mut config["console"], "Off");
     }
+}
+
+/// The vsock device on this VM's own socket (the saved one is the source
+/// VM's, still in use by it). The device is in CH's saved state or not:
+/// it can be moved, never added or removed, so the VM must agree.
+fn patch_vsock(config: &mut Value, vm: &Vm) -> Result<(), String> {
+    let saved = config["vsock"].is_object();
+    if saved == vm.config.no_agent {
+        return Err(if saved {
+            "the snapshot has a vsock device, the VM has none (--no-agent)".to_string()
+        } else {
+            "the snapshot has no vsock device, the VM has one".to_string()
+        });
+    }
+    if saved {
+        let socket = crate::layout::VmPaths::of(vm).vsock_socket();
+        config["vsock"]["socket"] = json!(socket);
+        config["vsock"]["cid"] = json!(crate::backend::GUEST_CID);
+    }
+    Ok(())
 }
 
 /// Boot files from the VM's own (checked) record, never the snapshot's

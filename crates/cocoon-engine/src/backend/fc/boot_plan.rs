@@ -6,7 +6,7 @@ use serde_json::Value;
 use vmm_api::ApiError;
 use vmm_api::fc::Firecracker;
 use vmm_api::fc::models::{
-    Balloon, BootSource, Drive, EntropyDevice, MachineConfiguration, NetworkInterface,
+    Balloon, BootSource, Drive, EntropyDevice, MachineConfiguration, NetworkInterface, Vsock,
 };
 
 use crate::backend::LaunchOptions;
@@ -36,6 +36,8 @@ pub struct BootPlan {
     pub nics: Vec<NetworkInterface>,
     pub balloon: Option<Balloon>,
     pub entropy: EntropyDevice,
+    /// The hybrid vsock (none with `--no-agent`).
+    pub vsock: Option<Vsock>,
 }
 
 impl BootPlan {
@@ -90,6 +92,7 @@ impl BootPlan {
                 extra: Default::default(),
             }),
             entropy: EntropyDevice::default(),
+            vsock: (!vm.config.no_agent).then(|| vsock(vm)),
         }
     }
 
@@ -114,6 +117,9 @@ impl BootPlan {
             calls.push(("PUT", "/balloon".to_string(), json(b)));
         }
         calls.push(("PUT", "/entropy".to_string(), json(&self.entropy)));
+        if let Some(v) = &self.vsock {
+            calls.push(("PUT", "/vsock".to_string(), json(v)));
+        }
         calls.push((
             "PUT",
             "/actions".to_string(),
@@ -136,7 +142,19 @@ impl BootPlan {
             api.put_balloon(b).await?;
         }
         api.put_entropy(&self.entropy).await?;
+        if let Some(v) = &self.vsock {
+            api.put_vsock(v).await?;
+        }
         api.instance_start().await
+    }
+}
+
+/// The VM's vsock device on its own socket.
+pub fn vsock(vm: &Vm) -> Vsock {
+    Vsock {
+        guest_cid: crate::backend::GUEST_CID,
+        uds_path: display(&VmPaths::of(vm).vsock_socket()),
+        extra: Default::default(),
     }
 }
 
@@ -149,5 +167,35 @@ mod erased {
         fn to_value(&self) -> serde_json::Value {
             serde_json::to_value(self).expect("API bodies serialise")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Hypervisor, ImageType, VmConfig};
+
+    #[test]
+    fn the_vsock_is_configured_before_the_start_unless_no_agent() {
+        let config = VmConfig::new("v".parse().unwrap(), "img", ImageType::Oci);
+        let mut vm = Vm::new(
+            "ID",
+            Hypervisor::Firecracker,
+            config,
+            "/run/vms/ID".into(),
+            "/log/vms/ID".into(),
+        );
+        let opts = LaunchOptions::for_host("fc".into());
+        let calls = BootPlan::of(&vm, &opts).calls();
+        let paths: Vec<&str> = calls.iter().map(|(_, p, _)| p.as_str()).collect();
+        let vsock = paths.iter().position(|p| *p == "/vsock").unwrap();
+        assert_eq!(paths[vsock + 1], "/actions");
+        assert_eq!(
+            calls[vsock].2,
+            serde_json::json!({"guest_cid": 3, "uds_path": "/run/vms/ID/vsock.sock"})
+        );
+        vm.config.no_agent = true;
+        let calls = BootPlan::of(&vm, &opts).calls();
+        assert!(!calls.iter().any(|(_, p, _)| p == "/vsock"));
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use vmm_api::fc::Firecracker;
 use vmm_api::fc::models::{
     MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotCreateParams, SnapshotLoadParams,
+    VsockOverride,
 };
 use vmm_api::{ApiError, Transition};
 
@@ -265,7 +266,8 @@ impl Backend for FirecrackerBackend {
     fn drop_staged_restore(&self, _: &Path, _: bool) {}
 }
 
-/// FC: load `source/vmstate` with `source/mem` behind the VM's TAPs, resume.
+/// FC: load `source/vmstate` with `source/mem` behind the VM's TAPs and on
+/// its own vsock socket (the vmstate names the source VM's), resume.
 async fn restore(api: &Firecracker, vm: &Vm, source: &Path) -> Result<(), ApiError> {
     let params = SnapshotLoadParams {
         snapshot_path: source.join("vmstate").display().to_string(),
@@ -286,6 +288,10 @@ async fn restore(api: &Firecracker, vm: &Vm, source: &Path) -> Result<(), ApiErr
                 extra: Default::default(),
             })
             .collect(),
+        vsock_override: (!vm.config.no_agent).then(|| VsockOverride {
+            uds_path: boot_plan::vsock(vm).uds_path,
+            extra: Default::default(),
+        }),
         extra: Default::default(),
     };
     api.snapshot_load(&params, vmm_api::transfer_timeout(vm.config.memory))

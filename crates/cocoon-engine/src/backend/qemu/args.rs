@@ -84,7 +84,8 @@ fn args_on(
         args.push(flag.to_string());
         args.push(value);
     };
-    machine(vm, "microvm", kvm, &mut push);
+    let vsock = super::vsock::on(vm, opts);
+    machine(vm, "microvm", kvm, vsock, &mut push);
     // qboot, not microvm's default SeaBIOS: SeaBIOS sets up the virtio-blk
     // rings itself (looking for a boot disk) and leaves them to a guest that
     // may never reset the devices; their stale state then fails the load of
@@ -102,20 +103,34 @@ fn args_on(
         push("-icount", "shift=auto".into());
     }
     push("-smp", c.cpu.to_string());
-    push("-m", format!("{}M", c.memory >> 20));
+    super::vsock::memory(vm, vsock, &mut push);
     control(paths, &mut push);
     devices(vm, opts, host, &mut push);
+    if vsock {
+        super::vsock::device(paths, "device", &mut push);
+    }
     finish(args, restoring)
 }
 
-/// The VM's name, the machine type on its accelerator, and the CPU model:
-/// `-cpu host` aborts where KVM lacks an MSR (PVM); max without the
-/// arch-capabilities MSR boots everywhere.
-pub(super) fn machine(vm: &Vm, machine: &str, kvm: bool, push: &mut impl FnMut(&str, String)) {
+/// The VM's name, the machine type on its accelerator (its RAM the shared
+/// memfd when it has vsock), and the CPU model: `-cpu host` aborts where
+/// KVM lacks an MSR (PVM); max without the arch-capabilities MSR boots
+/// everywhere.
+pub(super) fn machine(
+    vm: &Vm,
+    machine: &str,
+    kvm: bool,
+    vsock: bool,
+    push: &mut impl FnMut(&str, String),
+) {
     push("-name", format!("cocoon-{},debug-threads=on", vm.id));
     push(
         "-machine",
-        format!("{machine},accel={}", if kvm { "kvm" } else { "tcg" }),
+        format!(
+            "{machine},accel={}{}",
+            if kvm { "kvm" } else { "tcg" },
+            super::vsock::machine_option(vsock)
+        ),
     );
     push(
         "-cpu",

@@ -15,6 +15,7 @@
 
 mod args;
 mod uefi;
+mod vsock;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,9 @@ use std::time::Duration;
 use vmm_api::qmp::Qmp;
 use vmm_api::{ApiError, Transition};
 
-use super::{Backend, Boot, BootRequest, LaunchOptions, LocalFuture, RestoreMode, direct_boot};
+use super::{
+    Backend, Boot, BootRequest, Helper, LaunchOptions, LocalFuture, RestoreMode, direct_boot,
+};
 use crate::config::Config;
 use crate::console::RelayPort;
 use crate::digest::Digest;
@@ -122,6 +125,19 @@ impl Backend for QemuBackend {
         }
         uefi::ensure_vars(paths, &opts.qemu_firmware_vars)?;
         Ok(uefi::args(vm, paths, opts, kvm, restoring))
+    }
+
+    /// Only with vhost-device-vsock installed: QEMU's device needs it.
+    fn has_vsock(&self, vm: &Vm, opts: &LaunchOptions) -> bool {
+        vsock::on(vm, opts)
+    }
+
+    fn vsock_helper(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Option<Helper> {
+        vsock::helper(vm, paths, opts)
+    }
+
+    fn snapshot_blocker(&self, vm: &Vm) -> Option<String> {
+        vsock::blocker(vm)
     }
 
     /// A UEFI guest's variable store, copied from the template as a start does.

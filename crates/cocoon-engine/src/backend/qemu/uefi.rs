@@ -40,9 +40,10 @@ pub fn args(
         args.push(flag.to_string());
         args.push(value);
     };
-    args::machine(vm, "q35", kvm, &mut push);
+    let vsock = super::vsock::on(vm, opts);
+    args::machine(vm, "q35", kvm, vsock, &mut push);
     push("-smp", c.cpu.to_string());
-    push("-m", format!("{}M", c.memory >> 20));
+    super::vsock::memory(vm, vsock, &mut push);
     push(
         "-drive",
         format!(
@@ -59,6 +60,9 @@ pub fn args(
     );
     args::control(paths, &mut push);
     devices(vm, opts, Host::probe(kvm), &mut push);
+    if vsock {
+        super::vsock::device(paths, "pci", &mut push);
+    }
     args::finish(args, restoring)
 }
 

@@ -300,10 +300,17 @@ fn ch_config_fields_the_engine_does_not_rewrite_are_refused() {
     )
     .unwrap();
     check_ch_config(&base, &storage).unwrap();
+    let mut with_vsock = base.clone();
+    with_vsock["vsock"] = serde_json::json!({"cid": 3, "socket": "/run/other/vsock.sock"});
+    check_ch_config(&with_vsock, &storage).unwrap();
     let cases: &[(&str, &str)] = &[
         (r#"{"pmem":[{"file":"/etc/shadow"}]}"#, "\"pmem\" is set"),
         (r#"{"fs":[{"socket":"/s","tag":"t"}]}"#, "\"fs\" is set"),
-        (r#"{"vsock":{"cid":3,"socket":"/s"}}"#, "\"vsock\" is set"),
+        // The vsock socket is rewritten; nothing else of it may name a path.
+        (
+            r#"{"vsock":{"cid":3,"socket":"/s","id":"/etc/shadow"}}"#,
+            "\"vsock.id\" names a path",
+        ),
         (
             r#"{"devices":[{"path":"/sys/bus/pci/devices/x"}]}"#,
             "\"devices\" is set",
@@ -372,6 +379,7 @@ fn payload_and_entropy_are_rewritten_from_the_vms_record() {
     );
     vm.storage_configs = f.manifest.storage.clone();
     vm.boot_config = Some(f.manifest.boot.clone());
+    vm.config.no_agent = true;
     let mut config: Value = serde_json::from_str(
         r#"{"disks":[{"path":"/a"},{"path":"/b"}],"payload":{"kernel":"/etc/shadow","initramfs":"/etc/shadow","firmware":"/etc/shadow"},"rng":{"src":"/etc/shadow"},"cpus":{},"memory":{}}"#,
     )
@@ -384,6 +392,38 @@ fn payload_and_entropy_are_rewritten_from_the_vms_record() {
     );
     assert!(config["payload"].get("firmware").is_none());
     assert_eq!(config["rng"]["src"], "/dev/urandom");
+}
+
+#[test]
+fn the_vsock_socket_becomes_the_vms_own_and_the_device_must_agree() {
+    let f = fixture(Hypervisor::CloudHypervisor);
+    let mut vm = Vm::new(
+        "C",
+        Hypervisor::CloudHypervisor,
+        f.manifest.source.clone(),
+        f.facts.run_dir.join("vms/C"),
+        f.facts.run_dir.join("vms/C"),
+    );
+    vm.storage_configs = f.manifest.storage.clone();
+    let source = r#"{"disks":[{"path":"/a"},{"path":"/b"}],"vsock":{"cid":3,"socket":"/run/vms/SRC/vsock.sock","iommu":false,"id":"_vsock0"}}"#;
+    let mut config: Value = serde_json::from_str(source).unwrap();
+    crate::backend::ch::patch_ch_config(&mut config, &vm).unwrap();
+    assert_eq!(
+        config["vsock"]["socket"],
+        json_path(&f.facts.run_dir.join("vms/C/vsock.sock"))
+    );
+    assert_eq!(config["vsock"]["cid"], 3);
+    assert_eq!(config["vsock"]["id"], "_vsock0");
+    // CH restores the devices its state has: none added, none removed.
+    let mut config: Value = serde_json::from_str(source).unwrap();
+    vm.config.no_agent = true;
+    let err = crate::backend::ch::patch_ch_config(&mut config, &vm).unwrap_err();
+    assert!(err.contains("has a vsock device"), "{err}");
+    let mut config: Value =
+        serde_json::from_str(r#"{"disks":[{"path":"/a"},{"path":"/b"}],"vsock":null}"#).unwrap();
+    vm.config.no_agent = false;
+    let err = crate::backend::ch::patch_ch_config(&mut config, &vm).unwrap_err();
+    assert!(err.contains("has no vsock device"), "{err}");
 }
 
 fn json_path(p: &Path) -> Value {

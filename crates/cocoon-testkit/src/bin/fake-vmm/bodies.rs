@@ -70,6 +70,15 @@ struct Balloon {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
+struct Vsock {
+    guest_cid: u32,
+    uds_path: String,
+    vsock_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct Entropy {
     rate_limiter: Any,
 }
@@ -125,6 +134,7 @@ pub fn fc(method: &str, path: &str, body: &[u8]) -> Result<(), serde_json::Error
         ("PUT", "/boot-source") => check::<BootSource>(body),
         ("PUT", "/balloon") => check::<Balloon>(body),
         ("PUT", "/entropy") => check::<Entropy>(body),
+        ("PUT", "/vsock") => check::<Vsock>(body),
         ("PATCH", "/vm") => check::<VmState>(body),
         ("PUT", "/actions") => check::<Action>(body),
         ("PUT", "/snapshot/create") => check::<SnapshotCreate>(body),

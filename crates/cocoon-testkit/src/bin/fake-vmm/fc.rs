@@ -46,6 +46,7 @@ impl Fake {
             | ("PUT", "/boot-source")
             | ("PUT", "/balloon")
             | ("PUT", "/entropy")
+            | ("PUT", "/vsock")
                 if started =>
             {
                 fault(AFTER)
@@ -54,6 +55,7 @@ impl Fake {
             ("PUT", "/boot-source") => boot_source(vm, body),
             ("PUT", "/balloon") => configure(vm, "balloon", body),
             ("PUT", "/entropy") => configure(vm, "entropy", body),
+            ("PUT", "/vsock") => configure(vm, "vsock", body),
             ("PUT", p) if p.starts_with("/drives/") || p.starts_with("/network-interfaces/") => {
                 if started {
                     return fault(AFTER);

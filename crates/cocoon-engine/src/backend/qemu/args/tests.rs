@@ -78,6 +78,7 @@ fn opts() -> LaunchOptions {
         qemu_accel: QemuAccel::Auto,
         qemu_firmware_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
         stock_kernel: false,
+        vhost_vsock: None,
     }
 }
 
@@ -346,4 +347,75 @@ fn multi_queue_nics_open_every_queue_pair() {
     );
     assert_eq!(multiqueue(&two, false), "");
     assert_eq!(multiqueue(&two, true), "");
+}
+
+#[test]
+fn vsock_shares_guest_memory_with_vhost_device_vsock() {
+    let vm = vm_in("/run/vms/0123abcd");
+    let mut opts = opts();
+    opts.vhost_vsock = Some("/usr/local/bin/vhost-device-vsock".into());
+    let paths = VmPaths::of(&vm);
+    let args = args_on(&vm, &paths, &opts, KVM, false);
+    assert_eq!(
+        values(&args, "-machine"),
+        ["microvm,accel=kvm,memory-backend=mem"]
+    );
+    assert_eq!(values(&args, "-m"), ["1024M"]);
+    assert_eq!(
+        values(&args, "-object"),
+        [
+            "memory-backend-memfd,id=mem,size=1024M,share=on",
+            "rng-random,id=rng0,filename=/dev/urandom"
+        ]
+    );
+    assert!(
+        values(&args, "-chardev")
+            .contains(&"socket,id=vsock,path=/run/vms/0123abcd/vhost-vsock.sock")
+    );
+    assert!(values(&args, "-device").contains(&"vhost-user-vsock-device,chardev=vsock"));
+    let helper = super::super::vsock::helper(&vm, &paths, &opts).unwrap();
+    assert_eq!(
+        helper.binary,
+        PathBuf::from("/usr/local/bin/vhost-device-vsock")
+    );
+    assert_eq!(
+        helper.args,
+        [
+            "--guest-cid",
+            "3",
+            "--socket",
+            "/run/vms/0123abcd/vhost-vsock.sock",
+            "--uds-path",
+            "/run/vms/0123abcd/vsock.sock"
+        ]
+    );
+    // The helper is found by its socket, as the VMM is by its API socket.
+    let argv: Vec<OsString> = std::iter::once(helper.binary.clone().into_os_string())
+        .chain(helper.args.iter().map(Into::into))
+        .collect();
+    assert!(crate::supervise::names_socket(
+        &argv,
+        &paths.vhost_vsock_socket()
+    ));
+}
+
+#[test]
+fn no_vsock_without_the_helper_or_with_no_agent() {
+    let mut vm = vm_in("/run/vms/0123abcd");
+    let paths = VmPaths::of(&vm);
+    let without = args_on(&vm, &paths, &opts(), KVM, false);
+    assert!(super::super::vsock::helper(&vm, &paths, &opts()).is_none());
+    let mut opts = opts();
+    opts.vhost_vsock = Some("/usr/local/bin/vhost-device-vsock".into());
+    vm.config.no_agent = true;
+    let no_agent = args_on(&vm, &paths, &opts, KVM, false);
+    assert!(super::super::vsock::helper(&vm, &paths, &opts).is_none());
+    for args in [without, no_agent] {
+        assert_eq!(values(&args, "-machine"), ["microvm,accel=kvm"]);
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.contains("vsock") || a.contains("memfd"))
+        );
+    }
 }
