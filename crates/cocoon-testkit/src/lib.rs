@@ -7,6 +7,7 @@ pub use assert_cmd;
 
 pub mod cloud_guest;
 pub mod console;
+pub mod container;
 pub mod guest;
 pub mod linux_guest;
 pub mod registry;

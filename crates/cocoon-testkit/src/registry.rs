@@ -134,6 +134,18 @@ impl Registry {
     /// Pushes an image whose layers are the given uncompressed tars (gzip
     /// compressed on the way), for linux/`arch`. Returns the manifest digest.
     pub fn push(&self, repo_tag: &str, layers: &[Vec<u8>], arch: &str) -> String {
+        self.push_with_config(repo_tag, layers, arch, serde_json::json!({}))
+    }
+
+    /// [`Registry::push`] with the image config's `config` section (how to
+    /// run it: `Entrypoint`, `Cmd`, `Env`, `WorkingDir`, `User`).
+    pub fn push_with_config(
+        &self,
+        repo_tag: &str,
+        layers: &[Vec<u8>],
+        arch: &str,
+        run: serde_json::Value,
+    ) -> String {
         let reference: Reference = self.reference(repo_tag).parse().unwrap();
         let mut diff_ids = Vec::new();
         let mut image_layers = Vec::new();
@@ -146,7 +158,7 @@ impl Registry {
         let config = serde_json::json!({
             "architecture": arch, "os": "linux",
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "config": {},
+            "config": run,
         });
         let config = Config::oci_v1(serde_json::to_vec(&config).unwrap(), None);
         block_on(async {
@@ -248,6 +260,22 @@ pub mod layers {
             let mut h = Self::header(path, EntryType::Regular, 0o644, data.len() as u64);
             h.set_cksum();
             self.0.append(&h, data).unwrap();
+            self
+        }
+
+        /// A regular file with the given mode (executables: 0o755).
+        pub fn file_mode(mut self, path: &str, mode: u32, data: &[u8]) -> Self {
+            let mut h = Self::header(path, EntryType::Regular, mode, data.len() as u64);
+            h.set_cksum();
+            self.0.append(&h, data).unwrap();
+            self
+        }
+
+        pub fn symlink(mut self, path: &str, target: &str) -> Self {
+            let mut h = Self::header(path, EntryType::Symlink, 0o777, 0);
+            h.set_link_name(target).unwrap();
+            h.set_cksum();
+            self.0.append(&h, &[][..]).unwrap();
             self
         }
 

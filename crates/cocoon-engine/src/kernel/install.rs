@@ -41,7 +41,7 @@ pub fn install_package(kernels: &Kernels, package: &str) -> Result<Installed, Ke
     run(
         "apt-get download",
         Command::new("apt-get")
-            .args(["download", "-qq", &real])
+            .args(["download", "-qq", "-o", "APT::Sandbox::User=root", &real])
             .current_dir(&staging.0),
     )?;
     let deb = std::fs::read_dir(&staging.0)

@@ -109,6 +109,9 @@ fn args_on(
     if vsock {
         super::vsock::device(paths, "device", &mut push);
     }
+    // The contract's MMIO command line has `reboot=k`: a guest reboot ends
+    // the VM, as on Firecracker (cocoon-init reboots when its program exits).
+    args.push("-no-reboot".into());
     finish(args, restoring)
 }
 

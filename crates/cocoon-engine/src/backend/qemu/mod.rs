@@ -115,8 +115,13 @@ impl Backend for QemuBackend {
     ) -> std::io::Result<Vec<String>> {
         let kvm = args::uses_kvm(opts.qemu_accel, opts.stock_kernel);
         if !kvm && opts.qemu_accel == crate::config::QemuAccel::Auto {
+            let why = if opts.stock_kernel && crate::doctor::kvm_is_pvm() {
+                "this host's KVM (PVM) cannot run the default kernel"
+            } else {
+                "/dev/kvm is not usable here"
+            };
             tracing::warn!(
-                "VM {}: /dev/kvm is not usable here; QEMU emulates the CPU (TCG), and the VM will be slow",
+                "VM {}: {why}; QEMU emulates the CPU (TCG), and the VM will be slow",
                 vm.id
             );
         }
