@@ -87,8 +87,15 @@ where
     });
     let pidfd = rustix::process::Pid::from_raw(pid as i32)
         .ok_or_else(|| io::Error::other("pid 0"))
-        .and_then(|p| Ok(rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())?));
-    let started = out.send(&Reply::Started { pid: i64::from(pid) });
+        .and_then(|p| {
+            Ok(rustix::process::pidfd_open(
+                p,
+                rustix::process::PidfdFlags::empty(),
+            )?)
+        });
+    let started = out.send(&Reply::Started {
+        pid: i64::from(pid),
+    });
     let (Ok(pidfd), Ok(())) = (pidfd, started) else {
         group.signal(libc::SIGKILL);
         let _ = child.wait();

@@ -39,7 +39,11 @@ pub fn run(mut request: ReseedRequest, root: &Root) -> Result<(), String> {
     {
         errors.push(format!("regen machine id: {e}"));
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("\n")) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
 }
 
 fn reseed_crng(entropy: &[u8]) -> Result<(), String> {
@@ -67,7 +71,11 @@ fn reseed_crng(entropy: &[u8]) -> Result<(), String> {
     if rc < 0 {
         errors.push(format!("reseed crng: {}", io::Error::last_os_error()));
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 /// A fresh random id, only where the guest has one (upstream leaves a

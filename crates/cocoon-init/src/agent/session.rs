@@ -30,7 +30,9 @@ where
             exec::run(request, frames, Arc::clone(&out), root);
             return;
         }
-        Ok(Request::Reseed(request)) => reseed::run(request, root).map_err(|e| format!("reseed: {e}")),
+        Ok(Request::Reseed(request)) => {
+            reseed::run(request, root).map_err(|e| format!("reseed: {e}"))
+        }
         Ok(Request::Identity(request)) => {
             identity::run(&request, root).map_err(|e| format!("identity: {e}"))
         }

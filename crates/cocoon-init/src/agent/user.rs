@@ -25,12 +25,18 @@ pub fn resolve(spec: &str, root: &Root) -> io::Result<Option<User>> {
         None => (spec, None),
     };
     let passwd = read_db(root, "/etc/passwd")?;
-    let entry = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| {
-        f.len() >= 7 && (f[0] == name || name.parse::<u32>().is_ok_and(|uid| f[2] == uid.to_string()))
-    });
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| {
+            f.len() >= 7
+                && (f[0] == name || name.parse::<u32>().is_ok_and(|uid| f[2] == uid.to_string()))
+        });
     let uid = match (name.parse::<u32>(), &entry) {
         (Ok(uid), _) => uid,
-        (Err(_), Some(f)) => f[2].parse().map_err(|_| bad(format!("bad passwd entry for {name}")))?,
+        (Err(_), Some(f)) => f[2]
+            .parse()
+            .map_err(|_| bad(format!("bad passwd entry for {name}")))?,
         (Err(_), None) => return Err(bad(format!("unknown user {name:?}"))),
     };
     let primary = entry.as_ref().and_then(|f| f[3].parse::<u32>().ok());
@@ -88,11 +94,22 @@ mod tests {
         let root = Root(dir.clone());
         let user = |spec| resolve(spec, &root).map_err(|e| e.to_string());
         assert_eq!(user(""), Ok(None));
-        let alice = Some(User { uid: 1000, gid: 1001, home: Some("/home/alice".into()) });
+        let alice = Some(User {
+            uid: 1000,
+            gid: 1001,
+            home: Some("/home/alice".into()),
+        });
         assert_eq!(user("alice"), Ok(alice));
         assert_eq!(user("1000").unwrap().unwrap().gid, 1001);
         assert_eq!(user("alice:staff").unwrap().unwrap().gid, 50);
-        assert_eq!(user("4242:7"), Ok(Some(User { uid: 4242, gid: 7, home: None })));
+        assert_eq!(
+            user("4242:7"),
+            Ok(Some(User {
+                uid: 4242,
+                gid: 7,
+                home: None
+            }))
+        );
         assert_eq!(user("4242").unwrap().unwrap().gid, 0);
         assert!(user("bob").unwrap_err().contains("unknown user"));
         assert!(user("alice:nogroup").unwrap_err().contains("unknown group"));
