@@ -258,10 +258,6 @@ fn parse_data_disk(s: &str) -> Result<RawDataDisk, spec::SpecError> {
     spec::parse_data_disk(s)
 }
 
-fn parse_escape(s: &str) -> Result<u8, spec::SpecError> {
-    spec::parse_escape_char(s)
-}
-
 /// The VM flags shared by `vm create`, `vm run` and `vm debug`.
 #[derive(Debug, Args, Clone)]
 pub struct VmFlags {
@@ -441,10 +437,12 @@ pub enum VmCommand {
     /// Attach to a VM's console (detach with the escape character followed by '.')
     Console {
         /// Escape character, e.g. ^] or ^a
-        #[arg(long, default_value = "^]", value_parser = parse_escape)]
+        #[arg(long, default_value = "^]", value_parser = spec::parse_escape_char)]
         escape_char: u8,
         vm: String,
     },
+    #[command(flatten)]
+    Agent(crate::cli_agent::AgentCommand),
     /// Print a VM's captured console and serial output
     #[command(
         after_help = "Examples:\n  cocoon vm logs dev\n  cocoon vm logs -f dev\n  cocoon vm logs --vmm dev"

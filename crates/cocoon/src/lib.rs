@@ -2,6 +2,7 @@
 //! engine and renders its answers. No engine logic lives here.
 
 pub mod cli;
+pub mod cli_agent;
 mod commands;
 mod output;
 
@@ -60,6 +61,7 @@ pub fn main() -> ExitCode {
     }
     match commands::run(cli.command, config) {
         Ok(commands::Outcome::Success) => ExitCode::from(EXIT_OK),
+        Ok(commands::Outcome::Exit(code)) => ExitCode::from(code),
         Ok(commands::Outcome::Failure(summary)) => {
             eprintln!("Error: {summary}");
             ExitCode::from(EXIT_ERROR)

@@ -2,6 +2,7 @@
 
 mod console;
 mod doctor;
+mod exec;
 mod image;
 mod other;
 mod snapshot;
@@ -17,12 +18,15 @@ use crate::cli::{Command, FormatArg};
 pub enum Outcome {
     Success,
     Failure(String),
+    /// `vm exec`: the command's own exit status.
+    Exit(u8),
 }
 
 pub fn run(command: Command, config: Config) -> Result<Outcome> {
     let done = |result: Result<()>| result.map(|()| Outcome::Success);
     match command {
         Command::Image(cmd) => done(image::run(cmd, config)),
+        Command::Vm(crate::cli::VmCommand::Agent(cmd)) => exec::run(cmd, config),
         Command::Vm(cmd) => done(vm::run(cmd, config)),
         Command::Snapshot(cmd) => done(snapshot::run(cmd, config)),
         Command::Gc { dry_run, output } => done(gc(dry_run, output, config)),

@@ -92,6 +92,7 @@ pub fn run(command: VmCommand, config: Config) -> Result<()> {
             output,
             vms,
         } => status::run(engine, interval, event, output.json(), &vms),
+        VmCommand::Agent(_) => unreachable!("commands::run hands vm exec/reseed to commands::exec"),
     }
 }
 
