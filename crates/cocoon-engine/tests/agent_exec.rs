@@ -207,7 +207,7 @@ fn ten_mib_of_stdin_come_back_byte_exact() {
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        *b = x as u8;
+        *b = x.to_le_bytes()[0];
     }
     let (code, out, err) = run(&guest, &exec_request(&["cat"]), Some(&data));
     assert_eq!((code, err.len()), (0, 0));

@@ -370,7 +370,7 @@ fn exec_request(f: Frame) -> Result<ExecRequest, Invalid> {
             )));
         }
     }
-    let tty = f.tty.then(|| WinSize {
+    let tty = f.tty.then_some(WinSize {
         rows: if f.rows == 0 { 24 } else { f.rows },
         cols: if f.cols == 0 { 80 } else { f.cols },
     });

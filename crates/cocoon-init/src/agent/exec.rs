@@ -269,8 +269,11 @@ fn read_input<R: BufRead, W: Write>(
             }
         };
         match Input::from(frame) {
-            Input::Stdin(data) if !data.is_empty() => {
-                if stdin.as_ref().is_some_and(|tx| tx.send(data).is_err()) {
+            Input::Stdin(data) => {
+                // The feeder is gone when the command closed its stdin.
+                let gone =
+                    !data.is_empty() && stdin.as_ref().is_some_and(|tx| tx.send(data).is_err());
+                if gone {
                     stdin = None;
                 }
             }

@@ -13,6 +13,10 @@ use super::{Root, session};
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 const LISTEN_RETRY_FOR: Duration = Duration::from_secs(120);
 
+/// 16 bytes: the cast cannot truncate.
+#[allow(clippy::cast_possible_truncation)]
+const VM_ADDR_LEN: libc::socklen_t = size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+
 /// Serves `port` on every CID until the listener fails.
 pub fn serve_vsock(port: u32, root: &Root) -> io::Result<()> {
     let deadline = Instant::now() + LISTEN_RETRY_FOR;
@@ -98,13 +102,7 @@ fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
     let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
     // SAFETY: addr is a valid sockaddr_vm that outlives the call, and the
     // length passed is its size.
-    let bound = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        )
-    };
+    let bound = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), VM_ADDR_LEN) };
     if bound < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -115,7 +113,8 @@ fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
 fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
     // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
     let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_family =
+        libc::sa_family_t::try_from(libc::AF_VSOCK).expect("AF_VSOCK fits sa_family_t");
     addr.svm_cid = cid;
     addr.svm_port = port;
     addr
@@ -125,7 +124,7 @@ fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
 fn accept_vsock(listener: &OwnedFd) -> io::Result<(OwnedFd, u32)> {
     loop {
         let mut peer = vsock_addr(0, 0);
-        let mut len = size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        let mut len = VM_ADDR_LEN;
         // SAFETY: peer and len are valid for writes and sized as the kernel
         // expects for an AF_VSOCK address.
         let fd = unsafe {

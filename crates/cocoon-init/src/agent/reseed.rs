@@ -55,8 +55,10 @@ fn reseed_crng(entropy: &[u8]) -> Result<(), String> {
     if !entropy.is_empty() {
         // struct rand_pool_info { int entropy_count; int buf_size; u32 buf[]; }
         let mut info = Vec::with_capacity(8 + entropy.len());
-        info.extend_from_slice(&((entropy.len() * 8) as i32).to_ne_bytes());
-        info.extend_from_slice(&(entropy.len() as i32).to_ne_bytes());
+        // At most MAX_RESEED_BYTES (512): both counts fit an int.
+        let bytes = i32::try_from(entropy.len()).map_err(|_| "too much entropy".to_owned())?;
+        info.extend_from_slice(&(bytes * 8).to_ne_bytes());
+        info.extend_from_slice(&bytes.to_ne_bytes());
         info.extend_from_slice(entropy);
         // SAFETY: info is a complete rand_pool_info whose buf_size matches
         // the bytes that follow it; the kernel only reads it.

@@ -127,7 +127,7 @@ fn forward_signals(input: &ExecInput, tty: bool, interrupts: bool) -> Result<()>
     let writer: Arc<OwnedFd> = Arc::new(writer);
     for signal in signals {
         let writer = Arc::clone(&writer);
-        let byte = signal as u8;
+        let byte = u8::try_from(signal).expect("signal numbers fit in a byte");
         // SAFETY: the handler only calls write(2) on a pipe, which is
         // async-signal-safe, and allocates nothing.
         unsafe {
