@@ -205,6 +205,29 @@ impl Engine {
         vm_query::console_socket(&mut self.ctx, reference)
     }
 
+    /// Starts a command in a running VM through its guest agent.
+    pub fn exec_vm(
+        &mut self,
+        reference: &str,
+        request: &crate::agent::ExecRequest,
+    ) -> Result<crate::agent::ExecSession> {
+        vm_agent::exec(&mut self.ctx, reference, request)
+    }
+
+    /// Fresh host entropy into a running VM's CRNG (and a new machine-id).
+    pub fn reseed_vm(&mut self, reference: &str, regen_machine_id: bool) -> Result<()> {
+        vm_agent::reseed(&mut self.ctx, reference, regen_machine_id)
+    }
+
+    /// A new hostname, machine-id and NIC settings for a running VM.
+    pub fn set_vm_identity(
+        &mut self,
+        reference: &str,
+        request: &crate::agent::IdentityRequest,
+    ) -> Result<()> {
+        vm_agent::set_identity(&mut self.ctx, reference, request)
+    }
+
     pub fn console_log(&mut self, reference: &str) -> Result<(Vm, PathBuf)> {
         vm_query::console_log(&mut self.ctx, reference)
     }

@@ -30,6 +30,9 @@ pub enum Error {
     Vm(Box<crate::vm::VmError>),
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// The guest agent (`vm exec`, `vm reseed`).
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -5,6 +5,7 @@
 //! the layers: the `Engine` facade, the operations (`ops/`), the VMM
 //! backends (`backend/`) and the domains they use.
 
+pub mod agent;
 pub mod backend;
 pub mod config;
 pub mod console;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::registry::LayerBuilder;
+use crate::registry::layers::LayerBuilder;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -13,8 +13,27 @@ fn workspace() -> PathBuf {
 
 /// The applets the test images link to busybox.
 const APPLETS: &[&str] = &[
-    "sh", "cat", "echo", "env", "id", "pwd", "ls", "sleep", "hostname", "tty", "stty", "uname",
-    "sha256sum", "head", "wc", "ip", "ping", "true", "false", "kill", "ps",
+    "sh",
+    "cat",
+    "echo",
+    "env",
+    "id",
+    "pwd",
+    "ls",
+    "sleep",
+    "hostname",
+    "tty",
+    "stty",
+    "uname",
+    "sha256sum",
+    "head",
+    "wc",
+    "ip",
+    "ping",
+    "true",
+    "false",
+    "kill",
+    "ps",
 ];
 
 /// cocoon-init, built once per workspace state as the static binary the
@@ -24,13 +43,22 @@ const APPLETS: &[&str] = &[
 pub fn init_binary() -> Result<PathBuf, String> {
     let target = workspace().join("target");
     std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
-    let lock = std::fs::File::create(target.join(".cocoon-init-build.lock"))
-        .map_err(|e| e.to_string())?;
+    let lock =
+        std::fs::File::create(target.join(".cocoon-init-build.lock")).map_err(|e| e.to_string())?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| e.to_string())?;
     let triple = "x86_64-unknown-linux-gnu";
     let out = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--locked", "-p", "cocoon-init", "--release", "--target", triple])
+        .args([
+            "build",
+            "-q",
+            "--locked",
+            "-p",
+            "cocoon-init",
+            "--release",
+            "--target",
+            triple,
+        ])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(workspace())

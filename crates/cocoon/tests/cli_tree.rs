@@ -108,8 +108,8 @@ fn help_lists_every_subcommand() {
         (
             &["vm"],
             &[
-                "create", "run", "clone", "start", "stop", "list", "inspect", "console", "logs",
-                "rm", "restore", "debug", "status",
+                "create", "run", "clone", "start", "stop", "list", "inspect", "console", "exec",
+                "reseed", "logs", "rm", "restore", "debug", "status",
             ],
         ),
         (

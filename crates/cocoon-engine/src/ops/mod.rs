@@ -16,6 +16,7 @@ pub mod snapshot_import;
 pub mod snapshot_pull_base;
 pub mod snapshot_query;
 pub mod snapshot_save;
+pub mod vm_agent;
 pub mod vm_clone;
 pub mod vm_create;
 pub mod vm_debug;

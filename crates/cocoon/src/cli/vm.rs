@@ -8,6 +8,7 @@ use cocoon_engine::model::Hypervisor;
 use cocoon_engine::name::VmName;
 use cocoon_engine::spec::RawDataDisk;
 
+use super::agent::AgentCommand;
 use super::parse::*;
 use super::*;
 
@@ -217,6 +218,8 @@ pub enum VmCommand {
         escape_char: u8,
         vm: String,
     },
+    #[command(flatten)]
+    Agent(AgentCommand),
     /// Print a VM's captured console and serial output
     #[command(
         after_help = "Examples:\n  cocoon vm logs dev\n  cocoon vm logs -f dev\n  cocoon vm logs --vmm dev"

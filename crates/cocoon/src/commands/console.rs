@@ -8,12 +8,12 @@ use cocoon_engine::{Engine, Error, Result};
 use rustix::termios::{self, OptionalActions, Termios};
 
 /// Restores the terminal's settings however the session ends.
-struct RawMode {
+pub(super) struct RawMode {
     saved: Termios,
 }
 
 impl RawMode {
-    fn enter(tty: std::os::fd::BorrowedFd<'_>) -> std::io::Result<RawMode> {
+    pub(super) fn enter(tty: std::os::fd::BorrowedFd<'_>) -> std::io::Result<RawMode> {
         let saved = termios::tcgetattr(tty)?;
         let mut raw = saved.clone();
         raw.make_raw();

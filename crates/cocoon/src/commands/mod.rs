@@ -2,6 +2,7 @@
 
 mod console;
 mod doctor;
+mod exec;
 mod image;
 mod kernel;
 mod other;
@@ -19,7 +20,8 @@ use crate::cli::{Command, FormatArg};
 pub enum Outcome {
     Success,
     Failure(String),
-    /// Exit with this status, printing nothing (`vm run --rm`: the guest's).
+    /// Exit with this status, printing nothing: the guest's (`vm run --rm`,
+    /// `vm exec`).
     Exit(u8),
 }
 
@@ -27,7 +29,10 @@ pub fn run(command: Command, config: Config) -> Result<Outcome> {
     let done = |result: Result<()>| result.map(|()| Outcome::Success);
     match command {
         Command::Image(cmd) => done(image::run(cmd, config)),
-        Command::Vm(cmd) => vm::run(*cmd, config),
+        Command::Vm(cmd) => match *cmd {
+            crate::cli::VmCommand::Agent(cmd) => exec::run(cmd, config),
+            cmd => vm::run(cmd, config),
+        },
         Command::Kernel(cmd) => done(kernel::run(cmd, config)),
         Command::Snapshot(cmd) => done(snapshot::run(cmd, config)),
         Command::Gc { dry_run, output } => done(gc(dry_run, output, config)),

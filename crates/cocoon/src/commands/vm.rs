@@ -123,6 +123,7 @@ fn run_other(
             output,
             vms,
         } => status::run(engine, interval, event, output.json(), &vms),
+        VmCommand::Agent(_) => unreachable!("commands::run hands vm exec/reseed to commands::exec"),
     }
 }
 
