@@ -1,0 +1,303 @@
+//! Container images as VMs (issue #18), through the CLI on QEMU: an image
+//! without a kernel boots Debian's cloud kernel (installed with `cocoon
+//! kernel install --deb`) and cocoon-init, which runs the image's
+//! entrypoint with its environment, directory and user; the status reaches
+//! `vm inspect` and `vm run --rm`'s exit code; `vm exec` reaches the guest
+//! agent over vsock. On this machine KVM is PVM, which runs no stock kernel:
+//! `qemu_accel = auto` then emulates (TCG), as a user's QEMU would.
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cocoon_testkit::registry::Registry;
+use cocoon_testkit::registry::layers::LayerBuilder;
+use cocoon_testkit::{CocoonEnv, container, require_real_vmm, skip};
+use serde_json::{Value, json};
+
+/// A TCG boot on two shared cores takes seconds; a stuck one must not take minutes.
+const STOP_LIMIT: Duration = Duration::from_secs(90);
+
+fn bin() -> String {
+    cocoon_testkit::cocoon_bin()
+}
+
+/// Kills whatever the installation still runs when a test ends.
+struct EnvReaper(PathBuf);
+
+impl Drop for EnvReaper {
+    fn drop(&mut self) {
+        cocoon_testkit::kill_all_under(&self.0);
+    }
+}
+
+/// An installation with QEMU, cocoon-init and the default kernel; None
+/// (a loud skip, a failure under COCOON_TEST_REQUIRE=1) without them.
+fn installation(test: &str) -> Option<(CocoonEnv, EnvReaper)> {
+    let qemu = require_real_vmm(test, "COCOON_QEMU_BINARY", "qemu-system-x86_64")?;
+    let parts = container::kernel_deb().and_then(|deb| Ok((deb, container::init_binary()?)));
+    let (deb, init) = match parts {
+        Ok(parts) => parts,
+        Err(why) => {
+            skip(test, &format!("{why}: run scripts/fetch-test-assets.sh"));
+            return None;
+        }
+    };
+    let env = CocoonEnv::new(bin());
+    let reaper = EnvReaper(env.root_dir());
+    let config = format!(
+        "qemu_binary = {:?}\ninit_binary = {:?}\ndefault_hypervisor = \"qemu\"\n",
+        qemu.display(),
+        init.display()
+    );
+    std::fs::write(env.config_path(), config).unwrap();
+    ok(&env, &["kernel", "install", "--deb", deb.to_str().unwrap()]);
+    Some((env, reaper))
+}
+
+fn run(env: &CocoonEnv, args: &[&str]) -> Output {
+    env.std_cmd().args(args).output().unwrap()
+}
+
+fn ok(env: &CocoonEnv, args: &[&str]) -> String {
+    let out = run(env, args);
+    assert!(
+        out.status.success(),
+        "cocoon {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn inspect(env: &CocoonEnv, vm: &str) -> Value {
+    serde_json::from_str(&ok(env, &["vm", "inspect", vm])).unwrap()
+}
+
+/// Waits for the VM to power off by itself; its inspect then.
+fn wait_stopped(env: &CocoonEnv, vm: &str) -> Value {
+    let deadline = Instant::now() + STOP_LIMIT;
+    loop {
+        let view = inspect(env, vm);
+        if view["state"] != "running" {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{vm} still runs:\n{}",
+            ok(env, &["vm", "logs", vm])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The image the tests push: busybox, and an entrypoint script that reports
+/// what it was given and exits with its first argument.
+fn push_image(registry: &Registry) -> String {
+    let entry = b"#!/bin/sh\n\
+        echo \"ARGS=$#:$*\"\n\
+        echo \"GREETING=$GREETING\"\n\
+        echo \"PWD=$(pwd)\"\n\
+        echo \"IDS=$(id -u):$(id -g):$(id -G)\"\n\
+        echo \"HOST=$(hostname)\"\n\
+        exit \"$1\"\n";
+    let layers = [
+        container::busybox_layer().unwrap(),
+        LayerBuilder::new()
+            .dir("usr/")
+            .dir("usr/local/")
+            .dir("usr/local/bin/")
+            .file_mode("usr/local/bin/entry", 0o755, entry)
+            .build(),
+    ];
+    let run = json!({
+        "Entrypoint": ["/usr/local/bin/entry"],
+        "Cmd": ["42", "second arg"],
+        "Env": ["PATH=/usr/local/bin:/bin", "GREETING=hello  world"],
+        "WorkingDir": "/work/dir",
+        "User": "app",
+    });
+    registry.push_with_config("apps/entry:1", &layers, "amd64", run);
+    registry.reference("apps/entry:1")
+}
+
+/// The entrypoint runs with exactly the image's arguments, environment,
+/// directory and user (its groups from /etc/group), and its status is the
+/// VM's `exit_code`; `vm run --rm` replaces `Cmd`, applies `-e`, exits with
+/// the guest's status and leaves no VM.
+#[test]
+fn the_entrypoint_runs_as_the_image_says_and_its_status_is_the_vms() {
+    let test = "the_entrypoint_runs_as_the_image_says_and_its_status_is_the_vms";
+    let Some((env, _reaper)) = installation(test) else {
+        return;
+    };
+    let Some(registry) = Registry::start() else {
+        return skip(test, "docker-registry is not installed");
+    };
+    let image = push_image(&registry);
+    ok(&env, &["image", "pull", &image]);
+    let shown: Value = serde_json::from_str(&ok(&env, &["image", "inspect", &image])).unwrap();
+    assert_eq!(shown["own_kernel"], false, "{shown:#}");
+    assert_eq!(shown["config"]["user"], "app", "{shown:#}");
+
+    let flags = ["--nics", "0", "--cpu", "1", "--memory", "512M"];
+    let mut create = vec!["vm", "create", "--name", "job"];
+    create.extend(flags);
+    create.push(&image);
+    ok(&env, &create);
+    ok(&env, &["vm", "start", "job"]);
+    let view = wait_stopped(&env, "job");
+    let log = ok(&env, &["vm", "logs", "job"]);
+    assert_eq!(view["exit_code"], 42, "{view:#}\n{log}");
+    for line in [
+        "ARGS=2:42 second arg",
+        "GREETING=hello  world",
+        "PWD=/work/dir",
+        "IDS=1000:1000:1000 50",
+        "HOST=job",
+    ] {
+        assert!(log.contains(line), "{line:?} missing:\n{log}");
+    }
+
+    let mut run_rm = vec!["vm", "run", "--rm", "--name", "once", "-e", "GREETING=hi"];
+    run_rm.extend(flags);
+    run_rm.extend([image.as_str(), "--", "7", "x"]);
+    let out = run(&env, &run_rm);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ARGS=2:7 x"), "{stdout}");
+    assert!(
+        stdout.contains("GREETING=hi\n") || stdout.contains("GREETING=hi\r"),
+        "{stdout}"
+    );
+    let vms: Value = serde_json::from_str(&ok(&env, &["vm", "ls", "-o", "json"])).unwrap();
+    let names: Vec<&str> = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["config"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["job"], "--rm removed its VM only");
+}
+
+/// A command run with `vm exec` through the guest agent: stdout and stderr
+/// apart, the status as cocoon's, stdin streamed byte-exact, a PTY with the
+/// window size; a VM without an agent says so within 5 s.
+#[test]
+fn vm_exec_reaches_the_guest_agent() {
+    let test = "vm_exec_reaches_the_guest_agent";
+    let Some((env, _reaper)) = installation(test) else {
+        return;
+    };
+    let layer = env.path().join("busybox.tar");
+    std::fs::write(&layer, container::busybox_layer().unwrap()).unwrap();
+    ok(
+        &env,
+        &["image", "import", "local/busybox", layer.to_str().unwrap()],
+    );
+    let flags = ["--nics", "0", "--cpu", "1", "--memory", "512M"];
+    for (name, extra) in [("agent", None), ("silent", Some("--no-agent"))] {
+        let mut args = vec!["vm", "run", "--name", name];
+        args.extend(flags);
+        args.extend(extra);
+        args.extend(["local/busybox", "--", "sleep", "600"]);
+        ok(&env, &args);
+    }
+    let exec = wait_for_agent(&env, "agent");
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "agent\n");
+
+    let out = run(
+        &env,
+        &[
+            "vm",
+            "exec",
+            "agent",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 5",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+
+    // stdin streamed: 4 MiB of noise comes back with the same digest.
+    let noise: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&noise)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let sum = piped(
+        &env,
+        &["vm", "exec", "-i", "agent", "--", "sha256sum"],
+        &noise,
+    );
+    assert!(sum.starts_with(&digest), "{sum} vs {digest}");
+
+    // -t without a local terminal still gives the command a PTY.
+    let tty = ok(&env, &["vm", "exec", "-t", "agent", "--", "tty"]);
+    assert!(tty.trim().starts_with("/dev/pts/"), "{tty:?}");
+
+    let started = Instant::now();
+    let out = run(&env, &["vm", "exec", "silent", "--", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no guest agent"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// `vm exec VM -- hostname` once the agent listens (it starts with the
+/// guest, seconds after the VMM under TCG).
+fn wait_for_agent(env: &CocoonEnv, vm: &str) -> Output {
+    let deadline = Instant::now() + STOP_LIMIT;
+    loop {
+        let out = run(env, &["vm", "exec", vm, "--", "hostname"]);
+        if out.status.success() {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{vm}: no agent: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            ok(env, &["vm", "logs", vm])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Runs cocoon with `input` on its stdin; its stdout.
+fn piped(env: &CocoonEnv, args: &[&str], input: &[u8]) -> String {
+    let mut child = env
+        .std_cmd()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
