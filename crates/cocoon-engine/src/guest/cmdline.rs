@@ -42,8 +42,7 @@ pub struct CmdlineSpec<'a> {
     pub nics: &'a [GuestNic],
     pub dns: &'a [std::net::IpAddr],
     /// A container image's VM (cocoon-init is PID 1): it always gets its
-    /// hostname, NICs or not, and its console is quiet but for errors so
-    /// that `vm run` shows the program's output.
+    /// hostname, NICs or not.
     pub container: bool,
 }
 
@@ -94,9 +93,6 @@ pub fn build(spec: &CmdlineSpec<'_>) -> String {
     args.push(format!("cocoon.cow={cow}"));
     args.push("clocksource=kvm-clock".into());
     args.push("rw".into());
-    if spec.container {
-        args.push("quiet".into());
-    }
     if !spec.nics.is_empty() || spec.container {
         args.push("net.ifnames=0".into());
         args.push(format!("cocoon.hostname={}", spec.vm_name));
@@ -204,7 +200,7 @@ mod tests {
             container: true,
         });
         assert!(
-            line.ends_with("rw quiet net.ifnames=0 cocoon.hostname=job"),
+            line.ends_with("rw net.ifnames=0 cocoon.hostname=job"),
             "{line}"
         );
     }
