@@ -220,6 +220,19 @@ impl Engine {
     }
 
     /// A new hostname, machine-id and NIC settings for a running VM.
+    /// Whether the engine knows the VM runs a guest agent (a container
+    /// image's, unless `--no-agent`).
+    pub fn has_guest_agent(&self, vm: &Vm) -> bool {
+        vm_agent::has_agent(&self.ctx, vm)
+    }
+
+    /// After a clone (`identity`: hostname, machine-id, NICs too) or a
+    /// restore: refreshes the guest through its agent. False when the VM has
+    /// no agent the engine knows of.
+    pub fn refresh_guest(&mut self, reference: &str, identity: bool) -> Result<bool> {
+        vm_agent::refresh(&mut self.ctx, reference, identity)
+    }
+
     pub fn set_vm_identity(
         &mut self,
         reference: &str,

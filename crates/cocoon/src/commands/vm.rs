@@ -211,11 +211,25 @@ fn clone(engine: &mut Engine, flags: &CloneFlags, output: FormatArg, snapshot: &
         pull_snapshot_base(engine, snapshot, &request)?;
     }
     let vm = engine.clone_vm(snapshot, request)?;
+    let refreshed = engine.refresh_guest(&vm.id, true);
     if output.json() {
         return print_json(&VmView::reconcile(vm)).map_err(io);
     }
     eprintln!("cloned: {} (name: {})", vm.id, vm.config.name);
-    print_clone_hints(&vm);
+    match refreshed {
+        Ok(true) => eprintln!(
+            "{} took its own identity through its guest agent: hostname, machine-id, addresses, a reseeded CRNG",
+            vm.config.name
+        ),
+        Ok(false) => print_clone_hints(&vm),
+        Err(e) => {
+            tracing::warn!(
+                "{}: the guest agent did not take the new identity: {e}",
+                vm.config.name
+            );
+            print_clone_hints(&vm);
+        }
+    }
     print_line(&vm.id).map_err(io)
 }
 
@@ -257,6 +271,10 @@ fn restore(
     output: FormatArg,
 ) -> Result<()> {
     let vm = engine.restore_vm(vm, snapshot, request)?;
+    // A restored guest replays the snapshot's random state: reseed it.
+    if let Err(e) = engine.refresh_guest(&vm.id, false) {
+        tracing::warn!("{}: the guest's CRNG was not reseeded: {e}", vm.config.name);
+    }
     if output.json() {
         return print_json(&VmView::reconcile(vm)).map_err(io);
     }
