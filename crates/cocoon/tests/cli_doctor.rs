@@ -26,6 +26,8 @@ const ITEMS: &[&str] = &[
     "tun",
     "netns",
     "firmware",
+    "default_kernel",
+    "cocoon_init",
     "root_dir",
     "run_dir",
     "log_dir",

@@ -7,6 +7,7 @@
 //! broken, which is one of the things it exists to diagnose. It changes
 //! nothing either (it never creates the state directories).
 
+mod container;
 mod kernel;
 mod network;
 mod programs;
@@ -110,6 +111,8 @@ pub const CHECK_NAMES: &[&str] = &[
     "tun",
     "netns",
     "firmware",
+    "default_kernel",
+    "cocoon_init",
     "root_dir",
     "run_dir",
     "log_dir",
@@ -144,6 +147,8 @@ pub fn run(config: &Config) -> DoctorReport {
     checks.push(kernel::tun());
     checks.push(kernel::netns());
     checks.push(storage::firmware(config));
+    checks.push(container::default_kernel(config));
+    checks.push(container::cocoon_init(config));
     checks.extend(storage::state_dirs(config));
     checks.push(storage::disk_space(config));
     DoctorReport::new(checks)

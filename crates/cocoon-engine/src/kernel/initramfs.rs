@@ -119,7 +119,7 @@ fn hex16(bytes: &[u8]) -> String {
 /// An x86-64 ELF executable without a program interpreter: the initramfs
 /// has no libc or loader for a dynamic one, and the kernel would only say
 /// "failed to execute /init".
-fn check_static(image: &[u8]) -> Result<(), String> {
+pub(crate) fn check_static(image: &[u8]) -> Result<(), String> {
     const PT_INTERP: u32 = 3;
     if image.get(..5) != Some(b"\x7fELF\x02") || image.get(0x12..0x14) != Some(&[0x3e, 0]) {
         return Err("not an x86-64 ELF binary".into());
