@@ -149,7 +149,7 @@ fn boots_under(test: &str, create_flags: &[&str], hypervisor: &str) {
 fn linux_boots_from_cloud_hypervisor_disks_and_command_line() {
     boots_under(
         "linux_boots_from_cloud_hypervisor_disks_and_command_line",
-        &[],
+        &["--hypervisor", "cloud-hypervisor"],
         "cloud-hypervisor",
     );
 }

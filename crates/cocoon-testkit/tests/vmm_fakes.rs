@@ -525,6 +525,13 @@ async fn every_client_endpoint_reaches_the_vmm() {
     .await
     .unwrap();
     fc.put_entropy(&EntropyDevice::default()).await.unwrap();
+    fc.put_vsock(&Vsock {
+        guest_cid: 3,
+        uds_path: "/run/vms/x/vsock.sock".into(),
+        extra: Default::default(),
+    })
+    .await
+    .unwrap();
     boot_fc(&fc).await;
     let config = fc.vm_config().await.unwrap();
     assert_eq!(config.drives[0].drive_id, "rootfs");

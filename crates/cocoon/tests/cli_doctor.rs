@@ -16,6 +16,7 @@ const ITEMS: &[&str] = &[
     "firecracker",
     "qemu",
     "qemu_accel",
+    "vhost_vsock",
     "mkfs_erofs",
     "mkfs_ext4",
     "qemu_img",

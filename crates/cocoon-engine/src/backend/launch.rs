@@ -20,9 +20,11 @@ pub struct LaunchOptions {
     /// QEMU: the UEFI variable store template a VM's own copy starts from
     /// (`qemu_firmware_vars`).
     pub qemu_firmware_vars: PathBuf,
-    /// The guest boots the default kernel (a stock kernel, see
-    /// [`crate::doctor::kvm_is_pvm`]): QEMU's `auto` then emulates on PVM.
-    pub stock_kernel: bool,
+    /// The VM boots a container image: the default kernel (a stock kernel,
+    /// see [`crate::doctor::kvm_is_pvm`]: QEMU's `auto` then emulates on
+    /// PVM) and cocoon-init, whose guest agent is the only one a QEMU VM's
+    /// vsock device is for.
+    pub container: bool,
     /// QEMU: the vhost-device-vsock binary its vsock device runs on (None:
     /// not installed, so QEMU VMs start without vsock).
     pub vhost_vsock: Option<PathBuf>,
@@ -37,7 +39,7 @@ impl LaunchOptions {
             balloon_bytes: None,
             qemu_accel: crate::config::QemuAccel::Auto,
             qemu_firmware_vars: crate::config::Config::default().qemu_firmware_vars,
-            stock_kernel: false,
+            container: false,
             vhost_vsock: None,
         }
     }

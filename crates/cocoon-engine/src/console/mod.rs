@@ -57,6 +57,10 @@ pub struct RelaySpec {
     pub ports: Vec<RelayPort>,
     /// The relay exits when this process (the VMM) does.
     pub watch: Option<ProcessIdentity>,
+    /// Stopped by the relay when the watched VMM is gone: a process that
+    /// serves the VMM and would outlive it (QEMU's vhost-device-vsock waits
+    /// for a new VMM forever), so a guest that powers off leaks nothing.
+    pub reap: Option<crate::model::VmmProcess>,
 }
 
 #[derive(Debug, thiserror::Error)]

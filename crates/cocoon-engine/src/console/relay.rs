@@ -43,6 +43,7 @@ pub fn run_relay(spec: RelaySpec) -> io::Result<()> {
         log_max_bytes,
         ports,
         watch,
+        reap,
     } = spec;
     if ports.is_empty() {
         return Err(io::Error::new(
@@ -81,7 +82,37 @@ pub fn run_relay(spec: RelaySpec) -> io::Result<()> {
     relay.drain_ports();
     relay.flush_clients_until(Instant::now() + FINAL_FLUSH);
     listener.remove();
+    if matches!(watch, Watch::Gone)
+        && let Some(process) = reap
+    {
+        reap_helper(&process);
+    }
     result
+}
+
+/// Stops the VMM's helper once the VMM is gone (SIGTERM, then SIGKILL),
+/// through the supervisor's identity-checked pidfd signalling.
+fn reap_helper(process: &crate::model::VmmProcess) {
+    let timeouts = crate::supervise::StopTimeouts {
+        graceful: Duration::ZERO,
+        term: Duration::from_secs(2),
+        kill: Duration::from_secs(2),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let stopped = runtime.map(|rt| {
+        rt.block_on(crate::supervise::terminate(
+            process,
+            None::<fn() -> std::future::Ready<()>>,
+            timeouts,
+        ))
+    });
+    match stopped {
+        Ok(Ok(outcome)) => tracing::debug!(?outcome, "stopped the VMM's helper"),
+        Ok(Err(error)) => tracing::warn!(%error, "cannot stop the VMM's helper"),
+        Err(error) => tracing::warn!(%error, "cannot stop the VMM's helper"),
+    }
 }
 
 /// The relay is detached from any terminal; a stray SIGHUP must not kill the

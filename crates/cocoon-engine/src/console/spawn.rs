@@ -139,6 +139,16 @@ fn relay_args(spec: &RelaySpec, fds: &[RawFd]) -> Vec<OsString> {
             watch.start_time.to_string().into(),
         ]);
     }
+    if let Some(reap) = &spec.reap {
+        args.extend([
+            "--reap-pid".into(),
+            reap.identity.pid.to_string().into(),
+            "--reap-start".into(),
+            reap.identity.start_time.to_string().into(),
+            "--reap-socket".into(),
+            reap.api_socket.clone().into(),
+        ]);
+    }
     for (port, fd) in spec.ports.iter().zip(fds) {
         args.push("--port".into());
         args.push(format!("{}={fd}", port.name).into());
@@ -159,6 +169,7 @@ pub fn relay_spec_from_args(args: &[OsString]) -> Result<RelaySpec, String> {
     let mut log_max_bytes = None;
     let mut watch_pid = None;
     let mut watch_start = None;
+    let (mut reap_pid, mut reap_start, mut reap_socket) = (None, None, None);
     let mut ports: Vec<(String, RawFd)> = Vec::new();
     let mut args = args.iter();
     while let Some(flag) = args.next() {
@@ -170,6 +181,9 @@ pub fn relay_spec_from_args(args: &[OsString]) -> Result<RelaySpec, String> {
             "--log-max-bytes" => log_max_bytes = Some(number(flag, value)?),
             "--watch-pid" => watch_pid = Some(number(flag, value)?),
             "--watch-start" => watch_start = Some(number(flag, value)?),
+            "--reap-pid" => reap_pid = Some(number(flag, value)?),
+            "--reap-start" => reap_start = Some(number(flag, value)?),
+            "--reap-socket" => reap_socket = Some(PathBuf::from(value)),
             "--port" => ports.push(port(value)?),
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -178,6 +192,14 @@ pub fn relay_spec_from_args(args: &[OsString]) -> Result<RelaySpec, String> {
         (Some(pid), Some(start_time)) => Some(ProcessIdentity { pid, start_time }),
         (None, None) => None,
         _ => return Err("--watch-pid and --watch-start go together".into()),
+    };
+    let reap = match (reap_pid, reap_start, reap_socket) {
+        (Some(pid), Some(start_time), Some(api_socket)) => Some(crate::model::VmmProcess {
+            identity: ProcessIdentity { pid, start_time },
+            api_socket,
+        }),
+        (None, None, None) => None,
+        _ => return Err("--reap-pid, --reap-start and --reap-socket go together".into()),
     };
     if ports.is_empty() {
         return Err("at least one --port is needed".into());
@@ -206,6 +228,7 @@ pub fn relay_spec_from_args(args: &[OsString]) -> Result<RelaySpec, String> {
         log_max_bytes: log_max_bytes.ok_or("--log-max-bytes is required")?,
         ports,
         watch,
+        reap,
     })
 }
 
@@ -286,6 +309,13 @@ mod tests {
             watch: Some(ProcessIdentity {
                 pid: 42,
                 start_time: 777,
+            }),
+            reap: Some(crate::model::VmmProcess {
+                identity: ProcessIdentity {
+                    pid: 43,
+                    start_time: 778,
+                },
+                api_socket: "/run/vm/vhost-vsock.sock".into(),
             }),
         };
         let args = relay_args(&spec, &[]);

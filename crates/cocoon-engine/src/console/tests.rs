@@ -13,6 +13,8 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{Mode, OFlags};
 use rustix::pty::OpenptFlags;
 
+use crate::model::VmmProcess;
+
 use super::*;
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -63,6 +65,7 @@ fn start_relay(ports: Vec<RelayPort>, log_max_bytes: u64) -> Running {
         log_max_bytes,
         ports,
         watch: None,
+        reap: None,
     };
     let (tx, exited) = mpsc::channel();
     std::thread::spawn(move || tx.send(run_relay(spec)));
@@ -406,12 +409,24 @@ fn spawn_relay_runs_detached_and_follows_the_watched_process() {
         .spawn()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // The VMM's helper (QEMU's vhost-device-vsock): named by its socket,
+    // stopped by the relay once the VMM is gone.
+    let helper_socket = dir.path().join("vhost-vsock.sock");
+    let mut helper = std::process::Command::new("sh")
+        .args(["-c", "while :; do sleep 1; done", "helper"])
+        .arg(&helper_socket)
+        .spawn()
+        .unwrap();
     let spec = RelaySpec {
         socket: dir.path().join("console.sock"),
         log: dir.path().join("console.log"),
         log_max_bytes: 1 << 20,
         ports: vec![port("serial", pty.master)],
         watch: Some(ProcessIdentity::of(vmm.id()).unwrap()),
+        reap: Some(VmmProcess {
+            identity: ProcessIdentity::of(helper.id()).unwrap(),
+            api_socket: helper_socket.clone(),
+        }),
     };
     let exe = std::env::current_exe().unwrap();
     let prefix = [
@@ -440,6 +455,10 @@ fn spawn_relay_runs_detached_and_follows_the_watched_process() {
     vmm.kill().unwrap();
     vmm.wait().unwrap();
     wait_until("the relay exits", || !relay.is_alive());
+    assert!(
+        helper.try_wait().unwrap().is_some(),
+        "the relay stopped the VMM's helper"
+    );
     assert!(!spec.socket.exists(), "the socket is removed");
     assert_eq!(read_log(&spec.log).unwrap(), b"hello from the guest");
     let stderr = std::fs::read_to_string(&stderr).unwrap();

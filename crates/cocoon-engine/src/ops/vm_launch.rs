@@ -34,7 +34,7 @@ pub(crate) async fn launch_and_boot(
     let backend = backend::of(vm.hypervisor);
     let paths = VmPaths::of(vm);
     let mut opts = LaunchOptions::configured(backend.binary(ctx.config()), ctx.config());
-    opts.stock_kernel = super::vm_query::boots_cocoon_init(ctx, vm);
+    opts.container = super::vm_query::boots_cocoon_init(ctx, vm);
     // The serial port is the VMM's stdin/stdout: a terminal whose master
     // the relay takes over, so no output is ever held back or lost.
     let (serial_master, serial_slave) = open_pty()
@@ -69,7 +69,7 @@ pub(crate) async fn launch_and_boot(
     let launched = Launched {
         vmm: &vmm,
         vsock,
-        helper,
+        helper: helper.clone(),
     };
     record_launched(ctx, vm, launched, matches!(boot, Boot::Fresh))?;
     let request = BootRequest {
@@ -97,7 +97,7 @@ pub(crate) async fn launch_and_boot(
         );
         return Ok((vmm, None));
     }
-    let relay = spawn_relay(ctx, vm, &paths, &vmm, ports)?;
+    let relay = spawn_relay(ctx, vm, &paths, &vmm, helper, ports)?;
     Ok((vmm, Some(relay)))
 }
 
@@ -169,6 +169,7 @@ fn spawn_relay(
     vm: &Vm,
     paths: &VmPaths,
     vmm: &VmmProcess,
+    helper: Option<VmmProcess>,
     ports: Vec<console::RelayPort>,
 ) -> Result<ProcessIdentity> {
     let relay_spec = RelaySpec {
@@ -177,6 +178,7 @@ fn spawn_relay(
         log_max_bytes: CONSOLE_LOG_BYTES,
         ports,
         watch: Some(vmm.identity),
+        reap: helper,
     };
     crate::failpoint::hit("vm.launch.booted")?;
     Ok(console::spawn_relay(

@@ -19,12 +19,12 @@ pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,re
 /// Whether the guest runs under KVM: `auto` probes `/dev/kvm` (opens and
 /// creates a VM), else TCG; a stock kernel on a PVM host is emulated too,
 /// as PVM cannot run it.
-pub fn uses_kvm(accel: QemuAccel, stock_kernel: bool) -> bool {
+pub fn uses_kvm(accel: QemuAccel, container: bool) -> bool {
     match accel {
         QemuAccel::Kvm => true,
         QemuAccel::Tcg => false,
         QemuAccel::Auto => {
-            crate::doctor::kvm_usable() && !(stock_kernel && crate::doctor::kvm_is_pvm())
+            crate::doctor::kvm_usable() && !(container && crate::doctor::kvm_is_pvm())
         }
     }
 }

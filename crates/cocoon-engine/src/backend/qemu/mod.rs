@@ -113,9 +113,9 @@ impl Backend for QemuBackend {
         opts: &LaunchOptions,
         restoring: bool,
     ) -> std::io::Result<Vec<String>> {
-        let kvm = args::uses_kvm(opts.qemu_accel, opts.stock_kernel);
+        let kvm = args::uses_kvm(opts.qemu_accel, opts.container);
         if !kvm && opts.qemu_accel == crate::config::QemuAccel::Auto {
-            let why = if opts.stock_kernel && crate::doctor::kvm_is_pvm() {
+            let why = if opts.container && crate::doctor::kvm_is_pvm() {
                 "this host's KVM (PVM) cannot run the default kernel"
             } else {
                 "/dev/kvm is not usable here"
@@ -161,7 +161,7 @@ impl Backend for QemuBackend {
     }
 
     fn debug_args(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Vec<String> {
-        let kvm = args::uses_kvm(opts.qemu_accel, opts.stock_kernel);
+        let kvm = args::uses_kvm(opts.qemu_accel, opts.container);
         if direct_boot(vm) {
             args::args(vm, paths, opts, kvm, false)
         } else {

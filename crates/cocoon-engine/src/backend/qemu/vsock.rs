@@ -17,10 +17,12 @@ use super::args::value;
 /// The memory backend's id on QEMU's command line.
 const MEMORY: &str = "mem";
 
-/// Whether the VM gets its vsock device on this launch: not `--no-agent`,
-/// and vhost-device-vsock is installed.
+/// Whether the VM gets its vsock device on this launch: a container
+/// image's (its guest agent is cocoon-init's), not `--no-agent`, and
+/// vhost-device-vsock is installed. Other QEMU VMs have no agent the engine
+/// knows of, and without the device they keep snapshots ([`blocker`]).
 pub fn on(vm: &Vm, opts: &LaunchOptions) -> bool {
-    !vm.config.no_agent && opts.vhost_vsock.is_some()
+    !vm.config.no_agent && opts.container && opts.vhost_vsock.is_some()
 }
 
 /// vhost-device-vsock for the VM: the vhost-user socket QEMU connects to,

@@ -133,6 +133,14 @@ const CONSOLE: &[(&str, Kind)] = &[
     ("pci_device_id", Int),
 ];
 
+const VSOCK: &[(&str, Kind)] = &[
+    ("cid", Int),
+    ("socket", Text),
+    ("iommu", Toggle),
+    ("id", Text),
+    ("pci_segment", Int),
+];
+
 const RNG: &[(&str, Kind)] = &[
     ("src", Text),
     ("iommu", Toggle),
@@ -151,6 +159,7 @@ fn ch_keys(option: &str) -> &'static [(&'static str, Kind)] {
         "--serial" => SERIAL,
         "--console" => CONSOLE,
         "--rng" => RNG,
+        "--vsock" => VSOCK,
         _ => &[],
     }
 }
@@ -224,6 +233,7 @@ pub fn ch_check_command_line(args: &[String]) {
         "--balloon",
         "--serial",
         "--console",
+        "--vsock",
     ] {
         for value in all_values(args, option) {
             if let Err(e) = ch_parse(option, &value) {

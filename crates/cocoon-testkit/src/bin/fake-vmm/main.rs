@@ -147,7 +147,7 @@ fn ch_config_from_command_line(args: &[String], payload: Value) -> Value {
         .enumerate()
         .map(|(i, n)| json!({"tap": ch_option(n, "tap"), "mac": ch_option(n, "mac"), "id": format!("_net{i}")}))
         .collect();
-    json!({
+    let mut config = json!({
         "payload": payload,
         "cpus": {"boot_vcpus": arg_value(args, &["--cpus"]).and_then(|c| ch_option(&c, "boot")).and_then(|b| b.parse::<u32>().ok()).unwrap_or(1)},
         "memory": {"size": 134217728},
@@ -155,7 +155,18 @@ fn ch_config_from_command_line(args: &[String], payload: Value) -> Value {
         "net": nets,
         "serial": {"mode": "Off"},
         "console": {"mode": "Off"},
-    })
+    });
+    // CH keeps the device in its config (and so in a snapshot's config.json).
+    if let Some(vsock) = arg_value(args, &["--vsock"]) {
+        config["vsock"] = json!({
+            "cid": ch_option(&vsock, "cid").and_then(|c| c.parse::<u64>().ok()).unwrap_or(3),
+            "socket": ch_option(&vsock, "socket"),
+            "iommu": false,
+            "id": "_vsock0",
+            "pci_segment": 0,
+        });
+    }
+    config
 }
 
 /// The consoles of `--serial` and `--console` (tty, pty or socket), each

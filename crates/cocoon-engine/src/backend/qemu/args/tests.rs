@@ -77,7 +77,7 @@ fn opts() -> LaunchOptions {
         balloon_bytes: None,
         qemu_accel: QemuAccel::Auto,
         qemu_firmware_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
-        stock_kernel: false,
+        container: false,
         vhost_vsock: None,
     }
 }
@@ -144,6 +144,7 @@ fn a_fresh_kvm_boot_is_this_command_line() {
             "virtio-rng-device,rng=rng0",
             "-device",
             "virtio-balloon-device,deflate-on-oom=on,free-page-reporting=on",
+            "-no-reboot",
             "-S",
             "-nodefaults",
             "-no-user-config",
@@ -354,6 +355,7 @@ fn vsock_shares_guest_memory_with_vhost_device_vsock() {
     let vm = vm_in("/run/vms/0123abcd");
     let mut opts = opts();
     opts.vhost_vsock = Some("/usr/local/bin/vhost-device-vsock".into());
+    opts.container = true;
     let paths = VmPaths::of(&vm);
     let args = args_on(&vm, &paths, &opts, KVM, false);
     assert_eq!(
@@ -400,17 +402,23 @@ fn vsock_shares_guest_memory_with_vhost_device_vsock() {
 }
 
 #[test]
-fn no_vsock_without_the_helper_or_with_no_agent() {
+fn no_vsock_without_the_helper_a_container_or_with_no_agent() {
     let mut vm = vm_in("/run/vms/0123abcd");
     let paths = VmPaths::of(&vm);
-    let without = args_on(&vm, &paths, &opts(), KVM, false);
-    assert!(super::super::vsock::helper(&vm, &paths, &opts()).is_none());
+    let mut container = opts();
+    container.container = true;
+    let without = args_on(&vm, &paths, &container, KVM, false);
+    assert!(super::super::vsock::helper(&vm, &paths, &container).is_none());
     let mut opts = opts();
     opts.vhost_vsock = Some("/usr/local/bin/vhost-device-vsock".into());
+    // Not a container image: no agent to reach, and the VM keeps snapshots.
+    let vm_image = args_on(&vm, &paths, &opts, KVM, false);
+    assert!(super::super::vsock::helper(&vm, &paths, &opts).is_none());
+    opts.container = true;
     vm.config.no_agent = true;
     let no_agent = args_on(&vm, &paths, &opts, KVM, false);
     assert!(super::super::vsock::helper(&vm, &paths, &opts).is_none());
-    for args in [without, no_agent] {
+    for args in [without, vm_image, no_agent] {
         assert_eq!(values(&args, "-machine"), ["microvm,accel=kvm"]);
         assert!(
             !args
