@@ -332,7 +332,18 @@ mod tests {
                 "42",
                 "--watch-start",
                 "777",
+                "--reap-pid",
+                "43",
+                "--reap-start",
+                "778",
+                "--reap-socket",
+                "/run/vm/vhost-vsock.sock",
             ])
+        );
+        let err = relay_spec_from_args(&os(&["--reap-pid", "43"])).unwrap_err();
+        assert!(
+            err.contains("go together") || err.contains("required"),
+            "{err}"
         );
         assert_eq!(port(OsStr::new("a=b=7")).unwrap(), ("a=b".to_string(), 7));
     }
