@@ -208,6 +208,7 @@ fn entrypoint_case(test: &str, vmm: Vmm) {
     ok(&env, &create);
     ok(&env, &["vm", "start", "job"]);
     let view = wait_stopped(&env, "job");
+    assert_no_helper(&view);
     let log = ok(&env, &["vm", "logs", "job"]);
     assert_eq!(view["exit_code"], 42, "{view:#}\n{log}");
     for line in [
@@ -320,6 +321,9 @@ fn vm_exec_reaches_the_guest_agent() {
         "{:?}",
         started.elapsed()
     );
+
+    ok(&env, &["vm", "stop", "agent"]);
+    assert_no_helper(&inspect(&env, "agent"));
 }
 
 /// A clone of a running container VM answers `vm exec` with its own
@@ -402,6 +406,21 @@ fn clone_case(test: &str, vmm: Vmm) {
     assert_eq!(clone_id.trim().len(), 32, "{clone_id:?}");
     assert_ne!(clone_id, source_id);
     assert_eq!(ok(&env, &["vm", "exec", "src", "--", "hostname"]), "src\n");
+}
+
+/// No vhost-device-vsock (QEMU's vsock helper) outlives its VM, and no
+/// hybrid vsock socket stays behind.
+fn assert_no_helper(vm: &Value) {
+    let dir = PathBuf::from(vm["run_dir"].as_str().expect("run_dir"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cocoon_engine::supervise::find_by_socket(&dir.join("vhost-vsock.sock")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "a vhost-device-vsock outlived its VM: {vm:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!dir.join("vsock.sock").exists(), "{vm:#}");
 }
 
 /// `vm exec VM -- hostname` once the agent listens (it starts with the
