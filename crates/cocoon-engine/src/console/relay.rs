@@ -20,6 +20,7 @@ use super::log::RotatingLog;
 use super::ring::Ring;
 use super::watch::{self, Watch};
 use super::{RING_BYTES, RelaySpec, tty};
+use crate::process::ProcessIdentity;
 
 /// A client further behind than this is dropped rather than buffered without bound.
 const CLIENT_BACKLOG_MAX: usize = 1024 * 1024;
@@ -67,6 +68,7 @@ pub fn run_relay(spec: RelaySpec) -> io::Result<()> {
             open: true,
         });
     }
+    let watched = watch;
     let mut watch = Watch::open(watch);
     let listener = Listener::bind(&socket)?;
     let mut relay = Relay {
@@ -82,12 +84,30 @@ pub fn run_relay(spec: RelaySpec) -> io::Result<()> {
     relay.drain_ports();
     relay.flush_clients_until(Instant::now() + FINAL_FLUSH);
     listener.remove();
-    if matches!(watch, Watch::Gone)
-        && let Some(process) = reap
+    // The relay ends when the VMM is gone or its terminals hung up (the
+    // VMM exiting closes them first): the helper goes once the VMM has.
+    if let Some(process) = reap
+        && vmm_gone(watched)
     {
         reap_helper(&process);
     }
     result
+}
+
+/// Whether the watched VMM has exited (waiting a moment: its terminals
+/// close just before it does).
+fn vmm_gone(watched: Option<ProcessIdentity>) -> bool {
+    let Some(vmm) = watched else {
+        return false;
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while vmm.is_alive() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 /// Stops the VMM's helper once the VMM is gone (SIGTERM, then SIGKILL),
