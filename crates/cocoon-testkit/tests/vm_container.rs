@@ -289,8 +289,8 @@ fn vm_exec_reaches_the_guest_agent() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 
-    // stdin streamed: 4 MiB of noise comes back with the same digest.
-    let noise: Vec<u8> = (0..4u32 << 20)
+    // stdin streamed: 10 MiB of noise comes back with the same digest.
+    let noise: Vec<u8> = (0..10u32 << 20)
         .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1])
         .collect();
     let digest = {
