@@ -223,7 +223,16 @@ fn env_cwd_and_user_reach_the_command() {
         "alice:x:1000:1001::/home/alice:/bin/sh\n",
     )
     .unwrap();
-    let mut request = exec_request(&["sh", "-c", "echo $FOO; pwd; id -u; id -g; echo $HOME"]);
+    std::fs::write(
+        guest.root.join("etc/group"),
+        "alice:x:1001:\nstaff:x:50:alice\n",
+    )
+    .unwrap();
+    let mut request = exec_request(&[
+        "sh",
+        "-c",
+        "echo $FOO; pwd; id -u; id -g; id -G; echo $HOME",
+    ]);
     request.env.insert("FOO".into(), "bar baz".into());
     request.cwd = "/tmp".into();
     if !is_root() {
@@ -238,7 +247,7 @@ fn env_cwd_and_user_reach_the_command() {
     assert_eq!(code, 0);
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "bar baz\n/tmp\n1000\n1001\n/home/alice\n"
+        "bar baz\n/tmp\n1000\n1001\n1001 50\n/home/alice\n"
     );
     request.user = "nobody-here".into();
     let err = guest
@@ -247,7 +256,10 @@ fn env_cwd_and_user_reach_the_command() {
         .unwrap()
         .wait(|_| Ok(()))
         .unwrap_err();
-    assert!(err.to_string().contains("unknown user"), "{err}");
+    assert!(
+        err.to_string().contains("unable to find user nobody-here"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ mod reaper;
 mod spawn;
 mod switch;
 mod sys;
-mod user;
+pub(crate) mod user;
 
 use std::fs::{self, File};
 use std::os::unix::process::CommandExt;

@@ -142,11 +142,9 @@ fn spawn(request: &ExecRequest, root: &Root) -> io::Result<Spawned> {
     if std::env::var_os("PATH").is_none() {
         cmd.env("PATH", DEFAULT_PATH);
     }
-    if let Some(user) = user::resolve(&request.user, root)? {
-        cmd.uid(user.uid).gid(user.gid);
-        if let Some(home) = user.home {
-            cmd.env("HOME", home);
-        }
+    let user = user::resolve(&request.user, root)?;
+    if let Some(home) = user.as_ref().and_then(|u| u.home.clone()) {
+        cmd.env("HOME", home);
     }
     if request.tty.is_some() && std::env::var_os("TERM").is_none() {
         cmd.env("TERM", "xterm");
@@ -156,17 +154,44 @@ fn spawn(request: &ExecRequest, root: &Root) -> io::Result<Spawned> {
         cmd.current_dir(&request.cwd);
     }
     match request.tty {
-        None => spawn_piped(cmd),
-        Some(size) => spawn_on_pty(cmd, size),
+        None => spawn_piped(cmd, user),
+        Some(size) => spawn_on_pty(cmd, size, user),
     }
 }
 
-fn spawn_piped(mut cmd: Command) -> io::Result<Spawned> {
+/// Becomes `user` in the child, last (after the session and terminal
+/// steps, which need root): supplementary groups, group, then user. std's
+/// `uid()` cannot set supplementary groups (it clears them).
+fn become_user(cmd: &mut Command, user: Option<user::Credentials>) {
+    let Some(user) = user else {
+        return;
+    };
+    let (uid, gid, groups) = (user.uid, user.gid, user.groups);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes async-signal-safe system calls on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| {
+                if rc < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+            check(libc::setgid(gid))?;
+            check(libc::setuid(uid))
+        });
+    }
+}
+
+fn spawn_piped(mut cmd: Command, user: Option<user::Credentials>) -> io::Result<Spawned> {
     // Its own group, so that a signal or a kill reaches what it started.
     cmd.process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    become_user(&mut cmd, user);
     let mut child = cmd.spawn()?;
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -184,7 +209,11 @@ fn spawn_piped(mut cmd: Command) -> io::Result<Spawned> {
     })
 }
 
-fn spawn_on_pty(mut cmd: Command, size: WinSize) -> io::Result<Spawned> {
+fn spawn_on_pty(
+    mut cmd: Command,
+    size: WinSize,
+    user: Option<user::Credentials>,
+) -> io::Result<Spawned> {
     use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
     let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
     grantpt(&master)?;
@@ -211,6 +240,7 @@ fn spawn_on_pty(mut cmd: Command, size: WinSize) -> io::Result<Spawned> {
             Ok(())
         });
     }
+    become_user(&mut cmd, user);
     let child = cmd.spawn()?;
     // The slave copies die with `cmd`: the master sees EIO once the
     // command and whatever it started have all closed it.
