@@ -9,6 +9,10 @@
 //! Hypervisor and Firecracker cases skip loudly: .ci/run allows exactly that
 //! skip (`kvm_pvm`) there, and nowhere else.
 
+#[path = "vm_network/netlab.rs"]
+#[allow(dead_code)]
+mod netlab;
+
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -77,15 +81,7 @@ impl Vmm {
 /// An installation with the VMM, cocoon-init and the default kernel; None
 /// (a loud skip, a failure under COCOON_TEST_REQUIRE=1) without them.
 fn installation(test: &str, vmm: Vmm) -> Option<(CocoonEnv, EnvReaper)> {
-    let binary = vmm.binary(test)?;
-    let parts = container::kernel_deb().and_then(|deb| Ok((deb, container::init_binary()?)));
-    let (deb, init) = match parts {
-        Ok(parts) => parts,
-        Err(why) => {
-            skip(test, &format!("{why}: run scripts/fetch-test-assets.sh"));
-            return None;
-        }
-    };
+    let (binary, deb, init) = parts(test, vmm)?;
     let env = CocoonEnv::new(bin());
     let reaper = EnvReaper(env.root_dir());
     let config = format!(
@@ -96,6 +92,18 @@ fn installation(test: &str, vmm: Vmm) -> Option<(CocoonEnv, EnvReaper)> {
     std::fs::write(env.config_path(), config).unwrap();
     ok(&env, &["kernel", "install", "--deb", deb.to_str().unwrap()]);
     Some((env, reaper))
+}
+
+/// The VMM, the kernel package and cocoon-init, or a loud skip.
+fn parts(test: &str, vmm: Vmm) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let binary = vmm.binary(test)?;
+    match container::kernel_deb().and_then(|deb| Ok((deb, container::init_binary()?))) {
+        Ok((deb, init)) => Some((binary, deb, init)),
+        Err(why) => {
+            skip(test, &format!("{why}: run scripts/fetch-test-assets.sh"));
+            None
+        }
+    }
 }
 
 fn run(env: &CocoonEnv, args: &[&str]) -> Output {
@@ -330,6 +338,62 @@ fn vm_exec_reaches_the_guest_agent() {
         !dir.join("vsock.sock").exists(),
         "vm stop left the vsock socket"
     );
+}
+
+/// cocoon-init applies the engine's `ip=`: a container VM on a CNI bridge
+/// (in a namespace the test creates) has its lease address, its route and
+/// its name, and pings the bridge; `vm run --rm` then leaves no lease,
+/// link or namespace.
+#[test]
+fn a_container_vm_takes_its_lease_and_reaches_its_gateway() {
+    let test = "a_container_vm_takes_its_lease_and_reaches_its_gateway";
+    let Some((binary, deb, init)) = parts(test, Vmm::Qemu) else {
+        return;
+    };
+    let Some(lab) = netlab::NetLab::new(test, Value::Null) else {
+        return;
+    };
+    let _reaper = EnvReaper(lab.env.root_dir());
+    let config = format!(
+        "{}init_binary = {:?}\n",
+        Vmm::Qemu.config(&binary),
+        init.display()
+    );
+    std::fs::write(lab.env.config_path(), config).unwrap();
+    lab.ok(&["kernel", "install", "--deb", deb.to_str().unwrap()]);
+    let layer = lab.env.path().join("busybox.tar");
+    std::fs::write(&layer, container::busybox_layer().unwrap()).unwrap();
+    lab.ok(&["image", "import", "local/busybox", layer.to_str().unwrap()]);
+    let gateway = format!("{}.1", lab.subnet);
+    let script = format!(
+        "ip -4 -o addr show dev eth0; ip route; echo NAME=$(hostname); ping -c 1 -W 10 {gateway}"
+    );
+    let out = lab
+        .cmd()
+        .args(["vm", "run", "--rm", "--qemu", "--nics", "1", "--cpu", "1"])
+        .args(["--memory", "512M", "--name", "net", "local/busybox", "--"])
+        .args(["sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("inet {}.", lab.subnet)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("default via {gateway} dev eth0")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("NAME=net"), "{stdout}");
+    assert!(stdout.contains("1 packets received"), "{stdout}");
+    assert!(lab.leases().is_empty(), "{:?}", lab.leases());
+    assert!(lab.cocoon_namespaces().is_empty());
 }
 
 /// A clone of a running container VM answers `vm exec` with its own
