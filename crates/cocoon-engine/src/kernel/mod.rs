@@ -105,6 +105,34 @@ fn version_key(release: &Release) -> Vec<(u64, String)> {
     key
 }
 
+/// Whether `path` is exactly a file the engine writes under `kernels`:
+/// `<release>/vmlinuz`, `<release>/vmlinux` or `<release>/initramfs-<16
+/// hex>.img`, the release a valid one. A snapshot may name only those
+/// besides its layers' boot files (`snapshot::trust`).
+pub fn is_default_kernel_file(kernels: &Path, path: &Path) -> bool {
+    use std::path::Component;
+    let Ok(rest) = path.strip_prefix(kernels) else {
+        return false;
+    };
+    let parts: Vec<Component<'_>> = rest.components().collect();
+    let [Component::Normal(release), Component::Normal(file)] = parts.as_slice() else {
+        return false;
+    };
+    let (Some(release), Some(file)) = (release.to_str(), file.to_str()) else {
+        return false;
+    };
+    let initramfs = file
+        .strip_prefix("initramfs-")
+        .and_then(|f| f.strip_suffix(".img"))
+        .is_some_and(|key| {
+            key.len() == 16
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+    Release::parse(release).is_ok() && (matches!(file, "vmlinuz" | "vmlinux") || initramfs)
+}
+
 /// The kernels directory.
 #[derive(Debug, Clone)]
 pub struct Kernels {

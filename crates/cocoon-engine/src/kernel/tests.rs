@@ -70,3 +70,27 @@ fn the_newest_kernel_is_the_default_and_staging_dirs_are_not_kernels() {
         "6.1.0-10-cloud-amd64"
     );
 }
+
+#[test]
+fn only_the_engines_own_kernel_files_pass_as_default_kernel_files() {
+    let k = Path::new("/r/kernels");
+    for ok in [
+        "/r/kernels/6.1.0-41-cloud-amd64/vmlinuz",
+        "/r/kernels/6.1.0-41-cloud-amd64/vmlinux",
+        "/r/kernels/6.1.0-41-cloud-amd64/initramfs-0123456789abcdef.img",
+    ] {
+        assert!(is_default_kernel_file(k, Path::new(ok)), "{ok}");
+    }
+    for bad in [
+        "/r/kernels/6.1.0-41-cloud-amd64/modules/kernel/fs/erofs/erofs.ko",
+        "/r/kernels/../cocoon.db",
+        "/r/kernels/6.1.0-41-cloud-amd64/../../cocoon.db",
+        "/r/kernels/.staging-1/vmlinuz",
+        "/r/kernels/6.1.0-41-cloud-amd64/initramfs-XYZ.img",
+        "/r/kernels/6.1.0-41-cloud-amd64/initramfs-0123456789abcdef0.img",
+        "/etc/passwd",
+        "/r/kernels/vmlinuz",
+    ] {
+        assert!(!is_default_kernel_file(k, Path::new(bad)), "{bad}");
+    }
+}

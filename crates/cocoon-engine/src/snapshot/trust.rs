@@ -254,11 +254,16 @@ fn check_listed_files(scope: &Scope<'_>, copies: &BTreeSet<String>) -> Result<()
     Ok(())
 }
 
-/// Boot files: those of its layers; firmware: this engine's.
+/// Boot files: those of its layers, or (a container image's VM) a default
+/// kernel's; firmware: this engine's.
 fn check_boot_files(scope: &Scope<'_>, checked: &Checked) -> Result<(), String> {
     let (boot, dirs) = (&scope.manifest.boot, &scope.dirs);
+    let kernels = scope.facts.root_dir.join("kernels");
     for (what, path) in [("kernel", &boot.kernel_path), ("initrd", &boot.initrd_path)] {
         let Some(path) = path else { continue };
+        if crate::kernel::is_default_kernel_file(&kernels, path) {
+            continue;
+        }
         let ok = boot_layer(dirs, path).is_some_and(|d| {
             checked.blobs.contains(&d)
                 && [
@@ -270,7 +275,7 @@ fn check_boot_files(scope: &Scope<'_>, checked: &Checked) -> Result<(), String> 
         });
         if !ok {
             return Err(format!(
-                "its {what} {} is not a boot file of one of its image layers",
+                "its {what} {} is not a boot file of one of its image layers or of an installed kernel",
                 path.display()
             ));
         }
