@@ -10,7 +10,6 @@
 mod exec;
 mod identity;
 mod listen;
-mod netlink;
 mod reseed;
 mod session;
 mod user;

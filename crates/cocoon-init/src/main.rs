@@ -5,6 +5,7 @@
 
 mod agent;
 mod init;
+mod netlink;
 
 fn main() {
     let code = if std::process::id() == 1 {

@@ -7,8 +7,8 @@ use std::io;
 
 use cocoon_guest_proto::agent::{IdentityRequest, Nic, parse_cidr, parse_mac};
 
-use super::netlink::Netlink;
 use super::{Root, reseed};
+use crate::netlink::{Netlink, same_subnet};
 
 const HOSTNAME: &str = "/etc/hostname";
 const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -29,8 +29,9 @@ pub fn run(request: &IdentityRequest, root: &Root) -> Result<(), String> {
         return Ok(());
     }
     let mut netlink = Netlink::open().map_err(|e| format!("netlink: {e}"))?;
-    for nic in &request.nics {
-        configure(&mut netlink, nic).map_err(|e| format!("NIC {}: {e}", nic.name))?;
+    for (position, nic) in request.nics.iter().enumerate() {
+        let metric = u32::try_from(position).unwrap_or(u32::MAX);
+        configure(&mut netlink, nic, metric).map_err(|e| format!("NIC {}: {e}", nic.name))?;
     }
     let dns: Vec<&String> = request.nics.iter().flat_map(|n| &n.dns).collect();
     if !dns.is_empty() {
@@ -51,9 +52,10 @@ fn set_hostname(name: &str, root: &Root) -> io::Result<()> {
 }
 
 /// Down, new MAC, up; then the address replaces the old ones and the
-/// default route points at the new gateway. A DHCP NIC (no address) only
-/// gets its MAC: its client asks again for the new one.
-fn configure(netlink: &mut Netlink, nic: &Nic) -> io::Result<()> {
+/// default route (at the NIC's `metric`, as at boot) points at the new
+/// gateway. A DHCP NIC (no address) only gets its MAC: its client asks
+/// again for the new one.
+fn configure(netlink: &mut Netlink, nic: &Nic, metric: u32) -> io::Result<()> {
     let name = CString::new(nic.name.as_str()).map_err(io::Error::other)?;
     // SAFETY: name is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -70,7 +72,8 @@ fn configure(netlink: &mut Netlink, nic: &Nic) -> io::Result<()> {
     netlink.add_ipv4(index, ip, prefix)?;
     if let Some(gateway) = &nic.gateway {
         let gateway = gateway.parse().map_err(io::Error::other)?;
-        netlink.replace_default_route(index, gateway)?;
+        let onlink = !same_subnet(ip, gateway, prefix);
+        netlink.default_route(index, gateway, metric, onlink)?;
     }
     Ok(())
 }

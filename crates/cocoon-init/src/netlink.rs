@@ -1,4 +1,7 @@
-//! The few rtnetlink requests `identity` makes, synchronously.
+//! The few rtnetlink requests the guest side makes, synchronously: PID 1
+//! applying the `ip=` arguments at boot (`init/net.rs`) and the agent
+//! re-applying a clone's NICs (`agent/identity.rs`). One request at a
+//! time, each acknowledged before the next; no async runtime in PID 1.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,7 +13,8 @@ use netlink_packet_core::{
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -44,6 +48,10 @@ impl Netlink {
             .map(drop)
     }
 
+    pub fn link_up(&mut self, index: u32) -> io::Result<()> {
+        self.set_link(index, None, true)
+    }
+
     /// Removes every IPv4 address of the link.
     pub fn flush_ipv4(&mut self, index: u32) -> io::Result<()> {
         let mut query = AddressMessage::default();
@@ -60,33 +68,54 @@ impl Netlink {
         Ok(())
     }
 
+    /// Adds (or keeps) `ip/prefix`: REPLACE, so a second boot of a
+    /// restored VM, or a repeated identity, finds it already there.
     pub fn add_ipv4(&mut self, index: u32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
         let mut address = AddressMessage::default();
         address.header.family = AddressFamily::Inet;
         address.header.prefix_len = prefix;
         address.header.index = index;
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-        let broadcast = Ipv4Addr::from(u32::from(ip) | !mask);
         address.attributes = vec![
             AddressAttribute::Local(IpAddr::V4(ip)),
             AddressAttribute::Address(IpAddr::V4(ip)),
-            AddressAttribute::Broadcast(broadcast),
         ];
+        // /31 and /32 have no broadcast address.
+        if prefix < 31 {
+            let broadcast = u32::from(ip) | (u32::MAX >> prefix);
+            address
+                .attributes
+                .push(AddressAttribute::Broadcast(Ipv4Addr::from(broadcast)));
+        }
         let flags = NLM_F_CREATE | NLM_F_REPLACE;
         self.request(RouteNetlinkMessage::NewAddress(address), flags)
             .map(drop)
     }
 
-    pub fn replace_default_route(&mut self, index: u32, gateway: Ipv4Addr) -> io::Result<()> {
+    /// The default route via `gateway` out of `index`, replacing the one
+    /// with the same `metric`. Each NIC gets its own metric (its position:
+    /// the first is preferred), so two NICs with gateways do not collide; a
+    /// gateway outside the address's subnet (a /32 from a CNI plugin) is
+    /// marked on-link, or the kernel refuses the route.
+    pub fn default_route(
+        &mut self,
+        index: u32,
+        gateway: Ipv4Addr,
+        metric: u32,
+        onlink: bool,
+    ) -> io::Result<()> {
         let mut route = RouteMessage::default();
         route.header.address_family = AddressFamily::Inet;
         route.header.table = RouteHeader::RT_TABLE_MAIN;
         route.header.protocol = RouteProtocol::Boot;
         route.header.scope = RouteScope::Universe;
         route.header.kind = RouteType::Unicast;
+        if onlink {
+            route.header.flags = RouteFlags::Onlink;
+        }
         route.attributes = vec![
             RouteAttribute::Gateway(RouteAddress::Inet(gateway)),
             RouteAttribute::Oif(index),
+            RouteAttribute::Priority(metric),
         ];
         let flags = NLM_F_CREATE | NLM_F_REPLACE;
         self.request(RouteNetlinkMessage::NewRoute(route), flags)
@@ -137,5 +166,25 @@ impl Netlink {
                 offset += length;
             }
         }
+    }
+}
+
+/// Whether `other` is in `address/prefix` (else a gateway there is on-link).
+pub fn same_subnet(address: Ipv4Addr, other: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    u32::from(address) & mask == u32::from(other) & mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateways_are_on_link_or_in_the_subnet() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert!(same_subnet(ip("10.0.0.5"), ip("10.0.0.1"), 24));
+        assert!(!same_subnet(ip("10.0.1.5"), ip("10.0.0.1"), 24));
+        assert!(!same_subnet(ip("10.0.0.5"), ip("10.0.0.1"), 32));
+        assert!(same_subnet(ip("10.0.0.5"), ip("192.168.0.1"), 0));
     }
 }
