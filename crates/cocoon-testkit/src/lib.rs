@@ -93,6 +93,16 @@ pub fn kill_all_under(root_dir: &Path) {
     }
 }
 
+/// A test's guard: [`kill_all_under`] its root when the test ends, passed
+/// or failed.
+pub struct EnvReaper(pub PathBuf);
+
+impl Drop for EnvReaper {
+    fn drop(&mut self) {
+        kill_all_under(&self.0);
+    }
+}
+
 pub use cocoon_test_skip::skip;
 
 /// Runs `cmd` (a cocoon command) with `args`, asserts that it succeeded

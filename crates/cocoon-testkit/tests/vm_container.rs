@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_testkit::registry::Registry;
 use cocoon_testkit::registry::layers::LayerBuilder;
-use cocoon_testkit::{CocoonEnv, container, require_real_vmm, skip};
+use cocoon_testkit::{CocoonEnv, EnvReaper, container, require_real_vmm, skip};
 use serde_json::{Value, json};
 
 /// A TCG boot on two shared cores takes seconds; a stuck one must not take minutes.
@@ -27,15 +27,6 @@ const STOP_LIMIT: Duration = Duration::from_secs(90);
 
 fn bin() -> String {
     cocoon_testkit::cocoon_bin()
-}
-
-/// Kills whatever the installation still runs when a test ends.
-struct EnvReaper(PathBuf);
-
-impl Drop for EnvReaper {
-    fn drop(&mut self) {
-        cocoon_testkit::kill_all_under(&self.0);
-    }
 }
 
 /// The backends a container VM runs on: config key, binary variable, name.

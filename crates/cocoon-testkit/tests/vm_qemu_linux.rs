@@ -20,7 +20,7 @@ use cocoon_engine::model::VmmProcess;
 use cocoon_engine::net::netns;
 use cocoon_testkit::console::ConsoleSession;
 use cocoon_testkit::linux_guest::{self, Assets};
-use cocoon_testkit::{CocoonEnv, processes_of, require_real_vmm, skip};
+use cocoon_testkit::{CocoonEnv, EnvReaper, processes_of, require_real_vmm, skip};
 use netlab::{NetLab, sh};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -56,16 +56,6 @@ fn import(ok: impl Fn(&[&str]) -> String, assets: &Assets) {
     let mut import = vec!["image", "import", "test/linux:1"];
     import.extend(layers.iter().map(|p| p.to_str().unwrap()));
     ok(&import);
-}
-
-/// Kills every VMM and relay still running under the installation when a
-/// test ends, whatever it recorded before failing.
-struct EnvReaper(PathBuf);
-
-impl Drop for EnvReaper {
-    fn drop(&mut self) {
-        cocoon_testkit::kill_all_under(&self.0);
-    }
 }
 
 /// `vm logs VM` once it holds the shell marker (the guest's reports before

@@ -18,7 +18,7 @@ use cocoon_testkit::guest::{
     COUNT_PREFIX, HEARTBEAT_PREFIX, READY_MARKER, heartbeats, heartbeats_since, last_drop,
 };
 use cocoon_testkit::registry::Registry;
-use cocoon_testkit::{CocoonEnv, real_vmm, require_real_vmm, skip};
+use cocoon_testkit::{CocoonEnv, EnvReaper, real_vmm, require_real_vmm, skip};
 use serde_json::Value;
 
 fn bin() -> String {
@@ -74,26 +74,6 @@ impl Drop for Reaper {
 }
 
 use cocoon_testkit::processes_of;
-
-/// Kills every VMM and relay still running under an environment's run
-/// directory when a test ends, whatever it recorded before failing.
-struct EnvReaper(PathBuf);
-
-impl Drop for EnvReaper {
-    fn drop(&mut self) {
-        for entry in std::fs::read_dir(self.0.join("run/vms"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for socket in ["api.sock", "console.sock"] {
-                for p in cocoon_engine::supervise::find_by_socket(&entry.path().join(socket)) {
-                    cocoon_testkit::kill_if_running(&p);
-                }
-            }
-        }
-    }
-}
 
 struct Run<'a> {
     env: &'a CocoonEnv,

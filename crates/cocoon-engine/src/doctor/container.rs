@@ -43,3 +43,50 @@ pub(super) fn cocoon_init(config: &Config) -> Check {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Status;
+
+    #[test]
+    fn container_images_need_an_installed_kernel_and_a_static_init() {
+        let root = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.root_dir = root.path().to_path_buf();
+        // Nothing installed: both items warn, each with its fix.
+        let kernel = default_kernel(&config);
+        assert_eq!(kernel.status, Status::Warn);
+        assert!(
+            kernel.detail.contains("no kernel is installed"),
+            "{}",
+            kernel.detail
+        );
+        assert!(kernel.fix.unwrap().contains("cocoon kernel install"));
+        config.init_binary = root.path().join("cocoon-init");
+        let init = cocoon_init(&config);
+        assert_eq!(init.status, Status::Warn);
+        assert!(init.detail.contains("cannot read"), "{}", init.detail);
+        // A dynamically linked binary (this test's own) is refused by name.
+        std::fs::copy(std::env::current_exe().unwrap(), &config.init_binary).unwrap();
+        let init = cocoon_init(&config);
+        assert_eq!(init.status, Status::Warn);
+        assert!(
+            init.detail.contains("dynamically linked"),
+            "{}",
+            init.detail
+        );
+        assert!(init.fix.unwrap().contains("init_binary"));
+        // An installed kernel is found, and named.
+        let release = root.path().join("kernels/6.1.0-9-cloud-amd64");
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::write(release.join("vmlinuz"), b"kernel").unwrap();
+        let kernel = default_kernel(&config);
+        assert_eq!(kernel.status, Status::Ok);
+        assert!(
+            kernel.detail.starts_with("6.1.0-9-cloud-amd64 ("),
+            "{}",
+            kernel.detail
+        );
+    }
+}
