@@ -49,6 +49,12 @@ pub enum ImportError {
     },
     #[error(transparent)]
     Cloud(#[from] CloudError),
+    #[error(transparent)]
+    Archive(#[from] super::archive::ArchiveError),
+    #[error(
+        "{source_name} is a whole image archive (docker save or an OCI layout): import it alone, not with other files"
+    )]
+    ArchiveWithOthers { source_name: String },
     /// Free space ran out (or would have).
     #[error(transparent)]
     Limit(#[from] super::limits::LimitError),
@@ -160,6 +166,8 @@ fn decompress(head: Vec<u8>, stream: Stream) -> io::Result<(Vec<u8>, Stream, Opt
 pub enum Opened {
     /// Tar layers, bottom first.
     Layers(Vec<(String, Box<dyn BufRead + Send>)>),
+    /// A whole image (`docker save`, an OCI layout): its name and stream.
+    Archive(String, Box<dyn BufRead + Send>),
     Disk(DiskSource),
 }
 
@@ -229,7 +237,13 @@ pub fn open_all(files: &[PathBuf]) -> Result<Opened, ImportError> {
         1 => first.clone(),
         n => format!("{first} (+{} more parts)", n - 1),
     };
+    let archive = super::archive::is_archive(&head);
     match detect(&head) {
+        Format::Tar if archive && sources.len() == 1 => Ok(Opened::Archive(
+            first,
+            Box::new(BufReader::with_capacity(1 << 20, stream)),
+        )),
+        Format::Tar if archive => Err(ImportError::ArchiveWithOthers { source_name: first }),
         Format::Tar if sources.len() == 1 => Ok(Opened::Layers(vec![(
             first,
             Box::new(BufReader::with_capacity(1 << 20, stream)),
@@ -307,6 +321,9 @@ pub fn open(source: Option<&Path>) -> Result<(String, Box<dyn BufRead + Send>), 
     let (head, stream) = peek(raw).map_err(read_err)?;
     let (head, stream, _) = decompress(head, stream).map_err(read_err)?;
     let found = match detect(&head) {
+        Format::Tar if super::archive::is_archive(&head) => {
+            return Err(ImportError::ArchiveWithOthers { source_name: name });
+        }
         Format::Tar => return Ok((name, Box::new(BufReader::with_capacity(1 << 20, stream)))),
         Format::Qcow2 => "a qcow2 disk image",
         Format::RawDisk => "a raw disk image",

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::image::cloud::{self, CloudProgress};
-use crate::image::{import, oci};
+use crate::image::{archive, import, oci};
 use crate::intent::Op;
 use crate::model::Image;
 
@@ -24,6 +24,7 @@ pub(crate) fn run(
     validate_name(name)?;
     match import::open_all(files)? {
         import::Opened::Layers(readers) => layers(ctx, name, readers),
+        import::Opened::Archive(source_name, reader) => archive(ctx, name, &source_name, reader),
         import::Opened::Disk(disk) => cloud_image(ctx, name, disk, progress),
     }
 }
@@ -60,6 +61,74 @@ fn layers(
         crate::failpoint::hit("image.import.recorded")?;
         Ok(image)
     })
+}
+
+/// A whole image archive: staged (bounded, under the image store's work
+/// directory, removed after), checked, then each layer stored as a pulled
+/// one is, and the image recorded with its config and identity.
+fn archive(
+    ctx: &mut Ctx,
+    name: &str,
+    source_name: &str,
+    reader: Box<dyn BufRead + Send>,
+) -> Result<Image> {
+    let op = Op::ImageImport {
+        source: Some(source_name.to_string()),
+    };
+    ctx.with_intent(&op, name, |ctx, _| {
+        let dirs = ctx.images();
+        let max_layer_bytes = ctx.config().max_layer_bytes;
+        let staging = dirs.root.join("tmp").join(format!(
+            "import-{}-{}",
+            std::process::id(),
+            crate::id::generate_id()
+        ));
+        let result = (|| {
+            dirs.create()
+                .map_err(|e| Error::io("cannot create the image store", e))?;
+            let staged = archive::stage(reader, source_name, &staging, &dirs.root, max_layer_bytes)
+                .map_err(import::ImportError::from)?;
+            crate::failpoint::hit("image.import.staged")?;
+            let plan = archive::plan(&staged).map_err(import::ImportError::from)?;
+            let mut layers = Vec::with_capacity(plan.layers.len());
+            for planned in &plan.layers {
+                layers.push(archive_layer(&dirs, source_name, planned, max_layer_bytes)?);
+                crate::failpoint::hit("image.import.layer")?;
+            }
+            oci::require_boot_files(name, &layers)?;
+            let image = image_record::layers(ctx, name, plan.id, &layers, Some(plan.config))?;
+            crate::failpoint::hit("image.import.recorded")?;
+            Ok(image)
+        })();
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    })
+}
+
+/// Stores one staged layer, checking a `docker save` layer's diff ID.
+fn archive_layer(
+    dirs: &crate::image::store::ImageDirs,
+    source_name: &str,
+    planned: &archive::PlannedLayer,
+    max_layer_bytes: u64,
+) -> Result<oci::PulledLayer> {
+    let what = format!("{} in {source_name}", planned.name);
+    let reader = crate::image::layer::open_decompressed(&planned.path)
+        .map_err(|e| Error::io("cannot read a staged layer", e))?;
+    let layer = import::import_layer(dirs, &what, reader, max_layer_bytes)?;
+    if let archive::Expect::DiffId(expected) = &planned.expect
+        && *expected != layer.digest
+    {
+        return Err(import::ImportError::from(archive::ArchiveError::Mismatch {
+            source_name: source_name.to_string(),
+            what: "layer".to_string(),
+            entry: planned.name.clone(),
+            expected: format!("diff ID {expected}"),
+            found: layer.digest.to_string(),
+        })
+        .into());
+    }
+    Ok(layer)
 }
 
 /// cocoon's import identity: sha256 over the layer digests in order.
