@@ -560,6 +560,46 @@ fn image_import() {
     });
 }
 
+/// `docker save` of one layer with boot files: an image archive.
+fn saved_archive(lab: &Lab) {
+    use sha2::Digest as _;
+    let layer = cocoon_testkit::guest::boot_layer("6.3", b"a saved initrd").build();
+    let hex: String = sha2::Sha256::digest(&layer)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let diff_id = format!("sha256:{hex}");
+    let config = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [diff_id]}});
+    let manifest = serde_json::json!([{"Config": "config.json", "Layers": ["l/layer.tar"]}]);
+    let archive = LayerBuilder::new()
+        .file("manifest.json", manifest.to_string().as_bytes())
+        .file("config.json", config.to_string().as_bytes())
+        .file("l/layer.tar", &layer)
+        .build();
+    std::fs::write(lab.env.path().join("saved.tar"), archive).unwrap();
+}
+
+#[test]
+fn image_import_archive() {
+    matrix(&Op {
+        name: "image import (docker save)",
+        setup: &saved_archive,
+        args: &|lab| {
+            let file = in_lab(lab, "saved.tar");
+            ["image", "import", "test/saved:1", &file]
+                .map(String::from)
+                .to_vec()
+        },
+        failpoints: &[
+            "image.import.staged",
+            "image.import.unpacked",
+            "image.import.layer",
+            "image.import.recorded",
+        ],
+        again: &nothing,
+    });
+}
+
 #[test]
 fn cloud_image_import() {
     matrix(&Op {

@@ -182,7 +182,7 @@ fn blob_name(digest: &Digest) -> String {
 
 /// A blob named by a descriptor, checked against its digest and size.
 fn blob(staged: &Staged, d: Described<'_>, what: &str) -> Result<(Digest, PathBuf), ArchiveError> {
-    let digest = Digest::parse(&d.digest).map_err(|e| document_error(staged, what, e))?;
+    let digest = Digest::parse(d.digest).map_err(|e| document_error(staged, what, e))?;
     let name = blob_name(&digest);
     let path = staged.file(&name, what)?.to_path_buf();
     let read = |source| ArchiveError::Read {
