@@ -298,7 +298,7 @@ fn a_link_loop_is_missing_not_endless() {
 
 #[test]
 fn an_oversized_document_is_refused() {
-    let big = vec![b' '; (MAX_MANIFEST_BYTES + 1) as usize];
+    let big = vec![b' '; usize::try_from(MAX_MANIFEST_BYTES + 1).unwrap()];
     let tar = tar_of(&[("index.json", E::File(&big))]);
     let (_dir, staged) = stage_bytes(&tar);
     let err = plan(&staged.unwrap()).unwrap_err().to_string();
