@@ -148,6 +148,11 @@ pub trait Backend: Sync {
     fn has_vsock(&self, vm: &Vm, _opts: &LaunchOptions) -> bool {
         !vm.config.no_agent
     }
+    /// Whether VMs of images built for cocoon (own kernel) get a vsock
+    /// device, so the guest agent's layer can serve them.
+    fn vsock_for_own_kernel_images(&self) -> bool {
+        true
+    }
     /// The process the VM's vsock device runs in, to start before the VMM
     /// (QEMU's vhost-device-vsock). None: the VMM is the device itself.
     fn vsock_helper(&self, _vm: &Vm, _paths: &VmPaths, _opts: &LaunchOptions) -> Option<Helper> {

@@ -1,6 +1,7 @@
 //! Images: OCI VM images pulled from registries, each layer an EROFS disk,
 //! and cloud images, one qcow2 disk each.
 
+pub mod agent_layer;
 pub mod archive;
 pub mod cloud;
 pub mod commit;

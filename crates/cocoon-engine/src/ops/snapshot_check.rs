@@ -98,6 +98,7 @@ pub(crate) fn check(ctx: &Ctx, snapshot: &Snapshot, manifest: &Manifest) -> Resu
 
 /// Layers, kernel and initrd of the snapshot's image must still be here.
 pub(crate) fn check_base_files(ctx: &Ctx, manifest: &Manifest) -> Result<()> {
+    rebuild_agent_layer(ctx, manifest)?;
     if let Some(path) = missing_image_file(ctx, manifest)? {
         return Err(SnapshotError::Invalid {
             id: manifest.snapshot.id.clone(),
@@ -117,6 +118,31 @@ pub(crate) fn check_base_files(ctx: &Ctx, manifest: &Manifest) -> Result<()> {
         return Err(backend
             .firmware_missing(manifest.source.image.clone(), firmware.clone())
             .into());
+    }
+    Ok(())
+}
+
+/// A snapshot of a VM of an image built for cocoon names the guest agent's
+/// layer, which no registry holds: a host that imported the snapshot
+/// rebuilds it from its own cocoon-init when that is the same binary (the
+/// layer's digest says so). Otherwise the layer stays missing and the
+/// check below names it.
+fn rebuild_agent_layer(ctx: &Ctx, manifest: &Manifest) -> Result<()> {
+    let missing = manifest
+        .storage
+        .iter()
+        .any(|d| d.ro && d.role == StorageRole::Layer && !d.path.exists());
+    if !missing {
+        return Ok(());
+    }
+    let Some(agent) = crate::image::agent_layer::AgentLayer::installed(&ctx.config().init_binary)
+    else {
+        return Ok(());
+    };
+    let dirs = ctx.images();
+    let path = dirs.blob(&agent.digest);
+    if manifest.storage.iter().any(|d| d.path == path) {
+        agent.ensure(&dirs, ctx.config().max_layer_bytes)?;
     }
     Ok(())
 }

@@ -54,17 +54,21 @@ pub(crate) fn run(ctx: &mut Ctx, request: CreateVm) -> Result<Vm> {
             mut vm,
             disks,
             overlay,
+            agent_layer,
         } = plan;
         let mut network = Network::default();
-        match build(
-            ctx,
-            &request,
-            &mut vm,
-            &disks,
-            overlay.as_ref(),
-            wants_cidata,
-            &mut network,
-        ) {
+        let built = ensure_agent_layer(ctx, agent_layer.as_ref()).and_then(|()| {
+            build(
+                ctx,
+                &request,
+                &mut vm,
+                &disks,
+                overlay.as_ref(),
+                wants_cidata,
+                &mut network,
+            )
+        });
+        match built {
             Ok(()) => commit(ctx, vm),
             Err(e) => {
                 new_vm::roll_back(ctx, &vm, &network);
@@ -72,6 +76,18 @@ pub(crate) fn run(ctx: &mut Ctx, request: CreateVm) -> Result<Vm> {
             }
         }
     })
+}
+
+/// Stores the guest agent's layer the VM's record already names (so gc,
+/// which keeps what records name, cannot take it in between).
+fn ensure_agent_layer(
+    ctx: &Ctx,
+    agent_layer: Option<&crate::image::agent_layer::AgentLayer>,
+) -> Result<()> {
+    if let Some(agent) = agent_layer {
+        agent.ensure(&ctx.images(), ctx.config().max_layer_bytes)?;
+    }
+    Ok(())
 }
 
 /// Directories, network, disks and the cloud-init disk of the new VM.

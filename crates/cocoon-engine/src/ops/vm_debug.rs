@@ -36,7 +36,9 @@ pub(crate) fn run(
     cow: Option<&Path>,
 ) -> Result<DebugPlan> {
     let id = crate::id::generate_id();
-    let Plan { vm, disks, overlay } = vm_plan::plan(ctx, request, &id, cow)?;
+    let Plan {
+        vm, disks, overlay, ..
+    } = vm_plan::plan(ctx, request, &id, cow)?;
     let mut commands = match &overlay {
         Some(overlay) => overlay::commands(overlay).map_err(VmError::from)?,
         None => vec![],

@@ -10,6 +10,7 @@ use crate::backend::{self, Backend};
 use crate::context::Ctx;
 use crate::error::Result;
 use crate::guest::cmdline::{self, CmdlineSpec, GuestNic};
+use crate::image::agent_layer::AgentLayer;
 use crate::image::cloud;
 use crate::image::store::ImageDirs;
 use crate::layout::VmPaths;
@@ -28,6 +29,9 @@ pub(crate) struct Plan {
     pub disks: Vec<DiskPrep>,
     /// A cloud image's qcow2 overlay.
     pub overlay: Option<OverlayPrep>,
+    /// The guest agent's layer, on top of an image built for cocoon's, to
+    /// store before the VM is made (see [`crate::image::agent_layer`]).
+    pub agent_layer: Option<AgentLayer>,
 }
 
 /// The record and disks of a new VM. `cow_override` replaces the COW path (debug).
@@ -56,6 +60,7 @@ pub(crate) fn plan(
         .collect();
     let direct_ok = direct_io_ok(&vm.config, &paths);
     let mut storage = layer_disks(&image, &dirs, backend);
+    let agent_layer = add_agent_layer(ctx, request, &image, backend, &mut vm, &mut storage);
     let cow = cow_override.map_or_else(|| paths.cow(), Path::to_path_buf);
     let (kernel_path, initrd_path, seed) = if image.own_kernel {
         let (kernel_layer, initrd_layer) = boot_layers(&image)?;
@@ -99,7 +104,29 @@ pub(crate) fn plan(
         vm,
         disks: prep,
         overlay: None,
+        agent_layer,
     })
+}
+
+/// An image built for cocoon (its own kernel, systemd as init) gets the
+/// guest agent's layer on top of its own, unless `--no-agent` or the
+/// backend gives such VMs no vsock (QEMU).
+fn add_agent_layer(
+    ctx: &Ctx,
+    request: &CreateVm,
+    image: &Image,
+    backend: &dyn Backend,
+    vm: &mut Vm,
+    storage: &mut Vec<StorageConfig>,
+) -> Option<AgentLayer> {
+    if !image.own_kernel || request.config.no_agent || !backend.vsock_for_own_kernel_images() {
+        return None;
+    }
+    let agent = AgentLayer::installed(&ctx.config().init_binary)?;
+    let top = layer_disk(&ctx.images(), &agent.digest, backend, image.layers.len());
+    storage.push(top);
+    vm.image_blob_ids.insert(agent.digest.to_string(), Empty {});
+    Some(agent)
 }
 
 /// The kernel, initramfs and COW seed files of a container image's VM.
@@ -241,6 +268,7 @@ fn plan_cloud(
             path: overlay,
             size,
         }),
+        agent_layer: None,
     })
 }
 
@@ -326,18 +354,28 @@ fn layer_disks(image: &Image, dirs: &ImageDirs, backend: &dyn Backend) -> Vec<St
         .layers
         .iter()
         .enumerate()
-        .map(|(j, digest)| StorageConfig {
-            vmm_path: None,
-            path: dirs.blob(digest),
-            ro: true,
-            serial: backend.layer_serial(j),
-            role: StorageRole::Layer,
-            mount_point: String::new(),
-            fstype: None,
-            direct_io: None,
-            directio_mode: None,
-        })
+        .map(|(j, digest)| layer_disk(dirs, digest, backend, j))
         .collect()
+}
+
+/// Layer `j` (from the bottom), read-only.
+fn layer_disk(
+    dirs: &ImageDirs,
+    digest: &crate::digest::Digest,
+    backend: &dyn Backend,
+    j: usize,
+) -> StorageConfig {
+    StorageConfig {
+        vmm_path: None,
+        path: dirs.blob(digest),
+        ro: true,
+        serial: backend.layer_serial(j),
+        role: StorageRole::Layer,
+        mount_point: String::new(),
+        fstype: None,
+        direct_io: None,
+        directio_mode: None,
+    }
 }
 
 /// The cidata entry of a VM's storage: read-only, no serial (docs/reference/cocoon-v0.3.8.md §4.2).

@@ -137,6 +137,11 @@ impl Backend for QemuBackend {
         vsock::on(vm, opts)
     }
 
+    /// No: QEMU's vhost-user vsock cannot be snapshotted, and these VMs are.
+    fn vsock_for_own_kernel_images(&self) -> bool {
+        false
+    }
+
     fn vsock_helper(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Option<Helper> {
         vsock::helper(vm, paths, opts)
     }
