@@ -1,5 +1,5 @@
 //! The guest agent's layer on images built for cocoon, through the real
-//! binary and a real Cloud Hypervisor: a VM of such an image gets one more
+//! binary and real Cloud Hypervisor and Firecracker VMMs: a VM of such an image gets one more
 //! read-only layer on top (cocoon-init as `/usr/local/bin/cocoon-agent`,
 //! upstream's systemd unit, enabled), `--no-agent` goes without, gc removes
 //! the layer once nothing uses it, and a snapshot imported where the layer
@@ -20,12 +20,14 @@ fn bin() -> String {
     cocoon_testkit::cocoon_bin()
 }
 
-fn install(ch: &Path, init: &Path) -> (CocoonEnv, EnvReaper) {
+fn install(backend: &Backend, vmm: &Path, init: &Path) -> (CocoonEnv, EnvReaper) {
     let env = CocoonEnv::new(bin());
     let reaper = EnvReaper(env.root_dir());
     let config = format!(
-        "ch_binary = {:?}\ninit_binary = {:?}\n",
-        ch.display(),
+        "{} = {:?}\ndefault_hypervisor = {:?}\ninit_binary = {:?}\n",
+        backend.key,
+        vmm.display(),
+        backend.name,
         init.display()
     );
     std::fs::write(env.config_path(), config).unwrap();
@@ -90,17 +92,48 @@ fn extract(blob: &Path, into: &Path) {
     );
 }
 
+/// A backend: its binary's variable and name, its config key and name, and
+/// how its command line lists the two layers (top first).
+struct Backend {
+    env: &'static str,
+    binary: &'static str,
+    key: &'static str,
+    name: &'static str,
+    layers: &'static str,
+}
+
 #[test]
-fn an_image_built_for_cocoon_gets_the_agent_layer_which_travels_with_its_snapshots() {
-    let test = "an_image_built_for_cocoon_gets_the_agent_layer_which_travels_with_its_snapshots";
-    let Some(ch) = require_real_vmm(test, "COCOON_CH_BINARY", "cloud-hypervisor") else {
+fn the_agent_layer_on_cloud_hypervisor() {
+    agent_layer_case(&Backend {
+        env: "COCOON_CH_BINARY",
+        binary: "cloud-hypervisor",
+        key: "ch_binary",
+        name: "cloud-hypervisor",
+        layers: "cocoon.layers=cocoon-layer1,cocoon-layer0 ",
+    });
+}
+
+#[test]
+fn the_agent_layer_on_firecracker() {
+    agent_layer_case(&Backend {
+        env: "COCOON_FC_BINARY",
+        binary: "firecracker",
+        key: "fc_binary",
+        name: "firecracker",
+        layers: "cocoon.layers=/dev/vdb,/dev/vda cocoon.cow=/dev/vdc ",
+    });
+}
+
+fn agent_layer_case(backend: &Backend) {
+    let test = &format!("the_agent_layer_on_{}", backend.name.replace('-', "_"));
+    let Some(vmm) = require_real_vmm(test, backend.env, backend.binary) else {
         return;
     };
     let init: PathBuf = match container::init_binary() {
         Ok(init) => init,
         Err(why) => return skip(test, &why),
     };
-    let (a, _reaper_a) = install(&ch, &init);
+    let (a, _reaper_a) = install(backend, &vmm, &init);
     let layer = cocoon_testkit::guest::boot_layer("test", b"unused").build();
     let tar = a.path().join("layer.tar");
     std::fs::write(&tar, layer).unwrap();
@@ -125,13 +158,9 @@ fn an_image_built_for_cocoon_gets_the_agent_layer_which_travels_with_its_snapsho
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    assert_eq!(disks[1]["serial"], "cocoon-layer1", "{vm:#}");
     assert_eq!(disks[1]["ro"], true);
     let cmdline = vm["boot_config"]["cmdline"].as_str().unwrap();
-    assert!(
-        cmdline.contains("cocoon.layers=cocoon-layer1,cocoon-layer0 "),
-        "{cmdline}"
-    );
+    assert!(cmdline.contains(backend.layers), "{cmdline}");
     assert!(
         vm["image_blob_ids"]
             .as_object()
