@@ -12,10 +12,9 @@
 //! imports a snapshot rebuild the layer instead of carrying it.
 
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::import::{self, ImportError};
-use super::oci::PulledLayer;
 use super::store::ImageDirs;
 use crate::digest::Digest;
 
@@ -45,23 +44,60 @@ WantedBy=multi-user.target
 /// The layer made from one cocoon-init binary, not yet stored.
 pub struct AgentLayer {
     pub digest: Digest,
-    tar: Vec<u8>,
+    init: PathBuf,
+}
+
+/// The file that remembers the last cocoon-init's layer digest, with that
+/// file's identity, so a `vm create` does not read and hash the binary.
+fn cache_path(dirs: &ImageDirs) -> PathBuf {
+    dirs.root.join("agent-layer")
+}
+
+/// A file's identity: device, inode, size, modification and change times.
+fn identity(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}:{}:{}:{}.{}:{}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
 }
 
 impl AgentLayer {
     /// The layer of the cocoon-init at `init`; None when that is not a
     /// static binary (a development build), which no guest could run.
-    pub fn of(init: &Path) -> std::io::Result<Option<AgentLayer>> {
+    pub fn of(init: &Path, dirs: &ImageDirs) -> std::io::Result<Option<AgentLayer>> {
+        let key = identity(&std::fs::metadata(init)?);
+        let cached = std::fs::read_to_string(cache_path(dirs)).ok();
+        if let Some(digest) = cached
+            .as_deref()
+            .and_then(|c| c.strip_prefix(&key))
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|d| Digest::parse(d.trim_end()).ok())
+        {
+            return Ok(Some(AgentLayer {
+                digest,
+                init: init.to_path_buf(),
+            }));
+        }
         let binary = std::fs::read(init)?;
         if crate::kernel::initramfs::check_static(&binary).is_err() {
             return Ok(None);
         }
-        let tar = tar_of(&binary);
-        let mut hasher = sha2::Sha256::default();
-        sha2::Digest::update(&mut hasher, &tar);
+        let digest = digest_of(&tar_of(&binary));
+        // Best effort: without it the next create hashes again.
+        let tmp = cache_path(dirs).with_extension(format!("tmp-{}", std::process::id()));
+        if std::fs::write(&tmp, format!("{key} {digest}\n")).is_ok() {
+            let _ = std::fs::rename(&tmp, cache_path(dirs));
+        }
         Ok(Some(AgentLayer {
-            digest: Digest::of(hasher),
-            tar,
+            digest,
+            init: init.to_path_buf(),
         }))
     }
 
@@ -69,26 +105,42 @@ impl AgentLayer {
     /// install.sh puts it); None without one, or with a development build
     /// (dynamically linked), which no guest can run: `cocoon doctor`
     /// reports both.
-    pub fn installed(init_binary: &Path) -> Option<AgentLayer> {
+    pub fn installed(init_binary: &Path, dirs: &ImageDirs) -> Option<AgentLayer> {
         let init = crate::kernel::initramfs::find_init(init_binary).ok()?;
-        AgentLayer::of(&init).ok().flatten()
+        AgentLayer::of(&init, dirs).ok().flatten()
     }
 
-    /// Stores the layer as a pulled one is (EROFS, under its blob lock);
-    /// already stored, it is reused (a few MiB unpacked to find that out:
-    /// only at create, and on a host missing it).
-    pub fn ensure(
-        &self,
-        dirs: &ImageDirs,
-        max_layer_bytes: u64,
-    ) -> Result<PulledLayer, ImportError> {
+    /// Stores the layer as a pulled one is (EROFS, under its blob lock),
+    /// unless it is stored already. Called once a record names the blob, so
+    /// gc keeps it from then on.
+    pub fn ensure(&self, dirs: &ImageDirs, max_layer_bytes: u64) -> Result<(), ImportError> {
+        if dirs.blob(&self.digest).is_file() {
+            return Ok(());
+        }
+        let read = |source| ImportError::Read {
+            source_name: self.init.display().to_string(),
+            source,
+        };
+        let tar = tar_of(&std::fs::read(&self.init).map_err(read)?);
+        if digest_of(&tar) != self.digest {
+            return Err(read(std::io::Error::other(
+                "cocoon-init changed while the VM was being made; run the command again",
+            )));
+        }
         import::import_layer(
             dirs,
             "the guest agent layer",
-            Cursor::new(&self.tar),
+            Cursor::new(&tar),
             max_layer_bytes,
-        )
+        )?;
+        Ok(())
     }
+}
+
+fn digest_of(tar: &[u8]) -> Digest {
+    let mut hasher = sha2::Sha256::default();
+    sha2::Digest::update(&mut hasher, tar);
+    Digest::of(hasher)
 }
 
 /// The layer's tar: the same bytes for the same binary, always.
@@ -158,23 +210,35 @@ mod tests {
     #[test]
     fn the_same_binary_gives_the_same_layer_and_another_one_another() {
         let dir = tempfile::tempdir().unwrap();
+        let dirs = ImageDirs::new(dir.path());
+        dirs.create().unwrap();
         let init = static_binary(dir.path());
-        let a = AgentLayer::of(&init).unwrap().expect("a static binary");
-        let b = AgentLayer::of(&init).unwrap().unwrap();
+        let a = AgentLayer::of(&init, &dirs)
+            .unwrap()
+            .expect("a static binary");
+        assert_eq!(a.digest, digest_of(&tar_of(&std::fs::read(&init).unwrap())));
+        // Again, from the cache: the same digest.
+        assert!(cache_path(&dirs).is_file());
+        let b = AgentLayer::of(&init, &dirs).unwrap().unwrap();
         assert_eq!(a.digest, b.digest);
-        assert_eq!(a.tar, b.tar);
+        // Another binary at the same path: another layer, whatever the cache says.
         let mut other = std::fs::read(&init).unwrap();
         other.push(0);
         std::fs::write(&init, other).unwrap();
-        let c = AgentLayer::of(&init).unwrap().unwrap();
+        let c = AgentLayer::of(&init, &dirs).unwrap().unwrap();
         assert_ne!(a.digest, c.digest);
+        // Stored under its digest.
+        c.ensure(&dirs, 1 << 30).unwrap();
+        assert!(dirs.blob(&c.digest).is_file());
     }
 
     #[test]
     fn a_dynamic_binary_makes_no_layer() {
         // This test binary is dynamically linked.
         let me = std::env::current_exe().unwrap();
-        assert!(AgentLayer::of(&me).unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = ImageDirs::new(dir.path());
+        assert!(AgentLayer::of(&me, &dirs).unwrap().is_none());
     }
 
     #[test]

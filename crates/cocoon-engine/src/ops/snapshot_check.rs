@@ -135,7 +135,8 @@ fn rebuild_agent_layer(ctx: &Ctx, manifest: &Manifest) -> Result<()> {
     if !missing {
         return Ok(());
     }
-    let Some(agent) = crate::image::agent_layer::AgentLayer::installed(&ctx.config().init_binary)
+    let Some(agent) =
+        crate::image::agent_layer::AgentLayer::installed(&ctx.config().init_binary, &ctx.images())
     else {
         return Ok(());
     };

@@ -122,7 +122,7 @@ fn add_agent_layer(
     if !image.own_kernel || request.config.no_agent || !backend.vsock_for_own_kernel_images() {
         return None;
     }
-    let agent = AgentLayer::installed(&ctx.config().init_binary)?;
+    let agent = AgentLayer::installed(&ctx.config().init_binary, &ctx.images())?;
     let top = layer_disk(&ctx.images(), &agent.digest, backend, image.layers.len());
     storage.push(top);
     vm.image_blob_ids.insert(agent.digest.to_string(), Empty {});
