@@ -196,7 +196,7 @@ fn tar_of(binary: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn static_binary(dir: &Path) -> std::path::PathBuf {
+    fn static_binary(dir: &Path) -> PathBuf {
         // The smallest ELF check_static accepts: x86-64, no program headers
         // (so no PT_INTERP).
         let path = dir.join("cocoon-init");
