@@ -109,7 +109,7 @@ fn help_lists_every_subcommand() {
             &["vm"],
             &[
                 "create", "run", "clone", "start", "stop", "list", "inspect", "console", "exec",
-                "reseed", "logs", "rm", "restore", "debug", "status",
+                "reseed", "logs", "rm", "reconcile-stale-create", "restore", "debug", "status",
             ],
         ),
         (
