@@ -129,8 +129,14 @@ pub(crate) fn run(ctx: &mut Ctx, policy: &EvictionPolicy) -> Result<EvictionRepo
         bytes_freed: 0,
     };
     for id in chosen {
-        let snapshot = snapshots.iter().find(|s| s.id == id).expect("picked from these");
-        let bytes = candidates.iter().find(|c| c.id == id).map_or(0, |c| c.bytes);
+        let snapshot = snapshots
+            .iter()
+            .find(|s| s.id == id)
+            .expect("picked from these");
+        let bytes = candidates
+            .iter()
+            .find(|c| c.id == id)
+            .map_or(0, |c| c.bytes);
         if !policy.dry_run {
             evict(ctx, snapshot)?;
         }

@@ -66,12 +66,7 @@ pub(crate) fn run(ctx: &mut Ctx, reference: &str) -> Result<StaleCreateOutcome> 
         Err(LockError::Busy { .. }) => return answer(&vm.id, StaleCreate::Busy),
         Err(e) => return Err(e.into()),
     };
-    if ctx
-        .store()
-        .intents()?
-        .iter()
-        .any(|i| i.object_id == vm.id)
-    {
+    if ctx.store().intents()?.iter().any(|i| i.object_id == vm.id) {
         return answer(&vm.id, StaleCreate::Busy);
     }
     // Looked at again under the lock.

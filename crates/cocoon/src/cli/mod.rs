@@ -155,7 +155,12 @@ pub struct SnapshotGcArgs {
     #[arg(id = "snapshot", long = "snapshot")]
     pub enabled: bool,
     /// Keep at most N snapshots (the N most recently used)
-    #[arg(id = "snapshot_keep", long = "snapshot-keep", value_name = "N", requires = "snapshot")]
+    #[arg(
+        id = "snapshot_keep",
+        long = "snapshot-keep",
+        value_name = "N",
+        requires = "snapshot"
+    )]
     pub keep: Option<u64>,
     /// Evict snapshots not used for longer than this, e.g. 36h, 7d, 2w
     #[arg(id = "snapshot_age", long = "snapshot-age", value_name = "DURATION", requires = "snapshot", value_parser = parse::parse_age)]
@@ -164,7 +169,11 @@ pub struct SnapshotGcArgs {
     #[arg(id = "snapshot_size", long = "snapshot-size", value_name = "SIZE", requires = "snapshot", value_parser = parse::parse_size)]
     pub size: Option<u64>,
     /// List the snapshots that would be evicted, evict nothing
-    #[arg(id = "snapshot_dry_run", long = "snapshot-dry-run", requires = "snapshot")]
+    #[arg(
+        id = "snapshot_dry_run",
+        long = "snapshot-dry-run",
+        requires = "snapshot"
+    )]
     pub dry_run: bool,
 }
 

@@ -215,7 +215,7 @@ pub enum VmCommand {
         output: JsonOnlyArg,
         vm: String,
     },
-    /// Attach to a VM's console (detach with the escape character followed by '.')
+    /// Attach to a VM's console (detach: the escape character, then '.')
     Console {
         /// Escape character, e.g. ^] or ^a
         #[arg(long, default_value = "^]", value_parser = parse_escape)]

@@ -49,12 +49,7 @@ pub fn run(command: Command, config: Config) -> Result<Outcome> {
     }
 }
 
-fn gc(
-    dry_run: bool,
-    snapshots: &SnapshotGcArgs,
-    output: FormatArg,
-    config: Config,
-) -> Result<()> {
+fn gc(dry_run: bool, snapshots: &SnapshotGcArgs, output: FormatArg, config: Config) -> Result<()> {
     let mut engine = open(config)?;
     // Snapshots first: the blobs only they pinned go in the same run.
     let evicted = if snapshots.enabled {
@@ -84,8 +79,7 @@ fn gc(
         };
         for s in &evicted.evicted {
             let name = if s.name.is_empty() { "-" } else { &s.name };
-            crate::output::print_line(&format!("{verb} snapshot {} ({name})", s.id))
-                .map_err(io)?;
+            crate::output::print_line(&format!("{verb} snapshot {} ({name})", s.id)).map_err(io)?;
         }
         eprintln!(
             "{verb} {} snapshot(s), {}; kept {} a VM or an operation needs",

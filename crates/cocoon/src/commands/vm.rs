@@ -82,7 +82,9 @@ fn run_other(
             tail,
             vm,
         } => logs(engine, &vm, follow, vmm, tail),
-        VmCommand::ReconcileStaleCreate { output, vm } => reconcile_stale_create(engine, &vm, output),
+        VmCommand::ReconcileStaleCreate { output, vm } => {
+            reconcile_stale_create(engine, &vm, output)
+        }
         VmCommand::Clone {
             flags,
             output,
