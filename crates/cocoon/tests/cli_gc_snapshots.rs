@@ -42,7 +42,10 @@ fn four() -> CocoonEnv {
     let env = env();
     env.cmd().args(["snapshot", "ls"]).assert().success();
     let mut store = Store::open(&env.db_path()).unwrap();
-    for (i, (name, days)) in [("a", 20), ("b", 10), ("c", 2), ("d", 0)].iter().enumerate() {
+    for (i, (name, days)) in [("a", 20), ("b", 10), ("c", 2), ("d", 0)]
+        .iter()
+        .enumerate()
+    {
         let id = format!("SNAP{i}AAAAAAAAAAAAAAAAAAAA2");
         seed(&env, &mut store, &id, name, *days, 2);
     }
@@ -50,7 +53,11 @@ fn four() -> CocoonEnv {
 }
 
 fn names(env: &CocoonEnv) -> Vec<String> {
-    let out = env.cmd().args(["snapshot", "ls", "-o", "json"]).output().unwrap();
+    let out = env
+        .cmd()
+        .args(["snapshot", "ls", "-o", "json"])
+        .output()
+        .unwrap();
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     list.as_array()
         .unwrap()
@@ -67,7 +74,11 @@ fn gc(env: &CocoonEnv, args: &[&str]) -> Value {
         .args(["-o", "json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -87,19 +98,33 @@ fn keep_evicts_the_least_recently_used_first() {
     assert_eq!(evicted(&report), ["a", "b"]);
     assert_eq!(report["snapshots"]["bytes_freed"], 2 * (2 << 20));
     assert_eq!(names(&env), ["c", "d"]);
-    let dirs = std::fs::read_dir(env.root_dir().join("snapshots")).unwrap().count();
+    let dirs = std::fs::read_dir(env.root_dir().join("snapshots"))
+        .unwrap()
+        .count();
     assert_eq!(dirs, 2, "the evicted snapshots' files are gone");
 }
 
 #[test]
 fn age_and_size_bound_together_and_a_dry_run_touches_nothing() {
     let env = four();
-    let report = gc(&env, &["--snapshot", "--snapshot-age", "240h", "--snapshot-dry-run"]);
+    let report = gc(
+        &env,
+        &["--snapshot", "--snapshot-age", "240h", "--snapshot-dry-run"],
+    );
     assert_eq!(evicted(&report), ["a"]);
     assert_eq!(report["snapshots"]["dry_run"], true);
     assert_eq!(names(&env), ["a", "b", "c", "d"]);
     // 7 days drops a and b; 3 MiB then keeps d alone.
-    let report = gc(&env, &["--snapshot", "--snapshot-age", "7d", "--snapshot-size", "3M"]);
+    let report = gc(
+        &env,
+        &[
+            "--snapshot",
+            "--snapshot-age",
+            "7d",
+            "--snapshot-size",
+            "3M",
+        ],
+    );
     assert_eq!(evicted(&report), ["a", "b", "c"]);
     assert_eq!(names(&env), ["d"]);
 }

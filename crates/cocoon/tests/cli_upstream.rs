@@ -40,7 +40,12 @@ fn reconcile(env: &CocoonEnv, vm: &str) -> Value {
         .args(["vm", "reconcile-stale-create", vm, "-o", "json"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
