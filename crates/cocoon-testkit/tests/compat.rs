@@ -18,11 +18,23 @@ use serde_json::Value;
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct List {
     sources: toml::Table,
     command: Vec<Entry>,
     flag: Vec<Entry>,
     json: Vec<Entry>,
+    error: Vec<ErrorEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorEntry {
+    args: Vec<String>,
+    /// `{s}` stands for the ID of the lab's snapshot `s`.
+    phrase: String,
+    source: String,
+    status: Status,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,6 +285,21 @@ fn json_fields_match_the_list() {
             wrong.push(format!(
                 "`{}` field `{}` is {:?} but present={present}",
                 e.output, e.field, e.status
+            ));
+        }
+    }
+    let snapshot_id = outputs[3].1["id"].as_str().unwrap().to_lowercase();
+    for e in &list.error {
+        assert_eq!(e.status, Status::Have, "{e:?}");
+        let source = e.source.split_whitespace().next().unwrap();
+        assert!(list.sources.contains_key(source), "{e:?}");
+        let out = lab.env.fake_vmm_cmd(FAKE).args(&e.args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        let phrase = e.phrase.replace("{s}", &snapshot_id);
+        if out.status.success() || !stderr.contains(&phrase) {
+            wrong.push(format!(
+                "cocoon {:?} says {stderr:?}, not {phrase:?}",
+                e.args
             ));
         }
     }
