@@ -31,6 +31,17 @@ pub enum Mode {
     Event,
 }
 
+impl Mode {
+    /// From `--watch` and `--event` (clap refuses both together).
+    pub fn of(watch: bool, event: bool) -> Mode {
+        match (watch, event) {
+            (_, true) => Mode::Event,
+            (true, false) => Mode::Watch,
+            (false, false) => Mode::Once,
+        }
+    }
+}
+
 pub fn run(
     engine: &mut Engine,
     interval: i64,
