@@ -55,6 +55,7 @@ fn main() {
         conf_dir: conf.clone(),
         bin_dirs: vec![PathBuf::from(net::DEBIAN_CNI_DIR)],
         marker_dir: work.path().join("markers"),
+        scope: String::new(),
     };
     let list = cni::pick(cni::load(&conf).unwrap(), "", &conf).unwrap();
     let mut bare = Vec::new();

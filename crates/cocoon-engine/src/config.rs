@@ -80,6 +80,9 @@ pub struct Config {
     pub max_layer_bytes: u64,
     /// Host paths a confined VMM sees besides its own (see [`crate::jail`]).
     pub jail_extra_paths: Vec<PathBuf>,
+    /// Names this installation's network namespaces (`<scope>-<id>`) and
+    /// bridge TAPs (`<scope><id8>-<n>`); empty: `cocoon-<id>` and `bt<id8>-<n>`.
+    pub net_scope: String,
     /// The config file that was read, if any.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -142,6 +145,7 @@ impl Default for Config {
             registry_read_timeout_seconds: 60,
             max_layer_bytes: 64 << 30,
             jail_extra_paths: Vec::new(),
+            net_scope: String::new(),
             file: None,
             sources: BTreeMap::new(),
         }
@@ -170,6 +174,15 @@ impl Config {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
                 Err(source) => return Err(ConfigError::Read { path, source }),
+            }
+        }
+        for (name, env, reason) in keys::UNSUPPORTED {
+            if (options.env)(env).is_some() {
+                return Err(ConfigError::Unsupported {
+                    origin: Source::Env(env),
+                    key: (*name).to_string(),
+                    reason,
+                });
             }
         }
         for key in KEYS {
@@ -232,6 +245,7 @@ impl Config {
             "registry_connect_timeout_seconds" => self.registry_connect_timeout_seconds.to_string(),
             "registry_read_timeout_seconds" => self.registry_read_timeout_seconds.to_string(),
             "max_layer_bytes" => self.max_layer_bytes.to_string(),
+            "net_scope" => self.net_scope.clone(),
             "jail_extra_paths" => self
                 .jail_extra_paths
                 .iter()

@@ -241,6 +241,14 @@ impl Engine {
         vm_agent::set_identity(&mut self.ctx, reference, request)
     }
 
+    /// `vm reconcile-stale-create`: reclaims an ownerless `creating` record.
+    pub fn reconcile_stale_create(
+        &mut self,
+        reference: &str,
+    ) -> Result<vm_reconcile::StaleCreateOutcome> {
+        vm_reconcile::run(&mut self.ctx, reference)
+    }
+
     pub fn console_log(&mut self, reference: &str) -> Result<(Vm, PathBuf)> {
         vm_query::console_log(&mut self.ctx, reference)
     }
@@ -309,7 +317,9 @@ impl Engine {
     }
 
     pub fn clone_vm(&mut self, reference: &str, request: CloneRequest) -> Result<Vm> {
-        vm_clone::run(&mut self.ctx, reference, request)
+        let vm = vm_clone::run(&mut self.ctx, reference, request)?;
+        snapshot_gc::touch(&mut self.ctx, reference);
+        Ok(vm)
     }
 
     pub fn pull_snapshot_base(
@@ -334,7 +344,9 @@ impl Engine {
         snapshot_ref: &str,
         request: RestoreRequest,
     ) -> Result<Vm> {
-        vm_restore::run(&mut self.ctx, vm_ref, snapshot_ref, request)
+        let vm = vm_restore::run(&mut self.ctx, vm_ref, snapshot_ref, request)?;
+        snapshot_gc::touch(&mut self.ctx, snapshot_ref);
+        Ok(vm)
     }
 
     pub fn list_snapshots(&mut self, vm: Option<&str>) -> Result<Vec<Snapshot>> {
@@ -356,7 +368,9 @@ impl Engine {
         compression: Compression,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Snapshot> {
-        snapshot_export::run(&mut self.ctx, reference, out, compression, progress)
+        let snapshot = snapshot_export::run(&mut self.ctx, reference, out, compression, progress)?;
+        snapshot_gc::touch(&mut self.ctx, &snapshot.id);
+        Ok(snapshot)
     }
 
     pub fn import_snapshot(
@@ -373,6 +387,14 @@ impl Engine {
 
     /// Removes what nothing references; reports what crash recovery
     /// converged, at open and now.
+    /// `gc --snapshot`: evicts snapshots, least recently used first.
+    pub fn evict_snapshots(
+        &mut self,
+        policy: &snapshot_gc::EvictionPolicy,
+    ) -> Result<snapshot_gc::EvictionReport> {
+        snapshot_gc::run(&mut self.ctx, policy)
+    }
+
     pub fn gc(&mut self, dry_run: bool) -> Result<GcReport> {
         let mut report = gc::run(&mut self.ctx, dry_run)?;
         let mut recovered = std::mem::take(&mut self.recovered);

@@ -65,4 +65,6 @@ pub const ALL: &[&str] = &[
     "snapshot.import.staged",
     "snapshot.import.renamed",
     "gc.read",
+    "snapshot.evict.marked",
+    "snapshot.evict.removed",
 ];

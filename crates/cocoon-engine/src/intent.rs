@@ -65,6 +65,12 @@ pub enum Op {
         #[serde(default)]
         staging: PathBuf,
     },
+    /// `gc --snapshot` evicting one snapshot: finished by recovery.
+    #[serde(rename = "snapshot.evict")]
+    SnapshotEvict {
+        #[serde(default)]
+        data_dir: PathBuf,
+    },
     /// An OCI pull names its manifest digest, a cloud-image pull its URL.
     #[serde(rename = "image.pull")]
     ImagePull {
@@ -102,6 +108,7 @@ impl Op {
             Op::VmRestore { .. } => "vm.restore",
             Op::SnapshotSave { .. } => "snapshot.save",
             Op::SnapshotImport { .. } => "snapshot.import",
+            Op::SnapshotEvict { .. } => "snapshot.evict",
             Op::ImagePull { .. } => "image.pull",
             Op::ImageImport { .. } => "image.import",
         }
@@ -116,7 +123,9 @@ impl Op {
             | Op::VmStop {}
             | Op::VmRemove { .. }
             | Op::VmRestore { .. } => ObjectKind::Vm,
-            Op::SnapshotSave { .. } | Op::SnapshotImport { .. } => ObjectKind::Snapshot,
+            Op::SnapshotSave { .. } | Op::SnapshotImport { .. } | Op::SnapshotEvict { .. } => {
+                ObjectKind::Snapshot
+            }
             Op::ImagePull { .. } | Op::ImageImport { .. } => ObjectKind::Image,
         }
     }

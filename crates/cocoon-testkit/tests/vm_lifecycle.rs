@@ -560,7 +560,7 @@ fn refused_creates_change_nothing() {
     // The name is taken while the first VM exists.
     lab.ok(&["vm", "create", "--nics", "0", "--name", "n", "test/guest:1"]);
     let err = lab.fail(&["vm", "create", "--nics", "0", "--name", "n", "test/guest:1"]);
-    assert!(err.contains("already used"), "{err}");
+    assert!(err.contains("is already in use by"), "{err}");
     assert_eq!(
         std::fs::read_dir(lab.env.root_dir().join("run/vms"))
             .unwrap()
@@ -608,7 +608,7 @@ fn batch_commands_report_each_vm() {
 
     // A typo fails everything up front.
     let err = lab.fail(&["vm", "stop", "a", "nosuch"]);
-    assert!(err.contains("\"nosuch\" not found"), "{err}");
+    assert!(err.contains("no such VM \"nosuch\": not found"), "{err}");
     assert_eq!(lab.inspect("a")["state"], "running");
 
     // One VM refuses (running, no --force), the other goes: both reported, exit 1.

@@ -32,6 +32,7 @@ fn samples(key: &str) -> [&'static str; 3] {
         "default_kernel" => ["6.1.0-1-cloud-amd64", "6.1.0-2-cloud-amd64", "6.12.3"],
         "insecure_registries" => ["reg.f:5000", "reg.e", "reg.c:80"],
         "jail_extra_paths" => ["/f/x", "/e/x,/e/y", "/c/x"],
+        "net_scope" => ["f1", "e2", "c3"],
         _ => ["7", "8", "9"],
     }
 }

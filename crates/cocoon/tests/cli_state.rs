@@ -174,7 +174,10 @@ fn vm_list_and_inspect_reconcile_dead_vmms() {
 
     let out = env.cmd().args(["vm", "inspect", "AA"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stderr(&out).trim(), "Error: VM \"AA\" not found");
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error: no such VM \"AA\": not found by ID, name or ID prefix"
+    );
     let out = env.cmd().args(["vm", "inspect", "AAB"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -269,7 +272,10 @@ fn images_list_inspect_and_rm_by_digest() {
     // A missing image fails the whole command before anything is removed.
     let out = env.cmd().args(["image", "rm", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stderr(&out).trim(), "Error: image \"nope\" not found");
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error: no such image \"nope\": not found in any backend (OCI or cloud images); pull or import it"
+    );
 }
 
 #[test]
@@ -371,7 +377,10 @@ fn a_typo_in_a_batch_is_reported_and_changes_nothing() {
         .args(["vm", "start", "web", "wbe"])
         .output()
         .unwrap();
-    assert_eq!(stderr(&out).trim(), "Error: VM \"wbe\" not found");
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error: no such VM \"wbe\": not found by ID, name or ID prefix"
+    );
     assert_eq!(store.last_event_seq().unwrap(), before, "nothing changed");
 }
 

@@ -36,6 +36,14 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error(
+        "{origin}: {key:?} is upstream cocoon's key, not supported by this cocoon yet: {reason}"
+    )]
+    Unsupported {
+        origin: Source,
+        key: String,
+        reason: &'static str,
+    },
     #[error("config file {path}: unknown key {key:?} (known keys: {known})")]
     UnknownKey {
         path: PathBuf,

@@ -199,7 +199,56 @@ pub const KEYS: &[Key] = &[
         flag: None,
         help: "host paths (absolute, comma-separated) a confined VMM also sees, read-write",
     },
+    Key {
+        name: "net_scope",
+        env: "COCOON_NET_SCOPE",
+        flag: None,
+        help: "two letters or digits naming this installation's network namespaces and bridge TAPs (upstream #196); empty: cocoon-<id>, bt<id8>-<n>",
+    },
 ];
+
+/// Upstream cocoon's keys this cocoon does not support yet, and why: set in
+/// the file or the environment, each is an error saying so, never ignored.
+pub const UNSUPPORTED: &[(&str, &str, &str)] = &[
+    (
+        "pull_conns",
+        "COCOON_PULL_CONNS",
+        "cloud images download over one connection, resumable with Range (parallel Range downloads are not implemented yet); remove the key",
+    ),
+    (
+        "meta_backend",
+        "COCOON_META_BACKEND",
+        "the state is always one SQLite database (<root_dir>/cocoon.db); remove the key",
+    ),
+    (
+        "cgroup_parent",
+        "COCOON_CGROUP_PARENT",
+        "cgroup v2 CPU control is not in this build yet; remove the key",
+    ),
+    (
+        "cgroup_cpus",
+        "COCOON_CGROUP_CPUS",
+        "cgroup v2 CPU control is not in this build yet; remove the key",
+    ),
+    (
+        "metering.backend",
+        "COCOON_METERING_BACKEND",
+        "there is no metering ledger; `vm status --event` streams every change instead; remove the key",
+    ),
+    (
+        "metering.file.path",
+        "COCOON_METERING_FILE_PATH",
+        "there is no metering ledger; `vm status --event` streams every change instead; remove the key",
+    ),
+];
+
+/// Why an upstream key is not supported, if `name` is one.
+pub fn unsupported(name: &str) -> Option<&'static str> {
+    UNSUPPORTED
+        .iter()
+        .find(|(n, ..)| *n == name)
+        .map(|(.., why)| *why)
+}
 
 pub fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)

@@ -18,6 +18,13 @@ impl Config {
         let mut flat = Vec::new();
         flatten("", &table, &mut flat);
         for (name, value) in flat {
+            if let Some(reason) = super::keys::unsupported(&name) {
+                return Err(ConfigError::Unsupported {
+                    origin: Source::File(path.to_path_buf()),
+                    key: name,
+                    reason,
+                });
+            }
             let Some(key) = key(&name) else {
                 return Err(ConfigError::UnknownKey {
                     path: path.to_path_buf(),
@@ -135,6 +142,7 @@ impl Config {
             "jail_extra_paths" => {
                 self.jail_extra_paths = plain_paths(value).map_err(|e| fail(&e))?
             }
+            "net_scope" => self.net_scope = net_scope(value).map_err(&fail)?,
             _ => unreachable!("every key in KEYS has a parser"),
         }
         self.sources.insert(key.name, source);
@@ -256,5 +264,14 @@ fn pool_size(value: &str) -> Result<usize, &'static str> {
     match number(value)? {
         0 => Ok(default_pool_size()),
         n => usize::try_from(n).map_err(|_| "too large a number of workers"),
+    }
+}
+
+/// `net_scope`: empty, or two ASCII letters or digits (upstream #196).
+fn net_scope(value: &str) -> Result<String, &'static str> {
+    if value.is_empty() || (value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphanumeric())) {
+        Ok(value.to_string())
+    } else {
+        Err("must be empty or two letters or digits, e.g. a1")
     }
 }

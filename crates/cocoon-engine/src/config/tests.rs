@@ -59,6 +59,7 @@ pub(crate) fn samples(key: &str) -> [&'static str; 3] {
         "registry_read_timeout_seconds" => ["51", "52", "53"],
         "max_layer_bytes" => ["1048576", "2097152", "4194304"],
         "jail_extra_paths" => ["/f/x", "/e/x,/e/y", "/c/x"],
+        "net_scope" => ["f1", "e2", "c3"],
         "init_binary" => ["/f/init", "/e/init", "/c/init"],
         "default_kernel" => ["6.1.0-1-cloud-amd64", "6.1.0-2-cloud-amd64", "6.12.3"],
         other => panic!("no samples for {other}"),
@@ -314,4 +315,44 @@ fn explicit_config_path_must_exist_default_may_not() {
     .unwrap();
     assert_eq!(c.ch_binary, "/opt/ch");
     assert_eq!(c.file.as_deref(), Some(path.as_path()));
+}
+
+#[test]
+fn upstream_keys_not_supported_yet_are_errors_that_say_so() {
+    let err = load(Some("pull_conns = 8\n"), &[], &[]).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Unsupported { key, .. } if key == "pull_conns"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("\"pull_conns\" is upstream cocoon's key, not supported by this cocoon yet: cloud images download over one connection"),
+        "{err}"
+    );
+    let err = load(Some("[metering]\nbackend = \"file\"\n"), &[], &[]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("\"metering.backend\" is upstream cocoon's key"),
+        "{err}"
+    );
+    let err = load(None, &[("COCOON_META_BACKEND", "sqlite")], &[]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "environment variable COCOON_META_BACKEND: \"meta_backend\" is upstream cocoon's key, not supported by this cocoon yet: the state is always one SQLite database (<root_dir>/cocoon.db); remove the key"
+    );
+}
+
+#[test]
+fn net_scope_is_two_letters_or_digits() {
+    for good in ["", "a1", "ZZ"] {
+        let config = load(Some(&format!("net_scope = \"{good}\"\n")), &[], &[]).unwrap();
+        assert_eq!(config.net_scope, good);
+    }
+    for bad in ["a", "abc", "a-", "é1"] {
+        let err = load(Some(&format!("net_scope = \"{bad}\"\n")), &[], &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("must be empty or two letters or digits"),
+            "{bad}: {err}"
+        );
+    }
 }

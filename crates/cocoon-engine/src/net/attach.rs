@@ -20,7 +20,7 @@ pub fn attach(ctx: &NetContext, request: &NetRequest<'_>) -> Result<Attached, Ne
         return bridge::attach_bridge(ctx, request, bridge);
     }
     let list = cni::pick(cni::load(&ctx.conf_dir)?, request.network, &ctx.conf_dir)?;
-    let ns_path = netns::path_for(request.vm_id);
+    let ns_path = netns::path_in(&ctx.scope, request.vm_id);
     // Marked before anything is made, so even a crash right after leaves a trace.
     ctx.mark(
         request.vm_id,

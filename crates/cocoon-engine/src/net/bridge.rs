@@ -24,7 +24,7 @@ pub(super) fn attach_bridge(
     let n_queues = queues(request.hypervisor, request.cpu);
     let configs: Vec<NetworkConfig> = (0..request.nics as usize)
         .map(|i| NetworkConfig {
-            tap: tap_name("bt", request.vm_id, i),
+            tap: tap_name(ctx.bridge_tap_prefix(), request.vm_id, i),
             mac: random_mac(),
             num_queues: n_queues,
             queue_size: queue_size(request),

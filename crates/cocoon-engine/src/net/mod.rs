@@ -62,6 +62,9 @@ pub struct NetContext {
     /// how `gc` knows which namespaces and TAPs on this shared host are this
     /// installation's when the VM's record is gone.
     pub marker_dir: PathBuf,
+    /// `net_scope` (upstream #196): names this installation's namespaces
+    /// and bridge TAPs; empty for the unscoped names.
+    pub scope: String,
 }
 
 /// What a VM's marker records.
@@ -128,6 +131,16 @@ impl NetContext {
             conf_dir: config.cni_conf_dir.clone(),
             bin_dirs,
             marker_dir: config.run_dir.join("net"),
+            scope: config.net_scope.clone(),
+        }
+    }
+
+    /// Bridge TAPs are `<scope><id8>-<n>` as upstream, `bt<id8>-<n>` unscoped.
+    fn bridge_tap_prefix(&self) -> &str {
+        if self.scope.is_empty() {
+            "bt"
+        } else {
+            &self.scope
         }
     }
 

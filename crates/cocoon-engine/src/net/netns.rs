@@ -12,9 +12,16 @@ use rustix::thread::{LinkNameSpaceType, UnshareFlags, move_into_link_name_space,
 
 pub const NETNS_DIR: &str = "/run/netns";
 
-/// `/run/netns/cocoon-<vm id>`.
+/// `/run/netns/cocoon-<vm id>`: the unscoped name.
 pub fn path_for(vm_id: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(format!("cocoon-{vm_id}"))
+    path_in("", vm_id)
+}
+
+/// `/run/netns/cocoon-<vm id>`, or `<scope>-<vm id>` with `net_scope`.
+/// Releases use the recorded path, so changing the scope strands nothing.
+pub fn path_in(scope: &str, vm_id: &str) -> PathBuf {
+    let prefix = if scope.is_empty() { "cocoon" } else { scope };
+    Path::new(NETNS_DIR).join(format!("{prefix}-{vm_id}"))
 }
 
 /// Whether `path` is a live namespace (a bind mount of an nsfs inode), not
@@ -83,5 +90,20 @@ pub fn delete(path: &Path) -> io::Result<()> {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         };
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    #[test]
+    fn the_scope_names_the_namespace() {
+        assert_eq!(
+            super::path_in("", "ABC").to_str(),
+            Some("/run/netns/cocoon-ABC")
+        );
+        assert_eq!(
+            super::path_in("a1", "ABC").to_str(),
+            Some("/run/netns/a1-ABC")
+        );
     }
 }

@@ -289,7 +289,7 @@ fn sweep_network(
 }
 
 /// Bytes a path takes on disk (allocated blocks: sparse disks count what they use).
-fn disk_usage(path: &Path) -> u64 {
+pub(crate) fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;

@@ -107,6 +107,10 @@ fn converge(ctx: &mut Ctx, intent: &Intent, op: &Op) -> Result<String> {
             ))
         }
         Op::SnapshotImport { data_dir, staging } => snapshot_import(ctx, id, data_dir, staging),
+        Op::SnapshotEvict { data_dir } => {
+            super::snapshot_gc::finish(ctx, id, data_dir)?;
+            Ok("finished evicting the snapshot (files and record removed)".into())
+        }
     }
 }
 
@@ -230,7 +234,7 @@ fn settle_without_vmm(ctx: &mut Ctx, vm: &Vm, state: VmState, action: &str) -> R
 
 /// Kills the VM's processes, releases its network, removes its
 /// directories and then its record.
-fn discard_vm(ctx: &mut Ctx, vm: &Vm) -> Result<()> {
+pub(crate) fn discard_vm(ctx: &mut Ctx, vm: &Vm) -> Result<()> {
     kill_vm_processes(ctx, &vm.run_dir, vm.vmm.as_ref())?;
     let leases = ctx.store().leases(&vm.id)?;
     crate::net::detach(&ctx.net(), vm, &leases).map_err(VmError::from)?;

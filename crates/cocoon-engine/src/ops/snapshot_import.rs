@@ -201,6 +201,7 @@ fn from_legacy(
         created_at: jiff::Timestamp::now(),
         pending: false,
         data_dir: dir.to_path_buf(),
+        last_accessed_at: None,
     };
     if storage.iter().any(|d| d.role == StorageRole::Cidata) && !backend.boots_uefi() {
         return Err(invalid(format!(

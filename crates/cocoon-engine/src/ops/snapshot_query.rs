@@ -34,7 +34,7 @@ pub(crate) fn remove(ctx: &mut Ctx, references: &[String]) -> Result<Vec<Snapsho
 
 /// Removes `dir` only if it lies inside `root`: a record's path never makes
 /// cocoon delete something it does not own.
-fn remove_owned_dir(root: &Path, dir: &Path) -> Result<()> {
+pub(crate) fn remove_owned_dir(root: &Path, dir: &Path) -> Result<()> {
     let inside = dir.starts_with(root)
         && dir != root
         && dir

@@ -30,6 +30,13 @@ pub use schema::LATEST as SCHEMA_VERSION;
 /// when something is badly wrong.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+fn not_found_where(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Image => "in any backend (OCI or cloud images); pull or import it",
+        _ => "by ID, name or ID prefix",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state database error: {0}")]
@@ -39,7 +46,9 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{kind} {reference:?} not found")]
+    /// Worded so vk-cocoon, which matches `no such vm`, `no such snapshot`
+    /// and `not found in any backend` in upstream's messages, recognises it.
+    #[error("no such {kind} {reference:?}: not found {}", not_found_where(*.kind))]
     NotFound { kind: ObjectKind, reference: String },
     #[error("{kind} reference {reference:?} is ambiguous; it matches: {}", resolve::list(.candidates))]
     Ambiguous {
@@ -48,7 +57,7 @@ pub enum StoreError {
         candidates: Vec<Candidate>,
     },
     #[error(
-        "{kind} name {name:?} is already used by {owner}; pick another name or remove it first"
+        "{kind} name {name:?} is already in use by {owner} (pick another name or remove it first)"
     )]
     NameTaken {
         kind: ObjectKind,

@@ -159,7 +159,7 @@ fn vm_names_are_unique() {
     assert_eq!(
         err.to_string(),
         format!(
-            "VM name \"web\" is already used by {}; pick another name or remove it first",
+            "VM name \"web\" is already in use by {} (pick another name or remove it first)",
             first.id
         )
     );
@@ -245,7 +245,10 @@ fn resolves_vms_by_id_name_and_prefix() {
     }
     for missing in ["AB", "zzz", "", "gamma", "ABC%"] {
         let err = store.resolve_vm(missing).unwrap_err();
-        assert_eq!(err.to_string(), format!("VM {missing:?} not found"));
+        assert_eq!(
+            err.to_string(),
+            format!("no such VM {missing:?}: not found by ID, name or ID prefix")
+        );
     }
     let many = store
         .resolve_vms(&["alpha".into(), a.id.clone(), "beta".into()])
@@ -347,7 +350,7 @@ fn images_resolve_by_name_digest_and_prefix() {
     let err = store.resolve_images("ab12ab12ab1", &[]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "image \"ab12ab12ab1\" not found",
+        "no such image \"ab12ab12ab1\": not found in any backend (OCI or cloud images); pull or import it",
         "11 hex chars is too short"
     );
     // Replacing an entry keeps one row and moves its pins.

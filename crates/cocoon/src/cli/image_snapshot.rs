@@ -43,7 +43,11 @@ pub enum ImageCommand {
         images: Vec<String>,
     },
     /// Show an image as JSON
-    Inspect { image: String },
+    Inspect {
+        #[command(flatten)]
+        output: JsonOnlyArg,
+        image: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,7 +75,11 @@ pub enum SnapshotCommand {
         vm: Option<String>,
     },
     /// Show a snapshot as JSON
-    Inspect { snapshot: String },
+    Inspect {
+        #[command(flatten)]
+        output: JsonOnlyArg,
+        snapshot: String,
+    },
     /// Remove snapshots
     Rm {
         #[arg(required = true, value_name = "SNAPSHOT")]

@@ -210,8 +210,12 @@ pub enum VmCommand {
         output: FormatArg,
     },
     /// Show a VM as JSON
-    Inspect { vm: String },
-    /// Attach to a VM's console (detach with the escape character followed by '.')
+    Inspect {
+        #[command(flatten)]
+        output: JsonOnlyArg,
+        vm: String,
+    },
+    /// Attach to a VM's console (detach: the escape character, then '.')
     Console {
         /// Escape character, e.g. ^] or ^a
         #[arg(long, default_value = "^]", value_parser = parse_escape)]
@@ -222,7 +226,7 @@ pub enum VmCommand {
     Agent(AgentCommand),
     /// Print a VM's captured console and serial output
     #[command(
-        after_help = "Examples:\n  cocoon vm logs dev\n  cocoon vm logs -f dev\n  cocoon vm logs --vmm dev"
+        after_help = "Examples:\n  cocoon vm logs dev\n  cocoon vm logs -f --tail 20 dev\n  cocoon vm logs --vmm dev"
     )]
     Logs {
         /// Keep printing new output until interrupted or the VM stops
@@ -231,6 +235,9 @@ pub enum VmCommand {
         /// Print the VMM process's own log instead of the guest's output
         #[arg(long)]
         vmm: bool,
+        /// Only the last N lines (0 = all); with -f, then follow
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        tail: usize,
         vm: String,
     },
     /// Remove VMs (running VMs need --force)
@@ -242,6 +249,19 @@ pub enum VmCommand {
         output: FormatArg,
         #[arg(required = true, value_name = "VM")]
         vms: Vec<String>,
+    },
+    /// Reclaim a VM left in `creating` by a create or clone that died
+    ///
+    /// Prints the outcome: collected (the record and its name are free),
+    /// busy (an operation in flight owns it; nothing touched), not-creating
+    /// or not-found. All four exit 0.
+    #[command(
+        after_help = "Examples:\n  cocoon vm reconcile-stale-create web\n  cocoon vm reconcile-stale-create -o json 3f9c2a1b"
+    )]
+    ReconcileStaleCreate {
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
     },
     /// Restore a running VM in place from one of its snapshots
     Restore {
@@ -283,12 +303,17 @@ pub enum VmCommand {
         ch: String,
         image: String,
     },
-    /// Watch VM status (refreshing table, or an event stream)
-    #[command(after_help = "Examples:\n  cocoon vm status\n  cocoon vm status --event -o json dev")]
+    /// Show VM status once; --watch refreshes, --event streams changes
+    #[command(
+        after_help = "Examples:\n  cocoon vm status\n  cocoon vm status -w -n 2\n  cocoon vm status --event --format json dev"
+    )]
     Status {
-        /// Seconds between liveness checks (<= 0 means 5)
+        /// Seconds between liveness checks with --watch or --event (<= 0 means 5)
         #[arg(short = 'n', long, default_value_t = 5, allow_negative_numbers = true)]
         interval: i64,
+        /// Redraw the table every interval until interrupted
+        #[arg(short = 'w', long, conflicts_with = "event")]
+        watch: bool,
         /// Print ADDED/MODIFIED/DELETED events instead of a table
         #[arg(long)]
         event: bool,

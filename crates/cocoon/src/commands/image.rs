@@ -35,7 +35,9 @@ pub fn run(command: ImageCommand, config: Config) -> Result<()> {
             }
             Ok(())
         }
-        ImageCommand::Inspect { image } => print_json(&engine.inspect_image(&image)?).map_err(io),
+        ImageCommand::Inspect { image, .. } => {
+            print_json(&engine.inspect_image(&image)?).map_err(io)
+        }
     }
 }
 

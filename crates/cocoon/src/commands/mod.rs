@@ -9,11 +9,14 @@ mod other;
 mod snapshot;
 mod status;
 mod vm;
+mod vm_reads;
 mod vm_run;
 
 use cocoon_engine::{Config, Engine, Error, Result};
 
-use crate::cli::{Command, FormatArg};
+use cocoon_engine::ops::snapshot_gc::EvictionPolicy;
+
+use crate::cli::{Command, FormatArg, SnapshotGcArgs};
 
 /// How a command that ran to its end came out. `doctor` does all its work and
 /// can still have to exit 1: that is no error to show, only a summary line.
@@ -35,7 +38,11 @@ pub fn run(command: Command, config: Config) -> Result<Outcome> {
         },
         Command::Kernel(cmd) => done(kernel::run(cmd, config)),
         Command::Snapshot(cmd) => done(snapshot::run(cmd, config)),
-        Command::Gc { dry_run, output } => done(gc(dry_run, output, config)),
+        Command::Gc {
+            dry_run,
+            snapshots,
+            output,
+        } => done(gc(dry_run, &snapshots, output, config)),
         Command::Doctor { output } => doctor::run(&config, output),
         Command::Version => done(other::version()),
         Command::Completion { shell } => done(other::completion(shell)),
@@ -43,10 +50,44 @@ pub fn run(command: Command, config: Config) -> Result<Outcome> {
     }
 }
 
-fn gc(dry_run: bool, output: FormatArg, config: Config) -> Result<()> {
-    let report = open(config)?.gc(dry_run)?;
+fn gc(dry_run: bool, snapshots: &SnapshotGcArgs, output: FormatArg, config: Config) -> Result<()> {
+    let mut engine = open(config)?;
+    // Snapshots first: the blobs only they pinned go in the same run.
+    let evicted = if snapshots.enabled {
+        let policy = EvictionPolicy {
+            keep: snapshots.keep,
+            max_age: snapshots.age,
+            max_bytes: snapshots.size,
+            dry_run: snapshots.dry_run,
+        };
+        Some(engine.evict_snapshots(&policy)?)
+    } else {
+        None
+    };
+    let report = engine.gc(dry_run)?;
     if output.json() {
-        return crate::output::print_json(&report).map_err(io);
+        let mut doc = serde_json::to_value(&report).map_err(|e| io(e.into()))?;
+        if let Some(evicted) = &evicted {
+            doc["snapshots"] = serde_json::to_value(evicted).map_err(|e| io(e.into()))?;
+        }
+        return crate::output::print_json(&doc).map_err(io);
+    }
+    if let Some(evicted) = &evicted {
+        let verb = if evicted.dry_run {
+            "would evict"
+        } else {
+            "evicted"
+        };
+        for s in &evicted.evicted {
+            let name = if s.name.is_empty() { "-" } else { &s.name };
+            crate::output::print_line(&format!("{verb} snapshot {} ({name})", s.id)).map_err(io)?;
+        }
+        eprintln!(
+            "{verb} {} snapshot(s), {}; kept {} a VM or an operation needs",
+            evicted.evicted.len(),
+            cocoon_engine::units::BinarySize(evicted.bytes_freed),
+            evicted.protected.len()
+        );
     }
     for r in &report.recovered {
         eprintln!("recovered {} of {}: {}", r.op, r.object, r.action);

@@ -23,7 +23,7 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
             vm,
         } => save(engine, &vm, name, &description, output),
         SnapshotCommand::List { output, vm } => list(engine, output, vm.as_deref()),
-        SnapshotCommand::Inspect { snapshot } => {
+        SnapshotCommand::Inspect { snapshot, .. } => {
             print_json(&engine.inspect_snapshot(&snapshot)?).map_err(io)
         }
         SnapshotCommand::Rm { snapshots } => {

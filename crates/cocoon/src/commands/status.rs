@@ -1,4 +1,4 @@
-//! `vm status`: a refreshing table, or a stream of ADDED/MODIFIED/DELETED
+//! `vm status`: one table (or JSON list), a refreshing table, or a stream of ADDED/MODIFIED/DELETED
 //! events. The engine's watcher says what changed; this renders it.
 
 use std::io::{IsTerminal, Write};
@@ -20,10 +20,32 @@ struct EventLine<'a> {
     vm: &'a VmView,
 }
 
+/// How `vm status` runs (upstream #50, #247).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The default: one look, printed once, then exit.
+    Once,
+    /// `--watch`/`-w`: redraw the table every interval.
+    Watch,
+    /// `--event`: stream what changes.
+    Event,
+}
+
+impl Mode {
+    /// From `--watch` and `--event` (clap refuses both together).
+    pub fn of(watch: bool, event: bool) -> Mode {
+        match (watch, event) {
+            (_, true) => Mode::Event,
+            (true, false) => Mode::Watch,
+            (false, false) => Mode::Once,
+        }
+    }
+}
+
 pub fn run(
     engine: &mut Engine,
     interval: i64,
-    event: bool,
+    mode: Mode,
     json: bool,
     filters: &[String],
 ) -> Result<()> {
@@ -31,6 +53,19 @@ pub fn run(
         Duration::from_secs(u64::try_from(interval).ok().filter(|s| *s > 0).unwrap_or(5));
     let mut watcher = Watcher::new(filters.to_vec(), interval);
     let mut out = std::io::stdout().lock();
+    if mode == Mode::Once {
+        let update = engine.watch(&mut watcher);
+        if json {
+            return crate::output::print_json(&update.vms).map_err(io);
+        }
+        if update.vms.is_empty() {
+            return writeln!(out, "No VMs found.").map_err(io);
+        }
+        return out
+            .write_all(table(LIST_HEADERS, update.vms.iter().map(list_row).collect()).as_bytes())
+            .map_err(io);
+    }
+    let event = mode == Mode::Event;
     let tty = std::io::stdout().is_terminal();
     if event && !json {
         writeln!(out, "EVENT\tID\tNAME\tSTATE\tCPU\tMEMORY\tIP\tIMAGE").map_err(io)?;

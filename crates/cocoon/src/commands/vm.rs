@@ -14,7 +14,7 @@ use cocoon_engine::units::BinarySize;
 use cocoon_engine::vm::default_vm_name;
 use cocoon_engine::{Config, Engine, Error, Result};
 
-use super::{Outcome, io, status, vm_run};
+use super::{Outcome, io, vm_reads, vm_run};
 use crate::cli::{CloneFlags, FormatArg, RestoreModeArg, VmCommand, VmFlags};
 use crate::output::{local_time, print_json, print_line, print_table};
 
@@ -76,7 +76,9 @@ fn run_other(
             let request = create_request(&flags, &image, Vec::new(), default_hypervisor)?;
             debug(engine, request, ch, max_cpu, balloon, cow.as_deref())
         }
-        VmCommand::Logs { follow, vmm, vm } => logs(engine, &vm, follow, vmm),
+        cmd @ (VmCommand::Logs { .. }
+        | VmCommand::Status { .. }
+        | VmCommand::ReconcileStaleCreate { .. }) => vm_reads::run(engine, cmd),
         VmCommand::Clone {
             flags,
             output,
@@ -116,13 +118,7 @@ fn run_other(
             restore(engine, &vm, &snapshot, request, output)
         }
         VmCommand::List { output } => list(engine, output),
-        VmCommand::Inspect { vm } => print_json(&engine.inspect_vm(&vm)?).map_err(io),
-        VmCommand::Status {
-            interval,
-            event,
-            output,
-            vms,
-        } => status::run(engine, interval, event, output.json(), &vms),
+        VmCommand::Inspect { vm, .. } => print_json(&engine.inspect_vm(&vm)?).map_err(io),
         VmCommand::Agent(_) => unreachable!("commands::run hands vm exec/reseed to commands::exec"),
     }
 }
@@ -420,35 +416,6 @@ fn report_batch(verb: &str, outcomes: Vec<BatchOutcome>, json: bool) -> Result<(
             failed.len() + succeeded.len()
         )))
     }
-}
-
-pub(super) fn logs(engine: &mut Engine, reference: &str, follow: bool, vmm: bool) -> Result<()> {
-    let (vm, log) = if vmm {
-        engine.vmm_log(reference)?
-    } else {
-        engine.console_log(reference)?
-    };
-    let mut out = std::io::stdout().lock();
-    if follow {
-        let running = cocoon_engine::ops::vm_query::is_running;
-        let initially = running(&vm);
-        // Follows until the VM stops (or forever for a stopped VM: like tail -f).
-        let stop = || initially && !running(&vm);
-        return cocoon_engine::console::follow_log(&log, &mut out, &stop)
-            .map_err(|e| Error::io(format!("cannot read {}", log.display()), e));
-    }
-    let read = if vmm {
-        std::fs::read(&log)
-    } else {
-        cocoon_engine::console::read_log(&log)
-    };
-    // No log yet (never started, or no output so far) is empty output.
-    let bytes = match read {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        other => other.map_err(|e| Error::io(format!("cannot read {}", log.display()), e))?,
-    };
-    use std::io::Write;
-    out.write_all(&bytes).and_then(|()| out.flush()).map_err(io)
 }
 
 /// `vm debug`'s shell script.

@@ -56,7 +56,7 @@ pub fn run(
     if console {
         super::console::attach(engine, &id, ESCAPE)?;
     } else {
-        super::vm::logs(engine, &id, true, false)?;
+        super::vm_reads::logs(engine, &id, true, false, 0)?;
     }
     let view = wait_stopped(engine, &id)?;
     if view.vm.state == cocoon_engine::model::VmState::Running {
