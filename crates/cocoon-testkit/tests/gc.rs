@@ -340,10 +340,8 @@ fn gc_snapshot_evicts_by_last_use_not_age() {
     assert_eq!(names[0]["name"], "old");
     // A clone from it is a use too.
     run(&env, &["vm", "clone", "--name", "c", "old"]);
-    let used = inspect("old")["last_accessed_at"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(used > inspect("old")["created_at"].as_str().unwrap().to_string());
+    let old = inspect("old");
+    let used = old["last_accessed_at"].as_str().unwrap();
+    assert!(used > old["created_at"].as_str().unwrap());
     run(&env, &["vm", "rm", "--force", "src", "c"]);
 }

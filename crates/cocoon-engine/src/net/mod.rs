@@ -249,3 +249,23 @@ fn wire_error(vm_id: &str) -> impl FnOnce(io::Error) -> NetError {
         source,
     }
 }
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    #[test]
+    fn net_scope_names_bridge_taps_as_upstream() {
+        let mut config = Config::default();
+        let id = "ABCDEFGHJKMNPQRSTVWXYZ0123";
+        let ctx = NetContext::from_config(&config);
+        assert_eq!(tap_name(ctx.bridge_tap_prefix(), id, 1), "btABCDEFGH-1");
+        config.net_scope = "a1".into();
+        let ctx = NetContext::from_config(&config);
+        assert_eq!(tap_name(ctx.bridge_tap_prefix(), id, 1), "a1ABCDEFGH-1");
+        assert_eq!(
+            netns::path_in(&ctx.scope, id),
+            Path::new("/run/netns/a1-ABCDEFGHJKMNPQRSTVWXYZ0123")
+        );
+    }
+}
