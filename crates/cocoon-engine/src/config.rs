@@ -80,6 +80,10 @@ pub struct Config {
     pub max_layer_bytes: u64,
     /// Host paths a confined VMM sees besides its own (see [`crate::jail`]).
     pub jail_extra_paths: Vec<PathBuf>,
+    /// Where VM cgroups are made, relative to each hierarchy's root.
+    pub cgroup_parent: PathBuf,
+    /// The CPUs every VM is fenced to (the parent group's cpuset).
+    pub cgroup_cpus: Option<crate::cgroup::CpuList>,
     /// The config file that was read, if any.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -142,6 +146,8 @@ impl Default for Config {
             registry_read_timeout_seconds: 60,
             max_layer_bytes: 64 << 30,
             jail_extra_paths: Vec::new(),
+            cgroup_parent: PathBuf::from("cocoon"),
+            cgroup_cpus: None,
             file: None,
             sources: BTreeMap::new(),
         }
@@ -238,6 +244,12 @@ impl Config {
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(","),
+            "cgroup_parent" => path(&self.cgroup_parent),
+            "cgroup_cpus" => self
+                .cgroup_cpus
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
             _ => return None,
         })
     }

@@ -158,6 +158,10 @@ pub struct VmConfig {
     /// the device or not. A record from before VMs had one reads as true.
     #[serde(default = "absent_no_agent")]
     pub no_agent: bool,
+    /// CPU control of the VM's cgroup (`--cpu-weight`, `--cpu-quota-us`,
+    /// ...): fixed at creation, carried into snapshots and clones.
+    #[serde(flatten, default)]
+    pub resources: crate::cgroup::CpuLimits,
 }
 
 /// `no_agent` of a record written before the field existed: its VMM (and
@@ -183,6 +187,7 @@ impl VmConfig {
             no_direct_io: false,
             windows: false,
             no_agent: false,
+            resources: crate::cgroup::CpuLimits::default(),
         }
     }
 }
@@ -379,6 +384,10 @@ pub struct VmView {
     /// `vm inspect` of a VM that is not running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<u8>,
+    /// The CPU figures of the VM's cgroup while it runs (`cpu.stat`):
+    /// usage, periods, throttled periods and time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_stat: Option<crate::cgroup::CpuStat>,
 }
 
 impl VmView {
@@ -392,6 +401,7 @@ impl VmView {
             vm,
             stale,
             exit_code: None,
+            cpu_stat: None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 pub use assert_cmd;
 
+pub mod cgroup;
 pub mod cloud_guest;
 pub mod console;
 pub mod container;

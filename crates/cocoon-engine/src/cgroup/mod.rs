@@ -258,6 +258,16 @@ pub enum CgroupError {
 }
 
 impl CgroupError {
+    /// A value the user gave (exit code 2), not a host failure.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            CgroupError::Invalid { .. }
+                | CgroupError::BurstWithoutQuota
+                | CgroupError::CpusOutside { .. }
+        )
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,

@@ -194,6 +194,18 @@ pub const KEYS: &[Key] = &[
         help: "largest uncompressed size of one image layer",
     },
     Key {
+        name: "cgroup_parent",
+        env: "COCOON_CGROUP_PARENT",
+        flag: None,
+        help: "the cgroup (relative to each hierarchy) VM groups are made in",
+    },
+    Key {
+        name: "cgroup_cpus",
+        env: "COCOON_CGROUP_CPUS",
+        flag: None,
+        help: "CPU list every VM is fenced to (empty: all)",
+    },
+    Key {
         name: "jail_extra_paths",
         env: "COCOON_JAIL_EXTRA_PATHS",
         flag: None,

@@ -61,6 +61,8 @@ pub(crate) fn samples(key: &str) -> [&'static str; 3] {
         "jail_extra_paths" => ["/f/x", "/e/x,/e/y", "/c/x"],
         "init_binary" => ["/f/init", "/e/init", "/c/init"],
         "default_kernel" => ["6.1.0-1-cloud-amd64", "6.1.0-2-cloud-amd64", "6.12.3"],
+        "cgroup_parent" => ["f.slice", "e/vms", "c"],
+        "cgroup_cpus" => ["0-1", "2,4", "0"],
         other => panic!("no samples for {other}"),
     }
 }

@@ -75,6 +75,14 @@ pub(crate) fn run(ctx: &mut Ctx) -> Result<Vec<Repair>> {
             action,
         });
     }
+    for id in super::vm_cgroup::sweep(ctx)? {
+        tracing::info!("removed the empty cgroup of VM {id}, whose VMM is gone");
+        repairs.push(Repair {
+            op: "cgroup".into(),
+            object: id,
+            action: "removed its empty cgroup (its VMM is gone)".into(),
+        });
+    }
     Ok(repairs)
 }
 
