@@ -232,14 +232,24 @@ fn remove_dir(dir: &Path) {
 /// Kills the VM's processes and records it in `state` with none.
 fn settle_without_vmm(ctx: &mut Ctx, vm: &Vm, state: VmState, action: &str) -> Result<()> {
     kill_vm_processes(ctx, &vm.run_dir, vm.vmm.as_ref())?;
+    remove_cgroup(ctx, vm);
     new_vm::settle(ctx, &vm.id, state, action)?;
     Ok(())
+}
+
+/// The dead start's cgroup goes with its processes; one that will not go
+/// now is left to the sweep (it never holds recovery up).
+fn remove_cgroup(ctx: &Ctx, vm: &Vm) {
+    if let Err(e) = super::vm_cgroup::remove(ctx, vm) {
+        tracing::warn!("VM {}: {e}", vm.id);
+    }
 }
 
 /// Kills the VM's processes, releases its network, removes its
 /// directories and then its record.
 fn discard_vm(ctx: &mut Ctx, vm: &Vm) -> Result<()> {
     kill_vm_processes(ctx, &vm.run_dir, vm.vmm.as_ref())?;
+    remove_cgroup(ctx, vm);
     let leases = ctx.store().leases(&vm.id)?;
     crate::net::detach(&ctx.net(), vm, &leases).map_err(VmError::from)?;
     let _ = std::fs::remove_dir_all(&vm.run_dir);
