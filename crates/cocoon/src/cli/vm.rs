@@ -265,6 +265,9 @@ pub enum VmCommand {
         /// Same as --restore-mode ondemand (older cocoon)
         #[arg(long, conflicts_with = "restore_mode")]
         on_demand: bool,
+        /// CPU control (the VM's own unless one is given; then these replace it)
+        #[command(flatten)]
+        cpu_control: cgroup::CpuFlags,
         #[command(flatten)]
         output: FormatArg,
         vm: String,

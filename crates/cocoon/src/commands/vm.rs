@@ -103,6 +103,7 @@ fn run_other(
             storage,
             restore_mode,
             on_demand,
+            cpu_control,
             output,
             vm,
             snapshot,
@@ -112,6 +113,10 @@ fn run_other(
                 memory,
                 storage,
                 restore_mode: RestoreModeArg::engine(restore_mode, on_demand),
+                resources: cpu_control
+                    .given()
+                    .then(|| cpu_control.limits(|| engine.auto_cpus()))
+                    .transpose()?,
             };
             restore(engine, &vm, &snapshot, request, output)
         }
