@@ -104,7 +104,7 @@ fn check(
     let manifest = load_manifest(&snapshot, true)?;
     snapshot_check::check(ctx, &snapshot, &manifest)?;
     let cidata = cidata::restore_entry(&mut vm, &manifest.storage);
-    request_fits(&vm, &manifest, &request)?;
+    request_fits(&vm, &manifest, request)?;
     snapshot_check::check_base_files(ctx, &manifest)?;
     Ok(Restore {
         vm,
