@@ -284,3 +284,75 @@ fn values_the_kernel_would_refuse_are_refused_by_name_and_nothing_is_made() {
     }
     assert!(lab.ok(&["vm", "ls"]).contains("No VMs found."));
 }
+
+/// The cgroup's `cpu.cfs_quota_us` (v1) or `cpu.max` (v2) quota.
+fn quota_of(parent: &TestParent, id: &str) -> String {
+    let group = parent.group(id);
+    match parent.host.version {
+        Version::V1 => group.read(Controller::Cpu, "cpu.cfs_quota_us").unwrap(),
+        Version::V2 => {
+            let max = group.read(Controller::Cpu, "cpu.max").unwrap();
+            max.split_whitespace().next().unwrap().to_string()
+        }
+    }
+}
+
+#[test]
+fn snapshots_carry_the_settings_into_clones_and_restores_take_new_ones() {
+    let Some(parent) = TestParent::new("cgroup clone") else {
+        return;
+    };
+    let lab = Lab::new(&parent);
+    lab.ok(&[
+        "vm",
+        "run",
+        "--nics",
+        "0",
+        "--name",
+        "src",
+        "--cpu-quota-us",
+        "20000",
+        "--cpu-weight",
+        "50",
+        "test/guest:1",
+    ]);
+    let _reaper = Reaper(cocoon_testkit::processes_of(&lab.inspect("src")));
+    lab.ok(&["snapshot", "save", "--name", "s", "src"]);
+
+    // A clone inherits the snapshot's settings...
+    lab.ok(&["vm", "clone", "--name", "c1", "s"]);
+    let c1 = lab.inspect("c1");
+    let _reaper1 = Reaper(cocoon_testkit::processes_of(&c1));
+    assert_eq!(c1["config"]["cpu_quota_us"], 20000);
+    assert_eq!(c1["config"]["cpu_weight"], 50);
+    assert_eq!(quota_of(&parent, c1["id"].as_str().unwrap()), "20000");
+    // ...unless it is given its own, which replace them.
+    lab.ok(&[
+        "vm",
+        "clone",
+        "--name",
+        "c2",
+        "--cpu-quota-us",
+        "30000",
+        "s",
+    ]);
+    let c2 = lab.inspect("c2");
+    let _reaper2 = Reaper(cocoon_testkit::processes_of(&c2));
+    assert_eq!(c2["config"]["cpu_quota_us"], 30000);
+    assert!(c2["config"]["cpu_weight"].is_null(), "{c2}");
+    assert_eq!(quota_of(&parent, c2["id"].as_str().unwrap()), "30000");
+    let err = lab.fail(&["vm", "clone", "--name", "c3", "--cpu-weight", "0", "s"]);
+    assert!(err.contains("--cpu-weight \"0\""), "{err}");
+    assert!(lab.inspect("c1")["state"] == "running");
+
+    // A restore keeps the VM's settings unless given new ones.
+    lab.ok(&["vm", "restore", "--cpu-quota-us", "40000", "src", "s"]);
+    let src = lab.inspect("src");
+    let _reaper3 = Reaper(cocoon_testkit::processes_of(&src));
+    assert_eq!(src["config"]["cpu_quota_us"], 40000);
+    assert_eq!(quota_of(&parent, src["id"].as_str().unwrap()), "40000");
+    for vm in ["src", "c1", "c2"] {
+        lab.ok(&["vm", "rm", "--force", vm]);
+    }
+    assert!(parent.vm_groups().is_empty(), "{:?}", parent.vm_groups());
+}
