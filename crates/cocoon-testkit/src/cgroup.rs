@@ -82,6 +82,23 @@ fn remove_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// Removes an environment's cgroup parent and the empty groups in it (and
+/// `cocoon-tests` once no environment uses it); best effort.
+pub fn remove_parent(name: &Path) {
+    let Some(host) = CgroupHost::detect() else {
+        return;
+    };
+    for h in &host.hierarchies {
+        let dir = h.root.join(name);
+        if dir.is_dir() {
+            remove_tree(&dir);
+            if let Some(up) = dir.parent() {
+                let _ = std::fs::remove_dir(up);
+            }
+        }
+    }
+}
+
 impl Drop for TestParent {
     fn drop(&mut self) {
         for id in self.vm_groups() {
