@@ -83,6 +83,10 @@ pub struct Config {
     /// Names this installation's network namespaces (`<scope>-<id>`) and
     /// bridge TAPs (`<scope><id8>-<n>`); empty: `cocoon-<id>` and `bt<id8>-<n>`.
     pub net_scope: String,
+    /// Where VM cgroups are made, relative to each hierarchy's root.
+    pub cgroup_parent: PathBuf,
+    /// The CPUs every VM is fenced to (the parent group's cpuset).
+    pub cgroup_cpus: Option<crate::cgroup::CpuList>,
     /// The config file that was read, if any.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -146,6 +150,8 @@ impl Default for Config {
             max_layer_bytes: 64 << 30,
             jail_extra_paths: Vec::new(),
             net_scope: String::new(),
+            cgroup_parent: PathBuf::from("cocoon"),
+            cgroup_cpus: None,
             file: None,
             sources: BTreeMap::new(),
         }
@@ -252,6 +258,12 @@ impl Config {
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(","),
+            "cgroup_parent" => path(&self.cgroup_parent),
+            "cgroup_cpus" => self
+                .cgroup_cpus
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
             _ => return None,
         })
     }

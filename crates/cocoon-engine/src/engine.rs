@@ -20,6 +20,7 @@ use crate::ops::image_pull::{CloudPullOutcome, PullOutcome};
 use crate::ops::kernel;
 use crate::ops::recover::Repair;
 use crate::ops::snapshot_save::SaveOutcome;
+use crate::ops::vm_cgroup;
 use crate::ops::vm_clone::CloneRequest;
 use crate::ops::vm_create::CreateVm;
 use crate::ops::vm_debug::DebugPlan;
@@ -166,6 +167,22 @@ impl Engine {
 
     pub fn remove_kernel(&mut self, release: &str) -> Result<()> {
         kernel::remove(&mut self.ctx, release)
+    }
+
+    /// The CPUs `--cpuset-cpus auto` gives a new VM: the host's cache
+    /// domain the fewest VMs were given (see [`crate::cgroup::topology`]).
+    pub fn auto_cpus(&mut self) -> Result<crate::cgroup::CpuList> {
+        vm_cgroup::auto_cpus(&mut self.ctx)
+    }
+
+    /// A VM cgroup's CPU figures (None: it has no group now).
+    pub fn cpu_stat(&self, vm_id: &str) -> Option<crate::cgroup::CpuStat> {
+        vm_cgroup::stat(&self.ctx, vm_id)
+    }
+
+    /// The CPU control files of a VM's group as the kernel reads them back.
+    pub fn cgroup_settings(&self, vm_id: &str) -> Vec<(String, String)> {
+        vm_cgroup::settings(&self.ctx, vm_id)
     }
 
     pub fn create_vm(&mut self, request: CreateVm) -> Result<Vm> {

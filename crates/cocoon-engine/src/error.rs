@@ -33,6 +33,14 @@ pub enum Error {
     /// The guest agent (`vm exec`, `vm reseed`).
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
+    /// A VM's cgroup: a flag the host cannot honour, a value out of range,
+    /// a control file that would not take it.
+    #[error("VM {vm}: {source}")]
+    Cgroup {
+        vm: String,
+        #[source]
+        source: crate::cgroup::CgroupError,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -60,6 +68,7 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         match self {
             Error::Spec(_) => true,
+            Error::Cgroup { source, .. } => source.is_usage(),
             Error::Config(ConfigError::Value { origin, .. }) => {
                 matches!(origin, crate::config::Source::Flag(_))
             }

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod cgroup;
 pub mod config;
 pub mod console;
 pub(crate) mod context;

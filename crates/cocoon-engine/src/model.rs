@@ -158,6 +158,10 @@ pub struct VmConfig {
     /// the device or not. A record from before VMs had one reads as true.
     #[serde(default = "absent_no_agent")]
     pub no_agent: bool,
+    /// CPU control of the VM's cgroup (`--cpu-weight`, `--cpu-quota-us`,
+    /// ...): fixed at creation, carried into snapshots and clones.
+    #[serde(flatten, default)]
+    pub resources: crate::cgroup::CpuLimits,
 }
 
 /// `no_agent` of a record written before the field existed: its VMM (and
@@ -183,6 +187,7 @@ impl VmConfig {
             no_direct_io: false,
             windows: false,
             no_agent: false,
+            resources: crate::cgroup::CpuLimits::default(),
         }
     }
 }
@@ -391,6 +396,10 @@ pub struct VmView {
     /// JSON) unless the VM runs.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub console_path: String,
+    /// The CPU figures of the VM's cgroup while it runs (`cpu.stat`):
+    /// usage, periods, throttled periods and time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_stat: Option<crate::cgroup::CpuStat>,
 }
 
 impl VmView {
@@ -417,6 +426,7 @@ impl VmView {
             stale,
             exit_code: None,
             console_path,
+            cpu_stat: None,
         }
     }
 

@@ -91,6 +91,9 @@ pub struct LaunchSpec {
     /// Run confined to this view of the host (a VMM loading state it did
     /// not write: see [`crate::jail`]).
     pub jail: Option<Jail>,
+    /// `cgroup.procs` files (open for writing) of the cgroup(s) to run in:
+    /// joined between fork and exec, so no thread ever runs outside.
+    pub cgroup: Vec<std::sync::Arc<OwnedFd>>,
 }
 
 /// When a launched process's socket counts as ready.
@@ -138,7 +141,13 @@ async fn launch_until(spec: &LaunchSpec, ready: Ready) -> Result<VmmProcess, Sup
         .stdin(stdin)
         .stdout(stdout)
         .stderr(log);
-    detach_in_child(&mut command, jail, netns.as_ref().map(|fd| fd.as_raw_fd()));
+    let cgroup: Vec<std::os::fd::RawFd> = spec.cgroup.iter().map(|fd| fd.as_raw_fd()).collect();
+    detach_in_child(
+        &mut command,
+        jail,
+        netns.as_ref().map(|fd| fd.as_raw_fd()),
+        cgroup,
+    );
     let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
         binary: binary.clone(),
         source,
@@ -218,13 +227,15 @@ fn open_netns(spec: &LaunchSpec) -> Result<Option<OwnedFd>, SuperviseError> {
     Ok(Some(file.into()))
 }
 
-/// What the child does between fork and exec: its own session, its jail
-/// (if any), the VM's network namespace (if any). `netns_fd` must stay open
-/// until the command is spawned.
+/// What the child does between fork and exec: its cgroups (if any), its
+/// own session, its jail (if any), the VM's network namespace (if any).
+/// `netns_fd` and the `cgroup` descriptors must stay open until the
+/// command is spawned.
 fn detach_in_child(
     command: &mut Command,
     jail: Option<Prepared>,
     netns_fd: Option<std::os::fd::RawFd>,
+    cgroup: Vec<std::os::fd::RawFd>,
 ) {
     // SAFETY: the closure runs in the forked child, where only async-signal-safe
     // calls may run: it makes plain syscalls (setsid, the jail's unshare,
@@ -233,6 +244,13 @@ fn detach_in_child(
     // without allocating.
     unsafe {
         command.pre_exec(move || {
+            // Into the VM's cgroup before anything else: `0` is the
+            // writer itself, and the threads it starts after exec follow.
+            for fd in &cgroup {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             // Own session: no terminal signals (Ctrl+C) reach the VMM, and it
             // outlives the CLI that started it.
             rustix::process::setsid()?;

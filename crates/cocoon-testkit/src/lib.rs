@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 pub use assert_cmd;
 
+pub mod cgroup;
 pub mod cloud_guest;
 pub mod console;
 pub mod container;
@@ -266,6 +267,12 @@ pub struct CocoonEnv {
     bin: PathBuf,
 }
 
+impl Drop for CocoonEnv {
+    fn drop(&mut self) {
+        cgroup::remove_parent(Path::new(&self.cgroup_parent()));
+    }
+}
+
 impl CocoonEnv {
     /// `bin` is the binary under test, e.g. `env!("CARGO_BIN_EXE_cocoon")`.
     pub fn new(bin: impl Into<PathBuf>) -> CocoonEnv {
@@ -282,6 +289,12 @@ impl CocoonEnv {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `cgroup_parent` of this environment's VMs.
+    pub fn cgroup_parent(&self) -> String {
+        let name = self.dir.path().file_name().unwrap_or_default();
+        format!("cocoon-tests/{}", name.to_string_lossy())
     }
 
     pub fn root_dir(&self) -> PathBuf {
@@ -304,6 +317,10 @@ impl CocoonEnv {
     /// variables and `RUST_LOG` removed, and an empty config file.
     pub fn cmd(&self) -> assert_cmd::Command {
         let mut cmd = self.bare_cmd();
+        // Each environment's VM cgroups under a parent of its own, removed
+        // with it: a test that kills its VMMs and ends leaves no empty
+        // group in the host's hierarchy.
+        cmd.env("COCOON_CGROUP_PARENT", self.cgroup_parent());
         cmd.env("COCOON_ROOT_DIR", self.root_dir())
             .env("COCOON_LOG_DIR", self.log_dir())
             .env("COCOON_CNI_CONF_DIR", self.path().join("cni"))
@@ -342,6 +359,7 @@ impl CocoonEnv {
                 cmd.env_remove(&key);
             }
         }
+        cmd.env("COCOON_CGROUP_PARENT", self.cgroup_parent());
         cmd.env("COCOON_ROOT_DIR", self.root_dir())
             .env("COCOON_LOG_DIR", self.log_dir())
             .env("COCOON_CNI_CONF_DIR", self.path().join("cni"))

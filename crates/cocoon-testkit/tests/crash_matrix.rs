@@ -27,6 +27,9 @@ struct Lab {
     env: CocoonEnv,
     /// The real QEMU instead of the fake VMMs.
     qemu: bool,
+    /// The VMs' cgroup parent, made for this case (None: cgroups are not
+    /// writable here, and VMs run ungrouped).
+    cgroups: Option<cocoon_testkit::cgroup::TestParent>,
 }
 
 impl Drop for Lab {
@@ -40,6 +43,7 @@ impl Lab {
         let lab = Lab {
             env: CocoonEnv::new(bin()),
             qemu,
+            cgroups: cocoon_testkit::cgroup::TestParent::new("crash matrix cgroups"),
         };
         let layer = cocoon_testkit::guest::boot_layer("6.1", b"initrd").build();
         std::fs::write(lab.env.path().join("layer.tar"), layer).unwrap();
@@ -53,6 +57,15 @@ impl Lab {
     }
 
     fn cmd(&self) -> std::process::Command {
+        let mut cmd = self.vmm_cmd();
+        if let Some(parent) = &self.cgroups {
+            let (key, value) = parent.env();
+            cmd.env(key, value);
+        }
+        cmd
+    }
+
+    fn vmm_cmd(&self) -> std::process::Command {
         if !self.qemu {
             return self.env.fake_vmm_cmd(FAKE);
         }
@@ -157,6 +170,16 @@ fn assert_converged(lab: &Lab, case: &str) {
     }
     for dir in names(&lab.env.root_dir().join("run/vms")) {
         assert!(ids.contains(&dir), "{case}: run dir {dir} without a record");
+    }
+    // Only a running VM has a cgroup.
+    if let Some(parent) = &lab.cgroups {
+        for id in parent.vm_groups() {
+            let vm = vms.iter().find(|v| v["id"] == id.as_str());
+            assert!(
+                vm.is_some_and(|v| v["state"] == "running"),
+                "{case}: cgroup of VM {id} left ({vm:?})"
+            );
+        }
     }
     for dir in names(&lab.env.log_dir().join("vms")) {
         assert!(ids.contains(&dir), "{case}: log dir {dir} without a record");
@@ -380,7 +403,11 @@ fn start_on(qemu: bool) {
             name: "vm start",
             setup: &created,
             args: &args(&["vm", "start", "m"]),
-            failpoints: &["vm.launch.recorded", "vm.launch.booted"],
+            failpoints: &[
+                "vm.cgroup.prepared",
+                "vm.launch.recorded",
+                "vm.launch.booted",
+            ],
             again: &nothing,
         },
         qemu,
@@ -472,7 +499,12 @@ fn clone_on(qemu: bool) {
             name: "vm clone",
             setup: &snapshotted,
             args: &args(&["vm", "clone", "--name", "c", "s"]),
-            failpoints: &["vm.clone.files", "vm.launch.recorded", "vm.launch.booted"],
+            failpoints: &[
+                "vm.clone.files",
+                "vm.cgroup.prepared",
+                "vm.launch.recorded",
+                "vm.launch.booted",
+            ],
             again: &nothing,
         },
         qemu,
@@ -498,6 +530,7 @@ fn restore_on(qemu: bool) {
             failpoints: &[
                 "vm.restore.killed",
                 "vm.restore.swapped",
+                "vm.cgroup.prepared",
                 "vm.launch.recorded",
                 "vm.launch.booted",
             ],

@@ -77,6 +77,7 @@ impl Harness {
             netns: None,
             socket_timeout: Duration::from_secs(5),
             jail: None,
+            cgroup: Vec::new(),
         }
     }
 
@@ -747,6 +748,7 @@ async fn termination_escalates_graceful_then_term_then_kill() {
     let spec = LaunchSpec {
         socket_timeout: Duration::from_secs(5),
         jail: None,
+        cgroup: Vec::new(),
         ..h.spec(
             "/usr/bin/python3",
             vec![

@@ -163,6 +163,7 @@ impl Vm {
             netns: None,
             socket_timeout: Duration::from_secs(10),
             jail: None,
+            cgroup: Vec::new(),
         };
         let vmm = supervise::launch(&spec).await.expect("real VMM starts");
         self.launched.push(vmm.clone());

@@ -54,6 +54,45 @@ pub fn local_time(ts: Timestamp) -> String {
         .to_string()
 }
 
+/// THROTTLED as upstream shows it: throttled periods / throttled time, `-`
+/// when the VM has no group or was never throttled.
+pub fn throttled(stat: Option<&cocoon_engine::cgroup::CpuStat>) -> String {
+    match stat {
+        Some(stat) if stat.nr_throttled > 0 => {
+            format!(
+                "{}/{}",
+                stat.nr_throttled,
+                duration_text(stat.throttled_usec)
+            )
+        }
+        _ => "-".into(),
+    }
+}
+
+/// A duration in µs the way Go prints one (`1.5s`, `250ms`, `2m3.5s`).
+pub fn duration_text(usec: u64) -> String {
+    fn trim(whole: u64, frac: u64, digits: usize) -> String {
+        let frac = format!("{frac:0digits$}");
+        let frac = frac.trim_end_matches('0');
+        if frac.is_empty() {
+            whole.to_string()
+        } else {
+            format!("{whole}.{frac}")
+        }
+    }
+    match usec {
+        0 => "0s".into(),
+        u if u < 1_000 => format!("{u}µs"),
+        u if u < 1_000_000 => format!("{}ms", trim(u / 1_000, u % 1_000, 3)),
+        u if u < 60_000_000 => format!("{}s", trim(u / 1_000_000, u % 1_000_000, 6)),
+        u => {
+            let mins = u / 60_000_000;
+            let rest = u % 60_000_000;
+            format!("{mins}m{}s", trim(rest / 1_000_000, rest % 1_000_000, 6))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +107,20 @@ mod tests {
             ],
         );
         assert_eq!(text, "ID     NAME\nA      alpha\nBBBB   b\n");
+    }
+
+    #[test]
+    fn throttling_reads_as_periods_and_go_durations() {
+        use cocoon_engine::cgroup::CpuStat;
+        assert_eq!(throttled(None), "-");
+        let mut stat = CpuStat::default();
+        assert_eq!(throttled(Some(&stat)), "-");
+        stat.nr_throttled = 12;
+        stat.throttled_usec = 1_500_000;
+        assert_eq!(throttled(Some(&stat)), "12/1.5s");
+        assert_eq!(duration_text(250), "250µs");
+        assert_eq!(duration_text(250_000), "250ms");
+        assert_eq!(duration_text(1_234_567), "1.234567s");
+        assert_eq!(duration_text(123_500_000), "2m3.5s");
     }
 }

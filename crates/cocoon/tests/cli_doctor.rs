@@ -26,6 +26,7 @@ const ITEMS: &[&str] = &[
     "kernel_overlay",
     "tun",
     "netns",
+    "cgroups",
     "firmware",
     "default_kernel",
     "cocoon_init",

@@ -106,7 +106,15 @@ fn vm_list_and_inspect_reconcile_dead_vmms() {
     assert_eq!(lines.len(), 3);
     assert!(lines[0].starts_with("ID  "), "{text}");
     for column in [
-        "NAME", "STATE", "CPU", "MEMORY", "STORAGE", "IP", "IMAGE", "CREATED",
+        "NAME",
+        "STATE",
+        "CPU",
+        "MEMORY",
+        "STORAGE",
+        "THROTTLED",
+        "IP",
+        "IMAGE",
+        "CREATED",
     ] {
         assert!(lines[0].contains(column), "{column} missing: {text}");
     }

@@ -194,6 +194,18 @@ pub const KEYS: &[Key] = &[
         help: "largest uncompressed size of one image layer",
     },
     Key {
+        name: "cgroup_parent",
+        env: "COCOON_CGROUP_PARENT",
+        flag: None,
+        help: "the cgroup (relative to each hierarchy) VM groups are made in",
+    },
+    Key {
+        name: "cgroup_cpus",
+        env: "COCOON_CGROUP_CPUS",
+        flag: None,
+        help: "CPU list every VM is fenced to (empty: all)",
+    },
+    Key {
         name: "jail_extra_paths",
         env: "COCOON_JAIL_EXTRA_PATHS",
         flag: None,
@@ -219,16 +231,6 @@ pub const UNSUPPORTED: &[(&str, &str, &str)] = &[
         "meta_backend",
         "COCOON_META_BACKEND",
         "the state is always one SQLite database (<root_dir>/cocoon.db); remove the key",
-    ),
-    (
-        "cgroup_parent",
-        "COCOON_CGROUP_PARENT",
-        "cgroup v2 CPU control is not in this build yet; remove the key",
-    ),
-    (
-        "cgroup_cpus",
-        "COCOON_CGROUP_CPUS",
-        "cgroup v2 CPU control is not in this build yet; remove the key",
     ),
     (
         "metering.backend",

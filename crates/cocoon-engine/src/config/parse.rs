@@ -139,6 +139,8 @@ impl Config {
                 self.insecure_registries = registry_hosts(value).map_err(|e| fail(&e))?
             }
             "pool_size" => self.pool_size = pool_size(value).map_err(&fail)?,
+            "cgroup_parent" => self.cgroup_parent = cgroup_parent(value).map_err(|e| fail(&e))?,
+            "cgroup_cpus" => self.cgroup_cpus = cpu_list(value).map_err(|e| fail(&e))?,
             "jail_extra_paths" => {
                 self.jail_extra_paths = plain_paths(value).map_err(|e| fail(&e))?
             }
@@ -273,5 +275,17 @@ fn net_scope(value: &str) -> Result<String, &'static str> {
         Ok(value.to_string())
     } else {
         Err("must be empty or two letters or digits, e.g. a1")
+    }
+}
+
+fn cgroup_parent(value: &str) -> Result<PathBuf, String> {
+    crate::cgroup::parse_parent(value).map_err(|e| e.to_string())
+}
+
+/// A CPU list; empty: none.
+fn cpu_list(value: &str) -> Result<Option<crate::cgroup::CpuList>, String> {
+    match value {
+        "" => Ok(None),
+        list => list.parse().map(Some),
     }
 }

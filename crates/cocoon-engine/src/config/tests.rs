@@ -62,6 +62,8 @@ pub(crate) fn samples(key: &str) -> [&'static str; 3] {
         "net_scope" => ["f1", "e2", "c3"],
         "init_binary" => ["/f/init", "/e/init", "/c/init"],
         "default_kernel" => ["6.1.0-1-cloud-amd64", "6.1.0-2-cloud-amd64", "6.12.3"],
+        "cgroup_parent" => ["f.slice", "e/vms", "c"],
+        "cgroup_cpus" => ["0-1", "2,4", "0"],
         other => panic!("no samples for {other}"),
     }
 }

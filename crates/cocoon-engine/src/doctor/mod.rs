@@ -7,6 +7,7 @@
 //! broken, which is one of the things it exists to diagnose. It changes
 //! nothing either (it never creates the state directories).
 
+mod cgroups;
 mod container;
 mod kernel;
 mod network;
@@ -110,6 +111,7 @@ pub const CHECK_NAMES: &[&str] = &[
     "kernel_overlay",
     "tun",
     "netns",
+    "cgroups",
     "firmware",
     "default_kernel",
     "cocoon_init",
@@ -146,6 +148,7 @@ pub fn run(config: &Config) -> DoctorReport {
     checks.extend(kernel::filesystems());
     checks.push(kernel::tun());
     checks.push(kernel::netns());
+    checks.push(cgroups::check(config));
     checks.push(storage::firmware(config));
     checks.push(container::default_kernel(config));
     checks.push(container::cocoon_init(config));

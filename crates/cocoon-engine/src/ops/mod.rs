@@ -36,4 +36,5 @@ mod clone_files;
 mod disk_swap;
 mod image_record;
 mod new_vm;
+pub(crate) mod vm_cgroup;
 mod vm_plan;

@@ -75,6 +75,14 @@ pub(crate) fn run(ctx: &mut Ctx) -> Result<Vec<Repair>> {
             action,
         });
     }
+    for id in super::vm_cgroup::sweep(ctx)? {
+        tracing::info!("removed the empty cgroup of VM {id}, whose VMM is gone");
+        repairs.push(Repair {
+            op: "cgroup".into(),
+            object: id,
+            action: "removed its empty cgroup (its VMM is gone)".into(),
+        });
+    }
     Ok(repairs)
 }
 
@@ -228,14 +236,24 @@ fn remove_dir(dir: &Path) {
 /// Kills the VM's processes and records it in `state` with none.
 fn settle_without_vmm(ctx: &mut Ctx, vm: &Vm, state: VmState, action: &str) -> Result<()> {
     kill_vm_processes(ctx, &vm.run_dir, vm.vmm.as_ref())?;
+    remove_cgroup(ctx, vm);
     new_vm::settle(ctx, &vm.id, state, action)?;
     Ok(())
+}
+
+/// The dead start's cgroup goes with its processes; one that will not go
+/// now is left to the sweep (it never holds recovery up).
+fn remove_cgroup(ctx: &Ctx, vm: &Vm) {
+    if let Err(e) = super::vm_cgroup::remove(ctx, vm) {
+        tracing::warn!("VM {}: {e}", vm.id);
+    }
 }
 
 /// Kills the VM's processes, releases its network, removes its
 /// directories and then its record.
 pub(crate) fn discard_vm(ctx: &mut Ctx, vm: &Vm) -> Result<()> {
     kill_vm_processes(ctx, &vm.run_dir, vm.vmm.as_ref())?;
+    remove_cgroup(ctx, vm);
     let leases = ctx.store().leases(&vm.id)?;
     crate::net::detach(&ctx.net(), vm, &leases).map_err(VmError::from)?;
     let _ = std::fs::remove_dir_all(&vm.run_dir);

@@ -30,6 +30,8 @@ pub struct CloneRequest {
     pub disk_queue_size: u32,
     pub no_direct_io: bool,
     pub restore_mode: RestoreMode,
+    /// CPU control replacing the snapshot's (None: the snapshot's).
+    pub resources: Option<crate::cgroup::CpuLimits>,
 }
 
 pub(crate) fn run(ctx: &mut Ctx, reference: &str, request: CloneRequest) -> Result<Vm> {
@@ -40,6 +42,7 @@ pub(crate) fn run(ctx: &mut Ctx, reference: &str, request: CloneRequest) -> Resu
     snapshot_check::check_base_files(ctx, &manifest)?;
     let id = crate::id::generate_id();
     let config = clone_config(&manifest.source, &request, &id)?;
+    super::vm_cgroup::check_request(ctx, &format!("VM {}", config.name), &config.resources)?;
     let paths = ctx.layout.vm(&id);
     let mut vm = Vm::new(
         &id,
@@ -106,6 +109,9 @@ fn clone_config(source: &VmConfig, request: &CloneRequest, id: &str) -> Result<V
     config.no_direct_io |= request.no_direct_io;
     if !request.network.is_empty() {
         config.network = request.network.clone();
+    }
+    if let Some(resources) = &request.resources {
+        config.resources = resources.clone();
     }
     crate::spec::validate_cpu(config.cpu, crate::spec::host_cpus())?;
     Ok(config)

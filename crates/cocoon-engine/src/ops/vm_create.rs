@@ -33,6 +33,8 @@ pub struct CreateVm {
 }
 
 pub(crate) fn run(ctx: &mut Ctx, request: CreateVm) -> Result<Vm> {
+    let what = format!("VM {}", request.config.name);
+    super::vm_cgroup::check_request(ctx, &what, &request.config.resources)?;
     let id = crate::id::generate_id();
     let plan = vm_plan::plan(ctx, &request, &id, None)?;
     let wants_cidata = plan

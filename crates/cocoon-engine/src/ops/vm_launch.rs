@@ -40,7 +40,9 @@ pub(crate) async fn launch_and_boot(
     let (serial_master, serial_slave) = open_pty()
         .map_err(|e| Error::io("cannot allocate a terminal for the serial console", e))?;
     let restoring = matches!(boot, Boot::Restore { .. });
-    let helper = start_vsock_helper(ctx, vm, &paths, &opts).await?;
+    let group = super::vm_cgroup::prepare(ctx, vm)?;
+    let cgroup = join_files(vm, group.as_ref())?;
+    let helper = start_vsock_helper(ctx, vm, &paths, &opts, &cgroup).await?;
     let args = backend
         .launch_args(vm, &paths, &opts, restoring)
         .map_err(|e| Error::io(format!("cannot prepare the launch of VM {}", vm.id), e))?;
@@ -57,6 +59,7 @@ pub(crate) async fn launch_and_boot(
         netns: crate::net::vmm_netns(vm),
         socket_timeout: Duration::from_secs(ctx.config().socket_wait_timeout_seconds.max(1)),
         jail: backend.jail(vm, &paths, boot, &opts, ctx.config())?,
+        cgroup,
     };
     let vmm = supervise::launch(&spec)
         .await
@@ -98,7 +101,36 @@ pub(crate) async fn launch_and_boot(
         return Ok((vmm, None));
     }
     let relay = spawn_relay(ctx, vm, &paths, &vmm, helper, ports)?;
+    adopt_relay(vm, group.as_ref(), &relay)?;
     Ok((vmm, Some(relay)))
+}
+
+/// The console relay joins the VM's group as soon as it runs (it is
+/// cocoon's own process, started after the VMM).
+fn adopt_relay(
+    vm: &Vm,
+    group: Option<&crate::cgroup::VmGroup>,
+    relay: &ProcessIdentity,
+) -> Result<()> {
+    let Some(group) = group else {
+        return Ok(());
+    };
+    group.adopt(relay.pid).map_err(|source| Error::Cgroup {
+        vm: format!("{} ({})", vm.config.name, vm.id),
+        source,
+    })
+}
+
+/// The group's `cgroup.procs` files the VMM and its helper join.
+fn join_files(vm: &Vm, group: Option<&crate::cgroup::VmGroup>) -> Result<Vec<Arc<OwnedFd>>> {
+    let Some(group) = group else {
+        return Ok(Vec::new());
+    };
+    let files = group.join_files().map_err(|source| Error::Cgroup {
+        vm: format!("{} ({})", vm.config.name, vm.id),
+        source,
+    })?;
+    Ok(files.into_iter().map(Arc::new).collect())
 }
 
 /// Starts the process the VM's vsock device runs in, if its VMM needs one
@@ -109,6 +141,7 @@ async fn start_vsock_helper(
     vm: &Vm,
     paths: &VmPaths,
     opts: &LaunchOptions,
+    cgroup: &[Arc<OwnedFd>],
 ) -> Result<Option<VmmProcess>> {
     let Some(helper) = backend::of(vm.hypervisor).vsock_helper(vm, paths, opts) else {
         return Ok(None);
@@ -122,6 +155,7 @@ async fn start_vsock_helper(
         netns: None,
         socket_timeout: Duration::from_secs(ctx.config().socket_wait_timeout_seconds.max(1)),
         jail: None,
+        cgroup: cgroup.to_vec(),
     };
     let process = supervise::launch_listener(&spec)
         .await
@@ -227,7 +261,7 @@ pub(crate) async fn stop_leftovers(ctx: &Ctx, vm: &Vm) -> Result<()> {
     for file in paths.runtime_files() {
         let _ = std::fs::remove_file(file);
     }
-    Ok(())
+    super::vm_cgroup::remove(ctx, vm)
 }
 
 fn read_tail(path: &Path) -> String {

@@ -12,12 +12,23 @@ use crate::vm::VmError;
 
 /// Every VM, oldest first, with its state checked against its VMM process.
 pub(crate) fn list(ctx: &mut Ctx) -> Result<Vec<VmView>> {
-    Ok(ctx
+    let mut views: Vec<VmView> = ctx
         .store()
         .list_vms()?
         .into_iter()
         .map(VmView::reconcile)
-        .collect())
+        .collect();
+    for view in &mut views {
+        with_cpu_stat(ctx, view);
+    }
+    Ok(views)
+}
+
+/// A running VM's cgroup figures (a stopped VM has no group).
+fn with_cpu_stat(ctx: &Ctx, view: &mut VmView) {
+    if view.vm.state == crate::model::VmState::Running {
+        view.cpu_stat = super::vm_cgroup::stat(ctx, &view.vm.id);
+    }
 }
 
 pub(crate) fn inspect(ctx: &mut Ctx, reference: &str) -> Result<VmView> {
@@ -25,6 +36,7 @@ pub(crate) fn inspect(ctx: &mut Ctx, reference: &str) -> Result<VmView> {
     if boots_cocoon_init(ctx, &view.vm) && !is_running(&view.vm) {
         view.exit_code = exit_code(&view.vm);
     }
+    with_cpu_stat(ctx, &mut view);
     Ok(view)
 }
 

@@ -24,12 +24,14 @@ use super::vm_launch::{launch_and_boot, stop_leftovers};
 use super::{cidata, new_vm};
 
 /// `vm restore` flags.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RestoreRequest {
     pub cpu: u32,
     pub memory: Option<u64>,
     pub storage: Option<u64>,
     pub restore_mode: RestoreMode,
+    /// CPU control replacing the VM's (None: kept).
+    pub resources: Option<crate::cgroup::CpuLimits>,
 }
 
 /// What the checks decided: the VM as it will be, and how to restore it.
@@ -52,7 +54,11 @@ pub(crate) fn run(
     let _lock = ctx.lock_vm(&vm.id)?;
     let vm = ctx.store().resolve_vm(&vm.id)?;
     let snapshot = ctx.store().resolve_snapshot(snapshot_ref)?;
-    let mut plan = check(ctx, vm, snapshot, request)?;
+    if let Some(resources) = &request.resources {
+        let what = format!("VM {}", vm.config.name);
+        super::vm_cgroup::check_request(ctx, &what, resources)?;
+    }
+    let mut plan = check(ctx, vm, snapshot, &request)?;
     let op = Op::VmRestore {
         snapshot: plan.snapshot.id.clone(),
     };
@@ -79,7 +85,7 @@ fn check(
     ctx: &mut Ctx,
     mut vm: Vm,
     snapshot: Snapshot,
-    request: RestoreRequest,
+    request: &RestoreRequest,
 ) -> Result<Restore> {
     let on_demand = backend::of(vm.hypervisor).on_demand(request.restore_mode)?;
     if snapshot.vm_id.as_deref() != Some(vm.id.as_str()) {
@@ -98,7 +104,7 @@ fn check(
     let manifest = load_manifest(&snapshot, true)?;
     snapshot_check::check(ctx, &snapshot, &manifest)?;
     let cidata = cidata::restore_entry(&mut vm, &manifest.storage);
-    request_fits(&vm, &manifest, &request)?;
+    request_fits(&vm, &manifest, request)?;
     snapshot_check::check_base_files(ctx, &manifest)?;
     Ok(Restore {
         vm,
@@ -160,6 +166,9 @@ fn replace(
     let vm = &mut plan.vm;
     vm.config.cpu = cpu;
     vm.config.memory = memory;
+    if let Some(resources) = &request.resources {
+        vm.config.resources = resources.clone();
+    }
     if let Some(st) = request.storage {
         vm.config.storage = st;
     }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 
 pub mod agent;
+pub mod cgroup;
 mod image_snapshot;
 mod parse;
 mod vm;

@@ -77,6 +77,8 @@ pub struct VmFlags {
     /// No guest agent (no `vm exec`, no identity refresh after a clone)
     #[arg(long)]
     pub no_agent: bool,
+    #[command(flatten)]
+    pub cpu_control: cgroup::CpuFlags,
 }
 
 /// The flags of `vm clone`: zero or empty means "as in the snapshot".
@@ -126,6 +128,9 @@ pub struct CloneFlags {
     /// Pull the snapshot's base image (pinned by digest) if it is missing
     #[arg(long)]
     pub pull: bool,
+    /// CPU control (as in the snapshot unless one is given; then these replace it)
+    #[command(flatten)]
+    pub cpu_control: cgroup::CpuFlags,
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,6 +285,9 @@ pub enum VmCommand {
         /// Same as --restore-mode ondemand (older cocoon)
         #[arg(long, conflicts_with = "restore_mode")]
         on_demand: bool,
+        /// CPU control (the VM's own unless one is given; then these replace it)
+        #[command(flatten)]
+        cpu_control: cgroup::CpuFlags,
         #[command(flatten)]
         output: FormatArg,
         vm: String,

@@ -73,7 +73,7 @@ fn run_other(
             ch,
             image,
         } => {
-            let request = create_request(&flags, &image, Vec::new(), default_hypervisor)?;
+            let request = create_request(engine, &flags, &image, Vec::new(), default_hypervisor)?;
             debug(engine, request, ch, max_cpu, balloon, cow.as_deref())
         }
         cmd @ (VmCommand::Logs { .. }
@@ -105,6 +105,7 @@ fn run_other(
             storage,
             restore_mode,
             on_demand,
+            cpu_control,
             output,
             vm,
             snapshot,
@@ -114,6 +115,10 @@ fn run_other(
                 memory,
                 storage,
                 restore_mode: RestoreModeArg::engine(restore_mode, on_demand),
+                resources: cpu_control
+                    .given()
+                    .then(|| cpu_control.limits(|| engine.auto_cpus()))
+                    .transpose()?,
             };
             restore(engine, &vm, &snapshot, request, output)
         }
@@ -146,7 +151,7 @@ fn create(
     command: Vec<String>,
     default_hypervisor: Hypervisor,
 ) -> Result<()> {
-    let request = create_request(flags, image, command, default_hypervisor)?;
+    let request = create_request(engine, flags, image, command, default_hypervisor)?;
     let vm = engine.create_vm(request)?;
     if output.json() {
         return print_json(&VmView::reconcile(vm)).map_err(io);
@@ -202,6 +207,11 @@ fn clone(engine: &mut Engine, flags: &CloneFlags, output: FormatArg, snapshot: &
         disk_queue_size: flags.disk_queue_size,
         no_direct_io: flags.no_direct_io,
         restore_mode: RestoreModeArg::engine(flags.restore_mode, flags.on_demand),
+        resources: flags
+            .cpu_control
+            .given()
+            .then(|| flags.cpu_control.limits(|| engine.auto_cpus()))
+            .transpose()?,
     };
     if flags.pull {
         pull_snapshot_base(engine, snapshot, &request)?;
@@ -292,6 +302,7 @@ fn list(engine: &mut Engine, output: FormatArg) -> Result<()> {
 
 /// The create request of `vm create`, `vm run` and `vm debug`.
 pub(super) fn create_request(
+    engine: &mut Engine,
     flags: &VmFlags,
     image: &str,
     command: Vec<String>,
@@ -316,6 +327,7 @@ pub(super) fn create_request(
     config.no_direct_io = flags.no_direct_io;
     config.windows = flags.windows;
     config.no_agent = flags.no_agent;
+    config.resources = flags.cpu_control.limits(|| engine.auto_cpus())?;
     Ok(CreateVm {
         config,
         hypervisor: match flags.hypervisor {
@@ -504,7 +516,16 @@ fn validate_vm_flags(flags: &VmFlags) -> Result<Vec<DataDiskSpec>> {
 }
 
 pub const LIST_HEADERS: &[&str] = &[
-    "ID", "NAME", "STATE", "CPU", "MEMORY", "STORAGE", "IP", "IMAGE", "CREATED",
+    "ID",
+    "NAME",
+    "STATE",
+    "CPU",
+    "MEMORY",
+    "STORAGE",
+    "THROTTLED",
+    "IP",
+    "IMAGE",
+    "CREATED",
 ];
 
 pub fn list_row(view: &VmView) -> Vec<String> {
@@ -517,6 +538,7 @@ pub fn list_row(view: &VmView) -> Vec<String> {
         vm.config.cpu.to_string(),
         BinarySize(vm.config.memory).to_string(),
         BinarySize(vm.config.storage).to_string(),
+        crate::output::throttled(view.cpu_stat.as_ref()),
         if ips.is_empty() {
             "-".into()
         } else {

@@ -32,7 +32,7 @@ pub fn run(
     default_hypervisor: Hypervisor,
 ) -> Result<Outcome> {
     let console = attach.interactive || attach.tty;
-    let request = super::vm::create_request(flags, image, command, default_hypervisor)?;
+    let request = super::vm::create_request(engine, flags, image, command, default_hypervisor)?;
     let vm = engine.create_vm(request)?;
     let vm = match engine.start_vm(&vm.id) {
         Ok(vm) => vm,
