@@ -328,6 +328,16 @@ impl Engine {
         )
     }
 
+    /// `vm hibernate`: the guest into a new snapshot, the VMM stopped.
+    pub fn hibernate_vm(
+        &mut self,
+        reference: &str,
+        name: Option<SnapshotName>,
+        description: &str,
+    ) -> Result<vm_hibernate::Hibernated> {
+        vm_hibernate::run(&mut self.ctx, reference, name, description)
+    }
+
     pub fn restore_vm(
         &mut self,
         vm_ref: &str,

@@ -20,6 +20,7 @@ pub mod vm_agent;
 pub mod vm_clone;
 pub mod vm_create;
 pub mod vm_debug;
+pub mod vm_hibernate;
 pub mod vm_launch;
 pub mod vm_query;
 pub mod vm_remove;

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use clap::{Args, Subcommand};
 use cocoon_engine::model::Hypervisor;
-use cocoon_engine::name::VmName;
+use cocoon_engine::name::{SnapshotName, VmName};
 use cocoon_engine::spec::RawDataDisk;
 
 use super::agent::AgentCommand;
@@ -243,7 +243,7 @@ pub enum VmCommand {
         #[arg(required = true, value_name = "VM")]
         vms: Vec<String>,
     },
-    /// Restore a running VM in place from one of its snapshots
+    /// Restore a running, stopped or hibernated VM from one of its snapshots (it runs afterwards)
     Restore {
         /// Virtual CPUs (0 = as in the snapshot)
         #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
@@ -264,6 +264,20 @@ pub enum VmCommand {
         output: FormatArg,
         vm: String,
         snapshot: String,
+    },
+    /// Snapshot a running VM and stop it, freeing its CPUs and memory (`vm start` wakes it)
+    #[command(
+        after_help = "The guest is paused, written into a new snapshot and its VMM stopped while still paused: `vm start VM` (or `vm restore VM SNAPSHOT`) brings it back where it was. The VM keeps its disks and network identity; its snapshot cannot be removed while it is hibernated.\n\nExamples:\n  cocoon vm hibernate --name nightly dev\n  cocoon vm start dev"
+    )]
+    Hibernate {
+        /// Name of the snapshot the guest goes into
+        #[arg(long, value_parser = SnapshotName::from_str)]
+        name: Option<SnapshotName>,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
     },
     /// Print the commands that would launch a VM, without running them
     Debug {

@@ -4,6 +4,7 @@ use std::time::Duration;
 use cocoon_engine::backend::{self, LaunchOptions};
 use cocoon_engine::engine::BatchOutcome;
 use cocoon_engine::model::{Hypervisor, ImageType, Vm, VmConfig, VmView};
+use cocoon_engine::name::SnapshotName;
 use cocoon_engine::ops::vm_clone::CloneRequest;
 use cocoon_engine::ops::vm_create::CreateVm;
 use cocoon_engine::ops::vm_debug::DebugPlan;
@@ -115,6 +116,12 @@ fn run_other(
             };
             restore(engine, &vm, &snapshot, request, output)
         }
+        VmCommand::Hibernate {
+            name,
+            description,
+            output,
+            vm,
+        } => hibernate(engine, &vm, name, &description, output),
         VmCommand::List { output } => list(engine, output),
         VmCommand::Inspect { vm } => print_json(&engine.inspect_vm(&vm)?).map_err(io),
         VmCommand::Status {
@@ -279,6 +286,30 @@ fn restore(
         return print_json(&VmView::reconcile(vm)).map_err(io);
     }
     eprintln!("restored: {} (name: {})", vm.id, vm.config.name);
+    Ok(())
+}
+
+/// `vm hibernate`.
+fn hibernate(
+    engine: &mut Engine,
+    vm: &str,
+    name: Option<SnapshotName>,
+    description: &str,
+    output: FormatArg,
+) -> Result<()> {
+    let done = engine.hibernate_vm(vm, name, description)?;
+    if output.json() {
+        return print_json(&done).map_err(io);
+    }
+    let snapshot = done
+        .snapshot
+        .name
+        .as_ref()
+        .map_or(done.snapshot.id.clone(), ToString::to_string);
+    eprintln!(
+        "hibernated: {} (name: {}); snapshot {snapshot} (wake: cocoon vm start {})",
+        done.vm.id, done.vm.config.name, done.vm.config.name
+    );
     Ok(())
 }
 
