@@ -369,6 +369,27 @@ impl Engine {
         snapshot_export::run(&mut self.ctx, reference, out, compression, progress)
     }
 
+    /// `snapshot export --to-dir`.
+    pub fn export_snapshot_to_dir(&mut self, reference: &str, dir: &Path) -> Result<Snapshot> {
+        snapshot_dir::export(&mut self.ctx, reference, dir)
+    }
+
+    /// `vm clone --from-dir`.
+    pub fn clone_vm_from_dir(&mut self, dir: &Path, request: CloneRequest) -> Result<Vm> {
+        snapshot_dir::clone(&mut self.ctx, dir, request)
+    }
+
+    /// `vm restore --from-dir [--force]`.
+    pub fn restore_vm_from_dir(
+        &mut self,
+        vm_ref: &str,
+        dir: &Path,
+        force: bool,
+        request: RestoreRequest,
+    ) -> Result<Vm> {
+        snapshot_dir::restore(&mut self.ctx, vm_ref, dir, force, request)
+    }
+
     pub fn import_snapshot(
         &mut self,
         input: &mut dyn Read,

@@ -2,8 +2,9 @@
 //! and QEMU), the test guest's heartbeat as the witness: `vm restore` of a
 //! stopped VM (upstream #87), `vm hibernate` → `vm start` (the count goes on
 //! from where it was, nothing repeated or skipped), `vm restore` of a
-//! hibernated VM, and the refusals a user can run into, each with its exact
-//! message and nothing lost.
+//! hibernated VM, `snapshot export --to-dir` → `vm clone --from-dir`, and
+//! the refusals a user can run into, each with its exact message and
+//! nothing lost.
 //!
 //! Needs the VMMs (PATH or COCOON_CH_BINARY / COCOON_FC_BINARY /
 //! COCOON_QEMU_BINARY) and /dev/kvm; says SKIPPED loudly otherwise.
@@ -292,6 +293,36 @@ fn restore_hibernated(lab: &Lab, test: &str) {
     lab.ok(&["snapshot", "rm", done["snapshot"]["id"].as_str().unwrap()]);
 }
 
+/// `snapshot export --to-dir` → `vm clone --from-dir`: the clone counts
+/// on from the snapshot's count; the imported copy is dropped.
+fn clone_from_dir(lab: &Lab, test: &str) {
+    let dir = lab.env.path().join("exported");
+    lab.ok(&["snapshot", "export", "--to-dir", dir.to_str().unwrap(), "s"]);
+    assert!(dir.join("cocoon.json").is_file());
+    let snapshots = lab.snapshot_names();
+    lab.ok(&[
+        "vm",
+        "clone",
+        "--name",
+        "c",
+        "--from-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(lab.inspect("c")["state"], "running");
+    let beats = lab.beats_since("c", 0, 3);
+    assert!(
+        beats.windows(2).all(|w| w[1] == w[0] + 1) && beats[0] >= 3,
+        "{test}: the clone from the directory counts {beats:?}"
+    );
+    assert_eq!(
+        lab.snapshot_names(),
+        snapshots,
+        "{test}: the import is kept"
+    );
+    eprintln!("{test}: cloned from the directory, counting {beats:?}");
+    lab.ok(&["vm", "rm", "--force", "c"]);
+}
+
 fn lifecycle_on(vmm: Vmm) {
     let test = &format!("snapshot_lifecycle_on_{}", vmm.suffix());
     let Some(lab) = Lab::new(test, vmm) else {
@@ -314,6 +345,7 @@ fn lifecycle_on(vmm: Vmm) {
     restore_stopped(&lab, test);
     hibernate_and_wake(&lab, test);
     restore_hibernated(&lab, test);
+    clone_from_dir(&lab, test);
     lab.ok(&["vm", "rm", "--force", "src"]);
 }
 

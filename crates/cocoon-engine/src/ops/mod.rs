@@ -11,6 +11,7 @@ pub mod image_query;
 pub mod kernel;
 pub mod recover;
 pub mod snapshot_check;
+pub mod snapshot_dir;
 pub mod snapshot_export;
 pub mod snapshot_import;
 pub mod snapshot_pull_base;

@@ -34,6 +34,9 @@ pub struct RestoreRequest {
     pub memory: Option<u64>,
     pub storage: Option<u64>,
     pub restore_mode: RestoreMode,
+    /// The snapshot's source VM was checked by the caller (`--from-dir`,
+    /// where `--force` skips that check): any snapshot of the VM's shape.
+    pub any_source: bool,
 }
 
 /// What the checks decided: the VM as it will be, and how to restore it.
@@ -144,7 +147,7 @@ fn check(
     request: RestoreRequest,
 ) -> Result<Restore> {
     let on_demand = backend::of(vm.hypervisor).on_demand(request.restore_mode)?;
-    if snapshot.vm_id.as_deref() != Some(vm.id.as_str()) {
+    if !request.any_source && snapshot.vm_id.as_deref() != Some(vm.id.as_str()) {
         return Err(Error::Invalid(format!(
             "snapshot {} was not taken from VM {} ({}); restore only accepts the VM's own snapshots, use `cocoon vm clone {}` to start a new VM from it",
             snapshot.id, vm.id, vm.config.name, snapshot.id

@@ -178,7 +178,11 @@ pub enum VmCommand {
         flags: CloneFlags,
         #[command(flatten)]
         output: FormatArg,
-        snapshot: String,
+        /// Clone from a snapshot directory (`snapshot export --to-dir`) instead of a stored snapshot
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["snapshot", "pull"])]
+        from_dir: Option<PathBuf>,
+        #[arg(required_unless_present = "from_dir")]
+        snapshot: Option<String>,
     },
     /// Start created or stopped VMs
     Start {
@@ -260,10 +264,17 @@ pub enum VmCommand {
         /// Same as --restore-mode ondemand (older cocoon)
         #[arg(long, conflicts_with = "restore_mode")]
         on_demand: bool,
+        /// Restore from a snapshot directory (`snapshot export --to-dir`) instead of a stored snapshot
+        #[arg(long, value_name = "DIR", conflicts_with = "snapshot")]
+        from_dir: Option<PathBuf>,
+        /// With --from-dir: restore a directory taken from another VM (its shape must still match)
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         output: FormatArg,
         vm: String,
-        snapshot: String,
+        #[arg(required_unless_present = "from_dir")]
+        snapshot: Option<String>,
     },
     /// Snapshot a running VM and stop it, freeing its CPUs and memory (`vm start` wakes it)
     #[command(

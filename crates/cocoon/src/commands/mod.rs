@@ -9,6 +9,7 @@ mod other;
 mod snapshot;
 mod status;
 mod vm;
+mod vm_lifecycle;
 mod vm_run;
 
 use cocoon_engine::{Config, Engine, Error, Result};
