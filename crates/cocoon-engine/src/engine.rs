@@ -355,6 +355,16 @@ impl Engine {
         )
     }
 
+    /// `vm hibernate`: the guest into a new snapshot, the VMM stopped.
+    pub fn hibernate_vm(
+        &mut self,
+        reference: &str,
+        name: Option<SnapshotName>,
+        description: &str,
+    ) -> Result<vm_hibernate::Hibernated> {
+        vm_hibernate::run(&mut self.ctx, reference, name, description)
+    }
+
     pub fn restore_vm(
         &mut self,
         vm_ref: &str,
@@ -388,6 +398,27 @@ impl Engine {
         let snapshot = snapshot_export::run(&mut self.ctx, reference, out, compression, progress)?;
         snapshot_gc::touch(&mut self.ctx, &snapshot.id);
         Ok(snapshot)
+    }
+
+    /// `snapshot export --to-dir`.
+    pub fn export_snapshot_to_dir(&mut self, reference: &str, dir: &Path) -> Result<Snapshot> {
+        snapshot_dir::export(&mut self.ctx, reference, dir)
+    }
+
+    /// `vm clone --from-dir`.
+    pub fn clone_vm_from_dir(&mut self, dir: &Path, request: CloneRequest) -> Result<Vm> {
+        snapshot_dir::clone(&mut self.ctx, dir, request)
+    }
+
+    /// `vm restore --from-dir [--force]`.
+    pub fn restore_vm_from_dir(
+        &mut self,
+        vm_ref: &str,
+        dir: &Path,
+        force: bool,
+        request: RestoreRequest,
+    ) -> Result<Vm> {
+        snapshot_dir::restore(&mut self.ctx, vm_ref, dir, force, request)
     }
 
     pub fn import_snapshot(

@@ -51,6 +51,8 @@ pub const ALL: &[&str] = &[
     "vm.rm.dirs",
     "snapshot.save.paused",
     "snapshot.save.captured",
+    "vm.hibernate.paused",
+    "vm.hibernate.captured",
     "vm.clone.files",
     "vm.restore.killed",
     "vm.restore.swapped",

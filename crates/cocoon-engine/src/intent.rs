@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::VmState;
 use crate::store::{Intent, ObjectKind};
 
 /// One operation in flight, with what recovery needs to undo or finish it.
@@ -48,6 +49,20 @@ pub enum Op {
     VmRestore {
         #[serde(default)]
         snapshot: String,
+        /// The VM's state before the restore: a VM that had no VMM (stopped,
+        /// hibernated) goes back to it when the restore is undone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<VmState>,
+    },
+    /// `vm hibernate`: the object is the VM; `snapshot` the one it goes into.
+    #[serde(rename = "vm.hibernate")]
+    VmHibernate {
+        #[serde(default)]
+        snapshot: String,
+        #[serde(default)]
+        data_dir: PathBuf,
+        #[serde(default)]
+        api_socket: PathBuf,
     },
     #[serde(rename = "snapshot.save")]
     SnapshotSave {
@@ -88,7 +103,8 @@ pub enum Op {
 
 /// The steps an operation reports, where recovery's choice depends on them.
 pub mod step {
-    /// `snapshot save`: the VMM state and disk copies are written.
+    /// `snapshot save`, `vm hibernate`: the VMM state and disk copies are
+    /// written (and, for hibernate, the snapshot complete: roll forward).
     pub const CAPTURED: &str = "captured";
     /// `vm restore`: staged disks are being swapped in (roll back to the old).
     pub const SWAPPING: &str = "swapping";
@@ -106,6 +122,7 @@ impl Op {
             Op::VmStop {} => "vm.stop",
             Op::VmRemove { .. } => "vm.rm",
             Op::VmRestore { .. } => "vm.restore",
+            Op::VmHibernate { .. } => "vm.hibernate",
             Op::SnapshotSave { .. } => "snapshot.save",
             Op::SnapshotImport { .. } => "snapshot.import",
             Op::SnapshotEvict { .. } => "snapshot.evict",
@@ -122,7 +139,8 @@ impl Op {
             | Op::VmStart {}
             | Op::VmStop {}
             | Op::VmRemove { .. }
-            | Op::VmRestore { .. } => ObjectKind::Vm,
+            | Op::VmRestore { .. }
+            | Op::VmHibernate { .. } => ObjectKind::Vm,
             Op::SnapshotSave { .. } | Op::SnapshotImport { .. } | Op::SnapshotEvict { .. } => {
                 ObjectKind::Snapshot
             }
@@ -194,9 +212,19 @@ mod tests {
             },
             Op::VmRestore {
                 snapshot: "S".into(),
+                origin: None,
+            },
+            Op::VmRestore {
+                snapshot: "S".into(),
+                origin: Some(VmState::Stopped),
             },
             Op::SnapshotSave {
                 vm_id: "V".into(),
+                data_dir: "/s".into(),
+                api_socket: "/a.sock".into(),
+            },
+            Op::VmHibernate {
+                snapshot: "S".into(),
                 data_dir: "/s".into(),
                 api_socket: "/a.sock".into(),
             },

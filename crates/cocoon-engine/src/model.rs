@@ -73,6 +73,9 @@ pub enum VmState {
     Created,
     Running,
     Stopped,
+    /// Stopped by `vm hibernate`: its VMM gone, its CPUs and memory free,
+    /// its guest kept in a snapshot that `vm start` wakes it from.
+    Hibernated,
     Error,
 }
 
@@ -83,6 +86,7 @@ impl VmState {
             VmState::Created => "created",
             VmState::Running => "running",
             VmState::Stopped => "stopped",
+            VmState::Hibernated => "hibernated",
             VmState::Error => "error",
         }
     }
@@ -102,6 +106,7 @@ impl FromStr for VmState {
             "created" => VmState::Created,
             "running" => VmState::Running,
             "stopped" => VmState::Stopped,
+            "hibernated" => VmState::Hibernated,
             "error" => VmState::Error,
             other => return Err(format!("unknown VM state {other:?}")),
         })
@@ -319,6 +324,11 @@ pub struct Vm {
     /// vhost-device-vsock), known like the VMM by its socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_helper: Option<VmmProcess>,
+    /// The snapshot `vm hibernate` put the guest in, while it is needed:
+    /// set before that snapshot is complete, cleared once the VM runs from
+    /// it (or from another one). `snapshot rm` refuses to remove it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernation_snapshot: Option<String>,
 }
 
 impl Vm {
@@ -354,6 +364,7 @@ impl Vm {
             vmm: None,
             console_relay: None,
             vsock_helper: None,
+            hibernation_snapshot: None,
         }
     }
 
@@ -368,7 +379,7 @@ impl Vm {
     /// source): `gc --snapshot` never evicts them. Every field of the record
     /// that names a snapshot the VM depends on belongs here.
     pub fn snapshots_needed(&self) -> Vec<String> {
-        Vec::new()
+        self.hibernation_snapshot.iter().cloned().collect()
     }
 
     pub fn ips(&self) -> Vec<String> {

@@ -90,11 +90,11 @@ pub fn remove_parent(name: &Path) {
     };
     for h in &host.hierarchies {
         let dir = h.root.join(name);
+        // Only the environment's own group: the shared `cocoon-tests` above
+        // it stays, or a parallel test creating its group there could find
+        // it gone between its two mkdirs.
         if dir.is_dir() {
             remove_tree(&dir);
-            if let Some(up) = dir.parent() {
-                let _ = std::fs::remove_dir(up);
-            }
         }
     }
 }

@@ -545,6 +545,125 @@ fn restore() {
     restore_on(false);
 }
 
+fn snapshotted_then_stopped(lab: &Lab) {
+    snapshotted(lab);
+    lab.ok(&["vm", "stop", "m"]);
+}
+
+/// A restore of a stopped VM (upstream #87): undone, the VM is stopped
+/// again with its old disks, and the restore can run again as it is.
+fn restore_stopped_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "vm restore of a stopped VM",
+            setup: &snapshotted_then_stopped,
+            args: &args(&["vm", "restore", "m", "s"]),
+            failpoints: &[
+                "vm.restore.killed",
+                "vm.restore.swapped",
+                "vm.launch.recorded",
+                "vm.launch.booted",
+            ],
+            again: &still("stopped"),
+        },
+        qemu,
+    );
+}
+
+/// After convergence the VM `m` is in `state` (and the operation is run again as it is).
+fn still(state: &'static str) -> impl Fn(&Lab) {
+    move |lab| {
+        let vm = lab
+            .vms()
+            .into_iter()
+            .find(|v| v["config"]["name"] == "m")
+            .expect("the VM m is kept");
+        assert_eq!(vm["state"], state, "after convergence: {vm}");
+    }
+}
+
+/// `vm hibernate`: undone (the guest runs on, no snapshot) before its
+/// snapshot is complete, finished (hibernated) after; a hibernated VM is
+/// woken so that it can be hibernated again.
+fn hibernate_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "vm hibernate",
+            setup: &running_saveable,
+            args: &args(&["vm", "hibernate", "m"]),
+            failpoints: &[
+                "snapshot.save.paused",
+                "vm.hibernate.paused",
+                "vm.hibernate.captured",
+            ],
+            again: &|lab| {
+                let vm = lab.vms().into_iter().find(|v| v["config"]["name"] == "m");
+                let state = vm.expect("the VM m is kept")["state"].clone();
+                assert!(state == "running" || state == "hibernated", "{state}");
+                if state == "hibernated" {
+                    lab.ok(&["vm", "start", "m"]);
+                }
+            },
+        },
+        qemu,
+    );
+}
+
+#[test]
+fn hibernate() {
+    hibernate_on(false);
+}
+
+#[test]
+fn hibernate_qemu() {
+    hibernate_on(true);
+}
+
+fn hibernated(lab: &Lab) {
+    running_saveable(lab);
+    lab.ok(&["vm", "hibernate", "--name", "h", "m"]);
+}
+
+/// `vm start` of a hibernated VM (a restore from its snapshot): undone,
+/// the VM is hibernated again and can be woken as it is.
+fn wake_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "vm start of a hibernated VM",
+            setup: &hibernated,
+            args: &args(&["vm", "start", "m"]),
+            failpoints: &[
+                "vm.restore.killed",
+                "vm.restore.swapped",
+                "vm.launch.recorded",
+                "vm.launch.booted",
+            ],
+            again: &still("hibernated"),
+        },
+        qemu,
+    );
+}
+
+#[test]
+fn wake() {
+    wake_on(false);
+}
+
+#[test]
+fn wake_qemu() {
+    wake_on(true);
+}
+
+#[test]
+fn restore_stopped() {
+    restore_stopped_on(false);
+}
+
+#[test]
+fn restore_stopped_qemu() {
+    restore_stopped_on(true);
+}
+
 #[test]
 fn restore_qemu() {
     restore_on(true);

@@ -136,6 +136,28 @@ fn bare_snapshot_evicts_every_snapshot_as_upstream() {
     assert!(names(&env).is_empty());
 }
 
+/// A hibernated VM's snapshot is what it wakes from: never evicted, even
+/// as the least recently used one under a bare `--snapshot`.
+#[test]
+fn a_hibernated_vms_snapshot_is_never_evicted() {
+    let env = four();
+    let mut store = Store::open(&env.db_path()).unwrap();
+    let config = VmConfig::new("sleeper".parse().unwrap(), "test/guest:1", ImageType::Oci);
+    let mut vm = Vm::new(
+        "SLEEPERAAAAAAAAAAAAAAAAAA2",
+        Hypervisor::CloudHypervisor,
+        config,
+        env.root_dir().join("run/vms/SLEEPERAAAAAAAAAAAAAAAAAA2"),
+        env.log_dir().join("SLEEPERAAAAAAAAAAAAAAAAAA2"),
+    );
+    vm.state = VmState::Hibernated;
+    vm.hibernation_snapshot = Some("SNAP0AAAAAAAAAAAAAAAAAAAA2".into());
+    store.insert_vm(&vm).unwrap();
+    drop(store);
+    assert_eq!(evicted(&gc(&env, &["--snapshot"])), ["b", "c", "d"]);
+    assert_eq!(names(&env), ["a"]);
+}
+
 #[test]
 fn misuse_is_a_usage_error_and_removes_nothing() {
     let env = four();

@@ -314,6 +314,32 @@ where
     }
 }
 
+/// Pauses the VM and runs `work`; resumes it only if `work` failed, so on
+/// success the guest stays frozen at what `work` captured (`vm hibernate`
+/// kills it there). The same rules as [`while_paused`] otherwise.
+pub async fn paused_unless_failed<T, E, F, Fut>(
+    backend: &dyn Backend,
+    socket: &Path,
+    work: F,
+) -> std::result::Result<T, PauseError<E>>
+where
+    E: std::error::Error + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = std::result::Result<T, E>>,
+{
+    backend.pause(socket).await.map_err(PauseError::Pause)?;
+    match work().await {
+        Ok(value) => Ok(value),
+        Err(e) => match backend.resume(socket).await {
+            Ok(_) => Err(PauseError::Work(e)),
+            Err(resume) => Err(PauseError::Resume {
+                resume,
+                work: Some(e),
+            }),
+        },
+    }
+}
+
 /// Whether the VM boots its kernel directly (not through UEFI firmware).
 pub fn direct_boot(vm: &Vm) -> bool {
     vm.boot_config

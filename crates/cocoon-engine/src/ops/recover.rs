@@ -101,7 +101,12 @@ fn converge(ctx: &mut Ctx, intent: &Intent, op: &Op) -> Result<String> {
             run_dir, log_dir, ..
         } => new_vm(ctx, id, run_dir, log_dir),
         Op::VmStart {} => vm_start(ctx, id),
-        Op::VmRestore { .. } => vm_restore(ctx, id, &intent.step),
+        Op::VmHibernate {
+            snapshot,
+            data_dir,
+            api_socket,
+        } => vm_hibernate(ctx, id, &intent.step, snapshot, data_dir, api_socket),
+        Op::VmRestore { origin, .. } => vm_restore(ctx, id, &intent.step, *origin),
         Op::VmStop {} => vm_stop(ctx, id),
         Op::VmRemove { .. } => vm_remove(ctx, id),
         Op::ImagePull { .. } | Op::ImageImport { .. } => {
@@ -153,6 +158,43 @@ fn snapshot_save(
     Ok(format!("{resumed}the snapshot was complete"))
 }
 
+/// Past `captured` the snapshot is complete: the hibernation goes through
+/// (the VMM is killed, the VM recorded hibernated). Before, it is undone:
+/// the guest resumed, the half-made snapshot and the VM's claim dropped.
+fn vm_hibernate(
+    ctx: &mut Ctx,
+    id: &str,
+    at: &str,
+    snapshot: &str,
+    data_dir: &Path,
+    api_socket: &Path,
+) -> Result<String> {
+    let _lock = ctx.lock_vm(id)?;
+    let Some(vm) = ctx.store().get_vm(id)? else {
+        return Ok("the VM is gone".into());
+    };
+    if at == step::CAPTURED {
+        super::vm_hibernate::put_to_sleep(ctx, &vm)?;
+        return Ok("the snapshot was complete: stopped the VMM, the VM is hibernated".into());
+    }
+    let mut resumed = "";
+    if api_socket.exists() {
+        match ctx.block_on(async |_| Ok(backend::of(vm.hypervisor).resume(api_socket).await))? {
+            Ok(_) => resumed = "resumed the VM, ",
+            Err(e) => tracing::warn!("cannot resume VM {id}: {e}"),
+        }
+    }
+    ctx.store()
+        .update_vm(id, "running", |v| v.hibernation_snapshot = None)?;
+    if ctx.store().get_snapshot(snapshot)?.is_some() {
+        ctx.store().delete_snapshot(snapshot)?;
+    }
+    remove_dir(data_dir);
+    Ok(format!(
+        "{resumed}removed the unfinished hibernation snapshot"
+    ))
+}
+
 /// A create or clone: rolled back unless it had finished starting.
 fn new_vm(ctx: &mut Ctx, id: &str, run_dir: &Path, log_dir: &Path) -> Result<String> {
     let _lock = ctx.lock_vm(id)?;
@@ -181,21 +223,33 @@ fn vm_start(ctx: &mut Ctx, id: &str) -> Result<String> {
     Ok("killed the half-started VMM; the VM is marked error (start it again)".into())
 }
 
-/// A restore replaces a VM that was already `running`, so the record proves
-/// nothing: an unfinished restore is undone. Disks: all old or all new,
-/// never a mix; before the restore committed, the old ones come back.
-fn vm_restore(ctx: &mut Ctx, id: &str, at: &str) -> Result<String> {
+/// A restore may replace a VM that was already `running`, so the record
+/// proves nothing: an unfinished restore is undone. Disks: all old or all
+/// new, never a mix; before the restore committed, the old ones come back
+/// and a VM that had no VMM (stopped, hibernated) gets its state back, so
+/// the restore or the wake can be run again.
+fn vm_restore(ctx: &mut Ctx, id: &str, at: &str, origin: Option<VmState>) -> Result<String> {
     let _lock = ctx.lock_vm(id)?;
     let Some(vm) = ctx.store().get_vm(id)? else {
         return Ok("the VM is gone".into());
     };
-    settle_without_vmm(ctx, &vm, VmState::Error, "error")?;
     if at == step::COMMITTING {
+        settle_without_vmm(ctx, &vm, VmState::Error, "error")?;
         disk_swap::finish(&vm.storage_configs);
         return Ok("killed the half-started VMM; the VM is marked error (start it again)".into());
     }
+    let back = origin.map_or(VmState::Error, super::vm_restore::state_after_failure);
+    settle_without_vmm(ctx, &vm, back, back.as_str())?;
     disk_swap::roll_back(&vm.storage_configs);
-    Ok("killed the half-started VMM and put the VM's old disks back; the VM is marked error (start it again)".into())
+    if back == VmState::Error {
+        return Ok("killed the half-started VMM and put the VM's old disks back; the VM is marked error (start it again)".into());
+    }
+    if let Err(e) = crate::net::quiesce(&vm) {
+        tracing::warn!("VM {}: cannot quiesce its NICs: {e}", vm.id);
+    }
+    Ok(format!(
+        "killed the half-started VMM and put the VM's old disks back; the VM is {back} again"
+    ))
 }
 
 fn vm_stop(ctx: &mut Ctx, id: &str) -> Result<String> {

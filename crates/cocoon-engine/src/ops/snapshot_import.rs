@@ -13,9 +13,9 @@ use crate::intent::Op;
 use crate::lock::create_private_dir;
 use crate::model::{ImageType, Snapshot, StorageConfig, StorageRole};
 use crate::name::{SnapshotName, VmName};
-use crate::snapshot::archive;
 use crate::snapshot::manifest::{self, MANIFEST, Manifest};
 use crate::snapshot::{SnapshotError, trust};
+use crate::snapshot::{archive, dir};
 
 /// The source VM name of an unnamed cocoon (Go) snapshot (never used: a
 /// clone is named anew, a restore keeps its VM's name).
@@ -32,6 +32,50 @@ pub(crate) fn run(
     description: Option<&str>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Snapshot> {
+    import_with(ctx, name, description, |staging| {
+        archive::import(input, staging, progress)
+            .map_err(|e| Error::Invalid(format!("cannot import the snapshot: {e}")))
+    })
+}
+
+/// A snapshot directory (`snapshot export --to-dir`, upstream's `--from-dir`)
+/// imported like an archive; also returns the VM the snapshot was taken
+/// from, as the directory says (`vm restore --from-dir` checks it).
+pub(crate) fn run_from_dir(ctx: &mut Ctx, dir: &Path) -> Result<(Snapshot, Option<String>)> {
+    let mut source_vm = None;
+    let snapshot = import_with(ctx, None, None, |staging| {
+        let manifest = dir::import(dir, staging).map_err(|e| {
+            Error::Invalid(format!(
+                "cannot use snapshot directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        source_vm = manifest["snapshot"]["vm_id"].as_str().map(str::to_string);
+        // Used once and dropped: it takes no name a stored snapshot may have.
+        let mut manifest = manifest;
+        if let Some(snapshot) = manifest
+            .get_mut("snapshot")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            snapshot.remove("name");
+        }
+        Ok(archive::Imported {
+            manifest,
+            legacy: false,
+        })
+    })?;
+    Ok((snapshot, source_vm))
+}
+
+/// The import: `fill` writes the files into the hidden staging directory;
+/// they are verified and re-derived there, then renamed into place and
+/// recorded.
+fn import_with(
+    ctx: &mut Ctx,
+    name: Option<&SnapshotName>,
+    description: Option<&str>,
+    fill: impl FnOnce(&Path) -> Result<archive::Imported>,
+) -> Result<Snapshot> {
     let id = crate::id::generate_id();
     let staging = ctx.layout.snapshot_import(&id);
     let final_dir = ctx.layout.snapshot(&id);
@@ -41,7 +85,11 @@ pub(crate) fn run(
     };
     ctx.with_intent(&op, &id, |ctx, _| {
         let result = (|| {
-            let manifest = extract(ctx, input, &staging, &id, name, description, progress)?;
+            create_private_dir(&staging)
+                .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
+            let imported = fill(&staging)?;
+            crate::failpoint::hit("snapshot.import.staged")?;
+            let manifest = derive(ctx, imported, &staging, &id, name, description)?;
             std::fs::rename(&staging, &final_dir).map_err(|e| {
                 Error::io(
                     format!("cannot move the import to {}", final_dir.display()),
@@ -62,22 +110,16 @@ pub(crate) fn run(
     })
 }
 
-/// Extracts and verifies the archive into `staging`, and writes the
-/// re-derived manifest there.
-fn extract(
+/// Verifies what was written into `staging`, and writes the re-derived
+/// manifest there.
+fn derive(
     ctx: &Ctx,
-    input: &mut dyn Read,
+    imported: archive::Imported,
     staging: &Path,
     id: &str,
     name: Option<&SnapshotName>,
     description: Option<&str>,
-    progress: &mut dyn FnMut(u64),
 ) -> Result<Manifest> {
-    create_private_dir(staging)
-        .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
-    let imported = archive::import(input, staging, progress)
-        .map_err(|e| Error::Invalid(format!("cannot import the snapshot: {e}")))?;
-    crate::failpoint::hit("snapshot.import.staged")?;
     let mut manifest = if imported.legacy {
         from_legacy(&imported.manifest, staging, name)?
     } else {

@@ -23,6 +23,12 @@ pub(crate) fn inspect(ctx: &mut Ctx, reference: &str) -> Result<Snapshot> {
 /// stops listing it in the same transaction (cocoon forgot that).
 pub(crate) fn remove(ctx: &mut Ctx, references: &[String]) -> Result<Vec<Snapshot>> {
     let snapshots = ctx.store().resolve_snapshots(references)?;
+    // Before any is removed: a hibernated VM's guest is in its snapshot.
+    for snapshot in &snapshots {
+        if let Some(held) = ctx.store().snapshot_held(&snapshot.id)? {
+            return Err(held.into());
+        }
+    }
     let root = ctx.layout.snapshots();
     let mut removed = Vec::with_capacity(snapshots.len());
     for snapshot in snapshots {

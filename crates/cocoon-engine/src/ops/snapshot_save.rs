@@ -73,7 +73,7 @@ pub(crate) fn run(
     };
     ctx.with_intent(&op, &id, |ctx, intent| {
         let saved = (|| {
-            let pause = capture_paused(ctx, &vm, &vmm, &data_dir)?;
+            let pause = capture_paused(ctx, &vm, &vmm, &data_dir, false)?;
             ctx.step(intent, step::CAPTURED)?;
             crate::failpoint::hit("snapshot.save.captured")?;
             let snapshot = finish(ctx, &vm, &record, &data_dir)?;
@@ -94,18 +94,27 @@ pub(crate) fn run(
     })
 }
 
-/// The pause window; returns how long the guest was paused.
-fn capture_paused(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, data_dir: &Path) -> Result<Duration> {
+/// The pause window; returns how long the guest was paused. With
+/// `keep_paused` the guest is resumed only if the capture failed.
+pub(super) fn capture_paused(
+    ctx: &mut Ctx,
+    vm: &Vm,
+    vmm: &VmmProcess,
+    data_dir: &Path,
+    keep_paused: bool,
+) -> Result<Duration> {
     let result = ctx.block_on(async |_| {
         create_private_dir(data_dir)
             .map_err(|e| Error::io(format!("cannot create {}", data_dir.display()), e))?;
         let interrupted = hold_signals();
         let backend = backend::of(vm.hypervisor);
         let window = Instant::now();
-        let saved = backend::while_paused(backend, &vmm.api_socket, || {
-            capture(vm, &vmm.api_socket, data_dir)
-        })
-        .await;
+        let work = || capture(vm, &vmm.api_socket, data_dir);
+        let saved = if keep_paused {
+            backend::paused_unless_failed(backend, &vmm.api_socket, work).await
+        } else {
+            backend::while_paused(backend, &vmm.api_socket, work).await
+        };
         let pause = window.elapsed();
         saved.map_err(|e| save_error(vm, e))?;
         // Yield once so a signal that arrived in the window is seen.
@@ -139,7 +148,12 @@ fn save_error(vm: &Vm, e: PauseError<CaptureError>) -> Error {
 }
 
 /// Checksums, the manifest, and the record no longer pending.
-fn finish(ctx: &mut Ctx, vm: &Vm, record: &Snapshot, data_dir: &Path) -> Result<Snapshot> {
+pub(super) fn finish(
+    ctx: &mut Ctx,
+    vm: &Vm,
+    record: &Snapshot,
+    data_dir: &Path,
+) -> Result<Snapshot> {
     let files = manifest::sum_dir(data_dir)
         .map_err(|e| Error::io(format!("cannot checksum {}", data_dir.display()), e))?;
     let mut done = record.clone();

@@ -1,6 +1,10 @@
-//! `vm restore`: a running VM restored in place from one of its own
-//! snapshots. Every check, checksums included, runs before the VM is
-//! touched; the disks are swapped all or nothing (`disk_swap`).
+//! `vm restore`: a VM restored in place from one of its own snapshots and
+//! left running. A running VM's VMM is replaced; a stopped, hibernated or
+//! failed one (no VMM) is brought back running, as upstream cocoon does
+//! since its #87. Every check, checksums included, runs before the VM is
+//! touched; the disks are swapped all or nothing (`disk_swap`). A failed
+//! restore of a VM that had no VMM leaves it as it was (retryable); one
+//! that had a VMM is marked error, its old disks back.
 
 use std::path::PathBuf;
 
@@ -32,6 +36,9 @@ pub struct RestoreRequest {
     pub restore_mode: RestoreMode,
     /// CPU control replacing the VM's (None: kept).
     pub resources: Option<crate::cgroup::CpuLimits>,
+    /// The snapshot's source VM was checked by the caller (`--from-dir`,
+    /// where `--force` skips that check): any snapshot of the VM's shape.
+    pub any_source: bool,
 }
 
 /// What the checks decided: the VM as it will be, and how to restore it.
@@ -42,6 +49,8 @@ struct Restore {
     on_demand: bool,
     /// Where a cidata disk the snapshot needs is written back.
     cidata: Option<PathBuf>,
+    /// The state before the restore.
+    origin: VmState,
 }
 
 pub(crate) fn run(
@@ -59,13 +68,34 @@ pub(crate) fn run(
         super::vm_cgroup::check_request(ctx, &what, resources)?;
     }
     let mut plan = check(ctx, vm, snapshot, &request)?;
+    restore_checked(ctx, &mut plan, &request)
+}
+
+/// `vm start` of a hibernated VM (its lock held): restored from its
+/// hibernation snapshot, in the backend's default restore mode.
+pub(crate) fn wake_locked(ctx: &mut Ctx, vm: Vm) -> Result<Vm> {
+    let Some(snapshot_id) = vm.hibernation_snapshot.clone() else {
+        return Err(Error::Invalid(format!(
+            "VM {} ({}) is hibernated but names no hibernation snapshot; restore it from one of its snapshots (`cocoon vm restore {} SNAPSHOT`) or remove it",
+            vm.config.name, vm.id, vm.config.name
+        )));
+    };
+    let snapshot = ctx.store().resolve_snapshot(&snapshot_id)?;
+    let request = RestoreRequest::default();
+    let mut plan = check(ctx, vm, snapshot, &request)?;
+    restore_checked(ctx, &mut plan, &request)
+}
+
+/// The restore once every check passed (the VM's lock is held).
+fn restore_checked(ctx: &mut Ctx, plan: &mut Restore, request: &RestoreRequest) -> Result<Vm> {
     let op = Op::VmRestore {
         snapshot: plan.snapshot.id.clone(),
+        origin: Some(plan.origin),
     };
     let id = plan.vm.id.clone();
     ctx.with_intent(&op, &id, |ctx, intent| {
-        // From here on the running VM is replaced.
-        match replace(ctx, &mut plan, &request, intent) {
+        // From here on the VM is replaced.
+        match replace(ctx, plan, request, intent) {
             Ok((vmm, relay)) => commit(ctx, &plan.vm, vmm, relay, intent),
             Err(e) => {
                 let _ = ctx.block_on(async |ctx| stop_leftovers(ctx, &plan.vm).await);
@@ -73,11 +103,46 @@ pub(crate) fn run(
                 if let Some(path) = &plan.cidata {
                     let _ = std::fs::remove_file(path);
                 }
-                new_vm::settle(ctx, &plan.vm.id, VmState::Error, "error")?;
+                let back = state_after_failure(plan.origin);
+                if back != VmState::Error
+                    && let Err(q) = crate::net::quiesce(&plan.vm)
+                {
+                    tracing::warn!("VM {}: cannot quiesce its NICs: {q}", plan.vm.id);
+                }
+                new_vm::settle(ctx, &plan.vm.id, back, back.as_str())?;
                 Err(e)
             }
         }
     })
+}
+
+/// The state a restore that failed (or died) before it committed leaves:
+/// a VM that had no VMM keeps its state, its old disks back, so the
+/// restore (or a wake) can be tried again; one whose VMM was killed is an
+/// error.
+pub(crate) fn state_after_failure(origin: VmState) -> VmState {
+    match origin {
+        VmState::Stopped | VmState::Hibernated => origin,
+        _ => VmState::Error,
+    }
+}
+
+/// The states a restore starts from.
+fn restorable(vm: &Vm) -> Result<VmState> {
+    if super::vm_query::is_running(vm) {
+        return Ok(VmState::Running);
+    }
+    match vm.state {
+        VmState::Stopped | VmState::Hibernated | VmState::Error => Ok(vm.state),
+        // Left `running` by a dead VMM (a host reboot): it has no VMM now.
+        VmState::Running => Ok(VmState::Stopped),
+        VmState::Creating | VmState::Created => Err(VmError::NotRestorable {
+            id: vm.id.clone(),
+            name: vm.config.name.clone(),
+            state: vm.state,
+        }
+        .into()),
+    }
 }
 
 /// Everything checked before the VM is touched.
@@ -88,19 +153,13 @@ fn check(
     request: &RestoreRequest,
 ) -> Result<Restore> {
     let on_demand = backend::of(vm.hypervisor).on_demand(request.restore_mode)?;
-    if snapshot.vm_id.as_deref() != Some(vm.id.as_str()) {
+    if !request.any_source && snapshot.vm_id.as_deref() != Some(vm.id.as_str()) {
         return Err(Error::Invalid(format!(
             "snapshot {} was not taken from VM {} ({}); restore only accepts the VM's own snapshots, use `cocoon vm clone {}` to start a new VM from it",
             snapshot.id, vm.id, vm.config.name, snapshot.id
         )));
     }
-    if !super::vm_query::is_running(&vm) {
-        return Err(VmError::NotRunning {
-            id: vm.id,
-            name: vm.config.name,
-        }
-        .into());
-    }
+    let origin = restorable(&vm)?;
     let manifest = load_manifest(&snapshot, true)?;
     snapshot_check::check(ctx, &snapshot, &manifest)?;
     let cidata = cidata::restore_entry(&mut vm, &manifest.storage);
@@ -112,6 +171,7 @@ fn check(
         manifest,
         on_demand,
         cidata,
+        origin,
     })
 }
 
@@ -198,6 +258,10 @@ fn replace(
         on_demand: plan.on_demand,
     };
     let vm = plan.vm.clone();
+    // A VM that was not running has its NICs quiesced (or its namespace
+    // gone after a reboot): ready them as `vm start` does.
+    let leases = ctx.store().leases(&vm.id)?;
+    crate::net::prepare_start(&ctx.net(), &vm, &leases).map_err(VmError::from)?;
     let launched = ctx.block_on(async |ctx| launch_and_boot(ctx, &vm, &boot).await);
     backend.drop_staged_restore(&source, plan.on_demand);
     launched
@@ -245,6 +309,7 @@ fn commit(
         v.vmm = Some(vmm);
         v.console_relay = relay;
         v.started_at = Some(Timestamp::now());
+        v.hibernation_snapshot = None;
     })?;
     ctx.step(intent, step::COMMITTING)?;
     disk_swap::finish(&vm.storage_configs);

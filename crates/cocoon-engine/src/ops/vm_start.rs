@@ -1,5 +1,6 @@
 //! `vm start`: starts a created or stopped VM (or one left `running` by a
-//! host reboot). Starting a running VM is success.
+//! host reboot), and wakes a hibernated one from its hibernation snapshot.
+//! Starting a running VM is success.
 
 use crate::backend::Boot;
 use crate::context::Ctx;
@@ -19,6 +20,9 @@ pub(crate) fn run(ctx: &mut Ctx, id: &str) -> Result<Vm> {
     let vm = ctx.store().resolve_vm(id)?;
     if vm.vmm.as_ref().is_some_and(supervise::is_running) {
         return already_running(ctx, vm);
+    }
+    if vm.state == VmState::Hibernated {
+        return super::vm_restore::wake_locked(ctx, vm);
     }
     ctx.block_on(async |ctx| stop_leftovers(ctx, &vm).await)?;
     let vm = super::cidata::drop_after_first_boot(ctx, vm)?;

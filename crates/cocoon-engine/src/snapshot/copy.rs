@@ -30,6 +30,21 @@ pub fn copy_file(src: &Path, dst: &Path) -> io::Result<Copied> {
     result
 }
 
+/// Copies the open file `from` to `dst` (which must not exist), holes
+/// preserved: for a file opened without following links.
+pub fn copy_from(from: &File, dst: &Path) -> io::Result<Copied> {
+    let to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)?;
+    let result = copy_into(from, &to);
+    if result.is_err() {
+        let _ = std::fs::remove_file(dst);
+    }
+    result
+}
+
 fn copy_into(from: &File, to: &File) -> io::Result<Copied> {
     if rustix::fs::ioctl_ficlone(to, from).is_ok() {
         return Ok(Copied::Reflink);

@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod copy;
+pub mod dir;
 pub mod manifest;
 pub mod trust;
 

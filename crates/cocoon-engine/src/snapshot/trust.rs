@@ -72,7 +72,7 @@ pub fn open_beneath(dir: &OwnedFd, name: &str) -> std::io::Result<std::fs::File>
     Ok(std::fs::File::from(fd))
 }
 
-fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
+pub fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
     Ok(rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -128,6 +128,32 @@ pub fn check(manifest: &Manifest, dir: &Path, facts: &Facts) -> Result<Checked, 
     check_boot_files(&scope, &checked)?;
     scope.backend.check_state(&scope.dir_fd, manifest)?;
     Ok(checked)
+}
+
+/// A raw root disk copy is exactly the size the snapshot's VM had (upstream
+/// cocoon #230): a clone or restore never boots a guest on a disk that
+/// shrank or grew behind the manifest's back.
+fn raw_cow_size(
+    scope: &Scope<'_>,
+    disk: &StorageConfig,
+    what: &str,
+    name: &str,
+    file: &std::fs::File,
+) -> Result<(), String> {
+    let storage = scope.manifest.source.storage;
+    if disk.role != StorageRole::Cow || storage == 0 {
+        return Ok(());
+    }
+    let size = file
+        .metadata()
+        .map_err(|e| format!("{what}: cannot read the size of {name:?}: {e}"))?
+        .len();
+    if size != storage {
+        return Err(format!(
+            "{what}: its copy {name:?} is {size} bytes, but the snapshot's root disk is {storage} bytes"
+        ));
+    }
+    Ok(())
 }
 
 /// A read-only disk: an image layer blob, or the cloud-init disk a cloud
@@ -191,7 +217,7 @@ fn check_writable_disk(
         format!("{what}: its copy {name:?} cannot be opened inside the snapshot directory: {e}")
     })?;
     let Some(backing) = qcow2_backing(&file).map_err(|e| format!("{what}: {e}"))? else {
-        return Ok(());
+        return raw_cow_size(scope, disk, what, &name, &file);
     };
     match &scope.base {
         Some((digest, path)) if Path::new(&backing) == path && disk.role == StorageRole::Cow => {

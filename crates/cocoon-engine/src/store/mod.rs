@@ -64,6 +64,14 @@ pub enum StoreError {
         name: String,
         owner: String,
     },
+    #[error(
+        "snapshot {snapshot} holds the guest of hibernated VM {vm_name} ({vm_id}); wake the VM first (`cocoon vm start {vm_name}`), or remove it (`cocoon vm rm {vm_name}`), then remove the snapshot"
+    )]
+    SnapshotHeld {
+        snapshot: String,
+        vm_id: String,
+        vm_name: String,
+    },
     #[error("{kind} {id} already exists")]
     IdTaken { kind: ObjectKind, id: String },
     #[error(

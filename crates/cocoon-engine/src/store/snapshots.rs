@@ -106,9 +106,13 @@ impl Store {
         })
     }
 
+    /// Refused while a hibernated VM needs the snapshot: its guest is there.
     pub fn delete_snapshot(&mut self, id: &str) -> Result<Snapshot> {
         self.write(|tx| {
             let snapshot = load(tx, id)?.ok_or_else(|| not_found(id))?;
+            if let Some(e) = held(tx, id)? {
+                return Err(e);
+            }
             tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
             tx.execute(
                 "DELETE FROM blob_refs WHERE owner_kind = 'snapshot' AND owner_id = ?1",
@@ -117,6 +121,11 @@ impl Store {
             append(tx, KIND, id, "deleted", Some(&to_json(&snapshot)))?;
             Ok(snapshot)
         })
+    }
+
+    /// The refusal to remove snapshot `id`, if a hibernated VM needs it.
+    pub fn snapshot_held(&mut self, id: &str) -> Result<Option<StoreError>> {
+        self.read(|tx| held(tx, id))
     }
 
     pub fn get_snapshot(&mut self, id: &str) -> Result<Option<Snapshot>> {
@@ -167,4 +176,20 @@ impl Store {
                 .collect()
         })
     }
+}
+
+/// The VM whose hibernation snapshot `id` is, as the refusal to remove it.
+fn held(tx: &Transaction<'_>, id: &str) -> Result<Option<StoreError>> {
+    let vm: Option<(String, String)> = tx
+        .query_row(
+            "SELECT id, name FROM vms WHERE json_extract(doc, '$.hibernation_snapshot') = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(vm.map(|(vm_id, vm_name)| StoreError::SnapshotHeld {
+        snapshot: id.to_string(),
+        vm_id,
+        vm_name,
+    }))
 }

@@ -20,6 +20,14 @@ pub enum VmError {
     #[error("VM {name} ({id}) is not running; start it with `cocoon vm start {name}`")]
     NotRunning { id: String, name: VmName },
     #[error(
+        "VM {name} ({id}) is {state} and cannot be restored: only a running, stopped, hibernated or failed VM can (a VM that never ran has nothing to go back to; start it with `cocoon vm start {name}`)"
+    )]
+    NotRestorable {
+        id: String,
+        name: VmName,
+        state: crate::model::VmState,
+    },
+    #[error(
         "image {image} is a cloud image, which boots through UEFI on Cloud Hypervisor or QEMU only; create it without --fc (and with use_firecracker off)"
     )]
     CloudImageOnFirecracker { image: String },

@@ -99,6 +99,9 @@ pub enum SnapshotCommand {
         /// Compression of the archive
         #[arg(long, value_enum, default_value_t = CompressionArg::Zstd)]
         compression: CompressionArg,
+        /// Export into this directory (absent or empty) as plain files instead of an archive; pairs with `vm clone --from-dir`
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["output", "gzip", "compression"])]
+        to_dir: Option<PathBuf>,
         snapshot: String,
     },
     /// Import a snapshot archive from a file or stdin

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use clap::{Args, Subcommand};
 use cocoon_engine::model::Hypervisor;
-use cocoon_engine::name::VmName;
+use cocoon_engine::name::{SnapshotName, VmName};
 use cocoon_engine::spec::RawDataDisk;
 
 use super::agent::AgentCommand;
@@ -183,7 +183,11 @@ pub enum VmCommand {
         flags: CloneFlags,
         #[command(flatten)]
         output: FormatArg,
-        snapshot: String,
+        /// Clone from a snapshot directory (`snapshot export --to-dir`) instead of a stored snapshot
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["snapshot", "pull"])]
+        from_dir: Option<PathBuf>,
+        #[arg(required_unless_present = "from_dir")]
+        snapshot: Option<String>,
     },
     /// Start created or stopped VMs
     Start {
@@ -268,7 +272,7 @@ pub enum VmCommand {
         output: FormatArg,
         vm: String,
     },
-    /// Restore a running VM in place from one of its snapshots
+    /// Restore a running, stopped or hibernated VM from one of its snapshots (it runs afterwards)
     Restore {
         /// Virtual CPUs (0 = as in the snapshot)
         #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
@@ -288,10 +292,31 @@ pub enum VmCommand {
         /// CPU control (the VM's own unless one is given; then these replace it)
         #[command(flatten)]
         cpu_control: cgroup::CpuFlags,
+        /// Restore from a snapshot directory (`snapshot export --to-dir`) instead of a stored snapshot
+        #[arg(long, value_name = "DIR", conflicts_with = "snapshot")]
+        from_dir: Option<PathBuf>,
+        /// With --from-dir: restore a directory taken from another VM (its shape must still match)
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         output: FormatArg,
         vm: String,
-        snapshot: String,
+        #[arg(required_unless_present = "from_dir")]
+        snapshot: Option<String>,
+    },
+    /// Snapshot a running VM and stop it, freeing its CPUs and memory (`vm start` wakes it)
+    #[command(
+        after_help = "The guest is paused, written into a new snapshot and its VMM stopped while still paused: `vm start VM` (or `vm restore VM SNAPSHOT`) brings it back where it was. The VM keeps its disks and network identity; its snapshot cannot be removed while it is hibernated.\n\nExamples:\n  cocoon vm hibernate --name nightly dev\n  cocoon vm start dev"
+    )]
+    Hibernate {
+        /// Name of the snapshot the guest goes into
+        #[arg(long, value_parser = SnapshotName::from_str)]
+        name: Option<SnapshotName>,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
     },
     /// Print the commands that would launch a VM, without running them
     Debug {

@@ -9,6 +9,7 @@ mod other;
 mod snapshot;
 mod status;
 mod vm;
+mod vm_lifecycle;
 mod vm_reads;
 mod vm_run;
 

@@ -33,9 +33,19 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
             Ok(())
         }
         SnapshotCommand::Export {
+            to_dir: Some(dir),
+            snapshot,
+            ..
+        } => {
+            let s = engine.export_snapshot_to_dir(&snapshot, &dir)?;
+            eprintln!("exported: {} → {}", s.id, dir.display());
+            Ok(())
+        }
+        SnapshotCommand::Export {
             output,
             gzip,
             compression,
+            to_dir: None,
             snapshot,
         } => export(engine, &snapshot, output, gzip, compression),
         SnapshotCommand::Import {

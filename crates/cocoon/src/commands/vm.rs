@@ -7,13 +7,13 @@ use cocoon_engine::model::{Hypervisor, ImageType, Vm, VmConfig, VmView};
 use cocoon_engine::ops::vm_clone::CloneRequest;
 use cocoon_engine::ops::vm_create::CreateVm;
 use cocoon_engine::ops::vm_debug::DebugPlan;
-use cocoon_engine::ops::vm_restore::RestoreRequest;
 use cocoon_engine::ops::vm_stop::StopOptions;
 use cocoon_engine::spec::{self, DataDiskSpec};
 use cocoon_engine::units::BinarySize;
 use cocoon_engine::vm::default_vm_name;
 use cocoon_engine::{Config, Engine, Error, Result};
 
+use super::vm_lifecycle::{hibernate, restore_command};
 use super::{Outcome, io, vm_reads, vm_run};
 use crate::cli::{CloneFlags, FormatArg, RestoreModeArg, VmCommand, VmFlags};
 use crate::output::{local_time, print_json, print_line, print_table};
@@ -82,8 +82,15 @@ fn run_other(
         VmCommand::Clone {
             flags,
             output,
+            from_dir,
             snapshot,
-        } => clone(engine, &flags, output, &snapshot),
+        } => clone(
+            engine,
+            &flags,
+            output,
+            from_dir.as_deref(),
+            snapshot.as_deref(),
+        ),
         VmCommand::Start { output, vms } => {
             let outcomes = engine.for_each_vm(&vms, |e, id| e.start_vm(id))?;
             report_batch("started", outcomes, output.json())
@@ -99,29 +106,13 @@ fn run_other(
             report_batch("removed", outcomes, output.json())
         }
         VmCommand::Console { escape_char, vm } => super::console::attach(engine, &vm, escape_char),
-        VmCommand::Restore {
-            cpu,
-            memory,
-            storage,
-            restore_mode,
-            on_demand,
-            cpu_control,
+        command @ VmCommand::Restore { .. } => restore_command(engine, command),
+        VmCommand::Hibernate {
+            name,
+            description,
             output,
             vm,
-            snapshot,
-        } => {
-            let request = RestoreRequest {
-                cpu,
-                memory,
-                storage,
-                restore_mode: RestoreModeArg::engine(restore_mode, on_demand),
-                resources: cpu_control
-                    .given()
-                    .then(|| cpu_control.limits(|| engine.auto_cpus()))
-                    .transpose()?,
-            };
-            restore(engine, &vm, &snapshot, request, output)
-        }
+        } => hibernate(engine, &vm, name, &description, output),
         VmCommand::List { output } => list(engine, output),
         VmCommand::Inspect { vm, .. } => print_json(&engine.inspect_vm(&vm)?).map_err(io),
         VmCommand::Agent(_) => unreachable!("commands::run hands vm exec/reseed to commands::exec"),
@@ -194,7 +185,13 @@ fn debug(
 }
 
 /// `vm clone`: optionally pulls the snapshot's base image first.
-fn clone(engine: &mut Engine, flags: &CloneFlags, output: FormatArg, snapshot: &str) -> Result<()> {
+fn clone(
+    engine: &mut Engine,
+    flags: &CloneFlags,
+    output: FormatArg,
+    from_dir: Option<&Path>,
+    snapshot: Option<&str>,
+) -> Result<()> {
     let request = CloneRequest {
         name: flags.name.clone(),
         cpu: flags.cpu,
@@ -213,10 +210,16 @@ fn clone(engine: &mut Engine, flags: &CloneFlags, output: FormatArg, snapshot: &
             .then(|| flags.cpu_control.limits(|| engine.auto_cpus()))
             .transpose()?,
     };
-    if flags.pull {
-        pull_snapshot_base(engine, snapshot, &request)?;
-    }
-    let vm = engine.clone_vm(snapshot, request)?;
+    let vm = match (from_dir, snapshot) {
+        (Some(dir), _) => engine.clone_vm_from_dir(dir, request)?,
+        (None, Some(snapshot)) => {
+            if flags.pull {
+                pull_snapshot_base(engine, snapshot, &request)?;
+            }
+            engine.clone_vm(snapshot, request)?
+        }
+        (None, None) => unreachable!("clap requires SNAPSHOT or --from-dir"),
+    };
     let refreshed = engine.refresh_guest(&vm.id, true);
     if output.json() {
         return print_json(&VmView::reconcile(vm)).map_err(io);
@@ -266,26 +269,6 @@ fn stop(
     };
     let outcomes = engine.for_each_vm(vms, |e, id| e.stop_vm(id, options))?;
     report_batch("stopped", outcomes, output.json())
-}
-
-/// `vm restore`.
-fn restore(
-    engine: &mut Engine,
-    vm: &str,
-    snapshot: &str,
-    request: RestoreRequest,
-    output: FormatArg,
-) -> Result<()> {
-    let vm = engine.restore_vm(vm, snapshot, request)?;
-    // A restored guest replays the snapshot's random state: reseed it.
-    if let Err(e) = engine.refresh_guest(&vm.id, false) {
-        tracing::warn!("{}: the guest's CRNG was not reseeded: {e}", vm.config.name);
-    }
-    if output.json() {
-        return print_json(&VmView::reconcile(vm)).map_err(io);
-    }
-    eprintln!("restored: {} (name: {})", vm.id, vm.config.name);
-    Ok(())
 }
 
 /// `vm list`.

@@ -26,7 +26,7 @@ pub(super) fn check_version(doc: &Value, name: &str, expected: u32) -> Result<()
 }
 
 /// cocoon.json's `"files"`: each a plain file name other than the manifest.
-pub(super) fn listed_files(doc: &Value) -> Result<BTreeMap<String, FileSum>, ArchiveError> {
+pub(crate) fn listed_files(doc: &Value) -> Result<BTreeMap<String, FileSum>, ArchiveError> {
     let bad = |reason: String| ArchiveError::BadManifest {
         name: MANIFEST.to_string(),
         reason,

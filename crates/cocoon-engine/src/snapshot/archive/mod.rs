@@ -26,7 +26,7 @@ mod export;
 mod extract;
 mod import;
 mod layout;
-mod listing;
+pub(crate) mod listing;
 mod names;
 mod pax;
 mod progress;

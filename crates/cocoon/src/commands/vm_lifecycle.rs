@@ -1,0 +1,110 @@
+//! `vm restore` and `vm hibernate`: the snapshot lifecycle of one VM.
+
+use std::path::Path;
+
+use cocoon_engine::model::VmView;
+use cocoon_engine::name::SnapshotName;
+use cocoon_engine::ops::vm_restore::RestoreRequest;
+use cocoon_engine::{Engine, Error, Result};
+
+use super::io;
+use crate::cli::{FormatArg, RestoreModeArg, VmCommand};
+use crate::output::print_json;
+
+/// `vm restore`, from its flags.
+pub(super) fn restore_command(engine: &mut Engine, command: VmCommand) -> Result<()> {
+    let VmCommand::Restore {
+        cpu,
+        memory,
+        storage,
+        restore_mode,
+        on_demand,
+        cpu_control,
+        from_dir,
+        force,
+        output,
+        vm,
+        snapshot,
+    } = command
+    else {
+        unreachable!("called for vm restore only")
+    };
+
+    let request = RestoreRequest {
+        cpu,
+        memory,
+        storage,
+        restore_mode: RestoreModeArg::engine(restore_mode, on_demand),
+        resources: cpu_control
+            .given()
+            .then(|| cpu_control.limits(|| engine.auto_cpus()))
+            .transpose()?,
+        any_source: false,
+    };
+    let source = match (&from_dir, &snapshot) {
+        // Upstream's words (its PreRunE).
+        (None, _) if force => {
+            return Err(Error::Invalid(
+                "--force only applies with --from-dir".into(),
+            ));
+        }
+        (Some(dir), _) => RestoreFrom::Dir(dir, force),
+        (None, Some(snapshot)) => RestoreFrom::Snapshot(snapshot),
+        (None, None) => unreachable!("clap requires SNAPSHOT or --from-dir"),
+    };
+    restore(engine, &vm, source, request, output)
+}
+
+/// What `vm restore` restores from.
+pub(super) enum RestoreFrom<'a> {
+    Snapshot(&'a str),
+    /// A snapshot directory, and `--force`.
+    Dir(&'a Path, bool),
+}
+
+/// `vm restore`.
+pub(super) fn restore(
+    engine: &mut Engine,
+    vm: &str,
+    source: RestoreFrom<'_>,
+    request: RestoreRequest,
+    output: FormatArg,
+) -> Result<()> {
+    let vm = match source {
+        RestoreFrom::Snapshot(snapshot) => engine.restore_vm(vm, snapshot, request)?,
+        RestoreFrom::Dir(dir, force) => engine.restore_vm_from_dir(vm, dir, force, request)?,
+    };
+    // A restored guest replays the snapshot's random state: reseed it.
+    if let Err(e) = engine.refresh_guest(&vm.id, false) {
+        tracing::warn!("{}: the guest's CRNG was not reseeded: {e}", vm.config.name);
+    }
+    if output.json() {
+        return print_json(&VmView::reconcile(vm)).map_err(io);
+    }
+    eprintln!("restored: {} (name: {})", vm.id, vm.config.name);
+    Ok(())
+}
+
+/// `vm hibernate`.
+pub(super) fn hibernate(
+    engine: &mut Engine,
+    vm: &str,
+    name: Option<SnapshotName>,
+    description: &str,
+    output: FormatArg,
+) -> Result<()> {
+    let done = engine.hibernate_vm(vm, name, description)?;
+    if output.json() {
+        return print_json(&done).map_err(io);
+    }
+    let snapshot = done
+        .snapshot
+        .name
+        .as_ref()
+        .map_or(done.snapshot.id.clone(), ToString::to_string);
+    eprintln!(
+        "hibernated: {} (name: {}); snapshot {snapshot} (wake: cocoon vm start {})",
+        done.vm.id, done.vm.config.name, done.vm.config.name
+    );
+    Ok(())
+}
