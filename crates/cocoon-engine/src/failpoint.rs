@@ -53,6 +53,7 @@ pub const ALL: &[&str] = &[
     "snapshot.save.captured",
     "vm.hibernate.paused",
     "vm.hibernate.captured",
+    "vm.cgroup.prepared",
     "vm.clone.files",
     "vm.restore.killed",
     "vm.restore.swapped",

@@ -331,20 +331,13 @@ fn vm_exec_reaches_the_guest_agent() {
     );
 }
 
-/// cocoon-init applies the engine's `ip=`: a container VM on a CNI bridge
-/// (in a namespace the test creates) has its lease address, its route and
-/// its name, and pings the bridge; `vm run --rm` then leaves no lease,
-/// link or namespace.
-#[test]
-fn a_container_vm_takes_its_lease_and_reaches_its_gateway() {
-    let test = "a_container_vm_takes_its_lease_and_reaches_its_gateway";
-    let Some((binary, deb, init)) = parts(test, Vmm::Qemu) else {
-        return;
-    };
-    let Some(lab) = netlab::NetLab::new(test, Value::Null) else {
-        return;
-    };
-    let _reaper = EnvReaper(lab.env.root_dir());
+/// A CNI lab (a bridge in a namespace the test makes) with QEMU,
+/// cocoon-init, the default kernel and `local/busybox`; None after a loud
+/// skip without them.
+fn network_lab(test: &str) -> Option<(netlab::NetLab, EnvReaper)> {
+    let (binary, deb, init) = parts(test, Vmm::Qemu)?;
+    let lab = netlab::NetLab::new(test, Value::Null)?;
+    let reaper = EnvReaper(lab.env.root_dir());
     let config = format!(
         "{}init_binary = {:?}\n",
         Vmm::Qemu.config(&binary),
@@ -355,6 +348,19 @@ fn a_container_vm_takes_its_lease_and_reaches_its_gateway() {
     let layer = lab.env.path().join("busybox.tar");
     std::fs::write(&layer, container::busybox_layer().unwrap()).unwrap();
     lab.ok(&["image", "import", "local/busybox", layer.to_str().unwrap()]);
+    Some((lab, reaper))
+}
+
+/// cocoon-init applies the engine's `ip=`: a container VM on a CNI bridge
+/// (in a namespace the test creates) has its lease address, its route and
+/// its name, and pings the bridge; `vm run --rm` then leaves no lease,
+/// link or namespace.
+#[test]
+fn a_container_vm_takes_its_lease_and_reaches_its_gateway() {
+    let test = "a_container_vm_takes_its_lease_and_reaches_its_gateway";
+    let Some((lab, _reaper)) = network_lab(test) else {
+        return;
+    };
     let gateway = format!("{}.1", lab.subnet);
     let script = format!(
         "ip -4 -o addr show dev eth0; ip route; echo NAME=$(hostname); ping -c 1 -W 10 {gateway}"
@@ -395,23 +401,9 @@ fn a_container_vm_takes_its_lease_and_reaches_its_gateway() {
 #[test]
 fn the_agent_takes_a_new_identity_from_the_engine() {
     let test = "the_agent_takes_a_new_identity_from_the_engine";
-    let Some((binary, deb, init)) = parts(test, Vmm::Qemu) else {
+    let Some((lab, _reaper)) = network_lab(test) else {
         return;
     };
-    let Some(lab) = netlab::NetLab::new(test, Value::Null) else {
-        return;
-    };
-    let _reaper = EnvReaper(lab.env.root_dir());
-    let config = format!(
-        "{}init_binary = {:?}\n",
-        Vmm::Qemu.config(&binary),
-        init.display()
-    );
-    std::fs::write(lab.env.config_path(), config).unwrap();
-    lab.ok(&["kernel", "install", "--deb", deb.to_str().unwrap()]);
-    let layer = lab.env.path().join("busybox.tar");
-    std::fs::write(&layer, container::busybox_layer().unwrap()).unwrap();
-    lab.ok(&["image", "import", "local/busybox", layer.to_str().unwrap()]);
     lab.ok(&[
         "vm",
         "run",

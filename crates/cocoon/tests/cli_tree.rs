@@ -122,6 +122,7 @@ fn help_lists_every_subcommand() {
                 "rm",
                 "reconcile-stale-create",
                 "restore",
+                "hibernate",
                 "debug",
                 "status",
             ],

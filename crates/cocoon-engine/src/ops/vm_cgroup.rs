@@ -141,7 +141,12 @@ pub(crate) fn sweep(ctx: &mut Ctx) -> Result<Vec<String>> {
         let Ok(Some(vm)) = ctx.store().get_vm(&id) else {
             continue;
         };
-        if vm.vmm.as_ref().is_some_and(supervise::is_running) {
+        // A VM still being made (a clone holds no VM lock while it builds,
+        // its group made and not yet joined) is its operation's, or, once
+        // that died, crash recovery's.
+        if vm.state == crate::model::VmState::Creating
+            || vm.vmm.as_ref().is_some_and(supervise::is_running)
+        {
             continue;
         }
         let Ok(_lock) = crate::lock::VmLock::try_acquire(&ctx.config().run_dir, &id) else {

@@ -144,6 +144,13 @@ fn raw_cow_size(
     if disk.role != StorageRole::Cow || storage == 0 {
         return Ok(());
     }
+    // A qcow2 copy (no backing file) is as long as its clusters, not its disk.
+    let mut magic = [0u8; 4];
+    if std::os::unix::fs::FileExt::read_at(file, &mut magic, 0).is_ok_and(|n| n == 4)
+        && &magic == QCOW2_MAGIC
+    {
+        return Ok(());
+    }
     let size = file
         .metadata()
         .map_err(|e| format!("{what}: cannot read the size of {name:?}: {e}"))?

@@ -272,7 +272,7 @@ pub enum VmCommand {
         output: FormatArg,
         vm: String,
     },
-    /// Restore a running, stopped or hibernated VM from one of its snapshots (it runs afterwards)
+    /// Restore a running, stopped or hibernated VM from a snapshot
     Restore {
         /// Virtual CPUs (0 = as in the snapshot)
         #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
@@ -304,7 +304,7 @@ pub enum VmCommand {
         #[arg(required_unless_present = "from_dir")]
         snapshot: Option<String>,
     },
-    /// Snapshot a running VM and stop it, freeing its CPUs and memory (`vm start` wakes it)
+    /// Snapshot a running VM and stop it, freeing CPU and memory
     #[command(
         after_help = "The guest is paused, written into a new snapshot and its VMM stopped while still paused: `vm start VM` (or `vm restore VM SNAPSHOT`) brings it back where it was. The VM keeps its disks and network identity; its snapshot cannot be removed while it is hibernated.\n\nExamples:\n  cocoon vm hibernate --name nightly dev\n  cocoon vm start dev"
     )]

@@ -67,7 +67,9 @@ fn fixture(hypervisor: Hypervisor) -> Fixture {
             },
         );
     }
-    let source = VmConfig::new("src".parse().unwrap(), "test/guest:1", ImageType::Oci);
+    let mut source = VmConfig::new("src".parse().unwrap(), "test/guest:1", ImageType::Oci);
+    // The root disk's size, as its copy ("data") has it (upstream #230).
+    source.storage = 4;
     let vm = Vm::new("SRC", hypervisor, source.clone(), vm_dir.clone(), vm_dir);
     let manifest = Manifest {
         version: manifest::VERSION,
