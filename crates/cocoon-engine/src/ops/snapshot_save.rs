@@ -35,14 +35,16 @@ pub struct SaveOutcome {
     pub total_ms: f64,
 }
 
-pub(crate) fn run(
+/// The running VM a snapshot is taken of (`snapshot save`, `vm
+/// hibernate`), under its lock, with its VMM; refused before any pause when
+/// it does not run or its VMM cannot save one of its devices (a VMM fails
+/// that only after stopping the guest).
+pub(crate) fn locked_for_snapshot(
     ctx: &mut Ctx,
     reference: &str,
-    name: Option<SnapshotName>,
-    description: &str,
-) -> Result<SaveOutcome> {
+) -> Result<(crate::lock::VmLock, Vm, VmmProcess)> {
     let vm = ctx.store().resolve_vm(reference)?;
-    let _lock = ctx.lock_vm(&vm.id)?;
+    let lock = ctx.lock_vm(&vm.id)?;
     let vm = ctx.store().resolve_vm(&vm.id)?;
     let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) else {
         return Err(VmError::NotRunning {
@@ -51,8 +53,6 @@ pub(crate) fn run(
         }
         .into());
     };
-    // Refused before the pause: a VMM that cannot save a device fails
-    // only after stopping the guest.
     if let Some(reason) = backend::of(vm.hypervisor).snapshot_blocker(&vm) {
         return Err(SnapshotError::Save {
             vm: vm.config.name,
@@ -60,6 +60,16 @@ pub(crate) fn run(
         }
         .into());
     }
+    Ok((lock, vm, vmm))
+}
+
+pub(crate) fn run(
+    ctx: &mut Ctx,
+    reference: &str,
+    name: Option<SnapshotName>,
+    description: &str,
+) -> Result<SaveOutcome> {
+    let (_lock, vm, vmm) = locked_for_snapshot(ctx, reference)?;
     let started = Instant::now();
     let id = crate::id::generate_id();
     let data_dir = ctx.layout.snapshot(&id);

@@ -20,10 +20,8 @@ use crate::error::Result;
 use crate::intent::{Op, step};
 use crate::model::{Snapshot, Vm, VmState, VmmProcess};
 use crate::name::SnapshotName;
-use crate::snapshot::SnapshotError;
-use crate::vm::VmError;
 
-use super::snapshot_save::{capture_paused, finish};
+use super::snapshot_save::{capture_paused, finish, locked_for_snapshot};
 use super::vm_launch::stop_leftovers;
 
 /// What `vm hibernate` reports.
@@ -39,23 +37,7 @@ pub(crate) fn run(
     name: Option<SnapshotName>,
     description: &str,
 ) -> Result<Hibernated> {
-    let vm = ctx.store().resolve_vm(reference)?;
-    let _lock = ctx.lock_vm(&vm.id)?;
-    let vm = ctx.store().resolve_vm(&vm.id)?;
-    let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) else {
-        return Err(VmError::NotRunning {
-            id: vm.id,
-            name: vm.config.name,
-        }
-        .into());
-    };
-    if let Some(reason) = backend::of(vm.hypervisor).snapshot_blocker(&vm) {
-        return Err(SnapshotError::Save {
-            vm: vm.config.name,
-            reason,
-        }
-        .into());
-    }
+    let (_lock, vm, vmm) = locked_for_snapshot(ctx, reference)?;
     let id = crate::id::generate_id();
     let data_dir = ctx.layout.snapshot(&id);
     let mut record = Snapshot::of_vm(&id, name, &vm, data_dir.clone());
