@@ -431,6 +431,26 @@ impl Engine {
         snapshot_import::run(&mut self.ctx, input, name, description, progress)
     }
 
+    /// `snapshot push`: the snapshot into an OCI registry, in chunks.
+    pub fn push_snapshot(
+        &mut self,
+        snapshot: &str,
+        reference: &str,
+        progress: &dyn snapshot_push::TransferProgress,
+    ) -> Result<snapshot_push::Pushed> {
+        snapshot_push::run(&mut self.ctx, snapshot, reference, progress)
+    }
+
+    /// `snapshot pull`: a chunked snapshot artifact into the store.
+    pub fn pull_snapshot(
+        &mut self,
+        reference: &str,
+        name: Option<&SnapshotName>,
+        progress: &dyn snapshot_push::TransferProgress,
+    ) -> Result<snapshot_pull::Pulled> {
+        snapshot_pull::run(&mut self.ctx, reference, name, progress)
+    }
+
     // --- housekeeping ---
 
     /// Removes what nothing references; reports what crash recovery

@@ -66,6 +66,7 @@ pub const ALL: &[&str] = &[
     "image.import.staged",
     "image.import.stored",
     "snapshot.import.staged",
+    "snapshot.pull.fetched",
     "snapshot.import.renamed",
     "gc.read",
     "snapshot.evict.marked",

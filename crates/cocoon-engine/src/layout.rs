@@ -70,6 +70,13 @@ impl Layout {
         self.snapshots().join(id)
     }
 
+    /// Where `snapshot pull` keeps the blocks it fetched, one directory per
+    /// artifact (`<root_dir>/pulls/<manifest hex>`), until the snapshot is
+    /// in place: a pull killed half-way fetches only what is missing.
+    pub fn snapshot_pull(&self, manifest: &crate::digest::Digest) -> PathBuf {
+        self.root_dir.join("pulls").join(manifest.hex())
+    }
+
     /// The hidden directory an import is extracted into.
     pub fn snapshot_import(&self, id: &str) -> PathBuf {
         self.snapshots().join(format!("{IMPORT_PREFIX}{id}"))

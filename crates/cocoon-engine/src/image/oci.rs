@@ -16,8 +16,10 @@ mod pull;
 mod registry;
 
 pub use error::PullError;
+pub(crate) use manifest::ManifestFetcher;
 pub use manifest::{LayerDescriptor, Resolved, resolve};
 pub use pull::pull_layers;
+pub(crate) use registry::within;
 pub use registry::{PullLimits, RegistryOptions};
 
 /// Parses and normalises a reference: `ubuntu` → `docker.io/library/ubuntu:latest`.

@@ -70,7 +70,7 @@ pub(crate) fn run_from_dir(ctx: &mut Ctx, dir: &Path) -> Result<(Snapshot, Optio
 /// The import: `fill` writes the files into the hidden staging directory;
 /// they are verified and re-derived there, then renamed into place and
 /// recorded.
-fn import_with(
+pub(super) fn import_with(
     ctx: &mut Ctx,
     name: Option<&SnapshotName>,
     description: Option<&str>,
@@ -136,6 +136,10 @@ fn derive(
         // Names are validated here, as the manifest is read.
         serde_json::from_value::<Manifest>(doc).map_err(|e| invalid(e.to_string()))?
     };
+    // Taken under another root_dir: its layers and boot files are looked
+    // for under this one (by the same content-addressed names).
+    let reopens = crate::backend::of(manifest.snapshot.hypervisor).reopens_source_disks();
+    crate::snapshot::rebase::rebase(&mut manifest, &ctx.config().root_dir, reopens);
     let facts = super::snapshot_check::trust_facts(ctx, manifest.snapshot.hypervisor);
     let checked = trust::check(&manifest, staging, &facts).map_err(invalid)?;
     let snapshot = &mut manifest.snapshot;

@@ -128,6 +128,17 @@ impl TreeHasher {
 /// inside holes cost nothing. Same digest as streaming the file through a
 /// [`TreeHasher`].
 pub fn sum_file(path: &Path) -> std::io::Result<FileSum> {
+    let (len, digests) = block_digests(path)?;
+    Ok(FileSum {
+        size: len,
+        sha256: tree_root(&digests),
+    })
+}
+
+/// The sha256 of each [`HASH_BLOCK`] of a file (the last one short), read as
+/// [`sum_file`] reads them: whole blocks inside holes are not read and get
+/// [`zero_block_digest`]. With the file's length.
+pub fn block_digests(path: &Path) -> std::io::Result<(u64, Vec<[u8; 32]>)> {
     let file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     let holes = hole_blocks(&file, len)?;
@@ -151,7 +162,7 @@ pub fn sum_file(path: &Path) -> std::io::Result<FileSum> {
                 let start = i as u64 * HASH_BLOCK;
                 let size = block_len((len - start.min(len)).min(HASH_BLOCK));
                 let digest: [u8; 32] = if size == HASH_BLOCK_LEN && holes.contains(&(i as u64)) {
-                    zero_block_digest().try_into().expect("32 bytes")
+                    zero_block()
                 } else {
                     file.read_exact_at(&mut buf[..size], start).map_err(|e| {
                         if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -172,23 +183,33 @@ pub fn sum_file(path: &Path) -> std::io::Result<FileSum> {
         }
         mine
     })?;
+    let digests = digests
+        .into_iter()
+        .map(|d| {
+            d.into_inner()
+                .expect("unpoisoned")
+                .expect("every block hashed")
+        })
+        .collect();
+    Ok((len, digests))
+}
+
+/// The [`TreeHasher`] digest of a file whose blocks have `digests`.
+pub fn tree_root(digests: &[[u8; 32]]) -> String {
     let mut outer = Sha256::new();
     for digest in digests {
-        outer.update(
-            digest
-                .into_inner()
-                .expect("unpoisoned")
-                .expect("every block hashed"),
-        );
+        outer.update(digest);
     }
-    Ok(FileSum {
-        size: len,
-        sha256: outer
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    })
+    outer
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The digest of a whole [`HASH_BLOCK`] of zeros: a hole.
+pub fn zero_block() -> [u8; 32] {
+    zero_block_digest().try_into().expect("32 bytes")
 }
 
 /// Indexes of the whole [`HASH_BLOCK`]s of `file` that lie inside holes

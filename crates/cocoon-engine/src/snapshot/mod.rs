@@ -4,9 +4,11 @@
 //! other file. The record stays `pending` until every file is in place.
 
 pub mod archive;
+pub mod chunked;
 pub mod copy;
 pub mod dir;
 pub mod manifest;
+pub mod rebase;
 pub mod trust;
 
 use std::path::Path;

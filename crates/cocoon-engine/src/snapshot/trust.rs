@@ -81,7 +81,7 @@ pub fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
 }
 
 /// A plain file name: one normal component, no separators.
-fn plain(name: &str) -> bool {
+pub(crate) fn plain(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 

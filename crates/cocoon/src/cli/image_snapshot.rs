@@ -113,6 +113,29 @@ pub enum SnapshotCommand {
         /// Archive to import; stdin when omitted
         file: Option<PathBuf>,
     },
+    /// Push a snapshot to an OCI registry (in chunks: only blocks the registry lacks are sent)
+    #[command(
+        after_help = "Examples:\n  cocoon snapshot push base registry.example.com/snaps/base:v1\n  cocoon snapshot push -o json base 127.0.0.1:5000/snaps/base:v2"
+    )]
+    Push {
+        #[command(flatten)]
+        output: FormatArg,
+        snapshot: String,
+        /// Registry reference: host[:port]/repository[:tag]
+        reference: String,
+    },
+    /// Pull a snapshot pushed by `snapshot push` from an OCI registry
+    #[command(
+        after_help = "Examples:\n  cocoon snapshot pull registry.example.com/snaps/base:v1\n  cocoon snapshot pull --name base2 127.0.0.1:5000/snaps/base:v2"
+    )]
+    Pull {
+        #[arg(long, value_parser = SnapshotName::from_str)]
+        name: Option<SnapshotName>,
+        #[command(flatten)]
+        output: FormatArg,
+        /// Registry reference: host[:port]/repository[:tag|@digest]
+        reference: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ mod image;
 mod kernel;
 mod other;
 mod snapshot;
+mod snapshot_registry;
 mod status;
 mod vm;
 mod vm_lifecycle;

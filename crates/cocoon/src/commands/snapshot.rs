@@ -53,6 +53,16 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
             description,
             file,
         } => import(engine, name.as_ref(), &description, file.as_deref()),
+        SnapshotCommand::Push {
+            output,
+            snapshot,
+            reference,
+        } => super::snapshot_registry::push(engine, &snapshot, &reference, output),
+        SnapshotCommand::Pull {
+            name,
+            output,
+            reference,
+        } => super::snapshot_registry::pull(engine, &reference, name.as_ref(), output),
     }
 }
 

@@ -25,7 +25,7 @@ const FETCHING: &str = "fetching the manifest";
 /// response body whole, however large: here no more than
 /// [`MAX_MANIFEST_BYTES`] is read, each read waits at most the read timeout,
 /// and the digest is computed from the bytes received.
-struct ManifestFetcher<'a> {
+pub(crate) struct ManifestFetcher<'a> {
     http: reqwest::Client,
     reference: &'a Reference,
     options: &'a RegistryOptions,
@@ -33,7 +33,7 @@ struct ManifestFetcher<'a> {
 }
 
 impl<'a> ManifestFetcher<'a> {
-    async fn new(
+    pub(crate) async fn new(
         client: &Client,
         reference: &'a Reference,
         options: &'a RegistryOptions,
@@ -66,7 +66,7 @@ impl<'a> ManifestFetcher<'a> {
 
     /// The manifest named by `tag_or_digest`: its bytes and their digest,
     /// which must be `expected` when the name was a digest.
-    async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         tag_or_digest: &str,
         expected: Option<&Digest>,
@@ -75,7 +75,7 @@ impl<'a> ManifestFetcher<'a> {
     }
 
     /// The image's config blob (bounded like a manifest, its digest checked).
-    async fn fetch_config(&self, digest: &Digest) -> Result<Vec<u8>, PullError> {
+    pub(crate) async fn fetch_config(&self, digest: &Digest) -> Result<Vec<u8>, PullError> {
         let (body, _) = self
             .fetch_from("blobs", digest.as_ref(), Some(digest))
             .await?;

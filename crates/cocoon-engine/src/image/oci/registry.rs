@@ -148,18 +148,22 @@ impl RegistryOptions {
         Ok(RegistryAuth::Anonymous)
     }
 
-    pub(super) fn client(&self, reference: &Reference) -> Client {
+    pub(crate) fn client(&self, reference: &Reference) -> Client {
+        Client::new(self.client_config(reference))
+    }
+
+    pub(crate) fn client_config(&self, reference: &Reference) -> ClientConfig {
         let mut plain: Vec<String> = self.insecure.clone();
         if self.is_plain_http(reference.resolve_registry()) {
             plain.push(reference.resolve_registry().to_string());
         }
-        Client::new(ClientConfig {
+        ClientConfig {
             protocol: ClientProtocol::HttpsExcept(plain),
             platform_resolver: Some(Box::new(oci_client::client::current_platform_resolver)),
             connect_timeout: Some(self.limits.connect_timeout),
             read_timeout: Some(self.limits.read_timeout),
             ..Default::default()
-        })
+        }
     }
 
     pub(super) fn scheme(&self, reference: &Reference) -> &'static str {
@@ -194,7 +198,7 @@ pub(super) async fn authenticate(
 }
 
 /// Awaits `future` for at most the read timeout; a timeout is [`PullError::Stalled`].
-pub(super) async fn within<T>(
+pub(crate) async fn within<T>(
     reference: &Reference,
     limits: &PullLimits,
     what: &str,

@@ -1,0 +1,286 @@
+//! `snapshot pull REF`: a chunked snapshot artifact (`snapshot push`) from
+//! an OCI registry into the snapshot store.
+//!
+//! Nothing from the registry is trusted: the manifest, `cocoon.json` and the
+//! chunk index are read bounded and checked against their digests, the
+//! index against `cocoon.json` ([`chunked::check`]), and every block against
+//! its digest as it arrives and again as it is written into place. Blocks
+//! land in `<root_dir>/pulls/<manifest>/`, each renamed into place once
+//! whole and verified, so a pull killed half-way and run again fetches only
+//! the blocks it lacks. The snapshot is then assembled and verified in
+//! `snapshot import`'s hidden staging directory and recorded as an import
+//! is; nothing is visible before every block is in place.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use oci_client::{Client, Reference};
+
+use crate::context::Ctx;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::oci::{self, ManifestFetcher, RegistryOptions, within};
+use crate::lock::create_private_dir;
+use crate::model::Snapshot;
+use crate::name::SnapshotName;
+use crate::snapshot::chunked::{self, ArtifactManifest, ChunkIndex, Fetch};
+use crate::snapshot::manifest::{HASH_BLOCK, Manifest};
+use crate::snapshot::{SnapshotError, archive};
+
+use super::snapshot_push::TransferProgress;
+
+/// What a pull did.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub snapshot: Snapshot,
+    pub reference: String,
+    pub digest: Digest,
+    /// Distinct blocks of the snapshot and their bytes.
+    pub blocks: usize,
+    pub bytes: u64,
+    /// Blocks (and bytes) fetched by this run: the rest were on disk from a
+    /// pull that was interrupted.
+    pub fetched_blocks: usize,
+    pub fetched_bytes: u64,
+}
+
+/// The artifact, read and checked.
+struct Remote {
+    digest: Digest,
+    cocoon_json: serde_json::Value,
+    index: ChunkIndex,
+    fetch: Fetch,
+}
+
+fn refused(reference: &Reference, reason: impl std::fmt::Display) -> Error {
+    SnapshotError::Manifest(format!("{}: {reason}", reference.whole())).into()
+}
+
+pub(crate) fn run(
+    ctx: &mut Ctx,
+    reference: &str,
+    name: Option<&SnapshotName>,
+    progress: &dyn TransferProgress,
+) -> Result<Pulled> {
+    let parsed = oci::parse_reference(reference)?;
+    let options = RegistryOptions::from_config(ctx.config());
+    let parallel = super::snapshot_push::transfers(ctx);
+    let client = options.client(&parsed);
+    let remote = ctx.block_on(async |_| read_artifact(&client, &parsed, &options).await)?;
+    let cache = ctx.layout.snapshot_pull(&remote.digest);
+    create_private_dir(&cache)
+        .map_err(|e| Error::io(format!("cannot create {}", cache.display()), e))?;
+    // One pull of an artifact at a time; a second waits, then finds the blocks.
+    let lock = crate::image::store::open_lock_file(&cache.join(".lock"))
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| Error::io(format!("cannot lock {}", cache.display()), e))?;
+    let bytes = remote.fetch.blocks.values().sum();
+    progress.begin(&parsed.whole(), bytes);
+    let (fetched_blocks, fetched_bytes) = ctx.block_on(async |_| {
+        fetch_blocks(
+            &client,
+            &parsed,
+            &options,
+            &remote.fetch,
+            &cache,
+            parallel,
+            progress,
+        )
+        .await
+    })?;
+    crate::failpoint::hit("snapshot.pull.fetched")?;
+    let snapshot = super::snapshot_import::import_with(ctx, name, None, |staging| {
+        assemble(&remote.index, &cache, staging).map_err(|e| refused(&parsed, e))?;
+        Ok(archive::Imported {
+            manifest: remote.cocoon_json.clone(),
+            legacy: false,
+        })
+    })?;
+    drop(lock);
+    if let Err(e) = std::fs::remove_dir_all(&cache) {
+        tracing::warn!("cannot remove {}: {e}", cache.display());
+    }
+    Ok(Pulled {
+        snapshot,
+        reference: parsed.whole(),
+        digest: remote.digest,
+        blocks: remote.fetch.blocks.len(),
+        bytes,
+        fetched_blocks,
+        fetched_bytes,
+    })
+}
+
+/// The manifest, `cocoon.json` and the index, each bounded and checked.
+async fn read_artifact(
+    client: &Client,
+    reference: &Reference,
+    options: &RegistryOptions,
+) -> Result<Remote> {
+    let fetcher = ManifestFetcher::new(client, reference, options).await?;
+    let pinned = match reference.digest() {
+        Some(d) => Some(Digest::parse(d).map_err(|e| refused(reference, e))?),
+        None => None,
+    };
+    let name = match &pinned {
+        Some(d) => d.to_string(),
+        None => reference.tag().unwrap_or("latest").to_string(),
+    };
+    let (body, digest) = fetcher.fetch(&name, pinned.as_ref()).await?;
+    let artifact: ArtifactManifest = serde_json::from_slice(&body)
+        .map_err(|e| refused(reference, format!("not an artifact manifest: {e}")))?;
+    if artifact.artifact_type == chunked::UPSTREAM_ARTIFACT_TYPE {
+        return Err(refused(
+            reference,
+            "it is a whole-file snapshot artifact (upstream's epoch layout); pull it with `epoch pull`, or through `epoch`'s stream into `cocoon snapshot import`",
+        ));
+    }
+    let (manifest_layer, index_layer) =
+        chunked::check_layers(&artifact).map_err(|e| refused(reference, e))?;
+    let cocoon_json = fetcher.fetch_config(&manifest_layer.digest).await?;
+    let index = fetcher.fetch_config(&index_layer.digest).await?;
+    let cocoon_json: serde_json::Value = serde_json::from_slice(&cocoon_json)
+        .map_err(|e| refused(reference, format!("cocoon.json: {e}")))?;
+    let manifest: Manifest = serde_json::from_value(cocoon_json.clone())
+        .map_err(|e| refused(reference, format!("cocoon.json: {e}")))?;
+    let index: ChunkIndex = serde_json::from_slice(&index)
+        .map_err(|e| refused(reference, format!("chunk index: {e}")))?;
+    let fetch = chunked::check(&index, &manifest, &artifact).map_err(|e| refused(reference, e))?;
+    Ok(Remote {
+        digest,
+        cocoon_json,
+        index,
+        fetch,
+    })
+}
+
+fn block_path(cache: &Path, digest: &Digest) -> PathBuf {
+    cache.join(digest.hex())
+}
+
+/// Fetches every block not yet in `cache`, `parallel` at once.
+async fn fetch_blocks(
+    client: &Client,
+    reference: &Reference,
+    options: &RegistryOptions,
+    fetch: &Fetch,
+    cache: &Path,
+    parallel: usize,
+    progress: &dyn TransferProgress,
+) -> Result<(usize, u64)> {
+    let work = futures_util::stream::iter(fetch.blocks.iter()).map(|(digest, len)| async move {
+        let path = block_path(cache, digest);
+        let have = std::fs::metadata(&path).is_ok_and(|m| m.len() == *len);
+        if !have {
+            fetch_block(client, reference, options, digest, *len, &path).await?;
+        }
+        progress.advance(*len);
+        Ok::<_, Error>((!have).then_some(*len))
+    });
+    let mut work = std::pin::pin!(work.buffer_unordered(parallel));
+    let (mut blocks, mut bytes) = (0, 0);
+    while let Some(done) = work.next().await {
+        if let Some(len) = done? {
+            blocks += 1;
+            bytes += len;
+        }
+    }
+    Ok((blocks, bytes))
+}
+
+/// One block into `path`: streamed into a `.part` file, never past `len`
+/// bytes, its digest checked, then renamed into place.
+async fn fetch_block(
+    client: &Client,
+    reference: &Reference,
+    options: &RegistryOptions,
+    digest: &Digest,
+    len: u64,
+    path: &Path,
+) -> Result<()> {
+    use sha2::Digest as _;
+    let limits = &options.limits;
+    let what = format!("fetching block {digest}");
+    let pull_error = |e: oci_client::errors::OciDistributionError| {
+        Error::Invalid(format!("cannot pull {}: {what}: {e}", reference.whole()))
+    };
+    let descriptor = oci_client::manifest::OciDescriptor {
+        digest: digest.to_string(),
+        size: i64::try_from(len).expect("at most one block"),
+        ..Default::default()
+    };
+    let mut stream = within(
+        reference,
+        limits,
+        &what,
+        client.pull_blob_stream(reference, &descriptor),
+    )
+    .await?
+    .map_err(pull_error)?
+    .stream;
+    let part = path.with_extension("part");
+    let io = |e| Error::io(format!("cannot write {}", part.display()), e);
+    let mut file = File::create(&part).map_err(io)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut got = 0u64;
+    while let Some(chunk) = within(reference, limits, &what, stream.next()).await? {
+        let chunk = chunk.map_err(|e| {
+            Error::Invalid(format!("cannot pull {}: {what}: {e}", reference.whole()))
+        })?;
+        got += chunk.len() as u64;
+        if got > len {
+            let _ = std::fs::remove_file(&part);
+            return Err(refused(
+                reference,
+                format!("block {digest} is longer than the {len} bytes listed"),
+            ));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).map_err(io)?;
+    }
+    let actual = Digest::of(hasher);
+    if got != len || actual != *digest {
+        let _ = std::fs::remove_file(&part);
+        return Err(refused(
+            reference,
+            format!(
+                "block {digest} arrived as {got} bytes with digest {actual}: the registry's copy is damaged or was tampered with"
+            ),
+        ));
+    }
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&part, path).map_err(io)
+}
+
+/// Writes each file of `index` into `staging` from the fetched blocks,
+/// verifying each block again (the cache is a directory on disk, not proof).
+fn assemble(index: &ChunkIndex, cache: &Path, staging: &Path) -> std::result::Result<(), String> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::FileExt;
+    for (name, file) in &index.files {
+        let path = staging.join(name);
+        let out = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| format!("cannot create {name}: {e}"))?;
+        out.set_len(file.size)
+            .map_err(|e| format!("cannot size {name}: {e}"))?;
+        for (i, digest) in &file.chunks {
+            let data = std::fs::read(block_path(cache, digest))
+                .map_err(|e| format!("block {digest} of {name}: {e}"))?;
+            if Digest::of(sha2::Sha256::new_with_prefix(&data)) != *digest {
+                return Err(format!(
+                    "block {digest} of {name} changed on disk after it was fetched"
+                ));
+            }
+            out.write_all_at(&data, i * HASH_BLOCK)
+                .map_err(|e| format!("cannot write {name}: {e}"))?;
+        }
+        out.sync_all()
+            .map_err(|e| format!("cannot write {name}: {e}"))?;
+    }
+    Ok(())
+}
