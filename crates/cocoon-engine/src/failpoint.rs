@@ -67,6 +67,7 @@ pub const ALL: &[&str] = &[
     "image.import.stored",
     "snapshot.import.staged",
     "snapshot.pull.fetched",
+    "snapshot.push.blocks",
     "snapshot.import.renamed",
     "gc.read",
     "snapshot.evict.marked",

@@ -78,18 +78,19 @@ pub(crate) fn run(
         .map_err(|e| Error::io(format!("cannot lock {}", cache.display()), e))?;
     let bytes = remote.fetch.blocks.values().sum();
     progress.begin(&parsed.whole(), bytes);
-    let (fetched_blocks, fetched_bytes) = ctx.block_on(async |_| {
+    let fetched = ctx.block_on(async |_| {
+        let fetch = &remote.fetch;
         fetch_blocks(
-            &client,
-            &parsed,
-            &options,
-            &remote.fetch,
-            &cache,
-            parallel,
-            progress,
+            &client, &parsed, &options, fetch, &cache, parallel, progress,
         )
         .await
-    })?;
+    });
+    // A transfer that failed keeps its blocks for the next run; a refused
+    // block means the artifact is bad: what came with it goes too.
+    let (fetched_blocks, fetched_bytes) = match fetched {
+        Err(e @ Error::Snapshot(_)) => return Err(drop_cache(&cache, lock, e)),
+        other => other?,
+    };
     crate::failpoint::hit("snapshot.pull.fetched")?;
     let snapshot = super::snapshot_import::import_with(ctx, name, None, |staging| {
         assemble(&remote.index, &cache, staging).map_err(|e| refused(&parsed, e))?;
@@ -97,11 +98,8 @@ pub(crate) fn run(
             manifest: remote.cocoon_json.clone(),
             legacy: false,
         })
-    })?;
-    drop(lock);
-    if let Err(e) = std::fs::remove_dir_all(&cache) {
-        tracing::warn!("cannot remove {}: {e}", cache.display());
-    }
+    });
+    let snapshot = drop_cache(&cache, lock, snapshot)?;
     Ok(Pulled {
         snapshot,
         reference: parsed.whole(),
@@ -111,6 +109,15 @@ pub(crate) fn run(
         fetched_blocks,
         fetched_bytes,
     })
+}
+
+/// Removes the block cache (then its lock), passing `result` through.
+fn drop_cache<T>(cache: &Path, lock: File, result: T) -> T {
+    if let Err(e) = std::fs::remove_dir_all(cache) {
+        tracing::warn!("cannot remove {}: {e}", cache.display());
+    }
+    drop(lock);
+    result
 }
 
 /// The manifest, `cocoon.json` and the index, each bounded and checked.
@@ -226,9 +233,18 @@ async fn fetch_block(
     let mut hasher = sha2::Sha256::new();
     let mut got = 0u64;
     while let Some(chunk) = within(reference, limits, &what, stream.next()).await? {
-        let chunk = chunk.map_err(|e| {
-            Error::Invalid(format!("cannot pull {}: {what}: {e}", reference.whole()))
-        })?;
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            // oci-client checks the digest too, at the end of the stream:
+            // with every byte here, this pull's own check below says why.
+            Err(_) if got == len => break,
+            Err(e) => {
+                return Err(Error::Invalid(format!(
+                    "cannot pull {}: {what}: {e}",
+                    reference.whole()
+                )));
+            }
+        };
         got += chunk.len() as u64;
         if got > len {
             let _ = std::fs::remove_file(&part);

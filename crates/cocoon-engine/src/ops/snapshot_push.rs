@@ -92,6 +92,8 @@ pub(crate) fn run(
         .map_err(|e| push_error(&parsed, "authenticating", e))?;
         let (sent_blocks, sent_bytes) =
             upload_blocks(&client, &parsed, &options, &plan.blocks, parallel, progress).await?;
+        // Killed here, the registry has every block and no tag names them.
+        crate::failpoint::hit("snapshot.push.blocks")?;
         let index = serde_json::to_vec(&plan.index).expect("index serialises");
         let layers = [
             (chunked::MANIFEST_MEDIA_TYPE, cocoon_json, Some(MANIFEST)),
