@@ -33,6 +33,19 @@ const DEVICES: &[&str] = &[
     "/dev/urandom",
 ];
 
+/// Whether `target` lies where the jail shows the host's own files (system
+/// paths, the top-level directories, devices, and the kernel's virtual
+/// filesystems): a disk shown there could stand in for a library or a
+/// device the VMM opens. Paths a snapshot names are never shown there.
+pub fn reserved(target: &Path) -> bool {
+    target.parent().is_none()
+        || SYSTEM_PATHS
+            .iter()
+            .chain(SYSTEM_TOP_DIRS)
+            .chain(&["/dev", "/proc", "/sys", "/etc"])
+            .any(|p| target.starts_with(p))
+}
+
 /// A host path shown in the jail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
@@ -367,6 +380,16 @@ impl Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_paths_and_devices_are_reserved() {
+        for p in ["/", "/usr/lib/libc.so.6", "/lib64/ld-linux-x86-64.so.2", "/etc/ld.so.cache", "/dev/kvm", "/proc/self", "/bin"] {
+            assert!(reserved(Path::new(p)), "{p}");
+        }
+        for p in ["/var/lib/cocoon/images/blobs/x.erofs", "/run/cocoon/vms/a/cow.raw", "/usr2/x"] {
+            assert!(!reserved(Path::new(p)), "{p}");
+        }
+    }
 
     #[test]
     fn targets_must_be_plain_absolute_paths() {

@@ -38,7 +38,11 @@ pub(crate) fn place(
         // Where the snapshot's VMM saw this disk: its vmstate names that path.
         let seen = disk.vmm_path.take().unwrap_or_else(|| disk.path.clone());
         if reopens && seen != copy {
-            if !seen.starts_with(&run_root) {
+            // Another installation's run directory is shown only where
+            // nothing of the host is (the snapshot's checks said so too).
+            if !seen.starts_with(&run_root)
+                && !crate::snapshot::rebase::foreign_target_ok(&seen)
+            {
                 return Err(SnapshotError::Invalid {
                     id: snapshot.id.clone(),
                     reason: format!(

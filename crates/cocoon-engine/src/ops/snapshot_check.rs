@@ -99,6 +99,7 @@ pub(crate) fn check(ctx: &Ctx, snapshot: &Snapshot, manifest: &Manifest) -> Resu
 /// Layers, kernel and initrd of the snapshot's image must still be here.
 pub(crate) fn check_base_files(ctx: &Ctx, manifest: &Manifest) -> Result<()> {
     rebuild_agent_layer(ctx, manifest)?;
+    convert_kernel(ctx, manifest)?;
     if let Some(path) = missing_image_file(ctx, manifest)? {
         return Err(SnapshotError::Invalid {
             id: manifest.snapshot.id.clone(),
@@ -151,6 +152,38 @@ fn rebuild_agent_layer(ctx: &Ctx, manifest: &Manifest) -> Result<()> {
 /// The first file of the snapshot's image (layers, kernel, initrd, or a
 /// cloud image's blob) that is not in the store; an error for one
 /// outside this engine's root.
+/// A kernel the snapshot's VMM booted from a conversion of its layer's
+/// (Firecracker's vmlinux) that this store has not made yet (a snapshot
+/// from another host, whose layer came in by `image pull`): made now, from
+/// the layer's own kernel, as a boot would.
+fn convert_kernel(ctx: &Ctx, manifest: &Manifest) -> Result<()> {
+    let Some(kernel) = &manifest.boot.kernel_path else {
+        return Ok(());
+    };
+    if kernel.exists() {
+        return Ok(());
+    }
+    let dirs = ctx.layout.images();
+    let backend = crate::backend::of(manifest.snapshot.hypervisor);
+    for disk in manifest.storage.iter().filter(|d| d.ro && d.role == StorageRole::Layer) {
+        let Some(digest) = disk
+            .path
+            .file_name()
+            .and_then(|n| n.to_str()?.strip_suffix(".erofs"))
+            .and_then(|hex| crate::digest::Digest::from_hex(hex).ok())
+        else {
+            continue;
+        };
+        if kernel.parent() == Some(dirs.boot_dir(&digest).as_path())
+            && dirs.kernel(&digest).is_file()
+        {
+            // Only the file the snapshot names: any other answer is left to the checks.
+            let _ = backend.kernel(&dirs, &digest)?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn missing_image_file(ctx: &Ctx, manifest: &Manifest) -> Result<Option<PathBuf>> {
     let root = ctx.config().root_dir.clone();
     let invalid = |reason: String| SnapshotError::Invalid {

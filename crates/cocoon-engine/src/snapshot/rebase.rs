@@ -11,10 +11,11 @@
 //! widens what is accepted: a path outside the source root is left as it
 //! is, and the check refuses it as before.
 //!
-//! Firecracker reopens the paths its state names, so a snapshot whose VMM
-//! saw other paths keeps them only with the same `root_dir` and `run_dir`
-//! on both sides (the usual case: every host of a fleet has the same
-//! layout); `trust::check` then refuses the rest with the reason.
+//! Firecracker reopens the paths its state names and takes no override,
+//! so for it each moved layer also records the path its VMM saw
+//! (`vmm_path`), where the clone's jail shows this engine's copy (see
+//! [`crate::jail`]). Such a path must have the engine's shape and lie
+//! outside everything the jail shows of the host ([`foreign_target_ok`]).
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +51,12 @@ fn clean(path: &Path) -> bool {
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
+/// Whether a VMM may be shown a file at `path` from a snapshot: an
+/// absolute path of plain components, nowhere the jail shows the host.
+pub fn foreign_target_ok(path: &Path) -> bool {
+    clean(path) && !crate::jail::reserved(path)
+}
+
 /// Moves every read-only disk and boot file path under the source root to
 /// the same place under `root_dir`. Returns whether anything moved. The
 /// writable disks' paths are left alone: a clone or restore places its own
@@ -58,7 +65,7 @@ pub fn rebase(manifest: &mut Manifest, root_dir: &Path, reopens_source_disks: bo
     let Some(from) = source_root(manifest) else {
         return false;
     };
-    if from == root_dir || reopens_source_disks {
+    if from == root_dir {
         return false;
     }
     let moved = |path: &Path| -> Option<PathBuf> {
@@ -67,7 +74,11 @@ pub fn rebase(manifest: &mut Manifest, root_dir: &Path, reopens_source_disks: bo
     };
     for disk in manifest.storage.iter_mut().filter(|d| d.ro) {
         if let Some(path) = moved(&disk.path) {
-            disk.path = path;
+            if reopens_source_disks && disk.vmm_path.is_none() {
+                disk.vmm_path = Some(std::mem::replace(&mut disk.path, path));
+            } else {
+                disk.path = path;
+            }
         }
     }
     let boot = &mut manifest.boot;
@@ -152,7 +163,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn nothing_moves_without_a_layer_of_the_engine_shape_or_for_firecracker() {
+    fn nothing_moves_without_a_layer_of_the_engine_shape() {
         for layer in [
             format!("/srv/a/images/blob/{HEX}.erofs"),
             format!("/srv/a/images/blobs/{}.erofs", &HEX[1..]),
@@ -166,10 +177,21 @@ pub(crate) mod tests {
             );
             assert_eq!(m.storage[0].path, PathBuf::from(&layer));
         }
+    }
+
+    #[test]
+    fn for_a_vmm_that_reopens_its_paths_the_old_one_is_kept_as_the_path_it_sees() {
         let layer = format!("/srv/a/images/blobs/{HEX}.erofs");
         let mut m = manifest(&layer, "/etc/passwd");
-        assert!(!rebase(&mut m, Path::new("/var/lib/cocoon"), true));
-        assert_eq!(m.storage[0].path, PathBuf::from(&layer));
+        assert!(rebase(&mut m, Path::new("/var/lib/cocoon"), true));
+        assert_eq!(
+            m.storage[0].path,
+            PathBuf::from(format!("/var/lib/cocoon/images/blobs/{HEX}.erofs"))
+        );
+        assert_eq!(m.storage[0].vmm_path, Some(PathBuf::from(&layer)));
+        assert!(foreign_target_ok(Path::new(&layer)));
+        assert!(!foreign_target_ok(Path::new("/usr/images/blobs/x.erofs")));
+        assert!(!foreign_target_ok(Path::new("/srv/a/../usr/x")));
     }
 
     #[test]

@@ -180,6 +180,9 @@ fn check_read_only_disk(
                     scope.dirs.root.join("blobs").display()
                 )
             })?;
+            if let Some(seen) = &disk.vmm_path {
+                check_seen_layer(scope, seen, &digest, what)?;
+            }
             checked.blobs.insert(digest);
             Ok(())
         }
@@ -191,6 +194,32 @@ fn check_read_only_disk(
             disk.role
         )),
     }
+}
+
+/// The path a VMM that reopens its disks saw a layer at (another
+/// installation's): the same layer's name under an image store, nowhere
+/// the jail shows the host.
+fn check_seen_layer(
+    scope: &Scope<'_>,
+    seen: &Path,
+    digest: &Digest,
+    what: &str,
+) -> Result<(), String> {
+    let same_layer = seen.parent().and_then(|blobs| {
+        let images = blobs.parent()?;
+        (blobs.file_name()? == "blobs" && images.file_name()? == "images")
+            .then(|| layer_digest(&ImageDirs::new(images.parent()?), seen))?
+    });
+    if scope.backend.reopens_source_disks()
+        && same_layer.as_ref() == Some(digest)
+        && super::rebase::foreign_target_ok(seen)
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} was seen by its VMM at {}, which is not the same layer in an image store outside the system's paths",
+        seen.display()
+    ))
 }
 
 /// A writable disk: its copy, a plain file in the snapshot directory, with
@@ -249,7 +278,7 @@ fn check_source_disk_path(
     let ok = [Some(&disk.path), disk.vmm_path.as_ref()]
         .into_iter()
         .flatten()
-        .all(|path| is_vm_disk_path(&vms, path));
+        .all(|path| is_vm_disk_path(&vms, path) || is_foreign_vm_disk_path(path));
     if ok {
         return Ok(());
     }
@@ -257,6 +286,14 @@ fn check_source_disk_path(
         "{what} is not a VM disk in this engine's run directory ({}/<id>/<file>)",
         vms.display()
     ))
+}
+
+/// A VM disk path of another installation (`<run_dir>/vms/<id>/<file>`,
+/// any `run_dir`) that a jail may show.
+fn is_foreign_vm_disk_path(path: &Path) -> bool {
+    let vms = path.parent().and_then(Path::parent);
+    vms.is_some_and(|vms| vms.file_name() == Some("vms".as_ref()) && is_vm_disk_path(vms, path))
+        && super::rebase::foreign_target_ok(path)
 }
 
 fn is_vm_disk_path(vms: &Path, path: &Path) -> bool {

@@ -171,6 +171,12 @@ fn a_writable_disk_is_its_copy_inside_the_snapshot_directory() {
     let mut f = fixture(Hypervisor::Firecracker);
     f.manifest.storage[1].path = f.facts.root_dir.join("cow.raw");
     f.refused("is not a VM disk in this engine's run directory");
+    // Another installation's VM disk path is shown only outside the host's paths.
+    let mut f = fixture(Hypervisor::Firecracker);
+    f.manifest.storage[1].path = PathBuf::from("/srv/other/run/vms/SRC/cow.raw");
+    f.check().expect("another run_dir's VM disk");
+    f.manifest.storage[1].path = PathBuf::from("/usr/lib/vms/SRC/cow.raw");
+    f.refused("is not a VM disk in this engine's run directory");
 }
 
 #[test]
@@ -430,4 +436,26 @@ fn the_vsock_socket_becomes_the_vms_own_and_the_device_must_agree() {
 
 fn json_path(p: &Path) -> Value {
     Value::String(p.display().to_string())
+}
+
+#[test]
+fn the_path_a_vmm_saw_a_layer_at_is_the_same_layer_outside_the_hosts_paths() {
+    let other = format!("/srv/other/images/blobs/{HEX}.erofs");
+    let mut f = fixture(Hypervisor::Firecracker);
+    f.manifest.storage[0].vmm_path = Some(PathBuf::from(&other));
+    f.check().expect("another root_dir's copy of the layer");
+    // Where the jail shows the host's libraries, or another layer's name.
+    for seen in [
+        "/usr/lib/x86_64-linux-gnu/libc.so.6".to_string(),
+        format!("/usr/images/blobs/{HEX}.erofs"),
+        format!("/srv/other/images/blobs/{}.erofs", "2".repeat(64)),
+        format!("/srv/other/../images/blobs/{HEX}.erofs"),
+    ] {
+        f.manifest.storage[0].vmm_path = Some(PathBuf::from(&seen));
+        f.refused("which is not the same layer in an image store outside the system's paths");
+    }
+    // A VMM that does not reopen its paths has no use for one.
+    let mut f = fixture(Hypervisor::CloudHypervisor);
+    f.manifest.storage[0].vmm_path = Some(PathBuf::from(&other));
+    f.refused("which is not the same layer");
 }
