@@ -383,10 +383,22 @@ mod tests {
 
     #[test]
     fn system_paths_and_devices_are_reserved() {
-        for p in ["/", "/usr/lib/libc.so.6", "/lib64/ld-linux-x86-64.so.2", "/etc/ld.so.cache", "/dev/kvm", "/proc/self", "/bin"] {
+        for p in [
+            "/",
+            "/usr/lib/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2",
+            "/etc/ld.so.cache",
+            "/dev/kvm",
+            "/proc/self",
+            "/bin",
+        ] {
             assert!(reserved(Path::new(p)), "{p}");
         }
-        for p in ["/var/lib/cocoon/images/blobs/x.erofs", "/run/cocoon/vms/a/cow.raw", "/usr2/x"] {
+        for p in [
+            "/var/lib/cocoon/images/blobs/x.erofs",
+            "/run/cocoon/vms/a/cow.raw",
+            "/usr2/x",
+        ] {
             assert!(!reserved(Path::new(p)), "{p}");
         }
     }

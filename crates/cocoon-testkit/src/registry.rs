@@ -176,6 +176,44 @@ impl Registry {
         })
     }
 
+    /// The raw manifest `repo_tag` names (an OCI image manifest).
+    pub fn manifest(&self, repo_tag: &str) -> Vec<u8> {
+        let reference: Reference = self.reference(repo_tag).parse().unwrap();
+        block_on(async {
+            let (bytes, _) = self
+                .client()
+                .pull_manifest_raw(
+                    &reference,
+                    &self.auth,
+                    &["application/vnd.oci.image.manifest.v1+json"],
+                )
+                .await
+                .unwrap();
+            bytes.to_vec()
+        })
+    }
+
+    /// Stores `body` as the OCI image manifest `repo_tag` names.
+    pub fn put_manifest(&self, repo_tag: &str, body: &[u8]) {
+        let reference: Reference = self.reference(repo_tag).parse().unwrap();
+        block_on(async {
+            let client = self.client();
+            client
+                .store_auth_if_needed(reference.resolve_registry(), &self.auth)
+                .await;
+            client
+                .push_manifest_raw(
+                    &reference,
+                    body.to_vec(),
+                    "application/vnd.oci.image.manifest.v1+json"
+                        .parse()
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+        });
+    }
+
     /// Pushes an index naming manifests already pushed as `repo:<tag>`, one per (tag, arch).
     pub fn push_index(&self, repo_tag: &str, entries: &[(&str, &str)]) -> String {
         let (repo, _) = repo_tag.split_once(':').unwrap();

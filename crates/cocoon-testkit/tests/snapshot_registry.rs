@@ -388,3 +388,55 @@ fn a_tampered_block_is_refused_and_nothing_is_left() {
     assert!(b.snapshot_names().is_empty());
     assert_eq!(b.leftovers(), before);
 }
+
+#[test]
+fn a_manifest_pointing_outside_the_snapshot_is_refused_and_nothing_is_left() {
+    let Some(registry) =
+        registry("a_manifest_pointing_outside_the_snapshot_is_refused_and_nothing_is_left")
+    else {
+        return;
+    };
+    let a = source_with_snapshot();
+    a.ok(&["snapshot", "push", "s", &registry.reference("snaps/src:v1")]);
+    let good: Value = serde_json::from_slice(&registry.manifest("snaps/src:v1")).unwrap();
+    let b = Host::new();
+    let before = b.leftovers();
+    let refused = |tag: &str, manifest: &Value, expected: &str| {
+        registry.put_manifest(
+            &format!("snaps/src:{tag}"),
+            &serde_json::to_vec(manifest).unwrap(),
+        );
+        let err = b.fail(&[
+            "snapshot",
+            "pull",
+            &registry.reference(&format!("snaps/src:{tag}")),
+        ]);
+        assert!(err.contains(expected), "{tag}: {err}");
+        assert!(b.snapshot_names().is_empty(), "{tag}");
+        assert_eq!(b.leftovers(), before, "{tag}");
+    };
+    // A block the index names is no longer listed: the registry would serve
+    // whatever blob that digest names, from any repository.
+    let mut m = good.clone();
+    m["layers"].as_array_mut().unwrap().remove(2);
+    refused("unlisted", &m, "which the manifest does not list");
+    // A listed block of the wrong size.
+    let mut m = good.clone();
+    m["layers"][2]["size"] = Value::from(BLOCK + 1);
+    refused(
+        "oversized",
+        &m,
+        "expected a application/vnd.cocoonstack.snapshot.chunk.v1 of 1 to 4194304 bytes",
+    );
+    // Upstream's whole-file layout, and something else entirely.
+    let mut m = good.clone();
+    m["artifactType"] = Value::from("application/vnd.cocoonstack.snapshot.v1+json");
+    refused(
+        "upstream",
+        &m,
+        "it is a whole-file snapshot artifact (upstream's epoch layout)",
+    );
+    let mut m = good;
+    m["artifactType"] = Value::from("application/vnd.example.other");
+    refused("other", &m, "is not a chunked cocoon snapshot");
+}

@@ -38,7 +38,10 @@ impl Host {
 
     fn ok(&self, args: &[&str]) -> String {
         let mut cmd = self.env.std_cmd();
-        for (var, path) in [("COCOON_CH_BINARY", &self.ch), ("COCOON_FC_BINARY", &self.fc)] {
+        for (var, path) in [
+            ("COCOON_CH_BINARY", &self.ch),
+            ("COCOON_FC_BINARY", &self.fc),
+        ] {
             if !path.as_os_str().is_empty() {
                 cmd.env(var, path);
             }
@@ -87,11 +90,16 @@ fn across_hosts(test: &str, flags: &[&str], var: &str, program: &str) {
         return skip(test, "/dev/kvm is missing");
     }
     let Some(registry) = Registry::start() else {
-        return skip(test, "docker-registry is not installed (apt-get install docker-registry)");
+        return skip(
+            test,
+            "docker-registry is not installed (apt-get install docker-registry)",
+        );
     };
     let (a, b) = (Host::new(), Host::new());
     let _reapers = (EnvReaper(a.env.root_dir()), EnvReaper(b.env.root_dir()));
-    let mut run = vec!["vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--name", "src"];
+    let mut run = vec![
+        "vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--name", "src",
+    ];
     run.extend_from_slice(flags);
     run.push("guest/test:1");
     a.ok(&run);
@@ -104,7 +112,10 @@ fn across_hosts(test: &str, flags: &[&str], var: &str, program: &str) {
     assert_eq!(first["sent_blocks"], first["blocks"], "{test}: {first}");
 
     let pulled = b.json(&["snapshot", "pull", "-o", "json", &reference]);
-    assert_eq!(pulled["fetched_blocks"], first["blocks"], "{test}: {pulled}");
+    assert_eq!(
+        pulled["fetched_blocks"], first["blocks"],
+        "{test}: {pulled}"
+    );
     b.ok(&["vm", "clone", "--name", "c", "s"]);
     let beats = b.beats_since("c", 3);
     assert!(
@@ -115,8 +126,18 @@ fn across_hosts(test: &str, flags: &[&str], var: &str, program: &str) {
     // A later snapshot of the same VM: only what changed is sent.
     a.wait_beat("src", hi + 3);
     a.ok(&["snapshot", "save", "--name", "s2", "src"]);
-    let second = a.json(&["snapshot", "push", "-o", "json", "s2", &registry.reference("snaps/src:v2")]);
-    let (sent, total) = (second["sent_bytes"].as_u64().unwrap(), second["bytes"].as_u64().unwrap());
+    let second = a.json(&[
+        "snapshot",
+        "push",
+        "-o",
+        "json",
+        "s2",
+        &registry.reference("snaps/src:v2"),
+    ]);
+    let (sent, total) = (
+        second["sent_bytes"].as_u64().unwrap(),
+        second["bytes"].as_u64().unwrap(),
+    );
     assert!(sent < total, "{test}: {second}");
     eprintln!(
         "{test}: first push {} blocks / {} bytes; second push sent {} of {} blocks, {sent} of {total} bytes; clone on B counts {beats:?} (snapshot at {lo}..={hi})",

@@ -40,9 +40,7 @@ pub(crate) fn place(
         if reopens && seen != copy {
             // Another installation's run directory is shown only where
             // nothing of the host is (the snapshot's checks said so too).
-            if !seen.starts_with(&run_root)
-                && !crate::snapshot::rebase::foreign_target_ok(&seen)
-            {
+            if !seen.starts_with(&run_root) && !crate::snapshot::rebase::foreign_target_ok(&seen) {
                 return Err(SnapshotError::Invalid {
                     id: snapshot.id.clone(),
                     reason: format!(

@@ -165,7 +165,11 @@ fn convert_kernel(ctx: &Ctx, manifest: &Manifest) -> Result<()> {
     }
     let dirs = ctx.layout.images();
     let backend = crate::backend::of(manifest.snapshot.hypervisor);
-    for disk in manifest.storage.iter().filter(|d| d.ro && d.role == StorageRole::Layer) {
+    for disk in manifest
+        .storage
+        .iter()
+        .filter(|d| d.ro && d.role == StorageRole::Layer)
+    {
         let Some(digest) = disk
             .path
             .file_name()
