@@ -445,10 +445,10 @@ impl Engine {
     pub fn pull_snapshot(
         &mut self,
         reference: &str,
-        name: Option<&SnapshotName>,
+        naming: snapshot_pull::Naming<'_>,
         progress: &dyn snapshot_push::TransferProgress,
     ) -> Result<snapshot_pull::Pulled> {
-        snapshot_pull::run(&mut self.ctx, reference, name, progress)
+        snapshot_pull::run(&mut self.ctx, reference, naming, progress)
     }
 
     // --- housekeeping ---

@@ -235,6 +235,35 @@ fn a_snapshot_pushed_on_one_host_is_pulled_and_cloned_on_another() {
     assert!(err.contains("\"s\""), "{err}");
     b.ok(&["snapshot", "pull", "--name", "s2", &reference]);
     assert_eq!(b.snapshot_names(), ["s", "s2"]);
+
+    // `vm clone --pull REF`: pulled, cloned, dropped.
+    b.ok(&["vm", "clone", "--pull", "--name", "c2", &reference]);
+    assert_eq!(b.json(&["vm", "inspect", "c2"])["state"], "running");
+    assert_eq!(b.snapshot_names(), ["s", "s2"]);
+    // `vm restore --pull`: a VM of host B is not the snapshot's VM...
+    let src = a.json(&["vm", "inspect", "src"]);
+    let c2 = b.json(&["vm", "inspect", "c2"]);
+    let err = b.fail(&["vm", "restore", "--pull", "c2", &reference]);
+    assert!(
+        err.contains(&format!(
+            "snapshot {reference} was taken from VM {}, not from VM c2 ({}); pass --force to restore it anyway",
+            src["id"].as_str().unwrap(),
+            c2["id"].as_str().unwrap()
+        )),
+        "{err}"
+    );
+    assert_eq!(b.snapshot_names(), ["s", "s2"]);
+    b.ok(&["vm", "restore", "--pull", "--force", "c2", &reference]);
+    assert_eq!(b.json(&["vm", "inspect", "c2"])["state"], "running");
+    // ...while on host A it is, and --pull wants a reference.
+    a.ok(&["vm", "restore", "--pull", "src", &reference]);
+    let err = a.fail(&["vm", "restore", "--pull", "src", "s"]);
+    assert!(
+        err.contains("--pull takes a registry reference (host/repository:tag), not \"s\""),
+        "{err}"
+    );
+    assert_eq!(a.snapshot_names(), ["s"]);
+    assert_eq!(b.snapshot_names(), ["s", "s2"]);
 }
 
 #[test]

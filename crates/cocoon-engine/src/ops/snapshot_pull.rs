@@ -44,6 +44,9 @@ pub struct Pulled {
     /// pull that was interrupted.
     pub fetched_blocks: usize,
     pub fetched_bytes: u64,
+    /// The VM the snapshot was taken from, as its `cocoon.json` says (on
+    /// the host that took it): `vm restore --pull` checks it.
+    pub source_vm: Option<String>,
 }
 
 /// The artifact, read and checked.
@@ -58,12 +61,25 @@ fn refused(reference: &Reference, reason: impl std::fmt::Display) -> Error {
     SnapshotError::Manifest(format!("{}: {reason}", reference.whole())).into()
 }
 
+/// How the pulled snapshot is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming<'a> {
+    /// `--name`, else the name it had.
+    Named(Option<&'a SnapshotName>),
+    /// No name (`vm clone --pull REF`: used once, then removed).
+    Anonymous,
+}
+
 pub(crate) fn run(
     ctx: &mut Ctx,
     reference: &str,
-    name: Option<&SnapshotName>,
+    naming: Naming<'_>,
     progress: &dyn TransferProgress,
 ) -> Result<Pulled> {
+    let name = match naming {
+        Naming::Named(name) => name,
+        Naming::Anonymous => None,
+    };
     let parsed = oci::parse_reference(reference)?;
     let options = RegistryOptions::from_config(ctx.config());
     let parallel = super::snapshot_push::transfers(ctx);
@@ -94,8 +110,14 @@ pub(crate) fn run(
     crate::failpoint::hit("snapshot.pull.fetched")?;
     let snapshot = super::snapshot_import::import_with(ctx, name, None, |staging| {
         assemble(&remote.index, &cache, staging).map_err(|e| refused(&parsed, e))?;
+        let mut manifest = remote.cocoon_json.clone();
+        if naming == Naming::Anonymous
+            && let Some(snapshot) = manifest.get_mut("snapshot").and_then(|s| s.as_object_mut())
+        {
+            snapshot.remove("name");
+        }
         Ok(archive::Imported {
-            manifest: remote.cocoon_json.clone(),
+            manifest,
             legacy: false,
         })
     });
@@ -108,6 +130,9 @@ pub(crate) fn run(
         bytes,
         fetched_blocks,
         fetched_bytes,
+        source_vm: remote.cocoon_json["snapshot"]["vm_id"]
+            .as_str()
+            .map(str::to_string),
     })
 }
 

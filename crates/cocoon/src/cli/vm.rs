@@ -125,7 +125,7 @@ pub struct CloneFlags {
     /// Same as --restore-mode ondemand (older cocoon)
     #[arg(long, conflicts_with = "restore_mode")]
     pub on_demand: bool,
-    /// Pull the snapshot's base image (pinned by digest) if it is missing
+    /// Pull the snapshot's base image (pinned by digest) if it is missing; with a registry reference as SNAPSHOT, pull the snapshot too
     #[arg(long)]
     pub pull: bool,
     /// CPU control (as in the snapshot unless one is given; then these replace it)
@@ -176,7 +176,7 @@ pub enum VmCommand {
     },
     /// Create and start a new VM from a snapshot
     #[command(
-        after_help = "Examples:\n  cocoon vm clone --name dev2 base\n  cocoon vm clone --cpu 4 --memory 4G --pull base"
+        after_help = "Examples:\n  cocoon vm clone --name dev2 base\n  cocoon vm clone --cpu 4 --memory 4G --pull base\n  cocoon vm clone --pull registry.example.com/snaps/base:v1"
     )]
     Clone {
         #[command(flatten)]
@@ -295,9 +295,12 @@ pub enum VmCommand {
         /// Restore from a snapshot directory (`snapshot export --to-dir`) instead of a stored snapshot
         #[arg(long, value_name = "DIR", conflicts_with = "snapshot")]
         from_dir: Option<PathBuf>,
-        /// With --from-dir: restore a directory taken from another VM (its shape must still match)
+        /// With --from-dir or --pull: restore a snapshot taken from another VM (its shape must still match)
         #[arg(long)]
         force: bool,
+        /// SNAPSHOT is a registry reference (`snapshot push`): pull it, restore it, drop it
+        #[arg(long, conflicts_with = "from_dir")]
+        pull: bool,
         #[command(flatten)]
         output: FormatArg,
         vm: String,

@@ -1,6 +1,7 @@
 //! `snapshot push` / `snapshot pull`: snapshots through OCI registries.
 
 use cocoon_engine::name::SnapshotName;
+use cocoon_engine::ops::snapshot_pull::Naming;
 use cocoon_engine::ops::snapshot_push::TransferProgress;
 use cocoon_engine::units::BinarySize;
 use cocoon_engine::{Engine, Result};
@@ -89,7 +90,7 @@ pub fn pull(
     output: FormatArg,
 ) -> Result<()> {
     let bar = Bar::new("pulling");
-    let result = engine.pull_snapshot(reference, name, &bar);
+    let result = engine.pull_snapshot(reference, Naming::Named(name), &bar);
     bar.finish();
     let pulled = result?;
     if output.json() {
@@ -117,4 +118,32 @@ pub fn pull(
         BinarySize(pulled.bytes),
     );
     print_line(&pulled.snapshot.id).map_err(io)
+}
+
+/// Whether a `vm clone --pull` / `vm restore --pull` snapshot argument is a
+/// registry reference: snapshot names and ids never hold a `/`.
+pub fn is_reference(arg: &str) -> bool {
+    arg.contains('/')
+}
+
+/// Pulls `reference` as an unnamed snapshot, hands it to `use_it`, then
+/// removes it (as `--from-dir` drops its import): the VM made from it keeps
+/// its own copies.
+pub fn with_pulled<T>(
+    engine: &mut Engine,
+    reference: &str,
+    use_it: impl FnOnce(&mut Engine, &cocoon_engine::ops::snapshot_pull::Pulled) -> Result<T>,
+) -> Result<T> {
+    let bar = Bar::new("pulling");
+    let pulled = engine.pull_snapshot(reference, Naming::Anonymous, &bar);
+    bar.finish();
+    let pulled = pulled?;
+    let result = use_it(engine, &pulled);
+    let id = pulled.snapshot.id.clone();
+    if let Err(e) = engine.remove_snapshots(std::slice::from_ref(&id)) {
+        tracing::warn!(
+            "the snapshot pulled from {reference} ({id}) is kept: {e}; remove it with `cocoon snapshot rm {id}`"
+        );
+    }
+    result
 }

@@ -212,6 +212,14 @@ fn clone(
     };
     let vm = match (from_dir, snapshot) {
         (Some(dir), _) => engine.clone_vm_from_dir(dir, request)?,
+        (None, Some(reference))
+            if flags.pull && super::snapshot_registry::is_reference(reference) =>
+        {
+            super::snapshot_registry::with_pulled(engine, reference, |engine, pulled| {
+                pull_snapshot_base(engine, &pulled.snapshot.id, &request)?;
+                engine.clone_vm(&pulled.snapshot.id, request)
+            })?
+        }
         (None, Some(snapshot)) => {
             if flags.pull {
                 pull_snapshot_base(engine, snapshot, &request)?;

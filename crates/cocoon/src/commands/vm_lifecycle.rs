@@ -22,6 +22,7 @@ pub(super) fn restore_command(engine: &mut Engine, command: VmCommand) -> Result
         cpu_control,
         from_dir,
         force,
+        pull,
         output,
         vm,
         snapshot,
@@ -42,13 +43,21 @@ pub(super) fn restore_command(engine: &mut Engine, command: VmCommand) -> Result
         any_source: false,
     };
     let source = match (&from_dir, &snapshot) {
+        (Some(dir), _) => RestoreFrom::Dir(dir, force),
+        (None, Some(reference)) if pull => {
+            if !super::snapshot_registry::is_reference(reference) {
+                return Err(Error::Invalid(format!(
+                    "--pull takes a registry reference (host/repository:tag), not {reference:?}; restore a stored snapshot without --pull"
+                )));
+            }
+            RestoreFrom::Registry(reference, force)
+        }
         // Upstream's words (its PreRunE).
         (None, _) if force => {
             return Err(Error::Invalid(
                 "--force only applies with --from-dir".into(),
             ));
         }
-        (Some(dir), _) => RestoreFrom::Dir(dir, force),
         (None, Some(snapshot)) => RestoreFrom::Snapshot(snapshot),
         (None, None) => unreachable!("clap requires SNAPSHOT or --from-dir"),
     };
@@ -60,6 +69,8 @@ pub(super) enum RestoreFrom<'a> {
     Snapshot(&'a str),
     /// A snapshot directory, and `--force`.
     Dir(&'a Path, bool),
+    /// A registry reference (`--pull`), and `--force`.
+    Registry(&'a str, bool),
 }
 
 /// `vm restore`.
@@ -73,6 +84,25 @@ pub(super) fn restore(
     let vm = match source {
         RestoreFrom::Snapshot(snapshot) => engine.restore_vm(vm, snapshot, request)?,
         RestoreFrom::Dir(dir, force) => engine.restore_vm_from_dir(vm, dir, force, request)?,
+        RestoreFrom::Registry(reference, force) => {
+            // The VM first: nothing is pulled for a VM that is not there.
+            let target = engine.inspect_vm(vm)?.vm;
+            super::snapshot_registry::with_pulled(engine, reference, |engine, pulled| {
+                if !force && pulled.source_vm.as_deref() != Some(target.id.as_str()) {
+                    return Err(Error::Invalid(format!(
+                        "snapshot {reference} was taken from VM {}, not from VM {} ({}); pass --force to restore it anyway, or use `cocoon vm clone --pull` to start a new VM from it",
+                        pulled.source_vm.as_deref().unwrap_or("(none recorded)"),
+                        target.config.name,
+                        target.id
+                    )));
+                }
+                let request = RestoreRequest {
+                    any_source: true,
+                    ..request
+                };
+                engine.restore_vm(vm, &pulled.snapshot.id, request)
+            })?
+        }
     };
     // A restored guest replays the snapshot's random state: reseed it.
     if let Err(e) = engine.refresh_guest(&vm.id, false) {
