@@ -74,7 +74,11 @@ impl Layout {
     /// artifact (`<root_dir>/pulls/<manifest hex>`), until the snapshot is
     /// in place: a pull killed half-way fetches only what is missing.
     pub fn snapshot_pull(&self, manifest: &crate::digest::Digest) -> PathBuf {
-        self.root_dir.join("pulls").join(manifest.hex())
+        self.snapshot_pulls().join(manifest.hex())
+    }
+
+    pub fn snapshot_pulls(&self) -> PathBuf {
+        self.root_dir.join("pulls")
     }
 
     /// The hidden directory an import is extracted into.

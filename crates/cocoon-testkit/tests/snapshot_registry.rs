@@ -384,6 +384,30 @@ fn a_killed_push_or_pull_resumes_without_moving_a_block_twice() {
             .count(),
         0
     );
+
+    // gc removes the blocks of a pull no process runs.
+    let pulls = |h: &Host| {
+        h.leftovers()
+            .iter()
+            .filter(|l| l.starts_with("pulls/"))
+            .count()
+    };
+    b.killed_at(
+        "snapshot.pull.fetched",
+        &["snapshot", "pull", "--name", "s3", &reference],
+    );
+    assert_eq!(pulls(&b), 1);
+    let gc = b.json(&["gc", "-o", "json"]);
+    let kinds: Vec<&str> = gc["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"snapshot_pull"), "{gc}");
+    assert_eq!(pulls(&b), 0);
+    let pulled = b.json(&["snapshot", "pull", "-o", "json", "--name", "s3", &reference]);
+    assert_eq!(pulled["fetched_blocks"], pulled["blocks"], "{pulled}");
 }
 
 #[test]

@@ -129,7 +129,9 @@ fn help_lists_every_subcommand() {
         ),
         (
             &["snapshot"],
-            &["save", "list", "inspect", "rm", "export", "import", "push", "pull"],
+            &[
+                "save", "list", "inspect", "rm", "export", "import", "push", "pull",
+            ],
         ),
         (&["kernel"], &["install", "list", "rm"]),
     ];

@@ -115,6 +115,7 @@ pub(crate) fn run(ctx: &mut Ctx, dry_run: bool) -> Result<GcReport> {
         }
     }
     sweep_network(ctx, &view, listing.markers, &mut sweep);
+    sweep_pulls(ctx, &mut sweep);
     let bytes_freed = sweep.removed.iter().map(|i| i.bytes).sum();
     Ok(GcReport {
         dry_run,
@@ -122,6 +123,20 @@ pub(crate) fn run(ctx: &mut Ctx, dry_run: bool) -> Result<GcReport> {
         removed: sweep.removed,
         bytes_freed,
     })
+}
+
+/// The blocks of snapshot pulls no process is running (killed, or failed
+/// on the network): kept until then so the pull can resume. Each is
+/// removed under its lock, so a pull in flight keeps its blocks.
+fn sweep_pulls(ctx: &Ctx, sweep: &mut Sweep) {
+    for (_, dir) in entries(&ctx.layout.snapshot_pulls()) {
+        let Ok(lock) = std::fs::File::open(dir.join(".lock")) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() {
+            sweep.remove("snapshot_pull", &dir);
+        }
+    }
 }
 
 /// Blobs and boot files of layers nothing pins. Candidates are unpinned in
