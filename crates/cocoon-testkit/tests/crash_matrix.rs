@@ -341,7 +341,11 @@ fn matrix_on(op: &Op<'_>, qemu: bool) {
             assert_converged(&lab, &case);
             // gc writes no intent (it removes only what nothing references,
             // so a kill leaves less garbage, not a half-done state).
-            if action == "kill" && op.name != "gc" {
+            // Nor do push and pull: a push changes nothing here, and a
+            // pull keeps the blocks it fetched for its next run (gc removes
+            // them if there is none); its snapshot is recorded under the
+            // import's intent, covered by `snapshot import`.
+            if action == "kill" && !["gc", "snapshot push", "snapshot pull"].contains(&op.name) {
                 // What the reconciler did is in the event log.
                 let mut store = cocoon_engine::store::Store::open(&lab.env.db_path()).unwrap();
                 let recovered: Vec<_> = store
@@ -832,6 +836,40 @@ fn image_pull() {
         setup: &nothing,
         args: &|_| ["image", "pull", &reference].map(String::from).to_vec(),
         failpoints: &["image.pull.layers", "image.pull.recorded"],
+        again: &nothing,
+    });
+}
+
+#[test]
+fn snapshot_push_and_pull() {
+    let Some(registry) = cocoon_testkit::registry::Registry::start() else {
+        return cocoon_testkit::skip("snapshot_push_and_pull", "docker-registry is not installed");
+    };
+    let reference = registry.reference("snaps/crash:1");
+    matrix(&Op {
+        name: "snapshot push",
+        setup: &snapshotted,
+        args: &|_| {
+            ["snapshot", "push", "s", &reference]
+                .map(String::from)
+                .to_vec()
+        },
+        failpoints: &["snapshot.push.blocks"],
+        again: &nothing,
+    });
+    let pushed = |lab: &Lab| {
+        snapshotted(lab);
+        lab.ok(&["snapshot", "push", "s", &reference]);
+    };
+    matrix(&Op {
+        name: "snapshot pull",
+        setup: &pushed,
+        args: &|_| {
+            ["snapshot", "pull", "--name", "p", &reference]
+                .map(String::from)
+                .to_vec()
+        },
+        failpoints: &["snapshot.pull.fetched"],
         again: &nothing,
     });
 }
