@@ -176,6 +176,23 @@ impl Registry {
         })
     }
 
+    /// Uploads `data` as a blob of `repo`; returns its digest.
+    pub fn put_blob(&self, repo: &str, data: &[u8]) -> String {
+        let reference: Reference = self.reference(&format!("{repo}:unused")).parse().unwrap();
+        let digest = format!("sha256:{}", hex(&Sha256::digest(data)));
+        block_on(async {
+            let client = self.client();
+            client
+                .store_auth_if_needed(reference.resolve_registry(), &self.auth)
+                .await;
+            client
+                .push_blob(&reference, data.to_vec(), &digest)
+                .await
+                .unwrap();
+        });
+        digest
+    }
+
     /// The raw manifest `repo_tag` names (an OCI image manifest).
     pub fn manifest(&self, repo_tag: &str) -> Vec<u8> {
         let reference: Reference = self.reference(repo_tag).parse().unwrap();

@@ -461,3 +461,92 @@ fn a_pull_killed_midway_leaves_nothing_corrupt_and_the_next_pull_finishes() {
         );
     }
 }
+
+/// A cocoonstack cloud-image artifact (upstream cocoon #35: what the
+/// Windows builder publishes): a qcow2 in two `.part` layers, listed out
+/// of order, beside a checksum layer; pulled as one cloud image. A part
+/// whose bytes do not match its digest is refused and nothing is recorded.
+#[test]
+fn a_cloud_image_artifact_in_parts_is_pulled_as_one_disk() {
+    let Some(registry) = registry("a_cloud_image_artifact_in_parts_is_pulled_as_one_disk") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "64M"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&disk).unwrap();
+    let (first, second) = bytes.split_at(bytes.len() / 2);
+    let part = |data: &[u8], title: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.cocoonstack.disk.qcow2.part",
+            "digest": registry.put_blob("os/win", data), "size": data.len(),
+            "annotations": {"org.opencontainers.image.title": title},
+        })
+    };
+    let sums = b"checksums, not a disk\n";
+    let empty = registry.put_blob("os/win", b"{}");
+    let manifest = |parts: Vec<serde_json::Value>| {
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.cocoonstack.os-image.v1+json",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": parts,
+        })
+    };
+    let good = manifest(vec![
+        part(second, "win.qcow2.01.qcow2.part"),
+        serde_json::json!({
+            "mediaType": "text/plain", "digest": registry.put_blob("os/win", sums), "size": sums.len(),
+            "annotations": {"org.opencontainers.image.title": "SHA256SUMS"},
+        }),
+        part(first, "win.qcow2.00.qcow2.part"),
+    ]);
+    registry.put_manifest("os/win:1", &serde_json::to_vec(&good).unwrap());
+    let root = tempfile::tempdir().unwrap();
+    let mut engine = engine(root.path());
+    let pulled = engine
+        .pull_image(&registry.reference("os/win:1"), &NoProgress)
+        .unwrap();
+    assert_eq!(pulled.fetched_layers, 2);
+    assert_eq!(pulled.image.kind, cocoon_engine::model::ImageType::Cloudimg);
+    assert_eq!(pulled.image.name, registry.reference("os/win:1"));
+    // The same disk as importing the file whole.
+    let whole = tempfile::tempdir().unwrap();
+    let mut other = engine_at(whole.path());
+    let imported = other.import_image("whole", &[disk.clone()]).unwrap();
+    assert_eq!(pulled.image.id, imported.id);
+
+    // One part tampered with in the registry: refused, nothing recorded.
+    let bad = manifest(vec![
+        part(second, "win.qcow2.01.qcow2.part"),
+        part(first, "win.qcow2.00.qcow2.part"),
+    ]);
+    registry.put_manifest("os/win:2", &serde_json::to_vec(&bad).unwrap());
+    let digest = bad["layers"][0]["digest"].as_str().unwrap().to_string();
+    let data = registry.blob_data_path(&digest);
+    let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"evil", 0).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut engine = engine_at(root.path());
+    let err = engine
+        .pull_image(&registry.reference("os/win:2"), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("blob {digest} arrived as")), "{err}");
+    assert!(err.contains("damaged or was tampered with"), "{err}");
+    assert!(engine.list_images().unwrap().is_empty());
+    let tmp = root.path().join("images/tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+fn engine_at(root: &Path) -> Engine {
+    engine(root)
+}

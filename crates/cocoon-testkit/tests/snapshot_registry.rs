@@ -433,7 +433,7 @@ fn a_tampered_block_is_refused_and_nothing_is_left() {
     let err = b.fail(&["snapshot", "pull", &reference]);
     assert!(
         err.contains(&format!(
-            "block {block} arrived as 4194304 bytes with digest"
+            "blob {block} arrived as 4194304 bytes with digest"
         )),
         "{err}"
     );

@@ -3,7 +3,7 @@
 //! manifest request; a recorded URL whose blob is present, none.
 
 use crate::context::Ctx;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::image::cloud::{self, CloudProgress};
 use crate::image::oci::{self, PullProgress, RegistryOptions};
 use crate::image::store::ImageDirs;
@@ -65,7 +65,11 @@ pub(crate) fn oci(
         digest,
         layers,
         config,
+        cloud_disk,
     } = ctx.block_on(async |_| Ok(oci::resolve(&parsed, &options).await?))?;
+    if cloud_disk {
+        return cloud_artifact(ctx, &parsed, &options, layers, progress);
+    }
     if let Some(image) = up_to_date(ctx, &name, &digest)? {
         return Ok(PullOutcome {
             image,
@@ -96,6 +100,63 @@ pub(crate) fn oci(
             fetched_layers,
             up_to_date: false,
         })
+    })
+}
+
+/// A cocoonstack cloud-image artifact: its disk layers fetched (each
+/// verified, under its blob lock, into the image store's `tmp/`, where gc
+/// finds what a killed pull left), then imported in title order as the
+/// parts of one disk, exactly as `image import NAME PART...` would.
+fn cloud_artifact(
+    ctx: &mut Ctx,
+    reference: &oci_client::Reference,
+    options: &RegistryOptions,
+    layers: Vec<oci::LayerDescriptor>,
+    progress: &dyn PullProgress,
+) -> Result<PullOutcome> {
+    let name = reference.whole();
+    let dirs = ctx.images();
+    dirs.create()
+        .map_err(|e| Error::io(format!("cannot create {}", dirs.root.display()), e))?;
+    progress.manifest(&name, layers.len());
+    let mut locks = Vec::new();
+    let mut files = Vec::new();
+    for layer in &layers {
+        locks.push(
+            crate::lock::BlobLock::acquire(&dirs, &layer.digest)
+                .map_err(|e| Error::io(format!("cannot lock {}", layer.digest), e))?,
+        );
+        files.push(dirs.work(&layer.digest).with_extension("disk"));
+    }
+    let client = options.client(reference);
+    let refused = |reason: String| -> Error {
+        oci::PullError::BadManifest {
+            reference: name.clone(),
+            reason,
+        }
+        .into()
+    };
+    let fetched = ctx.block_on(async |_| {
+        for (layer, path) in layers.iter().zip(&files) {
+            let size = layer
+                .size()
+                .ok_or_else(|| refused(format!("layer {} has a negative size", layer.digest)))?;
+            super::blob_fetch::fetch(&client, reference, options, &layer.digest, size, path)
+                .await
+                .map_err(|e| e.into_error(&refused))?;
+        }
+        Ok(())
+    });
+    let image = fetched
+        .and_then(|()| super::image_import::run(ctx, &name, &files, &cloud::NoCloudProgress));
+    for path in &files {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(locks);
+    Ok(PullOutcome {
+        image: image?,
+        fetched_layers: files.len(),
+        up_to_date: false,
     })
 }
 

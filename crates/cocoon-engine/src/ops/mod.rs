@@ -4,6 +4,7 @@
 //! [`Ctx`](crate::context::Ctx) and use the domains (store, image, net,
 //! snapshot, guest, console, supervise) and the VMM backends.
 
+mod blob_fetch;
 pub mod gc;
 pub mod image_import;
 pub mod image_pull;

@@ -12,7 +12,6 @@
 //! is; nothing is visible before every block is in place.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt;
@@ -21,7 +20,7 @@ use oci_client::{Client, Reference};
 use crate::context::Ctx;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::oci::{self, ManifestFetcher, RegistryOptions, within};
+use crate::image::oci::{self, ManifestFetcher, RegistryOptions};
 use crate::lock::create_private_dir;
 use crate::model::Snapshot;
 use crate::name::SnapshotName;
@@ -206,7 +205,9 @@ async fn fetch_blocks(
         let path = block_path(cache, digest);
         let have = std::fs::metadata(&path).is_ok_and(|m| m.len() == *len);
         if !have {
-            fetch_block(client, reference, options, digest, *len, &path).await?;
+            super::blob_fetch::fetch(client, reference, options, digest, *len, &path)
+                .await
+                .map_err(|e| e.into_error(|reason| refused(reference, reason)))?;
         }
         progress.advance(*len);
         Ok::<_, Error>((!have).then_some(*len))
@@ -220,79 +221,6 @@ async fn fetch_blocks(
         }
     }
     Ok((blocks, bytes))
-}
-
-/// One block into `path`: streamed into a `.part` file, never past `len`
-/// bytes, its digest checked, then renamed into place.
-async fn fetch_block(
-    client: &Client,
-    reference: &Reference,
-    options: &RegistryOptions,
-    digest: &Digest,
-    len: u64,
-    path: &Path,
-) -> Result<()> {
-    use sha2::Digest as _;
-    let limits = &options.limits;
-    let what = format!("fetching block {digest}");
-    let pull_error = |e: oci_client::errors::OciDistributionError| {
-        Error::Invalid(format!("cannot pull {}: {what}: {e}", reference.whole()))
-    };
-    let descriptor = oci_client::manifest::OciDescriptor {
-        digest: digest.to_string(),
-        size: i64::try_from(len).expect("at most one block"),
-        ..Default::default()
-    };
-    let mut stream = within(
-        reference,
-        limits,
-        &what,
-        client.pull_blob_stream(reference, &descriptor),
-    )
-    .await?
-    .map_err(pull_error)?
-    .stream;
-    let part = path.with_extension("part");
-    let io = |e| Error::io(format!("cannot write {}", part.display()), e);
-    let mut file = File::create(&part).map_err(io)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut got = 0u64;
-    while let Some(chunk) = within(reference, limits, &what, stream.next()).await? {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            // oci-client checks the digest too, at the end of the stream:
-            // with every byte here, this pull's own check below says why.
-            Err(_) if got == len => break,
-            Err(e) => {
-                return Err(Error::Invalid(format!(
-                    "cannot pull {}: {what}: {e}",
-                    reference.whole()
-                )));
-            }
-        };
-        got += chunk.len() as u64;
-        if got > len {
-            let _ = std::fs::remove_file(&part);
-            return Err(refused(
-                reference,
-                format!("block {digest} is longer than the {len} bytes listed"),
-            ));
-        }
-        hasher.update(&chunk);
-        file.write_all(&chunk).map_err(io)?;
-    }
-    let actual = Digest::of(hasher);
-    if got != len || actual != *digest {
-        let _ = std::fs::remove_file(&part);
-        return Err(refused(
-            reference,
-            format!(
-                "block {digest} arrived as {got} bytes with digest {actual}: the registry's copy is damaged or was tampered with"
-            ),
-        ));
-    }
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&part, path).map_err(io)
 }
 
 /// Writes each file of `index` into `staging` from the fetched blocks,

@@ -271,6 +271,11 @@ pub struct LayerDescriptor {
 }
 
 impl LayerDescriptor {
+    /// The size the manifest lists (None when it is negative).
+    pub fn size(&self) -> Option<u64> {
+        u64::try_from(self.descriptor.size).ok()
+    }
+
     /// Validates a registry's descriptor (`what` names it in the error).
     pub fn new(
         reference: &Reference,
@@ -298,6 +303,56 @@ pub struct Resolved {
     pub digest: Digest,
     pub layers: Vec<LayerDescriptor>,
     pub config: ImageConfig,
+    /// A cocoonstack cloud-image artifact (a disk, maybe in parts, as its
+    /// layers; upstream cocoon #35): `layers` are its disk layers in title
+    /// order, to be joined and imported as a cloud image.
+    pub cloud_disk: bool,
+}
+
+/// The `artifactType`s of cocoonstack's cloud images (epoch
+/// `manifest/media.go`; the second is the older Windows name).
+pub const CLOUD_ARTIFACT_TYPES: [&str; 2] = [
+    "application/vnd.cocoonstack.os-image.v1+json",
+    "application/vnd.cocoonstack.windows-image.v1+json",
+];
+
+/// Disk layer media types of a cloud-image artifact: whole disks or parts
+/// (ghcr limits one layer's size), qcow2 or raw, and the older Windows names.
+fn is_disk_layer(media_type: &str) -> bool {
+    let kind = media_type
+        .strip_prefix("application/vnd.cocoonstack.windows.disk.")
+        .or_else(|| media_type.strip_prefix("application/vnd.cocoonstack.disk."));
+    matches!(kind, Some("qcow2" | "qcow2.part" | "raw" | "raw.part"))
+}
+
+/// A cloud-image artifact's disk layers, in the order of their titles (the
+/// parts' names sort in order); other layers (checksum lists) are left out.
+fn cloud_disk_layers(
+    reference: &Reference,
+    manifest: OciImageManifest,
+) -> Result<Vec<LayerDescriptor>, PullError> {
+    let title = |d: &OciDescriptor| {
+        d.annotations
+            .as_ref()
+            .and_then(|a| a.get("org.opencontainers.image.title"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut disks: Vec<OciDescriptor> = manifest
+        .layers
+        .into_iter()
+        .filter(|d| is_disk_layer(&d.media_type))
+        .collect();
+    disks.sort_by_key(&title);
+    if disks.is_empty() {
+        return Err(PullError::NoLayers {
+            reference: reference.whole(),
+        });
+    }
+    disks
+        .into_iter()
+        .map(|d| LayerDescriptor::new(reference, "disk layer", d))
+        .collect()
 }
 
 /// Resolves the manifest and fetches the image's config. Every digest
@@ -310,6 +365,18 @@ pub async fn resolve(
     let client = options.client(reference);
     let fetcher = ManifestFetcher::new(&client, reference, options).await?;
     let (manifest, digest) = fetch_image_manifest(&fetcher, reference).await?;
+    if manifest
+        .artifact_type
+        .as_deref()
+        .is_some_and(|t| CLOUD_ARTIFACT_TYPES.contains(&t))
+    {
+        return Ok(Resolved {
+            digest,
+            layers: cloud_disk_layers(reference, manifest)?,
+            config: ImageConfig::default(),
+            cloud_disk: true,
+        });
+    }
     let config_digest = validate(reference, "config", &manifest.config.digest)?;
     let layers = manifest
         .layers
@@ -330,5 +397,6 @@ pub async fn resolve(
         digest,
         layers,
         config,
+        cloud_disk: false,
     })
 }
