@@ -608,7 +608,7 @@ fn batch_commands_report_each_vm() {
 
     // A typo fails everything up front.
     let err = lab.fail(&["vm", "stop", "a", "nosuch"]);
-    assert!(err.contains("no such VM \"nosuch\": not found"), "{err}");
+    assert!(err.contains("no such VM \"nosuch\": vm not found"), "{err}");
     assert_eq!(lab.inspect("a")["state"], "running");
 
     // One VM refuses (running, no --force), the other goes: both reported, exit 1.

@@ -184,7 +184,7 @@ fn vm_list_and_inspect_reconcile_dead_vmms() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out).trim(),
-        "Error: no such VM \"AA\": not found by ID, name or ID prefix"
+        "Error: no such VM \"AA\": vm not found by ID, name or ID prefix"
     );
     let out = env.cmd().args(["vm", "inspect", "AAB"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -387,7 +387,7 @@ fn a_typo_in_a_batch_is_reported_and_changes_nothing() {
         .unwrap();
     assert_eq!(
         stderr(&out).trim(),
-        "Error: no such VM \"wbe\": not found by ID, name or ID prefix"
+        "Error: no such VM \"wbe\": vm not found by ID, name or ID prefix"
     );
     assert_eq!(store.last_event_seq().unwrap(), before, "nothing changed");
 }

@@ -31,9 +31,12 @@ pub use schema::LATEST as SCHEMA_VERSION;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn not_found_where(kind: ObjectKind) -> &'static str {
+    // vk-cocoon @ a9cb04f matches "vm not found" and "snapshot not found".
     match kind {
-        ObjectKind::Image => "in any backend (OCI or cloud images); pull or import it",
-        _ => "by ID, name or ID prefix",
+        ObjectKind::Image => "not found in any backend (OCI or cloud images); pull or import it",
+        ObjectKind::Vm => "vm not found by ID, name or ID prefix",
+        ObjectKind::Snapshot => "snapshot not found by ID, name or ID prefix",
+        ObjectKind::Network => "not found by ID, name or ID prefix",
     }
 }
 
@@ -48,7 +51,7 @@ pub enum StoreError {
     },
     /// Worded so vk-cocoon, which matches `no such vm`, `no such snapshot`
     /// and `not found in any backend` in upstream's messages, recognises it.
-    #[error("no such {kind} {reference:?}: not found {}", not_found_where(*.kind))]
+    #[error("no such {kind} {reference:?}: {}", not_found_where(*.kind))]
     NotFound { kind: ObjectKind, reference: String },
     #[error("{kind} reference {reference:?} is ambiguous; it matches: {}", resolve::list(.candidates))]
     Ambiguous {
@@ -57,7 +60,7 @@ pub enum StoreError {
         candidates: Vec<Candidate>,
     },
     #[error(
-        "{kind} name {name:?} is already in use by {owner} (pick another name or remove it first)"
+        "{kind} name {name:?} already exists: it is already in use by {owner} (pick another name or remove it first)"
     )]
     NameTaken {
         kind: ObjectKind,

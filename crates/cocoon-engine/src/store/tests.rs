@@ -159,7 +159,7 @@ fn vm_names_are_unique() {
     assert_eq!(
         err.to_string(),
         format!(
-            "VM name \"web\" is already in use by {} (pick another name or remove it first)",
+            "VM name \"web\" already exists: it is already in use by {} (pick another name or remove it first)",
             first.id
         )
     );
@@ -247,7 +247,7 @@ fn resolves_vms_by_id_name_and_prefix() {
         let err = store.resolve_vm(missing).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("no such VM {missing:?}: not found by ID, name or ID prefix")
+            format!("no such VM {missing:?}: vm not found by ID, name or ID prefix")
         );
     }
     let many = store
