@@ -11,3 +11,5 @@ cargo build --locked --release -p cocoon
 COCOON_BIN=target/release/cocoon python3 bench/vm-boot.py
 # Snapshot save and clone on XFS (reflink) and ext4 loop mounts; needs root and both real VMMs.
 COCOON_BIN=target/release/cocoon python3 bench/snapshot.py
+# Snapshots through a registry against skopeo; needs docker-registry and skopeo.
+COCOON_BIN=target/release/cocoon python3 bench/registry.py
