@@ -8,15 +8,15 @@ use super::progress::Progress;
 use super::sparse::{data_segments, encode_pax1_map};
 use super::writer::TarWriter;
 use super::{
-    ArchiveError, ExportOptions, MANIFEST_SUM, MAX_DATA_SIZE, MAX_FILE_SIZE, MAX_MANIFEST_SIZE,
-    listing,
+    ArchiveError, ExportOptions, LEGACY_MANIFEST, MANIFEST_SUM, MAX_DATA_SIZE, MAX_FILE_SIZE,
+    MAX_MANIFEST_SIZE, listing,
 };
 use crate::snapshot::manifest::{FileSum, MANIFEST, TreeHasher};
 
 const COPY_BUFFER: usize = 1 << 20;
 
-/// Writes the snapshot directory `dir` to `out` as a tar stream:
-/// `cocoon.json` first, then every file its `"files"` map lists, sorted by
+/// Writes the snapshot directory `dir` to `out` as a tar stream: upstream's
+/// `snapshot.json` envelope, `cocoon.json`, then every file its `"files"` map lists, sorted by
 /// name, nothing else. Files with holes (SEEK_DATA/SEEK_HOLE) become PAX 1.0
 /// sparse entries, which GNU tar extracts sparse. Each file is checked
 /// against its manifest size and digest on the way, so an archive that would
@@ -43,6 +43,21 @@ pub fn export(
         .metadata()
         .map_err(source_error(&manifest_path))?;
     let (mode, mtime) = (meta.mode() & 0o777, mtime_of(&meta));
+    // First, upstream's envelope: what epoch (and so vk-cocoon's hibernate
+    // push) requires of an export stream, and what cocoon (Go) imports by;
+    // this engine's import reads `cocoon.json` after it and ignores it.
+    let envelope = serde_json::to_vec_pretty(&serde_json::json!({
+        "version": 1,
+        "config": doc.get("snapshot").cloned().unwrap_or_default(),
+    }))
+    .expect("envelope serialises");
+    (|| {
+        let len = envelope.len() as u64;
+        tar.regular(LEGACY_MANIFEST, LEGACY_MANIFEST, len, mode, mtime, &[])?;
+        tar.data(&envelope)?;
+        tar.pad(len)
+    })()
+    .map_err(write_error)?;
     let size = manifest.len() as u64;
     (|| {
         tar.regular(MANIFEST, MANIFEST, size, mode, mtime, &[])?;

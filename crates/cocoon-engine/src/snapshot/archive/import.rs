@@ -58,13 +58,27 @@ impl Import<'_> {
             name: MANIFEST.into(),
             reason: "not found: the archive has no entries".into(),
         })?;
-        let first_name = checked_name(&first)?;
-        let legacy = match first_name.as_str() {
+        let mut first_name = checked_name(&first)?;
+        let mut legacy = match first_name.as_str() {
             MANIFEST => false,
             LEGACY_MANIFEST => true,
             _ => return Err(ArchiveError::ManifestNotFirst { name: first_name }),
         };
-        let (raw, manifest) = read_manifest(&mut tar, &first, &first_name)?;
+        let (mut raw, mut manifest) = read_manifest(&mut tar, &first, &first_name)?;
+        // Our exports (and epoch's re-streaming of them) carry upstream's
+        // envelope first and `cocoon.json` next: then `cocoon.json` rules and
+        // the envelope is only read. A cocoon (Go) archive has no
+        // `cocoon.json`, and its next entry is a file.
+        let mut pending = None;
+        if legacy && let Some(next) = tar.next_entry()? {
+            if checked_name(&next)? == MANIFEST {
+                (raw, manifest) = read_manifest(&mut tar, &next, MANIFEST)?;
+                (legacy, first_name) = (false, MANIFEST.to_string());
+            } else {
+                pending = Some(next);
+            }
+        }
+        // Progress counts the manifest in force, as the export does.
         extractor.progress.advance(raw.len() as u64);
         let listed = if legacy {
             listing::check_version(&manifest, LEGACY_MANIFEST, 1)?;
@@ -74,7 +88,14 @@ impl Import<'_> {
         };
 
         let mut seen = BTreeSet::new();
-        while let Some(entry) = tar.next_entry()? {
+        if !legacy {
+            // The envelope, when there was one, was the first entry.
+            seen.insert(LEGACY_MANIFEST.to_string());
+        }
+        while let Some(entry) = match pending.take() {
+            Some(entry) => Some(entry),
+            None => tar.next_entry()?,
+        } {
             if seen.len() == MAX_ENTRIES {
                 return Err(ArchiveError::TooManyEntries { limit: MAX_ENTRIES });
             }

@@ -139,6 +139,17 @@ fn assert_same_files(original: &Path, copy: &Path) {
             "the trailer sums the manifest"
         );
     }
+    // GNU tar also extracts upstream's envelope, which names the snapshot.
+    if let Some(at) = copied.iter().position(|n| n == super::LEGACY_MANIFEST) {
+        copied.remove(at);
+        let envelope: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(copy.join(super::LEGACY_MANIFEST)).unwrap())
+                .unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(copy.join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(envelope["version"], 1);
+        assert_eq!(envelope["config"], manifest["snapshot"]);
+    }
     assert_eq!(names_in(original), copied);
     for name in names_in(original) {
         let (a, b) = (original.join(&name), copy.join(&name));

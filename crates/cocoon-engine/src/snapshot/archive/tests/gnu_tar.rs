@@ -48,11 +48,12 @@ fn gnu_tar_lists_and_extracts_our_plain_export_sparse() {
         .lines()
         .map(str::to_owned)
         .collect();
-    let mut expected: Vec<&str> = FILES.to_vec();
+    let mut expected: Vec<&str> = vec![crate::snapshot::archive::LEGACY_MANIFEST];
+    expected.extend(FILES);
     expected.push(crate::snapshot::archive::MANIFEST_SUM);
     assert_eq!(
         listed, expected,
-        "manifest first, then the files by name, then the manifest's sum"
+        "upstream's envelope, the manifest, then the files by name, then the manifest's sum"
     );
 
     let dest = work.path().join("out");

@@ -66,7 +66,7 @@ fn each_compression_is_what_was_asked_for() {
         [0x1f, 0x8b]
     );
     let plain = export_bytes(src.path(), Compression::None);
-    assert_eq!(&plain[..11], b"cocoon.json");
+    assert_eq!(&plain[..13], b"snapshot.json");
     assert_eq!(&plain[257..263], b"ustar\0");
 }
 
@@ -155,4 +155,74 @@ fn export_refuses_files_that_do_not_match_the_manifest() {
         matches!(&err, ArchiveError::Source { path, source } if path.ends_with("state.json") && source.raw_os_error() == Some(libc::ELOOP)),
         "{err}"
     );
+}
+
+/// What epoch (upstream's registry, through which vk-cocoon hibernates)
+/// does with an export: it keeps the `snapshot.json` envelope as the
+/// artifact's config, every other entry as one blob (expanded: Go's tar
+/// reader fills the holes), and on the way back writes the envelope first
+/// and each blob as a plain entry in the order pushed. That stream imports
+/// to the same files.
+#[test]
+fn an_export_restreamed_as_epoch_does_imports() {
+    let src = snapshot_dir();
+    let exported = tempfile::NamedTempFile::new().unwrap();
+    export(
+        src.path(),
+        &mut exported.as_file(),
+        &ExportOptions {
+            compression: Compression::None,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.path().join(MANIFEST)).unwrap()).unwrap();
+    let envelope =
+        serde_json::to_vec(&serde_json::json!({"version": 1, "config": manifest["snapshot"]}))
+            .unwrap();
+    let restreamed = tempfile::NamedTempFile::new().unwrap();
+    let mut tar = tar::Builder::new(restreamed.as_file());
+    let mut plain = |name: &str, len: u64, data: &mut dyn Read| {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(len);
+        header.set_mode(0o640);
+        header.set_cksum();
+        tar.append_data(&mut header, name, data).unwrap();
+    };
+    plain(
+        crate::snapshot::archive::LEGACY_MANIFEST,
+        envelope.len() as u64,
+        &mut &envelope[..],
+    );
+    let mut names = vec![MANIFEST.to_string()];
+    names.extend(names_in(src.path()).into_iter().filter(|n| n != MANIFEST));
+    for name in &names {
+        let file = File::open(src.path().join(name)).unwrap();
+        let len = file.metadata().unwrap().len();
+        plain(name, len, &mut &file);
+    }
+    let sum = export::manifest_sum_line(&std::fs::read(src.path().join(MANIFEST)).unwrap());
+    plain(
+        crate::snapshot::archive::MANIFEST_SUM,
+        sum.len() as u64,
+        &mut sum.as_bytes(),
+    );
+    tar.finish().unwrap();
+    drop(tar);
+
+    let dest = tempfile::tempdir().unwrap();
+    let mut input = File::open(restreamed.path()).unwrap();
+    let imported = import(&mut input, dest.path(), &mut |_| {}).unwrap();
+    assert!(!imported.legacy);
+    assert_eq!(imported.manifest, manifest);
+    // The same bytes (the holes came as zeros, so allocation may differ).
+    assert_eq!(names_in(src.path()), names_in(dest.path()));
+    for name in names_in(src.path()) {
+        assert_eq!(
+            sum_file(&src.path().join(&name)).unwrap(),
+            sum_file(&dest.path().join(&name)).unwrap(),
+            "{name}"
+        );
+    }
 }
