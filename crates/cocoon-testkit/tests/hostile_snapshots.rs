@@ -233,21 +233,24 @@ fn edit_json(path: &Path, f: impl FnOnce(&mut Value)) {
     std::fs::write(path, serde_json::to_vec(&v).unwrap()).unwrap();
 }
 
-/// GNU tar, in the archive's order: manifest, files by name, trailer.
+/// GNU tar, in the archive's order: upstream's envelope, manifest, files
+/// by name, trailer.
 fn retar(dir: &Path, out: &Path) {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "cocoon.json" && n != "cocoon.json.sha256")
+        .filter(|n| !["snapshot.json", "cocoon.json", "cocoon.json.sha256"].contains(&n.as_str()))
         .collect();
     names.sort();
     let mut cmd = Command::new("tar");
     cmd.args(["--format=posix", "--sparse", "--sparse-version=1.0", "-cf"])
         .arg(out)
         .arg("-C")
-        .arg(dir)
-        .arg("cocoon.json")
-        .args(&names);
+        .arg(dir);
+    if dir.join("snapshot.json").exists() {
+        cmd.arg("snapshot.json");
+    }
+    cmd.arg("cocoon.json").args(&names);
     if dir.join("cocoon.json.sha256").exists() {
         cmd.arg("cocoon.json.sha256");
     }
