@@ -112,6 +112,12 @@ pub trait Backend: Sync {
     fn nic_queues(&self, cpu: u32) -> u32;
     /// How its guests see devices on the kernel command line.
     fn cmdline_style(&self) -> crate::guest::cmdline::Style;
+    /// The first of `switches` it cannot honour: the flag and why (None:
+    /// it takes them all).
+    fn refused_switch(
+        &self,
+        switches: &crate::model::DeviceSwitches,
+    ) -> Option<(&'static str, &'static str)>;
 
     // --- launch and boot ---
     /// The arguments after the binary; `restoring`: the VM comes from

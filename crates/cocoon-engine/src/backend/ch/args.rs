@@ -22,8 +22,14 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
     }
     args.extend(["--cpus".into(), cpus]);
     let mut memory = format!("size={}", c.memory);
-    if opts.hugepages {
-        memory.push_str(",hugepages=on");
+    for (on, option) in [
+        (c.devices.mergeable, ",mergeable=on"),
+        (c.devices.shared_memory, ",shared=on"),
+        (c.devices.hugepages, ",hugepages=on"),
+    ] {
+        if on {
+            memory.push_str(option);
+        }
     }
     args.extend(["--memory".into(), memory]);
     if !vm.storage_configs.is_empty() {
@@ -60,7 +66,9 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
     if !c.no_agent {
         args.extend(["--vsock".into(), vsock_arg(&paths)]);
     }
-    args.push("--watchdog".into());
+    if !c.devices.no_watchdog {
+        args.push("--watchdog".into());
+    }
     if let Some(balloon) = opts.balloon(vm) {
         args.extend([
             "--balloon".into(),

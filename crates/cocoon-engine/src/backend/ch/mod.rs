@@ -82,6 +82,18 @@ impl Backend for CloudHypervisorBackend {
         cmdline::Style::VirtioPci
     }
 
+    /// Its devices are always virtio-pci: `--pci` is Firecracker's switch
+    /// (refused here as upstream does).
+    fn refused_switch(
+        &self,
+        switches: &crate::model::DeviceSwitches,
+    ) -> Option<(&'static str, &'static str)> {
+        switches.pci.then_some((
+            "--pci",
+            "its devices are always on virtio-pci (--pci switches Firecracker's transport)",
+        ))
+    }
+
     fn launch_args(
         &self,
         vm: &Vm,

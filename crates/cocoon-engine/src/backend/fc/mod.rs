@@ -87,6 +87,33 @@ impl Backend for FirecrackerBackend {
         cmdline::Style::Mmio
     }
 
+    /// No watchdog device to leave out; a balloon to leave out; `--pci` is
+    /// its `--enable-pci`. Its guest memory is private anonymous memory
+    /// with no KSM or sharing switch, and never on huge pages (upstream
+    /// #156: a huge-page snapshot cannot be mapped back, only loaded
+    /// through userfaultfd).
+    fn refused_switch(
+        &self,
+        switches: &crate::model::DeviceSwitches,
+    ) -> Option<(&'static str, &'static str)> {
+        if switches.hugepages {
+            return Some((
+                "--hugepages",
+                "its snapshots of huge-page memory cannot be mapped back on restore or clone",
+            ));
+        }
+        if switches.mergeable {
+            return Some((
+                "--mergeable",
+                "it has no switch to make guest memory KSM-mergeable",
+            ));
+        }
+        if switches.shared_memory {
+            return Some(("--shared-memory", "it has no shared guest memory option"));
+        }
+        None
+    }
+
     fn launch_args(
         &self,
         vm: &Vm,

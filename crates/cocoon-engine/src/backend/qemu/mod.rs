@@ -106,6 +106,19 @@ impl Backend for QemuBackend {
         cmdline::Style::Mmio
     }
 
+    /// It has no watchdog device to leave out; its transport follows the
+    /// machine (virtio-mmio on microvm, virtio-pci on q35), so `--pci`,
+    /// Firecracker's switch, is refused.
+    fn refused_switch(
+        &self,
+        switches: &crate::model::DeviceSwitches,
+    ) -> Option<(&'static str, &'static str)> {
+        switches.pci.then_some((
+            "--pci",
+            "its transport follows the machine (virtio-mmio for OCI images, virtio-pci for cloud images); --pci switches Firecracker's",
+        ))
+    }
+
     fn launch_args(
         &self,
         vm: &Vm,
