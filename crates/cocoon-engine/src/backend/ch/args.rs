@@ -179,4 +179,26 @@ mod tests {
         vm.config.no_agent = true;
         assert_eq!(value_of(&args(&vm, &opts), "--vsock"), None);
     }
+
+    #[test]
+    fn the_switches_shape_memory_and_devices() {
+        let opts = LaunchOptions::for_host("ch".into());
+        let mut vm = vm();
+        let plain = args(&vm, &opts);
+        assert_eq!(value_of(&plain, "--memory"), Some("size=1073741824"));
+        assert!(plain.iter().any(|a| a == "--watchdog"));
+        assert!(value_of(&plain, "--balloon").is_some());
+        vm.config.devices.mergeable = true;
+        vm.config.devices.shared_memory = true;
+        vm.config.devices.hugepages = true;
+        vm.config.devices.no_balloon = true;
+        vm.config.devices.no_watchdog = true;
+        let switched = args(&vm, &opts);
+        assert_eq!(
+            value_of(&switched, "--memory"),
+            Some("size=1073741824,mergeable=on,shared=on,hugepages=on")
+        );
+        assert!(!switched.iter().any(|a| a == "--watchdog"));
+        assert_eq!(value_of(&switched, "--balloon"), None);
+    }
 }
