@@ -275,6 +275,13 @@ fn plan_cloud(
 
 /// The request's device switches, which its VMM must take.
 fn check_switches(request: &CreateVm) -> Result<()> {
+    let switches = &request.config.devices;
+    if switches.mergeable && switches.shared_memory {
+        return Err(VmError::MergeableSharedMemory {
+            name: request.config.name.clone(),
+        }
+        .into());
+    }
     let backend = backend::of(request.hypervisor);
     match backend.refused_switch(&request.config.devices) {
         Some((flag, reason)) => Err(VmError::SwitchRefused {

@@ -41,6 +41,10 @@ pub enum VmError {
         reason: &'static str,
     },
     #[error(
+        "VM {name}: --mergeable and --shared-memory exclude each other (KSM merges only private guest memory, and Cloud Hypervisor refuses both); create it with one of them"
+    )]
+    MergeableSharedMemory { name: VmName },
+    #[error(
         "snapshot {snapshot} was taken without {flag}: a VM restored or cloned from it keeps the snapshot's devices and memory backing; leave out {flag}, or create a new VM with it"
     )]
     SwitchNotInSnapshot {
