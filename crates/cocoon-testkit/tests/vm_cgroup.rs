@@ -356,3 +356,38 @@ fn snapshots_carry_the_settings_into_clones_and_restores_take_new_ones() {
     }
     assert!(parent.vm_groups().is_empty(), "{:?}", parent.vm_groups());
 }
+
+/// A VM that asks for no quota is capped at its vCPU count (upstream's
+/// default: one host CPU per vCPU, over the period asked or the kernel's);
+/// its record still says it asked for none, and an asked quota stands.
+#[test]
+fn a_vm_without_a_quota_is_capped_at_its_vcpus() {
+    let Some(parent) = TestParent::new("cgroup cap") else {
+        return;
+    };
+    let lab = Lab::new(&parent);
+    let run = |name: &str, extra: &[&str]| {
+        let args = [
+            &["vm", "run", "--nics", "0", "--name", name][..],
+            extra,
+            &["test/guest:1"],
+        ]
+        .concat();
+        lab.ok(&args);
+        lab.inspect(name)
+    };
+    let two = run("two", &["--cpu", "2"]);
+    let _reaper = Reaper(cocoon_testkit::processes_of(&two));
+    assert!(two["config"]["cpu_quota_us"].is_null(), "{two}");
+    assert_eq!(quota_of(&parent, two["id"].as_str().unwrap()), "200000");
+    let short = run("short", &["--cpu", "1", "--cpu-period-us", "50000"]);
+    let _reaper2 = Reaper(cocoon_testkit::processes_of(&short));
+    assert_eq!(quota_of(&parent, short["id"].as_str().unwrap()), "50000");
+    let asked = run("asked", &["--cpu", "1", "--cpu-quota-us", "300000"]);
+    let _reaper3 = Reaper(cocoon_testkit::processes_of(&asked));
+    assert_eq!(quota_of(&parent, asked["id"].as_str().unwrap()), "300000");
+    for vm in ["two", "short", "asked"] {
+        lab.ok(&["vm", "rm", "--force", vm]);
+    }
+    assert!(parent.vm_groups().is_empty(), "{:?}", parent.vm_groups());
+}

@@ -38,8 +38,9 @@ pub(crate) fn check_request(ctx: &Ctx, what: &str, limits: &CpuLimits) -> Result
     host.check(what, limits, fenced).map_err(err)
 }
 
-/// Makes the VM's group before its VMM starts. Without a usable cpu
-/// controller a VM that asks for nothing runs ungrouped (said in the
+/// Makes the VM's group before its VMM starts, capped at its vCPU count
+/// unless it asked for a quota ([`CpuLimits::capped`]). Without a usable
+/// cpu controller a VM that asks for nothing runs ungrouped (said in the
 /// debug log); one that asks for something fails.
 pub(crate) fn prepare(ctx: &Ctx, vm: &Vm) -> Result<Option<VmGroup>> {
     let limits = &vm.config.resources;
@@ -55,7 +56,8 @@ pub(crate) fn prepare(ctx: &Ctx, vm: &Vm) -> Result<Option<VmGroup>> {
     };
     host.check(&what, limits, fence.is_some())
         .map_err(|e| error(vm, e))?;
-    match host.prepare(&ctx.config().cgroup_parent, fence, &vm.id, limits) {
+    let capped = limits.capped(vm.config.cpu);
+    match host.prepare(&ctx.config().cgroup_parent, fence, &vm.id, &capped) {
         Ok(group) => {
             crate::failpoint::hit("vm.cgroup.prepared")?;
             Ok(Some(group))
