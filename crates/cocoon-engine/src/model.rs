@@ -3,6 +3,9 @@
 //! JSON field names are cocoon's (`types.VM`, `types.Image`, `types.Snapshot`),
 //! so `-o json` consumers keep working after switching.
 
+mod switches;
+pub use switches::DeviceSwitches;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -172,54 +175,6 @@ pub struct VmConfig {
     /// VMM's saved state has those devices and that memory).
     #[serde(flatten, default)]
     pub devices: DeviceSwitches,
-}
-
-/// The device and memory switches of `vm create/run/debug`. Each is off by
-/// default; which VMM takes which is its backend's call
-/// ([`crate::backend::Backend::refused_switch`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceSwitches {
-    /// Guest memory on huge pages (`--hugepages`).
-    #[serde(default)]
-    pub hugepages: bool,
-    /// No virtio-balloon device (`--no-balloon`).
-    #[serde(default)]
-    pub no_balloon: bool,
-    /// No virtio-watchdog device (`--no-watchdog`).
-    #[serde(default)]
-    pub no_watchdog: bool,
-    /// Guest memory KSM may merge (`--mergeable`).
-    #[serde(default)]
-    pub mergeable: bool,
-    /// Guest memory mapped shared (`--shared-memory`).
-    #[serde(default)]
-    pub shared_memory: bool,
-    /// Firecracker's virtio-pci transport instead of MMIO (`--pci`).
-    #[serde(default)]
-    pub pci: bool,
-}
-
-impl DeviceSwitches {
-    /// Each switch with its flag.
-    pub fn flags(&self) -> [(&'static str, bool); 6] {
-        [
-            ("--hugepages", self.hugepages),
-            ("--no-balloon", self.no_balloon),
-            ("--no-watchdog", self.no_watchdog),
-            ("--mergeable", self.mergeable),
-            ("--shared-memory", self.shared_memory),
-            ("--pci", self.pci),
-        ]
-    }
-
-    /// The first switch asked for here that `have` (a snapshot's) lacks.
-    pub fn missing_from(&self, have: &DeviceSwitches) -> Option<&'static str> {
-        self.flags()
-            .into_iter()
-            .zip(have.flags())
-            .find(|((_, asked), (_, had))| *asked && !*had)
-            .map(|((flag, _), _)| flag)
-    }
 }
 
 /// `no_agent` of a record written before the field existed: its VMM (and

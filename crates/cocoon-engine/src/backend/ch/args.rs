@@ -21,17 +21,7 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
         cpus.push_str(",kvm_hyperv=on");
     }
     args.extend(["--cpus".into(), cpus]);
-    let mut memory = format!("size={}", c.memory);
-    for (on, option) in [
-        (c.devices.mergeable, ",mergeable=on"),
-        (c.devices.shared_memory, ",shared=on"),
-        (c.devices.hugepages, ",hugepages=on"),
-    ] {
-        if on {
-            memory.push_str(option);
-        }
-    }
-    args.extend(["--memory".into(), memory]);
+    args.extend(["--memory".into(), memory_arg(c)]);
     if !vm.storage_configs.is_empty() {
         args.push("--disk".into());
         args.extend(vm.storage_configs.iter().map(|d| disk_arg(vm, d)));
@@ -97,6 +87,21 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
         ]);
     }
     args
+}
+
+/// `--memory`: the size and the memory switches.
+fn memory_arg(c: &crate::model::VmConfig) -> String {
+    let mut memory = format!("size={}", c.memory);
+    for (on, option) in [
+        (c.devices.mergeable, ",mergeable=on"),
+        (c.devices.shared_memory, ",shared=on"),
+        (c.devices.hugepages, ",hugepages=on"),
+    ] {
+        if on {
+            memory.push_str(option);
+        }
+    }
+    memory
 }
 
 /// `--vsock`: the VM's hybrid vsock on its own socket.
