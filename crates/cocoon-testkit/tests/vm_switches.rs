@@ -471,3 +471,33 @@ fn clones_and_restores_keep_the_snapshot_switches() {
         lab.ok(&["vm", "rm", "--force", vm]);
     }
 }
+
+/// A snapshot directory whose manifest claims a switch its VMM cannot take
+/// (edited, or from elsewhere) is refused by clone, and nothing is made.
+#[test]
+fn a_snapshot_claiming_a_switch_its_vmm_refuses_is_not_cloned() {
+    let lab = Lab::new();
+    lab.ok(&["vm", "run", "--nics", "0", "--name", "src", "test/guest:1"]);
+    let _reaper = Reaper(cocoon_testkit::processes_of(&lab.inspect("src")));
+    lab.ok(&["snapshot", "save", "--name", "s", "src"]);
+    let dir = lab.env.path().join("exported");
+    lab.ok(&["snapshot", "export", "--to-dir", dir.to_str().unwrap(), "s"]);
+    let manifest_path = dir.join("cocoon.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["source"]["pci"] = Value::Bool(true);
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let before = lab.vms().len();
+    let dirs = lab.run_dirs();
+    let err = lab.fail(&["vm", "clone", "--from-dir", dir.to_str().unwrap()]);
+    assert!(
+        err.contains("records --pci, which Cloud Hypervisor cannot take (its devices are always on virtio-pci (--pci switches Firecracker's transport)); it cannot be restored or cloned"),
+        "{err}"
+    );
+    assert_eq!(lab.vms().len(), before);
+    assert_eq!(lab.run_dirs(), dirs);
+    let snapshots: Vec<Value> =
+        serde_json::from_str(&lab.ok(&["snapshot", "ls", "-o", "json"])).unwrap();
+    assert_eq!(snapshots.len(), 1, "the import was dropped: {snapshots:?}");
+    lab.ok(&["vm", "rm", "--force", "src"]);
+}

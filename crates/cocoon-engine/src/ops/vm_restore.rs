@@ -217,12 +217,23 @@ pub(crate) fn switches_fit(
     manifest: &Manifest,
     asked: &crate::model::DeviceSwitches,
 ) -> Result<()> {
-    match asked.missing_from(&manifest.source.devices) {
+    let name = snapshot
+        .name
+        .as_ref()
+        .map_or_else(|| snapshot.id.clone(), ToString::to_string);
+    // An imported manifest is input: switches its VMM cannot take are
+    // refused as a create would refuse them.
+    let backend = backend::of(snapshot.hypervisor);
+    let had = &manifest.source.devices;
+    if let Some((flag, reason)) = backend.refused_switch(had) {
+        return Err(Error::Invalid(format!(
+            "snapshot {name} records {flag}, which {} cannot take ({reason}); it cannot be restored or cloned",
+            backend.title()
+        )));
+    }
+    match asked.missing_from(had) {
         Some(flag) => Err(VmError::SwitchNotInSnapshot {
-            snapshot: snapshot
-                .name
-                .as_ref()
-                .map_or_else(|| snapshot.id.clone(), ToString::to_string),
+            snapshot: name,
             flag,
         }
         .into()),
