@@ -58,6 +58,9 @@ pub struct BootRequest<'a> {
     pub serial: OwnedFd,
     /// How long the VMM may take to come up.
     pub timeout: Duration,
+    /// A restore calls it once the snapshot is loaded, before the guest
+    /// resumes (the engine caps the VM's CPU there); the error is the reason.
+    pub arm: &'a dyn Fn() -> Result<(), String>,
 }
 
 /// How a restored VM gets its memory back (cocoon's `--restore-mode`).

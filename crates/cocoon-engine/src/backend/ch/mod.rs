@@ -242,6 +242,7 @@ async fn boot(request: BootRequest<'_>) -> Result<Vec<RelayPort>, String> {
         boot,
         serial,
         timeout,
+        arm,
         ..
     } = request;
     let api = CloudHypervisor::new(&paths.api_socket());
@@ -252,6 +253,8 @@ async fn boot(request: BootRequest<'_>) -> Result<Vec<RelayPort>, String> {
         restore::ch_restore(&api, vm, source, *on_demand)
             .await
             .map_err(|e| e.to_string())?;
+        arm()?;
+        api.resume().await.map_err(|e| e.to_string())?;
     }
     // CH boots from its command line (or resumed the restored VM); the boot
     // was accepted once the VM reports Running. Its PTYs are named in vm.info.

@@ -178,7 +178,13 @@ impl Backend for FirecrackerBackend {
             let api = Firecracker::new(&request.paths.api_socket());
             match request.boot {
                 Boot::Fresh => BootPlan::of(request.vm, request.opts).apply(&api).await,
-                Boot::Restore { source, .. } => restore(&api, request.vm, source).await,
+                Boot::Restore { source, .. } => {
+                    restore(&api, request.vm, source)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    (request.arm)()?;
+                    api.resume().await.map(drop)
+                }
             }
             .map_err(|e| e.to_string())?;
             Ok(vec![RelayPort {
@@ -294,7 +300,7 @@ impl Backend for FirecrackerBackend {
 }
 
 /// FC: load `source/vmstate` with `source/mem` behind the VM's TAPs and on
-/// its own vsock socket (the vmstate names the source VM's), resume.
+/// its own vsock socket (the vmstate names the source VM's), left paused.
 async fn restore(api: &Firecracker, vm: &Vm, source: &Path) -> Result<(), ApiError> {
     let params = SnapshotLoadParams {
         snapshot_path: source.join("vmstate").display().to_string(),
@@ -322,6 +328,6 @@ async fn restore(api: &Firecracker, vm: &Vm, source: &Path) -> Result<(), ApiErr
         extra: Default::default(),
     };
     api.snapshot_load(&params, vmm_api::transfer_timeout(vm.config.memory))
-        .await?;
-    api.resume().await.map(drop)
+        .await
+        .map(drop)
 }
