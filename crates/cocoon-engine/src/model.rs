@@ -3,6 +3,9 @@
 //! JSON field names are cocoon's (`types.VM`, `types.Image`, `types.Snapshot`),
 //! so `-o json` consumers keep working after switching.
 
+mod switches;
+pub use switches::DeviceSwitches;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -167,6 +170,11 @@ pub struct VmConfig {
     /// ...): fixed at creation, carried into snapshots and clones.
     #[serde(flatten, default)]
     pub resources: crate::cgroup::CpuLimits,
+    /// Device and memory-backing switches (`--hugepages`, `--no-balloon`,
+    /// ...): fixed at creation, carried into snapshots and clones (the
+    /// VMM's saved state has those devices and that memory).
+    #[serde(flatten, default)]
+    pub devices: DeviceSwitches,
 }
 
 /// `no_agent` of a record written before the field existed: its VMM (and
@@ -193,6 +201,7 @@ impl VmConfig {
             windows: false,
             no_agent: false,
             resources: crate::cgroup::CpuLimits::default(),
+            devices: DeviceSwitches::default(),
         }
     }
 }

@@ -356,3 +356,101 @@ fn snapshots_carry_the_settings_into_clones_and_restores_take_new_ones() {
     }
     assert!(parent.vm_groups().is_empty(), "{:?}", parent.vm_groups());
 }
+
+/// A VM that asks for no quota is capped at its vCPU count (upstream's
+/// default: one host CPU per vCPU, over the period asked or the kernel's);
+/// its record still says it asked for none, and an asked quota stands.
+#[test]
+fn a_vm_without_a_quota_is_capped_at_its_vcpus() {
+    let Some(parent) = TestParent::new("cgroup cap") else {
+        return;
+    };
+    let lab = Lab::new(&parent);
+    let run = |name: &str, extra: &[&str]| {
+        let args = [
+            &["vm", "run", "--nics", "0", "--name", name][..],
+            extra,
+            &["test/guest:1"],
+        ]
+        .concat();
+        lab.ok(&args);
+        lab.inspect(name)
+    };
+    let two = run("two", &["--cpu", "2"]);
+    let _reaper = Reaper(cocoon_testkit::processes_of(&two));
+    assert!(two["config"]["cpu_quota_us"].is_null(), "{two}");
+    assert_eq!(quota_of(&parent, two["id"].as_str().unwrap()), "200000");
+    let short = run("short", &["--cpu", "1", "--cpu-period-us", "50000"]);
+    let _reaper2 = Reaper(cocoon_testkit::processes_of(&short));
+    assert_eq!(quota_of(&parent, short["id"].as_str().unwrap()), "50000");
+    let asked = run("asked", &["--cpu", "1", "--cpu-quota-us", "300000"]);
+    let _reaper3 = Reaper(cocoon_testkit::processes_of(&asked));
+    assert_eq!(quota_of(&parent, asked["id"].as_str().unwrap()), "300000");
+    for vm in ["two", "short", "asked"] {
+        lab.ok(&["vm", "rm", "--force", vm]);
+    }
+    assert!(parent.vm_groups().is_empty(), "{:?}", parent.vm_groups());
+}
+
+/// A clone's snapshot memory loads without the default cap (its group's
+/// quota is open while the VMM restores), and the cap is there once the
+/// clone runs (upstream #186/#187: written before the guest resumes).
+#[test]
+fn a_restore_loads_memory_uncapped_and_resumes_capped() {
+    let Some(parent) = TestParent::new("cgroup restore cap") else {
+        return;
+    };
+    let mut lab = Lab::new(&parent);
+    lab.ok(&[
+        "vm",
+        "run",
+        "--nics",
+        "0",
+        "--cpu",
+        "2",
+        "--name",
+        "src",
+        "test/guest:1",
+    ]);
+    let src = lab.inspect("src");
+    let _reaper = Reaper(cocoon_testkit::processes_of(&src));
+    let src_id = src["id"].as_str().unwrap().to_string();
+    lab.ok(&["snapshot", "save", "--name", "s", "src"]);
+    // The restore call takes a while: long enough to look at the group.
+    let faults = lab.env.path().join("faults.json");
+    std::fs::write(
+        &faults,
+        r#"[{"method": "PUT", "path": "/api/v1/vm.restore", "action": "delay", "ms": 1500}]"#,
+    )
+    .unwrap();
+    lab.extra_env.push((
+        "COCOON_FAKE_VMM_FAULTS".into(),
+        faults.display().to_string(),
+    ));
+    let mut clone = lab.cmd();
+    clone.args(["vm", "clone", "--name", "c", "s"]);
+    let mut child = clone.spawn().unwrap();
+    let mut during = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while during.is_none() && Instant::now() < deadline {
+        if let Some(id) = parent.vm_groups().into_iter().find(|g| *g != src_id)
+            && parent.group(&id).exists()
+            && !parent.group(&id).pids().is_empty()
+        {
+            during = Some(quota_of(&parent, &id));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(child.wait().unwrap().success(), "the clone failed");
+    let c = lab.inspect("c");
+    let _reaper2 = Reaper(cocoon_testkit::processes_of(&c));
+    let open = match parent.host.version {
+        Version::V1 => "-1",
+        Version::V2 => "max",
+    };
+    assert_eq!(during.as_deref(), Some(open), "while the memory loads");
+    assert_eq!(quota_of(&parent, c["id"].as_str().unwrap()), "200000");
+    for vm in ["src", "c"] {
+        lab.ok(&["vm", "rm", "--force", vm]);
+    }
+}

@@ -116,7 +116,7 @@ fn assert_qemu_tcg(vm: &Value) {
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     assert!(
-        argv.iter().any(|a| a == "microvm,accel=tcg"),
+        argv.iter().any(|a| a == "microvm,accel=tcg,mem-merge=off"),
         "not TCG: {argv:?}"
     );
     assert!(

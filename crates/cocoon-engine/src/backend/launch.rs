@@ -11,8 +11,6 @@ pub struct LaunchOptions {
     pub binary: PathBuf,
     /// vCPU hotplug ceiling (CH `max=`): the host's CPUs.
     pub max_cpus: u32,
-    /// Back guest memory with huge pages (the host has some reserved).
-    pub hugepages: bool,
     /// Balloon size override in bytes; None = a quarter of memory.
     pub balloon_bytes: Option<u64>,
     /// QEMU: KVM, TCG, or KVM when it works (`qemu_accel`).
@@ -35,7 +33,6 @@ impl LaunchOptions {
         LaunchOptions {
             binary,
             max_cpus: crate::spec::host_cpus(),
-            hugepages: host_has_hugepages(),
             balloon_bytes: None,
             qemu_accel: crate::config::QemuAccel::Auto,
             qemu_firmware_vars: crate::config::Config::default().qemu_firmware_vars,
@@ -61,9 +58,10 @@ impl LaunchOptions {
 }
 
 /// The balloon a VM gets by default: a quarter of memory from 256 MiB up,
-/// none for Windows (the virtio-win deflate storm, docs/reference/cocoon-v0.3.8.md §4.12).
+/// none for Windows (the virtio-win deflate storm, docs/reference/cocoon-v0.3.8.md §4.12)
+/// nor with `--no-balloon`.
 pub fn balloon(config: &VmConfig) -> Option<u64> {
-    if config.windows || config.memory < 256 << 20 {
+    if config.windows || config.devices.no_balloon || config.memory < 256 << 20 {
         return None;
     }
     Some(config.memory / 4)
@@ -83,7 +81,8 @@ pub struct Helper {
     pub socket: PathBuf,
 }
 
-/// cocoon's rule: huge pages when the host reserved any.
+/// Whether the host reserved any huge pages (`cocoon doctor`'s hint for
+/// `--hugepages`; a VM uses them only when asked, as upstream since #158).
 pub fn host_has_hugepages() -> bool {
     std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
         .ok()

@@ -58,6 +58,9 @@ pub struct BootRequest<'a> {
     pub serial: OwnedFd,
     /// How long the VMM may take to come up.
     pub timeout: Duration,
+    /// A restore calls it once the snapshot is loaded, before the guest
+    /// resumes (the engine caps the VM's CPU there); the error is the reason.
+    pub arm: &'a dyn Fn() -> Result<(), String>,
 }
 
 /// How a restored VM gets its memory back (cocoon's `--restore-mode`).
@@ -112,6 +115,12 @@ pub trait Backend: Sync {
     fn nic_queues(&self, cpu: u32) -> u32;
     /// How its guests see devices on the kernel command line.
     fn cmdline_style(&self) -> crate::guest::cmdline::Style;
+    /// The first of `switches` it cannot honour: the flag and why (None:
+    /// it takes them all).
+    fn refused_switch(
+        &self,
+        switches: &crate::model::DeviceSwitches,
+    ) -> Option<(&'static str, &'static str)>;
 
     // --- launch and boot ---
     /// The arguments after the binary; `restoring`: the VM comes from

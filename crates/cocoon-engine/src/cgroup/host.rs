@@ -348,6 +348,22 @@ impl VmGroup {
     }
 
     /// One control file's text, trimmed.
+    /// Writes the quota (and period) of `limits` into the group, the rest
+    /// untouched: the cap a restore's memory load ran without.
+    pub fn set_quota(&self, limits: &CpuLimits) -> Result<(), CgroupError> {
+        let quota = CpuLimits {
+            cpu_quota_us: limits.cpu_quota_us,
+            cpu_period_us: limits.cpu_period_us,
+            ..CpuLimits::default()
+        };
+        for w in writes(self.version, &quota) {
+            if let Some(dir) = self.dir(w.controller) {
+                write_file(&dir.join(w.file), &w.value)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn read(&self, controller: Controller, file: &str) -> Option<String> {
         let dir = self.dir(controller)?;
         std::fs::read_to_string(dir.join(file))

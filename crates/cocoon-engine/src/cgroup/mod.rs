@@ -56,9 +56,24 @@ pub struct CpuLimits {
 }
 
 impl CpuLimits {
-    /// Nothing asked: the VM's group only accounts (its `cpu.stat`).
+    /// Nothing asked: the VM's group only accounts (its `cpu.stat`) and
+    /// holds the default cap ([`CpuLimits::capped`]).
     pub fn is_empty(&self) -> bool {
         *self == CpuLimits::default()
+    }
+
+    /// What the VM's group is given: these limits, and without a quota
+    /// upstream's default cap of one host CPU per vCPU (`cpu.max` =
+    /// vCPUs x period, upstream #183 "Guaranteed-at-N"): a VM's VMM
+    /// threads (I/O, halt polling) cannot take more of the host than its
+    /// vCPU count says.
+    pub fn capped(&self, vcpus: u32) -> CpuLimits {
+        let mut limits = self.clone();
+        if limits.cpu_quota_us.is_none() {
+            let period = limits.cpu_period_us.unwrap_or(DEFAULT_PERIOD_US);
+            limits.cpu_quota_us = Some(u64::from(vcpus.max(1)).saturating_mul(period));
+        }
+        limits
     }
 
     /// Whether the cpu controller has anything to do.

@@ -277,3 +277,24 @@ fn a_group_on_the_real_hierarchy_holds_the_settings_and_its_members() {
         let _ = std::fs::remove_dir(h.root.join(&parent));
     }
 }
+
+#[test]
+fn a_vm_without_a_quota_is_capped_at_its_vcpus() {
+    let none = CpuLimits::default().capped(2);
+    assert_eq!(none.cpu_quota_us, Some(200_000));
+    assert_eq!(none.cpu_period_us, None, "the kernel's default period");
+    let period = CpuLimits {
+        cpu_period_us: Some(50_000),
+        cpu_weight: Some(10),
+        ..CpuLimits::default()
+    };
+    assert_eq!(period.capped(4).cpu_quota_us, Some(200_000));
+    assert_eq!(period.capped(4).cpu_weight, Some(10));
+    // An asked quota stands, below or above the vCPUs.
+    assert_eq!(limits().capped(8), limits());
+    use Controller::*;
+    assert_eq!(
+        files(Version::V1, &CpuLimits::default().capped(1)),
+        vec![(Cpu, "cpu.cfs_quota_us", "100000".into())]
+    );
+}

@@ -44,6 +44,9 @@ pub struct CmdlineSpec<'a> {
     /// A container image's VM (cocoon-init is PID 1): it always gets its
     /// hostname, NICs or not.
     pub container: bool,
+    /// The VMM's virtio-pci transport is on (Firecracker `--pci`): no
+    /// `pci=off`, which would hide every device (upstream #217).
+    pub pci: bool,
 }
 
 /// How a VMM presents devices to the guest, which decides the console and
@@ -77,6 +80,8 @@ pub fn build(spec: &CmdlineSpec<'_>) -> String {
                     "i8042.noaux",
                     "8250.nr_uarts=1",
                 ]
+                .into_iter()
+                .filter(|a| !(spec.pci && *a == "pci=off"))
                 .map(String::from),
             );
             (
@@ -151,6 +156,7 @@ mod tests {
             nics: &[],
             dns: &[],
             container: false,
+            pci: false,
         });
         assert_eq!(
             line,
@@ -182,6 +188,7 @@ mod tests {
             nics: &nics,
             dns: &dns,
             container: false,
+            pci: false,
         });
         assert_eq!(
             line,
@@ -198,6 +205,7 @@ mod tests {
             nics: &[],
             dns: &[],
             container: true,
+            pci: false,
         });
         assert!(
             line.ends_with("rw net.ifnames=0 cocoon.hostname=job"),

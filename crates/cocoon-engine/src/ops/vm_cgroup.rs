@@ -38,10 +38,15 @@ pub(crate) fn check_request(ctx: &Ctx, what: &str, limits: &CpuLimits) -> Result
     host.check(what, limits, fenced).map_err(err)
 }
 
-/// Makes the VM's group before its VMM starts. Without a usable cpu
-/// controller a VM that asks for nothing runs ungrouped (said in the
+/// Makes the VM's group before its VMM starts, capped at its vCPU count
+/// unless it asked for a quota ([`CpuLimits::capped`]). Without a usable
+/// cpu controller a VM that asks for nothing runs ungrouped (said in the
 /// debug log); one that asks for something fails.
-pub(crate) fn prepare(ctx: &Ctx, vm: &Vm) -> Result<Option<VmGroup>> {
+///
+/// `restoring`: the default cap waits for [`arm`] (upstream #186/#187): the
+/// snapshot's memory loads with the VM's weight and CPUs but no ceiling,
+/// and the cap is written before the guest resumes.
+pub(crate) fn prepare(ctx: &Ctx, vm: &Vm, restoring: bool) -> Result<Option<VmGroup>> {
     let limits = &vm.config.resources;
     let fence = ctx.config().cgroup_cpus.as_ref();
     let required = !limits.is_empty() || fence.is_some();
@@ -55,7 +60,12 @@ pub(crate) fn prepare(ctx: &Ctx, vm: &Vm) -> Result<Option<VmGroup>> {
     };
     host.check(&what, limits, fence.is_some())
         .map_err(|e| error(vm, e))?;
-    match host.prepare(&ctx.config().cgroup_parent, fence, &vm.id, limits) {
+    let given = if restoring {
+        limits.clone()
+    } else {
+        limits.capped(vm.config.cpu)
+    };
+    match host.prepare(&ctx.config().cgroup_parent, fence, &vm.id, &given) {
         Ok(group) => {
             crate::failpoint::hit("vm.cgroup.prepared")?;
             Ok(Some(group))
@@ -72,6 +82,20 @@ pub(crate) fn prepare(ctx: &Ctx, vm: &Vm) -> Result<Option<VmGroup>> {
         }
         Err(e) => Err(error(vm, e)),
     }
+}
+
+/// Writes the cap a restore's memory load ran without, before the guest
+/// resumes (a VM that asked for a quota had it all along).
+pub(crate) fn arm(vm: &Vm, group: Option<&VmGroup>) -> std::result::Result<(), String> {
+    let Some(group) = group else {
+        return Ok(());
+    };
+    if vm.config.resources.cpu_quota_us.is_some() {
+        return Ok(());
+    }
+    group
+        .set_quota(&vm.config.resources.capped(vm.config.cpu))
+        .map_err(|e| format!("cannot cap its CPU before it resumes: {e}"))
 }
 
 /// Removes the VM's group once its processes are gone (stop, a failed

@@ -32,6 +32,9 @@ pub struct CloneRequest {
     pub restore_mode: RestoreMode,
     /// CPU control replacing the snapshot's (None: the snapshot's).
     pub resources: Option<crate::cgroup::CpuLimits>,
+    /// Device switches asked for: each must be the snapshot's already (the
+    /// clone keeps its snapshot's devices and memory backing).
+    pub devices: crate::model::DeviceSwitches,
 }
 
 pub(crate) fn run(ctx: &mut Ctx, reference: &str, request: CloneRequest) -> Result<Vm> {
@@ -171,6 +174,7 @@ pub(crate) fn request_fits(
     let backend = backend::of(snapshot.hypervisor);
     let on_demand = backend.on_demand(request.restore_mode)?;
     let s = &manifest.source;
+    super::vm_restore::switches_fit(snapshot, manifest, &request.devices)?;
     let over = |e: String| crate::error::Error::from(SnapshotError::Override(e));
     let fixed = !backend.resizes_on_restore();
     if fixed

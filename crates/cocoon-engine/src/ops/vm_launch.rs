@@ -40,7 +40,7 @@ pub(crate) async fn launch_and_boot(
     let (serial_master, serial_slave) = open_pty()
         .map_err(|e| Error::io("cannot allocate a terminal for the serial console", e))?;
     let restoring = matches!(boot, Boot::Restore { .. });
-    let group = super::vm_cgroup::prepare(ctx, vm)?;
+    let group = super::vm_cgroup::prepare(ctx, vm, restoring)?;
     let cgroup = join_files(vm, group.as_ref())?;
     let helper = start_vsock_helper(ctx, vm, &paths, &opts, &cgroup).await?;
     let args = backend
@@ -75,6 +75,7 @@ pub(crate) async fn launch_and_boot(
         helper: helper.clone(),
     };
     record_launched(ctx, vm, launched, matches!(boot, Boot::Fresh))?;
+    let arm = || super::vm_cgroup::arm(vm, group.as_ref());
     let request = BootRequest {
         vm,
         paths: &paths,
@@ -83,6 +84,7 @@ pub(crate) async fn launch_and_boot(
         opts: &opts,
         serial: serial_master,
         timeout: spec.socket_timeout,
+        arm: &arm,
     };
     let ports = backend
         .boot(request)

@@ -42,6 +42,7 @@ pub(crate) fn plan(
     cow_override: Option<&Path>,
 ) -> Result<Plan> {
     crate::spec::validate_cpu(request.config.cpu, crate::spec::host_cpus())?;
+    check_switches(request)?;
     let image = super::image_query::inspect(ctx, &request.config.image)?;
     if image.kind == ImageType::Cloudimg {
         return plan_cloud(ctx, request, id, image, cow_override);
@@ -272,6 +273,28 @@ fn plan_cloud(
     })
 }
 
+/// The request's device switches, which its VMM must take.
+fn check_switches(request: &CreateVm) -> Result<()> {
+    let switches = &request.config.devices;
+    if switches.mergeable && switches.shared_memory {
+        return Err(VmError::MergeableSharedMemory {
+            name: request.config.name.clone(),
+        }
+        .into());
+    }
+    let backend = backend::of(request.hypervisor);
+    match backend.refused_switch(&request.config.devices) {
+        Some((flag, reason)) => Err(VmError::SwitchRefused {
+            name: request.config.name.clone(),
+            vmm: backend.title(),
+            flag,
+            reason,
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
 /// The kernel command line of a VM as it is now (layers, name, NICs).
 pub(crate) fn cmdline_of(ctx: &Ctx, vm: &Vm) -> String {
     let nics: Vec<GuestNic> = vm
@@ -292,6 +315,7 @@ pub(crate) fn cmdline_of(ctx: &Ctx, vm: &Vm) -> String {
         nics: &nics,
         dns: &ctx.config().dns,
         container: super::vm_query::boots_cocoon_init(ctx, vm),
+        pci: vm.config.devices.pci,
     })
 }
 

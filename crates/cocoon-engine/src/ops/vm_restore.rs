@@ -36,6 +36,8 @@ pub struct RestoreRequest {
     pub restore_mode: RestoreMode,
     /// CPU control replacing the VM's (None: kept).
     pub resources: Option<crate::cgroup::CpuLimits>,
+    /// Device switches asked for: each must be the snapshot's already.
+    pub devices: crate::model::DeviceSwitches,
     /// The snapshot's source VM was checked by the caller (`--from-dir`,
     /// where `--force` skips that check): any snapshot of the VM's shape.
     pub any_source: bool,
@@ -164,6 +166,7 @@ fn check(
     snapshot_check::check(ctx, &snapshot, &manifest)?;
     let cidata = cidata::restore_entry(&mut vm, &manifest.storage);
     request_fits(&vm, &manifest, request)?;
+    switches_fit(&snapshot, &manifest, &request.devices)?;
     snapshot_check::check_base_files(ctx, &manifest)?;
     Ok(Restore {
         vm,
@@ -206,6 +209,38 @@ fn request_fits(vm: &Vm, manifest: &Manifest, request: &RestoreRequest) -> Resul
     Ok(())
 }
 
+/// The device switches asked of a restore or clone from `snapshot`: its
+/// VMM state has its devices and memory backing, so each switch asked for
+/// must be one the snapshot was taken with.
+pub(crate) fn switches_fit(
+    snapshot: &Snapshot,
+    manifest: &Manifest,
+    asked: &crate::model::DeviceSwitches,
+) -> Result<()> {
+    let name = snapshot
+        .name
+        .as_ref()
+        .map_or_else(|| snapshot.id.clone(), ToString::to_string);
+    // An imported manifest is input: switches its VMM cannot take are
+    // refused as a create would refuse them.
+    let backend = backend::of(snapshot.hypervisor);
+    let had = &manifest.source.devices;
+    if let Some((flag, reason)) = backend.refused_switch(had) {
+        return Err(Error::Invalid(format!(
+            "snapshot {name} records {flag}, which {} cannot take ({reason}); it cannot be restored or cloned",
+            backend.title()
+        )));
+    }
+    match asked.missing_from(had) {
+        Some(flag) => Err(VmError::SwitchNotInSnapshot {
+            snapshot: name,
+            flag,
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
 /// The CPUs and memory the restored VM gets.
 fn resources(manifest: &Manifest, request: &RestoreRequest) -> (u32, u64) {
     let s = &manifest.source;
@@ -226,6 +261,8 @@ fn replace(
     let vm = &mut plan.vm;
     vm.config.cpu = cpu;
     vm.config.memory = memory;
+    // The snapshot's VMM state has its devices and memory backing.
+    vm.config.devices = plan.manifest.source.devices;
     if let Some(resources) = &request.resources {
         vm.config.resources = resources.clone();
     }

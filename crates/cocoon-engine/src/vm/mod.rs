@@ -32,6 +32,26 @@ pub enum VmError {
     )]
     CloudImageOnFirecracker { image: String },
     #[error(
+        "VM {name}: {vmm} cannot take {flag}: {reason}; create it without {flag}, or on another VMM (--hypervisor)"
+    )]
+    SwitchRefused {
+        name: VmName,
+        vmm: &'static str,
+        flag: &'static str,
+        reason: &'static str,
+    },
+    #[error(
+        "VM {name}: --mergeable and --shared-memory exclude each other (KSM merges only private guest memory, and Cloud Hypervisor refuses both); create it with one of them"
+    )]
+    MergeableSharedMemory { name: VmName },
+    #[error(
+        "snapshot {snapshot} was taken without {flag}: a VM restored or cloned from it keeps the snapshot's devices and memory backing; leave out {flag}, or create a new VM with it"
+    )]
+    SwitchNotInSnapshot {
+        snapshot: String,
+        flag: &'static str,
+    },
+    #[error(
         "image {image} is an OCI image, which boots its own kernel; --windows needs a cloud image"
     )]
     WindowsNeedsCloudImage { image: String },

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod cgroup;
 mod image_snapshot;
 mod parse;
+pub mod switches;
 mod vm;
 
 pub use image_snapshot::{ImageCommand, KernelCommand, SnapshotCommand};

@@ -79,6 +79,8 @@ pub struct VmFlags {
     pub no_agent: bool,
     #[command(flatten)]
     pub cpu_control: cgroup::CpuFlags,
+    #[command(flatten)]
+    pub switches: switches::SwitchFlags,
 }
 
 /// The flags of `vm clone`: zero or empty means "as in the snapshot".
@@ -131,6 +133,9 @@ pub struct CloneFlags {
     /// CPU control (as in the snapshot unless one is given; then these replace it)
     #[command(flatten)]
     pub cpu_control: cgroup::CpuFlags,
+    /// Device switches: the snapshot's always; one it was taken without is refused
+    #[command(flatten)]
+    pub switches: switches::SwitchFlags,
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,6 +297,9 @@ pub enum VmCommand {
         /// CPU control (the VM's own unless one is given; then these replace it)
         #[command(flatten)]
         cpu_control: cgroup::CpuFlags,
+        /// Device switches: the snapshot's always; one it was taken without is refused
+        #[command(flatten)]
+        switches: switches::SwitchFlags,
         /// Restore from a snapshot directory (`snapshot export --to-dir`) instead of a stored snapshot
         #[arg(long, value_name = "DIR", conflicts_with = "snapshot")]
         from_dir: Option<PathBuf>,

@@ -209,6 +209,7 @@ fn clone(
             .given()
             .then(|| flags.cpu_control.limits(|| engine.auto_cpus()))
             .transpose()?,
+        devices: flags.switches.switches(),
     };
     let vm = match (from_dir, snapshot) {
         (Some(dir), _) => engine.clone_vm_from_dir(dir, request)?,
@@ -319,6 +320,7 @@ pub(super) fn create_request(
     config.windows = flags.windows;
     config.no_agent = flags.no_agent;
     config.resources = flags.cpu_control.limits(|| engine.auto_cpus())?;
+    config.devices = flags.switches.switches();
     Ok(CreateVm {
         config,
         hypervisor: match flags.hypervisor {

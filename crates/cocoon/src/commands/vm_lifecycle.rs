@@ -20,6 +20,7 @@ pub(super) fn restore_command(engine: &mut Engine, command: VmCommand) -> Result
         restore_mode,
         on_demand,
         cpu_control,
+        switches,
         from_dir,
         force,
         pull,
@@ -41,6 +42,7 @@ pub(super) fn restore_command(engine: &mut Engine, command: VmCommand) -> Result
             .then(|| cpu_control.limits(|| engine.auto_cpus()))
             .transpose()?,
         any_source: false,
+        devices: switches.switches(),
     };
     let source = match (&from_dir, &snapshot) {
         (Some(dir), _) => RestoreFrom::Dir(dir, force),

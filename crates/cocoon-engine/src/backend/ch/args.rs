@@ -21,11 +21,7 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
         cpus.push_str(",kvm_hyperv=on");
     }
     args.extend(["--cpus".into(), cpus]);
-    let mut memory = format!("size={}", c.memory);
-    if opts.hugepages {
-        memory.push_str(",hugepages=on");
-    }
-    args.extend(["--memory".into(), memory]);
+    args.extend(["--memory".into(), memory_arg(c)]);
     if !vm.storage_configs.is_empty() {
         args.push("--disk".into());
         args.extend(vm.storage_configs.iter().map(|d| disk_arg(vm, d)));
@@ -60,7 +56,9 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
     if !c.no_agent {
         args.extend(["--vsock".into(), vsock_arg(&paths)]);
     }
-    args.push("--watchdog".into());
+    if !c.devices.no_watchdog {
+        args.push("--watchdog".into());
+    }
     if let Some(balloon) = opts.balloon(vm) {
         args.extend([
             "--balloon".into(),
@@ -89,6 +87,21 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
         ]);
     }
     args
+}
+
+/// `--memory`: the size and the memory switches.
+fn memory_arg(c: &crate::model::VmConfig) -> String {
+    let mut memory = format!("size={}", c.memory);
+    for (on, option) in [
+        (c.devices.mergeable, ",mergeable=on"),
+        (c.devices.shared_memory, ",shared=on"),
+        (c.devices.hugepages, ",hugepages=on"),
+    ] {
+        if on {
+            memory.push_str(option);
+        }
+    }
+    memory
 }
 
 /// `--vsock`: the VM's hybrid vsock on its own socket.
@@ -170,5 +183,27 @@ mod tests {
         );
         vm.config.no_agent = true;
         assert_eq!(value_of(&args(&vm, &opts), "--vsock"), None);
+    }
+
+    #[test]
+    fn the_switches_shape_memory_and_devices() {
+        let opts = LaunchOptions::for_host("ch".into());
+        let mut vm = vm();
+        let plain = args(&vm, &opts);
+        assert_eq!(value_of(&plain, "--memory"), Some("size=1073741824"));
+        assert!(plain.iter().any(|a| a == "--watchdog"));
+        assert!(value_of(&plain, "--balloon").is_some());
+        vm.config.devices.mergeable = true;
+        vm.config.devices.shared_memory = true;
+        vm.config.devices.hugepages = true;
+        vm.config.devices.no_balloon = true;
+        vm.config.devices.no_watchdog = true;
+        let switched = args(&vm, &opts);
+        assert_eq!(
+            value_of(&switched, "--memory"),
+            Some("size=1073741824,mergeable=on,shared=on,hugepages=on")
+        );
+        assert!(!switched.iter().any(|a| a == "--watchdog"));
+        assert_eq!(value_of(&switched, "--balloon"), None);
     }
 }

@@ -82,6 +82,18 @@ impl Backend for CloudHypervisorBackend {
         cmdline::Style::VirtioPci
     }
 
+    /// Its devices are always virtio-pci: `--pci` is Firecracker's switch
+    /// (refused here as upstream does).
+    fn refused_switch(
+        &self,
+        switches: &crate::model::DeviceSwitches,
+    ) -> Option<(&'static str, &'static str)> {
+        switches.pci.then_some((
+            "--pci",
+            "its devices are always on virtio-pci (--pci switches Firecracker's transport)",
+        ))
+    }
+
     fn launch_args(
         &self,
         vm: &Vm,
@@ -230,6 +242,7 @@ async fn boot(request: BootRequest<'_>) -> Result<Vec<RelayPort>, String> {
         boot,
         serial,
         timeout,
+        arm,
         ..
     } = request;
     let api = CloudHypervisor::new(&paths.api_socket());
@@ -240,6 +253,8 @@ async fn boot(request: BootRequest<'_>) -> Result<Vec<RelayPort>, String> {
         restore::ch_restore(&api, vm, source, *on_demand)
             .await
             .map_err(|e| e.to_string())?;
+        arm()?;
+        api.resume().await.map_err(|e| e.to_string())?;
     }
     // CH boots from its command line (or resumed the restored VM); the boot
     // was accepted once the VM reports Running. Its PTYs are named in vm.info.

@@ -155,7 +155,8 @@ fn set_mode(port: &mut Value, mode: &str) {
 }
 
 /// CH: restore from `source` (a directory with the patched config.json),
-/// swap the snapshot's NICs for the VM's when they differ, resume.
+/// swap the snapshot's NICs for the VM's when they differ; the VM stays
+/// paused (the caller resumes it).
 pub async fn ch_restore(
     api: &CloudHypervisor,
     vm: &Vm,
@@ -205,7 +206,7 @@ pub async fn ch_restore(
     for disk in vm.storage_configs.iter().skip(restored) {
         api.add_disk(&hot_plug_disk(vm, disk)).await?;
     }
-    api.resume().await.map(drop)
+    Ok(())
 }
 
 /// `vm.add-disk` body of a disk, as `--disk` would have given it.

@@ -15,7 +15,7 @@ use crate::model::Vm;
 
 pub fn args(vm: &Vm) -> Vec<String> {
     let paths = VmPaths::of(vm);
-    vec![
+    let mut args = vec![
         "--api-sock".into(),
         display(&paths.api_socket()),
         "--id".into(),
@@ -24,7 +24,13 @@ pub fn args(vm: &Vm) -> Vec<String> {
         display(&paths.fc_log()),
         "--level".into(),
         "Warning".into(),
-    ]
+    ];
+    // `--pci`: virtio-pci instead of MMIO, for the process's lifetime (a
+    // snapshot's restore relaunches on the transport it was taken with).
+    if vm.config.devices.pci {
+        args.push("--enable-pci".into());
+    }
+    args
 }
 
 /// Everything Firecracker is told before `InstanceStart`, in order.
@@ -49,7 +55,8 @@ impl BootPlan {
                 mem_size_mib: vm.config.memory >> 20,
                 smt: None,
                 track_dirty_pages: None,
-                huge_pages: Some(if opts.hugepages { "2M" } else { "None" }.into()),
+                // Never huge pages (the backend refuses `--hugepages`).
+                huge_pages: Some("None".into()),
                 extra: Default::default(),
             },
             boot: BootSource {

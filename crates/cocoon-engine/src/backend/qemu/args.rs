@@ -132,7 +132,7 @@ pub(super) fn machine(
         format!(
             "{machine},accel={}{}",
             if kvm { "kvm" } else { "tcg" },
-            super::vsock::machine_option(vsock)
+            super::vsock::machine_option(vm, vsock)
         ),
     );
     push(

@@ -106,6 +106,19 @@ impl Backend for QemuBackend {
         cmdline::Style::Mmio
     }
 
+    /// It has no watchdog device to leave out; its transport follows the
+    /// machine (virtio-mmio on microvm, virtio-pci on q35), so `--pci`,
+    /// Firecracker's switch, is refused.
+    fn refused_switch(
+        &self,
+        switches: &crate::model::DeviceSwitches,
+    ) -> Option<(&'static str, &'static str)> {
+        switches.pci.then_some((
+            "--pci",
+            "its transport follows the machine (virtio-mmio for OCI images, virtio-pci for cloud images); --pci switches Firecracker's",
+        ))
+    }
+
     fn launch_args(
         &self,
         vm: &Vm,
@@ -183,7 +196,11 @@ impl Backend for QemuBackend {
         request: BootRequest<'a>,
     ) -> LocalFuture<'a, Result<Vec<RelayPort>, String>> {
         Box::pin(async move {
-            boot(&request).await.map_err(|e| e.to_string())?;
+            let mut qmp = boot(&request).await.map_err(|e| e.to_string())?;
+            if matches!(request.boot, Boot::Restore { .. }) {
+                (request.arm)()?;
+            }
+            qmp.resume().await.map_err(|e| e.to_string())?;
             Ok(vec![RelayPort {
                 name: "serial".into(),
                 fd: request.serial,
@@ -303,9 +320,9 @@ impl Backend for QemuBackend {
     fn drop_staged_restore(&self, _: &Path, _: bool) {}
 }
 
-/// A fresh boot: the balloon's target, then `cont`. A restore: the state
-/// file loaded into the waiting QEMU, then `cont`.
-async fn boot(request: &BootRequest<'_>) -> Result<(), ApiError> {
+/// A fresh boot: the balloon's target. A restore: the state file loaded
+/// into the waiting QEMU. The caller then `cont`s (a restore once armed).
+async fn boot(request: &BootRequest<'_>) -> Result<Qmp, ApiError> {
     let socket = request.paths.api_socket();
     let mut qmp = Qmp::connect_within(&socket, request.timeout).await?;
     match request.boot {
@@ -326,5 +343,5 @@ async fn boot(request: &BootRequest<'_>) -> Result<(), ApiError> {
             .await?;
         }
     }
-    qmp.resume().await.map(drop)
+    Ok(qmp)
 }

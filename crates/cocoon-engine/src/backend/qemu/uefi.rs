@@ -179,7 +179,7 @@ mod tests {
                 .map(|w| w[1].as_str())
                 .collect()
         };
-        assert_eq!(after("-machine"), ["q35,accel=tcg"]);
+        assert_eq!(after("-machine"), ["q35,accel=tcg,mem-merge=off"]);
         assert_eq!(
             after("-drive"),
             [

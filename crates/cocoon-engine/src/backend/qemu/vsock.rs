@@ -49,25 +49,44 @@ pub fn helper(vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Option<Helper> 
     })
 }
 
-/// `-m` and, with vsock, guest memory in a shared memfd (vhost-user maps
-/// it into vhost-device-vsock); the machine then names it (`machine_option`).
+/// `-m` and, with vsock (vhost-user maps guest memory into
+/// vhost-device-vsock), `--shared-memory` or `--hugepages`, guest memory in
+/// a memfd: shared for the first two, on huge pages (`hugetlb=on`) for the
+/// last; the machine then names it (`machine_option`).
 pub fn memory(vm: &Vm, vsock: bool, push: &mut impl FnMut(&str, String)) {
     let mib = vm.config.memory >> 20;
     push("-m", format!("{mib}M"));
-    if vsock {
-        push(
-            "-object",
-            format!("memory-backend-memfd,id={MEMORY},size={mib}M,share=on"),
-        );
+    if memfd(vm, vsock) {
+        let switches = &vm.config.devices;
+        let mut object = format!("memory-backend-memfd,id={MEMORY},size={mib}M");
+        if vsock || switches.shared_memory {
+            object.push_str(",share=on");
+        }
+        if switches.hugepages {
+            object.push_str(",hugetlb=on");
+        }
+        push("-object", object);
     }
 }
 
-/// The `-machine` suffix that makes the shared memfd the guest's RAM.
-pub fn machine_option(vsock: bool) -> String {
-    if vsock {
-        format!(",memory-backend={MEMORY}")
+/// Whether guest memory is a memfd backend (see [`memory`]).
+fn memfd(vm: &Vm, vsock: bool) -> bool {
+    vsock || vm.config.devices.shared_memory || vm.config.devices.hugepages
+}
+
+/// The `-machine` suffix that makes the memfd the guest's RAM, and KSM's
+/// switch: QEMU merges by default, cocoon only with `--mergeable` (as on
+/// Cloud Hypervisor).
+pub fn machine_option(vm: &Vm, vsock: bool) -> String {
+    let merge = if vm.config.devices.mergeable {
+        "on"
     } else {
-        String::new()
+        "off"
+    };
+    if memfd(vm, vsock) {
+        format!(",memory-backend={MEMORY},mem-merge={merge}")
+    } else {
+        format!(",mem-merge={merge}")
     }
 }
 

@@ -73,7 +73,6 @@ fn opts() -> LaunchOptions {
     LaunchOptions {
         binary: "qemu-system-x86_64".into(),
         max_cpus: 8,
-        hugepages: false,
         balloon_bytes: None,
         qemu_accel: QemuAccel::Auto,
         qemu_firmware_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
@@ -103,7 +102,7 @@ fn a_fresh_kvm_boot_is_this_command_line() {
             "-name",
             "cocoon-0123abcd,debug-threads=on",
             "-machine",
-            "microvm,accel=kvm",
+            "microvm,accel=kvm,mem-merge=off",
             "-cpu",
             "max,-arch-capabilities",
             "-bios",
@@ -156,10 +155,16 @@ fn a_fresh_kvm_boot_is_this_command_line() {
 fn the_machine_and_cpu_follow_the_accelerator() {
     let vm = vm_in("/run/vms/0123abcd");
     let kvm = build(&vm, KVM, false);
-    assert_eq!(values(&kvm, "-machine"), ["microvm,accel=kvm"]);
+    assert_eq!(
+        values(&kvm, "-machine"),
+        ["microvm,accel=kvm,mem-merge=off"]
+    );
     assert_eq!(values(&kvm, "-cpu"), ["max,-arch-capabilities"]);
     let tcg = build(&vm, TCG, false);
-    assert_eq!(values(&tcg, "-machine"), ["microvm,accel=tcg"]);
+    assert_eq!(
+        values(&tcg, "-machine"),
+        ["microvm,accel=tcg,mem-merge=off"]
+    );
     assert_eq!(values(&tcg, "-cpu"), ["max"]);
     // TCG counts guest time in instructions (a stock kernel calibrates its
     // TSC against the PIT on a busy host then); KVM has kvm-clock.
@@ -360,7 +365,7 @@ fn vsock_shares_guest_memory_with_vhost_device_vsock() {
     let args = args_on(&vm, &paths, &opts, KVM, false);
     assert_eq!(
         values(&args, "-machine"),
-        ["microvm,accel=kvm,memory-backend=mem"]
+        ["microvm,accel=kvm,memory-backend=mem,mem-merge=off"]
     );
     assert_eq!(values(&args, "-m"), ["1024M"]);
     assert_eq!(
@@ -419,11 +424,48 @@ fn no_vsock_without_the_helper_a_container_or_with_no_agent() {
     let no_agent = args_on(&vm, &paths, &opts, KVM, false);
     assert!(super::super::vsock::helper(&vm, &paths, &opts).is_none());
     for args in [without, vm_image, no_agent] {
-        assert_eq!(values(&args, "-machine"), ["microvm,accel=kvm"]);
+        assert_eq!(
+            values(&args, "-machine"),
+            ["microvm,accel=kvm,mem-merge=off"]
+        );
         assert!(
             !args
                 .iter()
                 .any(|a| a.contains("vsock") || a.contains("memfd"))
         );
     }
+}
+
+#[test]
+fn switches_put_memory_on_a_memfd_and_set_ksm() {
+    let mut vm = vm_in("/run/vms/0123abcd");
+    vm.config.devices.hugepages = true;
+    let args = build(&vm, KVM, false);
+    assert_eq!(
+        values(&args, "-machine"),
+        ["microvm,accel=kvm,memory-backend=mem,mem-merge=off"]
+    );
+    assert_eq!(
+        values(&args, "-object")[0],
+        "memory-backend-memfd,id=mem,size=1024M,hugetlb=on"
+    );
+    vm.config.devices.hugepages = false;
+    vm.config.devices.shared_memory = true;
+    vm.config.devices.mergeable = true;
+    vm.config.devices.no_balloon = true;
+    let args = build(&vm, KVM, false);
+    assert_eq!(
+        values(&args, "-machine"),
+        ["microvm,accel=kvm,memory-backend=mem,mem-merge=on"]
+    );
+    assert_eq!(
+        values(&args, "-object")[0],
+        "memory-backend-memfd,id=mem,size=1024M,share=on"
+    );
+    assert!(!args.iter().any(|a| a.starts_with("virtio-balloon")));
+    // A restore relaunches on the same memory.
+    assert_eq!(
+        values(&build(&vm, KVM, true), "-object")[0],
+        "memory-backend-memfd,id=mem,size=1024M,share=on"
+    );
 }
