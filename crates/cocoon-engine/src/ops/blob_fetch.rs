@@ -107,7 +107,10 @@ pub(crate) async fn fetch(
             "blob {digest} arrived as {got} bytes with digest {actual}: the registry's copy is damaged or was tampered with"
         )));
     }
-    file.sync_all().map_err(io)?;
+    // Not synced: what lands here is read back and used only after the
+    // whole transfer (a snapshot's blocks are assembled into synced files;
+    // a disk part is imported), and a block a crash left short or empty is
+    // caught by its digest when it is read back.
     std::fs::rename(&part, path).map_err(io)?;
     Ok(())
 }

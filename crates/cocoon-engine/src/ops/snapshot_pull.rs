@@ -11,6 +11,7 @@
 //! `snapshot import`'s hidden staging directory and recorded as an import
 //! is; nothing is visible before every block is in place.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -102,13 +103,13 @@ pub(crate) fn run(
     });
     // A transfer that failed keeps its blocks for the next run; a refused
     // block means the artifact is bad: what came with it goes too.
-    let (fetched_blocks, fetched_bytes) = match fetched {
+    let (fresh, fetched_bytes) = match fetched {
         Err(e @ Error::Snapshot(_)) => return Err(drop_cache(&cache, lock, e)),
         other => other?,
     };
     crate::failpoint::hit("snapshot.pull.fetched")?;
     let snapshot = super::snapshot_import::import_with(ctx, name, None, |staging| {
-        assemble(&remote.index, &cache, staging).map_err(|e| refused(&parsed, e))?;
+        assemble(&remote.index, &cache, &fresh, staging).map_err(|e| refused(&parsed, e))?;
         let mut manifest = remote.cocoon_json.clone();
         if naming == Naming::Anonymous
             && let Some(snapshot) = manifest.get_mut("snapshot").and_then(|s| s.as_object_mut())
@@ -127,7 +128,7 @@ pub(crate) fn run(
         digest: remote.digest,
         blocks: remote.fetch.blocks.len(),
         bytes,
-        fetched_blocks,
+        fetched_blocks: fresh.len(),
         fetched_bytes,
         source_vm: remote.cocoon_json["snapshot"]["vm_id"]
             .as_str()
@@ -191,7 +192,8 @@ fn block_path(cache: &Path, digest: &Digest) -> PathBuf {
     cache.join(digest.hex())
 }
 
-/// Fetches every block not yet in `cache`, `parallel` at once.
+/// Fetches every block not yet in `cache`, `parallel` at once; returns the
+/// blocks fetched by this run and their bytes.
 async fn fetch_blocks(
     client: &Client,
     reference: &Reference,
@@ -200,7 +202,7 @@ async fn fetch_blocks(
     cache: &Path,
     parallel: usize,
     progress: &dyn TransferProgress,
-) -> Result<(usize, u64)> {
+) -> Result<(BTreeSet<Digest>, u64)> {
     let work = futures_util::stream::iter(fetch.blocks.iter()).map(|(digest, len)| async move {
         let path = block_path(cache, digest);
         let have = std::fs::metadata(&path).is_ok_and(|m| m.len() == *len);
@@ -210,22 +212,30 @@ async fn fetch_blocks(
                 .map_err(|e| e.into_error(|reason| refused(reference, reason)))?;
         }
         progress.advance(*len);
-        Ok::<_, Error>((!have).then_some(*len))
+        Ok::<_, Error>((!have).then_some((digest, *len)))
     });
     let mut work = std::pin::pin!(work.buffer_unordered(parallel));
-    let (mut blocks, mut bytes) = (0, 0);
+    let mut fresh = BTreeSet::new();
+    let mut bytes = 0;
     while let Some(done) = work.next().await {
-        if let Some(len) = done? {
-            blocks += 1;
+        if let Some((digest, len)) = done? {
+            fresh.insert(digest.clone());
             bytes += len;
         }
     }
-    Ok((blocks, bytes))
+    Ok((fresh, bytes))
 }
 
-/// Writes each file of `index` into `staging` from the fetched blocks,
-/// verifying each block again (the cache is a directory on disk, not proof).
-fn assemble(index: &ChunkIndex, cache: &Path, staging: &Path) -> std::result::Result<(), String> {
+/// Writes each file of `index` into `staging` from the fetched blocks. A
+/// block an earlier, interrupted run left is verified again (the cache is a
+/// directory on disk, not proof, and was not synced); one this run fetched
+/// and checked is not hashed twice.
+fn assemble(
+    index: &ChunkIndex,
+    cache: &Path,
+    fresh: &BTreeSet<Digest>,
+    staging: &Path,
+) -> std::result::Result<(), String> {
     use sha2::Digest as _;
     use std::os::unix::fs::FileExt;
     for (name, file) in &index.files {
@@ -240,7 +250,9 @@ fn assemble(index: &ChunkIndex, cache: &Path, staging: &Path) -> std::result::Re
         for (i, digest) in &file.chunks {
             let data = std::fs::read(block_path(cache, digest))
                 .map_err(|e| format!("block {digest} of {name}: {e}"))?;
-            if Digest::of(sha2::Sha256::new_with_prefix(&data)) != *digest {
+            if !fresh.contains(digest)
+                && Digest::of(sha2::Sha256::new_with_prefix(&data)) != *digest
+            {
                 return Err(format!(
                     "block {digest} of {name} changed on disk after it was fetched"
                 ));
