@@ -110,7 +110,7 @@ def main():
     cocoon_cmd("vm", "ls", e=empty)
     print(f"scale (fake VMM {fake}; min/median/max of {iterations} unless said)")
     try:
-        run_args = ["vm", "run", "--nics", "0", "--cpu", "1", "--memory", "64M", "--storage", "1G"]
+        run_args = ["vm", "run", "--nics", "0", "--cpu", "1", "--memory", "512M"]
         costs, run_rss = [], []
         for i in range(RUNNING):
             wall, rss = timed([cocoon, *run_args, "--name", f"r{i}", GUEST_IMAGE], env)
@@ -136,7 +136,7 @@ def main():
         else:
             print("  console relay RSS: no relay pid in `vm ls -o json`")
 
-        create_args = ["vm", "create", "--nics", "0", "--cpu", "1", "--memory", "64M", "--storage", "1G"]
+        create_args = ["vm", "create", "--nics", "0", "--cpu", "1", "--memory", "512M"]
         for i in range(RECORDED - RUNNING):
             cocoon_cmd(*create_args, "--name", f"c{i}", GUEST_IMAGE)
         ls, ls_rss, floor = [], [], []
