@@ -9,6 +9,12 @@ cargo bench --locked -p cocoon-engine --bench net_setup
 cargo bench --locked -p cocoon-engine --bench snapshot_sum
 cargo build --locked --release -p cocoon
 COCOON_BIN=target/release/cocoon python3 bench/vm-boot.py
+# vm create alone, against mkfs.ext4 of the same disk (the step it replaced).
+COCOON_BIN=target/release/cocoon python3 bench/vm-create.py
+# Scale and memory: 100 VMs started in a row (the curve), vm ls of 1,000 VMs,
+# gc of 1,000 VMs and 10,000 blobs, peak RSS, relay RSS (fake VMM).
+cargo build --locked --release -p cocoon-testkit --bin fake-vmm
+COCOON_BIN=target/release/cocoon python3 bench/scale.py
 # Snapshot save and clone on XFS (reflink) and ext4 loop mounts; needs root and both real VMMs.
 COCOON_BIN=target/release/cocoon python3 bench/snapshot.py
 # Snapshots through a registry against skopeo; needs docker-registry and skopeo.

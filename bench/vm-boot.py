@@ -57,7 +57,7 @@ def main():
 
     import_guest(cocoon_cmd, work)
 
-    print(f"boot to ready marker, median of {iterations} (test guest kernel, 1 vCPU, 512 MiB, --nics 0)")
+    print(f"boot to ready marker, median (min, max) of {iterations} (test guest kernel, 1 vCPU, 512 MiB, --nics 0)")
     try:
         for name, binary, flag in backends:
             if not binary:
@@ -81,10 +81,11 @@ def main():
                 raw.append(raw_boot(name, binary, info, work))
                 cocoon_cmd("vm", "rm", "--force", vm)
             me, ms, mr = (statistics.median(x) * 1000 for x in (engine, start_only, raw))
+            spread = lambda x: f"(min {min(x) * 1000:.1f}, max {max(x) * 1000:.1f})"
             print(f"{name}:")
-            print(f"  raw VMM (minimal launcher)        {mr:8.1f} ms")
-            print(f"  cocoon vm run (create + start)    {me:8.1f} ms   overhead {me - mr:+7.1f} ms  ({me / mr:.2f}x)")
-            print(f"  cocoon vm start (existing VM)     {ms:8.1f} ms   overhead {ms - mr:+7.1f} ms  ({ms / mr:.2f}x)")
+            print(f"  raw VMM (minimal launcher)        {mr:8.1f} ms   {spread(raw)}")
+            print(f"  cocoon vm run (create + start)    {me:8.1f} ms   overhead {me - mr:+7.1f} ms  ({me / mr:.2f}x)   {spread(engine)}")
+            print(f"  cocoon vm start (existing VM)     {ms:8.1f} ms   overhead {ms - mr:+7.1f} ms  ({ms / mr:.2f}x)   {spread(start_only)}")
     finally:
         # Never leave a VM running, whatever failed.
         for vm in json.loads(cocoon_cmd("vm", "ls", "-o", "json")):

@@ -45,6 +45,7 @@ pub const ALL: &[&str] = &[
     "vm.create.recorded",
     "vm.create.network",
     "vm.create.disks",
+    "disk.template.written",
     "vm.launch.recorded",
     "vm.launch.booted",
     "vm.stop.stopped",

@@ -32,6 +32,7 @@ pub mod net;
 pub mod ops;
 pub mod process;
 pub mod snapshot;
+mod socket_watch;
 pub mod spec;
 mod state_dirs;
 pub mod store;

@@ -280,6 +280,7 @@ async fn wait_for_socket(
 ) -> Result<VmmProcess, SuperviseError> {
     use std::os::unix::fs::FileTypeExt;
     let deadline = Instant::now() + spec.socket_timeout;
+    let watch = crate::socket_watch::SocketWatch::new(&spec.api_socket);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(SuperviseError::ExitedEarly {
@@ -315,7 +316,8 @@ async fn wait_for_socket(
                 log: read_tail(&spec.log_file),
             });
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Woken when the socket appears (2 ms at most, to notice an exit).
+        watch.wait(Duration::from_millis(2)).await;
     }
 }
 
@@ -384,6 +386,12 @@ pub fn is_running(vmm: &VmmProcess) -> bool {
 /// Every live process whose command line names `api_socket`: how a VMM whose
 /// record or pidfile is gone is still found.
 pub fn find_by_socket(api_socket: &Path) -> Vec<VmmProcess> {
+    find_by_sockets(&[api_socket.to_path_buf()])
+}
+
+/// [`find_by_socket`] for several sockets in one pass over `/proc` (each
+/// pass reads every process's command line).
+pub fn find_by_sockets(sockets: &[PathBuf]) -> Vec<VmmProcess> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
     };
@@ -391,11 +399,13 @@ pub fn find_by_socket(api_socket: &Path) -> Vec<VmmProcess> {
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != me)
-        .filter(|pid| cmdline(*pid).is_some_and(|args| names_socket(&args, api_socket)))
-        .filter_map(|pid| ProcessIdentity::of(pid).ok())
-        .map(|identity| VmmProcess {
-            identity,
-            api_socket: api_socket.to_path_buf(),
+        .filter_map(|pid| {
+            let args = cmdline(pid)?;
+            let socket = sockets.iter().find(|s| names_socket(&args, s))?;
+            Some(VmmProcess {
+                identity: ProcessIdentity::of(pid).ok()?,
+                api_socket: socket.clone(),
+            })
         })
         .collect()
 }

@@ -384,7 +384,12 @@ fn create_on(qemu: bool) {
             name: "vm create",
             setup: &nothing,
             args: &args(&["vm", "create", "--nics", "0", "--name", "m", "test/guest:1"]),
-            failpoints: &["vm.create.recorded", "vm.create.network", "vm.create.disks"],
+            failpoints: &[
+                "vm.create.recorded",
+                "vm.create.network",
+                "disk.template.written",
+                "vm.create.disks",
+            ],
             again: &nothing,
         },
         qemu,

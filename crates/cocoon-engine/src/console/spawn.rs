@@ -19,7 +19,9 @@ use super::{RelayPort, RelaySpec};
 use crate::process::ProcessIdentity;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
-const READY_POLL: Duration = Duration::from_millis(10);
+/// The relay listens a few milliseconds after its exec; a coarser poll
+/// added up to its own length to every `vm start`.
+const READY_POLL: Duration = Duration::from_millis(1);
 
 /// Starts a detached relay: `exe args_prefix... <relay args>`, in its own
 /// session, stdio on /dev/null (stderr to `stderr` if given), with the port

@@ -9,6 +9,7 @@ use crate::lock::create_private_dir;
 use crate::model::{NetworkLease, Vm, VmState, VmmProcess};
 use crate::net::{self, NetRequest};
 use crate::process::ProcessIdentity;
+use crate::store::IntentGuard;
 use crate::vm::VmError;
 
 /// What a new VM holds of the network, for its roll back.
@@ -89,16 +90,33 @@ pub(crate) fn mark_started(
     vmm: VmmProcess,
     relay: Option<ProcessIdentity>,
 ) -> Result<Vm> {
-    let (vm, _) = ctx.store().update_vm(id, "started", |v| {
-        v.state = VmState::Running;
-        v.pid = vmm.identity.pid;
-        v.socket_path = vmm.api_socket.display().to_string();
-        v.vmm = Some(vmm);
-        v.console_relay = relay;
-        v.started_at = Some(Timestamp::now());
-        v.first_booted = true;
-    })?;
+    let (vm, _) = ctx
+        .store()
+        .update_vm(id, "started", |v| started(v, vmm, relay))?;
     Ok(vm)
+}
+
+/// [`mark_started`] and the end of the start's intent, in one commit.
+pub(crate) fn finish_started(
+    ctx: &mut Ctx,
+    intent: &IntentGuard,
+    id: &str,
+    vmm: VmmProcess,
+    relay: Option<ProcessIdentity>,
+) -> Result<Vm> {
+    let (vm, _) =
+        intent.finish_updating_vm(ctx.store(), id, "started", |v| started(v, vmm, relay))?;
+    Ok(vm)
+}
+
+fn started(v: &mut Vm, vmm: VmmProcess, relay: Option<ProcessIdentity>) {
+    v.state = VmState::Running;
+    v.pid = vmm.identity.pid;
+    v.socket_path = vmm.api_socket.display().to_string();
+    v.vmm = Some(vmm);
+    v.console_relay = relay;
+    v.started_at = Some(Timestamp::now());
+    v.first_booted = true;
 }
 
 /// Records a VM in `state` with no VMM or relay (`action` names the event).

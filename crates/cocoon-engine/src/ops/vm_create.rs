@@ -8,6 +8,7 @@ use crate::intent::Op;
 use crate::lock::BlobLock;
 use crate::model::{Hypervisor, StorageRole, Vm, VmConfig, VmState};
 use crate::spec::DataDiskSpec;
+use crate::store::IntentGuard;
 use crate::vm::VmError;
 use crate::vm::overlay;
 
@@ -50,34 +51,36 @@ pub(crate) fn run(ctx: &mut Ctx, request: CreateVm) -> Result<Vm> {
         run_dir: plan.vm.run_dir.clone(),
         log_dir: plan.vm.log_dir.clone(),
     };
-    ctx.with_intent(&op, &id, |ctx, _| {
-        ctx.store().insert_vm(&plan.vm)?;
-        let Plan {
-            mut vm,
-            disks,
-            overlay,
-            agent_layer,
-        } = plan;
-        let mut network = Network::default();
-        let built = ensure_agent_layer(ctx, agent_layer.as_ref()).and_then(|()| {
-            build(
-                ctx,
-                &request,
-                &mut vm,
-                &disks,
-                overlay.as_ref(),
-                wants_cidata,
-                &mut network,
-            )
-        });
-        match built {
-            Ok(()) => commit(ctx, vm),
-            Err(e) => {
-                new_vm::roll_back(ctx, &vm, &network);
-                Err(e)
-            }
-        }
-    })
+    // The intent and the record (which reserves the name) in one commit;
+    // `created` and the intent's end in another: a create is two commits.
+    let intent = ctx
+        .store()
+        .begin_intent_inserting_vm(op.name(), &op.data(), &plan.vm)?;
+    let Plan {
+        mut vm,
+        disks,
+        overlay,
+        agent_layer,
+    } = plan;
+    let mut network = Network::default();
+    let built = ensure_agent_layer(ctx, agent_layer.as_ref()).and_then(|()| {
+        build(
+            ctx,
+            &request,
+            &mut vm,
+            &disks,
+            overlay.as_ref(),
+            wants_cidata,
+            &mut network,
+        )
+    });
+    let error = match built.and_then(|()| commit(ctx, &intent, &vm)) {
+        Ok(vm) => return Ok(vm),
+        Err(e) => e,
+    };
+    new_vm::roll_back(ctx, &vm, &network);
+    intent.finish(ctx.store())?;
+    Err(error)
 }
 
 /// Stores the guest agent's layer the VM's record already names (so gc,
@@ -113,8 +116,9 @@ fn build(
         overlay::prepare(overlay).map_err(VmError::from)?;
     }
     crate::failpoint::hit("vm.create.network")?;
+    let templates = crate::vm::disk_template::dir_under(&ctx.layout.root_dir);
     for disk in disks {
-        crate::vm::disks::prepare(disk).map_err(VmError::from)?;
+        crate::vm::disks::prepare(disk, &templates).map_err(VmError::from)?;
     }
     if wants_cidata {
         let credentials = crate::guest::cidata::Credentials {
@@ -127,14 +131,14 @@ fn build(
     crate::failpoint::hit("vm.create.disks")
 }
 
-/// Records the VM `created` with what was made for it.
-fn commit(ctx: &mut Ctx, done: Vm) -> Result<Vm> {
-    let (vm, _) = ctx.store().update_vm(&done.id, "created", |v| {
+/// Records the VM `created` with what was made for it, and ends the intent.
+fn commit(ctx: &mut Ctx, intent: &IntentGuard, done: &Vm) -> Result<Vm> {
+    let (vm, _) = intent.finish_updating_vm(ctx.store(), &done.id, "created", |v| {
         v.state = VmState::Created;
-        v.config.network = done.config.network;
-        v.network_configs = done.network_configs;
-        v.storage_configs = done.storage_configs;
-        v.boot_config = done.boot_config;
+        v.config.network = done.config.network.clone();
+        v.network_configs = done.network_configs.clone();
+        v.storage_configs = done.storage_configs.clone();
+        v.boot_config = done.boot_config.clone();
     })?;
     Ok(vm)
 }

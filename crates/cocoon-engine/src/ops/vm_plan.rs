@@ -75,6 +75,7 @@ pub(crate) fn plan(
         size: vm.config.storage,
         ext4: true,
         seed,
+        template: true,
     }];
     storage.push(StorageConfig {
         vmm_path: None,
@@ -343,6 +344,8 @@ fn data_disks(
             size: disk.size,
             ext4: disk.fstype == FsType::Ext4,
             seed: Vec::new(),
+            // Each data disk keeps its own filesystem UUID.
+            template: false,
         });
         let direct = match disk.directio {
             DirectIo::On => true,

@@ -29,14 +29,33 @@ pub(crate) fn run(ctx: &mut Ctx, id: &str) -> Result<Vm> {
     let log_dir = VmPaths::of(&vm).log_dir;
     create_private_dir(&log_dir)
         .map_err(|e| Error::io(format!("cannot create {}", log_dir.display()), e))?;
-    ctx.with_intent(&Op::VmStart {}, &vm.id, |ctx, _| match boot(ctx, &vm) {
-        Ok((vmm, relay)) => new_vm::mark_started(ctx, &vm.id, vmm, relay),
-        Err(e) => {
-            let _ = ctx.block_on(async |ctx| stop_leftovers(ctx, &vm).await);
-            new_vm::settle(ctx, &vm.id, VmState::Error, "error")?;
-            Err(e)
-        }
-    })
+    // Runtime state only from here: see `Store::relaxed` for why these
+    // commits need no sync of their own.
+    ctx.store().relaxed(true)?;
+    let result = start_under_intent(ctx, &vm);
+    ctx.store().relaxed(false)?;
+    result
+}
+
+/// Boots the VM under a start intent; the `running` record and the end of
+/// the intent are one commit.
+fn start_under_intent(ctx: &mut Ctx, vm: &Vm) -> Result<Vm> {
+    let op = Op::VmStart {};
+    let intent = ctx
+        .store()
+        .begin_intent(op.name(), op.kind(), &vm.id, &op.data())?;
+    let error = match boot(ctx, vm) {
+        Ok((vmm, relay)) => match new_vm::finish_started(ctx, &intent, &vm.id, vmm, relay) {
+            Ok(vm) => return Ok(vm),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    let _ = ctx.block_on(async |ctx| stop_leftovers(ctx, vm).await);
+    let settled = new_vm::settle(ctx, &vm.id, VmState::Error, "error");
+    intent.finish(ctx.store())?;
+    settled?;
+    Err(error)
 }
 
 /// A VMM runs: the record says so too.

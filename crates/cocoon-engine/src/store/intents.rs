@@ -73,6 +73,24 @@ impl IntentGuard {
         store.clear_intent(self.id)
     }
 
+    /// The operation completed with this last change of its VM's record:
+    /// the change and the intent's removal are one transaction (one commit
+    /// instead of two). On error neither happened, and the guard is still
+    /// the caller's to [`finish`](Self::finish) after its roll back.
+    pub fn finish_updating_vm<T>(
+        &self,
+        store: &mut Store,
+        vm_id: &str,
+        action: &str,
+        f: impl FnOnce(&mut crate::model::Vm) -> T,
+    ) -> Result<(crate::model::Vm, T)> {
+        store.write(|tx| {
+            let done = super::vms::update_vm_tx(tx, vm_id, action, f)?;
+            tx.execute("DELETE FROM intents WHERE id = ?1", [self.id])?;
+            Ok(done)
+        })
+    }
+
     /// The reconciler converged `intent` (claimed through this guard):
     /// clears it and logs a `recovered` event on its object saying what
     /// was done, in one transaction, so `vm status --event` shows repairs.
@@ -102,14 +120,22 @@ impl Store {
         data: &serde_json::Value,
     ) -> Result<IntentGuard> {
         let owner = ProcessIdentity::current();
+        self.write(|tx| insert_intent(tx, op, kind, object_id, &owner, data))
+    }
+
+    /// [`begin_intent`](Self::begin_intent) and the insertion of the VM
+    /// record it is about, in one transaction: both are there, or neither.
+    pub fn begin_intent_inserting_vm(
+        &mut self,
+        op: &str,
+        data: &serde_json::Value,
+        vm: &crate::model::Vm,
+    ) -> Result<IntentGuard> {
+        let owner = ProcessIdentity::current();
         self.write(|tx| {
-            let at = now().to_string();
-            tx.execute(
-                "INSERT INTO intents (op, object_kind, object_id, step, owner_pid, owner_start_time, started_at, updated_at, data)
-                 VALUES (?1, ?2, ?3, 'begin', ?4, ?5, ?6, ?6, ?7)",
-                params![op, kind.as_str(), object_id, owner.pid, owner.start_time as i64, at, data.to_string()],
-            )?;
-            Ok(IntentGuard { id: tx.last_insert_rowid() })
+            let guard = insert_intent(tx, op, ObjectKind::Vm, &vm.id, &owner, data)?;
+            super::vms::insert_vm_tx(tx, vm)?;
+            Ok(guard)
         })
     }
 
@@ -179,6 +205,25 @@ impl Store {
     }
 }
 
+fn insert_intent(
+    tx: &rusqlite::Transaction<'_>,
+    op: &str,
+    kind: ObjectKind,
+    object_id: &str,
+    owner: &ProcessIdentity,
+    data: &serde_json::Value,
+) -> Result<IntentGuard> {
+    let at = now().to_string();
+    tx.execute(
+        "INSERT INTO intents (op, object_kind, object_id, step, owner_pid, owner_start_time, started_at, updated_at, data)
+         VALUES (?1, ?2, ?3, 'begin', ?4, ?5, ?6, ?6, ?7)",
+        params![op, kind.as_str(), object_id, owner.pid, owner.start_time as i64, at, data.to_string()],
+    )?;
+    Ok(IntentGuard {
+        id: tx.last_insert_rowid(),
+    })
+}
+
 /// One consistent read of what gc compares the files on disk with.
 #[derive(Debug, Default)]
 pub struct GcView {
@@ -222,5 +267,55 @@ impl Store {
                 |r| r.get::<_, bool>(0),
             )?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::generate_id;
+    use crate::model::VmState;
+    use crate::store::StoreError;
+    use crate::store::tests::vm_fixture;
+
+    #[test]
+    fn an_intent_and_its_record_come_and_go_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("cocoon.db")).unwrap();
+        let data = serde_json::json!({});
+        let vm = vm_fixture(&generate_id(), "web");
+        let intent = store
+            .begin_intent_inserting_vm("vm.create", &data, &vm)
+            .unwrap();
+        assert_eq!(store.intents().unwrap().len(), 1);
+        assert!(store.get_vm(&vm.id).unwrap().is_some());
+        // A taken name: neither the intent nor a record.
+        let other = vm_fixture(&generate_id(), "web");
+        let err = store
+            .begin_intent_inserting_vm("vm.create", &data, &other)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NameTaken { .. }), "{err}");
+        assert_eq!(store.intents().unwrap().len(), 1);
+        assert!(store.get_vm(&other.id).unwrap().is_none());
+        // The last change and the intent's end are one commit.
+        let (done, ()) = intent
+            .finish_updating_vm(&mut store, &vm.id, "created", |v| {
+                v.state = VmState::Created;
+            })
+            .unwrap();
+        assert_eq!(done.state, VmState::Created);
+        assert!(store.intents().unwrap().is_empty());
+        // A failed change leaves the intent for its owner to finish.
+        let intent = store
+            .begin_intent("vm.start", ObjectKind::Vm, "nope", &data)
+            .unwrap();
+        assert!(
+            intent
+                .finish_updating_vm(&mut store, "nope", "started", |_| ())
+                .is_err()
+        );
+        assert_eq!(store.intents().unwrap().len(), 1);
+        intent.finish(&mut store).unwrap();
+        assert!(store.intents().unwrap().is_empty());
     }
 }

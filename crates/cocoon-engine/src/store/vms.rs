@@ -56,32 +56,72 @@ fn name_owner(tx: &Transaction<'_>, name: &str) -> Result<String> {
         .unwrap_or_default())
 }
 
+/// [`Store::insert_vm`] inside a caller's transaction.
+pub(super) fn insert_vm_tx(tx: &Transaction<'_>, vm: &Vm) -> Result<()> {
+    let doc = stored_doc(vm);
+    let inserted = tx.execute(
+            "INSERT INTO vms (id, name, state, hypervisor, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![vm.id, vm.config.name.as_str(), vm.state.as_str(), vm.hypervisor.as_str(), vm.created_at.to_string(), doc],
+        );
+    match inserted {
+        Err(e) if is_unique_violation(&e, "vms.name") => {
+            return Err(StoreError::NameTaken {
+                kind: KIND,
+                name: vm.config.name.to_string(),
+                owner: name_owner(tx, &vm.config.name)?,
+            });
+        }
+        Err(e) if is_unique_violation(&e, "vms.id") => {
+            return Err(StoreError::IdTaken {
+                kind: KIND,
+                id: vm.id.clone(),
+            });
+        }
+        other => other?,
+    };
+    sync_pins(tx, vm)?;
+    append(tx, KIND, &vm.id, "created", Some(&doc))?;
+    Ok(())
+}
+
+/// [`Store::update_vm`] inside a caller's transaction.
+pub(super) fn update_vm_tx<T>(
+    tx: &Transaction<'_>,
+    id: &str,
+    action: &str,
+    f: impl FnOnce(&mut Vm) -> T,
+) -> Result<(Vm, T)> {
+    let mut vm = load(tx, id)?.ok_or_else(|| StoreError::NotFound {
+        kind: KIND,
+        reference: id.to_string(),
+    })?;
+    let out = f(&mut vm);
+    vm.id = id.to_string();
+    vm.updated_at = now();
+    let doc = stored_doc(&vm);
+    let updated = tx.execute(
+        "UPDATE vms SET name = ?2, state = ?3, doc = ?4 WHERE id = ?1",
+        params![id, vm.config.name.as_str(), vm.state.as_str(), doc],
+    );
+    match updated {
+        Err(e) if is_unique_violation(&e, "vms.name") => {
+            return Err(StoreError::NameTaken {
+                kind: KIND,
+                name: vm.config.name.to_string(),
+                owner: name_owner(tx, &vm.config.name)?,
+            });
+        }
+        other => other?,
+    };
+    sync_pins(tx, &vm)?;
+    append(tx, KIND, id, action, Some(&doc))?;
+    Ok((vm, out))
+}
+
 impl Store {
     /// Inserts a new VM; the name must be free and the ID new.
     pub fn insert_vm(&mut self, vm: &Vm) -> Result<()> {
-        self.write(|tx| {
-            let doc = stored_doc(vm);
-            let inserted = tx.execute(
-                "INSERT INTO vms (id, name, state, hypervisor, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![vm.id, vm.config.name.as_str(), vm.state.as_str(), vm.hypervisor.as_str(), vm.created_at.to_string(), doc],
-            );
-            match inserted {
-                Err(e) if is_unique_violation(&e, "vms.name") => {
-                    return Err(StoreError::NameTaken {
-                        kind: KIND,
-                        name: vm.config.name.to_string(),
-                        owner: name_owner(tx, &vm.config.name)?,
-                    });
-                }
-                Err(e) if is_unique_violation(&e, "vms.id") => {
-                    return Err(StoreError::IdTaken { kind: KIND, id: vm.id.clone() });
-                }
-                other => other?,
-            };
-            sync_pins(tx, vm)?;
-            append(tx, KIND, &vm.id, "created", Some(&doc))?;
-            Ok(())
-        })
+        self.write(|tx| insert_vm_tx(tx, vm))
     }
 
     /// Read-modify-write of one VM in a single transaction: no update is ever lost
@@ -92,33 +132,7 @@ impl Store {
         action: &str,
         f: impl FnOnce(&mut Vm) -> T,
     ) -> Result<(Vm, T)> {
-        self.write(|tx| {
-            let mut vm = load(tx, id)?.ok_or_else(|| StoreError::NotFound {
-                kind: KIND,
-                reference: id.to_string(),
-            })?;
-            let out = f(&mut vm);
-            vm.id = id.to_string();
-            vm.updated_at = now();
-            let doc = stored_doc(&vm);
-            let updated = tx.execute(
-                "UPDATE vms SET name = ?2, state = ?3, doc = ?4 WHERE id = ?1",
-                params![id, vm.config.name.as_str(), vm.state.as_str(), doc],
-            );
-            match updated {
-                Err(e) if is_unique_violation(&e, "vms.name") => {
-                    return Err(StoreError::NameTaken {
-                        kind: KIND,
-                        name: vm.config.name.to_string(),
-                        owner: name_owner(tx, &vm.config.name)?,
-                    });
-                }
-                other => other?,
-            };
-            sync_pins(tx, &vm)?;
-            append(tx, KIND, id, action, Some(&doc))?;
-            Ok((vm, out))
-        })
+        self.write(|tx| update_vm_tx(tx, id, action, f))
     }
 
     /// Deletes a VM record and its blob pins and leases; returns what was deleted.

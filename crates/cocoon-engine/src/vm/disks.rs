@@ -23,6 +23,9 @@ pub struct DiskPrep {
     /// a container image's run config on its COW disk. Paths are the
     /// engine's own constants, relative, never from input.
     pub seed: Vec<(&'static str, Vec<u8>)>,
+    /// May be cloned from the shared pre-formatted template (see
+    /// [`super::disk_template`]): the root disk, when it has no seed.
+    pub template: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,11 @@ pub enum DiskError {
     Create { path: PathBuf, source: io::Error },
     #[error("cannot run mkfs.ext4 for {}: {source}; install e2fsprogs", path.display())]
     MkfsMissing { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot make the ext4 template {} for root disks: {source}; check that mkfs.ext4 (e2fsprogs) is installed and the directory is writable",
+        path.display()
+    )]
+    Template { path: PathBuf, source: io::Error },
     #[error("mkfs.ext4 failed for {} ({status}): {stderr}", path.display())]
     Mkfs {
         path: PathBuf,
@@ -120,12 +128,31 @@ pub fn prep_commands(disk: &DiskPrep) -> Vec<Vec<OsString>> {
     commands
 }
 
-/// Creates the sparse file (it must not exist yet) and formats it.
-pub fn prepare(disk: &DiskPrep) -> Result<(), DiskError> {
+/// Creates the sparse file (it must not exist yet) and formats it: a clone
+/// of the template in `templates` where the disk may be one, else its own
+/// `mkfs.ext4`.
+pub fn prepare(disk: &DiskPrep, templates: &Path) -> Result<(), DiskError> {
     let create = |source| DiskError::Create {
         path: disk.path.clone(),
         source,
     };
+    if disk.ext4 && disk.template && disk.seed.is_empty() {
+        let template = super::disk_template::ensure(templates, disk.size).map_err(|source| {
+            DiskError::Template {
+                path: templates.join(super::disk_template::template_name(disk.size)),
+                source,
+            }
+        })?;
+        match crate::snapshot::copy::copy_from(&template, &disk.path) {
+            Ok(_) => return Ok(()),
+            // A run directory on another filesystem than the root can refuse
+            // copy_file_range (EXDEV): the disk gets its own mkfs instead.
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                tracing::debug!("cloning the disk template failed ({e}); running mkfs.ext4");
+            }
+            Err(e) => return Err(create(e)),
+        }
+    }
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -183,8 +210,9 @@ mod tests {
             size: 64 << 20,
             ext4: true,
             seed: vec![(".cocoon/run.json", br#"{"version":1}"#.to_vec())],
+            template: true,
         };
-        prepare(&disk).unwrap();
+        prepare(&disk, &dir.path().join("t")).unwrap();
         // debugfs reads the filesystem without mounting it.
         let out = Command::new("debugfs")
             .args(["-R", "cat /.cocoon/run.json"])
@@ -210,8 +238,9 @@ mod tests {
             size: 64 << 20,
             ext4: true,
             seed: Vec::new(),
+            template: false,
         };
-        prepare(&disk).unwrap();
+        prepare(&disk, &dir.path().join("t")).unwrap();
         let meta = std::fs::metadata(&disk.path).unwrap();
         assert_eq!(meta.len(), 64 << 20);
         use std::os::unix::fs::MetadataExt;
@@ -224,7 +253,40 @@ mod tests {
         let bytes = std::fs::read(&disk.path).unwrap();
         assert_eq!(&bytes[1024 + 56..1024 + 58], &[0x53, 0xef]);
         // An existing disk is never overwritten.
-        assert!(matches!(prepare(&disk), Err(DiskError::Create { .. })));
+        assert!(matches!(
+            prepare(&disk, &dir.path().join("t")),
+            Err(DiskError::Create { .. })
+        ));
+    }
+
+    #[test]
+    fn a_root_disk_is_cloned_from_the_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let templates = dir.path().join("t");
+        for name in ["a.raw", "b.raw"] {
+            let disk = DiskPrep {
+                path: dir.path().join(name),
+                size: 64 << 20,
+                ext4: true,
+                seed: Vec::new(),
+                template: true,
+            };
+            prepare(&disk, &templates).unwrap();
+            let fsck = Command::new("e2fsck")
+                .arg("-fn")
+                .arg(&disk.path)
+                .output()
+                .unwrap();
+            assert!(fsck.status.success(), "{name}: {fsck:?}");
+            assert_eq!(std::fs::metadata(&disk.path).unwrap().len(), 64 << 20);
+            // An existing disk is never overwritten, template or not.
+            assert!(matches!(
+                prepare(&disk, &templates),
+                Err(DiskError::Create { .. })
+            ));
+        }
+        let made: Vec<_> = std::fs::read_dir(&templates).unwrap().collect();
+        assert_eq!(made.len(), 1, "one template for both disks");
     }
 
     #[test]
@@ -235,8 +297,9 @@ mod tests {
             size: 16 << 20,
             ext4: false,
             seed: Vec::new(),
+            template: false,
         };
-        prepare(&disk).unwrap();
+        prepare(&disk, &dir.path().join("t")).unwrap();
         assert!(std::fs::read(&disk.path).unwrap().iter().all(|b| *b == 0));
         assert_eq!(prep_commands(&disk).len(), 1);
     }

@@ -2,6 +2,7 @@
 //! disks are made (raw disks, a cloud image's qcow2 overlay). The lifecycle
 //! operations that use them are in `ops/`; what differs per VMM in `backend/`.
 
+pub mod disk_template;
 pub mod disks;
 mod naming;
 pub mod overlay;

@@ -321,7 +321,10 @@ async fn wait_running(
             return Err(format!("{last} after {} s", limit.as_secs()));
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
+        // CH creates and boots a small VM within milliseconds of its API
+        // coming up: a longer pause would land well after that (one
+        // `vm.info` over the socket costs far less than the wait).
+        pause = (pause * 2).min(Duration::from_millis(2));
     }
 }
 
