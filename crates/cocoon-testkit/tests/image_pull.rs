@@ -518,7 +518,9 @@ fn a_cloud_image_artifact_in_parts_is_pulled_as_one_disk() {
     // The same disk as importing the file whole.
     let whole = tempfile::tempdir().unwrap();
     let mut other = engine_at(whole.path());
-    let imported = other.import_image("whole", &[disk.clone()]).unwrap();
+    let imported = other
+        .import_image("whole", std::slice::from_ref(&disk))
+        .unwrap();
     assert_eq!(pulled.image.id, imported.id);
 
     // One part tampered with in the registry: refused, nothing recorded.

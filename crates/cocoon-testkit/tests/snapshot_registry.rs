@@ -6,6 +6,9 @@
 //! again, and hostile artifacts refused with nothing left behind. The real
 //! VMMs: snapshot_registry_real.rs.
 
+// Test sizes: a few MiB, far below any address space.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;

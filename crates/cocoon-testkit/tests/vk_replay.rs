@@ -80,7 +80,10 @@ fn field<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
 
 /// Runs every step; `transfer` replaces the export → import stream when given
 /// (our push and pull through a registry).
-fn replay(transfer: Option<&dyn Fn(&Host, &Host, &str)>) {
+/// Moves the snapshot from host A to host B under the given import name.
+type Transfer<'a> = &'a dyn Fn(&Host, &Host, &str);
+
+fn replay(transfer: Option<Transfer<'_>>) {
     let replay = load();
     let (a, b) = (Host::new(), Host::new());
     let mut vmid = String::new();

@@ -143,7 +143,7 @@ fn cloud_artifact(
                 .ok_or_else(|| refused(format!("layer {} has a negative size", layer.digest)))?;
             super::blob_fetch::fetch(&client, reference, options, &layer.digest, size, path)
                 .await
-                .map_err(|e| e.into_error(&refused))?;
+                .map_err(|e| e.into_error(refused))?;
         }
         Ok(())
     });

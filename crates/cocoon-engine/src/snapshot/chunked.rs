@@ -244,7 +244,7 @@ pub fn check(
                     ));
                 }
             }
-            digests[*i as usize] = raw_digest(digest);
+            digests[usize::try_from(*i).expect("below the block count")] = raw_digest(digest);
             blocks.insert(digest.clone(), want);
         }
         if file.size == 0 {

@@ -54,30 +54,13 @@ impl Import<'_> {
     ) -> Result<Imported, ArchiveError> {
         let mut tar = TarReader::new(compress::decoder(input)?);
         let mut extractor = Extractor::new(Progress::new(progress));
-        let first = tar.next_entry()?.ok_or_else(|| ArchiveError::BadManifest {
-            name: MANIFEST.into(),
-            reason: "not found: the archive has no entries".into(),
-        })?;
-        let mut first_name = checked_name(&first)?;
-        let mut legacy = match first_name.as_str() {
-            MANIFEST => false,
-            LEGACY_MANIFEST => true,
-            _ => return Err(ArchiveError::ManifestNotFirst { name: first_name }),
-        };
-        let (mut raw, mut manifest) = read_manifest(&mut tar, &first, &first_name)?;
-        // Our exports (and epoch's re-streaming of them) carry upstream's
-        // envelope first and `cocoon.json` next: then `cocoon.json` rules and
-        // the envelope is only read. A cocoon (Go) archive has no
-        // `cocoon.json`, and its next entry is a file.
-        let mut pending = None;
-        if legacy && let Some(next) = tar.next_entry()? {
-            if checked_name(&next)? == MANIFEST {
-                (raw, manifest) = read_manifest(&mut tar, &next, MANIFEST)?;
-                (legacy, first_name) = (false, MANIFEST.to_string());
-            } else {
-                pending = Some(next);
-            }
-        }
+        let First {
+            name: first_name,
+            legacy,
+            raw,
+            manifest,
+            mut pending,
+        } = first_manifest(&mut tar)?;
         // Progress counts the manifest in force, as the export does.
         extractor.progress.advance(raw.len() as u64);
         let listed = if legacy {
@@ -275,6 +258,51 @@ fn check_manifest_sum<R: Read>(
         });
     }
     Ok(())
+}
+
+/// The manifest an archive starts with, and the entry after it when that
+/// one is a file.
+struct First {
+    name: String,
+    legacy: bool,
+    raw: Vec<u8>,
+    manifest: Value,
+    pending: Option<Entry>,
+}
+
+/// Reads `cocoon.json`, or upstream's `snapshot.json` envelope. Our exports
+/// (and epoch's re-streaming of them) carry the envelope first and
+/// `cocoon.json` next: then `cocoon.json` rules and the envelope is only
+/// read. A cocoon (Go) archive has no `cocoon.json`, and its next entry is
+/// a file.
+fn first_manifest<R: Read>(tar: &mut TarReader<R>) -> Result<First, ArchiveError> {
+    let first = tar.next_entry()?.ok_or_else(|| ArchiveError::BadManifest {
+        name: MANIFEST.into(),
+        reason: "not found: the archive has no entries".into(),
+    })?;
+    let mut first_name = checked_name(&first)?;
+    let mut legacy = match first_name.as_str() {
+        MANIFEST => false,
+        LEGACY_MANIFEST => true,
+        _ => return Err(ArchiveError::ManifestNotFirst { name: first_name }),
+    };
+    let (mut raw, mut manifest) = read_manifest(tar, &first, &first_name)?;
+    let mut pending = None;
+    if legacy && let Some(next) = tar.next_entry()? {
+        if checked_name(&next)? == MANIFEST {
+            (raw, manifest) = read_manifest(tar, &next, MANIFEST)?;
+            (legacy, first_name) = (false, MANIFEST.to_string());
+        } else {
+            pending = Some(next);
+        }
+    }
+    Ok(First {
+        name: first_name,
+        legacy,
+        raw,
+        manifest,
+        pending,
+    })
 }
 
 /// The manifest entry's bytes and document; it must be small and stored
