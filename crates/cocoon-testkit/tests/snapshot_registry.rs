@@ -496,3 +496,44 @@ fn a_manifest_pointing_outside_the_snapshot_is_refused_and_nothing_is_left() {
     m["artifactType"] = Value::from("application/vnd.example.other");
     refused("other", &m, "is not a chunked cocoon snapshot");
 }
+
+/// Fleets clone one reference on many VMs at once: pulls of the same
+/// artifact wait for each other, and every one of them ends with its
+/// snapshot (the later ones find the blocks, or fetch them anew once the
+/// first has removed its cache).
+#[test]
+fn pulls_of_one_artifact_at_once_all_succeed() {
+    let Some(registry) = registry("pulls_of_one_artifact_at_once_all_succeed") else {
+        return;
+    };
+    let a = source_with_snapshot();
+    let reference = registry.reference("snaps/src:v1");
+    a.ok(&["snapshot", "push", "s", &reference]);
+    let b = Host::new();
+    let pulls: Vec<_> = (0..4)
+        .map(|i| {
+            b.cmd()
+                .args(["snapshot", "pull", "--name", &format!("p{i}"), &reference])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for pull in pulls {
+        let out = pull.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(b.snapshot_names(), ["p0", "p1", "p2", "p3"]);
+    assert_eq!(
+        b.leftovers()
+            .iter()
+            .filter(|l| l.starts_with("pulls/"))
+            .count(),
+        0
+    );
+}

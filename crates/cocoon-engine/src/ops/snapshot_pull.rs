@@ -86,12 +86,8 @@ pub(crate) fn run(
     let client = options.client(&parsed);
     let remote = ctx.block_on(async |_| read_artifact(&client, &parsed, &options).await)?;
     let cache = ctx.layout.snapshot_pull(&remote.digest);
-    create_private_dir(&cache)
-        .map_err(|e| Error::io(format!("cannot create {}", cache.display()), e))?;
-    // One pull of an artifact at a time; a second waits, then finds the blocks.
-    let lock = crate::image::store::open_lock_file(&cache.join(".lock"))
-        .and_then(|f| f.lock().map(|()| f))
-        .map_err(|e| Error::io(format!("cannot lock {}", cache.display()), e))?;
+    let lock =
+        lock_cache(&cache).map_err(|e| Error::io(format!("cannot lock {}", cache.display()), e))?;
     let bytes = remote.fetch.blocks.values().sum();
     progress.begin(&parsed.whole(), bytes);
     let fetched = ctx.block_on(async |_| {
@@ -134,6 +130,24 @@ pub(crate) fn run(
             .as_str()
             .map(str::to_string),
     })
+}
+
+/// Makes `cache` and takes its lock: one pull of an artifact at a time; a
+/// second waits, then finds the blocks. A pull that finished removed the
+/// directory (lock file included) before letting go: the waiter then holds
+/// a lock on a file no longer there, and starts over with a new one.
+fn lock_cache(cache: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let path = cache.join(".lock");
+    loop {
+        create_private_dir(cache)?;
+        let file = crate::image::store::open_lock_file(&path)?;
+        file.lock()?;
+        let (held, now) = (file.metadata()?, std::fs::metadata(&path));
+        if now.is_ok_and(|now| now.ino() == held.ino() && now.dev() == held.dev()) {
+            return Ok(file);
+        }
+    }
 }
 
 /// Removes the block cache (then its lock), passing `result` through.
