@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{HASH_BLOCK, Manifest, tree_root, zero_block};
+use super::manifest::{HASH_BLOCK, Manifest, zero_block};
 use crate::digest::Digest;
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.cocoonstack.snapshot.chunked.v1+json";
@@ -223,7 +223,6 @@ pub fn check(
             ));
         }
         let count = file.size.div_ceil(HASH_BLOCK).max(1);
-        let mut digests = vec![zero_block(); usize::try_from(count).map_err(|e| e.to_string())?];
         let mut last = None;
         for (i, digest) in &file.chunks {
             if *i >= count || last.is_some_and(|l| l >= *i) {
@@ -244,19 +243,40 @@ pub fn check(
                     ));
                 }
             }
-            digests[usize::try_from(*i).expect("below the block count")] = raw_digest(digest);
             blocks.insert(digest.clone(), want);
         }
-        if file.size == 0 {
-            digests = vec![raw_digest(&empty_digest())];
-        }
-        if tree_root(&digests) != sum.sha256 {
+        if root_of(file) != sum.sha256 {
             return Err(format!(
                 "{name}: its blocks do not add up to the digest cocoon.json records"
             ));
         }
     }
     Ok(Fetch { blocks })
+}
+
+/// The [`super::manifest::TreeHasher`] digest of a file whose blocks are
+/// `file.chunks` and zeros elsewhere, streamed: a size the index declares
+/// costs no memory, however large.
+fn root_of(file: &FileChunks) -> String {
+    use sha2::Digest as _;
+    let mut outer = sha2::Sha256::new();
+    if file.size == 0 {
+        outer.update(raw_digest(&empty_digest()));
+    } else {
+        let zero = zero_block();
+        let mut next = 0;
+        for (i, digest) in &file.chunks {
+            (next..*i).for_each(|_| outer.update(zero));
+            outer.update(raw_digest(digest));
+            next = i + 1;
+        }
+        (next..file.size.div_ceil(HASH_BLOCK)).for_each(|_| outer.update(zero));
+    }
+    outer
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn raw_digest(digest: &Digest) -> [u8; 32] {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::snapshot::manifest::FileSum;
+use crate::snapshot::manifest::{FileSum, tree_root};
 
 fn sha(data: &[u8]) -> [u8; 32] {
     use sha2::Digest as _;
@@ -126,6 +126,13 @@ fn an_index_that_does_not_add_up_is_refused() {
     let f = i.files.remove("memory-ranges").unwrap();
     i.files.insert("../memory-ranges".into(), f);
     refused(&i, &m, &artifact, "is not a plain snapshot file name");
+    // A huge declared size is summed as it is read, not held in memory.
+    let mut m = manifest.clone();
+    m.files.get_mut("memory-ranges").unwrap().size = 1 << 40;
+    let mut i = index.clone();
+    i.files.get_mut("memory-ranges").unwrap().size = 1 << 40;
+    i.files.get_mut("memory-ranges").unwrap().chunks.truncate(1);
+    refused(&i, &m, &artifact, "do not add up");
     let mut i = index;
     i.block_size = 1 << 20;
     refused(&i, &manifest, &artifact, "1048576-byte blocks");
