@@ -57,6 +57,11 @@ impl Host {
         serde_json::from_str(&self.ok(args)).unwrap()
     }
 
+    /// `snapshot push -o json SNAPSHOT REF`.
+    fn push(&self, snapshot: &str, reference: &str) -> Value {
+        self.json(&["snapshot", "push", "-o", "json", snapshot, reference])
+    }
+
     /// Fails with exit code 1; returns stderr.
     fn fail(&self, args: &[&str]) -> String {
         let out = self.cmd().args(args).output().unwrap();
@@ -201,7 +206,7 @@ fn a_snapshot_pushed_on_one_host_is_pulled_and_cloned_on_another() {
     };
     let a = source_with_snapshot();
     let reference = registry.reference("snaps/src:v1");
-    let pushed = a.json(&["snapshot", "push", "-o", "json", "s", &reference]);
+    let pushed = a.push("s", &reference);
     let blocks = pushed["blocks"].as_u64().unwrap();
     assert!(blocks >= 3, "{pushed}");
     assert_eq!(pushed["sent_blocks"], pushed["blocks"], "{pushed}");
@@ -278,14 +283,7 @@ fn a_second_push_of_the_same_vm_sends_only_the_blocks_that_changed() {
     };
     let a = source_with_snapshot();
     let mark = registry.log().len();
-    let first = a.json(&[
-        "snapshot",
-        "push",
-        "-o",
-        "json",
-        "s",
-        &registry.reference("snaps/src:v1"),
-    ]);
+    let first = a.push("s", &registry.reference("snaps/src:v1"));
     let blocks = first["blocks"].as_u64().unwrap() as usize;
     // Every block, then cocoon.json, the index and the config.
     assert_eq!(blob_puts(&registry, mark), blocks + 3);
@@ -299,14 +297,7 @@ fn a_second_push_of_the_same_vm_sends_only_the_blocks_that_changed() {
         .unwrap();
     a.ok(&["snapshot", "save", "--name", "s-later", "src"]);
     let mark = registry.log().len();
-    let second = a.json(&[
-        "snapshot",
-        "push",
-        "-o",
-        "json",
-        "s-later",
-        &registry.reference("snaps/src:v2"),
-    ]);
+    let second = a.push("s-later", &registry.reference("snaps/src:v2"));
     assert_eq!(second["sent_blocks"], 1, "{second}");
     assert_eq!(second["sent_bytes"], BLOCK, "{second}");
     // The registry's own log: that block, and the three small blobs that
@@ -314,14 +305,7 @@ fn a_second_push_of_the_same_vm_sends_only_the_blocks_that_changed() {
     assert_eq!(blob_puts(&registry, mark), 4);
     // Pushing it again sends nothing at all.
     let mark = registry.log().len();
-    let third = a.json(&[
-        "snapshot",
-        "push",
-        "-o",
-        "json",
-        "s-later",
-        &registry.reference("snaps/src:v2"),
-    ]);
+    let third = a.push("s-later", &registry.reference("snaps/src:v2"));
     assert_eq!(third["sent_blocks"], 0, "{third}");
     assert_eq!(blob_puts(&registry, mark), 0);
 }
@@ -349,7 +333,7 @@ fn a_killed_push_or_pull_resumes_without_moving_a_block_twice() {
     let err = b.fail(&["snapshot", "pull", &reference]);
     assert!(err.contains("404"), "{err}");
     let mark = registry.log().len();
-    let pushed = a.json(&["snapshot", "push", "-o", "json", "s", &reference]);
+    let pushed = a.push("s", &reference);
     assert_eq!(pushed["sent_blocks"], 0, "{pushed}");
     assert_eq!(blob_puts(&registry, mark), 3);
 
