@@ -431,17 +431,19 @@ impl Engine {
         snapshot_import::run(&mut self.ctx, input, name, description, progress)
     }
 
-    /// `snapshot push`: the snapshot into an OCI registry, in chunks.
+    /// `snapshot push`: the snapshot into an OCI registry, in chunks or
+    /// (upstream's layout) a blob per file.
     pub fn push_snapshot(
         &mut self,
         snapshot: &str,
         reference: &str,
+        layout: snapshot_push::Layout,
         progress: &dyn snapshot_push::TransferProgress,
     ) -> Result<snapshot_push::Pushed> {
-        snapshot_push::run(&mut self.ctx, snapshot, reference, progress)
+        snapshot_push::run(&mut self.ctx, snapshot, reference, layout, progress)
     }
 
-    /// `snapshot pull`: a chunked snapshot artifact into the store.
+    /// `snapshot pull`: a snapshot artifact (either layout) into the store.
     pub fn pull_snapshot(
         &mut self,
         reference: &str,

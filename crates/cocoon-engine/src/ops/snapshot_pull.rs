@@ -1,5 +1,6 @@
 //! `snapshot pull REF`: a chunked snapshot artifact (`snapshot push`) from
-//! an OCI registry into the snapshot store.
+//! an OCI registry into the snapshot store (upstream's whole-file layout:
+//! `snapshot_pull_whole`).
 //!
 //! Nothing from the registry is trusted: the manifest, `cocoon.json` and the
 //! chunk index are read bounded and checked against their digests, the
@@ -57,7 +58,7 @@ struct Remote {
     fetch: Fetch,
 }
 
-fn refused(reference: &Reference, reason: impl std::fmt::Display) -> Error {
+pub(super) fn refused(reference: &Reference, reason: impl std::fmt::Display) -> Error {
     SnapshotError::Manifest(format!("{}: {reason}", reference.whole())).into()
 }
 
@@ -84,7 +85,14 @@ pub(crate) fn run(
     let options = RegistryOptions::from_config(ctx.config());
     let parallel = super::snapshot_push::transfers(ctx);
     let client = options.client(&parsed);
-    let remote = ctx.block_on(async |_| read_artifact(&client, &parsed, &options).await)?;
+    let remote = match ctx.block_on(async |_| read_artifact(&client, &parsed, &options).await)? {
+        Artifact::Chunked(remote) => remote,
+        Artifact::Whole(remote) => {
+            return super::snapshot_pull_whole::run(
+                ctx, &client, &parsed, &options, remote, naming, progress,
+            );
+        }
+    };
     let cache = ctx.layout.snapshot_pull(&remote.digest);
     let lock =
         lock_cache(&cache).map_err(|e| Error::io(format!("cannot lock {}", cache.display()), e))?;
@@ -136,7 +144,7 @@ pub(crate) fn run(
 /// second waits, then finds the blocks. A pull that finished removed the
 /// directory (lock file included) before letting go: the waiter then holds
 /// a lock on a file no longer there, and starts over with a new one.
-fn lock_cache(cache: &Path) -> std::io::Result<File> {
+pub(super) fn lock_cache(cache: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::MetadataExt;
     let path = cache.join(".lock");
     loop {
@@ -151,7 +159,7 @@ fn lock_cache(cache: &Path) -> std::io::Result<File> {
 }
 
 /// Removes the block cache (then its lock), passing `result` through.
-fn drop_cache<T>(cache: &Path, lock: File, result: T) -> T {
+pub(super) fn drop_cache<T>(cache: &Path, lock: File, result: T) -> T {
     if let Err(e) = std::fs::remove_dir_all(cache) {
         tracing::warn!("cannot remove {}: {e}", cache.display());
     }
@@ -159,12 +167,19 @@ fn drop_cache<T>(cache: &Path, lock: File, result: T) -> T {
     result
 }
 
-/// The manifest, `cocoon.json` and the index, each bounded and checked.
+/// A snapshot artifact in one layout or the other.
+enum Artifact {
+    Chunked(Remote),
+    Whole(super::snapshot_pull_whole::Remote),
+}
+
+/// The manifest, then (chunked) `cocoon.json` and the index, each bounded
+/// and checked, or (whole) the config blob.
 async fn read_artifact(
     client: &Client,
     reference: &Reference,
     options: &RegistryOptions,
-) -> Result<Remote> {
+) -> Result<Artifact> {
     let fetcher = ManifestFetcher::new(client, reference, options).await?;
     let pinned = match reference.digest() {
         Some(d) => Some(Digest::parse(d).map_err(|e| refused(reference, e))?),
@@ -178,10 +193,21 @@ async fn read_artifact(
     let artifact: ArtifactManifest = serde_json::from_slice(&body)
         .map_err(|e| refused(reference, format!("not an artifact manifest: {e}")))?;
     if artifact.artifact_type == chunked::UPSTREAM_ARTIFACT_TYPE {
-        return Err(refused(
-            reference,
-            "it is a whole-file snapshot artifact (upstream's epoch layout); pull it with `epoch pull`, or through `epoch`'s stream into `cocoon snapshot import`",
-        ));
+        if artifact.config.media_type != chunked::CONFIG_MEDIA_TYPE {
+            return Err(refused(
+                reference,
+                format!(
+                    "unexpected config media type {:?}",
+                    artifact.config.media_type
+                ),
+            ));
+        }
+        let config = fetcher.fetch_config(&artifact.config.digest).await?;
+        return Ok(Artifact::Whole(super::snapshot_pull_whole::Remote {
+            digest,
+            artifact,
+            config,
+        }));
     }
     let (manifest_layer, index_layer) =
         chunked::check_layers(&artifact).map_err(|e| refused(reference, e))?;
@@ -194,12 +220,12 @@ async fn read_artifact(
     let index: ChunkIndex = serde_json::from_slice(&index)
         .map_err(|e| refused(reference, format!("chunk index: {e}")))?;
     let fetch = chunked::check(&index, &manifest, &artifact).map_err(|e| refused(reference, e))?;
-    Ok(Remote {
+    Ok(Artifact::Chunked(Remote {
         digest,
         cocoon_json,
         index,
         fetch,
-    })
+    }))
 }
 
 fn block_path(cache: &Path, digest: &Digest) -> PathBuf {

@@ -32,6 +32,26 @@ pub trait TransferProgress: Send + Sync {
 pub struct NoTransferProgress;
 impl TransferProgress for NoTransferProgress {}
 
+/// How a snapshot is laid out in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// 4 MiB blocks, each sent once ([`chunked`]): this engine's own.
+    #[default]
+    Chunked,
+    /// One blob per file, as upstream's epoch pushes (and epoch and
+    /// vk-cocoon pull): `snapshot_push_whole`.
+    Whole,
+}
+
+impl Layout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Chunked => "chunked",
+            Layout::Whole => "whole",
+        }
+    }
+}
+
 /// What a push did.
 #[derive(Debug, Clone)]
 pub struct Pushed {
@@ -40,7 +60,9 @@ pub struct Pushed {
     pub reference: String,
     /// The artifact manifest's digest.
     pub digest: Digest,
-    /// Distinct non-zero blocks of the snapshot, and their data bytes.
+    pub layout: Layout,
+    /// Distinct non-zero blocks of the snapshot (whole layout: its files),
+    /// and their data bytes.
     pub blocks: usize,
     pub bytes: u64,
     /// Blocks (and bytes) sent by this push: the rest were in the registry.
@@ -66,32 +88,46 @@ pub(crate) fn run(
     ctx: &mut Ctx,
     snapshot_ref: &str,
     reference: &str,
+    layout: Layout,
     progress: &dyn TransferProgress,
 ) -> Result<Pushed> {
     let parsed = oci::parse_reference(reference)?;
     let snapshot = ctx.store().resolve_snapshot(snapshot_ref)?;
     let manifest = super::snapshot_check::load_manifest(&snapshot, false)?;
+    match layout {
+        Layout::Chunked => push_chunked(ctx, snapshot, &manifest, &parsed, progress),
+        Layout::Whole => super::snapshot_push_whole::run(ctx, snapshot, &parsed, progress),
+    }
+}
+
+fn push_chunked(
+    ctx: &mut Ctx,
+    snapshot: Snapshot,
+    manifest: &Manifest,
+    parsed: &Reference,
+    progress: &dyn TransferProgress,
+) -> Result<Pushed> {
     let cocoon_json = std::fs::read(snapshot.data_dir.join(MANIFEST))
         .map_err(|e| Error::io(format!("cannot read snapshot {}", snapshot.id), e))?;
-    let plan = plan(&snapshot, &manifest)?;
+    let plan = plan(&snapshot, manifest)?;
     let options = RegistryOptions::from_config(ctx.config());
     let parallel = transfers(ctx);
     let config = config_blob(&snapshot);
     let bytes = plan.blocks.values().map(|s| s.len).sum();
     progress.begin(&parsed.whole(), bytes);
     let (digest, sent_blocks, sent_bytes) = ctx.block_on(async |_| {
-        let client = Arc::new(push_client(&options, &parsed));
+        let client = Arc::new(push_client(&options, parsed));
         let auth = options.auth(parsed.resolve_registry())?;
         within(
-            &parsed,
+            parsed,
             &options.limits,
             "authenticating",
-            client.auth(&parsed, &auth, RegistryOperation::Push),
+            client.auth(parsed, &auth, RegistryOperation::Push),
         )
         .await?
-        .map_err(|e| push_error(&parsed, "authenticating", e))?;
+        .map_err(|e| push_error(parsed, "authenticating", e))?;
         let (sent_blocks, sent_bytes) =
-            upload_blocks(&client, &parsed, &options, &plan.blocks, parallel, progress).await?;
+            upload_blocks(&client, parsed, &options, &plan.blocks, parallel, progress).await?;
         // Killed here, the registry has every block and no tag names them.
         crate::failpoint::hit("snapshot.push.blocks")?;
         let index = serde_json::to_vec(&plan.index).expect("index serialises");
@@ -101,7 +137,7 @@ pub(crate) fn run(
         ];
         let mut descriptors = Vec::new();
         for (media_type, body, title) in layers {
-            let d = upload_small(&client, &parsed, &options, media_type, body).await?;
+            let d = upload_small(&client, parsed, &options, media_type, body).await?;
             descriptors.push(match title {
                 Some(title) => d.titled(title),
                 None => d,
@@ -112,19 +148,28 @@ pub(crate) fn run(
         }));
         let config = upload_small(
             &client,
-            &parsed,
+            parsed,
             &options,
             chunked::CONFIG_MEDIA_TYPE,
             config,
         )
         .await?;
-        let digest =
-            push_manifest(&client, &parsed, &options, &snapshot, config, descriptors).await?;
+        let digest = push_manifest(
+            &client,
+            parsed,
+            &options,
+            &snapshot,
+            Layout::Chunked,
+            config,
+            descriptors,
+        )
+        .await?;
         Ok((digest, sent_blocks, sent_bytes))
     })?;
     Ok(Pushed {
         reference: parsed.whole(),
         digest,
+        layout: Layout::Chunked,
         blocks: plan.blocks.len(),
         bytes,
         sent_blocks,
@@ -199,7 +244,7 @@ fn config_blob(snapshot: &Snapshot) -> Vec<u8> {
 
 /// Monolithic uploads (one POST and one PUT per blob): blocks are at most
 /// 4 MiB, where chunked uploads only add round trips.
-fn push_client(options: &RegistryOptions, reference: &Reference) -> Client {
+pub(super) fn push_client(options: &RegistryOptions, reference: &Reference) -> Client {
     Client::new(oci_client::client::ClientConfig {
         use_monolithic_push: true,
         ..options.client_config(reference)
@@ -252,7 +297,7 @@ async fn upload_blocks(
     Ok((sent, sent_bytes))
 }
 
-async fn blob_exists(
+pub(super) async fn blob_exists(
     client: &Client,
     reference: &Reference,
     options: &RegistryOptions,
@@ -283,7 +328,7 @@ async fn read_block(source: &Source) -> Result<Vec<u8>> {
 }
 
 /// A small blob (manifest, index, config) sent unless present.
-async fn upload_small(
+pub(super) async fn upload_small(
     client: &Client,
     reference: &Reference,
     options: &RegistryOptions,
@@ -306,11 +351,12 @@ async fn upload_small(
     Ok(Descriptor::new(media_type, digest, size))
 }
 
-async fn push_manifest(
+pub(super) async fn push_manifest(
     client: &Client,
     reference: &Reference,
     options: &RegistryOptions,
     snapshot: &Snapshot,
+    layout: Layout,
     config: Descriptor,
     layers: Vec<Descriptor>,
 ) -> Result<Digest> {
@@ -331,7 +377,11 @@ async fn push_manifest(
     let artifact = chunked::ArtifactManifest {
         schema_version: 2,
         media_type: chunked::OCI_MANIFEST.to_string(),
-        artifact_type: chunked::ARTIFACT_TYPE.to_string(),
+        artifact_type: match layout {
+            Layout::Chunked => chunked::ARTIFACT_TYPE,
+            Layout::Whole => chunked::UPSTREAM_ARTIFACT_TYPE,
+        }
+        .to_string(),
         config,
         layers,
         annotations,

@@ -115,16 +115,19 @@ pub enum SnapshotCommand {
     },
     /// Push a snapshot to an OCI registry (in chunks: only blocks the registry lacks are sent)
     #[command(
-        after_help = "Examples:\n  cocoon snapshot push base registry.example.com/snaps/base:v1\n  cocoon snapshot push -o json base 127.0.0.1:5000/snaps/base:v2"
+        after_help = "Examples:\n  cocoon snapshot push base registry.example.com/snaps/base:v1\n  cocoon snapshot push -o json base 127.0.0.1:5000/snaps/base:v2\n  cocoon snapshot push --layout whole base registry.example.com/snaps/base:epoch"
     )]
     Push {
         #[command(flatten)]
         output: FormatArg,
+        /// How the snapshot is laid out in the registry
+        #[arg(long, value_enum, default_value_t = LayoutArg::Chunked)]
+        layout: LayoutArg,
         snapshot: String,
         /// Registry reference: host[:port]/repository[:tag]
         reference: String,
     },
-    /// Pull a snapshot pushed by `snapshot push` from an OCI registry
+    /// Pull a snapshot from an OCI registry (either layout of `snapshot push`, or epoch's)
     #[command(
         after_help = "Examples:\n  cocoon snapshot pull registry.example.com/snaps/base:v1\n  cocoon snapshot pull --name base2 127.0.0.1:5000/snaps/base:v2"
     )]

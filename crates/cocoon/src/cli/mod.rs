@@ -190,6 +190,26 @@ pub enum RestoreModeArg {
     Mmap,
 }
 
+/// `snapshot push --layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LayoutArg {
+    /// 4 MiB blocks, each sent once: a later push sends only what changed (default)
+    #[default]
+    Chunked,
+    /// One blob per file, as upstream's epoch pushes: what epoch and vk-cocoon pull
+    Whole,
+}
+
+impl LayoutArg {
+    pub fn engine(self) -> cocoon_engine::ops::snapshot_push::Layout {
+        use cocoon_engine::ops::snapshot_push::Layout;
+        match self {
+            LayoutArg::Chunked => Layout::Chunked,
+            LayoutArg::Whole => Layout::Whole,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressionArg {
     /// zstd, multi-threaded (default)

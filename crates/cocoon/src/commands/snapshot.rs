@@ -55,9 +55,10 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
         } => import(engine, name.as_ref(), &description, file.as_deref()),
         SnapshotCommand::Push {
             output,
+            layout,
             snapshot,
             reference,
-        } => super::snapshot_registry::push(engine, &snapshot, &reference, output),
+        } => super::snapshot_registry::push(engine, &snapshot, &reference, layout, output),
         SnapshotCommand::Pull {
             name,
             output,

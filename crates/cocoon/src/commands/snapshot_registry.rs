@@ -7,7 +7,7 @@ use cocoon_engine::units::BinarySize;
 use cocoon_engine::{Engine, Result};
 
 use super::io;
-use crate::cli::FormatArg;
+use crate::cli::{FormatArg, LayoutArg};
 use crate::output::{print_json, print_line};
 
 /// A byte bar on stderr when it is a terminal, nothing otherwise.
@@ -53,9 +53,15 @@ impl TransferProgress for Bar {
     }
 }
 
-pub fn push(engine: &mut Engine, snapshot: &str, reference: &str, output: FormatArg) -> Result<()> {
+pub fn push(
+    engine: &mut Engine,
+    snapshot: &str,
+    reference: &str,
+    layout: LayoutArg,
+    output: FormatArg,
+) -> Result<()> {
     let bar = Bar::new("pushing");
-    let result = engine.push_snapshot(snapshot, reference, &bar);
+    let result = engine.push_snapshot(snapshot, reference, layout.engine(), &bar);
     bar.finish();
     let pushed = result?;
     if output.json() {
@@ -63,6 +69,7 @@ pub fn push(engine: &mut Engine, snapshot: &str, reference: &str, output: Format
             "snapshot": pushed.snapshot.id,
             "reference": pushed.reference,
             "digest": pushed.digest,
+            "layout": pushed.layout.as_str(),
             "blocks": pushed.blocks,
             "bytes": pushed.bytes,
             "sent_blocks": pushed.sent_blocks,
@@ -71,12 +78,16 @@ pub fn push(engine: &mut Engine, snapshot: &str, reference: &str, output: Format
         .map_err(io);
     }
     eprintln!(
-        "pushed: {} → {}@{} (sent {} of {} blocks, {} of {})",
+        "pushed: {} → {}@{} (sent {} of {} {}, {} of {})",
         pushed.snapshot.id,
         pushed.reference,
         pushed.digest,
         pushed.sent_blocks,
         pushed.blocks,
+        match pushed.layout {
+            cocoon_engine::ops::snapshot_push::Layout::Chunked => "blocks",
+            cocoon_engine::ops::snapshot_push::Layout::Whole => "files",
+        },
         BinarySize(pushed.sent_bytes),
         BinarySize(pushed.bytes),
     );

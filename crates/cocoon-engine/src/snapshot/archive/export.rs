@@ -222,7 +222,7 @@ impl<W: Write> FileExport<'_, '_, W> {
 }
 
 /// The manifest, bounded: it is read into memory whole.
-fn read_manifest(path: &Path) -> Result<(File, Vec<u8>), ArchiveError> {
+pub(super) fn read_manifest(path: &Path) -> Result<(File, Vec<u8>), ArchiveError> {
     let source = source_error(path);
     let file = OpenOptions::new()
         .read(true)
@@ -260,7 +260,7 @@ fn write_error(source: io::Error) -> ArchiveError {
     ArchiveError::Write { source }
 }
 
-fn source_error(path: &Path) -> impl Fn(io::Error) -> ArchiveError + '_ {
+pub(super) fn source_error(path: &Path) -> impl Fn(io::Error) -> ArchiveError + '_ {
     move |source| ArchiveError::Source {
         path: path.to_path_buf(),
         source,

@@ -21,6 +21,7 @@
 //! space, and no more than them are ever written.
 
 mod compress;
+pub(crate) mod epoch;
 mod error;
 mod export;
 mod extract;

@@ -92,6 +92,10 @@ impl<W: Write> TarWriter<W> {
         self.out.write_all(&[0; BLOCK_LEN][..super::small_len(pad)])
     }
 
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
     /// The end-of-archive marker (two zero blocks); returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
         self.out.write_all(&[0; 2 * BLOCK_LEN])?;
