@@ -92,6 +92,19 @@ pub(super) fn run(
     let lock =
         lock_cache(&cache).map_err(|e| Error::io(format!("cannot lock {}", cache.display()), e))?;
     let bytes = layers.iter().map(|l| l.len).sum();
+    // The blobs, then the files made of them: both on this filesystem at
+    // once, until the import is done. Refused before anything is fetched.
+    let missing: u64 = distinct(&remote.artifact)
+        .filter(|(digest, size)| {
+            std::fs::metadata(cache.join(digest.hex())).map_or(true, |m| m.len() != *size)
+        })
+        .map(|(_, size)| size)
+        .sum();
+    let need = missing.saturating_add(bytes);
+    if let Err(e) = crate::image::limits::require_space(&cache, "the snapshot's blobs", need) {
+        let e = Error::Invalid(format!("cannot pull {}: {e}", reference.whole()));
+        return Err(drop_cache(&cache, lock, e));
+    }
     progress.begin(&reference.whole(), bytes);
     let parallel = super::snapshot_push::transfers(ctx);
     let fetched = ctx.block_on(async |_| {
@@ -216,13 +229,7 @@ async fn fetch(
     parallel: usize,
     progress: &dyn TransferProgress,
 ) -> Result<(usize, u64)> {
-    // Two files with the same bytes are one blob, fetched once.
-    let distinct: BTreeMap<&Digest, u64> = artifact
-        .layers
-        .iter()
-        .map(|layer| (&layer.digest, layer.size))
-        .collect();
-    let work = futures_util::stream::iter(distinct).map(|(digest, size)| async move {
+    let work = futures_util::stream::iter(distinct(artifact)).map(|(digest, size)| async move {
         let path = cache.join(digest.hex());
         let have = std::fs::metadata(&path).is_ok_and(|m| m.len() == size)
             && still_whole(&path, digest).await;
@@ -243,6 +250,16 @@ async fn fetch(
         }
     }
     Ok((blobs, bytes))
+}
+
+/// Each blob once: two files with the same bytes are one blob.
+fn distinct(artifact: &ArtifactManifest) -> impl Iterator<Item = (&Digest, u64)> {
+    let blobs: BTreeMap<&Digest, u64> = artifact
+        .layers
+        .iter()
+        .map(|layer| (&layer.digest, layer.size))
+        .collect();
+    blobs.into_iter()
 }
 
 /// Whether a blob left by an earlier run still has its digest.
