@@ -125,7 +125,9 @@ fn across_hosts(test: &str, flags: &[&str], var: &str, program: &str) {
 
     // A later snapshot of the same VM: only what changed is sent.
     a.wait_beat("src", hi + 3);
+    let lo2 = a.last_beat("src");
     a.ok(&["snapshot", "save", "--name", "s2", "src"]);
+    let hi2 = a.last_beat("src") + 1;
     let second = a.json(&[
         "snapshot",
         "push",
@@ -143,7 +145,25 @@ fn across_hosts(test: &str, flags: &[&str], var: &str, program: &str) {
         "{test}: first push {} blocks / {} bytes; second push sent {} of {} blocks, {sent} of {total} bytes; clone on B counts {beats:?} (snapshot at {lo}..={hi})",
         first["blocks"], first["bytes"], second["sent_blocks"], second["blocks"]
     );
-    b.ok(&["vm", "rm", "--force", "c"]);
+
+    // The same snapshot in upstream's layout (epoch's), pulled and cloned.
+    let whole_ref = registry.reference("snaps/src:whole");
+    let whole = a.json(&[
+        "snapshot", "push", "-o", "json", "--layout", "whole", "s2", &whole_ref,
+    ]);
+    assert_eq!(whole["layout"], "whole", "{test}: {whole}");
+    b.ok(&["snapshot", "pull", "--name", "w", &whole_ref]);
+    b.ok(&["vm", "clone", "--name", "cw", "w"]);
+    let beats = b.beats_since("cw", 3);
+    assert!(
+        (lo2..=hi2).contains(&beats[0]) && beats.windows(2).all(|w| w[1] == w[0] + 1),
+        "{test}: the whole-layout clone counts {beats:?}; the snapshot was taken at {lo2}..={hi2}"
+    );
+    eprintln!(
+        "{test}: whole layout: {} files, {} bytes sent",
+        whole["blocks"], whole["sent_bytes"]
+    );
+    b.ok(&["vm", "rm", "--force", "c", "cw"]);
     a.ok(&["vm", "rm", "--force", "src"]);
 }
 

@@ -39,8 +39,8 @@ pub(super) fn run(
     let invalid = |e: &dyn std::fmt::Display| {
         Error::Invalid(format!("cannot push snapshot {}: {e}", snapshot.id))
     };
-    let (record, entries) = epoch::entries(&snapshot.data_dir).map_err(|e| invalid(&e))?;
-    let digests = digests(&entries).map_err(|e| invalid(&e))?;
+    let (record, mut entries) = epoch::entries(&snapshot.data_dir).map_err(|e| invalid(&e))?;
+    let digests = digests(&mut entries).map_err(|e| invalid(&e))?;
     let options = RegistryOptions::from_config(ctx.config());
     let parallel = super::snapshot_push::transfers(ctx);
     let bytes = entries.iter().map(Entry::blob_len).sum();
@@ -111,13 +111,13 @@ pub(super) fn run(
 }
 
 /// Each blob's digest first (HEAD needs it; the registry checks the bytes
-/// against it), the files checked against `cocoon.json` on the way, one
-/// thread per file.
-fn digests(entries: &[Entry]) -> std::result::Result<Vec<Digest>, ArchiveError> {
+/// against it), the files checked against `cocoon.json` and their zeros
+/// left out on the way ([`Entry::prepare`]), one thread per file.
+fn digests(entries: &mut [Entry]) -> std::result::Result<Vec<Digest>, ArchiveError> {
     std::thread::scope(|scope| {
         let work: Vec<_> = entries
-            .iter()
-            .map(|entry| scope.spawn(|| entry.digest()))
+            .iter_mut()
+            .map(|entry| scope.spawn(|| entry.prepare()))
             .collect();
         work.into_iter()
             .map(|w| w.join().expect("digest thread"))

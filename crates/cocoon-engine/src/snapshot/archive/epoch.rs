@@ -5,7 +5,8 @@
 //! (Go)'s `COCOON.sparse.map` / `COCOON.sparse.size` in the config blob's
 //! `files` map.
 //!
-//! [`entries`] is what `snapshot push --layout whole` sends; [`import`]
+//! [`entries`] (each [`Entry::prepare`]d) is what `snapshot push --layout
+//! whole` sends; [`import`]
 //! rebuilds the stream epoch's pull feeds `cocoon snapshot import` and
 //! imports it, so a pulled artifact goes through every check an import
 //! makes, whoever pushed it (this engine, or epoch over cocoon (Go)).
@@ -29,7 +30,9 @@ use crate::snapshot::manifest::{FileSum, MANIFEST, TreeHasher};
 pub const SPARSE_MAP: &str = "COCOON.sparse.map";
 pub const SPARSE_SIZE: &str = "COCOON.sparse.size";
 
-const READ_BUFFER: usize = 1 << 20;
+/// Pieces of a file read at once; one that is all zeros is left out of
+/// the blob, as a hole.
+const ZERO_PIECE: usize = 1 << 20;
 
 /// One entry of the export stream, as one blob.
 pub struct Entry {
@@ -80,26 +83,35 @@ impl Entry {
         })
     }
 
-    /// The blob's digest; a data file is checked against `cocoon.json` on
-    /// the way (holes summed as zeros), so a file changed since the
-    /// snapshot was taken is never sent.
-    pub fn digest(&self) -> Result<Digest, ArchiveError> {
+    /// Reads the entry once: a data file is checked against `cocoon.json`
+    /// (holes summed as zeros), so a file changed since the snapshot was
+    /// taken is never sent; its 1 MiB pieces of zeros become holes too
+    /// (guest memory the guest never touched is written out as zeros, not
+    /// holes); returns the blob's digest.
+    pub fn prepare(&mut self) -> Result<Digest, ArchiveError> {
         let mut blob = sha2::Sha256::new();
         let mut tree = TreeHasher::default();
         let mut reader = self.open().map_err(self.source())?;
-        let mut buf = vec![0u8; READ_BUFFER];
-        let mut pos = 0;
+        let mut buf = vec![0u8; ZERO_PIECE];
+        let (mut pos, mut data) = (0, Vec::new());
+        let zeros_are_holes = matches!(self.body, Body::File(_));
         for segment in &self.segments {
             tree.update_zeros(segment.offset - pos);
-            let mut left = segment.len;
-            while left > 0 {
-                let want = super::small_len(left.min(buf.len() as u64));
-                reader.read_exact(&mut buf[..want]).map_err(self.source())?;
-                blob.update(&buf[..want]);
-                tree.update(&buf[..want]);
-                left -= want as u64;
+            let (mut at, end) = (segment.offset, segment.offset + segment.len);
+            while at < end {
+                // Pieces aligned to the file, so a piece is the same
+                // wherever it is cut from.
+                let next = (at + 1).next_multiple_of(ZERO_PIECE as u64).min(end);
+                let piece = &mut buf[..super::small_len(next - at)];
+                reader.read_exact(piece).map_err(self.source())?;
+                tree.update(piece);
+                if !(zeros_are_holes && piece.iter().all(|&b| b == 0)) {
+                    blob.update(&*piece);
+                    push_data(&mut data, at, next - at);
+                }
+                at = next;
             }
-            pos = segment.offset + segment.len;
+            pos = end;
         }
         tree.update_zeros(self.size - pos);
         if let Some(sum) = &self.sum {
@@ -112,6 +124,7 @@ impl Entry {
                 });
             }
         }
+        self.segments = data;
         Ok(Digest::of(blob))
     }
 
@@ -120,6 +133,15 @@ impl Entry {
             path: PathBuf::from(&self.name),
             source,
         }
+    }
+}
+
+/// Adds `len` bytes of data at `offset`, joining it to the last segment
+/// when they touch.
+fn push_data(segments: &mut Vec<Segment>, offset: u64, len: u64) {
+    match segments.last_mut() {
+        Some(last) if last.offset + last.len == offset => last.len += len,
+        _ => segments.push(Segment { offset, len }),
     }
 }
 
