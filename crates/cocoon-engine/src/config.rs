@@ -71,6 +71,10 @@ pub struct Config {
     pub terminate_grace_period_seconds: u64,
     /// Already resolved: never 0.
     pub pool_size: usize,
+    /// Connections per download (upstream #76): parallel Range requests of
+    /// a cloud image, blobs at once of a snapshot push or pull. Already
+    /// resolved: 1 to [`MAX_PULL_CONNS`].
+    pub pull_conns: usize,
     /// `host[:port]` of registries spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
     pub registry_connect_timeout_seconds: u64,
@@ -144,6 +148,7 @@ impl Default for Config {
             socket_wait_timeout_seconds: 5,
             terminate_grace_period_seconds: 5,
             pool_size: default_pool_size(),
+            pull_conns: DEFAULT_PULL_CONNS,
             insecure_registries: Vec::new(),
             registry_connect_timeout_seconds: 30,
             registry_read_timeout_seconds: 60,
@@ -157,6 +162,12 @@ impl Default for Config {
         }
     }
 }
+
+/// Upstream's default and cap (`config.go`: `defaultPullConns`,
+/// `maxPullConns`): the cap keeps a wrong value from exhausting file
+/// descriptors.
+pub const DEFAULT_PULL_CONNS: usize = 8;
+pub const MAX_PULL_CONNS: usize = 64;
 
 fn default_pool_size() -> usize {
     spec::host_cpus() as usize
@@ -247,6 +258,7 @@ impl Config {
             "socket_wait_timeout_seconds" => self.socket_wait_timeout_seconds.to_string(),
             "terminate_grace_period_seconds" => self.terminate_grace_period_seconds.to_string(),
             "pool_size" => self.pool_size.to_string(),
+            "pull_conns" => self.pull_conns.to_string(),
             "insecure_registries" => self.insecure_registries.join(","),
             "registry_connect_timeout_seconds" => self.registry_connect_timeout_seconds.to_string(),
             "registry_read_timeout_seconds" => self.registry_read_timeout_seconds.to_string(),

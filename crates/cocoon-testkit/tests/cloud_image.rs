@@ -4,6 +4,8 @@
 
 #[path = "cloud_image/http.rs"]
 mod http;
+#[path = "cloud_image/parallel.rs"]
+mod parallel;
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -170,6 +170,12 @@ pub const KEYS: &[Key] = &[
         help: "parallel workers (0 = number of CPUs)",
     },
     Key {
+        name: "pull_conns",
+        env: "COCOON_PULL_CONNS",
+        flag: None,
+        help: "connections per download: Range requests of a cloud image, blobs of a snapshot push or pull (0: 8; at most 64)",
+    },
+    Key {
         name: "insecure_registries",
         env: "COCOON_INSECURE_REGISTRIES",
         flag: None,
@@ -222,11 +228,6 @@ pub const KEYS: &[Key] = &[
 /// Upstream cocoon's keys this cocoon does not support yet, and why: set in
 /// the file or the environment, each is an error saying so, never ignored.
 pub const UNSUPPORTED: &[(&str, &str, &str)] = &[
-    (
-        "pull_conns",
-        "COCOON_PULL_CONNS",
-        "cloud images download over one connection, resumable with Range (parallel Range downloads are not implemented yet); remove the key",
-    ),
     (
         "meta_backend",
         "COCOON_META_BACKEND",

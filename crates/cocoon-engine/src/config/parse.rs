@@ -139,6 +139,7 @@ impl Config {
                 self.insecure_registries = registry_hosts(value).map_err(|e| fail(&e))?
             }
             "pool_size" => self.pool_size = pool_size(value).map_err(&fail)?,
+            "pull_conns" => self.pull_conns = pull_conns(value).map_err(&fail)?,
             "cgroup_parent" => self.cgroup_parent = cgroup_parent(value).map_err(|e| fail(&e))?,
             "cgroup_cpus" => self.cgroup_cpus = cpu_list(value).map_err(|e| fail(&e))?,
             "jail_extra_paths" => {
@@ -266,6 +267,16 @@ fn pool_size(value: &str) -> Result<usize, &'static str> {
     match number(value)? {
         0 => Ok(default_pool_size()),
         n => usize::try_from(n).map_err(|_| "too large a number of workers"),
+    }
+}
+
+/// Connections per download; 0 means upstream's default, and more than
+/// the cap is refused (upstream clamps silently).
+fn pull_conns(value: &str) -> Result<usize, &'static str> {
+    match number(value)? {
+        0 => Ok(super::DEFAULT_PULL_CONNS),
+        n if n > super::MAX_PULL_CONNS as u64 => Err("at most 64 connections"),
+        n => usize::try_from(n).map_err(|_| "at most 64 connections"),
     }
 }
 

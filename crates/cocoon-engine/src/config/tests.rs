@@ -54,6 +54,7 @@ pub(crate) fn samples(key: &str) -> [&'static str; 3] {
         "socket_wait_timeout_seconds" => ["21", "22", "23"],
         "terminate_grace_period_seconds" => ["31", "32", "33"],
         "pool_size" => ["7", "8", "9"],
+        "pull_conns" => ["2", "3", "4"],
         "insecure_registries" => ["reg.f:5000", "reg.e", "reg.c:80"],
         "registry_connect_timeout_seconds" => ["41", "42", "43"],
         "registry_read_timeout_seconds" => ["51", "52", "53"],
@@ -85,6 +86,7 @@ fn toml_line(key: &str, value: &str) -> String {
         | "socket_wait_timeout_seconds"
         | "terminate_grace_period_seconds"
         | "pool_size"
+        | "pull_conns"
         | "registry_connect_timeout_seconds"
         | "registry_read_timeout_seconds"
         | "max_layer_bytes"
@@ -321,13 +323,13 @@ fn explicit_config_path_must_exist_default_may_not() {
 
 #[test]
 fn upstream_keys_not_supported_yet_are_errors_that_say_so() {
-    let err = load(Some("pull_conns = 8\n"), &[], &[]).unwrap_err();
+    let err = load(Some("meta_backend = \"json\"\n"), &[], &[]).unwrap_err();
     assert!(
-        matches!(&err, ConfigError::Unsupported { key, .. } if key == "pull_conns"),
+        matches!(&err, ConfigError::Unsupported { key, .. } if key == "meta_backend"),
         "{err}"
     );
     assert!(
-        err.to_string().contains("\"pull_conns\" is upstream cocoon's key, not supported by this cocoon yet: cloud images download over one connection"),
+        err.to_string().contains("\"meta_backend\" is upstream cocoon's key, not supported by this cocoon yet: the state is always one SQLite database"),
         "{err}"
     );
     let err = load(Some("[metering]\nbackend = \"file\"\n"), &[], &[]).unwrap_err();
@@ -357,4 +359,21 @@ fn net_scope_is_two_letters_or_digits() {
             "{bad}: {err}"
         );
     }
+}
+
+#[test]
+fn pull_conns_defaults_to_upstreams_eight_and_refuses_more_than_64() {
+    assert_eq!(load(None, &[], &[]).unwrap().pull_conns, 8);
+    assert_eq!(
+        load(Some("pull_conns = 0\n"), &[], &[]).unwrap().pull_conns,
+        8
+    );
+    assert_eq!(
+        load(Some("pull_conns = 64\n"), &[], &[])
+            .unwrap()
+            .pull_conns,
+        64
+    );
+    let err = load(Some("pull_conns = 65\n"), &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("at most 64 connections"), "{err}");
 }

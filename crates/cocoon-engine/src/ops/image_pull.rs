@@ -202,7 +202,7 @@ pub(crate) fn cloud(
         url: Some(url.to_string()),
     };
     ctx.with_intent(&op, url, |ctx, _| {
-        let fetched = cloud::pull::fetch(&dirs, url, force, progress)?;
+        let fetched = cloud::pull::fetch(&dirs, url, force, ctx.config().pull_conns, progress)?;
         crate::failpoint::hit("image.pull.fetched")?;
         let image = match existing {
             // Same content under the same URL: the record stands as is.

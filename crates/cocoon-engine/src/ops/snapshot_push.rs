@@ -178,10 +178,10 @@ fn push_chunked(
     })
 }
 
-/// Transfers at once: the configured pool, at least 4 (the network, not
-/// the CPU, bounds a transfer).
+/// Transfers at once: `pull_conns` (the network, not the CPU, bounds a
+/// transfer).
 pub(crate) fn transfers(ctx: &Ctx) -> usize {
-    ctx.config().pool_size.max(4)
+    ctx.config().pull_conns
 }
 
 /// Each file's blocks summed again (verifying the file against

@@ -157,21 +157,29 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     if let Some(etag) = &resource.etag {
         extra.push(("ETag", etag.clone()));
     }
-    let start = range
+    // `bytes=START-` or `bytes=START-END` (END inclusive).
+    let bounds = range
         .as_deref()
         .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.strip_suffix('-'))
-        .and_then(|s| s.parse::<usize>().ok());
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(s, e)| {
+            let start = s.parse::<usize>().ok()?;
+            let end = match e {
+                "" => len,
+                e => (e.parse::<usize>().ok()? + 1).min(len),
+            };
+            Some((start, end))
+        });
     let validator_ok = if_range.is_none() || if_range == resource.etag;
-    let (status, body) = match start {
-        Some(start) if resource.ranges && validator_ok => {
-            if start >= len {
+    let (status, body) = match bounds {
+        Some((start, end)) if resource.ranges && validator_ok => {
+            if start >= len || start >= end {
                 extra.push(("Content-Range", format!("bytes */{len}")));
                 record(state, &path, &range, &if_range, 416);
                 return respond(&mut out, 416, &extra, b"", None, None);
             }
-            extra.push(("Content-Range", format!("bytes {start}-{}/{len}", len - 1)));
-            (206, &resource.body[start..])
+            extra.push(("Content-Range", format!("bytes {start}-{}/{len}", end - 1)));
+            (206, &resource.body[start..end])
         }
         _ => (200, &resource.body[..]),
     };

@@ -78,7 +78,11 @@ impl Resumable {
         }
     }
 
-    fn save(&self, validator: Option<&str>, total: Option<u64>) -> Result<(), CloudError> {
+    pub(super) fn save(
+        &self,
+        validator: Option<&str>,
+        total: Option<u64>,
+    ) -> Result<(), CloudError> {
         let state = State {
             url: self.url.clone(),
             validator: validator.map(str::to_string),
@@ -122,11 +126,14 @@ pub fn parse_url(url: &str) -> Result<reqwest::Url, CloudError> {
     Ok(parsed)
 }
 
-/// Fetches `url` into `files.partial`, continuing a kept prefix when the server allows.
+/// Fetches `url` into `files.partial`, continuing a kept prefix when the
+/// server allows; a fresh download of a large file from a server that takes
+/// ranges comes over `conns` connections ([`super::ranges`]).
 pub async fn download(
     url: &str,
     files: &Resumable,
     limit: u64,
+    conns: usize,
     progress: &dyn CloudProgress,
 ) -> Result<Downloaded, CloudError> {
     let parsed = parse_url(url)?;
@@ -135,6 +142,13 @@ pub async fn download(
         reason: reason(&e),
     };
     let client = http_client().map_err(request_err)?;
+    let plan = Plan {
+        url,
+        parsed: &parsed,
+        client: &client,
+        files,
+        conns,
+    };
     let mut resume = files.resume_point();
     loop {
         let response = get(&client, &parsed, resume.as_ref())
@@ -178,16 +192,7 @@ pub async fn download(
                         "{url}: the server sent the whole file (it changed, or cannot resume); starting over"
                     );
                 }
-                let validator = validator(response.headers());
-                let transfer = Transfer {
-                    url,
-                    files,
-                    offset: 0,
-                    total: response.content_length(),
-                    validator,
-                    limit,
-                };
-                return transfer.receive(response, progress).await;
+                return plan.fresh(response, limit, progress).await;
             }
             (_, status) => return Err(refused(url, status)),
         }
@@ -339,16 +344,7 @@ impl Transfer<'_> {
     }
 
     fn sniff(&self, head: &[u8]) -> Result<(), CloudError> {
-        match sniff::foreign(head) {
-            Some(found) => {
-                self.files.discard();
-                Err(CloudError::NotAnImage {
-                    origin: Origin::Url(self.url.to_string()),
-                    found,
-                })
-            }
-            None => Ok(()),
-        }
+        foreign(self.url, self.files, head)
     }
 
     fn interrupted(&self, done: u64, reason: String) -> CloudError {
@@ -378,7 +374,7 @@ fn complete(url: &str, files: &Resumable, size: u64) -> Result<Downloaded, Cloud
     })
 }
 
-fn hash_file(path: &Path, hasher: &mut Sha256) -> Result<(), CloudError> {
+pub(super) fn hash_file(path: &Path, hasher: &mut Sha256) -> Result<(), CloudError> {
     let mut file = File::open(path).map_err(io_err("cannot open", path))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -386,6 +382,85 @@ fn hash_file(path: &Path, hasher: &mut Sha256) -> Result<(), CloudError> {
             0 => return Ok(()),
             n => hasher.update(&buf[..n]),
         }
+    }
+}
+
+/// What a fresh download could be split by.
+#[derive(Clone, Copy)]
+struct Plan<'a> {
+    url: &'a str,
+    parsed: &'a reqwest::Url,
+    client: &'a reqwest::Client,
+    files: &'a Resumable,
+    conns: usize,
+}
+
+impl<'a> Plan<'a> {
+    /// A download from the start: in parts when [`Self::parallel`] allows,
+    /// else one stream.
+    async fn fresh(
+        self,
+        response: reqwest::Response,
+        limit: u64,
+        progress: &dyn CloudProgress,
+    ) -> Result<Downloaded, CloudError> {
+        let validator = validator(response.headers());
+        if let Some(parallel) = self.parallel(&response, &validator, limit) {
+            return parallel.receive(response, progress).await;
+        }
+        let transfer = Transfer {
+            url: self.url,
+            files: self.files,
+            offset: 0,
+            total: response.content_length(),
+            validator,
+            limit,
+        };
+        transfer.receive(response, progress).await
+    }
+
+    /// The parallel download, when the first answer allows one: a large
+    /// file of known length, ranges taken, a strong validator to hold the
+    /// parts to one version.
+    fn parallel(
+        self,
+        response: &reqwest::Response,
+        validator: &Option<String>,
+        limit: u64,
+    ) -> Option<super::ranges::Parallel<'a>> {
+        let (total, strong) = (response.content_length()?, validator.as_ref()?);
+        let worth = self.conns > 1 && total >= super::ranges::MIN_PARALLEL && total <= limit;
+        (worth && takes_ranges(response.headers())).then(|| super::ranges::Parallel {
+            url: self.url,
+            parsed: self.parsed,
+            client: self.client,
+            files: self.files,
+            total,
+            validator: strong.clone(),
+            conns: self.conns,
+        })
+    }
+}
+
+/// `Accept-Ranges: bytes`.
+fn takes_ranges(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT_RANGES)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|unit| unit.trim() == "bytes"))
+}
+
+/// Refuses (and forgets) a payload whose first bytes say it is no image.
+pub(super) fn foreign(url: &str, files: &Resumable, head: &[u8]) -> Result<(), CloudError> {
+    match sniff::foreign(head) {
+        Some(found) => {
+            files.discard();
+            Err(CloudError::NotAnImage {
+                origin: Origin::Url(url.to_string()),
+                found,
+            })
+        }
+        None => Ok(()),
     }
 }
 
@@ -401,7 +476,7 @@ fn validator(headers: &HeaderMap) -> Option<String> {
 
 /// `Content-Range: bytes START-END/TOTAL` (or `bytes */TOTAL` on a 416) as
 /// (START, TOTAL); `*` totals are None.
-fn content_range(headers: &HeaderMap) -> Option<(Option<u64>, Option<u64>)> {
+pub(super) fn content_range(headers: &HeaderMap) -> Option<(Option<u64>, Option<u64>)> {
     let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
     let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
     let total = match total.trim() {
@@ -416,7 +491,7 @@ fn content_range(headers: &HeaderMap) -> Option<(Option<u64>, Option<u64>)> {
 }
 
 /// The root cause of a request failure, without reqwest's URL-laden wrapper.
-fn reason(e: &reqwest::Error) -> String {
+pub(super) fn reason(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "the server stopped answering (timed out)".into();
     }

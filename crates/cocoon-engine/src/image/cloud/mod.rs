@@ -41,6 +41,7 @@ pub mod error;
 pub mod import;
 pub mod pull;
 pub mod qemu;
+mod ranges;
 pub mod sniff;
 pub mod stage;
 

@@ -59,6 +59,7 @@ pub fn fetch(
     dirs: &ImageDirs,
     url: &str,
     force: bool,
+    conns: usize,
     progress: &dyn CloudProgress,
 ) -> Result<Fetched, CloudError> {
     dirs.create().map_err(io_err("cannot create", &dirs.root))?;
@@ -73,8 +74,13 @@ pub fn fetch(
             url: url.to_string(),
             reason: format!("cannot start the async runtime: {e}"),
         })?;
-    let downloaded =
-        runtime.block_on(download::download(url, &files, MAX_IMAGE_BYTES, progress))?;
+    let downloaded = runtime.block_on(download::download(
+        url,
+        &files,
+        MAX_IMAGE_BYTES,
+        conns,
+        progress,
+    ))?;
     let origin = Origin::Url(url.to_string());
     let result = store_download(dirs, &files, &downloaded, &origin, progress);
     match &result {
