@@ -338,16 +338,14 @@ pub struct Vm {
     /// it (or from another one). `snapshot rm` refuses to remove it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hibernation_snapshot: Option<String>,
-    /// The RAM the running VMM has while `vm resize` holds its guest below
-    /// it with the balloon (`config.memory` is what the guest gets, and
-    /// what the next boot gives it). Cleared when a VMM is launched.
+    /// The running VMM's RAM while `vm resize` holds the guest below it with
+    /// the balloon (`config.memory`: the guest's, and the next boot's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_memory: Option<u64>,
 }
 
 impl Vm {
-    /// The configuration the running VMM has: a snapshot's state holds
-    /// the VMM's RAM, not the smaller size its balloon gives the guest.
+    /// The running VMM's configuration: its RAM, not the balloon's target.
     pub fn vmm_config(&self) -> VmConfig {
         let mut config = self.config.clone();
         config.memory = self.vmm_memory.unwrap_or(config.memory);

@@ -94,10 +94,11 @@ fn running(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, request: VmResize) -> Resul
     ctx.with_intent(&op, &vm.id, |ctx, _intent| {
         crate::failpoint::hit("vm.resize.begin")?;
         let ram = apply(ctx, vm, &vmm.api_socket, request)?;
-        crate::failpoint::hit("vm.resize.applied")?;
+        // The VMM took it: the record follows whatever fails from here.
+        let failed = crate::failpoint::hit("vm.resize.applied");
         let vm = record(ctx, &vm.id, cpu, memory, Some(ram))?;
         recap(ctx, &vm);
-        Ok(vm)
+        failed.map(|()| vm)
     })
 }
 
