@@ -81,7 +81,7 @@ fn socket(vm: &Value) -> PathBuf {
     PathBuf::from(vm["vmm"]["api_socket"].as_str().unwrap())
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+fn block_on<F: Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

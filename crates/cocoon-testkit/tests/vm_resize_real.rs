@@ -203,6 +203,10 @@ fn resize_on_cloud_hypervisor() {
     let config = ch_config(&restarted);
     assert_eq!(ch_size(&config), (2, 768 * MIB), "{config:#}");
     assert_eq!(config["memory"]["hotplugged_size"].as_u64().unwrap_or(0), 0);
+    // vCPUs go down too (CH asks the guest to eject them).
+    run.ok(&["vm", "resize", "--cpu", "1", "r"]);
+    assert_eq!(ch_size(&ch_config(&restarted)), (1, 768 * MIB));
+    assert_eq!(recorded(&run.inspect("r")), (1, 768 * MIB));
     run.ok(&["vm", "rm", "--force", "r"]);
 }
 

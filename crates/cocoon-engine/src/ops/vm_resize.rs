@@ -114,23 +114,24 @@ fn apply(ctx: &mut Ctx, vm: &Vm, socket: &Path, request: VmResize) -> Result<u64
     };
     let (cpu, memory) = request.target(vm);
     let answer = ctx.block_on(async |_| Ok(backend.resize(socket, ask).await))?;
-    let failed = |target: String| match answer {
-        Ok(resized) => Ok(resized.ram),
-        Err(ResizeError::Refused(reason)) => Err(VmError::ResizeRefused {
+    let target = describe(cpu, memory);
+    let error = match answer {
+        Ok(resized) => return Ok(resized.ram),
+        Err(ResizeError::Refused(reason)) => VmError::ResizeRefused {
             id: vm.id.clone(),
             name: vm.config.name.clone(),
             target,
             reason,
-        }),
-        Err(ResizeError::Api(source)) => Err(VmError::ResizeFailed {
+        },
+        Err(ResizeError::Api(source)) => VmError::ResizeFailed {
             id: vm.id.clone(),
             name: vm.config.name.clone(),
             target,
             current: describe(vm.config.cpu, vm.config.memory),
-            source,
-        }),
+            source: Box::new(source),
+        },
     };
-    Ok(failed(describe(cpu, memory))?)
+    Err(error.into())
 }
 
 /// Records the new size; `ram`: the RAM the running VMM has (the balloon

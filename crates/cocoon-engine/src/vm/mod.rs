@@ -135,7 +135,7 @@ pub enum VmError {
         target: String,
         current: String,
         #[source]
-        source: vmm_api::ApiError,
+        source: Box<vmm_api::ApiError>,
     },
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
