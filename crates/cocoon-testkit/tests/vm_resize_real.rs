@@ -1,7 +1,7 @@
 //! `vm resize` on the real VMMs, with the running VMM as the witness:
 //! Cloud Hypervisor's `vm.info` (vCPUs and memory plugged in, the balloon
-//! that holds the guest below its RAM), QEMU's `query-balloon` and
-//! `query-memory-size-summary`. The new size is in `vm inspect`, survives
+//! that holds the guest below its RAM), QEMU's `query-cpus-fast` and
+//! `query-memory-size-summary`, Firecracker's `GET /vm/config`. The new size is in `vm inspect`, survives
 //! `vm stop`/`vm start` (the VM boots at it) and goes into snapshots and
 //! clones; what a VMM cannot do is refused with the reason and changes
 //! nothing.
@@ -186,6 +186,16 @@ fn resize_on_cloud_hypervisor() {
     assert_eq!(recorded(&run.inspect("r")), (2, 768 * MIB));
     assert_eq!(ch_size(&ch_config(&vm)), (2, 1024 * MIB));
 
+    // Hibernation keeps the VMM's RAM (plugged memory included), and
+    // wakes with it.
+    run.ok(&["vm", "hibernate", "r"]);
+    assert_eq!(recorded(&run.inspect("r")), (2, 1024 * MIB));
+    run.ok(&["vm", "start", "r"]);
+    let woken = run.inspect("r");
+    let _reaper_woken = Reaper(processes_of(&woken));
+    assert_eq!(ch_size(&ch_config(&woken)), (2, 1024 * MIB));
+    run.ok(&["vm", "resize", "--memory", "768M", "r"]);
+
     // A snapshot holds the VMM's RAM: its clone runs with 2 vCPUs and 1 GiB.
     run.ok(&["snapshot", "save", "--name", "s", "r"]);
     run.ok(&["vm", "stop", "r"]);
@@ -272,4 +282,40 @@ fn resize_on_qemu() {
     });
     assert_eq!((cpus, memory), (2, 640 * MIB));
     run.ok(&["vm", "rm", "--force", "q"]);
+}
+
+#[test]
+fn resize_on_firecracker() {
+    let test = "resize_on_firecracker";
+    let Some(run) = Run::new(test, ("COCOON_FC_BINARY", "firecracker")) else {
+        return;
+    };
+    let _env_reaper = EnvReaper(run.env.root_dir());
+    let vm = run.boot("f", &["--fc", "--cpu", "1", "--memory", "1G"]);
+    let _reaper = Reaper(processes_of(&vm));
+    let id = vm["id"].as_str().unwrap().to_string();
+    let err = run.fails(&["vm", "resize", "--cpu", "2", "f"]);
+    assert_eq!(
+        err,
+        format!(
+            "Error: cannot resize VM f ({id}) to 2 vCPUs and 1024 MiB: Firecracker cannot change a running VM's vCPUs; stop it, resize it, and start it"
+        )
+    );
+    // Below its RAM it is the balloon's, and Firecracker updates a balloon
+    // only once the guest's driver activated it: the test guest has none,
+    // so the VMM's refusal is passed on and nothing changes.
+    let err = run.fails(&["vm", "resize", "--memory", "768M", "f"]);
+    assert_eq!(
+        err,
+        format!(
+            "Error: cannot resize VM f ({id}) to 1 vCPUs and 768 MiB: its VMM answered: PATCH /balloon: the VMM refused (HTTP 400): Balloon update error: Balloon: Device not activated yet.; its record is unchanged (1 vCPUs and 1024 MiB)"
+        )
+    );
+    let fc = vmm_api::fc::Firecracker::new(&api_socket(&vm));
+    let config = serde_json::to_value(block_on(fc.vm_config()).unwrap()).unwrap();
+    assert_eq!(config["balloon"]["amount_mib"], 256, "{config:#}");
+    assert_eq!(config["machine-config"]["mem_size_mib"], 1024, "{config:#}");
+    assert_eq!(recorded(&run.inspect("f")), (1, 1024 * MIB));
+    assert!(run.inspect("f")["vmm_memory"].is_null());
+    run.ok(&["vm", "rm", "--force", "f"]);
 }
