@@ -206,6 +206,11 @@ impl Engine {
         vm_stop::run(&mut self.ctx, id, options)
     }
 
+    /// `vm resize`: a running VM through its VMM, a stopped one's record.
+    pub fn resize_vm(&mut self, reference: &str, request: vm_resize::VmResize) -> Result<Vm> {
+        vm_resize::run(&mut self.ctx, reference, request)
+    }
+
     pub fn remove_vm(&mut self, id: &str, force: bool) -> Result<Vm> {
         vm_remove::run(&mut self.ctx, id, force)
     }

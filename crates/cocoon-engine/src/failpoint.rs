@@ -54,6 +54,8 @@ pub const ALL: &[&str] = &[
     "snapshot.save.captured",
     "vm.hibernate.paused",
     "vm.hibernate.captured",
+    "vm.resize.begin",
+    "vm.resize.applied",
     "vm.cgroup.prepared",
     "vm.clone.files",
     "vm.restore.killed",

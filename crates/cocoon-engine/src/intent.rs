@@ -64,6 +64,17 @@ pub enum Op {
         #[serde(default)]
         api_socket: PathBuf,
     },
+    /// `vm resize` of a running VM: the record it had and the one asked
+    /// for (recovery re-asks the VMM for `to`, which is idempotent).
+    #[serde(rename = "vm.resize")]
+    VmResize {
+        #[serde(default)]
+        api_socket: PathBuf,
+        #[serde(default)]
+        cpu: u32,
+        #[serde(default)]
+        memory: u64,
+    },
     #[serde(rename = "snapshot.save")]
     SnapshotSave {
         #[serde(default)]
@@ -123,6 +134,7 @@ impl Op {
             Op::VmRemove { .. } => "vm.rm",
             Op::VmRestore { .. } => "vm.restore",
             Op::VmHibernate { .. } => "vm.hibernate",
+            Op::VmResize { .. } => "vm.resize",
             Op::SnapshotSave { .. } => "snapshot.save",
             Op::SnapshotImport { .. } => "snapshot.import",
             Op::SnapshotEvict { .. } => "snapshot.evict",
@@ -140,7 +152,8 @@ impl Op {
             | Op::VmStop {}
             | Op::VmRemove { .. }
             | Op::VmRestore { .. }
-            | Op::VmHibernate { .. } => ObjectKind::Vm,
+            | Op::VmHibernate { .. }
+            | Op::VmResize { .. } => ObjectKind::Vm,
             Op::SnapshotSave { .. } | Op::SnapshotImport { .. } | Op::SnapshotEvict { .. } => {
                 ObjectKind::Snapshot
             }
@@ -227,6 +240,11 @@ mod tests {
                 snapshot: "S".into(),
                 data_dir: "/s".into(),
                 api_socket: "/a.sock".into(),
+            },
+            Op::VmResize {
+                api_socket: "/a.sock".into(),
+                cpu: 4,
+                memory: 2 << 30,
             },
             Op::SnapshotImport {
                 data_dir: "/s".into(),

@@ -338,9 +338,20 @@ pub struct Vm {
     /// it (or from another one). `snapshot rm` refuses to remove it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hibernation_snapshot: Option<String>,
+    /// The running VMM's RAM while `vm resize` holds the guest below it with
+    /// the balloon (`config.memory`: the guest's, and the next boot's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_memory: Option<u64>,
 }
 
 impl Vm {
+    /// The running VMM's configuration: its RAM, not the balloon's target.
+    pub fn vmm_config(&self) -> VmConfig {
+        let mut config = self.config.clone();
+        config.memory = self.vmm_memory.unwrap_or(config.memory);
+        config
+    }
+
     /// A new record in state `creating`: reserved, nothing built yet.
     pub fn new(
         id: &str,
@@ -374,6 +385,7 @@ impl Vm {
             console_relay: None,
             vsock_helper: None,
             hibernation_snapshot: None,
+            vmm_memory: None,
         }
     }
 
@@ -544,7 +556,7 @@ impl Snapshot {
     /// A pending snapshot record of `vm`: its configuration and blob pins, no
     /// files yet. It becomes usable when `pending` is cleared.
     pub fn of_vm(id: &str, name: Option<SnapshotName>, vm: &Vm, data_dir: PathBuf) -> Snapshot {
-        let c = &vm.config;
+        let c = &vm.vmm_config();
         Snapshot {
             id: id.to_string(),
             name,

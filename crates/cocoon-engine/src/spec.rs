@@ -68,6 +68,18 @@ pub fn host_cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }
 
+/// The host's RAM in bytes (`MemTotal`); 0 when it cannot be read.
+pub fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            kib.checked_mul(1024)
+        })
+        .unwrap_or(0)
+}
+
 pub fn validate_cpu(cpu: u32, host: u32) -> Result<(), SpecError> {
     if cpu == 0 {
         return Err(SpecError::CpuZero);

@@ -628,6 +628,48 @@ fn hibernate_qemu() {
     hibernate_on(true);
 }
 
+/// The size `vm inspect` records and the one the fake CH's `vm.info` has
+/// agree: (vCPUs, bytes of RAM).
+fn sizes_agree(lab: &Lab) -> (u64, u64) {
+    let vm = lab.vms().into_iter().find(|v| v["config"]["name"] == "m");
+    let vm = vm.expect("the VM m is kept");
+    let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let info = rt
+        .block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
+        .unwrap();
+    let memory = &info.config["memory"];
+    let vmm = (
+        info.config["cpus"]["boot_vcpus"].as_u64().unwrap(),
+        memory["size"].as_u64().unwrap() + memory["hotplugged_size"].as_u64().unwrap_or(0),
+    );
+    let recorded = (
+        vm["config"]["cpu"].as_u64().unwrap(),
+        vm["config"]["memory"].as_u64().unwrap(),
+    );
+    assert_eq!(recorded, vmm, "the record and the VMM disagree: {vm}");
+    recorded
+}
+
+/// `vm resize` of a running VM: converged, the record and the VMM have
+/// one size, the old or the asked one, and the resize runs again.
+#[test]
+fn resize() {
+    matrix(&Op {
+        name: "vm resize",
+        setup: &running,
+        args: &args(&["vm", "resize", "--cpu", "1", "--memory", "1536M", "m"]),
+        failpoints: &["vm.resize.begin", "vm.resize.applied"],
+        again: &|lab| {
+            let size = sizes_agree(lab);
+            assert!(size == (1, 1536 << 20) || size == (2, 1 << 30), "{size:?}");
+        },
+    });
+}
+
 fn hibernated(lab: &Lab) {
     running_saveable(lab);
     lab.ok(&["vm", "hibernate", "--name", "h", "m"]);

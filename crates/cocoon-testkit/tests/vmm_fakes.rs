@@ -538,6 +538,12 @@ async fn every_client_endpoint_reaches_the_vmm() {
     assert_eq!(config.drives[0].drive_id, "rootfs");
     assert_eq!(config.network_interfaces[0].host_dev_name, "tap0");
     assert_eq!(config.machine_config.as_ref().unwrap().mem_size_mib, 128);
+    // A running VM's balloon target (`vm resize` below its RAM).
+    fc.update_balloon(32).await.unwrap();
+    assert_eq!(
+        fc.vm_config().await.unwrap().balloon.unwrap().amount_mib,
+        32
+    );
     fc.pause().await.unwrap();
     let (state, mem) = (h.path("vmstate"), h.path("mem"));
     fc.snapshot_create(

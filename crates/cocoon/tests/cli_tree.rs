@@ -123,6 +123,7 @@ fn help_lists_every_subcommand() {
                 "reconcile-stale-create",
                 "restore",
                 "hibernate",
+                "resize",
                 "debug",
                 "status",
             ],

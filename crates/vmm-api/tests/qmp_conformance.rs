@@ -182,6 +182,14 @@ fn all_command_problems(schema: &Schema, checked: &mut BTreeSet<&'static str>) -
         QueryBalloon::NAME,
         command_problems(schema, &[QueryBalloon]),
     );
+    add(
+        QueryCpusFast::NAME,
+        command_problems(schema, &[QueryCpusFast]),
+    );
+    add(
+        QueryMemorySizeSummary::NAME,
+        command_problems(schema, &[QueryMemorySizeSummary]),
+    );
     problems
 }
 
@@ -240,6 +248,17 @@ fn every_result_field_the_client_parses_matches_the_schema() {
         extra: Default::default(),
     };
     problems.extend(output_problems::<QueryBalloon>(&schema, &balloon));
+    let memory = MemoryInfo {
+        base_memory: 1 << 30,
+        plugged_memory: Some(0),
+        extra: Default::default(),
+    };
+    problems.extend(output_problems::<QueryMemorySizeSummary>(&schema, &memory));
+    let cpu = CpuInfoFast {
+        cpu_index: 0,
+        extra: Default::default(),
+    };
+    problems.extend(output_problems::<QueryCpusFast>(&schema, &vec![cpu]));
     for empty in [
         output_problems::<QmpCapabilities>(&schema, &Empty {}),
         output_problems::<Stop>(&schema, &Empty {}),

@@ -174,6 +174,7 @@ fn firecracker_models_match_the_spec() {
     conforms::<fc::models::Drive>(&spec, "Drive", |m| m.extra.clear());
     conforms::<fc::models::NetworkInterface>(&spec, "NetworkInterface", |m| m.extra.clear());
     conforms::<fc::models::Balloon>(&spec, "Balloon", |m| m.extra.clear());
+    conforms::<fc::models::BalloonUpdate>(&spec, "BalloonUpdate", |m| m.extra.clear());
     conforms::<fc::models::EntropyDevice>(&spec, "EntropyDevice", |m| m.extra.clear());
     conforms::<fc::models::Vsock>(&spec, "Vsock", |m| m.extra.clear());
     conforms::<fc::models::VsockOverride>(&spec, "VsockOverride", |m| m.extra.clear());

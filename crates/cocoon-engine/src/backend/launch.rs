@@ -11,6 +11,8 @@ pub struct LaunchOptions {
     pub binary: PathBuf,
     /// vCPU hotplug ceiling (CH `max=`): the host's CPUs.
     pub max_cpus: u32,
+    /// Memory hot-plug ceiling (CH `hotplug_size` up to it): the host's RAM.
+    pub max_memory: u64,
     /// Balloon size override in bytes; None = a quarter of memory.
     pub balloon_bytes: Option<u64>,
     /// QEMU: KVM, TCG, or KVM when it works (`qemu_accel`).
@@ -33,6 +35,7 @@ impl LaunchOptions {
         LaunchOptions {
             binary,
             max_cpus: crate::spec::host_cpus(),
+            max_memory: crate::spec::host_memory(),
             balloon_bytes: None,
             qemu_accel: crate::config::QemuAccel::Auto,
             qemu_firmware_vars: crate::config::Config::default().qemu_firmware_vars,
@@ -65,6 +68,15 @@ pub fn balloon(config: &VmConfig) -> Option<u64> {
         return None;
     }
     Some(config.memory / 4)
+}
+
+/// The memory a VM may grow to while it runs, past its `memory`: up to
+/// `max_memory` (the host's RAM), in the 128 MiB blocks ACPI memory
+/// hot-plug adds. Reserving it costs the host nothing (guest address space
+/// only); RAM is allocated when `vm resize` plugs it. 0: no room.
+pub fn hotplug_room(memory: u64, max_memory: u64) -> u64 {
+    const BLOCK: u64 = 128 << 20;
+    max_memory.saturating_sub(memory) / BLOCK * BLOCK
 }
 
 /// The guest CID of every VM's vsock device. Hybrid vsock needs no

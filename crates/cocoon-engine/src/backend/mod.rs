@@ -12,6 +12,7 @@ pub mod ch;
 pub mod fc;
 pub mod launch;
 pub mod qemu;
+pub mod resize;
 
 use std::future::Future;
 use std::os::fd::OwnedFd;
@@ -240,6 +241,15 @@ pub trait Backend: Sync {
     fn stage_restore(&self, vm: &Vm, snapshot: &Snapshot, manifest: &Manifest) -> Result<PathBuf>;
     /// Drops what `stage_restore` made, once the VMM has loaded it.
     fn drop_staged_restore(&self, source: &Path, on_demand: bool);
+
+    // --- resize ---
+    /// `vm resize` of the running VM behind `socket`: CPUs and memory to
+    /// the request's absolute targets, or the reason it cannot.
+    fn resize<'a>(
+        &self,
+        socket: &'a Path,
+        request: resize::ResizeRequest,
+    ) -> LocalFuture<'a, std::result::Result<resize::Resized, resize::ResizeError>>;
 }
 
 /// The backend of a VMM kind: the only match on it.

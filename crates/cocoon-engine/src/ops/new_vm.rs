@@ -114,6 +114,7 @@ fn started(v: &mut Vm, vmm: VmmProcess, relay: Option<ProcessIdentity>) {
     v.pid = vmm.identity.pid;
     v.socket_path = vmm.api_socket.display().to_string();
     v.vmm = Some(vmm);
+    v.vmm_memory = None;
     v.console_relay = relay;
     v.started_at = Some(Timestamp::now());
     v.first_booted = true;

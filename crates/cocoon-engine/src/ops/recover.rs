@@ -108,6 +108,11 @@ fn converge(ctx: &mut Ctx, intent: &Intent, op: &Op) -> Result<String> {
         } => vm_hibernate(ctx, id, &intent.step, snapshot, data_dir, api_socket),
         Op::VmRestore { origin, .. } => vm_restore(ctx, id, &intent.step, *origin),
         Op::VmStop {} => vm_stop(ctx, id),
+        Op::VmResize {
+            api_socket,
+            cpu,
+            memory,
+        } => super::vm_resize::recover(ctx, id, api_socket, *cpu, *memory),
         Op::VmRemove { .. } => vm_remove(ctx, id),
         Op::ImagePull { .. } | Op::ImageImport { .. } => {
             // Layers and cloud blobs appear by one rename each and the image

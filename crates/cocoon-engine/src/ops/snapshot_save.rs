@@ -171,7 +171,7 @@ pub(super) fn finish(
     let manifest = Manifest {
         version: manifest::VERSION,
         snapshot: done,
-        source: vm.config.clone(),
+        source: vm.vmm_config(),
         storage: vm.storage_configs.clone(),
         boot: vm.boot_config.clone().unwrap_or_default(),
         network: vm.network_configs.clone(),

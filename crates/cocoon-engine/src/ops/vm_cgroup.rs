@@ -98,6 +98,20 @@ pub(crate) fn arm(vm: &Vm, group: Option<&VmGroup>) -> std::result::Result<(), S
         .map_err(|e| format!("cannot cap its CPU before it resumes: {e}"))
 }
 
+/// Moves the default cap of a running VM's group to its vCPU count after
+/// `vm resize` (a VM that asked for a quota keeps it).
+pub(crate) fn recap(ctx: &Ctx, vm: &Vm) -> Result<()> {
+    let Some(group) = group(ctx, &vm.id) else {
+        return Ok(());
+    };
+    if vm.config.resources.cpu_quota_us.is_some() {
+        return Ok(());
+    }
+    group
+        .set_quota(&vm.config.resources.capped(vm.config.cpu))
+        .map_err(|e| error(vm, e))
+}
+
 /// Removes the VM's group once its processes are gone (stop, a failed
 /// start). A group that is not there is success.
 pub(crate) fn remove(ctx: &Ctx, vm: &Vm) -> Result<()> {

@@ -105,6 +105,8 @@ pub(crate) fn put_to_sleep(ctx: &mut Ctx, vm: &Vm) -> Result<Vm> {
     }
     let (vm, _) = ctx.store().update_vm(&vm.id, "hibernated", |v| {
         v.state = VmState::Hibernated;
+        // The snapshot holds the VMM's RAM: it wakes with all of it.
+        v.config.memory = v.vmm_memory.take().unwrap_or(v.config.memory);
         v.stopped_at = Some(Timestamp::now());
         v.pid = 0;
         v.vmm = None;

@@ -183,6 +183,7 @@ fn record_launched(ctx: &mut Ctx, vm: &Vm, launched: Launched<'_>, fresh: bool) 
     let recorded = launched.vmm.clone();
     ctx.store().update_vm(&vm.id, "launched", |v| {
         v.vmm = Some(recorded.clone());
+        v.vmm_memory = None;
         v.pid = recorded.identity.pid;
         v.vsock_socket = launched
             .vsock

@@ -344,6 +344,7 @@ fn commit(
         v.state = VmState::Running;
         v.pid = vmm.identity.pid;
         v.vmm = Some(vmm);
+        v.vmm_memory = None;
         v.console_relay = relay;
         v.started_at = Some(Timestamp::now());
         v.hibernation_snapshot = None;

@@ -112,6 +112,31 @@ pub enum VmError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("VM {name} ({id}) is {state} and cannot be resized: {hint}")]
+    NotResizable {
+        id: String,
+        name: VmName,
+        state: &'static str,
+        hint: String,
+    },
+    #[error("cannot resize VM {name} ({id}) to {target}: {reason}")]
+    ResizeRefused {
+        id: String,
+        name: VmName,
+        target: String,
+        reason: String,
+    },
+    #[error(
+        "cannot resize VM {name} ({id}) to {target}: its VMM answered: {source}; its record is unchanged ({current})"
+    )]
+    ResizeFailed {
+        id: String,
+        name: VmName,
+        target: String,
+        current: String,
+        #[source]
+        source: Box<vmm_api::ApiError>,
+    },
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
     #[error(transparent)]

@@ -329,6 +329,21 @@ pub enum VmCommand {
         output: FormatArg,
         vm: String,
     },
+    /// Change a VM's vCPUs and memory (a running VM's through its VMM)
+    #[command(
+        after_help = "A running VM is resized while it runs: Cloud Hypervisor plugs vCPUs (up to the host's CPUs) and memory (up to the host's RAM) in; memory below what its VMM started with is taken by the balloon on every VMM that has one (QEMU and Firecracker cannot plug vCPUs or memory in). A stopped VM has its record changed and boots at the new size. `vm inspect` shows the size; snapshots and clones take it.\n\nExamples:\n  cocoon vm resize --cpu 4 --memory 4G dev\n  cocoon vm resize --memory 768M dev"
+    )]
+    Resize {
+        /// Virtual CPUs (at most the host's CPU count)
+        #[arg(long, value_parser = parse_cpu, required_unless_present = "memory")]
+        cpu: Option<u32>,
+        /// Memory, e.g. 768M, 4G (minimum 512M)
+        #[arg(long, value_parser = parse_memory)]
+        memory: Option<u64>,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
     /// Print the commands that would launch a VM, without running them
     Debug {
         #[command(flatten)]

@@ -7,13 +7,14 @@ use cocoon_engine::model::{Hypervisor, ImageType, Vm, VmConfig, VmView};
 use cocoon_engine::ops::vm_clone::CloneRequest;
 use cocoon_engine::ops::vm_create::CreateVm;
 use cocoon_engine::ops::vm_debug::DebugPlan;
+use cocoon_engine::ops::vm_resize::VmResize;
 use cocoon_engine::ops::vm_stop::StopOptions;
 use cocoon_engine::spec::{self, DataDiskSpec};
 use cocoon_engine::units::BinarySize;
 use cocoon_engine::vm::default_vm_name;
 use cocoon_engine::{Config, Engine, Error, Result};
 
-use super::vm_lifecycle::{hibernate, restore_command};
+use super::vm_lifecycle::{hibernate, resize, restore_command};
 use super::{Outcome, io, vm_reads, vm_run};
 use crate::cli::{CloneFlags, FormatArg, RestoreModeArg, VmCommand, VmFlags};
 use crate::output::{local_time, print_json, print_line, print_table};
@@ -113,6 +114,12 @@ fn run_other(
             output,
             vm,
         } => hibernate(engine, &vm, name, &description, output),
+        VmCommand::Resize {
+            cpu,
+            memory,
+            output,
+            vm,
+        } => resize(engine, &vm, VmResize { cpu, memory }, output),
         VmCommand::List { output } => list(engine, output),
         VmCommand::Inspect { vm, .. } => print_json(&engine.inspect_vm(&vm)?).map_err(io),
         VmCommand::Agent(_) => unreachable!("commands::run hands vm exec/reseed to commands::exec"),

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use cocoon_engine::model::VmView;
 use cocoon_engine::name::SnapshotName;
+use cocoon_engine::ops::vm_resize::VmResize;
 use cocoon_engine::ops::vm_restore::RestoreRequest;
 use cocoon_engine::{Engine, Error, Result};
 
@@ -137,6 +138,27 @@ pub(super) fn hibernate(
     eprintln!(
         "hibernated: {} (name: {}); snapshot {snapshot} (wake: cocoon vm start {})",
         done.vm.id, done.vm.config.name, done.vm.config.name
+    );
+    Ok(())
+}
+
+/// `vm resize`.
+pub(super) fn resize(
+    engine: &mut Engine,
+    vm: &str,
+    request: VmResize,
+    output: FormatArg,
+) -> Result<()> {
+    let vm = engine.resize_vm(vm, request)?;
+    if output.json() {
+        return print_json(&vm).map_err(io);
+    }
+    eprintln!(
+        "resized: {} (name: {}) to {} vCPUs and {} MiB",
+        vm.id,
+        vm.config.name,
+        vm.config.cpu,
+        vm.config.memory >> 20
     );
     Ok(())
 }

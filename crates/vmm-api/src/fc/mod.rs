@@ -22,6 +22,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("PUT", "/drives/{drive_id}"),
     ("PUT", "/network-interfaces/{iface_id}"),
     ("PUT", "/balloon"),
+    ("PATCH", "/balloon"),
     ("PUT", "/entropy"),
     ("PUT", "/vsock"),
     ("PUT", "/actions"),
@@ -121,6 +122,18 @@ impl Firecracker {
 
     pub async fn put_balloon(&self, balloon: &Balloon) -> Result<(), ApiError> {
         self.configure("/balloon", balloon).await
+    }
+
+    /// Sets a running VM's balloon target (an absolute target: repeating
+    /// it changes nothing).
+    pub async fn update_balloon(&self, amount_mib: u64) -> Result<(), ApiError> {
+        let body = BalloonUpdate {
+            amount_mib,
+            extra: Default::default(),
+        };
+        self.call(Method::PATCH, "/balloon", Some(&body), self.timeout)
+            .await
+            .map(drop)
     }
 
     pub async fn put_entropy(&self, entropy: &EntropyDevice) -> Result<(), ApiError> {

@@ -84,6 +84,14 @@ pub struct Balloon {
     pub extra: Extra,
 }
 
+/// The body of `PATCH /balloon`: a running VM's new balloon target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BalloonUpdate {
+    pub amount_mib: u64,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EntropyDevice {
     #[serde(flatten)]

@@ -49,6 +49,8 @@ commands! {
     "migrate_cancel" => MigrateCancel => Empty;
     "balloon" => Balloon => Empty;
     "query-balloon" => QueryBalloon => BalloonInfo;
+    "query-cpus-fast" => QueryCpusFast => Vec<CpuInfoFast>;
+    "query-memory-size-summary" => QueryMemorySizeSummary => MemoryInfo;
 }
 
 /// Leaves capabilities negotiation mode; QEMU accepts no other command before.
@@ -93,6 +95,14 @@ pub struct MigrateCancel;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct QueryBalloon;
+
+/// The guest's vCPUs as QEMU has them (one entry each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct QueryCpusFast;
+
+/// The guest's RAM: what it booted with and what was plugged in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct QueryMemorySizeSummary;
 
 /// `MigrationCapabilityStatus`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -209,6 +209,14 @@ impl Qmp {
         self.execute(&QueryBalloon).await
     }
 
+    pub async fn query_cpus_fast(&mut self) -> Result<Vec<CpuInfoFast>, ApiError> {
+        self.execute(&QueryCpusFast).await
+    }
+
+    pub async fn query_memory_size_summary(&mut self) -> Result<MemoryInfo, ApiError> {
+        self.execute(&QueryMemorySizeSummary).await
+    }
+
     pub async fn query_migrate(&mut self) -> Result<MigrationInfo, ApiError> {
         self.execute(&QueryMigrate).await
     }

@@ -258,6 +258,32 @@ pub struct BalloonInfo {
     pub extra: Extra,
 }
 
+/// `CpuInfoFast`, one entry of `query-cpus-fast`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuInfoFast {
+    #[serde(rename = "cpu-index")]
+    pub cpu_index: i64,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `MemoryInfo`, the result of `query-memory-size-summary`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryInfo {
+    /// Bytes of RAM the guest booted with.
+    #[serde(rename = "base-memory")]
+    pub base_memory: u64,
+    /// Bytes plugged in since (absent without memory hot-plug).
+    #[serde(
+        rename = "plugged-memory",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub plugged_memory: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// The empty result of the commands that return nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}

@@ -21,7 +21,7 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
         cpus.push_str(",kvm_hyperv=on");
     }
     args.extend(["--cpus".into(), cpus]);
-    args.extend(["--memory".into(), memory_arg(c)]);
+    args.extend(["--memory".into(), memory_arg(c, opts.max_memory)]);
     if !vm.storage_configs.is_empty() {
         args.push("--disk".into());
         args.extend(vm.storage_configs.iter().map(|d| disk_arg(vm, d)));
@@ -89,8 +89,9 @@ pub fn args(vm: &Vm, opts: &LaunchOptions) -> Vec<String> {
     args
 }
 
-/// `--memory`: the size and the memory switches.
-fn memory_arg(c: &crate::model::VmConfig) -> String {
+/// `--memory`: the size, the memory switches, and the room `vm resize`
+/// may plug memory into (ACPI hot-plug, CH's default method).
+fn memory_arg(c: &crate::model::VmConfig, max_memory: u64) -> String {
     let mut memory = format!("size={}", c.memory);
     for (on, option) in [
         (c.devices.mergeable, ",mergeable=on"),
@@ -100,6 +101,10 @@ fn memory_arg(c: &crate::model::VmConfig) -> String {
         if on {
             memory.push_str(option);
         }
+    }
+    let room = crate::backend::launch::hotplug_room(c.memory, max_memory);
+    if room > 0 {
+        memory.push_str(&format!(",hotplug_method=acpi,hotplug_size={room}"));
     }
     memory
 }
@@ -187,7 +192,8 @@ mod tests {
 
     #[test]
     fn the_switches_shape_memory_and_devices() {
-        let opts = LaunchOptions::for_host("ch".into());
+        let mut opts = LaunchOptions::for_host("ch".into());
+        opts.max_memory = 0;
         let mut vm = vm();
         let plain = args(&vm, &opts);
         assert_eq!(value_of(&plain, "--memory"), Some("size=1073741824"));
@@ -205,5 +211,20 @@ mod tests {
         );
         assert!(!switched.iter().any(|a| a == "--watchdog"));
         assert_eq!(value_of(&switched, "--balloon"), None);
+    }
+
+    #[test]
+    fn memory_has_room_to_grow_up_to_the_hosts_ram() {
+        let mut opts = LaunchOptions::for_host("ch".into());
+        opts.max_memory = (4 << 30) + (100 << 20);
+        assert_eq!(
+            value_of(&args(&vm(), &opts), "--memory"),
+            Some("size=1073741824,hotplug_method=acpi,hotplug_size=3221225472")
+        );
+        opts.max_memory = 1 << 30;
+        assert_eq!(
+            value_of(&args(&vm(), &opts), "--memory"),
+            Some("size=1073741824")
+        );
     }
 }

@@ -229,6 +229,15 @@ impl Backend for CloudHypervisorBackend {
             let _ = std::fs::remove_dir_all(source);
         }
     }
+
+    fn resize<'a>(
+        &self,
+        socket: &'a Path,
+        request: super::resize::ResizeRequest,
+    ) -> LocalFuture<'a, std::result::Result<super::resize::Resized, super::resize::ResizeError>>
+    {
+        Box::pin(super::resize::cloud_hypervisor(socket, request))
+    }
 }
 
 /// Restores (if asked), waits for the VM to run, and collects the ports:

@@ -28,7 +28,10 @@ pub fn patch_ch_config(config: &mut Value, vm: &Vm) -> Result<(), String> {
     {
         config["cpus"]["max_vcpus"] = json!(c.cpu);
     }
-    config["memory"]["size"] = json!(c.memory);
+    // Memory `vm resize` plugged in is restored as CH saved it, beside the
+    // boot size: the two add up to the VM's.
+    let plugged = config["memory"]["hotplugged_size"].as_u64().unwrap_or(0);
+    config["memory"]["size"] = json!(c.memory.saturating_sub(plugged));
     patch_payload(config, vm);
     // The entropy source is the engine's, as on its command line.
     if config["rng"].is_object() {

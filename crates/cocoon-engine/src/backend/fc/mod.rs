@@ -297,6 +297,15 @@ impl Backend for FirecrackerBackend {
     }
 
     fn drop_staged_restore(&self, _: &Path, _: bool) {}
+
+    fn resize<'a>(
+        &self,
+        socket: &'a Path,
+        request: super::resize::ResizeRequest,
+    ) -> LocalFuture<'a, std::result::Result<super::resize::Resized, super::resize::ResizeError>>
+    {
+        Box::pin(super::resize::firecracker(socket, request))
+    }
 }
 
 /// FC: load `source/vmstate` with `source/mem` behind the VM's TAPs and on

@@ -318,6 +318,15 @@ impl Backend for QemuBackend {
     }
 
     fn drop_staged_restore(&self, _: &Path, _: bool) {}
+
+    fn resize<'a>(
+        &self,
+        socket: &'a Path,
+        request: super::resize::ResizeRequest,
+    ) -> LocalFuture<'a, std::result::Result<super::resize::Resized, super::resize::ResizeError>>
+    {
+        Box::pin(super::resize::qemu(socket, request))
+    }
 }
 
 /// A fresh boot: the balloon's target. A restore: the state file loaded

@@ -308,8 +308,15 @@ fn resize(vm: &mut Vm, body: &Value) -> Response {
             if let Some(n) = body["desired_vcpus"].as_u64() {
                 vm.config["cpus"]["boot_vcpus"] = json!(n);
             }
+            // ACPI hot-plug: the boot size stays, the rest is "hotplugged".
             if let Some(n) = body["desired_ram"].as_u64() {
-                vm.config["memory"]["size"] = json!(n);
+                let size = vm.config["memory"]["size"].as_u64().unwrap_or(0);
+                vm.config["memory"]["hotplugged_size"] = json!(n.saturating_sub(size));
+            }
+            if let Some(n) = body["desired_balloon"].as_u64()
+                && vm.config["balloon"].is_object()
+            {
+                vm.config["balloon"]["size"] = json!(n);
             }
             no_content()
         }

@@ -31,6 +31,18 @@ fn configure(vm: &mut Vm, key: &str, value: Value) -> Response {
     no_content()
 }
 
+/// A running VM's new balloon target (`BalloonUpdate`).
+fn patch_balloon(vm: &mut Vm, started: bool, body: Value) -> Response {
+    if !started {
+        return fault("The requested operation is not supported before starting the microVM.");
+    }
+    if vm.config["balloon"].is_null() {
+        return fault("Balloon device not found.");
+    }
+    vm.config["balloon"]["amount_mib"] = body["amount_mib"].clone();
+    no_content()
+}
+
 impl Fake {
     pub async fn firecracker(&self, method: &Method, path: &str, body: Value) -> Response {
         let mut vm = self.vm.lock().await;
@@ -64,6 +76,7 @@ impl Fake {
             }
             ("PUT", "/actions") => action(vm, started, &body),
             ("PATCH", "/vm") => patch_vm(vm, started, &body),
+            ("PATCH", "/balloon") => patch_balloon(vm, started, body),
             ("PUT", "/snapshot/create") => self.snapshot_create(vm, &body),
             ("PUT", "/snapshot/load") => snapshot_load(vm, started, &body),
             _ => fault(&format!(

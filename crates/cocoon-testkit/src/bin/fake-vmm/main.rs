@@ -154,10 +154,17 @@ fn ch_config_from_command_line(args: &[String], payload: Value) -> Value {
         .enumerate()
         .map(|(i, n)| json!({"tap": ch_option(n, "tap"), "mac": ch_option(n, "mac"), "id": format!("_net{i}")}))
         .collect();
+    let number = |flag: &str, key: &str| {
+        arg_value(args, &[flag])
+            .and_then(|c| ch_option(&c, key))
+            .and_then(|b| b.parse::<u64>().ok())
+    };
+    let cpus = |key: &str| number("--cpus", key);
+    let memory = |key: &str| number("--memory", key);
     let mut config = json!({
         "payload": payload,
-        "cpus": {"boot_vcpus": arg_value(args, &["--cpus"]).and_then(|c| ch_option(&c, "boot")).and_then(|b| b.parse::<u32>().ok()).unwrap_or(1)},
-        "memory": {"size": 134217728},
+        "cpus": {"boot_vcpus": cpus("boot").unwrap_or(1), "max_vcpus": cpus("max").or(cpus("boot")).unwrap_or(1)},
+        "memory": {"size": memory("size").unwrap_or(134217728), "hotplug_size": memory("hotplug_size")},
         "disks": disks,
         "net": nets,
         "serial": {"mode": "Off"},

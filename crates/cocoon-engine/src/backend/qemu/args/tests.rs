@@ -73,6 +73,7 @@ fn opts() -> LaunchOptions {
     LaunchOptions {
         binary: "qemu-system-x86_64".into(),
         max_cpus: 8,
+        max_memory: 0,
         balloon_bytes: None,
         qemu_accel: QemuAccel::Auto,
         qemu_firmware_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
