@@ -54,6 +54,8 @@ pub const ALL: &[&str] = &[
     "snapshot.save.captured",
     "vm.hibernate.paused",
     "vm.hibernate.captured",
+    "vm.disk.attach.plugged",
+    "vm.disk.detach.unplugged",
     "vm.cgroup.prepared",
     "vm.clone.files",
     "vm.restore.killed",

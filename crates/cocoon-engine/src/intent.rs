@@ -64,6 +64,18 @@ pub enum Op {
         #[serde(default)]
         api_socket: PathBuf,
     },
+    /// `vm disk attach`: the object is the VM; `name` the disk's.
+    #[serde(rename = "vm.disk.attach")]
+    VmDiskAttach {
+        #[serde(default)]
+        name: String,
+    },
+    /// `vm disk detach`: the object is the VM; `name` the disk's.
+    #[serde(rename = "vm.disk.detach")]
+    VmDiskDetach {
+        #[serde(default)]
+        name: String,
+    },
     #[serde(rename = "snapshot.save")]
     SnapshotSave {
         #[serde(default)]
@@ -123,6 +135,8 @@ impl Op {
             Op::VmRemove { .. } => "vm.rm",
             Op::VmRestore { .. } => "vm.restore",
             Op::VmHibernate { .. } => "vm.hibernate",
+            Op::VmDiskAttach { .. } => "vm.disk.attach",
+            Op::VmDiskDetach { .. } => "vm.disk.detach",
             Op::SnapshotSave { .. } => "snapshot.save",
             Op::SnapshotImport { .. } => "snapshot.import",
             Op::SnapshotEvict { .. } => "snapshot.evict",
@@ -140,7 +154,9 @@ impl Op {
             | Op::VmStop {}
             | Op::VmRemove { .. }
             | Op::VmRestore { .. }
-            | Op::VmHibernate { .. } => ObjectKind::Vm,
+            | Op::VmHibernate { .. }
+            | Op::VmDiskAttach { .. }
+            | Op::VmDiskDetach { .. } => ObjectKind::Vm,
             Op::SnapshotSave { .. } | Op::SnapshotImport { .. } | Op::SnapshotEvict { .. } => {
                 ObjectKind::Snapshot
             }
@@ -232,6 +248,8 @@ mod tests {
                 data_dir: "/s".into(),
                 staging: "/s/.import-S".into(),
             },
+            Op::VmDiskAttach { name: "a".into() },
+            Op::VmDiskDetach { name: "a".into() },
             Op::ImagePull {
                 digest: Some(format!("sha256:{}", "a".repeat(64))),
                 url: None,

@@ -175,6 +175,16 @@ pub struct VmConfig {
     /// VMM's saved state has those devices and that memory).
     #[serde(flatten, default)]
     pub devices: DeviceSwitches,
+    /// Slots for disks `vm disk attach` adds while the VM runs, where the
+    /// VMM needs them made at launch (QEMU's PCIe root ports): fixed at
+    /// creation by the backend, carried into snapshots and clones (the
+    /// VMM's saved state has them). 0 on a record from before them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hotplug_slots: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `no_agent` of a record written before the field existed: its VMM (and
@@ -202,6 +212,7 @@ impl VmConfig {
             no_agent: false,
             resources: crate::cgroup::CpuLimits::default(),
             devices: DeviceSwitches::default(),
+            hotplug_slots: 0,
         }
     }
 }
@@ -235,6 +246,33 @@ pub struct StorageConfig {
     /// Cleared when the VMM boots afresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_path: Option<PathBuf>,
+    /// A host file `vm disk attach` attached (upstream's `external`): the
+    /// user's, never made, grown or removed by the engine; its serial is the
+    /// name the user gave it, its VMM device id [`StorageConfig::device_id`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
+    /// The hot-plug slot an attached disk is in, where the VMM has slots
+    /// (QEMU's PCIe root port `cocoon-hp<slot>`): it is put back there at
+    /// launch, where a restore's saved device state expects it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+}
+
+/// The device id prefix of attached disks.
+pub const ATTACHED_DISK_PREFIX: &str = "cocoon-disk-";
+
+/// The VMM device id of an attached disk named `name` (upstream's
+/// `cocoon-disk-<name>`): attach and detach agree on it, and a second
+/// attach of the name collides on it in the VMM too.
+pub fn attached_disk_id(name: &str) -> String {
+    format!("{ATTACHED_DISK_PREFIX}{name}")
+}
+
+impl StorageConfig {
+    /// The VMM device id of an attached disk (None: an engine disk).
+    pub fn device_id(&self) -> Option<String> {
+        self.external.then(|| attached_disk_id(&self.serial))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

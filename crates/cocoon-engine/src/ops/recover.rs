@@ -108,6 +108,8 @@ fn converge(ctx: &mut Ctx, intent: &Intent, op: &Op) -> Result<String> {
         } => vm_hibernate(ctx, id, &intent.step, snapshot, data_dir, api_socket),
         Op::VmRestore { origin, .. } => vm_restore(ctx, id, &intent.step, *origin),
         Op::VmStop {} => vm_stop(ctx, id),
+        Op::VmDiskAttach { name } => super::vm_disk::recover(ctx, id, name, true),
+        Op::VmDiskDetach { name } => super::vm_disk::recover(ctx, id, name, false),
         Op::VmRemove { .. } => vm_remove(ctx, id),
         Op::ImagePull { .. } | Op::ImageImport { .. } => {
             // Layers and cloud blobs appear by one rename each and the image

@@ -238,6 +238,9 @@ pub enum VmCommand {
     },
     #[command(flatten)]
     Agent(AgentCommand),
+    /// Attach/detach a raw data disk to a running VM (Cloud Hypervisor, QEMU)
+    #[command(subcommand)]
+    Disk(DiskCommand),
     /// Print a VM's captured console and serial output
     #[command(
         after_help = "Examples:\n  cocoon vm logs dev\n  cocoon vm logs -f --tail 20 dev\n  cocoon vm logs --vmm dev"

@@ -30,6 +30,8 @@ fn disk(path: &str, ro: bool) -> StorageConfig {
         direct_io: None,
         directio_mode: None,
         vmm_path: None,
+        external: false,
+        slot: None,
     }
 }
 
