@@ -99,8 +99,10 @@ pub(crate) fn detach(ctx: &mut Ctx, reference: &str, name: &DiskName) -> Result<
         let id = attached_disk_id(name.as_str());
         ctx.block_on(async |_| Ok(backend.detach_disk(&vmm.api_socket, &id).await))?
             .map_err(|reason| hot_plug_error(&vm, "detach", name, reason))?;
-        crate::failpoint::hit("vm.disk.detach.unplugged")?;
+        // The disk is out of the VMM: the record forgets it whatever fails.
+        let failed = crate::failpoint::hit("vm.disk.detach.unplugged");
         forget(ctx, &vm.id, name.as_str())?;
+        failed?;
         Ok(DiskChange {
             vm: reference.to_string(),
             name: name.to_string(),
