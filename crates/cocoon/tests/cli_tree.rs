@@ -125,8 +125,10 @@ fn help_lists_every_subcommand() {
                 "hibernate",
                 "debug",
                 "status",
+                "disk",
             ],
         ),
+        (&["vm", "disk"], &["attach", "detach"]),
         (
             &["snapshot"],
             &[

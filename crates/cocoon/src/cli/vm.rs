@@ -238,9 +238,6 @@ pub enum VmCommand {
     },
     #[command(flatten)]
     Agent(AgentCommand),
-    /// Attach/detach a raw data disk to a running VM (Cloud Hypervisor, QEMU)
-    #[command(subcommand)]
-    Disk(DiskCommand),
     /// Print a VM's captured console and serial output
     #[command(
         after_help = "Examples:\n  cocoon vm logs dev\n  cocoon vm logs -f --tail 20 dev\n  cocoon vm logs --vmm dev"
@@ -370,4 +367,7 @@ pub enum VmCommand {
         #[arg(value_name = "VM")]
         vms: Vec<String>,
     },
+    /// Attach/detach a raw data disk to a running VM (Cloud Hypervisor, QEMU)
+    #[command(subcommand)]
+    Disk(DiskCommand),
 }
