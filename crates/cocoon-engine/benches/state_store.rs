@@ -44,6 +44,8 @@ fn vm(id: &str, name: &str) -> Vm {
     vm.storage_configs = (0..4)
         .map(|i| StorageConfig {
             vmm_path: None,
+            external: false,
+            slot: None,
             path: format!("/var/lib/cocoon/oci/blobs/{}{i}.erofs", "cd".repeat(31)).into(),
             ro: true,
             serial: format!("cocoon-layer{i}"),

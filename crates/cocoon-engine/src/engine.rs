@@ -360,6 +360,24 @@ impl Engine {
         )
     }
 
+    /// `vm disk attach`: a host file into the running VM, recorded.
+    pub fn attach_disk(
+        &mut self,
+        reference: &str,
+        request: &vm_disk::DiskAttach,
+    ) -> Result<vm_disk::DiskChange> {
+        vm_disk::attach(&mut self.ctx, reference, request)
+    }
+
+    /// `vm disk detach`: an attached disk out of the running VM, forgotten.
+    pub fn detach_disk(
+        &mut self,
+        reference: &str,
+        name: &crate::name::DiskName,
+    ) -> Result<vm_disk::DiskChange> {
+        vm_disk::detach(&mut self.ctx, reference, name)
+    }
+
     /// `vm hibernate`: the guest into a new snapshot, the VMM stopped.
     pub fn hibernate_vm(
         &mut self,

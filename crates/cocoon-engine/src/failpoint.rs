@@ -56,6 +56,8 @@ pub const ALL: &[&str] = &[
     "vm.hibernate.captured",
     "vm.resize.begin",
     "vm.resize.applied",
+    "vm.disk.attach.plugged",
+    "vm.disk.detach.unplugged",
     "vm.cgroup.prepared",
     "vm.clone.files",
     "vm.restore.killed",

@@ -75,6 +75,18 @@ pub enum Op {
         #[serde(default)]
         memory: u64,
     },
+    /// `vm disk attach`: the object is the VM; `name` the disk's.
+    #[serde(rename = "vm.disk.attach")]
+    VmDiskAttach {
+        #[serde(default)]
+        name: String,
+    },
+    /// `vm disk detach`: the object is the VM; `name` the disk's.
+    #[serde(rename = "vm.disk.detach")]
+    VmDiskDetach {
+        #[serde(default)]
+        name: String,
+    },
     #[serde(rename = "snapshot.save")]
     SnapshotSave {
         #[serde(default)]
@@ -135,6 +147,8 @@ impl Op {
             Op::VmRestore { .. } => "vm.restore",
             Op::VmHibernate { .. } => "vm.hibernate",
             Op::VmResize { .. } => "vm.resize",
+            Op::VmDiskAttach { .. } => "vm.disk.attach",
+            Op::VmDiskDetach { .. } => "vm.disk.detach",
             Op::SnapshotSave { .. } => "snapshot.save",
             Op::SnapshotImport { .. } => "snapshot.import",
             Op::SnapshotEvict { .. } => "snapshot.evict",
@@ -153,7 +167,9 @@ impl Op {
             | Op::VmRemove { .. }
             | Op::VmRestore { .. }
             | Op::VmHibernate { .. }
-            | Op::VmResize { .. } => ObjectKind::Vm,
+            | Op::VmResize { .. }
+            | Op::VmDiskAttach { .. }
+            | Op::VmDiskDetach { .. } => ObjectKind::Vm,
             Op::SnapshotSave { .. } | Op::SnapshotImport { .. } | Op::SnapshotEvict { .. } => {
                 ObjectKind::Snapshot
             }
@@ -250,6 +266,8 @@ mod tests {
                 data_dir: "/s".into(),
                 staging: "/s/.import-S".into(),
             },
+            Op::VmDiskAttach { name: "a".into() },
+            Op::VmDiskDetach { name: "a".into() },
             Op::ImagePull {
                 digest: Some(format!("sha256:{}", "a".repeat(64))),
                 url: None,

@@ -3,7 +3,9 @@
 //! JSON field names are cocoon's (`types.VM`, `types.Image`, `types.Snapshot`),
 //! so `-o json` consumers keep working after switching.
 
+mod storage;
 mod switches;
+pub use storage::{ATTACHED_DISK_PREFIX, StorageConfig, StorageRole, attached_disk_id};
 pub use switches::DeviceSwitches;
 
 use std::collections::BTreeMap;
@@ -17,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::name::{SnapshotName, VmName};
 use crate::process::ProcessIdentity;
-use crate::spec::{DirectIo, FsType};
 
 /// cocoon serialises sets as `{"key": {}}`; this is the `{}`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +176,16 @@ pub struct VmConfig {
     /// VMM's saved state has those devices and that memory).
     #[serde(flatten, default)]
     pub devices: DeviceSwitches,
+    /// Slots for disks `vm disk attach` adds while the VM runs, where the
+    /// VMM needs them made at launch (QEMU's PCIe root ports): fixed at
+    /// creation by the backend, carried into snapshots and clones (the
+    /// VMM's saved state has them). 0 on a record from before them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hotplug_slots: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `no_agent` of a record written before the field existed: its VMM (and
@@ -202,39 +213,9 @@ impl VmConfig {
             no_agent: false,
             resources: crate::cgroup::CpuLimits::default(),
             devices: DeviceSwitches::default(),
+            hotplug_slots: 0,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StorageRole {
-    Layer,
-    Cow,
-    Cidata,
-    Data,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StorageConfig {
-    pub path: PathBuf,
-    pub ro: bool,
-    pub serial: String,
-    pub role: StorageRole,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub mount_point: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fstype: Option<FsType>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direct_io: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub directio_mode: Option<DirectIo>,
-    /// Where the running VMM sees this disk, when not at `path`: a
-    /// Firecracker clone's VMM reopens the disk paths its vmstate names (the
-    /// source VM's), and its jail shows `path` there (see [`crate::jail`]).
-    /// Cleared when the VMM boots afresh.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vmm_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -257,5 +257,37 @@ pub fn optional<K: Kind>(text: String) -> Result<Option<Name<K>>, SpecError> {
     }
 }
 
+/// The name of a disk `vm disk attach` adds: the data-disk rule
+/// (`^[a-z][a-z0-9_-]{0,19}$`, not `cocoon-...`,
+/// [`crate::spec::valid_data_disk_name`]), as upstream. It is the guest's
+/// `/dev/disk/by-id/virtio-<name>`, the VMM device id's suffix and the
+/// detach key, so never a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskName(String);
+
+impl DiskName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DiskName {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        if crate::spec::valid_data_disk_name(text) {
+            Ok(DiskName(text.to_string()))
+        } else {
+            Err(SpecError::DiskName(text.to_string()))
+        }
+    }
+}
+
+impl fmt::Display for DiskName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -48,6 +48,15 @@ pub enum SpecError {
     PasswordChar(char),
     #[error("invalid --data-disk {spec:?}: {reason}")]
     DataDisk { spec: String, reason: String },
+    #[error(
+        "invalid disk name {0:?}: must match [a-z][a-z0-9_-]{{0,19}} and must not start with \"cocoon-\" (it is the guest's /dev/disk/by-id/virtio-<name> and the detach key)"
+    )]
+    DiskName(String),
+    #[error("invalid --path {}: {reason}", path.display())]
+    AttachPath {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("invalid DNS server {0:?}: not an IP address")]
     Dns(String),
     #[error(

@@ -945,6 +945,141 @@ fn cloud_image_pull() {
     });
 }
 
+/// A raw disk file of the user's, outside the installation's directories.
+fn user_disk(lab: &Lab) -> String {
+    let path = lab.env.path().join("user.raw");
+    if !path.exists() {
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+    }
+    path.to_str().unwrap().to_string()
+}
+
+fn attach_args(lab: &Lab) -> Vec<String> {
+    let path = user_disk(lab);
+    ["vm", "disk", "attach", "m", "--path", &path, "--name", "u"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The attached disks of `m` the record has, and those its VMM has.
+fn attached_disks(lab: &Lab) -> (Vec<String>, Vec<String>) {
+    let vm = lab
+        .vms()
+        .into_iter()
+        .find(|v| v["config"]["name"] == "m")
+        .expect("the VM m is kept");
+    let recorded = vm["storage_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["external"] == true)
+        .map(|d| format!("cocoon-disk-{}", d["serial"].as_str().unwrap()))
+        .collect();
+    let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let in_vmm = rt.block_on(async {
+        if vm["hypervisor"] == "qemu" {
+            let mut qmp = vmm_api::qmp::Qmp::connect(&socket).await.unwrap();
+            let blocks = qmp.query_block().await.unwrap();
+            blocks
+                .into_iter()
+                .filter_map(|b| Some(b.qdev?.split('/').nth(3)?.to_string()))
+                .collect::<Vec<_>>()
+        } else {
+            let info = vmm_api::ch::CloudHypervisor::new(&socket)
+                .info()
+                .await
+                .unwrap();
+            info.config["disks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|d| d["id"].as_str().map(str::to_string))
+                .collect()
+        }
+    });
+    let in_vmm = in_vmm
+        .into_iter()
+        .filter(|id| id.starts_with("cocoon-disk-"))
+        .collect();
+    (recorded, in_vmm)
+}
+
+/// After convergence the record and the VMM agree on the attached disks.
+fn disks_agree(lab: &Lab) -> Vec<String> {
+    let (recorded, in_vmm) = attached_disks(lab);
+    assert_eq!(recorded, in_vmm, "the record and the VMM disagree");
+    recorded
+}
+
+/// `vm disk attach`: rolled back (the VMM loses the disk the record does
+/// not have), then attached when run again.
+fn disk_attach_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "vm disk attach",
+            setup: &running,
+            args: &attach_args,
+            failpoints: &["vm.disk.attach.plugged"],
+            again: &|lab| assert_eq!(disks_agree(lab), Vec::<String>::new()),
+        },
+        qemu,
+    );
+}
+
+#[test]
+fn disk_attach() {
+    disk_attach_on(false);
+}
+
+#[test]
+fn disk_attach_qemu() {
+    disk_attach_on(true);
+}
+
+/// `vm disk detach`: finished (the record forgets the disk the VMM no
+/// longer has); attached again to be detached again.
+fn disk_detach_on(qemu: bool) {
+    matrix_on(
+        &Op {
+            name: "vm disk detach",
+            setup: &|lab| {
+                running(lab);
+                lab.ok(&attach_args(lab)
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>());
+            },
+            args: &args(&["vm", "disk", "detach", "m", "--name", "u"]),
+            failpoints: &["vm.disk.detach.unplugged"],
+            again: &|lab| {
+                assert_eq!(disks_agree(lab), Vec::<String>::new());
+                lab.ok(&attach_args(lab)
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>());
+            },
+        },
+        qemu,
+    );
+}
+
+#[test]
+fn disk_detach() {
+    disk_detach_on(false);
+}
+
+#[test]
+fn disk_detach_qemu() {
+    disk_detach_on(true);
+}
+
 /// Every failpoint the engine has is in this matrix, and the engine's list
 /// is exactly the failpoints its code hits.
 #[test]

@@ -126,8 +126,10 @@ fn help_lists_every_subcommand() {
                 "resize",
                 "debug",
                 "status",
+                "disk",
             ],
         ),
+        (&["vm", "disk"], &["attach", "detach"]),
         (
             &["snapshot"],
             &[

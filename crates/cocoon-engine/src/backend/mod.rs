@@ -29,7 +29,7 @@ use crate::error::Result;
 use crate::image::store::ImageDirs;
 use crate::jail::Jail;
 use crate::layout::VmPaths;
-use crate::model::{Hypervisor, Snapshot, Vm, VmmProcess};
+use crate::model::{Hypervisor, Snapshot, StorageConfig, Vm, VmmProcess};
 use crate::snapshot::manifest::Manifest;
 
 pub use launch::{GUEST_CID, Helper, LaunchOptions, host_has_hugepages};
@@ -224,6 +224,37 @@ pub trait Backend: Sync {
     /// Checks the VMM's own state files of a snapshot (opened beneath the
     /// snapshot directory `dir`) against what this engine would write.
     fn check_state(&self, dir: &OwnedFd, manifest: &Manifest) -> std::result::Result<(), String>;
+
+    // --- hot-plug (`vm disk attach`/`detach`) ---
+    /// Slots a new VM gets for disks attached while it runs, where the VMM
+    /// needs them made at launch (recorded as the VM's `hotplug_slots`).
+    fn hotplug_slots(&self) -> u32 {
+        0
+    }
+    /// Why no disk can be attached to or detached from the running `vm`:
+    /// what the VMM lacks and what to do instead (None: it can).
+    fn disk_hot_plug_refusal(&self, vm: &Vm) -> Option<String>;
+    /// Adds `disk`, an attached disk of `vm` (its device id
+    /// [`StorageConfig::device_id`]), to the running VMM; returns the slot
+    /// it took where the VMM has slots. The error is the reason.
+    fn attach_disk<'a>(
+        &'a self,
+        vm: &'a Vm,
+        socket: &'a Path,
+        disk: &'a StorageConfig,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>>;
+    /// Removes the attached disk device `id` from the running VMM; one it
+    /// does not have is success (a crash may have removed it already).
+    fn detach_disk<'a>(
+        &'a self,
+        socket: &'a Path,
+        id: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>>;
+    /// The device ids of the attached disks the running VMM has.
+    fn attached_disk_ids<'a>(
+        &'a self,
+        socket: &'a Path,
+    ) -> LocalFuture<'a, Result<Vec<String>, String>>;
 
     // --- clone and restore ---
     /// Whether a restore mode is the backend's; Ok(true) to restore on demand.

@@ -80,6 +80,8 @@ mod tests {
     fn disk(path: &Path) -> StorageConfig {
         StorageConfig {
             vmm_path: None,
+            external: false,
+            slot: None,
             path: path.to_path_buf(),
             ro: false,
             serial: String::new(),

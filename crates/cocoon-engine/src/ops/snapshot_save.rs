@@ -53,6 +53,16 @@ pub(crate) fn locked_for_snapshot(
         }
         .into());
     };
+    if let Some(disk) = vm.storage_configs.iter().find(|d| d.external && d.ro) {
+        return Err(SnapshotError::Save {
+            reason: format!(
+                "disk {} is attached read-only: a snapshot keeps copies of writable disks only, and a clone must never open a host file; detach it first (`cocoon vm disk detach {} --name {}`) and attach it again after",
+                disk.serial, vm.config.name, disk.serial
+            ),
+            vm: vm.config.name,
+        }
+        .into());
+    }
     if let Some(reason) = backend::of(vm.hypervisor).snapshot_blocker(&vm) {
         return Err(SnapshotError::Save {
             vm: vm.config.name,

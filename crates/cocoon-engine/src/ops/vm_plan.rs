@@ -79,6 +79,8 @@ pub(crate) fn plan(
     }];
     storage.push(StorageConfig {
         vmm_path: None,
+        external: false,
+        slot: None,
         path: cow,
         ro: false,
         serial: cmdline::COW_SERIAL.into(),
@@ -204,6 +206,7 @@ fn new_record(request: &CreateVm, id: &str, image: &Image, kind: ImageType, path
     config.image = image.name.clone();
     config.image_digest = image.id.to_string();
     config.image_type = kind;
+    config.hotplug_slots = backend::of(request.hypervisor).hotplug_slots();
     Vm::new(
         id,
         request.hypervisor,
@@ -240,6 +243,8 @@ fn plan_cloud(
     let overlay = overlay_override.map_or_else(|| paths.overlay(), Path::to_path_buf);
     let mut storage = vec![StorageConfig {
         vmm_path: None,
+        external: false,
+        slot: None,
         path: overlay.clone(),
         ro: false,
         serial: String::new(),
@@ -316,7 +321,7 @@ pub(crate) fn cmdline_of(ctx: &Ctx, vm: &Vm) -> String {
         nics: &nics,
         dns: &ctx.config().dns,
         container: super::vm_query::boots_cocoon_init(ctx, vm),
-        pci: vm.config.devices.pci,
+        pci: vm.config.devices.pci || vm.config.hotplug_slots > 0,
     })
 }
 
@@ -362,6 +367,8 @@ fn data_disks(
         }
         storage.push(StorageConfig {
             vmm_path: None,
+            external: false,
+            slot: None,
             path,
             ro: false,
             serial: disk.name.clone(),
@@ -394,6 +401,8 @@ fn layer_disk(
 ) -> StorageConfig {
     StorageConfig {
         vmm_path: None,
+        external: false,
+        slot: None,
         path: dirs.blob(digest),
         ro: true,
         serial: backend.layer_serial(j),
@@ -409,6 +418,8 @@ fn layer_disk(
 pub(crate) fn cidata_disk(paths: &VmPaths) -> StorageConfig {
     StorageConfig {
         vmm_path: None,
+        external: false,
+        slot: None,
         path: paths.cidata(),
         ro: true,
         serial: String::new(),

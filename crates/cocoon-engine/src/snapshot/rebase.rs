@@ -117,6 +117,8 @@ pub(crate) mod tests {
         );
         let disk = StorageConfig {
             vmm_path: None,
+            external: false,
+            slot: None,
             path: PathBuf::from(layer),
             ro: true,
             serial: String::new(),

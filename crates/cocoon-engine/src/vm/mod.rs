@@ -20,6 +20,34 @@ pub enum VmError {
     Running { id: String, name: VmName },
     #[error("VM {name} ({id}) is not running; start it with `cocoon vm start {name}`")]
     NotRunning { id: String, name: VmName },
+    /// `vm disk attach` of a name (or file) the VM already has.
+    #[error(
+        "VM {vm} already has {what}; pick another --name or --path, or detach it first (`cocoon vm disk detach {vm} --name {name}`)"
+    )]
+    DiskTaken {
+        vm: VmName,
+        what: String,
+        name: String,
+    },
+    #[error(
+        "VM {vm} has no attached disk named {name}; `cocoon vm inspect {vm}` lists its disks (attached ones have \"external\": true)"
+    )]
+    NoAttachedDisk { vm: VmName, name: String },
+    /// The VMM cannot hot-plug (the reason says what to do instead).
+    #[error("cannot {what} a disk on VM {vm}: {reason}")]
+    HotPlugRefused {
+        vm: VmName,
+        what: &'static str,
+        reason: String,
+    },
+    /// The VMM refused or failed the hot-plug; nothing changed.
+    #[error("cannot {what} disk {name} on VM {vm}: {reason}; the VM's disks are as they were")]
+    HotPlug {
+        vm: VmName,
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
     #[error(
         "VM {name} ({id}) is {state} and cannot be restored: only a running, stopped, hibernated or failed VM can (a VM that never ran has nothing to go back to; start it with `cocoon vm start {name}`)"
     )]

@@ -10,11 +10,13 @@ use clap_complete::Shell;
 
 pub mod agent;
 pub mod cgroup;
+pub mod hotplug;
 mod image_snapshot;
 mod parse;
 pub mod switches;
 mod vm;
 
+pub use hotplug::DiskCommand;
 pub use image_snapshot::{ImageCommand, KernelCommand, SnapshotCommand};
 pub use vm::{CloneFlags, VmCommand, VmFlags};
 

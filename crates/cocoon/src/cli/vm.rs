@@ -382,4 +382,7 @@ pub enum VmCommand {
         #[arg(value_name = "VM")]
         vms: Vec<String>,
     },
+    /// Attach/detach a raw data disk to a running VM (Cloud Hypervisor, QEMU)
+    #[command(subcommand)]
+    Disk(DiskCommand),
 }

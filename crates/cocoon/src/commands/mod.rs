@@ -3,6 +3,7 @@
 mod console;
 mod doctor;
 mod exec;
+mod hotplug;
 mod image;
 mod kernel;
 mod other;
@@ -36,6 +37,7 @@ pub fn run(command: Command, config: Config) -> Result<Outcome> {
         Command::Image(cmd) => done(image::run(cmd, config)),
         Command::Vm(cmd) => match *cmd {
             crate::cli::VmCommand::Agent(cmd) => exec::run(cmd, config),
+            crate::cli::VmCommand::Disk(cmd) => done(hotplug::disk(cmd, config)),
             cmd => vm::run(cmd, config),
         },
         Command::Kernel(cmd) => done(kernel::run(cmd, config)),

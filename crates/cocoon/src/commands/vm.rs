@@ -122,7 +122,9 @@ fn run_other(
         } => resize(engine, &vm, VmResize { cpu, memory }, output),
         VmCommand::List { output } => list(engine, output),
         VmCommand::Inspect { vm, .. } => print_json(&engine.inspect_vm(&vm)?).map_err(io),
-        VmCommand::Agent(_) => unreachable!("commands::run hands vm exec/reseed to commands::exec"),
+        VmCommand::Agent(_) | VmCommand::Disk(_) => {
+            unreachable!("commands::run hands vm exec/reseed/disk to their modules")
+        }
     }
 }
 

@@ -51,6 +51,11 @@ commands! {
     "query-balloon" => QueryBalloon => BalloonInfo;
     "query-cpus-fast" => QueryCpusFast => Vec<CpuInfoFast>;
     "query-memory-size-summary" => QueryMemorySizeSummary => MemoryInfo;
+    "blockdev-add" => BlockdevAdd => Empty;
+    "blockdev-del" => BlockdevDel => Empty;
+    "device_add" => DeviceAdd => Empty;
+    "device_del" => DeviceDel => Empty;
+    "query-block" => QueryBlock => Vec<BlockInfo>;
 }
 
 /// Leaves capabilities negotiation mode; QEMU accepts no other command before.
@@ -206,3 +211,58 @@ pub struct Balloon {
     /// Target guest RAM in bytes.
     pub value: i64,
 }
+
+/// `blockdev-add` of a protocol node over a host file (`driver` `file`) or
+/// block device (`host_device`): a raw disk needs no format node on top, a
+/// device attaches to this node directly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockdevAdd {
+    /// `file` or `host_device`.
+    pub driver: String,
+    #[serde(rename = "node-name")]
+    pub node_name: String,
+    pub filename: String,
+    #[serde(default, rename = "read-only", skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<BlockdevCacheOptions>,
+}
+
+/// `BlockdevCacheOptions`: `direct` is O_DIRECT on the host file.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BlockdevCacheOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<bool>,
+}
+
+/// Removes a block node no device uses any more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockdevDel {
+    #[serde(rename = "node-name")]
+    pub node_name: String,
+}
+
+/// `device_add`: the schema names `driver`, `bus` and `id`; every other
+/// member is a property of the device (`drive`, `serial`), which QEMU
+/// checks against the device type (the command is not generated from the
+/// schema, `json-cli`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceAdd {
+    pub driver: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(flatten)]
+    pub properties: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Asks for a device's removal; QEMU sends `DEVICE_DELETED` once it is gone
+/// (at once for a device the guest never enabled, else when the guest lets go).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDel {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct QueryBlock;

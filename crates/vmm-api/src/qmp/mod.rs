@@ -217,6 +217,27 @@ impl Qmp {
         self.execute(&QueryMemorySizeSummary).await
     }
 
+    /// The drives and block nodes devices use.
+    pub async fn query_block(&mut self) -> Result<Vec<BlockInfo>, ApiError> {
+        self.execute(&QueryBlock).await
+    }
+
+    /// `device_del` of `id`, then waits up to `timeout` for its
+    /// `DEVICE_DELETED` (the device is gone only then; its block node can
+    /// be deleted after).
+    pub async fn device_del_and_wait(
+        &mut self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        self.execute(&DeviceDel { id: id.to_string() }).await?;
+        self.wait_event_where("DEVICE_DELETED", timeout, |e| {
+            e.name == "DEVICE_DELETED" && e.data["device"].as_str() == Some(id)
+        })
+        .await
+        .map(drop)
+    }
+
     pub async fn query_migrate(&mut self) -> Result<MigrationInfo, ApiError> {
         self.execute(&QueryMigrate).await
     }

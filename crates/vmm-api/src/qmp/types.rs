@@ -142,6 +142,31 @@ qapi_enum! {
     }
 }
 
+/// `BlockInfo`, one entry of `query-block`: a drive (`device`, empty for a
+/// `-blockdev`/`blockdev-add` node) and the device it backs (`qdev`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockInfo {
+    pub device: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qdev: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inserted: Option<BlockDeviceInfo>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `BlockDeviceInfo`: the medium of a drive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockDeviceInfo {
+    /// The host file.
+    pub file: String,
+    #[serde(default, rename = "node-name", skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    pub ro: bool,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// `StatusInfo`, the result of `query-status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusInfo {

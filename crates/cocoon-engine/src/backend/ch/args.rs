@@ -153,6 +153,9 @@ pub fn disk_arg(vm: &Vm, disk: &StorageConfig) -> String {
     if !disk.serial.is_empty() {
         parts.push(format!("serial={}", disk.serial));
     }
+    if let Some(id) = disk.device_id() {
+        parts.push(format!("id={id}"));
+    }
     parts.join(",")
 }
 

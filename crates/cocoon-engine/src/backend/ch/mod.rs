@@ -5,6 +5,7 @@
 //! `memory-range*` files.
 
 mod args;
+mod hotplug;
 mod restore;
 mod state;
 
@@ -24,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::guest::cmdline;
 use crate::image::store::ImageDirs;
 use crate::layout::VmPaths;
-use crate::model::{Hypervisor, Snapshot, Vm, VmmProcess};
+use crate::model::{Hypervisor, Snapshot, StorageConfig, Vm, VmmProcess};
 use crate::snapshot::manifest::Manifest;
 
 pub use args::{args, disk_arg};
@@ -195,6 +196,40 @@ impl Backend for CloudHypervisorBackend {
     fn check_state(&self, dir: &OwnedFd, manifest: &Manifest) -> Result<(), String> {
         let config = crate::snapshot::trust::read_ch_config(dir)?;
         crate::snapshot::trust::check_ch_config(&config, &manifest.storage)
+    }
+
+    fn disk_hot_plug_refusal(&self, _: &Vm) -> Option<String> {
+        None
+    }
+
+    fn attach_disk<'a>(
+        &'a self,
+        vm: &'a Vm,
+        socket: &'a Path,
+        disk: &'a StorageConfig,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(hotplug::attach(vm, socket, disk))
+    }
+
+    fn detach_disk<'a>(
+        &'a self,
+        socket: &'a Path,
+        id: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(hotplug::detach(socket, id))
+    }
+
+    fn attached_disk_ids<'a>(
+        &'a self,
+        socket: &'a Path,
+    ) -> LocalFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let ids = hotplug::disk_ids(socket).await?;
+            Ok(ids
+                .into_iter()
+                .filter(|i| i.starts_with(crate::model::ATTACHED_DISK_PREFIX))
+                .collect())
+        })
     }
 
     fn on_demand(&self, mode: RestoreMode) -> Result<bool> {

@@ -213,7 +213,7 @@ pub async fn ch_restore(
 }
 
 /// `vm.add-disk` body of a disk, as `--disk` would have given it.
-fn hot_plug_disk(vm: &Vm, disk: &crate::model::StorageConfig) -> DiskConfig {
+pub(super) fn hot_plug_disk(vm: &Vm, disk: &crate::model::StorageConfig) -> DiskConfig {
     let c = &vm.config;
     let qcow2 = disk.path.extension().is_some_and(|e| e == "qcow2");
     let mut extra = vmm_api::ch::models::Extra::default();
@@ -231,7 +231,7 @@ fn hot_plug_disk(vm: &Vm, disk: &crate::model::StorageConfig) -> DiskConfig {
         } else {
             c.disk_queue_size
         }),
-        id: None,
+        id: disk.device_id(),
         serial: (!disk.serial.is_empty()).then(|| disk.serial.clone()),
         sparse: Some(!disk.ro),
         extra,

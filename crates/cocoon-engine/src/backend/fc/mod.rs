@@ -28,7 +28,7 @@ use crate::image::store::ImageDirs;
 use crate::image::vmlinux;
 use crate::jail::Jail;
 use crate::layout::VmPaths;
-use crate::model::{Hypervisor, Snapshot, Vm};
+use crate::model::{Hypervisor, Snapshot, StorageConfig, Vm};
 use crate::snapshot::manifest::Manifest;
 
 pub use boot_plan::{BootPlan, args};
@@ -267,6 +267,36 @@ impl Backend for FirecrackerBackend {
     /// nothing else of the host).
     fn check_state(&self, _: &OwnedFd, _: &Manifest) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Firecracker's API adds drives before boot only (`PUT /drives/{id}`,
+    /// "Pre-boot only"; after boot `PATCH` changes an existing drive's file).
+    fn disk_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        Some(format!(
+            "Firecracker cannot add a disk to or remove one from a running VM (its API takes drives before boot only); give the VM its disk at creation (`cocoon vm create --data-disk ...`), or run it on Cloud Hypervisor or QEMU (`--hypervisor`); VM {} is unchanged",
+            vm.config.name
+        ))
+    }
+
+    fn attach_disk<'a>(
+        &'a self,
+        _: &'a Vm,
+        _: &'a Path,
+        _: &'a StorageConfig,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(async { Err("Firecracker cannot hot-plug disks".to_string()) })
+    }
+
+    fn detach_disk<'a>(&'a self, _: &'a Path, _: &'a str) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(async { Err("Firecracker cannot hot-unplug disks".to_string()) })
+    }
+
+    /// No disk is ever attached to a running Firecracker VM.
+    fn attached_disk_ids<'a>(
+        &'a self,
+        _: &'a Path,
+    ) -> LocalFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     fn on_demand(&self, mode: RestoreMode) -> Result<bool> {

@@ -85,7 +85,13 @@ fn args_on(
         args.push(value);
     };
     let vsock = super::vsock::on(vm, opts);
-    machine(vm, "microvm", kvm, vsock, &mut push);
+    // PCIe (for the hot-plug root ports) beside microvm's virtio-mmio.
+    let microvm = if vm.config.hotplug_slots > 0 {
+        "microvm,pcie=on"
+    } else {
+        "microvm"
+    };
+    machine(vm, microvm, kvm, vsock, &mut push);
     // qboot, not microvm's default SeaBIOS: SeaBIOS sets up the virtio-blk
     // rings itself (looking for a boot disk) and leaves them to a guest that
     // may never reset the devices; their stale state then fails the load of
@@ -106,6 +112,7 @@ fn args_on(
     super::vsock::memory(vm, vsock, &mut push);
     control(paths, &mut push);
     devices(vm, opts, host, &mut push);
+    super::hotplug::launch_disks(vm, restoring, &mut push);
     if vsock {
         super::vsock::device(paths, "device", &mut push);
     }
@@ -214,7 +221,11 @@ fn devices(vm: &Vm, opts: &LaunchOptions, host: Host, push: &mut impl FnMut(&str
     if !boot.cmdline.is_empty() {
         push("-append", boot.cmdline.clone());
     }
+    super::hotplug::root_ports(vm, push);
     for (i, disk) in vm.storage_configs.iter().enumerate() {
+        if disk.external {
+            continue;
+        }
         push("-drive", drive(i, disk));
         push("-device", format!("virtio-blk-device,drive=disk{i}"));
     }

@@ -14,6 +14,7 @@
 //! same QMP, serial port, stop and snapshots, and a variable store per VM.
 
 mod args;
+mod hotplug;
 mod uefi;
 mod vsock;
 
@@ -34,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::guest::cmdline;
 use crate::image::store::ImageDirs;
 use crate::layout::VmPaths;
-use crate::model::{Hypervisor, Snapshot, Vm};
+use crate::model::{Hypervisor, Snapshot, StorageConfig, Vm};
 use crate::snapshot::manifest::Manifest;
 
 /// The snapshot's one state file: memory and device state.
@@ -199,6 +200,8 @@ impl Backend for QemuBackend {
             let mut qmp = boot(&request).await.map_err(|e| e.to_string())?;
             if matches!(request.boot, Boot::Restore { .. }) {
                 (request.arm)()?;
+            } else {
+                hotplug::plug_recorded(&mut qmp, request.vm).await?;
             }
             qmp.resume().await.map_err(|e| e.to_string())?;
             Ok(vec![RelayPort {
@@ -221,6 +224,7 @@ impl Backend for QemuBackend {
                 serde_json::json!({ "value": vm.config.memory.saturating_sub(balloon) }),
             ));
         }
+        calls.extend(hotplug::plug_calls(vm));
         calls.push(("QMP".into(), "cont".into(), serde_json::json!({})));
         calls
     }
@@ -289,6 +293,38 @@ impl Backend for QemuBackend {
     /// it reaches the host (QEMU opens what the engine's command line names).
     fn check_state(&self, _: &OwnedFd, _: &Manifest) -> Result<(), String> {
         Ok(())
+    }
+
+    fn hotplug_slots(&self) -> u32 {
+        hotplug::SLOTS
+    }
+
+    fn disk_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        hotplug::refusal(vm)
+    }
+
+    fn attach_disk<'a>(
+        &'a self,
+        vm: &'a Vm,
+        socket: &'a Path,
+        disk: &'a StorageConfig,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(hotplug::attach(vm, socket, disk))
+    }
+
+    fn detach_disk<'a>(
+        &'a self,
+        socket: &'a Path,
+        id: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(hotplug::detach(socket, id))
+    }
+
+    fn attached_disk_ids<'a>(
+        &'a self,
+        socket: &'a Path,
+    ) -> LocalFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(hotplug::disk_ids(socket))
     }
 
     /// QEMU reads the state file into guest memory before the guest runs.

@@ -60,6 +60,7 @@ pub fn args(
     );
     args::control(paths, &mut push);
     devices(vm, opts, Host::probe(kvm), &mut push);
+    super::hotplug::launch_disks(vm, restoring, &mut push);
     if vsock {
         super::vsock::device(paths, "pci", &mut push);
     }
@@ -69,7 +70,11 @@ pub fn args(
 /// Disks (the first one boots), NICs without option ROMs (no network boot
 /// attempt), rng, balloon: all virtio-pci.
 fn devices(vm: &Vm, opts: &LaunchOptions, host: Host, push: &mut impl FnMut(&str, String)) {
+    super::hotplug::root_ports(vm, push);
     for (i, disk) in vm.storage_configs.iter().enumerate() {
+        if disk.external {
+            continue;
+        }
         push("-drive", drive(i, disk));
         let mut device = format!("virtio-blk-pci,drive=disk{i}");
         if i == 0 {
@@ -136,6 +141,8 @@ mod tests {
         );
         let disk = |path: &str, ro: bool, role| StorageConfig {
             vmm_path: None,
+            external: false,
+            slot: None,
             path: run_dir.join(path),
             ro,
             serial: String::new(),

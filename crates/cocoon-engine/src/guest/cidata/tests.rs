@@ -315,6 +315,8 @@ fn data_disks_become_mounts_by_virtio_serial() {
     );
     let entry = |serial: &str, role, mount: &str, fstype| StorageConfig {
         vmm_path: None,
+        external: false,
+        slot: None,
         path: format!("/run/x/{serial}").into(),
         ro: false,
         serial: serial.into(),

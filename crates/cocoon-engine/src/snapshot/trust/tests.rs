@@ -18,6 +18,8 @@ struct Fixture {
 fn disk(path: PathBuf, ro: bool, role: StorageRole) -> StorageConfig {
     StorageConfig {
         vmm_path: None,
+        external: false,
+        slot: None,
         path,
         ro,
         serial: String::new(),

@@ -30,6 +30,8 @@ fn disk(path: &str, ro: bool) -> StorageConfig {
         direct_io: None,
         directio_mode: None,
         vmm_path: None,
+        external: false,
+        slot: None,
     }
 }
 
@@ -469,4 +471,42 @@ fn switches_put_memory_on_a_memfd_and_set_ksm() {
         values(&build(&vm, KVM, true), "-object")[0],
         "memory-backend-memfd,id=mem,size=1024M,share=on"
     );
+}
+
+#[test]
+fn hot_plug_slots_are_root_ports_and_attached_disks_come_back_on_theirs() {
+    let mut vm = vm_in("/run/vms/0123abcd");
+    // A VM from before the slots launches as it did.
+    let old = build(&vm, KVM, false);
+    assert!(values(&old, "-machine")[0].starts_with("microvm,"));
+    assert!(!values(&old, "-machine")[0].contains("pcie=on"));
+    assert!(!values(&old, "-device").iter().any(|d| d.starts_with("pcie-root-port")));
+
+    vm.config.hotplug_slots = 2;
+    let mut attached = disk("/srv/user,1.raw", false);
+    attached.serial = "data".into();
+    attached.role = StorageRole::Data;
+    attached.external = true;
+    attached.slot = Some(1);
+    vm.storage_configs.push(attached);
+    let fresh = build(&vm, KVM, false);
+    assert_eq!(values(&fresh, "-machine")[0], "microvm,pcie=on,accel=kvm,mem-merge=off");
+    let devices = values(&fresh, "-device");
+    assert!(devices.contains(&"pcie-root-port,id=cocoon-hp0,chassis=1"));
+    assert!(devices.contains(&"pcie-root-port,id=cocoon-hp1,chassis=2"));
+    // A fresh boot plugs it over QMP before the guest runs, not here.
+    assert_eq!(values(&fresh, "-drive").len(), 2);
+    assert!(values(&fresh, "-blockdev").is_empty());
+    assert!(!devices.iter().any(|d| d.contains("cocoon-disk-data")));
+    // A restore has it on its slot, where the saved device state expects it.
+    let restore = build(&vm, KVM, true);
+    assert_eq!(
+        values(&restore, "-blockdev"),
+        ["driver=file,node-name=cocoon-disk-data,filename=/srv/user,,1.raw,read-only=off"]
+    );
+    assert!(
+        values(&restore, "-device")
+            .contains(&"virtio-blk-pci,drive=cocoon-disk-data,id=cocoon-disk-data,serial=data,bus=cocoon-hp1")
+    );
+    assert_eq!(values(&restore, "-drive").len(), 2);
 }

@@ -1,0 +1,329 @@
+//! `vm disk attach`/`detach` against the real VMMs (Cloud Hypervisor and
+//! QEMU) running the test guest: the VMM itself lists the attached disk
+//! (CH `vm.info` disks, QEMU `query-block`) and no longer after detach; an
+//! attached disk is back after `vm stop`/`vm start`; a clone of a snapshot
+//! taken with it attached has its own copy of it, attached the same way.
+//! Firecracker refuses with its reason and keeps the VM as it was.
+//!
+//! Needs the VMMs (PATH or COCOON_CH_BINARY / COCOON_FC_BINARY /
+//! COCOON_QEMU_BINARY), /dev/kvm and Debian's docker-registry; says SKIPPED
+//! loudly otherwise.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cocoon_engine::model::VmmProcess;
+use cocoon_testkit::guest::{HEARTBEAT_PREFIX, READY_MARKER};
+use cocoon_testkit::registry::Registry;
+use cocoon_testkit::{CocoonEnv, EnvReaper, processes_of, real_vmm, require_real_vmm, skip};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vmm {
+    Ch,
+    Fc,
+    Qemu,
+}
+
+struct Reaper(Vec<VmmProcess>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            cocoon_testkit::kill_if_running(p);
+        }
+    }
+}
+
+struct Lab {
+    env: CocoonEnv,
+    ch: PathBuf,
+    fc: PathBuf,
+    vmm: Vmm,
+    reference: String,
+    _registry: Registry,
+}
+
+impl Lab {
+    /// A fresh installation with the test guest image pulled; None after a
+    /// loud skip.
+    fn new(test: &str, vmm: Vmm) -> Option<Lab> {
+        let found = match vmm {
+            Vmm::Ch => require_real_vmm(test, "COCOON_CH_BINARY", "cloud-hypervisor"),
+            Vmm::Fc => require_real_vmm(test, "COCOON_FC_BINARY", "firecracker"),
+            Vmm::Qemu => require_real_vmm(test, "COCOON_QEMU_BINARY", "qemu-system-x86_64"),
+        };
+        found?;
+        if !Path::new("/dev/kvm").exists() {
+            skip(test, "/dev/kvm is missing");
+            return None;
+        }
+        let Some(registry) = Registry::start() else {
+            skip(test, "docker-registry is not installed");
+            return None;
+        };
+        let layer = cocoon_testkit::guest::boot_layer("test", b"not used by the test kernel")
+            .file("sbin/init", b"#!/bin/sh\n")
+            .build();
+        registry.push("guest/test:1", &[layer], "amd64");
+        let lab = Lab {
+            env: CocoonEnv::new(cocoon_testkit::cocoon_bin()),
+            ch: real_vmm("COCOON_CH_BINARY", "cloud-hypervisor").unwrap_or_default(),
+            fc: real_vmm("COCOON_FC_BINARY", "firecracker").unwrap_or_default(),
+            vmm,
+            reference: registry.reference("guest/test:1"),
+            _registry: registry,
+        };
+        lab.ok(&["image", "pull", &lab.reference]);
+        Some(lab)
+    }
+
+    fn cmd(&self) -> std::process::Command {
+        let mut cmd = self.env.std_cmd();
+        for (var, path) in [
+            ("COCOON_CH_BINARY", &self.ch),
+            ("COCOON_FC_BINARY", &self.fc),
+        ] {
+            if !path.as_os_str().is_empty() {
+                cmd.env(var, path);
+            }
+        }
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        cocoon_testkit::run_ok(self.cmd(), args)
+    }
+
+    fn fail(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(!out.status.success(), "cocoon {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn inspect(&self, vm: &str) -> Value {
+        serde_json::from_str(&self.ok(&["vm", "inspect", vm])).unwrap()
+    }
+
+    /// `vm run` of the test guest, booted.
+    fn run(&self, name: &str) -> Reaper {
+        let mut args = vec!["vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1"];
+        args.extend(["--name", name]);
+        match self.vmm {
+            Vmm::Ch => {}
+            Vmm::Fc => args.push("--fc"),
+            Vmm::Qemu => args.push("--qemu"),
+        }
+        args.push(&self.reference);
+        self.ok(&args);
+        self.booted(name)
+    }
+
+    /// Waits for the guest's ready line; the VM's processes to reap.
+    fn booted(&self, name: &str) -> Reaper {
+        self.running(name, READY_MARKER)
+    }
+
+    /// Waits for `line` in the guest's output (a clone resumes past its
+    /// ready line: it shows heartbeats); the VM's processes to reap.
+    fn running(&self, name: &str, line: &str) -> Reaper {
+        let reaper = Reaper(processes_of(&self.inspect(name)));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.ok(&["vm", "logs", name]).contains(line) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not boot: {:#}\n{}\n{}",
+                self.inspect(name),
+                self.ok(&["vm", "logs", name]),
+                self.ok(&["vm", "logs", "--vmm", name])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        reaper
+    }
+
+    /// The attached disks the VM's VMM itself has: (device id, host file).
+    fn vmm_disks(&self, name: &str) -> Vec<(String, String)> {
+        let vm = self.inspect(name);
+        let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+        let mut disks = match self.vmm {
+            Vmm::Qemu => block_on(qemu_disks(&socket)),
+            _ => block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
+                .unwrap()
+                .config["disks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    let text = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+                    (text("id"), text("path"))
+                })
+                .collect(),
+        };
+        disks.retain(|(id, _)| id.starts_with("cocoon-disk-"));
+        disks
+    }
+}
+
+async fn qemu_disks(socket: &Path) -> Vec<(String, String)> {
+    let mut qmp = vmm_api::qmp::Qmp::connect(socket).await.unwrap();
+    qmp.query_block()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|b| {
+            let id = b
+                .qdev?
+                .strip_prefix("/machine/peripheral/")?
+                .split('/')
+                .next()?
+                .to_string();
+            Some((id, b.inserted?.file))
+        })
+        .collect()
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A 16 MiB raw disk file of the test's own.
+fn disk_file(dir: &Path, name: &str) -> String {
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(16 << 20).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn attached(vm: &Value) -> Vec<Value> {
+    vm["storage_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["external"] == true)
+        .cloned()
+        .collect()
+}
+
+fn attach_detach_on(vmm: Vmm, test: &str) {
+    let Some(lab) = Lab::new(test, vmm) else {
+        return;
+    };
+    let _env_reaper = EnvReaper(lab.env.root_dir());
+    let files = tempfile::tempdir().unwrap();
+    let path = disk_file(files.path(), "scratch.raw");
+    let _vm = lab.run("g");
+
+    let out = lab.ok(&[
+        "vm", "disk", "attach", "g", "--path", &path, "--name", "scratch", "-o", "json",
+    ]);
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        out,
+        serde_json::json!({"vm": "g", "name": "scratch", "id": "cocoon-disk-scratch"})
+    );
+    assert_eq!(
+        lab.vmm_disks("g"),
+        [("cocoon-disk-scratch".to_string(), path.clone())]
+    );
+    let vm = lab.inspect("g");
+    let disks = attached(&vm);
+    assert_eq!(disks.len(), 1, "{vm:#}");
+    assert_eq!(disks[0]["path"], path.as_str());
+    assert_eq!(disks[0]["serial"], "scratch");
+
+    // A second disk by the same name is refused, and the first stays.
+    let other = disk_file(files.path(), "other.raw");
+    let err = lab.fail(&[
+        "vm", "disk", "attach", "g", "--path", &other, "--name", "scratch",
+    ]);
+    assert!(
+        err.contains("VM g already has a disk named scratch"),
+        "{err}"
+    );
+    assert_eq!(lab.vmm_disks("g").len(), 1);
+
+    lab.ok(&["vm", "disk", "detach", "g", "--name", "scratch"]);
+    assert!(lab.vmm_disks("g").is_empty());
+    assert!(attached(&lab.inspect("g")).is_empty());
+    assert!(Path::new(&path).is_file(), "the user's file stays");
+
+    // Attached again (by another name: the test guest never ejects a
+    // device Cloud Hypervisor removed, which keeps its id taken until the
+    // VM restarts), it is back after a stop and a start.
+    let path = disk_file(files.path(), "again.raw");
+    lab.ok(&[
+        "vm", "disk", "attach", "g", "--path", &path, "--name", "again",
+    ]);
+    lab.ok(&["vm", "stop", "g"]);
+    lab.ok(&["vm", "start", "g"]);
+    let _restarted = lab.booted("g");
+    assert_eq!(
+        lab.vmm_disks("g"),
+        [("cocoon-disk-again".to_string(), path.clone())]
+    );
+
+    // A clone of a snapshot with it attached has its own copy, attached.
+    std::fs::write(&path, b"from the source").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    lab.ok(&["snapshot", "save", "--name", "s", "g"]);
+    lab.ok(&["vm", "clone", "--name", "c", "s"]);
+    let _clone = lab.running("c", HEARTBEAT_PREFIX);
+    let clone_disks = lab.vmm_disks("c");
+    assert_eq!(clone_disks.len(), 1, "{clone_disks:?}");
+    assert_eq!(clone_disks[0].0, "cocoon-disk-again");
+    let copy = &clone_disks[0].1;
+    assert_ne!(copy, &path, "the clone has its own copy");
+    assert!(copy.starts_with(lab.inspect("c")["run_dir"].as_str().unwrap()));
+    assert!(std::fs::read(copy).unwrap().starts_with(b"from the source"));
+    lab.ok(&["vm", "disk", "detach", "c", "--name", "again"]);
+    assert!(lab.vmm_disks("c").is_empty());
+    assert_eq!(lab.vmm_disks("g").len(), 1, "the source keeps its disk");
+    lab.ok(&["vm", "rm", "--force", "c", "g"]);
+    assert!(Path::new(&path).is_file(), "vm rm leaves the user's file");
+}
+
+#[test]
+fn disk_attach_detach_cloud_hypervisor() {
+    attach_detach_on(Vmm::Ch, "disk_attach_detach_cloud_hypervisor");
+}
+
+#[test]
+fn disk_attach_detach_qemu() {
+    attach_detach_on(Vmm::Qemu, "disk_attach_detach_qemu");
+}
+
+#[test]
+fn disk_attach_is_refused_on_firecracker() {
+    let test = "disk_attach_is_refused_on_firecracker";
+    let Some(lab) = Lab::new(test, Vmm::Fc) else {
+        return;
+    };
+    let _env_reaper = EnvReaper(lab.env.root_dir());
+    let files = tempfile::tempdir().unwrap();
+    let path = disk_file(files.path(), "scratch.raw");
+    let _vm = lab.run("g");
+    let before = lab.inspect("g");
+    let err = lab.fail(&[
+        "vm", "disk", "attach", "g", "--path", &path, "--name", "scratch",
+    ]);
+    assert!(
+        err.contains("cannot attach a disk on VM g: Firecracker cannot add a disk to or remove one from a running VM"),
+        "{err}"
+    );
+    assert!(err.contains("--data-disk"), "{err}");
+    let after = lab.inspect("g");
+    assert_eq!(before["storage_configs"], after["storage_configs"]);
+    assert_eq!(after["state"], "running");
+    lab.ok(&["vm", "rm", "--force", "g"]);
+}

@@ -1,0 +1,63 @@
+//! `vm disk attach|detach`: hot-plug on a running VM, with upstream's
+//! commands, flags and `-o json` (`cmd/vm/commands.go` buildDiskCommand).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Subcommand, ValueEnum};
+use cocoon_engine::name::DiskName;
+use cocoon_engine::spec::DirectIo;
+
+use super::FormatArg;
+
+#[derive(Debug, Subcommand)]
+pub enum DiskCommand {
+    /// Hot-attach an existing raw disk file (or block device) to a running VM
+    #[command(
+        after_help = "The disk is recorded with the VM: it is back after `vm stop`/`vm start`, and a snapshot (then a clone or restore) keeps a copy of it (a read-only one blocks snapshots). The file is never removed by cocoon. Firecracker cannot hot-plug disks.\n\nExamples:\n  cocoon vm disk attach dev --path /srv/disks/scratch.raw --name scratch\n  cocoon vm disk attach dev --path /dev/vg0/data --name data --readonly"
+    )]
+    Attach {
+        /// Absolute path to an existing raw disk file or block device (never deleted by cocoon)
+        #[arg(long, value_name = "PATH")]
+        path: PathBuf,
+        /// Disk name: the guest's /dev/disk/by-id/virtio-<name> and the detach key
+        #[arg(long, value_parser = DiskName::from_str)]
+        name: DiskName,
+        /// Attach read-only
+        #[arg(long)]
+        readonly: bool,
+        /// O_DIRECT for the disk: on, off or auto (off for files on tmpfs)
+        #[arg(long, value_enum, default_value_t = DirectIoArg::Auto)]
+        directio: DirectIoArg,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
+    /// Detach a hot-attached disk from a running VM (keeps the backing file)
+    Detach {
+        /// Disk name used at attach
+        #[arg(long, value_parser = DiskName::from_str)]
+        name: DiskName,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
+}
+
+/// `--directio`'s values, upstream's `on|off|auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DirectIoArg {
+    On,
+    Off,
+    Auto,
+}
+
+impl From<DirectIoArg> for DirectIo {
+    fn from(arg: DirectIoArg) -> DirectIo {
+        match arg {
+            DirectIoArg::On => DirectIo::On,
+            DirectIoArg::Off => DirectIo::Off,
+            DirectIoArg::Auto => DirectIo::Auto,
+        }
+    }
+}
