@@ -724,7 +724,7 @@ fn clones_get_their_own_cidata() {
     let _reaper2 = Reaper(processes_of(&lab.inspect("src")));
     lab.ok(&["snapshot", "save", "--name", "later", "src"]);
     let c2_id = lab
-        .ok(&["vm", "clone", "--name", "c2", "--storage", "20G", "later"])
+        .ok(&["vm", "clone", "--name", "c2", "later"])
         .trim()
         .to_string();
     let c2 = lab.inspect("c2");
@@ -757,10 +757,10 @@ fn clones_get_their_own_cidata() {
         .skip_while(|p| *p != "/api/v1/vm.add-disk")
         .collect();
     assert!(order.contains(&"/api/v1/vm.resume"), "{bodies}");
-    // --storage grew the overlay's virtual size.
+    // The overlay keeps the snapshot's virtual size.
     assert_eq!(
         qemu_info(&c2_run.join("overlay.qcow2"))["virtual-size"],
-        20u64 << 30
+        lab.inspect("src")["config"]["storage"]
     );
 
     // A clone's next cold boot is not a first boot: no cidata disk.

@@ -1,7 +1,7 @@
 //! The real VMMs behind what only the fake VMMs covered before: data disks,
 //! NICs and the balloon as each VMM reports them, clones that open their own
-//! disks and TAPs (inside their own namespaces), clones and restores with
-//! more CPUs or memory, on-demand restore, and the console carrying on
+//! disks and TAPs (inside their own namespaces), clones and restores that
+//! keep the snapshot's CPUs and memory, on-demand restore, and the console carrying on
 //! across restore and clone. Everything goes through the `cocoon` CLI; the
 //! VMMs' own APIs (vmm_api) and /proc are the witnesses. On both Cloud
 //! Hypervisor and Firecracker, or the exact refusal where a backend lacks
@@ -909,11 +909,12 @@ fn restore_modes_on_firecracker() {
     restore_modes(true);
 }
 
-/// `vm clone` and `vm restore` with more CPUs and memory than the snapshot:
-/// CH's VMM really has them (vm.info) and the guest runs on; FC refuses with
-/// the engine's message and nothing changes.
-fn resized_clone_and_restore(fc: bool) {
-    let test = test_name("resized_clone_and_restore", fc);
+/// `vm clone` and `vm restore` take the snapshot's CPUs, memory and storage
+/// (upstream #26/#27): other values are refused with the reason on both VMMs
+/// and nothing changes; the snapshot's own values (what vk-cocoon passes)
+/// are taken and the VMM has them.
+fn clone_and_restore_keep_the_snapshot_size(fc: bool) {
+    let test = test_name("clone_and_restore_keep_the_snapshot_size", fc);
     let Some(lab) = real_lab(&test, fc) else {
         return;
     };
@@ -926,76 +927,78 @@ fn resized_clone_and_restore(fc: bool) {
         "{test}: the source as its VMM has it"
     );
     let (lo, hi) = save(&lab, "src", "s");
-    let grow = ["--cpu", "2", "--memory", "1G"];
-    if fc {
-        for (flags, what) in [(&grow[..2], "--cpu 2"), (&grow[2..], "--memory 1G")] {
-            let mut args = vec!["vm", "clone", "--name", "big"];
-            args.extend_from_slice(flags);
-            args.push("s");
-            let err = refused(&lab, &args);
-            assert!(
-                err.contains(
-                    "Firecracker cannot change CPUs or memory on clone (snapshot: 1 CPUs, 512 MiB)"
-                ),
-                "{test}: the refusal of a clone with {what}: {err}"
-            );
-            let mut args = vec!["vm", "restore"];
-            args.extend_from_slice(flags);
-            args.extend(["src", "s"]);
-            let err = refused(&lab, &args);
-            assert!(
-                err.contains("Firecracker cannot change CPUs or memory on restore"),
-                "{test}: the refusal of a restore with {what}: {err}"
-            );
-        }
-        let vms: Value = serde_json::from_str(&lab.ok(&["vm", "ls", "-o", "json"])).unwrap();
-        assert_eq!(
-            vms.as_array().unwrap().len(),
-            1,
-            "{test}: a refused clone left a VM: {vms:#}"
-        );
-        let after = lab.inspect("src");
-        assert_eq!(pid_of(&after), pid_of(&src), "{test}: the VMM was replaced");
-        assert_eq!(vmm_cpu_memory(fc, &after), (1, 512 << 20), "{test}");
-        wait_beat(&lab, "src", hi + 2);
-    } else {
+    let storage = src["config"]["storage"].as_u64().unwrap();
+    let why = "a clone or restore takes the snapshot's vCPUs, memory and storage, since the restored guest never sees more; leave the flag out (or give the snapshot's value) and grow the running VM with `cocoon vm resize`";
+    let bigger = format!("{}G", (storage >> 30) + 1);
+    for (flags, said) in [
+        (
+            vec!["--cpu", "2"],
+            "--cpu 2 differs from the snapshot's 1 vCPUs".to_string(),
+        ),
+        (
+            vec!["--memory", "1G"],
+            "--memory 1.0 GiB differs from the snapshot's 512.0 MiB memory".to_string(),
+        ),
+        (
+            vec!["--storage", bigger.as_str()],
+            format!(
+                "--storage {}.0 GiB differs from the snapshot's {}.0 GiB storage",
+                (storage >> 30) + 1,
+                storage >> 30
+            ),
+        ),
+    ] {
         let mut args = vec!["vm", "clone", "--name", "big"];
-        args.extend_from_slice(&grow);
+        args.extend_from_slice(&flags);
         args.push("s");
-        lab.ok(&args);
-        let big = lab.inspect("big");
-        assert_eq!(big["config"]["cpu"], 2, "{test}: {big:#}");
-        assert_eq!(
-            vmm_cpu_memory(fc, &big),
-            (2, 1 << 30),
-            "{test}: the clone as its VMM has it"
-        );
-        wait_clone_counts(&lab, "big", lo, hi);
-        lab.ok(&["vm", "rm", "--force", "big"]);
-
-        wait_beat(&lab, "src", hi + 3);
-        let before = logs(&lab, "src").len();
+        let err = refused(&lab, &args);
+        assert_eq!(err.trim_end(), format!("Error: {said}: {why}"), "{test}");
         let mut args = vec!["vm", "restore"];
-        args.extend_from_slice(&grow);
+        args.extend_from_slice(&flags);
         args.extend(["src", "s"]);
-        lab.ok(&args);
-        let vm = lab.inspect("src");
-        assert_eq!(
-            vmm_cpu_memory(fc, &vm),
-            (2, 1 << 30),
-            "{test}: the restored VM as its VMM has it"
-        );
-        wait_count_back(&lab, "src", before, lo, hi);
+        let err = refused(&lab, &args);
+        assert_eq!(err.trim_end(), format!("Error: {said}: {why}"), "{test}");
     }
+    let vms: Value = serde_json::from_str(&lab.ok(&["vm", "ls", "-o", "json"])).unwrap();
+    assert_eq!(
+        vms.as_array().unwrap().len(),
+        1,
+        "{test}: a refused clone left a VM: {vms:#}"
+    );
+    let after = lab.inspect("src");
+    assert_eq!(pid_of(&after), pid_of(&src), "{test}: the VMM was replaced");
+    assert_eq!(vmm_cpu_memory(fc, &after), (1, 512 << 20), "{test}");
+    wait_beat(&lab, "src", hi + 2);
+
+    // The snapshot's own values, as vk-cocoon passes its pod's: taken.
+    let same = ["--cpu", "1", "--memory", "512M"];
+    let mut args = vec!["vm", "clone", "--name", "same"];
+    args.extend_from_slice(&same);
+    args.push("s");
+    lab.ok(&args);
+    let clone = lab.inspect("same");
+    assert_eq!(vmm_cpu_memory(fc, &clone), (1, 512 << 20), "{test}");
+    wait_clone_counts(&lab, "same", lo, hi);
+    lab.ok(&["vm", "rm", "--force", "same"]);
+
+    wait_beat(&lab, "src", hi + 3);
+    let before = logs(&lab, "src").len();
+    let mut args = vec!["vm", "restore"];
+    args.extend_from_slice(&same);
+    args.extend(["src", "s"]);
+    lab.ok(&args);
+    let vm = lab.inspect("src");
+    assert_eq!(vmm_cpu_memory(fc, &vm), (1, 512 << 20), "{test}");
+    wait_count_back(&lab, "src", before, lo, hi);
     lab.ok(&["vm", "rm", "--force", "src"]);
 }
 
 #[test]
-fn resized_clone_and_restore_on_cloud_hypervisor() {
-    resized_clone_and_restore(false);
+fn clone_and_restore_keep_the_snapshot_size_on_cloud_hypervisor() {
+    clone_and_restore_keep_the_snapshot_size(false);
 }
 
 #[test]
-fn resized_clone_and_restore_on_firecracker() {
-    resized_clone_and_restore(true);
+fn clone_and_restore_keep_the_snapshot_size_on_firecracker() {
+    clone_and_restore_keep_the_snapshot_size(true);
 }

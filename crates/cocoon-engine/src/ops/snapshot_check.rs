@@ -228,3 +228,39 @@ pub(crate) fn missing_image_file(ctx: &Ctx, manifest: &Manifest) -> Result<Optio
     }
     Ok(None)
 }
+
+/// `--cpu/--memory/--storage` on a clone or restore (`0`/`None`: not
+/// given): only the snapshot's own values pass. A restored guest keeps the
+/// CPUs, memory map and filesystem it was saved with and never sees more,
+/// so upstream removed these flags (cocoon #26/#27); we still take the
+/// snapshot's values because vk-cocoon passes its pod's (equal) resources
+/// on every clone. Growth is `vm resize` on the running VM.
+pub(crate) fn inherits_resources(
+    source: &crate::model::VmConfig,
+    cpu: u32,
+    memory: Option<u64>,
+    storage: Option<u64>,
+) -> Result<()> {
+    let differs = |flag: String, had: String| {
+        Err(SnapshotError::Override(format!(
+            "{flag} differs from the snapshot's {had}: a clone or restore takes the snapshot's vCPUs, memory and storage, since the restored guest never sees more; leave the flag out (or give the snapshot's value) and grow the running VM with `cocoon vm resize`"
+        ))
+        .into())
+    };
+    if cpu != 0 && cpu != source.cpu {
+        return differs(format!("--cpu {cpu}"), format!("{} vCPUs", source.cpu));
+    }
+    if let Some(m) = memory.filter(|m| *m != source.memory) {
+        return differs(
+            format!("--memory {}", crate::image::limits::human(m)),
+            format!("{} memory", crate::image::limits::human(source.memory)),
+        );
+    }
+    if let Some(s) = storage.filter(|s| *s != source.storage) {
+        return differs(
+            format!("--storage {}", crate::image::limits::human(s)),
+            format!("{} storage", crate::image::limits::human(source.storage)),
+        );
+    }
+    Ok(())
+}

@@ -162,9 +162,10 @@ fn snapshot_nics(manifest: &Manifest) -> u32 {
     u32::try_from(manifest.network.len()).unwrap_or(u32::MAX)
 }
 
-/// The `vm clone` flags a snapshot can take (docs/reference/cocoon-v0.3.8.md
-/// §1.3: CPU, memory, storage and NICs may grow where the backend resizes,
-/// never shrink; the restore mode must be the backend's). Checked before
+/// The `vm clone` flags a snapshot can take: CPU, memory and storage are
+/// the snapshot's ([`snapshot_check::inherits_resources`]); NICs may grow
+/// where the backend resizes, never shrink; the restore mode must be the
+/// backend's. Checked before
 /// anything is made or pulled. Returns whether the restore is on demand.
 pub(crate) fn request_fits(
     snapshot: &Snapshot,
@@ -176,38 +177,8 @@ pub(crate) fn request_fits(
     let s = &manifest.source;
     super::vm_restore::switches_fit(snapshot, manifest, &request.devices)?;
     let over = |e: String| crate::error::Error::from(SnapshotError::Override(e));
+    snapshot_check::inherits_resources(s, request.cpu, request.memory, request.storage)?;
     let fixed = !backend.resizes_on_restore();
-    if fixed
-        && ((request.cpu != 0 && request.cpu != s.cpu)
-            || request.memory.is_some_and(|m| m != s.memory))
-    {
-        return Err(over(format!(
-            "{} cannot change CPUs or memory on clone (snapshot: {} CPUs, {} MiB)",
-            backend.title(),
-            s.cpu,
-            s.memory >> 20
-        )));
-    }
-    if request.cpu != 0 && request.cpu < s.cpu {
-        return Err(over(format!(
-            "--cpu {} is below the snapshot's {}",
-            request.cpu, s.cpu
-        )));
-    }
-    if let Some(m) = request.memory.filter(|m| *m < s.memory) {
-        return Err(over(format!(
-            "--memory {} MiB is below the snapshot's {} MiB",
-            m >> 20,
-            s.memory >> 20
-        )));
-    }
-    if let Some(st) = request.storage.filter(|st| *st < s.storage) {
-        return Err(over(format!(
-            "--storage {} GiB is below the snapshot's {} GiB",
-            st >> 30,
-            s.storage >> 30
-        )));
-    }
     let snap_nics = snapshot_nics(manifest);
     if request.nics != 0 && request.nics < snap_nics {
         return Err(over(format!(

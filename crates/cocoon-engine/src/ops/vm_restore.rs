@@ -193,19 +193,7 @@ fn request_fits(vm: &Vm, manifest: &Manifest, request: &RestoreRequest) -> Resul
     if roles(&manifest.storage) != roles(&vm.storage_configs) {
         return Err(over("the snapshot's disks do not match the VM's".into()));
     }
-    let (cpu, memory) = resources(manifest, request);
-    if cpu < s.cpu || memory < s.memory || request.storage.is_some_and(|st| st < s.storage) {
-        return Err(over(
-            "CPU, memory and storage must be at least the snapshot's".into(),
-        ));
-    }
-    let backend = backend::of(vm.hypervisor);
-    if !backend.resizes_on_restore() && (cpu != s.cpu || memory != s.memory) {
-        return Err(over(format!(
-            "{} cannot change CPUs or memory on restore",
-            backend.title()
-        )));
-    }
+    snapshot_check::inherits_resources(s, request.cpu, request.memory, request.storage)?;
     Ok(())
 }
 

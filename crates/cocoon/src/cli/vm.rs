@@ -89,13 +89,13 @@ pub struct CloneFlags {
     /// Name of the new VM [default: cocoon-clone-<id8>]
     #[arg(long, value_parser = VmName::from_str)]
     pub name: Option<VmName>,
-    /// Virtual CPUs (0 = as in the snapshot; may grow, not shrink)
+    /// Virtual CPUs: the snapshot's (0 = as in it; grow the running VM with `vm resize`)
     #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
     pub cpu: u32,
-    /// Memory (as in the snapshot when omitted; may grow, not shrink)
+    /// Memory: the snapshot's (as in it when omitted; grow with `vm resize`)
     #[arg(long, value_parser = parse_memory)]
     pub memory: Option<u64>,
-    /// Root disk size (as in the snapshot when omitted; may grow, not shrink)
+    /// Root disk size: the snapshot's (as in it when omitted)
     #[arg(long, value_parser = parse_storage)]
     pub storage: Option<u64>,
     /// Network interfaces (0 = as in the snapshot; may grow, not shrink)
@@ -181,7 +181,7 @@ pub enum VmCommand {
     },
     /// Create and start a new VM from a snapshot
     #[command(
-        after_help = "Examples:\n  cocoon vm clone --name dev2 base\n  cocoon vm clone --cpu 4 --memory 4G --pull base\n  cocoon vm clone --pull registry.example.com/snaps/base:v1"
+        after_help = "Examples:\n  cocoon vm clone --name dev2 base\n  cocoon vm clone --nics 2 --pull base\n  cocoon vm clone --pull registry.example.com/snaps/base:v1"
     )]
     Clone {
         #[command(flatten)]
@@ -279,13 +279,13 @@ pub enum VmCommand {
     },
     /// Restore a running, stopped or hibernated VM from a snapshot
     Restore {
-        /// Virtual CPUs (0 = as in the snapshot)
+        /// Virtual CPUs: the snapshot's (0 = as in it; grow the running VM with `vm resize`)
         #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
         cpu: u32,
-        /// Memory (as in the snapshot when omitted)
+        /// Memory: the snapshot's (as in it when omitted; grow with `vm resize`)
         #[arg(long, value_parser = parse_memory)]
         memory: Option<u64>,
-        /// Root disk size (as in the snapshot when omitted)
+        /// Root disk size: the snapshot's (as in it when omitted)
         #[arg(long, value_parser = parse_storage)]
         storage: Option<u64>,
         /// How memory comes back (default: the backend's own; copy for Cloud Hypervisor, mmap for Firecracker)
