@@ -65,7 +65,11 @@ impl Lab {
 
     /// The disks the fake VMM's configuration has.
     fn vmm_disks(&self) -> Vec<Value> {
-        let vm = self.inspect("m");
+        self.vmm_disks_of("m")
+    }
+
+    fn vmm_disks_of(&self, name: &str) -> Vec<Value> {
+        let vm = self.inspect(name);
         let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
         let info = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -190,6 +194,106 @@ fn a_writable_attached_disk_goes_into_snapshots_and_clones() {
         "the clone's own copy"
     );
     assert_eq!(disks[0]["serial"], "scratch");
+}
+
+fn vm_ids(lab: &Lab) -> Vec<Value> {
+    let vms: Value = serde_json::from_str(&lab.ok(&["vm", "ls", "-o", "json"])).unwrap();
+    vms.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].clone())
+        .collect()
+}
+
+/// `vm clone --data-disk` (upstream #100): a new, formatted data disk in the
+/// clone's directory, recorded after the snapshot's disks and hot-plugged
+/// by the restore; a name the snapshot has, and Firecracker, are refused
+/// before anything is made.
+#[test]
+fn clone_data_disk_adds_a_new_disk_to_the_clone() {
+    let lab = Lab::new();
+    lab.ok(&["snapshot", "save", "--name", "s", "m"]);
+    lab.ok(&[
+        "vm",
+        "clone",
+        "--name",
+        "c",
+        "--data-disk",
+        "size=32M,name=extra",
+        "s",
+    ]);
+    let clone = lab.inspect("c");
+    let run = PathBuf::from(clone["run_dir"].as_str().unwrap());
+    let disks = clone["storage_configs"].as_array().unwrap();
+    let extra = disks.iter().find(|d| d["serial"] == "extra").unwrap();
+    assert_eq!(extra["role"], "data");
+    assert_eq!(extra["external"], Value::Null, "{extra}");
+    assert_eq!(extra["fstype"], "ext4");
+    let path = run.join("data-extra.raw");
+    assert_eq!(extra["path"], path.to_str().unwrap());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 32 << 20);
+    assert!(
+        lab.vmm_disks_of("c")
+            .iter()
+            .any(|d| d["path"] == path.to_str().unwrap()),
+        "the restored VMM has the new disk"
+    );
+    // Back after a cold start too (it is one of the clone's disks now).
+    lab.ok(&["vm", "stop", "c"]);
+    lab.ok(&["vm", "start", "c"]);
+    assert!(
+        lab.vmm_disks_of("c")
+            .iter()
+            .any(|d| d["path"] == path.to_str().unwrap())
+    );
+
+    // A name the snapshot's disks have: refused, nothing made.
+    lab.ok(&["snapshot", "save", "--name", "s2", "c"]);
+    let before = vm_ids(&lab);
+    let (code, err) = lab.fail(&[
+        "vm",
+        "clone",
+        "--name",
+        "d",
+        "--data-disk",
+        "size=32M,name=extra",
+        "s2",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "Error: the snapshot already has a disk named extra; give the new data disk another name"
+    );
+    assert_eq!(vm_ids(&lab), before);
+
+    // Firecracker cannot add a drive to a restored VM: refused, nothing made.
+    lab.ok(&[
+        "vm",
+        "run",
+        "--fc",
+        "--nics",
+        "0",
+        "--name",
+        "f",
+        "test/guest:1",
+    ]);
+    lab.ok(&["snapshot", "save", "--name", "fs", "f"]);
+    let before = vm_ids(&lab);
+    let (code, err) = lab.fail(&[
+        "vm",
+        "clone",
+        "--name",
+        "g",
+        "--data-disk",
+        "size=32M,name=extra",
+        "fs",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "Error: cannot add data disk extra to a clone: Firecracker restores exactly the drives its snapshot has and cannot add one (its API takes drives before boot only); clone without --data-disk, or take the snapshot of a VM created with the disk (`cocoon vm create --data-disk ...`)"
+    );
+    assert_eq!(vm_ids(&lab), before);
 }
 
 #[test]

@@ -289,6 +289,42 @@ fn attach_detach_on(vmm: Vmm, test: &str) {
     lab.ok(&["vm", "disk", "detach", "c", "--name", "again"]);
     assert!(lab.vmm_disks("c").is_empty());
     assert_eq!(lab.vmm_disks("g").len(), 1, "the source keeps its disk");
+
+    // `vm clone --data-disk`: CH's restore plugs a new disk into the clone
+    // (the guest runs on); QEMU restores exactly its snapshot's devices.
+    let args = [
+        "vm",
+        "clone",
+        "--name",
+        "d",
+        "--data-disk",
+        "size=32M,name=extra",
+        "s",
+    ];
+    if matches!(lab.vmm, Vmm::Qemu) {
+        let err = lab.fail(&args);
+        assert!(
+            err.contains("cannot add data disk extra to a clone: QEMU restores exactly the devices its snapshot has"),
+            "{err}"
+        );
+    } else {
+        lab.ok(&args);
+        let _d = lab.running("d", HEARTBEAT_PREFIX);
+        let run = PathBuf::from(lab.inspect("d")["run_dir"].as_str().unwrap());
+        let socket = run.join("api.sock");
+        let info = block_on(vmm_api::ch::CloudHypervisor::new(&socket).info()).unwrap();
+        let new = run.join("data-extra.raw");
+        assert!(
+            info.config["disks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["path"] == new.to_str().unwrap() && d["serial"] == "extra"),
+            "{:#}",
+            info.config["disks"]
+        );
+        lab.ok(&["vm", "rm", "--force", "d"]);
+    }
     lab.ok(&["vm", "rm", "--force", "c", "g"]);
     assert!(Path::new(&path).is_file(), "vm rm leaves the user's file");
 }

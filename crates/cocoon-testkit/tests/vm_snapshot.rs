@@ -246,9 +246,8 @@ fn round_trip(fc: bool) {
     }
 
     // Other resources than the snapshot's are refused, before anything is made.
-    let ids = |lab: &Lab| -> Vec<serde_json::Value> {
-        let vms: serde_json::Value =
-            serde_json::from_str(&lab.ok(&["vm", "ls", "-o", "json"])).unwrap();
+    let ids = |lab: &Lab| -> Vec<Value> {
+        let vms: Value = serde_json::from_str(&lab.ok(&["vm", "ls", "-o", "json"])).unwrap();
         vms.as_array()
             .unwrap()
             .iter()

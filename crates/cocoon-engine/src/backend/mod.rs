@@ -231,6 +231,10 @@ pub trait Backend: Sync {
     fn hotplug_slots(&self) -> u32 {
         0
     }
+    /// Why a clone cannot get new data disks (`vm clone --data-disk`):
+    /// what the VMM lacks and what to do instead (None: its restore adds
+    /// the disks the VM has beyond its snapshot's).
+    fn clone_data_disk_refusal(&self) -> Option<&'static str>;
     /// Why no disk can be attached to or detached from the running `vm`:
     /// what the VMM lacks and what to do instead (None: it can).
     fn disk_hot_plug_refusal(&self, vm: &Vm) -> Option<String>;

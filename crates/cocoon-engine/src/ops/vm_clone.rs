@@ -35,6 +35,8 @@ pub struct CloneRequest {
     /// Device switches asked for: each must be the snapshot's already (the
     /// clone keeps its snapshot's devices and memory backing).
     pub devices: crate::model::DeviceSwitches,
+    /// New data disks (`--data-disk`, upstream #100), after the snapshot's.
+    pub data_disks: Vec<crate::spec::DataDiskSpec>,
 }
 
 pub(crate) fn run(ctx: &mut Ctx, reference: &str, request: CloneRequest) -> Result<Vm> {
@@ -148,6 +150,17 @@ fn build(
         // restore hot-plugs this one.
         vm.storage_configs.push(disk);
     }
+    // New data disks the same way: made in the clone's directory (a failed
+    // clone removes them with it) and hot-plugged by the restore.
+    let paths = crate::layout::VmPaths::of(vm);
+    let direct_ok = super::vm_plan::direct_io_ok(&vm.config, &paths);
+    let (prep, disks) =
+        super::vm_plan::data_disks(&request.data_disks, vm.hypervisor, &paths, direct_ok);
+    let templates = crate::vm::disk_template::dir_under(&ctx.layout.root_dir);
+    for disk in &prep {
+        crate::vm::disks::prepare(disk, &templates).map_err(crate::vm::VmError::from)?;
+    }
+    vm.storage_configs.extend(disks);
     let done = vm.clone();
     ctx.store().update_vm(&vm.id, "cloned", |v| {
         v.config = done.config;
@@ -155,6 +168,32 @@ fn build(
         v.network_configs = done.network_configs;
         v.boot_config = done.boot_config;
     })?;
+    Ok(())
+}
+
+/// `--data-disk` on a clone: a backend whose restore adds disks, and names
+/// the snapshot's disks do not have (a data disk's file is named after it).
+fn new_disks_fit(snapshot: &Snapshot, manifest: &Manifest, request: &CloneRequest) -> Result<()> {
+    let Some(first) = request.data_disks.first() else {
+        return Ok(());
+    };
+    let backend = backend::of(snapshot.hypervisor);
+    if let Some(reason) = backend.clone_data_disk_refusal() {
+        return Err(SnapshotError::Override(format!(
+            "cannot add data disk {} to a clone: {reason}",
+            first.name
+        ))
+        .into());
+    }
+    for disk in &request.data_disks {
+        if manifest.storage.iter().any(|s| s.serial == disk.name) {
+            return Err(SnapshotError::Override(format!(
+                "the snapshot already has a disk named {}; give the new data disk another name",
+                disk.name
+            ))
+            .into());
+        }
+    }
     Ok(())
 }
 
@@ -178,6 +217,7 @@ pub(crate) fn request_fits(
     super::vm_restore::switches_fit(snapshot, manifest, &request.devices)?;
     let over = |e: String| crate::error::Error::from(SnapshotError::Override(e));
     snapshot_check::inherits_resources(s, request.cpu, request.memory, request.storage)?;
+    new_disks_fit(snapshot, manifest, request)?;
     let fixed = !backend.resizes_on_restore();
     let snap_nics = snapshot_nics(manifest);
     if request.nics != 0 && request.nics < snap_nics {

@@ -15,8 +15,10 @@ use crate::image::cloud;
 use crate::image::store::ImageDirs;
 use crate::layout::VmPaths;
 use crate::lock::create_private_dir;
-use crate::model::{BootConfig, Empty, Image, ImageType, StorageConfig, StorageRole, Vm, VmConfig};
-use crate::spec::{DirectIo, FsType};
+use crate::model::{
+    BootConfig, Empty, Hypervisor, Image, ImageType, StorageConfig, StorageRole, Vm, VmConfig,
+};
+use crate::spec::{DataDiskSpec, DirectIo, FsType};
 use crate::vm::VmError;
 use crate::vm::disks::DiskPrep;
 use crate::vm::overlay::OverlayPrep;
@@ -90,7 +92,7 @@ pub(crate) fn plan(
         direct_io: backend.has_direct_io().then_some(direct_ok),
         directio_mode: None,
     });
-    let (data_prep, data) = data_disks(request, &paths, direct_ok);
+    let (data_prep, data) = data_disks(&request.data_disks, request.hypervisor, &paths, direct_ok);
     prep.extend(data_prep);
     storage.extend(data);
     vm.storage_configs = storage;
@@ -254,7 +256,7 @@ fn plan_cloud(
         direct_io: Some(direct_ok),
         directio_mode: None,
     }];
-    let (prep, data) = data_disks(request, &paths, direct_ok);
+    let (prep, data) = data_disks(&request.data_disks, request.hypervisor, &paths, direct_ok);
     storage.extend(data);
     if !vm.config.windows {
         storage.push(cidata_disk(&paths));
@@ -326,23 +328,25 @@ pub(crate) fn cmdline_of(ctx: &Ctx, vm: &Vm) -> String {
 }
 
 /// Writable disks use O_DIRECT unless the user or the filesystem says no.
-fn direct_io_ok(config: &VmConfig, paths: &VmPaths) -> bool {
+pub(super) fn direct_io_ok(config: &VmConfig, paths: &VmPaths) -> bool {
     !config.no_direct_io && {
         let probe_dir = paths.run_dir.parent().unwrap_or(&paths.run_dir);
         create_private_dir(probe_dir).is_ok() && crate::vm::disks::supports_direct_io(probe_dir)
     }
 }
 
-/// The `--data-disk` disks: what to create and how the VM sees them.
-fn data_disks(
-    request: &CreateVm,
+/// The `--data-disk` disks (of `vm create` and `vm clone`): what to create
+/// and how the VM sees them.
+pub(super) fn data_disks(
+    disks: &[DataDiskSpec],
+    hypervisor: Hypervisor,
     paths: &VmPaths,
     direct_ok: bool,
 ) -> (Vec<DiskPrep>, Vec<StorageConfig>) {
-    let backend = backend::of(request.hypervisor);
+    let backend = backend::of(hypervisor);
     let mut prep = Vec::new();
     let mut storage = Vec::new();
-    for disk in &request.data_disks {
+    for disk in disks {
         let path = paths.data_disk(&disk.name);
         prep.push(DiskPrep {
             path: path.clone(),

@@ -136,6 +136,9 @@ pub struct CloneFlags {
     /// Device switches: the snapshot's always; one it was taken without is refused
     #[command(flatten)]
     pub switches: switches::SwitchFlags,
+    /// Add a new data disk to the clone, as `vm create --data-disk` (repeatable; Cloud Hypervisor hot-plugs it on restore)
+    #[arg(long = "data-disk", value_name = "SPEC", value_parser = parse_data_disk)]
+    pub data_disks: Vec<RawDataDisk>,
 }
 
 #[derive(Debug, Subcommand)]

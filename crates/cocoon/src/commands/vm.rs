@@ -219,6 +219,7 @@ fn clone(
             .then(|| flags.cpu_control.limits(|| engine.auto_cpus()))
             .transpose()?,
         devices: flags.switches.switches(),
+        data_disks: spec::normalize_data_disks(flags.data_disks.clone())?,
     };
     let vm = match (from_dir, snapshot) {
         (Some(dir), _) => engine.clone_vm_from_dir(dir, request)?,

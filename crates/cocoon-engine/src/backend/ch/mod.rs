@@ -198,6 +198,10 @@ impl Backend for CloudHypervisorBackend {
         crate::snapshot::trust::check_ch_config(&config, &manifest.storage)
     }
 
+    fn clone_data_disk_refusal(&self) -> Option<&'static str> {
+        None
+    }
+
     fn disk_hot_plug_refusal(&self, _: &Vm) -> Option<String> {
         None
     }

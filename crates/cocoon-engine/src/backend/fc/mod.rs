@@ -271,6 +271,12 @@ impl Backend for FirecrackerBackend {
 
     /// Firecracker's API adds drives before boot only (`PUT /drives/{id}`,
     /// "Pre-boot only"; after boot `PATCH` changes an existing drive's file).
+    fn clone_data_disk_refusal(&self) -> Option<&'static str> {
+        Some(
+            "Firecracker restores exactly the drives its snapshot has and cannot add one (its API takes drives before boot only); clone without --data-disk, or take the snapshot of a VM created with the disk (`cocoon vm create --data-disk ...`)",
+        )
+    }
+
     fn disk_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
         Some(format!(
             "Firecracker cannot add a disk to or remove one from a running VM (its API takes drives before boot only); give the VM its disk at creation (`cocoon vm create --data-disk ...`), or run it on Cloud Hypervisor or QEMU (`--hypervisor`); VM {} is unchanged",

@@ -299,6 +299,12 @@ impl Backend for QemuBackend {
         hotplug::SLOTS
     }
 
+    fn clone_data_disk_refusal(&self) -> Option<&'static str> {
+        Some(
+            "QEMU restores exactly the devices its snapshot has; clone without --data-disk, then add a disk to the running clone with `cocoon vm disk attach`",
+        )
+    }
+
     fn disk_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
         hotplug::refusal(vm)
     }
