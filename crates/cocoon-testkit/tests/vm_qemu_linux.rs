@@ -116,7 +116,8 @@ fn assert_qemu_tcg(vm: &Value) {
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     assert!(
-        argv.iter().any(|a| a == "microvm,accel=tcg,mem-merge=off"),
+        argv.iter()
+            .any(|a| a == "microvm,pcie=on,accel=tcg,mem-merge=off"),
         "not TCG: {argv:?}"
     );
     assert!(
@@ -201,6 +202,63 @@ fn assert_disks_in_order(console: &mut ConsoleSession, vm: &Value) {
     }
 }
 
+/// `vm disk attach` of a running Linux guest (issue #20): the guest finds a
+/// new `/dev/vdX` whose serial is the disk's name (PCIe hot-plug on a root
+/// port); after `vm disk detach` it is gone from the guest.
+fn assert_hot_plugged_disk_seen(
+    console: &mut ConsoleSession,
+    ok: impl Fn(&[&str]) -> String,
+    env: &CocoonEnv,
+) {
+    let file = env.path().join("extra.raw");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(24 << 20)
+        .unwrap();
+    ok(&[
+        "vm",
+        "disk",
+        "attach",
+        "linux",
+        "--path",
+        file.to_str().unwrap(),
+        "--name",
+        "extra",
+    ]);
+    let find = "for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = extra ] && echo found-$(basename $d)-$(cat $d/size); done";
+    let deadline = Instant::now() + ANSWER_LIMIT;
+    let mut tries = 0;
+    let seen = loop {
+        // Each try its own end tag: an earlier one is in the output already.
+        tries += 1;
+        let (out, _) = shell(console, find, &format!("hotplug{tries}"));
+        if let Some(line) = out.lines().find(|l| l.trim_start().starts_with("found-vd")) {
+            break line.trim().to_string();
+        }
+        if Instant::now() >= deadline {
+            let (diag, _) = shell(
+                console,
+                "ls /sys/bus/pci/devices; ls /sys/block; dmesg | grep -i -E 'osc|pciehp|PNP0A08|acpi' | tail -30; cat /proc/cmdline",
+                "diag",
+            );
+            panic!("the guest has no disk with serial extra:\n{out}\n{diag}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        seen.ends_with(&format!("-{}", (24u64 << 20) / 512)),
+        "the disk with serial extra is not 24 MiB: {seen}"
+    );
+    ok(&["vm", "disk", "detach", "linux", "--name", "extra"]);
+    // `vm disk detach` returned once QEMU said DEVICE_DELETED: the guest
+    // let the disk go.
+    let (out, _) = shell(console, find, "unplugged");
+    assert!(
+        out.lines().any(|l| l.trim() == "unplugged-done") && !out.contains("found-vd"),
+        "still in the guest:\n{out}"
+    );
+}
+
 /// `cocoon vm run --qemu` boots the Linux test image under TCG; the guest
 /// comes up on the engine's disks and command line, answers on `vm
 /// console`, and `vm rm --force` leaves nothing running.
@@ -249,6 +307,7 @@ fn linux_runs_on_qemu_tcg_and_answers_its_console() {
         "{out}"
     );
     assert_disks_in_order(&mut console, &vm);
+    assert_hot_plugged_disk_seen(&mut console, ok, &env);
     console.detach("linux");
     eprintln!(
         "{test}: shell up {:.1} s after `vm run`",

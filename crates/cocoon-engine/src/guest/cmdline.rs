@@ -47,6 +47,10 @@ pub struct CmdlineSpec<'a> {
     /// The VMM's virtio-pci transport is on (Firecracker `--pci`): no
     /// `pci=off`, which would hide every device (upstream #217).
     pub pci: bool,
+    /// The VMM has PCIe root ports for hot-plug (QEMU): the guest drives
+    /// them itself (`pcie_ports=native`), as QEMU's `microvm` ACPI tables
+    /// leave it no `_OSC` control and its hot-plug service would stay off.
+    pub hotplug_ports: bool,
 }
 
 /// How a VMM presents devices to the guest, which decides the console and
@@ -84,6 +88,9 @@ pub fn build(spec: &CmdlineSpec<'_>) -> String {
                 .filter(|a| !(spec.pci && *a == "pci=off"))
                 .map(String::from),
             );
+            if spec.hotplug_ports {
+                args.push("pcie_ports=native".into());
+            }
             (
                 (0..spec.layers)
                     .rev()
@@ -157,6 +164,7 @@ mod tests {
             dns: &[],
             container: false,
             pci: false,
+            hotplug_ports: false,
         });
         assert_eq!(
             line,
@@ -189,6 +197,7 @@ mod tests {
             dns: &dns,
             container: false,
             pci: false,
+            hotplug_ports: false,
         });
         assert_eq!(
             line,
@@ -206,6 +215,7 @@ mod tests {
             dns: &[],
             container: true,
             pci: false,
+            hotplug_ports: false,
         });
         assert!(
             line.ends_with("rw net.ifnames=0 cocoon.hostname=job"),

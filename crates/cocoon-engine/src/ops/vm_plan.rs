@@ -324,6 +324,7 @@ pub(crate) fn cmdline_of(ctx: &Ctx, vm: &Vm) -> String {
         dns: &ctx.config().dns,
         container: super::vm_query::boots_cocoon_init(ctx, vm),
         pci: vm.config.devices.pci || vm.config.hotplug_slots > 0,
+        hotplug_ports: vm.config.hotplug_slots > 0,
     })
 }
 
