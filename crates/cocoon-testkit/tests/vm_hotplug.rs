@@ -78,7 +78,10 @@ impl Lab {
 
     /// (the record's disks, the VMM's disks): what "nothing changed" compares.
     fn state(&self) -> (Value, Vec<Value>) {
-        (self.inspect("m")["storage_configs"].clone(), self.vmm_disks())
+        (
+            self.inspect("m")["storage_configs"].clone(),
+            self.vmm_disks(),
+        )
     }
 }
 
@@ -97,13 +100,30 @@ fn attach_asks_the_vmm_and_records_the_disk() {
     let lab = Lab::new();
     let path = lab.file("data.raw");
     let out = lab.ok(&[
-        "vm", "disk", "attach", "m", "--path", &path, "--name", "data", "--readonly",
-        "--directio", "off", "-o", "json",
+        "vm",
+        "disk",
+        "attach",
+        "m",
+        "--path",
+        &path,
+        "--name",
+        "data",
+        "--readonly",
+        "--directio",
+        "off",
+        "-o",
+        "json",
     ]);
     let out: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(out, json!({"vm": "m", "name": "data", "id": "cocoon-disk-data"}));
+    assert_eq!(
+        out,
+        json!({"vm": "m", "name": "data", "id": "cocoon-disk-data"})
+    );
     let disks = lab.vmm_disks();
-    let disk = disks.iter().find(|d| d["id"] == "cocoon-disk-data").unwrap();
+    let disk = disks
+        .iter()
+        .find(|d| d["id"] == "cocoon-disk-data")
+        .unwrap();
     assert_eq!(disk["path"], path.as_str());
     assert_eq!(disk["serial"], "data");
     assert_eq!(disk["readonly"], true);
@@ -122,27 +142,42 @@ fn attach_asks_the_vmm_and_records_the_disk() {
     let (code, err) = lab.fail(&["snapshot", "save", "m"]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("disk data is attached read-only: a snapshot keeps copies of writable disks only"),
+        err.contains(
+            "disk data is attached read-only: a snapshot keeps copies of writable disks only"
+        ),
         "{err}"
     );
     assert!(err.contains("cocoon vm disk detach m --name data"), "{err}");
     assert_eq!(lab.state(), before);
     let snapshots = lab.ok(&["snapshot", "ls", "-o", "json"]);
-    assert_eq!(serde_json::from_str::<Value>(&snapshots).unwrap(), json!([]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&snapshots).unwrap(),
+        json!([])
+    );
 
     let out = lab.ok(&["vm", "disk", "detach", "m", "--name", "data", "-o", "json"]);
     let out: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(out, json!({"vm": "m", "name": "data"}));
-    assert!(!lab.vmm_disks().iter().any(|d| d["id"] == "cocoon-disk-data"));
+    assert!(
+        !lab.vmm_disks()
+            .iter()
+            .any(|d| d["id"] == "cocoon-disk-data")
+    );
     assert!(attached(&lab.inspect("m")).is_empty());
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 20, "the file stays");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        16 << 20,
+        "the file stays"
+    );
 }
 
 #[test]
 fn a_writable_attached_disk_goes_into_snapshots_and_clones() {
     let lab = Lab::new();
     let path = lab.file("scratch.raw");
-    lab.ok(&["vm", "disk", "attach", "m", "--path", &path, "--name", "scratch"]);
+    lab.ok(&[
+        "vm", "disk", "attach", "m", "--path", &path, "--name", "scratch",
+    ]);
     lab.ok(&["snapshot", "save", "--name", "s", "m"]);
     lab.ok(&["vm", "clone", "--name", "c", "s"]);
     let clone = lab.inspect("c");
@@ -161,7 +196,9 @@ fn a_writable_attached_disk_goes_into_snapshots_and_clones() {
 fn user_mistakes_are_refused_with_their_reason_and_change_nothing() {
     let lab = Lab::new();
     let path = lab.file("data.raw");
-    lab.ok(&["vm", "disk", "attach", "m", "--path", &path, "--name", "data"]);
+    lab.ok(&[
+        "vm", "disk", "attach", "m", "--path", &path, "--name", "data",
+    ]);
     let before = lab.state();
     let other = lab.file("other.raw");
     std::os::unix::fs::symlink(&other, lab.files.path().join("link.raw")).unwrap();

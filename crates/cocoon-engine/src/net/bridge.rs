@@ -55,7 +55,7 @@ pub(super) fn attach_bridge(
 }
 
 /// Creates each NIC's TAP and enslaves it to `bridge`, with the bridge's MTU.
-fn make_taps(bridge: &str, configs: &[NetworkConfig]) -> io::Result<()> {
+pub(super) fn make_taps(bridge: &str, configs: &[NetworkConfig]) -> io::Result<()> {
     in_namespace(None, async |handle| {
         // Checked over netlink: /sys shows the namespace sysfs was mounted in.
         let br = wire::link(handle, bridge)
@@ -94,7 +94,7 @@ fn is_bridge(link: &LinkMessage) -> bool {
 }
 
 /// A random locally administered unicast MAC.
-fn random_mac() -> String {
+pub(super) fn random_mac() -> String {
     let mut bytes = [0u8; 6];
     getrandom::fill(&mut bytes).expect("random bytes");
     bytes[0] = (bytes[0] | 0x02) & 0xfe;

@@ -7,6 +7,7 @@ mod bridge;
 pub mod cni;
 pub mod netns;
 mod release;
+pub mod resize;
 mod start_stop;
 pub mod tap;
 pub mod wire;

@@ -303,6 +303,13 @@ impl Backend for QemuBackend {
         hotplug::refusal(vm)
     }
 
+    fn nic_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        Some(format!(
+            "NIC hot-plug is not done yet for QEMU VMs; create or clone the VM with the NICs it needs (`--nics N`), or run it on Cloud Hypervisor; VM {} is unchanged",
+            vm.config.name
+        ))
+    }
+
     fn attach_disk<'a>(
         &'a self,
         vm: &'a Vm,
