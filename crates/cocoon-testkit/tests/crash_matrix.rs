@@ -1296,6 +1296,31 @@ fn vm_net_shrink() {
     );
 }
 
+/// `vm net --nics 0` (vk-cocoon's hibernate) from 2 NICs: as the shrink;
+/// the VM keeps its namespace and grows back from it.
+#[test]
+fn vm_net_to_none() {
+    matrix_in(
+        &Op {
+            name: "vm net (to none)",
+            setup: &|lab| {
+                running_with_a_nic(lab);
+                lab.ok(&["vm", "net", "m", "--nics", "2"]);
+            },
+            args: &args(&["vm", "net", "m", "--nics", "0"]),
+            failpoints: &["vm.net.remove.unplugged", "vm.net.remove.released"],
+            again: &|lab| {
+                let nics = nics_agree(lab);
+                assert!(nics <= 1, "{nics} NICs");
+                lab.ok(&["vm", "net", "m", "--nics", "2"]);
+                assert_eq!(nics_agree(lab), 2);
+            },
+        },
+        false,
+        true,
+    );
+}
+
 /// Every failpoint the engine has is in this matrix, and the engine's list
 /// is exactly the failpoints its code hits.
 #[test]

@@ -1,7 +1,8 @@
 //! `vm net VM --nics N` against the real Cloud Hypervisor running the test
 //! guest, with Debian's CNI plugins inside a network namespace the test
 //! makes: grown 1 -> 3 and shrunk 3 -> 1, the NICs CH itself has (`vm.info`
-//! `config.net`: TAP and MAC) are the record's, each with its lease and
+//! `config.net`: TAP and MAC) are the record's (also down to none and
+//! back, vk-cocoon's hibernate), each with its lease and
 //! its links in the VM's namespace, and the guest keeps running; the grown
 //! NICs are back after `vm stop`/`vm start`. Firecracker refuses with its
 //! reason and keeps the VM as it was.
@@ -138,7 +139,14 @@ fn nics_grow_and_shrink_on_cloud_hypervisor() {
     let vm = lab.inspect("n");
     let ns = format!("cocoon-{}", vm["id"].as_str().unwrap());
     for nic in vm["network_configs"].as_array().unwrap() {
-        let link = sh(&["ip", "-n", &ns, "link", "show", nic["tap"].as_str().unwrap()]);
+        let link = sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "show",
+            nic["tap"].as_str().unwrap(),
+        ]);
         assert!(link.contains("LOWER_UP"), "CH opened the TAP: {link}");
     }
     let beat = alive(&lab, "n", beat);
@@ -150,6 +158,13 @@ fn nics_grow_and_shrink_on_cloud_hypervisor() {
         (Some(3), Some(1))
     );
     assert_eq!(out["removed"].as_array().unwrap().len(), 2);
+    agree(&lab, "n", 1);
+    let beat = alive(&lab, "n", beat);
+
+    // vk-cocoon's hibernate drops every NIC, and its rollback adds one.
+    lab.ok(&["vm", "net", "n", "--nics", "0"]);
+    agree(&lab, "n", 0);
+    lab.ok(&["vm", "net", "n", "--nics", "1"]);
     agree(&lab, "n", 1);
     alive(&lab, "n", beat);
 
@@ -193,7 +208,7 @@ fn nics_are_refused_on_firecracker() {
     let before = lab.inspect("f")["network_configs"].clone();
     let err = lab.fail(&["vm", "net", "f", "--nics", "2"]);
     assert!(
-        err.contains("cannot change the NICs of VM f: Firecracker cannot add a NIC to or remove one from a running VM (its API takes network interfaces before boot only)"),
+        err.contains("cannot change the NICs of VM f: backend does not support net resize: Firecracker cannot add a NIC to or remove one from a running VM (its API takes network interfaces before boot only)"),
         "{err}"
     );
     assert_eq!(lab.inspect("f")["network_configs"], before);

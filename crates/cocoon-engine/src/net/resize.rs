@@ -19,14 +19,15 @@ use crate::model::{IpConfig, NetBackend, NetworkConfig, NetworkLease, Vm};
 /// its disks and other devices.
 pub const MAX_NICS: usize = 16;
 
-/// NIC `index` of `vm`, made like its others (the VM has at least one).
+/// NIC `index` of `vm`, made like its others (or like the one it had
+/// before `vm net --nics 0`).
 /// On failure nothing of it is left.
 pub fn add_nic(
     ctx: &NetContext,
     vm: &Vm,
     index: usize,
 ) -> Result<(NetworkConfig, Option<NetworkLease>), NetError> {
-    let first = vm.network_configs.first().ok_or_else(|| NetError::Wire {
+    let first = vm.nic_template().ok_or_else(|| NetError::Wire {
         nic: format!("eth{index} of VM {}", vm.id),
         source: io::Error::other("the VM has no NIC to model a new one on"),
     })?;
@@ -42,7 +43,9 @@ pub fn add_nic(
             netns_path: String::new(),
             network: None,
         };
-        let mut taps: Vec<String> = vm.network_configs.iter().map(|c| c.tap.clone()).collect();
+        let mut taps: Vec<String> = (0..index)
+            .map(|i| tap_name(ctx.bridge_tap_prefix(), &vm.id, i))
+            .collect();
         taps.push(config.tap.clone());
         ctx.mark(&vm.id, &Marker { netns: None, taps });
         if let Err(e) = bridge::make_taps(&first.bridge_dev, std::slice::from_ref(&config)) {

@@ -114,15 +114,9 @@ fn check_count(vm: &Vm, target: usize) -> Result<()> {
         }
         .into())
     };
-    if vm.network_configs.is_empty() {
+    if vm.nic_template().is_none() && target > 0 {
         return refuse(
-            "it was made without NICs (--nics 0), so its VMM runs outside any VM network namespace and a new NIC could not reach it; snapshot it and clone it with the NICs it needs (`cocoon vm clone --nics N`)"
-                .to_string(),
-        );
-    }
-    if target == 0 {
-        return refuse(
-            "--nics 0 would take its last NIC, and with it the network a later NIC needs; keep at least one (`--nics 1`)"
+            "it was made without a network (--nics 0), so its VMM runs outside any VM network namespace and a new NIC could not reach it; snapshot it and clone it with the NICs it needs (`cocoon vm clone --nics N`)"
                 .to_string(),
         );
     }
@@ -199,6 +193,7 @@ fn record(
     let cmdline = updated.boot_config.clone();
     ctx.store().update_vm(&vm.id, "NIC added", |v| {
         v.network_configs.push(config.clone());
+        v.net_home = None;
         v.boot_config = cmdline;
     })?;
     Ok(())
@@ -254,15 +249,24 @@ fn release_and_forget(ctx: &mut Ctx, vm: &Vm, index: usize) -> Result<Option<Str
     Ok(warning)
 }
 
-/// Drops NICs `index..` from the record, their leases first.
+/// Drops NICs `index..` from the record (the last one's network stays
+/// as its `net_home`), then their leases.
 fn forget_from(ctx: &mut Ctx, vm_id: &str, index: usize) -> Result<()> {
     let mut updated = ctx.store().resolve_vm(vm_id)?;
     if updated.network_configs.len() > index {
+        let home = updated
+            .network_configs
+            .first()
+            .cloned()
+            .map(|c| NetworkConfig { network: None, ..c });
         updated.network_configs.truncate(index);
         super::new_vm::refresh_cmdline(ctx, &mut updated);
         let boot = updated.boot_config.clone();
         ctx.store().update_vm(vm_id, "NIC removed", |v| {
             v.network_configs.truncate(index);
+            if index == 0 {
+                v.net_home = home;
+            }
             v.boot_config = boot;
         })?;
     }
@@ -320,7 +324,7 @@ pub(crate) fn recover(ctx: &mut Ctx, vm_id: &str, from: u32, nics: u32) -> Resul
         }
     }
     let leases = ctx.store().leases(vm_id)?;
-    if !vm.network_configs.is_empty() {
+    if vm.nic_template().is_some() {
         nets::release_beyond(&ctx.net(), &vm, keep, ns.as_deref(), &leases)
             .map_err(VmError::from)?;
     }

@@ -305,7 +305,7 @@ impl Backend for QemuBackend {
 
     fn nic_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
         Some(format!(
-            "NIC hot-plug is not done yet for QEMU VMs; create or clone the VM with the NICs it needs (`--nics N`), or run it on Cloud Hypervisor; VM {} is unchanged",
+            "backend does not support net resize: NIC hot-plug is not done yet for QEMU VMs; create or clone the VM with the NICs it needs (`--nics N`), or run it on Cloud Hypervisor; VM {} is unchanged",
             vm.config.name
         ))
     }
