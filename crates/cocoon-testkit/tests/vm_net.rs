@@ -364,3 +364,53 @@ fn a_failing_cni_add_keeps_the_nics_made_before_it() {
     assert_eq!(lab.leases().len(), 2);
     assert_eq!(vm_links(&id), expected_links(&id, 2));
 }
+
+/// Bridge mode (`--bridge`): a new NIC is a TAP on the VM's bridge, a
+/// removed one's TAP is deleted; down to none and back.
+#[test]
+fn bridge_mode_nics_are_taps_on_the_bridge() {
+    let Some(lab) = NetLab::new("bridge_mode_nics_are_taps_on_the_bridge", Value::Null) else {
+        return;
+    };
+    let br = format!("brn{}", &lab.bridge[3..]);
+    sh(&["ip", "-n", &lab.ns, "link", "add", &br, "type", "bridge"]);
+    let id = lab
+        .ok(&[
+            "vm",
+            "run",
+            "--nics",
+            "1",
+            "--bridge",
+            &br,
+            "--name",
+            "b",
+            "test/guest:1",
+        ])
+        .trim()
+        .to_string();
+    let tap = |i: usize| format!("bt{}-{i}", &id[..8]);
+    let on_bridge = |name: &str| {
+        std::process::Command::new("ip")
+            .args(["-n", &lab.ns, "-d", "link", "show", name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("master {br}")))
+            .unwrap_or(false)
+    };
+    lab.ok(&["vm", "net", "b", "--nics", "3"]);
+    let record = recorded(&lab, "b");
+    assert_eq!(record.len(), 3);
+    assert_eq!(vmm_nics(&lab, "b"), record);
+    for i in 0..3 {
+        assert_eq!(record[i].0, tap(i));
+        assert!(on_bridge(&tap(i)), "{} on {br}", tap(i));
+    }
+    lab.ok(&["vm", "net", "b", "--nics", "0"]);
+    assert_eq!(vmm_nics(&lab, "b"), vec![]);
+    assert!((0..3).all(|i| !on_bridge(&tap(i))), "TAPs deleted");
+    lab.ok(&["vm", "net", "b", "--nics", "1"]);
+    assert_eq!(recorded(&lab, "b").len(), 1);
+    assert!(on_bridge(&tap(0)));
+    assert_eq!(lab.leases(), Vec::<String>::new(), "no CNI in bridge mode");
+    lab.ok(&["vm", "rm", "--force", "b"]);
+    assert!(!on_bridge(&tap(0)));
+}

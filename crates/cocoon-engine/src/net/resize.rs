@@ -33,29 +33,7 @@ pub fn add_nic(
     })?;
     let n_queues = queues(vm.hypervisor, vm.config.cpu);
     if first.backend == NetBackend::Bridge {
-        let config = NetworkConfig {
-            tap: tap_name(ctx.bridge_tap_prefix(), &vm.id, index),
-            mac: bridge::random_mac(),
-            num_queues: n_queues,
-            queue_size: first.queue_size,
-            backend: NetBackend::Bridge,
-            bridge_dev: first.bridge_dev.clone(),
-            netns_path: String::new(),
-            network: None,
-        };
-        let mut taps: Vec<String> = (0..index)
-            .map(|i| tap_name(ctx.bridge_tap_prefix(), &vm.id, i))
-            .collect();
-        taps.push(config.tap.clone());
-        ctx.mark(&vm.id, &Marker { netns: None, taps });
-        if let Err(e) = bridge::make_taps(&first.bridge_dev, std::slice::from_ref(&config)) {
-            let _ = bridge::delete_links(vec![config.tap.clone()]);
-            return Err(NetError::Bridge {
-                dev: first.bridge_dev.clone(),
-                reason: e.to_string(),
-            });
-        }
-        return Ok((config, None));
+        return add_bridge_nic(ctx, vm, index, first, n_queues);
     }
     let ns = PathBuf::from(&first.netns_path);
     let list = cni::pick(cni::load(&ctx.conf_dir)?, &vm.config.network, &ctx.conf_dir)?;
@@ -102,6 +80,39 @@ pub fn add_nic(
         cni_result: Some(result),
     };
     Ok((config, Some(lease)))
+}
+
+/// NIC `index` of a bridge-mode VM: a TAP on its bridge.
+fn add_bridge_nic(
+    ctx: &NetContext,
+    vm: &Vm,
+    index: usize,
+    first: &NetworkConfig,
+    n_queues: u32,
+) -> Result<(NetworkConfig, Option<NetworkLease>), NetError> {
+    let config = NetworkConfig {
+        tap: tap_name(ctx.bridge_tap_prefix(), &vm.id, index),
+        mac: bridge::random_mac(),
+        num_queues: n_queues,
+        queue_size: first.queue_size,
+        backend: NetBackend::Bridge,
+        bridge_dev: first.bridge_dev.clone(),
+        netns_path: String::new(),
+        network: None,
+    };
+    let mut taps: Vec<String> = (0..index)
+        .map(|i| tap_name(ctx.bridge_tap_prefix(), &vm.id, i))
+        .collect();
+    taps.push(config.tap.clone());
+    ctx.mark(&vm.id, &Marker { netns: None, taps });
+    if let Err(e) = bridge::make_taps(&first.bridge_dev, std::slice::from_ref(&config)) {
+        let _ = bridge::delete_links(vec![config.tap.clone()]);
+        return Err(NetError::Bridge {
+            dev: first.bridge_dev.clone(),
+            reason: e.to_string(),
+        });
+    }
+    Ok((config, None))
 }
 
 /// Releases NIC `index` (`config`) of `vm`: CNI DEL with its lease (or on
