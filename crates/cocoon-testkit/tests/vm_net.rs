@@ -400,8 +400,8 @@ fn bridge_mode_nics_are_taps_on_the_bridge() {
     let record = recorded(&lab, "b");
     assert_eq!(record.len(), 3);
     assert_eq!(vmm_nics(&lab, "b"), record);
-    for i in 0..3 {
-        assert_eq!(record[i].0, tap(i));
+    for (i, (name, _)) in record.iter().enumerate() {
+        assert_eq!(*name, tap(i));
         assert!(on_bridge(&tap(i)), "{} on {br}", tap(i));
     }
     lab.ok(&["vm", "net", "b", "--nics", "0"]);
