@@ -246,6 +246,10 @@ pub struct NetworkConfig {
     pub netns_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<IpConfig>,
+    /// The hot-plug slot (QEMU's PCIe root port) a NIC `vm net` added
+    /// took, shared with attached disks; None for NICs made at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ use serde_json::Value;
 
 /// A lab whose `cloud-hypervisor` (and `firecracker`) are the real ones.
 fn lab(test: &str) -> Option<NetLab> {
+    require_real_vmm(test, "COCOON_QEMU_BINARY", "qemu-system-x86_64")?;
     let ch = require_real_vmm(test, "COCOON_CH_BINARY", "cloud-hypervisor")?;
     let fc = require_real_vmm(test, "COCOON_FC_BINARY", "firecracker")?;
     if !Path::new("/dev/kvm").exists() {
@@ -215,4 +216,132 @@ fn nics_are_refused_on_firecracker() {
     assert_eq!(lab.leases().len(), 1);
     alive(&lab, "f", beat);
     lab.ok(&["vm", "rm", "--force", "f"]);
+}
+
+/// The MACs of the NICs `vm net` plugged into QEMU (`qom-list` of
+/// `/machine/peripheral`: `cocoon-net-<mac>`).
+fn qemu_nics(lab: &NetLab, name: &str) -> Vec<String> {
+    let vm = lab.inspect(name);
+    let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+    let list = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut qmp = vmm_api::qmp::Qmp::connect(&socket).await.unwrap();
+            qmp.execute(&vmm_api::qmp::QomList {
+                path: "/machine/peripheral".into(),
+            })
+            .await
+            .unwrap()
+        });
+    let mut macs: Vec<String> = list
+        .into_iter()
+        .filter_map(|p| p.name.strip_prefix("cocoon-net-").map(str::to_string))
+        .collect();
+    macs.sort();
+    macs
+}
+
+/// The record's hot-plugged NICs, as [`qemu_nics`] names them.
+fn recorded_hot(vm: &Value) -> Vec<String> {
+    let mut macs: Vec<String> = vm["network_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["slot"].is_u64())
+        .map(|n| n["mac"].as_str().unwrap().replace(':', "").to_lowercase())
+        .collect();
+    macs.sort();
+    macs
+}
+
+/// QEMU: grown 1 -> 3 (two `virtio-net-pci` on hot-plug slots, QEMU holding
+/// their TAPs), back after stop/start, shrunk to 1; the NIC it was made
+/// with cannot go (virtio-mmio has no hot-plug): refused, nothing changed.
+#[test]
+fn nics_grow_and_shrink_on_qemu() {
+    let test = "nics_grow_and_shrink_on_qemu";
+    let Some(lab) = lab(test) else {
+        return;
+    };
+    let _reaper = cocoon_testkit::EnvReaper(lab.env.root_dir());
+    lab.ok(&[
+        "vm",
+        "run",
+        "--qemu",
+        "--nics",
+        "1",
+        "--cpu",
+        "1",
+        "--memory",
+        "512M",
+        "--name",
+        "q",
+        "test/guest:1",
+    ]);
+    let beat = alive(&lab, "q", 0);
+    let out: Value =
+        serde_json::from_str(&lab.ok(&["vm", "net", "q", "--nics", "3", "-o", "json"])).unwrap();
+    assert_eq!(
+        (out["before"].as_u64(), out["after"].as_u64()),
+        (Some(1), Some(3))
+    );
+    let vm = lab.inspect("q");
+    let slots: Vec<u64> = vm["network_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["slot"].as_u64())
+        .collect();
+    assert_eq!(slots, vec![0, 1], "{vm:#}");
+    assert_eq!(qemu_nics(&lab, "q"), recorded_hot(&vm));
+    assert_eq!(lab.leases().len(), 3);
+    let ns = format!("cocoon-{}", vm["id"].as_str().unwrap());
+    for nic in vm["network_configs"].as_array().unwrap() {
+        let link = sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "show",
+            nic["tap"].as_str().unwrap(),
+        ]);
+        assert!(link.contains("LOWER_UP"), "QEMU opened the TAP: {link}");
+    }
+    let beat = alive(&lab, "q", beat);
+
+    lab.ok(&["vm", "stop", "q"]);
+    lab.ok(&["vm", "start", "q"]);
+    alive(&lab, "q", 0);
+    let vm = lab.inspect("q");
+    assert_eq!(qemu_nics(&lab, "q"), recorded_hot(&vm));
+    assert_eq!(recorded_hot(&vm).len(), 2);
+    let _ = beat;
+
+    let out: Value =
+        serde_json::from_str(&lab.ok(&["vm", "net", "q", "--nics", "1", "-o", "json"])).unwrap();
+    assert_eq!(
+        (out["before"].as_u64(), out["after"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(qemu_nics(&lab, "q"), Vec::<String>::new());
+    assert_eq!(lab.leases().len(), 1);
+
+    let err = lab.fail(&["vm", "net", "q", "--nics", "0"]);
+    assert!(
+        err.contains("cannot change the NICs of VM q: NIC eth0 was made with QEMU VM q on a bus without hot-plug"),
+        "{err}"
+    );
+    assert_eq!(
+        lab.inspect("q")["network_configs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(lab.leases().len(), 1);
+    lab.ok(&["vm", "rm", "--force", "q"]);
+    assert_eq!(lab.leases(), Vec::<String>::new());
+    assert_eq!(lab.stray_links(), Vec::<String>::new());
 }

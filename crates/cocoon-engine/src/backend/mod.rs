@@ -259,14 +259,21 @@ pub trait Backend: Sync {
     /// Why NICs cannot be added to or removed from the running `vm` (`vm
     /// net`): what the VMM lacks and what to do instead (None: it can).
     fn nic_hot_plug_refusal(&self, vm: &Vm) -> Option<String>;
-    /// Adds `nic` (its TAP made, its MAC the guest's) to the running VMM.
-    /// The error is the reason.
+    /// Adds `nic` (its TAP made, its MAC the guest's), the next NIC of
+    /// `vm`, to the running VMM; returns the slot it took where the VMM has
+    /// slots. The error is the reason.
     fn attach_nic<'a>(
         &'a self,
+        _vm: &'a Vm,
         _socket: &'a Path,
         _nic: &'a NetworkConfig,
-    ) -> LocalFuture<'a, Result<(), String>> {
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
         Box::pin(async { Err("this VMM cannot hot-plug NICs".to_string()) })
+    }
+    /// Why NIC `index` (`nic`) of the running `vm` cannot be taken out
+    /// (None: it can).
+    fn nic_removal_refusal(&self, _vm: &Vm, _index: usize, _nic: &NetworkConfig) -> Option<String> {
+        None
     }
     /// Removes the NIC with MAC `mac` from the running VMM; one it does not
     /// have is success (a crash may have removed it already).

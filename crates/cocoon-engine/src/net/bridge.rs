@@ -29,6 +29,7 @@ pub(super) fn attach_bridge(
             num_queues: n_queues,
             queue_size: queue_size(request),
             backend: NetBackend::Bridge,
+            slot: None,
             bridge_dev: bridge.to_string(),
             netns_path: String::new(),
             network: None,

@@ -60,6 +60,16 @@ pub(crate) fn resize(ctx: &mut Ctx, reference: &str, nics: u32) -> Result<NetRes
     if target == before {
         return Ok(result);
     }
+    let backend = backend::of(vm.hypervisor);
+    for index in target..before {
+        if let Some(reason) = backend.nic_removal_refusal(&vm, index, &vm.network_configs[index]) {
+            return Err(VmError::NicsRefused {
+                vm: vm.config.name.clone(),
+                reason,
+            }
+            .into());
+        }
+    }
     let op = Op::VmNet {
         from: u32::try_from(before).unwrap_or(u32::MAX),
         nics,
@@ -154,11 +164,18 @@ fn grow_one(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, index: usize) -> Result<Ni
     }
     let backend = backend::of(vm.hypervisor);
     let socket = &vmm.api_socket;
-    let plugged = ctx.block_on(async |_| Ok(backend.attach_nic(socket, &config).await))?;
-    if let Err(reason) = plugged {
-        undo_plumbing(ctx);
-        return Err(nic_error(vm, "add", index, index, reason).into());
-    }
+    let plugged =
+        ctx.block_on(async |_| Ok(backend.attach_nic(&current, socket, &config).await))?;
+    let config = match plugged {
+        Ok(slot) => NetworkConfig {
+            slot,
+            ..config.clone()
+        },
+        Err(reason) => {
+            undo_plumbing(ctx);
+            return Err(nic_error(vm, "add", index, index, reason).into());
+        }
+    };
     let recorded = crate::failpoint::hit("vm.net.add.plugged")
         .and_then(|()| record(ctx, vm, &config, lease.as_ref()));
     if let Err(e) = recorded {

@@ -208,10 +208,11 @@ impl Backend for CloudHypervisorBackend {
 
     fn attach_nic<'a>(
         &'a self,
+        _: &'a Vm,
         socket: &'a Path,
         nic: &'a NetworkConfig,
-    ) -> LocalFuture<'a, Result<(), String>> {
-        Box::pin(hotplug::attach_nic(socket, nic))
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(async move { hotplug::attach_nic(socket, nic).await.map(|()| None) })
     }
 
     fn detach_nic<'a>(
