@@ -113,10 +113,10 @@ impl Lab {
         lab
     }
 
-    /// [`Lab::on`] the fake VMMs, with cocoon in a test network namespace
+    /// [`Lab::on`], with cocoon in a test network namespace
     /// with a CNI network; None (skipped) without the CNI plugins.
-    fn on_network() -> Option<Lab> {
-        let mut lab = Lab::on(false);
+    fn on_network(qemu: bool) -> Option<Lab> {
+        let mut lab = Lab::on(qemu);
         lab.net = Some(TestNet::new(lab.env.path())?);
         Some(lab)
     }
@@ -397,7 +397,7 @@ fn matrix_in(op: &Op<'_>, qemu: bool, network: bool) {
         for action in ["kill", "error"] {
             let case = format!("{name} at {failpoint} ({action})");
             let lab = if network {
-                let Some(lab) = Lab::on_network() else {
+                let Some(lab) = Lab::on_network(qemu) else {
                     return cocoon_testkit::skip(
                         op.name,
                         "containernetworking-plugins is not installed",
@@ -1203,19 +1203,46 @@ fn nics_agree(lab: &Lab) -> usize {
         .map(pair)
         .collect();
     let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
-    let info = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap()
-        .block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
         .unwrap();
-    let in_vmm: Vec<(String, String)> = info.config["net"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(pair)
-        .collect();
-    assert_eq!(recorded, in_vmm, "the record and the VMM disagree");
+    if vm["hypervisor"] == "qemu" {
+        // The NICs `vm net` plugged (`cocoon-net-<mac>` devices).
+        let list = rt.block_on(async {
+            let mut qmp = vmm_api::qmp::Qmp::connect(&socket).await.unwrap();
+            qmp.execute(&vmm_api::qmp::QomList {
+                path: "/machine/peripheral".into(),
+            })
+            .await
+            .unwrap()
+        });
+        let mut in_vmm: Vec<String> = list
+            .into_iter()
+            .filter_map(|p| p.name.strip_prefix("cocoon-net-").map(str::to_string))
+            .collect();
+        in_vmm.sort();
+        let mut plugged: Vec<String> = vm["network_configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["slot"].is_u64())
+            .map(|n| n["mac"].as_str().unwrap().replace(':', "").to_lowercase())
+            .collect();
+        plugged.sort();
+        assert_eq!(plugged, in_vmm, "the record and QEMU disagree");
+    } else {
+        let info = rt
+            .block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
+            .unwrap();
+        let in_vmm: Vec<(String, String)> = info.config["net"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(pair)
+            .collect();
+        assert_eq!(recorded, in_vmm, "the record and the VMM disagree");
+    }
     let n = recorded.len();
     let mut store = cocoon_engine::store::Store::open(&lab.env.db_path()).unwrap();
     let leases: Vec<String> = store
@@ -1255,8 +1282,7 @@ fn nics_agree(lab: &Lab) -> usize {
 
 /// `vm net` growing 1 -> 3: rolled back to the NICs recorded (a NIC made
 /// or plugged but not recorded is taken out and released), then grown.
-#[test]
-fn vm_net_grow() {
+fn vm_net_grow_on(qemu: bool) {
     matrix_in(
         &Op {
             name: "vm net (grow)",
@@ -1265,17 +1291,26 @@ fn vm_net_grow() {
             failpoints: &["vm.net.add.plumbed", "vm.net.add.plugged"],
             again: &|lab| assert_eq!(nics_agree(lab), 1),
         },
-        false,
+        qemu,
         true,
     );
+}
+
+#[test]
+fn vm_net_grow() {
+    vm_net_grow_on(false);
+}
+
+#[test]
+fn vm_net_grow_qemu() {
+    vm_net_grow_on(true);
 }
 
 /// `vm net` shrinking 3 -> 1: a kill is finished by recovery (a NIC out
 /// of the VMM is released and forgotten: 1 NIC); an error stops after the
 /// NIC it was on, which is gone from everywhere (2 NICs). Then grown back
 /// to be shrunk again.
-#[test]
-fn vm_net_shrink() {
+fn vm_net_shrink_on(qemu: bool) {
     matrix_in(
         &Op {
             name: "vm net (shrink)",
@@ -1291,9 +1326,19 @@ fn vm_net_shrink() {
                 lab.ok(&["vm", "net", "m", "--nics", "3"]);
             },
         },
-        false,
+        qemu,
         true,
     );
+}
+
+#[test]
+fn vm_net_shrink() {
+    vm_net_shrink_on(false);
+}
+
+#[test]
+fn vm_net_shrink_qemu() {
+    vm_net_shrink_on(true);
 }
 
 /// `vm net --nics 0` (vk-cocoon's hibernate) from 2 NICs: as the shrink;
