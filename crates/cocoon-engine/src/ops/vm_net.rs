@@ -1,8 +1,10 @@
 //! `vm net VM --nics N` (upstream #42): grows or shrinks a running VM's
 //! NICs. A new NIC is made as create makes one (CNI ADD of `eth<i>` on the
 //! VM's network in its namespace, a TAP wired to it; or a TAP on its
-//! bridge), plugged into the VMM, then recorded (its lease, then the VM's
-//! `network_configs` and the kernel command line a later boot takes). A
+//! bridge), plugged into the VMM (CH `vm.add-net`; QEMU a netdev and a
+//! `virtio-net-pci` on a hot-plug slot, kept with the NIC), then recorded
+//! (its lease, then the VM's `network_configs` and the kernel command line
+//! a later boot takes). A
 //! removed one goes from the highest index down: out of the VMM, released
 //! (CNI DEL, TAP deleted), then forgotten.
 //!
