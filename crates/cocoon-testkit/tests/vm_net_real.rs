@@ -349,6 +349,37 @@ fn nics_grow_and_shrink_on_qemu() {
     lab.ok(&["vm", "rm", "--force", "qc"]);
     lab.ok(&["vm", "net", "q", "--nics", "1"]);
 
+    // The NIC count back to the snapshot's but on another slot (a disk
+    // took slot 0 meanwhile): `vm restore` is refused, nothing changed.
+    let files = tempfile::tempdir().unwrap();
+    let disk = files.path().join("d.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    lab.ok(&[
+        "vm",
+        "disk",
+        "attach",
+        "q",
+        "--path",
+        disk.to_str().unwrap(),
+        "--name",
+        "d",
+    ]);
+    lab.ok(&["vm", "net", "q", "--nics", "2"]);
+    lab.ok(&["vm", "disk", "detach", "q", "--name", "d"]);
+    let before = lab.inspect("q")["network_configs"].clone();
+    assert_eq!(before[1]["slot"], 1, "{before:#}");
+    let err = lab.fail(&["vm", "restore", "q", "q2"]);
+    assert!(
+        err.contains("the snapshot's hot-plugged NICs are on other slots than the VM's"),
+        "{err}"
+    );
+    assert_eq!(lab.inspect("q")["network_configs"], before);
+    assert_eq!(lab.inspect("q")["state"], "running");
+    lab.ok(&["vm", "net", "q", "--nics", "1"]);
+
     let err = lab.fail(&["vm", "net", "q", "--nics", "0"]);
     assert!(
         err.contains("cannot change the NICs of VM q: NIC eth0 was made with QEMU VM q on a bus without hot-plug"),
