@@ -179,6 +179,13 @@ fn nics_grow_and_shrink_on_cloud_hypervisor() {
     alive(&lab, "n", 0);
     agree(&lab, "n", 2);
     assert_eq!(ch_nics(&lab, "n"), record);
+    // Hibernated and woken: the same NICs.
+    let beat = alive(&lab, "n", 0);
+    lab.ok(&["vm", "hibernate", "n"]);
+    lab.ok(&["vm", "start", "n"]);
+    alive(&lab, "n", beat);
+    agree(&lab, "n", 2);
+    assert_eq!(ch_nics(&lab, "n"), record);
 
     lab.ok(&["vm", "rm", "--force", "n"]);
     assert_eq!(lab.leases(), Vec::<String>::new());
@@ -319,6 +326,12 @@ fn nics_grow_and_shrink_on_qemu() {
     assert_eq!(qemu_nics(&lab, "q"), recorded_hot(&vm));
     assert_eq!(recorded_hot(&vm).len(), 2);
     let _ = beat;
+    // Hibernated and woken: the plugged NICs come back on their slots.
+    let beat = alive(&lab, "q", 0);
+    lab.ok(&["vm", "hibernate", "q"]);
+    lab.ok(&["vm", "start", "q"]);
+    alive(&lab, "q", beat);
+    assert_eq!(qemu_nics(&lab, "q"), recorded_hot(&lab.inspect("q")));
 
     let out: Value =
         serde_json::from_str(&lab.ok(&["vm", "net", "q", "--nics", "1", "-o", "json"])).unwrap();
