@@ -211,6 +211,11 @@ impl Engine {
         vm_resize::run(&mut self.ctx, reference, request)
     }
 
+    /// `vm net --nics N`: grows or shrinks a running VM's NICs.
+    pub fn resize_vm_nics(&mut self, reference: &str, nics: u32) -> Result<vm_net::NetResize> {
+        vm_net::resize(&mut self.ctx, reference, nics)
+    }
+
     pub fn remove_vm(&mut self, id: &str, force: bool) -> Result<Vm> {
         vm_remove::run(&mut self.ctx, id, force)
     }

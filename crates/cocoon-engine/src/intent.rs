@@ -87,6 +87,15 @@ pub enum Op {
         #[serde(default)]
         name: String,
     },
+    /// `vm net --nics N`: the object is the VM; `nics` the count asked
+    /// for, `from` the count it had.
+    #[serde(rename = "vm.net")]
+    VmNet {
+        #[serde(default)]
+        from: u32,
+        #[serde(default)]
+        nics: u32,
+    },
     #[serde(rename = "snapshot.save")]
     SnapshotSave {
         #[serde(default)]
@@ -149,6 +158,7 @@ impl Op {
             Op::VmResize { .. } => "vm.resize",
             Op::VmDiskAttach { .. } => "vm.disk.attach",
             Op::VmDiskDetach { .. } => "vm.disk.detach",
+            Op::VmNet { .. } => "vm.net",
             Op::SnapshotSave { .. } => "snapshot.save",
             Op::SnapshotImport { .. } => "snapshot.import",
             Op::SnapshotEvict { .. } => "snapshot.evict",
@@ -169,7 +179,8 @@ impl Op {
             | Op::VmHibernate { .. }
             | Op::VmResize { .. }
             | Op::VmDiskAttach { .. }
-            | Op::VmDiskDetach { .. } => ObjectKind::Vm,
+            | Op::VmDiskDetach { .. }
+            | Op::VmNet { .. } => ObjectKind::Vm,
             Op::SnapshotSave { .. } | Op::SnapshotImport { .. } | Op::SnapshotEvict { .. } => {
                 ObjectKind::Snapshot
             }
@@ -268,6 +279,7 @@ mod tests {
             },
             Op::VmDiskAttach { name: "a".into() },
             Op::VmDiskDetach { name: "a".into() },
+            Op::VmNet { from: 1, nics: 3 },
             Op::ImagePull {
                 digest: Some(format!("sha256:{}", "a".repeat(64))),
                 url: None,

@@ -246,6 +246,10 @@ pub struct NetworkConfig {
     pub netns_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<IpConfig>,
+    /// The hot-plug slot (QEMU's PCIe root port) a NIC `vm net` added
+    /// took, shared with attached disks; None for NICs made at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,9 +327,22 @@ pub struct Vm {
     /// the balloon (`config.memory`: the guest's, and the next boot's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_memory: Option<u64>,
+    /// The network of a VM whose NICs `vm net --nics 0` all removed: its
+    /// first NIC as it was (its namespace, where the VMM still runs, its
+    /// backend, bridge and queue size), so a later `vm net` grows from it,
+    /// a launch runs the VMM there and `vm rm` releases it. None while the
+    /// VM has NICs, and for one made without any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_home: Option<NetworkConfig>,
 }
 
 impl Vm {
+    /// The NIC a new NIC of this VM is modelled on: its first, or the one
+    /// it had before `vm net --nics 0`.
+    pub fn nic_template(&self) -> Option<&NetworkConfig> {
+        self.network_configs.first().or(self.net_home.as_ref())
+    }
+
     /// The running VMM's configuration: its RAM, not the balloon's target.
     pub fn vmm_config(&self) -> VmConfig {
         let mut config = self.config.clone();
@@ -367,6 +384,7 @@ impl Vm {
             vsock_helper: None,
             hibernation_snapshot: None,
             vmm_memory: None,
+            net_home: None,
         }
     }
 

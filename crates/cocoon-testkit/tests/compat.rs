@@ -166,6 +166,7 @@ fn nic_sample() -> Value {
         num_queues: 1,
         queue_size: 256,
         backend: cocoon_engine::model::NetBackend::Cni,
+        slot: None,
         bridge_dev: String::new(),
         netns_path: String::new(),
         network: Some(cocoon_engine::model::IpConfig {

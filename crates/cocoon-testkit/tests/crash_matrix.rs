@@ -30,11 +30,67 @@ struct Lab {
     /// The VMs' cgroup parent, made for this case (None: cgroups are not
     /// writable here, and VMs run ungrouped).
     cgroups: Option<cocoon_testkit::cgroup::TestParent>,
+    /// cocoon runs inside this test network namespace, with a CNI network
+    /// (`vm net` cases).
+    net: Option<TestNet>,
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if self.net.is_some() {
+            // The VMs' own namespaces are outside the test's.
+            for vm in self.vms() {
+                let id = vm["id"].as_str().unwrap_or_default().to_string();
+                let _ = self.cmd().args(["vm", "rm", "--force", &id]).output();
+            }
+        }
         cocoon_testkit::kill_all_under(&self.env.root_dir());
+    }
+}
+
+/// A network namespace with a CNI bridge network (Debian's plugins) in it.
+struct TestNet {
+    ns: String,
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.ns])
+            .output();
+    }
+}
+
+impl TestNet {
+    /// The namespace and the network `testnet` under `dir`; None when the
+    /// CNI plugins are missing.
+    fn new(dir: &Path) -> Option<TestNet> {
+        if !Path::new("/usr/lib/cni/bridge").exists() {
+            return None;
+        }
+        let mut b = [0u8; 4];
+        getrandom::fill(&mut b).unwrap();
+        let tag = u32::from_le_bytes(b);
+        let ns = format!("cocoon-cm-{tag:08x}");
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip netns add {ns}");
+        let conf = dir.join("cni");
+        std::fs::create_dir_all(&conf).unwrap();
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "testnet",
+            "plugins": [
+                {"type": "bridge", "bridge": format!("cbm{:06x}", tag & 0xff_ffff), "isGateway": true, "ipMasq": false,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.77.0.0/24"}]], "dataDir": dir.join("ipam")}},
+                {"type": "loopback"}
+            ]
+        });
+        std::fs::write(conf.join("10-test.conflist"), conflist.to_string()).unwrap();
+        Some(TestNet { ns })
     }
 }
 
@@ -44,6 +100,7 @@ impl Lab {
             env: CocoonEnv::new(bin()),
             qemu,
             cgroups: cocoon_testkit::cgroup::TestParent::new("crash matrix cgroups"),
+            net: None,
         };
         let layer = cocoon_testkit::guest::boot_layer("6.1", b"initrd").build();
         std::fs::write(lab.env.path().join("layer.tar"), layer).unwrap();
@@ -56,13 +113,36 @@ impl Lab {
         lab
     }
 
+    /// [`Lab::on`], with cocoon in a test network namespace
+    /// with a CNI network; None (skipped) without the CNI plugins.
+    fn on_network(qemu: bool) -> Option<Lab> {
+        let mut lab = Lab::on(qemu);
+        lab.net = Some(TestNet::new(lab.env.path())?);
+        Some(lab)
+    }
+
     fn cmd(&self) -> std::process::Command {
         let mut cmd = self.vmm_cmd();
         if let Some(parent) = &self.cgroups {
             let (key, value) = parent.env();
             cmd.env(key, value);
         }
-        cmd
+        let Some(net) = &self.net else {
+            return cmd;
+        };
+        let mut inside = std::process::Command::new("nsenter");
+        inside
+            .arg(format!("--net=/run/netns/{}", net.ns))
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => inside.env(k, v),
+                None => inside.env_remove(k),
+            };
+        }
+        inside.env("COCOON_CNI_CONF_DIR", self.env.path().join("cni"));
+        inside
     }
 
     fn vmm_cmd(&self) -> std::process::Command {
@@ -289,6 +369,12 @@ fn matrix(op: &Op<'_>) {
 
 /// The matrix on the fake VMMs, or on the real QEMU.
 fn matrix_on(op: &Op<'_>, qemu: bool) {
+    matrix_in(op, qemu, false);
+}
+
+/// The matrix on the fake VMMs, or on the real QEMU; `network`: cocoon in
+/// a test network namespace with a CNI network (fake VMMs).
+fn matrix_in(op: &Op<'_>, qemu: bool, network: bool) {
     let name = format!("{}{}", op.name, if qemu { " on QEMU" } else { "" });
     if qemu
         && cocoon_testkit::require_real_vmm(&name, "COCOON_QEMU_BINARY", "qemu-system-x86_64")
@@ -310,7 +396,17 @@ fn matrix_on(op: &Op<'_>, qemu: bool) {
     for failpoint in op.failpoints {
         for action in ["kill", "error"] {
             let case = format!("{name} at {failpoint} ({action})");
-            let lab = Lab::on(qemu);
+            let lab = if network {
+                let Some(lab) = Lab::on_network(qemu) else {
+                    return cocoon_testkit::skip(
+                        op.name,
+                        "containernetworking-plugins is not installed",
+                    );
+                };
+                lab
+            } else {
+                Lab::on(qemu)
+            };
             (op.setup)(&lab);
             let out = lab
                 .cmd()
@@ -1078,6 +1174,196 @@ fn disk_detach() {
 #[test]
 fn disk_detach_qemu() {
     disk_detach_on(true);
+}
+
+/// `m` running with one NIC on the CNI network.
+fn running_with_a_nic(lab: &Lab) {
+    lab.ok(&["vm", "run", "--nics", "1", "--name", "m", "test/guest:1"]);
+}
+
+/// The record's NICs of `m` and its VMM's agree, and it has a lease and
+/// the links of each in its namespace and no more: returns the count.
+fn nics_agree(lab: &Lab) -> usize {
+    let vm = lab
+        .vms()
+        .into_iter()
+        .find(|v| v["config"]["name"] == "m")
+        .expect("the VM m is kept");
+    let id = vm["id"].as_str().unwrap().to_string();
+    let pair = |n: &Value| {
+        (
+            n["tap"].as_str().unwrap().to_string(),
+            n["mac"].as_str().unwrap().to_string(),
+        )
+    };
+    let recorded: Vec<(String, String)> = vm["network_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(pair)
+        .collect();
+    let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if vm["hypervisor"] == "qemu" {
+        // The NICs `vm net` plugged (`cocoon-net-<mac>` devices).
+        let list = rt.block_on(async {
+            let mut qmp = vmm_api::qmp::Qmp::connect(&socket).await.unwrap();
+            qmp.execute(&vmm_api::qmp::QomList {
+                path: "/machine/peripheral".into(),
+            })
+            .await
+            .unwrap()
+        });
+        let mut in_vmm: Vec<String> = list
+            .into_iter()
+            .filter_map(|p| p.name.strip_prefix("cocoon-net-").map(str::to_string))
+            .collect();
+        in_vmm.sort();
+        let mut plugged: Vec<String> = vm["network_configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["slot"].is_u64())
+            .map(|n| n["mac"].as_str().unwrap().replace(':', "").to_lowercase())
+            .collect();
+        plugged.sort();
+        assert_eq!(plugged, in_vmm, "the record and QEMU disagree");
+    } else {
+        let info = rt
+            .block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
+            .unwrap();
+        let in_vmm: Vec<(String, String)> = info.config["net"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(pair)
+            .collect();
+        assert_eq!(recorded, in_vmm, "the record and the VMM disagree");
+    }
+    let n = recorded.len();
+    let mut store = cocoon_engine::store::Store::open(&lab.env.db_path()).unwrap();
+    let leases: Vec<String> = store
+        .leases(&id)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.if_name)
+        .collect();
+    assert_eq!(
+        leases,
+        (0..n).map(|i| format!("eth{i}")).collect::<Vec<_>>(),
+        "recorded leases"
+    );
+    let ipam = names(&lab.env.path().join("ipam/testnet"))
+        .into_iter()
+        .filter(|f| f.starts_with("10."))
+        .count();
+    assert_eq!(ipam, n, "IPAM leases");
+    let out = std::process::Command::new("ip")
+        .args(["-n", &format!("cocoon-{id}"), "-br", "link"])
+        .output()
+        .unwrap();
+    let mut links: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|l| l.split('@').next().unwrap().to_string())
+        .filter(|l| l != "lo")
+        .collect();
+    links.sort();
+    let mut want: Vec<String> = (0..n)
+        .flat_map(|i| [format!("eth{i}"), format!("tap{}-{i}", &id[..8])])
+        .collect();
+    want.sort();
+    assert_eq!(links, want, "the VM's links");
+    n
+}
+
+/// `vm net` growing 1 -> 3: rolled back to the NICs recorded (a NIC made
+/// or plugged but not recorded is taken out and released), then grown.
+fn vm_net_grow_on(qemu: bool) {
+    matrix_in(
+        &Op {
+            name: "vm net (grow)",
+            setup: &running_with_a_nic,
+            args: &args(&["vm", "net", "m", "--nics", "3"]),
+            failpoints: &["vm.net.add.plumbed", "vm.net.add.plugged"],
+            again: &|lab| assert_eq!(nics_agree(lab), 1),
+        },
+        qemu,
+        true,
+    );
+}
+
+#[test]
+fn vm_net_grow() {
+    vm_net_grow_on(false);
+}
+
+#[test]
+fn vm_net_grow_qemu() {
+    vm_net_grow_on(true);
+}
+
+/// `vm net` shrinking 3 -> 1: a kill is finished by recovery (a NIC out
+/// of the VMM is released and forgotten: 1 NIC); an error stops after the
+/// NIC it was on, which is gone from everywhere (2 NICs). Then grown back
+/// to be shrunk again.
+fn vm_net_shrink_on(qemu: bool) {
+    matrix_in(
+        &Op {
+            name: "vm net (shrink)",
+            setup: &|lab| {
+                running_with_a_nic(lab);
+                lab.ok(&["vm", "net", "m", "--nics", "3"]);
+            },
+            args: &args(&["vm", "net", "m", "--nics", "1"]),
+            failpoints: &["vm.net.remove.unplugged", "vm.net.remove.released"],
+            again: &|lab| {
+                let nics = nics_agree(lab);
+                assert!(nics == 1 || nics == 2, "{nics} NICs");
+                lab.ok(&["vm", "net", "m", "--nics", "3"]);
+            },
+        },
+        qemu,
+        true,
+    );
+}
+
+#[test]
+fn vm_net_shrink() {
+    vm_net_shrink_on(false);
+}
+
+#[test]
+fn vm_net_shrink_qemu() {
+    vm_net_shrink_on(true);
+}
+
+/// `vm net --nics 0` (vk-cocoon's hibernate) from 2 NICs: as the shrink;
+/// the VM keeps its namespace and grows back from it.
+#[test]
+fn vm_net_to_none() {
+    matrix_in(
+        &Op {
+            name: "vm net (to none)",
+            setup: &|lab| {
+                running_with_a_nic(lab);
+                lab.ok(&["vm", "net", "m", "--nics", "2"]);
+            },
+            args: &args(&["vm", "net", "m", "--nics", "0"]),
+            failpoints: &["vm.net.remove.unplugged", "vm.net.remove.released"],
+            again: &|lab| {
+                let nics = nics_agree(lab);
+                assert!(nics <= 1, "{nics} NICs");
+                lab.ok(&["vm", "net", "m", "--nics", "2"]);
+                assert_eq!(nics_agree(lab), 2);
+            },
+        },
+        false,
+        true,
+    );
 }
 
 /// Every failpoint the engine has is in this matrix, and the engine's list

@@ -89,6 +89,7 @@ fn vm_list_and_inspect_reconcile_dead_vmms() {
         num_queues: 2,
         queue_size: 512,
         backend: NetBackend::Cni,
+        slot: None,
         bridge_dev: String::new(),
         netns_path: String::new(),
         network: Some(IpConfig {

@@ -127,6 +127,7 @@ fn help_lists_every_subcommand() {
                 "debug",
                 "status",
                 "disk",
+                "net",
             ],
         ),
         (&["vm", "disk"], &["attach", "detach"]),

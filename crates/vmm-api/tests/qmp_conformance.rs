@@ -233,6 +233,24 @@ fn hot_plug_command_problems(schema: &Schema, add: &mut impl FnMut(&'static str,
     };
     add(DeviceDel::NAME, command_problems(schema, &[del]));
     add(QueryBlock::NAME, command_problems(schema, &[QueryBlock]));
+    let netdev = NetdevAdd {
+        kind: "tap".into(),
+        id: "cocoon-net-0a0b0c0d0e0f".into(),
+        ifname: "tapABCDEFGH-1".into(),
+        script: "no".into(),
+        downscript: "no".into(),
+        vhost: Some(true),
+        queues: Some(2),
+    };
+    add(NetdevAdd::NAME, command_problems(schema, &[netdev]));
+    let del = NetdevDel {
+        id: "cocoon-net-0a0b0c0d0e0f".into(),
+    };
+    add(NetdevDel::NAME, command_problems(schema, &[del]));
+    let list = QomList {
+        path: "/machine/peripheral".into(),
+    };
+    add(QomList::NAME, command_problems(schema, &[list]));
 }
 
 #[test]
@@ -313,6 +331,13 @@ fn every_result_field_the_client_parses_matches_the_schema() {
         extra: Default::default(),
     };
     problems.extend(output_problems::<QueryBlock>(&schema, &vec![block]));
+    let property = ObjectPropertyInfo {
+        name: "cocoon-net-0a0b0c0d0e0f".into(),
+        kind: "child<virtio-net-pci>".into(),
+        description: Some("d".into()),
+        default_value: Some(json!(1)),
+    };
+    problems.extend(output_problems::<QomList>(&schema, &vec![property]));
     for empty in [
         output_problems::<QmpCapabilities>(&schema, &Empty {}),
         output_problems::<Stop>(&schema, &Empty {}),
@@ -329,6 +354,8 @@ fn every_result_field_the_client_parses_matches_the_schema() {
         output_problems::<BlockdevDel>(&schema, &Empty {}),
         output_problems::<DeviceAdd>(&schema, &Empty {}),
         output_problems::<DeviceDel>(&schema, &Empty {}),
+        output_problems::<NetdevAdd>(&schema, &Empty {}),
+        output_problems::<NetdevDel>(&schema, &Empty {}),
     ] {
         problems.extend(empty);
     }

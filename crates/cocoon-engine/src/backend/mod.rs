@@ -29,7 +29,7 @@ use crate::error::Result;
 use crate::image::store::ImageDirs;
 use crate::jail::Jail;
 use crate::layout::VmPaths;
-use crate::model::{Hypervisor, Snapshot, StorageConfig, Vm, VmmProcess};
+use crate::model::{Hypervisor, NetworkConfig, Snapshot, StorageConfig, Vm, VmmProcess};
 use crate::snapshot::manifest::Manifest;
 
 pub use launch::{GUEST_CID, Helper, LaunchOptions, host_has_hugepages};
@@ -259,6 +259,39 @@ pub trait Backend: Sync {
         &'a self,
         socket: &'a Path,
     ) -> LocalFuture<'a, Result<Vec<String>, String>>;
+
+    /// Why NICs cannot be added to or removed from the running `vm` (`vm
+    /// net`): what the VMM lacks and what to do instead (None: it can).
+    fn nic_hot_plug_refusal(&self, vm: &Vm) -> Option<String>;
+    /// Adds `nic` (its TAP made, its MAC the guest's), the next NIC of
+    /// `vm`, to the running VMM; returns the slot it took where the VMM has
+    /// slots. The error is the reason.
+    fn attach_nic<'a>(
+        &'a self,
+        _vm: &'a Vm,
+        _socket: &'a Path,
+        _nic: &'a NetworkConfig,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(async { Err("this VMM cannot hot-plug NICs".to_string()) })
+    }
+    /// Why NIC `index` (`nic`) of the running `vm` cannot be taken out
+    /// (None: it can).
+    fn nic_removal_refusal(&self, _vm: &Vm, _index: usize, _nic: &NetworkConfig) -> Option<String> {
+        None
+    }
+    /// Removes the NIC with MAC `mac` from the running VMM; one it does not
+    /// have is success (a crash may have removed it already).
+    fn detach_nic<'a>(
+        &'a self,
+        _socket: &'a Path,
+        _mac: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The MACs of the NICs the running VMM has.
+    fn nic_macs<'a>(&'a self, _socket: &'a Path) -> LocalFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 
     // --- clone and restore ---
     /// Whether a restore mode is the backend's; Ok(true) to restore on demand.

@@ -110,6 +110,7 @@ impl CniNics<'_> {
                 num_queues: n_queues,
                 queue_size,
                 backend: NetBackend::Cni,
+                slot: None,
                 bridge_dev: String::new(),
                 netns_path: self.ns_path.display().to_string(),
                 network: cni::ipv4_of(&results[i]),

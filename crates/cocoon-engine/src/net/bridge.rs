@@ -29,6 +29,7 @@ pub(super) fn attach_bridge(
             num_queues: n_queues,
             queue_size: queue_size(request),
             backend: NetBackend::Bridge,
+            slot: None,
             bridge_dev: bridge.to_string(),
             netns_path: String::new(),
             network: None,
@@ -55,7 +56,7 @@ pub(super) fn attach_bridge(
 }
 
 /// Creates each NIC's TAP and enslaves it to `bridge`, with the bridge's MTU.
-fn make_taps(bridge: &str, configs: &[NetworkConfig]) -> io::Result<()> {
+pub(super) fn make_taps(bridge: &str, configs: &[NetworkConfig]) -> io::Result<()> {
     in_namespace(None, async |handle| {
         // Checked over netlink: /sys shows the namespace sysfs was mounted in.
         let br = wire::link(handle, bridge)
@@ -94,7 +95,7 @@ fn is_bridge(link: &LinkMessage) -> bool {
 }
 
 /// A random locally administered unicast MAC.
-fn random_mac() -> String {
+pub(super) fn random_mac() -> String {
     let mut bytes = [0u8; 6];
     getrandom::fill(&mut bytes).expect("random bytes");
     bytes[0] = (bytes[0] | 0x02) & 0xfe;

@@ -7,6 +7,7 @@ mod bridge;
 pub mod cni;
 pub mod netns;
 mod release;
+pub mod resize;
 mod start_stop;
 pub mod tap;
 pub mod wire;
@@ -226,10 +227,12 @@ fn in_namespace<T: Send>(
     }
 }
 
-/// The namespace the VMM runs in, if any.
+/// The namespace the VMM runs in, if any (a VM `vm net --nics 0` left
+/// without NICs keeps its own).
 pub fn vmm_netns(vm: &Vm) -> Option<PathBuf> {
     vm.network_configs
         .iter()
+        .chain(vm.net_home.iter())
         .find(|c| c.backend == NetBackend::Cni)
         .map(|c| PathBuf::from(&c.netns_path))
 }

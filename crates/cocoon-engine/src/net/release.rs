@@ -67,7 +67,7 @@ pub fn release_orphan(ctx: &NetContext, vm_id: &str, ns: &Path) {
 }
 
 /// The names of the CNI interfaces (`eth*`) in the namespace `ns`.
-fn cni_ifnames(ns: &Path) -> io::Result<Vec<String>> {
+pub(super) fn cni_ifnames(ns: &Path) -> io::Result<Vec<String>> {
     in_namespace(Some(ns), async |handle| {
         use futures_util::TryStreamExt;
         use netlink_packet_route::link::{LinkAttribute, LinkMessage};

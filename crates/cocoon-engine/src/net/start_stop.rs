@@ -21,6 +21,11 @@ pub fn prepare_start(ctx: &NetContext, vm: &Vm, leases: &[NetworkLease]) -> Resu
         .filter(|(_, c)| c.backend == NetBackend::Cni)
         .collect();
     if cni_nics.is_empty() {
+        // A VM `vm net --nics 0` left without NICs: its VMM runs in its
+        // namespace, which a host reboot may have taken.
+        if let Some(ns) = vmm_netns(vm).filter(|ns| !netns::exists(ns)) {
+            create_netns(&ns)?;
+        }
         return Ok(());
     }
     let ns = PathBuf::from(&cni_nics[0].1.netns_path);

@@ -30,6 +30,7 @@ pub mod vm_debug;
 pub mod vm_disk;
 pub mod vm_hibernate;
 pub mod vm_launch;
+pub mod vm_net;
 pub mod vm_query;
 pub mod vm_reconcile;
 pub mod vm_remove;

@@ -115,6 +115,7 @@ fn converge(ctx: &mut Ctx, intent: &Intent, op: &Op) -> Result<String> {
         } => super::vm_resize::recover(ctx, id, api_socket, *cpu, *memory),
         Op::VmDiskAttach { name } => super::vm_disk::recover(ctx, id, name, true),
         Op::VmDiskDetach { name } => super::vm_disk::recover(ctx, id, name, false),
+        Op::VmNet { from, nics } => super::vm_net::recover(ctx, id, *from, *nics),
         Op::VmRemove { .. } => vm_remove(ctx, id),
         Op::ImagePull { .. } | Op::ImageImport { .. } => {
             // Layers and cloud blobs appear by one rename each and the image

@@ -143,6 +143,7 @@ mod tests {
             num_queues: 2,
             queue_size: 256,
             backend: NetBackend::Cni,
+            slot: None,
             bridge_dev: String::new(),
             netns_path: String::new(),
             network,

@@ -140,6 +140,11 @@ fn build(
     };
     if nics > 0 {
         new_vm::attach_network(ctx, vm, nics, request.bridge.as_deref(), network)?;
+        // NICs `vm net` plugged into the source sit where its saved state
+        // has them (QEMU's hot-plug slots).
+        for (nic, source) in vm.network_configs.iter_mut().zip(&manifest.network) {
+            nic.slot = source.slot;
+        }
     }
     vm.boot_config = Some(manifest.boot.clone());
     new_vm::refresh_cmdline(ctx, vm);

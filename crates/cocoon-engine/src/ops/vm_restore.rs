@@ -189,6 +189,13 @@ fn request_fits(vm: &Vm, manifest: &Manifest, request: &RestoreRequest) -> Resul
             vm.network_configs.len()
         )));
     }
+    // NICs `vm net` plugged sit on hot-plug slots the saved state names.
+    let slots = |n: &[crate::model::NetworkConfig]| n.iter().map(|n| n.slot).collect::<Vec<_>>();
+    if slots(&manifest.network) != slots(&vm.network_configs) {
+        return Err(over(
+            "the snapshot's hot-plugged NICs are on other slots than the VM's (`vm net` changed them since); clone the snapshot instead (`cocoon vm clone`)".into(),
+        ));
+    }
     let roles = |d: &[StorageConfig]| d.iter().map(|d| d.role.clone()).collect::<Vec<_>>();
     if roles(&manifest.storage) != roles(&vm.storage_configs) {
         return Err(over("the snapshot's disks do not match the VM's".into()));

@@ -53,4 +53,22 @@ impl Store {
             Ok(ids.len())
         })
     }
+
+    /// Forgets the lease of one VM interface (a NIC `vm net` removed).
+    pub fn delete_lease(&mut self, vm_id: &str, if_name: &str) -> Result<()> {
+        self.write(|tx| {
+            let ids: Vec<String> = tx
+                .prepare_cached("SELECT id FROM networks WHERE vm_id = ?1 AND if_name = ?2")?
+                .query_map(params![vm_id, if_name], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            tx.execute(
+                "DELETE FROM networks WHERE vm_id = ?1 AND if_name = ?2",
+                params![vm_id, if_name],
+            )?;
+            for id in &ids {
+                append(tx, KIND, id, "deleted", None)?;
+            }
+            Ok(())
+        })
+    }
 }

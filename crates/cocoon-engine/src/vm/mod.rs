@@ -40,6 +40,22 @@ pub enum VmError {
         what: &'static str,
         reason: String,
     },
+    /// `vm net` that cannot be done on this VM (the reason says what to
+    /// do instead); nothing changed.
+    #[error("cannot change the NICs of VM {vm}: {reason}")]
+    NicsRefused { vm: VmName, reason: String },
+    /// `vm net`: the VMM or the network failed on one NIC; the VM keeps
+    /// the NICs it has.
+    #[error(
+        "cannot {what} NIC eth{index} of VM {vm}: {reason}; the VM has {nics} NIC(s) now (`cocoon vm inspect {vm}`)"
+    )]
+    NicHotPlug {
+        vm: VmName,
+        what: &'static str,
+        index: usize,
+        nics: usize,
+        reason: String,
+    },
     /// The VMM refused or failed the hot-plug; nothing changed.
     #[error("cannot {what} disk {name} on VM {vm}: {reason}; the VM's disks are as they were")]
     HotPlug {

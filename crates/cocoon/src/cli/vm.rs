@@ -388,4 +388,16 @@ pub enum VmCommand {
     /// Attach/detach a raw data disk to a running VM (Cloud Hypervisor, QEMU)
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Grow or shrink a running VM's NICs (Cloud Hypervisor, QEMU)
+    #[command(
+        after_help = "New NICs are made as `vm create` makes them (CNI ADD of eth<i> on the VM's network, or a TAP on its --bridge) and hot-plugged; NICs are removed from the highest index down (out of the VM, CNI DEL, TAP deleted). The NICs are recorded: they are back after `vm stop`/`vm start` and a snapshot's clones get as many. A VM keeps at least one NIC. Quiesce a NIC inside the guest before removing it. Firecracker cannot hot-plug NICs; on QEMU only NICs `vm net` added can be removed (those a VM is made with have no hot-plug).\n\nExamples:\n  cocoon vm net dev --nics 3\n  cocoon vm net dev --nics 1 -o json"
+    )]
+    Net {
+        /// Target NIC count (1 to 16)
+        #[arg(long, required = true)]
+        nics: u32,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
 }

@@ -1,7 +1,7 @@
-//! `vm disk attach|detach`.
+//! `vm disk attach|detach`, `vm net`.
 
 use cocoon_engine::ops::vm_disk::{DiskAttach, DiskChange};
-use cocoon_engine::{Config, Result};
+use cocoon_engine::{Config, Engine, Result};
 
 use super::io;
 use crate::cli::{DiskCommand, FormatArg};
@@ -42,6 +42,26 @@ fn report(what: &str, done: &DiskChange, output: FormatArg) -> Result<()> {
     match &done.id {
         Some(id) => eprintln!("{what} disk {} (id {id}) to VM {}", done.name, done.vm),
         None => eprintln!("{what} disk {} from VM {}", done.name, done.vm),
+    }
+    Ok(())
+}
+
+/// `vm net --nics N`: upstream's `{"before", "after", "added", "removed",
+/// "warnings"}` with `-o json`; else its line on stderr.
+pub(super) fn net(engine: &mut Engine, vm: &str, nics: u32, output: FormatArg) -> Result<()> {
+    let done = engine.resize_vm_nics(vm, nics)?;
+    if output.json() {
+        return print_json(&done).map_err(io);
+    }
+    eprintln!(
+        "resized {vm}: before={} after={} added={} removed={}",
+        done.before,
+        done.after,
+        done.added.len(),
+        done.removed.len()
+    );
+    for warning in &done.warnings {
+        eprintln!("warning: {vm}: {warning}");
     }
     Ok(())
 }

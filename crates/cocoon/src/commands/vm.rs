@@ -120,6 +120,7 @@ fn run_other(
             output,
             vm,
         } => resize(engine, &vm, VmResize { cpu, memory }, output),
+        VmCommand::Net { nics, output, vm } => super::hotplug::net(engine, &vm, nics, output),
         VmCommand::List { output } => list(engine, output),
         VmCommand::Inspect { vm, .. } => print_json(&engine.inspect_vm(&vm)?).map_err(io),
         VmCommand::Agent(_) | VmCommand::Disk(_) => {

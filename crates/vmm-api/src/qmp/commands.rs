@@ -56,6 +56,9 @@ commands! {
     "device_add" => DeviceAdd => Empty;
     "device_del" => DeviceDel => Empty;
     "query-block" => QueryBlock => Vec<BlockInfo>;
+    "netdev_add" => NetdevAdd => Empty;
+    "netdev_del" => NetdevDel => Empty;
+    "qom-list" => QomList => Vec<ObjectPropertyInfo>;
 }
 
 /// Leaves capabilities negotiation mode; QEMU accepts no other command before.
@@ -266,3 +269,32 @@ pub struct DeviceDel {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct QueryBlock;
+
+/// `netdev_add` of a TAP backend (`Netdev`, `type` `tap`): the TAP by its
+/// name, no scripts, as `-netdev tap` gives one at launch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetdevAdd {
+    /// Always `tap`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    pub ifname: String,
+    pub script: String,
+    pub downscript: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u32>,
+}
+
+/// Removes a network backend no device uses any more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetdevDel {
+    pub id: String,
+}
+
+/// The properties (children among them) of the QOM object at `path`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QomList {
+    pub path: String,
+}

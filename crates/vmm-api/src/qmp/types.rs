@@ -383,3 +383,20 @@ impl Event {
         }
     }
 }
+
+/// One property of a QOM object (`qom-list`): a child device's `type` is
+/// `child<...>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectPropertyInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(
+        default,
+        rename = "default-value",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_value: Option<Value>,
+}

@@ -1,13 +1,17 @@
 //! `vm disk attach`/`detach` on Cloud Hypervisor: `vm.add-disk` with the
 //! disk's device id (`cocoon-disk-<name>`) and `vm.remove-device`, the
-//! running disks read from `vm.info`.
+//! running disks read from `vm.info`. `vm net`: `vm.add-net` of a NIC (its
+//! TAP by name, as the launch gives it: CH runs in the VM's namespace)
+//! and `vm.remove-device` of the NIC with its MAC.
 
 use std::path::Path;
 
+use serde_json::json;
 use vmm_api::ch::CloudHypervisor;
+use vmm_api::ch::models::NetConfig;
 
 use super::restore::hot_plug_disk;
-use crate::model::{StorageConfig, Vm};
+use crate::model::{NetworkConfig, StorageConfig, Vm};
 
 /// Adds the disk; CH has no slots to report.
 pub(super) async fn attach(
@@ -44,5 +48,62 @@ pub(super) async fn disk_ids(socket: &Path) -> Result<Vec<String>, String> {
         .into_iter()
         .flatten()
         .filter_map(|d| d["id"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// Adds the NIC on its TAP, as `--net` gives one at launch; its device id
+/// is `cocoon-net-<mac>` (a launch's NICs get CH's own `_net<N>`: removal
+/// finds a NIC by its MAC).
+pub(super) async fn attach_nic(socket: &Path, nic: &NetworkConfig) -> Result<(), String> {
+    let mut extra = vmm_api::ch::models::Extra::default();
+    for offload in ["offload_tso", "offload_ufo", "offload_csum"] {
+        extra.insert(offload.into(), json!(true));
+    }
+    CloudHypervisor::new(socket)
+        .add_net(&NetConfig {
+            tap: Some(nic.tap.clone()),
+            mac: Some(nic.mac.clone()),
+            num_queues: Some(nic.num_queues.max(2)),
+            queue_size: Some(nic.queue_size),
+            id: Some(format!("cocoon-net-{}", nic.mac.replace(':', ""))),
+            extra,
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+        .map_err(|e| format!("vm.add-net: {e}"))
+}
+
+/// Removes the NIC with MAC `mac` unless the VMM no longer has it.
+pub(super) async fn detach_nic(socket: &Path, mac: &str) -> Result<(), String> {
+    let Some((id, _)) = nics(socket)
+        .await?
+        .into_iter()
+        .find(|(_, m)| m.eq_ignore_ascii_case(mac))
+    else {
+        return Ok(());
+    };
+    CloudHypervisor::new(socket)
+        .remove_device(&id)
+        .await
+        .map_err(|e| format!("vm.remove-device {id}: {e}"))
+}
+
+/// The (id, MAC) of every NIC in the running VM's configuration.
+pub(super) async fn nics(socket: &Path) -> Result<Vec<(String, String)>, String> {
+    let info = CloudHypervisor::new(socket)
+        .info()
+        .await
+        .map_err(|e| format!("vm.info: {e}"))?;
+    Ok(info.config["net"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            Some((
+                n["id"].as_str()?.to_string(),
+                n["mac"].as_str()?.to_string(),
+            ))
+        })
         .collect())
 }

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::guest::cmdline;
 use crate::image::store::ImageDirs;
 use crate::layout::VmPaths;
-use crate::model::{Hypervisor, Snapshot, StorageConfig, Vm, VmmProcess};
+use crate::model::{Hypervisor, NetworkConfig, Snapshot, StorageConfig, Vm, VmmProcess};
 use crate::snapshot::manifest::Manifest;
 
 pub use args::{args, disk_arg};
@@ -204,6 +204,37 @@ impl Backend for CloudHypervisorBackend {
 
     fn disk_hot_plug_refusal(&self, _: &Vm) -> Option<String> {
         None
+    }
+
+    fn nic_hot_plug_refusal(&self, _: &Vm) -> Option<String> {
+        None
+    }
+
+    fn attach_nic<'a>(
+        &'a self,
+        _: &'a Vm,
+        socket: &'a Path,
+        nic: &'a NetworkConfig,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(async move { hotplug::attach_nic(socket, nic).await.map(|()| None) })
+    }
+
+    fn detach_nic<'a>(
+        &'a self,
+        socket: &'a Path,
+        mac: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(hotplug::detach_nic(socket, mac))
+    }
+
+    fn nic_macs<'a>(&'a self, socket: &'a Path) -> LocalFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            Ok(hotplug::nics(socket)
+                .await?
+                .into_iter()
+                .map(|(_, mac)| mac)
+                .collect())
+        })
     }
 
     fn attach_disk<'a>(

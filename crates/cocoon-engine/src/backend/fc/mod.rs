@@ -284,6 +284,13 @@ impl Backend for FirecrackerBackend {
         ))
     }
 
+    fn nic_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        Some(format!(
+            "backend does not support net resize: Firecracker cannot add a NIC to or remove one from a running VM (its API takes network interfaces before boot only); create or clone the VM with the NICs it needs (`--nics N`), or run it on Cloud Hypervisor (`--hypervisor`); VM {} is unchanged",
+            vm.config.name
+        ))
+    }
+
     fn attach_disk<'a>(
         &'a self,
         _: &'a Vm,

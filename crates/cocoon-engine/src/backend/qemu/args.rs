@@ -113,6 +113,7 @@ fn args_on(
     control(paths, &mut push);
     devices(vm, opts, host, &mut push);
     super::hotplug::launch_disks(vm, restoring, &mut push);
+    super::hotplug_nic::launch_nics(vm, restoring, &mut push);
     if vsock {
         super::vsock::device(paths, "device", &mut push);
     }
@@ -187,7 +188,11 @@ pub(super) fn nics_rng_balloon(
     push: &mut impl FnMut(&str, String),
 ) {
     let pci = transport == "pci";
+    // NICs `vm net` added are on hot-plug slots (`hotplug_nic`).
     for (i, nic) in vm.network_configs.iter().enumerate() {
+        if nic.slot.is_some() {
+            continue;
+        }
         push("-netdev", netdev(i, nic, host.vhost()));
         push(
             "-device",
@@ -258,7 +263,7 @@ pub(super) fn multiqueue(nic: &NetworkConfig, pci: bool) -> String {
     }
 }
 
-fn queue_pairs(nic: &NetworkConfig) -> u32 {
+pub(super) fn queue_pairs(nic: &NetworkConfig) -> u32 {
     nic.num_queues / 2
 }
 

@@ -107,15 +107,7 @@ pub(super) async fn attach(
     socket: &Path,
     disk: &StorageConfig,
 ) -> Result<Option<u32>, String> {
-    let taken: Vec<u32> = vm.storage_configs.iter().filter_map(|d| d.slot).collect();
-    let slot = (0..vm.config.hotplug_slots)
-        .find(|n| !taken.contains(n))
-        .ok_or_else(|| {
-            format!(
-                "all {} hot-plug slots are taken; detach a disk first",
-                vm.config.hotplug_slots
-            )
-        })?;
+    let slot = super::hotplug_nic::free_slot(vm)?;
     plug(&mut connect(socket).await?, disk, slot).await?;
     Ok(Some(slot))
 }

@@ -15,6 +15,7 @@
 
 mod args;
 mod hotplug;
+mod hotplug_nic;
 mod uefi;
 mod vsock;
 
@@ -35,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::guest::cmdline;
 use crate::image::store::ImageDirs;
 use crate::layout::VmPaths;
-use crate::model::{Hypervisor, Snapshot, StorageConfig, Vm};
+use crate::model::{Hypervisor, NetworkConfig, Snapshot, StorageConfig, Vm};
 use crate::snapshot::manifest::Manifest;
 
 /// The snapshot's one state file: memory and device state.
@@ -202,6 +203,7 @@ impl Backend for QemuBackend {
                 (request.arm)()?;
             } else {
                 hotplug::plug_recorded(&mut qmp, request.vm).await?;
+                hotplug_nic::plug_recorded(&mut qmp, request.vm).await?;
             }
             qmp.resume().await.map_err(|e| e.to_string())?;
             Ok(vec![RelayPort {
@@ -225,6 +227,7 @@ impl Backend for QemuBackend {
             ));
         }
         calls.extend(hotplug::plug_calls(vm));
+        calls.extend(hotplug_nic::plug_calls(vm));
         calls.push(("QMP".into(), "cont".into(), serde_json::json!({})));
         calls
     }
@@ -307,6 +310,35 @@ impl Backend for QemuBackend {
 
     fn disk_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
         hotplug::refusal(vm)
+    }
+
+    fn nic_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        hotplug::refusal(vm).map(|reason| format!("backend does not support net resize: {reason}"))
+    }
+
+    fn attach_nic<'a>(
+        &'a self,
+        vm: &'a Vm,
+        socket: &'a Path,
+        nic: &'a NetworkConfig,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(hotplug_nic::attach(vm, socket, nic))
+    }
+
+    fn nic_removal_refusal(&self, vm: &Vm, index: usize, nic: &NetworkConfig) -> Option<String> {
+        hotplug_nic::removal_refusal(vm, index, nic)
+    }
+
+    fn detach_nic<'a>(
+        &'a self,
+        socket: &'a Path,
+        mac: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(hotplug_nic::detach(socket, mac))
+    }
+
+    fn nic_macs<'a>(&'a self, socket: &'a Path) -> LocalFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(hotplug_nic::macs(socket))
     }
 
     fn attach_disk<'a>(

@@ -61,6 +61,7 @@ pub fn args(
     args::control(paths, &mut push);
     devices(vm, opts, Host::probe(kvm), &mut push);
     super::hotplug::launch_disks(vm, restoring, &mut push);
+    super::hotplug_nic::launch_nics(vm, restoring, &mut push);
     if vsock {
         super::vsock::device(paths, "pci", &mut push);
     }
@@ -162,6 +163,7 @@ mod tests {
             num_queues: 2,
             queue_size: 0,
             backend: NetBackend::Cni,
+            slot: None,
             bridge_dev: String::new(),
             netns_path: String::new(),
             network: None,

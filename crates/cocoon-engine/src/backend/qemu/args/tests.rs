@@ -42,6 +42,7 @@ fn nic(tap: &str, mac: &str) -> NetworkConfig {
         num_queues: 2,
         queue_size: 512,
         backend: NetBackend::Cni,
+        slot: None,
         bridge_dev: String::new(),
         netns_path: String::new(),
         network: None,
