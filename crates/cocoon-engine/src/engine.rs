@@ -378,6 +378,24 @@ impl Engine {
         vm_disk::detach(&mut self.ctx, reference, name)
     }
 
+    /// `vm fs attach`: a running virtiofsd's share into the running VM.
+    pub fn attach_fs(
+        &mut self,
+        reference: &str,
+        request: &vm_fs::FsAttach,
+    ) -> Result<vm_fs::FsChange> {
+        vm_fs::attach(&mut self.ctx, reference, request)
+    }
+
+    /// `vm fs detach`: a share out of the running VM.
+    pub fn detach_fs(
+        &mut self,
+        reference: &str,
+        tag: &crate::name::FsTag,
+    ) -> Result<vm_fs::FsChange> {
+        vm_fs::detach(&mut self.ctx, reference, tag)
+    }
+
     /// `vm hibernate`: the guest into a new snapshot, the VMM stopped.
     pub fn hibernate_vm(
         &mut self,

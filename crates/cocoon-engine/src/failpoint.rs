@@ -58,6 +58,8 @@ pub const ALL: &[&str] = &[
     "vm.resize.applied",
     "vm.disk.attach.plugged",
     "vm.disk.detach.unplugged",
+    "vm.fs.attach.plugged",
+    "vm.fs.detach.unplugged",
     "vm.cgroup.prepared",
     "vm.clone.files",
     "vm.restore.killed",

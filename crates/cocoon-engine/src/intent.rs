@@ -87,6 +87,18 @@ pub enum Op {
         #[serde(default)]
         name: String,
     },
+    /// `vm fs attach`: the object is the VM; `tag` the share's.
+    #[serde(rename = "vm.fs.attach")]
+    VmFsAttach {
+        #[serde(default)]
+        tag: String,
+    },
+    /// `vm fs detach`: the object is the VM; `tag` the share's.
+    #[serde(rename = "vm.fs.detach")]
+    VmFsDetach {
+        #[serde(default)]
+        tag: String,
+    },
     #[serde(rename = "snapshot.save")]
     SnapshotSave {
         #[serde(default)]
@@ -149,6 +161,8 @@ impl Op {
             Op::VmResize { .. } => "vm.resize",
             Op::VmDiskAttach { .. } => "vm.disk.attach",
             Op::VmDiskDetach { .. } => "vm.disk.detach",
+            Op::VmFsAttach { .. } => "vm.fs.attach",
+            Op::VmFsDetach { .. } => "vm.fs.detach",
             Op::SnapshotSave { .. } => "snapshot.save",
             Op::SnapshotImport { .. } => "snapshot.import",
             Op::SnapshotEvict { .. } => "snapshot.evict",
@@ -169,7 +183,9 @@ impl Op {
             | Op::VmHibernate { .. }
             | Op::VmResize { .. }
             | Op::VmDiskAttach { .. }
-            | Op::VmDiskDetach { .. } => ObjectKind::Vm,
+            | Op::VmDiskDetach { .. }
+            | Op::VmFsAttach { .. }
+            | Op::VmFsDetach { .. } => ObjectKind::Vm,
             Op::SnapshotSave { .. } | Op::SnapshotImport { .. } | Op::SnapshotEvict { .. } => {
                 ObjectKind::Snapshot
             }
@@ -268,6 +284,8 @@ mod tests {
             },
             Op::VmDiskAttach { name: "a".into() },
             Op::VmDiskDetach { name: "a".into() },
+            Op::VmFsAttach { tag: "a".into() },
+            Op::VmFsDetach { tag: "a".into() },
             Op::ImagePull {
                 digest: Some(format!("sha256:{}", "a".repeat(64))),
                 url: None,

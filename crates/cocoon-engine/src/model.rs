@@ -3,8 +3,10 @@
 //! JSON field names are cocoon's (`types.VM`, `types.Image`, `types.Snapshot`),
 //! so `-o json` consumers keep working after switching.
 
+mod hotplug;
 mod storage;
 mod switches;
+pub use hotplug::{FS_PREFIX, FsConfig, fs_device_id};
 pub use storage::{ATTACHED_DISK_PREFIX, StorageConfig, StorageRole, attached_disk_id};
 pub use switches::DeviceSwitches;
 
@@ -323,6 +325,10 @@ pub struct Vm {
     /// the balloon (`config.memory`: the guest's, and the next boot's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_memory: Option<u64>,
+    /// The virtio-fs shares `vm fs attach` added to the running VMM
+    /// (forgotten at the next launch, see [`FsConfig`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filesystems: Vec<FsConfig>,
 }
 
 impl Vm {
@@ -367,6 +373,7 @@ impl Vm {
             vsock_helper: None,
             hibernation_snapshot: None,
             vmm_memory: None,
+            filesystems: Vec::new(),
         }
     }
 

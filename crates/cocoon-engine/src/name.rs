@@ -289,5 +289,42 @@ impl fmt::Display for DiskName {
     }
 }
 
+/// The tag of a virtio-fs share `vm fs attach` adds: upstream's rule
+/// `^[A-Za-z0-9][A-Za-z0-9_-]{0,35}$`. It is the guest's mount tag, the VMM
+/// device id's suffix (`cocoon-fs-<tag>`) and the detach key, never a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsTag(String);
+
+impl FsTag {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for FsTag {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        let bytes = text.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 36
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        if valid {
+            Ok(FsTag(text.to_string()))
+        } else {
+            Err(SpecError::FsTag(text.to_string()))
+        }
+    }
+}
+
+impl fmt::Display for FsTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests;

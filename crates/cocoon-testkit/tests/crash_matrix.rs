@@ -1080,6 +1080,110 @@ fn disk_detach_qemu() {
     disk_detach_on(true);
 }
 
+/// A running VM `m` with shared memory and a listening socket standing
+/// for virtiofsd's (the fake CH connects to it; it lives as long as the
+/// test process).
+fn running_shared(lab: &Lab) {
+    lab.ok(&[
+        "vm",
+        "create",
+        "--nics",
+        "0",
+        "--shared-memory",
+        "--name",
+        "m",
+        "test/guest:1",
+    ]);
+    lab.ok(&["vm", "start", "m"]);
+    let listener = std::os::unix::net::UnixListener::bind(vfs_socket(lab)).unwrap();
+    std::mem::forget(listener);
+}
+
+fn vfs_socket(lab: &Lab) -> String {
+    lab.env
+        .path()
+        .join("vfs.sock")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn fs_attach_args(lab: &Lab) -> Vec<String> {
+    let socket = vfs_socket(lab);
+    ["vm", "fs", "attach", "m", "--socket", &socket, "--tag", "t"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The shares of `m` the record has and those its (fake CH) VMM has:
+/// after convergence they agree.
+fn shares_agree(lab: &Lab) -> Vec<String> {
+    let vm = lab
+        .vms()
+        .into_iter()
+        .find(|v| v["config"]["name"] == "m")
+        .expect("the VM m is kept");
+    let recorded: Vec<String> = vm["filesystems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| format!("cocoon-fs-{}", f["tag"].as_str().unwrap()))
+        .collect();
+    let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+    let info = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
+        .unwrap();
+    let in_vmm: Vec<String> = info.config["fs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(recorded, in_vmm, "the record and the VMM disagree");
+    recorded
+}
+
+/// `vm fs attach`: rolled back (the VMM loses the share the record does not
+/// have), then attached when run again.
+#[test]
+fn fs_attach() {
+    matrix(&Op {
+        name: "vm fs attach",
+        setup: &running_shared,
+        args: &fs_attach_args,
+        failpoints: &["vm.fs.attach.plugged"],
+        again: &|lab| assert_eq!(shares_agree(lab), Vec::<String>::new()),
+    });
+}
+
+/// `vm fs detach`: finished (the record forgets the share the VMM no
+/// longer has); attached again to be detached again.
+#[test]
+fn fs_detach() {
+    let attach = |lab: &Lab| {
+        lab.ok(&fs_attach_args(lab)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+    };
+    matrix(&Op {
+        name: "vm fs detach",
+        setup: &|lab| {
+            running_shared(lab);
+            attach(lab);
+        },
+        args: &args(&["vm", "fs", "detach", "m", "--tag", "t"]),
+        failpoints: &["vm.fs.detach.unplugged"],
+        again: &|lab| {
+            assert_eq!(shares_agree(lab), Vec::<String>::new());
+            attach(lab);
+        },
+    });
+}
+
 /// Every failpoint the engine has is in this matrix, and the engine's list
 /// is exactly the failpoints its code hits.
 #[test]

@@ -2,7 +2,8 @@
 //! fake Cloud Hypervisor: what the VMM is asked (`vm.add-disk` with the
 //! disk's id, serial, path and switches; `vm.remove-device`), the record
 //! and `-o json`, and every user mistake with its exact error and nothing
-//! changed (no record, no VMM device, the user's file untouched).
+//! changed (no record, no VMM device, the user's file untouched); `vm fs
+//! attach`/`detach` the same way (`vm.add-fs` to a socket of the test's).
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,11 @@ impl Drop for Lab {
 impl Lab {
     /// A running VM `m` on the fake CH.
     fn new() -> Lab {
+        Lab::with(&[])
+    }
+
+    /// A running VM `m` on the fake CH, created with `flags` too.
+    fn with(flags: &[&str]) -> Lab {
         let lab = Lab {
             env: CocoonEnv::new(cocoon_testkit::cocoon_bin()),
             files: tempfile::tempdir().unwrap(),
@@ -33,7 +39,10 @@ impl Lab {
         let tar = lab.env.path().join("layer.tar");
         std::fs::write(&tar, layer).unwrap();
         lab.ok(&["image", "import", "test/guest:1", tar.to_str().unwrap()]);
-        lab.ok(&["vm", "run", "--nics", "0", "--name", "m", "test/guest:1"]);
+        let mut run = vec!["vm", "run", "--nics", "0", "--name", "m"];
+        run.extend_from_slice(flags);
+        run.push("test/guest:1");
+        lab.ok(&run);
         lab
     }
 
@@ -65,6 +74,11 @@ impl Lab {
 
     /// The disks the fake VMM's configuration has.
     fn vmm_disks(&self) -> Vec<Value> {
+        self.vmm_list("disks")
+    }
+
+    /// The devices of one kind (`disks`, `fs`) the fake VMM's configuration has.
+    fn vmm_list(&self, kind: &str) -> Vec<Value> {
         let vm = self.inspect("m");
         let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
         let info = tokio::runtime::Builder::new_current_thread()
@@ -73,12 +87,15 @@ impl Lab {
             .unwrap()
             .block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
             .unwrap();
-        info.config["disks"].as_array().unwrap().clone()
+        info.config[kind].as_array().cloned().unwrap_or_default()
     }
 
     /// (the record's disks, the VMM's disks): what "nothing changed" compares.
     fn state(&self) -> (Value, Vec<Value>) {
-        (self.inspect("m")["storage_configs"].clone(), self.vmm_disks())
+        (
+            self.inspect("m")["storage_configs"].clone(),
+            self.vmm_disks(),
+        )
     }
 }
 
@@ -97,13 +114,30 @@ fn attach_asks_the_vmm_and_records_the_disk() {
     let lab = Lab::new();
     let path = lab.file("data.raw");
     let out = lab.ok(&[
-        "vm", "disk", "attach", "m", "--path", &path, "--name", "data", "--readonly",
-        "--directio", "off", "-o", "json",
+        "vm",
+        "disk",
+        "attach",
+        "m",
+        "--path",
+        &path,
+        "--name",
+        "data",
+        "--readonly",
+        "--directio",
+        "off",
+        "-o",
+        "json",
     ]);
     let out: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(out, json!({"vm": "m", "name": "data", "id": "cocoon-disk-data"}));
+    assert_eq!(
+        out,
+        json!({"vm": "m", "name": "data", "id": "cocoon-disk-data"})
+    );
     let disks = lab.vmm_disks();
-    let disk = disks.iter().find(|d| d["id"] == "cocoon-disk-data").unwrap();
+    let disk = disks
+        .iter()
+        .find(|d| d["id"] == "cocoon-disk-data")
+        .unwrap();
     assert_eq!(disk["path"], path.as_str());
     assert_eq!(disk["serial"], "data");
     assert_eq!(disk["readonly"], true);
@@ -122,27 +156,42 @@ fn attach_asks_the_vmm_and_records_the_disk() {
     let (code, err) = lab.fail(&["snapshot", "save", "m"]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("disk data is attached read-only: a snapshot keeps copies of writable disks only"),
+        err.contains(
+            "disk data is attached read-only: a snapshot keeps copies of writable disks only"
+        ),
         "{err}"
     );
     assert!(err.contains("cocoon vm disk detach m --name data"), "{err}");
     assert_eq!(lab.state(), before);
     let snapshots = lab.ok(&["snapshot", "ls", "-o", "json"]);
-    assert_eq!(serde_json::from_str::<Value>(&snapshots).unwrap(), json!([]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&snapshots).unwrap(),
+        json!([])
+    );
 
     let out = lab.ok(&["vm", "disk", "detach", "m", "--name", "data", "-o", "json"]);
     let out: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(out, json!({"vm": "m", "name": "data"}));
-    assert!(!lab.vmm_disks().iter().any(|d| d["id"] == "cocoon-disk-data"));
+    assert!(
+        !lab.vmm_disks()
+            .iter()
+            .any(|d| d["id"] == "cocoon-disk-data")
+    );
     assert!(attached(&lab.inspect("m")).is_empty());
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 20, "the file stays");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        16 << 20,
+        "the file stays"
+    );
 }
 
 #[test]
 fn a_writable_attached_disk_goes_into_snapshots_and_clones() {
     let lab = Lab::new();
     let path = lab.file("scratch.raw");
-    lab.ok(&["vm", "disk", "attach", "m", "--path", &path, "--name", "scratch"]);
+    lab.ok(&[
+        "vm", "disk", "attach", "m", "--path", &path, "--name", "scratch",
+    ]);
     lab.ok(&["snapshot", "save", "--name", "s", "m"]);
     lab.ok(&["vm", "clone", "--name", "c", "s"]);
     let clone = lab.inspect("c");
@@ -161,7 +210,9 @@ fn a_writable_attached_disk_goes_into_snapshots_and_clones() {
 fn user_mistakes_are_refused_with_their_reason_and_change_nothing() {
     let lab = Lab::new();
     let path = lab.file("data.raw");
-    lab.ok(&["vm", "disk", "attach", "m", "--path", &path, "--name", "data"]);
+    lab.ok(&[
+        "vm", "disk", "attach", "m", "--path", &path, "--name", "data",
+    ]);
     let before = lab.state();
     let other = lab.file("other.raw");
     std::os::unix::fs::symlink(&other, lab.files.path().join("link.raw")).unwrap();
@@ -251,4 +302,201 @@ fn user_mistakes_are_refused_with_their_reason_and_change_nothing() {
     let (_, err) = lab.fail(&["vm", "disk", "detach", "m", "--name", "data"]);
     assert!(err.contains("is not running"), "{err}");
     assert_eq!(lab.inspect("m")["storage_configs"], recorded);
+}
+
+/// A listening Unix socket of the test's, standing for virtiofsd's.
+fn virtiofsd_socket(lab: &Lab, name: &str) -> (std::os::unix::net::UnixListener, String) {
+    let path = lab.files.path().join(name);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    (listener, path.to_str().unwrap().to_string())
+}
+
+/// (the record's shares, the VMM's shares).
+fn fs_state(lab: &Lab) -> (Value, Vec<Value>) {
+    (lab.inspect("m")["filesystems"].clone(), lab.vmm_list("fs"))
+}
+
+#[test]
+fn fs_attach_asks_the_vmm_records_the_share_and_blocks_snapshots() {
+    let lab = Lab::with(&["--shared-memory"]);
+    let (_server, socket) = virtiofsd_socket(&lab, "vfs.sock");
+    let out = lab.ok(&[
+        "vm", "fs", "attach", "m", "--socket", &socket, "--tag", "share", "-o", "json",
+    ]);
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        out,
+        json!({"vm": "m", "tag": "share", "id": "cocoon-fs-share"})
+    );
+    let fs = lab.vmm_list("fs");
+    assert_eq!(fs.len(), 1, "{fs:?}");
+    assert_eq!(
+        fs[0],
+        json!({"id": "cocoon-fs-share", "tag": "share", "socket": socket, "num_queues": 1, "queue_size": 1024})
+    );
+    assert_eq!(
+        lab.inspect("m")["filesystems"],
+        json!([{"tag": "share", "socket": socket, "num_queues": 1, "queue_size": 1024}])
+    );
+
+    // No snapshot nor hibernation while it is there.
+    let before = fs_state(&lab);
+    for args in [&["snapshot", "save", "m"][..], &["vm", "hibernate", "m"]] {
+        let (code, err) = lab.fail(args);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("virtio-fs share share is attached: virtiofsd cannot hand its state over")
+                && err.contains("cocoon vm fs detach m --tag share"),
+            "{err}"
+        );
+        assert_eq!(fs_state(&lab), before);
+    }
+    let snapshots = lab.ok(&["snapshot", "ls", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&snapshots).unwrap(),
+        json!([])
+    );
+
+    let out = lab.ok(&["vm", "fs", "detach", "m", "--tag", "share", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"vm": "m", "tag": "share"})
+    );
+    assert_eq!(fs_state(&lab), (Value::Null, vec![]));
+    lab.ok(&["snapshot", "save", "--name", "s", "m"]);
+
+    // As upstream, a share lasts as long as the VMM.
+    lab.ok(&[
+        "vm",
+        "fs",
+        "attach",
+        "m",
+        "--socket",
+        &socket,
+        "--tag",
+        "Two_2",
+        "--num-queues",
+        "2",
+        "--queue-size",
+        "256",
+    ]);
+    let fs = lab.vmm_list("fs");
+    assert_eq!(
+        (fs[0]["num_queues"].clone(), fs[0]["queue_size"].clone()),
+        (json!(2), json!(256))
+    );
+    lab.ok(&["vm", "stop", "m"]);
+    assert_eq!(lab.inspect("m")["filesystems"], Value::Null);
+    lab.ok(&["vm", "start", "m"]);
+    assert_eq!(fs_state(&lab), (Value::Null, vec![]));
+}
+
+#[test]
+fn fs_user_mistakes_are_refused_with_their_reason_and_change_nothing() {
+    // Without --shared-memory, nothing can be attached.
+    let plain = Lab::new();
+    let (_server, socket) = virtiofsd_socket(&plain, "vfs.sock");
+    let (code, err) = plain.fail(&["vm", "fs", "attach", "m", "--socket", &socket, "--tag", "t"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "cannot attach a virtio-fs share to VM m: VM m was created without --shared-memory"
+        ),
+        "{err}"
+    );
+    assert_eq!(plain.vmm_list("fs"), Vec::<Value>::new());
+    drop(plain);
+
+    let lab = Lab::with(&["--shared-memory"]);
+    let (_server, socket) = virtiofsd_socket(&lab, "vfs.sock");
+    lab.ok(&[
+        "vm", "fs", "attach", "m", "--socket", &socket, "--tag", "share",
+    ]);
+    let before = fs_state(&lab);
+    let file = lab.file("plain.raw");
+    let link = lab.files.path().join("link.sock");
+    std::os::unix::fs::symlink(&socket, &link).unwrap();
+    let own = lab.env.root_dir().join("own.sock");
+    let _own = std::os::unix::net::UnixListener::bind(&own).unwrap();
+    let (_gone, gone) = virtiofsd_socket(&lab, "gone.sock");
+    std::fs::remove_file(&gone).unwrap();
+    let attach = |socket: &str, tag: &str| -> Vec<String> {
+        ["vm", "fs", "attach", "m", "--socket", socket, "--tag", tag]
+            .map(str::to_string)
+            .to_vec()
+    };
+    let with = |mut args: Vec<String>, more: &[&str]| {
+        args.extend(more.iter().map(|s| s.to_string()));
+        args
+    };
+    let cases: Vec<(Vec<String>, i32, String)> = vec![
+        (
+            attach(&socket, "share"),
+            1,
+            "VM m already has a virtio-fs share tagged share; pick another --tag, or detach it first (`cocoon vm fs detach m --tag share`)".into(),
+        ),
+        (attach("rel.sock", "x"), 2, "invalid --socket rel.sock: must be an absolute path".into()),
+        (attach(&gone, "x"), 2, format!("invalid --socket {gone}: No such file or directory")),
+        (attach(&file, "x"), 2, format!("invalid --socket {file}: is not a Unix socket; start virtiofsd")),
+        (
+            attach(link.to_str().unwrap(), "x"),
+            2,
+            "is a symbolic link; give the path of the socket itself".into(),
+        ),
+        (attach(own.to_str().unwrap(), "x"), 2, "is inside cocoon's own directory".into()),
+        (
+            attach(&socket, "_bad"),
+            2,
+            "invalid tag \"_bad\": must match [A-Za-z0-9][A-Za-z0-9_-]{0,35}".into(),
+        ),
+        (attach(&socket, &"a".repeat(37)), 2, "invalid tag".into()),
+        (
+            with(attach(&socket, "x"), &["--queue-size", "1000"]),
+            2,
+            "invalid --queue-size 1000: must be a power of two up to 32768".into(),
+        ),
+        (with(attach(&socket, "x"), &["--num-queues=-1"]), 2, "invalid value '-1' for '--num-queues".into()),
+        (
+            ["vm", "fs", "detach", "m", "--tag", "nope"].map(str::to_string).to_vec(),
+            1,
+            "VM m has no virtio-fs share tagged nope".into(),
+        ),
+        (attach(&socket, "x")[..6].to_vec(), 2, "--tag <TAG>".into()),
+    ];
+    for (args, code, message) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (got, err) = lab.fail(&args);
+        assert!(err.contains(&message), "{args:?}: {err}");
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert_eq!(fs_state(&lab), before, "{args:?} changed something");
+    }
+
+    // A share the VMM refuses (here: nobody listens any more) is not recorded.
+    let (dead_server, dead) = virtiofsd_socket(&lab, "dead.sock");
+    drop(dead_server);
+    let (code, err) = lab.fail(&[
+        "vm", "fs", "attach", "m", "--socket", &dead, "--tag", "dead",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot attach virtio-fs share dead on VM m: vm.add-fs: the VMM refused")
+            && err.contains("the VM is as it was"),
+        "{err}"
+    );
+    assert_eq!(fs_state(&lab), before);
+
+    lab.ok(&["vm", "stop", "m"]);
+    let (code, err) = lab.fail(&["vm", "fs", "attach", "m", "--socket", &socket, "--tag", "x"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is not running; start it with `cocoon vm start m`"),
+        "{err}"
+    );
+    let (_, err) = lab.fail(&["vm", "fs", "detach", "m", "--tag", "share"]);
+    assert!(err.contains("is not running"), "{err}");
+    assert_eq!(
+        lab.inspect("m")["filesystems"],
+        Value::Null,
+        "forgotten with its VMM"
+    );
 }

@@ -127,9 +127,11 @@ fn help_lists_every_subcommand() {
                 "debug",
                 "status",
                 "disk",
+                "fs",
             ],
         ),
         (&["vm", "disk"], &["attach", "detach"]),
+        (&["vm", "fs"], &["attach", "detach"]),
         (
             &["snapshot"],
             &[

@@ -28,6 +28,7 @@ pub mod vm_clone;
 pub mod vm_create;
 pub mod vm_debug;
 pub mod vm_disk;
+pub mod vm_fs;
 pub mod vm_hibernate;
 pub mod vm_launch;
 pub mod vm_query;

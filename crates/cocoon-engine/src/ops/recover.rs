@@ -115,6 +115,8 @@ fn converge(ctx: &mut Ctx, intent: &Intent, op: &Op) -> Result<String> {
         } => super::vm_resize::recover(ctx, id, api_socket, *cpu, *memory),
         Op::VmDiskAttach { name } => super::vm_disk::recover(ctx, id, name, true),
         Op::VmDiskDetach { name } => super::vm_disk::recover(ctx, id, name, false),
+        Op::VmFsAttach { tag } => super::vm_fs::recover(ctx, id, tag, true),
+        Op::VmFsDetach { tag } => super::vm_fs::recover(ctx, id, tag, false),
         Op::VmRemove { .. } => vm_remove(ctx, id),
         Op::ImagePull { .. } | Op::ImageImport { .. } => {
             // Layers and cloud blobs appear by one rename each and the image

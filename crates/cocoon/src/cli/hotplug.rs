@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::{Subcommand, ValueEnum};
-use cocoon_engine::name::DiskName;
+use cocoon_engine::name::{DiskName, FsTag};
 use cocoon_engine::spec::DirectIo;
 
 use super::FormatArg;
@@ -38,6 +38,40 @@ pub enum DiskCommand {
         /// Disk name used at attach
         #[arg(long, value_parser = DiskName::from_str)]
         name: DiskName,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FsCommand {
+    /// Attach a vhost-user-fs device to a running VM
+    #[command(
+        after_help = "The VM must have been created with --shared-memory. The share lasts as long as the VM's VMM: it is gone after `vm stop` (virtiofsd exits when the VMM lets go of it), and a VM with a share cannot be snapshotted or hibernated (detach it first). In the guest: mount -t virtiofs <tag> /mnt. Firecracker has no virtio-fs.\n\nExamples:\n  virtiofsd --socket-path /run/vfs/dev.sock --shared-dir /srv/share &\n  cocoon vm fs attach dev --socket /run/vfs/dev.sock --tag share"
+    )]
+    Attach {
+        /// Absolute path to a virtiofsd unix socket (required)
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Guest mount tag (required; also detach key)
+        #[arg(long, value_parser = FsTag::from_str)]
+        tag: FsTag,
+        /// Request queues (0 = default 1)
+        #[arg(long, default_value_t = 0)]
+        num_queues: u32,
+        /// Queue depth (0 = default 1024)
+        #[arg(long, default_value_t = 0)]
+        queue_size: u32,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
+    /// Detach a vhost-user-fs device from a running VM
+    Detach {
+        /// Guest mount tag (required)
+        #[arg(long, value_parser = FsTag::from_str)]
+        tag: FsTag,
         #[command(flatten)]
         output: FormatArg,
         vm: String,

@@ -1,10 +1,11 @@
 //! `vm disk attach|detach`.
 
 use cocoon_engine::ops::vm_disk::{DiskAttach, DiskChange};
+use cocoon_engine::ops::vm_fs::{FsAttach, FsChange};
 use cocoon_engine::{Config, Result};
 
 use super::io;
-use crate::cli::{DiskCommand, FormatArg};
+use crate::cli::{DiskCommand, FormatArg, FsCommand};
 use crate::output::print_json;
 
 pub fn disk(command: DiskCommand, config: Config) -> Result<()> {
@@ -42,6 +43,45 @@ fn report(what: &str, done: &DiskChange, output: FormatArg) -> Result<()> {
     match &done.id {
         Some(id) => eprintln!("{what} disk {} (id {id}) to VM {}", done.name, done.vm),
         None => eprintln!("{what} disk {} from VM {}", done.name, done.vm),
+    }
+    Ok(())
+}
+
+pub fn fs(command: FsCommand, config: Config) -> Result<()> {
+    let mut engine = super::open(config)?;
+    let (done, output, what) = match command {
+        FsCommand::Attach {
+            socket,
+            tag,
+            num_queues,
+            queue_size,
+            output,
+            vm,
+        } => {
+            let request = FsAttach {
+                socket,
+                tag,
+                num_queues,
+                queue_size,
+            };
+            (engine.attach_fs(&vm, &request)?, output, "attached")
+        }
+        FsCommand::Detach { tag, output, vm } => (engine.detach_fs(&vm, &tag)?, output, "detached"),
+    };
+    report_fs(what, &done, output)
+}
+
+/// `-o json`: upstream's `{"vm", "tag"[, "id"]}`; else a line on stderr.
+fn report_fs(what: &str, done: &FsChange, output: FormatArg) -> Result<()> {
+    if output.json() {
+        return print_json(done).map_err(io);
+    }
+    match &done.id {
+        Some(id) => eprintln!(
+            "{what} virtio-fs share {} (id {id}) to VM {}",
+            done.tag, done.vm
+        ),
+        None => eprintln!("{what} virtio-fs share {} from VM {}", done.tag, done.vm),
     }
     Ok(())
 }

@@ -1,13 +1,15 @@
 //! `vm disk attach`/`detach` on Cloud Hypervisor: `vm.add-disk` with the
 //! disk's device id (`cocoon-disk-<name>`) and `vm.remove-device`, the
-//! running disks read from `vm.info`.
+//! running disks read from `vm.info`; `vm fs attach`/`detach`:
+//! `vm.add-fs` (`cocoon-fs-<tag>`) and `vm.remove-device`.
 
 use std::path::Path;
 
 use vmm_api::ch::CloudHypervisor;
+use vmm_api::ch::models::FsConfig as ChFsConfig;
 
 use super::restore::hot_plug_disk;
-use crate::model::{StorageConfig, Vm};
+use crate::model::{FsConfig, StorageConfig, Vm};
 
 /// Adds the disk; CH has no slots to report.
 pub(super) async fn attach(
@@ -35,11 +37,56 @@ pub(super) async fn detach(socket: &Path, id: &str) -> Result<(), String> {
 
 /// The ids of every disk in the running VM's configuration.
 pub(super) async fn disk_ids(socket: &Path) -> Result<Vec<String>, String> {
+    config_ids(socket, "disks").await
+}
+
+/// `vm fs attach` needs the guest's memory shared with virtiofsd, which is
+/// fixed at launch (upstream's rule: `--shared-memory`).
+pub(super) fn fs_refusal(vm: &Vm) -> Option<String> {
+    (!vm.config.devices.shared_memory).then(|| {
+        format!(
+            "VM {} was created without --shared-memory: virtiofsd maps the guest's memory, which must be shared, and that cannot change while the VM runs; create the VM with --shared-memory to attach virtio-fs shares",
+            vm.config.name
+        )
+    })
+}
+
+/// `vm.add-fs` with the share's device id; CH has no slots to report.
+pub(super) async fn attach_fs(socket: &Path, fs: &FsConfig) -> Result<Option<u32>, String> {
+    let body = ChFsConfig {
+        tag: fs.tag.clone(),
+        socket: fs.socket.display().to_string(),
+        num_queues: fs.num_queues,
+        queue_size: fs.queue_size,
+        id: Some(fs.device_id()),
+        extra: Default::default(),
+    };
+    CloudHypervisor::new(socket)
+        .add_fs(&body)
+        .await
+        .map(|_| None)
+        .map_err(|e| e.to_string())
+}
+
+/// Removes the share device `id` unless the VMM no longer has it.
+pub(super) async fn detach_fs(socket: &Path, id: &str) -> Result<(), String> {
+    if !config_ids(socket, "fs").await?.iter().any(|d| d == id) {
+        return Ok(());
+    }
+    CloudHypervisor::new(socket)
+        .remove_device(id)
+        .await
+        .map_err(|e| format!("vm.remove-device {id}: {e}"))
+}
+
+/// The ids of the devices of one kind (`disks`, `fs`, `devices`) in the
+/// running VM's configuration.
+pub(super) async fn config_ids(socket: &Path, kind: &str) -> Result<Vec<String>, String> {
     let info = CloudHypervisor::new(socket)
         .info()
         .await
         .map_err(|e| format!("vm.info: {e}"))?;
-    Ok(info.config["disks"]
+    Ok(info.config[kind]
         .as_array()
         .into_iter()
         .flatten()

@@ -242,3 +242,26 @@ async fn connect(socket: &Path) -> Result<Qmp, String> {
         .await
         .map_err(|e| format!("cannot reach QEMU's QMP socket: {e}"))
 }
+
+/// Why `vm` cannot take a virtio-fs share (see [`refusal`]).
+pub(super) fn fs_refusal(vm: &Vm) -> Option<String> {
+    refusal(vm).or_else(|| {
+        Some(format!(
+            "QEMU VMs cannot take virtio-fs shares in this version of cocoon; run VM {} on Cloud Hypervisor (`--hypervisor ch --shared-memory`) to attach one",
+            vm.config.name
+        ))
+    })
+}
+
+pub(super) async fn attach_fs(
+    _: &Vm,
+    _: &Path,
+    _: &crate::model::FsConfig,
+) -> Result<Option<u32>, String> {
+    Err("QEMU VMs cannot take virtio-fs shares in this version".into())
+}
+
+/// Nothing was ever attached.
+pub(super) async fn detach_fs(_: &Path, _: &str) -> Result<(), String> {
+    Ok(())
+}

@@ -480,7 +480,11 @@ fn hot_plug_slots_are_root_ports_and_attached_disks_come_back_on_theirs() {
     let old = build(&vm, KVM, false);
     assert!(values(&old, "-machine")[0].starts_with("microvm,"));
     assert!(!values(&old, "-machine")[0].contains("pcie=on"));
-    assert!(!values(&old, "-device").iter().any(|d| d.starts_with("pcie-root-port")));
+    assert!(
+        !values(&old, "-device")
+            .iter()
+            .any(|d| d.starts_with("pcie-root-port"))
+    );
 
     vm.config.hotplug_slots = 2;
     let mut attached = disk("/srv/user,1.raw", false);
@@ -490,7 +494,10 @@ fn hot_plug_slots_are_root_ports_and_attached_disks_come_back_on_theirs() {
     attached.slot = Some(1);
     vm.storage_configs.push(attached);
     let fresh = build(&vm, KVM, false);
-    assert_eq!(values(&fresh, "-machine")[0], "microvm,pcie=on,accel=kvm,mem-merge=off");
+    assert_eq!(
+        values(&fresh, "-machine")[0],
+        "microvm,pcie=on,accel=kvm,mem-merge=off"
+    );
     let devices = values(&fresh, "-device");
     assert!(devices.contains(&"pcie-root-port,id=cocoon-hp0,chassis=1"));
     assert!(devices.contains(&"pcie-root-port,id=cocoon-hp1,chassis=2"));
@@ -504,9 +511,8 @@ fn hot_plug_slots_are_root_ports_and_attached_disks_come_back_on_theirs() {
         values(&restore, "-blockdev"),
         ["driver=file,node-name=cocoon-disk-data,filename=/srv/user,,1.raw,read-only=off"]
     );
-    assert!(
-        values(&restore, "-device")
-            .contains(&"virtio-blk-pci,drive=cocoon-disk-data,id=cocoon-disk-data,serial=data,bus=cocoon-hp1")
-    );
+    assert!(values(&restore, "-device").contains(
+        &"virtio-blk-pci,drive=cocoon-disk-data,id=cocoon-disk-data,serial=data,bus=cocoon-hp1"
+    ));
     assert_eq!(values(&restore, "-drive").len(), 2);
 }

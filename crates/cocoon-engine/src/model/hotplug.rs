@@ -1,0 +1,40 @@
+//! What `vm fs attach` added to a running VM: recorded while its VMM runs
+//! (a snapshot refuses while one is there, QEMU keeps its slot taken) and
+//! forgotten at the next launch, as upstream (its `extend/fs`: "attach is
+//! runtime-only, devices don't persist past VM stop"; virtiofsd serves one
+//! VMM connection and exits when it closes, so nothing is left to plug
+//! into at the next start).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A virtio-fs share (vhost-user-fs) of a running VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsConfig {
+    /// The guest's mount tag and the detach key.
+    pub tag: String,
+    /// The virtiofsd socket.
+    pub socket: PathBuf,
+    pub num_queues: u32,
+    pub queue_size: u32,
+    /// The hot-plug slot it is in, where the VMM has slots (QEMU's PCIe
+    /// root port `cocoon-hp<slot>`, shared with attached disks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+}
+
+/// The device id prefix of attached shares.
+pub const FS_PREFIX: &str = "cocoon-fs-";
+
+/// The VMM device id of the share tagged `tag` (upstream's
+/// `cocoon-fs-<tag>`).
+pub fn fs_device_id(tag: &str) -> String {
+    format!("{FS_PREFIX}{tag}")
+}
+
+impl FsConfig {
+    pub fn device_id(&self) -> String {
+        fs_device_id(&self.tag)
+    }
+}
