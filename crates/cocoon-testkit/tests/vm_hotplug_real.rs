@@ -383,6 +383,9 @@ impl Lab {
     fn vmm_shares(&self, name: &str) -> Vec<(String, String, String)> {
         let vm = self.inspect(name);
         let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+        if self.vmm == Vmm::Qemu {
+            return block_on(qemu_shares(&socket));
+        }
         let info = block_on(vmm_api::ch::CloudHypervisor::new(&socket).info()).unwrap();
         info.config["fs"]
             .as_array()
@@ -396,13 +399,47 @@ impl Lab {
     }
 }
 
-#[test]
-fn fs_attach_detach_cloud_hypervisor() {
-    let test = "fs_attach_detach_cloud_hypervisor";
+/// QEMU's `vhost-user-fs-pci` devices: id, tag (the device's property) and
+/// the socket of the chardev of the same id.
+async fn qemu_shares(socket: &Path) -> Vec<(String, String, String)> {
+    use vmm_api::qmp::{QomGet, QomList, QueryChardev};
+    let mut qmp = vmm_api::qmp::Qmp::connect(socket).await.unwrap();
+    let devices = qmp
+        .execute(&QomList {
+            path: "/machine/peripheral".into(),
+        })
+        .await
+        .unwrap();
+    let chardevs = qmp.execute(&QueryChardev).await.unwrap();
+    let mut shares = Vec::new();
+    for device in devices
+        .iter()
+        .filter(|d| d.kind == "child<vhost-user-fs-pci>")
+    {
+        let tag = qmp
+            .execute(&QomGet {
+                path: format!("/machine/peripheral/{}/virtio-backend", device.name),
+                property: "tag".into(),
+            })
+            .await
+            .unwrap();
+        let chardev = chardevs.iter().find(|c| c.label == device.name).unwrap();
+        let path = chardev.filename.rsplit("unix:").next().unwrap_or_default();
+        let path = path.split(',').next().unwrap_or_default().to_string();
+        shares.push((
+            device.name.clone(),
+            tag.as_str().unwrap_or_default().to_string(),
+            path,
+        ));
+    }
+    shares
+}
+
+fn fs_attach_detach_on(vmm: Vmm, test: &str) {
     let Some(binary) = virtiofsd(test) else {
         return;
     };
-    let Some(lab) = Lab::new(test, Vmm::Ch) else {
+    let Some(lab) = Lab::new(test, vmm) else {
         return;
     };
     let _env_reaper = EnvReaper(lab.env.root_dir());
@@ -421,6 +458,9 @@ fn fs_attach_detach_cloud_hypervisor() {
         "--shared-memory",
     ];
     let mut args = args.to_vec();
+    if vmm == Vmm::Qemu {
+        args.push("--qemu");
+    }
     args.extend(["--name", "g", &lab.reference]);
     lab.ok(&args);
     let _vm = lab.booted("g");
@@ -452,4 +492,14 @@ fn fs_attach_detach_cloud_hypervisor() {
     }
     assert_eq!(lab.inspect("g")["state"], "running");
     lab.ok(&["vm", "rm", "--force", "g"]);
+}
+
+#[test]
+fn fs_attach_detach_cloud_hypervisor() {
+    fs_attach_detach_on(Vmm::Ch, "fs_attach_detach_cloud_hypervisor");
+}
+
+#[test]
+fn fs_attach_detach_qemu() {
+    fs_attach_detach_on(Vmm::Qemu, "fs_attach_detach_qemu");
 }

@@ -233,6 +233,26 @@ fn hot_plug_command_problems(schema: &Schema, add: &mut impl FnMut(&'static str,
     };
     add(DeviceDel::NAME, command_problems(schema, &[del]));
     add(QueryBlock::NAME, command_problems(schema, &[QueryBlock]));
+    // `vm fs attach`/`detach`: a vhost-user chardev and its device.
+    let chardev = ChardevAdd::unix_client("cocoon-fs-t", Path::new("/run/vfs.sock"));
+    add(ChardevAdd::NAME, command_problems(schema, &[chardev]));
+    let remove = ChardevRemove {
+        id: "cocoon-fs-t".into(),
+    };
+    add(ChardevRemove::NAME, command_problems(schema, &[remove]));
+    add(
+        QueryChardev::NAME,
+        command_problems(schema, &[QueryChardev]),
+    );
+    let list = QomList {
+        path: "/machine/peripheral".into(),
+    };
+    add(QomList::NAME, command_problems(schema, &[list]));
+    let get = QomGet {
+        path: "/objects/mem".into(),
+        property: "share".into(),
+    };
+    add(QomGet::NAME, command_problems(schema, &[get]));
 }
 
 #[test]
@@ -313,6 +333,23 @@ fn every_result_field_the_client_parses_matches_the_schema() {
         extra: Default::default(),
     };
     problems.extend(output_problems::<QueryBlock>(&schema, &vec![block]));
+    let chardev = ChardevReturn {
+        pty: Some("/dev/pts/3".into()),
+        extra: Default::default(),
+    };
+    problems.extend(output_problems::<ChardevAdd>(&schema, &chardev));
+    let info = ChardevInfo {
+        label: "cocoon-fs-t".into(),
+        filename: "unix:/run/vfs.sock".into(),
+        extra: Default::default(),
+    };
+    problems.extend(output_problems::<QueryChardev>(&schema, &vec![info]));
+    let property = ObjectPropertyInfo {
+        name: "cocoon-fs-t".into(),
+        kind: "child<vhost-user-fs-pci>".into(),
+        extra: Default::default(),
+    };
+    problems.extend(output_problems::<QomList>(&schema, &vec![property]));
     for empty in [
         output_problems::<QmpCapabilities>(&schema, &Empty {}),
         output_problems::<Stop>(&schema, &Empty {}),
@@ -329,6 +366,7 @@ fn every_result_field_the_client_parses_matches_the_schema() {
         output_problems::<BlockdevDel>(&schema, &Empty {}),
         output_problems::<DeviceAdd>(&schema, &Empty {}),
         output_problems::<DeviceDel>(&schema, &Empty {}),
+        output_problems::<ChardevRemove>(&schema, &Empty {}),
     ] {
         problems.extend(empty);
     }

@@ -385,7 +385,7 @@ pub enum VmCommand {
     /// Attach/detach a raw data disk to a running VM (Cloud Hypervisor, QEMU)
     #[command(subcommand)]
     Disk(DiskCommand),
-    /// Attach/detach a virtiofsd share to a running VM (Cloud Hypervisor)
+    /// Attach/detach a virtiofsd share to a running VM (Cloud Hypervisor, QEMU)
     #[command(subcommand)]
     Fs(FsCommand),
 }
