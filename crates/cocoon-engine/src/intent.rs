@@ -99,6 +99,18 @@ pub enum Op {
         #[serde(default)]
         tag: String,
     },
+    /// `vm device attach`: the object is the VM; `id` the device's.
+    #[serde(rename = "vm.device.attach")]
+    VmDeviceAttach {
+        #[serde(default)]
+        id: String,
+    },
+    /// `vm device detach`: the object is the VM; `id` the device's.
+    #[serde(rename = "vm.device.detach")]
+    VmDeviceDetach {
+        #[serde(default)]
+        id: String,
+    },
     #[serde(rename = "snapshot.save")]
     SnapshotSave {
         #[serde(default)]
@@ -163,6 +175,8 @@ impl Op {
             Op::VmDiskDetach { .. } => "vm.disk.detach",
             Op::VmFsAttach { .. } => "vm.fs.attach",
             Op::VmFsDetach { .. } => "vm.fs.detach",
+            Op::VmDeviceAttach { .. } => "vm.device.attach",
+            Op::VmDeviceDetach { .. } => "vm.device.detach",
             Op::SnapshotSave { .. } => "snapshot.save",
             Op::SnapshotImport { .. } => "snapshot.import",
             Op::SnapshotEvict { .. } => "snapshot.evict",
@@ -185,7 +199,9 @@ impl Op {
             | Op::VmDiskAttach { .. }
             | Op::VmDiskDetach { .. }
             | Op::VmFsAttach { .. }
-            | Op::VmFsDetach { .. } => ObjectKind::Vm,
+            | Op::VmFsDetach { .. }
+            | Op::VmDeviceAttach { .. }
+            | Op::VmDeviceDetach { .. } => ObjectKind::Vm,
             Op::SnapshotSave { .. } | Op::SnapshotImport { .. } | Op::SnapshotEvict { .. } => {
                 ObjectKind::Snapshot
             }
@@ -286,6 +302,8 @@ mod tests {
             Op::VmDiskDetach { name: "a".into() },
             Op::VmFsAttach { tag: "a".into() },
             Op::VmFsDetach { tag: "a".into() },
+            Op::VmDeviceAttach { id: "a".into() },
+            Op::VmDeviceDetach { id: "a".into() },
             Op::ImagePull {
                 digest: Some(format!("sha256:{}", "a".repeat(64))),
                 url: None,

@@ -6,7 +6,7 @@
 mod hotplug;
 mod storage;
 mod switches;
-pub use hotplug::{FS_PREFIX, FsConfig, fs_device_id};
+pub use hotplug::{FS_PREFIX, FsConfig, PciDevice, fs_device_id, pci_device_id};
 pub use storage::{ATTACHED_DISK_PREFIX, StorageConfig, StorageRole, attached_disk_id};
 pub use switches::DeviceSwitches;
 
@@ -329,6 +329,10 @@ pub struct Vm {
     /// (forgotten at the next launch, see [`FsConfig`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filesystems: Vec<FsConfig>,
+    /// The host PCI devices `vm device attach` passed through to the running
+    /// VMM (forgotten at the next launch, as shares are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pci_devices: Vec<PciDevice>,
 }
 
 impl Vm {
@@ -374,6 +378,7 @@ impl Vm {
             hibernation_snapshot: None,
             vmm_memory: None,
             filesystems: Vec::new(),
+            pci_devices: Vec::new(),
         }
     }
 

@@ -58,6 +58,8 @@ impl Lab {
 
     fn cmd(&self) -> std::process::Command {
         let mut cmd = self.vmm_cmd();
+        // The host's PCI devices, for `vm device` (see `running_with_device`).
+        cmd.env("COCOON_TEST_SYSFS_PCI", self.env.path().join("sysfs"));
         if let Some(parent) = &self.cgroups {
             let (key, value) = parent.env();
             cmd.env(key, value);
@@ -1180,6 +1182,88 @@ fn fs_detach() {
         again: &|lab| {
             assert_eq!(shares_agree(lab), Vec::<String>::new());
             attach(lab);
+        },
+    });
+}
+
+/// A running VM `m` and a fake sysfs whose 0000:01:00.0 is bound to
+/// vfio-pci (with an IOMMU group, which the fake CH opens).
+fn running_with_device(lab: &Lab) {
+    running(lab);
+    let dir = lab.env.path().join("sysfs/0000:01:00.0");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink("../../../bus/pci/drivers/vfio-pci", dir.join("driver")).unwrap();
+    std::os::unix::fs::symlink("../../../kernel/iommu_groups/7", dir.join("iommu_group")).unwrap();
+}
+
+/// The passed-through devices of `m` the record has and those its (fake
+/// CH) VMM has: after convergence they agree.
+fn devices_agree(lab: &Lab) -> Vec<String> {
+    let vm = lab
+        .vms()
+        .into_iter()
+        .find(|v| v["config"]["name"] == "m")
+        .expect("the VM m is kept");
+    let recorded: Vec<String> = vm["pci_devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+    let info = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
+        .unwrap();
+    let in_vmm: Vec<String> = info.config["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(recorded, in_vmm, "the record and the VMM disagree");
+    recorded
+}
+
+const DEVICE_ATTACH: &[&str] = &[
+    "vm",
+    "device",
+    "attach",
+    "m",
+    "--pci",
+    "0000:01:00.0",
+    "--id",
+    "d",
+];
+
+/// `vm device attach`: rolled back, then attached when run again.
+#[test]
+fn device_attach() {
+    matrix(&Op {
+        name: "vm device attach",
+        setup: &running_with_device,
+        args: &args(DEVICE_ATTACH),
+        failpoints: &["vm.device.attach.plugged"],
+        again: &|lab| assert_eq!(devices_agree(lab), Vec::<String>::new()),
+    });
+}
+
+/// `vm device detach`: finished; attached again to be detached again.
+#[test]
+fn device_detach() {
+    matrix(&Op {
+        name: "vm device detach",
+        setup: &|lab| {
+            running_with_device(lab);
+            lab.ok(DEVICE_ATTACH);
+        },
+        args: &args(&["vm", "device", "detach", "m", "--id", "d"]),
+        failpoints: &["vm.device.detach.unplugged"],
+        again: &|lab| {
+            assert_eq!(devices_agree(lab), Vec::<String>::new());
+            lab.ok(DEVICE_ATTACH);
         },
     });
 }

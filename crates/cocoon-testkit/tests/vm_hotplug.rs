@@ -47,12 +47,20 @@ impl Lab {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        cocoon_testkit::run_ok(self.env.fake_vmm_cmd(FAKE), args)
+        cocoon_testkit::run_ok(self.cmd(), args)
+    }
+
+    /// The fake VMM's command; the host's PCI devices are the test's fake
+    /// sysfs (read by builds with failpoints only).
+    fn cmd(&self) -> std::process::Command {
+        let mut cmd = self.env.fake_vmm_cmd(FAKE);
+        cmd.env("COCOON_TEST_SYSFS_PCI", self.files.path().join("sysfs"));
+        cmd
     }
 
     /// The exit code and stderr of a command that must fail.
     fn fail(&self, args: &[&str]) -> (i32, String) {
-        let out = self.env.fake_vmm_cmd(FAKE).args(args).output().unwrap();
+        let out = self.cmd().args(args).output().unwrap();
         assert!(!out.status.success(), "cocoon {args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         (out.status.code().unwrap_or(-1), err)
@@ -499,4 +507,213 @@ fn fs_user_mistakes_are_refused_with_their_reason_and_change_nothing() {
         Value::Null,
         "forgotten with its VMM"
     );
+}
+
+/// A fake `/sys/bus/pci/devices`: 01:00.0 bound to vfio-pci (with an IOMMU
+/// group, which the fake CH opens), 02:00.0 to nvme, 03:00.0 to nothing.
+/// False (after a loud skip) when the binary under test cannot read it.
+fn fake_sysfs(lab: &Lab) -> bool {
+    if !lab.ok(&["version"]).contains("failpoints") {
+        cocoon_testkit::skip(
+            "vm device",
+            "the cocoon binary under test was built without failpoints (its sysfs seam)",
+        );
+        return false;
+    }
+    let root = lab.files.path().join("sysfs");
+    for (bdf, driver) in [
+        ("0000:01:00.0", Some("vfio-pci")),
+        ("0000:02:00.0", Some("nvme")),
+        ("0000:03:00.0", None),
+    ] {
+        let dir = root.join(bdf);
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(driver) = driver {
+            std::os::unix::fs::symlink(
+                format!("../../../bus/pci/drivers/{driver}"),
+                dir.join("driver"),
+            )
+            .unwrap();
+        }
+        std::os::unix::fs::symlink("../../../kernel/iommu_groups/7", dir.join("iommu_group"))
+            .unwrap();
+    }
+    true
+}
+
+fn device_state(lab: &Lab) -> (Value, Vec<Value>) {
+    (
+        lab.inspect("m")["pci_devices"].clone(),
+        lab.vmm_list("devices"),
+    )
+}
+
+#[test]
+fn device_attach_asks_the_vmm_records_the_device_and_blocks_snapshots() {
+    let lab = Lab::new();
+    if !fake_sysfs(&lab) {
+        return;
+    }
+    let sysfs = lab.files.path().join("sysfs/0000:01:00.0");
+    let out = lab.ok(&[
+        "vm",
+        "device",
+        "attach",
+        "m",
+        "--pci",
+        "0000:01:00.0",
+        "--id",
+        "gpu0",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"vm": "m", "pci": "0000:01:00.0", "id": "gpu0"})
+    );
+    assert_eq!(
+        lab.vmm_list("devices"),
+        [json!({"id": "gpu0", "path": sysfs.to_str().unwrap()})]
+    );
+    assert_eq!(
+        lab.inspect("m")["pci_devices"],
+        json!([{"id": "gpu0", "bdf": "0000:01:00.0"}])
+    );
+    let before = device_state(&lab);
+    for args in [&["snapshot", "save", "m"][..], &["vm", "hibernate", "m"]] {
+        let (code, err) = lab.fail(args);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("PCI device gpu0 (0000:01:00.0) is passed through: a VMM cannot save a host device's state")
+                && err.contains("cocoon vm device detach m --id gpu0"),
+            "{err}"
+        );
+        assert_eq!(device_state(&lab), before);
+    }
+    let out = lab.ok(&["vm", "device", "detach", "m", "--id", "gpu0", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"vm": "m", "id": "gpu0"})
+    );
+    assert_eq!(device_state(&lab), (Value::Null, vec![]));
+
+    // lspci's short form, no --id: the id is made of the address.
+    let out = lab.ok(&[
+        "vm", "device", "attach", "m", "--pci", "01:00.0", "-o", "json",
+    ]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"vm": "m", "pci": "0000:01:00.0", "id": "cocoon-pci-0000-01-00.0"})
+    );
+    // Gone with the VMM, as upstream.
+    lab.ok(&["vm", "stop", "m"]);
+    assert_eq!(lab.inspect("m")["pci_devices"], Value::Null);
+}
+
+#[test]
+fn device_user_mistakes_are_refused_with_their_reason_and_change_nothing() {
+    let lab = Lab::new();
+    if !fake_sysfs(&lab) {
+        return;
+    }
+    lab.ok(&[
+        "vm",
+        "device",
+        "attach",
+        "m",
+        "--pci",
+        "/sys/bus/pci/devices/0000:01:00.0",
+        "--id",
+        "gpu0",
+    ]);
+    let before = device_state(&lab);
+    let attach = |pci: &'static str, id: &'static str| {
+        vec!["vm", "device", "attach", "m", "--pci", pci, "--id", id]
+    };
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            attach("0000:01:00.0", "other"),
+            1,
+            "VM m already has PCI device 0000:01:00.0 as id gpu0; pick another --id or --pci, or detach it first (`cocoon vm device detach m --id gpu0`)",
+        ),
+        (
+            attach("0000:02:00.0", "gpu0"),
+            1,
+            "VM m already has PCI device 0000:01:00.0 as id gpu0",
+        ),
+        (
+            attach("0000:09:00.0", "x"),
+            2,
+            "cannot pass through PCI device 0000:09:00.0: no such PCI device (",
+        ),
+        (
+            attach("0000:02:00.0", "x"),
+            2,
+            "cannot pass through PCI device 0000:02:00.0: it is bound to driver nvme, not vfio-pci; unbind it and bind it to vfio-pci first",
+        ),
+        (
+            attach("0000:03:00.0", "x"),
+            2,
+            "cannot pass through PCI device 0000:03:00.0: it is bound to no driver; bind it to vfio-pci first",
+        ),
+        (
+            attach("1:0.0", "x"),
+            2,
+            "invalid --pci \"1:0.0\": expect a PCI address (01:00.0 or 0000:01:00.0",
+        ),
+        (
+            attach("/sys/class/net/eth0", "x"),
+            2,
+            "invalid --pci \"/sys/class/net/eth0\"",
+        ),
+        (attach("0000:01:00.8", "x"), 2, "invalid --pci"),
+        (
+            attach("0000:02:00.0", "cocoon-x"),
+            2,
+            "invalid --id \"cocoon-x\": must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63} and not start with \"cocoon-\"",
+        ),
+        (attach("0000:02:00.0", "a/b"), 2, "invalid --id \"a/b\""),
+        (
+            vec!["vm", "device", "detach", "m", "--id", "nope"],
+            1,
+            "VM m has no PCI device with id nope",
+        ),
+        (vec!["vm", "device", "attach", "m"], 2, "--pci <PCI>"),
+    ];
+    for (args, code, message) in cases {
+        let (got, err) = lab.fail(&args);
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert_eq!(device_state(&lab), before, "{args:?} changed something");
+    }
+    lab.ok(&["vm", "stop", "m"]);
+    let (code, err) = lab.fail(&attach("0000:01:00.0", "gpu0"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is not running; start it with `cocoon vm start m`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn firecracker_refuses_shares_and_devices_with_the_reason() {
+    let lab = Lab::with(&["--fc"]);
+    let (_server, socket) = virtiofsd_socket(&lab, "vfs.sock");
+    let before = lab.inspect("m");
+    let (code, err) = lab.fail(&["vm", "fs", "attach", "m", "--socket", &socket, "--tag", "t"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot attach a virtio-fs share to VM m: Firecracker has no virtio-fs (vhost-user-fs) device"),
+        "{err}"
+    );
+    let (code, err) = lab.fail(&["vm", "device", "attach", "m", "--pci", "0000:01:00.0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot pass a PCI device through to VM m: Firecracker cannot pass a host PCI device through (it has no VFIO)"),
+        "{err}"
+    );
+    let after = lab.inspect("m");
+    assert_eq!(before["filesystems"], after["filesystems"]);
+    assert_eq!(before["pci_devices"], after["pci_devices"]);
+    assert_eq!(after["state"], "running");
 }

@@ -128,10 +128,12 @@ fn help_lists_every_subcommand() {
                 "status",
                 "disk",
                 "fs",
+                "device",
             ],
         ),
         (&["vm", "disk"], &["attach", "detach"]),
         (&["vm", "fs"], &["attach", "detach"]),
+        (&["vm", "device"], &["attach", "detach"]),
         (
             &["snapshot"],
             &[

@@ -29,7 +29,7 @@ use crate::error::Result;
 use crate::image::store::ImageDirs;
 use crate::jail::Jail;
 use crate::layout::VmPaths;
-use crate::model::{FsConfig, Hypervisor, Snapshot, StorageConfig, Vm, VmmProcess};
+use crate::model::{FsConfig, Hypervisor, PciDevice, Snapshot, StorageConfig, Vm, VmmProcess};
 use crate::snapshot::manifest::Manifest;
 
 pub use launch::{GUEST_CID, Helper, LaunchOptions, host_has_hugepages};
@@ -270,6 +270,25 @@ pub trait Backend: Sync {
     ) -> LocalFuture<'a, Result<Option<u32>, String>>;
     /// Removes the share device `id`; one the VMM does not have is success.
     fn detach_fs<'a>(
+        &'a self,
+        socket: &'a Path,
+        id: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>>;
+
+    // --- hot-plug (`vm device attach`/`detach`) ---
+    /// Why no host PCI device can be passed through to the running `vm`.
+    fn device_hot_plug_refusal(&self, vm: &Vm) -> Option<String>;
+    /// Passes `device` (its sysfs directory `sysfs`) through to the running
+    /// VMM; returns the slot it took where the VMM has slots.
+    fn attach_device<'a>(
+        &'a self,
+        vm: &'a Vm,
+        socket: &'a Path,
+        device: &'a PciDevice,
+        sysfs: &'a Path,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>>;
+    /// Removes the device `id`; one the VMM does not have is success.
+    fn detach_device<'a>(
         &'a self,
         socket: &'a Path,
         id: &'a str,

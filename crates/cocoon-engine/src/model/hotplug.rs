@@ -38,3 +38,22 @@ impl FsConfig {
         fs_device_id(&self.tag)
     }
 }
+
+/// A host PCI device `vm device attach` passed through (VFIO) to a running
+/// VM: recorded, and forgotten, as a share is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciDevice {
+    /// The VMM device id: the user's `--id`, or `cocoon-pci-<bdf>`.
+    pub id: String,
+    /// `0000:01:00.0`.
+    pub bdf: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+}
+
+/// The device id of a device attached without `--id`: the address with
+/// `-` for `:` (QEMU's ids take no `:`); never a user's (those cannot start
+/// with `cocoon-`).
+pub fn pci_device_id(bdf: &str) -> String {
+    format!("cocoon-pci-{}", bdf.replace(':', "-"))
+}

@@ -27,6 +27,7 @@ pub mod vm_agent;
 pub mod vm_clone;
 pub mod vm_create;
 pub mod vm_debug;
+pub mod vm_device;
 pub mod vm_disk;
 pub mod vm_fs;
 pub mod vm_hibernate;

@@ -117,6 +117,8 @@ fn converge(ctx: &mut Ctx, intent: &Intent, op: &Op) -> Result<String> {
         Op::VmDiskDetach { name } => super::vm_disk::recover(ctx, id, name, false),
         Op::VmFsAttach { tag } => super::vm_fs::recover(ctx, id, tag, true),
         Op::VmFsDetach { tag } => super::vm_fs::recover(ctx, id, tag, false),
+        Op::VmDeviceAttach { id: device } => super::vm_device::recover(ctx, id, device, true),
+        Op::VmDeviceDetach { id: device } => super::vm_device::recover(ctx, id, device, false),
         Op::VmRemove { .. } => vm_remove(ctx, id),
         Op::ImagePull { .. } | Op::ImageImport { .. } => {
             // Layers and cloud blobs appear by one rename each and the image

@@ -142,15 +142,27 @@ fn queue_size(n: u32) -> Result<u32, SpecError> {
 
 /// The VM, locked, with its running VMM; refused where its VMM (or the
 /// VM's memory) cannot take a share.
-pub(super) fn locked_running(
+fn locked_running(
     ctx: &mut Ctx,
     reference: &str,
     what: &'static str,
 ) -> Result<(VmLock, Vm, VmmProcess)> {
+    locked_running_unless(ctx, reference, what, |vm| {
+        backend::of(vm.hypervisor).fs_hot_plug_refusal(vm)
+    })
+}
+
+/// The VM, locked, with its running VMM, unless `refusal` gives a reason.
+pub(super) fn locked_running_unless(
+    ctx: &mut Ctx,
+    reference: &str,
+    what: &'static str,
+    refusal: impl FnOnce(&Vm) -> Option<String>,
+) -> Result<(VmLock, Vm, VmmProcess)> {
     let vm = ctx.store().resolve_vm(reference)?;
     let lock = ctx.lock_vm(&vm.id)?;
     let vm = ctx.store().resolve_vm(&vm.id)?;
-    if let Some(reason) = backend::of(vm.hypervisor).fs_hot_plug_refusal(&vm) {
+    if let Some(reason) = refusal(&vm) {
         return Err(VmError::DeviceRefused {
             vm: vm.config.name,
             what,

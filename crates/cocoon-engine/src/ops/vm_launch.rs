@@ -193,6 +193,7 @@ fn record_launched(ctx: &mut Ctx, vm: &Vm, launched: Launched<'_>, fresh: bool) 
         v.vsock_helper = launched.helper.clone();
         // Shares live as long as their VMM (see `vm_fs`).
         v.filesystems.clear();
+        v.pci_devices.clear();
         if fresh {
             for disk in &mut v.storage_configs {
                 disk.vmm_path = None;

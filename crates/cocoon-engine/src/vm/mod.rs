@@ -49,6 +49,19 @@ pub enum VmError {
         "VM {vm} has no virtio-fs share tagged {tag}; `cocoon vm inspect {vm}` lists its shares (\"filesystems\")"
     )]
     NoAttachedFs { vm: VmName, tag: String },
+    /// `vm device attach` of an id or a device the VM already has.
+    #[error(
+        "VM {vm} already has {what}; pick another --id or --pci, or detach it first (`cocoon vm device detach {vm} --id {id}`)"
+    )]
+    DeviceTaken {
+        vm: VmName,
+        what: String,
+        id: String,
+    },
+    #[error(
+        "VM {vm} has no PCI device with id {id}; `cocoon vm inspect {vm}` lists them (\"pci_devices\")"
+    )]
+    NoAttachedDevice { vm: VmName, id: String },
     /// The VMM (or the VM) cannot take or give back a share or a device;
     /// the reason says what to do instead. `what`: "attach a virtio-fs
     /// share to", ...

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::{Subcommand, ValueEnum};
-use cocoon_engine::name::{DiskName, FsTag};
+use cocoon_engine::name::{DeviceId, DiskName, FsTag, PciAddress};
 use cocoon_engine::spec::DirectIo;
 
 use super::FormatArg;
@@ -72,6 +72,34 @@ pub enum FsCommand {
         /// Guest mount tag (required)
         #[arg(long, value_parser = FsTag::from_str)]
         tag: FsTag,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Attach a VFIO PCI device to a running VM
+    #[command(
+        after_help = "The device must be bound to vfio-pci (with the IOMMU on); that is the host's setup, not cocoon's. The device lasts as long as the VM's VMM: it is gone after `vm stop`, and a VM with one cannot be snapshotted or hibernated (detach it first). Firecracker has no VFIO.\n\nExamples:\n  cocoon vm device attach dev --pci 0000:01:00.0 --id gpu0\n  cocoon vm device detach dev --id gpu0"
+    )]
+    Attach {
+        /// BDF (01:00.0 / 0000:01:00.0) or sysfs path /sys/bus/pci/devices/<bdf>
+        #[arg(long, value_parser = PciAddress::from_str)]
+        pci: PciAddress,
+        /// Device id (default cocoon-pci-<bdf>; must not start with cocoon-)
+        #[arg(long, value_parser = DeviceId::from_str)]
+        id: Option<DeviceId>,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
+    /// Detach a VFIO PCI device from a running VM
+    Detach {
+        /// Device id returned by attach (required)
+        #[arg(long)]
+        id: String,
         #[command(flatten)]
         output: FormatArg,
         vm: String,

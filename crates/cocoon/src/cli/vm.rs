@@ -388,4 +388,7 @@ pub enum VmCommand {
     /// Attach/detach a virtiofsd share to a running VM (Cloud Hypervisor, QEMU)
     #[command(subcommand)]
     Fs(FsCommand),
+    /// Attach/detach a VFIO PCI passthrough device to a running VM (CH, QEMU)
+    #[command(subcommand)]
+    Device(DeviceCommand),
 }

@@ -1,11 +1,12 @@
 //! `vm disk attach|detach`.
 
+use cocoon_engine::ops::vm_device::DeviceChange;
 use cocoon_engine::ops::vm_disk::{DiskAttach, DiskChange};
 use cocoon_engine::ops::vm_fs::{FsAttach, FsChange};
 use cocoon_engine::{Config, Result};
 
 use super::io;
-use crate::cli::{DiskCommand, FormatArg, FsCommand};
+use crate::cli::{DeviceCommand, DiskCommand, FormatArg, FsCommand};
 use crate::output::print_json;
 
 pub fn disk(command: DiskCommand, config: Config) -> Result<()> {
@@ -82,6 +83,34 @@ fn report_fs(what: &str, done: &FsChange, output: FormatArg) -> Result<()> {
             done.tag, done.vm
         ),
         None => eprintln!("{what} virtio-fs share {} from VM {}", done.tag, done.vm),
+    }
+    Ok(())
+}
+
+pub fn device(command: DeviceCommand, config: Config) -> Result<()> {
+    let mut engine = super::open(config)?;
+    let (done, output, what) = match command {
+        DeviceCommand::Attach {
+            pci,
+            id,
+            output,
+            vm,
+        } => (
+            engine.attach_device(&vm, &pci, id.as_ref())?,
+            output,
+            "attached",
+        ),
+        DeviceCommand::Detach { id, output, vm } => {
+            (engine.detach_device(&vm, &id)?, output, "detached")
+        }
+    };
+    if output.json() {
+        return print_json(&done).map_err(io);
+    }
+    let DeviceChange { vm, pci, id } = done;
+    match pci {
+        Some(pci) => eprintln!("{what} PCI device {pci} (id {id}) to VM {vm}"),
+        None => eprintln!("{what} PCI device {id} from VM {vm}"),
     }
     Ok(())
 }

@@ -122,8 +122,8 @@ fn run_other(
         } => resize(engine, &vm, VmResize { cpu, memory }, output),
         VmCommand::List { output } => list(engine, output),
         VmCommand::Inspect { vm, .. } => print_json(&engine.inspect_vm(&vm)?).map_err(io),
-        VmCommand::Agent(_) | VmCommand::Disk(_) | VmCommand::Fs(_) => {
-            unreachable!("commands::run hands vm exec/reseed/disk/fs to their modules")
+        VmCommand::Agent(_) | VmCommand::Disk(_) | VmCommand::Fs(_) | VmCommand::Device(_) => {
+            unreachable!("commands::run hands vm exec/reseed/disk/fs/device to their modules")
         }
     }
 }

@@ -6,10 +6,10 @@
 use std::path::Path;
 
 use vmm_api::ch::CloudHypervisor;
-use vmm_api::ch::models::FsConfig as ChFsConfig;
+use vmm_api::ch::models::{DeviceConfig, FsConfig as ChFsConfig};
 
 use super::restore::hot_plug_disk;
-use crate::model::{FsConfig, StorageConfig, Vm};
+use crate::model::{FsConfig, PciDevice, StorageConfig, Vm};
 
 /// Adds the disk; CH has no slots to report.
 pub(super) async fn attach(
@@ -92,4 +92,33 @@ pub(super) async fn config_ids(socket: &Path, kind: &str) -> Result<Vec<String>,
         .flatten()
         .filter_map(|d| d["id"].as_str().map(str::to_string))
         .collect())
+}
+
+/// `vm.add-device` with the device's sysfs directory and id.
+pub(super) async fn attach_device(
+    socket: &Path,
+    device: &PciDevice,
+    sysfs: &Path,
+) -> Result<Option<u32>, String> {
+    let body = DeviceConfig {
+        path: Some(sysfs.display().to_string()),
+        id: Some(device.id.clone()),
+        extra: Default::default(),
+    };
+    CloudHypervisor::new(socket)
+        .add_device(&body)
+        .await
+        .map(|_| None)
+        .map_err(|e| e.to_string())
+}
+
+/// Removes the device `id` unless the VMM no longer has it.
+pub(super) async fn detach_device(socket: &Path, id: &str) -> Result<(), String> {
+    if !config_ids(socket, "devices").await?.iter().any(|d| d == id) {
+        return Ok(());
+    }
+    CloudHypervisor::new(socket)
+        .remove_device(id)
+        .await
+        .map_err(|e| format!("vm.remove-device {id}: {e}"))
 }

@@ -28,7 +28,7 @@ use crate::image::store::ImageDirs;
 use crate::image::vmlinux;
 use crate::jail::Jail;
 use crate::layout::VmPaths;
-use crate::model::{FsConfig, Hypervisor, Snapshot, StorageConfig, Vm};
+use crate::model::{FsConfig, Hypervisor, PciDevice, Snapshot, StorageConfig, Vm};
 use crate::snapshot::manifest::Manifest;
 
 pub use boot_plan::{BootPlan, args};
@@ -318,6 +318,29 @@ impl Backend for FirecrackerBackend {
 
     /// Nothing was ever attached.
     fn detach_fs<'a>(&'a self, _: &'a Path, _: &'a str) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Firecracker has no VFIO passthrough.
+    fn device_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        Some(format!(
+            "Firecracker cannot pass a host PCI device through (it has no VFIO); run the VM on Cloud Hypervisor or QEMU (`--hypervisor`); VM {} is unchanged",
+            vm.config.name
+        ))
+    }
+
+    fn attach_device<'a>(
+        &'a self,
+        _: &'a Vm,
+        _: &'a Path,
+        _: &'a PciDevice,
+        _: &'a Path,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(async { Err("Firecracker has no VFIO".to_string()) })
+    }
+
+    /// Nothing was ever attached.
+    fn detach_device<'a>(&'a self, _: &'a Path, _: &'a str) -> LocalFuture<'a, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
 

@@ -255,6 +255,7 @@ fn free_slot(vm: &Vm) -> Result<u32, String> {
         .iter()
         .filter_map(|d| d.slot)
         .chain(vm.filesystems.iter().filter_map(|f| f.slot))
+        .chain(vm.pci_devices.iter().filter_map(|d| d.slot))
         .collect();
     (0..vm.config.hotplug_slots)
         .find(|n| !taken.contains(n))
@@ -314,6 +315,22 @@ pub(super) async fn attach_fs(
 /// chardev; either already gone is success.
 pub(super) async fn detach_fs(socket: &Path, id: &str) -> Result<(), String> {
     let mut qmp = connect(socket).await?;
+    unplug_device(&mut qmp, id).await?;
+    let chardevs = qmp
+        .execute(&QueryChardev)
+        .await
+        .map_err(|e| format!("query-chardev: {e}"))?;
+    if chardevs.iter().any(|c| c.label == id) {
+        qmp.execute(&ChardevRemove { id: id.to_string() })
+            .await
+            .map_err(|e| format!("chardev-remove {id}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `device_del` of `id` and its `DEVICE_DELETED`, unless QEMU has no
+/// such device.
+async fn unplug_device(qmp: &mut Qmp, id: &str) -> Result<(), String> {
     let devices = qmp
         .execute(&QomList {
             path: "/machine/peripheral".into(),
@@ -325,14 +342,33 @@ pub(super) async fn detach_fs(socket: &Path, id: &str) -> Result<(), String> {
             .await
             .map_err(|e| format!("device_del {id}: {e}"))?;
     }
-    let chardevs = qmp
-        .execute(&QueryChardev)
-        .await
-        .map_err(|e| format!("query-chardev: {e}"))?;
-    if chardevs.iter().any(|c| c.label == id) {
-        qmp.execute(&ChardevRemove { id: id.to_string() })
-            .await
-            .map_err(|e| format!("chardev-remove {id}: {e}"))?;
-    }
     Ok(())
+}
+
+/// `device_add vfio-pci host=<bdf>` on a free slot.
+pub(super) async fn attach_device(
+    vm: &Vm,
+    socket: &Path,
+    device: &crate::model::PciDevice,
+) -> Result<Option<u32>, String> {
+    let slot = free_slot(vm)?;
+    let mut properties = serde_json::Map::new();
+    properties.insert("host".into(), device.bdf.clone().into());
+    let add = DeviceAdd {
+        driver: "vfio-pci".into(),
+        bus: Some(port(slot)),
+        id: Some(device.id.clone()),
+        properties,
+    };
+    connect(socket)
+        .await?
+        .execute(&add)
+        .await
+        .map_err(|e| format!("device_add: {e}"))?;
+    Ok(Some(slot))
+}
+
+/// Removes the passed-through device `id`; gone already is success.
+pub(super) async fn detach_device(socket: &Path, id: &str) -> Result<(), String> {
+    unplug_device(&mut connect(socket).await?, id).await
 }

@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::guest::cmdline;
 use crate::image::store::ImageDirs;
 use crate::layout::VmPaths;
-use crate::model::{FsConfig, Hypervisor, Snapshot, StorageConfig, Vm};
+use crate::model::{FsConfig, Hypervisor, PciDevice, Snapshot, StorageConfig, Vm};
 use crate::snapshot::manifest::Manifest;
 
 /// The snapshot's one state file: memory and device state.
@@ -346,6 +346,28 @@ impl Backend for QemuBackend {
         id: &'a str,
     ) -> LocalFuture<'a, Result<(), String>> {
         Box::pin(hotplug::detach_fs(socket, id))
+    }
+
+    fn device_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        hotplug::refusal(vm)
+    }
+
+    fn attach_device<'a>(
+        &'a self,
+        vm: &'a Vm,
+        socket: &'a Path,
+        device: &'a PciDevice,
+        _: &'a Path,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(hotplug::attach_device(vm, socket, device))
+    }
+
+    fn detach_device<'a>(
+        &'a self,
+        socket: &'a Path,
+        id: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(hotplug::detach_device(socket, id))
     }
 
     /// QEMU reads the state file into guest memory before the guest runs.
