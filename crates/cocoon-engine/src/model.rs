@@ -325,12 +325,12 @@ pub struct Vm {
     /// the balloon (`config.memory`: the guest's, and the next boot's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_memory: Option<u64>,
-    /// The virtio-fs shares `vm fs attach` added to the running VMM
-    /// (forgotten at the next launch, see [`FsConfig`]).
+    /// The virtio-fs shares `vm fs attach` added (plugged again at `vm
+    /// start`, see [`FsConfig`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filesystems: Vec<FsConfig>,
-    /// The host PCI devices `vm device attach` passed through to the running
-    /// VMM (forgotten at the next launch, as shares are).
+    /// The host PCI devices `vm device attach` passed through (plugged
+    /// again at `vm start`, as shares are).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pci_devices: Vec<PciDevice>,
 }

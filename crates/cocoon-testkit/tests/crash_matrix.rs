@@ -1186,6 +1186,60 @@ fn fs_detach() {
     });
 }
 
+/// `vm start` plugs a recorded share into the new VMM under the attach's
+/// intent: killed there, recovery takes it out (the record and the VMM
+/// agree); failed there, the VM runs without it, with a warning. Not in
+/// `matrix`: a start does not fail for a share.
+#[test]
+fn start_replugging_a_share() {
+    let version = std::process::Command::new(bin())
+        .arg("version")
+        .output()
+        .unwrap();
+    if !String::from_utf8_lossy(&version.stdout).contains("failpoints") {
+        return cocoon_testkit::skip("start replugging a share", "built without failpoints");
+    }
+    for action in ["kill", "error"] {
+        let case = format!("vm start at vm.fs.attach.plugged ({action})");
+        let lab = Lab::on(false);
+        running_shared(&lab);
+        lab.ok(&fs_attach_args(&lab)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+        lab.ok(&["vm", "stop", "m"]);
+        let out = lab
+            .cmd()
+            .args(["vm", "start", "m"])
+            .env(
+                "COCOON_FAILPOINTS",
+                format!("vm.fs.attach.plugged={action}"),
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        if action == "kill" {
+            assert_eq!(out.status.signal(), Some(9), "{case}: {err}");
+        } else {
+            assert!(out.status.success(), "{case}: {err}");
+            assert!(
+                err.contains("virtio-fs share t is not attached again"),
+                "{case}: {err}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_converged(&lab, &case);
+        assert_eq!(shares_agree(&lab), Vec::<String>::new(), "{case}");
+        lab.ok(&fs_attach_args(&lab)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+        assert_eq!(shares_agree(&lab), ["cocoon-fs-t"], "{case}");
+        kill_all(&lab);
+    }
+}
+
 /// A running VM `m` and a fake sysfs whose 0000:01:00.0 is bound to
 /// vfio-pci (with an IOMMU group, which the fake CH opens).
 fn running_with_device(lab: &Lab) {

@@ -373,7 +373,7 @@ fn fs_attach_asks_the_vmm_records_the_share_and_blocks_snapshots() {
     assert_eq!(fs_state(&lab), (Value::Null, vec![]));
     lab.ok(&["snapshot", "save", "--name", "s", "m"]);
 
-    // As upstream, a share lasts as long as the VMM.
+    // Recorded: back after a stop and a start while virtiofsd is there.
     lab.ok(&[
         "vm",
         "fs",
@@ -394,9 +394,23 @@ fn fs_attach_asks_the_vmm_records_the_share_and_blocks_snapshots() {
         (json!(2), json!(256))
     );
     lab.ok(&["vm", "stop", "m"]);
-    assert_eq!(lab.inspect("m")["filesystems"], Value::Null);
+    let recorded = json!([{"tag": "Two_2", "socket": socket, "num_queues": 2, "queue_size": 256}]);
+    assert_eq!(lab.inspect("m")["filesystems"], recorded);
     lab.ok(&["vm", "start", "m"]);
+    assert_eq!(fs_state(&lab), (recorded, fs));
+    // Gone (virtiofsd exits with the VMM it served): the VM starts without it.
+    lab.ok(&["vm", "stop", "m"]);
+    drop(_server);
+    std::fs::remove_file(&socket).unwrap();
+    let out = lab.cmd().args(["vm", "start", "m"]).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("VM m: virtio-fs share Two_2 is not attached again (attach it with `cocoon vm fs attach`)"),
+        "{err}"
+    );
     assert_eq!(fs_state(&lab), (Value::Null, vec![]));
+    assert_eq!(lab.inspect("m")["state"], "running");
 }
 
 #[test]
@@ -504,8 +518,8 @@ fn fs_user_mistakes_are_refused_with_their_reason_and_change_nothing() {
     assert!(err.contains("is not running"), "{err}");
     assert_eq!(
         lab.inspect("m")["filesystems"],
-        Value::Null,
-        "forgotten with its VMM"
+        before.0,
+        "kept for the next start"
     );
 }
 
@@ -605,9 +619,27 @@ fn device_attach_asks_the_vmm_records_the_device_and_blocks_snapshots() {
         serde_json::from_str::<Value>(&out).unwrap(),
         json!({"vm": "m", "pci": "0000:01:00.0", "id": "cocoon-pci-0000-01-00.0"})
     );
-    // Gone with the VMM, as upstream.
+    // Recorded: back after a stop and a start while it is bound to vfio-pci.
     lab.ok(&["vm", "stop", "m"]);
-    assert_eq!(lab.inspect("m")["pci_devices"], Value::Null);
+    let recorded = json!([{"id": "cocoon-pci-0000-01-00.0", "bdf": "0000:01:00.0"}]);
+    assert_eq!(lab.inspect("m")["pci_devices"], recorded);
+    lab.ok(&["vm", "start", "m"]);
+    assert_eq!(lab.inspect("m")["pci_devices"], recorded);
+    assert_eq!(lab.vmm_list("devices")[0]["id"], "cocoon-pci-0000-01-00.0");
+    // Bound to another driver meanwhile: the VM starts without it.
+    lab.ok(&["vm", "stop", "m"]);
+    let driver = sysfs.join("driver");
+    std::fs::remove_file(&driver).unwrap();
+    std::os::unix::fs::symlink("../../../bus/pci/drivers/nvme", &driver).unwrap();
+    let out = lab.cmd().args(["vm", "start", "m"]).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("VM m: PCI device cocoon-pci-0000-01-00.0 is not attached again")
+            && err.contains("bound to driver nvme"),
+        "{err}"
+    );
+    assert_eq!(device_state(&lab), (Value::Null, vec![]));
 }
 
 #[test]

@@ -490,6 +490,34 @@ fn fs_attach_detach_on(vmm: Vmm, test: &str) {
         assert!(lab.vmm_shares("g").is_empty(), "round {round}");
         assert_eq!(lab.inspect("g")["filesystems"], Value::Null);
     }
+    // Recorded: plugged again at `vm start` into a virtiofsd serving the
+    // same socket (the first one exits with the VMM it served).
+    let socket = files.path().join("again.sock");
+    let daemon = Virtiofsd::start(&binary, &socket, &shared);
+    let path = socket.to_str().unwrap().to_string();
+    lab.ok(&[
+        "vm", "fs", "attach", "g", "--socket", &path, "--tag", "again",
+    ]);
+    lab.ok(&["vm", "stop", "g"]);
+    drop(daemon);
+    let _ = std::fs::remove_file(&socket);
+    let daemon = Virtiofsd::start(&binary, &socket, &shared);
+    lab.ok(&["vm", "start", "g"]);
+    let _restarted = lab.booted("g");
+    let again = (
+        "cocoon-fs-again".to_string(),
+        "again".to_string(),
+        path.clone(),
+    );
+    assert_eq!(lab.vmm_shares("g"), [again]);
+    // No virtiofsd at the next start: the VM starts without the share.
+    lab.ok(&["vm", "stop", "g"]);
+    drop(daemon);
+    let _ = std::fs::remove_file(&socket);
+    lab.ok(&["vm", "start", "g"]);
+    let _restarted = lab.booted("g");
+    assert!(lab.vmm_shares("g").is_empty());
+    assert_eq!(lab.inspect("g")["filesystems"], Value::Null);
     assert_eq!(lab.inspect("g")["state"], "running");
     lab.ok(&["vm", "rm", "--force", "g"]);
 }

@@ -1,9 +1,7 @@
-//! What `vm fs attach` added to a running VM: recorded while its VMM runs
-//! (a snapshot refuses while one is there, QEMU keeps its slot taken) and
-//! forgotten at the next launch, as upstream (its `extend/fs`: "attach is
-//! runtime-only, devices don't persist past VM stop"; virtiofsd serves one
-//! VMM connection and exits when it closes, so nothing is left to plug
-//! into at the next start).
+//! What `vm fs attach` and `vm device attach` added to a running VM:
+//! recorded (a snapshot refuses while one is there, QEMU keeps its slot
+//! taken) and plugged again at `vm start` where it can be (`ops::vm_replug`;
+//! upstream keeps them for the VMM's lifetime only).
 
 use std::path::PathBuf;
 
@@ -40,7 +38,7 @@ impl FsConfig {
 }
 
 /// A host PCI device `vm device attach` passed through (VFIO) to a running
-/// VM: recorded, and forgotten, as a share is.
+/// VM: recorded as a share is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PciDevice {
     /// The VMM device id: the user's `--id`, or `cocoon-pci-<bdf>`.

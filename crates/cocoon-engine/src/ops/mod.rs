@@ -35,6 +35,7 @@ pub mod vm_launch;
 pub mod vm_query;
 pub mod vm_reconcile;
 pub mod vm_remove;
+mod vm_replug;
 pub mod vm_resize;
 pub mod vm_restore;
 pub mod vm_start;

@@ -3,10 +3,11 @@
 //! out again. Binding the device to vfio-pci (and the IOMMU) is the
 //! user's job, as upstream; the engine checks it before asking the VMM.
 //!
-//! Recorded and forgotten like a virtio-fs share (`vm_fs`): with the VM
-//! while its VMM runs (`pci_devices`; snapshots refuse while one is there,
-//! a VMM cannot save a passed-through device), forgotten at the next
-//! launch (upstream: "runtime-only"). Intents and crash recovery as there.
+//! Recorded like a virtio-fs share (`vm_fs`): with the VM (`pci_devices`;
+//! snapshots refuse while one is there, a VMM cannot save a passed-through
+//! device), passed through again at `vm start` if still bound to vfio-pci
+//! (`vm_replug`; upstream: "runtime-only"). Intents and crash recovery as
+//! there.
 
 use std::path::{Path, PathBuf};
 
@@ -55,15 +56,27 @@ pub(crate) fn attach(
         bdf: bdf.to_string(),
         slot: None,
     };
+    plug(ctx, &vm, &vmm, device, &sysfs)?;
+    Ok(DeviceChange {
+        vm: reference.to_string(),
+        pci: Some(bdf.to_string()),
+        id,
+    })
+}
+
+/// Passes `device` through to the running VMM and records it, under an
+/// intent (the caller holds the VM's lock).
+fn plug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, device: PciDevice, sysfs: &Path) -> Result<()> {
+    let id = device.id.clone();
     let op = Op::VmDeviceAttach { id: id.clone() };
     ctx.with_intent(&op, &vm.id, |ctx, _| {
         let backend = backend::of(vm.hypervisor);
         let plugged = ctx.block_on(async |_| {
             Ok(backend
-                .attach_device(&vm, &vmm.api_socket, &device, &sysfs)
+                .attach_device(vm, &vmm.api_socket, &device, sysfs)
                 .await)
         })?;
-        let slot = plugged.map_err(|reason| hot_plug_error(&vm, "attach", &id, reason))?;
+        let slot = plugged.map_err(|reason| hot_plug_error(vm, "attach", &id, reason))?;
         let device = PciDevice { slot, ..device };
         let recorded = crate::failpoint::hit("vm.device.attach.plugged").and_then(|()| {
             ctx.store()
@@ -74,15 +87,27 @@ pub(crate) fn attach(
                 .map_err(Into::into)
         });
         if let Err(e) = recorded {
-            unplug(ctx, &vm, &vmm, &id);
+            unplug(ctx, vm, vmm, &id);
             return Err(e);
         }
-        Ok(DeviceChange {
-            vm: reference.to_string(),
-            pci: Some(bdf.to_string()),
-            id: id.clone(),
-        })
+        Ok(())
     })
+}
+
+/// A recorded device again, into the VMM `vm start` just launched: its
+/// binding checked again first.
+pub(super) fn replug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, device: PciDevice) -> Result<()> {
+    let sysfs = check_vfio(&device.bdf)?;
+    plug(
+        ctx,
+        vm,
+        vmm,
+        PciDevice {
+            slot: None,
+            ..device
+        },
+        &sysfs,
+    )
 }
 
 pub(crate) fn detach(ctx: &mut Ctx, reference: &str, id: &str) -> Result<DeviceChange> {

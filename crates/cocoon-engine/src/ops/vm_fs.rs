@@ -3,10 +3,10 @@
 //! VM, tagged for the guest to mount (`mount -t virtiofs <tag> /mnt`), and
 //! out again.
 //!
-//! As upstream, a share lives as long as the VMM: it is recorded with the
-//! VM while the VMM runs (`filesystems`; a snapshot or hibernation refuses
-//! while one is there, since virtiofsd cannot hand its state over) and
-//! forgotten at the next launch. Attach plugs it into the VMM first and
+//! A share is recorded with the VM (`filesystems`; a snapshot or
+//! hibernation refuses while one is there, since virtiofsd cannot hand its
+//! state over) and plugged again at `vm start` where its socket is there
+//! again (`vm_replug`; upstream keeps it for the VMM's lifetime only). Attach plugs it into the VMM first and
 //! records it after; detach unplugs it first and forgets it after. Each
 //! records an intent before touching the VMM: crash recovery unplugs a share
 //! the record does not have (attach rolls back) and finishes a detach (rolls
@@ -67,15 +67,25 @@ pub(crate) fn attach(ctx: &mut Ctx, reference: &str, request: &FsAttach) -> Resu
         queue_size: queue_size(request.queue_size)?,
         slot: None,
     };
-    let id = fs.device_id();
-    let op = Op::VmFsAttach {
+    plug(ctx, &vm, &vmm, fs)?;
+    Ok(FsChange {
+        vm: reference.to_string(),
         tag: tag.to_string(),
-    };
+        id: Some(fs_device_id(tag)),
+    })
+}
+
+/// Plugs `fs` into the running VMM and records it, under an intent (the
+/// caller holds the VM's lock).
+pub(super) fn plug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, fs: FsConfig) -> Result<()> {
+    let id = fs.device_id();
+    let tag = fs.tag.clone();
+    let op = Op::VmFsAttach { tag: tag.clone() };
     ctx.with_intent(&op, &vm.id, |ctx, _| {
         let backend = backend::of(vm.hypervisor);
         let plugged =
-            ctx.block_on(async |_| Ok(backend.attach_fs(&vm, &vmm.api_socket, &fs).await))?;
-        let slot = plugged.map_err(|reason| hot_plug_error(&vm, "attach", tag, reason))?;
+            ctx.block_on(async |_| Ok(backend.attach_fs(vm, &vmm.api_socket, &fs).await))?;
+        let slot = plugged.map_err(|reason| hot_plug_error(vm, "attach", &tag, reason))?;
         let fs = FsConfig { slot, ..fs };
         let recorded = crate::failpoint::hit("vm.fs.attach.plugged").and_then(|()| {
             ctx.store()
@@ -84,15 +94,18 @@ pub(crate) fn attach(ctx: &mut Ctx, reference: &str, request: &FsAttach) -> Resu
                 .map_err(Into::into)
         });
         if let Err(e) = recorded {
-            unplug(ctx, &vm, &vmm, &id);
+            unplug(ctx, vm, vmm, &id);
             return Err(e);
         }
-        Ok(FsChange {
-            vm: reference.to_string(),
-            tag: tag.to_string(),
-            id: Some(id.clone()),
-        })
+        Ok(())
     })
+}
+
+/// A recorded share again, into the VMM `vm start` just launched: its
+/// socket checked again first.
+pub(super) fn replug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, fs: FsConfig) -> Result<()> {
+    let socket = check_socket(ctx, &fs.socket)?;
+    plug(ctx, vm, vmm, FsConfig { socket, ..fs })
 }
 
 pub(crate) fn detach(ctx: &mut Ctx, reference: &str, tag: &FsTag) -> Result<FsChange> {

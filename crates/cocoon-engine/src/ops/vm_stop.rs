@@ -49,8 +49,6 @@ pub(crate) fn stop_locked(ctx: &mut Ctx, vm: Vm, options: StopOptions) -> Result
             }
             v.pid = 0;
             v.vmm = None;
-            v.filesystems.clear();
-            v.pci_devices.clear();
             v.console_relay = None;
             v.vsock_socket.clear();
             v.vsock_helper = None;

@@ -48,7 +48,7 @@ pub enum DiskCommand {
 pub enum FsCommand {
     /// Attach a vhost-user-fs device to a running VM
     #[command(
-        after_help = "The VM must have been created with --shared-memory. The share lasts as long as the VM's VMM: it is gone after `vm stop` (virtiofsd exits when the VMM lets go of it), and a VM with a share cannot be snapshotted or hibernated (detach it first). In the guest: mount -t virtiofs <tag> /mnt. Firecracker has no virtio-fs.\n\nExamples:\n  virtiofsd --socket-path /run/vfs/dev.sock --shared-dir /srv/share &\n  cocoon vm fs attach dev --socket /run/vfs/dev.sock --tag share"
+        after_help = "The VM must have been created with --shared-memory. The share is recorded with the VM and plugged again at `vm start` if virtiofsd serves the socket again (it exits when the VMM it served stops; without it the VM starts without the share, with a warning). A VM with a share cannot be snapshotted or hibernated (detach it first). In the guest: mount -t virtiofs <tag> /mnt. Firecracker has no virtio-fs.\n\nExamples:\n  virtiofsd --socket-path /run/vfs/dev.sock --shared-dir /srv/share &\n  cocoon vm fs attach dev --socket /run/vfs/dev.sock --tag share"
     )]
     Attach {
         /// Absolute path to a virtiofsd unix socket (required)
@@ -82,7 +82,7 @@ pub enum FsCommand {
 pub enum DeviceCommand {
     /// Attach a VFIO PCI device to a running VM
     #[command(
-        after_help = "The device must be bound to vfio-pci (with the IOMMU on); that is the host's setup, not cocoon's. The device lasts as long as the VM's VMM: it is gone after `vm stop`, and a VM with one cannot be snapshotted or hibernated (detach it first). Firecracker has no VFIO.\n\nExamples:\n  cocoon vm device attach dev --pci 0000:01:00.0 --id gpu0\n  cocoon vm device detach dev --id gpu0"
+        after_help = "The device must be bound to vfio-pci (with the IOMMU on); that is the host's setup, not cocoon's. The device is recorded with the VM and passed through again at `vm start` if still bound to vfio-pci. A VM with one cannot be snapshotted or hibernated (detach it first). Firecracker has no VFIO.\n\nExamples:\n  cocoon vm device attach dev --pci 0000:01:00.0 --id gpu0\n  cocoon vm device detach dev --id gpu0"
     )]
     Attach {
         /// BDF (01:00.0 / 0000:01:00.0) or sysfs path /sys/bus/pci/devices/<bdf>
