@@ -520,6 +520,41 @@ fn fs_attach_detach_on(vmm: Vmm, test: &str) {
     assert_eq!(lab.inspect("g")["filesystems"], Value::Null);
     assert_eq!(lab.inspect("g")["state"], "running");
     lab.ok(&["vm", "rm", "--force", "g"]);
+    if vmm == Vmm::Qemu {
+        private_memory_is_refused_on_qemu(&lab, &binary, files.path());
+    }
+}
+
+/// QEMU itself says whether guest memory is shared (`qom-get`): without
+/// `--shared-memory` (and without the vsock device, whose back-end needs it
+/// shared too) the share is refused with the reason, nothing changed.
+fn private_memory_is_refused_on_qemu(lab: &Lab, binary: &Path, dir: &Path) {
+    let args = [
+        "vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--qemu",
+    ];
+    let mut args = args.to_vec();
+    args.extend(["--no-agent", "--name", "p", &lab.reference]);
+    lab.ok(&args);
+    let _vm = lab.booted("p");
+    let socket = dir.join("private.sock");
+    let _daemon = Virtiofsd::start(binary, &socket, dir);
+    let err = lab.fail(&[
+        "vm",
+        "fs",
+        "attach",
+        "p",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--tag",
+        "t",
+    ]);
+    assert!(
+        err.contains("cannot attach virtio-fs share t on VM p: its guest memory is not shared"),
+        "{err}"
+    );
+    assert!(lab.vmm_shares("p").is_empty());
+    assert_eq!(lab.inspect("p")["filesystems"], Value::Null);
+    lab.ok(&["vm", "rm", "--force", "p"]);
 }
 
 #[test]
