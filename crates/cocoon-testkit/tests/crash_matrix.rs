@@ -1082,9 +1082,9 @@ fn disk_detach_qemu() {
     disk_detach_on(true);
 }
 
-/// A running VM `m` with shared memory and a listening socket standing
-/// for virtiofsd's (the fake CH connects to it; it lives as long as the
-/// test process).
+/// A running VM `m` with shared memory and a share's server: on the fake
+/// CH a listening socket standing for virtiofsd's (the fake connects to
+/// it; it lives as long as the test process), on QEMU a real virtiofsd.
 fn running_shared(lab: &Lab) {
     lab.ok(&[
         "vm",
@@ -1097,8 +1097,63 @@ fn running_shared(lab: &Lab) {
         "test/guest:1",
     ]);
     lab.ok(&["vm", "start", "m"]);
-    let listener = std::os::unix::net::UnixListener::bind(vfs_socket(lab)).unwrap();
-    std::mem::forget(listener);
+    serve_share(lab);
+}
+
+/// The virtiofsd processes of the QEMU cases, killed by [`stop_daemons`].
+static DAEMONS: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
+
+/// virtiofsd: COCOON_VIRTIOFSD_BINARY, or where .ci/run installs it.
+fn virtiofsd() -> Option<PathBuf> {
+    let installed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/virtiofsd/bin/virtiofsd");
+    if std::env::var_os("COCOON_VIRTIOFSD_BINARY").is_none() && installed.is_file() {
+        return Some(installed);
+    }
+    cocoon_testkit::require_real_vmm("vm fs on QEMU", "COCOON_VIRTIOFSD_BINARY", "virtiofsd")
+}
+
+/// (Again) a server at the share's socket. virtiofsd serves one VMM
+/// connection and exits when it closes: a detach or a recovery that took
+/// the share out needs a new one.
+fn serve_share(lab: &Lab) {
+    let socket = PathBuf::from(vfs_socket(lab));
+    if !lab.qemu {
+        if !socket.exists() {
+            std::mem::forget(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        }
+        return;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let shared = lab.env.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let child = std::process::Command::new(virtiofsd().expect("virtiofsd"))
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(&shared)
+        .args(["--sandbox", "none"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    DAEMONS.lock().unwrap().push(child);
+    // Not probed by connecting: that would be its one connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "virtiofsd made no socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop_daemons() {
+    for mut child in DAEMONS.lock().unwrap().drain(..) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 fn vfs_socket(lab: &Lab) -> String {
@@ -1132,10 +1187,25 @@ fn shares_agree(lab: &Lab) -> Vec<String> {
         .map(|f| format!("cocoon-fs-{}", f["tag"].as_str().unwrap()))
         .collect();
     let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
-    let info = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap()
+        .unwrap();
+    if vm["hypervisor"] == "qemu" {
+        let in_vmm: Vec<String> = rt.block_on(async {
+            let mut qmp = vmm_api::qmp::Qmp::connect(&socket).await.unwrap();
+            let path = "/machine/peripheral".to_string();
+            let devices = qmp.execute(&vmm_api::qmp::QomList { path }).await.unwrap();
+            devices
+                .into_iter()
+                .filter(|d| d.kind == "child<vhost-user-fs-pci>")
+                .map(|d| d.name)
+                .collect()
+        });
+        assert_eq!(recorded, in_vmm, "the record and the VMM disagree");
+        return recorded;
+    }
+    let info = rt
         .block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
         .unwrap();
     let in_vmm: Vec<String> = info.config["fs"]
@@ -1150,40 +1220,76 @@ fn shares_agree(lab: &Lab) -> Vec<String> {
 
 /// `vm fs attach`: rolled back (the VMM loses the share the record does not
 /// have), then attached when run again.
+fn fs_attach_on(qemu: bool) {
+    if qemu && virtiofsd().is_none() {
+        return;
+    }
+    matrix_on(
+        &Op {
+            name: "vm fs attach",
+            setup: &running_shared,
+            args: &fs_attach_args,
+            failpoints: &["vm.fs.attach.plugged"],
+            again: &|lab| {
+                assert_eq!(shares_agree(lab), Vec::<String>::new());
+                serve_share(lab);
+            },
+        },
+        qemu,
+    );
+    stop_daemons();
+}
+
 #[test]
 fn fs_attach() {
-    matrix(&Op {
-        name: "vm fs attach",
-        setup: &running_shared,
-        args: &fs_attach_args,
-        failpoints: &["vm.fs.attach.plugged"],
-        again: &|lab| assert_eq!(shares_agree(lab), Vec::<String>::new()),
-    });
+    fs_attach_on(false);
+}
+
+#[test]
+fn fs_attach_qemu() {
+    fs_attach_on(true);
 }
 
 /// `vm fs detach`: finished (the record forgets the share the VMM no
 /// longer has); attached again to be detached again.
-#[test]
-fn fs_detach() {
+fn fs_detach_on(qemu: bool) {
+    if qemu && virtiofsd().is_none() {
+        return;
+    }
     let attach = |lab: &Lab| {
         lab.ok(&fs_attach_args(lab)
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>());
     };
-    matrix(&Op {
-        name: "vm fs detach",
-        setup: &|lab| {
-            running_shared(lab);
-            attach(lab);
+    matrix_on(
+        &Op {
+            name: "vm fs detach",
+            setup: &|lab| {
+                running_shared(lab);
+                attach(lab);
+            },
+            args: &args(&["vm", "fs", "detach", "m", "--tag", "t"]),
+            failpoints: &["vm.fs.detach.unplugged"],
+            again: &|lab| {
+                assert_eq!(shares_agree(lab), Vec::<String>::new());
+                serve_share(lab);
+                attach(lab);
+            },
         },
-        args: &args(&["vm", "fs", "detach", "m", "--tag", "t"]),
-        failpoints: &["vm.fs.detach.unplugged"],
-        again: &|lab| {
-            assert_eq!(shares_agree(lab), Vec::<String>::new());
-            attach(lab);
-        },
-    });
+        qemu,
+    );
+    stop_daemons();
+}
+
+#[test]
+fn fs_detach() {
+    fs_detach_on(false);
+}
+
+#[test]
+fn fs_detach_qemu() {
+    fs_detach_on(true);
 }
 
 /// `vm start` plugs a recorded share into the new VMM under the attach's
