@@ -383,6 +383,40 @@ impl Engine {
         vm_disk::detach(&mut self.ctx, reference, name)
     }
 
+    /// `vm fs attach`: a running virtiofsd's share into the running VM.
+    pub fn attach_fs(
+        &mut self,
+        reference: &str,
+        request: &vm_fs::FsAttach,
+    ) -> Result<vm_fs::FsChange> {
+        vm_fs::attach(&mut self.ctx, reference, request)
+    }
+
+    /// `vm fs detach`: a share out of the running VM.
+    pub fn detach_fs(
+        &mut self,
+        reference: &str,
+        tag: &crate::name::FsTag,
+    ) -> Result<vm_fs::FsChange> {
+        vm_fs::detach(&mut self.ctx, reference, tag)
+    }
+
+    /// `vm device attach`: a host PCI device (bound to vfio-pci) passed
+    /// through to the running VM.
+    pub fn attach_device(
+        &mut self,
+        reference: &str,
+        pci: &crate::name::PciAddress,
+        id: Option<&crate::name::DeviceId>,
+    ) -> Result<vm_device::DeviceChange> {
+        vm_device::attach(&mut self.ctx, reference, pci, id)
+    }
+
+    /// `vm device detach`: a passed-through device out of the running VM.
+    pub fn detach_device(&mut self, reference: &str, id: &str) -> Result<vm_device::DeviceChange> {
+        vm_device::detach(&mut self.ctx, reference, id)
+    }
+
     /// `vm hibernate`: the guest into a new snapshot, the VMM stopped.
     pub fn hibernate_vm(
         &mut self,

@@ -35,6 +35,18 @@ pub fn hit(_name: &str) -> Result<(), crate::Error> {
     Ok(())
 }
 
+/// Where the host's PCI devices are (`/sys/bus/pci/devices`). Builds with
+/// failpoints (the tests') take another directory from
+/// `COCOON_TEST_SYSFS_PCI`, so `vm device attach` can be tested on a host
+/// without a device bound to vfio-pci; release builds never read it.
+pub fn sysfs_pci_devices() -> std::path::PathBuf {
+    #[cfg(feature = "failpoints")]
+    if let Some(dir) = std::env::var_os("COCOON_TEST_SYSFS_PCI").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    std::path::PathBuf::from("/sys/bus/pci/devices")
+}
+
 /// [`hit`] for code whose errors are I/O errors.
 pub fn hit_io(name: &str) -> std::io::Result<()> {
     hit(name).map_err(|e| std::io::Error::other(e.to_string()))
@@ -62,6 +74,10 @@ pub const ALL: &[&str] = &[
     "vm.net.add.plugged",
     "vm.net.remove.unplugged",
     "vm.net.remove.released",
+    "vm.fs.attach.plugged",
+    "vm.fs.detach.unplugged",
+    "vm.device.attach.plugged",
+    "vm.device.detach.unplugged",
     "vm.cgroup.prepared",
     "vm.clone.files",
     "vm.restore.killed",

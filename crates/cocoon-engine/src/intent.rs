@@ -96,6 +96,30 @@ pub enum Op {
         #[serde(default)]
         nics: u32,
     },
+    /// `vm fs attach`: the object is the VM; `tag` the share's.
+    #[serde(rename = "vm.fs.attach")]
+    VmFsAttach {
+        #[serde(default)]
+        tag: String,
+    },
+    /// `vm fs detach`: the object is the VM; `tag` the share's.
+    #[serde(rename = "vm.fs.detach")]
+    VmFsDetach {
+        #[serde(default)]
+        tag: String,
+    },
+    /// `vm device attach`: the object is the VM; `id` the device's.
+    #[serde(rename = "vm.device.attach")]
+    VmDeviceAttach {
+        #[serde(default)]
+        id: String,
+    },
+    /// `vm device detach`: the object is the VM; `id` the device's.
+    #[serde(rename = "vm.device.detach")]
+    VmDeviceDetach {
+        #[serde(default)]
+        id: String,
+    },
     #[serde(rename = "snapshot.save")]
     SnapshotSave {
         #[serde(default)]
@@ -159,6 +183,10 @@ impl Op {
             Op::VmDiskAttach { .. } => "vm.disk.attach",
             Op::VmDiskDetach { .. } => "vm.disk.detach",
             Op::VmNet { .. } => "vm.net",
+            Op::VmFsAttach { .. } => "vm.fs.attach",
+            Op::VmFsDetach { .. } => "vm.fs.detach",
+            Op::VmDeviceAttach { .. } => "vm.device.attach",
+            Op::VmDeviceDetach { .. } => "vm.device.detach",
             Op::SnapshotSave { .. } => "snapshot.save",
             Op::SnapshotImport { .. } => "snapshot.import",
             Op::SnapshotEvict { .. } => "snapshot.evict",
@@ -180,7 +208,11 @@ impl Op {
             | Op::VmResize { .. }
             | Op::VmDiskAttach { .. }
             | Op::VmDiskDetach { .. }
-            | Op::VmNet { .. } => ObjectKind::Vm,
+            | Op::VmNet { .. }
+            | Op::VmFsAttach { .. }
+            | Op::VmFsDetach { .. }
+            | Op::VmDeviceAttach { .. }
+            | Op::VmDeviceDetach { .. } => ObjectKind::Vm,
             Op::SnapshotSave { .. } | Op::SnapshotImport { .. } | Op::SnapshotEvict { .. } => {
                 ObjectKind::Snapshot
             }
@@ -280,6 +312,10 @@ mod tests {
             Op::VmDiskAttach { name: "a".into() },
             Op::VmDiskDetach { name: "a".into() },
             Op::VmNet { from: 1, nics: 3 },
+            Op::VmFsAttach { tag: "a".into() },
+            Op::VmFsDetach { tag: "a".into() },
+            Op::VmDeviceAttach { id: "a".into() },
+            Op::VmDeviceDetach { id: "a".into() },
             Op::ImagePull {
                 digest: Some(format!("sha256:{}", "a".repeat(64))),
                 url: None,

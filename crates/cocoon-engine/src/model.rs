@@ -3,8 +3,12 @@
 //! JSON field names are cocoon's (`types.VM`, `types.Image`, `types.Snapshot`),
 //! so `-o json` consumers keep working after switching.
 
+mod hotplug;
+mod network;
 mod storage;
 mod switches;
+pub use hotplug::{FS_PREFIX, FsConfig, PciDevice, fs_device_id, pci_device_id};
+pub use network::{IpConfig, NetBackend, NetworkConfig, NetworkLease};
 pub use storage::{ATTACHED_DISK_PREFIX, StorageConfig, StorageRole, attached_disk_id};
 pub use switches::DeviceSwitches;
 
@@ -218,40 +222,6 @@ impl VmConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpConfig {
-    pub ip: String,
-    #[serde(default)]
-    pub gateway: String,
-    pub prefix: u8,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NetBackend {
-    Cni,
-    Bridge,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkConfig {
-    pub tap: String,
-    pub mac: String,
-    pub num_queues: u32,
-    pub queue_size: u32,
-    pub backend: NetBackend,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub bridge_dev: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub netns_path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<IpConfig>,
-    /// The hot-plug slot (QEMU's PCIe root port) a NIC `vm net` added
-    /// took, shared with attached disks; None for NICs made at creation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slot: Option<u32>,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +304,14 @@ pub struct Vm {
     /// VM has NICs, and for one made without any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_home: Option<NetworkConfig>,
+    /// The virtio-fs shares `vm fs attach` added (plugged again at `vm
+    /// start`, see [`FsConfig`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filesystems: Vec<FsConfig>,
+    /// The host PCI devices `vm device attach` passed through (plugged
+    /// again at `vm start`, as shares are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pci_devices: Vec<PciDevice>,
 }
 
 impl Vm {
@@ -385,6 +363,8 @@ impl Vm {
             hibernation_snapshot: None,
             vmm_memory: None,
             net_home: None,
+            filesystems: Vec::new(),
+            pci_devices: Vec::new(),
         }
     }
 
@@ -581,19 +561,4 @@ impl Snapshot {
             last_accessed_at: None,
         }
     }
-}
-
-/// One NIC's CNI lease (`networks.json` record in cocoon).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkLease {
-    pub id: String,
-    pub vm_id: String,
-    pub if_name: String,
-    /// The CNI conflist name.
-    #[serde(rename = "type")]
-    pub network_name: String,
-    pub network: IpConfig,
-    /// The ADD result, kept so DEL and CHECK get what ADD returned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cni_result: Option<serde_json::Value>,
 }

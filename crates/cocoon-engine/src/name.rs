@@ -289,5 +289,129 @@ impl fmt::Display for DiskName {
     }
 }
 
+/// The tag of a virtio-fs share `vm fs attach` adds: upstream's rule
+/// `^[A-Za-z0-9][A-Za-z0-9_-]{0,35}$`. It is the guest's mount tag, the VMM
+/// device id's suffix (`cocoon-fs-<tag>`) and the detach key, never a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsTag(String);
+
+impl FsTag {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for FsTag {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        let bytes = text.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 36
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        if valid {
+            Ok(FsTag(text.to_string()))
+        } else {
+            Err(SpecError::FsTag(text.to_string()))
+        }
+    }
+}
+
+impl fmt::Display for FsTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A host PCI address as `vm device attach --pci` takes it (upstream's
+/// forms): `01:00.0`, `0000:01:00.0` or `/sys/bus/pci/devices/0000:01:00.0`;
+/// kept as the full lower-case BDF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciAddress(String);
+
+impl PciAddress {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether `text` is `dddd:bb:dd.f` (hex, lower case, function 0-7).
+fn full_bdf(text: &str) -> bool {
+    let b = text.as_bytes();
+    let hex =
+        |r: std::ops::Range<usize>| b[r].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    b.len() == 12
+        && hex(0..4)
+        && b[4] == b':'
+        && hex(5..7)
+        && b[7] == b':'
+        && hex(8..10)
+        && b[10] == b'.'
+        && (b'0'..=b'7').contains(&b[11])
+}
+
+impl FromStr for PciAddress {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        let low = text.trim().to_ascii_lowercase();
+        let bdf = match low.strip_prefix("/sys/bus/pci/devices/") {
+            Some(rest) => rest.trim_end_matches('/').to_string(),
+            None if low.len() == 7 => format!("0000:{low}"),
+            None => low,
+        };
+        if full_bdf(&bdf) {
+            Ok(PciAddress(bdf))
+        } else {
+            Err(SpecError::PciAddress(text.to_string()))
+        }
+    }
+}
+
+impl fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A passed-through device's id as `--id` takes it: upstream's rule
+/// `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`, not `cocoon-...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceId(String);
+
+impl DeviceId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DeviceId {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        let b = text.as_bytes();
+        let valid = !b.is_empty()
+            && b.len() <= 64
+            && b[0].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+            && !text.starts_with("cocoon-");
+        if valid {
+            Ok(DeviceId(text.to_string()))
+        } else {
+            Err(SpecError::DeviceId(text.to_string()))
+        }
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -52,6 +52,27 @@ pub enum SpecError {
         "invalid disk name {0:?}: must match [a-z][a-z0-9_-]{{0,19}} and must not start with \"cocoon-\" (it is the guest's /dev/disk/by-id/virtio-<name> and the detach key)"
     )]
     DiskName(String),
+    #[error(
+        "invalid tag {0:?}: must match [A-Za-z0-9][A-Za-z0-9_-]{{0,35}} (it is the guest's mount tag and the detach key)"
+    )]
+    FsTag(String),
+    #[error(
+        "invalid --pci {0:?}: expect a PCI address (01:00.0 or 0000:01:00.0, as lspci prints it) or its sysfs path /sys/bus/pci/devices/0000:01:00.0"
+    )]
+    PciAddress(String),
+    #[error(
+        "invalid --id {0:?}: must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}} and not start with \"cocoon-\""
+    )]
+    DeviceId(String),
+    #[error("cannot pass through PCI device {bdf}: {reason}")]
+    PciDevice { bdf: String, reason: String },
+    #[error("invalid --queue-size {0}: must be a power of two up to 32768 (0: 1024)")]
+    FsQueueSize(u32),
+    #[error("invalid --socket {}: {reason}", path.display())]
+    FsSocket {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("invalid --path {}: {reason}", path.display())]
     AttachPath {
         path: std::path::PathBuf,

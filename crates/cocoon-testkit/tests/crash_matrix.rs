@@ -123,6 +123,8 @@ impl Lab {
 
     fn cmd(&self) -> std::process::Command {
         let mut cmd = self.vmm_cmd();
+        // The host's PCI devices, for `vm device` (see `running_with_device`).
+        cmd.env("COCOON_TEST_SYSFS_PCI", self.env.path().join("sysfs"));
         if let Some(parent) = &self.cgroups {
             let (key, value) = parent.env();
             cmd.env(key, value);
@@ -1364,6 +1366,352 @@ fn vm_net_to_none() {
         false,
         true,
     );
+}
+
+/// A running VM `m` with shared memory and a share's server: on the fake
+/// CH a listening socket standing for virtiofsd's (the fake connects to
+/// it; it lives as long as the test process), on QEMU a real virtiofsd.
+fn running_shared(lab: &Lab) {
+    lab.ok(&[
+        "vm",
+        "create",
+        "--nics",
+        "0",
+        "--shared-memory",
+        "--name",
+        "m",
+        "test/guest:1",
+    ]);
+    lab.ok(&["vm", "start", "m"]);
+    serve_share(lab);
+}
+
+/// The virtiofsd processes of the QEMU cases, killed by [`stop_daemons`].
+static DAEMONS: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
+
+/// virtiofsd: COCOON_VIRTIOFSD_BINARY, or where .ci/run installs it.
+fn virtiofsd() -> Option<PathBuf> {
+    let installed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/virtiofsd/bin/virtiofsd");
+    if std::env::var_os("COCOON_VIRTIOFSD_BINARY").is_none() && installed.is_file() {
+        return Some(installed);
+    }
+    cocoon_testkit::require_real_vmm("vm fs on QEMU", "COCOON_VIRTIOFSD_BINARY", "virtiofsd")
+}
+
+/// (Again) a server at the share's socket. virtiofsd serves one VMM
+/// connection and exits when it closes: a detach or a recovery that took
+/// the share out needs a new one.
+fn serve_share(lab: &Lab) {
+    let socket = PathBuf::from(vfs_socket(lab));
+    if !lab.qemu {
+        if !socket.exists() {
+            std::mem::forget(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        }
+        return;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let shared = lab.env.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let child = std::process::Command::new(virtiofsd().expect("virtiofsd"))
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(&shared)
+        .args(["--sandbox", "none"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    DAEMONS.lock().unwrap().push(child);
+    // Not probed by connecting: that would be its one connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "virtiofsd made no socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop_daemons() {
+    for mut child in DAEMONS.lock().unwrap().drain(..) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn vfs_socket(lab: &Lab) -> String {
+    lab.env
+        .path()
+        .join("vfs.sock")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn fs_attach_args(lab: &Lab) -> Vec<String> {
+    let socket = vfs_socket(lab);
+    ["vm", "fs", "attach", "m", "--socket", &socket, "--tag", "t"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The shares of `m` the record has and those its (fake CH) VMM has:
+/// after convergence they agree.
+fn shares_agree(lab: &Lab) -> Vec<String> {
+    let vm = lab
+        .vms()
+        .into_iter()
+        .find(|v| v["config"]["name"] == "m")
+        .expect("the VM m is kept");
+    let recorded: Vec<String> = vm["filesystems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| format!("cocoon-fs-{}", f["tag"].as_str().unwrap()))
+        .collect();
+    let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if vm["hypervisor"] == "qemu" {
+        let in_vmm: Vec<String> = rt.block_on(async {
+            let mut qmp = vmm_api::qmp::Qmp::connect(&socket).await.unwrap();
+            let path = "/machine/peripheral".to_string();
+            let devices = qmp.execute(&vmm_api::qmp::QomList { path }).await.unwrap();
+            devices
+                .into_iter()
+                .filter(|d| d.kind == "child<vhost-user-fs-pci>")
+                .map(|d| d.name)
+                .collect()
+        });
+        assert_eq!(recorded, in_vmm, "the record and the VMM disagree");
+        return recorded;
+    }
+    let info = rt
+        .block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
+        .unwrap();
+    let in_vmm: Vec<String> = info.config["fs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(recorded, in_vmm, "the record and the VMM disagree");
+    recorded
+}
+
+/// `vm fs attach`: rolled back (the VMM loses the share the record does not
+/// have), then attached when run again.
+fn fs_attach_on(qemu: bool) {
+    if qemu && virtiofsd().is_none() {
+        return;
+    }
+    matrix_on(
+        &Op {
+            name: "vm fs attach",
+            setup: &running_shared,
+            args: &fs_attach_args,
+            failpoints: &["vm.fs.attach.plugged"],
+            again: &|lab| {
+                assert_eq!(shares_agree(lab), Vec::<String>::new());
+                serve_share(lab);
+            },
+        },
+        qemu,
+    );
+    stop_daemons();
+}
+
+#[test]
+fn fs_attach() {
+    fs_attach_on(false);
+}
+
+#[test]
+fn fs_attach_qemu() {
+    fs_attach_on(true);
+}
+
+/// `vm fs detach`: finished (the record forgets the share the VMM no
+/// longer has); attached again to be detached again.
+fn fs_detach_on(qemu: bool) {
+    if qemu && virtiofsd().is_none() {
+        return;
+    }
+    let attach = |lab: &Lab| {
+        lab.ok(&fs_attach_args(lab)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+    };
+    matrix_on(
+        &Op {
+            name: "vm fs detach",
+            setup: &|lab| {
+                running_shared(lab);
+                attach(lab);
+            },
+            args: &args(&["vm", "fs", "detach", "m", "--tag", "t"]),
+            failpoints: &["vm.fs.detach.unplugged"],
+            again: &|lab| {
+                assert_eq!(shares_agree(lab), Vec::<String>::new());
+                serve_share(lab);
+                attach(lab);
+            },
+        },
+        qemu,
+    );
+    stop_daemons();
+}
+
+#[test]
+fn fs_detach() {
+    fs_detach_on(false);
+}
+
+#[test]
+fn fs_detach_qemu() {
+    fs_detach_on(true);
+}
+
+/// `vm start` plugs a recorded share into the new VMM under the attach's
+/// intent: killed there, recovery takes it out (the record and the VMM
+/// agree); failed there, the VM runs without it, with a warning. Not in
+/// `matrix`: a start does not fail for a share.
+#[test]
+fn start_replugging_a_share() {
+    let version = std::process::Command::new(bin())
+        .arg("version")
+        .output()
+        .unwrap();
+    if !String::from_utf8_lossy(&version.stdout).contains("failpoints") {
+        return cocoon_testkit::skip("start replugging a share", "built without failpoints");
+    }
+    for action in ["kill", "error"] {
+        let case = format!("vm start at vm.fs.attach.plugged ({action})");
+        let lab = Lab::on(false);
+        running_shared(&lab);
+        lab.ok(&fs_attach_args(&lab)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+        lab.ok(&["vm", "stop", "m"]);
+        let out = lab
+            .cmd()
+            .args(["vm", "start", "m"])
+            .env(
+                "COCOON_FAILPOINTS",
+                format!("vm.fs.attach.plugged={action}"),
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        if action == "kill" {
+            assert_eq!(out.status.signal(), Some(9), "{case}: {err}");
+        } else {
+            assert!(out.status.success(), "{case}: {err}");
+            assert!(
+                err.contains("virtio-fs share t is not attached again"),
+                "{case}: {err}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_converged(&lab, &case);
+        assert_eq!(shares_agree(&lab), Vec::<String>::new(), "{case}");
+        lab.ok(&fs_attach_args(&lab)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+        assert_eq!(shares_agree(&lab), ["cocoon-fs-t"], "{case}");
+        kill_all(&lab);
+    }
+}
+
+/// A running VM `m` and a fake sysfs whose 0000:01:00.0 is bound to
+/// vfio-pci (with an IOMMU group, which the fake CH opens).
+fn running_with_device(lab: &Lab) {
+    running(lab);
+    let dir = lab.env.path().join("sysfs/0000:01:00.0");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink("../../../bus/pci/drivers/vfio-pci", dir.join("driver")).unwrap();
+    std::os::unix::fs::symlink("../../../kernel/iommu_groups/7", dir.join("iommu_group")).unwrap();
+}
+
+/// The passed-through devices of `m` the record has and those its (fake
+/// CH) VMM has: after convergence they agree.
+fn devices_agree(lab: &Lab) -> Vec<String> {
+    let vm = lab
+        .vms()
+        .into_iter()
+        .find(|v| v["config"]["name"] == "m")
+        .expect("the VM m is kept");
+    let recorded: Vec<String> = vm["pci_devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+    let info = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
+        .unwrap();
+    let in_vmm: Vec<String> = info.config["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(recorded, in_vmm, "the record and the VMM disagree");
+    recorded
+}
+
+const DEVICE_ATTACH: &[&str] = &[
+    "vm",
+    "device",
+    "attach",
+    "m",
+    "--pci",
+    "0000:01:00.0",
+    "--id",
+    "d",
+];
+
+/// `vm device attach`: rolled back, then attached when run again.
+#[test]
+fn device_attach() {
+    matrix(&Op {
+        name: "vm device attach",
+        setup: &running_with_device,
+        args: &args(DEVICE_ATTACH),
+        failpoints: &["vm.device.attach.plugged"],
+        again: &|lab| assert_eq!(devices_agree(lab), Vec::<String>::new()),
+    });
+}
+
+/// `vm device detach`: finished; attached again to be detached again.
+#[test]
+fn device_detach() {
+    matrix(&Op {
+        name: "vm device detach",
+        setup: &|lab| {
+            running_with_device(lab);
+            lab.ok(DEVICE_ATTACH);
+        },
+        args: &args(&["vm", "device", "detach", "m", "--id", "d"]),
+        failpoints: &["vm.device.detach.unplugged"],
+        again: &|lab| {
+            assert_eq!(devices_agree(lab), Vec::<String>::new());
+            lab.ok(DEVICE_ATTACH);
+        },
+    });
 }
 
 /// Every failpoint the engine has is in this matrix, and the engine's list

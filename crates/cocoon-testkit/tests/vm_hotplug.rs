@@ -2,7 +2,8 @@
 //! fake Cloud Hypervisor: what the VMM is asked (`vm.add-disk` with the
 //! disk's id, serial, path and switches; `vm.remove-device`), the record
 //! and `-o json`, and every user mistake with its exact error and nothing
-//! changed (no record, no VMM device, the user's file untouched).
+//! changed (no record, no VMM device, the user's file untouched); `vm fs
+//! attach`/`detach` the same way (`vm.add-fs` to a socket of the test's).
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,11 @@ impl Drop for Lab {
 impl Lab {
     /// A running VM `m` on the fake CH.
     fn new() -> Lab {
+        Lab::with(&[])
+    }
+
+    /// A running VM `m` on the fake CH, created with `flags` too.
+    fn with(flags: &[&str]) -> Lab {
         let lab = Lab {
             env: CocoonEnv::new(cocoon_testkit::cocoon_bin()),
             files: tempfile::tempdir().unwrap(),
@@ -33,17 +39,28 @@ impl Lab {
         let tar = lab.env.path().join("layer.tar");
         std::fs::write(&tar, layer).unwrap();
         lab.ok(&["image", "import", "test/guest:1", tar.to_str().unwrap()]);
-        lab.ok(&["vm", "run", "--nics", "0", "--name", "m", "test/guest:1"]);
+        let mut run = vec!["vm", "run", "--nics", "0", "--name", "m"];
+        run.extend_from_slice(flags);
+        run.push("test/guest:1");
+        lab.ok(&run);
         lab
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        cocoon_testkit::run_ok(self.env.fake_vmm_cmd(FAKE), args)
+        cocoon_testkit::run_ok(self.cmd(), args)
+    }
+
+    /// The fake VMM's command; the host's PCI devices are the test's fake
+    /// sysfs (read by builds with failpoints only).
+    fn cmd(&self) -> std::process::Command {
+        let mut cmd = self.env.fake_vmm_cmd(FAKE);
+        cmd.env("COCOON_TEST_SYSFS_PCI", self.files.path().join("sysfs"));
+        cmd
     }
 
     /// The exit code and stderr of a command that must fail.
     fn fail(&self, args: &[&str]) -> (i32, String) {
-        let out = self.env.fake_vmm_cmd(FAKE).args(args).output().unwrap();
+        let out = self.cmd().args(args).output().unwrap();
         assert!(!out.status.success(), "cocoon {args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         (out.status.code().unwrap_or(-1), err)
@@ -65,10 +82,19 @@ impl Lab {
 
     /// The disks the fake VMM's configuration has.
     fn vmm_disks(&self) -> Vec<Value> {
-        self.vmm_disks_of("m")
+        self.vmm_list("disks")
     }
 
     fn vmm_disks_of(&self, name: &str) -> Vec<Value> {
+        self.vmm_list_of(name, "disks")
+    }
+
+    /// The devices of one kind (`disks`, `fs`) the fake VMM's configuration has.
+    fn vmm_list(&self, kind: &str) -> Vec<Value> {
+        self.vmm_list_of("m", kind)
+    }
+
+    fn vmm_list_of(&self, name: &str, kind: &str) -> Vec<Value> {
         let vm = self.inspect(name);
         let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
         let info = tokio::runtime::Builder::new_current_thread()
@@ -77,7 +103,7 @@ impl Lab {
             .unwrap()
             .block_on(vmm_api::ch::CloudHypervisor::new(&socket).info())
             .unwrap();
-        info.config["disks"].as_array().unwrap().clone()
+        info.config[kind].as_array().cloned().unwrap_or_default()
     }
 
     /// (the record's disks, the VMM's disks): what "nothing changed" compares.
@@ -392,4 +418,442 @@ fn user_mistakes_are_refused_with_their_reason_and_change_nothing() {
     let (_, err) = lab.fail(&["vm", "disk", "detach", "m", "--name", "data"]);
     assert!(err.contains("is not running"), "{err}");
     assert_eq!(lab.inspect("m")["storage_configs"], recorded);
+}
+
+/// A listening Unix socket of the test's, standing for virtiofsd's.
+fn virtiofsd_socket(lab: &Lab, name: &str) -> (std::os::unix::net::UnixListener, String) {
+    let path = lab.files.path().join(name);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    (listener, path.to_str().unwrap().to_string())
+}
+
+/// (the record's shares, the VMM's shares).
+fn fs_state(lab: &Lab) -> (Value, Vec<Value>) {
+    (lab.inspect("m")["filesystems"].clone(), lab.vmm_list("fs"))
+}
+
+#[test]
+fn fs_attach_asks_the_vmm_records_the_share_and_blocks_snapshots() {
+    let lab = Lab::with(&["--shared-memory"]);
+    let (_server, socket) = virtiofsd_socket(&lab, "vfs.sock");
+    let out = lab.ok(&[
+        "vm", "fs", "attach", "m", "--socket", &socket, "--tag", "share", "-o", "json",
+    ]);
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        out,
+        json!({"vm": "m", "tag": "share", "id": "cocoon-fs-share"})
+    );
+    let fs = lab.vmm_list("fs");
+    assert_eq!(fs.len(), 1, "{fs:?}");
+    assert_eq!(
+        fs[0],
+        json!({"id": "cocoon-fs-share", "tag": "share", "socket": socket, "num_queues": 1, "queue_size": 1024})
+    );
+    assert_eq!(
+        lab.inspect("m")["filesystems"],
+        json!([{"tag": "share", "socket": socket, "num_queues": 1, "queue_size": 1024}])
+    );
+
+    // No snapshot nor hibernation while it is there.
+    let before = fs_state(&lab);
+    for args in [&["snapshot", "save", "m"][..], &["vm", "hibernate", "m"]] {
+        let (code, err) = lab.fail(args);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("virtio-fs share share is attached: virtiofsd cannot hand its state over")
+                && err.contains("cocoon vm fs detach m --tag share"),
+            "{err}"
+        );
+        assert_eq!(fs_state(&lab), before);
+    }
+    let snapshots = lab.ok(&["snapshot", "ls", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&snapshots).unwrap(),
+        json!([])
+    );
+
+    let out = lab.ok(&["vm", "fs", "detach", "m", "--tag", "share", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"vm": "m", "tag": "share"})
+    );
+    assert_eq!(fs_state(&lab), (Value::Null, vec![]));
+    lab.ok(&["snapshot", "save", "--name", "s", "m"]);
+
+    // Recorded: back after a stop and a start while virtiofsd is there.
+    lab.ok(&[
+        "vm",
+        "fs",
+        "attach",
+        "m",
+        "--socket",
+        &socket,
+        "--tag",
+        "Two_2",
+        "--num-queues",
+        "2",
+        "--queue-size",
+        "256",
+    ]);
+    let fs = lab.vmm_list("fs");
+    assert_eq!(
+        (fs[0]["num_queues"].clone(), fs[0]["queue_size"].clone()),
+        (json!(2), json!(256))
+    );
+    lab.ok(&["vm", "stop", "m"]);
+    let recorded = json!([{"tag": "Two_2", "socket": socket, "num_queues": 2, "queue_size": 256}]);
+    assert_eq!(lab.inspect("m")["filesystems"], recorded);
+    lab.ok(&["vm", "start", "m"]);
+    assert_eq!(fs_state(&lab), (recorded, fs));
+    // Gone (virtiofsd exits with the VMM it served): the VM starts without it.
+    lab.ok(&["vm", "stop", "m"]);
+    drop(_server);
+    std::fs::remove_file(&socket).unwrap();
+    let out = lab.cmd().args(["vm", "start", "m"]).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("VM m: virtio-fs share Two_2 is not attached again (attach it with `cocoon vm fs attach`)"),
+        "{err}"
+    );
+    assert_eq!(fs_state(&lab), (Value::Null, vec![]));
+    assert_eq!(lab.inspect("m")["state"], "running");
+}
+
+#[test]
+fn fs_user_mistakes_are_refused_with_their_reason_and_change_nothing() {
+    // Without --shared-memory, nothing can be attached.
+    let plain = Lab::new();
+    let (_server, socket) = virtiofsd_socket(&plain, "vfs.sock");
+    let (code, err) = plain.fail(&["vm", "fs", "attach", "m", "--socket", &socket, "--tag", "t"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "cannot attach a virtio-fs share to VM m: VM m was created without --shared-memory"
+        ),
+        "{err}"
+    );
+    assert_eq!(plain.vmm_list("fs"), Vec::<Value>::new());
+    drop(plain);
+
+    let lab = Lab::with(&["--shared-memory"]);
+    let (_server, socket) = virtiofsd_socket(&lab, "vfs.sock");
+    lab.ok(&[
+        "vm", "fs", "attach", "m", "--socket", &socket, "--tag", "share",
+    ]);
+    let before = fs_state(&lab);
+    let file = lab.file("plain.raw");
+    let link = lab.files.path().join("link.sock");
+    std::os::unix::fs::symlink(&socket, &link).unwrap();
+    let own = lab.env.root_dir().join("own.sock");
+    let _own = std::os::unix::net::UnixListener::bind(&own).unwrap();
+    let (_gone, gone) = virtiofsd_socket(&lab, "gone.sock");
+    std::fs::remove_file(&gone).unwrap();
+    let attach = |socket: &str, tag: &str| -> Vec<String> {
+        ["vm", "fs", "attach", "m", "--socket", socket, "--tag", tag]
+            .map(str::to_string)
+            .to_vec()
+    };
+    let with = |mut args: Vec<String>, more: &[&str]| {
+        args.extend(more.iter().map(|s| s.to_string()));
+        args
+    };
+    let cases: Vec<(Vec<String>, i32, String)> = vec![
+        (
+            attach(&socket, "share"),
+            1,
+            "VM m already has a virtio-fs share tagged share; pick another --tag, or detach it first (`cocoon vm fs detach m --tag share`)".into(),
+        ),
+        (attach("rel.sock", "x"), 2, "invalid --socket rel.sock: must be an absolute path".into()),
+        (attach(&gone, "x"), 2, format!("invalid --socket {gone}: No such file or directory")),
+        (attach(&file, "x"), 2, format!("invalid --socket {file}: is not a Unix socket; start virtiofsd")),
+        (
+            attach(link.to_str().unwrap(), "x"),
+            2,
+            "is a symbolic link; give the path of the socket itself".into(),
+        ),
+        (attach(own.to_str().unwrap(), "x"), 2, "is inside cocoon's own directory".into()),
+        (
+            attach(&socket, "_bad"),
+            2,
+            "invalid tag \"_bad\": must match [A-Za-z0-9][A-Za-z0-9_-]{0,35}".into(),
+        ),
+        (attach(&socket, &"a".repeat(37)), 2, "invalid tag".into()),
+        (
+            with(attach(&socket, "x"), &["--queue-size", "1000"]),
+            2,
+            "invalid --queue-size 1000: must be a power of two up to 32768".into(),
+        ),
+        (with(attach(&socket, "x"), &["--num-queues=-1"]), 2, "invalid value '-1' for '--num-queues".into()),
+        (
+            ["vm", "fs", "detach", "m", "--tag", "nope"].map(str::to_string).to_vec(),
+            1,
+            "VM m has no virtio-fs share tagged nope".into(),
+        ),
+        (attach(&socket, "x")[..6].to_vec(), 2, "--tag <TAG>".into()),
+    ];
+    for (args, code, message) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (got, err) = lab.fail(&args);
+        assert!(err.contains(&message), "{args:?}: {err}");
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert_eq!(fs_state(&lab), before, "{args:?} changed something");
+    }
+
+    // A share the VMM refuses (here: nobody listens any more) is not recorded.
+    let (dead_server, dead) = virtiofsd_socket(&lab, "dead.sock");
+    drop(dead_server);
+    let (code, err) = lab.fail(&[
+        "vm", "fs", "attach", "m", "--socket", &dead, "--tag", "dead",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot attach virtio-fs share dead on VM m: vm.add-fs: the VMM refused")
+            && err.contains("the VM is as it was"),
+        "{err}"
+    );
+    assert_eq!(fs_state(&lab), before);
+
+    lab.ok(&["vm", "stop", "m"]);
+    let (code, err) = lab.fail(&["vm", "fs", "attach", "m", "--socket", &socket, "--tag", "x"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is not running; start it with `cocoon vm start m`"),
+        "{err}"
+    );
+    let (_, err) = lab.fail(&["vm", "fs", "detach", "m", "--tag", "share"]);
+    assert!(err.contains("is not running"), "{err}");
+    assert_eq!(
+        lab.inspect("m")["filesystems"],
+        before.0,
+        "kept for the next start"
+    );
+}
+
+/// A fake `/sys/bus/pci/devices`: 01:00.0 bound to vfio-pci (with an IOMMU
+/// group, which the fake CH opens), 02:00.0 to nvme, 03:00.0 to nothing.
+/// False (after a loud skip) when the binary under test cannot read it.
+fn fake_sysfs(lab: &Lab) -> bool {
+    if !lab.ok(&["version"]).contains("failpoints") {
+        cocoon_testkit::skip(
+            "vm device",
+            "the cocoon binary under test was built without failpoints (its sysfs seam)",
+        );
+        return false;
+    }
+    let root = lab.files.path().join("sysfs");
+    for (bdf, driver) in [
+        ("0000:01:00.0", Some("vfio-pci")),
+        ("0000:02:00.0", Some("nvme")),
+        ("0000:03:00.0", None),
+    ] {
+        let dir = root.join(bdf);
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(driver) = driver {
+            std::os::unix::fs::symlink(
+                format!("../../../bus/pci/drivers/{driver}"),
+                dir.join("driver"),
+            )
+            .unwrap();
+        }
+        std::os::unix::fs::symlink("../../../kernel/iommu_groups/7", dir.join("iommu_group"))
+            .unwrap();
+    }
+    true
+}
+
+fn device_state(lab: &Lab) -> (Value, Vec<Value>) {
+    (
+        lab.inspect("m")["pci_devices"].clone(),
+        lab.vmm_list("devices"),
+    )
+}
+
+#[test]
+fn device_attach_asks_the_vmm_records_the_device_and_blocks_snapshots() {
+    let lab = Lab::new();
+    if !fake_sysfs(&lab) {
+        return;
+    }
+    let sysfs = lab.files.path().join("sysfs/0000:01:00.0");
+    let out = lab.ok(&[
+        "vm",
+        "device",
+        "attach",
+        "m",
+        "--pci",
+        "0000:01:00.0",
+        "--id",
+        "gpu0",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"vm": "m", "pci": "0000:01:00.0", "id": "gpu0"})
+    );
+    assert_eq!(
+        lab.vmm_list("devices"),
+        [json!({"id": "gpu0", "path": sysfs.to_str().unwrap()})]
+    );
+    assert_eq!(
+        lab.inspect("m")["pci_devices"],
+        json!([{"id": "gpu0", "bdf": "0000:01:00.0"}])
+    );
+    let before = device_state(&lab);
+    for args in [&["snapshot", "save", "m"][..], &["vm", "hibernate", "m"]] {
+        let (code, err) = lab.fail(args);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("PCI device gpu0 (0000:01:00.0) is passed through: a VMM cannot save a host device's state")
+                && err.contains("cocoon vm device detach m --id gpu0"),
+            "{err}"
+        );
+        assert_eq!(device_state(&lab), before);
+    }
+    let out = lab.ok(&["vm", "device", "detach", "m", "--id", "gpu0", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"vm": "m", "id": "gpu0"})
+    );
+    assert_eq!(device_state(&lab), (Value::Null, vec![]));
+
+    // lspci's short form, no --id: the id is made of the address.
+    let out = lab.ok(&[
+        "vm", "device", "attach", "m", "--pci", "01:00.0", "-o", "json",
+    ]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"vm": "m", "pci": "0000:01:00.0", "id": "cocoon-pci-0000-01-00.0"})
+    );
+    // Recorded: back after a stop and a start while it is bound to vfio-pci.
+    lab.ok(&["vm", "stop", "m"]);
+    let recorded = json!([{"id": "cocoon-pci-0000-01-00.0", "bdf": "0000:01:00.0"}]);
+    assert_eq!(lab.inspect("m")["pci_devices"], recorded);
+    lab.ok(&["vm", "start", "m"]);
+    assert_eq!(lab.inspect("m")["pci_devices"], recorded);
+    assert_eq!(lab.vmm_list("devices")[0]["id"], "cocoon-pci-0000-01-00.0");
+    // Bound to another driver meanwhile: the VM starts without it.
+    lab.ok(&["vm", "stop", "m"]);
+    let driver = sysfs.join("driver");
+    std::fs::remove_file(&driver).unwrap();
+    std::os::unix::fs::symlink("../../../bus/pci/drivers/nvme", &driver).unwrap();
+    let out = lab.cmd().args(["vm", "start", "m"]).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("VM m: PCI device cocoon-pci-0000-01-00.0 is not attached again")
+            && err.contains("bound to driver nvme"),
+        "{err}"
+    );
+    assert_eq!(device_state(&lab), (Value::Null, vec![]));
+}
+
+#[test]
+fn device_user_mistakes_are_refused_with_their_reason_and_change_nothing() {
+    let lab = Lab::new();
+    if !fake_sysfs(&lab) {
+        return;
+    }
+    lab.ok(&[
+        "vm",
+        "device",
+        "attach",
+        "m",
+        "--pci",
+        "/sys/bus/pci/devices/0000:01:00.0",
+        "--id",
+        "gpu0",
+    ]);
+    let before = device_state(&lab);
+    let attach = |pci: &'static str, id: &'static str| {
+        vec!["vm", "device", "attach", "m", "--pci", pci, "--id", id]
+    };
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            attach("0000:01:00.0", "other"),
+            1,
+            "VM m already has PCI device 0000:01:00.0 as id gpu0; pick another --id or --pci, or detach it first (`cocoon vm device detach m --id gpu0`)",
+        ),
+        (
+            attach("0000:02:00.0", "gpu0"),
+            1,
+            "VM m already has PCI device 0000:01:00.0 as id gpu0",
+        ),
+        (
+            attach("0000:09:00.0", "x"),
+            2,
+            "cannot pass through PCI device 0000:09:00.0: no such PCI device (",
+        ),
+        (
+            attach("0000:02:00.0", "x"),
+            2,
+            "cannot pass through PCI device 0000:02:00.0: it is bound to driver nvme, not vfio-pci; unbind it and bind it to vfio-pci first",
+        ),
+        (
+            attach("0000:03:00.0", "x"),
+            2,
+            "cannot pass through PCI device 0000:03:00.0: it is bound to no driver; bind it to vfio-pci first",
+        ),
+        (
+            attach("1:0.0", "x"),
+            2,
+            "invalid --pci \"1:0.0\": expect a PCI address (01:00.0 or 0000:01:00.0",
+        ),
+        (
+            attach("/sys/class/net/eth0", "x"),
+            2,
+            "invalid --pci \"/sys/class/net/eth0\"",
+        ),
+        (attach("0000:01:00.8", "x"), 2, "invalid --pci"),
+        (
+            attach("0000:02:00.0", "cocoon-x"),
+            2,
+            "invalid --id \"cocoon-x\": must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63} and not start with \"cocoon-\"",
+        ),
+        (attach("0000:02:00.0", "a/b"), 2, "invalid --id \"a/b\""),
+        (
+            vec!["vm", "device", "detach", "m", "--id", "nope"],
+            1,
+            "VM m has no PCI device with id nope",
+        ),
+        (vec!["vm", "device", "attach", "m"], 2, "--pci <PCI>"),
+    ];
+    for (args, code, message) in cases {
+        let (got, err) = lab.fail(&args);
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert_eq!(device_state(&lab), before, "{args:?} changed something");
+    }
+    lab.ok(&["vm", "stop", "m"]);
+    let (code, err) = lab.fail(&attach("0000:01:00.0", "gpu0"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is not running; start it with `cocoon vm start m`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn firecracker_refuses_shares_and_devices_with_the_reason() {
+    let lab = Lab::with(&["--fc"]);
+    let (_server, socket) = virtiofsd_socket(&lab, "vfs.sock");
+    let before = lab.inspect("m");
+    let (code, err) = lab.fail(&["vm", "fs", "attach", "m", "--socket", &socket, "--tag", "t"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot attach a virtio-fs share to VM m: Firecracker has no virtio-fs (vhost-user-fs) device"),
+        "{err}"
+    );
+    let (code, err) = lab.fail(&["vm", "device", "attach", "m", "--pci", "0000:01:00.0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot pass a PCI device through to VM m: Firecracker cannot pass a host PCI device through (it has no VFIO)"),
+        "{err}"
+    );
+    let after = lab.inspect("m");
+    assert_eq!(before["filesystems"], after["filesystems"]);
+    assert_eq!(before["pci_devices"], after["pci_devices"]);
+    assert_eq!(after["state"], "running");
 }

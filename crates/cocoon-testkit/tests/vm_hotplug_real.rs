@@ -5,9 +5,14 @@
 //! taken with it attached has its own copy of it, attached the same way.
 //! Firecracker refuses with its reason and keeps the VM as it was.
 //!
+//! `vm fs attach`/`detach` the same way with a real virtiofsd (the VMM lists
+//! the share, CH `vm.info` fs, and no longer after detach), five rounds on
+//! one VM.
+//!
 //! Needs the VMMs (PATH or COCOON_CH_BINARY / COCOON_FC_BINARY /
-//! COCOON_QEMU_BINARY), /dev/kvm and Debian's docker-registry; says SKIPPED
-//! loudly otherwise.
+//! COCOON_QEMU_BINARY), virtiofsd for the shares (COCOON_VIRTIOFSD_BINARY,
+//! PATH or `target/virtiofsd/bin`, where .ci/run installs it), /dev/kvm and
+//! Debian's docker-registry; says SKIPPED loudly otherwise.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -362,4 +367,238 @@ fn disk_attach_is_refused_on_firecracker() {
     assert_eq!(before["storage_configs"], after["storage_configs"]);
     assert_eq!(after["state"], "running");
     lab.ok(&["vm", "rm", "--force", "g"]);
+}
+
+/// virtiofsd: COCOON_VIRTIOFSD_BINARY, PATH, or where .ci/run installs it
+/// (`target/virtiofsd/bin` of this workspace); None after a loud skip.
+fn virtiofsd(test: &str) -> Option<PathBuf> {
+    let installed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/virtiofsd/bin/virtiofsd");
+    if std::env::var_os("COCOON_VIRTIOFSD_BINARY").is_none() && installed.is_file() {
+        return Some(installed);
+    }
+    require_real_vmm(test, "COCOON_VIRTIOFSD_BINARY", "virtiofsd")
+}
+
+/// A running virtiofsd sharing `dir` at `socket`, killed when dropped.
+struct Virtiofsd(std::process::Child);
+
+impl Virtiofsd {
+    fn start(binary: &Path, socket: &Path, dir: &Path) -> Virtiofsd {
+        let child = std::process::Command::new(binary)
+            .arg("--socket-path")
+            .arg(socket)
+            .arg("--shared-dir")
+            .arg(dir)
+            // The test runs it unprivileged or in a container: no namespaces.
+            .args(["--sandbox", "none"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Not probed by connecting: virtiofsd serves its first connection
+        // only, and exits when it closes.
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "virtiofsd made no socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Virtiofsd(child)
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Lab {
+    /// The shares the VM's VMM itself has: (device id, tag, socket).
+    fn vmm_shares(&self, name: &str) -> Vec<(String, String, String)> {
+        let vm = self.inspect(name);
+        let socket = PathBuf::from(vm["run_dir"].as_str().unwrap()).join("api.sock");
+        if self.vmm == Vmm::Qemu {
+            return block_on(qemu_shares(&socket));
+        }
+        let info = block_on(vmm_api::ch::CloudHypervisor::new(&socket).info()).unwrap();
+        info.config["fs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                let text = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+                (text("id"), text("tag"), text("socket"))
+            })
+            .collect()
+    }
+}
+
+/// QEMU's `vhost-user-fs-pci` devices: id, tag (the device's property) and
+/// the socket of the chardev of the same id.
+async fn qemu_shares(socket: &Path) -> Vec<(String, String, String)> {
+    use vmm_api::qmp::{QomGet, QomList, QueryChardev};
+    let mut qmp = vmm_api::qmp::Qmp::connect(socket).await.unwrap();
+    let devices = qmp
+        .execute(&QomList {
+            path: "/machine/peripheral".into(),
+        })
+        .await
+        .unwrap();
+    let chardevs = qmp.execute(&QueryChardev).await.unwrap();
+    let mut shares = Vec::new();
+    for device in devices
+        .iter()
+        .filter(|d| d.kind == "child<vhost-user-fs-pci>")
+    {
+        let tag = qmp
+            .execute(&QomGet {
+                path: format!("/machine/peripheral/{}/virtio-backend", device.name),
+                property: "tag".into(),
+            })
+            .await
+            .unwrap();
+        let chardev = chardevs.iter().find(|c| c.label == device.name).unwrap();
+        let path = chardev.filename.rsplit("unix:").next().unwrap_or_default();
+        let path = path.split(',').next().unwrap_or_default().to_string();
+        shares.push((
+            device.name.clone(),
+            tag.as_str().unwrap_or_default().to_string(),
+            path,
+        ));
+    }
+    shares
+}
+
+fn fs_attach_detach_on(vmm: Vmm, test: &str) {
+    let Some(binary) = virtiofsd(test) else {
+        return;
+    };
+    let Some(lab) = Lab::new(test, vmm) else {
+        return;
+    };
+    let _env_reaper = EnvReaper(lab.env.root_dir());
+    let files = tempfile::tempdir().unwrap();
+    let shared = files.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let args = [
+        "vm",
+        "run",
+        "--nics",
+        "0",
+        "--memory",
+        "512M",
+        "--cpu",
+        "1",
+        "--shared-memory",
+    ];
+    let mut args = args.to_vec();
+    if vmm == Vmm::Qemu {
+        args.push("--qemu");
+    }
+    args.extend(["--name", "g", &lab.reference]);
+    lab.ok(&args);
+    let _vm = lab.booted("g");
+    for round in 0..5 {
+        // virtiofsd serves one VMM connection: one per round.
+        let socket = files.path().join(format!("vfs{round}.sock"));
+        let _daemon = Virtiofsd::start(&binary, &socket, &shared);
+        let socket = socket.to_str().unwrap();
+        let tag = format!("share{round}");
+        let out = lab.ok(&[
+            "vm", "fs", "attach", "g", "--socket", socket, "--tag", &tag, "-o", "json",
+        ]);
+        let out: Value = serde_json::from_str(&out).unwrap();
+        let id = format!("cocoon-fs-{tag}");
+        assert_eq!(out, serde_json::json!({"vm": "g", "tag": tag, "id": id}));
+        assert_eq!(
+            lab.vmm_shares("g"),
+            [(id.clone(), tag.clone(), socket.to_string())]
+        );
+        assert_eq!(lab.inspect("g")["filesystems"][0]["tag"], tag.as_str());
+        let err = lab.fail(&["snapshot", "save", "g"]);
+        assert!(
+            err.contains("virtiofsd cannot hand its state over"),
+            "{err}"
+        );
+        lab.ok(&["vm", "fs", "detach", "g", "--tag", &tag]);
+        assert!(lab.vmm_shares("g").is_empty(), "round {round}");
+        assert_eq!(lab.inspect("g")["filesystems"], Value::Null);
+    }
+    // Recorded: plugged again at `vm start` into a virtiofsd serving the
+    // same socket (the first one exits with the VMM it served).
+    let socket = files.path().join("again.sock");
+    let daemon = Virtiofsd::start(&binary, &socket, &shared);
+    let path = socket.to_str().unwrap().to_string();
+    lab.ok(&[
+        "vm", "fs", "attach", "g", "--socket", &path, "--tag", "again",
+    ]);
+    lab.ok(&["vm", "stop", "g"]);
+    drop(daemon);
+    let _ = std::fs::remove_file(&socket);
+    let daemon = Virtiofsd::start(&binary, &socket, &shared);
+    lab.ok(&["vm", "start", "g"]);
+    let _restarted = lab.booted("g");
+    let again = (
+        "cocoon-fs-again".to_string(),
+        "again".to_string(),
+        path.clone(),
+    );
+    assert_eq!(lab.vmm_shares("g"), [again]);
+    // No virtiofsd at the next start: the VM starts without the share.
+    lab.ok(&["vm", "stop", "g"]);
+    drop(daemon);
+    let _ = std::fs::remove_file(&socket);
+    lab.ok(&["vm", "start", "g"]);
+    let _restarted = lab.booted("g");
+    assert!(lab.vmm_shares("g").is_empty());
+    assert_eq!(lab.inspect("g")["filesystems"], Value::Null);
+    assert_eq!(lab.inspect("g")["state"], "running");
+    lab.ok(&["vm", "rm", "--force", "g"]);
+    if vmm == Vmm::Qemu {
+        private_memory_is_refused_on_qemu(&lab, &binary, files.path());
+    }
+}
+
+/// QEMU itself says whether guest memory is shared (`qom-get`): without
+/// `--shared-memory` (and without the vsock device, whose back-end needs it
+/// shared too) the share is refused with the reason, nothing changed.
+fn private_memory_is_refused_on_qemu(lab: &Lab, binary: &Path, dir: &Path) {
+    let args = [
+        "vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1", "--qemu",
+    ];
+    let mut args = args.to_vec();
+    args.extend(["--no-agent", "--name", "p", &lab.reference]);
+    lab.ok(&args);
+    let _vm = lab.booted("p");
+    let socket = dir.join("private.sock");
+    let _daemon = Virtiofsd::start(binary, &socket, dir);
+    let err = lab.fail(&[
+        "vm",
+        "fs",
+        "attach",
+        "p",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--tag",
+        "t",
+    ]);
+    assert!(
+        err.contains("cannot attach virtio-fs share t on VM p: its guest memory is not shared"),
+        "{err}"
+    );
+    assert!(lab.vmm_shares("p").is_empty());
+    assert_eq!(lab.inspect("p")["filesystems"], Value::Null);
+    lab.ok(&["vm", "rm", "--force", "p"]);
+}
+
+#[test]
+fn fs_attach_detach_cloud_hypervisor() {
+    fs_attach_detach_on(Vmm::Ch, "fs_attach_detach_cloud_hypervisor");
+}
+
+#[test]
+fn fs_attach_detach_qemu() {
+    fs_attach_detach_on(Vmm::Qemu, "fs_attach_detach_qemu");
 }

@@ -444,6 +444,27 @@ async fn every_client_endpoint_reaches_the_vmm() {
         .unwrap();
     ch.remove_device(&net.id).await.unwrap();
     ch.remove_device(&disk.id).await.unwrap();
+    // vhost-user needs shared memory, which this VM lacks; a VFIO device
+    // needs its IOMMU group.
+    let fs = vmm_api::ch::models::FsConfig {
+        tag: "t".into(),
+        socket: h.path("vfs.sock").display().to_string(),
+        num_queues: 1,
+        queue_size: 1024,
+        id: Some("cocoon-fs-t".into()),
+        extra: Default::default(),
+    };
+    let err = ch.add_fs(&fs).await.unwrap_err().to_string();
+    assert!(
+        err.contains("Using vhost-user requires using shared memory"),
+        "{err}"
+    );
+    let device = vmm_api::ch::models::DeviceConfig {
+        path: Some("/sys/bus/pci/devices/0000:ff:1f.7/".into()),
+        ..Default::default()
+    };
+    let err = ch.add_device(&device).await.unwrap_err().to_string();
+    assert!(err.contains("Failed to open VFIO group"), "{err}");
     ch.resize(&VmResize {
         desired_vcpus: Some(2),
         ..Default::default()

@@ -143,16 +143,24 @@ fn qemu_accel_shapes_the_machine_and_cpu() {
     let env = env_with("qemu_accel = \"tcg\"\n");
     let script = debug(&env, &["--qemu"]);
     assert!(
-        script.contains(" -machine microvm,pcie=on,accel=tcg,mem-merge=off -cpu max -bios qboot.rom "),
+        script.contains(
+            " -machine microvm,pcie=on,accel=tcg,mem-merge=off -cpu max -bios qboot.rom "
+        ),
         "{script}"
     );
     let argv = debug_launch_argv(&script);
-    assert_eq!(value(&argv, "-machine"), "microvm,pcie=on,accel=tcg,mem-merge=off");
+    assert_eq!(
+        value(&argv, "-machine"),
+        "microvm,pcie=on,accel=tcg,mem-merge=off"
+    );
     assert_eq!(value(&argv, "-cpu"), "max");
 
     std::fs::write(env.config_path(), "qemu_accel = \"kvm\"\n").unwrap();
     let argv = debug_launch_argv(&debug(&env, &["--qemu"]));
-    assert_eq!(value(&argv, "-machine"), "microvm,pcie=on,accel=kvm,mem-merge=off");
+    assert_eq!(
+        value(&argv, "-machine"),
+        "microvm,pcie=on,accel=kvm,mem-merge=off"
+    );
     assert_eq!(value(&argv, "-cpu"), "max,-arch-capabilities");
 
     // The environment beats the file.
@@ -168,5 +176,8 @@ fn qemu_accel_shapes_the_machine_and_cpu() {
     let out = cmd.output().unwrap();
     assert!(out.status.success());
     let argv = debug_launch_argv(&String::from_utf8(out.stdout).unwrap());
-    assert_eq!(value(&argv, "-machine"), "microvm,pcie=on,accel=tcg,mem-merge=off");
+    assert_eq!(
+        value(&argv, "-machine"),
+        "microvm,pcie=on,accel=tcg,mem-merge=off"
+    );
 }

@@ -128,9 +128,13 @@ fn help_lists_every_subcommand() {
                 "status",
                 "disk",
                 "net",
+                "fs",
+                "device",
             ],
         ),
         (&["vm", "disk"], &["attach", "detach"]),
+        (&["vm", "fs"], &["attach", "detach"]),
+        (&["vm", "device"], &["attach", "detach"]),
         (
             &["snapshot"],
             &[

@@ -247,10 +247,26 @@ fn hot_plug_command_problems(schema: &Schema, add: &mut impl FnMut(&'static str,
         id: "cocoon-net-0a0b0c0d0e0f".into(),
     };
     add(NetdevDel::NAME, command_problems(schema, &[del]));
+    // `vm fs attach`/`detach`: a vhost-user chardev and its device.
+    let chardev = ChardevAdd::unix_client("cocoon-fs-t", Path::new("/run/vfs.sock"));
+    add(ChardevAdd::NAME, command_problems(schema, &[chardev]));
+    let remove = ChardevRemove {
+        id: "cocoon-fs-t".into(),
+    };
+    add(ChardevRemove::NAME, command_problems(schema, &[remove]));
+    add(
+        QueryChardev::NAME,
+        command_problems(schema, &[QueryChardev]),
+    );
     let list = QomList {
         path: "/machine/peripheral".into(),
     };
     add(QomList::NAME, command_problems(schema, &[list]));
+    let get = QomGet {
+        path: "/objects/mem".into(),
+        property: "share".into(),
+    };
+    add(QomGet::NAME, command_problems(schema, &[get]));
 }
 
 #[test]
@@ -331,6 +347,17 @@ fn every_result_field_the_client_parses_matches_the_schema() {
         extra: Default::default(),
     };
     problems.extend(output_problems::<QueryBlock>(&schema, &vec![block]));
+    let chardev = ChardevReturn {
+        pty: Some("/dev/pts/3".into()),
+        extra: Default::default(),
+    };
+    problems.extend(output_problems::<ChardevAdd>(&schema, &chardev));
+    let info = ChardevInfo {
+        label: "cocoon-fs-t".into(),
+        filename: "unix:/run/vfs.sock".into(),
+        extra: Default::default(),
+    };
+    problems.extend(output_problems::<QueryChardev>(&schema, &vec![info]));
     let property = ObjectPropertyInfo {
         name: "cocoon-net-0a0b0c0d0e0f".into(),
         kind: "child<virtio-net-pci>".into(),
@@ -356,6 +383,7 @@ fn every_result_field_the_client_parses_matches_the_schema() {
         output_problems::<DeviceDel>(&schema, &Empty {}),
         output_problems::<NetdevAdd>(&schema, &Empty {}),
         output_problems::<NetdevDel>(&schema, &Empty {}),
+        output_problems::<ChardevRemove>(&schema, &Empty {}),
     ] {
         problems.extend(empty);
     }

@@ -145,6 +145,8 @@ fn cloud_hypervisor_models_match_the_spec() {
     conforms::<ch::models::PciDeviceInfo>(&spec, "PciDeviceInfo", |m| m.extra.clear());
     conforms::<ch::models::DiskConfig>(&spec, "DiskConfig", |m| m.extra.clear());
     conforms::<ch::models::NetConfig>(&spec, "NetConfig", |m| m.extra.clear());
+    conforms::<ch::models::FsConfig>(&spec, "FsConfig", |m| m.extra.clear());
+    conforms::<ch::models::DeviceConfig>(&spec, "DeviceConfig", |m| m.extra.clear());
     conforms::<ch::models::VmResize>(&spec, "VmResize", |m| m.extra.clear());
     conforms::<ch::models::VmRemoveDevice>(&spec, "VmRemoveDevice", |m| m.extra.clear());
     conforms::<ch::models::VmSnapshotConfig>(&spec, "VmSnapshotConfig", |m| m.extra.clear());
@@ -208,6 +210,8 @@ const CH_REQUIRED: &[(&str, &str)] = &[
     ("PUT", "/vm.restore"),
     ("PUT", "/vm.add-disk"),
     ("PUT", "/vm.add-net"),
+    ("PUT", "/vm.add-fs"),
+    ("PUT", "/vm.add-device"),
     ("PUT", "/vm.remove-device"),
     ("PUT", "/vm.resize"),
     ("GET", "/vm.counters"),

@@ -29,7 +29,9 @@ use crate::error::Result;
 use crate::image::store::ImageDirs;
 use crate::jail::Jail;
 use crate::layout::VmPaths;
-use crate::model::{Hypervisor, NetworkConfig, Snapshot, StorageConfig, Vm, VmmProcess};
+use crate::model::{
+    FsConfig, Hypervisor, NetworkConfig, PciDevice, Snapshot, StorageConfig, Vm, VmmProcess,
+};
 use crate::snapshot::manifest::Manifest;
 
 pub use launch::{GUEST_CID, Helper, LaunchOptions, host_has_hugepages};
@@ -292,6 +294,43 @@ pub trait Backend: Sync {
     fn nic_macs<'a>(&'a self, _socket: &'a Path) -> LocalFuture<'a, Result<Vec<String>, String>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    // --- hot-plug (`vm fs attach`/`detach`) ---
+    /// Why no virtio-fs share can be attached to or detached from the
+    /// running `vm`: what the VMM (or the VM) lacks and what to do instead.
+    fn fs_hot_plug_refusal(&self, vm: &Vm) -> Option<String>;
+    /// Adds the share `fs` (its device id [`FsConfig::device_id`]) to the
+    /// running VMM; returns the slot it took where the VMM has slots.
+    fn attach_fs<'a>(
+        &'a self,
+        vm: &'a Vm,
+        socket: &'a Path,
+        fs: &'a FsConfig,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>>;
+    /// Removes the share device `id`; one the VMM does not have is success.
+    fn detach_fs<'a>(
+        &'a self,
+        socket: &'a Path,
+        id: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>>;
+
+    // --- hot-plug (`vm device attach`/`detach`) ---
+    /// Why no host PCI device can be passed through to the running `vm`.
+    fn device_hot_plug_refusal(&self, vm: &Vm) -> Option<String>;
+    /// Passes `device` (its sysfs directory `sysfs`) through to the running
+    /// VMM; returns the slot it took where the VMM has slots.
+    fn attach_device<'a>(
+        &'a self,
+        vm: &'a Vm,
+        socket: &'a Path,
+        device: &'a PciDevice,
+        sysfs: &'a Path,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>>;
+    /// Removes the device `id`; one the VMM does not have is success.
+    fn detach_device<'a>(
+        &'a self,
+        socket: &'a Path,
+        id: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>>;
 
     // --- clone and restore ---
     /// Whether a restore mode is the backend's; Ok(true) to restore on demand.

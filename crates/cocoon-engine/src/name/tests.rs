@@ -120,3 +120,41 @@ fn a_name_keeps_its_text_across_kinds() {
     let vm: VmName = snapshot.to_kind();
     assert_eq!(vm, "base");
 }
+
+#[test]
+fn hot_plug_names_follow_upstreams_rules() {
+    use super::{DeviceId, FsTag, PciAddress};
+    for ok in ["a", "Share_1", "0-x", &"a".repeat(36)] {
+        assert_eq!(ok.parse::<FsTag>().unwrap().as_str(), ok);
+    }
+    for bad in ["", "_a", "-a", "a.b", "a/b", "a b", &"a".repeat(37)] {
+        assert!(bad.parse::<FsTag>().is_err(), "{bad:?}");
+    }
+    for (given, bdf) in [
+        ("01:00.0", "0000:01:00.0"),
+        ("0000:AF:1f.7", "0000:af:1f.7"),
+        ("/sys/bus/pci/devices/0000:01:00.0", "0000:01:00.0"),
+        ("/sys/bus/pci/devices/0000:01:00.0/", "0000:01:00.0"),
+    ] {
+        assert_eq!(given.parse::<PciAddress>().unwrap().as_str(), bdf);
+    }
+    for bad in [
+        "",
+        "1:0.0",
+        "01:00.8",
+        "0000:01:00",
+        "0000:0g:00.0",
+        "/sys/bus/pci/devices/01:00.0",
+        "/sys/bus/pci/devices/0000:01:00.0/../x",
+        "/sys/class/net/eth0",
+        "../0000:01:00.0",
+    ] {
+        assert!(bad.parse::<PciAddress>().is_err(), "{bad:?}");
+    }
+    for ok in ["gpu0", "A.b-c_d", &"a".repeat(64)] {
+        assert_eq!(ok.parse::<DeviceId>().unwrap().as_str(), ok);
+    }
+    for bad in ["", "cocoon-x", ".a", "a/b", "a:b", &"a".repeat(65)] {
+        assert!(bad.parse::<DeviceId>().is_err(), "{bad:?}");
+    }
+}

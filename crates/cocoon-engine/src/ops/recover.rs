@@ -116,6 +116,10 @@ fn converge(ctx: &mut Ctx, intent: &Intent, op: &Op) -> Result<String> {
         Op::VmDiskAttach { name } => super::vm_disk::recover(ctx, id, name, true),
         Op::VmDiskDetach { name } => super::vm_disk::recover(ctx, id, name, false),
         Op::VmNet { from, nics } => super::vm_net::recover(ctx, id, *from, *nics),
+        Op::VmFsAttach { tag } => super::vm_fs::recover(ctx, id, tag, true),
+        Op::VmFsDetach { tag } => super::vm_fs::recover(ctx, id, tag, false),
+        Op::VmDeviceAttach { id: device } => super::vm_device::recover(ctx, id, device, true),
+        Op::VmDeviceDetach { id: device } => super::vm_device::recover(ctx, id, device, false),
         Op::VmRemove { .. } => vm_remove(ctx, id),
         Op::ImagePull { .. } | Op::ImageImport { .. } => {
             // Layers and cloud blobs appear by one rename each and the image

@@ -63,6 +63,26 @@ pub(crate) fn locked_for_snapshot(
         }
         .into());
     }
+    if let Some(fs) = vm.filesystems.first() {
+        return Err(SnapshotError::Save {
+            reason: format!(
+                "virtio-fs share {} is attached: virtiofsd cannot hand its state over, so a VM with a vhost-user-fs device cannot be saved and restored (cloud-hypervisor#4994); detach it first (`cocoon vm fs detach {} --tag {}`) and attach it again after",
+                fs.tag, vm.config.name, fs.tag
+            ),
+            vm: vm.config.name,
+        }
+        .into());
+    }
+    if let Some(device) = vm.pci_devices.first() {
+        return Err(SnapshotError::Save {
+            reason: format!(
+                "PCI device {} ({}) is passed through: a VMM cannot save a host device's state; detach it first (`cocoon vm device detach {} --id {}`) and attach it again after",
+                device.id, device.bdf, vm.config.name, device.id
+            ),
+            vm: vm.config.name,
+        }
+        .into());
+    }
     if let Some(reason) = backend::of(vm.hypervisor).snapshot_blocker(&vm) {
         return Err(SnapshotError::Save {
             vm: vm.config.name,

@@ -191,6 +191,12 @@ fn record_launched(ctx: &mut Ctx, vm: &Vm, launched: Launched<'_>, fresh: bool) 
             .map(|s| s.display().to_string())
             .unwrap_or_default();
         v.vsock_helper = launched.helper.clone();
+        // A snapshot never has shares or devices; a fresh boot's are
+        // plugged again once it runs (`vm_replug`).
+        if !fresh {
+            v.filesystems.clear();
+            v.pci_devices.clear();
+        }
         if fresh {
             for disk in &mut v.storage_configs {
                 disk.vmm_path = None;

@@ -46,7 +46,7 @@ fn start_under_intent(ctx: &mut Ctx, vm: &Vm) -> Result<Vm> {
         .begin_intent(op.name(), op.kind(), &vm.id, &op.data())?;
     let error = match boot(ctx, vm) {
         Ok((vmm, relay)) => match new_vm::finish_started(ctx, &intent, &vm.id, vmm, relay) {
-            Ok(vm) => return Ok(vm),
+            Ok(vm) => return super::vm_replug::replug(ctx, vm),
             Err(e) => e,
         },
         Err(e) => e,

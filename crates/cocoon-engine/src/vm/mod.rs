@@ -56,6 +56,46 @@ pub enum VmError {
         nics: usize,
         reason: String,
     },
+    /// `vm fs attach` of a tag the VM already has.
+    #[error(
+        "VM {vm} already has a virtio-fs share tagged {tag}; pick another --tag, or detach it first (`cocoon vm fs detach {vm} --tag {tag}`)"
+    )]
+    FsTaken { vm: VmName, tag: String },
+    #[error(
+        "VM {vm} has no virtio-fs share tagged {tag}; `cocoon vm inspect {vm}` lists its shares (\"filesystems\")"
+    )]
+    NoAttachedFs { vm: VmName, tag: String },
+    /// `vm device attach` of an id or a device the VM already has.
+    #[error(
+        "VM {vm} already has {what}; pick another --id or --pci, or detach it first (`cocoon vm device detach {vm} --id {id}`)"
+    )]
+    DeviceTaken {
+        vm: VmName,
+        what: String,
+        id: String,
+    },
+    #[error(
+        "VM {vm} has no PCI device with id {id}; `cocoon vm inspect {vm}` lists them (\"pci_devices\")"
+    )]
+    NoAttachedDevice { vm: VmName, id: String },
+    /// The VMM (or the VM) cannot take or give back a share or a device;
+    /// the reason says what to do instead. `what`: "attach a virtio-fs
+    /// share to", ...
+    #[error("cannot {what} VM {vm}: {reason}")]
+    DeviceRefused {
+        vm: VmName,
+        what: &'static str,
+        reason: String,
+    },
+    /// The VMM refused or failed a share's or a device's hot-plug; nothing
+    /// changed.
+    #[error("cannot {what} {name} on VM {vm}: {reason}; the VM is as it was")]
+    DeviceHotPlug {
+        vm: VmName,
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
     /// The VMM refused or failed the hot-plug; nothing changed.
     #[error("cannot {what} disk {name} on VM {vm}: {reason}; the VM's disks are as they were")]
     HotPlug {

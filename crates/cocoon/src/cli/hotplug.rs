@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::{Subcommand, ValueEnum};
-use cocoon_engine::name::DiskName;
+use cocoon_engine::name::{DeviceId, DiskName, FsTag, PciAddress};
 use cocoon_engine::spec::DirectIo;
 
 use super::FormatArg;
@@ -38,6 +38,68 @@ pub enum DiskCommand {
         /// Disk name used at attach
         #[arg(long, value_parser = DiskName::from_str)]
         name: DiskName,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FsCommand {
+    /// Attach a vhost-user-fs device to a running VM
+    #[command(
+        after_help = "The VM must have been created with --shared-memory. The share is recorded with the VM and plugged again at `vm start` if virtiofsd serves the socket again (it exits when the VMM it served stops; without it the VM starts without the share, with a warning). A VM with a share cannot be snapshotted or hibernated (detach it first). In the guest: mount -t virtiofs <tag> /mnt. Firecracker has no virtio-fs.\n\nExamples:\n  virtiofsd --socket-path /run/vfs/dev.sock --shared-dir /srv/share &\n  cocoon vm fs attach dev --socket /run/vfs/dev.sock --tag share"
+    )]
+    Attach {
+        /// Absolute path to a virtiofsd unix socket (required)
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Guest mount tag (required; also detach key)
+        #[arg(long, value_parser = FsTag::from_str)]
+        tag: FsTag,
+        /// Request queues (0 = default 1)
+        #[arg(long, default_value_t = 0)]
+        num_queues: u32,
+        /// Queue depth (0 = default 1024)
+        #[arg(long, default_value_t = 0)]
+        queue_size: u32,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
+    /// Detach a vhost-user-fs device from a running VM
+    Detach {
+        /// Guest mount tag (required)
+        #[arg(long, value_parser = FsTag::from_str)]
+        tag: FsTag,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Attach a VFIO PCI device to a running VM
+    #[command(
+        after_help = "The device must be bound to vfio-pci (with the IOMMU on); that is the host's setup, not cocoon's. The device is recorded with the VM and passed through again at `vm start` if still bound to vfio-pci. A VM with one cannot be snapshotted or hibernated (detach it first). Firecracker has no VFIO.\n\nExamples:\n  cocoon vm device attach dev --pci 0000:01:00.0 --id gpu0\n  cocoon vm device detach dev --id gpu0"
+    )]
+    Attach {
+        /// BDF (01:00.0 / 0000:01:00.0) or sysfs path /sys/bus/pci/devices/<bdf>
+        #[arg(long, value_parser = PciAddress::from_str)]
+        pci: PciAddress,
+        /// Device id (default cocoon-pci-<bdf>; must not start with cocoon-)
+        #[arg(long, value_parser = DeviceId::from_str)]
+        id: Option<DeviceId>,
+        #[command(flatten)]
+        output: FormatArg,
+        vm: String,
+    },
+    /// Detach a VFIO PCI device from a running VM
+    Detach {
+        /// Device id returned by attach (required)
+        #[arg(long)]
+        id: String,
         #[command(flatten)]
         output: FormatArg,
         vm: String,

@@ -16,7 +16,7 @@ mod parse;
 pub mod switches;
 mod vm;
 
-pub use hotplug::DiskCommand;
+pub use hotplug::{DeviceCommand, DiskCommand, FsCommand};
 pub use image_snapshot::{ImageCommand, KernelCommand, SnapshotCommand};
 pub use vm::{CloneFlags, VmCommand, VmFlags};
 

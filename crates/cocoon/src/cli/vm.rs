@@ -400,4 +400,10 @@ pub enum VmCommand {
         output: FormatArg,
         vm: String,
     },
+    /// Attach/detach a virtiofsd share to a running VM (Cloud Hypervisor, QEMU)
+    #[command(subcommand)]
+    Fs(FsCommand),
+    /// Attach/detach a VFIO PCI passthrough device to a running VM (CH, QEMU)
+    #[command(subcommand)]
+    Device(DeviceCommand),
 }

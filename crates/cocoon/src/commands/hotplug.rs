@@ -1,10 +1,12 @@
 //! `vm disk attach|detach`, `vm net`.
 
+use cocoon_engine::ops::vm_device::DeviceChange;
 use cocoon_engine::ops::vm_disk::{DiskAttach, DiskChange};
+use cocoon_engine::ops::vm_fs::{FsAttach, FsChange};
 use cocoon_engine::{Config, Engine, Result};
 
 use super::io;
-use crate::cli::{DiskCommand, FormatArg};
+use crate::cli::{DeviceCommand, DiskCommand, FormatArg, FsCommand};
 use crate::output::print_json;
 
 pub fn disk(command: DiskCommand, config: Config) -> Result<()> {
@@ -62,6 +64,73 @@ pub(super) fn net(engine: &mut Engine, vm: &str, nics: u32, output: FormatArg) -
     );
     for warning in &done.warnings {
         eprintln!("warning: {vm}: {warning}");
+    }
+    Ok(())
+}
+
+pub fn fs(command: FsCommand, config: Config) -> Result<()> {
+    let mut engine = super::open(config)?;
+    let (done, output, what) = match command {
+        FsCommand::Attach {
+            socket,
+            tag,
+            num_queues,
+            queue_size,
+            output,
+            vm,
+        } => {
+            let request = FsAttach {
+                socket,
+                tag,
+                num_queues,
+                queue_size,
+            };
+            (engine.attach_fs(&vm, &request)?, output, "attached")
+        }
+        FsCommand::Detach { tag, output, vm } => (engine.detach_fs(&vm, &tag)?, output, "detached"),
+    };
+    report_fs(what, &done, output)
+}
+
+/// `-o json`: upstream's `{"vm", "tag"[, "id"]}`; else a line on stderr.
+fn report_fs(what: &str, done: &FsChange, output: FormatArg) -> Result<()> {
+    if output.json() {
+        return print_json(done).map_err(io);
+    }
+    match &done.id {
+        Some(id) => eprintln!(
+            "{what} virtio-fs share {} (id {id}) to VM {}",
+            done.tag, done.vm
+        ),
+        None => eprintln!("{what} virtio-fs share {} from VM {}", done.tag, done.vm),
+    }
+    Ok(())
+}
+
+pub fn device(command: DeviceCommand, config: Config) -> Result<()> {
+    let mut engine = super::open(config)?;
+    let (done, output, what) = match command {
+        DeviceCommand::Attach {
+            pci,
+            id,
+            output,
+            vm,
+        } => (
+            engine.attach_device(&vm, &pci, id.as_ref())?,
+            output,
+            "attached",
+        ),
+        DeviceCommand::Detach { id, output, vm } => {
+            (engine.detach_device(&vm, &id)?, output, "detached")
+        }
+    };
+    if output.json() {
+        return print_json(&done).map_err(io);
+    }
+    let DeviceChange { vm, pci, id } = done;
+    match pci {
+        Some(pci) => eprintln!("{what} PCI device {pci} (id {id}) to VM {vm}"),
+        None => eprintln!("{what} PCI device {id} from VM {vm}"),
     }
     Ok(())
 }

@@ -38,6 +38,8 @@ pub fn run(command: Command, config: Config) -> Result<Outcome> {
         Command::Vm(cmd) => match *cmd {
             crate::cli::VmCommand::Agent(cmd) => exec::run(cmd, config),
             crate::cli::VmCommand::Disk(cmd) => done(hotplug::disk(cmd, config)),
+            crate::cli::VmCommand::Fs(cmd) => done(hotplug::fs(cmd, config)),
+            crate::cli::VmCommand::Device(cmd) => done(hotplug::device(cmd, config)),
             cmd => vm::run(cmd, config),
         },
         Command::Kernel(cmd) => done(kernel::run(cmd, config)),

@@ -123,8 +123,8 @@ fn run_other(
         VmCommand::Net { nics, output, vm } => super::hotplug::net(engine, &vm, nics, output),
         VmCommand::List { output } => list(engine, output),
         VmCommand::Inspect { vm, .. } => print_json(&engine.inspect_vm(&vm)?).map_err(io),
-        VmCommand::Agent(_) | VmCommand::Disk(_) => {
-            unreachable!("commands::run hands vm exec/reseed/disk to their modules")
+        VmCommand::Agent(_) | VmCommand::Disk(_) | VmCommand::Fs(_) | VmCommand::Device(_) => {
+            unreachable!("commands::run hands vm exec/reseed/disk/fs/device to their modules")
         }
     }
 }

@@ -28,6 +28,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("PUT", "/vm.snapshot"),
     ("PUT", "/vm.restore"),
     ("PUT", "/vm.add-disk"),
+    ("PUT", "/vm.add-fs"),
+    ("PUT", "/vm.add-device"),
     ("PUT", "/vm.add-net"),
     ("PUT", "/vm.remove-device"),
     ("PUT", "/vm.resize"),
@@ -187,6 +189,20 @@ impl CloudHypervisor {
     pub async fn add_net(&self, net: &NetConfig) -> Result<PciDeviceInfo, ApiError> {
         let bytes = self.put("/vm.add-net", Some(net), self.timeout).await?;
         Transport::decode("vm.add-net", &bytes)
+    }
+
+    /// Hot-plugs a vhost-user-fs device. Not retried, like `add_disk`.
+    pub async fn add_fs(&self, fs: &FsConfig) -> Result<PciDeviceInfo, ApiError> {
+        let bytes = self.put("/vm.add-fs", Some(fs), self.timeout).await?;
+        Transport::decode("vm.add-fs", &bytes)
+    }
+
+    /// Hot-plugs a VFIO device. Not retried, like `add_disk`.
+    pub async fn add_device(&self, device: &DeviceConfig) -> Result<PciDeviceInfo, ApiError> {
+        let bytes = self
+            .put("/vm.add-device", Some(device), self.timeout)
+            .await?;
+        Transport::decode("vm.add-device", &bytes)
     }
 
     pub async fn remove_device(&self, id: &str) -> Result<(), ApiError> {

@@ -61,6 +61,30 @@ pub struct PciDeviceInfo {
     pub extra: Extra,
 }
 
+/// `FsConfig`: a vhost-user-fs device over a virtiofsd socket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FsConfig {
+    pub tag: String,
+    pub socket: String,
+    pub num_queues: u32,
+    pub queue_size: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `DeviceConfig`: a VFIO device by its sysfs path.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DiskConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -59,6 +59,10 @@ commands! {
     "netdev_add" => NetdevAdd => Empty;
     "netdev_del" => NetdevDel => Empty;
     "qom-list" => QomList => Vec<ObjectPropertyInfo>;
+    "chardev-add" => ChardevAdd => ChardevReturn;
+    "chardev-remove" => ChardevRemove => Empty;
+    "query-chardev" => QueryChardev => Vec<ChardevInfo>;
+    "qom-get" => QomGet => serde_json::Value;
 }
 
 /// Leaves capabilities negotiation mode; QEMU accepts no other command before.
@@ -293,8 +297,50 @@ pub struct NetdevDel {
     pub id: String,
 }
 
-/// The properties (children among them) of the QOM object at `path`.
+/// `chardev-add`: a character device; here a client socket to a Unix
+/// socket path (a vhost-user back-end's, e.g. virtiofsd).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChardevAdd {
+    pub id: String,
+    /// `ChardevBackend`, a tagged union (see [`ChardevAdd::unix_client`]).
+    pub backend: serde_json::Value,
+}
+
+impl ChardevAdd {
+    /// A chardev `id` that connects to the Unix socket `path` (QEMU is the
+    /// client: `server` off).
+    pub fn unix_client(id: &str, path: &Path) -> ChardevAdd {
+        ChardevAdd {
+            id: id.to_string(),
+            backend: serde_json::json!({
+                "type": "socket",
+                "data": {
+                    "addr": {"type": "unix", "data": {"path": path.display().to_string()}},
+                    "server": false,
+                },
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChardevRemove {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct QueryChardev;
+
+/// `qom-list`: the properties (children included) of the object at `path`,
+/// e.g. `/machine/peripheral`, whose children are the devices with an id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QomList {
     pub path: String,
+}
+
+/// `qom-get`: one property's value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QomGet {
+    pub path: String,
+    pub property: String,
 }

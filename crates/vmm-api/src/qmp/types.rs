@@ -142,6 +142,24 @@ qapi_enum! {
     }
 }
 
+/// `ChardevReturn`, the result of `chardev-add`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChardevReturn {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `ChardevInfo`, one entry of `query-chardev`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChardevInfo {
+    pub label: String,
+    pub filename: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// `BlockInfo`, one entry of `query-block`: a drive (`device`, empty for a
 /// `-blockdev`/`blockdev-add` node) and the device it backs (`qdev`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -385,7 +403,8 @@ impl Event {
 }
 
 /// One property of a QOM object (`qom-list`): a child device's `type` is
-/// `child<...>`.
+/// `child<...>` (`child<vhost-user-fs-pci>` for a share's device under
+/// `/machine/peripheral`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObjectPropertyInfo {
     pub name: String,

@@ -25,7 +25,9 @@ use crate::error::{Error, Result};
 use crate::guest::cmdline;
 use crate::image::store::ImageDirs;
 use crate::layout::VmPaths;
-use crate::model::{Hypervisor, NetworkConfig, Snapshot, StorageConfig, Vm, VmmProcess};
+use crate::model::{
+    FsConfig, Hypervisor, NetworkConfig, PciDevice, Snapshot, StorageConfig, Vm, VmmProcess,
+};
 use crate::snapshot::manifest::Manifest;
 
 pub use args::{args, disk_arg};
@@ -265,6 +267,49 @@ impl Backend for CloudHypervisorBackend {
                 .filter(|i| i.starts_with(crate::model::ATTACHED_DISK_PREFIX))
                 .collect())
         })
+    }
+
+    fn fs_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        hotplug::fs_refusal(vm)
+    }
+
+    fn attach_fs<'a>(
+        &'a self,
+        _: &'a Vm,
+        socket: &'a Path,
+        fs: &'a FsConfig,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(hotplug::attach_fs(socket, fs))
+    }
+
+    fn detach_fs<'a>(
+        &'a self,
+        socket: &'a Path,
+        id: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(hotplug::detach_fs(socket, id))
+    }
+
+    fn device_hot_plug_refusal(&self, _: &Vm) -> Option<String> {
+        None
+    }
+
+    fn attach_device<'a>(
+        &'a self,
+        _: &'a Vm,
+        socket: &'a Path,
+        device: &'a PciDevice,
+        sysfs: &'a Path,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(hotplug::attach_device(socket, device, sysfs))
+    }
+
+    fn detach_device<'a>(
+        &'a self,
+        socket: &'a Path,
+        id: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(hotplug::detach_device(socket, id))
     }
 
     fn on_demand(&self, mode: RestoreMode) -> Result<bool> {

@@ -28,7 +28,7 @@ use crate::image::store::ImageDirs;
 use crate::image::vmlinux;
 use crate::jail::Jail;
 use crate::layout::VmPaths;
-use crate::model::{Hypervisor, Snapshot, StorageConfig, Vm};
+use crate::model::{FsConfig, Hypervisor, PciDevice, Snapshot, StorageConfig, Vm};
 use crate::snapshot::manifest::Manifest;
 
 pub use boot_plan::{BootPlan, args};
@@ -310,6 +310,51 @@ impl Backend for FirecrackerBackend {
         _: &'a Path,
     ) -> LocalFuture<'a, Result<Vec<String>, String>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Firecracker has no vhost-user-fs device at all.
+    fn fs_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        Some(format!(
+            "Firecracker has no virtio-fs (vhost-user-fs) device; share files through a disk (`cocoon vm create --data-disk ...`), or run the VM on Cloud Hypervisor or QEMU (`--hypervisor`); VM {} is unchanged",
+            vm.config.name
+        ))
+    }
+
+    fn attach_fs<'a>(
+        &'a self,
+        _: &'a Vm,
+        _: &'a Path,
+        _: &'a FsConfig,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(async { Err("Firecracker has no virtio-fs device".to_string()) })
+    }
+
+    /// Nothing was ever attached.
+    fn detach_fs<'a>(&'a self, _: &'a Path, _: &'a str) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Firecracker has no VFIO passthrough.
+    fn device_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        Some(format!(
+            "Firecracker cannot pass a host PCI device through (it has no VFIO); run the VM on Cloud Hypervisor or QEMU (`--hypervisor`); VM {} is unchanged",
+            vm.config.name
+        ))
+    }
+
+    fn attach_device<'a>(
+        &'a self,
+        _: &'a Vm,
+        _: &'a Path,
+        _: &'a PciDevice,
+        _: &'a Path,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(async { Err("Firecracker has no VFIO".to_string()) })
+    }
+
+    /// Nothing was ever attached.
+    fn detach_device<'a>(&'a self, _: &'a Path, _: &'a str) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
     }
 
     fn on_demand(&self, mode: RestoreMode) -> Result<bool> {

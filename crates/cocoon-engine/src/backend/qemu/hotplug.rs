@@ -12,12 +12,19 @@
 //! `DEVICE_DELETED`, then `blockdev-del`. Each disk keeps its slot: a fresh
 //! boot plugs it there again before the guest runs, a restore has it there
 //! on the command line.
+//!
+//! A virtio-fs share (`vm fs attach`) takes a slot the same way: a chardev
+//! to virtiofsd's socket and a `vhost-user-fs-pci` over it, both named by
+//! the share's device id; it lives as long as the VMM (see `ops::vm_fs`).
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
 
-use vmm_api::qmp::{BlockdevAdd, BlockdevCacheOptions, BlockdevDel, DeviceAdd, Qmp};
+use vmm_api::qmp::{
+    BlockdevAdd, BlockdevCacheOptions, BlockdevDel, ChardevAdd, ChardevRemove, DeviceAdd, Qmp,
+    QomGet, QomList, QueryChardev,
+};
 
 use super::args::value;
 use crate::model::{StorageConfig, Vm};
@@ -233,4 +240,116 @@ async fn connect(socket: &Path) -> Result<Qmp, String> {
     Qmp::connect(socket)
         .await
         .map_err(|e| format!("cannot reach QEMU's QMP socket: {e}"))
+}
+
+/// Why `vm` cannot take a virtio-fs share: no slots (see [`refusal`]).
+/// Whether its memory is shared is asked of QEMU at attach.
+pub(super) fn fs_refusal(vm: &Vm) -> Option<String> {
+    refusal(vm)
+}
+
+/// A chardev to virtiofsd's socket and a `vhost-user-fs-pci` on a free
+/// slot, both named by the share's device id; the chardev goes again if
+/// the device cannot be added. vhost-user maps guest memory into
+/// virtiofsd: the memory backend must be shared (`--shared-memory`, or a
+/// vsock device, whose vhost-user back-end needs the same).
+pub(super) async fn attach_fs(
+    vm: &Vm,
+    socket: &Path,
+    fs: &crate::model::FsConfig,
+) -> Result<Option<u32>, String> {
+    let slot = super::hotplug_nic::free_slot(vm)?;
+    let mut qmp = connect(socket).await?;
+    let shared = qmp
+        .execute(&QomGet {
+            path: format!("/objects/{}", super::vsock::MEMORY),
+            property: "share".into(),
+        })
+        .await
+        .is_ok_and(|v| v == serde_json::Value::Bool(true));
+    if !shared {
+        return Err("its guest memory is not shared, and virtiofsd must map it (this cannot change while the VM runs); create the VM with --shared-memory to attach virtio-fs shares".to_string());
+    }
+    let id = fs.device_id();
+    qmp.execute(&ChardevAdd::unix_client(&id, &fs.socket))
+        .await
+        .map_err(|e| format!("chardev-add: {e}"))?;
+    let mut properties = serde_json::Map::new();
+    properties.insert("chardev".into(), id.clone().into());
+    properties.insert("tag".into(), fs.tag.clone().into());
+    properties.insert("num-request-queues".into(), fs.num_queues.into());
+    properties.insert("queue-size".into(), fs.queue_size.into());
+    let device = DeviceAdd {
+        driver: "vhost-user-fs-pci".into(),
+        bus: Some(port(slot)),
+        id: Some(id.clone()),
+        properties,
+    };
+    if let Err(e) = qmp.execute(&device).await {
+        let _ = qmp.execute(&ChardevRemove { id }).await;
+        return Err(format!("device_add: {e}"));
+    }
+    Ok(Some(slot))
+}
+
+/// Removes the device (waiting for QEMU to say it is gone) and its
+/// chardev; either already gone is success.
+pub(super) async fn detach_fs(socket: &Path, id: &str) -> Result<(), String> {
+    let mut qmp = connect(socket).await?;
+    unplug_device(&mut qmp, id).await?;
+    let chardevs = qmp
+        .execute(&QueryChardev)
+        .await
+        .map_err(|e| format!("query-chardev: {e}"))?;
+    if chardevs.iter().any(|c| c.label == id) {
+        qmp.execute(&ChardevRemove { id: id.to_string() })
+            .await
+            .map_err(|e| format!("chardev-remove {id}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `device_del` of `id` and its `DEVICE_DELETED`, unless QEMU has no
+/// such device.
+async fn unplug_device(qmp: &mut Qmp, id: &str) -> Result<(), String> {
+    let devices = qmp
+        .execute(&QomList {
+            path: "/machine/peripheral".into(),
+        })
+        .await
+        .map_err(|e| format!("qom-list: {e}"))?;
+    if devices.iter().any(|d| d.name == id) {
+        qmp.device_del_and_wait(id, UNPLUG_WAIT)
+            .await
+            .map_err(|e| format!("device_del {id}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `device_add vfio-pci host=<bdf>` on a free slot.
+pub(super) async fn attach_device(
+    vm: &Vm,
+    socket: &Path,
+    device: &crate::model::PciDevice,
+) -> Result<Option<u32>, String> {
+    let slot = super::hotplug_nic::free_slot(vm)?;
+    let mut properties = serde_json::Map::new();
+    properties.insert("host".into(), device.bdf.clone().into());
+    let add = DeviceAdd {
+        driver: "vfio-pci".into(),
+        bus: Some(port(slot)),
+        id: Some(device.id.clone()),
+        properties,
+    };
+    connect(socket)
+        .await?
+        .execute(&add)
+        .await
+        .map_err(|e| format!("device_add: {e}"))?;
+    Ok(Some(slot))
+}
+
+/// Removes the passed-through device `id`; gone already is success.
+pub(super) async fn detach_device(socket: &Path, id: &str) -> Result<(), String> {
+    unplug_device(&mut connect(socket).await?, id).await
 }

@@ -93,19 +93,22 @@ fn parts(nic: &NetworkConfig, slot: u32) -> (NetdevAdd, DeviceAdd, String, Strin
     (netdev, device, netdev_arg, device_arg)
 }
 
-/// The first slot neither an attached disk nor a hot-plugged NIC takes.
+/// The first hot-plug slot no attached disk, hot-plugged NIC, virtio-fs
+/// share or passed-through device of the record takes.
 pub(super) fn free_slot(vm: &Vm) -> Result<u32, String> {
     let taken: Vec<u32> = vm
         .storage_configs
         .iter()
         .filter_map(|d| d.slot)
         .chain(vm.network_configs.iter().filter_map(|n| n.slot))
+        .chain(vm.filesystems.iter().filter_map(|f| f.slot))
+        .chain(vm.pci_devices.iter().filter_map(|d| d.slot))
         .collect();
     (0..vm.config.hotplug_slots)
         .find(|n| !taken.contains(n))
         .ok_or_else(|| {
             format!(
-                "all {} hot-plug slots are taken (by attached disks and NICs); detach a disk or remove a NIC first",
+                "all {} hot-plug slots are taken (by attached disks, NICs, shares and devices); detach one or remove a NIC first",
                 vm.config.hotplug_slots
             )
         })

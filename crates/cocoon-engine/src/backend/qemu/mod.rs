@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::guest::cmdline;
 use crate::image::store::ImageDirs;
 use crate::layout::VmPaths;
-use crate::model::{Hypervisor, NetworkConfig, Snapshot, StorageConfig, Vm};
+use crate::model::{FsConfig, Hypervisor, NetworkConfig, PciDevice, Snapshot, StorageConfig, Vm};
 use crate::snapshot::manifest::Manifest;
 
 /// The snapshot's one state file: memory and device state.
@@ -363,6 +363,49 @@ impl Backend for QemuBackend {
         socket: &'a Path,
     ) -> LocalFuture<'a, Result<Vec<String>, String>> {
         Box::pin(hotplug::disk_ids(socket))
+    }
+
+    fn fs_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        hotplug::fs_refusal(vm)
+    }
+
+    fn attach_fs<'a>(
+        &'a self,
+        vm: &'a Vm,
+        socket: &'a Path,
+        fs: &'a FsConfig,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(hotplug::attach_fs(vm, socket, fs))
+    }
+
+    fn detach_fs<'a>(
+        &'a self,
+        socket: &'a Path,
+        id: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(hotplug::detach_fs(socket, id))
+    }
+
+    fn device_hot_plug_refusal(&self, vm: &Vm) -> Option<String> {
+        hotplug::refusal(vm)
+    }
+
+    fn attach_device<'a>(
+        &'a self,
+        vm: &'a Vm,
+        socket: &'a Path,
+        device: &'a PciDevice,
+        _: &'a Path,
+    ) -> LocalFuture<'a, Result<Option<u32>, String>> {
+        Box::pin(hotplug::attach_device(vm, socket, device))
+    }
+
+    fn detach_device<'a>(
+        &'a self,
+        socket: &'a Path,
+        id: &'a str,
+    ) -> LocalFuture<'a, Result<(), String>> {
+        Box::pin(hotplug::detach_device(socket, id))
     }
 
     /// QEMU reads the state file into guest memory before the guest runs.

@@ -15,7 +15,7 @@ use crate::model::Vm;
 use super::args::value;
 
 /// The memory backend's id on QEMU's command line.
-const MEMORY: &str = "mem";
+pub(super) const MEMORY: &str = "mem";
 
 /// Whether the VM gets its vsock device on this launch: a container
 /// image's (its guest agent is cocoon-init's), not `--no-agent`, and

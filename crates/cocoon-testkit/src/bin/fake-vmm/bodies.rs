@@ -179,6 +179,24 @@ struct Disk {
 
 #[derive(Deserialize)]
 #[allow(dead_code)]
+struct Fs {
+    tag: String,
+    socket: String,
+    num_queues: usize,
+    queue_size: u16,
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Device {
+    path: Option<String>,
+    iommu: Option<bool>,
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
 struct Net {
     tap: Option<String>,
     mac: Option<String>,
@@ -221,6 +239,8 @@ pub fn ch(method: &str, path: &str, body: &[u8]) -> Result<(), serde_json::Error
         ("PUT", "vm.create") => check::<VmConfig>(body),
         ("PUT", "vm.add-disk") => check::<Disk>(body),
         ("PUT", "vm.add-net") => check::<Net>(body),
+        ("PUT", "vm.add-fs") => check::<Fs>(body),
+        ("PUT", "vm.add-device") => check::<Device>(body),
         ("PUT", "vm.resize") => check::<Resize>(body),
         ("PUT", "vm.restore") => check::<Restore>(body),
         ("PUT", "vm.snapshot") => check::<Snapshot>(body),

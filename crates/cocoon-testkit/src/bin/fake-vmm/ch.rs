@@ -61,6 +61,8 @@ impl Fake {
             ("PUT", "vm.snapshot") => snapshot(vm, &body),
             ("PUT", "vm.restore") => restore(vm, &body),
             ("PUT", "vm.add-disk") | ("PUT", "vm.add-net") => add_device(vm, op, body),
+            ("PUT", "vm.add-fs") => add_fs(vm, body),
+            ("PUT", "vm.add-device") => add_vfio(vm, body),
             ("PUT", "vm.remove-device") => remove_device(vm, &body),
             ("PUT", "vm.resize") => resize(vm, &body),
             _ => ch_error(StatusCode::NOT_FOUND, &[]),
@@ -279,10 +281,96 @@ fn add_device(vm: &mut Vm, op: &str, body: Value) -> Response {
     }
 }
 
+/// `vm.add-fs` as CH v53 does it: the new configuration must validate
+/// (vhost-user needs shared memory or huge pages; ids are unique), then the
+/// device connects to the vhost-user socket (virtiofsd's).
+fn add_fs(vm: &mut Vm, body: Value) -> Response {
+    const FAILED: &str = "The virtio-fs device could not be added to the VM";
+    if !matches!(vm.state, State::Running | State::Paused) {
+        return not_running(FAILED);
+    }
+    let memory = &vm.config["memory"];
+    if memory["shared"] != true && memory["hugepages"] != true {
+        return ch_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &[
+                FAILED,
+                "Invalid configuration",
+                "Using vhost-user requires using shared memory or huge pages",
+            ],
+        );
+    }
+    let list = vm.config["fs"].as_array().map_or(0, Vec::len);
+    let id = body["id"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("_fs{list}"));
+    let taken = ["disks", "net", "fs", "devices"].iter().any(|kind| {
+        vm.config[*kind]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|d| d["id"] == id.as_str()))
+    });
+    if taken {
+        return ch_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &[
+                FAILED,
+                "Invalid configuration",
+                &format!("Duplicated device id: {id}"),
+            ],
+        );
+    }
+    let socket = body["socket"].as_str().unwrap_or_default();
+    if let Err(e) = std::os::unix::net::UnixStream::connect(socket) {
+        return ch_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &[
+                FAILED,
+                "Failed to create virtio-fs device",
+                &format!("Failed connecting the backend after trying for 1 minute: {e}"),
+            ],
+        );
+    }
+    let mut device = body;
+    device["id"] = json!(id);
+    array_mut(&mut vm.config, "fs").push(device);
+    ok_json(json!({"id": id, "bdf": format!("0000:00:{:02x}.0", 0x10 + list)}))
+}
+
+/// `vm.add-device` as CH v53 does it: the device's IOMMU group (of its
+/// sysfs directory) must be there for VFIO to open it.
+fn add_vfio(vm: &mut Vm, body: Value) -> Response {
+    const FAILED: &str = "The device could not be added to the VM";
+    if !matches!(vm.state, State::Running | State::Paused) {
+        return not_running(FAILED);
+    }
+    let path = body["path"].as_str().unwrap_or_default();
+    let group = Path::new(path).join("iommu_group");
+    if let Err(e) = std::fs::read_link(&group) {
+        return ch_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &[
+                FAILED,
+                "Failed to create VFIO device",
+                &format!("Failed to open VFIO group {}: {e}", group.display()),
+            ],
+        );
+    }
+    let list = vm.config["devices"].as_array().map_or(0, Vec::len);
+    let id = body["id"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("_vfio{list}"));
+    let mut device = body;
+    device["id"] = json!(id);
+    array_mut(&mut vm.config, "devices").push(device);
+    ok_json(json!({"id": id, "bdf": format!("0000:00:{:02x}.0", 0x18 + list)}))
+}
+
 fn remove_device(vm: &mut Vm, body: &Value) -> Response {
     let id = body["id"].as_str().unwrap_or("").to_string();
     let mut found = false;
-    for kind in ["disks", "net"] {
+    for kind in ["disks", "net", "fs", "devices"] {
         if let Some(list) = vm.config[kind].as_array_mut() {
             let before = list.len();
             list.retain(|d| d["id"].as_str() != Some(&id));

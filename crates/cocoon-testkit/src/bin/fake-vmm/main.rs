@@ -161,10 +161,16 @@ fn ch_config_from_command_line(args: &[String], payload: Value) -> Value {
     };
     let cpus = |key: &str| number("--cpus", key);
     let memory = |key: &str| number("--memory", key);
+    let memory_on = |key: &str| {
+        arg_value(args, &["--memory"])
+            .and_then(|c| ch_option(&c, key))
+            .is_some_and(|v| v == "on" || v == "true")
+    };
     let mut config = json!({
         "payload": payload,
         "cpus": {"boot_vcpus": cpus("boot").unwrap_or(1), "max_vcpus": cpus("max").or(cpus("boot")).unwrap_or(1)},
-        "memory": {"size": memory("size").unwrap_or(134217728), "hotplug_size": memory("hotplug_size")},
+        "memory": {"size": memory("size").unwrap_or(134217728), "hotplug_size": memory("hotplug_size"),
+                   "shared": memory_on("shared"), "hugepages": memory_on("hugepages")},
         "disks": disks,
         "net": nets,
         "serial": {"mode": "Off"},

@@ -1,0 +1,292 @@
+//! `vm fs attach` / `vm fs detach` (upstream `extend/fs`): a virtio-fs
+//! share (vhost-user-fs over a running virtiofsd's socket) into a running
+//! VM, tagged for the guest to mount (`mount -t virtiofs <tag> /mnt`), and
+//! out again.
+//!
+//! A share is recorded with the VM (`filesystems`; a snapshot or
+//! hibernation refuses while one is there, since virtiofsd cannot hand its
+//! state over) and plugged again at `vm start` where its socket is there
+//! again (`vm_replug`; upstream keeps it for the VMM's lifetime only). Attach plugs it into the VMM first and
+//! records it after; detach unplugs it first and forgets it after. Each
+//! records an intent before touching the VMM: crash recovery unplugs a share
+//! the record does not have (attach rolls back) and finishes a detach (rolls
+//! forward).
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::backend;
+use crate::context::Ctx;
+use crate::error::Result;
+use crate::intent::Op;
+use crate::lock::VmLock;
+use crate::model::{FsConfig, Vm, VmmProcess, fs_device_id};
+use crate::name::FsTag;
+use crate::spec::SpecError;
+use crate::vm::VmError;
+
+/// Upstream's defaults for `--num-queues 0` and `--queue-size 0`.
+pub const DEFAULT_NUM_QUEUES: u32 = 1;
+pub const DEFAULT_QUEUE_SIZE: u32 = 1024;
+
+/// `vm fs attach`'s flags (0: the default).
+#[derive(Debug, Clone)]
+pub struct FsAttach {
+    pub socket: PathBuf,
+    pub tag: FsTag,
+    pub num_queues: u32,
+    pub queue_size: u32,
+}
+
+/// What `vm fs attach`/`detach` print with `-o json`, as upstream: the VM
+/// as given, the tag and (attach) the VMM device id.
+#[derive(Debug, Clone, Serialize)]
+pub struct FsChange {
+    pub vm: String,
+    pub tag: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+pub(crate) fn attach(ctx: &mut Ctx, reference: &str, request: &FsAttach) -> Result<FsChange> {
+    let (_lock, vm, vmm) = locked_running(ctx, reference, "attach a virtio-fs share to")?;
+    let tag = request.tag.as_str();
+    if vm.filesystems.iter().any(|f| f.tag == tag) {
+        return Err(VmError::FsTaken {
+            vm: vm.config.name.clone(),
+            tag: tag.to_string(),
+        }
+        .into());
+    }
+    let fs = FsConfig {
+        tag: tag.to_string(),
+        socket: check_socket(ctx, &request.socket)?,
+        num_queues: or_default(request.num_queues, DEFAULT_NUM_QUEUES),
+        queue_size: queue_size(request.queue_size)?,
+        slot: None,
+    };
+    plug(ctx, &vm, &vmm, fs)?;
+    Ok(FsChange {
+        vm: reference.to_string(),
+        tag: tag.to_string(),
+        id: Some(fs_device_id(tag)),
+    })
+}
+
+/// Plugs `fs` into the running VMM and records it, under an intent (the
+/// caller holds the VM's lock).
+pub(super) fn plug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, fs: FsConfig) -> Result<()> {
+    let id = fs.device_id();
+    let tag = fs.tag.clone();
+    let op = Op::VmFsAttach { tag: tag.clone() };
+    ctx.with_intent(&op, &vm.id, |ctx, _| {
+        let backend = backend::of(vm.hypervisor);
+        let plugged =
+            ctx.block_on(async |_| Ok(backend.attach_fs(vm, &vmm.api_socket, &fs).await))?;
+        let slot = plugged.map_err(|reason| hot_plug_error(vm, "attach", &tag, reason))?;
+        let fs = FsConfig { slot, ..fs };
+        let recorded = crate::failpoint::hit("vm.fs.attach.plugged").and_then(|()| {
+            ctx.store()
+                .update_vm(&vm.id, "virtio-fs attached", |v| v.filesystems.push(fs))
+                .map(drop)
+                .map_err(Into::into)
+        });
+        if let Err(e) = recorded {
+            unplug(ctx, vm, vmm, &id);
+            return Err(e);
+        }
+        Ok(())
+    })
+}
+
+/// A recorded share again, into the VMM `vm start` just launched: its
+/// socket checked again first.
+pub(super) fn replug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, fs: FsConfig) -> Result<()> {
+    let socket = check_socket(ctx, &fs.socket)?;
+    plug(ctx, vm, vmm, FsConfig { socket, ..fs })
+}
+
+pub(crate) fn detach(ctx: &mut Ctx, reference: &str, tag: &FsTag) -> Result<FsChange> {
+    let (_lock, vm, vmm) = locked_running(ctx, reference, "detach a virtio-fs share from")?;
+    let tag = tag.as_str();
+    if !vm.filesystems.iter().any(|f| f.tag == tag) {
+        return Err(VmError::NoAttachedFs {
+            vm: vm.config.name.clone(),
+            tag: tag.to_string(),
+        }
+        .into());
+    }
+    let op = Op::VmFsDetach {
+        tag: tag.to_string(),
+    };
+    ctx.with_intent(&op, &vm.id, |ctx, _| {
+        let backend = backend::of(vm.hypervisor);
+        let id = fs_device_id(tag);
+        ctx.block_on(async |_| Ok(backend.detach_fs(&vmm.api_socket, &id).await))?
+            .map_err(|reason| hot_plug_error(&vm, "detach", tag, reason))?;
+        // The share is out of the VMM: the record forgets it whatever fails.
+        let failed = crate::failpoint::hit("vm.fs.detach.unplugged");
+        forget(ctx, &vm.id, tag)?;
+        failed?;
+        Ok(FsChange {
+            vm: reference.to_string(),
+            tag: tag.to_string(),
+            id: None,
+        })
+    })
+}
+
+fn or_default(n: u32, default: u32) -> u32 {
+    if n == 0 { default } else { n }
+}
+
+/// A virtqueue's size: a power of two up to 32768 (virtio's limit; the
+/// VMM would refuse it after connecting to virtiofsd).
+fn queue_size(n: u32) -> Result<u32, SpecError> {
+    let size = or_default(n, DEFAULT_QUEUE_SIZE);
+    if size.is_power_of_two() && size <= 32768 {
+        Ok(size)
+    } else {
+        Err(SpecError::FsQueueSize(n))
+    }
+}
+
+/// The VM, locked, with its running VMM; refused where its VMM (or the
+/// VM's memory) cannot take a share.
+fn locked_running(
+    ctx: &mut Ctx,
+    reference: &str,
+    what: &'static str,
+) -> Result<(VmLock, Vm, VmmProcess)> {
+    locked_running_unless(ctx, reference, what, |vm| {
+        backend::of(vm.hypervisor).fs_hot_plug_refusal(vm)
+    })
+}
+
+/// The VM, locked, with its running VMM, unless `refusal` gives a reason.
+pub(super) fn locked_running_unless(
+    ctx: &mut Ctx,
+    reference: &str,
+    what: &'static str,
+    refusal: impl FnOnce(&Vm) -> Option<String>,
+) -> Result<(VmLock, Vm, VmmProcess)> {
+    let vm = ctx.store().resolve_vm(reference)?;
+    let lock = ctx.lock_vm(&vm.id)?;
+    let vm = ctx.store().resolve_vm(&vm.id)?;
+    if let Some(reason) = refusal(&vm) {
+        return Err(VmError::DeviceRefused {
+            vm: vm.config.name,
+            what,
+            reason,
+        }
+        .into());
+    }
+    let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) else {
+        return Err(VmError::NotRunning {
+            id: vm.id,
+            name: vm.config.name,
+        }
+        .into());
+    };
+    Ok((lock, vm, vmm))
+}
+
+/// The virtiofsd socket: an absolute path with no symbolic link in it, to
+/// a Unix socket outside the engine's own directories.
+fn check_socket(ctx: &Ctx, path: &Path) -> Result<PathBuf, SpecError> {
+    let refuse = |reason: String| SpecError::FsSocket {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_absolute() {
+        return Err(refuse("must be an absolute path".into()));
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(format!("{e}")))?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        return Err(refuse(
+            "is a symbolic link; give the path of the socket itself".into(),
+        ));
+    }
+    if !kind.is_socket() {
+        return Err(refuse(
+            "is not a Unix socket; start virtiofsd (`virtiofsd --socket-path PATH --shared-dir DIR`) and give its --socket-path".into(),
+        ));
+    }
+    let real = std::fs::canonicalize(path).map_err(|e| refuse(format!("{e}")))?;
+    if real != path {
+        return Err(refuse(format!(
+            "goes through a symbolic link, `.` or `..`; give the path of the socket itself ({})",
+            real.display()
+        )));
+    }
+    let config = ctx.config();
+    for own in [&config.root_dir, &config.run_dir, &config.log_dir] {
+        let own = std::fs::canonicalize(own).unwrap_or_else(|_| own.clone());
+        if real.starts_with(&own) {
+            return Err(refuse(format!(
+                "is inside cocoon's own directory {}, whose files the engine makes and removes; put virtiofsd's socket elsewhere",
+                own.display()
+            )));
+        }
+    }
+    Ok(real)
+}
+
+fn hot_plug_error(vm: &Vm, what: &'static str, tag: &str, reason: String) -> VmError {
+    VmError::DeviceHotPlug {
+        vm: vm.config.name.clone(),
+        what,
+        name: format!("virtio-fs share {tag}"),
+        reason,
+    }
+}
+
+/// Takes the share `id` out of the VMM, best effort (a failed attach's
+/// undo; recovery retries what is left).
+fn unplug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, id: &str) {
+    let backend = backend::of(vm.hypervisor);
+    let undone = ctx.block_on(async |_| Ok(backend.detach_fs(&vmm.api_socket, id).await));
+    if let Ok(Err(e)) = undone {
+        tracing::warn!("VM {}: cannot take share {id} out again: {e}", vm.id);
+    }
+}
+
+/// Drops the share `tag` from the record.
+fn forget(ctx: &mut Ctx, vm_id: &str, tag: &str) -> Result<()> {
+    ctx.store().update_vm(vm_id, "virtio-fs detached", |v| {
+        v.filesystems.retain(|f| f.tag != tag)
+    })?;
+    Ok(())
+}
+
+/// Crash recovery of `vm fs attach` (roll back unless recorded) and `vm fs
+/// detach` (roll forward): the VMM ends up with the share exactly when the
+/// record has it.
+pub(crate) fn recover(ctx: &mut Ctx, vm_id: &str, tag: &str, attach: bool) -> Result<String> {
+    let Some(vm) = ctx.store().get_vm(vm_id)? else {
+        return Ok("the VM is gone; nothing to do".into());
+    };
+    let recorded = vm.filesystems.iter().any(|f| f.tag == tag);
+    if attach && recorded {
+        return Ok(format!(
+            "virtio-fs share {tag} was attached and recorded; kept"
+        ));
+    }
+    if !attach && recorded {
+        forget(ctx, vm_id, tag)?;
+    }
+    if let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) {
+        let backend = backend::of(vm.hypervisor);
+        let id = fs_device_id(tag);
+        ctx.block_on(async |_| Ok(backend.detach_fs(&vmm.api_socket, &id).await))?
+            .map_err(|reason| crate::Error::Invalid(format!("VM {vm_id}: {reason}")))?;
+    }
+    Ok(if attach {
+        format!("virtio-fs share {tag} was not recorded; took it out of the VMM")
+    } else {
+        format!("finished detaching virtio-fs share {tag}")
+    })
+}
