@@ -47,6 +47,7 @@ pub mod watch;
 mod cidata;
 mod clone_files;
 mod disk_swap;
+mod host_path;
 mod image_record;
 mod new_vm;
 pub(crate) mod vm_cgroup;

@@ -12,7 +12,6 @@
 //! not have (attach rolls back) and finishes a detach (rolls forward), so
 //! the record and the VMM agree after any crash.
 
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -177,42 +176,20 @@ fn plan(ctx: &Ctx, vm: &Vm, request: &DiskAttach) -> Result<StorageConfig> {
 /// regular file or a block device outside the engine's own directories.
 /// Returns it and whether it is a block device.
 fn check_path(ctx: &Ctx, path: &Path) -> Result<(PathBuf, bool), SpecError> {
-    let refuse = |reason: String| SpecError::AttachPath {
-        path: path.to_path_buf(),
-        reason,
+    use std::os::unix::fs::FileTypeExt as _;
+    let wanted = super::host_path::Wanted {
+        noun: "file",
+        kind: |kind| {
+            (!kind.is_file() && !kind.is_block_device())
+                .then_some("is neither a regular file nor a block device")
+        },
+        elsewhere: "attach a file of your own",
     };
-    if !path.is_absolute() {
-        return Err(refuse("must be an absolute path".into()));
-    }
-    let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(format!("{e}")))?;
-    let kind = meta.file_type();
-    if kind.is_symlink() {
-        return Err(refuse(
-            "is a symbolic link; give the path of the file itself".into(),
-        ));
-    }
-    if !kind.is_file() && !kind.is_block_device() {
-        return Err(refuse(
-            "is neither a regular file nor a block device".into(),
-        ));
-    }
-    let real = std::fs::canonicalize(path).map_err(|e| refuse(format!("{e}")))?;
-    if real != path {
-        return Err(refuse(format!(
-            "goes through a symbolic link, `.` or `..`; give the path of the file itself ({})",
-            real.display()
-        )));
-    }
-    let config = ctx.config();
-    for own in [&config.root_dir, &config.run_dir, &config.log_dir] {
-        let own = std::fs::canonicalize(own).unwrap_or_else(|_| own.clone());
-        if real.starts_with(&own) {
-            return Err(refuse(format!(
-                "is inside cocoon's own directory {}, whose files the engine makes and removes; attach a file of your own",
-                own.display()
-            )));
-        }
-    }
+    let (real, kind) =
+        super::host_path::check(ctx, path, &wanted).map_err(|reason| SpecError::AttachPath {
+            path: path.to_path_buf(),
+            reason,
+        })?;
     Ok((real, kind.is_block_device()))
 }
 

@@ -12,7 +12,6 @@
 //! the record does not have (attach rolls back) and finishes a detach (rolls
 //! forward).
 
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -196,43 +195,22 @@ pub(super) fn locked_running_unless(
 /// The virtiofsd socket: an absolute path with no symbolic link in it, to
 /// a Unix socket outside the engine's own directories.
 fn check_socket(ctx: &Ctx, path: &Path) -> Result<PathBuf, SpecError> {
-    let refuse = |reason: String| SpecError::FsSocket {
-        path: path.to_path_buf(),
-        reason,
+    use std::os::unix::fs::FileTypeExt as _;
+    let wanted = super::host_path::Wanted {
+        noun: "socket",
+        kind: |kind| {
+            (!kind.is_socket()).then_some(
+                "is not a Unix socket; start virtiofsd (`virtiofsd --socket-path PATH --shared-dir DIR`) and give its --socket-path",
+            )
+        },
+        elsewhere: "put virtiofsd's socket elsewhere",
     };
-    if !path.is_absolute() {
-        return Err(refuse("must be an absolute path".into()));
-    }
-    let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(format!("{e}")))?;
-    let kind = meta.file_type();
-    if kind.is_symlink() {
-        return Err(refuse(
-            "is a symbolic link; give the path of the socket itself".into(),
-        ));
-    }
-    if !kind.is_socket() {
-        return Err(refuse(
-            "is not a Unix socket; start virtiofsd (`virtiofsd --socket-path PATH --shared-dir DIR`) and give its --socket-path".into(),
-        ));
-    }
-    let real = std::fs::canonicalize(path).map_err(|e| refuse(format!("{e}")))?;
-    if real != path {
-        return Err(refuse(format!(
-            "goes through a symbolic link, `.` or `..`; give the path of the socket itself ({})",
-            real.display()
-        )));
-    }
-    let config = ctx.config();
-    for own in [&config.root_dir, &config.run_dir, &config.log_dir] {
-        let own = std::fs::canonicalize(own).unwrap_or_else(|_| own.clone());
-        if real.starts_with(&own) {
-            return Err(refuse(format!(
-                "is inside cocoon's own directory {}, whose files the engine makes and removes; put virtiofsd's socket elsewhere",
-                own.display()
-            )));
-        }
-    }
-    Ok(real)
+    super::host_path::check(ctx, path, &wanted)
+        .map(|(real, _)| real)
+        .map_err(|reason| SpecError::FsSocket {
+            path: path.to_path_buf(),
+            reason,
+        })
 }
 
 fn hot_plug_error(vm: &Vm, what: &'static str, tag: &str, reason: String) -> VmError {
