@@ -48,6 +48,7 @@ mod cidata;
 mod clone_files;
 mod disk_swap;
 mod host_path;
+mod hot_plugged;
 mod image_record;
 mod new_vm;
 pub(crate) mod vm_cgroup;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::hot_plugged;
 use super::vm_fs::locked_running_unless;
 use crate::backend;
 use crate::context::Ctx;
@@ -87,7 +88,7 @@ fn plug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, device: PciDevice, sysfs: &Pat
                 .map_err(Into::into)
         });
         if let Err(e) = recorded {
-            unplug(ctx, vm, vmm, &id);
+            hot_plugged::unplug(ctx, &KIND, vm, vmm, &id);
             return Err(e);
         }
         Ok(())
@@ -125,7 +126,7 @@ pub(crate) fn detach(ctx: &mut Ctx, reference: &str, id: &str) -> Result<DeviceC
         ctx.block_on(async |_| Ok(backend.detach_device(&vmm.api_socket, id).await))?
             .map_err(|reason| hot_plug_error(&vm, "detach", id, reason))?;
         let failed = crate::failpoint::hit("vm.device.detach.unplugged");
-        forget(ctx, &vm.id, id)?;
+        hot_plugged::forget(ctx, &KIND, &vm.id, id)?;
         failed?;
         Ok(DeviceChange {
             vm: reference.to_string(),
@@ -188,44 +189,16 @@ fn hot_plug_error(vm: &Vm, what: &'static str, id: &str, reason: String) -> VmEr
     }
 }
 
-/// Takes the device `id` out of the VMM, best effort (a failed attach's
-/// undo; recovery retries what is left).
-fn unplug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, id: &str) {
-    let backend = backend::of(vm.hypervisor);
-    let undone = ctx.block_on(async |_| Ok(backend.detach_device(&vmm.api_socket, id).await));
-    if let Ok(Err(e)) = undone {
-        tracing::warn!("VM {}: cannot take device {id} out again: {e}", vm.id);
-    }
-}
+/// Passed-through PCI devices, by id (the VMM's device id too).
+const KIND: hot_plugged::Kind = hot_plugged::Kind {
+    label: "PCI device",
+    recorded: |vm, id| vm.pci_devices.iter().any(|d| d.id == id),
+    drop: |vm, id| vm.pci_devices.retain(|d| d.id != id),
+    device_id: str::to_string,
+    detach: |backend, socket, id| backend.detach_device(socket, id),
+};
 
-fn forget(ctx: &mut Ctx, vm_id: &str, id: &str) -> Result<()> {
-    ctx.store().update_vm(vm_id, "PCI device detached", |v| {
-        v.pci_devices.retain(|d| d.id != id)
-    })?;
-    Ok(())
-}
-
-/// Crash recovery of `vm device attach` (roll back unless recorded) and
-/// `vm device detach` (roll forward).
+/// Crash recovery of the attach (`attach`) or detach of `id`.
 pub(crate) fn recover(ctx: &mut Ctx, vm_id: &str, id: &str, attach: bool) -> Result<String> {
-    let Some(vm) = ctx.store().get_vm(vm_id)? else {
-        return Ok("the VM is gone; nothing to do".into());
-    };
-    let recorded = vm.pci_devices.iter().any(|d| d.id == id);
-    if attach && recorded {
-        return Ok(format!("PCI device {id} was attached and recorded; kept"));
-    }
-    if !attach && recorded {
-        forget(ctx, vm_id, id)?;
-    }
-    if let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) {
-        let backend = backend::of(vm.hypervisor);
-        ctx.block_on(async |_| Ok(backend.detach_device(&vmm.api_socket, id).await))?
-            .map_err(|reason| crate::Error::Invalid(format!("VM {vm_id}: {reason}")))?;
-    }
-    Ok(if attach {
-        format!("PCI device {id} was not recorded; took it out of the VMM")
-    } else {
-        format!("finished detaching PCI device {id}")
-    })
+    hot_plugged::recover(ctx, &KIND, vm_id, id, attach)
 }

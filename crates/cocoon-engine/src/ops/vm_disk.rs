@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::hot_plugged;
 use crate::backend;
 use crate::context::Ctx;
 use crate::error::Result;
@@ -66,7 +67,7 @@ pub(crate) fn attach(ctx: &mut Ctx, reference: &str, request: &DiskAttach) -> Re
                 .map_err(Into::into)
         });
         if let Err(e) = recorded {
-            unplug(ctx, &vm, &vmm, &id);
+            hot_plugged::unplug(ctx, &KIND, &vm, &vmm, &id);
             return Err(e);
         }
         Ok(DiskChange {
@@ -100,7 +101,7 @@ pub(crate) fn detach(ctx: &mut Ctx, reference: &str, name: &DiskName) -> Result<
             .map_err(|reason| hot_plug_error(&vm, "detach", name, reason))?;
         // The disk is out of the VMM: the record forgets it whatever fails.
         let failed = crate::failpoint::hit("vm.disk.detach.unplugged");
-        forget(ctx, &vm.id, name.as_str())?;
+        hot_plugged::forget(ctx, &KIND, &vm.id, name.as_str())?;
         failed?;
         Ok(DiskChange {
             vm: reference.to_string(),
@@ -238,51 +239,23 @@ fn hot_plug_error(vm: &Vm, what: &'static str, name: &DiskName, reason: String) 
     }
 }
 
-/// Takes the device `id` out of the VMM, best effort (a failed attach's
-/// undo; recovery retries what is left).
-fn unplug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, id: &str) {
-    let backend = backend::of(vm.hypervisor);
-    let undone = ctx.block_on(async |_| Ok(backend.detach_disk(&vmm.api_socket, id).await));
-    if let Ok(Err(e)) = undone {
-        tracing::warn!("VM {}: cannot take disk {id} out again: {e}", vm.id);
-    }
-}
+/// Attached disks, by name: external storage records.
+const KIND: hot_plugged::Kind = hot_plugged::Kind {
+    label: "disk",
+    recorded: |vm, name| {
+        vm.storage_configs
+            .iter()
+            .any(|d| d.external && d.serial == name)
+    },
+    drop: |vm, name| {
+        vm.storage_configs
+            .retain(|d| !(d.external && d.serial == name));
+    },
+    device_id: attached_disk_id,
+    detach: |backend, socket, id| backend.detach_disk(socket, id),
+};
 
-/// Drops the attached disk `name` from the record.
-fn forget(ctx: &mut Ctx, vm_id: &str, name: &str) -> Result<()> {
-    ctx.store().update_vm(vm_id, "disk detached", |v| {
-        v.storage_configs
-            .retain(|d| !(d.external && d.serial == name))
-    })?;
-    Ok(())
-}
-
-/// Crash recovery of `vm disk attach` (roll back unless recorded) and
-/// `vm disk detach` (roll forward): the VMM ends up with the disk exactly
-/// when the record has it.
+/// Crash recovery of the attach (`attach`) or detach of `name`.
 pub(crate) fn recover(ctx: &mut Ctx, vm_id: &str, name: &str, attach: bool) -> Result<String> {
-    let Some(vm) = ctx.store().get_vm(vm_id)? else {
-        return Ok("the VM is gone; nothing to do".into());
-    };
-    let recorded = vm
-        .storage_configs
-        .iter()
-        .any(|d| d.external && d.serial == name);
-    if attach && recorded {
-        return Ok(format!("disk {name} was attached and recorded; kept"));
-    }
-    if !attach && recorded {
-        forget(ctx, vm_id, name)?;
-    }
-    if let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) {
-        let backend = backend::of(vm.hypervisor);
-        let id = attached_disk_id(name);
-        ctx.block_on(async |_| Ok(backend.detach_disk(&vmm.api_socket, &id).await))?
-            .map_err(|reason| crate::Error::Invalid(format!("VM {vm_id}: {reason}")))?;
-    }
-    Ok(if attach {
-        format!("disk {name} was not recorded; took it out of the VMM")
-    } else {
-        format!("finished detaching disk {name}")
-    })
+    hot_plugged::recover(ctx, &KIND, vm_id, name, attach)
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::hot_plugged;
 use crate::backend;
 use crate::context::Ctx;
 use crate::error::Result;
@@ -93,7 +94,7 @@ pub(super) fn plug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, fs: FsConfig) -> Re
                 .map_err(Into::into)
         });
         if let Err(e) = recorded {
-            unplug(ctx, vm, vmm, &id);
+            hot_plugged::unplug(ctx, &KIND, vm, vmm, &id);
             return Err(e);
         }
         Ok(())
@@ -127,7 +128,7 @@ pub(crate) fn detach(ctx: &mut Ctx, reference: &str, tag: &FsTag) -> Result<FsCh
             .map_err(|reason| hot_plug_error(&vm, "detach", tag, reason))?;
         // The share is out of the VMM: the record forgets it whatever fails.
         let failed = crate::failpoint::hit("vm.fs.detach.unplugged");
-        forget(ctx, &vm.id, tag)?;
+        hot_plugged::forget(ctx, &KIND, &vm.id, tag)?;
         failed?;
         Ok(FsChange {
             vm: reference.to_string(),
@@ -222,49 +223,16 @@ fn hot_plug_error(vm: &Vm, what: &'static str, tag: &str, reason: String) -> VmE
     }
 }
 
-/// Takes the share `id` out of the VMM, best effort (a failed attach's
-/// undo; recovery retries what is left).
-fn unplug(ctx: &mut Ctx, vm: &Vm, vmm: &VmmProcess, id: &str) {
-    let backend = backend::of(vm.hypervisor);
-    let undone = ctx.block_on(async |_| Ok(backend.detach_fs(&vmm.api_socket, id).await));
-    if let Ok(Err(e)) = undone {
-        tracing::warn!("VM {}: cannot take share {id} out again: {e}", vm.id);
-    }
-}
+/// virtio-fs shares, by tag.
+const KIND: hot_plugged::Kind = hot_plugged::Kind {
+    label: "virtio-fs share",
+    recorded: |vm, tag| vm.filesystems.iter().any(|f| f.tag == tag),
+    drop: |vm, tag| vm.filesystems.retain(|f| f.tag != tag),
+    device_id: fs_device_id,
+    detach: |backend, socket, id| backend.detach_fs(socket, id),
+};
 
-/// Drops the share `tag` from the record.
-fn forget(ctx: &mut Ctx, vm_id: &str, tag: &str) -> Result<()> {
-    ctx.store().update_vm(vm_id, "virtio-fs detached", |v| {
-        v.filesystems.retain(|f| f.tag != tag)
-    })?;
-    Ok(())
-}
-
-/// Crash recovery of `vm fs attach` (roll back unless recorded) and `vm fs
-/// detach` (roll forward): the VMM ends up with the share exactly when the
-/// record has it.
+/// Crash recovery of the attach (`attach`) or detach of `tag`.
 pub(crate) fn recover(ctx: &mut Ctx, vm_id: &str, tag: &str, attach: bool) -> Result<String> {
-    let Some(vm) = ctx.store().get_vm(vm_id)? else {
-        return Ok("the VM is gone; nothing to do".into());
-    };
-    let recorded = vm.filesystems.iter().any(|f| f.tag == tag);
-    if attach && recorded {
-        return Ok(format!(
-            "virtio-fs share {tag} was attached and recorded; kept"
-        ));
-    }
-    if !attach && recorded {
-        forget(ctx, vm_id, tag)?;
-    }
-    if let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) {
-        let backend = backend::of(vm.hypervisor);
-        let id = fs_device_id(tag);
-        ctx.block_on(async |_| Ok(backend.detach_fs(&vmm.api_socket, &id).await))?
-            .map_err(|reason| crate::Error::Invalid(format!("VM {vm_id}: {reason}")))?;
-    }
-    Ok(if attach {
-        format!("virtio-fs share {tag} was not recorded; took it out of the VMM")
-    } else {
-        format!("finished detaching virtio-fs share {tag}")
-    })
+    hot_plugged::recover(ctx, &KIND, vm_id, tag, attach)
 }
