@@ -146,14 +146,6 @@ fn push_chunked(
         descriptors.extend(plan.blocks.iter().map(|(digest, source)| {
             Descriptor::new(chunked::CHUNK_MEDIA_TYPE, digest.clone(), source.len)
         }));
-        let config = upload_small(
-            &client,
-            parsed,
-            &options,
-            chunked::CONFIG_MEDIA_TYPE,
-            config,
-        )
-        .await?;
         let digest = push_manifest(
             &client,
             parsed,
@@ -351,16 +343,26 @@ pub(super) async fn upload_small(
     Ok(Descriptor::new(media_type, digest, size))
 }
 
+/// Sends the config blob (`config`, the artifact's config body), then the
+/// manifest naming it and `layers`; last, so a killed push leaves no tag.
 pub(super) async fn push_manifest(
     client: &Client,
     reference: &Reference,
     options: &RegistryOptions,
     snapshot: &Snapshot,
     layout: Layout,
-    config: Descriptor,
+    config: Vec<u8>,
     layers: Vec<Descriptor>,
 ) -> Result<Digest> {
     use sha2::Digest as _;
+    let config = upload_small(
+        client,
+        reference,
+        options,
+        chunked::CONFIG_MEDIA_TYPE,
+        config,
+    )
+    .await?;
     let mut annotations = BTreeMap::from([
         (chunked::ANNOTATION_ID.to_string(), snapshot.id.clone()),
         (

@@ -20,11 +20,10 @@ use crate::image::oci::{RegistryOptions, within};
 use crate::model::Snapshot;
 use crate::snapshot::archive::ArchiveError;
 use crate::snapshot::archive::epoch::{self, Entry};
-use crate::snapshot::chunked::{self, Descriptor};
+use crate::snapshot::chunked::Descriptor;
 
 use super::snapshot_push::{
     Layout, Pushed, TransferProgress, blob_exists, push_client, push_error, push_manifest,
-    upload_small,
 };
 
 /// Bytes read from a file per piece of a blob's body.
@@ -78,14 +77,6 @@ pub(super) fn run(
                     .titled(&entry.name)
             })
             .collect();
-        let config = upload_small(
-            &client,
-            parsed,
-            &options,
-            chunked::CONFIG_MEDIA_TYPE,
-            config,
-        )
-        .await?;
         let digest = push_manifest(
             &client,
             parsed,
