@@ -12,6 +12,7 @@ kernel built by cocoon-testkit (any `cargo build --workspace` makes it).
     python3 bench/vm-boot.py [iterations]
 """
 
+import glob
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import tempfile
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in bench/
-from benchlib import GUEST_IMAGE, cocoon_binary, find_vmm, import_guest, test_kernel, wait_for_marker
+from benchlib import GUEST_IMAGE, READY, cocoon_binary, find_vmm, import_guest, test_kernel, wait_for_marker
 
 
 def kill_tree(proc):
@@ -64,18 +65,24 @@ def main():
                 print(f"*** SKIPPED {name}: not on PATH and no {binary_keys[name]} ***")
                 continue
             engine, start_only, raw = [], [], []
+            engine_cli, start_cli = [], []
+            consoles = f"{work}/log/vms/*/console.log"
             for i in range(iterations):
                 vm = f"b{i}"
-                t0 = time.monotonic()
-                cocoon_cmd("vm", "run", "--nics", "0", "--cpu", "1", "--memory", "512M", "--name", vm, *flag, GUEST_IMAGE)
+                before = set(glob.glob(consoles))
+                new_console = lambda: next(iter(set(glob.glob(consoles)) - before), None)
+                ready, done = until_marker(
+                    [cocoon, "vm", "run", "--nics", "0", "--cpu", "1", "--memory", "512M", "--name", vm, *flag, GUEST_IMAGE],
+                    env, new_console)
+                engine.append(ready)
+                engine_cli.append(done)
                 info = json.loads(cocoon_cmd("vm", "inspect", vm))
                 log = os.path.join(info["log_dir"], "console.log")
-                engine.append(wait_for_marker(log) - t0)
                 cocoon_cmd("vm", "stop", "--force", vm)
                 os.remove(log)
-                t0 = time.monotonic()
-                cocoon_cmd("vm", "start", vm)
-                start_only.append(wait_for_marker(log) - t0)
+                ready, done = until_marker([cocoon, "vm", "start", vm], env, lambda: log)
+                start_only.append(ready)
+                start_cli.append(done)
                 # The raw launch opens the same disks: the VM must be down (VMMs lock their disks).
                 cocoon_cmd("vm", "stop", "--force", vm)
                 raw.append(raw_boot(name, binary, info, work))
@@ -85,12 +92,47 @@ def main():
             print(f"{name}:")
             print(f"  raw VMM (minimal launcher)        {mr:8.1f} ms   {spread(raw)}")
             print(f"  cocoon vm run (create + start)    {me:8.1f} ms   overhead {me - mr:+7.1f} ms  ({me / mr:.2f}x)   {spread(engine)}")
+            print(f"      the CLI returned after        {statistics.median(engine_cli) * 1000:8.1f} ms   {spread(engine_cli)}")
             print(f"  cocoon vm start (existing VM)     {ms:8.1f} ms   overhead {ms - mr:+7.1f} ms  ({ms / mr:.2f}x)   {spread(start_only)}")
+            print(f"      the CLI returned after        {statistics.median(start_cli) * 1000:8.1f} ms   {spread(start_cli)}")
     finally:
         # Never leave a VM running, whatever failed.
         for vm in json.loads(cocoon_cmd("vm", "ls", "-o", "json")):
             subprocess.run([cocoon, "vm", "rm", "--force", vm["id"]], env=env, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def until_marker(argv, env, console_log, deadline_s=20.0):
+    """Runs a cocoon command and watches the console log it will write
+    (`console_log()` names it, or None while it is not there yet) from the
+    moment it starts: the seconds to the guest's ready marker, and to the
+    command's return. The marker may come first: the guest boots while the
+    CLI records that it runs."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ready = done = None
+    while ready is None:
+        if done is None and proc.poll() is not None:
+            done = time.monotonic()
+        path = console_log()
+        try:
+            if path:
+                with open(path, "rb") as f:
+                    if READY in f.read():
+                        ready = time.monotonic()
+        except FileNotFoundError:
+            pass
+        if ready is None and time.monotonic() - t0 > deadline_s:
+            proc.kill()
+            raise SystemExit(f"no ready marker from {' '.join(argv)}: {proc.communicate()[1]}")
+        if ready is None:
+            time.sleep(0.0005)
+    _, err = proc.communicate()
+    if done is None:
+        done = time.monotonic()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed: {err}")
+    return ready - t0, done - t0
 
 
 def raw_boot(name, binary, info, work):

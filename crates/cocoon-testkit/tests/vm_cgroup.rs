@@ -110,14 +110,11 @@ fn expect_files(parent: &TestParent, id: &str, cpu: Option<u32>) {
 }
 
 #[test]
-fn a_vm_runs_in_its_own_group_from_its_first_instruction_to_its_stop() {
+fn a_vm_runs_in_its_own_group_from_its_start_to_its_stop() {
     let Some(parent) = TestParent::new("cgroup lifecycle") else {
         return;
     };
-    let mut lab = Lab::new(&parent);
-    let seen = lab.env.path().join("vmm-cgroup");
-    lab.extra_env
-        .push(("COCOON_FAKE_VMM_CGROUP".into(), seen.display().to_string()));
+    let lab = Lab::new(&parent);
     let cpu = first_cpu(&parent);
     let cpu_text = cpu.map(|c| c.to_string());
     let mut args = vec![
@@ -150,21 +147,25 @@ fn a_vm_runs_in_its_own_group_from_its_first_instruction_to_its_stop() {
     let vm = lab.inspect("web");
     let _reaper = Reaper(cocoon_testkit::processes_of(&vm));
     let scope = format!("/{}/vm-{id}.scope", parent.name.display());
-    // The fake VMM wrote its own cgroups before it opened its API socket.
-    let at_start = std::fs::read_to_string(&seen).unwrap();
     let controller = match parent.host.version {
         Version::V1 => "cpu",
         Version::V2 => "",
     };
-    assert_eq!(
-        path_in(&at_start, controller),
-        Some(scope.clone()),
-        "{at_start}"
-    );
-    expect_files(&parent, &id, cpu);
-    let pids = parent.group(&id).pids();
     let vmm_pid = u32::try_from(vm["vmm"]["pid"].as_u64().unwrap()).unwrap();
     let relay_pid = u32::try_from(vm["console_relay"]["pid"].as_u64().unwrap()).unwrap();
+    // In by the time `vm start` returned, every thread of it.
+    for task in std::fs::read_dir(format!("/proc/{vmm_pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let groups = std::fs::read_to_string(task.join("cgroup")).unwrap();
+        assert_eq!(
+            path_in(&groups, controller),
+            Some(scope.clone()),
+            "{}: {groups}",
+            task.display()
+        );
+    }
+    expect_files(&parent, &id, cpu);
+    let pids = parent.group(&id).pids();
     assert!(
         pids.contains(&vmm_pid) && pids.contains(&relay_pid),
         "{pids:?}"

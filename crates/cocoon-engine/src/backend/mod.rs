@@ -57,8 +57,6 @@ pub struct BootRequest<'a> {
     pub vmm: &'a VmmProcess,
     pub boot: &'a Boot,
     pub opts: &'a LaunchOptions,
-    /// The master side of the terminal that is the VMM's stdin/stdout.
-    pub serial: OwnedFd,
     /// How long the VMM may take to come up.
     pub timeout: Duration,
     /// A restore calls it once the snapshot is loaded, before the guest

@@ -306,8 +306,7 @@ impl VmGroup {
     }
 
     /// `cgroup.procs` of each of its directories, open for writing: a
-    /// child writes `0` to each between fork and exec (see
-    /// [`crate::supervise`]), so every thread it ever has starts inside.
+    /// launched process is moved in through them (see [`crate::supervise`]).
     pub fn join_files(&self) -> Result<Vec<OwnedFd>, CgroupError> {
         self.dirs
             .iter()

@@ -18,6 +18,7 @@ use crate::process::ProcessIdentity;
 
 mod attach;
 mod frame;
+mod handoff;
 mod listener;
 mod log;
 mod relay;
@@ -32,7 +33,8 @@ mod tests;
 pub use attach::{Detached, attach};
 pub use log::{follow_log, read_log, rotated_log};
 pub use relay::run_relay;
-pub use spawn::{relay_spec_from_args, spawn_relay};
+pub use spawn::{PendingRelay, relay_spec_from_args, spawn_relay, spawn_relay_ahead};
+pub(crate) use tty::make_raw;
 
 /// Output kept in memory for a client that attaches later.
 pub const RING_BYTES: usize = 64 * 1024;
@@ -61,6 +63,9 @@ pub struct RelaySpec {
     /// serves the VMM and would outlive it (QEMU's vhost-device-vsock waits
     /// for a new VMM forever), so a guest that powers off leaks nothing.
     pub reap: Option<crate::model::VmmProcess>,
+    /// The relay's end of a [`handoff`] channel: ports that come after the
+    /// relay starts. `ports` may then be empty.
+    pub more_ports: Option<OwnedFd>,
 }
 
 #[derive(Debug, thiserror::Error)]

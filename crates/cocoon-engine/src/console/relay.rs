@@ -45,29 +45,21 @@ pub fn run_relay(spec: RelaySpec) -> io::Result<()> {
         ports,
         watch,
         reap,
+        more_ports,
     } = spec;
-    if ports.is_empty() {
+    if ports.is_empty() && more_ports.is_none() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "a console relay needs at least one port",
         ));
     }
-    let mut relay_ports = Vec::with_capacity(ports.len());
-    for port in ports {
-        tty::set_nonblocking(&port.fd)
-            .map_err(|e| io::Error::new(e.kind(), format!("console port {}: {e}", port.name)))?;
-        // A port may also be a socket (CH's serial in socket mode): no line discipline.
-        if rustix::termios::isatty(&port.fd)
-            && let Err(error) = tty::make_raw(&port.fd)
-        {
-            tracing::warn!(port = %port.name, %error, "cannot put the console port in raw mode");
-        }
-        relay_ports.push(Port {
-            name: port.name,
-            fd: port.fd,
-            open: true,
-        });
+    if let Some(channel) = &more_ports {
+        tty::set_nonblocking(channel)?;
     }
+    let relay_ports = ports
+        .into_iter()
+        .map(Port::adopt)
+        .collect::<io::Result<_>>()?;
     let watched = watch;
     let mut watch = Watch::open(watch);
     let listener = Listener::bind(&socket)?;
@@ -79,6 +71,7 @@ pub fn run_relay(spec: RelaySpec) -> io::Result<()> {
         input: Vec::new(),
         last_output: None,
         buf: vec![0; READ_CHUNK],
+        more_ports,
     };
     let result = relay.run(&listener, &mut watch);
     relay.drain_ports();
@@ -152,6 +145,24 @@ struct Port {
     open: bool,
 }
 
+impl Port {
+    fn adopt(port: super::RelayPort) -> io::Result<Port> {
+        tty::set_nonblocking(&port.fd)
+            .map_err(|e| io::Error::new(e.kind(), format!("console port {}: {e}", port.name)))?;
+        // A port may also be a socket (CH's serial in socket mode): no line discipline.
+        if rustix::termios::isatty(&port.fd)
+            && let Err(error) = tty::make_raw(&port.fd)
+        {
+            tracing::warn!(port = %port.name, %error, "cannot put the console port in raw mode");
+        }
+        Ok(Port {
+            name: port.name,
+            fd: port.fd,
+            open: true,
+        })
+    }
+}
+
 struct Client {
     stream: OwnedFd,
     out: VecDeque<u8>,
@@ -169,12 +180,16 @@ struct Relay {
     input: Vec<u8>,
     last_output: Option<usize>,
     buf: Vec<u8>,
+    /// Where ports still to come arrive ([`super::handoff`]); None once
+    /// the CLI closed it.
+    more_ports: Option<OwnedFd>,
 }
 
 #[derive(Clone, Copy)]
 enum Slot {
     Listener,
     Watch,
+    MorePorts,
     Port(usize),
     Client(usize),
 }
@@ -183,7 +198,8 @@ impl Relay {
     fn run(&mut self, listener: &Listener, watch: &mut Watch) -> io::Result<()> {
         loop {
             watch.check();
-            if matches!(watch, Watch::Gone) || !self.ports.iter().any(|p| p.open) {
+            let ports_left = self.ports.iter().any(|p| p.open) || self.more_ports.is_some();
+            if matches!(watch, Watch::Gone) || !ports_left {
                 return Ok(());
             }
             let ready = match self.wait(listener, watch) {
@@ -198,6 +214,7 @@ impl Relay {
                     Slot::Client(_) => {}
                     Slot::Listener => self.accept(listener),
                     Slot::Watch => *watch = Watch::Gone,
+                    Slot::MorePorts => self.receive_ports(),
                 }
             }
             self.flush_input();
@@ -217,6 +234,10 @@ impl Relay {
             }
             Watch::Polling(_) => timeout = Some(timespec(watch::POLL_INTERVAL)),
             Watch::Nothing | Watch::Gone => {}
+        }
+        if let Some(channel) = &self.more_ports {
+            slots.push(Slot::MorePorts);
+            fds.push(PollFd::new(channel, PollFlags::IN));
         }
         let input_port = self.input_port();
         for (i, port) in self.ports.iter().enumerate() {
@@ -257,7 +278,7 @@ impl Relay {
     /// uses hvc0, a bare test kernel only the serial port); ports[0] first.
     fn input_port(&self) -> Option<usize> {
         let preferred = self.last_output.unwrap_or(0);
-        if self.ports[preferred].open {
+        if self.ports.get(preferred).is_some_and(|p| p.open) {
             Some(preferred)
         } else {
             self.ports.iter().position(|p| p.open)
@@ -292,6 +313,31 @@ impl Relay {
             }
         }
         self.buf = buf;
+    }
+
+    /// Takes the ports the CLI has sent; its close ends the channel (as
+    /// does an error: the ports already here are served on).
+    fn receive_ports(&mut self) {
+        let Some(channel) = &self.more_ports else {
+            return;
+        };
+        let end = loop {
+            match super::handoff::receive(channel) {
+                Ok(super::handoff::Received::Port(port)) => match Port::adopt(port) {
+                    Ok(port) => self.ports.push(port),
+                    Err(error) => tracing::warn!(%error, "cannot take a console port"),
+                },
+                Ok(super::handoff::Received::Nothing) => break false,
+                Ok(super::handoff::Received::Closed) => break true,
+                Err(error) => {
+                    tracing::warn!(%error, "console port channel failed");
+                    break true;
+                }
+            }
+        };
+        if end {
+            self.more_ports = None;
+        }
     }
 
     fn hang_up(&mut self, i: usize, error: Option<Errno>) {

@@ -37,6 +37,66 @@ pub fn spawn_relay(
     spec: &RelaySpec,
     stderr: Option<&Path>,
 ) -> io::Result<ProcessIdentity> {
+    let child = start(exe, args_prefix, spec, None, stderr)?;
+    wait_until_listening(child, &spec.socket)
+}
+
+/// A relay started before the VMM has named its ports (see
+/// [`super::handoff`]): it listens and logs at once, and serves the ports
+/// [`PendingRelay::hand_over`] sends. Dropped without a hand-over, it gets
+/// none and exits by itself.
+pub struct PendingRelay {
+    child: Child,
+    channel: OwnedFd,
+    socket: PathBuf,
+}
+
+/// [`spawn_relay`] for the ports in `spec` plus those handed over later.
+pub fn spawn_relay_ahead(
+    exe: &Path,
+    args_prefix: &[&str],
+    spec: &RelaySpec,
+    stderr: Option<&Path>,
+) -> io::Result<PendingRelay> {
+    let (ours, theirs) = super::handoff::channel()?;
+    let child = start(exe, args_prefix, spec, Some(&theirs), stderr)?;
+    Ok(PendingRelay {
+        child,
+        channel: ours,
+        socket: spec.socket.clone(),
+    })
+}
+
+impl PendingRelay {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends the ports, closes the channel and returns once the relay
+    /// accepts connections (at once, usually: it started long before).
+    pub fn hand_over(mut self, ports: &[RelayPort]) -> io::Result<ProcessIdentity> {
+        if let Err(e) = ports
+            .iter()
+            .try_for_each(|port| super::handoff::send(&self.channel, port))
+        {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return Err(e);
+        }
+        drop(self.channel);
+        wait_until_listening(self.child, &self.socket)
+    }
+}
+
+/// Spawns the relay (see [`spawn_relay`]) with `channel`, if given, passed
+/// on as `--ports-from FD` the way the ports are.
+fn start(
+    exe: &Path,
+    args_prefix: &[&str],
+    spec: &RelaySpec,
+    channel: Option<&OwnedFd>,
+    stderr: Option<&Path>,
+) -> io::Result<Child> {
     // A live relay would keep serving this socket and our readiness check would lie.
     if UnixStream::connect(&spec.socket).is_ok() {
         return Err(io::Error::new(
@@ -50,14 +110,17 @@ pub fn spawn_relay(
     let inherited: Vec<OwnedFd> = spec
         .ports
         .iter()
-        .map(|port| rustix::io::fcntl_dupfd_cloexec(&port.fd, 3).map_err(io::Error::from))
+        .map(|port| &port.fd)
+        .chain(channel)
+        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(io::Error::from))
         .collect::<io::Result<_>>()?;
     let raw: Vec<RawFd> = inherited.iter().map(AsRawFd::as_raw_fd).collect();
+    let (port_fds, channel_fd) = raw.split_at(spec.ports.len());
 
     let mut command = Command::new(exe);
     command
         .args(args_prefix)
-        .args(relay_args(spec, &raw))
+        .args(relay_args(spec, port_fds, channel_fd.first().copied()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(relay_stderr(stderr)?);
@@ -75,7 +138,7 @@ pub fn spawn_relay(
     }
     let child = command.spawn()?;
     drop(inherited);
-    wait_until_listening(child, spec)
+    Ok(child)
 }
 
 /// The relay's stderr: appended to `stderr` if given, else /dev/null.
@@ -96,16 +159,16 @@ fn relay_stderr(stderr: Option<&Path>) -> io::Result<Stdio> {
 
 /// Waits until the relay accepts connections on its socket; kills it if it
 /// does not within [`READY_TIMEOUT`].
-fn wait_until_listening(mut child: Child, spec: &RelaySpec) -> io::Result<ProcessIdentity> {
+fn wait_until_listening(mut child: Child, socket: &Path) -> io::Result<ProcessIdentity> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
             return Err(io::Error::other(format!(
                 "the console relay exited before listening on {} ({status})",
-                spec.socket.display()
+                socket.display()
             )));
         }
-        if UnixStream::connect(&spec.socket).is_ok() {
+        if UnixStream::connect(socket).is_ok() {
             return ProcessIdentity::of(child.id());
         }
         if Instant::now() >= deadline {
@@ -115,7 +178,7 @@ fn wait_until_listening(mut child: Child, spec: &RelaySpec) -> io::Result<Proces
                 io::ErrorKind::TimedOut,
                 format!(
                     "the console relay did not listen on {} within {}s",
-                    spec.socket.display(),
+                    socket.display(),
                     READY_TIMEOUT.as_secs()
                 ),
             ));
@@ -124,7 +187,7 @@ fn wait_until_listening(mut child: Child, spec: &RelaySpec) -> io::Result<Proces
     }
 }
 
-fn relay_args(spec: &RelaySpec, fds: &[RawFd]) -> Vec<OsString> {
+fn relay_args(spec: &RelaySpec, fds: &[RawFd], channel: Option<RawFd>) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--socket".into(),
         spec.socket.clone().into(),
@@ -155,6 +218,9 @@ fn relay_args(spec: &RelaySpec, fds: &[RawFd]) -> Vec<OsString> {
         args.push("--port".into());
         args.push(format!("{}={fd}", port.name).into());
     }
+    if let Some(fd) = channel {
+        args.extend(["--ports-from".into(), fd.to_string().into()]);
+    }
     args
 }
 
@@ -173,6 +239,7 @@ pub fn relay_spec_from_args(args: &[OsString]) -> Result<RelaySpec, String> {
     let mut watch_start = None;
     let (mut reap_pid, mut reap_start, mut reap_socket) = (None, None, None);
     let mut ports: Vec<(String, RawFd)> = Vec::new();
+    let mut channel = None;
     let mut args = args.iter();
     while let Some(flag) = args.next() {
         let flag = flag.to_str().ok_or("non-UTF-8 flag")?;
@@ -187,6 +254,7 @@ pub fn relay_spec_from_args(args: &[OsString]) -> Result<RelaySpec, String> {
             "--reap-start" => reap_start = Some(number(flag, value)?),
             "--reap-socket" => reap_socket = Some(PathBuf::from(value)),
             "--port" => ports.push(port(value)?),
+            "--ports-from" => channel = Some(number::<RawFd>(flag, value)?),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -203,25 +271,25 @@ pub fn relay_spec_from_args(args: &[OsString]) -> Result<RelaySpec, String> {
         (None, None, None) => None,
         _ => return Err("--reap-pid, --reap-start and --reap-socket go together".into()),
     };
-    if ports.is_empty() {
+    if ports.is_empty() && channel.is_none() {
         return Err("at least one --port is needed".into());
     }
     let mut seen = HashSet::new();
-    for (name, fd) in &ports {
-        if !seen.insert(*fd) {
+    let named = ports
+        .iter()
+        .map(|(name, fd)| (name.as_str(), *fd))
+        .chain(channel.map(|fd| ("--ports-from", fd)));
+    for (name, fd) in named {
+        if !seen.insert(fd) {
             return Err(format!("fd {fd} is named twice (port {name})"));
         }
-        check_inherited(*fd).map_err(|e| format!("port {name}: {e}"))?;
+        check_inherited(fd).map_err(|e| format!("port {name}: {e}"))?;
     }
     let ports = ports
         .into_iter()
-        .map(|(name, fd)| {
-            // SAFETY: checked above: open, inherited across exec (so nothing
-            // in this process opened it), and adopted exactly once.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // Not passed on to anything the relay might ever start.
-            let _ = rustix::io::fcntl_setfd(&fd, FdFlags::CLOEXEC);
-            RelayPort { name, fd }
+        .map(|(name, fd)| RelayPort {
+            name,
+            fd: adopt(fd),
         })
         .collect();
     Ok(RelaySpec {
@@ -231,7 +299,18 @@ pub fn relay_spec_from_args(args: &[OsString]) -> Result<RelaySpec, String> {
         ports,
         watch,
         reap,
+        more_ports: channel.map(adopt),
     })
+}
+
+/// Takes ownership of an inherited fd checked by [`check_inherited`].
+fn adopt(fd: RawFd) -> OwnedFd {
+    // SAFETY: checked by the caller: open, inherited across exec (so nothing
+    // in this process opened it), and adopted exactly once.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Not passed on to anything the relay might ever start.
+    let _ = rustix::io::fcntl_setfd(&fd, FdFlags::CLOEXEC);
+    fd
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &OsStr) -> Result<T, String> {
@@ -319,8 +398,9 @@ mod tests {
                 },
                 api_socket: "/run/vm/vhost-vsock.sock".into(),
             }),
+            more_ports: None,
         };
-        let args = relay_args(&spec, &[]);
+        let args = relay_args(&spec, &[], None);
         assert_eq!(
             args,
             os(&[

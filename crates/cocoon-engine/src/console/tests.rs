@@ -37,7 +37,7 @@ fn pty() -> Pty {
     )
     .unwrap();
     // Raw before the relay runs too, so the bytes we write are not translated.
-    tty::make_raw(&slave).unwrap();
+    make_raw(&slave).unwrap();
     Pty { master, slave }
 }
 
@@ -66,6 +66,7 @@ fn start_relay(ports: Vec<RelayPort>, log_max_bytes: u64) -> Running {
         ports,
         watch: None,
         reap: None,
+        more_ports: None,
     };
     let (tx, exited) = mpsc::channel();
     std::thread::spawn(move || tx.send(run_relay(spec)));
@@ -427,6 +428,7 @@ fn spawn_relay_runs_detached_and_follows_the_watched_process() {
             identity: ProcessIdentity::of(helper.id()).unwrap(),
             api_socket: helper_socket.clone(),
         }),
+        more_ports: None,
     };
     let exe = std::env::current_exe().unwrap();
     let prefix = [
@@ -463,4 +465,59 @@ fn spawn_relay_runs_detached_and_follows_the_watched_process() {
     assert_eq!(read_log(&spec.log).unwrap(), b"hello from the guest");
     let stderr = std::fs::read_to_string(&stderr).unwrap();
     assert!(!stderr.contains("panicked"), "relay stderr: {stderr}");
+}
+
+/// A relay started ahead of its ports ([`spawn_relay_ahead`]): it listens at
+/// once, serves the output written before the hand-over (held in the
+/// terminal), and one that never gets its ports exits by itself.
+#[test]
+fn a_relay_started_ahead_serves_the_ports_handed_over_later() {
+    let exe = std::env::current_exe().unwrap();
+    let prefix = [
+        "--exact",
+        "console::tests::relay_process_entry",
+        "--nocapture",
+        "--",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |name: &str| RelaySpec {
+        socket: dir.path().join(format!("{name}.sock")),
+        log: dir.path().join(format!("{name}.log")),
+        log_max_bytes: 1 << 20,
+        ports: Vec::new(),
+        watch: None,
+        reap: None,
+        more_ports: None,
+    };
+    let served = spec("served");
+    let pending = spawn_relay_ahead(&exe, &prefix, &served, None).unwrap();
+    wait_until("the relay listens before it has a port", || {
+        UnixStream::connect(&served.socket).is_ok()
+    });
+    let pty = pty();
+    write_fd(&pty.slave, b"written before the hand-over;");
+    let relay = pending.hand_over(&[port("console", pty.master)]).unwrap();
+    let mut c = client(&served.socket);
+    write_fd(&pty.slave, b"and after");
+    wait_until("the log has both", || {
+        read_log(&served.log).unwrap_or_default() == b"written before the hand-over;and after"
+    });
+    // A client gets what came before it connected too (the relay's ring).
+    let both = b"written before the hand-over;and after";
+    assert_eq!(read_n(&mut c, both.len()), both);
+    // The terminal's other side goes: the relay has no port left and ends.
+    drop(pty.slave);
+    wait_until("the relay exits", || !relay.is_alive());
+
+    // Never handed its ports (the boot failed): it ends when the CLI's end closes.
+    let orphan = spec("orphan");
+    let pending = spawn_relay_ahead(&exe, &prefix, &orphan, None).unwrap();
+    let pid = pending.pid();
+    wait_until("the relay listens", || {
+        UnixStream::connect(&orphan.socket).is_ok()
+    });
+    let identity = ProcessIdentity::of(pid).unwrap();
+    drop(pending);
+    wait_until("the relay without ports exits", || !identity.is_alive());
+    assert!(!orphan.socket.exists(), "the socket is removed");
 }

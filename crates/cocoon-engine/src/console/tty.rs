@@ -8,9 +8,14 @@ use rustix::termios::{self, OptionalActions, Winsize};
 /// Raw mode, so the line discipline neither echoes nor rewrites bytes: a
 /// Cloud Hypervisor PTY slave left canonical echoes the guest's output back
 /// to the guest as input. On a master this sets the pair's (slave's) mode.
-pub(super) fn make_raw(fd: impl AsFd) -> io::Result<()> {
+///
+/// Every output flag is cleared, not only `OPOST`: QEMU's stdio chardev
+/// turns `OPOST` back on when it starts, and with `ONLCR` still set the
+/// guest's `\n` would reach the log as `\r\n`.
+pub(crate) fn make_raw(fd: impl AsFd) -> io::Result<()> {
     let mut settings = termios::tcgetattr(&fd)?;
     settings.make_raw();
+    settings.output_modes = termios::OutputModes::empty();
     termios::tcsetattr(&fd, OptionalActions::Now, &settings)?;
     Ok(())
 }

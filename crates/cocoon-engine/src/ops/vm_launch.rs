@@ -35,10 +35,7 @@ pub(crate) async fn launch_and_boot(
     let paths = VmPaths::of(vm);
     let mut opts = LaunchOptions::configured(backend.binary(ctx.config()), ctx.config());
     opts.container = super::vm_query::boots_cocoon_init(ctx, vm);
-    // The serial port is the VMM's stdin/stdout: a terminal whose master
-    // the relay takes over, so no output is ever held back or lost.
-    let (serial_master, serial_slave) = open_pty()
-        .map_err(|e| Error::io("cannot allocate a terminal for the serial console", e))?;
+    let (serial, stdin) = serial_terminal(backend.serial_on_stdin(vm))?;
     let restoring = matches!(boot, Boot::Restore { .. });
     let group = super::vm_cgroup::prepare(ctx, vm, restoring)?;
     let cgroup = join_files(vm, group.as_ref())?;
@@ -51,23 +48,23 @@ pub(crate) async fn launch_and_boot(
         args: args.into_iter().map(OsString::from).collect(),
         api_socket: paths.api_socket(),
         log_file: paths.vmm_log(),
-        stdin: if backend.serial_on_stdin(vm) {
-            Stdin::Terminal(Arc::new(serial_slave))
-        } else {
-            Stdin::Null
-        },
+        stdin,
         netns: crate::net::vmm_netns(vm),
         socket_timeout: Duration::from_secs(ctx.config().socket_wait_timeout_seconds.max(1)),
         jail: backend.jail(vm, &paths, boot, &opts, ctx.config())?,
         cgroup,
     };
-    let vmm = supervise::launch(&spec)
-        .await
-        .map_err(|source| VmError::Launch {
-            id: vm.id.clone(),
-            name: vm.config.name.clone(),
-            source,
-        })?;
+    let launch_error = |source| VmError::Launch {
+        id: vm.id.clone(),
+        name: vm.config.name.clone(),
+        source,
+    };
+    let spawned = supervise::spawn(&spec).map_err(launch_error)?;
+    // The relay starts now, beside the VMM, and gets its ports once the VMM
+    // has them: its start-up is off the path to the guest's first output.
+    let has_serial = serial.is_some();
+    let relay = start_relay(ctx, vm, &paths, spawned.identity(), helper.clone(), serial)?;
+    let vmm = spawned.ready(&spec).await.map_err(launch_error)?;
     let vsock = backend.has_vsock(vm, &opts).then(|| paths.vsock_socket());
     let launched = Launched {
         vmm: &vmm,
@@ -82,7 +79,6 @@ pub(crate) async fn launch_and_boot(
         vmm: &vmm,
         boot,
         opts: &opts,
-        serial: serial_master,
         timeout: spec.socket_timeout,
         arm: &arm,
     };
@@ -95,16 +91,43 @@ pub(crate) async fn launch_and_boot(
             reason,
             log: read_tail(&paths.vmm_log()),
         })?;
-    if ports.is_empty() {
+    if ports.is_empty() && !has_serial {
         tracing::warn!(
             "VM {}: the VMM exposes no console terminal; `vm console` and `vm logs` will be empty",
             vm.id
         );
         return Ok((vmm, None));
     }
-    let relay = spawn_relay(ctx, vm, &paths, &vmm, helper, ports)?;
+    crate::failpoint::hit("vm.launch.booted")?;
+    let relay = relay
+        .hand_over(&ports)
+        .map_err(|source| relay_error(vm, source))?;
     adopt_relay(vm, group.as_ref(), &relay)?;
     Ok((vmm, Some(relay)))
+}
+
+/// The serial port as the VMM's stdin/stdout, if the backend has it there:
+/// a terminal whose master the relay takes over from the start, so no
+/// output is ever held back or lost.
+fn serial_terminal(on_stdin: bool) -> Result<(Option<console::RelayPort>, Stdin)> {
+    if !on_stdin {
+        return Ok((None, Stdin::Null));
+    }
+    let (master, slave) = open_pty()
+        .map_err(|e| Error::io("cannot allocate a terminal for the serial console", e))?;
+    let port = console::RelayPort {
+        name: "serial".into(),
+        fd: master,
+    };
+    Ok((Some(port), Stdin::Terminal(Arc::new(slave))))
+}
+
+fn relay_error(vm: &Vm, source: std::io::Error) -> VmError {
+    VmError::Relay {
+        id: vm.id.clone(),
+        name: vm.config.name.clone(),
+        source,
+    }
 }
 
 /// The console relay joins the VM's group as soon as it runs (it is
@@ -206,35 +229,33 @@ fn record_launched(ctx: &mut Ctx, vm: &Vm, launched: Launched<'_>, fresh: bool) 
     crate::failpoint::hit("vm.launch.recorded")
 }
 
-/// Starts the console relay over the VMM's ports.
-fn spawn_relay(
+/// Starts the console relay for the VMM `watch` with the serial terminal
+/// (if the VMM has it); the ports the VMM makes itself follow with
+/// [`console::PendingRelay::hand_over`] once it has booted.
+fn start_relay(
     ctx: &Ctx,
     vm: &Vm,
     paths: &VmPaths,
-    vmm: &VmmProcess,
+    watch: ProcessIdentity,
     helper: Option<VmmProcess>,
-    ports: Vec<console::RelayPort>,
-) -> Result<ProcessIdentity> {
+    serial: Option<console::RelayPort>,
+) -> Result<console::PendingRelay> {
     let relay_spec = RelaySpec {
         socket: paths.console_socket(),
         log: paths.console_log(),
         log_max_bytes: CONSOLE_LOG_BYTES,
-        ports,
-        watch: Some(vmm.identity),
+        ports: serial.into_iter().collect(),
+        watch: Some(watch),
         reap: helper,
+        more_ports: None,
     };
-    crate::failpoint::hit("vm.launch.booted")?;
-    Ok(console::spawn_relay(
+    Ok(console::spawn_relay_ahead(
         &ctx.helper_exe(),
         &[RELAY_SUBCOMMAND],
         &relay_spec,
         Some(&paths.relay_log()),
     )
-    .map_err(|source| VmError::Relay {
-        id: vm.id.clone(),
-        name: vm.config.name.clone(),
-        source,
-    })?)
+    .map_err(|source| relay_error(vm, source))?)
 }
 
 /// Kills whatever a previous run of this VM left: its recorded VMM and
@@ -291,5 +312,7 @@ fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let name = ptsname(&master, Vec::new())?;
     use std::os::unix::ffi::OsStrExt;
     let slave = backend::open_tty(Path::new(std::ffi::OsStr::from_bytes(name.as_bytes())))?;
+    // Raw before the VMM sees it, so whatever mode the VMM sets starts from raw.
+    console::make_raw(&master)?;
     Ok((master, slave))
 }

@@ -364,7 +364,6 @@ async fn boot(request: BootRequest<'_>) -> Result<Vec<RelayPort>, String> {
         paths,
         vmm,
         boot,
-        serial,
         timeout,
         arm,
         ..
@@ -393,10 +392,7 @@ async fn boot(request: BootRequest<'_>) -> Result<Vec<RelayPort>, String> {
         });
     }
     if direct_boot(vm) {
-        ports.push(RelayPort {
-            name: "serial".into(),
-            fd: serial,
-        });
+        // The serial terminal (stdin/stdout) is the relay's already.
         return Ok(ports);
     }
     // UEFI: the guest's ttyS0 is CH's serial socket.

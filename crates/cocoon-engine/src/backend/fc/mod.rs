@@ -187,10 +187,8 @@ impl Backend for FirecrackerBackend {
                 }
             }
             .map_err(|e| e.to_string())?;
-            Ok(vec![RelayPort {
-                name: "serial".into(),
-                fd: request.serial,
-            }])
+            // The serial terminal (stdin/stdout) is the relay's already.
+            Ok(Vec::new())
         })
     }
 

@@ -206,10 +206,8 @@ impl Backend for QemuBackend {
                 hotplug_nic::plug_recorded(&mut qmp, request.vm).await?;
             }
             qmp.resume().await.map_err(|e| e.to_string())?;
-            Ok(vec![RelayPort {
-                name: "serial".into(),
-                fd: request.serial,
-            }])
+            // The serial terminal (stdin/stdout) is the relay's already.
+            Ok(Vec::new())
         })
     }
 

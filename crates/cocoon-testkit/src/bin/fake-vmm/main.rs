@@ -13,7 +13,6 @@
 //! never answer), `apply_then_die`. `times` counts down; 0 or absent = always.
 //! `COCOON_FAKE_VMM_REQUESTS=<file>` appends every request line to that file;
 //! `COCOON_FAKE_VMM_BODIES=<file>` appends `METHOD PATH BODY` lines (compact JSON).
-//! `COCOON_FAKE_VMM_CGROUP=<file>` gets the process's `/proc/self/cgroup` at startup.
 //! `COCOON_FAKE_VMM_IGNORE_SIGTERM=1` makes the process ignore SIGTERM (a wedged VMM).
 //! `COCOON_FAKE_VMM_BOOT_DELAY_MS=N`: a CH booting from its command line is
 //! "not created" for N ms, then Created for N ms, then Running (CH's race).
@@ -60,12 +59,6 @@ async fn main() {
     if args.iter().any(|a| a == "--version") {
         println!("fake-vmm 0.0.0");
         return;
-    }
-    if let Some(file) = std::env::var_os("COCOON_FAKE_VMM_CGROUP") {
-        // Where this process is before its API socket exists: a test checks
-        // that its VM's cgroup had it from the start.
-        let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let _ = std::fs::write(file, mine);
     }
     if std::env::var_os("COCOON_FAKE_VMM_IGNORE_SIGTERM").is_some_and(|v| v == "1") {
         // SAFETY: setting a signal disposition at startup, before any thread runs.

@@ -8,19 +8,16 @@
 //! VMM is lost, it is found by scanning `/proc/*/cmdline` for its socket.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use tokio::io::unix::AsyncFd;
 
-use crate::jail::{Jail, JailError, Prepared};
+use crate::jail::{Jail, JailError};
 use crate::model::VmmProcess;
 use crate::process::ProcessIdentity;
 
@@ -52,6 +49,8 @@ pub enum SuperviseError {
     Unkillable { pid: u32 },
     #[error("cannot signal process {pid}: {source}")]
     Signal { pid: u32, source: io::Error },
+    #[error("cannot move {binary} into its cgroup: {source}")]
+    Cgroup { binary: String, source: io::Error },
     #[error(transparent)]
     Jail(#[from] JailError),
 }
@@ -91,247 +90,14 @@ pub struct LaunchSpec {
     /// Run confined to this view of the host (a VMM loading state it did
     /// not write: see [`crate::jail`]).
     pub jail: Option<Jail>,
-    /// `cgroup.procs` files (open for writing) of the cgroup(s) to run in:
-    /// joined between fork and exec, so no thread ever runs outside.
+    /// `cgroup.procs` files (open for writing) of the cgroup(s) to run in.
+    /// The process is moved in right after it is spawned, while it starts
+    /// (see [`CgroupJoin`]), and the launch succeeds only once it is in.
     pub cgroup: Vec<std::sync::Arc<OwnedFd>>,
 }
 
-/// When a launched process's socket counts as ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ready {
-    /// It accepts a connection (a VMM's API socket).
-    Accepts,
-    /// It exists as a socket: a server that takes its first connection for
-    /// its one client (vhost-user) must not be probed by connecting.
-    Bound,
-}
-
-/// Starts the VMM and waits until its API socket accepts a connection. On any
-/// failure the process is killed and reaped: nothing is left running.
-pub async fn launch(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
-    launch_until(spec, Ready::Accepts).await
-}
-
-/// Starts a helper that serves one client on `spec.api_socket` (a vhost-user
-/// backend) and waits until the socket is there, without connecting to it.
-pub async fn launch_listener(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
-    launch_until(spec, Ready::Bound).await
-}
-
-async fn launch_until(spec: &LaunchSpec, ready: Ready) -> Result<VmmProcess, SuperviseError> {
-    let binary = spec.binary.display().to_string();
-    let log = open_log(spec)?;
-    let (stdin, stdout_tty) = open_stdin(&spec.stdin)?;
-    let netns = open_netns(spec)?;
-    let jail = spec.jail.as_ref().map(Jail::prepare).transpose()?;
-    // A stale socket from a dead VMM would make the readiness check lie.
-    let _ = std::fs::remove_file(&spec.api_socket);
-
-    let mut command = Command::new(&spec.binary);
-    let stdout = match stdout_tty {
-        Some(tty) => Stdio::from(tty),
-        None => Stdio::from(log.try_clone().map_err(|source| SuperviseError::Open {
-            what: "log file",
-            path: spec.log_file.clone(),
-            source,
-        })?),
-    };
-    command
-        .args(&spec.args)
-        .stdin(stdin)
-        .stdout(stdout)
-        .stderr(log);
-    let cgroup: Vec<std::os::fd::RawFd> = spec.cgroup.iter().map(|fd| fd.as_raw_fd()).collect();
-    detach_in_child(
-        &mut command,
-        jail,
-        netns.as_ref().map(|fd| fd.as_raw_fd()),
-        cgroup,
-    );
-    let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
-        binary: binary.clone(),
-        source,
-    })?;
-    drop(netns);
-    let identity = match ProcessIdentity::of(child.id()) {
-        Ok(identity) => identity,
-        Err(_) => {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            return Err(SuperviseError::ExitedEarly {
-                binary,
-                status,
-                socket: spec.api_socket.clone(),
-                log: read_tail(&spec.log_file),
-            });
-        }
-    };
-    wait_for_socket(spec, binary, &mut child, identity, ready).await
-}
-
-/// The VMM's log, truncated: its stderr, and its stdout unless a terminal has it.
-fn open_log(spec: &LaunchSpec) -> Result<File, SuperviseError> {
-    OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&spec.log_file)
-        .map_err(|source| SuperviseError::Open {
-            what: "log file",
-            path: spec.log_file.clone(),
-            source,
-        })
-}
-
-/// The VMM's stdin, and for a terminal a second handle on it for stdout.
-fn open_stdin(stdin: &Stdin) -> Result<(Stdio, Option<OwnedFd>), SuperviseError> {
-    Ok(match stdin {
-        Stdin::Null => (Stdio::null(), None),
-        Stdin::Terminal(tty) => {
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone().map_err(|source| SuperviseError::Open {
-                    what: "terminal",
-                    path: PathBuf::from("<pty>"),
-                    source,
-                })
-            };
-            let stdout_tty = dup(tty)?;
-            (Stdio::from(dup(tty)?), Some(stdout_tty))
-        }
-        Stdin::Path(path) => (
-            Stdio::from(
-                OpenOptions::new()
-                    .read(true)
-                    .write(true) // a FIFO opened read-write never blocks and never sees EOF
-                    .open(path)
-                    .map_err(|source| SuperviseError::Open {
-                        what: "stdin",
-                        path: path.clone(),
-                        source,
-                    })?,
-            ),
-            None,
-        ),
-    })
-}
-
-/// The network namespace to run in, opened before the fork.
-fn open_netns(spec: &LaunchSpec) -> Result<Option<OwnedFd>, SuperviseError> {
-    let Some(path) = &spec.netns else {
-        return Ok(None);
-    };
-    let file = File::open(path).map_err(|source| SuperviseError::Open {
-        what: "network namespace",
-        path: path.clone(),
-        source,
-    })?;
-    Ok(Some(file.into()))
-}
-
-/// What the child does between fork and exec: its cgroups (if any), its
-/// own session, its jail (if any), the VM's network namespace (if any).
-/// `netns_fd` and the `cgroup` descriptors must stay open until the
-/// command is spawned.
-fn detach_in_child(
-    command: &mut Command,
-    jail: Option<Prepared>,
-    netns_fd: Option<std::os::fd::RawFd>,
-    cgroup: Vec<std::os::fd::RawFd>,
-) {
-    // SAFETY: the closure runs in the forked child, where only async-signal-safe
-    // calls may run: it makes plain syscalls (setsid, the jail's unshare,
-    // mount and pivot_root, setns) on C strings allocated before the fork and
-    // a descriptor the caller keeps open until spawn returns, and reads errno
-    // without allocating.
-    unsafe {
-        command.pre_exec(move || {
-            // Into the VM's cgroup before anything else: `0` is the
-            // writer itself, and the threads it starts after exec follow.
-            for fd in &cgroup {
-                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            // Own session: no terminal signals (Ctrl+C) reach the VMM, and it
-            // outlives the CLI that started it.
-            rustix::process::setsid()?;
-            if let Some(jail) = &jail {
-                jail.enter()?;
-            }
-            if let Some(fd) = netns_fd {
-                // The VMM (and the TAPs it opens) live in the VM's namespace;
-                // switching in the child keeps every thread of ours untouched.
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Polls until the VMM accepts a connection on its API socket; kills and
-/// reaps it if it does not within the timeout.
-async fn wait_for_socket(
-    spec: &LaunchSpec,
-    binary: String,
-    child: &mut std::process::Child,
-    identity: ProcessIdentity,
-    ready: Ready,
-) -> Result<VmmProcess, SuperviseError> {
-    use std::os::unix::fs::FileTypeExt;
-    let deadline = Instant::now() + spec.socket_timeout;
-    let watch = crate::socket_watch::SocketWatch::new(&spec.api_socket);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(SuperviseError::ExitedEarly {
-                binary,
-                status: status.to_string(),
-                socket: spec.api_socket.clone(),
-                log: read_tail(&spec.log_file),
-            });
-        }
-        let up = match ready {
-            Ready::Accepts => tokio::net::UnixStream::connect(&spec.api_socket)
-                .await
-                .is_ok(),
-            Ready::Bound => {
-                std::fs::symlink_metadata(&spec.api_socket).is_ok_and(|m| m.file_type().is_socket())
-            }
-        };
-        if up {
-            // Dropping `child` neither kills nor waits: the VMM runs on, and
-            // init reaps it once this process is gone.
-            return Ok(VmmProcess {
-                identity,
-                api_socket: spec.api_socket.clone(),
-            });
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(SuperviseError::SocketTimeout {
-                binary,
-                socket: spec.api_socket.clone(),
-                timeout: spec.socket_timeout,
-                log: read_tail(&spec.log_file),
-            });
-        }
-        // Woken when the socket appears (2 ms at most, to notice an exit).
-        watch.wait(Duration::from_millis(2)).await;
-    }
-}
-
-/// The last 2 KiB of a log, for error messages.
-fn read_tail(path: &Path) -> String {
-    let Ok(mut file) = File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(2048)));
-    let mut text = String::new();
-    let _ = file.read_to_string(&mut text);
-    text
-}
+mod launch;
+pub use launch::{Spawned, launch, launch_listener, spawn};
 
 /// The raw arguments of a process.
 fn cmdline(pid: u32) -> Option<Vec<OsString>> {
