@@ -298,6 +298,15 @@ impl Engine {
         op: impl Fn(&mut Engine, &str) -> Result<Vm> + Sync,
     ) -> Result<Vec<BatchOutcome>> {
         let vms = self.ctx.store().resolve_vms(references)?;
+        // One VM (the usual `vm start NAME`): on this engine, without a
+        // second connection or a thread.
+        if let [vm] = vms.as_slice() {
+            return Ok(vec![BatchOutcome {
+                id: vm.id.clone(),
+                name: vm.config.name.clone(),
+                result: op(self, &vm.id),
+            }]);
+        }
         let pool = self.config().pool_size.max(1);
         let config = self.config().clone();
         let helper = self.helper_exe();
