@@ -275,8 +275,18 @@ pub(crate) async fn stop_leftovers(ctx: &Ctx, vm: &Vm) -> Result<()> {
     };
     // One pass over /proc for the VMM's, the relay's and the vsock
     // helper's sockets (a pass per socket tripled a cost that grows with
-    // the host's processes).
-    for process in supervise::find_by_sockets(&paths.process_sockets()) {
+    // the host's processes). Each of them makes its socket as it starts,
+    // and a socket goes only with its process (or below, after the kill):
+    // with none of them there, no orphan names one, and the pass, which
+    // reads every process's command line, is skipped.
+    let sockets = paths.process_sockets();
+    let named = sockets.iter().any(|s| s.symlink_metadata().is_ok());
+    let orphans = if named {
+        supervise::find_by_sockets(&sockets)
+    } else {
+        Vec::new()
+    };
+    for process in orphans {
         supervise::terminate(&process, None::<fn() -> std::future::Ready<()>>, quick)
             .await
             .map_err(stop_err)?;
