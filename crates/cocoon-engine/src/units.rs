@@ -179,7 +179,7 @@ mod tests {
         assert_eq!(BinarySize(512 * MIB).to_string(), "512MiB");
         assert_eq!(BinarySize(0).to_string(), "0B");
         // The whole-number shortcut says what the general path says.
-        for n in (0..1000u64).chain([1 << 10, 1 << 20, 1 << 30, 1 << 40]) {
+        for n in (0..1100u64).chain([1 << 10, 1 << 20]) {
             for scale in [1, 1024, 1 << 20, 1 << 30] {
                 let value = n * scale;
                 let mut general = String::new();
