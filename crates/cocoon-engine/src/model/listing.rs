@@ -67,7 +67,7 @@ impl From<&VmView> for VmListing {
             image: vm.config.image.clone(),
             created_at: vm.created_at,
             vmm: vm.vmm.clone(),
-            cpu_stat: view.cpu_stat.clone(),
+            cpu_stat: view.cpu_stat,
         }
     }
 }

@@ -107,12 +107,16 @@ fn listings_refuse_what_the_full_read_refuses() {
         for err in errors {
             assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
             assert!(
-                err.to_string().starts_with("corrupt VM record EEEEEEEEEEEEEEEEEEEEEEEEEE"),
+                err.to_string()
+                    .starts_with("corrupt VM record EEEEEEEEEEEEEEEEEEEEEEEEEE"),
                 "{err}"
             );
         }
         if corruption.contains("name") {
-            assert_eq!(store.list_vm_listings().unwrap_err().to_string(), full.to_string());
+            assert_eq!(
+                store.list_vm_listings().unwrap_err().to_string(),
+                full.to_string()
+            );
         }
     }
 }
