@@ -35,9 +35,13 @@ const OLDEST_FIRST: &str = "SELECT created_at, id, doc FROM vms";
 
 /// Sorted by (created_at, id) as `ORDER BY created_at, id` sorts the
 /// columns' text (byte order, SQLite's BINARY collation).
-fn oldest_first<T>(mut rows: Vec<((String, String), T)>) -> Vec<T> {
-    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    rows.into_iter().map(|(_, row)| row).collect()
+/// The keys are sorted, not the rows (a full record is large to move).
+fn oldest_first<T>(rows: Vec<((String, String), T)>) -> Vec<T> {
+    let (keys, rows): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
+    let mut rows: Vec<Option<T>> = rows.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| rows[i].take()).collect()
 }
 
 /// A text column, borrowed from the row (no copy of a whole document).
