@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::image::cloud::{CloudProgress, NoCloudProgress};
 use crate::image::oci::PullProgress;
 use crate::lock::VmLock;
-use crate::model::{Image, Snapshot, Vm, VmView};
+use crate::model::{Image, Snapshot, Vm, VmListing, VmView};
 use crate::name::{SnapshotName, VmName};
 use crate::ops::gc::GcReport;
 use crate::ops::image_pull::{CloudPullOutcome, PullOutcome};
@@ -222,6 +222,12 @@ impl Engine {
 
     pub fn list_vms(&mut self) -> Result<Vec<VmView>> {
         vm_query::list(&mut self.ctx)
+    }
+
+    /// What `vm ls` shows of every VM (its table; `-o json` prints
+    /// [`Engine::list_vms`]), without reading whole records.
+    pub fn list_vm_listings(&mut self) -> Result<Vec<VmListing>> {
+        vm_query::listings(&mut self.ctx)
     }
 
     pub fn inspect_vm(&mut self, reference: &str) -> Result<VmView> {

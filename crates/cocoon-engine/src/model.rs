@@ -4,10 +4,13 @@
 //! so `-o json` consumers keep working after switching.
 
 mod hotplug;
+mod listing;
 mod network;
 mod storage;
 mod switches;
 pub use hotplug::{FS_PREFIX, FsConfig, PciDevice, fs_device_id, pci_device_id};
+pub(crate) use listing::ListedDoc;
+pub use listing::VmListing;
 pub use network::{IpConfig, NetBackend, NetworkConfig, NetworkLease};
 pub use storage::{ATTACHED_DISK_PREFIX, StorageConfig, StorageRole, attached_disk_id};
 pub use switches::DeviceSwitches;

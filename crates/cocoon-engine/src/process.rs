@@ -138,13 +138,38 @@ pub fn start_time(pid: u32) -> io::Result<u64> {
 }
 
 fn stat(pid: u32) -> io::Result<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let text = read_small(format!("/proc/{pid}/stat"))?;
     parse_stat(&text).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("malformed /proc/{pid}/stat"),
         )
     })
+}
+
+/// The whole text of a small kernel file (`/proc`, cgroupfs), read into a
+/// page-sized buffer: those files say size 0, and `std::fs::read_to_string`
+/// then probes them with a `statx` and reads of 32, 32, 64... bytes (7
+/// system calls for a `/proc/<pid>/stat`, where this makes 2). `vm ls` and
+/// every command's cgroup sweep read several per running VM.
+pub(crate) fn read_small(path: impl AsRef<Path>) -> io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// The command name (field 2) is in parentheses and may itself contain spaces

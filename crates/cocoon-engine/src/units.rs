@@ -111,6 +111,13 @@ fn fmt_scaled(
         value /= base;
         unit += 1;
     }
+    // A whole number below 1000 (the usual size: 512MiB, 10GiB) prints as
+    // itself, which is what the general path below makes of it, without
+    // its two float formats (`vm ls` shows two sizes per VM).
+    if value.fract() == 0.0 && value < 1000.0 {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        return write!(f, "{}{}", value as u64, units[unit]);
+    }
     // Four significant digits at most, trailing zeros dropped: 1GiB, 1.5GiB, 976.6MiB.
     let text = format!("{value:.4}");
     let text = if text.contains('.') {
@@ -171,6 +178,25 @@ mod tests {
         assert_eq!(BinarySize(3 * GIB / 2).to_string(), "1.5GiB");
         assert_eq!(BinarySize(512 * MIB).to_string(), "512MiB");
         assert_eq!(BinarySize(0).to_string(), "0B");
+        // The whole-number shortcut says what the general path says.
+        for n in (0..1100u64).chain([1 << 10, 1 << 20]) {
+            for scale in [1, 1024, 1 << 20, 1 << 30] {
+                let value = n * scale;
+                let mut general = String::new();
+                let mut f = value as f64;
+                let mut unit = 0;
+                while f >= 1024.0 && unit < 5 {
+                    f /= 1024.0;
+                    unit += 1;
+                }
+                let text = format!("{f:.4}");
+                let precision = 4usize.saturating_sub(text.find('.').unwrap_or(0));
+                let rounded = format!("{f:.precision$}");
+                general.push_str(rounded.trim_end_matches('0').trim_end_matches('.'));
+                general.push_str(["B", "KiB", "MiB", "GiB", "TiB", "PiB"][unit]);
+                assert_eq!(BinarySize(value).to_string(), general, "{value}");
+            }
+        }
         assert_eq!(DecimalSize(1_234_000_000).to_string(), "1.234GB");
         assert_eq!(DecimalSize(999).to_string(), "999B");
     }

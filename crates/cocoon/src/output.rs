@@ -49,7 +49,10 @@ pub fn print_line(line: &str) -> std::io::Result<()> {
 
 /// Local time as cocoon shows it: `2006-01-02 15:04:05`.
 pub fn local_time(ts: Timestamp) -> String {
-    ts.to_zoned_datetime(TimeZone::system())
+    // The system zone found once per process, not per call: `vm ls` shows
+    // one time per VM.
+    static ZONE: std::sync::LazyLock<TimeZone> = std::sync::LazyLock::new(TimeZone::system);
+    ts.to_zoned_datetime(ZONE.clone())
         .strftime("%Y-%m-%d %H:%M:%S")
         .to_string()
 }

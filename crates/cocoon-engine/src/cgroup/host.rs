@@ -365,7 +365,7 @@ impl VmGroup {
 
     pub fn read(&self, controller: Controller, file: &str) -> Option<String> {
         let dir = self.dir(controller)?;
-        std::fs::read_to_string(dir.join(file))
+        crate::process::read_small(dir.join(file))
             .ok()
             .map(|s| s.trim().to_string())
     }

@@ -132,6 +132,28 @@ pub(crate) fn group(ctx: &Ctx, vm_id: &str) -> Option<VmGroup> {
     group.exists().then_some(group)
 }
 
+/// The groups of this store's VMs, for reading many of them: the host's
+/// layout detected once (a read of the mount table), not per VM.
+pub(crate) struct Groups<'a> {
+    host: Option<CgroupHost>,
+    parent: &'a std::path::Path,
+}
+
+impl<'a> Groups<'a> {
+    pub(crate) fn detect(ctx: &'a Ctx) -> Groups<'a> {
+        Groups {
+            host: CgroupHost::detect(),
+            parent: &ctx.config().cgroup_parent,
+        }
+    }
+
+    /// [`stat`] of one VM (None when it has no group: its files are
+    /// not there to read).
+    pub(crate) fn stat(&self, vm_id: &str) -> Option<CpuStat> {
+        self.host.as_ref()?.group(self.parent, vm_id).stat()
+    }
+}
+
 /// The VM's CPU figures while it has a group.
 pub(crate) fn stat(ctx: &Ctx, vm_id: &str) -> Option<CpuStat> {
     group(ctx, vm_id)?.stat()
@@ -176,7 +198,15 @@ pub(crate) fn sweep(ctx: &mut Ctx) -> Result<Vec<String>> {
     let parent = ctx.config().cgroup_parent.clone();
     let mut removed = Vec::new();
     for id in host.vm_groups(&parent) {
-        let Ok(Some(vm)) = ctx.store().get_vm(&id) else {
+        // A group with a process in it cannot be removed (rmdir refuses):
+        // one read of its members, before the record and the VMM's /proc
+        // files (a running VM's group, the usual case, ends here).
+        if !host.group(&parent, &id).pids().is_empty() {
+            continue;
+        }
+        // The two fields looked at, not the whole record: every command
+        // runs this, for each VM with a group.
+        let Ok(Some(vm)) = ctx.store().get_vm_listing(&id) else {
             continue;
         };
         // A VM still being made (a clone holds no VM lock while it builds,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::context::Ctx;
 use crate::error::Result;
 use crate::layout::VmPaths;
-use crate::model::{Vm, VmView};
+use crate::model::{Vm, VmListing, VmView};
 use crate::supervise;
 use crate::vm::VmError;
 
@@ -22,6 +22,20 @@ pub(crate) fn list(ctx: &mut Ctx) -> Result<Vec<VmView>> {
         with_cpu_stat(ctx, view);
     }
     Ok(views)
+}
+
+/// What `vm ls` shows of every VM, oldest first, with its state checked
+/// against its VMM process: [`list`] without reading whole records.
+pub(crate) fn listings(ctx: &mut Ctx) -> Result<Vec<VmListing>> {
+    let mut listings = ctx.store().list_vm_listings()?;
+    let groups = super::vm_cgroup::Groups::detect(ctx);
+    for listing in &mut listings {
+        listing.reconcile();
+        if listing.state == crate::model::VmState::Running {
+            listing.cpu_stat = groups.stat(&listing.id);
+        }
+    }
+    Ok(listings)
 }
 
 /// A running VM's cgroup figures (a stopped VM has no group).

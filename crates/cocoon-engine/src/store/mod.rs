@@ -286,4 +286,6 @@ fn from_json<T: serde::de::DeserializeOwned>(kind: ObjectKind, id: &str, doc: &s
 }
 
 #[cfg(test)]
+mod listing_tests;
+#[cfg(test)]
 mod tests;

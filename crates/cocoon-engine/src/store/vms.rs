@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use super::events::append;
 use super::resolve::{resolve_id, resolve_ids};
 use super::{ObjectKind, Result, Store, StoreError, from_json, is_unique_violation, now, to_json};
-use crate::model::{Empty, Vm};
+use crate::model::{Empty, ListedDoc, Vm, VmListing};
 
 const KIND: ObjectKind = ObjectKind::Vm;
 
@@ -26,6 +26,34 @@ fn hydrate(tx: &Transaction<'_>, id: &str, doc: &str) -> Result<Vm> {
         .map(|r| r.map(|id| (id, Empty {})))
         .collect::<rusqlite::Result<_>>()?;
     Ok(vm)
+}
+
+/// Every VM's sort key and document, in no order: [`oldest_first`] sorts
+/// them. An `ORDER BY created_at, id` here had SQLite's sorter copy every
+/// whole document (no index has that order) before the first row came out.
+const OLDEST_FIRST: &str = "SELECT created_at, id, doc FROM vms";
+
+/// Sorted by (created_at, id) as `ORDER BY created_at, id` sorts the
+/// columns' text (byte order, SQLite's BINARY collation).
+/// The keys are sorted, not the rows (a full record is large to move).
+fn oldest_first<T>(rows: Vec<((String, String), T)>) -> Vec<T> {
+    let (keys, rows): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
+    let mut rows: Vec<Option<T>> = rows.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| rows[i].take()).collect()
+}
+
+/// A text column, borrowed from the row (no copy of a whole document).
+fn text<'r>(row: &'r rusqlite::Row<'_>, column: usize) -> Result<&'r str> {
+    row.get_ref(column)?.as_str().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
+            .into()
+    })
+}
+
+fn listed(id: &str, doc: &str) -> Result<VmListing> {
+    Ok(from_json::<ListedDoc>(KIND, id, doc)?.into_listing())
 }
 
 fn stored_doc(vm: &Vm) -> String {
@@ -171,17 +199,44 @@ impl Store {
                 let (vm_id, id) = row?;
                 snapshots.entry(vm_id).or_default().insert(id, Empty {});
             }
-            let mut stmt = tx.prepare_cached("SELECT id, doc FROM vms ORDER BY created_at, id")?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut stmt = tx.prepare_cached(OLDEST_FIRST)?;
+            let mut rows = stmt.query([])?;
             let mut vms = Vec::new();
-            for row in rows {
-                let (id, doc) = row?;
-                let mut vm: Vm = from_json(KIND, &id, &doc)?;
-                vm.snapshot_ids = snapshots.remove(&id).unwrap_or_default();
-                vms.push(vm);
+            while let Some(row) = rows.next()? {
+                let key = (text(row, 0)?.to_string(), text(row, 1)?.to_string());
+                let mut vm: Vm = from_json(KIND, &key.1, text(row, 2)?)?;
+                vm.snapshot_ids = snapshots.remove(&key.1).unwrap_or_default();
+                vms.push((key, vm));
             }
-            Ok(vms)
+            Ok(oldest_first(vms))
+        })
+    }
+
+    /// What `vm ls` shows of every VM, oldest first: the few fields of each
+    /// record it needs, without building the rest of the document.
+    pub fn list_vm_listings(&mut self) -> Result<Vec<VmListing>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(OLDEST_FIRST)?;
+            let mut rows = stmt.query([])?;
+            let mut listings = Vec::new();
+            while let Some(row) = rows.next()? {
+                let key = (text(row, 0)?.to_string(), text(row, 1)?.to_string());
+                let listing = listed(&key.1, text(row, 2)?)?;
+                listings.push((key, listing));
+            }
+            Ok(oldest_first(listings))
+        })
+    }
+
+    /// [`Store::list_vm_listings`] of one VM by ID.
+    pub fn get_vm_listing(&mut self, id: &str) -> Result<Option<VmListing>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached("SELECT doc FROM vms WHERE id = ?1")?;
+            let mut rows = stmt.query([id])?;
+            match rows.next()? {
+                Some(row) => Ok(Some(listed(id, text(row, 0)?)?)),
+                None => Ok(None),
+            }
         })
     }
 

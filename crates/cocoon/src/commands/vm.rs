@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use cocoon_engine::backend::{self, LaunchOptions};
 use cocoon_engine::engine::BatchOutcome;
-use cocoon_engine::model::{Hypervisor, ImageType, Vm, VmConfig, VmView};
+use cocoon_engine::model::{Hypervisor, ImageType, Vm, VmConfig, VmListing, VmView};
 use cocoon_engine::ops::vm_clone::CloneRequest;
 use cocoon_engine::ops::vm_create::CreateVm;
 use cocoon_engine::ops::vm_debug::DebugPlan;
@@ -293,14 +293,15 @@ fn stop(
 
 /// `vm list`.
 fn list(engine: &mut Engine, output: FormatArg) -> Result<()> {
-    let vms = engine.list_vms()?;
     if output.json() {
-        return print_json(&vms).map_err(io);
+        return print_json(&engine.list_vms()?).map_err(io);
     }
+    // The table's fields only, not whole records.
+    let vms = engine.list_vm_listings()?;
     if vms.is_empty() {
         return print_line("No VMs found.").map_err(io);
     }
-    print_table(LIST_HEADERS, vms.iter().map(list_row).collect()).map_err(io)
+    print_table(LIST_HEADERS, vms.iter().map(listing_row).collect()).map_err(io)
 }
 
 /// The create request of `vm create`, `vm run` and `vm debug`.
@@ -533,22 +534,25 @@ pub const LIST_HEADERS: &[&str] = &[
 ];
 
 pub fn list_row(view: &VmView) -> Vec<String> {
-    let vm = &view.vm;
-    let ips = vm.ips();
+    listing_row(&VmListing::from(view))
+}
+
+/// One row of `vm ls`.
+pub fn listing_row(vm: &VmListing) -> Vec<String> {
     vec![
         vm.id.clone(),
-        vm.config.name.to_string(),
-        view.state_label(),
-        vm.config.cpu.to_string(),
-        BinarySize(vm.config.memory).to_string(),
-        BinarySize(vm.config.storage).to_string(),
-        crate::output::throttled(view.cpu_stat.as_ref()),
-        if ips.is_empty() {
+        vm.name.to_string(),
+        vm.state_label(),
+        vm.cpu.to_string(),
+        BinarySize(vm.memory).to_string(),
+        BinarySize(vm.storage).to_string(),
+        crate::output::throttled(vm.cpu_stat.as_ref()),
+        if vm.ips.is_empty() {
             "-".into()
         } else {
-            ips.join(",")
+            vm.ips.join(",")
         },
-        vm.config.image.clone(),
+        vm.image.clone(),
         local_time(vm.created_at),
     ]
 }
