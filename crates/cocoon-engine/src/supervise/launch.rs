@@ -40,7 +40,9 @@ pub async fn launch_listener(spec: &LaunchSpec) -> Result<VmmProcess, SuperviseE
 /// A launched process whose socket is not waited for yet: the caller can
 /// start what runs beside it ([`launch`] is `spawn` then `ready`).
 pub struct Spawned {
-    child: std::process::Child,
+    /// None once [`Spawned::ready`] has settled it; a `Spawned` dropped
+    /// before that (the caller failed in between) kills and reaps it.
+    child: Option<std::process::Child>,
     identity: ProcessIdentity,
     binary: String,
     until: Ready,
@@ -97,7 +99,7 @@ fn spawn_until(spec: &LaunchSpec, until: Ready) -> Result<Spawned, SuperviseErro
     };
     Ok(Spawned {
         joining: CgroupJoin::start(&spec.cgroup, identity.pid),
-        child,
+        child: Some(child),
         identity,
         binary,
         until,
@@ -112,26 +114,32 @@ impl Spawned {
     /// The second half of [`launch`]: waits for the socket and for the
     /// cgroup move; on failure the process is killed and reaped.
     pub async fn ready(mut self, spec: &LaunchSpec) -> Result<VmmProcess, SuperviseError> {
-        let up = wait_for_socket(
-            spec,
-            self.binary.clone(),
-            &mut self.child,
-            self.identity,
-            self.until,
-        )
-        .await;
+        let Some(mut child) = self.child.take() else {
+            unreachable!("a Spawned is settled only by ready, which consumes it");
+        };
+        let binary = self.binary.clone();
+        let up = wait_for_socket(spec, binary.clone(), &mut child, self.identity, self.until).await;
         let joined = self.joining.finish().await;
         match (up, joined) {
             (Err(e), _) => Err(e),
             (Ok(process), Ok(())) => Ok(process),
             (Ok(_), Err(source)) => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                Err(SuperviseError::Cgroup {
-                    binary: self.binary,
-                    source,
-                })
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(SuperviseError::Cgroup { binary, source })
             }
+        }
+    }
+}
+
+/// A launch given up before its socket was waited for: nothing is left
+/// running (the process may not have made its socket yet, so nothing
+/// would find it by its socket later).
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -166,8 +174,8 @@ impl CgroupJoin {
         })))
     }
 
-    async fn finish(self) -> io::Result<()> {
-        match self.0 {
+    async fn finish(&mut self) -> io::Result<()> {
+        match self.0.take() {
             None => Ok(()),
             Some(task) => task.await.map_err(io::Error::other)?,
         }
@@ -328,4 +336,41 @@ fn read_tail(path: &Path) -> String {
     let mut text = String::new();
     let _ = file.read_to_string(&mut text);
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A launch given up between its spawn and its readiness wait (the
+    /// caller failed in between) leaves nothing running, although the
+    /// process never made its socket.
+    #[test]
+    fn a_spawn_given_up_before_its_socket_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = LaunchSpec {
+            binary: "sleep".into(),
+            args: vec!["30".into()],
+            api_socket: dir.path().join("api.sock"),
+            log_file: dir.path().join("vmm.log"),
+            stdin: Stdin::Null,
+            netns: None,
+            socket_timeout: Duration::from_secs(5),
+            jail: None,
+            cgroup: Vec::new(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let identity = runtime.block_on(async {
+            let spawned = spawn(&spec).unwrap();
+            let identity = spawned.identity();
+            assert!(identity.is_alive());
+            drop(spawned);
+            identity
+        });
+        assert!(!identity.is_alive(), "the process was killed and reaped");
+        assert!(!spec.api_socket.exists());
+    }
 }
