@@ -389,6 +389,15 @@ fn attach_sends_the_window_size_and_follows_sigwinch() {
     );
 }
 
+/// The test binary's arguments that run [`relay_process_entry`] (the relay
+/// argv follows).
+const RELAY_ENTRY: [&str; 4] = [
+    "--exact",
+    "console::tests::relay_process_entry",
+    "--nocapture",
+    "--",
+];
+
 /// The relay process of [`spawn_relay_runs_detached_and_follows_the_watched_process`]:
 /// the test binary re-executed with this test as its only filter and the relay
 /// argv after `--` (which libtest takes as more name filters, matching nothing).
@@ -431,12 +440,7 @@ fn spawn_relay_runs_detached_and_follows_the_watched_process() {
         more_ports: None,
     };
     let exe = std::env::current_exe().unwrap();
-    let prefix = [
-        "--exact",
-        "console::tests::relay_process_entry",
-        "--nocapture",
-        "--",
-    ];
+    let prefix = RELAY_ENTRY;
     let stderr = dir.path().join("relay.stderr");
     let relay = spawn_relay(&exe, &prefix, &spec, Some(&stderr)).unwrap();
     drop(spec.ports); // the relay process holds its own copy
@@ -473,12 +477,7 @@ fn spawn_relay_runs_detached_and_follows_the_watched_process() {
 #[test]
 fn a_relay_started_ahead_serves_the_ports_handed_over_later() {
     let exe = std::env::current_exe().unwrap();
-    let prefix = [
-        "--exact",
-        "console::tests::relay_process_entry",
-        "--nocapture",
-        "--",
-    ];
+    let prefix = RELAY_ENTRY;
     let dir = tempfile::tempdir().unwrap();
     let spec = |name: &str| RelaySpec {
         socket: dir.path().join(format!("{name}.sock")),
