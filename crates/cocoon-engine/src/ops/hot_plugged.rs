@@ -85,3 +85,27 @@ pub(super) fn recover(
         format!("finished detaching {label} {key}")
     })
 }
+
+/// The VM, locked, with its running VMM, unless `refused` gives the error
+/// that says why its VMM cannot take the item: the first step of every
+/// attach and detach.
+pub(super) fn locked_running(
+    ctx: &mut Ctx,
+    reference: &str,
+    refused: impl FnOnce(&Vm) -> Option<crate::vm::VmError>,
+) -> Result<(crate::lock::VmLock, Vm, VmmProcess)> {
+    let vm = ctx.store().resolve_vm(reference)?;
+    let lock = ctx.lock_vm(&vm.id)?;
+    let vm = ctx.store().resolve_vm(&vm.id)?;
+    if let Some(error) = refused(&vm) {
+        return Err(error.into());
+    }
+    let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) else {
+        return Err(crate::vm::VmError::NotRunning {
+            id: vm.id,
+            name: vm.config.name,
+        }
+        .into());
+    };
+    Ok((lock, vm, vmm))
+}

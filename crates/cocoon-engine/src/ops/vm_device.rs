@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::hot_plugged;
-use super::vm_fs::locked_running_unless;
 use crate::backend;
 use crate::context::Ctx;
 use crate::error::Result;
@@ -141,8 +140,13 @@ fn locked(
     reference: &str,
     what: &'static str,
 ) -> Result<(crate::lock::VmLock, Vm, VmmProcess)> {
-    locked_running_unless(ctx, reference, what, |vm| {
-        backend::of(vm.hypervisor).device_hot_plug_refusal(vm)
+    hot_plugged::locked_running(ctx, reference, |vm| {
+        let reason = backend::of(vm.hypervisor).device_hot_plug_refusal(vm)?;
+        Some(VmError::DeviceRefused {
+            vm: vm.config.name.clone(),
+            what,
+            reason,
+        })
     })
 }
 

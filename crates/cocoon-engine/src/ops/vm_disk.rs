@@ -118,25 +118,14 @@ fn locked_running(
     reference: &str,
     what: &'static str,
 ) -> Result<(VmLock, Vm, VmmProcess)> {
-    let vm = ctx.store().resolve_vm(reference)?;
-    let lock = ctx.lock_vm(&vm.id)?;
-    let vm = ctx.store().resolve_vm(&vm.id)?;
-    if let Some(reason) = backend::of(vm.hypervisor).disk_hot_plug_refusal(&vm) {
-        return Err(VmError::HotPlugRefused {
-            vm: vm.config.name,
+    hot_plugged::locked_running(ctx, reference, |vm| {
+        let reason = backend::of(vm.hypervisor).disk_hot_plug_refusal(vm)?;
+        Some(VmError::HotPlugRefused {
+            vm: vm.config.name.clone(),
             what,
             reason,
-        }
-        .into());
-    }
-    let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) else {
-        return Err(VmError::NotRunning {
-            id: vm.id,
-            name: vm.config.name,
-        }
-        .into());
-    };
-    Ok((lock, vm, vmm))
+        })
+    })
 }
 
 /// The record of the disk to attach, once the file and the name are

@@ -160,37 +160,14 @@ fn locked_running(
     reference: &str,
     what: &'static str,
 ) -> Result<(VmLock, Vm, VmmProcess)> {
-    locked_running_unless(ctx, reference, what, |vm| {
-        backend::of(vm.hypervisor).fs_hot_plug_refusal(vm)
-    })
-}
-
-/// The VM, locked, with its running VMM, unless `refusal` gives a reason.
-pub(super) fn locked_running_unless(
-    ctx: &mut Ctx,
-    reference: &str,
-    what: &'static str,
-    refusal: impl FnOnce(&Vm) -> Option<String>,
-) -> Result<(VmLock, Vm, VmmProcess)> {
-    let vm = ctx.store().resolve_vm(reference)?;
-    let lock = ctx.lock_vm(&vm.id)?;
-    let vm = ctx.store().resolve_vm(&vm.id)?;
-    if let Some(reason) = refusal(&vm) {
-        return Err(VmError::DeviceRefused {
-            vm: vm.config.name,
+    hot_plugged::locked_running(ctx, reference, |vm| {
+        let reason = backend::of(vm.hypervisor).fs_hot_plug_refusal(vm)?;
+        Some(VmError::DeviceRefused {
+            vm: vm.config.name.clone(),
             what,
             reason,
-        }
-        .into());
-    }
-    let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) else {
-        return Err(VmError::NotRunning {
-            id: vm.id,
-            name: vm.config.name,
-        }
-        .into());
-    };
-    Ok((lock, vm, vmm))
+        })
+    })
 }
 
 /// The virtiofsd socket: an absolute path with no symbolic link in it, to
