@@ -12,7 +12,10 @@ pub mod container;
 pub mod guest;
 pub mod linux_guest;
 pub mod registry;
+mod under_test;
 pub mod vmm_refusals;
+
+pub use under_test::cocoon_bin;
 
 /// A real VMM binary for end-to-end tests: `$<env>` if set, else `name` on PATH.
 /// Tests that need one and find none must say so loudly and skip.
@@ -159,105 +162,6 @@ pub(crate) fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Hea
     h.set_mtime(1_700_000_000);
     h.set_size(size);
     h
-}
-
-/// The `cocoon` binary under test, built for this test run.
-///
-/// Cargo sets `CARGO_BIN_EXE_<name>` only for its own package's binaries, and
-/// `cargo nextest run -p cocoon-testkit` does not build `cocoon` at all: a
-/// `target/debug/cocoon` found lying there may be any old build. So the first
-/// test of a run builds it explicitly (`cargo build --workspace --bins`, with
-/// failpoints: the same features the workspace test build gives it, so an
-/// up-to-date tree builds nothing) and records the path for the rest of the
-/// run (`NEXTEST_RUN_ID`; under `cargo test`, once per test process).
-/// `COCOON_TEST_BIN` names a binary instead (a release build, say).
-pub fn cocoon_bin() -> String {
-    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("COCOON_TEST_BIN").filter(|b| !b.is_empty()) {
-            let bin = PathBuf::from(bin);
-            assert!(
-                bin.is_file(),
-                "COCOON_TEST_BIN={} is not a file",
-                bin.display()
-            );
-            return bin.to_string_lossy().into_owned();
-        }
-        build_cocoon()
-    })
-    .clone()
-}
-
-fn build_cocoon() -> String {
-    // Test binaries live in <target>/<profile>/deps/.
-    let exe = std::env::current_exe().expect("test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("<target>/<profile>");
-    let target = profile_dir.parent().expect("<target>");
-    let profile = profile_dir
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let marks = target.join("cocoon-under-test");
-    std::fs::create_dir_all(&marks).expect("create the build mark directory");
-    let lock = std::fs::File::create(marks.join("lock")).expect("build lock");
-    // One build per run: the others wait here, then read its mark.
-    lock.lock().expect("lock the build");
-    let run = std::env::var("NEXTEST_RUN_ID").ok();
-    let mark = run.as_ref().map(|id| marks.join(format!("run-{id}")));
-    if let Some(bin) = mark.as_ref().and_then(|m| std::fs::read_to_string(m).ok()) {
-        return bin;
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build",
-            "--workspace",
-            "--bins",
-            "--features",
-            "cocoon/failpoints",
-        ])
-        .args([
-            "--message-format",
-            "json-render-diagnostics",
-            "--target-dir",
-        ])
-        .arg(target);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    let out = cmd.output().expect("run cargo to build cocoon");
-    assert!(
-        out.status.success(),
-        "building the cocoon binary under test failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bin = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "cocoon")
-        .find_map(|m| m["executable"].as_str().map(str::to_string))
-        .expect("cargo reported no cocoon executable");
-    if let Some(mark) = mark {
-        // Marks of earlier runs are of no use any more.
-        for old in std::fs::read_dir(&marks).into_iter().flatten().flatten() {
-            if old.file_name().to_string_lossy().starts_with("run-") {
-                let _ = std::fs::remove_file(old.path());
-            }
-        }
-        std::fs::write(mark, &bin).expect("write the build mark");
-    }
-    bin
 }
 
 /// A private cocoon installation: root, run and log directories and an empty
