@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod cloud_guest;
 pub mod console;
 pub mod container;
+pub mod fc_config;
 pub mod guest;
 pub mod linux_guest;
 pub mod registry;

@@ -436,7 +436,9 @@ fn refused_boot_leaves_nothing_running() {
     lab.ok(&["vm", "rm", "--force", "nope"]);
 }
 
-/// `vm debug --fc` prints exactly the API calls a start makes.
+/// `vm debug --fc` prints exactly the config file a start writes, and
+/// Firecracker (the fake, which builds its VM through the calls the file
+/// stands for) got exactly that.
 #[test]
 fn debug_prints_what_start_does() {
     let mut lab = Lab::new();
@@ -476,21 +478,8 @@ fn debug_prints_what_start_does() {
             (path.to_string(), serde_json::from_str(body).unwrap())
         })
         .collect();
-    let printed: Vec<(String, Value)> = script
-        .lines()
-        .filter(|l| l.starts_with("curl "))
-        .map(|l| {
-            let body = l
-                .split("-d '")
-                .nth(1)
-                .unwrap()
-                .split("' http")
-                .next()
-                .unwrap();
-            let path = l.rsplit("http://localhost").next().unwrap();
-            (path.to_string(), serde_json::from_str(body).unwrap())
-        })
-        .collect();
+    let printed =
+        cocoon_testkit::fc_config::calls(&cocoon_testkit::fc_config::printed(&script)).unwrap();
     // Paths name the VM's own files in both; debug plans a fresh ID, so compare
     // shapes with the run-dir paths normalised.
     let normalise = |v: &Value| {

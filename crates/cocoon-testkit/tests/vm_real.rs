@@ -187,6 +187,9 @@ fn boot_on(vmm: Vmm) {
     let vm = run.inspect("g");
     assert_eq!(vm["state"], "stopped");
     assert!(!procs.iter().any(cocoon_engine::supervise::is_running));
+    if vmm == Vmm::Fc {
+        refused_config_file(&run, &vm);
+    }
 
     run.ok(&["vm", "start", "g"]);
     let procs2 = processes_of(&run.inspect("g"));
@@ -199,6 +202,33 @@ fn boot_on(vmm: Vmm) {
     assert!(!procs2.iter().any(cocoon_engine::supervise::is_running));
     assert!(cocoon_engine::supervise::find_by_socket(&run_dir.join("api.sock")).is_empty());
     assert!(!run_dir.exists() && !log_dir.exists());
+}
+
+/// Firecracker builds a fresh VM from its config file as it starts: one it
+/// refuses (here the VM's disk is gone) fails the start with Firecracker's
+/// own reason, marks the VM error and leaves no process and no socket (FC
+/// leaves its socket behind when it exits); with the disk back it starts.
+/// FC binds its socket before the build, so the start reports either that
+/// the VM did not boot or that FC exited before its socket was ready, each
+/// with FC's output.
+fn refused_config_file(run: &Run<'_>, vm: &Value) {
+    let cow = cow_of(vm);
+    let aside = cow.with_extension("aside");
+    std::fs::rename(&cow, &aside).unwrap();
+    let out = run.cmd().args(["vm", "start", "g"]).output().unwrap();
+    std::fs::rename(&aside, &cow).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("VM g (") && err.contains("No such file or directory"),
+        "{err}"
+    );
+    assert!(err.contains(&cow.display().to_string()), "{err}");
+    let failed = run.inspect("g");
+    assert_eq!(failed["state"], "error");
+    let run_dir = PathBuf::from(failed["run_dir"].as_str().unwrap());
+    assert!(cocoon_engine::supervise::find_by_socket(&run_dir.join("api.sock")).is_empty());
+    assert!(!run_dir.join("api.sock").exists());
 }
 
 #[test]

@@ -234,8 +234,7 @@ fn cloud_hypervisor_gets_what_debug_prints() {
     }
 }
 
-/// The (method, path, body) lines of the fake's body log, and the curl
-/// lines of a debug script.
+/// The (path, body) `PUT` lines of the fake's body log.
 fn made_calls(log: &str) -> Vec<(String, Value)> {
     log.lines()
         .filter(|l| l.starts_with("PUT "))
@@ -247,19 +246,9 @@ fn made_calls(log: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The calls the config file of a debug script stands for.
 fn printed_calls(script: &str) -> Vec<(String, Value)> {
-    script
-        .lines()
-        .filter(|l| l.starts_with("curl "))
-        .map(|l| {
-            let body = l.split("-d '").nth(1).unwrap().split("' http").next();
-            let path = l.rsplit("http://localhost").next().unwrap();
-            (
-                path.to_string(),
-                serde_json::from_str(body.unwrap()).unwrap(),
-            )
-        })
-        .collect()
+    cocoon_testkit::fc_config::calls(&cocoon_testkit::fc_config::printed(script)).unwrap()
 }
 
 /// Debug plans a fresh ID: paths and the `--id` differ only there.
@@ -332,7 +321,7 @@ fn firecracker_gets_what_debug_prints() {
     let script = lab.ok(&["vm", "debug", "--fc", "--nics", "0", "test/guest:1"]);
     assert!(!debug_argv(&script).iter().any(|a| a == "--enable-pci"));
     assert!(script.contains("pci=off"), "{script}");
-    assert!(script.contains("/balloon"), "{script}");
+    assert!(script.contains("\"balloon\""), "{script}");
     lab.ok(&["vm", "rm", "--force", "f"]);
 }
 

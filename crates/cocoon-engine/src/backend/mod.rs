@@ -175,6 +175,16 @@ pub trait Backend: Sync {
     }
     /// `vm debug`: the arguments of a fresh launch, without side effects.
     fn debug_args(&self, vm: &Vm, paths: &VmPaths, opts: &LaunchOptions) -> Vec<String>;
+    /// Files a start writes for the VMM to read (path, content), which
+    /// `vm debug` prints before the launch.
+    fn debug_files(
+        &self,
+        _vm: &Vm,
+        _paths: &VmPaths,
+        _opts: &LaunchOptions,
+    ) -> Vec<(PathBuf, String)> {
+        Vec::new()
+    }
     /// Whether the guest's serial port is the VMM's stdin/stdout.
     fn serial_on_stdin(&self, vm: &Vm) -> bool;
     /// Boots (or restores) the launched VMM's guest; returns the ports for

@@ -21,6 +21,8 @@ use super::vm_plan::{self, Plan};
 pub struct DebugPlan {
     pub hypervisor: Hypervisor,
     pub prepare: Vec<Vec<String>>,
+    /// Files the start writes before the launch: (path, content).
+    pub files: Vec<(PathBuf, String)>,
     pub binary: String,
     pub args: Vec<String>,
     /// The VMM's API socket the calls below go to.
@@ -58,6 +60,7 @@ pub(crate) fn run(
     Ok(DebugPlan {
         hypervisor: vm.hypervisor,
         prepare,
+        files: backend.debug_files(&vm, &paths, opts),
         binary: opts.binary.display().to_string(),
         args: backend.debug_args(&vm, &paths, opts),
         api_socket: paths.api_socket(),

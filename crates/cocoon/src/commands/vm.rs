@@ -442,6 +442,15 @@ fn debug_script(plan: &DebugPlan, name: &str) -> String {
         text.push_str(&shell_words(argv));
         text.push('\n');
     }
+    for (path, content) in &plan.files {
+        // JSON has no line `EOF` (its strings are quoted), so the quoted
+        // here-document ends where the file does.
+        text.push_str(&format!(
+            "# Write {}\ncat > {} <<'EOF'\n{content}\nEOF\n",
+            path.display(),
+            shell_words(&[path.display().to_string()])
+        ));
+    }
     text.push_str(&format!("# Launch VM: {name} ({})\n", plan.hypervisor));
     let mut argv = vec![plan.binary.clone()];
     argv.extend(plan.args.iter().cloned());

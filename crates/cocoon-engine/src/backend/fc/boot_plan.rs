@@ -1,10 +1,11 @@
-//! Firecracker: the launch command line and the pre-boot API sequence
-//! (docs/reference/cocoon-v0.3.8.md §5.3, §5.4). The sequence is one value, so `vm debug` prints
-//! exactly the calls a start makes.
+//! Firecracker: the launch command line and the VM it builds as it starts,
+//! from a `--config-file` (docs/reference/cocoon-v0.3.8.md §5.3, §5.4 make
+//! the same configuration by API calls). The configuration is one value, so
+//! `vm debug` prints exactly the file a start writes.
+
+use std::path::Path;
 
 use serde_json::Value;
-use vmm_api::ApiError;
-use vmm_api::fc::Firecracker;
 use vmm_api::fc::models::{
     Balloon, BootSource, Drive, EntropyDevice, MachineConfiguration, NetworkInterface, Vsock,
 };
@@ -13,7 +14,10 @@ use crate::backend::LaunchOptions;
 use crate::layout::{VmPaths, display};
 use crate::model::Vm;
 
-pub fn args(vm: &Vm) -> Vec<String> {
+/// The command line: a fresh boot (`config_file`) builds and boots its VM
+/// from that file as the process starts, with the API up beside it for
+/// what comes later; a restore starts bare and loads its snapshot by API.
+pub fn args(vm: &Vm, config_file: Option<&Path>) -> Vec<String> {
     let paths = VmPaths::of(vm);
     let mut args = vec![
         "--api-sock".into(),
@@ -30,10 +34,13 @@ pub fn args(vm: &Vm) -> Vec<String> {
     if vm.config.devices.pci {
         args.push("--enable-pci".into());
     }
+    if let Some(file) = config_file {
+        args.extend(["--config-file".into(), display(file)]);
+    }
     args
 }
 
-/// Everything Firecracker is told before `InstanceStart`, in order.
+/// Everything Firecracker builds the VM from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BootPlan {
     pub machine: MachineConfiguration,
@@ -103,56 +110,25 @@ impl BootPlan {
         }
     }
 
-    /// The calls as (method, path, body), in the order `apply` makes them.
-    pub fn calls(&self) -> Vec<(&'static str, String, Value)> {
+    /// The `--config-file` document Firecracker builds and boots the VM
+    /// from as it starts: the same bodies the pre-boot API takes, by
+    /// resource, so no call is made before the guest runs.
+    pub fn config_document(&self) -> Value {
         let json = |v: &dyn erased::Json| v.to_value();
-        let mut calls = vec![
-            ("PUT", "/machine-config".to_string(), json(&self.machine)),
-            ("PUT", "/boot-source".to_string(), json(&self.boot)),
-        ];
-        for d in &self.drives {
-            calls.push(("PUT", format!("/drives/{}", d.drive_id), json(d)));
-        }
-        for n in &self.nics {
-            calls.push((
-                "PUT",
-                format!("/network-interfaces/{}", n.iface_id),
-                json(n),
-            ));
-        }
+        let mut doc = serde_json::json!({
+            "machine-config": json(&self.machine),
+            "boot-source": json(&self.boot),
+            "drives": self.drives.iter().map(|d| json(d)).collect::<Vec<_>>(),
+            "network-interfaces": self.nics.iter().map(|n| json(n)).collect::<Vec<_>>(),
+            "entropy": json(&self.entropy),
+        });
         if let Some(b) = &self.balloon {
-            calls.push(("PUT", "/balloon".to_string(), json(b)));
+            doc["balloon"] = json(b);
         }
-        calls.push(("PUT", "/entropy".to_string(), json(&self.entropy)));
         if let Some(v) = &self.vsock {
-            calls.push(("PUT", "/vsock".to_string(), json(v)));
+            doc["vsock"] = json(v);
         }
-        calls.push((
-            "PUT",
-            "/actions".to_string(),
-            serde_json::json!({"action_type": "InstanceStart"}),
-        ));
-        calls
-    }
-
-    /// Configures the VM and boots it.
-    pub async fn apply(&self, api: &Firecracker) -> Result<(), ApiError> {
-        api.put_machine_config(&self.machine).await?;
-        api.put_boot_source(&self.boot).await?;
-        for d in &self.drives {
-            api.put_drive(d).await?;
-        }
-        for n in &self.nics {
-            api.put_network_interface(n).await?;
-        }
-        if let Some(b) = &self.balloon {
-            api.put_balloon(b).await?;
-        }
-        api.put_entropy(&self.entropy).await?;
-        if let Some(v) = &self.vsock {
-            api.put_vsock(v).await?;
-        }
-        api.instance_start().await
+        doc
     }
 }
 
@@ -183,7 +159,7 @@ mod tests {
     use crate::model::{Hypervisor, ImageType, VmConfig};
 
     #[test]
-    fn the_vsock_is_configured_before_the_start_unless_no_agent() {
+    fn the_vsock_is_in_the_config_file_unless_no_agent() {
         let config = VmConfig::new("v".parse().unwrap(), "img", ImageType::Oci);
         let mut vm = Vm::new(
             "ID",
@@ -193,16 +169,51 @@ mod tests {
             "/log/vms/ID".into(),
         );
         let opts = LaunchOptions::for_host("fc".into());
-        let calls = BootPlan::of(&vm, &opts).calls();
-        let paths: Vec<&str> = calls.iter().map(|(_, p, _)| p.as_str()).collect();
-        let vsock = paths.iter().position(|p| *p == "/vsock").unwrap();
-        assert_eq!(paths[vsock + 1], "/actions");
+        let doc = BootPlan::of(&vm, &opts).config_document();
         assert_eq!(
-            calls[vsock].2,
+            doc["vsock"],
             serde_json::json!({"guest_cid": 3, "uds_path": "/run/vms/ID/vsock.sock"})
         );
         vm.config.no_agent = true;
-        let calls = BootPlan::of(&vm, &opts).calls();
-        assert!(!calls.iter().any(|(_, p, _)| p == "/vsock"));
+        let doc = BootPlan::of(&vm, &opts).config_document();
+        assert!(doc.get("vsock").is_none(), "{doc:#}");
+    }
+
+    /// Firecracker reads its config file into a struct that has these
+    /// keys (v1.16.1's `VmmConfig`, which refuses unknown ones); `drives`
+    /// is required even when empty.
+    #[test]
+    fn the_config_file_has_only_firecrackers_keys() {
+        let config = VmConfig::new("v".parse().unwrap(), "img", ImageType::Oci);
+        let mut vm = Vm::new(
+            "ID",
+            Hypervisor::Firecracker,
+            config,
+            "/run/vms/ID".into(),
+            "/log/vms/ID".into(),
+        );
+        vm.config.memory = 512 << 20;
+        let doc = BootPlan::of(&vm, &LaunchOptions::for_host("fc".into())).config_document();
+        let mut keys: Vec<&str> = doc
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "balloon",
+                "boot-source",
+                "drives",
+                "entropy",
+                "machine-config",
+                "network-interfaces",
+                "vsock"
+            ]
+        );
+        assert_eq!(doc["machine-config"]["mem_size_mib"], 512);
+        assert!(doc["drives"].is_array());
     }
 }

@@ -1,5 +1,6 @@
-//! Firecracker: configured through its API before `InstanceStart` (one
-//! [`BootPlan`] value, so `vm debug` prints exactly the calls a start makes),
+//! Firecracker: a fresh boot is built from a `--config-file` as the process
+//! starts, with no API call before the guest runs (one [`BootPlan`] value,
+//! so `vm debug` prints exactly the file a start writes),
 //! the serial port on its stdin/stdout, snapshots as `vmstate` plus `mem`,
 //! restored by loading them behind the VM's TAPs. Its vmstate names the
 //! disk paths the snapshot's VMM saw, where a clone's or restore's jail
@@ -118,12 +119,17 @@ impl Backend for FirecrackerBackend {
         &self,
         vm: &Vm,
         paths: &VmPaths,
-        _: &LaunchOptions,
-        _: bool,
+        opts: &LaunchOptions,
+        restoring: bool,
     ) -> std::io::Result<Vec<String>> {
         // Firecracker refuses to create its log file itself.
         std::fs::File::create(paths.fc_log())?;
-        Ok(args(vm))
+        if restoring {
+            return Ok(args(vm, None));
+        }
+        let file = paths.fc_config();
+        write_config(&file, &BootPlan::of(vm, opts).config_document())?;
+        Ok(args(vm, Some(&file)))
     }
 
     /// A snapshot load is confined: the vmstate names the disks FC
@@ -162,8 +168,20 @@ impl Backend for FirecrackerBackend {
         Ok(Some(jail))
     }
 
-    fn debug_args(&self, vm: &Vm, _: &VmPaths, _: &LaunchOptions) -> Vec<String> {
-        args(vm)
+    fn debug_args(&self, vm: &Vm, paths: &VmPaths, _: &LaunchOptions) -> Vec<String> {
+        args(vm, Some(&paths.fc_config()))
+    }
+
+    fn debug_files(
+        &self,
+        vm: &Vm,
+        paths: &VmPaths,
+        opts: &LaunchOptions,
+    ) -> Vec<(PathBuf, String)> {
+        vec![(
+            paths.fc_config(),
+            config_text(&BootPlan::of(vm, opts).config_document()),
+        )]
     }
 
     fn serial_on_stdin(&self, _: &Vm) -> bool {
@@ -177,31 +195,23 @@ impl Backend for FirecrackerBackend {
         Box::pin(async move {
             let api = Firecracker::new(&request.paths.api_socket());
             match request.boot {
-                Boot::Fresh => BootPlan::of(request.vm, request.opts).apply(&api).await,
+                Boot::Fresh => built(&api).await?,
                 Boot::Restore { source, .. } => {
                     restore(&api, request.vm, source)
                         .await
                         .map_err(|e| e.to_string())?;
                     (request.arm)()?;
-                    api.resume().await.map(drop)
+                    api.resume().await.map_err(|e| e.to_string())?;
                 }
             }
-            .map_err(|e| e.to_string())?;
             // The serial terminal (stdin/stdout) is the relay's already.
             Ok(Vec::new())
         })
     }
 
-    fn boot_calls(
-        &self,
-        vm: &Vm,
-        opts: &LaunchOptions,
-    ) -> Vec<(String, String, serde_json::Value)> {
-        BootPlan::of(vm, opts)
-            .calls()
-            .into_iter()
-            .map(|(m, p, b)| (m.to_string(), p, b))
-            .collect()
+    /// None: the VM is built from the config file as the process starts.
+    fn boot_calls(&self, _: &Vm, _: &LaunchOptions) -> Vec<(String, String, serde_json::Value)> {
+        Vec::new()
     }
 
     fn graceful_wait(&self, _: bool, guest_wait: Duration, _: Duration) -> Duration {
@@ -396,6 +406,42 @@ impl Backend for FirecrackerBackend {
 
 /// FC: load `source/vmstate` with `source/mem` behind the VM's TAPs and on
 /// its own vsock socket (the vmstate names the source VM's), left paused.
+/// Waits until Firecracker has built and booted the VM of its config file
+/// (the API answers once the build is over) and checks that it runs. A
+/// refused configuration ends the process: the connection closes, and the
+/// boot error carries Firecracker's reason from its log.
+async fn built(api: &Firecracker) -> Result<(), String> {
+    match api.describe_instance().await {
+        Ok(info) if info.state == "Running" => Ok(()),
+        Ok(info) => Err(format!(
+            "Firecracker built the VM of its config file but reports it {:?}",
+            info.state
+        )),
+        Err(e) => Err(format!(
+            "Firecracker did not build the VM of its config file: {e}"
+        )),
+    }
+}
+
+fn config_text(doc: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(doc).expect("the config document serialises")
+}
+
+/// The config file, in the VM's own run directory (made by cocoon, private):
+/// replaced whole, never through a link.
+fn write_config(file: &Path, doc: &serde_json::Value) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)?;
+    out.write_all(config_text(doc).as_bytes())
+}
+
 async fn restore(api: &Firecracker, vm: &Vm, source: &Path) -> Result<(), ApiError> {
     let params = SnapshotLoadParams {
         snapshot_path: source.join("vmstate").display().to_string(),

@@ -120,7 +120,7 @@ fn args_on(
     // The contract's MMIO command line has `reboot=k`: a guest reboot ends
     // the VM, as on Firecracker (cocoon-init reboots when its program exits).
     args.push("-no-reboot".into());
-    finish(args, restoring)
+    finish(args, vm, restoring)
 }
 
 /// The VM's name, the machine type on its accelerator (its RAM the shared
@@ -166,16 +166,27 @@ pub(super) fn control(paths: &VmPaths, push: &mut impl FnMut(&str, String)) {
     push("-serial", "chardev:serial0".into());
 }
 
-/// Waits for the incoming state (`restoring`) or starts paused (`-S`) until
-/// the engine's `cont`; no default devices, no user config.
-pub(super) fn finish(mut args: Vec<String>, restoring: bool) -> Vec<String> {
+/// Waits for the incoming state (`restoring`), or starts paused (`-S`)
+/// until the engine's `cont` when hot-plugged devices must be plugged
+/// first ([`plugs_first`]), or runs the guest at once; no default devices,
+/// no user config.
+pub(super) fn finish(mut args: Vec<String>, vm: &Vm, restoring: bool) -> Vec<String> {
     if restoring {
         args.extend(["-incoming", "defer"].map(String::from));
-    } else {
+    } else if plugs_first(vm) {
         args.push("-S".into());
     }
     args.extend(["-nodefaults", "-no-user-config"].map(String::from));
     args
+}
+
+/// Whether a fresh boot has recorded hot-plugged disks or NICs to plug
+/// (on their slots, by QMP) before the guest runs.
+pub(super) fn plugs_first(vm: &Vm) -> bool {
+    vm.storage_configs
+        .iter()
+        .any(|d| d.external && d.slot.is_some())
+        || vm.network_configs.iter().any(|n| n.slot.is_some())
 }
 
 /// The NICs on their TAPs, and rng and balloon, on `transport` (`device`:

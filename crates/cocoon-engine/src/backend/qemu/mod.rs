@@ -201,9 +201,12 @@ impl Backend for QemuBackend {
             let mut qmp = boot(&request).await.map_err(|e| e.to_string())?;
             if matches!(request.boot, Boot::Restore { .. }) {
                 (request.arm)()?;
-            } else {
+            } else if args::plugs_first(request.vm) {
                 hotplug::plug_recorded(&mut qmp, request.vm).await?;
                 hotplug_nic::plug_recorded(&mut qmp, request.vm).await?;
+            } else {
+                // Started without -S: the guest runs already.
+                return Ok(Vec::new());
             }
             qmp.resume().await.map_err(|e| e.to_string())?;
             // The serial terminal (stdin/stdout) is the relay's already.
@@ -224,9 +227,11 @@ impl Backend for QemuBackend {
                 serde_json::json!({ "value": vm.config.memory.saturating_sub(balloon) }),
             ));
         }
-        calls.extend(hotplug::plug_calls(vm));
-        calls.extend(hotplug_nic::plug_calls(vm));
-        calls.push(("QMP".into(), "cont".into(), serde_json::json!({})));
+        if args::plugs_first(vm) {
+            calls.extend(hotplug::plug_calls(vm));
+            calls.extend(hotplug_nic::plug_calls(vm));
+            calls.push(("QMP".into(), "cont".into(), serde_json::json!({})));
+        }
         calls
     }
 
@@ -444,8 +449,10 @@ impl Backend for QemuBackend {
     }
 }
 
-/// A fresh boot: the balloon's target. A restore: the state file loaded
-/// into the waiting QEMU. The caller then `cont`s (a restore once armed).
+/// A fresh boot: the balloon's target (the guest may run already: its
+/// driver takes the target whenever it comes). A restore: the state file
+/// loaded into the waiting QEMU. The caller then `cont`s what waits (a
+/// restore once armed).
 async fn boot(request: &BootRequest<'_>) -> Result<Qmp, ApiError> {
     let socket = request.paths.api_socket();
     let mut qmp = Qmp::connect_within(&socket, request.timeout).await?;

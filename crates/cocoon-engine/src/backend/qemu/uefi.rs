@@ -65,7 +65,7 @@ pub fn args(
     if vsock {
         super::vsock::device(paths, "pci", &mut push);
     }
-    args::finish(args, restoring)
+    args::finish(args, vm, restoring)
 }
 
 /// Disks (the first one boots), NICs without option ROMs (no network boot
@@ -214,7 +214,7 @@ mod tests {
         );
         assert_eq!(after("-serial"), ["chardev:serial0"]);
         assert!(!args.iter().any(|a| a == "-kernel" || a == "-bios"));
-        assert_eq!(args.iter().filter(|a| *a == "-S").count(), 1);
+        assert!(!args.iter().any(|a| a == "-S"), "nothing to plug first");
         assert_eq!(args[args.len() - 2..], ["-nodefaults", "-no-user-config"]);
         let restoring = super::args(&vm, &VmPaths::of(&vm), &opts, false, true);
         assert!(!restoring.iter().any(|a| a == "-S"));

@@ -285,3 +285,29 @@ fn check_drives(config: &Value) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `--config-file`: Firecracker builds and boots the VM of the file as it
+/// starts, with the API socket already bound. Each section goes through the
+/// same handler, faults and body checks as its pre-boot call, then
+/// `InstanceStart` ([`cocoon_testkit::fc_config::calls`]). FC's error on a
+/// refusal.
+pub async fn build_from_config_file(fake: &Fake, file: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("ReadConfigFile({e})"))?;
+    let doc: Value =
+        serde_json::from_str(&text).map_err(|e| format!("ParseFromJson(InvalidJson({e}))"))?;
+    let calls = cocoon_testkit::fc_config::calls(&doc)
+        .map_err(|e| format!("ParseFromJson(InvalidJson({e}))"))?;
+    for (path, body) in calls {
+        let uri: axum::http::Uri = path.parse().expect("a config section's path");
+        let answer = fake.handle(Method::PUT, uri, body.to_string().into()).await;
+        if !answer.status().is_success() {
+            let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
+                .await
+                .unwrap_or_default();
+            let fault: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let message = fault["fault_message"].as_str().unwrap_or("refused");
+            return Err(format!("BuildFromJson({path}: {message})"));
+        }
+    }
+    Ok(())
+}

@@ -13,6 +13,8 @@
 //! never answer), `apply_then_die`. `times` counts down; 0 or absent = always.
 //! `COCOON_FAKE_VMM_REQUESTS=<file>` appends every request line to that file;
 //! `COCOON_FAKE_VMM_BODIES=<file>` appends `METHOD PATH BODY` lines (compact JSON).
+//! Firecracker's `--config-file` is built as its pre-boot calls would be
+//! (each section logged, checked and open to faults as that call).
 //! `COCOON_FAKE_VMM_IGNORE_SIGTERM=1` makes the process ignore SIGTERM (a wedged VMM).
 //! `COCOON_FAKE_VMM_BOOT_DELAY_MS=N`: a CH booting from its command line is
 //! "not created" for N ms, then Created for N ms, then Running (CH's race).
@@ -96,7 +98,10 @@ async fn main() {
             }
         });
     }
-    serve(fake, &socket).await;
+    let config_file = (flavor == Flavor::Firecracker)
+        .then(|| arg_value(&args, &["--config-file"]))
+        .flatten();
+    serve(fake, &socket, config_file.map(PathBuf::from)).await;
 }
 
 /// Which VMM the command line asks for, and its API socket.
@@ -240,8 +245,11 @@ fn boot_delay(vm: &mut Vm) -> Option<u64> {
     delay
 }
 
-/// Serves the API on `socket` until the process exits.
-async fn serve(fake: Arc<Fake>, socket: &Path) {
+/// Serves the API on `socket` until the process exits. Firecracker with
+/// a config file builds its VM first, with the socket bound (requests wait
+/// in its backlog, as FC's wait for its build), and exits 1 with FC's
+/// error if the build is refused, its socket left behind as FC leaves it.
+async fn serve(fake: Arc<Fake>, socket: &Path, config_file: Option<PathBuf>) {
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket).expect("bind API socket");
     eprintln!(
@@ -249,6 +257,14 @@ async fn serve(fake: Arc<Fake>, socket: &Path) {
         fake.flavor,
         socket.display()
     );
+    if let Some(file) = config_file
+        && let Err(e) = fc::build_from_config_file(&fake, &file).await
+    {
+        eprintln!("Error: RunWithApi({e})");
+        // A client that connected meanwhile sees the connection close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::process::exit(1);
+    }
     let app = axum::Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
         let fake = fake.clone();
         async move { fake.handle(method, uri, body).await }
