@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn seals_once_with_the_digests_sum_file_computes() {
-        let big = vec![7u8; (manifest::HASH_BLOCK + 5) as usize];
+        let big = vec![7u8; usize::try_from(manifest::HASH_BLOCK).unwrap() + 5];
         let (dir, written) = unsealed(&[("mem", &big), ("state.json", b"{}"), ("empty", b"")]);
         assert!(!written.is_sealed());
         let text = std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap();
