@@ -202,6 +202,68 @@ fn a_use_waits_for_the_sealer_at_work() {
     assert_digests(&manifest(&dir), &dir);
 }
 
+/// The sealer of `dir` (its pid), once it has lowered its priority: its
+/// nice value then.
+fn sealer_of(dir: &Path) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args.get(1) == Some(&&b"snapshot-seal"[..])
+                && args.get(2) == Some(&dir.as_os_str().as_encoded_bytes())
+                && nice_of(pid) == Some(19)
+            {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "no sealer of {}", dir.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The nice value of `pid`'s main thread (field 19 of /proc/PID/stat).
+fn nice_of(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(16)?.parse().ok()
+}
+
+/// A sealer runs at nice 19 (and the idle I/O class); a use that waits for
+/// it gives it the default priority, so a busy host cannot starve the wait.
+#[test]
+fn a_use_that_waits_raises_the_sealers_priority() {
+    let lab = Lab::new();
+    let _reaper = lab.running("src");
+    let dir = lab.save("snapshot.seal.summed=sleep:8000", "src", "s");
+    let sealer = sealer_of(&dir);
+    let tar = lab.env.path().join("s.tar");
+    let export = lab
+        .cmd()
+        .args(["snapshot", "export", "-o", tar.to_str().unwrap(), "s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Well within the sealer's sleep, on a busy host too.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while nice_of(sealer) != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "the sealer still runs at nice {:?}",
+            nice_of(sealer)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(export.wait_with_output().unwrap().status.success());
+    assert_digests(&manifest(&dir), &dir);
+}
+
 #[test]
 fn rm_while_sealing_ends_the_sealer_and_nothing_comes_back() {
     let lab = Lab::new();

@@ -63,7 +63,12 @@ pub fn seal(dir: &Path) -> Result<Sealed, String> {
         Some((m, _)) if m.is_sealed() => return Ok(Sealed::Already(m)),
         Some(_) => {}
     }
-    lock(&dirfd).map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
+    if !try_lock(&dirfd).map_err(|e| format!("cannot lock {}: {e}", dir.display()))? {
+        // A sealer at work: it runs at the lowest priorities, which a busy
+        // host may starve; from now on it works at ours.
+        hurry_sealers(&dirfd);
+        lock(&dirfd).map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
+    }
     // Under the lock: the one who held it before may have sealed it.
     let Some((mut manifest, mode)) = read_manifest(&dirfd)? else {
         return Ok(Sealed::Gone);
@@ -117,7 +122,11 @@ pub fn removal(dir: &Path) -> io::Result<Option<OwnedFd>> {
         Ok(()) | Err(Errno::NOENT) => {}
         Err(e) => return Err(e.into()),
     }
-    lock(&dirfd)?;
+    if !try_lock(&dirfd)? {
+        // A sealer at work stops at its next block: let it get there.
+        hurry_sealers(&dirfd);
+        lock(&dirfd)?;
+    }
     Ok(Some(dirfd))
 }
 
@@ -150,19 +159,9 @@ pub fn spawn_sealer(exe: &Path, dir: &Path) -> io::Result<()> {
 /// The sealer's body: lowest CPU priority and the idle I/O class, then
 /// [`seal`]. A snapshot removed meanwhile is not an error.
 pub fn run_sealer(dir: &Path) -> Result<(), String> {
-    // SAFETY: plain syscalls on this process; failures only leave the
-    // priority as it was.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
-        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-        const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            0 as libc::c_long,
-            IOPRIO_CLASS_IDLE << 13,
-        );
-    }
+    // Its hashing threads inherit both. A use that waits for it raises
+    // them again (`hurry_sealers`).
+    set_priority(0, 19, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT);
     seal(dir).map(|_| ())
 }
 
@@ -182,6 +181,89 @@ fn lock(dirfd: &OwnedFd) -> io::Result<()> {
             Err(Errno::INTR) => continue,
             other => return Ok(other?),
         }
+    }
+}
+
+/// The seal lock if it is free; `false` if someone holds it.
+fn try_lock(dirfd: &OwnedFd) -> io::Result<bool> {
+    match rustix::fs::flock(dirfd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Gives every sealer process holding the seal lock on `dirfd` (found in
+/// `/proc/locks` by the directory's device and inode) the default CPU and
+/// I/O priority, thread by thread (both are per thread on Linux). Best
+/// effort: raising another process's priority needs CAP_SYS_NICE, and a
+/// sealer that has just ended is simply not there.
+fn hurry_sealers(dirfd: &OwnedFd) {
+    let Ok(st) = rustix::fs::fstat(dirfd) else {
+        return;
+    };
+    let key = format!(
+        "{:02x}:{:02x}:{}",
+        rustix::fs::major(st.st_dev),
+        rustix::fs::minor(st.st_dev),
+        st.st_ino
+    );
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return;
+    };
+    for pid in lock_holders(&locks, &key) {
+        if !is_sealer(pid) {
+            continue;
+        }
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        for tid in tasks
+            .flatten()
+            .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
+        {
+            set_priority(tid, 0, (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | 4);
+        }
+    }
+}
+
+/// The pids holding (not waiting for) a `flock` on the file `key`
+/// (`MAJOR:MINOR:INODE` as `/proc/locks` writes it).
+fn lock_holders(locks: &str, key: &str) -> Vec<u32> {
+    locks
+        .lines()
+        .filter_map(|line| {
+            // "N: FLOCK ADVISORY WRITE PID DEV:INO START END"; a waiter
+            // has "->" after "N:".
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() >= 6 && f[1] == "FLOCK" && f[5] == key).then(|| f[4].parse().ok())?
+        })
+        .collect()
+}
+
+/// Whether `pid` runs `cocoon snapshot-seal` (a pid is checked before it is
+/// touched: it may have ended and been reused).
+fn is_sealer(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).nth(1) == Some(SEAL_SUBCOMMAND.as_bytes()))
+}
+
+const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+const IOPRIO_CLASS_BE: libc::c_long = 2;
+const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+
+/// The nice value and I/O priority of thread `tid` (0: this one).
+fn set_priority(tid: u32, nice: i32, ioprio: libc::c_long) {
+    // SAFETY: plain syscalls; a failure leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            libc::c_long::from(tid),
+            ioprio,
+        );
     }
 }
 
@@ -371,6 +453,30 @@ mod tests {
         assert!(matches!(seal(dir.path()).unwrap(), Sealed::Gone));
         assert!(!dir.path().exists());
         assert!(removal(dir.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn lock_holders_are_read_from_proc_locks_without_the_waiters() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 4242 00:1d:77 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 4343 00:1d:77 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4444 00:1d:7 0 EOF\n\
+                     3: POSIX  ADVISORY  WRITE 4545 00:1d:77 0 EOF\n";
+        assert_eq!(lock_holders(locks, "00:1d:77"), [4242]);
+        // This very process holds one: it is found, and it is no sealer.
+        let (dir, _) = unsealed(&[]);
+        let held = open_dir(dir.path()).unwrap();
+        lock(&held).unwrap();
+        let st = rustix::fs::fstat(&held).unwrap();
+        let key = format!(
+            "{:02x}:{:02x}:{}",
+            rustix::fs::major(st.st_dev),
+            rustix::fs::minor(st.st_dev),
+            st.st_ino
+        );
+        let me = std::process::id();
+        let holders = lock_holders(&std::fs::read_to_string("/proc/locks").unwrap(), &key);
+        assert_eq!(holders, [me]);
+        assert!(!is_sealer(me));
     }
 
     #[test]
