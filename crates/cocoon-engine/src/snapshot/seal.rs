@@ -7,6 +7,8 @@
 //! digests (export, push, restore) calls [`seal`] first: a sealed snapshot
 //! costs one read of its manifest; an unsealed one is sealed there and then,
 //! after the sealer if one is at work (its lock), or in its place if it died.
+//! The sealer runs at nice 19 in the idle I/O class; a use that has to
+//! wait for it raises it to the default priority first.
 //!
 //! The seal lock is an exclusive `flock` on the snapshot directory itself
 //! (no lock file to leave behind or to recreate). The sealer only reads the
