@@ -56,8 +56,9 @@ impl Ctx {
         NetContext::from_config(&self.config)
     }
 
-    /// The executable started as a VM's console relay: the running program by
-    /// default (the `cocoon` CLI), settable for embedders.
+    /// The executable started as a VM's console relay and as a snapshot's
+    /// sealer (`snapshot::seal`): the running program by default (the
+    /// `cocoon` CLI), settable for embedders.
     pub fn helper_exe(&self) -> PathBuf {
         // /proc/self/exe still runs this very binary after an upgrade (or a
         // rebuild) replaced the file on disk, where its path would not.

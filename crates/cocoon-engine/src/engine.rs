@@ -89,8 +89,9 @@ impl Engine {
         Ok(self.ctx.store().intents()?)
     }
 
-    /// The executable started as a VM's console relay: the running program
-    /// by default (the `cocoon` CLI), settable for embedders.
+    /// The executable started as a VM's console relay and as a snapshot's
+    /// sealer (both hidden subcommands of the `cocoon` CLI): the running
+    /// program by default, settable for embedders.
     pub fn helper_exe(&self) -> PathBuf {
         self.ctx.helper_exe()
     }

@@ -64,6 +64,7 @@ pub const ALL: &[&str] = &[
     "vm.rm.dirs",
     "snapshot.save.paused",
     "snapshot.save.captured",
+    "snapshot.seal.summed",
     "vm.hibernate.paused",
     "vm.hibernate.captured",
     "vm.resize.begin",

@@ -110,6 +110,36 @@ impl Drop for EnvReaper {
 
 pub use cocoon_test_skip::skip;
 
+/// Whether the snapshot manifest `doc` has every file's digest.
+pub fn is_sealed(doc: &serde_json::Value) -> bool {
+    doc["files"]
+        .as_object()
+        .is_some_and(|files| files.values().all(|f| f["sha256"].is_string()))
+}
+
+/// Waits (up to 30 s) until the snapshot in `dir` is sealed (`snapshot
+/// save` returns before its background sealer has computed the digests);
+/// returns its manifest. A test that changes a snapshot's files behind the
+/// engine's back waits for this first: a change before the seal is what
+/// the digests then describe.
+pub fn wait_sealed(dir: &Path) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(raw) = std::fs::read(dir.join("cocoon.json"))
+            && let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&raw)
+            && is_sealed(&doc)
+        {
+            return doc;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "snapshot {} was not sealed within 30 s",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Runs `cmd` (a cocoon command) with `args`, asserts that it succeeded
 /// (its stderr in the message), and returns its stdout: what every test
 /// lab's `ok` does.

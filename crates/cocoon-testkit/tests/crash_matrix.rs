@@ -443,7 +443,10 @@ fn matrix_in(op: &Op<'_>, qemu: bool, network: bool) {
             // pull keeps the blocks it fetched for its next run (gc removes
             // them if there is none); its snapshot is recorded under the
             // import's intent, covered by `snapshot import`.
-            if action == "kill" && !["gc", "snapshot push", "snapshot pull"].contains(&op.name) {
+            // Nor does export: its seal replaces the manifest by one rename.
+            if action == "kill"
+                && !["gc", "snapshot push", "snapshot pull", "snapshot export"].contains(&op.name)
+            {
                 // What the reconciler did is in the event log.
                 let mut store = cocoon_engine::store::Store::open(&lab.env.db_path()).unwrap();
                 let recovered: Vec<_> = store
@@ -941,6 +944,31 @@ fn cloud_image_import() {
             "image.import.stored",
             "image.import.recorded",
         ],
+        again: &nothing,
+    });
+}
+
+/// `snapshot export` of a snapshot whose sealer died before writing: the
+/// export seals it first; killed or failed there, the snapshot stays
+/// unsealed and usable, and the next export seals it.
+#[test]
+fn snapshot_export_of_an_unsealed_snapshot() {
+    matrix(&Op {
+        name: "snapshot export",
+        setup: &|lab| {
+            running_saveable(lab);
+            let mut cmd = lab.cmd();
+            cmd.env("COCOON_FAILPOINTS", "snapshot.seal.summed=kill");
+            cocoon_testkit::run_ok(cmd, &["snapshot", "save", "--name", "s", "m"]);
+        },
+        args: &|lab| {
+            let file = in_lab(lab, "s.tar.zst");
+            let _ = std::fs::remove_file(&file);
+            ["snapshot", "export", "-o", &file, "s"]
+                .map(String::from)
+                .to_vec()
+        },
+        failpoints: &["snapshot.seal.summed"],
         again: &nothing,
     });
 }

@@ -222,6 +222,47 @@ fn restore_stopped(lab: &Lab, test: &str) {
     eprintln!("{test}: stopped VM restored from {from} (snapshot at {lo}..={hi})");
 }
 
+/// A snapshot whose sealer died before writing (`snapshot save` returned
+/// before the checksums): `vm restore` seals it first, then restores the
+/// running VM from it, the count going on from the snapshot's.
+fn restore_unsealed(lab: &Lab, test: &str) {
+    let lo = lab.last_beat("src");
+    let mut save = lab.cmd();
+    save.env("COCOON_FAILPOINTS", "snapshot.seal.summed=kill");
+    let out = cocoon_testkit::run_ok(
+        save,
+        &["snapshot", "save", "--name", "u", "-o", "json", "src"],
+    );
+    let hi = lab.last_beat("src") + 1;
+    let dir = PathBuf::from(
+        serde_json::from_str::<Value>(&out).unwrap()["data_dir"]
+            .as_str()
+            .unwrap(),
+    );
+    let read = || -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join("cocoon.json")).unwrap()).unwrap()
+    };
+    assert!(
+        !cocoon_testkit::is_sealed(&read()),
+        "{test}: sealed by a dead sealer"
+    );
+    lab.wait_beat("src", hi + 2);
+    let before = lab.log("src").len();
+    lab.ok(&["vm", "restore", "src", "u"]);
+    let sealed = read();
+    for (name, entry) in sealed["files"].as_object().unwrap() {
+        let sum = cocoon_engine::snapshot::manifest::sum_file(&dir.join(name)).unwrap();
+        assert_eq!(entry["sha256"], sum.sha256.as_str(), "{test}: {name}");
+    }
+    let beats = lab.beats_since("src", before, 3);
+    let from = beats[last_drop(&beats).unwrap_or(0)];
+    assert!(
+        (lo..=hi).contains(&from),
+        "{test}: restored from {from}, the snapshot's count was {lo}..={hi}: {beats:?}"
+    );
+    lab.ok(&["snapshot", "rm", "u"]);
+}
+
 /// Hibernate → start: no VMM while hibernated, the snapshot held, and the
 /// count goes on from the last beat before the hibernation.
 fn hibernate_and_wake(lab: &Lab, test: &str) {
@@ -343,6 +384,7 @@ fn lifecycle_on(vmm: Vmm) {
     assert!(lab.log("src").contains(HEARTBEAT_PREFIX));
 
     restore_stopped(&lab, test);
+    restore_unsealed(&lab, test);
     hibernate_and_wake(&lab, test);
     restore_hibernated(&lab, test);
     clone_from_dir(&lab, test);

@@ -341,3 +341,38 @@ fn pulls_of_one_artifact_at_once_all_succeed() {
         0
     );
 }
+
+/// A snapshot whose sealer died (`snapshot save` returns before the
+/// digests exist) is sealed by its push, chunked and whole: the pushed
+/// manifest has the digests an independent sum gives, and the pulls verify
+/// against them.
+#[test]
+fn an_unsealed_snapshot_is_sealed_before_it_is_pushed() {
+    let Some(registry) = registry("an_unsealed_snapshot_is_sealed_before_it_is_pushed") else {
+        return;
+    };
+    let a = source_with_snapshot();
+    for (name, layout) in [("u", "chunked"), ("w", "whole")] {
+        let mut save = a.cmd();
+        save.env("COCOON_FAILPOINTS", "snapshot.seal.summed=kill");
+        cocoon_testkit::run_ok(save, &["snapshot", "save", "--name", name, "src"]);
+        let dir = a.data_dir(name);
+        let unsealed: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("cocoon.json")).unwrap()).unwrap();
+        assert!(!cocoon_testkit::is_sealed(&unsealed), "{unsealed}");
+        let reference = registry.reference(&format!("snaps/{name}:v1"));
+        a.ok(&["snapshot", "push", "--layout", layout, name, &reference]);
+        let sealed: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("cocoon.json")).unwrap()).unwrap();
+        let listed: Vec<(String, String)> = sealed["files"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(n, f)| (n.clone(), f["sha256"].as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(listed, sums(&dir), "{layout}");
+        let b = Host::new();
+        b.ok(&["snapshot", "pull", &reference]);
+        assert_eq!(sums(&b.data_dir(name)), sums(&dir), "{layout}");
+    }
+}

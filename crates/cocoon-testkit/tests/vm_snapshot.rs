@@ -398,6 +398,8 @@ fn restore_refuses_a_damaged_snapshot_and_leaves_the_vm_running() {
     let saved: Value =
         serde_json::from_str(&lab.ok(&["snapshot", "save", "-o", "json", "d"])).unwrap();
     let dir = PathBuf::from(saved["data_dir"].as_str().unwrap());
+    // A change the sealer sees is what its digests describe.
+    cocoon_testkit::wait_sealed(&dir);
     let original = read_mark(&dir.join("cow.raw"));
     write_mark(&dir.join("cow.raw"), b"TAMPERED");
     let err = lab.fail(&["vm", "restore", "d", saved["id"].as_str().unwrap()]);

@@ -26,6 +26,13 @@ pub fn main() -> ExitCode {
     {
         return relay(&args[2..]);
     }
+    // The sealer a snapshot save starts (cocoon_engine::snapshot::seal).
+    if args
+        .get(1)
+        .is_some_and(|a| a == cocoon_engine::snapshot::seal::SEAL_SUBCOMMAND)
+    {
+        return seal(&args[2..]);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -84,6 +91,20 @@ fn relay(args: &[std::ffi::OsString]) -> ExitCode {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {
             eprintln!("console relay: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn seal(args: &[std::ffi::OsString]) -> ExitCode {
+    let [dir] = args else {
+        eprintln!("snapshot sealer: expected one snapshot directory");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    match cocoon_engine::snapshot::seal::run_sealer(std::path::Path::new(dir)) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("snapshot sealer: {e}");
             ExitCode::from(EXIT_ERROR)
         }
     }

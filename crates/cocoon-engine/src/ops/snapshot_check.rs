@@ -9,7 +9,27 @@ use crate::error::Result;
 use crate::image::store::ImageDirs;
 use crate::model::{Hypervisor, ImageType, Snapshot, StorageRole};
 use crate::snapshot::manifest::{self, MANIFEST, Manifest};
+use crate::snapshot::seal::Sealed;
 use crate::snapshot::{SnapshotError, trust};
+
+/// The snapshot's digests, computed now if its sealer has not computed them
+/// yet (see `snapshot::seal`: after the sealer, if it is at work); whether
+/// this call computed them. Every use that needs the digests calls it first.
+pub(crate) fn ensure_sealed(snapshot: &Snapshot) -> Result<bool> {
+    let damaged = |reason: String| SnapshotError::Damaged {
+        id: snapshot.id.clone(),
+        reason,
+    };
+    match crate::snapshot::seal::seal(&snapshot.data_dir).map_err(damaged)? {
+        Sealed::Already(_) => Ok(false),
+        Sealed::Now(_) => Ok(true),
+        Sealed::Gone => Err(damaged(format!(
+            "its {MANIFEST} is gone (it is being removed, or a removal was interrupted: `cocoon snapshot rm {}`)",
+            snapshot.id
+        ))
+        .into()),
+    }
+}
 
 /// Reads and checks a snapshot's manifest against its directory: every
 /// listed file present with its size; with `checksums`, its digest too.
@@ -49,8 +69,13 @@ fn check_files(snapshot: &Snapshot, manifest: &Manifest, checksums: bool) -> Res
             ));
         }
         if checksums {
+            if sum.sha256.is_none() {
+                return Err(format!(
+                    "{name} has no checksum yet (the snapshot is not sealed)"
+                ));
+            }
             let actual = manifest::sum_file(&file).map_err(|e| format!("{name}: {e}"))?;
-            if actual.sha256 != sum.sha256 {
+            if sum.sha256.as_deref() != Some(actual.sha256.as_str()) {
                 return Err(format!("{name} does not match its checksum"));
             }
         }

@@ -20,6 +20,7 @@ use super::vm_restore::RestoreRequest;
 
 pub(crate) fn export(ctx: &mut Ctx, reference: &str, dest: &Path) -> Result<Snapshot> {
     let snapshot = ctx.store().resolve_snapshot(reference)?;
+    super::snapshot_check::ensure_sealed(&snapshot)?;
     super::snapshot_check::load_manifest(&snapshot, false)?;
     dir::export(&snapshot.data_dir, dest).map_err(|e| {
         Error::Invalid(format!(

@@ -17,6 +17,7 @@ pub(crate) fn run(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Snapshot> {
     let snapshot = ctx.store().resolve_snapshot(reference)?;
+    super::snapshot_check::ensure_sealed(&snapshot)?;
     super::snapshot_check::load_manifest(&snapshot, false)?;
     archive::export(
         &snapshot.data_dir,

@@ -263,7 +263,7 @@ fn from_legacy(
         storage,
         boot,
         network: vec![],
-        files,
+        files: files.into_iter().map(|(n, s)| (n, s.into())).collect(),
     })
 }
 

@@ -93,6 +93,7 @@ pub(crate) fn run(
 ) -> Result<Pushed> {
     let parsed = oci::parse_reference(reference)?;
     let snapshot = ctx.store().resolve_snapshot(snapshot_ref)?;
+    super::snapshot_check::ensure_sealed(&snapshot)?;
     let manifest = super::snapshot_check::load_manifest(&snapshot, false)?;
     match layout {
         Layout::Chunked => push_chunked(ctx, snapshot, &manifest, &parsed, progress),
@@ -196,7 +197,7 @@ fn plan(snapshot: &Snapshot, manifest: &Manifest) -> Result<Plan> {
         let path = snapshot.data_dir.join(name);
         let (size, digests) =
             block_digests(&path).map_err(|e| damaged(format!("cannot read {name}: {e}")))?;
-        if size != sum.size || tree_root(&digests) != sum.sha256 {
+        if size != sum.size || sum.sha256.as_deref() != Some(tree_root(&digests).as_str()) {
             return Err(damaged(format!("{name} no longer matches its checksum")));
         }
         let file = chunked::file_chunks(size, &digests);

@@ -53,6 +53,9 @@ pub(crate) fn remove_owned_dir(root: &Path, dir: &Path) -> Result<()> {
             root.display()
         )));
     }
+    // A sealer at work stops, and none writes into it while it goes.
+    let _sealing = crate::snapshot::seal::removal(dir)
+        .map_err(|e| Error::io(format!("cannot remove snapshot files {}", dir.display()), e))?;
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -1,7 +1,10 @@
 //! `snapshot save`: pauses the VM, has the VMM write its state straight
 //! into the snapshot store, copies the writable disks there (reflink where
-//! possible), and resumes it whatever happened; checksums and the manifest
-//! are written after the resume, outside the pause window.
+//! possible), and resumes it whatever happened; the manifest is written
+//! after the resume, outside the pause window, with each file's size but
+//! not its digest: a detached sealer computes those after the command has
+//! returned, and every use that needs them waits for or does that first
+//! (`snapshot::seal`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use crate::model::{Snapshot, Vm, VmmProcess};
 use crate::name::SnapshotName;
 use crate::snapshot::copy::copy_file;
 use crate::snapshot::manifest::{self, MANIFEST, Manifest};
-use crate::snapshot::{SnapshotError, write_atomic};
+use crate::snapshot::{SnapshotError, seal, write_atomic};
 use crate::vm::VmError;
 
 /// What `snapshot save` reports.
@@ -120,11 +123,14 @@ pub(crate) fn run(
             Ok((snapshot, pause))
         })();
         match saved {
-            Ok((snapshot, pause)) => Ok(SaveOutcome {
-                snapshot,
-                pause_ms: pause.as_secs_f64() * 1e3,
-                total_ms: started.elapsed().as_secs_f64() * 1e3,
-            }),
+            Ok((snapshot, pause)) => {
+                start_sealer(ctx, &snapshot);
+                Ok(SaveOutcome {
+                    snapshot,
+                    pause_ms: pause.as_secs_f64() * 1e3,
+                    total_ms: started.elapsed().as_secs_f64() * 1e3,
+                })
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&data_dir);
                 let _ = ctx.store().delete_snapshot(&id);
@@ -187,15 +193,16 @@ fn save_error(vm: &Vm, e: PauseError<CaptureError>) -> Error {
     .into()
 }
 
-/// Checksums, the manifest, and the record no longer pending.
+/// The manifest, unsealed (sizes, no digests), and the record no longer
+/// pending. [`start_sealer`] follows.
 pub(super) fn finish(
     ctx: &mut Ctx,
     vm: &Vm,
     record: &Snapshot,
     data_dir: &Path,
 ) -> Result<Snapshot> {
-    let files = manifest::sum_dir(data_dir)
-        .map_err(|e| Error::io(format!("cannot checksum {}", data_dir.display()), e))?;
+    let files = manifest::size_dir(data_dir)
+        .map_err(|e| Error::io(format!("cannot list {}", data_dir.display()), e))?;
     let mut done = record.clone();
     done.pending = false;
     let manifest = Manifest {
@@ -217,6 +224,17 @@ pub(super) fn finish(
         .store()
         .update_snapshot(&record.id, "saved", |s| s.pending = false)?;
     Ok(snapshot)
+}
+
+/// Starts the detached sealer of a finished snapshot. Failing that is no
+/// failure of the save: the first use that needs the digests computes them.
+pub(super) fn start_sealer(ctx: &Ctx, snapshot: &Snapshot) {
+    if let Err(e) = seal::spawn_sealer(&ctx.helper_exe(), &snapshot.data_dir) {
+        tracing::warn!(
+            "snapshot {}: cannot start its sealer ({e}); its checksums are computed when it is first exported, pushed or restored",
+            snapshot.id
+        );
+    }
 }
 
 /// Ctrl+C and SIGTERM wait while the guest is paused: a CLI killed there

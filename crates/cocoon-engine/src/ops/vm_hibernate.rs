@@ -21,7 +21,7 @@ use crate::intent::{Op, step};
 use crate::model::{Snapshot, Vm, VmState, VmmProcess};
 use crate::name::SnapshotName;
 
-use super::snapshot_save::{capture_paused, finish, locked_for_snapshot};
+use super::snapshot_save::{capture_paused, finish, locked_for_snapshot, start_sealer};
 use super::vm_launch::stop_leftovers;
 
 /// What `vm hibernate` reports.
@@ -68,6 +68,8 @@ pub(crate) fn run(
         let failed = crate::failpoint::hit("vm.hibernate.captured");
         let vm = put_to_sleep(ctx, &vm)?;
         failed?;
+        // After the VMM is gone: the sealer takes none of its CPU time.
+        start_sealer(ctx, &snapshot);
         Ok(Hibernated { vm, snapshot })
     })
 }

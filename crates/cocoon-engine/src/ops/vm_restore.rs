@@ -162,7 +162,9 @@ fn check(
         )));
     }
     let origin = restorable(&vm)?;
-    let manifest = load_manifest(&snapshot, true)?;
+    // Digests this very call computed describe the files as they are.
+    let fresh = snapshot_check::ensure_sealed(&snapshot)?;
+    let manifest = load_manifest(&snapshot, !fresh)?;
     snapshot_check::check(ctx, &snapshot, &manifest)?;
     let cidata = cidata::restore_entry(&mut vm, &manifest.storage);
     request_fits(&vm, &manifest, request)?;

@@ -245,7 +245,7 @@ pub fn check(
             }
             blocks.insert(digest.clone(), want);
         }
-        if root_of(file) != sum.sha256 {
+        if sum.sha256.as_deref() != Some(root_of(file).as_str()) {
             return Err(format!(
                 "{name}: its blocks do not add up to the digest cocoon.json records"
             ));

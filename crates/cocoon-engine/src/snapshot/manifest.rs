@@ -1,5 +1,11 @@
 //! `cocoon.json`: what a snapshot is (the record, the source VM's storage in
 //! VMM disk order, boot and network configuration) and a sha256 of every file.
+//!
+//! `snapshot save` writes it with every file's size and its digest `null`
+//! (the snapshot is *unsealed*) and returns; the digests are filled in
+//! afterwards, by a background sealer or by the first use that needs them
+//! (`snapshot::seal`). A manifest with digests (every manifest written
+//! before sealing existed, every imported one) reads as sealed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +25,30 @@ pub struct FileSum {
     pub sha256: String,
 }
 
+/// One file as a manifest lists it: its size, and its [`FileSum`] digest
+/// once the snapshot is sealed (`null` until then).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub size: u64,
+    pub sha256: Option<String>,
+}
+
+impl FileEntry {
+    /// The size alone, the digest still to be computed.
+    pub fn unsealed(size: u64) -> FileEntry {
+        FileEntry { size, sha256: None }
+    }
+}
+
+impl From<FileSum> for FileEntry {
+    fn from(sum: FileSum) -> FileEntry {
+        FileEntry {
+            size: sum.size,
+            sha256: Some(sum.sha256),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub version: u32,
@@ -32,7 +62,14 @@ pub struct Manifest {
     #[serde(default)]
     pub network: Vec<NetworkConfig>,
     /// Every other file of the snapshot directory.
-    pub files: BTreeMap<String, FileSum>,
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+impl Manifest {
+    /// Whether every file has its digest.
+    pub fn is_sealed(&self) -> bool {
+        self.files.values().all(|f| f.sha256.is_some())
+    }
 }
 
 /// The snapshot file holding a copy of a writable disk: its base name.
@@ -139,9 +176,17 @@ pub fn sum_file(path: &Path) -> std::io::Result<FileSum> {
 /// [`sum_file`] reads them: whole blocks inside holes are not read and get
 /// [`zero_block_digest`]. With the file's length.
 pub fn block_digests(path: &Path) -> std::io::Result<(u64, Vec<[u8; 32]>)> {
-    let file = std::fs::File::open(path)?;
+    block_digests_of(&std::fs::File::open(path)?, &|| false)
+}
+
+/// [`block_digests`] of an open file; `cancelled` is asked before each
+/// block, and a `true` ends the sum with [`std::io::ErrorKind::Interrupted`].
+pub fn block_digests_of(
+    file: &std::fs::File,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> std::io::Result<(u64, Vec<[u8; 32]>)> {
     let len = file.metadata()?.len();
-    let holes = hole_blocks(&file, len)?;
+    let holes = hole_blocks(file, len)?;
     let blocks = usize::try_from(len.div_ceil(HASH_BLOCK).max(1))
         .map_err(|_| std::io::Error::other("file too large to hash here"))?;
     let workers = std::thread::available_parallelism()
@@ -158,6 +203,12 @@ pub fn block_digests(path: &Path) -> std::io::Result<(u64, Vec<[u8; 32]>)> {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= blocks {
                     return Ok(());
+                }
+                if cancelled() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "cancelled",
+                    ));
                 }
                 let start = i as u64 * HASH_BLOCK;
                 let size = block_len((len - start.min(len)).min(HASH_BLOCK));
@@ -250,6 +301,21 @@ fn hole_blocks(file: &std::fs::File, len: u64) -> std::io::Result<std::collectio
         pos = seek(file, SeekFrom::Hole(data))?.min(len);
     }
     Ok(holes)
+}
+
+/// The size of every regular file of `dir` except the manifest, digests
+/// not computed (an unsealed manifest's `files`).
+pub fn size_dir(dir: &Path) -> std::io::Result<BTreeMap<String, FileEntry>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == MANIFEST || !entry.file_type()?.is_file() {
+            continue;
+        }
+        files.insert(name, FileEntry::unsealed(entry.metadata()?.len()));
+    }
+    Ok(files)
 }
 
 /// Sums every regular file of `dir` except the manifest.

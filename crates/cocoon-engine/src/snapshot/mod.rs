@@ -1,7 +1,8 @@
 //! The snapshot store: a snapshot is a flat directory under
 //! `<root_dir>/snapshots/<id>` holding the VMM's state files, copies of the
 //! VM's writable disks, and `cocoon.json`, the manifest with a sha256 of every
-//! other file. The record stays `pending` until every file is in place.
+//! other file. The record stays `pending` until every file is in place; the
+//! digests may follow later (`seal`).
 
 pub mod archive;
 pub mod chunked;
@@ -9,6 +10,7 @@ pub mod copy;
 pub mod dir;
 pub mod manifest;
 pub mod rebase;
+pub mod seal;
 pub mod trust;
 
 use std::path::Path;

@@ -35,6 +35,16 @@ pub(crate) fn listed_files(doc: &Value) -> Result<BTreeMap<String, FileSum>, Arc
     let files = doc
         .get("files")
         .ok_or_else(|| bad("has no \"files\" map".into()))?;
+    // An unsealed snapshot's manifest (`snapshot::seal`) never leaves the
+    // engine: an export or a copy seals it first.
+    if let Some((name, _)) = files.as_object().and_then(|m| {
+        m.iter()
+            .find(|(_, f)| f.get("sha256").is_some_and(Value::is_null))
+    }) {
+        return Err(bad(format!(
+            "lists {name:?} without its checksum (an unsealed snapshot's manifest)"
+        )));
+    }
     let files: BTreeMap<String, FileSum> = serde_json::from_value(files.clone())
         .map_err(|e| bad(format!("bad \"files\" map: {e}")))?;
     for name in files.keys() {
@@ -48,4 +58,27 @@ pub(crate) fn listed_files(doc: &Value) -> Result<BTreeMap<String, FileSum>, Arc
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsealed_manifest_is_never_listed_for_an_archive() {
+        let doc = serde_json::json!({
+            "version": VERSION,
+            "files": {"mem": {"size": 4, "sha256": "ab"}, "vmstate": {"size": 1, "sha256": null}},
+        });
+        let err = listed_files(&doc).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "lists \"vmstate\" without its checksum (an unsealed snapshot's manifest)"
+            ),
+            "{err}"
+        );
+        let mut sealed = doc.clone();
+        sealed["files"]["vmstate"]["sha256"] = "cd".into();
+        assert_eq!(listed_files(&sealed).unwrap()["vmstate"].sha256, "cd");
+    }
 }

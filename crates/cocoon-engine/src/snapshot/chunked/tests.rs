@@ -22,7 +22,8 @@ fn pushed() -> (ChunkIndex, Manifest, ArtifactManifest) {
         FileSum {
             size,
             sha256: tree_root(&digests),
-        },
+        }
+        .into(),
     );
     let small = |t: &str| Descriptor::new(t, empty_digest(), 10);
     let mut layers = vec![small(MANIFEST_MEDIA_TYPE), small(INDEX_MEDIA_TYPE)];
@@ -69,7 +70,8 @@ fn an_empty_file_has_no_chunk_and_checks() {
         FileSum {
             size: 0,
             sha256: tree_root(&[sha(b"")]),
-        },
+        }
+        .into(),
     );
     let file = file_chunks(0, &[sha(b"")]);
     assert!(file.chunks.is_empty());

@@ -66,7 +66,8 @@ fn fixture(hypervisor: Hypervisor) -> Fixture {
             FileSum {
                 size: body.len() as u64,
                 sha256: String::new(),
-            },
+            }
+            .into(),
         );
     }
     let mut source = VmConfig::new("src".parse().unwrap(), "test/guest:1", ImageType::Oci);
@@ -190,7 +191,8 @@ fn only_state_files_and_disk_copies_are_listed() {
         FileSum {
             size: 0,
             sha256: String::new(),
-        },
+        }
+        .into(),
     );
     f.refused("it lists \"lock\", which is neither");
 }
