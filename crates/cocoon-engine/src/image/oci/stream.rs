@@ -22,14 +22,20 @@ use super::error::http_error;
 use super::registry::within;
 use super::{LayerDescriptor, PullError, PullLimits};
 
-/// Chunks in flight between the download and the unpacker: enough to ride
+/// Batches in flight between the download and the unpacker: enough to ride
 /// out a slow write in the unpacker, few enough to bound the memory held
-/// (the HTTP client's chunks are at most a few hundred KiB).
-pub(super) const CHUNKS_IN_FLIGHT: usize = 64;
+/// (at most [`CHUNKS_PER_BATCH`] of the HTTP client's chunks each, which are
+/// at most a few hundred KiB).
+pub(super) const CHUNKS_IN_FLIGHT: usize = 16;
+
+/// The most chunks handed over at once: whatever the socket has ready goes
+/// in one batch, one wake-up of the unpacker (and one of the download when
+/// the unpacker frees a place) instead of one per chunk.
+const CHUNKS_PER_BATCH: usize = 32;
 
 /// What the download hands to the unpacker.
 pub(super) enum Piece {
-    Data(Bytes),
+    Data(Vec<Bytes>),
     /// Every byte arrived, exactly the descriptor's size, digest verified.
     End,
 }
@@ -46,6 +52,8 @@ pub(super) enum Fetch {
 pub(super) struct ChannelReader {
     pieces: mpsc::Receiver<Piece>,
     chunk: Bytes,
+    /// The rest of the current batch.
+    queued: std::vec::IntoIter<Bytes>,
     ended: bool,
 }
 
@@ -54,6 +62,7 @@ impl ChannelReader {
         ChannelReader {
             pieces,
             chunk: Bytes::new(),
+            queued: Vec::new().into_iter(),
             ended: false,
         }
     }
@@ -61,8 +70,12 @@ impl ChannelReader {
     /// Waits (blocking) until there is data or the verified end.
     fn fill(&mut self) -> io::Result<()> {
         while self.chunk.is_empty() && !self.ended {
+            if let Some(chunk) = self.queued.next() {
+                self.chunk = chunk;
+                continue;
+            }
             match self.pieces.blocking_recv() {
-                Some(Piece::Data(chunk)) => self.chunk = chunk,
+                Some(Piece::Data(batch)) => self.queued = batch.into_iter(),
                 Some(Piece::End) => self.ended = true,
                 // The download failed; it reports why.
                 None => {
@@ -132,7 +145,7 @@ pub(super) async fn download(
         got,
         more,
     };
-    let mut stream = within(
+    let stream = within(
         reference,
         limits,
         &what,
@@ -147,21 +160,26 @@ pub(super) async fn download(
         return Err(Fetch::Failed(wrong_size(announced, announced > size)));
     }
     let mut got = 0u64;
+    // The stream verifies the digest when it ends; a mismatch is an error item.
+    let mut stream = stream.ready_chunks(CHUNKS_PER_BATCH);
     loop {
-        // The stream verifies the digest when it ends; a mismatch is an error item.
         let next = tokio::select! {
             next = within(reference, limits, &what, stream.next()) => next.map_err(Fetch::Failed)?,
             () = pieces.closed() => return Err(Fetch::Abandoned),
         };
-        let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(|e| {
-            Fetch::Failed(chunk_error(reference, layer, &what, limits, got, size, e))
-        })?;
-        got += chunk.len() as u64;
-        if got > size {
-            return Err(Fetch::Failed(wrong_size(got, true)));
+        let Some(items) = next else { break };
+        let mut batch = Vec::with_capacity(items.len());
+        for chunk in items {
+            let chunk = chunk.map_err(|e| {
+                Fetch::Failed(chunk_error(reference, layer, &what, limits, got, size, e))
+            })?;
+            got += chunk.len() as u64;
+            if got > size {
+                return Err(Fetch::Failed(wrong_size(got, true)));
+            }
+            batch.push(chunk);
         }
-        if pieces.send(Piece::Data(chunk)).await.is_err() {
+        if pieces.send(Piece::Data(batch)).await.is_err() {
             return Err(Fetch::Abandoned);
         }
     }
@@ -252,15 +270,14 @@ mod tests {
     }
 
     fn data(bytes: &'static [u8]) -> Piece {
-        Piece::Data(Bytes::from_static(bytes))
+        Piece::Data(vec![Bytes::from_static(bytes)])
     }
 
     #[test]
     fn the_stream_ends_only_at_the_verified_end() {
-        let (mut r, _sender) = reader(
-            vec![data(b"ab"), data(b""), data(b"cde"), Piece::End],
-            false,
-        );
+        let batch = ["c", "", "de"].map(|s| Bytes::from_static(s.as_bytes()));
+        let batch = Piece::Data(batch.to_vec());
+        let (mut r, _sender) = reader(vec![data(b"ab"), data(b""), batch, Piece::End], false);
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"abcde");
