@@ -1,6 +1,8 @@
 //! Hostile input, bounded: a registry that stalls (before the manifest, or
 //! mid-blob), a 5 MiB manifest, blobs longer and shorter than their
-//! descriptors, a gzip bomb layer (pulled, and imported with `image
+//! descriptors, cut off midway or with content that does not match their
+//! digest (streamed into the unpacker: refused all the same, nothing
+//! committed), a layer whose gzip stream breaks midway, a gzip bomb layer (pulled, and imported with `image
 //! import`), and `image import`s of a layer and of a cloud image (a file,
 //! and standard input) that run out of space. Each runs the real CLI and asserts the exact error, that a
 //! sentinel tree beside `root_dir` is unchanged, that no work directory or
@@ -38,6 +40,12 @@ enum Behaviour {
     Long,
     /// Each blob 100 bytes short, with that length announced.
     Short,
+    /// Each blob's full length announced, half of it sent, then the
+    /// connection closed: the unpacker is mid-file when it stops.
+    Cut,
+    /// Each blob with one byte of its content changed ([`tamper`]): a tar
+    /// the unpacker takes whole, whose digest does not match.
+    Tampered,
     Honest,
 }
 
@@ -141,6 +149,33 @@ fn gzip_bomb() -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&tar).unwrap();
     gz.finish().unwrap()
+}
+
+/// `blob` with one byte of its first file's content flipped: the same
+/// length, still a well-formed tar.
+fn tamper(blob: &[u8]) -> Vec<u8> {
+    let mut out = blob.to_vec();
+    out[512 + 1000] ^= 0xff;
+    out
+}
+
+/// A gzip layer whose stream breaks midway, served with its true digest: a
+/// first gzip member holding the start of a tar (mid-way through a 1 MiB
+/// file), then a member whose deflate data uses the reserved block type,
+/// then 2 MiB that no decoder reaches.
+fn broken_gzip_layer() -> Vec<u8> {
+    let mut content = Vec::new();
+    xorshift_fill(&mut content, 0x5eed, 1 << 20);
+    let tar = LayerBuilder::new()
+        .file("usr/lib/big.bin", &content)
+        .build();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar[..512 << 10]).unwrap();
+    let mut blob = gz.finish().unwrap();
+    // A member header (no flags, mtime 0, OS unknown), then BFINAL=1, BTYPE=11.
+    blob.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 0x07]);
+    blob.resize(blob.len() + (2 << 20), 0);
+    blob
 }
 
 fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) {
@@ -248,6 +283,20 @@ fn handle(fake: &Fake, mut stream: TcpStream) {
                         &chunked,
                     );
                 }
+                Behaviour::Cut if !is_config => {
+                    respond(
+                        &mut stream,
+                        "200 OK",
+                        &[("Content-Length", blob.len().to_string())],
+                        &blob[..blob.len() / 2],
+                    );
+                }
+                Behaviour::Tampered if !is_config => respond(
+                    &mut stream,
+                    "200 OK",
+                    &[("Content-Length", blob.len().to_string())],
+                    &tamper(blob),
+                ),
                 Behaviour::Short if !is_config => {
                     let body = &blob[..blob.len() - 100];
                     respond(
@@ -269,14 +318,18 @@ fn handle(fake: &Fake, mut stream: TcpStream) {
     }
 }
 
-/// Serves `evil` (one VM layer), `good` (another) and `bomb` (a VM layer
-/// and a gzip bomb) on 127.0.0.1; returns the port and the behaviour switch.
+/// Serves `evil` (one VM layer), `good` (another), `broken` (a gzip layer
+/// that breaks midway) and `bomb` (a VM layer and a gzip bomb) on 127.0.0.1; returns the port and the behaviour switch.
 fn serve(behaviour: Behaviour) -> (u16, Arc<Mutex<Behaviour>>, String) {
     let evil_layer = vm_layer("evil");
     let evil_digest = sha256(&evil_layer);
     let mut images = HashMap::new();
     images.insert("evil".to_string(), image(vec![(evil_layer, TAR)]));
     images.insert("good".to_string(), image(vec![(vm_layer("good!"), TAR)]));
+    images.insert(
+        "broken".to_string(),
+        image(vec![(broken_gzip_layer(), TAR_GZ)]),
+    );
     images.insert(
         "bomb".to_string(),
         image(vec![(vm_layer("bomb"), TAR), (gzip_bomb(), TAR_GZ)]),
@@ -434,6 +487,51 @@ fn a_blob_shorter_than_its_descriptor_is_refused() {
             size - 100
         )
     });
+}
+
+#[test]
+fn a_blob_cut_off_midway_through_a_file_is_refused() {
+    let size = vm_layer("evil").len();
+    assert_pull_refused(Behaviour::Cut, None, |digest| {
+        format!(
+            "layer {digest}: the registry sent {} bytes, its descriptor says {size}",
+            size / 2
+        )
+    });
+}
+
+/// Every byte arrives and unpacks, but the digest is checked before the
+/// layer is committed: nothing of it is stored, no work directory is left.
+#[test]
+fn a_blob_whose_content_does_not_match_its_digest_is_refused() {
+    let actual = sha256(&tamper(&vm_layer("evil")));
+    assert_pull_refused(Behaviour::Tampered, None, |digest| {
+        format!(
+            "layer {digest}: the registry sent content whose digest is {actual} (refused, nothing stored)"
+        )
+    });
+}
+
+/// A gzip stream that breaks midway fails the pull with the decoder's
+/// error. Served with a stall after its first half, the error is still the
+/// decoder's, not the stall's: the failed unpacker stops the download.
+#[test]
+fn a_layer_whose_gzip_stream_breaks_midway_is_refused() {
+    let digest = sha256(&broken_gzip_layer());
+    for behaviour in [Behaviour::Honest, Behaviour::Stall] {
+        let s = setup();
+        let (port, _switch, _) = serve(behaviour);
+        let reference = format!("127.0.0.1:{port}/broken:latest");
+        let (ok, stderr, _) = s.pull(&reference, &[]);
+        assert!(!ok);
+        assert!(
+            stderr.contains(&format!(
+                "layer {digest} of {reference}: corrupt layer archive: corrupt deflate stream"
+            )),
+            "{behaviour:?}: {stderr}"
+        );
+        s.assert_clean();
+    }
 }
 
 #[test]

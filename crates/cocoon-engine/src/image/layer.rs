@@ -25,7 +25,7 @@
 //! whiteouts as plain files, and checks no symlink in the parents of a path.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
@@ -154,16 +154,23 @@ pub fn open_boot_file(tree: &Path, rel: &Path) -> Result<(fs::File, u64), LayerE
 
 /// Opens a layer blob, undoing gzip or zstd compression (detected by magic).
 pub fn open_decompressed(path: &Path) -> io::Result<Box<dyn Read + Send>> {
-    let mut file = fs::File::open(path)?;
+    decompressed(io::BufReader::with_capacity(1 << 20, fs::File::open(path)?))
+}
+
+/// A layer stream with its gzip or zstd compression undone (detected by
+/// magic); anything else is passed through as it is. The decoders read
+/// straight from `reader`'s buffer: a stream that arrives in memory (a
+/// download) is not copied once more on its way in.
+pub fn decompressed<'a>(
+    mut reader: impl BufRead + Send + 'a,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     let mut magic = [0u8; 4];
-    let n = read_up_to(&mut file, &mut magic)?;
-    use std::io::Seek;
-    file.seek(io::SeekFrom::Start(0))?;
-    let file = io::BufReader::with_capacity(1 << 20, file);
+    let n = read_up_to(&mut reader, &mut magic)?;
+    let stream = io::Cursor::new(magic[..n].to_vec()).chain(reader);
     Ok(match &magic[..n] {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
-        _ => Box::new(file),
+        [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(stream)),
+        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::stream::read::Decoder::with_buffer(stream)?),
+        _ => Box::new(stream),
     })
 }
 

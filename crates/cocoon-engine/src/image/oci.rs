@@ -1,6 +1,6 @@
 //! `image pull` of OCI images: manifest (or index, resolved for this
-//! platform), then each layer streamed to disk with its digest verified,
-//! unpacked and turned into an EROFS disk, in parallel up to `pool_size`.
+//! platform), then each layer streamed through its digest check into the
+//! unpacker and turned into an EROFS disk, in parallel up to `pool_size`.
 //!
 //! Layers are content-addressed and locked one by one: a layer already in the
 //! store is never fetched again, two pulls sharing a layer fetch it once, and
@@ -14,6 +14,7 @@ mod error;
 mod manifest;
 mod pull;
 mod registry;
+mod stream;
 
 pub use error::PullError;
 pub(crate) use manifest::ManifestFetcher;

@@ -57,7 +57,14 @@ pub(super) struct Unpacker<'a> {
     /// Directories' final modes and owners, applied last so a read-only
     /// directory does not stop its own contents from being written.
     dirs: BTreeMap<PathBuf, DirMeta>,
+    /// File data passes through here: large reads from the decompressor and
+    /// large writes (`io::copy` would use 8 KiB for both), one allocation
+    /// for the whole layer.
+    buf: Vec<u8>,
 }
+
+/// The size of [`Unpacker`]'s copy buffer.
+const COPY_BUF: usize = 256 << 10;
 
 impl<'a> Unpacker<'a> {
     pub(super) fn new(root_path: &'a Path, root: OwnedFd) -> Unpacker<'a> {
@@ -66,6 +73,31 @@ impl<'a> Unpacker<'a> {
             root,
             out: Unpacked::default(),
             dirs: BTreeMap::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Copies an entry's data into `file`: a read that fails is a corrupt
+    /// archive, a write that fails is the tree's.
+    fn copy_data(
+        &mut self,
+        rel: &Path,
+        entry: &mut impl Read,
+        file: &mut fs::File,
+    ) -> Result<(), LayerError> {
+        use std::io::Write;
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; COPY_BUF];
+        }
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(LayerError::Corrupt(e)),
+            };
+            file.write_all(&self.buf[..n])
+                .map_err(self.write_err(rel))?;
         }
     }
 
@@ -281,7 +313,7 @@ impl<'a> Unpacker<'a> {
         )
         .map_err(|e| self.write_err(rel)(e.into()))?;
         let mut file = fs::File::from(fd);
-        io::copy(entry, &mut file).map_err(LayerError::Corrupt)?;
+        self.copy_data(rel, entry, &mut file)?;
         if is_boot_candidate(rel, "vmlinuz") {
             self.out.kernel = Some(rel.to_path_buf());
         }

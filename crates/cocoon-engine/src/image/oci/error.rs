@@ -112,6 +112,15 @@ pub enum PullError {
         /// had arrived when it was stopped.
         more: bool,
     },
+    /// Every byte arrived, but they are not the layer the digest names.
+    #[error(
+        "cannot pull {reference}: layer {digest}: the registry sent content whose digest is {actual} (refused, nothing stored)"
+    )]
+    BlobDigest {
+        reference: String,
+        digest: Digest,
+        actual: String,
+    },
     #[error("cannot pull {reference}: {source}")]
     Limit {
         reference: String,

@@ -1,16 +1,19 @@
 //! The layer side of a pull: every layer not yet in the store fetched in
-//! parallel, each under its own lock, streamed to disk with its size and
-//! digest checked, then unpacked and committed as an EROFS disk.
+//! parallel, each under its own lock, streamed from the socket through the
+//! size and digest checks and the decompressor into the unpacker (no blob on
+//! disk), then committed as an EROFS disk once the digest is verified.
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use oci_client::{Client, Reference};
 
-use super::error::{http_error, io_err};
-use super::registry::{authenticate, within};
+use super::error::io_err;
+use super::registry::authenticate;
+use super::stream::{self, ChannelReader, Fetch};
 use super::{LayerDescriptor, PullError, PullLimits, PullProgress, PulledLayer, RegistryOptions};
 use crate::digest::Digest;
 use crate::image::commit;
@@ -33,25 +36,29 @@ pub async fn pull_layers(
     let auth = options.auth(reference.resolve_registry())?;
     // The token exchange happens once, before the parallel blob fetches.
     authenticate(&client, reference, &auth, &options.limits).await?;
-    let permits = Arc::new(tokio::sync::Semaphore::new(pool_size.max(1)));
+    let permits = Arc::new(Semaphore::new(pool_size.max(1)));
+    let builds = Arc::new(Semaphore::new(pool_size.max(1)));
     let total = layers.len();
     let mut tasks = tokio::task::JoinSet::new();
     for (index, descriptor) in layers.into_iter().enumerate() {
-        let (client, permits, dirs, reference, limits) = (
+        let (client, permits, builds, dirs, reference, limits) = (
             client.clone(),
             permits.clone(),
+            builds.clone(),
             dirs.clone(),
             reference.clone(),
             options.limits.clone(),
         );
         tasks.spawn(async move {
             // A closed semaphore means another layer failed: do not start this one.
-            let Ok(_permit) = permits.acquire_owned().await else {
+            let Ok(fetch) = permits.acquire_owned().await else {
                 return Err(PullError::Cancelled {
                     reference: reference.whole(),
                 });
             };
-            let layer = ensure_layer(&client, &reference, &descriptor, &dirs, &limits).await?;
+            let turn = Turn { fetch, builds };
+            let layer =
+                ensure_layer(&client, &reference, &descriptor, &dirs, &limits, turn).await?;
             Ok::<_, PullError>((index, layer))
         });
     }
@@ -82,6 +89,14 @@ pub async fn pull_layers(
         .collect())
 }
 
+/// A layer's turn: its fetch permit, given back once its blob is unpacked,
+/// and the semaphore its EROFS build then waits on, so that one layer's
+/// build runs while the next one downloads.
+struct Turn {
+    fetch: OwnedSemaphorePermit,
+    builds: Arc<Semaphore>,
+}
+
 /// Makes `blobs/<hex>.erofs` exist for this layer, fetching it only if needed.
 async fn ensure_layer(
     client: &Client,
@@ -89,6 +104,7 @@ async fn ensure_layer(
     layer: &LayerDescriptor,
     dirs: &ImageDirs,
     limits: &PullLimits,
+    turn: Turn,
 ) -> Result<PulledLayer, PullError> {
     let digest = layer.digest.clone();
     // One converter per layer across processes; waiters then find it cached.
@@ -132,109 +148,72 @@ async fn ensure_layer(
         }
     })?;
     std::fs::create_dir_all(&work).map_err(io_err("cannot create", &work))?;
-    if let Err(e) = fetch_blob(client, reference, layer, size, &work.join("blob"), limits).await {
-        let _ = std::fs::remove_dir_all(&work);
-        return Err(e);
-    }
-    let result = {
-        let (dirs, digest, reference, max) = (
-            dirs.clone(),
-            digest.clone(),
-            reference.whole(),
-            limits.max_layer_bytes,
-        );
-        tokio::task::spawn_blocking(move || convert(&dirs, &digest, &reference, max))
-            .await
-            .expect("convert task")
-    };
+    let result = fetch_and_convert(client, reference, layer, size, dirs, limits, turn).await;
     let _ = std::fs::remove_dir_all(&work);
     drop(lock);
-    let mut layer = result?;
-    layer.fetched = true;
-    Ok(layer)
+    result
 }
 
-/// Streams one blob to `path`: exactly `size` bytes (the descriptor's), each
-/// read waiting at most the read timeout, the digest verified at the end.
-async fn fetch_blob(
+/// Download → digest → decompress → unpack into `work/tree`, all at once,
+/// then the EROFS build and the commit, only once the whole blob arrived
+/// with its size and digest verified.
+async fn fetch_and_convert(
     client: &Client,
     reference: &Reference,
     layer: &LayerDescriptor,
     size: u64,
-    path: &Path,
+    dirs: &ImageDirs,
     limits: &PullLimits,
-) -> Result<(), PullError> {
-    use tokio::io::AsyncWriteExt;
-    let digest = &layer.digest;
-    let what = format!("downloading layer {digest}");
-    let seconds = limits.read_timeout.as_secs();
-    let wrong_size = |got: u64, more: bool| PullError::BlobSize {
-        reference: reference.whole(),
-        digest: digest.clone(),
-        expected: size,
-        got,
-        more,
+    turn: Turn,
+) -> Result<PulledLayer, PullError> {
+    let digest = layer.digest.clone();
+    let work = dirs.work(&digest);
+    let tree = work.join("tree");
+    std::fs::create_dir(&tree).map_err(io_err("cannot create", &tree))?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(stream::CHUNKS_IN_FLIGHT);
+    let unpacking = {
+        let (dirs, digest, tree) = (dirs.clone(), digest.clone(), tree.clone());
+        let (name, max) = (reference.whole(), limits.max_layer_bytes);
+        tokio::task::spawn_blocking(move || {
+            let source = ChannelReader::new(receiver);
+            unpack_stream(source, &tree, &dirs, &digest, &name, max)
+        })
     };
-    let download = |source| PullError::Download {
+    let fetched = stream::download(client, reference, layer, size, limits, sender).await;
+    let unpacked = unpacking.await.expect("unpack task");
+    // A failed download explains whatever the unpacker then made of its
+    // stream; an unpacker that failed on its own abandoned the download.
+    let unpacked = match (fetched, unpacked) {
+        (Ok(()), Ok(unpacked)) => unpacked,
+        (Err(Fetch::Failed(e)), _) | (_, Err(e)) => return Err(e),
+        (Err(Fetch::Abandoned), Ok(_)) => {
+            unreachable!("the unpacker read to the end, which comes only after the download")
+        }
+    };
+    drop(turn.fetch);
+    // Never closed: a failed layer stops new fetches, not builds under way.
+    let _build = turn.builds.acquire().await;
+    let size = {
+        let (dirs, digest) = (dirs.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || {
+            commit::commit_layer(&dirs, &digest, &work, &tree, &unpacked).map(|s| (s, unpacked))
+        })
+        .await
+        .expect("commit task")
+    };
+    let (size, unpacked) = size.map_err(|source| PullError::Commit {
         reference: reference.whole(),
         digest: digest.clone(),
         source,
-    };
-    let mut stream = within(
-        reference,
-        limits,
-        &what,
-        client.pull_blob_stream(reference, &layer.descriptor),
-    )
-    .await?
-    .map_err(|e| match e {
-        oci_client::errors::OciDistributionError::RequestError(e) => {
-            http_error(reference, &what, seconds, &e)
-        }
-        other => download(other),
     })?;
-    if let Some(announced) = stream.content_length
-        && announced != size
-    {
-        return Err(wrong_size(announced, announced > size));
-    }
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(io_err("cannot create", path))?;
-    let mut got = 0u64;
-    // The stream verifies the digest when it ends; a mismatch is an error here.
-    while let Some(chunk) = within(reference, limits, &what, stream.next()).await? {
-        let chunk = chunk.map_err(|e| {
-            let timed_out = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
-                .is_some_and(reqwest::Error::is_timeout);
-            if timed_out {
-                PullError::Stalled {
-                    reference: reference.whole(),
-                    what: what.clone(),
-                    seconds,
-                }
-            } else if got != size {
-                // Cut short (or a digest that cannot match): the size says more.
-                wrong_size(got, false)
-            } else {
-                download(e.into())
-            }
-        })?;
-        got += chunk.len() as u64;
-        if got > size {
-            return Err(wrong_size(got, true));
-        }
-        file.write_all(&chunk)
-            .await
-            .map_err(io_err("cannot write", path))?;
-    }
-    if got != size {
-        return Err(wrong_size(got, false));
-    }
-    file.flush().await.map_err(io_err("cannot write", path))?;
-    Ok(())
+    tracing::debug!(layer = digest.hex(), size, "layer converted");
+    Ok(PulledLayer {
+        digest,
+        erofs_size: size,
+        has_kernel: unpacked.kernel.is_some(),
+        has_initrd: unpacked.initrd.is_some(),
+        fetched: true,
+    })
 }
 
 fn cached(dirs: &ImageDirs, digest: &Digest) -> Option<PulledLayer> {
@@ -248,18 +227,23 @@ fn cached(dirs: &ImageDirs, digest: &Digest) -> Option<PulledLayer> {
     })
 }
 
-/// blob → tree → EROFS, boot files set aside, committed by the final rename.
-fn convert(
+/// The blocking half: the downloaded stream decompressed (bounded by
+/// `max_layer_bytes` and free space) and unpacked into `tree`, then read to
+/// its verified end.
+fn unpack_stream(
+    mut source: ChannelReader,
+    tree: &Path,
     dirs: &ImageDirs,
     digest: &Digest,
     reference: &str,
     max_layer_bytes: u64,
-) -> Result<PulledLayer, PullError> {
-    let work = dirs.work(digest);
-    let tree = work.join("tree");
-    std::fs::create_dir(&tree).map_err(io_err("cannot create", &tree))?;
-    let reader = layer::open_decompressed(&work.join("blob"))
-        .map_err(io_err("cannot read", &work.join("blob")))?;
+) -> Result<layer::Unpacked, PullError> {
+    let corrupt = |source| PullError::Layer {
+        reference: reference.to_string(),
+        digest: digest.clone(),
+        source: layer::LayerError::Corrupt(source),
+    };
+    let reader = layer::decompressed(&mut source).map_err(corrupt)?;
     let reader = Bounded::new(
         reader,
         max_layer_bytes,
@@ -268,7 +252,7 @@ fn convert(
     );
     let failure = reader.failure();
     let unpacked =
-        layer::unpack(reader, &tree).map_err(|source| match limits::take_failure(&failure) {
+        layer::unpack(reader, tree).map_err(|source| match limits::take_failure(&failure) {
             Some(source) => PullError::Limit {
                 reference: reference.to_string(),
                 source,
@@ -279,19 +263,6 @@ fn convert(
                 source,
             },
         })?;
-    let size = commit::commit_layer(dirs, digest, &work, &tree, &unpacked).map_err(|source| {
-        PullError::Commit {
-            reference: reference.to_string(),
-            digest: digest.clone(),
-            source,
-        }
-    })?;
-    tracing::debug!(layer = digest.hex(), size, "layer converted");
-    Ok(PulledLayer {
-        digest: digest.clone(),
-        erofs_size: size,
-        has_kernel: unpacked.kernel.is_some(),
-        has_initrd: unpacked.initrd.is_some(),
-        fetched: true,
-    })
+    source.drain().map_err(corrupt)?;
+    Ok(unpacked)
 }
