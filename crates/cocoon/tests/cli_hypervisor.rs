@@ -81,14 +81,15 @@ fn default_hypervisor_picks_qemu_and_a_flag_overrides_it() {
             run_dir.join("api.sock").display()
         )
     );
-    // The launch runs in the background, and QMP's calls let the guest go:
-    // the balloon (a quarter of the 1 GiB), then `cont`.
+    // The launch runs in the background with the guest running (nothing to
+    // plug first: no `-S`, no `cont`); QMP sets the balloon (a quarter of
+    // the 1 GiB).
     let lines: Vec<&str> = script.lines().collect();
     assert!(lines[lines.len() - 2].ends_with(" -nodefaults -no-user-config &"));
     assert_eq!(
         lines[lines.len() - 1],
         format!(
-            r#"printf '%s\n' '{{"execute":"qmp_capabilities"}}' '{{"execute":"balloon","arguments":{{"value":805306368}}}}' '{{"execute":"cont"}}' | socat - UNIX-CONNECT:{}"#,
+            r#"printf '%s\n' '{{"execute":"qmp_capabilities"}}' '{{"execute":"balloon","arguments":{{"value":805306368}}}}' | socat - UNIX-CONNECT:{}"#,
             run_dir.join("api.sock").display()
         )
     );

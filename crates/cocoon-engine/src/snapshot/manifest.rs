@@ -306,20 +306,21 @@ fn hole_blocks(file: &std::fs::File, len: u64) -> std::io::Result<std::collectio
 /// The size of every regular file of `dir` except the manifest, digests
 /// not computed (an unsealed manifest's `files`).
 pub fn size_dir(dir: &Path) -> std::io::Result<BTreeMap<String, FileEntry>> {
-    let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == MANIFEST || !entry.file_type()?.is_file() {
-            continue;
-        }
-        files.insert(name, FileEntry::unsealed(entry.metadata()?.len()));
-    }
-    Ok(files)
+    map_dir(dir, |entry| {
+        Ok(FileEntry::unsealed(entry.metadata()?.len()))
+    })
 }
 
 /// Sums every regular file of `dir` except the manifest.
 pub fn sum_dir(dir: &Path) -> std::io::Result<BTreeMap<String, FileSum>> {
+    map_dir(dir, |entry| sum_file(&entry.path()))
+}
+
+/// `what` of every regular file of `dir` except the manifest, by name.
+fn map_dir<T>(
+    dir: &Path,
+    what: impl Fn(&std::fs::DirEntry) -> std::io::Result<T>,
+) -> std::io::Result<BTreeMap<String, T>> {
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -327,7 +328,7 @@ pub fn sum_dir(dir: &Path) -> std::io::Result<BTreeMap<String, FileSum>> {
         if name == MANIFEST || !entry.file_type()?.is_file() {
             continue;
         }
-        files.insert(name, sum_file(&entry.path())?);
+        files.insert(name, what(&entry)?);
     }
     Ok(files)
 }

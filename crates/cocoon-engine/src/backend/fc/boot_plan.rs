@@ -158,16 +158,20 @@ mod tests {
     use super::*;
     use crate::model::{Hypervisor, ImageType, VmConfig};
 
-    #[test]
-    fn the_vsock_is_in_the_config_file_unless_no_agent() {
+    fn fc_vm() -> Vm {
         let config = VmConfig::new("v".parse().unwrap(), "img", ImageType::Oci);
-        let mut vm = Vm::new(
+        Vm::new(
             "ID",
             Hypervisor::Firecracker,
             config,
             "/run/vms/ID".into(),
             "/log/vms/ID".into(),
-        );
+        )
+    }
+
+    #[test]
+    fn the_vsock_is_in_the_config_file_unless_no_agent() {
+        let mut vm = fc_vm();
         let opts = LaunchOptions::for_host("fc".into());
         let doc = BootPlan::of(&vm, &opts).config_document();
         assert_eq!(
@@ -184,14 +188,7 @@ mod tests {
     /// is required even when empty.
     #[test]
     fn the_config_file_has_only_firecrackers_keys() {
-        let config = VmConfig::new("v".parse().unwrap(), "img", ImageType::Oci);
-        let mut vm = Vm::new(
-            "ID",
-            Hypervisor::Firecracker,
-            config,
-            "/run/vms/ID".into(),
-            "/log/vms/ID".into(),
-        );
+        let mut vm = fc_vm();
         vm.config.memory = 512 << 20;
         let doc = BootPlan::of(&vm, &LaunchOptions::for_host("fc".into())).config_document();
         let mut keys: Vec<&str> = doc
