@@ -168,9 +168,11 @@ fn export_of_an_unsealed_snapshot_seals_it_first() {
 #[test]
 fn restore_of_an_unsealed_snapshot_seals_it_and_a_later_change_is_refused() {
     let lab = Lab::new();
-    let _reaper = lab.running("src");
+    let mut reaper = lab.running("src");
     let dir = lab.save(SEALER_DIES, "src", "u");
     lab.ok(&["vm", "restore", "src", "u"]);
+    // The restore runs the VM on a VMM of its own.
+    reaper.0.extend(processes_of(&lab.inspect("src")));
     let doc = manifest(&dir);
     assert_digests(&doc, &dir);
     // From now on the digests are checked.
