@@ -35,10 +35,15 @@ def main():
     iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     cocoon = cocoon_binary()
     test_kernel()
+    qemu = find_vmm("COCOON_QEMU_BINARY", "qemu-system-x86_64")
+    # (label, backend, binary, flags). QEMU twice: with the 8 hot-plug root
+    # ports a QEMU VM gets by default (microvm with PCIe), and without
+    # (--no-hotplug, the machine the raw launcher starts).
     backends = [
-        ("cloud-hypervisor", find_vmm("COCOON_CH_BINARY", "cloud-hypervisor"), []),
-        ("firecracker", find_vmm("COCOON_FC_BINARY", "firecracker"), ["--fc"]),
-        ("qemu", find_vmm("COCOON_QEMU_BINARY", "qemu-system-x86_64"), ["--qemu"]),
+        ("cloud-hypervisor", "cloud-hypervisor", find_vmm("COCOON_CH_BINARY", "cloud-hypervisor"), []),
+        ("firecracker", "firecracker", find_vmm("COCOON_FC_BINARY", "firecracker"), ["--fc"]),
+        ("qemu", "qemu", qemu, ["--qemu"]),
+        ("qemu --no-hotplug", "qemu", qemu, ["--qemu", "--no-hotplug"]),
     ]
     binary_keys = {"cloud-hypervisor": "COCOON_CH_BINARY", "firecracker": "COCOON_FC_BINARY", "qemu": "COCOON_QEMU_BINARY"}
     work = tempfile.mkdtemp(prefix="cocoon-bench-boot-")
@@ -49,7 +54,7 @@ def main():
         COCOON_CONFIG=f"{work}/config.toml",
     )
     open(env["COCOON_CONFIG"], "w").close()
-    for name, binary, _ in backends:
+    for _, name, binary, _ in backends:
         if binary:
             env[binary_keys[name]] = binary
 
@@ -60,9 +65,9 @@ def main():
 
     print(f"boot to ready marker, median (min, max) of {iterations} (test guest kernel, 1 vCPU, 512 MiB, --nics 0)")
     try:
-        for name, binary, flag in backends:
+        for label, name, binary, flag in backends:
             if not binary:
-                print(f"*** SKIPPED {name}: not on PATH and no {binary_keys[name]} ***")
+                print(f"*** SKIPPED {label}: not on PATH and no {binary_keys[name]} ***")
                 continue
             engine, start_only, raw = [], [], []
             engine_cli, start_cli = [], []
@@ -89,7 +94,7 @@ def main():
                 cocoon_cmd("vm", "rm", "--force", vm)
             me, ms, mr = (statistics.median(x) * 1000 for x in (engine, start_only, raw))
             spread = lambda x: f"(min {min(x) * 1000:.1f}, max {max(x) * 1000:.1f})"
-            print(f"{name}:")
+            print(f"{label}:")
             print(f"  raw VMM (minimal launcher)        {mr:8.1f} ms   {spread(raw)}")
             print(f"  cocoon vm run (create + start)    {me:8.1f} ms   overhead {me - mr:+7.1f} ms  ({me / mr:.2f}x)   {spread(engine)}")
             print(f"      the CLI returned after        {statistics.median(engine_cli) * 1000:8.1f} ms   {spread(engine_cli)}")

@@ -186,7 +186,8 @@ pub struct VmConfig {
     /// Slots for disks `vm disk attach` adds while the VM runs, where the
     /// VMM needs them made at launch (QEMU's PCIe root ports): fixed at
     /// creation by the backend, carried into snapshots and clones (the
-    /// VMM's saved state has them). 0 on a record from before them.
+    /// VMM's saved state has them). 0 with `--no-hotplug`, and on a record
+    /// from before them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hotplug_slots: u32,
 }

@@ -113,6 +113,11 @@ impl Lab {
 
     /// `vm run` of the test guest, booted.
     fn run(&self, name: &str) -> Reaper {
+        self.run_with(name, &[])
+    }
+
+    /// `vm run` of the test guest with `flags`, booted.
+    fn run_with(&self, name: &str, flags: &[&str]) -> Reaper {
         let mut args = vec!["vm", "run", "--nics", "0", "--memory", "512M", "--cpu", "1"];
         args.extend(["--name", name]);
         match self.vmm {
@@ -120,6 +125,7 @@ impl Lab {
             Vmm::Fc => args.push("--fc"),
             Vmm::Qemu => args.push("--qemu"),
         }
+        args.extend(flags);
         args.push(&self.reference);
         self.ok(&args);
         self.booted(name)
@@ -363,6 +369,39 @@ fn disk_attach_is_refused_on_firecracker() {
         "{err}"
     );
     assert!(err.contains("--data-disk"), "{err}");
+    let after = lab.inspect("g");
+    assert_eq!(before["storage_configs"], after["storage_configs"]);
+    assert_eq!(after["state"], "running");
+    lab.ok(&["vm", "rm", "--force", "g"]);
+}
+
+/// A QEMU VM made with `--no-hotplug` runs on a machine without PCIe and
+/// without root ports; attaching a disk to it is refused by name, and the
+/// VM runs on with its disks as they were.
+#[test]
+fn disk_attach_is_refused_on_qemu_without_hotplug() {
+    let test = "disk_attach_is_refused_on_qemu_without_hotplug";
+    let Some(lab) = Lab::new(test, Vmm::Qemu) else {
+        return;
+    };
+    let _env_reaper = EnvReaper(lab.env.root_dir());
+    let files = tempfile::tempdir().unwrap();
+    let path = disk_file(files.path(), "scratch.raw");
+    let _vm = lab.run_with("g", &["--no-hotplug"]);
+    let before = lab.inspect("g");
+    let pid = before["vmm"]["pid"].as_u64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(!cmdline.contains("pcie"), "{cmdline}");
+    assert_eq!(before["config"]["no_hotplug"], true, "{before:#}");
+    assert!(before["config"]["hotplug_slots"].is_null(), "{before:#}");
+    let err = lab.fail(&[
+        "vm", "disk", "attach", "g", "--path", &path, "--name", "scratch",
+    ]);
+    assert!(
+        err.contains("VM g was created with --no-hotplug (no PCIe root ports), so nothing can be plugged into it; create it without --no-hotplug to attach disks, NICs or shares"),
+        "{err}"
+    );
     let after = lab.inspect("g");
     assert_eq!(before["storage_configs"], after["storage_configs"]);
     assert_eq!(after["state"], "running");

@@ -329,7 +329,7 @@ fn firecracker_gets_what_debug_prints() {
 #[test]
 fn switches_a_vmm_cannot_take_are_refused() {
     let lab = Lab::new();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--mergeable", "--shared-memory"],
             "VM r: --mergeable and --shared-memory exclude each other (KSM merges only private guest memory, and Cloud Hypervisor refuses both); create it with one of them",
@@ -349,6 +349,14 @@ fn switches_a_vmm_cannot_take_are_refused() {
         (
             &["--pci"],
             "VM r: Cloud Hypervisor cannot take --pci: its devices are always on virtio-pci (--pci switches Firecracker's transport); create it without --pci, or on another VMM (--hypervisor)",
+        ),
+        (
+            &["--no-hotplug"],
+            "VM r: Cloud Hypervisor cannot take --no-hotplug: it hot-plugs on its own PCI bus, with no slots made at launch to leave out (--no-hotplug is QEMU's); create it without --no-hotplug, or on another VMM (--hypervisor)",
+        ),
+        (
+            &["--fc", "--no-hotplug"],
+            "VM r: Firecracker cannot take --no-hotplug: it makes no hot-plug slots to leave out (--no-hotplug is QEMU's); create it without --no-hotplug, or on another VMM (--hypervisor)",
         ),
         (
             &["--qemu", "--pci"],

@@ -182,3 +182,26 @@ fn qemu_accel_shapes_the_machine_and_cpu() {
         "microvm,pcie=on,accel=tcg,mem-merge=off"
     );
 }
+
+/// `--no-hotplug`: QEMU's machine without PCIe and without the hot-plug
+/// root ports a QEMU VM otherwise gets (8), recorded with the VM.
+#[test]
+fn no_hotplug_leaves_out_the_root_ports_and_pcie() {
+    let env = env_with("qemu_accel = \"kvm\"\n");
+    let root_ports = |argv: &[String]| {
+        argv.iter()
+            .filter(|a| a.starts_with("pcie-root-port,"))
+            .count()
+    };
+    let argv = debug_launch_argv(&debug(&env, &["--qemu"]));
+    assert_eq!(
+        value(&argv, "-machine"),
+        "microvm,pcie=on,accel=kvm,mem-merge=off"
+    );
+    assert_eq!(root_ports(&argv), 8, "{argv:?}");
+
+    let argv = debug_launch_argv(&debug(&env, &["--qemu", "--no-hotplug"]));
+    assert_eq!(value(&argv, "-machine"), "microvm,accel=kvm,mem-merge=off");
+    assert_eq!(root_ports(&argv), 0, "{argv:?}");
+    assert!(!argv.iter().any(|a| a.contains("pcie")), "{argv:?}");
+}

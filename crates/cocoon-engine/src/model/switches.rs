@@ -25,11 +25,14 @@ pub struct DeviceSwitches {
     /// Firecracker's virtio-pci transport instead of MMIO (`--pci`).
     #[serde(default)]
     pub pci: bool,
+    /// No hot-plug slots (`--no-hotplug`): QEMU makes no PCIe root ports.
+    #[serde(default)]
+    pub no_hotplug: bool,
 }
 
 impl DeviceSwitches {
     /// Each switch with its flag.
-    pub fn flags(&self) -> [(&'static str, bool); 6] {
+    pub fn flags(&self) -> [(&'static str, bool); 7] {
         [
             ("--hugepages", self.hugepages),
             ("--no-balloon", self.no_balloon),
@@ -37,6 +40,7 @@ impl DeviceSwitches {
             ("--mergeable", self.mergeable),
             ("--shared-memory", self.shared_memory),
             ("--pci", self.pci),
+            ("--no-hotplug", self.no_hotplug),
         ]
     }
 

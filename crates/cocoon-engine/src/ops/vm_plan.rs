@@ -208,7 +208,12 @@ fn new_record(request: &CreateVm, id: &str, image: &Image, kind: ImageType, path
     config.image = image.name.clone();
     config.image_digest = image.id.to_string();
     config.image_type = kind;
-    config.hotplug_slots = backend::of(request.hypervisor).hotplug_slots();
+    // `--no-hotplug`: none (QEMU then boots a machine without PCIe).
+    config.hotplug_slots = if config.devices.no_hotplug {
+        0
+    } else {
+        backend::of(request.hypervisor).hotplug_slots()
+    };
     Vm::new(
         id,
         request.hypervisor,

@@ -24,6 +24,9 @@ pub struct SwitchFlags {
     /// Firecracker: virtio-pci transport instead of MMIO (--enable-pci); the others' is fixed
     #[arg(long)]
     pub pci: bool,
+    /// QEMU: no hot-plug slots (no PCIe root ports; the guest boots faster, and `vm disk attach`, `vm net` and `vm fs attach` are refused)
+    #[arg(long)]
+    pub no_hotplug: bool,
 }
 
 impl SwitchFlags {
@@ -35,6 +38,7 @@ impl SwitchFlags {
             mergeable: self.mergeable,
             shared_memory: self.shared_memory,
             pci: self.pci,
+            no_hotplug: self.no_hotplug,
         }
     }
 }

@@ -91,6 +91,12 @@ impl Backend for CloudHypervisorBackend {
         &self,
         switches: &crate::model::DeviceSwitches,
     ) -> Option<(&'static str, &'static str)> {
+        if switches.no_hotplug {
+            return Some((
+                "--no-hotplug",
+                "it hot-plugs on its own PCI bus, with no slots made at launch to leave out (--no-hotplug is QEMU's)",
+            ));
+        }
         switches.pci.then_some((
             "--pci",
             "its devices are always on virtio-pci (--pci switches Firecracker's transport)",

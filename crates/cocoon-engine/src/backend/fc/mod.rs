@@ -112,6 +112,12 @@ impl Backend for FirecrackerBackend {
         if switches.shared_memory {
             return Some(("--shared-memory", "it has no shared guest memory option"));
         }
+        if switches.no_hotplug {
+            return Some((
+                "--no-hotplug",
+                "it makes no hot-plug slots to leave out (--no-hotplug is QEMU's)",
+            ));
+        }
         None
     }
 

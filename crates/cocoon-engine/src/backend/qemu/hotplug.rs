@@ -97,14 +97,21 @@ fn node(disk: &StorageConfig, id: &str) -> BlockdevAdd {
     }
 }
 
-/// Why `vm` cannot hot-plug: a VM from before the slots.
+/// Why `vm` cannot hot-plug: made with `--no-hotplug`, or from before the slots.
 pub(super) fn refusal(vm: &Vm) -> Option<String> {
-    (vm.config.hotplug_slots == 0).then(|| {
-        format!(
-            "VM {} was created before QEMU VMs had hot-plug slots (PCIe root ports made at launch), so nothing can be plugged into it; create a new VM (or clone a snapshot of one made since) to attach disks",
+    if vm.config.hotplug_slots > 0 {
+        return None;
+    }
+    if vm.config.devices.no_hotplug {
+        return Some(format!(
+            "VM {} was created with --no-hotplug (no PCIe root ports), so nothing can be plugged into it; create it without --no-hotplug to attach disks, NICs or shares",
             vm.config.name
-        )
-    })
+        ));
+    }
+    Some(format!(
+        "VM {} was created before QEMU VMs had hot-plug slots (PCIe root ports made at launch), so nothing can be plugged into it; create a new VM (or clone a snapshot of one made since) to attach disks",
+        vm.config.name
+    ))
 }
 
 /// Adds the node and the device on the first slot no disk of the record
