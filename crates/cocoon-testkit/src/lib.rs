@@ -62,6 +62,18 @@ pub fn kill_if_running(vmm: &cocoon_engine::model::VmmProcess) {
     }
 }
 
+/// Kills the VMM processes it holds when dropped ([`kill_if_running`]), so
+/// a test that fails half-way leaves no VMM or console relay running.
+pub struct Reaper(pub Vec<cocoon_engine::model::VmmProcess>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for vmm in &self.0 {
+            kill_if_running(vmm);
+        }
+    }
+}
+
 /// The VMM and console relay a `vm inspect` document records.
 pub fn processes_of(vm: &serde_json::Value) -> Vec<cocoon_engine::model::VmmProcess> {
     use cocoon_engine::model::VmmProcess;

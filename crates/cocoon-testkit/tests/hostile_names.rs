@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::Reaper;
 use hostile_support::{assert_success, assert_unchanged, plant, snapshot};
 use serde_json::Value;
 
@@ -68,16 +69,6 @@ impl Lab {
                 Ok(())
             })
             .unwrap();
-    }
-}
-
-struct Reaper(Vec<VmmProcess>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            cocoon_testkit::kill_if_running(p);
-        }
     }
 }
 

@@ -17,6 +17,7 @@ use std::process::Command;
 use cocoon_engine::model::VmmProcess;
 use cocoon_engine::snapshot::manifest::sum_file;
 use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::Reaper;
 use serde_json::{Value, json};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
@@ -115,16 +116,6 @@ impl Lab {
             strip(serde_json::from_str(&self.ok(&["vm", "ls", "-o", "json"])).unwrap()),
             strip(serde_json::from_str(&self.ok(&["snapshot", "ls", "-o", "json"])).unwrap()),
         )
-    }
-}
-
-struct Reaper(Vec<VmmProcess>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            cocoon_testkit::kill_if_running(p);
-        }
     }
 }
 

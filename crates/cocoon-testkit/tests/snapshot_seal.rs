@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
 use cocoon_engine::snapshot::manifest::sum_file;
+use cocoon_testkit::Reaper;
 use cocoon_testkit::{CocoonEnv, is_sealed, processes_of, wait_sealed};
 use serde_json::Value;
 
@@ -75,16 +76,6 @@ impl Lab {
         );
         let saved: Value = serde_json::from_str(&out).unwrap();
         PathBuf::from(saved["data_dir"].as_str().unwrap())
-    }
-}
-
-struct Reaper(Vec<VmmProcess>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            cocoon_testkit::kill_if_running(p);
-        }
     }
 }
 

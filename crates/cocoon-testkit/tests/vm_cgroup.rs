@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cocoon_engine::cgroup::{Controller, Version, shares_of_weight};
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::Reaper;
 use cocoon_testkit::cgroup::{TestParent, path_in};
 use serde_json::Value;
 
@@ -52,16 +53,6 @@ impl Lab {
 
     fn inspect(&self, vm: &str) -> Value {
         serde_json::from_str(&self.ok(&["vm", "inspect", vm])).unwrap()
-    }
-}
-
-struct Reaper(Vec<VmmProcess>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            cocoon_testkit::kill_if_running(p);
-        }
     }
 }
 

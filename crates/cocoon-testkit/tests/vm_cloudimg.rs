@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::Reaper;
 use serde_json::Value;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
@@ -137,17 +138,6 @@ impl Lab {
             .map(|d| d.map(|e| e.unwrap().file_name()).collect())
             .unwrap_or_default();
         assert!(left.is_empty(), "left in {}: {left:?}", vms.display());
-    }
-}
-
-/// Kills every VMM and relay a VM record names when the test ends, pass or fail.
-struct Reaper(Vec<VmmProcess>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for vmm in &self.0 {
-            cocoon_testkit::kill_if_running(vmm);
-        }
     }
 }
 

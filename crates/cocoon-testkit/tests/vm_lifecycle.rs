@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::Reaper;
 use serde_json::Value;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
@@ -70,17 +71,6 @@ impl Lab {
 
     fn path(&self, name: &str) -> PathBuf {
         self.env.path().join(name)
-    }
-}
-
-/// Kills every VMM and relay a VM record names when the test ends, pass or fail.
-struct Reaper(Vec<VmmProcess>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for vmm in &self.0 {
-            cocoon_testkit::kill_if_running(vmm);
-        }
     }
 }
 

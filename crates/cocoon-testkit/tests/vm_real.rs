@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
+use cocoon_testkit::Reaper;
 use cocoon_testkit::console::ConsoleSession;
 use cocoon_testkit::guest::{
     COUNT_PREFIX, HEARTBEAT_PREFIX, READY_MARKER, heartbeats, heartbeats_since, last_drop,
@@ -60,16 +61,6 @@ impl Vmm {
             Vmm::Qemu => require_real_vmm(test, "COCOON_QEMU_BINARY", "qemu-system-x86_64"),
         }
         .is_some()
-    }
-}
-
-struct Reaper(Vec<VmmProcess>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            cocoon_testkit::kill_if_running(p);
-        }
     }
 }
 

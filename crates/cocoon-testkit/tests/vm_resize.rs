@@ -7,20 +7,11 @@ use std::path::PathBuf;
 
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::Reaper;
 use serde_json::Value;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
 const MIB: u64 = 1 << 20;
-
-struct Reaper(Vec<VmmProcess>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            cocoon_testkit::kill_if_running(p);
-        }
-    }
-}
 
 struct Lab {
     env: CocoonEnv,

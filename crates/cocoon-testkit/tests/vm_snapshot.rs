@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::Reaper;
 use serde_json::Value;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
@@ -76,16 +77,6 @@ impl Lab {
             .as_array()
             .unwrap()
             .clone()
-    }
-}
-
-struct Reaper(Vec<VmmProcess>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            cocoon_testkit::kill_if_running(p);
-        }
     }
 }
 

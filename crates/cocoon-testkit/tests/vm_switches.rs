@@ -7,6 +7,7 @@
 
 use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
+use cocoon_testkit::Reaper;
 use serde_json::Value;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-vmm");
@@ -59,16 +60,6 @@ impl Lab {
         std::fs::read_dir(self.env.root_dir().join("run/vms"))
             .map(|d| d.count())
             .unwrap_or(0)
-    }
-}
-
-struct Reaper(Vec<VmmProcess>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            cocoon_testkit::kill_if_running(p);
-        }
     }
 }
 

@@ -14,19 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cocoon_engine::model::VmmProcess;
+use cocoon_testkit::Reaper;
 use cocoon_testkit::guest::READY_MARKER;
 use cocoon_testkit::{CocoonEnv, EnvReaper, processes_of, real_vmm, require_real_vmm, skip};
 use serde_json::Value;
-
-struct Reaper(Vec<VmmProcess>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            cocoon_testkit::kill_if_running(p);
-        }
-    }
-}
 
 struct Run {
     env: CocoonEnv,

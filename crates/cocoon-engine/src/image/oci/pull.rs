@@ -186,8 +186,17 @@ async fn fetch_and_convert(
     let unpacked = match (fetched, unpacked) {
         (Ok(()), Ok(unpacked)) => unpacked,
         (Err(Fetch::Failed(e)), _) | (_, Err(e)) => return Err(e),
+        // The unpacker reads its stream to the end, which comes only after
+        // the whole download: a layer unpacked from a download cut short is
+        // never committed, whatever made that happen.
         (Err(Fetch::Abandoned), Ok(_)) => {
-            unreachable!("the unpacker read to the end, which comes only after the download")
+            return Err(PullError::Layer {
+                reference: reference.whole(),
+                digest,
+                source: layer::LayerError::Corrupt(std::io::Error::other(
+                    "the unpacker finished before the download did",
+                )),
+            });
         }
     };
     drop(turn.fetch);
