@@ -11,7 +11,6 @@ mod hostile_support;
 
 use std::path::{Path, PathBuf};
 
-use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
 use cocoon_testkit::Reaper;
 use hostile_support::{assert_success, assert_unchanged, plant, snapshot};

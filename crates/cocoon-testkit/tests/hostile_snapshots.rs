@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cocoon_engine::model::VmmProcess;
 use cocoon_engine::snapshot::manifest::sum_file;
 use cocoon_testkit::CocoonEnv;
 use cocoon_testkit::Reaper;

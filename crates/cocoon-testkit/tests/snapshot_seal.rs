@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cocoon_engine::model::VmmProcess;
 use cocoon_engine::snapshot::manifest::sum_file;
 use cocoon_testkit::Reaper;
 use cocoon_testkit::{CocoonEnv, is_sealed, processes_of, wait_sealed};

@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use cocoon_engine::cgroup::{Controller, Version, shares_of_weight};
-use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
 use cocoon_testkit::Reaper;
 use cocoon_testkit::cgroup::{TestParent, path_in};

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cocoon_engine::cgroup::{Controller, Version};
-use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::Reaper;
 use cocoon_testkit::cgroup::{TestParent, path_in};
 use cocoon_testkit::guest::{HEARTBEAT_PREFIX, READY_MARKER};

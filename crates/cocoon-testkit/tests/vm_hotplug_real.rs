@@ -18,7 +18,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::Reaper;
 use cocoon_testkit::guest::{HEARTBEAT_PREFIX, READY_MARKER};
 use cocoon_testkit::registry::Registry;

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 
-use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
 use cocoon_testkit::Reaper;
 use serde_json::Value;

@@ -5,7 +5,6 @@
 //! each switch a VMM or a snapshot cannot take is refused with nothing left
 //! behind.
 
-use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::CocoonEnv;
 use cocoon_testkit::Reaper;
 use serde_json::Value;

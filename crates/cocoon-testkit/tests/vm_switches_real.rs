@@ -13,7 +13,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cocoon_engine::model::VmmProcess;
 use cocoon_testkit::Reaper;
 use cocoon_testkit::guest::READY_MARKER;
 use cocoon_testkit::{CocoonEnv, EnvReaper, processes_of, real_vmm, require_real_vmm, skip};

@@ -193,7 +193,7 @@ async fn fetch_and_convert(
             return Err(PullError::Layer {
                 reference: reference.whole(),
                 digest,
-                source: layer::LayerError::Corrupt(std::io::Error::other(
+                source: layer::LayerError::Corrupt(io::Error::other(
                     "the unpacker finished before the download did",
                 )),
             });
