@@ -232,7 +232,8 @@ class Bench:
 
     def raw_qemu_restore(self, snap_dir, sock, log):
         """QEMU: the source's own command line (read from /proc before it
-        stopped) with this socket, the serial port nowhere, `-incoming defer`."""
+        stopped) with this socket, the serial port nowhere, without `-S`
+        and with `-incoming defer`."""
         argv = []
         for arg in self.qemu_argv:
             if arg.startswith("socket,id=qmp,"):
@@ -240,9 +241,10 @@ class Bench:
             elif arg.startswith("stdio,id=serial0"):
                 arg = "null,id=serial0"
             if arg == "-S":
-                argv += ["-incoming", "defer"]
+                # (A fresh boot with hot-plugged devices to plug starts paused.)
                 continue
             argv.append(arg)
+        argv += ["-incoming", "defer"]
         t0 = time.monotonic()
         proc = self.spawn_vmm(argv, log)
         try:
