@@ -45,12 +45,18 @@ pub struct CpuStat {
 
 impl CgroupHost {
     /// The layout of this host, from `/proc/self/mounts`; None when no
-    /// hierarchy has a CPU controller.
+    /// hierarchy has a CPU controller. Read once per process: a `vm start`
+    /// asked three times (the plan, the group, the relay's adoption), each
+    /// a read and parse of the whole mount table on the way to the VMM.
     pub fn detect() -> Option<CgroupHost> {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-        CgroupHost::from_mounts(&mounts, |root| {
-            std::fs::read_to_string(root.join("cgroup.controllers")).ok()
+        static HOST: std::sync::OnceLock<Option<CgroupHost>> = std::sync::OnceLock::new();
+        HOST.get_or_init(|| {
+            let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+            CgroupHost::from_mounts(&mounts, |root| {
+                std::fs::read_to_string(root.join("cgroup.controllers")).ok()
+            })
         })
+        .clone()
     }
 
     /// The layout the mount table describes. A cgroup2 mount counts only if
