@@ -462,6 +462,16 @@ impl Engine {
         snapshot_query::inspect(&mut self.ctx, reference)
     }
 
+    /// Whether the snapshot's manifest has every file's checksum: `snapshot
+    /// save` leaves them to a detached sealer, and a use that needs them
+    /// (export, push, restore) seals first. None when the manifest cannot
+    /// be read.
+    pub fn snapshot_sealed(&self, snapshot: &Snapshot) -> Option<bool> {
+        snapshot_check::load_manifest(snapshot, false)
+            .ok()
+            .map(|manifest| manifest.is_sealed())
+    }
+
     pub fn remove_snapshots(&mut self, references: &[String]) -> Result<Vec<Snapshot>> {
         snapshot_query::remove(&mut self.ctx, references)
     }

@@ -67,6 +67,11 @@ impl Lab {
         serde_json::from_str(&self.ok(&["vm", "inspect", vm])).unwrap()
     }
 
+    /// `snapshot inspect`.
+    fn snapshot(&self, name: &str) -> Value {
+        serde_json::from_str(&self.ok(&["snapshot", "inspect", name])).unwrap()
+    }
+
     /// Saves `vm` as `name` (with failpoints `spec`); the snapshot's directory.
     fn save(&self, spec: &str, vm: &str, name: &str) -> PathBuf {
         let out = self.ok_with(
@@ -111,10 +116,14 @@ fn save_returns_before_the_sums_and_the_sealer_computes_them() {
     let _reaper = lab.running("src");
     let sealed = lab.save("", "src", "s");
     assert_digests(&wait_sealed(&sealed), &sealed);
+    assert_eq!(lab.snapshot("s")["sealed"], true);
     // Its sealer dead before writing: the snapshot stays unsealed, listed
     // and usable (a clone needs no digests and does not seal it).
     let unsealed = lab.save(SEALER_DIES, "src", "u");
     assert_unsealed(&unsealed);
+    let doc = lab.snapshot("u");
+    assert_eq!(doc["sealed"], false, "{doc:#}");
+    assert_eq!(doc["name"], "u", "{doc:#}");
     let mut reaper = Reaper(vec![]);
     lab.ok(&["vm", "clone", "--name", "c", "u"]);
     reaper.0.extend(processes_of(&lab.inspect("c")));

@@ -23,9 +23,7 @@ pub fn run(command: SnapshotCommand, config: Config) -> Result<()> {
             vm,
         } => save(engine, &vm, name, &description, output),
         SnapshotCommand::List { output, vm } => list(engine, output, vm.as_deref()),
-        SnapshotCommand::Inspect { snapshot, .. } => {
-            print_json(&engine.inspect_snapshot(&snapshot)?).map_err(io)
-        }
+        SnapshotCommand::Inspect { snapshot, .. } => inspect(engine, &snapshot),
         SnapshotCommand::Rm { snapshots } => {
             for snapshot in engine.remove_snapshots(&snapshots)? {
                 tracing::info!("deleted: {}", snapshot.id);
@@ -277,4 +275,15 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// The record, and whether its checksums are in yet (`"sealed"`, not
+/// upstream's: its saves hash on their own path).
+fn inspect(engine: &mut Engine, reference: &str) -> Result<()> {
+    let snapshot = engine.inspect_snapshot(reference)?;
+    let mut doc = serde_json::to_value(&snapshot).map_err(|e| io(std::io::Error::other(e)))?;
+    if let (Some(fields), Some(sealed)) = (doc.as_object_mut(), engine.snapshot_sealed(&snapshot)) {
+        fields.insert("sealed".into(), sealed.into());
+    }
+    print_json(&doc).map_err(io)
 }
