@@ -24,7 +24,7 @@ pub struct SwitchFlags {
     /// Firecracker: virtio-pci transport instead of MMIO (--enable-pci); the others' is fixed
     #[arg(long)]
     pub pci: bool,
-    /// QEMU: no hot-plug slots (no PCIe root ports; the guest boots faster, and `vm disk attach`, `vm net` and `vm fs attach` are refused)
+    /// QEMU: no hot-plug slots (no PCIe root ports: ~30 ms faster boots where KVM is PVM; `vm disk/fs/device attach` and `vm net` are then refused)
     #[arg(long)]
     pub no_hotplug: bool,
 }
