@@ -156,13 +156,13 @@ impl VmPaths {
     pub fn serial_socket(&self) -> PathBuf {
         self.run_dir.join("serial.sock")
     }
-    /// The VM's hybrid vsock: a unix socket on which `CONNECT <port>\n`
-    /// reaches a guest vsock port (CH and FC natively, QEMU through
-    /// vhost-device-vsock). Shown as `vsock_socket` in `vm inspect`.
     /// The configuration Firecracker builds a freshly booted VM from.
     pub fn fc_config(&self) -> PathBuf {
         self.run_dir.join("fc-config.json")
     }
+    /// The VM's hybrid vsock: a unix socket on which `CONNECT <port>\n`
+    /// reaches a guest vsock port (CH and FC natively, QEMU through
+    /// vhost-device-vsock). Shown as `vsock_socket` in `vm inspect`.
     pub fn vsock_socket(&self) -> PathBuf {
         self.run_dir.join("vsock.sock")
     }

@@ -184,7 +184,7 @@ fn qemu_accel_shapes_the_machine_and_cpu() {
 }
 
 /// `--no-hotplug`: QEMU's machine without PCIe and without the hot-plug
-/// root ports a QEMU VM otherwise gets (8), recorded with the VM.
+/// root ports a QEMU VM otherwise gets (8).
 #[test]
 fn no_hotplug_leaves_out_the_root_ports_and_pcie() {
     let env = env_with("qemu_accel = \"kvm\"\n");

@@ -65,12 +65,7 @@ pub fn seal(dir: &Path) -> Result<Sealed, String> {
         Some((m, _)) if m.is_sealed() => return Ok(Sealed::Already(m)),
         Some(_) => {}
     }
-    if !try_lock(&dirfd).map_err(|e| format!("cannot lock {}: {e}", dir.display()))? {
-        // A sealer at work: it runs at the lowest priorities, which a busy
-        // host may starve; from now on it works at ours.
-        hurry_sealers(&dirfd);
-        lock(&dirfd).map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
-    }
+    lock_hurrying(&dirfd).map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
     // Under the lock: the one who held it before may have sealed it.
     let Some((mut manifest, mode)) = read_manifest(&dirfd)? else {
         return Ok(Sealed::Gone);
@@ -124,11 +119,8 @@ pub fn removal(dir: &Path) -> io::Result<Option<OwnedFd>> {
         Ok(()) | Err(Errno::NOENT) => {}
         Err(e) => return Err(e.into()),
     }
-    if !try_lock(&dirfd)? {
-        // A sealer at work stops at its next block: let it get there.
-        hurry_sealers(&dirfd);
-        lock(&dirfd)?;
-    }
+    // A sealer at work stops at its next block: it gets there at our priority.
+    lock_hurrying(&dirfd)?;
     Ok(Some(dirfd))
 }
 
@@ -195,21 +187,37 @@ fn try_lock(dirfd: &OwnedFd) -> io::Result<bool> {
     }
 }
 
+/// The seal lock, waiting for its holder if there is one. A sealer at
+/// work runs at the lowest priorities, which a busy host may starve: from
+/// then on it works at ours.
+fn lock_hurrying(dirfd: &OwnedFd) -> io::Result<()> {
+    if try_lock(dirfd)? {
+        return Ok(());
+    }
+    hurry_sealers(dirfd);
+    lock(dirfd)
+}
+
+/// How `/proc/locks` names the file `fd` is open on (`MAJOR:MINOR:INODE`).
+fn lock_key(fd: &OwnedFd) -> io::Result<String> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(format!(
+        "{:02x}:{:02x}:{}",
+        rustix::fs::major(st.st_dev),
+        rustix::fs::minor(st.st_dev),
+        st.st_ino
+    ))
+}
+
 /// Gives every sealer process holding the seal lock on `dirfd` (found in
 /// `/proc/locks` by the directory's device and inode) the default CPU and
 /// I/O priority, thread by thread (both are per thread on Linux). Best
 /// effort: raising another process's priority needs CAP_SYS_NICE, and a
 /// sealer that has just ended is simply not there.
 fn hurry_sealers(dirfd: &OwnedFd) {
-    let Ok(st) = rustix::fs::fstat(dirfd) else {
+    let Ok(key) = lock_key(dirfd) else {
         return;
     };
-    let key = format!(
-        "{:02x}:{:02x}:{}",
-        rustix::fs::major(st.st_dev),
-        rustix::fs::minor(st.st_dev),
-        st.st_ino
-    );
     let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
         return;
     };
@@ -468,13 +476,7 @@ mod tests {
         let (dir, _) = unsealed(&[]);
         let held = open_dir(dir.path()).unwrap();
         lock(&held).unwrap();
-        let st = rustix::fs::fstat(&held).unwrap();
-        let key = format!(
-            "{:02x}:{:02x}:{}",
-            rustix::fs::major(st.st_dev),
-            rustix::fs::minor(st.st_dev),
-            st.st_ino
-        );
+        let key = lock_key(&held).unwrap();
         let me = std::process::id();
         let holders = lock_holders(&std::fs::read_to_string("/proc/locks").unwrap(), &key);
         assert_eq!(holders, [me]);

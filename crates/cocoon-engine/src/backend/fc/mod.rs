@@ -410,8 +410,6 @@ impl Backend for FirecrackerBackend {
     }
 }
 
-/// FC: load `source/vmstate` with `source/mem` behind the VM's TAPs and on
-/// its own vsock socket (the vmstate names the source VM's), left paused.
 /// Waits until Firecracker has built and booted the VM of its config file
 /// (the API answers once the build is over) and checks that it runs. A
 /// refused configuration ends the process: the connection closes, and the
@@ -448,6 +446,8 @@ fn write_config(file: &Path, doc: &serde_json::Value) -> std::io::Result<()> {
     out.write_all(config_text(doc).as_bytes())
 }
 
+/// FC: load `source/vmstate` with `source/mem` behind the VM's TAPs and on
+/// its own vsock socket (the vmstate names the source VM's), left paused.
 async fn restore(api: &Firecracker, vm: &Vm, source: &Path) -> Result<(), ApiError> {
     let params = SnapshotLoadParams {
         snapshot_path: source.join("vmstate").display().to_string(),

@@ -136,15 +136,8 @@ pub(super) async fn download(
     limits: &PullLimits,
     pieces: mpsc::Sender<Piece>,
 ) -> Result<(), Fetch> {
-    let digest = &layer.digest;
-    let what = format!("downloading layer {digest}");
-    let wrong_size = |got: u64, more: bool| PullError::BlobSize {
-        reference: reference.whole(),
-        digest: digest.clone(),
-        expected: size,
-        got,
-        more,
-    };
+    let what = format!("downloading layer {}", layer.digest);
+    let wrong_size = |got: u64, more: bool| blob_size(reference, layer, size, got, more);
     let stream = within(
         reference,
         limits,
@@ -187,6 +180,23 @@ pub(super) async fn download(
         return Err(Fetch::Failed(wrong_size(got, false)));
     }
     pieces.send(Piece::End).await.map_err(|_| Fetch::Abandoned)
+}
+
+/// `got` bytes of a blob of `size` (`more`: and more were coming).
+fn blob_size(
+    reference: &Reference,
+    layer: &LayerDescriptor,
+    size: u64,
+    got: u64,
+    more: bool,
+) -> PullError {
+    PullError::BlobSize {
+        reference: reference.whole(),
+        digest: layer.digest.clone(),
+        expected: size,
+        got,
+        more,
+    }
 }
 
 fn request_error(
@@ -232,13 +242,7 @@ fn chunk_error(
     }
     if got != size {
         // Cut short (or a digest that cannot match): the size says more.
-        return PullError::BlobSize {
-            reference: reference.whole(),
-            digest: layer.digest.clone(),
-            expected: size,
-            got,
-            more: false,
-        };
+        return blob_size(reference, layer, size, got, false);
     }
     match e
         .get_ref()
