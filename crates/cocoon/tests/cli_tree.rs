@@ -2,8 +2,7 @@
 //! written down in `cli-tree.txt`. A flag added, dropped or renamed fails here.
 //! Regenerate with `UPDATE_CLI_TREE=1 cargo test --test cli_tree` and review the diff.
 
-use clap::CommandFactory;
-use cocoon::cli::Cli;
+use cocoon::cli::full_command;
 
 fn describe(cmd: &clap::Command, path: &str, out: &mut String) {
     if cmd.is_hide_set() {
@@ -71,7 +70,7 @@ fn describe(cmd: &clap::Command, path: &str, out: &mut String) {
 #[test]
 fn command_tree_matches_cocoon() {
     let mut actual = String::new();
-    describe(&Cli::command(), "cocoon", &mut actual);
+    describe(&full_command(), "cocoon", &mut actual);
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli-tree.txt");
     if std::env::var_os("UPDATE_CLI_TREE").is_some() {
         std::fs::write(&path, &actual).unwrap();
@@ -82,7 +81,55 @@ fn command_tree_matches_cocoon() {
 
 #[test]
 fn clap_definition_is_consistent() {
-    Cli::command().debug_assert();
+    full_command().debug_assert();
+}
+
+/// Every command path below `cmd`, as arguments (`["vm", "disk", "attach"]`).
+fn paths(cmd: &clap::Command, prefix: &[String], out: &mut Vec<Vec<String>>) {
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let mut path = prefix.to_vec();
+        path.push(sub.get_name().to_string());
+        out.push(path.clone());
+        paths(sub, &path, out);
+    }
+}
+
+/// The help `cocoon PATH --help` prints, from a command defined by `make`.
+fn help_of(make: fn() -> clap::Command, path: &[String]) -> String {
+    let argv = std::iter::once("cocoon".to_string())
+        .chain(path.iter().cloned())
+        .chain(["--help".to_string()]);
+    match make().try_get_matches_from(argv) {
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+        other => panic!(
+            "cocoon {} --help did not print help: {other:?}",
+            path.join(" ")
+        ),
+    }
+}
+
+/// What the CLI parses with defines most subcommands only when they are
+/// invoked (`cli::Lazy`): each command's help must be exactly what the
+/// tree defined at once gives (a flattened struct's doc comment once
+/// replaced `vm create`'s about text).
+#[test]
+fn deferred_definitions_give_the_same_help() {
+    let mut all = vec![Vec::new()];
+    paths(&full_command(), &[], &mut all);
+    assert!(all.len() > 50, "only {} commands found", all.len());
+    for path in &all {
+        // Both from this process: `full_command` switches deferral off for
+        // the whole process, so the lazy tree is made from a child.
+        let eager = help_of(full_command, path);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cocoon"))
+            .args(path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cocoon {} --help", path.join(" "));
+        let lazy = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(lazy, eager, "cocoon {} --help", path.join(" "));
+    }
 }
 
 #[test]

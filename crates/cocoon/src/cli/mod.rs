@@ -12,13 +12,17 @@ pub mod agent;
 pub mod cgroup;
 pub mod hotplug;
 mod image_snapshot;
+mod lazy;
 mod parse;
 pub mod switches;
 mod vm;
 
 pub use hotplug::{DeviceCommand, DiskCommand, FsCommand};
 pub use image_snapshot::{ImageCommand, KernelCommand, SnapshotCommand};
-pub use vm::{CloneFlags, VmCommand, VmFlags};
+pub use lazy::{Lazy, full_command};
+pub use vm::{
+    CloneArgs, CloneFlags, CreateArgs, DebugArgs, RestoreArgs, RunArgs, VmCommand, VmFlags,
+};
 
 const ROOT_EXAMPLES: &str = "\
 Examples:
@@ -97,16 +101,16 @@ impl GlobalArgs {
 pub enum Command {
     /// Manage images (OCI VM images and cloud images)
     #[command(subcommand)]
-    Image(ImageCommand),
+    Image(Lazy<ImageCommand>),
     /// Manage virtual machines
     #[command(subcommand)]
-    Vm(Box<VmCommand>),
+    Vm(Lazy<Box<VmCommand>>),
     /// Manage snapshots of VMs
     #[command(subcommand)]
-    Snapshot(SnapshotCommand),
+    Snapshot(Lazy<SnapshotCommand>),
     /// Manage the default kernels container images boot
     #[command(subcommand)]
-    Kernel(KernelCommand),
+    Kernel(Lazy<KernelCommand>),
     /// Remove unreferenced blobs, stale records and leaked VM resources
     ///
     /// With --snapshot, also evict snapshots, least recently used first (upstream #53).

@@ -147,56 +147,17 @@ pub enum VmCommand {
     #[command(
         after_help = "Examples:\n  cocoon vm create --name web ghcr.io/cocoonstack/cocoon/ubuntu:24.04\n  cocoon vm create --fc --nics 0 --data-disk size=20G,name=db ghcr.io/cocoonstack/cocoon/ubuntu:24.04"
     )]
-    Create {
-        #[command(flatten)]
-        flags: VmFlags,
-        #[command(flatten)]
-        output: FormatArg,
-        image: String,
-        /// Container images: the command, replacing the image's Cmd (after --)
-        #[arg(last = true, value_name = "COMMAND")]
-        command: Vec<String>,
-    },
+    Create(Lazy<CreateArgs>),
     /// Create and start a VM
     #[command(
         after_help = "Examples:\n  cocoon vm run --name dev --cpu 2 --memory 2G ghcr.io/cocoonstack/cocoon/ubuntu:24.04\n  cocoon vm run --nics 0 -o json ghcr.io/cocoonstack/cocoon/ubuntu:24.04\n  cocoon vm run --rm -it --nics 0 alpine:3.20 -- uname -a\n  cocoon vm run --rm -e GREETING=hi python:3.12 -- python3 -c 'import os; print(os.environ[\"GREETING\"])'"
     )]
-    Run {
-        #[command(flatten)]
-        flags: VmFlags,
-        #[command(flatten)]
-        output: FormatArg,
-        /// Remove the VM when it stops; wait for that, and exit with the
-        /// main process's status (container images)
-        #[arg(long, conflicts_with = "format")]
-        rm: bool,
-        /// Attach the local terminal to the VM's console once it starts
-        /// (as `vm console`; with -t)
-        #[arg(short = 'i', long, conflicts_with = "format")]
-        interactive: bool,
-        /// With -i: the console is a terminal (`-it`)
-        #[arg(short = 't', long, conflicts_with = "format")]
-        tty: bool,
-        image: String,
-        /// Container images: the command, replacing the image's Cmd (after --)
-        #[arg(last = true, value_name = "COMMAND")]
-        command: Vec<String>,
-    },
+    Run(Lazy<RunArgs>),
     /// Create and start a new VM from a snapshot
     #[command(
         after_help = "Examples:\n  cocoon vm clone --name dev2 base\n  cocoon vm clone --nics 2 --pull base\n  cocoon vm clone --pull registry.example.com/snaps/base:v1"
     )]
-    Clone {
-        #[command(flatten)]
-        flags: CloneFlags,
-        #[command(flatten)]
-        output: FormatArg,
-        /// Clone from a snapshot directory (`snapshot export --to-dir`) instead of a stored snapshot
-        #[arg(long, value_name = "DIR", conflicts_with_all = ["snapshot", "pull"])]
-        from_dir: Option<PathBuf>,
-        #[arg(required_unless_present = "from_dir")]
-        snapshot: Option<String>,
-    },
+    Clone(Lazy<CloneArgs>),
     /// Start created or stopped VMs
     Start {
         #[command(flatten)]
@@ -281,43 +242,7 @@ pub enum VmCommand {
         vm: String,
     },
     /// Restore a running, stopped or hibernated VM from a snapshot
-    Restore {
-        /// Virtual CPUs: the snapshot's (0 = as in it; grow the running VM with `vm resize`)
-        #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
-        cpu: u32,
-        /// Memory: the snapshot's (as in it when omitted; grow with `vm resize`)
-        #[arg(long, value_parser = parse_memory)]
-        memory: Option<u64>,
-        /// Root disk size: the snapshot's (as in it when omitted)
-        #[arg(long, value_parser = parse_storage)]
-        storage: Option<u64>,
-        /// How memory comes back (default: the backend's own; copy for Cloud Hypervisor, mmap for Firecracker)
-        #[arg(long, value_enum, value_name = "MODE")]
-        restore_mode: Option<RestoreModeArg>,
-        /// Same as --restore-mode ondemand (older cocoon)
-        #[arg(long, conflicts_with = "restore_mode")]
-        on_demand: bool,
-        /// CPU control (the VM's own unless one is given; then these replace it)
-        #[command(flatten)]
-        cpu_control: cgroup::CpuFlags,
-        /// Device switches: the snapshot's always; one it was taken without is refused
-        #[command(flatten)]
-        switches: switches::SwitchFlags,
-        /// Restore from a snapshot directory (`snapshot export --to-dir`) instead of a stored snapshot
-        #[arg(long, value_name = "DIR", conflicts_with = "snapshot")]
-        from_dir: Option<PathBuf>,
-        /// With --from-dir or --pull: restore a snapshot taken from another VM (its shape must still match)
-        #[arg(long)]
-        force: bool,
-        /// SNAPSHOT is a registry reference (`snapshot push`): pull it, restore it, drop it
-        #[arg(long, conflicts_with = "from_dir")]
-        pull: bool,
-        #[command(flatten)]
-        output: FormatArg,
-        vm: String,
-        #[arg(required_unless_present = "from_dir")]
-        snapshot: Option<String>,
-    },
+    Restore(Lazy<RestoreArgs>),
     /// Snapshot a running VM and stop it, freeing CPU and memory
     #[command(
         after_help = "The guest is paused, written into a new snapshot and its VMM stopped while still paused: `vm start VM` (or `vm restore VM SNAPSHOT`) brings it back where it was. The VM keeps its disks and network identity; its snapshot cannot be removed while it is hibernated.\n\nExamples:\n  cocoon vm hibernate --name nightly dev\n  cocoon vm start dev"
@@ -348,23 +273,7 @@ pub enum VmCommand {
         vm: String,
     },
     /// Print the commands that would launch a VM, without running them
-    Debug {
-        #[command(flatten)]
-        flags: VmFlags,
-        /// Maximum vCPUs for hotplug
-        #[arg(long, default_value_t = 8)]
-        max_cpu: u32,
-        /// Balloon size in MiB (0 = half the memory)
-        #[arg(long, default_value_t = 0)]
-        balloon: u64,
-        /// Path of the COW disk to use
-        #[arg(long, value_name = "PATH")]
-        cow: Option<PathBuf>,
-        /// Cloud Hypervisor binary to print
-        #[arg(long = "ch", default_value = "cloud-hypervisor", value_name = "BINARY")]
-        ch: String,
-        image: String,
-    },
+    Debug(Lazy<DebugArgs>),
     /// Show VM status once; --watch refreshes, --event streams changes
     #[command(
         after_help = "Examples:\n  cocoon vm status\n  cocoon vm status -w -n 2\n  cocoon vm status --event --format json dev"
@@ -406,4 +315,120 @@ pub enum VmCommand {
     /// Attach/detach a VFIO PCI passthrough device to a running VM (CH, QEMU)
     #[command(subcommand)]
     Device(DeviceCommand),
+}
+
+// The arguments of `vm create`, defined only when it is invoked
+// (`Lazy`). A plain comment: a doc comment would become its about text.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub flags: VmFlags,
+    #[command(flatten)]
+    pub output: FormatArg,
+    pub image: String,
+    /// Container images: the command, replacing the image's Cmd (after --)
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+// The arguments of `vm run`, defined only when it is invoked
+// (`Lazy`). A plain comment: a doc comment would become its about text.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub flags: VmFlags,
+    #[command(flatten)]
+    pub output: FormatArg,
+    /// Remove the VM when it stops; wait for that, and exit with the
+    /// main process's status (container images)
+    #[arg(long, conflicts_with = "format")]
+    pub rm: bool,
+    /// Attach the local terminal to the VM's console once it starts
+    /// (as `vm console`; with -t)
+    #[arg(short = 'i', long, conflicts_with = "format")]
+    pub interactive: bool,
+    /// With -i: the console is a terminal (`-it`)
+    #[arg(short = 't', long, conflicts_with = "format")]
+    pub tty: bool,
+    pub image: String,
+    /// Container images: the command, replacing the image's Cmd (after --)
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+// The arguments of `vm clone`, defined only when it is invoked
+// (`Lazy`). A plain comment: a doc comment would become its about text.
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    #[command(flatten)]
+    pub flags: CloneFlags,
+    #[command(flatten)]
+    pub output: FormatArg,
+    /// Clone from a snapshot directory (`snapshot export --to-dir`) instead of a stored snapshot
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["snapshot", "pull"])]
+    pub from_dir: Option<PathBuf>,
+    #[arg(required_unless_present = "from_dir")]
+    pub snapshot: Option<String>,
+}
+
+// The arguments of `vm restore`, defined only when it is invoked
+// (`Lazy`). A plain comment: a doc comment would become its about text.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Virtual CPUs: the snapshot's (0 = as in it; grow the running VM with `vm resize`)
+    #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
+    pub cpu: u32,
+    /// Memory: the snapshot's (as in it when omitted; grow with `vm resize`)
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Root disk size: the snapshot's (as in it when omitted)
+    #[arg(long, value_parser = parse_storage)]
+    pub storage: Option<u64>,
+    /// How memory comes back (default: the backend's own; copy for Cloud Hypervisor, mmap for Firecracker)
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub restore_mode: Option<RestoreModeArg>,
+    /// Same as --restore-mode ondemand (older cocoon)
+    #[arg(long, conflicts_with = "restore_mode")]
+    pub on_demand: bool,
+    /// CPU control (the VM's own unless one is given; then these replace it)
+    #[command(flatten)]
+    pub cpu_control: cgroup::CpuFlags,
+    /// Device switches: the snapshot's always; one it was taken without is refused
+    #[command(flatten)]
+    pub switches: switches::SwitchFlags,
+    /// Restore from a snapshot directory (`snapshot export --to-dir`) instead of a stored snapshot
+    #[arg(long, value_name = "DIR", conflicts_with = "snapshot")]
+    pub from_dir: Option<PathBuf>,
+    /// With --from-dir or --pull: restore a snapshot taken from another VM (its shape must still match)
+    #[arg(long)]
+    pub force: bool,
+    /// SNAPSHOT is a registry reference (`snapshot push`): pull it, restore it, drop it
+    #[arg(long, conflicts_with = "from_dir")]
+    pub pull: bool,
+    #[command(flatten)]
+    pub output: FormatArg,
+    pub vm: String,
+    #[arg(required_unless_present = "from_dir")]
+    pub snapshot: Option<String>,
+}
+
+// The arguments of `vm debug`, defined only when it is invoked
+// (`Lazy`). A plain comment: a doc comment would become its about text.
+#[derive(Debug, Args)]
+pub struct DebugArgs {
+    #[command(flatten)]
+    pub flags: VmFlags,
+    /// Maximum vCPUs for hotplug
+    #[arg(long, default_value_t = 8)]
+    pub max_cpu: u32,
+    /// Balloon size in MiB (0 = half the memory)
+    #[arg(long, default_value_t = 0)]
+    pub balloon: u64,
+    /// Path of the COW disk to use
+    #[arg(long, value_name = "PATH")]
+    pub cow: Option<PathBuf>,
+    /// Cloud Hypervisor binary to print
+    #[arg(long = "ch", default_value = "cloud-hypervisor", value_name = "BINARY")]
+    pub ch: String,
+    pub image: String,
 }

@@ -19,7 +19,7 @@ use cocoon_engine::{Config, Engine, Error, Result};
 
 use cocoon_engine::ops::snapshot_gc::EvictionPolicy;
 
-use crate::cli::{Command, FormatArg, SnapshotGcArgs};
+use crate::cli::{Command, FormatArg, Lazy, SnapshotGcArgs};
 
 /// How a command that ran to its end came out. `doctor` does all its work and
 /// can still have to exit 1: that is no error to show, only a summary line.
@@ -34,16 +34,16 @@ pub enum Outcome {
 pub fn run(command: Command, config: Config) -> Result<Outcome> {
     let done = |result: Result<()>| result.map(|()| Outcome::Success);
     match command {
-        Command::Image(cmd) => done(image::run(cmd, config)),
-        Command::Vm(cmd) => match *cmd {
+        Command::Image(Lazy(cmd)) => done(image::run(cmd, config)),
+        Command::Vm(Lazy(cmd)) => match *cmd {
             crate::cli::VmCommand::Agent(cmd) => exec::run(cmd, config),
             crate::cli::VmCommand::Disk(cmd) => done(hotplug::disk(cmd, config)),
             crate::cli::VmCommand::Fs(cmd) => done(hotplug::fs(cmd, config)),
             crate::cli::VmCommand::Device(cmd) => done(hotplug::device(cmd, config)),
             cmd => vm::run(cmd, config),
         },
-        Command::Kernel(cmd) => done(kernel::run(cmd, config)),
-        Command::Snapshot(cmd) => done(snapshot::run(cmd, config)),
+        Command::Kernel(Lazy(cmd)) => done(kernel::run(cmd, config)),
+        Command::Snapshot(Lazy(cmd)) => done(snapshot::run(cmd, config)),
         Command::Gc {
             dry_run,
             snapshots,

@@ -1,11 +1,9 @@
 use std::path::Path;
 
-use clap::CommandFactory;
 use clap_complete::Shell;
 use cocoon_engine::{Error, Result};
 
 use super::io;
-use crate::cli::Cli;
 
 pub fn version() -> Result<()> {
     println!("Version: {}", env!("CARGO_PKG_VERSION"));
@@ -25,7 +23,7 @@ pub fn version() -> Result<()> {
 }
 
 pub fn completion(shell: Shell) -> Result<()> {
-    let mut command = Cli::command();
+    let mut command = crate::cli::full_command();
     clap_complete::generate(shell, &mut command, "cocoon", &mut std::io::stdout());
     Ok(())
 }
@@ -34,6 +32,6 @@ pub fn completion(shell: Shell) -> Result<()> {
 pub fn man_pages(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    clap_mangen::generate_to(Cli::command(), dir).map_err(io)?;
+    clap_mangen::generate_to(crate::cli::full_command(), dir).map_err(io)?;
     Ok(())
 }

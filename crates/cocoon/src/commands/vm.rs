@@ -16,16 +16,18 @@ use cocoon_engine::{Config, Engine, Error, Result};
 
 use super::vm_lifecycle::{hibernate, resize, restore_command};
 use super::{Outcome, io, vm_reads, vm_run};
-use crate::cli::{CloneFlags, FormatArg, RestoreModeArg, VmCommand, VmFlags};
+use crate::cli::{
+    CloneArgs, CloneFlags, CreateArgs, DebugArgs, FormatArg, Lazy, RestoreModeArg, RunArgs,
+    VmCommand, VmFlags,
+};
 use crate::output::{local_time, print_json, print_line, print_table};
 
 pub fn run(command: VmCommand, config: Config) -> Result<Outcome> {
     validate_before_open(&command)?;
-    let default_hypervisor = backend::configured(&config);
     let mut engine = super::open(config)?;
     let engine = &mut engine;
     match command {
-        VmCommand::Run {
+        VmCommand::Run(Lazy(RunArgs {
             flags,
             output,
             rm,
@@ -33,59 +35,47 @@ pub fn run(command: VmCommand, config: Config) -> Result<Outcome> {
             tty,
             image,
             command,
-        } => {
+        })) => {
             let attach = vm_run::Attach {
                 rm,
                 interactive,
                 tty,
             };
-            vm_run::run(
-                engine,
-                &flags,
-                output,
-                &image,
-                command,
-                attach,
-                default_hypervisor,
-            )
+            vm_run::run(engine, &flags, output, &image, command, attach)
         }
-        other => run_other(engine, other, default_hypervisor).map(|()| Outcome::Success),
+        other => run_other(engine, other).map(|()| Outcome::Success),
     }
 }
 
-fn run_other(
-    engine: &mut Engine,
-    command: VmCommand,
-    default_hypervisor: Hypervisor,
-) -> Result<()> {
+fn run_other(engine: &mut Engine, command: VmCommand) -> Result<()> {
     match command {
-        VmCommand::Run { .. } => unreachable!("vm run is handled by vm_run"),
-        VmCommand::Create {
+        VmCommand::Run(_) => unreachable!("vm run is handled by vm_run"),
+        VmCommand::Create(Lazy(CreateArgs {
             flags,
             output,
             image,
             command,
-        } => create(engine, &flags, output, &image, command, default_hypervisor),
-        VmCommand::Debug {
+        })) => create(engine, &flags, output, &image, command),
+        VmCommand::Debug(Lazy(DebugArgs {
             flags,
             max_cpu,
             balloon,
             cow,
             ch,
             image,
-        } => {
-            let request = create_request(engine, &flags, &image, Vec::new(), default_hypervisor)?;
+        })) => {
+            let request = create_request(engine, &flags, &image, Vec::new())?;
             debug(engine, request, ch, max_cpu, balloon, cow.as_deref())
         }
         cmd @ (VmCommand::Logs { .. }
         | VmCommand::Status { .. }
         | VmCommand::ReconcileStaleCreate { .. }) => vm_reads::run(engine, cmd),
-        VmCommand::Clone {
+        VmCommand::Clone(Lazy(CloneArgs {
             flags,
             output,
             from_dir,
             snapshot,
-        } => clone(
+        })) => clone(
             engine,
             &flags,
             output,
@@ -107,7 +97,7 @@ fn run_other(
             report_batch("removed", outcomes, output.json())
         }
         VmCommand::Console { escape_char, vm } => super::console::attach(engine, &vm, escape_char),
-        command @ VmCommand::Restore { .. } => restore_command(engine, command),
+        command @ VmCommand::Restore(_) => restore_command(engine, command),
         VmCommand::Hibernate {
             name,
             description,
@@ -132,10 +122,11 @@ fn run_other(
 /// Input is validated before the engine opens, so a refused command leaves no trace.
 fn validate_before_open(command: &VmCommand) -> Result<()> {
     match command {
-        VmCommand::Create { flags, .. } | VmCommand::Run { flags, .. } => {
+        VmCommand::Create(Lazy(CreateArgs { flags, .. }))
+        | VmCommand::Run(Lazy(RunArgs { flags, .. })) => {
             validate_vm_flags(flags)?;
         }
-        VmCommand::Debug { flags, .. } if !flags.data_disks.is_empty() => {
+        VmCommand::Debug(Lazy(DebugArgs { flags, .. })) if !flags.data_disks.is_empty() => {
             tracing::warn!("--data-disk is ignored by vm debug");
         }
         _ => {}
@@ -150,9 +141,8 @@ fn create(
     output: FormatArg,
     image: &str,
     command: Vec<String>,
-    default_hypervisor: Hypervisor,
 ) -> Result<()> {
-    let request = create_request(engine, flags, image, command, default_hypervisor)?;
+    let request = create_request(engine, flags, image, command)?;
     let vm = engine.create_vm(request)?;
     if output.json() {
         return print_json(&VmView::reconcile(vm)).map_err(io);
@@ -310,7 +300,6 @@ pub(super) fn create_request(
     flags: &VmFlags,
     image: &str,
     command: Vec<String>,
-    default_hypervisor: Hypervisor,
 ) -> Result<CreateVm> {
     let data_disks = validate_vm_flags(flags)?;
     let name = match &flags.name {
@@ -339,7 +328,8 @@ pub(super) fn create_request(
             Some(chosen) => chosen,
             None if flags.fc => Hypervisor::Firecracker,
             None if flags.qemu => Hypervisor::Qemu,
-            None => default_hypervisor,
+            // The PATH lookup of every VMM binary, only when no flag chose.
+            None => backend::configured(engine.config()),
         },
         nics: flags.nics,
         data_disks,

@@ -9,12 +9,12 @@ use cocoon_engine::ops::vm_restore::RestoreRequest;
 use cocoon_engine::{Engine, Error, Result};
 
 use super::io;
-use crate::cli::{FormatArg, RestoreModeArg, VmCommand};
+use crate::cli::{FormatArg, Lazy, RestoreArgs, RestoreModeArg, VmCommand};
 use crate::output::print_json;
 
 /// `vm restore`, from its flags.
 pub(super) fn restore_command(engine: &mut Engine, command: VmCommand) -> Result<()> {
-    let VmCommand::Restore {
+    let VmCommand::Restore(Lazy(RestoreArgs {
         cpu,
         memory,
         storage,
@@ -28,7 +28,7 @@ pub(super) fn restore_command(engine: &mut Engine, command: VmCommand) -> Result
         output,
         vm,
         snapshot,
-    } = command
+    })) = command
     else {
         unreachable!("called for vm restore only")
     };

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cocoon_engine::model::{Hypervisor, VmView};
+use cocoon_engine::model::VmView;
 use cocoon_engine::{Engine, Result};
 
 use super::{Outcome, io};
@@ -29,10 +29,9 @@ pub fn run(
     image: &str,
     command: Vec<String>,
     attach: Attach,
-    default_hypervisor: Hypervisor,
 ) -> Result<Outcome> {
     let console = attach.interactive || attach.tty;
-    let request = super::vm::create_request(engine, flags, image, command, default_hypervisor)?;
+    let request = super::vm::create_request(engine, flags, image, command)?;
     let vm = engine.create_vm(request)?;
     let vm = match engine.start_vm(&vm.id) {
         Ok(vm) => vm,
