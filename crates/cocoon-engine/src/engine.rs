@@ -203,6 +203,18 @@ impl Engine {
         vm_start::run(&mut self.ctx, id)
     }
 
+    /// `vm run`: creates and starts the VM; the created VM and the start's
+    /// outcome. Nothing is synced to disk on the way to the VMM: the state
+    /// is synced once, after the start (whatever its outcome), before this
+    /// returns, so what `vm run` reports survives a power loss as a `vm
+    /// create` would (see `vm_create::run_unsynced` for a loss before).
+    pub fn run_vm(&mut self, request: CreateVm) -> Result<(Vm, Result<Vm>)> {
+        let vm = vm_create::run_unsynced(&mut self.ctx, request)?;
+        let started = vm_start::run(&mut self.ctx, &vm.id);
+        self.ctx.store().sync()?;
+        Ok((vm, started))
+    }
+
     pub fn stop_vm(&mut self, id: &str, options: StopOptions) -> Result<Vm> {
         vm_stop::run(&mut self.ctx, id, options)
     }

@@ -34,6 +34,19 @@ pub struct CreateVm {
 }
 
 pub(crate) fn run(ctx: &mut Ctx, request: CreateVm) -> Result<Vm> {
+    create(ctx, request, false)
+}
+
+/// A create whose second commit is not synced either: for `vm run`, which
+/// syncs the state once the VM has started (`Engine::run_vm`), before it
+/// returns. A power loss before that sync finds the create's intent (a VM
+/// with NICs: synced) and converges it, or no record at all and the VM's
+/// directories, which `gc` removes.
+pub(crate) fn run_unsynced(ctx: &mut Ctx, request: CreateVm) -> Result<Vm> {
+    create(ctx, request, true)
+}
+
+fn create(ctx: &mut Ctx, request: CreateVm, unsynced: bool) -> Result<Vm> {
     let what = format!("VM {}", request.config.name);
     super::vm_cgroup::check_request(ctx, &what, &request.config.resources)?;
     let id = crate::id::generate_id();
@@ -72,7 +85,7 @@ pub(crate) fn run(ctx: &mut Ctx, request: CreateVm) -> Result<Vm> {
             &mut network,
         )
     });
-    let error = match built.and_then(|()| commit(ctx, &intent, &vm)) {
+    let error = match built.and_then(|()| commit(ctx, &intent, &vm, unsynced)) {
         Ok(vm) => return Ok(vm),
         Err(e) => e,
     };
@@ -156,15 +169,22 @@ fn build(
 }
 
 /// Records the VM `created` with what was made for it, and ends the intent.
-fn commit(ctx: &mut Ctx, intent: &IntentGuard, done: &Vm) -> Result<Vm> {
-    let (vm, _) = intent.finish_updating_vm(ctx.store(), &done.id, "created", |v| {
+/// (Not synced if `unsynced`: see [`run_unsynced`].)
+fn commit(ctx: &mut Ctx, intent: &IntentGuard, done: &Vm, unsynced: bool) -> Result<Vm> {
+    if unsynced {
+        ctx.store().relaxed(true)?;
+    }
+    let committed = intent.finish_updating_vm(ctx.store(), &done.id, "created", |v| {
         v.state = VmState::Created;
         v.config.network = done.config.network.clone();
         v.network_configs = done.network_configs.clone();
         v.storage_configs = done.storage_configs.clone();
         v.boot_config = done.boot_config.clone();
-    })?;
-    Ok(vm)
+    });
+    if unsynced {
+        ctx.store().relaxed(false)?;
+    }
+    Ok(committed?.0)
 }
 
 /// The VM's record now pins its image's blobs; each must still be here.

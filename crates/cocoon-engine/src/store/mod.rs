@@ -15,6 +15,7 @@ pub(crate) mod schema;
 mod snapshots;
 mod vms;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +49,11 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot create state directory {path}: {source}")]
     Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot sync the state database's log {path}: {source}")]
+    Sync {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -233,6 +239,32 @@ impl Store {
     pub fn relaxed(&mut self, on: bool) -> Result<()> {
         let level = if on { "NORMAL" } else { "FULL" };
         self.conn.pragma_update(None, "synchronous", level)?;
+        Ok(())
+    }
+
+    /// Makes every commit so far durable, as a commit under
+    /// `synchronous=FULL` would in WAL mode: one sync of the WAL, which
+    /// holds every commit not yet checkpointed (a checkpoint syncs the WAL
+    /// before and the database after). For relaxed commits whose sync can
+    /// wait until a command is about to return (`Engine::run_vm`).
+    pub fn sync(&self) -> Result<()> {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&wal);
+        let synced = match file {
+            Ok(file) => file.sync_data(),
+            // No WAL: nothing uncheckpointed (or not in WAL mode, where
+            // every commit syncs the database itself).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        synced.map_err(|source| StoreError::Sync {
+            path: PathBuf::from(wal),
+            source,
+        })?;
         Ok(())
     }
 

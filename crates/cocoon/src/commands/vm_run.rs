@@ -32,8 +32,8 @@ pub fn run(
 ) -> Result<Outcome> {
     let console = attach.interactive || attach.tty;
     let request = super::vm::create_request(engine, flags, image, command)?;
-    let vm = engine.create_vm(request)?;
-    let vm = match engine.start_vm(&vm.id) {
+    let (vm, started) = engine.run_vm(request)?;
+    let vm = match started {
         Ok(vm) => vm,
         Err(e) => {
             if attach.rm {
