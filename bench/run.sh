@@ -9,7 +9,7 @@ cargo bench --locked -p cocoon-engine --bench net_setup
 cargo bench --locked -p cocoon-engine --bench snapshot_sum
 cargo build --locked --release -p cocoon
 COCOON_BIN=target/release/cocoon python3 bench/vm-boot.py
-# The engine's own path of vm start (CLI exec to VMM exec), free of boot noise; needs perf.
+# The engine's own path of vm start and vm run (CLI exec to VMM exec), free of boot noise; needs perf.
 COCOON_BIN=target/release/cocoon python3 bench/exec-gap.py
 # vm create alone, against mkfs.ext4 of the same disk (the step it replaced).
 COCOON_BIN=target/release/cocoon python3 bench/vm-create.py
