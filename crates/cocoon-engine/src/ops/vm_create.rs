@@ -103,9 +103,10 @@ fn create(ctx: &mut Ctx, request: CreateVm, unsynced: bool) -> Result<Vm> {
 /// operating system crash or power loss can drop it, and then what the
 /// create had made is all inside the VM's own run and log directories
 /// (disks, cloud-init disk, overlay), which `gc` removes as directories
-/// without a record (tests/gc.rs: the VM "whose record a crash lost"). A VM with NICs keeps the synced commit: its intent
-/// is what lets recovery give back the network (IPAM leases live on the
-/// host, outside those directories) after such a crash.
+/// without a record (tests/gc.rs: the VM "whose record a crash lost"). A
+/// VM with NICs keeps the synced commit: its intent is what lets recovery
+/// give back the network (IPAM leases live on the host, outside those
+/// directories) after such a crash.
 fn begin(ctx: &mut Ctx, op: &Op, vm: &Vm, relaxed: bool) -> Result<IntentGuard> {
     if !relaxed {
         return Ok(ctx
