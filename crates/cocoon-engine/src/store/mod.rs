@@ -320,4 +320,6 @@ fn from_json<T: serde::de::DeserializeOwned>(kind: ObjectKind, id: &str, doc: &s
 #[cfg(test)]
 mod listing_tests;
 #[cfg(test)]
+mod sync_tests;
+#[cfg(test)]
 mod tests;
