@@ -1,14 +1,8 @@
 //! `Store::relaxed` commits and `Store::sync`.
 
-use super::tests::vm_fixture;
+use super::tests::{temp_store, vm_fixture};
 use super::*;
 use crate::id::generate_id;
-
-fn temp_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state").join("cocoon.db")).unwrap();
-    (dir, store)
-}
 
 /// `sync` makes relaxed commits durable through the WAL file, which it
 /// opens by path: a link put in its place is refused, not followed.

@@ -45,7 +45,7 @@ fn image_fixture(name: &str, digest: &str) -> Image {
     }
 }
 
-fn temp_store() -> (tempfile::TempDir, Store) {
+pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state").join("cocoon.db")).unwrap();
     (dir, store)

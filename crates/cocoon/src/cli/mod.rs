@@ -21,7 +21,8 @@ pub use hotplug::{DeviceCommand, DiskCommand, FsCommand};
 pub use image_snapshot::{ImageCommand, KernelCommand, SnapshotCommand};
 pub use lazy::{Lazy, full_command};
 pub use vm::{
-    CloneArgs, CloneFlags, CreateArgs, DebugArgs, RestoreArgs, RunArgs, VmCommand, VmFlags,
+    CloneArgs, CloneFlags, CreateArgs, DebugArgs, RestoreArgs, RunArgs, SnapshotShape, VmCommand,
+    VmFlags,
 };
 
 const ROOT_EXAMPLES: &str = "\

@@ -83,12 +83,10 @@ pub struct VmFlags {
     pub switches: switches::SwitchFlags,
 }
 
-/// The flags of `vm clone`: zero or empty means "as in the snapshot".
+// The size of a VM made from a snapshot (`vm clone`, `vm restore`): the
+// snapshot's unless given. (A plain comment: see `CreateArgs`.)
 #[derive(Debug, Args, Clone)]
-pub struct CloneFlags {
-    /// Name of the new VM [default: cocoon-clone-<id8>]
-    #[arg(long, value_parser = VmName::from_str)]
-    pub name: Option<VmName>,
+pub struct SnapshotShape {
     /// Virtual CPUs: the snapshot's (0 = as in it; grow the running VM with `vm resize`)
     #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
     pub cpu: u32,
@@ -98,6 +96,16 @@ pub struct CloneFlags {
     /// Root disk size: the snapshot's (as in it when omitted)
     #[arg(long, value_parser = parse_storage)]
     pub storage: Option<u64>,
+}
+
+/// The flags of `vm clone`: zero or empty means "as in the snapshot".
+#[derive(Debug, Args, Clone)]
+pub struct CloneFlags {
+    /// Name of the new VM [default: cocoon-clone-<id8>]
+    #[arg(long, value_parser = VmName::from_str)]
+    pub name: Option<VmName>,
+    #[command(flatten)]
+    pub shape: SnapshotShape,
     /// Network interfaces (0 = as in the snapshot; may grow, not shrink)
     #[arg(long, default_value_t = 0)]
     pub nics: u32,
@@ -375,15 +383,8 @@ pub struct CloneArgs {
 // (`Lazy`). A plain comment: a doc comment would become its about text.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Virtual CPUs: the snapshot's (0 = as in it; grow the running VM with `vm resize`)
-    #[arg(long, default_value = "0", value_parser = parse_cpu_or_inherit)]
-    pub cpu: u32,
-    /// Memory: the snapshot's (as in it when omitted; grow with `vm resize`)
-    #[arg(long, value_parser = parse_memory)]
-    pub memory: Option<u64>,
-    /// Root disk size: the snapshot's (as in it when omitted)
-    #[arg(long, value_parser = parse_storage)]
-    pub storage: Option<u64>,
+    #[command(flatten)]
+    pub shape: SnapshotShape,
     /// How memory comes back (default: the backend's own; copy for Cloud Hypervisor, mmap for Firecracker)
     #[arg(long, value_enum, value_name = "MODE")]
     pub restore_mode: Option<RestoreModeArg>,

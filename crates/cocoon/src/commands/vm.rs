@@ -194,9 +194,9 @@ fn clone(
 ) -> Result<()> {
     let request = CloneRequest {
         name: flags.name.clone(),
-        cpu: flags.cpu,
-        memory: flags.memory,
-        storage: flags.storage,
+        cpu: flags.shape.cpu,
+        memory: flags.shape.memory,
+        storage: flags.shape.storage,
         nics: flags.nics,
         network: flags.network.clone(),
         bridge: flags.bridge.clone(),

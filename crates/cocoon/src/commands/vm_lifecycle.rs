@@ -9,15 +9,17 @@ use cocoon_engine::ops::vm_restore::RestoreRequest;
 use cocoon_engine::{Engine, Error, Result};
 
 use super::io;
-use crate::cli::{FormatArg, Lazy, RestoreArgs, RestoreModeArg, VmCommand};
+use crate::cli::{FormatArg, Lazy, RestoreArgs, RestoreModeArg, SnapshotShape, VmCommand};
 use crate::output::print_json;
 
 /// `vm restore`, from its flags.
 pub(super) fn restore_command(engine: &mut Engine, command: VmCommand) -> Result<()> {
     let VmCommand::Restore(Lazy(RestoreArgs {
-        cpu,
-        memory,
-        storage,
+        shape: SnapshotShape {
+            cpu,
+            memory,
+            storage,
+        },
         restore_mode,
         on_demand,
         cpu_control,
