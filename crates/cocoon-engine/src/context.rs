@@ -76,6 +76,23 @@ impl Ctx {
         Ok(VmLock::acquire(&self.config.run_dir, id, VM_LOCK_TIMEOUT)?)
     }
 
+    /// A VM's lock and its record, read under the lock. A record gone by
+    /// then (a `vm rm` had the lock first) leaves no trace of the wait: the
+    /// run directory that taking the lock made again, with nothing in it
+    /// but its lock file, goes too.
+    pub fn lock_vm_record(&mut self, reference: &str) -> Result<(VmLock, crate::model::Vm)> {
+        let lock = self.lock_vm(reference)?;
+        match self.store.resolve_vm(reference) {
+            Ok(vm) => Ok((lock, vm)),
+            Err(e) => {
+                if matches!(e, crate::store::StoreError::NotFound { .. }) {
+                    lock.remove_if_bare();
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     /// Runs async work to its end on the context's runtime. Two workers:
     /// enough for a pull's parallel layers; VM operations drive one future.
     pub fn block_on<T>(&mut self, work: impl AsyncFnOnce(&mut Ctx) -> Result<T>) -> Result<T> {

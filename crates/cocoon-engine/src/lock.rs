@@ -112,6 +112,26 @@ impl VmLock {
         })
     }
 
+    /// Removes the lock's directory if it holds nothing but the lock file,
+    /// while the lock is held (as gc does: a command waiting for it finds
+    /// its lock file gone and starts afresh). For a lock taken on a VM whose
+    /// record turned out to be gone: taking it made the directory again.
+    pub fn remove_if_bare(self) {
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let lock_name = self.path.file_name();
+        let bare = std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .all(|e| Some(e.file_name().as_os_str()) == lock_name)
+        });
+        if bare {
+            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+
     /// Turns a shared hold into the exclusive one if no one else holds it.
     /// (flock converts by releasing first: on failure the hold may be gone,
     /// so call this only when done with the lock.)
@@ -211,6 +231,25 @@ mod tests {
         VmLock::try_acquire(dir.path(), "VMB").unwrap();
         drop(held);
         VmLock::try_acquire(dir.path(), "VMA").unwrap();
+    }
+
+    /// A lock that made its VM's directory again (the VM was removed while
+    /// the lock was awaited) takes the directory away; a directory with
+    /// anything else in it stays.
+    #[test]
+    fn a_bare_directory_goes_with_its_lock_and_a_used_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = VmLock::try_acquire(dir.path(), "VMD").unwrap();
+        let bare_dir = bare.path().parent().unwrap().to_path_buf();
+        bare.remove_if_bare();
+        assert!(!bare_dir.exists());
+
+        let used = VmLock::try_acquire(dir.path(), "VME").unwrap();
+        let used_dir = used.path().parent().unwrap().to_path_buf();
+        std::fs::write(used_dir.join("cow.raw"), b"disk").unwrap();
+        used.remove_if_bare();
+        assert!(used_dir.join("lock").exists());
+        assert_eq!(std::fs::read(used_dir.join("cow.raw")).unwrap(), b"disk");
     }
 
     #[test]

@@ -47,8 +47,7 @@ pub(crate) fn locked_for_snapshot(
     reference: &str,
 ) -> Result<(crate::lock::VmLock, Vm, VmmProcess)> {
     let vm = ctx.store().resolve_vm(reference)?;
-    let lock = ctx.lock_vm(&vm.id)?;
-    let vm = ctx.store().resolve_vm(&vm.id)?;
+    let (lock, vm) = ctx.lock_vm_record(&vm.id)?;
     let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) else {
         return Err(VmError::NotRunning {
             id: vm.id,

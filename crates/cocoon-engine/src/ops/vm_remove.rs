@@ -14,8 +14,7 @@ use super::vm_launch::stop_leftovers;
 use super::vm_stop::{StopOptions, stop_locked};
 
 pub(crate) fn run(ctx: &mut Ctx, id: &str, force: bool) -> Result<Vm> {
-    let lock = ctx.lock_vm(id)?;
-    let vm = ctx.store().resolve_vm(id)?;
+    let (lock, vm) = ctx.lock_vm_record(id)?;
     if vm.vmm.as_ref().is_some_and(supervise::is_running) {
         if !force {
             return Err(VmError::Running {

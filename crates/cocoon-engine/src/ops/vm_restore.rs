@@ -62,8 +62,7 @@ pub(crate) fn run(
     request: RestoreRequest,
 ) -> Result<Vm> {
     let vm = ctx.store().resolve_vm(vm_ref)?;
-    let _lock = ctx.lock_vm(&vm.id)?;
-    let vm = ctx.store().resolve_vm(&vm.id)?;
+    let (_lock, vm) = ctx.lock_vm_record(&vm.id)?;
     let snapshot = ctx.store().resolve_snapshot(snapshot_ref)?;
     if let Some(resources) = &request.resources {
         let what = format!("VM {}", vm.config.name);

@@ -16,8 +16,7 @@ use super::new_vm;
 use super::vm_launch::{launch_and_boot, stop_leftovers};
 
 pub(crate) fn run(ctx: &mut Ctx, id: &str) -> Result<Vm> {
-    let _lock = ctx.lock_vm(id)?;
-    let vm = ctx.store().resolve_vm(id)?;
+    let (_lock, vm) = ctx.lock_vm_record(id)?;
     if vm.vmm.as_ref().is_some_and(supervise::is_running) {
         return already_running(ctx, vm);
     }

@@ -24,8 +24,7 @@ pub struct StopOptions {
 }
 
 pub(crate) fn run(ctx: &mut Ctx, id: &str, options: StopOptions) -> Result<Vm> {
-    let _lock = ctx.lock_vm(id)?;
-    let vm = ctx.store().resolve_vm(id)?;
+    let (_lock, vm) = ctx.lock_vm_record(id)?;
     stop_locked(ctx, vm, options)
 }
 
