@@ -95,8 +95,7 @@ pub(super) fn locked_running(
     refused: impl FnOnce(&Vm) -> Option<crate::vm::VmError>,
 ) -> Result<(crate::lock::VmLock, Vm, VmmProcess)> {
     let vm = ctx.store().resolve_vm(reference)?;
-    let lock = ctx.lock_vm(&vm.id)?;
-    let vm = ctx.store().resolve_vm(&vm.id)?;
+    let (lock, vm) = ctx.lock_vm_record(&vm.id)?;
     if let Some(error) = refused(&vm) {
         return Err(error.into());
     }

@@ -98,8 +98,7 @@ pub(crate) fn resize(ctx: &mut Ctx, reference: &str, nics: u32) -> Result<NetRes
 /// hot-plug NICs.
 fn locked_running(ctx: &mut Ctx, reference: &str) -> Result<(VmLock, Vm, VmmProcess)> {
     let vm = ctx.store().resolve_vm(reference)?;
-    let lock = ctx.lock_vm(&vm.id)?;
-    let vm = ctx.store().resolve_vm(&vm.id)?;
+    let (lock, vm) = ctx.lock_vm_record(&vm.id)?;
     if let Some(reason) = backend::of(vm.hypervisor).nic_hot_plug_refusal(&vm) {
         return Err(VmError::NicsRefused {
             vm: vm.config.name,

@@ -56,8 +56,7 @@ fn describe(cpu: u32, memory: u64) -> String {
 pub(crate) fn run(ctx: &mut Ctx, reference: &str, request: VmResize) -> Result<Vm> {
     request.validate()?;
     let vm = ctx.store().resolve_vm(reference)?;
-    let _lock = ctx.lock_vm(&vm.id)?;
-    let vm = ctx.store().resolve_vm(&vm.id)?;
+    let (_lock, vm) = ctx.lock_vm_record(&vm.id)?;
     if let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) {
         return running(ctx, &vm, &vmm, request);
     }
