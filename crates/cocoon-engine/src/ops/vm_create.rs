@@ -108,17 +108,9 @@ fn create(ctx: &mut Ctx, request: CreateVm, unsynced: bool) -> Result<Vm> {
 /// give back the network (IPAM leases live on the host, outside those
 /// directories) after such a crash.
 fn begin(ctx: &mut Ctx, op: &Op, vm: &Vm, relaxed: bool) -> Result<IntentGuard> {
-    if !relaxed {
-        return Ok(ctx
-            .store()
-            .begin_intent_inserting_vm(op.name(), &op.data(), vm)?);
-    }
-    ctx.store().relaxed(true)?;
-    let intent = ctx
-        .store()
-        .begin_intent_inserting_vm(op.name(), &op.data(), vm);
-    ctx.store().relaxed(false)?;
-    Ok(intent?)
+    Ok(ctx.store().relaxed_if(relaxed, |store| {
+        store.begin_intent_inserting_vm(op.name(), &op.data(), vm)
+    })?)
 }
 
 /// Stores the guest agent's layer the VM's record already names (so gc,
@@ -172,20 +164,16 @@ fn build(
 /// Records the VM `created` with what was made for it, and ends the intent.
 /// (Not synced if `unsynced`: see [`run_unsynced`].)
 fn commit(ctx: &mut Ctx, intent: &IntentGuard, done: &Vm, unsynced: bool) -> Result<Vm> {
-    if unsynced {
-        ctx.store().relaxed(true)?;
-    }
-    let committed = intent.finish_updating_vm(ctx.store(), &done.id, "created", |v| {
-        v.state = VmState::Created;
-        v.config.network = done.config.network.clone();
-        v.network_configs = done.network_configs.clone();
-        v.storage_configs = done.storage_configs.clone();
-        v.boot_config = done.boot_config.clone();
-    });
-    if unsynced {
-        ctx.store().relaxed(false)?;
-    }
-    Ok(committed?.0)
+    let (vm, _) = ctx.store().relaxed_if(unsynced, |store| {
+        intent.finish_updating_vm(store, &done.id, "created", |v| {
+            v.state = VmState::Created;
+            v.config.network = done.config.network.clone();
+            v.network_configs = done.network_configs.clone();
+            v.storage_configs = done.storage_configs.clone();
+            v.boot_config = done.boot_config.clone();
+        })
+    })?;
+    Ok(vm)
 }
 
 /// The VM's record now pins its image's blobs; each must still be here.

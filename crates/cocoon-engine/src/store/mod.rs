@@ -242,6 +242,22 @@ impl Store {
         Ok(())
     }
 
+    /// Runs `f` with its commits relaxed (see [`Store::relaxed`]) when `on`,
+    /// and restores full syncing after it, whatever it returned.
+    pub fn relaxed_if<T>(
+        &mut self,
+        on: bool,
+        f: impl FnOnce(&mut Store) -> Result<T>,
+    ) -> Result<T> {
+        if !on {
+            return f(self);
+        }
+        self.relaxed(true)?;
+        let result = f(self);
+        self.relaxed(false)?;
+        result
+    }
+
     /// Makes every commit so far durable, as a commit under
     /// `synchronous=FULL` would in WAL mode: one sync of the WAL, which
     /// holds every commit not yet checkpointed (a checkpoint syncs the WAL
