@@ -2,6 +2,7 @@
 //! against a database seeded with the engine's own store.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -71,11 +72,18 @@ fn vm_list_and_inspect_reconcile_dead_vmms() {
         api_socket: "/run/x/api.sock".into(),
     });
     store.insert_vm(&stale).unwrap();
-    // A running VM whose VMM is alive: a process serving (naming) its socket.
+    // A running VM whose VMM is alive: a process naming its socket (as its
+    // argv[0]). It must exec once only, so that its command line is final
+    // when spawn returns: a PATH shim (pyenv's `python3` is a bash script
+    // that execs twice more) shows an empty command line during each exec,
+    // and the VM then read as stopped once in a few dozen runs.
     let socket = env.path().join("api.sock");
-    let mut vmm = std::process::Command::new("python3")
-        .args(["-c", "import time; time.sleep(60)"])
-        .arg(&socket)
+    let mut vmm = std::process::Command::new("/bin/sleep")
+        .arg0(&socket)
+        .arg("60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut live = vm(B, "db", VmState::Running);
