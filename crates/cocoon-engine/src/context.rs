@@ -1,6 +1,6 @@
 //! The one context every operation runs in: configuration, the state store,
-//! the directory layout, the console relay's executable, and one tokio
-//! runtime, built on first use, whose `block_on` is called here and nowhere
+//! the directory layout, the console relay's executable, and the tokio
+//! runtimes, built on first use, whose `block_on` is called here and nowhere
 //! else.
 
 use std::path::PathBuf;
@@ -27,6 +27,7 @@ pub(crate) struct Ctx {
     /// The program a console relay runs as (the `cocoon` binary).
     helper_exe: Option<PathBuf>,
     runtime: Option<Arc<tokio::runtime::Runtime>>,
+    parallel_runtime: Option<Arc<tokio::runtime::Runtime>>,
 }
 
 impl Ctx {
@@ -37,6 +38,7 @@ impl Ctx {
             store,
             helper_exe: None,
             runtime: None,
+            parallel_runtime: None,
         }
     }
 
@@ -93,21 +95,46 @@ impl Ctx {
         }
     }
 
-    /// Runs async work to its end on the context's runtime. Two workers:
-    /// enough for a pull's parallel layers; VM operations drive one future.
+    /// Runs async work to its end on the calling thread (a current-thread
+    /// runtime): VM operations drive one future at a time, mostly waiting on
+    /// a VMM's socket, and a worker thread would only add two thread starts
+    /// to every command and a cross-thread wake-up to every reply.
     pub fn block_on<T>(&mut self, work: impl AsyncFnOnce(&mut Ctx) -> Result<T>) -> Result<T> {
-        let runtime = match &self.runtime {
-            Some(runtime) => runtime.clone(),
-            None => {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .map_err(|e| Error::io("cannot start the async runtime", e))?;
-                self.runtime.insert(Arc::new(runtime)).clone()
-            }
-        };
+        let runtime = Self::runtime(&mut self.runtime, false)?;
         runtime.block_on(work(self))
+    }
+
+    /// [`Ctx::block_on`] with two worker threads, for work whose tasks must
+    /// run at once: a pull's or push's layers and pieces, and the signal
+    /// watcher of a snapshot's pause window (it must see Ctrl+C while the
+    /// calling thread copies disks).
+    pub fn block_on_parallel<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut Ctx) -> Result<T>,
+    ) -> Result<T> {
+        let runtime = Self::runtime(&mut self.parallel_runtime, true)?;
+        runtime.block_on(work(self))
+    }
+
+    fn runtime(
+        slot: &mut Option<Arc<tokio::runtime::Runtime>>,
+        parallel: bool,
+    ) -> Result<Arc<tokio::runtime::Runtime>> {
+        if let Some(runtime) = slot {
+            return Ok(runtime.clone());
+        }
+        let mut builder = if parallel {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2);
+            builder
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        let runtime = builder
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("cannot start the async runtime", e))?;
+        Ok(slot.insert(Arc::new(runtime)).clone())
     }
 
     /// Runs `work` under an intent: recorded before it starts, cleared when

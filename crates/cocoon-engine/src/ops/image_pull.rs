@@ -66,7 +66,7 @@ pub(crate) fn oci(
         layers,
         config,
         cloud_disk,
-    } = ctx.block_on(async |_| Ok(oci::resolve(&parsed, &options).await?))?;
+    } = ctx.block_on_parallel(async |_| Ok(oci::resolve(&parsed, &options).await?))?;
     if cloud_disk {
         return cloud_artifact(ctx, &parsed, &options, layers, progress);
     }
@@ -87,7 +87,7 @@ pub(crate) fn oci(
         let pool = ctx.config().pool_size;
         // Converted layers are complete and content-addressed: on error they
         // stay for the next pull, or for gc. Nothing else was written.
-        let pulled = ctx.block_on(async |_| {
+        let pulled = ctx.block_on_parallel(async |_| {
             Ok(oci::pull_layers(&parsed, layers, &dirs, &options, pool, progress).await?)
         })?;
         oci::require_boot_files(&name, &pulled)?;
@@ -136,7 +136,7 @@ fn cloud_artifact(
         }
         .into()
     };
-    let fetched = ctx.block_on(async |_| {
+    let fetched = ctx.block_on_parallel(async |_| {
         for (layer, path) in layers.iter().zip(&files) {
             let size = layer
                 .size()

@@ -85,20 +85,21 @@ pub(crate) fn run(
     let options = RegistryOptions::from_config(ctx.config());
     let parallel = super::snapshot_push::transfers(ctx);
     let client = options.client(&parsed);
-    let remote = match ctx.block_on(async |_| read_artifact(&client, &parsed, &options).await)? {
-        Artifact::Chunked(remote) => remote,
-        Artifact::Whole(remote) => {
-            return super::snapshot_pull_whole::run(
-                ctx, &client, &parsed, &options, remote, naming, progress,
-            );
-        }
-    };
+    let remote =
+        match ctx.block_on_parallel(async |_| read_artifact(&client, &parsed, &options).await)? {
+            Artifact::Chunked(remote) => remote,
+            Artifact::Whole(remote) => {
+                return super::snapshot_pull_whole::run(
+                    ctx, &client, &parsed, &options, remote, naming, progress,
+                );
+            }
+        };
     let cache = ctx.layout.snapshot_pull(&remote.digest);
     let lock =
         lock_cache(&cache).map_err(|e| Error::io(format!("cannot lock {}", cache.display()), e))?;
     let bytes = remote.fetch.blocks.values().sum();
     progress.begin(&parsed.whole(), bytes);
-    let fetched = ctx.block_on(async |_| {
+    let fetched = ctx.block_on_parallel(async |_| {
         let fetch = &remote.fetch;
         fetch_blocks(
             &client, &parsed, &options, fetch, &cache, parallel, progress,

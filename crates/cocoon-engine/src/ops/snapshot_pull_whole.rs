@@ -107,7 +107,7 @@ pub(super) fn run(
     }
     progress.begin(&reference.whole(), bytes);
     let parallel = super::snapshot_push::transfers(ctx);
-    let fetched = ctx.block_on(async |_| {
+    let fetched = ctx.block_on_parallel(async |_| {
         fetch(
             client,
             reference,

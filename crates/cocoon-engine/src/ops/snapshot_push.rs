@@ -116,7 +116,7 @@ fn push_chunked(
     let config = config_blob(&snapshot);
     let bytes = plan.blocks.values().map(|s| s.len).sum();
     progress.begin(&parsed.whole(), bytes);
-    let (digest, sent_blocks, sent_bytes) = ctx.block_on(async |_| {
+    let (digest, sent_blocks, sent_bytes) = ctx.block_on_parallel(async |_| {
         let client = Arc::new(push_client(&options, parsed));
         let auth = options.auth(parsed.resolve_registry())?;
         within(

@@ -45,7 +45,7 @@ pub(super) fn run(
     let bytes = entries.iter().map(Entry::blob_len).sum();
     progress.begin(&parsed.whole(), bytes);
     let config = config_blob(&snapshot, record, &entries);
-    let (digest, sent_blocks, sent_bytes) = ctx.block_on(async |_| {
+    let (digest, sent_blocks, sent_bytes) = ctx.block_on_parallel(async |_| {
         let client = Arc::new(push_client(&options, parsed));
         let auth = options.auth(parsed.resolve_registry())?;
         within(

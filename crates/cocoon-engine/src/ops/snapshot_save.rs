@@ -148,7 +148,7 @@ pub(super) fn capture_paused(
     data_dir: &Path,
     keep_paused: bool,
 ) -> Result<Duration> {
-    let result = ctx.block_on(async |_| {
+    let result = ctx.block_on_parallel(async |_| {
         create_private_dir(data_dir)
             .map_err(|e| Error::io(format!("cannot create {}", data_dir.display()), e))?;
         let interrupted = hold_signals();
@@ -241,14 +241,16 @@ pub(super) fn start_sealer(ctx: &Ctx, snapshot: &Snapshot) {
 fn hold_signals() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
+    use tokio::signal::unix::{SignalKind, signal};
+    // The handlers are installed here, before the pause is asked for; the
+    // task that waits on them runs whenever the runtime gets to it.
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return flag;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
