@@ -1784,3 +1784,44 @@ fn every_failpoint_is_in_the_matrix() {
     }
     assert_eq!(tested, all, "failpoints missing from the matrix");
 }
+
+/// A `vm rm` killed right after its commit: the record is gone, the run
+/// directory holds only the lock file, the intent is left. Crash recovery
+/// takes the VM's lock to converge the intent (which makes the run
+/// directory again if it was gone) and finds no record: the directory must
+/// go with the intent, leaving nothing of the VM. (The failpoint stops the
+/// removal just before its commit; the test makes the commit itself.)
+#[test]
+fn recovering_a_removed_vm_leaves_no_run_directory() {
+    let lab = Lab::on(false);
+    let version = std::process::Command::new(bin())
+        .arg("version")
+        .output()
+        .unwrap();
+    if !String::from_utf8_lossy(&version.stdout).contains("failpoints") {
+        return cocoon_testkit::skip(
+            "removed VM",
+            "the cocoon binary under test (COCOON_TEST_BIN) was built without failpoints",
+        );
+    }
+    created(&lab);
+    let id = lab.vms()[0]["id"].as_str().unwrap().to_string();
+    let out = lab
+        .cmd()
+        .args(["vm", "rm", "m"])
+        .env("COCOON_FAILPOINTS", "vm.rm.dirs=kill")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "did not reach the failpoint");
+    let run_dir = lab.env.root_dir().join("run/vms").join(&id);
+    assert_eq!(names(&run_dir), ["lock"], "what the removal had left");
+    let mut store = cocoon_engine::store::Store::open(&lab.env.db_path()).unwrap();
+    store.delete_vm(&id).unwrap();
+    assert_eq!(store.intents().unwrap().len(), 1, "the removal's intent");
+    drop(store);
+
+    assert!(lab.vms().is_empty());
+    assert!(!run_dir.exists(), "recovery left {}", run_dir.display());
+    assert_converged(&lab, "a removed VM");
+}
