@@ -21,6 +21,29 @@ fn main() {
     println!("cargo:rustc-env=COCOON_GIT_HASH={hash}");
     println!("cargo:rustc-env=COCOON_RUSTC_VERSION={rustc_version}");
     println!("cargo:rustc-env=COCOON_BUILT_AT={built}");
-    println!("cargo:rerun-if-changed=../../.git/HEAD");
-    println!("cargo:rerun-if-changed=../../.git/refs");
+    // Rerun when the commit changes: the files git itself names for HEAD,
+    // the branch HEAD is on and the packed refs. A worktree keeps them
+    // elsewhere than ../../.git, and a path that does not exist makes cargo
+    // rerun this script, and rebuild the crate, on every build. Outside a
+    // git checkout, only when this file changes.
+    println!("cargo:rerun-if-changed=build.rs");
+    for path in git_paths() {
+        println!("cargo:rerun-if-changed={path}");
+    }
+}
+
+/// The existing files behind HEAD, as absolute paths.
+fn git_paths() -> Vec<String> {
+    let mut names = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    names.extend(output("git", &["symbolic-ref", "-q", "HEAD"]));
+    names
+        .iter()
+        .filter_map(|name| {
+            output(
+                "git",
+                &["rev-parse", "--path-format=absolute", "--git-path", name],
+            )
+        })
+        .filter(|path| std::path::Path::new(path).exists())
+        .collect()
 }
