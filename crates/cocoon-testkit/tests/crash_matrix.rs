@@ -376,6 +376,22 @@ fn matrix_on(op: &Op<'_>, qemu: bool) {
 
 /// The matrix on the fake VMMs, or on the real QEMU; `network`: cocoon in
 /// a test network namespace with a CNI network (fake VMMs).
+/// Skips `test` (true) when the cocoon under test has no failpoints.
+fn skipped_without_failpoints(test: &str) -> bool {
+    let version = std::process::Command::new(bin())
+        .arg("version")
+        .output()
+        .unwrap();
+    let with = String::from_utf8_lossy(&version.stdout).contains("failpoints");
+    if !with {
+        cocoon_testkit::skip(
+            test,
+            "the cocoon binary under test (COCOON_TEST_BIN) was built without failpoints",
+        );
+    }
+    !with
+}
+
 fn matrix_in(op: &Op<'_>, qemu: bool, network: bool) {
     let name = format!("{}{}", op.name, if qemu { " on QEMU" } else { "" });
     if qemu
@@ -384,15 +400,8 @@ fn matrix_in(op: &Op<'_>, qemu: bool, network: bool) {
     {
         return;
     }
-    let version = std::process::Command::new(bin())
-        .arg("version")
-        .output()
-        .unwrap();
-    if !String::from_utf8_lossy(&version.stdout).contains("failpoints") {
-        return cocoon_testkit::skip(
-            op.name,
-            "the cocoon binary under test (COCOON_TEST_BIN) was built without failpoints",
-        );
+    if skipped_without_failpoints(op.name) {
+        return;
     }
     let mut cases = 0;
     for failpoint in op.failpoints {
@@ -1794,15 +1803,8 @@ fn every_failpoint_is_in_the_matrix() {
 #[test]
 fn recovering_a_removed_vm_leaves_no_run_directory() {
     let lab = Lab::on(false);
-    let version = std::process::Command::new(bin())
-        .arg("version")
-        .output()
-        .unwrap();
-    if !String::from_utf8_lossy(&version.stdout).contains("failpoints") {
-        return cocoon_testkit::skip(
-            "removed VM",
-            "the cocoon binary under test (COCOON_TEST_BIN) was built without failpoints",
-        );
+    if skipped_without_failpoints("removed VM") {
+        return;
     }
     created(&lab);
     let id = lab.vms()[0]["id"].as_str().unwrap().to_string();
