@@ -8,7 +8,11 @@
 //! costs one read of its manifest; an unsealed one is sealed there and then,
 //! after the sealer if one is at work (its lock), or in its place if it died.
 //! The sealer runs at nice 19 in the idle I/O class; a use that has to
-//! wait for it raises it to the default priority first.
+//! wait for it raises it to the default priority first. It also syncs each
+//! file it sums (the save syncs none of them, to keep the writeback of a
+//! memory image off its path), so a sealed snapshot is on disk: an
+//! operating system crash or power loss before its seal can leave an
+//! unsealed snapshot whose files are incomplete.
 //!
 //! The seal lock is an exclusive `flock` on the snapshot directory itself
 //! (no lock file to leave behind or to recreate). The sealer only reads the
@@ -86,7 +90,16 @@ pub fn seal(dir: &Path) -> Result<Sealed, String> {
             Ok((size, _)) if size != entry.size => {
                 return Err(format!("{name} changed size while it was summed"));
             }
-            Ok((_, digests)) => entry.sha256 = Some(manifest::tree_root(&digests)),
+            Ok((_, digests)) => {
+                // The save wrote its files without syncing them (the VMM's
+                // state and memory, the disk copies): a sealed manifest
+                // promises they are on disk, so this pass, having read them
+                // at idle priority, flushes them before the manifest names
+                // their digests.
+                file.sync_data()
+                    .map_err(|e| format!("cannot write {name} to disk: {e}"))?;
+                entry.sha256 = Some(manifest::tree_root(&digests));
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Sealed::Gone),
             Err(e) => return Err(format!("cannot checksum {name}: {e}")),
         }
