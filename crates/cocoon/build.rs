@@ -32,18 +32,31 @@ fn main() {
     }
 }
 
-/// The existing files behind HEAD, as absolute paths.
+/// The files behind HEAD that exist, as absolute paths; for a branch whose
+/// ref is packed (no file of its own until its next commit writes one), the
+/// directory that file will be made in.
 fn git_paths() -> Vec<String> {
-    let mut names = vec!["HEAD".to_string(), "packed-refs".to_string()];
-    names.extend(output("git", &["symbolic-ref", "-q", "HEAD"]));
-    names
-        .iter()
-        .filter_map(|name| {
-            output(
-                "git",
-                &["rev-parse", "--path-format=absolute", "--git-path", name],
-            )
-        })
-        .filter(|path| std::path::Path::new(path).exists())
-        .collect()
+    use std::path::Path;
+    let git_path = |name: &str| {
+        output(
+            "git",
+            &["rev-parse", "--path-format=absolute", "--git-path", name],
+        )
+    };
+    let mut paths: Vec<String> = ["HEAD", "packed-refs"]
+        .into_iter()
+        .filter_map(git_path)
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    let branch = output("git", &["symbolic-ref", "-q", "HEAD"]).and_then(|b| git_path(&b));
+    if let Some(branch) = branch {
+        let branch = Path::new(&branch);
+        let watched = if branch.exists() {
+            Some(branch)
+        } else {
+            branch.parent().filter(|dir| dir.exists())
+        };
+        paths.extend(watched.map(|p| p.display().to_string()));
+    }
+    paths
 }
