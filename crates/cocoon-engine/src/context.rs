@@ -150,6 +150,16 @@ impl Ctx {
         let guard = self
             .store
             .begin_intent(op.name(), op.kind(), object_id, &op.data())?;
+        self.under_intent(guard, work)
+    }
+
+    /// [`Ctx::with_intent`] for an intent begun already (in one commit with
+    /// the record it is about).
+    pub fn under_intent<T>(
+        &mut self,
+        guard: IntentGuard,
+        work: impl FnOnce(&mut Ctx, &IntentGuard) -> Result<T>,
+    ) -> Result<T> {
         let result = work(self, &guard);
         guard.finish(&mut self.store)?;
         result

@@ -107,36 +107,49 @@ pub(crate) fn run(
     let data_dir = ctx.layout.snapshot(&id);
     let mut record = Snapshot::of_vm(&id, name, &vm, data_dir.clone());
     record.description = description.to_string();
-    ctx.store().insert_snapshot(&record)?;
     let op = Op::SnapshotSave {
         vm_id: vm.id.clone(),
         data_dir: data_dir.clone(),
         api_socket: vmm.api_socket.clone(),
     };
-    ctx.with_intent(&op, &id, |ctx, intent| {
-        let saved = (|| {
-            let pause = capture_paused(ctx, &vm, &vmm, &data_dir, false)?;
-            ctx.step(intent, step::CAPTURED)?;
-            crate::failpoint::hit("snapshot.save.captured")?;
-            let snapshot = finish(ctx, &vm, &record, &data_dir)?;
-            Ok((snapshot, pause))
-        })();
-        match saved {
-            Ok((snapshot, pause)) => {
-                start_sealer(ctx, &snapshot);
-                Ok(SaveOutcome {
-                    snapshot,
-                    pause_ms: pause.as_secs_f64() * 1e3,
-                    total_ms: started.elapsed().as_secs_f64() * 1e3,
-                })
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&data_dir);
-                let _ = ctx.store().delete_snapshot(&id);
-                Err(e)
-            }
+    // Three commits, two of them synced: the pending record with the
+    // intent; the intent's `captured` step, synced by the next commit (a
+    // power loss before that one stops the VM anyway, and crash recovery
+    // removes a pending snapshot at any step); the record ready with the
+    // intent's end.
+    let intent = ctx.store().begin_intent_inserting_snapshot(
+        op.name(),
+        op.kind(),
+        &id,
+        &op.data(),
+        &record,
+    )?;
+    let saved = (|| {
+        let pause = capture_paused(ctx, &vm, &vmm, &data_dir, false)?;
+        ctx.store()
+            .relaxed_if(true, |store| intent.step(store, step::CAPTURED, None))?;
+        crate::failpoint::hit("snapshot.save.captured")?;
+        write_manifest(&vm, &record, &data_dir)?;
+        let (snapshot, _) =
+            intent.finish_updating_snapshot(ctx.store(), &id, "saved", |s| s.pending = false)?;
+        Ok((snapshot, pause))
+    })();
+    match saved {
+        Ok((snapshot, pause)) => {
+            start_sealer(ctx, &snapshot);
+            Ok(SaveOutcome {
+                snapshot,
+                pause_ms: pause.as_secs_f64() * 1e3,
+                total_ms: started.elapsed().as_secs_f64() * 1e3,
+            })
         }
-    })
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&data_dir);
+            let _ = ctx.store().delete_snapshot(&id);
+            intent.finish(ctx.store())?;
+            Err(e)
+        }
+    }
 }
 
 /// The pause window; returns how long the guest was paused. With
@@ -200,6 +213,15 @@ pub(super) fn finish(
     record: &Snapshot,
     data_dir: &Path,
 ) -> Result<Snapshot> {
+    write_manifest(vm, record, data_dir)?;
+    let (snapshot, _) = ctx
+        .store()
+        .update_snapshot(&record.id, "saved", |s| s.pending = false)?;
+    Ok(snapshot)
+}
+
+/// The unsealed manifest (sizes, no digests) of the files in `data_dir`.
+fn write_manifest(vm: &Vm, record: &Snapshot, data_dir: &Path) -> Result<()> {
     let files = manifest::size_dir(data_dir)
         .map_err(|e| Error::io(format!("cannot list {}", data_dir.display()), e))?;
     let mut done = record.clone();
@@ -218,11 +240,7 @@ pub(super) fn finish(
         serde_json::to_vec_pretty(&manifest)
             .expect("manifest serialises")
             .as_slice(),
-    )?;
-    let (snapshot, _) = ctx
-        .store()
-        .update_snapshot(&record.id, "saved", |s| s.pending = false)?;
-    Ok(snapshot)
+    )
 }
 
 /// Starts the detached sealer of a finished snapshot. Failing that is no

@@ -42,14 +42,21 @@ pub(crate) fn run(
     let data_dir = ctx.layout.snapshot(&id);
     let mut record = Snapshot::of_vm(&id, name, &vm, data_dir.clone());
     record.description = description.to_string();
-    // A taken name fails here, before the guest is paused.
-    ctx.store().insert_snapshot(&record)?;
     let op = Op::VmHibernate {
         snapshot: id.clone(),
         data_dir: data_dir.clone(),
         api_socket: vmm.api_socket.clone(),
     };
-    ctx.with_intent(&op, &vm.id, |ctx, intent| {
+    // The pending record and the intent about it, in one commit (a taken
+    // name fails here, before the guest is paused).
+    let intent = ctx.store().begin_intent_inserting_snapshot(
+        op.name(),
+        op.kind(),
+        &vm.id,
+        &op.data(),
+        &record,
+    )?;
+    ctx.under_intent(intent, |ctx, intent| {
         // Held before the snapshot is complete: `snapshot rm` never sees
         // it without its VM's claim.
         ctx.store().update_vm(&vm.id, "hibernating", |v| {

@@ -91,6 +91,23 @@ impl IntentGuard {
         })
     }
 
+    /// The operation completed with this last change of its snapshot's
+    /// record: the change and the intent's removal are one transaction, as
+    /// [`finish_updating_vm`](Self::finish_updating_vm).
+    pub fn finish_updating_snapshot<T>(
+        &self,
+        store: &mut Store,
+        id: &str,
+        action: &str,
+        f: impl FnOnce(&mut crate::model::Snapshot) -> T,
+    ) -> Result<(crate::model::Snapshot, T)> {
+        store.write(|tx| {
+            let done = super::snapshots::update_snapshot_tx(tx, id, action, f)?;
+            tx.execute("DELETE FROM intents WHERE id = ?1", [self.id])?;
+            Ok(done)
+        })
+    }
+
     /// The reconciler converged `intent` (claimed through this guard):
     /// clears it and logs a `recovered` event on its object saying what
     /// was done, in one transaction, so `vm status --event` shows repairs.
@@ -135,6 +152,26 @@ impl Store {
         self.write(|tx| {
             let guard = insert_intent(tx, op, ObjectKind::Vm, &vm.id, &owner, data)?;
             super::vms::insert_vm_tx(tx, vm)?;
+            Ok(guard)
+        })
+    }
+
+    /// [`begin_intent`](Self::begin_intent) and the insertion of the
+    /// pending snapshot record it is about, in one transaction: a crash
+    /// leaves both or neither (a pending record without its intent is one
+    /// nothing would ever clean up).
+    pub fn begin_intent_inserting_snapshot(
+        &mut self,
+        op: &str,
+        kind: ObjectKind,
+        object_id: &str,
+        data: &serde_json::Value,
+        snapshot: &crate::model::Snapshot,
+    ) -> Result<IntentGuard> {
+        let owner = ProcessIdentity::current();
+        self.write(|tx| {
+            let guard = insert_intent(tx, op, kind, object_id, &owner, data)?;
+            super::snapshots::insert_snapshot_tx(tx, snapshot)?;
             Ok(guard)
         })
     }

@@ -27,6 +27,28 @@ fn not_found(reference: &str) -> StoreError {
     }
 }
 
+/// [`Store::insert_snapshot`] inside a caller's transaction.
+pub(super) fn insert_snapshot_tx(tx: &Transaction<'_>, snapshot: &Snapshot) -> Result<()> {
+    let doc = write_row(tx, snapshot, true)?;
+    append(tx, KIND, &snapshot.id, "created", Some(&doc))?;
+    Ok(())
+}
+
+/// [`Store::update_snapshot`] inside a caller's transaction.
+pub(super) fn update_snapshot_tx<T>(
+    tx: &Transaction<'_>,
+    id: &str,
+    action: &str,
+    f: impl FnOnce(&mut Snapshot) -> T,
+) -> Result<(Snapshot, T)> {
+    let mut snapshot = load(tx, id)?.ok_or_else(|| not_found(id))?;
+    let out = f(&mut snapshot);
+    snapshot.id = id.to_string();
+    let doc = write_row(tx, &snapshot, false)?;
+    append(tx, KIND, id, action, Some(&doc))?;
+    Ok((snapshot, out))
+}
+
 fn write_row(tx: &Transaction<'_>, snapshot: &Snapshot, insert: bool) -> Result<String> {
     let doc = to_json(snapshot);
     let name = snapshot.name.as_deref();
@@ -83,11 +105,7 @@ fn write_row(tx: &Transaction<'_>, snapshot: &Snapshot, insert: bool) -> Result<
 
 impl Store {
     pub fn insert_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
-        self.write(|tx| {
-            let doc = write_row(tx, snapshot, true)?;
-            append(tx, KIND, &snapshot.id, "created", Some(&doc))?;
-            Ok(())
-        })
+        self.write(|tx| insert_snapshot_tx(tx, snapshot))
     }
 
     pub fn update_snapshot<T>(
@@ -96,14 +114,7 @@ impl Store {
         action: &str,
         f: impl FnOnce(&mut Snapshot) -> T,
     ) -> Result<(Snapshot, T)> {
-        self.write(|tx| {
-            let mut snapshot = load(tx, id)?.ok_or_else(|| not_found(id))?;
-            let out = f(&mut snapshot);
-            snapshot.id = id.to_string();
-            let doc = write_row(tx, &snapshot, false)?;
-            append(tx, KIND, id, action, Some(&doc))?;
-            Ok((snapshot, out))
-        })
+        self.write(|tx| update_snapshot_tx(tx, id, action, f))
     }
 
     /// Refused while a hibernated VM needs the snapshot: its guest is there.
