@@ -84,11 +84,7 @@ impl IntentGuard {
         action: &str,
         f: impl FnOnce(&mut crate::model::Vm) -> T,
     ) -> Result<(crate::model::Vm, T)> {
-        store.write(|tx| {
-            let done = super::vms::update_vm_tx(tx, vm_id, action, f)?;
-            tx.execute("DELETE FROM intents WHERE id = ?1", [self.id])?;
-            Ok(done)
-        })
+        self.finish_with(store, |tx| super::vms::update_vm_tx(tx, vm_id, action, f))
     }
 
     /// The operation completed with this last change of its snapshot's
@@ -101,8 +97,19 @@ impl IntentGuard {
         action: &str,
         f: impl FnOnce(&mut crate::model::Snapshot) -> T,
     ) -> Result<(crate::model::Snapshot, T)> {
+        self.finish_with(store, |tx| {
+            super::snapshots::update_snapshot_tx(tx, id, action, f)
+        })
+    }
+
+    /// `change` and the intent's removal in one transaction.
+    fn finish_with<T>(
+        &self,
+        store: &mut Store,
+        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         store.write(|tx| {
-            let done = super::snapshots::update_snapshot_tx(tx, id, action, f)?;
+            let done = change(tx)?;
             tx.execute("DELETE FROM intents WHERE id = ?1", [self.id])?;
             Ok(done)
         })
