@@ -228,6 +228,41 @@ fn sealer_of(dir: &Path) -> u32 {
     }
 }
 
+/// Waits until `pid` holds the seal lock (a `flock` on the snapshot
+/// directory) of `dir`, as `/proc/locks` shows it.
+fn wait_until_it_holds_the_seal_lock(pid: u32, dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).unwrap();
+    let dev = meta.dev();
+    let key = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        meta.ino()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let held = locks.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // "1: FLOCK ADVISORY WRITE <pid> <key> 0 EOF"; a waiter's line
+            // has "->" after the number.
+            fields.get(1) == Some(&"FLOCK")
+                && fields.get(4) == Some(&pid.to_string().as_str())
+                && fields.get(5) == Some(&key.as_str())
+        });
+        if held {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sealer {pid} never took the seal lock of {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The nice value of `pid`'s main thread (field 19 of /proc/PID/stat).
 fn nice_of(pid: u32) -> Option<i64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -246,6 +281,10 @@ fn a_use_that_waits_raises_the_sealers_priority() {
     // more than 6).
     let dir = lab.save("snapshot.seal.summed=sleep:12000", "src", "s");
     let sealer = sealer_of(&dir);
+    // Only a sealer holding the lock is waited for (and raised): at nice 19
+    // on a busy host it can take seconds to get there, and an export that
+    // came first would seal the snapshot itself.
+    wait_until_it_holds_the_seal_lock(sealer, &dir);
     let tar = lab.env.path().join("s.tar");
     let export = lab
         .cmd()

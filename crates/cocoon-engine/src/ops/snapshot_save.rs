@@ -24,7 +24,7 @@ use crate::model::{Snapshot, Vm, VmmProcess};
 use crate::name::SnapshotName;
 use crate::snapshot::copy::copy_file;
 use crate::snapshot::manifest::{self, MANIFEST, Manifest};
-use crate::snapshot::{SnapshotError, seal, write_atomic};
+use crate::snapshot::{SnapshotError, seal};
 use crate::vm::VmError;
 
 /// What `snapshot save` reports.
@@ -235,12 +235,19 @@ fn write_manifest(vm: &Vm, record: &Snapshot, data_dir: &Path) -> Result<()> {
         network: vm.network_configs.clone(),
         files,
     };
-    write_atomic(
-        &data_dir.join(MANIFEST),
-        serde_json::to_vec_pretty(&manifest)
-            .expect("manifest serialises")
-            .as_slice(),
+    // Not synced, like the files it lists: the sealer syncs them all, then
+    // writes the sealed manifest durably. A synced manifest beside an
+    // unsynced memory image would promise nothing, and on ext4 its fsync
+    // waits on the journal, behind the image's writeback (up to 30 ms
+    // measured here).
+    let path = data_dir.join(MANIFEST);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&manifest).expect("manifest serialises"),
     )
+    .and_then(|()| std::fs::rename(&tmp, &path))
+    .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
 /// Starts the detached sealer of a finished snapshot. Failing that is no
