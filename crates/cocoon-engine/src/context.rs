@@ -78,21 +78,38 @@ impl Ctx {
         Ok(VmLock::acquire(&self.config.run_dir, id, VM_LOCK_TIMEOUT)?)
     }
 
-    /// A VM's lock and its record, read under the lock. A record gone by
-    /// then (a `vm rm` had the lock first) leaves no trace of the wait: the
-    /// run directory that taking the lock made again, with nothing in it
-    /// but its lock file, goes too.
-    pub fn lock_vm_record(&mut self, reference: &str) -> Result<(VmLock, crate::model::Vm)> {
-        let lock = self.lock_vm(reference)?;
-        match self.store.resolve_vm(reference) {
-            Ok(vm) => Ok((lock, vm)),
-            Err(e) => {
-                if matches!(e, crate::store::StoreError::NotFound { .. }) {
-                    lock.remove_if_bare();
-                }
-                Err(e.into())
+    /// A VM's lock and its record, read under the lock by exact ID; None
+    /// when no record has the ID (a `vm rm` had the lock first, or crash
+    /// recovery converges an intent of a VM that is gone). Then the wait
+    /// leaves no trace: the run directory that taking the lock made again,
+    /// with nothing in it but its lock file, goes too.
+    pub fn lock_vm_if_recorded(&mut self, id: &str) -> Result<Option<(VmLock, crate::model::Vm)>> {
+        let lock = self.lock_vm(id)?;
+        match self.store.get_vm(id)? {
+            Some(vm) => Ok(Some((lock, vm))),
+            None => {
+                lock.remove_if_bare();
+                Ok(None)
             }
         }
+    }
+
+    /// [`Ctx::lock_vm_if_recorded`]; no record is "no such VM".
+    pub fn lock_vm_record(&mut self, id: &str) -> Result<(VmLock, crate::model::Vm)> {
+        self.lock_vm_if_recorded(id)?.ok_or_else(|| {
+            crate::store::StoreError::NotFound {
+                kind: crate::store::ObjectKind::Vm,
+                reference: id.to_string(),
+            }
+            .into()
+        })
+    }
+
+    /// The VM `reference` names (ID, name or ID prefix), locked, and its
+    /// record read again under the lock.
+    pub fn lock_resolved_vm(&mut self, reference: &str) -> Result<(VmLock, crate::model::Vm)> {
+        let id = self.store.resolve_vm(reference)?.id;
+        self.lock_vm_record(&id)
     }
 
     /// Runs async work to its end on the calling thread (a current-thread

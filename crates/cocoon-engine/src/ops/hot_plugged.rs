@@ -94,8 +94,7 @@ pub(super) fn locked_running(
     reference: &str,
     refused: impl FnOnce(&Vm) -> Option<crate::vm::VmError>,
 ) -> Result<(crate::lock::VmLock, Vm, VmmProcess)> {
-    let vm = ctx.store().resolve_vm(reference)?;
-    let (lock, vm) = ctx.lock_vm_record(&vm.id)?;
+    let (lock, vm) = ctx.lock_resolved_vm(reference)?;
     if let Some(error) = refused(&vm) {
         return Err(error.into());
     }

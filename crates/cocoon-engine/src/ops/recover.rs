@@ -150,7 +150,7 @@ fn snapshot_save(
 ) -> Result<String> {
     let mut resumed = "";
     if !vm_id.is_empty() && !api_socket.as_os_str().is_empty() {
-        let locked = locked_vm(ctx, vm_id)?;
+        let locked = ctx.lock_vm_if_recorded(vm_id)?;
         let hypervisor = locked.as_ref().map(|(_, v)| v.hypervisor);
         if let Some(h) = hypervisor
             && api_socket.exists()
@@ -181,7 +181,7 @@ fn vm_hibernate(
     data_dir: &Path,
     api_socket: &Path,
 ) -> Result<String> {
-    let Some((_lock, vm)) = locked_vm(ctx, id)? else {
+    let Some((_lock, vm)) = ctx.lock_vm_if_recorded(id)? else {
         return Ok("the VM is gone".into());
     };
     if at == step::CAPTURED {
@@ -223,7 +223,7 @@ fn new_vm(ctx: &mut Ctx, id: &str, run_dir: &Path, log_dir: &Path) -> Result<Str
 
 /// A start records `running` only once it is done.
 fn vm_start(ctx: &mut Ctx, id: &str) -> Result<String> {
-    let Some((_lock, vm)) = locked_vm(ctx, id)? else {
+    let Some((_lock, vm)) = ctx.lock_vm_if_recorded(id)? else {
         return Ok("the VM is gone".into());
     };
     if vm.state == VmState::Running && super::vm_query::is_running(&vm) {
@@ -239,7 +239,7 @@ fn vm_start(ctx: &mut Ctx, id: &str) -> Result<String> {
 /// and a VM that had no VMM (stopped, hibernated) gets its state back, so
 /// the restore or the wake can be run again.
 fn vm_restore(ctx: &mut Ctx, id: &str, at: &str, origin: Option<VmState>) -> Result<String> {
-    let Some((_lock, vm)) = locked_vm(ctx, id)? else {
+    let Some((_lock, vm)) = ctx.lock_vm_if_recorded(id)? else {
         return Ok("the VM is gone".into());
     };
     if at == step::COMMITTING {
@@ -262,7 +262,7 @@ fn vm_restore(ctx: &mut Ctx, id: &str, at: &str, origin: Option<VmState>) -> Res
 }
 
 fn vm_stop(ctx: &mut Ctx, id: &str) -> Result<String> {
-    let Some((_lock, vm)) = locked_vm(ctx, id)? else {
+    let Some((_lock, vm)) = ctx.lock_vm_if_recorded(id)? else {
         return Ok("the VM is gone".into());
     };
     settle_without_vmm(ctx, &vm, VmState::Stopped, "stopped")?;
@@ -270,7 +270,7 @@ fn vm_stop(ctx: &mut Ctx, id: &str) -> Result<String> {
 }
 
 fn vm_remove(ctx: &mut Ctx, id: &str) -> Result<String> {
-    let Some((_lock, vm)) = locked_vm(ctx, id)? else {
+    let Some((_lock, vm)) = ctx.lock_vm_if_recorded(id)? else {
         return Ok("the VM was already removed".into());
     };
     discard_vm(ctx, &vm)?;
@@ -285,20 +285,6 @@ fn snapshot_import(ctx: &mut Ctx, id: &str, data_dir: &Path, staging: &Path) -> 
     // Renamed into place but never recorded: not visible, drop it.
     remove_dir(data_dir);
     Ok("removed the unfinished import".into())
-}
-
-/// A VM's lock and its record, read under the lock; None if the record is
-/// gone, and then the run directory taking the lock made again goes too if
-/// it holds nothing but the lock file (as `Ctx::lock_vm_record`).
-fn locked_vm(ctx: &mut Ctx, id: &str) -> Result<Option<(crate::lock::VmLock, Vm)>> {
-    let lock = ctx.lock_vm(id)?;
-    match ctx.store().get_vm(id)? {
-        Some(vm) => Ok(Some((lock, vm))),
-        None => {
-            lock.remove_if_bare();
-            Ok(None)
-        }
-    }
 }
 
 /// Removes a directory an intent names (none named: nothing to do).

@@ -46,8 +46,7 @@ pub(crate) fn locked_for_snapshot(
     ctx: &mut Ctx,
     reference: &str,
 ) -> Result<(crate::lock::VmLock, Vm, VmmProcess)> {
-    let vm = ctx.store().resolve_vm(reference)?;
-    let (lock, vm) = ctx.lock_vm_record(&vm.id)?;
+    let (lock, vm) = ctx.lock_resolved_vm(reference)?;
     let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) else {
         return Err(VmError::NotRunning {
             id: vm.id,

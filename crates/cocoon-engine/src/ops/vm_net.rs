@@ -97,8 +97,7 @@ pub(crate) fn resize(ctx: &mut Ctx, reference: &str, nics: u32) -> Result<NetRes
 /// The VM, locked, with its running VMM; refused where its VMM cannot
 /// hot-plug NICs.
 fn locked_running(ctx: &mut Ctx, reference: &str) -> Result<(VmLock, Vm, VmmProcess)> {
-    let vm = ctx.store().resolve_vm(reference)?;
-    let (lock, vm) = ctx.lock_vm_record(&vm.id)?;
+    let (lock, vm) = ctx.lock_resolved_vm(reference)?;
     if let Some(reason) = backend::of(vm.hypervisor).nic_hot_plug_refusal(&vm) {
         return Err(VmError::NicsRefused {
             vm: vm.config.name,

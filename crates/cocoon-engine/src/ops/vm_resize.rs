@@ -55,8 +55,7 @@ fn describe(cpu: u32, memory: u64) -> String {
 
 pub(crate) fn run(ctx: &mut Ctx, reference: &str, request: VmResize) -> Result<Vm> {
     request.validate()?;
-    let vm = ctx.store().resolve_vm(reference)?;
-    let (_lock, vm) = ctx.lock_vm_record(&vm.id)?;
+    let (_lock, vm) = ctx.lock_resolved_vm(reference)?;
     if let Some(vmm) = vm.vmm.clone().filter(crate::supervise::is_running) {
         return running(ctx, &vm, &vmm, request);
     }

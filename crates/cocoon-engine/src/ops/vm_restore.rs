@@ -61,8 +61,7 @@ pub(crate) fn run(
     snapshot_ref: &str,
     request: RestoreRequest,
 ) -> Result<Vm> {
-    let vm = ctx.store().resolve_vm(vm_ref)?;
-    let (_lock, vm) = ctx.lock_vm_record(&vm.id)?;
+    let (_lock, vm) = ctx.lock_resolved_vm(vm_ref)?;
     let snapshot = ctx.store().resolve_snapshot(snapshot_ref)?;
     if let Some(resources) = &request.resources {
         let what = format!("VM {}", vm.config.name);
